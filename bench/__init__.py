@@ -1,0 +1,1 @@
+"""bench (plain PyTorch; no ComfyUI import)."""

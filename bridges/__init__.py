@@ -1,0 +1,1 @@
+"""bridges (plain PyTorch; no ComfyUI import)."""

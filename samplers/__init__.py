@@ -1,0 +1,1 @@
+"""samplers (plain PyTorch; no ComfyUI import)."""

@@ -1,0 +1,1 @@
+"""testbed (plain PyTorch; no ComfyUI import)."""

@@ -1,0 +1,1 @@
+"""training (plain PyTorch; no ComfyUI import)."""
