@@ -1,0 +1,568 @@
+"""AdaptiveDiffusion step skipping for any k-diffusion sampler (plain PyTorch).
+
+The official rule (Ye et al., NeurIPS 2024; UniModal4Reasoning/AdaptiveDiffusion,
+``sparse_pipeline.py``), implemented exactly in mode ``"paper"``:
+
+* L_k is the latent after sampler step k (the initial noise is never stored) and
+  d_k = mean |L_k - L_{k-1}| over the whole tensor.
+* Steps 0..3 always run the network (warm-up). After step i >= 3 the next step skips the network
+  iff |(d_i + d_{i-2}) / 2 - d_{i-1}| <= threshold * d_{i-1}.
+* At most ``max_skip`` decisions in a row may skip; the official code starts checking that cap only
+  once five decisions exist, so its first run of skips can be max_skip + 1 long. ``"paper"`` keeps
+  that quirk; the other modes do not.
+* A skipped step still updates the latent, with the last noise prediction reused. In ComfyUI's
+  k-diffusion terms that is the direction d = (x - x0) / sigma: a skipped evaluation returns
+  x0 = x - sigma * d_cached (never the stale x0). For DDIM, Euler and DPM-Solver++ this is exactly
+  the official eps reuse; for flow models d is the velocity.
+* The last step is not protected and the decision is one per batch.
+
+How it attaches to a sampler: ``AdaptiveSampling`` wraps the denoiser that a sampler function
+calls. It maps every call onto the sigma schedule to find step boundaries (so a step that evaluates
+the model several times, as Heun or DPM-2 do, is skipped or run as a whole, and cond/uncond splits
+below the denoiser never matter), decides at each step's first call from the latents seen so far,
+and either runs the model or returns the reused prediction. Multistep samplers (DPM++ 2M, iPNDM,
+DEIS, ...) take the reused x0 into their history exactly as diffusers' schedulers take the reused
+eps. For stochastic samplers, the injected noise is recorded through the sampler's own noise
+sampler and regressed out of each latent increment before the estimator sees it.
+
+Improvements over the paper, each behind an option of ``AdaptiveConfig``:
+``extrapolation="linear"`` (extrapolate the reused direction from the last two computed ones,
+linearly in sigma, instead of holding it), ``force_last``, ``start_percent``,
+``estimator_space="vp"`` (measure on x / sqrt(1 + sigma^2)), per-sample decisions with the model run
+only on the samples that need it, and ``mode="target"``: a speed-up target that the controller meets
+by pacing its skips and placing them where the estimator says they cost least.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+MODES = ("target", "threshold", "paper", "path")
+EXTRAPOLATIONS = ("linear", "hold")
+ESTIMATOR_SPACES = ("vp", "raw")
+
+
+class AdaptiveConfigError(ValueError):
+    """A setting of the AdaptiveDiffusion controller is out of range; the message names it."""
+
+
+@dataclass
+class AdaptiveConfig:
+    """Settings of one AdaptiveDiffusion run.
+
+    mode:
+        "target"    skip to meet ``target_speedup`` (the pack's default);
+        "threshold" the paper's third-order rule with the pack's improvements;
+        "paper"     the official rule exactly (see the module docstring); other options ignored;
+        "path"      follow ``path`` (a bool tensor [N] or [B, N], True = run the network): for the
+                    greedy search and fixed baselines.
+    threshold: the paper's delta (>= 0); 0 disables skipping (bit-identical to the base sampler).
+    max_skip: most consecutive skipped steps (>= 1), the paper's C.
+    """
+
+    mode: str = "target"
+    threshold: float = 0.01
+    max_skip: int = 4
+    target_speedup: float = 2.0
+    extrapolation: str = "linear"
+    force_last: int = 1
+    start_percent: float = 0.0
+    estimator_space: str = "vp"
+    per_sample: bool = True
+    warmup: int = 4
+    placement: float = 0.5
+    path: torch.Tensor | None = None
+
+    @classmethod
+    def paper(cls, threshold: float = 0.01, max_skip: int = 4) -> "AdaptiveConfig":
+        return cls(
+            mode="paper",
+            threshold=threshold,
+            max_skip=max_skip,
+            extrapolation="hold",
+            force_last=0,
+            start_percent=0.0,
+            estimator_space="raw",
+            per_sample=False,
+        )
+
+    def validate(self) -> "AdaptiveConfig":
+        if self.mode not in MODES:
+            raise AdaptiveConfigError(f"mode: expected one of {MODES}, got {self.mode!r}")
+        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)) or self.threshold < 0:
+            raise AdaptiveConfigError(f"threshold: expected a number >= 0, got {self.threshold!r}")
+        if int(self.max_skip) != self.max_skip or self.max_skip < 1:
+            raise AdaptiveConfigError(f"max_skip: expected an integer >= 1, got {self.max_skip!r}")
+        if not (self.target_speedup >= 1.0 and math.isfinite(self.target_speedup)):
+            raise AdaptiveConfigError(f"target_speedup: expected a number >= 1.0, got {self.target_speedup!r}")
+        if self.extrapolation not in EXTRAPOLATIONS:
+            raise AdaptiveConfigError(
+                f"extrapolation: expected one of {EXTRAPOLATIONS}, got {self.extrapolation!r}"
+            )
+        if self.estimator_space not in ESTIMATOR_SPACES:
+            raise AdaptiveConfigError(
+                f"estimator_space: expected one of {ESTIMATOR_SPACES}, got {self.estimator_space!r}"
+            )
+        if int(self.force_last) != self.force_last or self.force_last < 0:
+            raise AdaptiveConfigError(f"force_last: expected an integer >= 0, got {self.force_last!r}")
+        if not 0.0 <= self.start_percent <= 1.0:
+            raise AdaptiveConfigError(f"start_percent: expected 0..1, got {self.start_percent!r}")
+        if int(self.warmup) != self.warmup or self.warmup < 0:
+            raise AdaptiveConfigError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
+        if self.mode == "path" and self.path is None:
+            raise AdaptiveConfigError("path: mode 'path' needs a bool tensor [steps] or [batch, steps]")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        if self.mode == "path":
+            return True
+        if self.mode == "target":
+            return self.target_speedup > 1.0
+        return self.threshold > 0
+
+
+@dataclass
+class StepRecord:
+    """What happened at one sampler step (for the report and the plot)."""
+
+    index: int
+    sigma: float
+    score: float | None  # the estimator's relative third-order difference (mean over samples)
+    computed: float  # fraction of the batch whose network ran at this step
+    evals: int = 0  # network evaluations the sampler asked for in this step
+    mask: list[bool] = field(default_factory=list)  # per sample: did its network run
+
+
+@dataclass
+class SkipReport:
+    """The skip path of one run: which steps ran, the NFE and the speed-up."""
+
+    steps: int
+    batch: int
+    records: list[StepRecord] = field(default_factory=list)
+    nfe_per_sample: list[int] = field(default_factory=list)
+    evals_requested: int = 0  # evaluations the base sampler asked for, per sample
+    model_calls: int = 0  # batched network calls actually made
+    controller_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    mode: str = ""
+
+    @property
+    def nfe(self) -> float:
+        """Mean network evaluations per sample."""
+        if not self.nfe_per_sample:
+            return 0.0
+        return sum(self.nfe_per_sample) / len(self.nfe_per_sample)
+
+    @property
+    def speedup(self) -> float:
+        return self.evals_requested / self.nfe if self.nfe else 1.0
+
+    def path_string(self) -> str:
+        """'C' = network ran for the whole batch, 's' = skipped, 'p' = ran for part of the batch."""
+        return "".join("C" if r.computed >= 1.0 else ("s" if r.computed <= 0.0 else "p") for r in self.records)
+
+    def summary(self) -> str:
+        skipped = sum(1 for r in self.records if r.computed <= 0.0)
+        text = (
+            f"AdaptiveDiffusion [{self.mode}]: NFE {self.nfe:.1f} of {self.evals_requested} "
+            f"({self.speedup:.2f}x), {skipped}/{self.steps} steps skipped for the whole batch, "
+            f"path {self.path_string()}"
+        )
+        if self.notes:
+            text += " | " + "; ".join(self.notes)
+        return text
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": self.mode,
+            "steps": self.steps,
+            "batch": self.batch,
+            "nfe": self.nfe,
+            "nfe_per_sample": list(self.nfe_per_sample),
+            "evals_requested": self.evals_requested,
+            "speedup": self.speedup,
+            "model_calls": self.model_calls,
+            "controller_seconds": self.controller_seconds,
+            "path": self.path_string(),
+            "sigmas": [r.sigma for r in self.records],
+            "scores": [r.score for r in self.records],
+            "computed": [r.computed for r in self.records],
+            "notes": list(self.notes),
+        }
+
+
+def _bshape(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    return v.reshape(v.shape[:1] + (1,) * (ndim - 1))
+
+
+def default_subset_runner(model, x, sigma, idx, extra_args):
+    """Run `model` on the samples `idx` only, slicing every per-sample tensor in extra_args."""
+    b = x.shape[0]
+    sub = {}
+    for k, v in extra_args.items():
+        if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == b:
+            sub[k] = v[idx]
+        else:
+            sub[k] = v
+    return model(x[idx], sigma[idx], **sub)
+
+
+class AdaptiveSampling:
+    """The controller of one sampling run; call it as the denoiser of a k-diffusion sampler.
+
+    model(x, sigma, **extra) -> x0 is the real denoiser (CFG already applied). sigmas is the run's
+    schedule. endpoint_corrector is True for samplers whose second evaluation of step i is at
+    sigma_{i+1} (Heun), so that it is not mistaken for the start of step i+1. subset_runner runs the
+    model on part of the batch (per-sample decisions); it must return x0 for those samples only.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        sigmas: torch.Tensor,
+        config: AdaptiveConfig,
+        *,
+        endpoint_corrector: bool = False,
+        vp_estimator_ok: bool = True,
+        subset_runner: Callable | None = None,
+    ):
+        self.model = model
+        self.config = config.validate()
+        self.sig = [float(s) for s in sigmas]
+        self.n_steps = len(self.sig) - 1
+        if self.n_steps < 1:
+            raise AdaptiveConfigError("sigmas: expected at least two sigmas (one step)")
+        if any(b > a for a, b in zip(self.sig, self.sig[1:])):
+            raise AdaptiveConfigError("sigmas: expected a non-increasing schedule")
+        self.endpoint_corrector = endpoint_corrector
+        self.use_vp = config.estimator_space == "vp" and vp_estimator_ok
+        self.subset_runner = subset_runner or default_subset_runner
+        self.report = SkipReport(steps=self.n_steps, batch=0, mode=config.mode)
+        self.step = -1
+        self.corrector_done = False
+        self.compute_mask: torch.Tensor | None = None
+        self.shape = None
+        self.disabled = not config.enabled
+        self.pending_noise: list[torch.Tensor] = []
+        self._prev_e = None  # estimator-space latent L_{k-2} (for d_{k-1})
+        self._d_hist: list[torch.Tensor] = []  # d_1, d_2, ... (each [B] or [1])
+        self._paper_mask: list[bool] = []
+        self._skip_run = None  # consecutive skipped steps per sample
+        self._credit = None
+        self._d_a = self._d_b = None  # last and previous computed directions
+        self._s_a = self._s_b = None  # their sigmas, per sample
+        self._eligible_from, self._eligible_to, self._rate = self._plan()
+
+    # ----------------------------------------------------------------- planning
+    def _plan(self):
+        cfg, n = self.config, self.n_steps
+        if cfg.mode == "paper":
+            return cfg.warmup, n, 0.0
+        first = max(cfg.warmup, int(math.ceil(cfg.start_percent * n)))
+        last = n - cfg.force_last  # eligible steps are first .. last-1
+        eligible = max(0, last - first)
+        rate = 0.0
+        if cfg.mode == "target" and eligible > 0:
+            skips = n - int(round(n / cfg.target_speedup))
+            feasible = eligible - int(math.ceil(eligible / (cfg.max_skip + 1)))
+            if skips > feasible:
+                self.report.notes.append(
+                    f"target_speedup {cfg.target_speedup:g} needs {skips} skips but only {feasible} fit "
+                    f"(warm-up, protected steps, max_skip {cfg.max_skip}); skipping {feasible}"
+                )
+                skips = feasible
+            rate = max(0, skips) / eligible
+        return first, last, rate
+
+    # ----------------------------------------------------------------- sigma bookkeeping
+    def _close(self, a: float, b: float) -> bool:
+        return abs(a - b) <= 1e-5 * max(abs(a), abs(b), 1e-8)
+
+    def _classify(self, s: float) -> str:
+        k, sig = self.step, self.sig
+        if k < 0:
+            return "start"
+        if k + 1 <= self.n_steps and self._close(s, sig[k + 1]):
+            if self.endpoint_corrector and not self.corrector_done:
+                self.corrector_done = True
+                return "inner"
+            return "start"
+        if k + 1 <= self.n_steps and sig[k + 1] < s <= sig[k] * (1 + 1e-5):
+            return "inner"
+        return "unknown"
+
+    # ----------------------------------------------------------------- the estimator
+    def _estimator_latent(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        e = x.float()
+        if self.use_vp:
+            e = e / math.sqrt(1.0 + sigma * sigma)
+        return e
+
+    def _clean_increment(self, x: torch.Tensor, prev_x: torch.Tensor) -> torch.Tensor:
+        """x with the noise injected since prev_x regressed out (per sample, least squares)."""
+        if not self.pending_noise:
+            return x
+        b = x.shape[0]
+        delta = (x - prev_x).float().reshape(b, -1)
+        z = torch.stack([n.float().reshape(b, -1) for n in self.pending_noise], dim=2)  # [B, D, J]
+        coef = torch.linalg.lstsq(z, delta.unsqueeze(2)).solution  # [B, J, 1]
+        return x - (z @ coef).squeeze(2).reshape(x.shape).to(x.dtype)
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """mean |.| per sample ([B]) or over the whole batch ([1])."""
+        if self.config.per_sample:
+            return t.abs().flatten(1).mean(1)
+        return t.abs().mean().reshape(1)
+
+    def _score(self):
+        """(d1, d2, d3) = (d_i, d_{i-1}, d_{i-2}) for the decision about the next step."""
+        if len(self._d_hist) < 3:
+            return None
+        return self._d_hist[-1], self._d_hist[-2], self._d_hist[-3]
+
+    # ----------------------------------------------------------------- decisions
+    def _begin_step(self, x: torch.Tensor):
+        t0 = time.perf_counter()
+        self.step += 1
+        self.corrector_done = False
+        k, b = self.step, x.shape[0]
+        sigma = self.sig[k]
+        if self.shape is None:
+            self.shape = tuple(x.shape)
+            self.report.batch = b
+            self.report.nfe_per_sample = [0] * b
+            self._skip_run = torch.zeros(b, dtype=torch.long)
+            self._credit = torch.zeros(b)
+            self._last_x = None
+        elif tuple(x.shape) != self.shape:
+            raise AdaptiveConfigError(
+                f"latent: the shape changed inside one sampling run ({self.shape} -> {tuple(x.shape)})"
+            )
+        if not self.disabled and not torch.isfinite(x).all():
+            self.disabled = True
+            self.report.notes.append(f"NaN/inf in the latent at step {k}: skipping stopped, run finished")
+
+        score_val = None
+        if not self.disabled:
+            # L_{k-1} = x (k >= 1); d_{k-1} = mean |e(L_{k-1}) - e(L_{k-2})|
+            if k >= 1:
+                x_clean = self._clean_increment(x, self._last_x) if self._last_x is not None else x
+                e = self._estimator_latent(x_clean, sigma)
+                if self._prev_e is not None:
+                    self._d_hist.append(self._reduce(e - self._prev_e))
+                self._prev_e = self._estimator_latent(x, sigma)
+            self.pending_noise.clear()
+            mask, score_val = self._decide(k, b)
+        else:
+            self.pending_noise.clear()
+            mask = torch.ones(b, dtype=torch.bool)
+        self._last_x = x.detach()
+        self.compute_mask = mask
+        self._skip_run = torch.where(mask, torch.zeros_like(self._skip_run), self._skip_run + 1)
+        self.report.records.append(
+            StepRecord(
+                index=k, sigma=sigma, score=score_val, computed=float(mask.float().mean()), mask=mask.tolist()
+            )
+        )
+        self.report.controller_seconds += time.perf_counter() - t0
+
+    def _decide(self, k: int, b: int):
+        cfg = self.config
+        ones = torch.ones(b, dtype=torch.bool)
+        d = self._score()
+        score = None
+        if d is not None:
+            d1, d2, d3 = d
+            curv = ((d1 + d3) / 2 - d2).abs()
+            flat = curv <= cfg.threshold * d2  # the official comparison, multiplicative form
+            score = float((curv / d2.clamp_min(1e-30)).mean())
+            if flat.numel() == 1:
+                flat = flat.expand(b)
+
+        if cfg.mode == "paper":
+            if k < cfg.warmup or d is None:
+                return ones, score
+            run_model = ~flat
+            if len(self._paper_mask) > 4 and not any(self._paper_mask[-cfg.max_skip :]):
+                run_model = ones
+            self._paper_mask.append(bool(run_model.all()))
+            return run_model, score
+
+        if cfg.mode == "path":
+            path = cfg.path
+            col = path[k] if path.ndim == 1 else path[:, k]
+            return col.to(torch.bool).reshape(-1).expand(b).clone(), score
+
+        if not (self._eligible_from <= k < self._eligible_to):
+            return ones, score
+        capped = self._skip_run >= cfg.max_skip
+
+        if cfg.mode == "threshold":
+            if d is None:
+                return ones, score
+            return (~flat) | capped, score
+
+        # mode == "target": pace skips at `rate` per eligible step; the estimator moves each skip
+        # to a flatter neighbouring step (placement in [0, 1] is how far it may move it).
+        self._credit += self._rate
+        pref = torch.zeros(b)
+        if d is not None:
+            rel = ((d1 + d3) / 2 - d2).abs() / (cfg.threshold * d2).clamp_min(1e-30)
+            pref = (-(rel.clamp(1e-6, 1e6).log()) / math.log(4.0)).clamp(-1, 1)
+            if pref.numel() == 1:
+                pref = pref.expand(b)
+        want = self._credit >= 1.0 - cfg.placement * pref
+        skip = want & ~capped
+        self._credit = self._credit - skip.float()
+        return ~skip, score
+
+    # ----------------------------------------------------------------- reuse
+    def _direction(self, sigma: float, idx: torch.Tensor, ndim: int) -> torch.Tensor:
+        d_a = self._d_a[idx]
+        if self.config.extrapolation == "hold" or self._d_b is None:
+            return d_a
+        s_a, s_b = self._s_a[idx], self._s_b[idx]
+        gap = s_a - s_b
+        ok = gap.abs() > 1e-12
+        slope_w = torch.where(ok, (sigma - s_a) / torch.where(ok, gap, torch.ones_like(gap)), torch.zeros_like(gap))
+        return d_a + _bshape(slope_w, ndim).to(d_a.dtype) * (d_a - self._d_b[idx])
+
+    def _remember(self, x: torch.Tensor, sigma: float, out: torch.Tensor, idx: torch.Tensor):
+        d = (x - out) / sigma
+        b = self.shape[0]
+        if self._d_a is None:
+            self._d_a = torch.zeros((b,) + d.shape[1:], dtype=d.dtype, device=d.device)
+            self._s_a = torch.full((b,), float("nan"), dtype=torch.float64)
+        if self.config.extrapolation != "hold":
+            if self._d_b is None:
+                self._d_b = torch.zeros_like(self._d_a)
+                self._s_b = torch.full((b,), float("nan"), dtype=torch.float64)
+            self._d_b[idx] = self._d_a[idx]
+            self._s_b[idx] = self._s_a[idx]
+        self._d_a[idx] = d
+        self._s_a[idx] = sigma
+
+    # ----------------------------------------------------------------- the denoiser
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra):
+        s = float(sigma.reshape(-1)[0])
+        kind = self._classify(s)
+        if kind == "start":
+            self._begin_step(x)
+        elif kind == "unknown" and not self.disabled:
+            self.disabled = True
+            self.compute_mask = torch.ones(x.shape[0], dtype=torch.bool)
+            self.report.notes.append(
+                f"the sampler evaluated at sigma {s:.4g}, off its schedule: skipping stopped for this run"
+            )
+        if self.compute_mask is None:  # an unknown call before any step: just run
+            self.compute_mask = torch.ones(x.shape[0], dtype=torch.bool)
+            self.shape = tuple(x.shape)
+            self.report.batch = x.shape[0]
+            self.report.nfe_per_sample = [0] * x.shape[0]
+        if self.report.records:
+            self.report.records[-1].evals += 1
+        self.report.evals_requested = sum(r.evals for r in self.report.records)
+
+        mask = torch.ones_like(self.compute_mask) if self.disabled else self.compute_mask
+        b = x.shape[0]
+        if bool(mask.all()) or self._d_a is None:
+            out = self.model(x, sigma, **extra)
+            idx = torch.arange(b)
+        elif not bool(mask.any()):
+            out = None
+            idx = torch.arange(0)
+        else:
+            idx = mask.nonzero().flatten()
+            part = self.subset_runner(self.model, x, sigma, idx, extra)
+            out = torch.empty_like(x)
+            out[idx] = part
+        if idx.numel():
+            self.report.model_calls += 1
+            for i in idx.tolist():
+                self.report.nfe_per_sample[i] += 1
+            if s > 0:
+                if not torch.isfinite(out[idx]).all() and not self.disabled:
+                    self.disabled = True
+                    self.report.notes.append("NaN/inf in the model output: skipping stopped, run finished")
+                self._remember(x[idx], s, out[idx], idx)
+        if idx.numel() == b:
+            return out
+        t0 = time.perf_counter()
+        skip_idx = (~mask).nonzero().flatten()
+        reused = x[skip_idx] - s * self._direction(s, skip_idx, x.ndim).to(x.dtype)
+        if out is None:
+            out = torch.empty_like(x)
+        out[skip_idx] = reused
+        self.report.controller_seconds += time.perf_counter() - t0
+        return out
+
+    # ----------------------------------------------------------------- noise recording
+    def record_noise(self, noise_sampler: Callable) -> Callable:
+        """Wrap a sampler's noise sampler so that the injected noise can be regressed out."""
+
+        def recording(sigma, sigma_next):
+            z = noise_sampler(sigma, sigma_next)
+            if not self.disabled:
+                self.pending_noise.append(z.detach())
+            return z
+
+        return recording
+
+
+def adaptive_sample(
+    sampler_fn: Callable,
+    model: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    config: AdaptiveConfig,
+    *,
+    extra_args: dict | None = None,
+    callback: Callable | None = None,
+    disable=None,
+    endpoint_corrector: bool = False,
+    noise_sampler: Callable | None = None,
+    vp_estimator_ok: bool = True,
+    subset_runner: Callable | None = None,
+    **sampler_options,
+):
+    """Run `sampler_fn` with AdaptiveDiffusion skipping; returns (x, SkipReport).
+
+    With skipping disabled (threshold 0, target_speedup 1) the base sampler is called with the
+    original model, unchanged: the result is bit-identical to the base sampler's.
+    noise_sampler: the base sampler's own noise sampler (stochastic samplers), recorded so that
+    its noise does not count as progress.
+    """
+    config.validate()
+    if not config.enabled:
+        counter = {"n": 0}
+
+        def counting(x_, s_, **kw):
+            counter["n"] += 1
+            return model(x_, s_, **kw)
+
+        out = sampler_fn(counting, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **sampler_options)
+        rep = SkipReport(steps=len(sigmas) - 1, batch=x.shape[0], mode=config.mode)
+        rep.nfe_per_sample = [counter["n"]] * x.shape[0]
+        rep.evals_requested = counter["n"]
+        rep.model_calls = counter["n"]
+        rep.notes.append("skipping disabled (threshold 0 / target_speedup 1): base sampler unchanged")
+        return out, rep
+    ctl = AdaptiveSampling(
+        model,
+        sigmas,
+        config,
+        endpoint_corrector=endpoint_corrector,
+        vp_estimator_ok=vp_estimator_ok,
+        subset_runner=subset_runner,
+    )
+    if noise_sampler is not None:
+        sampler_options["noise_sampler"] = ctl.record_noise(noise_sampler)
+    out = sampler_fn(ctl, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **sampler_options)
+    return out, ctl.report

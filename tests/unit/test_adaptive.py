@@ -1,0 +1,301 @@
+"""AdaptiveDiffusion controller on exact denoisers (no ComfyUI)."""
+
+import pytest
+import torch
+
+from comfyui_tempo.samplers import kdiff
+from comfyui_tempo.samplers import schedules as S
+from comfyui_tempo.samplers.adaptive import (
+    AdaptiveConfig,
+    AdaptiveConfigError,
+    AdaptiveSampling,
+    adaptive_sample,
+)
+from comfyui_tempo.testbed.exact import CFGDenoiser, FiniteSetDenoiser, FlowDenoiser, GaussianMixtureDenoiser
+
+ENDPOINT = {"heun": True}
+
+
+def make_gmm(shape=(4, 8, 8), classes=10, per_class=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k = classes * per_class
+    means = torch.randn((k,) + shape, generator=g)
+    return GaussianMixtureDenoiser(means, 0.3, labels=torch.arange(k) % classes, num_classes=classes)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    den = CFGDenoiser(make_gmm(), 5.0, 10)
+    noise = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    cond = torch.tensor([0, 3, 5, 9])
+    return den, noise, cond
+
+
+def run(den, noise, cond, sampler, n=20, config=None, **kw):
+    sig = S.get_sigmas("karras", n)
+    fn = kdiff.SAMPLERS[sampler]
+    extra = {"cond": cond}
+    if sampler == "euler_ancestral":
+        extra["seed"] = 7
+    if config is None:
+        return fn(den, noise * sig[0], sig, extra_args=extra), None
+    if sampler == "euler_ancestral" and "noise_sampler" not in kw:
+        kw["noise_sampler"] = kdiff.default_noise_sampler(noise, seed=7)
+    return adaptive_sample(
+        fn, den, noise * sig[0], sig, config, extra_args=extra, endpoint_corrector=ENDPOINT.get(sampler, False), **kw
+    )
+
+
+@pytest.mark.parametrize("sampler", sorted(kdiff.SAMPLERS))
+@pytest.mark.parametrize(
+    "config",
+    [AdaptiveConfig(mode="threshold", threshold=0.0), AdaptiveConfig(target_speedup=1.0), AdaptiveConfig.paper(0.0)],
+    ids=["threshold0", "speedup1", "paper0"],
+)
+def test_disabled_is_bit_identical(setup, sampler, config):
+    den, noise, cond = setup
+    ref, _ = run(den, noise, cond, sampler)
+    out, rep = run(den, noise, cond, sampler, config=config)
+    assert torch.equal(ref, out)
+    assert rep.nfe == rep.evals_requested  # one NFE per requested evaluation
+
+
+@pytest.mark.parametrize(
+    "n,cap,expected", [(20, 4, 7), (25, 4, 8), (50, 4, 13), (50, 6, 10), (250, 4, 53), (250, 6, 39)]
+)
+def test_paper_rule_minimum_nfe(n, cap, expected):
+    """With every step eligible, the official control flow gives CCCC sssss C ssss C ... ."""
+    den = make_gmm(shape=(2, 4, 4), classes=2, per_class=1)
+    noise = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    sig = S.get_sigmas("karras", n)
+    _, rep = adaptive_sample(
+        kdiff.sample_euler, den, noise * sig[0], sig, AdaptiveConfig.paper(threshold=1e9, max_skip=cap)
+    )
+    assert rep.nfe == expected
+    # the official cap is only checked once five decisions exist: the first run of skips is 5 long
+    assert rep.path_string().startswith("CCCC" + "sssss" + "C" + "s" * cap + "C")
+
+
+def test_paper_rule_is_the_official_formula():
+    """Recompute the official decisions from the latents the run produced."""
+    den = CFGDenoiser(make_gmm(), 5.0, 10)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    sig = S.get_sigmas("karras", 30)
+    lat = []
+
+    def cb(d):
+        lat.append(d["x"].clone())
+
+    out, rep = adaptive_sample(
+        kdiff.sample_euler, den, noise * sig[0], sig, AdaptiveConfig.paper(0.05), extra_args={"cond": torch.tensor([2])}, callback=cb
+    )
+    lat = lat[1:] + [out]  # L_0 .. L_{N-1}: the latent after each step
+    d = [None] + [float((lat[k] - lat[k - 1]).abs().mean()) for k in range(1, len(lat))]
+    path = rep.path_string()
+    mask = []
+    for i in range(3, len(lat) - 1):
+        if len(mask) > 4 and not any(mask[-4:]):
+            run_next = True
+        else:
+            run_next = not (abs((d[i] + d[i - 2]) / 2 - d[i - 1]) <= d[i - 1] * 0.05)
+        mask.append(run_next)
+        assert (path[i + 1] == "C") == run_next, (i + 1, path)
+    assert "s" in path and path[:4] == "CCCC"
+
+
+def test_skipped_step_reuses_direction_not_x0(setup):
+    den, noise, cond = setup
+    sig = S.get_sigmas("karras", 12)
+    path = torch.ones(12, dtype=torch.bool)
+    path[3] = False
+    seen = {}
+
+    def cb(d):
+        seen[d["i"]] = (d["x"].clone(), d["denoised"].clone())
+
+    # with Euler, x - sigma * d is constant along a step, so eps reuse and x0 reuse coincide;
+    # DPM++ 2M tells them apart
+    adaptive_sample(
+        kdiff.sample_dpmpp_2m,
+        den,
+        noise * sig[0],
+        sig,
+        AdaptiveConfig(mode="path", path=path, extrapolation="hold"),
+        extra_args={"cond": cond},
+        callback=cb,
+    )
+    x2, den2 = seen[2]
+    x3, den3 = seen[3]
+    d2 = (x2 - den2) / sig[2]
+    assert torch.allclose(den3, x3 - sig[3] * d2, atol=1e-5)
+    assert not torch.allclose(den3, den2, atol=1e-2)  # not the stale x0
+
+
+def test_multi_evaluation_step_is_skipped_as_a_whole(setup):
+    den, noise, cond = setup
+    calls = []
+
+    def spy(x, s, **kw):
+        calls.append(float(s[0]))
+        return den(x, s, **kw)
+
+    sig = S.get_sigmas("karras", 10)
+    path = torch.ones(10, dtype=torch.bool)
+    path[5] = False
+    _, rep = adaptive_sample(
+        kdiff.sample_heun, spy, noise * sig[0], sig, AdaptiveConfig(mode="path", path=path), extra_args={"cond": cond}, endpoint_corrector=True
+    )
+    # Heun: 2 evaluations per step except the last (sigma_next == 0): 19 requested, 2 skipped
+    assert rep.evals_requested == 19
+    assert rep.nfe == 17
+    assert rep.path_string() == "CCCCCsCCCC"
+    # sigma_5: only step 4's corrector (step 5's own first evaluation skipped);
+    # sigma_6: only step 6's first evaluation (step 5's corrector skipped)
+    assert calls.count(float(sig[5])) == 1
+    assert calls.count(float(sig[6])) == 1
+
+
+def test_per_sample_runs_model_only_on_samples_that_need_it(setup):
+    den, noise, cond = setup
+    batches = []
+
+    def spy(x, s, **kw):
+        batches.append(x.shape[0])
+        return den(x, s, **kw)
+
+    sig = S.get_sigmas("karras", 12)
+    path = torch.ones(4, 12, dtype=torch.bool)
+    path[0, 5] = path[1, 7] = path[2, 5] = False
+    out, rep = adaptive_sample(
+        kdiff.sample_euler, spy, noise * sig[0], sig, AdaptiveConfig(mode="path", path=path), extra_args={"cond": cond}
+    )
+    assert sorted(set(batches)) == [2, 3, 4]
+    assert rep.nfe_per_sample == [11, 11, 11, 12]
+    for b in range(4):  # each sample as if it had been sampled alone with its own path
+        alone, _ = adaptive_sample(
+            kdiff.sample_euler,
+            den,
+            noise[b : b + 1] * sig[0],
+            sig,
+            AdaptiveConfig(mode="path", path=path[b : b + 1]),
+            extra_args={"cond": cond[b : b + 1]},
+        )
+        assert torch.allclose(alone, out[b : b + 1], atol=1e-5)
+
+
+def test_per_batch_decides_once_for_the_batch(setup):
+    den, noise, cond = setup
+    _, rep = run(den, noise, cond, "euler", n=30, config=AdaptiveConfig(mode="threshold", threshold=0.05, per_sample=False))
+    assert set(rep.path_string()) <= {"C", "s"}
+    assert len(set(rep.nfe_per_sample)) == 1
+
+
+def test_target_speedup_meets_budget(setup):
+    den, noise, cond = setup
+    for target in (1.5, 2.0, 2.5):
+        _, rep = run(den, noise, cond, "euler", n=50, config=AdaptiveConfig(target_speedup=target))
+        assert abs(rep.nfe - 50 / target) <= 1.5, (target, rep.nfe)
+        assert rep.path_string().endswith("C")  # force_last
+        for b in range(noise.shape[0]):
+            sample_path = "".join("C" if r.mask[b] else "s" for r in rep.records)
+            assert max(len(r) for r in sample_path.split("C")) <= 4, sample_path
+
+
+def test_ancestral_noise_is_not_progress(setup):
+    """The estimator sees each increment with the injected noise regressed out."""
+    den, noise, cond = setup
+    sig = S.get_sigmas("karras", 20)
+    injected = []
+
+    def recording(seed):
+        base = kdiff.default_noise_sampler(noise, seed=seed)
+
+        def ns(s, sn):
+            z = base(s, sn)
+            injected.append(z)
+            return z
+
+        return ns
+
+    # reference deterministic increments: rerun the same ancestral trajectory and subtract sigma_up*z
+    xs = []
+    kdiff.sample_euler_ancestral(
+        den, noise * sig[0], sig, extra_args={"cond": cond}, noise_sampler=recording(5), callback=lambda d: xs.append(d["x"].clone())
+    )
+    true_d = []
+    for k in range(1, len(xs)):
+        _, up = kdiff.ancestral_step(float(sig[k - 1]), float(sig[k]))
+        det = xs[k] - xs[k - 1] - up * injected[k - 1]
+        true_d.append(det.abs().flatten(1).mean(1))
+    ctl = AdaptiveSampling(den, sig, AdaptiveConfig(mode="threshold", threshold=1e-12, estimator_space="raw"))
+    kdiff.sample_euler_ancestral(
+        ctl, noise * sig[0], sig, extra_args={"cond": cond}, noise_sampler=ctl.record_noise(kdiff.default_noise_sampler(noise, seed=5))
+    )
+    got = torch.stack(ctl._d_hist)
+    want = torch.stack(true_d[1 : 1 + len(got)])  # true_d[0] is L_0 - x_T, never measured
+    assert torch.allclose(got, want, rtol=0.02)
+    raw = torch.stack([(xs[k] - xs[k - 1]).abs().flatten(1).mean(1) for k in range(1, len(got) + 1)])
+    assert (raw[-5:] > 1.5 * want[-5:]).all()  # without the regression, noise would dominate
+
+
+def test_nan_stops_skipping_and_finishes(setup):
+    den, noise, cond = setup
+    state = {"n": 0}
+
+    def flaky(x, s, **kw):
+        state["n"] += 1
+        out = den(x, s, **kw)
+        if state["n"] == 8:
+            state["sigma"] = float(s[0])
+            out = out.clone()
+            out[0, 0, 0, 0] = float("nan")
+        return out
+
+    sig = S.get_sigmas("karras", 30)
+    _, rep = adaptive_sample(kdiff.sample_euler, flaky, noise * sig[0], sig, AdaptiveConfig(), extra_args={"cond": cond})
+    assert any("NaN" in n for n in rep.notes)
+    k = [round(r.sigma, 5) for r in rep.records].index(round(state["sigma"], 5))
+    assert rep.path_string()[k + 1 :] == "C" * (29 - k)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"threshold": -0.1, "mode": "threshold"}, "threshold"),
+        ({"max_skip": 0}, "max_skip"),
+        ({"mode": "fast"}, "mode"),
+        ({"target_speedup": 0.5}, "target_speedup"),
+        ({"start_percent": 2.0}, "start_percent"),
+        ({"mode": "path"}, "path"),
+    ],
+)
+def test_bad_settings_name_the_input(kwargs, name):
+    with pytest.raises(AdaptiveConfigError, match=name):
+        AdaptiveConfig(**kwargs).validate()
+
+
+def test_shape_change_is_a_clear_error(setup):
+    den, _, _ = setup
+    sig = S.get_sigmas("karras", 10)
+    ctl = AdaptiveSampling(den, sig, AdaptiveConfig())
+    ctl(torch.randn(2, 4, 8, 8) * sig[0], sig[0] * torch.ones(2))
+    with pytest.raises(AdaptiveConfigError, match="shape changed"):
+        ctl(torch.randn(3, 4, 8, 8), sig[1] * torch.ones(3))
+
+
+def test_video_latents_and_flow_models():
+    g = torch.Generator().manual_seed(4)
+    data = torch.randn(12, 4, 3, 6, 6, generator=g)  # [N, C, T, H, W]
+    flow = FlowDenoiser(FiniteSetDenoiser(data))
+    sig = S.flow_sigmas(30, shift=3.0)
+    noise = torch.randn(2, 4, 3, 6, 6, generator=g)
+    ref = kdiff.sample_euler(flow, noise * sig[0], sig)
+    same, _ = adaptive_sample(kdiff.sample_euler, flow, noise * sig[0], sig, AdaptiveConfig(target_speedup=1.0))
+    assert torch.equal(ref, same)
+    out, rep = adaptive_sample(
+        kdiff.sample_euler, flow, noise * sig[0], sig, AdaptiveConfig(target_speedup=2.0), vp_estimator_ok=False
+    )
+    assert rep.nfe <= 16
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    rel = float((out - ref).norm() / ref.norm())
+    assert rel < 0.2
