@@ -481,8 +481,11 @@ class AdaptiveSampling:
         else:
             idx = mask.nonzero().flatten()
             part = self.subset_runner(self.model, x, sigma, idx, extra)
-            out = torch.empty_like(x)
-            out[idx] = part
+            if part.shape[0] == b:  # the runner had to run the whole batch: use all of it
+                out, idx = part, torch.arange(b)
+            else:
+                out = torch.empty_like(x)
+                out[idx] = part
         if idx.numel():
             self.report.model_calls += 1
             for i in idx.tolist():

@@ -1,0 +1,400 @@
+"""AdaptiveDiffusion nodes: a KSampler, a SAMPLER for the custom-sampling nodes, a MODEL patch.
+
+All three attach the same controller (``samplers.adaptive``) around one of ComfyUI's own sampler
+functions, so a step is skipped or run as a whole however ComfyUI splits its model calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+import comfy.k_diffusion.sampling as kds
+import comfy.model_sampling
+import comfy.patcher_extension
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+from comfy_api.latest import io, ui
+
+from ..samplers import support
+from ..samplers.adaptive import AdaptiveConfig, AdaptiveConfigError, adaptive_sample
+from ..samplers.plot import plot_report
+
+log = logging.getLogger("comfyui_tempo")
+
+CATEGORY = "sampling/tempo"
+MODE_OPTIONS = ["target_speedup", "threshold", "paper"]
+_MODE_TO_CORE = {"target_speedup": "target", "threshold": "threshold", "paper": "paper"}
+
+
+# ----------------------------------------------------------------------------- inputs
+def adaptive_inputs() -> list:
+    """The AdaptiveDiffusion settings, shared by the three nodes."""
+    return [
+        io.Combo.Input(
+            "mode",
+            options=MODE_OPTIONS,
+            default="target_speedup",
+            tooltip="target_speedup: skip to reach the speed-up below, placing skips where the estimator says "
+            "they cost least (the pack's default). threshold: the paper's third-order rule with this pack's "
+            "improvements. paper: the official AdaptiveDiffusion rule exactly (threshold and max_skip only).",
+        ),
+        io.Float.Input(
+            "target_speedup",
+            default=2.0,
+            min=1.0,
+            max=5.0,
+            step=0.05,
+            tooltip="mode target_speedup: network evaluations of the full run divided by those of this run. "
+            "1.0 turns skipping off.",
+        ),
+        io.Float.Input(
+            "threshold",
+            default=0.01,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            round=0.0001,
+            tooltip="The paper's delta: skip the next step when |(d_i + d_i-2)/2 - d_i-1| <= threshold * d_i-1 "
+            "(d = mean latent change per step). Higher skips more. 0 turns skipping off (bit-identical to the "
+            "plain sampler). In target_speedup mode it only shifts where skips go.",
+        ),
+        io.Int.Input(
+            "max_skip",
+            default=4,
+            min=1,
+            max=20,
+            tooltip="Most steps in a row that may reuse the last prediction (the paper's C_max).",
+        ),
+        io.Combo.Input(
+            "extrapolation",
+            options=["linear", "hold"],
+            default="linear",
+            tooltip="How a skipped step predicts the noise direction: linear extrapolates it from the last two "
+            "computed steps (in sigma); hold reuses the last one unchanged, as the paper does. Ignored in mode paper.",
+        ),
+        io.Int.Input(
+            "force_last",
+            default=1,
+            min=0,
+            max=10,
+            tooltip="Always run the network on this many final steps (the paper protects none). Ignored in mode paper.",
+        ),
+        io.Float.Input(
+            "start_percent",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="Never skip in this first fraction of the steps (the first 4 steps always run). "
+            "Ignored in mode paper.",
+        ),
+        io.Combo.Input(
+            "estimator_space",
+            options=["vp", "raw"],
+            default="vp",
+            tooltip="Latents the estimator measures: vp = x / sqrt(1 + sigma^2), as the paper's DDIM and DPM-Solver "
+            "runs saw them; raw = ComfyUI's own latents (the paper's Euler runs). Flow models always use raw. "
+            "Ignored in mode paper (raw).",
+        ),
+        io.Combo.Input(
+            "batch_mode",
+            options=["per_sample", "per_batch"],
+            default="per_sample",
+            tooltip="per_sample: each image in the batch skips on its own and the network runs only on the images "
+            "that need it. per_batch: one decision for the whole batch, as the paper. Ignored in mode paper.",
+        ),
+    ]
+
+
+def make_config(mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode) -> AdaptiveConfig:
+    if mode not in _MODE_TO_CORE:
+        raise AdaptiveConfigError(f"mode: expected one of {MODE_OPTIONS}, got {mode!r}")
+    if mode == "paper":
+        return AdaptiveConfig.paper(threshold=threshold, max_skip=max_skip).validate()
+    if batch_mode not in ("per_sample", "per_batch"):
+        raise AdaptiveConfigError(f"batch_mode: expected per_sample or per_batch, got {batch_mode!r}")
+    return AdaptiveConfig(
+        mode=_MODE_TO_CORE[mode],
+        target_speedup=target_speedup,
+        threshold=threshold,
+        max_skip=max_skip,
+        extrapolation=extrapolation,
+        force_last=force_last,
+        start_percent=start_percent,
+        estimator_space=estimator_space,
+        per_sample=batch_mode == "per_sample",
+    ).validate()
+
+
+# ----------------------------------------------------------------------------- ComfyUI glue
+def _model_sampling(model_k):
+    try:
+        return model_k.inner_model.inner_model.model_sampling
+    except AttributeError:
+        return None
+
+
+def _conds_batched(model_k) -> bool:
+    """True when a conditioning carries a batch > 1 (running a sub-batch would mis-pair them)."""
+    try:
+        for conds in model_k.inner_model.conds.values():
+            for c in conds:
+                for v in c.get("model_conds", {}).values():
+                    t = getattr(v, "cond", None)
+                    if isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] > 1:
+                        return True
+    except Exception:  # an unknown guider: be safe and run the whole batch
+        return True
+    return False
+
+
+def comfy_subset_runner(model, x, sigma, idx, extra_args):
+    """Run ComfyUI's denoiser on the samples `idx`; the whole batch where that would be wrong
+    (inpainting masks and batched conditionings are stored per batch outside the call)."""
+    if extra_args.get("denoise_mask") is not None or _conds_batched(model):
+        return model(x, sigma, **extra_args)
+    return model(x[idx], sigma[idx], **extra_args)
+
+
+def _noise_sampler(kind: str, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict):
+    """The noise sampler ComfyUI's sampler would build itself (same seed, same sequence)."""
+    seed = (extra_args or {}).get("seed", None)
+    if kind == "default":
+        return kds.default_noise_sampler(x, seed=seed)
+    sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
+    return kds.BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=seed, cpu=(kind == "brownian"))
+
+
+def adaptive_function(base_fn, base_name: str, config: AdaptiveConfig, sink: list | None = None):
+    """A k-diffusion sampler function: `base_fn` with AdaptiveDiffusion skipping around it."""
+    entry = support.lookup(base_name)
+
+    def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+        extra_args = {} if extra_args is None else extra_args
+        ms = _model_sampling(model)
+        vp_ok = not isinstance(ms, comfy.model_sampling.CONST)
+        noise_sampler = options.pop("noise_sampler", None)
+        if entry.stochastic and config.enabled and noise_sampler is None:
+            noise_sampler = _noise_sampler(entry.noise, x, sigmas, extra_args)
+        out, report = adaptive_sample(
+            base_fn,
+            model,
+            x,
+            sigmas,
+            config,
+            extra_args=extra_args,
+            callback=callback,
+            disable=disable,
+            endpoint_corrector=entry.endpoint_corrector,
+            noise_sampler=noise_sampler,
+            vp_estimator_ok=vp_ok,
+            subset_runner=comfy_subset_runner,
+            **options,
+        )
+        log.info("%s (%s)", report.summary(), base_name)
+        if sink is not None:
+            sink.append(report)
+        return out
+
+    sample_adaptive._tempo_adaptive = True
+    return sample_adaptive
+
+
+def wrap_sampler(sampler, base_name: str, config: AdaptiveConfig, sink: list | None = None):
+    """A new KSAMPLER running `sampler`'s function with skipping (its options kept)."""
+    if not isinstance(sampler, comfy.samplers.KSAMPLER):
+        raise AdaptiveConfigError(
+            "sampler: AdaptiveDiffusion wraps ComfyUI's k-diffusion samplers (KSAMPLER); got "
+            f"{type(sampler).__name__}"
+        )
+    fn = adaptive_function(sampler.sampler_function, base_name, config, sink)
+    return comfy.samplers.KSAMPLER(fn, dict(sampler.extra_options), dict(sampler.inpaint_options))
+
+
+def _plot_image(report, config: AdaptiveConfig) -> torch.Tensor:
+    thr = config.threshold if config.mode in ("threshold", "paper", "target") else None
+    return torch.from_numpy(plot_report(report, threshold=thr)).unsqueeze(0)
+
+
+def _empty_plot() -> torch.Tensor:
+    return torch.zeros(1, 64, 64, 3)
+
+
+def _check_sampler_name(sampler_name):
+    try:
+        support.lookup(sampler_name)
+    except support.UnsupportedSampler as e:
+        return str(e)
+    return True
+
+
+# ----------------------------------------------------------------------------- nodes
+class AdaptiveKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TempoAdaptiveKSampler",
+            display_name="AdaptiveDiffusion KSampler",
+            category=CATEGORY,
+            description="KSampler that skips the network on steps where the latents say it can reuse the last "
+            "noise prediction (AdaptiveDiffusion, NeurIPS 2024). Same inputs as KSampler plus the skip settings; "
+            "reports which steps ran, the NFE and the speed-up.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model used for denoising the input latent."),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                    tooltip="The random seed used for creating the noise.",
+                ),
+                io.Int.Input("steps", default=30, min=1, max=10000, tooltip="The number of steps in the denoising process."),
+                io.Float.Input(
+                    "cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                    tooltip="Classifier-free guidance scale.",
+                ),
+                io.Combo.Input(
+                    "sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
+                    tooltip="The base sampler. Those AdaptiveDiffusion cannot serve (dpm_fast, dpm_adaptive, heunpp2, "
+                    "the CFG++ ones) are refused with the reason.",
+                ),
+                io.Combo.Input(
+                    "scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
+                    tooltip="The scheduler controls how noise is gradually removed to form the image.",
+                ),
+                io.Conditioning.Input("positive", tooltip="The conditioning describing what to include."),
+                io.Conditioning.Input("negative", tooltip="The conditioning describing what to exclude."),
+                io.Latent.Input("latent_image", tooltip="The latent image to denoise."),
+                io.Float.Input(
+                    "denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                    tooltip="The amount of denoising applied; lower values keep more of the input latent.",
+                ),
+                *adaptive_inputs(),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="LATENT", tooltip="The denoised latent."),
+                io.Image.Output(
+                    display_name="skip_plot",
+                    tooltip="The estimator per step and which steps ran the network (green) or reused (red).",
+                ),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sampler_name=None, **kwargs):
+        if sampler_name is None:
+            return True
+        return _check_sampler_name(sampler_name)
+
+    @classmethod
+    def execute(
+        cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
+        mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode,
+    ) -> io.NodeOutput:
+        config = make_config(mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode)
+        latent = latent_image
+        samples_in = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+        noise = comfy.sample.prepare_noise(samples_in, seed, latent.get("batch_index"))
+        noise_mask = latent.get("noise_mask")
+        sink: list = []
+        sampler = wrap_sampler(comfy.samplers.sampler_object(sampler_name), sampler_name, config, sink)
+        ks = comfy.samplers.KSampler(
+            model, steps=steps, device=model.load_device, sampler=sampler_name, scheduler=scheduler,
+            denoise=denoise, model_options=model.model_options,
+        )
+        callback = latent_preview.prepare_callback(model, steps)
+        samples = comfy.sample.sample_custom(
+            model, noise, cfg, sampler, ks.sigmas, positive, negative, samples_in, noise_mask=noise_mask,
+            callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+        )
+        out = latent.copy()
+        out["samples"] = samples
+        if sink:
+            report = sink[-1]
+            return io.NodeOutput(out, _plot_image(report, config), ui=ui.PreviewText(report.summary()))
+        return io.NodeOutput(out, _empty_plot(), ui=ui.PreviewText("AdaptiveDiffusion: nothing to sample (denoise 0)"))
+
+
+class AdaptiveSamplerNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TempoAdaptiveSampler",
+            display_name="AdaptiveDiffusion Sampler",
+            category=CATEGORY,
+            description="A SAMPLER for SamplerCustom / SamplerCustomAdvanced: the chosen base sampler with "
+            "AdaptiveDiffusion step skipping. The skip path is written to the console after each run.",
+            inputs=[
+                io.Combo.Input(
+                    "sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
+                    tooltip="The base sampler to wrap.",
+                ),
+                *adaptive_inputs(),
+            ],
+            outputs=[io.Sampler.Output(tooltip="The base sampler with AdaptiveDiffusion skipping.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sampler_name=None, **kwargs):
+        if sampler_name is None:
+            return True
+        return _check_sampler_name(sampler_name)
+
+    @classmethod
+    def execute(cls, sampler_name, mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode) -> io.NodeOutput:
+        config = make_config(mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode)
+        return io.NodeOutput(wrap_sampler(comfy.samplers.sampler_object(sampler_name), sampler_name, config))
+
+
+def _sampler_sample_wrapper(config: AdaptiveConfig, executor, *args, **kwargs):
+    """SAMPLER_SAMPLE wrapper: run this sampling with the sampler's function wrapped."""
+    sampler = executor.class_obj
+    fn = getattr(sampler, "sampler_function", None)
+    name = support.name_of_function(fn)
+    if fn is None or getattr(fn, "_tempo_adaptive", False):
+        return executor(*args, **kwargs)
+    if name is None:
+        log.warning("AdaptiveDiffusion: sampler function %r is not one it knows; sampling without skipping", getattr(fn, "__name__", fn))
+        return executor(*args, **kwargs)
+    entry = support.SUPPORT[name]
+    if not entry.served:
+        raise support.UnsupportedSampler(
+            f"sampler_name: the AdaptiveDiffusion model patch cannot serve {name!r}: {entry.note}. "
+            "Pick another sampler or remove the patch."
+        )
+    sampler.sampler_function = adaptive_function(fn, name, config)
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        sampler.sampler_function = fn
+
+
+class AdaptiveModelPatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TempoAdaptiveModel",
+            display_name="AdaptiveDiffusion (model patch)",
+            category=CATEGORY,
+            description="Patches a MODEL so that any sampler node (KSampler, KSamplerAdvanced, SamplerCustom, ...) "
+            "samples it with AdaptiveDiffusion step skipping, as EasyCache does. The skip path is written to the "
+            "console after each run.",
+            inputs=[io.Model.Input("model", tooltip="The model to patch."), *adaptive_inputs()],
+            outputs=[io.Model.Output(tooltip="The model with AdaptiveDiffusion skipping.")],
+        )
+
+    @classmethod
+    def execute(cls, model, mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode) -> io.NodeOutput:
+        config = make_config(mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode)
+        model = model.clone()
+        model.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE,
+            "tempo_adaptive",
+            functools.partial(_sampler_sample_wrapper, config),
+        )
+        return io.NodeOutput(model)
+
+
+NODES = [AdaptiveKSampler, AdaptiveSamplerNode, AdaptiveModelPatch]

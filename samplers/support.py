@@ -1,0 +1,121 @@
+"""Which of ComfyUI's samplers AdaptiveDiffusion can serve, and how (plain data, no ComfyUI import).
+
+Each entry says how the sampler evaluates the model inside one step (so that a step is skipped or
+run as a whole), whether it injects noise (so the estimator can regress it out) and, for those that
+do, which noise sampler ComfyUI builds by default (the pack builds the same one, so the noise
+sequence is unchanged). The host tier runs every served sampler inside ComfyUI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SamplerSupport:
+    served: bool
+    family: str  # "single", "multistep", "multi-eval", or "-" when refused
+    stochastic: bool = False
+    noise: str | None = None  # "default" | "brownian" | "brownian_gpu": the base sampler's own
+    endpoint_corrector: bool = False  # a second evaluation at sigma_{i+1} (Heun)
+    note: str = ""
+
+
+_S = SamplerSupport
+_CFG_PP = (
+    "CFG++ samplers read the unguided prediction through a post-CFG hook; a skipped step has none to give"
+)
+
+SUPPORT: dict[str, SamplerSupport] = {
+    "euler": _S(True, "single"),
+    "ddim": _S(True, "single", note="ComfyUI's ddim is euler; reusing d is the official eps reuse"),
+    "lcm": _S(True, "single", True, "default"),
+    "ddpm": _S(True, "single", True, "default"),
+    "euler_ancestral": _S(True, "single", True, "default"),
+    "lms": _S(True, "multistep"),
+    "dpmpp_2m": _S(True, "multistep"),
+    "ipndm": _S(True, "multistep"),
+    "ipndm_v": _S(True, "multistep"),
+    "deis": _S(True, "multistep"),
+    "res_multistep": _S(True, "multistep"),
+    "gradient_estimation": _S(True, "multistep"),
+    "uni_pc": _S(True, "multistep", note="the estimator sees UniPC's predictor latents"),
+    "uni_pc_bh2": _S(True, "multistep", note="the estimator sees UniPC's predictor latents"),
+    "dpmpp_2m_sde": _S(True, "multistep", True, "brownian"),
+    "dpmpp_2m_sde_gpu": _S(True, "multistep", True, "brownian_gpu"),
+    "dpmpp_2m_sde_heun": _S(True, "multistep", True, "brownian"),
+    "dpmpp_2m_sde_heun_gpu": _S(True, "multistep", True, "brownian_gpu"),
+    "dpmpp_3m_sde": _S(True, "multistep", True, "brownian"),
+    "dpmpp_3m_sde_gpu": _S(True, "multistep", True, "brownian_gpu"),
+    "res_multistep_ancestral": _S(True, "multistep", True, "default"),
+    "er_sde": _S(True, "multistep", True, "default"),
+    "sa_solver": _S(True, "multistep", True, "default"),
+    "sa_solver_pece": _S(True, "multistep", True, "default", note="its corrector re-evaluates at the same sigma"),
+    "heun": _S(True, "multi-eval", endpoint_corrector=True),
+    "dpm_2": _S(True, "multi-eval"),
+    "dpm_2_ancestral": _S(True, "multi-eval", True, "default"),
+    "dpmpp_2s_ancestral": _S(True, "multi-eval", True, "default"),
+    "dpmpp_sde": _S(True, "multi-eval", True, "brownian"),
+    "dpmpp_sde_gpu": _S(True, "multi-eval", True, "brownian_gpu"),
+    "seeds_2": _S(True, "multi-eval", True, "default"),
+    "seeds_3": _S(True, "multi-eval", True, "default"),
+    "heunpp2": _S(False, "-", note="it evaluates two schedule points ahead (sigma_{i+2}), which crosses step boundaries"),
+    "dpm_fast": _S(False, "-", note="it chooses its own step sizes, off the schedule"),
+    "dpm_adaptive": _S(False, "-", note="it chooses its own step sizes, off the schedule"),
+    "euler_cfg_pp": _S(False, "-", note=_CFG_PP),
+    "euler_ancestral_cfg_pp": _S(False, "-", note=_CFG_PP),
+    "dpmpp_2s_ancestral_cfg_pp": _S(False, "-", note=_CFG_PP),
+    "dpmpp_2m_cfg_pp": _S(False, "-", note=_CFG_PP),
+    "res_multistep_cfg_pp": _S(False, "-", note=_CFG_PP),
+    "res_multistep_ancestral_cfg_pp": _S(False, "-", note=_CFG_PP),
+    "gradient_estimation_cfg_pp": _S(False, "-", note=_CFG_PP),
+}
+
+# ComfyUI's function names (comfy.k_diffusion.sampling.sample_<name>, uni_pc, dpm_fast wrappers)
+FUNCTION_NAMES = {f"sample_{k}": k for k in SUPPORT}
+FUNCTION_NAMES.update(
+    {
+        "sample_unipc": "uni_pc",
+        "sample_unipc_bh2": "uni_pc_bh2",
+        "dpm_fast_function": "dpm_fast",
+        "dpm_adaptive_function": "dpm_adaptive",
+    }
+)
+
+
+class UnsupportedSampler(ValueError):
+    """The chosen sampler cannot be served; the message says why and what to pick instead."""
+
+
+def served_names() -> list[str]:
+    return [k for k, v in SUPPORT.items() if v.served]
+
+
+def lookup(name: str) -> SamplerSupport:
+    """The entry for a ComfyUI sampler name; a clear error for one that cannot be served."""
+    entry = SUPPORT.get(name)
+    if entry is None:
+        raise UnsupportedSampler(
+            f"sampler_name: AdaptiveDiffusion does not know the sampler {name!r}; "
+            f"it serves: {', '.join(served_names())}"
+        )
+    if not entry.served:
+        raise UnsupportedSampler(
+            f"sampler_name: AdaptiveDiffusion cannot serve {name!r}: {entry.note}. "
+            "Pick another sampler (for example euler, dpmpp_2m or heun)."
+        )
+    return entry
+
+
+def name_of_function(fn) -> str | None:
+    """ComfyUI sampler name of a k-diffusion sampler function, or None when it is not one of ours."""
+    return FUNCTION_NAMES.get(getattr(fn, "__name__", ""))
+
+
+def support_matrix_markdown() -> str:
+    """The README's support matrix."""
+    rows = ["| sampler | served | kind | noise handling | note |", "| --- | --- | --- | --- | --- |"]
+    for name, e in SUPPORT.items():
+        noise = "regressed out of the estimator" if e.stochastic else "-"
+        rows.append(f"| `{name}` | {'yes' if e.served else 'no'} | {e.family} | {noise} | {e.note} |")
+    return "\n".join(rows)
