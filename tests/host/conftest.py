@@ -1,0 +1,90 @@
+"""Host tier: the pack's tests against a real ComfyUI.
+
+Set TEMPO_COMFYUI (a ComfyUI source tree) and optionally TEMPO_COMFYUI_PYTHON (the Python that runs
+it; default <TEMPO_COMFYUI>/../venv/bin/python if it exists, else this Python). Without them every
+test in this folder is skipped with that hint; collection never needs ComfyUI.
+
+Fixtures:
+    comfy_install   ComfyInstall(tree, python), or skip
+    comfy_base      the session's ComfyUI --base-directory (custom_nodes: comfyui_tempo -> repo root,
+                    tempo_testnodes -> tests/host/testnodes)
+    comfy_server    one ComfyUI server for the whole session (ComfyServer); log in BASE
+    comfy           a ComfyClient for it: object_info(), run(graph), interrupt(), output_images()
+    comfy_snippet   run(code, timeout=...) -> the code's RESULT, under the ComfyUI Python with
+                    ComfyUI importable (args.cpu set) and comfyui_tempo / tempo_testnodes importable
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_HOST_DIR = Path(__file__).resolve().parent
+if str(_HOST_DIR) not in sys.path:
+    sys.path.insert(0, str(_HOST_DIR))
+
+import comfy_client  # noqa: E402
+from comfy_client import ComfyClient, ComfyServer, HostError, find_comfyui, import_failed_lines_for  # noqa: E402
+
+# the test node pack is loaded by ComfyUI, never collected by pytest
+collect_ignore = ["testnodes"]
+
+
+@pytest.fixture(autouse=True)
+def _require_comfyui():
+    """Skips every host test, with what to set, unless a ComfyUI tree is configured."""
+    install, reason = find_comfyui()
+    if install is None:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def comfy_install() -> comfy_client.ComfyInstall:
+    install, reason = find_comfyui()
+    if install is None:
+        pytest.skip(reason)
+    return install
+
+
+@pytest.fixture(scope="session")
+def comfy_base(comfy_install, tmp_path_factory) -> Path:
+    return comfy_client.make_base(tmp_path_factory.mktemp("comfy_base"))
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_install, comfy_base):
+    server = ComfyServer(comfy_install, comfy_base)
+    try:
+        server.start(timeout=180.0)
+        failed = import_failed_lines_for(server.import_failures(), comfy_client.PACK_LINK)
+        failed += import_failed_lines_for(server.import_failures(), comfy_client.TESTNODES_LINK)
+        if failed:
+            raise HostError(
+                "ComfyUI could not import a custom node pack:\n" + "\n".join(failed)
+                + f"\n--- server log ({server.log_path}) ---\n" + server.log_tail(120)
+            )
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_server) -> ComfyClient:
+    return ComfyClient(comfy_server)
+
+
+@pytest.fixture(scope="session")
+def comfy_snippet(comfy_install, comfy_base):
+    """run(code, timeout=600) -> RESULT of `code` run under the ComfyUI Python (a subprocess).
+
+    The code runs with cwd the ComfyUI tree, the tree and BASE/custom_nodes on sys.path and
+    ``comfy.cli_args.args.cpu = True`` already set; it must assign a JSON-serialisable ``RESULT``.
+    Each call is a fresh process (~10 s of imports if it loads comfy.sd / nodes).
+    """
+
+    def run(code: str, timeout: float = 600.0):
+        return comfy_client.run_snippet(comfy_install, code, base=comfy_base, timeout=timeout)
+
+    return run
