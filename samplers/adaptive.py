@@ -328,6 +328,7 @@ class AdaptiveSampling:
         return self._d_hist[-1], self._d_hist[-2], self._d_hist[-3]
 
     # ----------------------------------------------------------------- decisions
+    @torch.no_grad()
     def _begin_step(self, x: torch.Tensor):
         t0 = time.perf_counter()
         self.step += 1
@@ -434,6 +435,7 @@ class AdaptiveSampling:
         slope_w = torch.where(ok, (sigma - s_a) / torch.where(ok, gap, torch.ones_like(gap)), torch.zeros_like(gap))
         return d_a + _bshape(slope_w, ndim).to(d_a.dtype) * (d_a - self._d_b[idx])
 
+    @torch.no_grad()
     def _remember(self, x: torch.Tensor, sigma: float, out: torch.Tensor, idx: torch.Tensor):
         d = (x - out) / sigma
         b = self.shape[0]
@@ -450,6 +452,12 @@ class AdaptiveSampling:
         self._s_a[idx] = sigma
 
     # ----------------------------------------------------------------- the denoiser
+    def __getattr__(self, name):
+        # samplers look through the denoiser (ComfyUI's read model.inner_model.inner_model.model_sampling)
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra):
         s = float(sigma.reshape(-1)[0])
         kind = self._classify(s)
@@ -499,7 +507,8 @@ class AdaptiveSampling:
             return out
         t0 = time.perf_counter()
         skip_idx = (~mask).nonzero().flatten()
-        reused = x[skip_idx] - s * self._direction(s, skip_idx, x.ndim).to(x.dtype)
+        with torch.no_grad():
+            reused = x[skip_idx] - s * self._direction(s, skip_idx, x.ndim).to(x.dtype)
         if out is None:
             out = torch.empty_like(x)
         out[skip_idx] = reused
@@ -517,6 +526,22 @@ class AdaptiveSampling:
             return z
 
         return recording
+
+
+class _Counting:
+    """Pass-through denoiser that counts its calls (and lets samplers look through it)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __getattr__(self, name):
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.model(*args, **kwargs)
 
 
 def adaptive_sample(
@@ -544,17 +569,12 @@ def adaptive_sample(
     """
     config.validate()
     if not config.enabled:
-        counter = {"n": 0}
-
-        def counting(x_, s_, **kw):
-            counter["n"] += 1
-            return model(x_, s_, **kw)
-
+        counting = _Counting(model)
         out = sampler_fn(counting, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **sampler_options)
         rep = SkipReport(steps=len(sigmas) - 1, batch=x.shape[0], mode=config.mode)
-        rep.nfe_per_sample = [counter["n"]] * x.shape[0]
-        rep.evals_requested = counter["n"]
-        rep.model_calls = counter["n"]
+        rep.nfe_per_sample = [counting.calls] * x.shape[0]
+        rep.evals_requested = counting.calls
+        rep.model_calls = counting.calls
         rep.notes.append("skipping disabled (threshold 0 / target_speedup 1): base sampler unchanged")
         return out, rep
     ctl = AdaptiveSampling(
