@@ -1,0 +1,79 @@
+"""Shared pieces of the benchmarks: problems (a denoiser with its noise, classes and decoder),
+metrics and a table printer."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..samplers import schedules
+
+
+@dataclass
+class Problem:
+    """One batch to sample: denoiser(x, sigma, cond=) -> x0 with CFG applied, unit noise, classes."""
+
+    name: str
+    denoiser: Callable
+    noise: torch.Tensor
+    cond: torch.Tensor
+    decode: Callable[[torch.Tensor], torch.Tensor]  # latents -> images [B, 3, H, W] in 0..1
+    sigma_table: torch.Tensor
+    scheduler: str = "karras"
+    net_denoiser: Callable | None = None  # net_denoiser(wrap) -> denoiser whose network is wrap(net_call)
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        return schedules.get_sigmas(self.scheduler, steps, self.sigma_table)
+
+    def subset(self, idx) -> "Problem":
+        return Problem(
+            self.name, self.denoiser, self.noise[idx], self.cond[idx], self.decode, self.sigma_table,
+            self.scheduler, self.net_denoiser,
+        )
+
+
+def psnr_db(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in 0..1 (peak 1), [B]."""
+    mse = ((images.float() - reference.float()) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+    return -10 * torch.log10(mse)
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def print_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("-+-".join("-" * w for w in widths))
+    lines += [" | ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def write_json(path: str, payload: dict) -> None:
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    with open(path, "w") as f:
+        json.dump(clean(payload), f, indent=1)

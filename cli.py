@@ -1,0 +1,157 @@
+"""`comfyui-tempo`: the pack's algorithms without ComfyUI.
+
+  comfyui-tempo demo [--out DIR]            AdaptiveDiffusion on the bundled testbed: image grid + metrics
+  comfyui-tempo bench adaptive [--json F]   the AdaptiveDiffusion benchmark table
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _demo(args) -> int:
+    import numpy as np
+    import torch
+
+    from .bench.common import print_table, psnr_db, write_json
+    from .samplers import kdiff
+    from .samplers.adaptive import AdaptiveConfig, adaptive_sample
+    from .samplers.plot import plot_report
+    from .testbed import problems
+
+    if args.sampler not in kdiff.SAMPLERS:
+        print(f"--sampler: expected one of {sorted(kdiff.SAMPLERS)}, got {args.sampler!r}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    problem = problems.trained_problem(classes=10, seeds=args.seeds, cfg=args.cfg, scheduler=args.scheduler)
+    sig = problem.sigmas(args.steps)
+    fn = kdiff.SAMPLERS[args.sampler]
+    extra = {"cond": problem.cond}
+    x = problem.noise * sig[0]
+
+    runs = {}
+    t0 = time.perf_counter()
+    full, full_rep = adaptive_sample(fn, problem.denoiser, x, sig, AdaptiveConfig(target_speedup=1.0), extra_args=extra)
+    runs["full"] = (full, full_rep, time.perf_counter() - t0)
+    configs = {
+        "adaptive": AdaptiveConfig(target_speedup=args.target_speedup),
+        "adaptive_paper": AdaptiveConfig.paper(args.threshold, 4),
+    }
+    for name, cfg in configs.items():
+        t0 = time.perf_counter()
+        out, rep = adaptive_sample(
+            fn, problem.denoiser, x, sig, cfg, extra_args=extra, endpoint_corrector=(args.sampler == "heun")
+        )
+        runs[name] = (out, rep, time.perf_counter() - t0)
+
+    ref = problem.decode(full)
+    rows = []
+    for name, (out, rep, wall) in runs.items():
+        img = problem.decode(out)
+        rows.append(
+            {
+                "method": name,
+                "nfe": rep.nfe,
+                "speedup_nfe": runs["full"][1].nfe / rep.nfe,
+                "psnr_db": float(psnr_db(img, ref).mean()) if name != "full" else float("inf"),
+                "wall_s": wall,
+                "speedup_wall": runs["full"][2] / wall,
+                "path": rep.path_string(),
+            }
+        )
+    table = print_table(rows, ["method", "nfe", "speedup_nfe", "psnr_db", "wall_s", "speedup_wall", "path"])
+
+    # grid: one row per class; columns: (full, adaptive, paper) for each seed
+    from PIL import Image
+
+    imgs = {name: problem.decode(out) for name, (out, _, _) in runs.items()}
+    order = ["full", "adaptive", "adaptive_paper"]
+    seeds = args.seeds
+    tiles = []
+    for c in range(10):
+        row = []
+        for s in range(seeds):
+            b = c * seeds + s
+            for name in order:
+                row.append(imgs[name][b])
+            row.append(torch.ones_like(imgs["full"][b]))  # spacer between seeds
+        tiles.append(torch.cat(row[:-1], dim=2))
+    grid = torch.cat(tiles, dim=1).permute(1, 2, 0).clamp(0, 1).numpy()
+    scale = max(1, 256 // imgs["full"].shape[-1])
+    grid_img = Image.fromarray((grid * 255).round().astype(np.uint8)).resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+    )
+    grid_path = os.path.join(args.out, "grid.png")
+    grid_img.save(grid_path)
+    plot = plot_report(runs["adaptive"][1], threshold=None)
+    plot_path = os.path.join(args.out, "skip_path.png")
+    Image.fromarray((plot * 255).round().astype(np.uint8)).save(plot_path)
+    metrics_path = os.path.join(args.out, "metrics.json")
+    write_json(
+        metrics_path,
+        {
+            "problem": problem.name,
+            "sampler": args.sampler,
+            "steps": args.steps,
+            "grid_columns": order,
+            "rows": rows,
+            "reports": {name: rep.to_dict() for name, (_, rep, _) in runs.items()},
+            "table": table,
+        },
+    )
+    with open(os.path.join(args.out, "metrics.md"), "w") as f:
+        f.write(f"# {problem.name}, {args.sampler}, {args.steps} steps\n\n```\n{table}\n```\n")
+    print(f"\nwrote {grid_path} (rows: classes 0-9; columns per seed: {', '.join(order)}), {plot_path}, {metrics_path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="comfyui-tempo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="AdaptiveDiffusion on the bundled testbed: an image grid and a metrics table")
+    demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    demo.add_argument("--sampler", default="euler", help="euler, heun, dpm_2, dpmpp_2m or euler_ancestral")
+    demo.add_argument("--steps", type=int, default=50)
+    demo.add_argument("--cfg", type=float, default=5.0)
+    demo.add_argument("--scheduler", default="karras", choices=["karras", "normal"])
+    demo.add_argument("--seeds", type=int, default=2, help="seeds per class")
+    demo.add_argument("--target-speedup", type=float, default=2.0)
+    demo.add_argument("--threshold", type=float, default=0.01, help="threshold of the paper-rule run")
+    demo.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+
+    bench = sub.add_parser("bench", help="benchmarks that print a table and write JSON")
+    bench_sub = bench.add_subparsers(dest="which", required=True)
+    ad = bench_sub.add_parser("adaptive", help="AdaptiveDiffusion against the full run, fewer steps, EasyCache, ...")
+    ad.add_argument("--json", help="write the rows here")
+    ad.add_argument("--quick", action="store_true", help="a small, fast configuration (used by the tests)")
+    ad.add_argument("--samplers", default="euler,dpmpp_2m")
+    ad.add_argument("--steps", type=int, default=0, help="default 50 (20 with --quick)")
+    ad.add_argument("--classes", type=int, default=0, help="default 10 (4 with --quick)")
+    ad.add_argument("--seeds", type=int, default=0, help="seeds per class; default 2 (1 with --quick)")
+    ad.add_argument("--cfg", type=float, default=5.0)
+    ad.add_argument("--scheduler", default="karras", choices=["karras", "normal"])
+    ad.add_argument("--greedy", type=int, default=None, help="conditionings for the greedy search (default 2; 0 with --quick)")
+    ad.add_argument("--threads", type=int, default=0)
+    ad.add_argument("--quiet", action="store_true")
+
+    args = parser.parse_args(argv)
+    args.argv = argv[2:] if args.command == "bench" else argv[1:]
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "bench" and args.which == "adaptive":
+        from .bench import adaptive
+
+        return adaptive.main(args)
+    parser.error("unknown command")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
