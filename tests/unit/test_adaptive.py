@@ -60,6 +60,15 @@ def test_disabled_is_bit_identical(setup, sampler, config):
     assert rep.nfe == rep.evals_requested  # one NFE per requested evaluation
 
 
+@pytest.mark.parametrize("sampler", sorted(kdiff.SAMPLERS))
+def test_active_controller_without_skips_is_bit_identical(setup, sampler):
+    den, noise, cond = setup
+    ref, _ = run(den, noise, cond, sampler)
+    out, rep = run(den, noise, cond, sampler, config=AdaptiveConfig(mode="path", path=torch.ones(20, dtype=torch.bool)))
+    assert torch.equal(ref, out)
+    assert rep.path_string() == "C" * 20
+
+
 @pytest.mark.parametrize(
     "n,cap,expected", [(20, 4, 7), (25, 4, 8), (50, 4, 13), (50, 6, 10), (250, 4, 53), (250, 6, 39)]
 )

@@ -1,0 +1,129 @@
+"""AdaptiveDiffusion inside a real ComfyUI: every served sampler, eps / v / flow models, the three nodes."""
+
+import json
+
+import pytest
+
+from comfyui_tempo.samplers import support
+
+SNIPPET = r'''
+import json, torch
+import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
+import comfy.supported_models_base as smb, comfy.latent_formats, comfy.samplers, comfy.sample
+import nodes
+from comfy_extras import nodes_custom_sampler as ncs
+from comfyui_tempo.nodes import adaptive as A
+from comfyui_tempo.samplers import support
+
+SAMPLERS = json.loads(__SAMPLERS__)
+
+class Tiny(smb.BASE):
+    unet_config = {}
+    unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
+    latent_format = comfy.latent_formats.SD15
+
+def build(model_type):
+    cfg = Tiny(dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1],
+        channel_mult=[1], transformer_depth=[1], transformer_depth_output=[0, 0], transformer_depth_middle=-2,
+        use_spatial_transformer=True, legacy=False, context_dim=64, use_linear_in_transformer=True, adm_in_channels=None))
+    cfg.set_inference_dtype(torch.float32, None)
+    base = comfy.model_base.BaseModel(cfg, model_type=model_type)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in base.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+pos = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
+neg = [[torch.zeros(1, 2, 64), {}]]
+lat = {"samples": torch.zeros(2, 4, 8, 8)}
+ADAPT = dict(extrapolation="linear", force_last=1, start_percent=0.0, estimator_space="vp", batch_mode="per_sample")
+from comfyui_tempo.samplers.adaptive import AdaptiveConfig
+result = {"active_identical": {}, "identical": {}, "patch_identical": {}, "custom_identical": {}, "skipping": {}, "errors": {}}
+models = {"eps": build(comfy.model_base.ModelType.EPS), "v": build(comfy.model_base.ModelType.V_PREDICTION),
+          "flow": build(comfy.model_base.ModelType.FLOW)}
+with torch.inference_mode():
+    for kind, model in models.items():
+        names = SAMPLERS if kind == "eps" else ["euler", "dpmpp_2m", "heun", "euler_ancestral"]
+        for name in names:
+            steps = 10
+            ref = nodes.common_ksampler(model, 3, steps, 5.0, name, "normal", pos, neg, lat)[0]["samples"]
+            off = A.AdaptiveKSampler.execute(model, 3, steps, 5.0, name, "normal", pos, neg, lat, 1.0,
+                                             "threshold", 2.0, 0.0, 4, **ADAPT)
+            result["identical"][f"{kind}/{name}"] = bool(torch.equal(ref, off.args[0]["samples"]))
+            # the controller active but told to run every step: the step bookkeeping and, for
+            # stochastic samplers, the rebuilt noise sampler must leave the result untouched
+            ks = comfy.samplers.KSampler(model, steps, model.load_device, name, "normal", 1.0, model.model_options)
+            sampler = A.wrap_sampler(comfy.samplers.sampler_object(name), name,
+                                     AdaptiveConfig(mode="path", path=torch.ones(len(ks.sigmas) - 1, dtype=torch.bool)))
+            noise = comfy.sample.prepare_noise(lat["samples"], 3)
+            act = comfy.sample.sample_custom(model, noise, 5.0, sampler, ks.sigmas, pos, neg, lat["samples"], seed=3)
+            result["active_identical"][f"{kind}/{name}"] = bool(torch.equal(ref, act))
+            patched = A.AdaptiveModelPatch.execute(model, "paper", 2.0, 0.0, 4, **ADAPT).args[0]
+            ref_p = nodes.common_ksampler(patched, 3, steps, 5.0, name, "normal", pos, neg, lat)[0]["samples"]
+            result["patch_identical"][f"{kind}/{name}"] = bool(torch.equal(ref, ref_p))
+            on = A.AdaptiveKSampler.execute(model, 3, 20, 5.0, name, "normal", pos, neg, lat, 1.0,
+                                            "target_speedup", 2.0, 0.01, 4, **ADAPT)
+            text = on.ui.as_dict()["text"][0] if hasattr(on.ui, "as_dict") else str(on.ui)
+            out = on.args[0]["samples"]
+            result["skipping"][f"{kind}/{name}"] = {"text": text, "finite": bool(torch.isfinite(out).all()),
+                                                   "plot": list(on.args[1].shape)}
+        # SamplerCustom with the SAMPLER node, threshold 0, against KSamplerSelect
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 8)
+        for name in ["euler", "dpmpp_2m", "dpmpp_sde"]:
+            base = comfy.samplers.sampler_object(name)
+            wrapped = A.AdaptiveSamplerNode.execute(name, "threshold", 2.0, 0.0, 4, **ADAPT).args[0]
+            a = comfy.sample.sample_custom(model, torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)),
+                                           5.0, base, sigmas, pos, neg, lat["samples"], seed=5)
+            b = comfy.sample.sample_custom(model, torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)),
+                                           5.0, wrapped, sigmas, pos, neg, lat["samples"], seed=5)
+            result["custom_identical"][f"{kind}/{name}"] = bool(torch.equal(a, b))
+    for name in ["dpm_fast", "heunpp2", "euler_cfg_pp"]:
+        result["errors"][name] = A.AdaptiveKSampler.validate_inputs(sampler_name=name)
+        try:
+            A.AdaptiveSamplerNode.execute(name, "threshold", 2.0, 0.01, 4, **ADAPT)
+            result["errors"][name + "/execute"] = "no error"
+        except Exception as e:
+            result["errors"][name + "/execute"] = f"{type(e).__name__}: {e}"
+RESULT = result
+'''
+
+
+@pytest.fixture(scope="module")
+def adaptive_result(comfy_snippet):
+    served = support.served_names()
+    return comfy_snippet(SNIPPET.replace("__SAMPLERS__", repr(json.dumps(served))), timeout=900)
+
+
+def test_threshold_zero_is_bit_identical_for_every_served_sampler(adaptive_result):
+    bad = [k for k, v in adaptive_result["identical"].items() if not v]
+    assert not bad, f"not bit-identical with threshold 0: {bad}"
+    served = set(support.served_names())
+    assert {k.split("/")[1] for k in adaptive_result["identical"] if k.startswith("eps/")} == served
+
+
+def test_active_controller_running_every_step_is_bit_identical(adaptive_result):
+    bad = [k for k, v in adaptive_result["active_identical"].items() if not v]
+    assert not bad, f"controller on, no skips, yet results differ: {bad}"
+
+
+def test_model_patch_and_sampler_node_are_bit_identical_when_off(adaptive_result):
+    assert all(adaptive_result["patch_identical"].values()), adaptive_result["patch_identical"]
+    assert all(adaptive_result["custom_identical"].values()), adaptive_result["custom_identical"]
+
+
+def test_skipping_cuts_nfe_for_eps_v_and_flow_models(adaptive_result):
+    for key, info in adaptive_result["skipping"].items():
+        assert info["finite"], key
+        assert info["plot"][0] == 1 and info["plot"][-1] == 3
+        text = info["text"]
+        assert text.startswith("AdaptiveDiffusion [target]"), text
+        speed = float(text.split("(")[1].split("x")[0])
+        assert speed > 1.3, (key, text)
+
+
+def test_refused_samplers_get_a_clear_error(adaptive_result):
+    for name in ["dpm_fast", "heunpp2", "euler_cfg_pp"]:
+        msg = adaptive_result["errors"][name]
+        assert isinstance(msg, str) and msg.startswith("sampler_name:") and name in msg
+        assert "UnsupportedSampler" in adaptive_result["errors"][name + "/execute"]
