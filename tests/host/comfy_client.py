@@ -407,6 +407,9 @@ from comfy.cli_args import args
 args.cpu = True
 if os.environ.get("TEMPO_SNIPPET_BASE"):
     args.base_directory = os.environ["TEMPO_SNIPPET_BASE"]
+# before `import nodes`: nodes.py puts ComfyUI/comfy first on sys.path, after which `utils`
+# would resolve to comfy/utils.py and app/frontend_management.py fails ("'utils' is not a package")
+import utils.extra_config  # noqa: E402,F401
 ns = {"__name__": "__snippet__", "RESULT": None}
 code = open(os.environ["TEMPO_SNIPPET_CODE"]).read()
 try:
@@ -430,9 +433,9 @@ def run_snippet(
     """Run `code` under the ComfyUI Python, cwd the ComfyUI tree, and return its ``RESULT``.
 
     Before the code runs: the tree (and BASE/custom_nodes, so ``import comfyui_tempo`` and
-    ``import tempo_testnodes`` work) are on sys.path, and ``comfy.cli_args.args.cpu = True``
-    (and ``args.base_directory = BASE``) are set, so ``import comfy.model_management`` picks the
-    CPU. The code assigns a JSON-serialisable value to ``RESULT``. An exception in the code
+    ``import tempo_testnodes`` work) are on sys.path, ``comfy.cli_args.args.cpu = True`` (and
+    ``args.base_directory = BASE``) are set, so ``import comfy.model_management`` picks the CPU,
+    and ``utils.extra_config`` is imported, so a later ``import nodes`` works. The code assigns a JSON-serialisable value to ``RESULT``. An exception in the code
     raises HostError with the snippet's traceback and output.
     """
     with tempfile.TemporaryDirectory(prefix="tempo-snippet-") as tmp:
