@@ -43,8 +43,9 @@ from typing import Callable
 import torch
 
 MODES = ("target", "threshold", "paper", "path")
-EXTRAPOLATIONS = ("linear", "hold")
+EXTRAPOLATIONS = ("linear", "hold", "quadratic", "linear_x0")
 ESTIMATOR_SPACES = ("vp", "raw")
+ESTIMATORS = ("latent", "reuse_error")
 
 
 class AdaptiveConfigError(ValueError):
@@ -76,6 +77,7 @@ class AdaptiveConfig:
     per_sample: bool = True
     warmup: int = 4
     placement: float = 0.5
+    estimator: str = "latent"
     path: torch.Tensor | None = None
 
     @classmethod
@@ -108,6 +110,10 @@ class AdaptiveConfig:
             raise AdaptiveConfigError(
                 f"estimator_space: expected one of {ESTIMATOR_SPACES}, got {self.estimator_space!r}"
             )
+        if self.estimator not in ESTIMATORS:
+            raise AdaptiveConfigError(f"estimator: expected one of {ESTIMATORS}, got {self.estimator!r}")
+        if not (0.0 <= self.placement <= 4.0):
+            raise AdaptiveConfigError(f"placement: expected 0..4, got {self.placement!r}")
         if int(self.force_last) != self.force_last or self.force_last < 0:
             raise AdaptiveConfigError(f"force_last: expected an integer >= 0, got {self.force_last!r}")
         if not 0.0 <= self.start_percent <= 1.0:
@@ -256,8 +262,13 @@ class AdaptiveSampling:
         self._paper_mask: list[bool] = []
         self._skip_run = None  # consecutive skipped steps per sample
         self._credit = None
-        self._d_a = self._d_b = None  # last and previous computed directions
-        self._s_a = self._s_b = None  # their sigmas, per sample
+        self._hd = None  # [H, B, ...] the last computed directions, newest first
+        self._hs = None  # [H, B] their sigmas (nan: none yet)
+        self._hD = None  # [H, B, ...] their x0 (extrapolation linear_x0)
+        self._reuse_err = None  # per sample: |d - extrapolated d| at the last computed step start
+        self._log_cost_sum = None
+        self._cost_count = 0
+        self._is_start = False
         self._eligible_from, self._eligible_to, self._rate = self._plan()
 
     # ----------------------------------------------------------------- planning
@@ -414,42 +425,95 @@ class AdaptiveSampling:
         # to a flatter neighbouring step (placement in [0, 1] is how far it may move it).
         self._credit += self._rate
         pref = torch.zeros(b)
-        if d is not None:
+        if cfg.estimator == "latent" and d is not None:
             rel = ((d1 + d3) / 2 - d2).abs() / (cfg.threshold * d2).clamp_min(1e-30)
             pref = (-(rel.clamp(1e-6, 1e6).log()) / math.log(4.0)).clamp(-1, 1)
             if pref.numel() == 1:
                 pref = pref.expand(b)
+        elif cfg.estimator == "reuse_error" and self._reuse_err is not None:
+            # cost of skipping this step: the last observed extrapolation error of d, times this
+            # step's sigma travel, in VP units; preference relative to the geometric mean so far
+            dsig = abs(self.sig[k + 1] - self.sig[k])
+            scale = 1.0 / math.sqrt(1.0 + self.sig[k + 1] ** 2) if self.use_vp else 1.0
+            cost = (self._reuse_err * dsig * scale).clamp_min(1e-20).log()
+            if self._log_cost_sum is None:
+                self._log_cost_sum = torch.zeros(b)
+            self._log_cost_sum += cost
+            self._cost_count += 1
+            ref = self._log_cost_sum / self._cost_count
+            pref = ((ref - cost) / math.log(4.0)).clamp(-1, 1)
+            score = float(cost.exp().mean())
         want = self._credit >= 1.0 - cfg.placement * pref
+        owed = self._credit.floor()
+        remaining = self._eligible_to - k
+        want = want | (owed >= remaining)  # end of the run: settle the skips still owed
         skip = want & ~capped
         self._credit = self._credit - skip.float()
         return ~skip, score
 
     # ----------------------------------------------------------------- reuse
-    def _direction(self, sigma: float, idx: torch.Tensor, ndim: int) -> torch.Tensor:
-        d_a = self._d_a[idx]
-        if self.config.extrapolation == "hold" or self._d_b is None:
-            return d_a
-        s_a, s_b = self._s_a[idx], self._s_b[idx]
-        gap = s_a - s_b
-        ok = gap.abs() > 1e-12
-        slope_w = torch.where(ok, (sigma - s_a) / torch.where(ok, gap, torch.ones_like(gap)), torch.zeros_like(gap))
-        return d_a + _bshape(slope_w, ndim).to(d_a.dtype) * (d_a - self._d_b[idx])
+    def _direction(self, sigma: float, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The direction d a skipped evaluation at `sigma` uses, for the samples idx (x: theirs).
+
+        Lagrange extrapolation over the last computed evaluations of each sample: of d in sigma
+        (hold: order 0, linear: 1, quadratic: 2), or of x0 in log sigma (linear_x0)."""
+        mode = self.config.extrapolation
+        order = {"hold": 0, "linear": 1, "quadratic": 2, "linear_x0": 1}[mode]
+        hd = self._hd[:, idx]  # [H, n, ...] newest first
+        if order == 0 or hd.shape[0] == 1:
+            return hd[0]
+        hs = self._hs[:, idx]  # [H, n] float64, nan where not yet filled
+        use_x0 = mode == "linear_x0"
+        vals = self._hD[:, idx] if use_x0 else hd
+        nodes = hs.log() if use_x0 else hs
+        t = math.log(sigma) if use_x0 else sigma
+        m_per = ((~hs.isnan()).sum(0) - 1).clamp(0, order)  # usable order per sample
+        out = torch.empty_like(hd[0])
+        for m in m_per.unique().tolist():
+            sel = (m_per == m).nonzero().flatten()
+            if m == 0:
+                est = vals[0, sel]
+            else:
+                ts = nodes[: m + 1, sel]  # [m+1, k]
+                est = torch.zeros_like(vals[0, sel])
+                for j in range(m + 1):
+                    w = torch.ones(sel.numel(), dtype=torch.float64)
+                    for l in range(m + 1):
+                        if l != j:
+                            gap = ts[j] - ts[l]
+                            safe = gap.abs() > 1e-12
+                            w = w * torch.where(safe, (t - ts[l]) / torch.where(safe, gap, torch.ones_like(gap)), torch.zeros_like(gap))
+                    est = est + _bshape(w, est.ndim).to(est.dtype).to(est.device) * vals[j, sel]
+            if use_x0:
+                est = (x[sel] - est) / sigma  # back to a direction at (x, sigma)
+            out[sel] = est
+        return out
 
     @torch.no_grad()
     def _remember(self, x: torch.Tensor, sigma: float, out: torch.Tensor, idx: torch.Tensor):
         d = (x - out) / sigma
         b = self.shape[0]
-        if self._d_a is None:
-            self._d_a = torch.zeros((b,) + d.shape[1:], dtype=d.dtype, device=d.device)
-            self._s_a = torch.full((b,), float("nan"), dtype=torch.float64)
-        if self.config.extrapolation != "hold":
-            if self._d_b is None:
-                self._d_b = torch.zeros_like(self._d_a)
-                self._s_b = torch.full((b,), float("nan"), dtype=torch.float64)
-            self._d_b[idx] = self._d_a[idx]
-            self._s_b[idx] = self._s_a[idx]
-        self._d_a[idx] = d
-        self._s_a[idx] = sigma
+        if self._is_start and self._hd is not None and self.config.estimator == "reuse_error":
+            # what reusing (extrapolating) would have cost at this step: |d - d_hat|
+            if self._reuse_err is None:
+                self._reuse_err = torch.zeros(b)
+            pred = self._direction(sigma, idx, x)
+            self._reuse_err[idx] = (d - pred).float().abs().flatten(1).mean(1).cpu()
+        depth = {"hold": 1, "linear": 2, "quadratic": 3, "linear_x0": 2}[self.config.extrapolation]
+        if self._hd is None:
+            self._hd = torch.zeros((depth, b) + d.shape[1:], dtype=d.dtype, device=d.device)
+            self._hs = torch.full((depth, b), float("nan"), dtype=torch.float64)
+            if self.config.extrapolation == "linear_x0":
+                self._hD = torch.zeros_like(self._hd)
+        if depth > 1:
+            self._hd[1:, idx] = self._hd[:-1, idx].clone()
+            self._hs[1:, idx] = self._hs[:-1, idx].clone()
+            if self.config.extrapolation == "linear_x0":
+                self._hD[1:, idx] = self._hD[:-1, idx].clone()
+        self._hd[0, idx] = d
+        self._hs[0, idx] = sigma
+        if self.config.extrapolation == "linear_x0":
+            self._hD[0, idx] = out
 
     # ----------------------------------------------------------------- the denoiser
     def __getattr__(self, name):
@@ -461,6 +525,7 @@ class AdaptiveSampling:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra):
         s = float(sigma.reshape(-1)[0])
         kind = self._classify(s)
+        self._is_start = kind == "start"
         if kind == "start":
             self._begin_step(x)
         elif kind == "unknown" and not self.disabled:
@@ -480,7 +545,7 @@ class AdaptiveSampling:
 
         mask = torch.ones_like(self.compute_mask) if self.disabled else self.compute_mask
         b = x.shape[0]
-        if bool(mask.all()) or self._d_a is None:
+        if bool(mask.all()) or self._hd is None:
             out = self.model(x, sigma, **extra)
             idx = torch.arange(b)
         elif not bool(mask.any()):
@@ -508,7 +573,7 @@ class AdaptiveSampling:
         t0 = time.perf_counter()
         skip_idx = (~mask).nonzero().flatten()
         with torch.no_grad():
-            reused = x[skip_idx] - s * self._direction(s, skip_idx, x.ndim).to(x.dtype)
+            reused = x[skip_idx] - s * self._direction(s, skip_idx, x[skip_idx]).to(x.dtype)
         if out is None:
             out = torch.empty_like(x)
         out[skip_idx] = reused
