@@ -1,0 +1,118 @@
+"""workflows/*.json: valid ComfyUI UI-format workflows (what the UI's Save writes) using only the
+pack's nodes and ComfyUI core nodes, with consistent links. No ComfyUI needed; tests/browser loads
+them in the real front end and checks the API prompt they convert to."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from comfyui_tempo.nodes.registry import NODE_IDS
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+EXPECTED = {"adaptive_ksampler_sd15.json", "adaptive_sampler_custom_advanced.json", "adaptive_model_patch.json"}
+
+# ComfyUI core node types an example workflow may use (nodes.py, comfy_extras, front-end only nodes)
+CORE_TYPES = {
+    "CheckpointLoaderSimple", "CLIPTextEncode", "CLIPSetLastLayer", "EmptyLatentImage", "LatentUpscale",
+    "KSampler", "KSamplerAdvanced", "VAEDecode", "VAEEncode", "VAELoader", "UNETLoader", "CLIPLoader",
+    "DualCLIPLoader", "LoraLoader", "LoraLoaderModelOnly", "SaveImage", "PreviewImage", "LoadImage",
+    "RandomNoise", "DisableNoise", "CFGGuider", "BasicGuider", "BasicScheduler", "KarrasScheduler",
+    "KSamplerSelect", "SamplerCustom", "SamplerCustomAdvanced", "ModelSamplingDiscrete", "EasyCache",
+    "EmptySD3LatentImage", "FluxGuidance", "ConditioningZeroOut",
+    "Note", "MarkdownNote", "Reroute", "PrimitiveNode",
+}
+# the pack's nodes: number of widget values (a seed with control_after_generate counts 2) and names
+PACK_WIDGETS = {
+    "TempoAdaptiveKSampler": [
+        "seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise",
+        "mode", "target_speedup", "threshold", "max_skip", "extrapolation", "force_last", "start_percent",
+        "estimator_space", "batch_mode",
+    ],
+    "TempoAdaptiveSampler": [
+        "sampler_name", "mode", "target_speedup", "threshold", "max_skip", "extrapolation", "force_last",
+        "start_percent", "estimator_space", "batch_mode",
+    ],
+    "TempoAdaptiveModel": [
+        "mode", "target_speedup", "threshold", "max_skip", "extrapolation", "force_last", "start_percent",
+        "estimator_space", "batch_mode",
+    ],
+}
+ADAPTIVE_CHOICES = {
+    "mode": {"target_speedup", "threshold", "paper"},
+    "extrapolation": {"linear", "hold"},
+    "estimator_space": {"vp", "raw"},
+    "batch_mode": {"per_sample", "per_batch"},
+    "control_after_generate": {"fixed", "increment", "decrement", "randomize"},
+}
+NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "properties"}
+
+
+def test_pack_widget_table_covers_the_registry():
+    assert set(PACK_WIDGETS) == set(NODE_IDS)
+
+
+def test_the_example_workflows_exist():
+    assert EXPECTED <= {p.name for p in WORKFLOWS}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_workflow_is_ui_format_with_known_nodes(path):
+    wf = json.loads(path.read_text())
+    for key in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"):
+        assert key in wf, f"{path.name}: no {key}"
+    assert wf["version"] == 0.4
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]), "duplicate node ids"
+    assert wf["last_node_id"] >= max(nodes)
+    assert wf["last_link_id"] >= max((link[0] for link in wf["links"]), default=0)
+    assert sorted(n["order"] for n in wf["nodes"]) == list(range(len(nodes)))
+
+    types = {n["type"] for n in wf["nodes"]}
+    unknown = types - CORE_TYPES - set(NODE_IDS)
+    assert not unknown, f"{path.name}: node types neither core nor the pack's: {unknown}"
+    assert types & set(NODE_IDS), f"{path.name} uses none of the pack's nodes"
+
+    for n in wf["nodes"]:
+        assert NODE_KEYS <= set(n), (n["id"], NODE_KEYS - set(n))
+        assert len(n["pos"]) == 2 and len(n["size"]) == 2 and n["mode"] == 0
+        assert n["properties"].get("Node name for S&R") == n["type"]
+        if n["type"] in PACK_WIDGETS:
+            names = PACK_WIDGETS[n["type"]]
+            values = n.get("widgets_values")
+            assert isinstance(values, list) and len(values) == len(names), (n["type"], values)
+            named = dict(zip(names, values))
+            for name, choices in ADAPTIVE_CHOICES.items():
+                if name in named:
+                    assert named[name] in choices, (n["type"], name, named[name])
+            assert 1.0 <= named["target_speedup"] <= 5.0 and 0.0 <= named["threshold"] <= 1.0
+
+    # links: [id, origin node, origin slot, target node, target slot, type], mirrored on both ends
+    for link_id, src, src_slot, dst, dst_slot, type_ in wf["links"]:
+        out = nodes[src]["outputs"][src_slot]
+        inp = nodes[dst]["inputs"][dst_slot]
+        assert link_id in (out.get("links") or []), (path.name, link_id)
+        assert inp["link"] == link_id, (path.name, link_id)
+        assert out["type"] == inp["type"] == type_, (path.name, link_id, out["type"], inp["type"], type_)
+    link_ids = {link[0] for link in wf["links"]}
+    for n in wf["nodes"]:
+        for inp in n.get("inputs", []):
+            assert inp.get("link") is None or inp["link"] in link_ids, (n["id"], inp)
+        for out in n.get("outputs", []):
+            assert set(out.get("links") or []) <= link_ids, (n["id"], out)
+
+
+def test_ksampler_example_settings():
+    wf = json.loads((REPO / "workflows" / "adaptive_ksampler_sd15.json").read_text())
+    by_type = {n["type"]: n for n in wf["nodes"]}
+    ks = dict(zip(PACK_WIDGETS["TempoAdaptiveKSampler"], by_type["TempoAdaptiveKSampler"]["widgets_values"]))
+    assert (ks["steps"], ks["cfg"], ks["sampler_name"], ks["scheduler"], ks["mode"]) == (50, 7.0, "euler", "normal", "target_speedup")
+    assert by_type["CheckpointLoaderSimple"]["widgets_values"] == ["v1-5-pruned-emaonly.safetensors"]
+    assert by_type["EmptyLatentImage"]["widgets_values"][:2] == [512, 512]
+    # the skip plot goes to a PreviewImage
+    plot_links = by_type["TempoAdaptiveKSampler"]["outputs"][1]["links"]
+    targets = {link[3] for link in wf["links"] if link[0] in plot_links}
+    assert any(n["id"] in targets and n["type"] == "PreviewImage" for n in wf["nodes"])

@@ -1,0 +1,94 @@
+// ComfyUI-Tempo front-end extension.
+//
+// AdaptiveDiffusion KSampler (TempoAdaptiveKSampler) sends its skip report as UI output
+// {"text": [summary]} after each run. This shows it on the node in a read-only text box, created
+// on the first run and updated on every later one. The box is never saved: it is left out of the
+// workflow's widgets_values (so saved workflows keep the node's widget order) and out of the API
+// prompt sent to the server. No other node is touched.
+
+import { app } from "../../scripts/app.js";
+import { ComfyWidgets } from "../../scripts/widgets.js";
+
+const NODE_TYPE = "TempoAdaptiveKSampler";
+const WIDGET_NAME = "skip_report";
+const BOX_MIN_HEIGHT = 100; // about five lines
+const NODE_MIN_WIDTH = 380; // the report's first line unwrapped
+const HELP =
+  "AdaptiveDiffusion skip report of the last run: network evaluations (NFE) against the steps " +
+  "requested, the speed-up, and the step path (C = network ran, s = skipped, p = ran for part of " +
+  "the batch). Read-only; not saved with the workflow.";
+
+// message.text is a list of strings (ComfyUI's PreviewText); a plain string is accepted too.
+function reportText(message) {
+  const raw = message?.text;
+  if (raw === undefined || raw === null) return null;
+  const parts = (Array.isArray(raw) ? raw : [raw]).filter((p) => p !== undefined && p !== null);
+  if (!parts.length) return null;
+  return parts.map((p) => formatReport(String(p))).join("\n\n");
+}
+
+// One clause a line: "AdaptiveDiffusion [mode]: NFE a of b (x)" / "k/n steps skipped ..." /
+// "path CCsC..." / notes. Text in any other shape is shown as it is.
+function formatReport(text) {
+  return text
+    .replace(/\), (\d+\/\d+ steps skipped)/, ")\n$1")
+    .replace(/, path (\S+)/, "\npath $1")
+    .replace(/ \| /g, "\n");
+}
+
+function findReportWidget(node) {
+  return node.widgets?.find((w) => w.name === WIDGET_NAME) ?? null;
+}
+
+function addReportWidget(node) {
+  const widget = ComfyWidgets.STRING(node, WIDGET_NAME, ["STRING", { multiline: true }], app).widget;
+  widget.serialize = false; // not in widgets_values
+  widget.options = widget.options ?? {};
+  widget.options.serialize = false; // not an input of the API prompt
+  widget.options.getMinHeight = () => BOX_MIN_HEIGHT;
+  const el = widget.inputEl ?? widget.element;
+  if (el) {
+    el.readOnly = true;
+    el.title = HELP;
+    el.placeholder = "AdaptiveDiffusion skip report";
+    el.classList?.add("tempo-skip-report");
+    el.style.fontFamily = "monospace";
+    el.style.fontSize = "11px";
+    el.style.lineHeight = "1.35";
+  }
+  widget.tooltip = HELP;
+  return widget;
+}
+
+function showReport(node, text) {
+  let widget = findReportWidget(node);
+  if (!widget) {
+    const before = node.size ? [node.size[0], node.size[1]] : null;
+    widget = addReportWidget(node);
+    // grow the node to fit the new box, never shrink it
+    const min = node.computeSize?.();
+    if (before && min) {
+      node.setSize?.([Math.max(before[0], min[0], NODE_MIN_WIDTH), Math.max(before[1], min[1])]);
+    }
+  }
+  widget.value = text;
+  node.setDirtyCanvas?.(true, true);
+}
+
+app.registerExtension({
+  name: "comfyui_tempo.AdaptiveSkipReport",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name !== NODE_TYPE) return;
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      const result = onExecuted?.apply(this, arguments);
+      try {
+        const text = reportText(message);
+        if (text !== null) showReport(this, text);
+      } catch (err) {
+        console.warn("[comfyui_tempo] could not show the skip report:", err);
+      }
+      return result;
+    };
+  },
+});
