@@ -145,7 +145,7 @@ DENOISER_MATCH = textwrap.dedent(
                 sigma = torch.full((2,), s)
                 cond = tn.class_cond(cls).expand(2, -1, -1).contiguous()
                 ours = base.apply_model(x, sigma, c_crossattn=cond)
-                ref = tb.denoiser(x, sigma, cond)
+                ref = tb.denoiser(x, sigma, torch.tensor([cls, cls]))
                 checks += 1
                 max_abs = max(max_abs, float((ours - ref).abs().max()))
                 if not torch.equal(ours, ref):
@@ -154,13 +154,13 @@ DENOISER_MATCH = textwrap.dedent(
         sigma = torch.stack([table[10], table[200], table[700], table[999]])
         cond = torch.cat([tn.class_cond(c) for c in (0, 5, 9, 10)])
         ours = base.apply_model(x, sigma, c_crossattn=cond)
-        ref = tb.denoiser(x, sigma, cond)
+        ref = tb.denoiser(x, sigma, torch.tensor([0, 5, 9, 10]))
         checks += 1
         if not torch.equal(ours, ref):
             mismatches.append(("batch", None, float((ours - ref).abs().max())))
         # ComfyUI's timestep rule (nearest log-sigma) picks the same indices as the testbed's
         ts = ms.timestep(sigma).tolist()
-    RESULT = {"checks": checks, "mismatches": mismatches, "max_abs": max_abs, "timesteps": ts,
+    RESULT = {"sigmas_equal": bool(torch.equal(ms.sigmas, tb.sigmas.to(ms.sigmas))), "checks": checks, "mismatches": mismatches, "max_abs": max_abs, "timesteps": ts,
               "sigma_min": float(ms.sigma_min), "sigma_max": float(ms.sigma_max),
               "latent_format": type(base.latent_format).__name__, "scale": base.latent_format.scale_factor,
               "model_type": base.model_type.name}
@@ -174,6 +174,7 @@ def test_inprocess_model_matches_pure_torch_denoiser(comfy_snippet):
     Runs in a snippet subprocess under the ComfyUI Python (same torch for both sides)."""
     r = comfy_snippet(DENOISER_MATCH, timeout=300)
     assert r["model_type"] == "EPS" and r["scale"] == 1.0
+    assert r["sigmas_equal"], "ComfyUI's discrete sigma table differs from the testbed's"
     assert r["timesteps"] == [10, 200, 700, 999]
     assert r["sigma_min"] == pytest.approx(0.0292, abs=1e-4)
     assert r["sigma_max"] == pytest.approx(14.6146, abs=1e-3)
