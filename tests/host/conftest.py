@@ -4,6 +4,22 @@ Set TEMPO_COMFYUI (a ComfyUI source tree) and optionally TEMPO_COMFYUI_PYTHON (t
 it; default <TEMPO_COMFYUI>/../venv/bin/python if it exists, else this Python). Without them every
 test in this folder is skipped with that hint; collection never needs ComfyUI.
 
+Setting a host up (once, outside the repo; ComfyUI's code never goes into it): get a ComfyUI source
+tree (v0.3.64 or later) at e.g. /work/host/ComfyUI; make a venv beside it (/work/host/venv); in
+it install torch and a torchvision built for that same torch (pip install torch==2.14.1
+torchvision==0.29.1 on these machines), then ComfyUI's requirements.txt plus `requests`, pytest and
+the pack's own dependencies, with a constraint file that pins the torch version so nothing replaces
+it (pip install -r ComfyUI/requirements.txt requests pytest -c pin.txt, pin.txt holding
+torch==2.14.1). Check it with `OMP_NUM_THREADS=1 venv/bin/python main.py --cpu
+--quick-test-for-ci` from the tree. Then:
+    TEMPO_COMFYUI=/work/host/ComfyUI python -m pytest tests/host -q
+
+How the pieces run: the pytest process only speaks HTTP and starts subprocesses, so it may be
+any Python with pytest, numpy and Pillow. The server and the snippets run under the ComfyUI
+Python with OMP_NUM_THREADS=1. ComfyUI imports a custom-node folder under its *path* as the
+module name, so BASE/custom_nodes is put on the server's PYTHONPATH for ``import comfyui_tempo``
+(used by the test pack); the pack itself must only use relative imports.
+
 Fixtures:
     comfy_install   ComfyInstall(tree, python), or skip
     comfy_base      the session's ComfyUI --base-directory (custom_nodes: comfyui_tempo -> repo root,
