@@ -139,6 +139,10 @@ def main(argv=None) -> int:
     ad.add_argument("--scheduler", default="karras", choices=["karras", "normal"])
     ad.add_argument("--greedy", type=int, default=None, help="conditionings for the greedy search (default 2; 0 with --quick)")
     ad.add_argument("--threads", type=int, default=0)
+    ad.add_argument(
+        "--comfyui", default=None,
+        help="a ComfyUI tree: adds rows measured inside it (EasyCache, LazyCache, the pack's nodes); default $TEMPO_COMFYUI",
+    )
     ad.add_argument("--quiet", action="store_true")
 
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ original model). Rows at "matched NFE" take the NFE of the pack's default (`adap
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 
@@ -218,6 +219,44 @@ def _greedy_rows(problem: Problem, sampler: str, steps: int, config: AdaptiveCon
     return out_rows
 
 
+def comfyui_rows(problem: Problem, tree: str, python: str | None, samplers, steps: int, cfg: float, log=print) -> list[dict]:
+    """Rows measured inside a real ComfyUI (its EasyCache and LazyCache nodes, the pack's nodes)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if python is None:
+        cand = os.path.join(os.path.dirname(os.path.abspath(tree)), "venv", "bin", "python")
+        python = cand if os.path.exists(cand) else sys.executable
+    with tempfile.TemporaryDirectory(prefix="tempo-bench-") as tmp:
+        tensors = os.path.join(tmp, "batch.safetensors")
+        save_file({"noise": problem.noise.contiguous(), "cond": problem.cond.contiguous()}, tensors)
+        job = {
+            "repo": repo, "tensors": tensors, "samplers": list(samplers), "steps": steps, "cfg": cfg,
+            "scheduler": problem.scheduler, "threads": torch.get_num_threads(),
+        }
+        job_path, out_path = os.path.join(tmp, "job.json"), os.path.join(tmp, "out.json")
+        json.dump(job, open(job_path, "w"))
+        log(f"[comfyui] running the ComfyUI rows under {python} in {tree}")
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        proc = subprocess.run(
+            [python, os.path.join(repo, "nodes", "host_bench.py"), job_path, out_path],
+            cwd=tree, env=env, capture_output=True, text=True,
+        )
+        if proc.returncode != 0 or not os.path.exists(out_path):
+            raise RuntimeError(f"the ComfyUI rows failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        rows = json.load(open(out_path))["rows"]
+    for r in rows:
+        r["host"] = "comfyui"
+        log(f"  {r['sampler']:10s} {r['method']:24s} nfe {r['nfe']:6.2f}  psnr {r['psnr_db']:6.2f} dB  {r['setting']}")
+    return rows
+
+
 def summarize(result: dict) -> list[dict]:
     """One line per sampler and method: means over the greedy conditionings where there are several."""
     merged: dict[tuple, dict] = {}
@@ -261,6 +300,14 @@ def main(args) -> int:
         greedy_conds=args.greedy if args.greedy is not None else (0 if quick else 2),
         log=(lambda *a: None) if args.quiet else print,
     )
+    tree = args.comfyui or os.environ.get("TEMPO_COMFYUI")
+    if tree:
+        result["rows"].extend(
+            comfyui_rows(
+                problem, tree, os.environ.get("TEMPO_COMFYUI_PYTHON"), tuple(args.samplers.split(",")),
+                args.steps or (20 if quick else 50), args.cfg,
+            )
+        )
     result["meta"] = {
         "problem": problem.name,
         "batch": int(problem.noise.shape[0]),

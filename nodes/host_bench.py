@@ -1,0 +1,119 @@
+"""The benchmark's ComfyUI rows: run under ComfyUI's own Python by `comfyui-tempo bench adaptive`
+when a ComfyUI tree is given (--comfyui or TEMPO_COMFYUI).
+
+    python nodes/host_bench.py JOB.json OUT.json     (cwd: the ComfyUI tree)
+
+It samples the testbed MODEL inside ComfyUI with ComfyUI's own sampler functions: the full run, the
+pack's AdaptiveDiffusion (default settings), and ComfyUI's EasyCache and LazyCache nodes with their
+reuse_threshold bisected to land on the pack's NFE. NFE = real network calls, counted by a forward
+hook on the network (skipped calls never reach it). PSNR is on decoded images against ComfyUI's full run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+
+
+def _load_pack(repo: str):
+    spec = importlib.util.spec_from_file_location(
+        "comfyui_tempo", os.path.join(repo, "__init__.py"), submodule_search_locations=[repo]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_tempo"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(job_path: str, out_path: str) -> None:
+    job = json.load(open(job_path))
+    sys.path.insert(0, os.getcwd())
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import torch
+    from safetensors.torch import load_file
+
+    import comfy.sample
+    import comfy.samplers
+    from comfy_extras import nodes_easycache
+
+    _load_pack(job["repo"])
+    from comfyui_tempo.nodes import adaptive as A
+    from comfyui_tempo.nodes import testbed_model as T
+    from comfyui_tempo.samplers.adaptive import AdaptiveConfig
+
+    torch.set_num_threads(job.get("threads") or torch.get_num_threads())
+    tensors = load_file(job["tensors"])
+    noise, cond = tensors["noise"], tensors["cond"].long()
+    tb = T.testbed()
+    positive = [[torch.nn.functional.one_hot(cond, T.CONTEXT_DIM).float()[:, None, :], {}]]
+    negative = [[T.class_cond(T.NULL_CLASS), {}]]
+    latent = torch.zeros_like(noise)
+    steps, cfg, seed = job["steps"], job["cfg"], 0
+    rows = []
+
+    def sample(model, sampler):
+        net = model.model.diffusion_model.net
+        calls = {"n": 0}
+        hook = net.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+        try:
+            sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), job["scheduler"], steps)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent, seed=seed)
+            wall = time.perf_counter() - t0
+        finally:
+            hook.remove()
+        with torch.no_grad():
+            img = tb.decode(out.float())
+        return img, float(calls["n"]), wall
+
+    def psnr(img, ref):
+        mse = ((img - ref) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+        return float((-10 * torch.log10(mse)).mean())
+
+    for name in job["samplers"]:
+        base = T.build_model()
+        ref, full_nfe, full_wall = sample(base, comfy.samplers.sampler_object(name))
+        evals = full_nfe / steps
+
+        def add(method, img, nfe, wall, setting):
+            rows.append(
+                {
+                    "sampler": name, "method": method, "steps": steps, "nfe": nfe / evals,
+                    "psnr_db": psnr(img, ref) if method != "full_comfyui" else float("inf"),
+                    "wall_s": wall, "speedup_wall": full_wall / wall, "nfe_ratio": full_nfe / nfe, "setting": setting,
+                }
+            )
+
+        add("full_comfyui", ref, full_nfe, full_wall, "ComfyUI, full run")
+        wrapped = A.wrap_sampler(comfy.samplers.sampler_object(name), name, AdaptiveConfig())
+        img, nfe, wall = sample(base, wrapped)
+        add("adaptive_comfyui", img, nfe, wall, "the pack's default inside ComfyUI")
+        target = nfe
+
+        for method, node in (("easycache_comfyui", nodes_easycache.EasyCacheNode), ("lazycache", nodes_easycache.LazyCacheNode)):
+            lo, hi, best = 1e-3, 3.0, None
+            for _ in range(14):
+                thr = (lo * hi) ** 0.5
+                patched = node.execute(base, thr, 0.15, 0.95, False).args[0]
+                img, nfe, wall = sample(patched, comfy.samplers.sampler_object(name))
+                if best is None or abs(nfe - target) < abs(best[2] - target):
+                    best = (thr, img, nfe, wall)
+                if abs(nfe - target) < 0.5 * evals:
+                    break
+                if nfe > target:
+                    lo = thr
+                else:
+                    hi = thr
+            thr, img, nfe, wall = best
+            add(method, img, nfe, wall, f"ComfyUI {node.__name__[:-4]} node, reuse_threshold {thr:.4g}")
+    json.dump({"rows": rows}, open(out_path, "w"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
