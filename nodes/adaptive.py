@@ -72,10 +72,11 @@ def adaptive_inputs() -> list:
         ),
         io.Combo.Input(
             "extrapolation",
-            options=["linear", "hold"],
+            options=["linear", "hold", "quadratic", "linear_x0"],
             default="linear",
             tooltip="How a skipped step predicts the noise direction: linear extrapolates it from the last two "
-            "computed steps (in sigma); hold reuses the last one unchanged, as the paper does. Ignored in mode paper.",
+            "computed steps (in sigma); hold reuses the last one unchanged, as the paper does; quadratic uses the last "
+            "three; linear_x0 extrapolates the clean-image prediction in log sigma. Ignored in mode paper.",
         ),
         io.Int.Input(
             "force_last",
@@ -101,6 +102,31 @@ def adaptive_inputs() -> list:
             "runs saw them; raw = ComfyUI's own latents (the paper's Euler runs). Flow models always use raw. "
             "Ignored in mode paper (raw).",
         ),
+        io.Float.Input(
+            "late_bias",
+            default=0.25,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            tooltip="mode target_speedup: 0 spreads the skips evenly over the run; higher puts more of them late, "
+            "where the trajectory is straight (the greedy optimal paths do this). 0.25 was best on the testbed.",
+        ),
+        io.Float.Input(
+            "placement",
+            default=0.0,
+            min=0.0,
+            max=2.0,
+            step=0.05,
+            tooltip="mode target_speedup: how far (in steps of credit) the estimator may move a skip toward a step "
+            "it rates cheaper. 0 (default) paces the skips without it: on the testbed, moving them cost PSNR.",
+        ),
+        io.Combo.Input(
+            "estimator",
+            options=["latent", "reuse_error"],
+            default="latent",
+            tooltip="What rates a step for placement: latent = the paper's third-order latent difference; "
+            "reuse_error = how far the extrapolated direction missed at the last computed step.",
+        ),
         io.Combo.Input(
             "batch_mode",
             options=["per_sample", "per_batch"],
@@ -111,7 +137,10 @@ def adaptive_inputs() -> list:
     ]
 
 
-def make_config(mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode) -> AdaptiveConfig:
+def make_config(
+    mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space,
+    late_bias=0.25, placement=0.0, estimator="latent", batch_mode="per_sample",
+) -> AdaptiveConfig:
     if mode not in _MODE_TO_CORE:
         raise AdaptiveConfigError(f"mode: expected one of {MODE_OPTIONS}, got {mode!r}")
     if mode == "paper":
@@ -127,6 +156,9 @@ def make_config(mode, target_speedup, threshold, max_skip, extrapolation, force_
         force_last=force_last,
         start_percent=start_percent,
         estimator_space=estimator_space,
+        tilt=late_bias,
+        placement=placement,
+        estimator=estimator,
         per_sample=batch_mode == "per_sample",
     ).validate()
 
@@ -290,10 +322,9 @@ class AdaptiveKSampler(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-        mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode,
+        cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise, **settings
     ) -> io.NodeOutput:
-        config = make_config(mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode)
+        config = make_config(**settings)
         latent = latent_image
         samples_in = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         noise = comfy.sample.prepare_noise(samples_in, seed, latent.get("batch_index"))
@@ -343,8 +374,8 @@ class AdaptiveSamplerNode(io.ComfyNode):
         return _check_sampler_name(sampler_name)
 
     @classmethod
-    def execute(cls, sampler_name, mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode) -> io.NodeOutput:
-        config = make_config(mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode)
+    def execute(cls, sampler_name, **settings) -> io.NodeOutput:
+        config = make_config(**settings)
         return io.NodeOutput(wrap_sampler(comfy.samplers.sampler_object(sampler_name), sampler_name, config))
 
 
@@ -386,8 +417,8 @@ class AdaptiveModelPatch(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode) -> io.NodeOutput:
-        config = make_config(mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space, batch_mode)
+    def execute(cls, model, **settings) -> io.NodeOutput:
+        config = make_config(**settings)
         model = model.clone()
         model.add_wrapper_with_key(
             comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE,

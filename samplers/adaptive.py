@@ -76,8 +76,9 @@ class AdaptiveConfig:
     estimator_space: str = "vp"
     per_sample: bool = True
     warmup: int = 4
-    placement: float = 0.5
+    placement: float = 0.0
     estimator: str = "latent"
+    tilt: float = 0.25
     path: torch.Tensor | None = None
 
     @classmethod
@@ -114,6 +115,8 @@ class AdaptiveConfig:
             raise AdaptiveConfigError(f"estimator: expected one of {ESTIMATORS}, got {self.estimator!r}")
         if not (0.0 <= self.placement <= 4.0):
             raise AdaptiveConfigError(f"placement: expected 0..4, got {self.placement!r}")
+        if not (0.0 <= self.tilt <= 1.0):
+            raise AdaptiveConfigError(f"tilt: expected 0..1, got {self.tilt!r}")
         if int(self.force_last) != self.force_last or self.force_last < 0:
             raise AdaptiveConfigError(f"force_last: expected an integer >= 0, got {self.force_last!r}")
         if not 0.0 <= self.start_percent <= 1.0:
@@ -279,7 +282,7 @@ class AdaptiveSampling:
         first = max(cfg.warmup, int(math.ceil(cfg.start_percent * n)))
         last = n - cfg.force_last  # eligible steps are first .. last-1
         eligible = max(0, last - first)
-        rate = 0.0
+        rate = [0.0] * eligible
         if cfg.mode == "target" and eligible > 0:
             skips = n - int(round(n / cfg.target_speedup))
             feasible = eligible - int(math.ceil(eligible / (cfg.max_skip + 1)))
@@ -289,8 +292,27 @@ class AdaptiveSampling:
                     f"(warm-up, protected steps, max_skip {cfg.max_skip}); skipping {feasible}"
                 )
                 skips = feasible
-            rate = max(0, skips) / eligible
+            rate = self._profile(max(0, skips), eligible)
         return first, last, rate
+
+    def _profile(self, skips: int, eligible: int) -> list[float]:
+        """Skip rate per eligible step, summing to `skips`: uniform (tilt 0) or ramping up over the
+        run (tilt > 0: r_u proportional to 1 + tilt * (2u - 1)), capped at what max_skip allows."""
+        cap = self.config.max_skip / (self.config.max_skip + 1)
+        tilt = self.config.tilt
+        u = [i / max(1, eligible - 1) for i in range(eligible)]
+        shape = [max(0.0, 1 + tilt * (2 * v - 1)) for v in u]
+
+        def total(c):
+            return sum(min(cap, c * w) for w in shape)
+
+        lo, hi = 0.0, 1.0
+        while total(hi) < skips and hi < 1e6:
+            hi *= 2
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if total(mid) < skips else (lo, mid)
+        return [min(cap, hi * w) for w in shape]
 
     # ----------------------------------------------------------------- sigma bookkeeping
     def _close(self, a: float, b: float) -> bool:
@@ -423,7 +445,7 @@ class AdaptiveSampling:
 
         # mode == "target": pace skips at `rate` per eligible step; the estimator moves each skip
         # to a flatter neighbouring step (placement in [0, 1] is how far it may move it).
-        self._credit += self._rate
+        self._credit += self._rate[k - self._eligible_from]
         pref = torch.zeros(b)
         if cfg.estimator == "latent" and d is not None:
             rel = ((d1 + d3) / 2 - d2).abs() / (cfg.threshold * d2).clamp_min(1e-30)
@@ -443,8 +465,8 @@ class AdaptiveSampling:
             ref = self._log_cost_sum / self._cost_count
             pref = ((ref - cost) / math.log(4.0)).clamp(-1, 1)
             score = float(cost.exp().mean())
-        want = self._credit >= 1.0 - cfg.placement * pref
-        owed = self._credit.floor()
+        want = self._credit + 1e-6 >= 1.0 - cfg.placement * pref
+        owed = (self._credit + 1e-6).floor()
         remaining = self._eligible_to - k
         want = want | (owed >= remaining)  # end of the run: settle the skips still owed
         skip = want & ~capped

@@ -38,6 +38,9 @@ pos = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
 neg = [[torch.zeros(1, 2, 64), {}]]
 lat = {"samples": torch.zeros(2, 4, 8, 8)}
 ADAPT = dict(extrapolation="linear", force_last=1, start_percent=0.0, estimator_space="vp", batch_mode="per_sample")
+
+def S(mode, target_speedup, threshold, max_skip):
+    return dict(mode=mode, target_speedup=target_speedup, threshold=threshold, max_skip=max_skip, **ADAPT)
 from comfyui_tempo.samplers.adaptive import AdaptiveConfig
 result = {"active_identical": {}, "identical": {}, "patch_identical": {}, "custom_identical": {}, "skipping": {}, "errors": {}}
 models = {"eps": build(comfy.model_base.ModelType.EPS), "v": build(comfy.model_base.ModelType.V_PREDICTION),
@@ -49,7 +52,7 @@ with torch.inference_mode():
             steps = 10
             ref = nodes.common_ksampler(model, 3, steps, 5.0, name, "normal", pos, neg, lat)[0]["samples"]
             off = A.AdaptiveKSampler.execute(model, 3, steps, 5.0, name, "normal", pos, neg, lat, 1.0,
-                                             "threshold", 2.0, 0.0, 4, **ADAPT)
+                                             **S("threshold", 2.0, 0.0, 4))
             result["identical"][f"{kind}/{name}"] = bool(torch.equal(ref, off.args[0]["samples"]))
             # the controller active but told to run every step: the step bookkeeping and, for
             # stochastic samplers, the rebuilt noise sampler must leave the result untouched
@@ -59,11 +62,11 @@ with torch.inference_mode():
             noise = comfy.sample.prepare_noise(lat["samples"], 3)
             act = comfy.sample.sample_custom(model, noise, 5.0, sampler, ks.sigmas, pos, neg, lat["samples"], seed=3)
             result["active_identical"][f"{kind}/{name}"] = bool(torch.equal(ref, act))
-            patched = A.AdaptiveModelPatch.execute(model, "paper", 2.0, 0.0, 4, **ADAPT).args[0]
+            patched = A.AdaptiveModelPatch.execute(model, **S("paper", 2.0, 0.0, 4)).args[0]
             ref_p = nodes.common_ksampler(patched, 3, steps, 5.0, name, "normal", pos, neg, lat)[0]["samples"]
             result["patch_identical"][f"{kind}/{name}"] = bool(torch.equal(ref, ref_p))
             on = A.AdaptiveKSampler.execute(model, 3, 20, 5.0, name, "normal", pos, neg, lat, 1.0,
-                                            "target_speedup", 2.0, 0.01, 4, **ADAPT)
+                                            **S("target_speedup", 2.0, 0.01, 4))
             text = on.ui.as_dict()["text"][0] if hasattr(on.ui, "as_dict") else str(on.ui)
             out = on.args[0]["samples"]
             result["skipping"][f"{kind}/{name}"] = {"text": text, "finite": bool(torch.isfinite(out).all()),
@@ -72,7 +75,7 @@ with torch.inference_mode():
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 8)
         for name in ["euler", "dpmpp_2m", "dpmpp_sde"]:
             base = comfy.samplers.sampler_object(name)
-            wrapped = A.AdaptiveSamplerNode.execute(name, "threshold", 2.0, 0.0, 4, **ADAPT).args[0]
+            wrapped = A.AdaptiveSamplerNode.execute(name, **S("threshold", 2.0, 0.0, 4)).args[0]
             a = comfy.sample.sample_custom(model, torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)),
                                            5.0, base, sigmas, pos, neg, lat["samples"], seed=5)
             b = comfy.sample.sample_custom(model, torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)),
@@ -81,7 +84,7 @@ with torch.inference_mode():
     for name in ["dpm_fast", "heunpp2", "euler_cfg_pp"]:
         result["errors"][name] = A.AdaptiveKSampler.validate_inputs(sampler_name=name)
         try:
-            A.AdaptiveSamplerNode.execute(name, "threshold", 2.0, 0.01, 4, **ADAPT)
+            A.AdaptiveSamplerNode.execute(name, **S("threshold", 2.0, 0.01, 4))
             result["errors"][name + "/execute"] = "no error"
         except Exception as e:
             result["errors"][name + "/execute"] = f"{type(e).__name__}: {e}"
