@@ -125,11 +125,17 @@ def run(problem: Problem, samplers=("euler", "dpmpp_2m"), steps: int = 50, greed
         variants = [
             ("adaptive_paper", AdaptiveConfig.paper(0.01, 4), "paper rule, threshold 0.01, max_skip 4"),
             ("adaptive_threshold", AdaptiveConfig(mode="threshold", threshold=0.01), "threshold 0.01 + improvements"),
-            ("adaptive_hold", AdaptiveConfig(extrapolation="hold"), "default but hold (no extrapolation)"),
-            ("adaptive_raw_estimator", AdaptiveConfig(estimator_space="raw"), "default but raw-latent estimator"),
+            ("adaptive_hold", AdaptiveConfig(extrapolation="hold"), "default but hold (reuse as the paper)"),
+            ("adaptive_quadratic", AdaptiveConfig(extrapolation="quadratic"), "default but quadratic extrapolation"),
+            ("adaptive_even", AdaptiveConfig(tilt=0.0), "default but late_bias 0 (skips spread evenly)"),
+            ("adaptive_late", AdaptiveConfig(tilt=0.75), "default but late_bias 0.75"),
+            ("adaptive_placed_latent", AdaptiveConfig(placement=0.5), "default + placement 0.5 by the paper's estimator"),
+            (
+                "adaptive_placed_reuse",
+                AdaptiveConfig(placement=0.5, estimator="reuse_error"),
+                "default + placement 0.5 by the reuse-error estimator",
+            ),
             ("adaptive_no_force_last", AdaptiveConfig(force_last=0), "default but last step not forced"),
-            ("adaptive_no_placement", AdaptiveConfig(placement=0.0), "default but skips paced only (estimator unused)"),
-            ("adaptive_per_batch", AdaptiveConfig(per_sample=False), "default but one decision per batch"),
         ]
         for name, cfg, setting in variants:
             out, rep, wall, nfe = _sample(problem, sampler, steps, cfg)
