@@ -22,7 +22,9 @@ from ..samplers.schedules import t_to_sigma
 from .common import Problem, print_table, psnr_db, timed, write_json
 
 ENDPOINT = {"heun": True}
-COLUMNS = ["sampler", "method", "steps", "nfe", "psnr_db", "wall_s", "speedup_wall", "nfe_ratio", "setting", "path"]
+COLUMNS = [
+    "sampler", "method", "nfe", "psnr_db", "wall_s", "speedup_wall", "nfe_ratio", "ctl_ms_step", "setting", "path",
+]
 
 
 def _sample(problem: Problem, sampler: str, steps: int, config: AdaptiveConfig | None = None, denoiser=None):
@@ -110,6 +112,7 @@ def run(problem: Problem, samplers=("euler", "dpmpp_2m"), steps: int = 50, greed
             }
             if report is not None:
                 r["controller_s_per_step"] = report.controller_seconds / max(1, report.steps)
+                r["ctl_ms_step"] = 1000 * r["controller_s_per_step"]
                 r["model_calls"] = report.model_calls
             r.update(more)
             rows.append(r)
