@@ -2,7 +2,8 @@
 
 The host tests link this folder into ComfyUI's custom_nodes as ``tempo_testnodes``. It turns the
 testbed (``comfyui_tempo.testbed.trained``: a small class-conditional eps UNet and its autoencoder)
-into real ComfyUI objects, built in-process with ComfyUI's own classes:
+into real ComfyUI objects, built in-process with ComfyUI's own classes by the pack's
+``comfyui_tempo.nodes.testbed_model``:
 
 * ``TempoTestbedModel`` -> MODEL: a ``comfy.model_base.BaseModel`` (EPS, discrete SD schedule:
   ComfyUI's beta_schedule "linear" = diffusers' "scaled_linear", 0.00085..0.012) in a
@@ -19,11 +20,8 @@ Snippets (``comfy_snippet`` fixture) can ``import tempo_testnodes`` and call ``b
 
 from __future__ import annotations
 
-import copy
-import importlib
 import os
 import sys
-import threading
 
 import torch
 
@@ -32,107 +30,22 @@ try:
 except ImportError:  # linked into a ComfyUI by hand: the pack is our sibling in custom_nodes
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import comfy.latent_formats
-import comfy.model_base
-import comfy.model_management as mm
-import comfy.model_patcher
-import comfy.supported_models_base
 from comfy_api.latest import ComfyExtension, io
 
-NUM_CLASSES = 10
-NULL_CLASS = 10  # index of the null / unconditional class in the one-hot context
-CONTEXT_DIM = NUM_CLASSES + 1
-
-_lock = threading.Lock()
-_testbed = None
-
-
-def testbed():
-    """The trained testbed (loaded once per process, outside inference mode)."""
-    global _testbed
-    with _lock:
-        if _testbed is None:
-            name = os.environ.get("TEMPO_TESTBED_MODULE") or "comfyui_tempo.testbed.trained"
-            module = importlib.import_module(name)
-            with torch.inference_mode(False):
-                tb = module.load()
-            tb.net.eval()
-            _testbed = tb
-        return _testbed
-
-
-class TestbedLatentFormat(comfy.latent_formats.LatentFormat):
-    """The testbed autoencoder's latent: raw space = model space (scale 1, no shift)."""
-
-    scale_factor = 1.0
-    latent_channels = 4
-    latent_dimensions = 2
-
-
-class TestbedConfig(comfy.supported_models_base.BASE):
-    """A model config that matches no checkpoint; used directly, never detected."""
-
-    unet_config = {}
-    unet_extra_config = {}
-    latent_format = TestbedLatentFormat
-    # ComfyUI's "linear" schedule is linspace(sqrt(start), sqrt(end))**2, i.e. SD's scaled_linear.
-    sampling_settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000}
-    supported_inference_dtypes = [torch.float32]
-    memory_usage_factor = 1.0
-
-    def model_type(self, state_dict, prefix=""):
-        return comfy.model_base.ModelType.EPS
-
-    def inpaint_model(self):
-        return False
-
-
-class TestbedUNet(torch.nn.Module):
-    """ComfyUI's ``unet_model``: built by BaseModel from the config, holds the testbed net.
-
-    ComfyUI calls ``forward(xc, t, context=..., control=..., transformer_options=...)`` with
-    xc = x / sqrt(1 + sigma^2) and t = the nearest discrete timestep (float), and takes the
-    output as eps.
-    """
-
-    def __init__(self, dtype=None, device=None, operations=None, **unet_config):
-        super().__init__()
-        with torch.inference_mode(False):
-            self.net = copy.deepcopy(testbed().net)
-        self.net.eval()
-        self.dtype = torch.float32 if dtype is None else dtype
-        if device is not None:
-            self.net.to(device)
-
-    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **kwargs):
-        return self.net(x, timesteps, context=context)
-
-
-def build_model() -> comfy.model_patcher.ModelPatcher:
-    """The testbed as a ComfyUI MODEL (a fresh BaseModel + ModelPatcher each call)."""
-    tb = testbed()
-    config = TestbedConfig({"in_channels": int(tb.latent_shape[0]), "out_channels": int(tb.latent_shape[0])})
-    config.latent_format.latent_channels = int(tb.latent_shape[0])
-    config.set_inference_dtype(torch.float32, None)
-    base = comfy.model_base.BaseModel(
-        config,
-        model_type=comfy.model_base.ModelType.EPS,
-        device=mm.unet_offload_device(),
-        unet_model=TestbedUNet,
-    )
-    base.eval()
-    return comfy.model_patcher.ModelPatcher(
-        base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
-    )
-
-
-def class_cond(class_id: int) -> torch.Tensor:
-    """One-hot class context [1, 1, 11]; 10 is the null class."""
-    if not 0 <= class_id <= NULL_CLASS:
-        raise ValueError(f"class must be in 0..{NULL_CLASS}, got {class_id}")
-    cond = torch.zeros(1, 1, CONTEXT_DIM)
-    cond[0, 0, class_id] = 1.0
-    return cond
+# The model, the conditioning and the testbed loader live in the pack (its benchmark uses them too);
+# this pack only exposes them as nodes. Imported as `comfyui_tempo`, a second copy of the pack's
+# modules next to the one ComfyUI loaded under its path name: nothing here shares state with it.
+from comfyui_tempo.nodes.testbed_model import (  # noqa: F401  (re-exported for snippets)
+    CONTEXT_DIM,
+    NULL_CLASS,
+    NUM_CLASSES,
+    TestbedConfig,
+    TestbedLatentFormat,
+    TestbedUNet,
+    build_model,
+    class_cond,
+    testbed,
+)
 
 
 class TempoTestbedModel(io.ComfyNode):
