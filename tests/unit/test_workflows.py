@@ -25,25 +25,23 @@ CORE_TYPES = {
     "EmptySD3LatentImage", "FluxGuidance", "ConditioningZeroOut",
     "Note", "MarkdownNote", "Reroute", "PrimitiveNode",
 }
-# the pack's nodes: number of widget values (a seed with control_after_generate counts 2) and names
+# the pack's nodes' widget values in order (a seed with control_after_generate has 2): when a node's inputs
+# change, update this table and regenerate workflows/ (python tests/browser/make_workflows.py URL)
+ADAPTIVE_SETTINGS = [
+    "mode", "target_speedup", "threshold", "max_skip", "extrapolation", "force_last", "start_percent",
+    "estimator_space", "late_bias", "placement", "estimator", "batch_mode",
+]
 PACK_WIDGETS = {
     "TempoAdaptiveKSampler": [
-        "seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise",
-        "mode", "target_speedup", "threshold", "max_skip", "extrapolation", "force_last", "start_percent",
-        "estimator_space", "batch_mode",
+        "seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise", *ADAPTIVE_SETTINGS,
     ],
-    "TempoAdaptiveSampler": [
-        "sampler_name", "mode", "target_speedup", "threshold", "max_skip", "extrapolation", "force_last",
-        "start_percent", "estimator_space", "batch_mode",
-    ],
-    "TempoAdaptiveModel": [
-        "mode", "target_speedup", "threshold", "max_skip", "extrapolation", "force_last", "start_percent",
-        "estimator_space", "batch_mode",
-    ],
+    "TempoAdaptiveSampler": ["sampler_name", *ADAPTIVE_SETTINGS],
+    "TempoAdaptiveModel": list(ADAPTIVE_SETTINGS),
 }
 ADAPTIVE_CHOICES = {
     "mode": {"target_speedup", "threshold", "paper"},
-    "extrapolation": {"linear", "hold"},
+    "extrapolation": {"linear", "hold", "quadratic", "linear_x0"},
+    "estimator": {"latent", "reuse_error"},
     "estimator_space": {"vp", "raw"},
     "batch_mode": {"per_sample", "per_batch"},
     "control_after_generate": {"fixed", "increment", "decrement", "randomize"},
@@ -83,12 +81,16 @@ def test_workflow_is_ui_format_with_known_nodes(path):
         if n["type"] in PACK_WIDGETS:
             names = PACK_WIDGETS[n["type"]]
             values = n.get("widgets_values")
-            assert isinstance(values, list) and len(values) == len(names), (n["type"], values)
+            assert isinstance(values, list) and len(values) == len(names), (
+                f"{path.name}: {n['type']} has {len(values)} widget values, the node {len(names)}: "
+                "regenerate workflows/ with tests/browser/make_workflows.py"
+            )
             named = dict(zip(names, values))
             for name, choices in ADAPTIVE_CHOICES.items():
                 if name in named:
                     assert named[name] in choices, (n["type"], name, named[name])
             assert 1.0 <= named["target_speedup"] <= 5.0 and 0.0 <= named["threshold"] <= 1.0
+            assert 0.0 <= named["late_bias"] <= 1.0 and 0.0 <= named["placement"] <= 2.0
 
     # links: [id, origin node, origin slot, target node, target slot, type], mirrored on both ends
     for link_id, src, src_slot, dst, dst_slot, type_ in wf["links"]:
