@@ -11,6 +11,7 @@ hook on the network (skipped calls never reach it). PSNR is on decoded images ag
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -56,21 +57,30 @@ def main(job_path: str, out_path: str) -> None:
     steps, cfg, seed = job["steps"], job["cfg"], 0
     rows = []
 
-    def sample(model, sampler):
+    def sample(model, make_sampler, one_at_a_time=False):
+        """Decoded images, network calls per sample, wall time. one_at_a_time: a batch-1 loop."""
         net = model.model.diffusion_model.net
         calls = {"n": 0}
         hook = net.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+        parts = [slice(b, b + 1) for b in range(noise.shape[0])] if one_at_a_time else [slice(None)]
+        outs = []
         try:
             sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), job["scheduler"], steps)
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent, seed=seed)
+            for sl in parts:
+                pos = [[positive[0][0][sl], {}]]
+                with torch.inference_mode():
+                    outs.append(
+                        comfy.sample.sample_custom(
+                            model, noise[sl], cfg, make_sampler(), sigmas, pos, negative, latent[sl], seed=seed
+                        )
+                    )
             wall = time.perf_counter() - t0
         finally:
             hook.remove()
         with torch.no_grad():
-            img = tb.decode(out.float())
-        return img, float(calls["n"]), wall
+            img = tb.decode(torch.cat(outs).float())
+        return img, float(calls["n"]) / len(parts), wall
 
     def psnr(img, ref):
         mse = ((img - ref) ** 2).flatten(1).mean(1).clamp_min(1e-12)
@@ -78,7 +88,8 @@ def main(job_path: str, out_path: str) -> None:
 
     for name in job["samplers"]:
         base = T.build_model()
-        ref, full_nfe, full_wall = sample(base, comfy.samplers.sampler_object(name))
+        plain = functools.partial(comfy.samplers.sampler_object, name)
+        ref, full_nfe, full_wall = sample(base, plain)
         evals = full_nfe / steps
 
         def add(method, img, nfe, wall, setting):
@@ -91,17 +102,21 @@ def main(job_path: str, out_path: str) -> None:
             )
 
         add("full_comfyui", ref, full_nfe, full_wall, "ComfyUI, full run")
-        wrapped = A.wrap_sampler(comfy.samplers.sampler_object(name), name, AdaptiveConfig())
-        img, nfe, wall = sample(base, wrapped)
+        img, nfe, wall = sample(base, lambda: A.wrap_sampler(plain(), name, AdaptiveConfig()))
         add("adaptive_comfyui", img, nfe, wall, "the pack's default inside ComfyUI")
         target = nfe
 
-        for method, node in (("easycache_comfyui", nodes_easycache.EasyCacheNode), ("lazycache", nodes_easycache.LazyCacheNode)):
+        # ComfyUI 0.3.64's EasyCache fails at batch > 1 (apply_cache_diff adds each cond's cached
+        # difference to the whole batch; Comfy-Org/ComfyUI#10344), so it runs one image at a time
+        for method, node, one in (
+            ("easycache_comfyui", nodes_easycache.EasyCacheNode, True),
+            ("lazycache", nodes_easycache.LazyCacheNode, False),
+        ):
             lo, hi, best = 1e-3, 3.0, None
             for _ in range(14):
                 thr = (lo * hi) ** 0.5
                 patched = node.execute(base, thr, 0.15, 0.95, False).args[0]
-                img, nfe, wall = sample(patched, comfy.samplers.sampler_object(name))
+                img, nfe, wall = sample(patched, plain, one_at_a_time=one)
                 if best is None or abs(nfe - target) < abs(best[2] - target):
                     best = (thr, img, nfe, wall)
                 if abs(nfe - target) < 0.5 * evals:
@@ -111,7 +126,8 @@ def main(job_path: str, out_path: str) -> None:
                 else:
                     hi = thr
             thr, img, nfe, wall = best
-            add(method, img, nfe, wall, f"ComfyUI {node.__name__[:-4]} node, reuse_threshold {thr:.4g}")
+            how = ", batch 1 loop" if one else ""
+            add(method, img, nfe, wall, f"ComfyUI {node.__name__[:-4]} node, reuse_threshold {thr:.4g}{how}")
     json.dump({"rows": rows}, open(out_path, "w"))
 
 
