@@ -79,7 +79,7 @@ def _demo(args) -> int:
             b = c * seeds + s
             for name in order:
                 row.append(imgs[name][b])
-            row.append(torch.ones_like(imgs["full"][b]))  # spacer between seeds
+            row.append(torch.ones_like(imgs["full"][b][:, :, :2]))  # a thin white line between seeds
         tiles.append(torch.cat(row[:-1], dim=2))
     grid = torch.cat(tiles, dim=1).permute(1, 2, 0).clamp(0, 1).numpy()
     scale = max(1, 256 // imgs["full"].shape[-1])
