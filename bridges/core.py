@@ -313,7 +313,7 @@ def _decode(vae: BridgeVAE, z, tile, overlap, clamp: bool, name: str):
     if tile % f or overlap % f:
         raise BridgeInputError(f"tile: {tile} and overlap {overlap} must be multiples of the VAE {vae.name!r}'s factor {f}")
     vae.check_latent(z, name)
-    return decode_model_tiled(vae, z, tile // f, overlap // f)
+    return decode_model_tiled(vae, z, tile // f, overlap // f, clamp=clamp)
 
 
 def _encode(vae: BridgeVAE, images, tile, overlap):

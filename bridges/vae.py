@@ -180,13 +180,14 @@ def _check_tiling(vae: BridgeVAE, tile, overlap, unit: int, name: str):
         )
 
 
-def decode_model_tiled(vae: BridgeVAE, z: torch.Tensor, tile: int = 64, overlap: int = 16) -> torch.Tensor:
+def decode_model_tiled(vae: BridgeVAE, z: torch.Tensor, tile: int = 64, overlap: int = 16, clamp: bool = True) -> torch.Tensor:
     """``vae.decode_model`` over latent tiles of `tile` x `tile` latent pixels, overlapping by
-    `overlap`, blended linearly in pixel space."""
+    `overlap`, blended linearly in pixel space (clamped to 0..1 unless `clamp` is False)."""
     vae.check_latent(z)
     _check_tiling(vae, tile, overlap, 1, "tile")
     f = vae.downscale
-    return _tiled(vae.decode_model, z, tile, overlap, f, 1, 3).clamp(0.0, 1.0)
+    out = _tiled(vae._decode_model, z, tile, overlap, f, 1, 3)
+    return out.clamp(0.0, 1.0) if clamp else out
 
 
 def encode_model_tiled(vae: BridgeVAE, images: torch.Tensor, tile: int = 512, overlap: int = 128) -> torch.Tensor:
