@@ -90,6 +90,9 @@ def test_ksampler_end_to_end_writes_image(comfy, comfy_install):
     # the same graph again is served from ComfyUI's cache and gives the same picture
     again = comfy.output_images(comfy.run(sampling_graph(), timeout=300), "save")[0]
     assert np.array_equal(img, again)
+    # the class conditioning reaches the model: another class, same seed, another picture
+    other = comfy.output_images(comfy.run(sampling_graph(positive=7), timeout=300), "save")[0]
+    assert not np.array_equal(img, other)
 
 
 def test_interrupt_stops_a_long_run(comfy):
