@@ -349,10 +349,10 @@ class AdaptiveSampling:
         return x - (z @ coef).squeeze(2).reshape(x.shape).to(x.dtype)
 
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
-        """mean |.| per sample ([B]) or over the whole batch ([1])."""
+        """mean |.| per sample ([B]) or over the whole batch ([1]), on the CPU with the decisions."""
         if self.config.per_sample:
-            return t.abs().flatten(1).mean(1)
-        return t.abs().mean().reshape(1)
+            return t.abs().flatten(1).mean(1).cpu()
+        return t.abs().mean().reshape(1).cpu()
 
     def _score(self):
         """(d1, d2, d3) = (d_i, d_{i-1}, d_{i-2}) for the decision about the next step."""
