@@ -1,0 +1,344 @@
+"""DMD training core (training/dmd.py) against exact teachers; metrics (training/metrics.py).
+
+Fast exact-math checks first, then the 2-D ring of 8 Gaussians (dmd.md section 4): a one-step
+generator initialised from a teacher MLP, real score = the exact mixture denoiser, fake score = an
+MLP; control runs (real score only, frozen fake score) must fail. One thread, fixed seeds.
+"""
+
+import math
+
+import pytest
+import torch
+
+from comfyui_tempo.testbed.exact import CFGDenoiser, GaussianMixtureDenoiser, ring_mixture
+from comfyui_tempo.training import dmd as D
+from comfyui_tempo.training import metrics as M
+from comfyui_tempo.training.toy import MLPDenoiser, fit_denoiser
+
+torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_swd_zero_on_identical_and_shift_value():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 2, generator=g)
+    assert M.sliced_wasserstein(x, x) == 0.0
+    shift = torch.tensor([1.0, 0.0])
+    # SW1 of a translation by m in 2-D: E|theta . m| = 2|m| / pi over uniform directions
+    sw1 = M.sliced_wasserstein(x, x + shift, num_projections=1000, p=1)
+    assert abs(sw1 - 2 / math.pi) < 0.03
+    sw2 = M.sliced_wasserstein(x, x + shift, num_projections=1000, p=2)
+    assert abs(sw2 - math.sqrt(0.5)) < 0.03  # E[cos^2] = 1/2
+    # unequal sizes are allowed and symmetric
+    y = torch.randn(1000, 2, generator=g)
+    assert abs(M.sliced_wasserstein(x, y) - M.sliced_wasserstein(y, x)) < 1e-9
+
+
+def test_mode_coverage():
+    means = M.ring_means()
+    assert torch.allclose(means, ring_mixture().means)
+    on = means.repeat(10, 1)
+    c = M.mode_coverage(on, means, 0.2)
+    assert c["covered"] == 8 and c["quality"] == 1.0 and c["tv"] < 1e-12
+    one = means[:1].repeat(50, 1)
+    c = M.mode_coverage(one, means, 0.2)
+    assert c["covered"] == 1 and abs(c["tv"] - 7 / 8) < 1e-12
+    far = torch.zeros(20, 2)  # ring centre: 2 from every mode
+    c = M.mode_coverage(far, means, 0.2)
+    assert c["covered"] == 0 and c["quality"] == 0.0 and c["tv"] == 1.0
+    assert M.mode_assignment(torch.tensor([[2.1, 0.0], [2.5, 0.0]]), means, 0.2).tolist() == [0, -1]
+    with pytest.raises(ValueError, match="^radius"):
+        M.mode_coverage(on, means, 0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# exact math of the DM gradient, schedule, CFG, losses
+
+
+def test_dm_gradient_zero_when_fake_equals_real_and_weighting():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 5, generator=g)
+    x0 = torch.randn(4, 3, 5, generator=g)
+    assert D.dm_gradient(x, x0, x0).abs().max() == 0
+    x0f = torch.randn(4, 3, 5, generator=g)
+    grad = D.dm_gradient(x, x0, x0f)
+    # normaliser is mean |x - x0_real| per sample (not mean |x0_real|, the dmd-mnist slip)
+    w = (x - x0).abs().mean(dim=(1, 2), keepdim=True)
+    assert torch.allclose(grad, ((x0f - x0) / w).double())
+    wrong = x0.abs().mean(dim=(1, 2), keepdim=True)
+    assert not torch.allclose(grad, ((x0f - x0) / wrong).double())
+    # surrogate loss: d loss / dx = grad / numel
+    xr = x.clone().requires_grad_(True)
+    D.dm_surrogate_loss(xr, grad).backward()
+    assert torch.allclose(xr.grad.double(), grad / x.numel(), atol=1e-7)
+    # real-only control: p_fake = 0
+    assert torch.allclose(D.dm_gradient(x, x0, None), ((x - x0) / w).double())
+
+
+def test_schedule_generator_input_and_timesteps():
+    sd = D.NoiseSchedule("eps")
+    assert sd.num_timesteps == 1000
+    s999 = float(sd.sigma(999))
+    z = torch.randn(3, 4)
+    # eps/v: DMD2 feeds pure N(0, I) as the VP model input -> VE x = z sqrt(1 + sigma^2), and the
+    # ComfyUI-style eps wrapper's input scaling x / sqrt(1 + sigma^2) gives back z exactly
+    x = sd.generator_input(z, s999)
+    assert torch.allclose(x / math.sqrt(1 + s999**2), z, atol=1e-6)
+    s399 = float(sd.sigma(399))
+    assert torch.allclose(sd.generator_input(z, s399) / math.sqrt(1 + s399**2), z, atol=1e-6)
+    ve = D.NoiseSchedule("ve")
+    assert abs(float(ve.sigmas[-1]) - 80) < 1e-3 and abs(float(ve.sigmas[0]) - 0.002) < 1e-6
+    assert torch.allclose(ve.generator_input(z, 80.0), 80 * z)
+    fl = D.NoiseSchedule("flow")
+    assert abs(float(fl.sigmas[-1]) - 1) < 1e-6 and torch.allclose(fl.generator_input(z, 1.0), z)
+    assert torch.allclose(fl.add_noise(torch.ones(2, 1), torch.zeros(2, 1), torch.tensor([0.25, 1.0])),
+                          torch.tensor([[0.75], [0.0]]))
+    # DM timesteps are drawn in [int(0.02 T), int(0.98 T)]
+    tr = _lin_trainer()
+    t = tr.sample_dm_timesteps(5000)
+    assert int(t.min()) == 20 and int(t.max()) == 980
+
+
+def test_cfg_matches_testbed_cfg_and_fake_without_cfg():
+    gmm = ring_mixture()
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(1))
+    s = torch.full((6,), 0.7)
+    cond = torch.tensor([0, 1, 2, 3, 4, 5])
+    ours = D.cfg_denoise(gmm, x, s, cond, None, 3.0)
+    ref = CFGDenoiser(gmm, 3.0, gmm.null_class)(x, s, cond=cond)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    # the trainer calls the fake score once, conditional, no CFG
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, sigma, cond=None):
+            calls.append(cond)
+            return x * 0 + self.p
+
+    tr = D.DMDTrainer(gmm, _Lin(), Spy(), (2,), D.DMDConfig(model_type="ve", real_guidance_scale=3.0, batch_size=4,
+                      warmup_steps=0, dfake_gen_update_ratio=1), conditioning=[2, 5])
+    tr.step()
+    assert len(calls) == 2 and all(c is not None and set(c.tolist()) <= {2, 5} for c in calls)
+
+
+def test_regression_loss_and_warmup():
+    a = torch.zeros(3, 4)
+    b = torch.ones(3, 4)
+    c = 0.00054 * 2
+    assert abs(float(D.regression_loss(a, b, "pseudo_huber")) - (math.sqrt(4 + c * c) - c)) < 1e-6
+    assert float(D.regression_loss(a, b, "l2")) == 1.0
+    p = torch.nn.Parameter(torch.zeros(()))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sch = D.constant_with_warmup(opt, 4)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sch.step()
+    assert lrs == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+# ------------------------------------------------------------------------------------------------
+# 1-D Gaussian with an analytic fake score: DM alone must drive G(z) = a z + b to N(m, s^2)
+
+
+class _Lin(torch.nn.Module):
+    """Denoiser-shaped linear generator: net(sigma z, sigma) = a z + b (any latent width)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(1.0))
+        self.b = torch.nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x, sigma, cond=None):
+        return self.a * x / sigma.reshape((-1,) + (1,) * (x.ndim - 1)) + self.b
+
+
+class _ExactFake(torch.nn.Module):
+    """The exact denoiser of the generator's own distribution N(b, a^2)."""
+
+    def __init__(self, gen):
+        super().__init__()
+        self.gen = [gen]
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, sigma, cond=None):
+        g = self.gen[0]
+        return GaussianMixtureDenoiser(torch.full((1, x.shape[1]), float(g.b)), abs(float(g.a)))(x, sigma)
+
+
+def _lin_trainer(**kw):
+    gen = _Lin()
+    cfg = D.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=256,
+                      generator_lr=1e-2, warmup_steps=0, train_fake_score=False, **kw)
+    real = GaussianMixtureDenoiser(torch.tensor([[2.0]]), 0.5)
+    return D.DMDTrainer(real, gen, _ExactFake(gen), (1,), cfg)
+
+
+def test_dm_gradient_fits_1d_gaussian():
+    tr = _lin_trainer()
+    tr.train(600)
+    g = tr.generator.net
+    a, b = float(g.a.detach()), float(g.b.detach())
+    assert abs(b - 2.0) < 0.1 and abs(abs(a) - 0.5) < 0.1
+
+
+# ------------------------------------------------------------------------------------------------
+# bad inputs
+
+
+def test_bad_inputs_raise_named_value_errors():
+    gmm = ring_mixture()
+    mk = lambda: (MLPDenoiser(2, 8, 1), MLPDenoiser(2, 8, 1))  # noqa: E731
+    with pytest.raises(ValueError, match="^conditioning"):
+        D.DMDTrainer(gmm, *mk(), (2,), D.DMDConfig(model_type="ve"), conditioning=[])
+    for t in (1000, -1, 2.5):
+        with pytest.raises(ValueError, match="^conditioning_timestep"):
+            D.DMDTrainer(gmm, *mk(), (2,), D.DMDConfig(model_type="ve", conditioning_timestep=t))
+    with pytest.raises(ValueError, match="^model_type"):
+        D.DMDTrainer(gmm, *mk(), (2,), D.DMDConfig(model_type="x0"))
+    with pytest.raises(ValueError, match="^model_type"):
+        D.NoiseSchedule("edm")
+    with pytest.raises(ValueError, match="^dfake_gen_update_ratio"):
+        D.DMDConfig(dfake_gen_update_ratio=0).validate()
+    with pytest.raises(ValueError, match="^regression_pairs"):
+        D.DMDTrainer(gmm, *mk(), (2,), D.DMDConfig(model_type="ve", regression_weight=0.25))
+    assert issubclass(D.DMDConfigError, ValueError)
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoint, interrupt, resume
+
+
+def _small_trainer(teacher, **kw):
+    opts = dict(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=3, batch_size=64,
+                generator_lr=1e-3, fake_lr=1e-3, warmup_steps=5, sigma_data=1.0, seed=3)
+    cfg = D.DMDConfig(**{**opts, **kw})
+    return D.DMDTrainer(ring_mixture(), D.copy_teacher(teacher), D.copy_teacher(teacher), (2,), cfg)
+
+
+def test_checkpoint_interrupt_resume_is_exact(tmp_path):
+    torch.manual_seed(0)
+    teacher = MLPDenoiser(2, 32, 2)
+    full = _small_trainer(teacher)
+    full.train(40)
+
+    part = _small_trainer(teacher)
+    seen = []
+    part.train(40, progress=lambda s, n, losses: seen.append((s, n)), should_stop=lambda s: s >= 17)
+    assert part.step_count == 17 and seen[-1] == (17, 40) and len(seen) == 17
+    part.save_checkpoint(tmp_path / "ckpt.pt")
+    del part
+    resumed = _small_trainer(teacher)
+    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    assert resumed.step_count == 17 and resumed.generator_steps == 6 and resumed.fake_steps == 17
+    resumed.train(40)
+    assert full.generator_steps == resumed.generator_steps == 14
+    for a, b in zip(full.generator.parameters(), resumed.generator.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(full.fake_score.parameters(), resumed.fake_score.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(full.rng.get_state(), resumed.rng.get_state())
+    # a checkpoint of another config is refused
+    other = _small_trainer(teacher, dfake_gen_update_ratio=5)
+    with pytest.raises(ValueError, match="^state"):
+        other.load_checkpoint(tmp_path / "ckpt.pt")
+
+
+def test_progress_hook_may_interrupt():
+    torch.manual_seed(0)
+    tr = _small_trainer(MLPDenoiser(2, 16, 1))
+
+    class Interrupted(Exception):
+        pass
+
+    def hook(step, total, losses):
+        assert "loss_fake" in losses
+        if step == 4:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        tr.train(10, progress=hook)
+    assert tr.step_count == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# 2-D ring of 8 Gaussians
+
+
+N_EVAL = 2000
+RADIUS = 0.2  # 4 standard deviations of a mode
+
+
+@pytest.fixture(scope="module")
+def ring():
+    gmm = ring_mixture()
+    sched = D.NoiseSchedule("ve")
+    torch.manual_seed(0)
+    teacher = MLPDenoiser(2, 64, 3, sigma_data=1.0)
+    fit_denoiser(teacher, gmm, lambda n, g: gmm.sample(n, generator=g), sched.sigmas, steps=3000, batch=512)
+    ref = gmm.sample(N_EVAL, generator=torch.Generator().manual_seed(123))
+    z = torch.randn(N_EVAL, 2, generator=torch.Generator().manual_seed(7))
+    ode = D.teacher_ode_samples(gmm, z, sched, 999, steps=50)
+    return {"gmm": gmm, "teacher": teacher, "ref": ref, "swd_teacher": M.sliced_wasserstein(ode, ref, p=1),
+            "ode": ode}
+
+
+def _ring_run(ring, steps, **kw):
+    cfg = D.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=5, batch_size=256,
+                      generator_lr=5e-4, fake_lr=2e-3, warmup_steps=50, sigma_data=1.0, seed=0, **kw)
+    tr = D.DMDTrainer(ring["gmm"], D.copy_teacher(ring["teacher"]), D.copy_teacher(ring["teacher"]), (2,), cfg)
+    init = tr.sample(N_EVAL)
+    tr.train(steps)
+    x = tr.sample(N_EVAL)
+    cov = M.mode_coverage(x, M.ring_means(), RADIUS)
+    return {"swd": M.sliced_wasserstein(x, ring["ref"], p=1), "swd_init": M.sliced_wasserstein(init, ring["ref"], p=1),
+            "covered": cov["covered"], "quality": cov["quality"], "tv": cov["tv"]}
+
+
+@pytest.fixture(scope="module")
+def dmd_run(ring):
+    return _ring_run(ring, 2500)
+
+
+def test_ring_teacher_reference(ring):
+    c = M.mode_coverage(ring["ode"], M.ring_means(), RADIUS)
+    assert c["covered"] == 8 and c["quality"] > 0.99
+    assert ring["swd_teacher"] < 0.06
+
+
+def test_ring_dmd_one_step_generator(ring, dmd_run):
+    """What the CPU budget (2500 iterations, ~15 s) reaches today: measured SW1 0.152 vs teacher ODE
+    0.038 (4.0x), 7/8 modes, init 1.25."""
+    r = dmd_run
+    print("DMD ring:", r, "teacher ODE SWD", ring["swd_teacher"])
+    assert r["swd"] < 0.15 * r["swd_init"]
+    assert r["covered"] >= 7
+    assert r["swd"] <= 4.5 * ring["swd_teacher"]
+
+
+@pytest.mark.xfail(reason="issue #5 target not reached yet in the CPU budget: 8/8 modes and SWD <= 3x the "
+                   "teacher ODE's (measured 7/8, 4.0x after 2500 iterations)", strict=False)
+def test_ring_dmd_reaches_teacher_target(ring, dmd_run):
+    assert dmd_run["covered"] == 8
+    assert dmd_run["swd"] <= 3.0 * ring["swd_teacher"]
+
+
+def test_ring_control_real_score_only_collapses(ring, dmd_run):
+    r = _ring_run(ring, 1000, use_fake_score=False)
+    print("real only:", r)
+    assert r["covered"] < 8 and r["swd"] > 3 * dmd_run["swd"]
+
+
+def test_ring_control_frozen_fake_score_drifts(ring, dmd_run):
+    r = _ring_run(ring, 1000, train_fake_score=False)
+    print("frozen fake:", r)
+    assert r["covered"] < 8 and r["swd"] > 3 * dmd_run["swd"]
+
