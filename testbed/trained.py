@@ -75,8 +75,10 @@ class Testbed:
         """eps prediction for the VE latent x at noise level sigma ([B]) and context [B, 1, 11]."""
         sigma = self._sigma_batch(sigma, x)
         t = schedules.sigma_to_t(sigma, self.sigmas).float()
-        c_in = schedules.vp_scale(sigma).view(-1, 1, 1, 1).to(x.dtype)
-        return self.net(x * c_in, t, context=context)
+        # x / sqrt(sigma^2 + 1), computed exactly as ComfyUI's EPS.calculate_input does, so the
+        # testbed inside ComfyUI gives bit-identical x0
+        s = sigma.view(-1, 1, 1, 1).to(x.dtype)
+        return self.net(x / (s**2 + 1.0) ** 0.5, t, context=context)
 
     def denoiser(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         """x0 estimate: x - sigma * eps(x / sqrt(1 + sigma^2), t(sigma), onehot(cond))."""
