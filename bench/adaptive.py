@@ -15,7 +15,7 @@ import time
 import torch
 
 from ..samplers import kdiff
-from ..samplers.adaptive import AdaptiveConfig, adaptive_sample
+from ..samplers.adaptive import AdaptiveConfig, CountingDenoiser, adaptive_sample
 from ..samplers.greedy import greedy_skip_path
 from ..samplers.peers import EasyCacheNet
 from ..samplers.schedules import t_to_sigma
@@ -34,14 +34,9 @@ def _sample(problem: Problem, sampler: str, steps: int, config: AdaptiveConfig |
     den = denoiser or problem.denoiser
     extra = {"cond": problem.cond}
     if config is None:
-        counter = {"n": 0}
-
-        def counting(x_, s_, **kw):
-            counter["n"] += 1
-            return den(x_, s_, **kw)
-
+        counting = CountingDenoiser(den)
         out, wall = timed(fn, counting, x, sig, extra_args=extra)
-        return out, None, wall, float(counter["n"])
+        return out, None, wall, float(counting.calls)
     (out, rep), wall = timed(
         adaptive_sample, fn, den, x, sig, config, extra_args=extra, endpoint_corrector=ENDPOINT.get(sampler, False)
     )

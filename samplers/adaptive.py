@@ -30,7 +30,8 @@ Improvements over the paper, each behind an option of ``AdaptiveConfig``:
 linearly in sigma, instead of holding it), ``force_last``, ``start_percent``,
 ``estimator_space="vp"`` (measure on x / sqrt(1 + sigma^2)), per-sample decisions with the model run
 only on the samples that need it, and ``mode="target"``: a speed-up target that the controller meets
-by pacing its skips and placing them where the estimator says they cost least.
+by pacing its skips (more of them late in the run, ``tilt``); ``placement`` > 0 lets an estimator
+move each skip toward a step it rates cheaper (off by default: on the testbed it cost PSNR).
 """
 
 from __future__ import annotations
@@ -615,7 +616,7 @@ class AdaptiveSampling:
         return recording
 
 
-class _Counting:
+class CountingDenoiser:
     """Pass-through denoiser that counts its calls (and lets samplers look through it)."""
 
     def __init__(self, model):
@@ -656,7 +657,7 @@ def adaptive_sample(
     """
     config.validate()
     if not config.enabled:
-        counting = _Counting(model)
+        counting = CountingDenoiser(model)
         out = sampler_fn(counting, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **sampler_options)
         rep = SkipReport(steps=len(sigmas) - 1, batch=x.shape[0], mode=config.mode)
         rep.nfe_per_sample = [counting.calls] * x.shape[0]
