@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..samplers import dmd as dmd_sampling
 from ..samplers import kdiff
 from ..samplers import schedules as S
 
@@ -111,14 +112,7 @@ class NoiseSchedule:
           z * sqrt((1 - s)^2 + s^2), which is z at s = 1. DMD2 has no flow teacher; this is the
           pack's choice.
         """
-        s = torch.as_tensor(sigma, dtype=torch.float64)
-        if self.model_type in ("eps", "v"):
-            scale = torch.sqrt(1 + s * s)
-        elif self.model_type == "ve":
-            scale = s
-        else:
-            scale = torch.sqrt((1 - s) ** 2 + s * s)
-        return z * scale.to(z.dtype)
+        return dmd_sampling.noise_input(z, sigma, self.model_type)
 
     def fake_loss_weight(self, sigma: torch.Tensor, weighting: str, sigma_data: float) -> torch.Tensor:
         """Per-sample weight of the x0 squared error in the fake-score loss.

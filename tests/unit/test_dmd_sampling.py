@@ -1,0 +1,120 @@
+"""samplers/dmd.py: one-step and few-step DMD sampling for eps, v, ve and flow generators."""
+
+import math
+
+import pytest
+import torch
+
+from comfyui_tempo.samplers import dmd as SD
+from comfyui_tempo.samplers import schedules as S
+from comfyui_tempo.training import dmd as D
+from comfyui_tempo.training.toy import MLPDenoiser
+
+torch.set_num_threads(1)
+
+
+class Recorder:
+    """Denoiser returning a constant x0; records every (x, sigma) it is called with."""
+
+    def __init__(self, value=0.0):
+        self.value = value
+        self.calls = []
+
+    def __call__(self, x, sigma, **extra):
+        self.calls.append((x.clone(), sigma.clone(), extra))
+        return torch.full_like(x, self.value)
+
+
+def test_dmd2_timesteps_and_sigmas():
+    assert SD.dmd2_timesteps(4) == [999, 749, 499, 249]
+    assert SD.dmd2_timesteps(1) == [999]
+    assert SD.dmd2_timesteps(2) == [999, 499]
+    table = S.discrete_sigmas()
+    sig = SD.timesteps_to_sigmas([999, 749, 499, 249], table)
+    assert sig.shape == (5,) and float(sig[-1]) == 0
+    assert torch.equal(sig[:4], table[[999, 749, 499, 249]])
+    assert SD.parse_timesteps("999, 749,499,249") == [999, 749, 499, 249]
+    for bad in ("999,1000", "499,749", "", "a,b"):
+        with pytest.raises(ValueError, match="^timesteps"):
+            SD.parse_timesteps(bad)
+    with pytest.raises(ValueError, match="^timesteps"):
+        SD.timesteps_to_sigmas([1000], table)
+    with pytest.raises(ValueError, match="^num_steps"):
+        SD.dmd2_timesteps(0)
+    with pytest.raises(ValueError, match="^model_type"):
+        SD.input_scale(1.0, "edm")
+
+
+@pytest.mark.parametrize("model_type", ["eps", "v", "ve", "flow"])
+def test_one_step_matches_one_step_generator(model_type):
+    torch.manual_seed(0)
+    sched = D.NoiseSchedule(model_type)
+    net = MLPDenoiser(6, 16, 2)
+    z = torch.randn(5, 6)
+    for tc in (999, 399):
+        gen = D.OneStepGenerator(net, sched, tc)
+        sig = SD.timesteps_to_sigmas([tc], sched.sigmas)
+        calls = []
+
+        def model(x, s, **kw):
+            calls.append(s)
+            return net(x, s, **kw)
+
+        with torch.no_grad():
+            out = SD.sample_dmd(model, z, sig, model_type)
+            assert torch.equal(out, gen(z))
+        assert len(calls) == 1 and torch.allclose(calls[0], torch.full((5,), gen.conditioning_sigma))
+    # the input scaling of the conditioning timestep
+    s = float(sched.sigma(399))
+    rec = Recorder()
+    SD.sample_dmd(rec, z, SD.timesteps_to_sigmas([399], sched.sigmas), model_type)
+    expect = {"eps": math.sqrt(1 + s * s), "v": math.sqrt(1 + s * s), "ve": s, "flow": math.sqrt((1 - s) ** 2 + s * s)}
+    assert torch.allclose(rec.calls[0][0], z * expect[model_type], rtol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["eps", "flow"])
+def test_few_step_schedule_and_renoise_statistics(model_type):
+    sched = D.NoiseSchedule(model_type)
+    sig = SD.timesteps_to_sigmas(SD.dmd2_timesteps(4), sched.sigmas)
+    n = 20000
+    z = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
+    c = 0.7
+    rec = Recorder(c)
+    out = SD.sample_dmd(rec, z, sig, model_type, generator=torch.Generator().manual_seed(1), extra_args={"cond": 3})
+    assert torch.equal(out, torch.full_like(z, c))
+    assert len(rec.calls) == 4
+    assert [float(cl[1][0]) for cl in rec.calls] == [float(s) for s in sig[:4]]
+    assert all(cl[2] == {"cond": 3} for cl in rec.calls)
+    noises = []
+    for i, (x, s, _) in enumerate(rec.calls[1:], start=1):
+        si = float(sig[i])
+        mean = (1 - si) * c if model_type == "flow" else c
+        # re-noised to the next timestep: mean and std of x0 re-noised with unit noise at sigma_i
+        assert abs(float(x.mean()) - mean) < 4 * si / math.sqrt(x.numel())
+        assert abs(float(x.std()) / si - 1) < 0.02
+        noises.append(((x - mean) / si).reshape(-1))
+    # fresh noise at each step: uncorrelated with the first step's noise and with each other
+    z0 = z.reshape(-1)
+    for a in noises:
+        assert abs(float(torch.corrcoef(torch.stack([a, z0]))[0, 1])) < 0.02
+    assert abs(float(torch.corrcoef(torch.stack(noises[:2]))[0, 1])) < 0.02
+
+
+def test_kdiff_signature_matches_sample_dmd():
+    torch.manual_seed(0)
+    sched = D.NoiseSchedule("eps")
+    net = MLPDenoiser(3, 16, 2)
+    sig = SD.timesteps_to_sigmas(SD.dmd2_timesteps(4), sched.sigmas)
+    z = torch.randn(4, 3)
+    fresh = [torch.randn(4, 3) for _ in range(3)]
+
+    def ns_factory():
+        it = iter(fresh)
+        return lambda a, b: next(it)
+
+    with torch.no_grad():
+        a = SD.sample_dmd(net, z, sig, "eps", noise_sampler=ns_factory())
+        x = SD.noise_input(z, sig[0], "eps")
+        seen = []
+        b = SD.sample_dmd_kdiff(net, x, sig, noise_sampler=ns_factory(), callback=lambda d: seen.append(d["i"]))
+    assert torch.equal(a, b) and seen == [0, 1, 2, 3]
