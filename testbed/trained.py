@@ -156,9 +156,20 @@ def _load(device: str, path: str) -> Testbed:
     return Testbed(net, ae, meta, device)
 
 
-def load(device="cpu", path: str | Path | None = None) -> Testbed:
-    """The testbed on `device` (cached: repeated calls return the same object)."""
-    return _load(str(torch.device(device)), str(path or WEIGHTS_FILE))
+#: the shipped testbed models: "testbed" (AE1, 32 px, 4x8x8 latents) and "hr" (AE2, a different
+#: latent space, the UNet fine-tuned at 32 and 64 px: 4x8x8 and 4x16x16 latents; testbed/train_hr.py)
+MODELS = {"testbed": WEIGHTS_FILE, "hr": WEIGHTS_DIR / "testbed_hr.safetensors"}
+
+
+def load(device="cpu", path: str | Path | None = None, name: str = "testbed") -> Testbed:
+    """The testbed `name` ("testbed" or "hr", see MODELS) on `device` (cached: repeated calls
+    return the same object); `path` overrides the weights file. Both autoencoders are fully
+    convolutional (factor 4): encode / decode work at any multiple-of-4 image size."""
+    if path is None:
+        if name not in MODELS:
+            raise ValueError(f"name: expected one of {sorted(MODELS)}, got {name!r}")
+        path = MODELS[name]
+    return _load(str(torch.device(device)), str(path))
 
 
 # --- curvature measurement -------------------------------------------------------------------
