@@ -11,6 +11,7 @@ ComfyUI's DIFFUSION_MODEL wrappers like the UNets of ComfyUI's own models, so Ea
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import os
 import threading
@@ -22,6 +23,7 @@ import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.patcher_extension
+import comfy.sd
 import comfy.supported_models_base
 
 NUM_CLASSES = 10
@@ -29,21 +31,23 @@ NULL_CLASS = 10  # index of the null / unconditional class in the one-hot contex
 CONTEXT_DIM = NUM_CLASSES + 1
 
 _lock = threading.Lock()
-_testbed = None
+_testbeds: dict = {}
+
+MODEL_NAMES = ("testbed", "hr")  # "hr": the second testbed in its own latent space (multi-resolution)
 
 
-def testbed():
-    """The trained testbed (loaded once per process, outside inference mode)."""
-    global _testbed
+def testbed(name: str = "testbed"):
+    """The trained testbed `name` (loaded once per process, outside inference mode); "testbed" is
+    ``trained.load()``, another name ``trained.load(name=name)``."""
     with _lock:
-        if _testbed is None:
-            name = os.environ.get("TEMPO_TESTBED_MODULE") or f"{__package__.rsplit('.', 1)[0]}.testbed.trained"
-            module = importlib.import_module(name)
+        if name not in _testbeds:
+            mod = os.environ.get("TEMPO_TESTBED_MODULE") or f"{__package__.rsplit('.', 1)[0]}.testbed.trained"
+            module = importlib.import_module(mod)
             with torch.inference_mode(False):
-                tb = module.load()
+                tb = module.load() if name == "testbed" else module.load(name=name)
             tb.net.eval()
-            _testbed = tb
-        return _testbed
+            _testbeds[name] = tb
+        return _testbeds[name]
 
 
 class TestbedLatentFormat(comfy.latent_formats.LatentFormat):
@@ -78,10 +82,10 @@ class TestbedUNet(torch.nn.Module):
     xc = x / sqrt(1 + sigma^2) and t the nearest discrete timestep, and takes the output as eps.
     """
 
-    def __init__(self, dtype=None, device=None, operations=None, **unet_config):
+    def __init__(self, dtype=None, device=None, operations=None, testbed_name="testbed", **unet_config):
         super().__init__()
         with torch.inference_mode(False):
-            self.net = copy.deepcopy(testbed().net)
+            self.net = copy.deepcopy(testbed(testbed_name).net)
         self.net.eval()
         self.dtype = torch.float32 if dtype is None else dtype
         if device is not None:
@@ -98,17 +102,84 @@ class TestbedUNet(torch.nn.Module):
         return self.net(x, timesteps, context=context)
 
 
-def build_model() -> comfy.model_patcher.ModelPatcher:
-    """The testbed as a ComfyUI MODEL (a fresh BaseModel + ModelPatcher each call)."""
-    tb = testbed()
-    config = TestbedConfig({"in_channels": int(tb.latent_shape[0]), "out_channels": int(tb.latent_shape[0])})
-    config.latent_format.latent_channels = int(tb.latent_shape[0])
+def _latent_format(channels: int):
+    return type(f"TestbedLatentFormat{channels}", (TestbedLatentFormat,), {"latent_channels": int(channels)})
+
+
+def _config_class(name: str, channels: int):
+    if name == "testbed" and channels == TestbedLatentFormat.latent_channels:
+        return TestbedConfig
+    return type(f"TestbedConfig_{name}", (TestbedConfig,), {"latent_format": _latent_format(channels)})
+
+
+def build_model(name: str = "testbed") -> comfy.model_patcher.ModelPatcher:
+    """The testbed `name` as a ComfyUI MODEL (a fresh BaseModel + ModelPatcher each call)."""
+    tb = testbed(name)
+    channels = int(tb.latent_shape[0])
+    config = _config_class(name, channels)({"in_channels": channels, "out_channels": channels})
     config.set_inference_dtype(torch.float32, None)
+    unet = TestbedUNet if name == "testbed" else functools.partial(TestbedUNet, testbed_name=name)
     base = comfy.model_base.BaseModel(
-        config, model_type=comfy.model_base.ModelType.EPS, device=mm.unet_offload_device(), unet_model=TestbedUNet
+        config, model_type=comfy.model_base.ModelType.EPS, device=mm.unet_offload_device(), unet_model=unet
     )
     base.eval()
     return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
+class _TestbedAE(torch.nn.Module):
+    """The testbed autoencoder as a VAE's first_stage_model: encode(images 0..1) -> latents,
+    decode(latents) -> images 0..1 (the VAE's process_input / process_output are identities)."""
+
+    def __init__(self, ae):
+        super().__init__()
+        self.ae = ae
+
+    def encode(self, x):
+        return self.ae.encode(x.float())
+
+    def decode(self, z):
+        return self.ae.decode(z.float())
+
+
+class TestbedVAE(comfy.sd.VAE):
+    """The testbed `name`'s autoencoder as a ComfyUI VAE (what VAEDecode / VAEEncode and the pack's
+    bridge nodes take). Built without a state dict: the attributes ``comfy.sd.VAE.__init__`` sets."""
+
+    def __init__(self, name: str = "testbed"):  # noqa: D107 - no super().__init__: no state dict to detect
+        tb = testbed(name)
+        with torch.inference_mode(False):
+            ae = copy.deepcopy(tb.ae)
+        ae.eval().requires_grad_(False)
+        factor = int(tb.image_size // tb.latent_shape[-1])
+        self.testbed_name = name
+        self.memory_used_encode = lambda shape, dtype: 64 * shape[2] * shape[3] * 4
+        self.memory_used_decode = lambda shape, dtype: 64 * shape[2] * shape[3] * factor * factor * 4
+        self.downscale_ratio = factor
+        self.upscale_ratio = factor
+        self.latent_channels = int(tb.latent_shape[0])
+        self.latent_dim = 2
+        self.output_channels = 3
+        self.process_input = lambda image: image
+        self.process_output = lambda image: torch.clamp(image, min=0.0, max=1.0)
+        self.working_dtypes = [torch.float32]
+        self.disable_offload = False
+        self.not_video = False
+        self.downscale_index_formula = None
+        self.upscale_index_formula = None
+        self.extra_1d_channel = None
+        self.crop_input = True
+        self.first_stage_model = _TestbedAE(ae).eval()
+        self.device = mm.vae_device()
+        self.vae_dtype = torch.float32
+        self.first_stage_model.to(self.vae_dtype)
+        self.output_device = mm.intermediate_device()
+        self.patcher = comfy.model_patcher.ModelPatcher(
+            self.first_stage_model, load_device=self.device, offload_device=mm.vae_offload_device()
+        )
+
+
+def build_vae(name: str = "testbed") -> TestbedVAE:
+    return TestbedVAE(name)
 
 
 def class_cond(class_id: int) -> torch.Tensor:

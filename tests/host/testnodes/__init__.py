@@ -10,7 +10,10 @@ into real ComfyUI objects, built in-process with ComfyUI's own classes by the pa
   ``comfy.model_patcher.ModelPatcher``; its x0 equals ``testbed.denoiser(x, sigma, cond)``.
 * ``TempoTestbedClass`` -> CONDITIONING ``[[one-hot [1, 1, 11], {}]]`` (class 10 = null).
 * ``TempoTestbedDecode`` LATENT -> IMAGE through the testbed autoencoder.
-* ``TempoTestbedEmptyLatent`` -> LATENT of zeros at the testbed latent shape.
+* ``TempoTestbedEmptyLatent`` -> LATENT of zeros at the testbed latent shape (or a given size).
+* ``TempoTestbedVAE`` -> VAE: the testbed autoencoder as a ``comfy.sd.VAE`` (``TestbedVAE``).
+
+``name`` inputs pick "testbed" (default) or "hr" (the second testbed in its own latent space).
 
 Snippets (``comfy_snippet`` fixture) can ``import tempo_testnodes`` and call ``build_model()``,
 ``class_cond()``, ``testbed()`` directly.
@@ -39,10 +42,13 @@ from comfyui_tempo.nodes.testbed_model import (  # noqa: F401  (re-exported for 
     CONTEXT_DIM,
     NULL_CLASS,
     NUM_CLASSES,
+    MODEL_NAMES,
     TestbedConfig,
     TestbedLatentFormat,
     TestbedUNet,
+    TestbedVAE,
     build_model,
+    build_vae,
     class_cond,
     testbed,
 )
@@ -56,13 +62,35 @@ class TempoTestbedModel(io.ComfyNode):
             display_name="Tempo Testbed Model (test)",
             category="tempo/testing",
             description="The pack's trained testbed denoiser as a ComfyUI MODEL (eps, SD discrete schedule).",
-            inputs=[],
+            inputs=[
+                io.Combo.Input("name", options=list(MODEL_NAMES), default="testbed", optional=True,
+                               tooltip="testbed: the 32 px model (4x8x8 latents); hr: the second testbed in its own "
+                               "latent space (32 / 64 px)."),
+            ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls) -> io.NodeOutput:
-        return io.NodeOutput(build_model())
+    def execute(cls, name="testbed") -> io.NodeOutput:
+        return io.NodeOutput(build_model(name))
+
+
+class TempoTestbedVAE(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="TempoTestbedVAE",
+            display_name="Tempo Testbed VAE (test)",
+            category="tempo/testing",
+            description="The testbed's autoencoder as a ComfyUI VAE (VAEDecode, VAEEncode and the bridge nodes take it).",
+            inputs=[io.Combo.Input("name", options=list(MODEL_NAMES), default="testbed",
+                                   tooltip="Which testbed's autoencoder.")],
+            outputs=[io.Vae.Output()],
+        )
+
+    @classmethod
+    def execute(cls, name="testbed") -> io.NodeOutput:
+        return io.NodeOutput(build_vae(name))
 
 
 class TempoTestbedClass(io.ComfyNode):
@@ -112,17 +140,31 @@ class TempoTestbedEmptyLatent(io.ComfyNode):
             display_name="Tempo Testbed Empty Latent (test)",
             category="tempo/testing",
             description="A batch of zero latents at the testbed latent shape.",
-            inputs=[io.Int.Input("batch_size", default=1, min=1, max=4096)],
+            inputs=[
+                io.Int.Input("batch_size", default=1, min=1, max=4096),
+                io.Combo.Input("name", options=list(MODEL_NAMES), default="testbed", optional=True,
+                               tooltip="Which testbed's latent space."),
+                io.Int.Input("width", default=0, min=0, max=1024, step=8, optional=True,
+                             tooltip="Image width in pixels; 0: the testbed's own size."),
+                io.Int.Input("height", default=0, min=0, max=1024, step=8, optional=True,
+                             tooltip="Image height in pixels; 0: the testbed's own size."),
+            ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
-    def execute(cls, batch_size) -> io.NodeOutput:
-        c, h, w = (int(v) for v in testbed().latent_shape)
+    def execute(cls, batch_size, name="testbed", width=0, height=0) -> io.NodeOutput:
+        tb = testbed(name)
+        c, h, w = (int(v) for v in tb.latent_shape)
+        f = int(tb.image_size) // w
+        if width:
+            w = int(width) // f
+        if height:
+            h = int(height) // f
         return io.NodeOutput({"samples": torch.zeros(int(batch_size), c, h, w)})
 
 
-NODES = [TempoTestbedModel, TempoTestbedClass, TempoTestbedDecode, TempoTestbedEmptyLatent]
+NODES = [TempoTestbedModel, TempoTestbedClass, TempoTestbedDecode, TempoTestbedEmptyLatent, TempoTestbedVAE]
 
 
 class TempoTestNodes(ComfyExtension):
