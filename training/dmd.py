@@ -27,6 +27,7 @@ makes the copies.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import asdict, dataclass, fields
@@ -39,6 +40,8 @@ from torch import nn
 from ..samplers import dmd as dmd_sampling
 from ..samplers import kdiff
 from ..samplers import schedules as S
+from . import gan as _gan
+from . import lora as _lora
 
 MODEL_TYPES = ("eps", "v", "ve", "flow")
 FAKE_WEIGHTINGS = ("auto", "eps", "v", "edm", "flow", "x0")
@@ -178,6 +181,30 @@ class DMDConfig:
         use_fake_score=False drops the fake score from the DM gradient ("real score only", SDS-like);
         train_fake_score=False keeps the fake score frozen at its initialisation.
     seed: seed of the trainer's random generator (all noise, timesteps, conditioning draws).
+
+    DMD2 options (dmd.md 1.6-1.8), all off by default:
+    gen_cls_loss_weight, guidance_cls_loss_weight: the GAN head (``gan.GANHead``) on the fake
+        score's features (DMD2: gen 3e-3 ImageNet / 1e-3 SD1.5 / 5e-3 SDXL, guidance 1e-2). The
+        generator adds ``gen_cls_loss_weight * softplus(-D(G(z)))``, the fake-score update
+        ``guidance_cls_loss_weight * (softplus(D(fake)) + softplus(-D(real)))`` (non-saturating),
+        both inputs noised at t ~ U{0, ..., diffusion_gan_max_timestep - 1}. The GAN is on when
+        either weight is > 0; it needs ``gan_feature_module`` (dotted name of the fake score's
+        submodule whose output is the feature map, e.g. the UNet bottleneck) and the trainer's
+        ``real_data``.
+    denoising_timesteps: None (one step at ``conditioning_timestep``) or the multi-step generator's
+        timesteps, e.g. (999, 749, 499, 249) (DMD2 ``--denoising --num_denoising_step 4``).
+    backward_simulation: multi-step only: the generator's training input at a random step of the
+        list is made by running the current generator from pure noise through the earlier steps
+        without grad, re-noising with fresh noise (DMD2 ``--backward_simulation``, dmd.md 1.7);
+        False noises ``real_data`` to that step instead (DMD2 without backward simulation).
+    mixed_precision: "no" or "bf16": ``torch.autocast(bfloat16)`` around the network calls on CUDA
+        (DMD2 ``--use_fp16``); a no-op on CPU.
+    gradient_checkpointing: recompute the activations of each block of the generator and fake
+        score in backward (``enable_gradient_checkpointing``; DMD2 ``--gradient_checkpointing``).
+    lora_rank, lora_alpha: used by ``DMDTrainer.from_teacher``: > 0 makes the generator and fake
+        score LoRA copies of the teacher sharing its weights (``training.lora``; DMD2 SDXL LoRA:
+        rank 64, alpha 8); 0 = full-weight copies. Checkpoints of LoRA networks hold only the LoRA
+        factors (plus optimizer state).
     """
 
     model_type: str = "eps"
@@ -201,6 +228,16 @@ class DMDConfig:
     use_fake_score: bool = True
     train_fake_score: bool = True
     seed: int = 0
+    gen_cls_loss_weight: float = 0.0
+    guidance_cls_loss_weight: float = 0.0
+    gan_feature_module: str | None = None
+    diffusion_gan_max_timestep: int = 1000
+    denoising_timesteps: tuple | None = None
+    backward_simulation: bool = True
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    lora_rank: int = 0
+    lora_alpha: float | None = None
 
     def validate(self, num_timesteps: int | None = None) -> None:
         def err(name, msg):
@@ -241,6 +278,39 @@ class DMDConfig:
             isinstance(self.regression_batch_size, int) and self.regression_batch_size >= 1
         ):
             err("regression_batch_size", "expected None or an integer >= 1")
+
+        for name in ("gen_cls_loss_weight", "guidance_cls_loss_weight"):
+            if not getattr(self, name) >= 0:
+                err(name, "expected a number >= 0")
+        if self.use_gan and not (isinstance(self.gan_feature_module, str) and self.gan_feature_module):
+            err("gan_feature_module", "expected the dotted name of a fake-score submodule when the GAN loss is on")
+        if not (isinstance(self.diffusion_gan_max_timestep, int) and self.diffusion_gan_max_timestep >= 1):
+            err("diffusion_gan_max_timestep", "expected an integer >= 1")
+        if self.denoising_timesteps is not None:
+            ts = self.denoising_timesteps
+            ok = isinstance(ts, (tuple, list)) and len(ts) >= 1 and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in ts)
+            ok = ok and all(b < a for a, b in zip(ts, ts[1:])) and min(ts) >= 0
+            if ok and num_timesteps is not None:
+                ok = max(ts) < num_timesteps
+            if not ok:
+                err("denoising_timesteps", "expected None or strictly decreasing integer timesteps in [0, T)")
+        if self.mixed_precision not in ("no", "bf16"):
+            err("mixed_precision", "expected 'no' or 'bf16'")
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            err("lora_rank", "expected an integer >= 0 (0 = full weights)")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            err("lora_alpha", "expected None or a number > 0")
+
+    @property
+    def use_gan(self) -> bool:
+        return self.gen_cls_loss_weight > 0 or self.guidance_cls_loss_weight > 0
+
+    def generator_timesteps(self) -> list[int]:
+        """The generator's timesteps: ``denoising_timesteps`` or [conditioning_timestep]."""
+        if self.denoising_timesteps is None:
+            return [int(self.conditioning_timestep)]
+        return [int(t) for t in self.denoising_timesteps]
 
     def weighting(self) -> str:
         if self.fake_loss_weighting != "auto":
@@ -405,8 +475,9 @@ class DMDTrainer:
 
     real_score: frozen teacher, ``real_score(x, sigma, cond=...) -> x0`` (any callable; never
         backpropagated through, main/sd_guidance.py:64-67).
-    generator_net: trainable denoiser (a ``copy_teacher`` copy), wrapped in ``OneStepGenerator``.
-    fake_score: trainable denoiser (a ``copy_teacher`` copy); run without CFG
+    generator_net: trainable denoiser (a ``copy_teacher`` copy or a ``lora.lora_copy``), wrapped in
+        ``OneStepGenerator``.
+    fake_score: trainable denoiser (a ``copy_teacher`` copy or a LoRA copy); run without CFG
         (DMD2 asserts ``fake_guidance_scale == 1``).
     latent_shape: shape of one latent (without batch).
     conditioning: non-empty list of conditioning items (default ``[None]``, unconditional); every
@@ -415,12 +486,18 @@ class DMDTrainer:
     sigmas: the timestep table (default: the model type's, ``NoiseSchedule``).
     regression_pairs: ``RegressionPairs`` for DMD1's regression loss (used when
         ``config.regression_weight > 0``).
+    real_data: "real" latents for the GAN critic (and for multi-step training without backward
+        simulation): a tensor [N, *latent_shape], a ``RegressionPairs`` (its targets, e.g. teacher
+        ODE outputs, with their cond_index) or a callable ``(n, torch.Generator) -> latents``.
+        real_cond_index: [N] conditioning indices of a real_data tensor (needed with more than one
+        conditioning item).
     progress: ``progress(step, total, losses)`` called by ``train`` after every step.
 
     One ``step()`` is one DMD2 iteration (main/train_sd.py:330, main/edm/train_edm.py:235): the
     generator produces a batch (with grad on generator turns, ``step % ratio == 0``, where it is
-    updated with the DM loss [+ regression]); then the fake score takes one denoising step on that
-    batch, detached, at t ~ U{0, ..., T-1} (main/sd_guidance.py:255-310).
+    updated with the DM loss [+ regression] [+ GAN]); then the fake score takes one denoising step
+    on that batch, detached, at t ~ U{0, ..., T-1} (main/sd_guidance.py:255-310) [+ the critic's GAN
+    loss, same optimizer].
     """
 
     def __init__(
@@ -437,6 +514,8 @@ class DMDTrainer:
         sigmas: torch.Tensor | None = None,
         flow_shift: float = 1.0,
         regression_pairs: RegressionPairs | None = None,
+        real_data: Any = None,
+        real_cond_index: torch.Tensor | None = None,
         progress: Callable[[int, int, dict], None] | None = None,
         device: torch.device | str | None = None,
     ):
@@ -465,23 +544,42 @@ class DMDTrainer:
                 raise DMDConfigError("regression_pairs: cond_index is required with more than one conditioning item")
         if not isinstance(generator_net, nn.Module) or not isinstance(fake_score, nn.Module):
             raise DMDConfigError("generator_net: generator_net and fake_score must be torch.nn.Module")
+        self.gen_timesteps = cfg.generator_timesteps()
+        needs_real = cfg.use_gan or (len(self.gen_timesteps) > 1 and not cfg.backward_simulation)
+        self.real_data, self.real_cond_index = self._check_real_data(real_data, real_cond_index, needs_real)
         self.pairs = regression_pairs
         self.progress = progress
         self.real_score = real_score
-        self.generator = OneStepGenerator(generator_net, self.schedule, cfg.conditioning_timestep)
+        self.generator = OneStepGenerator(generator_net, self.schedule, self.gen_timesteps[0])
         self.fake_score = fake_score
         if device is None:
             p = next(generator_net.parameters(), None)
             device = p.device if p is not None else torch.device("cpu")
         self.device = torch.device(device)
         self.rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.lora = bool(_lora.lora_layers(generator_net)) or bool(_lora.lora_layers(fake_score))
+        if cfg.gradient_checkpointing:
+            _gan.enable_gradient_checkpointing(generator_net)
+            _gan.enable_gradient_checkpointing(fake_score)
+
+        self.gan_head = None
+        self.tap = None
+        if cfg.use_gan:
+            self.tap = _gan.FeatureTap(fake_score, cfg.gan_feature_module)
+            with torch.no_grad():
+                n0 = 2
+                probe = self._randn_local(n0)
+                s0 = self.schedule.sigma(self.schedule.num_timesteps // 2).to(self.device).expand(n0)
+                cond0 = self._cond(torch.zeros(n0, dtype=torch.long))
+                f = self.tap.features(self.fake_score, probe, s0, cond=cond0)
+            self.gan_head = _gan.GANHead(tuple(f.shape[1:])).to(self.device)
 
         self.opt_g = torch.optim.AdamW(
             [p for p in generator_net.parameters() if p.requires_grad],
             lr=cfg.generator_lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
         )
         self.opt_f = torch.optim.AdamW(
-            [p for p in fake_score.parameters() if p.requires_grad],
+            self._critic_params(),
             lr=cfg.fake_lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
         )
         self.sched_g = constant_with_warmup(self.opt_g, cfg.warmup_steps)
@@ -489,14 +587,90 @@ class DMDTrainer:
         self.step_count = 0
         self.generator_steps = 0
         self.fake_steps = 0
+        self.last_generator_timestep: int | None = None
         T = self.schedule.num_timesteps
         self.min_step = int(cfg.min_step_percent * T)
         self.max_step = min(int(cfg.max_step_percent * T), T - 1)
+
+    @classmethod
+    def from_teacher(
+        cls,
+        teacher: nn.Module,
+        latent_shape: Sequence[int],
+        config: DMDConfig | None = None,
+        *,
+        real_score: Callable | None = None,
+        lora_include=None,
+        lora_exclude=None,
+        lora_targets=None,
+        **kwargs,
+    ) -> "DMDTrainer":
+        """Build the generator and fake score from ``teacher`` (a denoiser module) and the trainer.
+
+        ``config.lora_rank`` > 0: both are ``lora.lora_copy`` copies (rank, ``lora_alpha``, target
+        selection by ``lora_include`` / ``lora_exclude`` name patterns and ``lora_targets`` types)
+        that share the teacher's tensors; else full ``copy_teacher`` copies. The real score is
+        ``real_score`` or the teacher itself (frozen: ``requires_grad_(False)``, eval mode)."""
+        cfg = config if config is not None else DMDConfig()
+        if not isinstance(cfg, DMDConfig):
+            raise DMDConfigError(f"config: expected a DMDConfig, got {type(cfg).__name__}")
+        cfg.validate()
+        if not isinstance(teacher, nn.Module):
+            raise DMDConfigError(f"teacher: expected a torch.nn.Module denoiser, got {type(teacher).__name__}")
+        teacher.requires_grad_(False)
+        teacher.eval()
+        if cfg.lora_rank > 0:
+            kw = {}
+            if lora_targets is not None:
+                kw["targets"] = tuple(lora_targets)
+            gen = _lora.lora_copy(teacher, cfg.lora_rank, cfg.lora_alpha, include=lora_include, exclude=lora_exclude, **kw)
+            fake = _lora.lora_copy(teacher, cfg.lora_rank, cfg.lora_alpha, include=lora_include, exclude=lora_exclude, **kw)
+            gen.train()
+            fake.train()
+        else:
+            gen, fake = copy_teacher(teacher), copy_teacher(teacher)
+        return cls(real_score if real_score is not None else teacher, gen, fake, latent_shape, cfg, **kwargs)
+
+    def _check_real_data(self, real_data, real_cond_index, needed: bool):
+        if real_data is None:
+            if needed:
+                raise DMDConfigError("real_data: required when the GAN loss is on or a multi-step generator is "
+                                     "trained without backward simulation")
+            return None, None
+        if isinstance(real_data, RegressionPairs):
+            real_cond_index = real_data.cond_index if real_cond_index is None else real_cond_index
+            real_data = real_data.target
+        if isinstance(real_data, torch.Tensor):
+            if tuple(real_data.shape[1:]) != self.latent_shape or real_data.shape[0] < 1:
+                raise DMDConfigError(f"real_data: expected a tensor [N, {', '.join(map(str, self.latent_shape))}], "
+                                     f"got {tuple(real_data.shape)}")
+            if real_cond_index is None and len(self.conditioning) > 1:
+                raise DMDConfigError("real_cond_index: required for a real_data tensor with more than one conditioning item")
+            if real_cond_index is not None:
+                real_cond_index = torch.as_tensor(real_cond_index, dtype=torch.long).reshape(-1)
+                if real_cond_index.numel() != real_data.shape[0]:
+                    raise DMDConfigError("real_cond_index: expected one conditioning index per real_data sample")
+                if int(real_cond_index.min()) < 0 or int(real_cond_index.max()) >= len(self.conditioning):
+                    raise DMDConfigError(f"real_cond_index: expected indices into the conditioning list, in "
+                                         f"[0, {len(self.conditioning) - 1}]")
+        elif not callable(real_data):
+            raise DMDConfigError(f"real_data: expected a tensor, RegressionPairs or callable, got {type(real_data).__name__}")
+        return real_data, real_cond_index
+
+    def _critic_params(self) -> list:
+        ps = [p for p in self.fake_score.parameters() if p.requires_grad]
+        if self.gan_head is not None:
+            ps += list(self.gan_head.parameters())
+        return ps
 
     # ---- random draws (all from self.rng, so a resumed run replays exactly)
 
     def _randn(self, n: int) -> torch.Tensor:
         return torch.randn((n,) + self.latent_shape, generator=self.rng, device=self.device)
+
+    def _randn_local(self, n: int) -> torch.Tensor:
+        g = torch.Generator(device=self.device).manual_seed(12345)
+        return torch.randn((n,) + self.latent_shape, generator=g, device=self.device)
 
     def _randint(self, low: int, high: int, n: int) -> torch.Tensor:
         return torch.randint(low, high, (n,), generator=self.rng, device=self.device)
@@ -512,6 +686,54 @@ class DMDTrainer:
     def _uncond(self, n: int):
         return _to_device(self.collate([self.uncond] * n), self.device)
 
+    def _autocast(self):
+        if self.config.mixed_precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---- generator
+
+    def _sigma_of(self, t: int, n: int) -> torch.Tensor:
+        return self.schedule.sigma(int(t)).to(self.device).expand(n).clone()
+
+    def generate(self, z: torch.Tensor, cond: Any, grad: bool) -> torch.Tensor:
+        """The generator's training output for noise z: one step at the conditioning timestep, or
+        (multi-step) its x0 at a random step of ``denoising_timesteps`` (one draw per batch, as
+        DMD2's ``randint(0, num_denoising_step, (1,))``), whose input comes from backward simulation
+        (the current generator run without grad from pure noise through the earlier steps,
+        re-noising its x0 with fresh noise at each next step; the first step is pure noise) or from
+        ``real_data`` noised to that step. Sets ``last_generator_timestep``."""
+        ts = self.gen_timesteps
+        n = z.shape[0]
+        net = self.generator.net
+        ctx = torch.enable_grad() if grad else torch.no_grad()
+        if len(ts) == 1:
+            self.last_generator_timestep = ts[0]
+            with ctx, self._autocast():
+                return self.generator(z, cond).float()
+        sel = int(self._randint(0, len(ts), 1))
+        with torch.no_grad(), self._autocast():
+            if sel == 0:
+                x = self.schedule.generator_input(z, float(self.schedule.sigma(ts[0])))
+            elif self.config.backward_simulation:
+                x = self.schedule.generator_input(z, float(self.schedule.sigma(ts[0])))
+                for i in range(sel):
+                    x0 = net(x, self._sigma_of(ts[i], n).to(x.dtype), cond=cond).float()
+                    x = self.schedule.add_noise(x0, self._randn(n), self._sigma_of(ts[i + 1], n))
+            else:
+                real, _ = self._real_batch(n)
+                x = self.schedule.add_noise(real, self._randn(n), self._sigma_of(ts[sel], n))
+        self.last_generator_timestep = ts[sel]
+        with ctx, self._autocast():
+            return net(x, self._sigma_of(ts[sel], n).to(x.dtype), cond=cond).float()
+
+    def _real_batch(self, n: int):
+        if callable(self.real_data) and not isinstance(self.real_data, torch.Tensor):
+            return self.real_data(n, self.rng).to(self.device), None
+        idx = self._randint(0, self.real_data.shape[0], n).cpu()
+        ci = self.real_cond_index[idx] if self.real_cond_index is not None else None
+        return self.real_data[idx].to(self.device), ci
+
     # ---- losses
 
     def dm_loss(self, x: torch.Tensor, cond: Any, uncond: Any) -> tuple[torch.Tensor, dict]:
@@ -521,7 +743,7 @@ class DMDTrainer:
         t = self.sample_dm_timesteps(n)
         sigma = self.schedule.sigma(t.cpu()).to(self.device)
         noise = self._randn(n)
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             noisy = self.schedule.add_noise(x.detach(), noise.to(x.dtype), sigma)
             s = sigma.to(x.dtype)
             x0_real = cfg_denoise(self.real_score, noisy, s, cond, uncond, cfg.real_guidance_scale)
@@ -537,10 +759,24 @@ class DMDTrainer:
         sigma = self.schedule.sigma(t.cpu()).to(self.device)
         noise = self._randn(n).to(x.dtype)
         noisy = self.schedule.add_noise(x, noise, sigma)
-        pred = self.fake_score(noisy, sigma.to(x.dtype), cond=cond)
+        with self._autocast():
+            pred = self.fake_score(noisy, sigma.to(x.dtype), cond=cond)
         w = self.schedule.fake_loss_weight(sigma, self.config.weighting(), self.config.sigma_data)
         per = ((pred.double() - x.double()) ** 2).reshape(n, -1).mean(1)
         return (w * per).mean()
+
+    def gan_logits(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
+        """Critic logits of latents x: noised at t ~ U{0, ..., diffusion_gan_max_timestep - 1}
+        ("diffusion GAN", main/sd_guidance.py:145-165), fake-score features at
+        ``gan_feature_module``, ``GANHead``."""
+        n = x.shape[0]
+        hi = min(self.config.diffusion_gan_max_timestep, self.schedule.num_timesteps)
+        t = self._randint(0, hi, n)
+        sigma = self.schedule.sigma(t.cpu()).to(self.device)
+        noisy = self.schedule.add_noise(x, self._randn(n).to(x.dtype), sigma)
+        with self._autocast():
+            f = self.tap.features(self.fake_score, noisy, sigma.to(x.dtype), cond=cond)
+        return self.gan_head(f)
 
     # ---- one iteration
 
@@ -557,7 +793,8 @@ class DMDTrainer:
         g_params = [p for p in self.generator.parameters() if p.requires_grad]
         if gen_turn:
             self.generator.train()
-            x = self.generator(z, cond)
+            x = self.generate(z, cond, grad=True)
+            out["generator_timestep"] = self.last_generator_timestep
             loss_dm, log = self.dm_loss(x, cond, uncond)
             loss = loss_dm
             out["loss_dm"] = float(loss_dm.detach())
@@ -568,10 +805,25 @@ class DMDTrainer:
                 pz = self.pairs.noise[idx].to(self.device)
                 ci = self.pairs.cond_index[idx] if self.pairs.cond_index is not None else torch.zeros(m, dtype=torch.long)
                 pc = self._cond(ci)
-                pred = self.generator(pz, pc)
+                with self._autocast():
+                    pred = self.generator(pz, pc).float()
                 loss_reg = regression_loss(pred, self.pairs.target[idx].to(pred.device, pred.dtype), cfg.regression_loss)
                 loss = loss + cfg.regression_weight * loss_reg
                 out["loss_reg"] = float(loss_reg)
+            if cfg.gen_cls_loss_weight > 0:
+                # the critic is frozen for this loss: its gradient reaches the generator only
+                # (DMD2 generator_turn sets guidance_model.requires_grad_(False))
+                crit = self._critic_params()
+                flags = [p.requires_grad for p in crit]
+                for p in crit:
+                    p.requires_grad_(False)
+                try:
+                    loss_gan = _gan.gen_gan_loss(self.gan_logits(x, cond))
+                finally:
+                    for p, f in zip(crit, flags):
+                        p.requires_grad_(f)
+                loss = loss + cfg.gen_cls_loss_weight * loss_gan
+                out["loss_gen_cls"] = float(loss_gan.detach())
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
             out["grad_norm_g"] = float(torch.nn.utils.clip_grad_norm_(g_params, cfg.max_grad_norm))
@@ -581,14 +833,20 @@ class DMDTrainer:
             self.generator_steps += 1
             x = x.detach()
         else:
-            with torch.no_grad():
-                x = self.generator(z, cond)
+            x = self.generate(z, cond, grad=False)
         if cfg.use_fake_score and cfg.train_fake_score:
-            f_params = [p for p in self.fake_score.parameters() if p.requires_grad]
+            f_params = self._critic_params()
             self.fake_score.train()
             loss_f = self.fake_loss(x, cond)
+            total = loss_f
+            if cfg.guidance_cls_loss_weight > 0:
+                real, rci = self._real_batch(n)
+                rcond = self._cond(rci) if rci is not None else cond
+                loss_c = _gan.critic_gan_loss(self.gan_logits(x, cond), self.gan_logits(real, rcond))
+                total = total + cfg.guidance_cls_loss_weight * loss_c
+                out["loss_guidance_cls"] = float(loss_c.detach())
             self.opt_f.zero_grad(set_to_none=True)
-            loss_f.backward()
+            total.backward()
             out["grad_norm_f"] = float(torch.nn.utils.clip_grad_norm_(f_params, cfg.max_grad_norm))
             self.opt_f.step()
             self.sched_f.step()
@@ -622,44 +880,113 @@ class DMDTrainer:
         return logs
 
     @torch.no_grad()
-    def sample(self, n: int, cond: Any = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n one-step samples (noise from ``generator`` or a fresh one seeded 0; the trainer's RNG
-        is not touched)."""
+    def sample(self, n: int, cond: Any = None, generator: torch.Generator | None = None,
+               timesteps: Sequence[int] | None = None) -> torch.Tensor:
+        """n samples (noise from ``generator`` or a fresh one seeded 0; the trainer's RNG is not
+        touched): one step at the conditioning timestep, or the multi-step generator's
+        ``denoising_timesteps`` (``samplers.dmd.sample_dmd``), or the given ``timesteps``."""
         g = generator if generator is not None else torch.Generator(device=self.device).manual_seed(0)
         z = torch.randn((n,) + self.latent_shape, generator=g, device=self.device)
         self.generator.eval()
-        return self.generator(z, cond)
+        ts = list(timesteps) if timesteps is not None else self.gen_timesteps
+        if len(ts) == 1 and ts[0] == self.generator.conditioning_timestep:
+            with self._autocast():
+                return self.generator(z, cond).float()
+        sig = dmd_sampling.timesteps_to_sigmas(ts, self.schedule.sigmas).to(self.device)
+        with self._autocast():
+            return dmd_sampling.sample_dmd(self.generator.net, z, sig, self.config.model_type, extra_args={"cond": cond},
+                                           generator=g).float()
+
+    def generator_metadata(self) -> dict:
+        """What a loader needs to sample the generator (strings, for safetensors metadata)."""
+        cfg = self.config
+        return {
+            "dmd.model_type": cfg.model_type,
+            "dmd.conditioning_timestep": str(self.gen_timesteps[0]),
+            "dmd.timesteps": ",".join(str(t) for t in self.gen_timesteps),
+            "dmd.format": "lora" if self.lora else "full",
+            "dmd.lora_rank": str(cfg.lora_rank),
+            "dmd.generator_steps": str(self.generator_steps),
+        }
+
+    def save_generator(self, path, prefix: str = "diffusion_model.", module: str | None = None,
+                       metadata: dict | None = None) -> dict:
+        """Write the generator to a .safetensors file: LoRA factors (kohya layout, ``lora.save_lora``)
+        for a LoRA generator, else the full state dict, of ``generator.net.get_submodule(module)``
+        (the whole denoiser when None), keys prefixed with ``prefix``. Metadata =
+        ``generator_metadata()`` + ``metadata``. Returns the metadata written."""
+        from safetensors.torch import save_file
+
+        if not str(path).endswith(".safetensors"):
+            raise DMDConfigError(f"path: expected a .safetensors file name, got {str(path)!r}")
+        net = self.generator.net if module is None else self.generator.net.get_submodule(module)
+        meta = {**self.generator_metadata(), **{str(k): str(v) for k, v in (metadata or {}).items()}}
+        if _lora.lora_layers(net):
+            _lora.save_lora(net, path, prefix=prefix, metadata=meta)
+        else:
+            sd = {prefix + k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+            save_file(sd, str(path), metadata=meta)
+        return meta
 
     # ---- checkpoint / resume
 
+    @staticmethod
+    def _net_state(net: nn.Module) -> dict:
+        """A LoRA network's trainable factors only (its base is the shared teacher), else the full
+        state dict."""
+        if _lora.lora_layers(net):
+            return {k: v.detach().clone() for k, v in net.named_parameters() if v.requires_grad}
+        return net.state_dict()
+
+    @staticmethod
+    def _load_net_state(net: nn.Module, sd: dict) -> None:
+        if _lora.lora_layers(net):
+            own = dict(net.named_parameters())
+            want = {k for k, v in own.items() if v.requires_grad}
+            if set(sd) != want:
+                raise DMDConfigError("state: the checkpoint's LoRA layers differ from this trainer's")
+            with torch.no_grad():
+                for k, v in sd.items():
+                    own[k].copy_(v)
+        else:
+            net.load_state_dict(sd)
+
     def state_dict(self) -> dict:
-        """Everything a resumed run needs to continue exactly: networks, optimizers, LR schedules,
-        counters and the random generator's state (plus the config, checked on load)."""
-        return {
+        """Everything a resumed run needs to continue exactly: networks (LoRA factors only for
+        LoRA networks), GAN head, optimizers, LR schedules, counters and the random generator's
+        state (plus the config, checked on load)."""
+        st = {
             "config": asdict(self.config),
             "step": self.step_count,
             "generator_steps": self.generator_steps,
             "fake_steps": self.fake_steps,
-            "generator": self.generator.net.state_dict(),
-            "fake_score": self.fake_score.state_dict(),
+            "generator": self._net_state(self.generator.net),
+            "fake_score": self._net_state(self.fake_score),
             "opt_g": self.opt_g.state_dict(),
             "opt_f": self.opt_f.state_dict(),
             "sched_g": self.sched_g.state_dict(),
             "sched_f": self.sched_f.state_dict(),
             "rng": self.rng.get_state(),
+            "lora": self.lora,
         }
+        if self.gan_head is not None:
+            st["gan_head"] = self.gan_head.state_dict()
+        return st
 
     def load_state_dict(self, state: dict) -> None:
         saved = dict(state.get("config", {}))
         mine = asdict(self.config)
-        if "betas" in saved:
-            saved["betas"] = tuple(saved["betas"])
-        mine["betas"] = tuple(mine["betas"])
+        for d in (saved, mine):
+            for k in ("betas", "denoising_timesteps"):
+                if d.get(k) is not None:
+                    d[k] = tuple(d[k])
         diff = [f.name for f in fields(DMDConfig) if f.name in saved and saved[f.name] != mine[f.name]]
         if diff:
             raise DMDConfigError(f"state: checkpoint config differs from this trainer's in {diff}")
-        self.generator.net.load_state_dict(state["generator"])
-        self.fake_score.load_state_dict(state["fake_score"])
+        self._load_net_state(self.generator.net, state["generator"])
+        self._load_net_state(self.fake_score, state["fake_score"])
+        if self.gan_head is not None:
+            self.gan_head.load_state_dict(state["gan_head"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_f.load_state_dict(state["opt_f"])
         self.sched_g.load_state_dict(state["sched_g"])

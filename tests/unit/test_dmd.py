@@ -270,6 +270,219 @@ def test_progress_hook_may_interrupt():
 
 
 # ------------------------------------------------------------------------------------------------
+# DMD2 options: GAN head, backward simulation, LoRA mode, autocast, gradient checkpointing
+
+
+def _ring_small_trainer(teacher, **kw):
+    opts = dict(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=2, batch_size=128,
+                generator_lr=1e-3, fake_lr=2e-3, warmup_steps=0, sigma_data=1.0, seed=0)
+    cfg = D.DMDConfig(**{**opts, **{k: v for k, v in kw.items() if k in {f.name for f in D.fields(D.DMDConfig)}}})
+    extra = {k: v for k, v in kw.items() if k not in {f.name for f in D.fields(D.DMDConfig)}}
+    return D.DMDTrainer(ring_mixture(), D.copy_teacher(teacher), D.copy_teacher(teacher), (2,), cfg, **extra)
+
+
+def test_gan_head_learns_to_tell_generator_from_real():
+    """The critic's non-saturating loss falls well below chance (2 log 2) on generator vs real
+    samples; the generator's GAN loss is computed through the frozen critic."""
+    torch.manual_seed(0)
+    teacher = MLPDenoiser(2, 32, 2)  # body = Linear, SiLU, Linear, SiLU: features after body.3
+    gmm = ring_mixture()
+    real = gmm.sample(4096, generator=torch.Generator().manual_seed(5))
+    tr = _ring_small_trainer(teacher, gen_cls_loss_weight=3e-3, guidance_cls_loss_weight=1.0,
+                             gan_feature_module="body.3", diffusion_gan_max_timestep=300, real_data=real)
+    assert tr.gan_head is not None and tr.gan_head.kind == "vector"
+    head_ids = {id(p) for p in tr.gan_head.parameters()}
+    assert head_ids <= {id(p) for g in tr.opt_f.param_groups for p in g["params"]}
+    assert not head_ids & {id(p) for g in tr.opt_g.param_groups for p in g["params"]}
+    logs = tr.train(120)
+    crit = [l["loss_guidance_cls"] for l in logs]
+    assert abs(sum(crit[:3]) / 3 - 2 * math.log(2)) < 0.15  # starts at chance
+    late = sum(crit[-20:]) / 20
+    print("critic loss first", crit[:3], "last 20 mean", late)
+    assert late < 0.8 * 2 * math.log(2)
+    assert all("loss_gen_cls" in l for l in logs[::2])
+    # the tap stops the forward at the feature module: the output layer is not run
+    ran = []
+    h = tr.fake_score.out.register_forward_hook(lambda *a: ran.append(1))
+    f = tr.tap.features(tr.fake_score, torch.zeros(3, 2), torch.ones(3))
+    h.remove()
+    assert f.shape == (3, 32) and not ran
+    with pytest.raises(ValueError, match="^real_data"):
+        _ring_small_trainer(teacher, gen_cls_loss_weight=1e-3, gan_feature_module="body.3")
+    with pytest.raises(ValueError, match="^gan_feature_module"):
+        _ring_small_trainer(teacher, gen_cls_loss_weight=1e-3, real_data=real)
+    with pytest.raises(ValueError, match="^gan_feature_module"):
+        _ring_small_trainer(teacher, gen_cls_loss_weight=1e-3, gan_feature_module="nope", real_data=real)
+
+
+class _SpyNet(torch.nn.Module):
+    """Denoiser returning x0 = c (a trainable constant); records sigma, grad mode and input."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.tensor(0.5))
+        self.log = log
+
+    def forward(self, x, sigma, cond=None):
+        self.log.append((float(sigma.reshape(-1)[0]), torch.is_grad_enabled(), x.detach().clone()))
+        return self.c.expand_as(x) * 1.0
+
+
+def test_backward_simulation_inputs_at_listed_timesteps():
+    log = []
+    ts = (999, 749, 499, 249)
+    cfg = D.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=4096,
+                      warmup_steps=0, sigma_data=1.0, denoising_timesteps=ts, generator_lr=1e-9)
+    fake = MLPDenoiser(2, 8, 1)
+    tr = D.DMDTrainer(ring_mixture(), _SpyNet(log), fake, (2,), cfg)
+    sig = {t: float(tr.schedule.sigma(t)) for t in ts}
+    chosen = []
+    for _ in range(24):
+        log.clear()
+        out = tr.step()
+        t_sel = out["generator_timestep"]
+        chosen.append(t_sel)
+        k = ts.index(t_sel)
+        # the rollout visits exactly the earlier listed steps, without grad, then the selected one with grad
+        assert [round(s, 4) for s, _, _ in log] == [round(sig[t], 4) for t in ts[:k + 1]]
+        assert [g for _, g, _ in log] == [False] * k + [True]
+        x_first = log[0][2]
+        assert abs(float(x_first.std()) / sig[999] - 1) < 0.03  # pure noise at the first step
+        if k > 0:  # re-noised x0 (= 0.5) with fresh unit noise at the selected step
+            x = log[-1][2]
+            assert abs(float(x.mean()) - 0.5) < 4 * sig[t_sel] / math.sqrt(x.numel())
+            assert abs(float(x.std()) / sig[t_sel] - 1) < 0.03
+    assert set(chosen) == set(ts)
+    # non-generator iterations produce the critic's batch the same way, without grad
+    log.clear()
+    tr.config.dfake_gen_update_ratio = 2
+    tr.step_count = 1
+    tr.step()
+    assert all(not g for _, g, _ in log)
+    # multi-step sampling runs the listed timesteps once each
+    log.clear()
+    tr.sample(8)
+    assert [round(s, 4) for s, _, _ in log] == [round(sig[t], 4) for t in ts]
+    with pytest.raises(ValueError, match="^denoising_timesteps"):
+        D.DMDConfig(denoising_timesteps=(249, 499)).validate()
+    with pytest.raises(ValueError, match="^real_data"):
+        D.DMDTrainer(ring_mixture(), _SpyNet(log), fake, (2,), D.DMDConfig(model_type="ve", denoising_timesteps=ts,
+                                                                          backward_simulation=False))
+
+
+class _EpsDenoiser(torch.nn.Module):
+    """The testbed UNet as an eps denoiser on the SD schedule, ComfyUI style (for LoRA / GAN tests)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.net = unet
+        self.register_buffer("table", D.NoiseSchedule("eps").sigmas.clone(), persistent=False)
+
+    def forward(self, x, sigma, cond=None):
+        from comfyui_tempo.samplers.schedules import sigma_to_t
+
+        s = sigma.reshape(-1).expand(x.shape[0])
+        t = sigma_to_t(s, self.table).float()
+        ctx = None
+        if cond is not None:
+            ctx = torch.nn.functional.one_hot(torch.as_tensor(cond).reshape(-1), 11).float()[:, None]
+        eps = self.net(x / (1 + s[:, None, None, None] ** 2).sqrt(), t, ctx)
+        return x - s[:, None, None, None] * eps
+
+
+def _tiny_unet_denoiser():
+    from comfyui_tempo.testbed.unet import UNet
+
+    torch.manual_seed(0)
+    unet = UNet(in_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2)
+    with torch.no_grad():
+        for p in unet.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    return _EpsDenoiser(unet)
+
+
+def test_lora_trainer_shares_teacher_and_checkpoints_only_lora(tmp_path):
+    from comfyui_tempo.training import lora as L
+
+    teacher = _tiny_unet_denoiser()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    real = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.5
+    mk = lambda: torch.manual_seed(0) and D.DMDTrainer.from_teacher(  # noqa: E731 (seeded LoRA init)
+        teacher, (4, 8, 8), D.DMDConfig(model_type="eps", real_guidance_scale=2.0, dfake_gen_update_ratio=2,
+                                        batch_size=4, generator_lr=1e-3, fake_lr=1e-3, warmup_steps=0, lora_rank=4,
+                                        lora_alpha=4.0, gen_cls_loss_weight=1e-3, guidance_cls_loss_weight=1e-2,
+                                        gan_feature_module="net.mid.2", seed=1),
+        conditioning=[1, 2, 3], uncond=10, real_data=real, real_cond_index=torch.arange(64) % 3)
+    tr = mk()
+    assert tr.lora and tr.gan_head.kind == "map"
+    gen, fake = tr.generator.net, tr.fake_score
+    assert L.shares_base(gen, teacher) and L.shares_base(fake, teacher)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    s = torch.full((2,), float(tr.schedule.sigma(999)))
+    with torch.no_grad():
+        assert torch.equal(gen(z, s, cond=torch.tensor([1, 2])), teacher(z, s, cond=torch.tensor([1, 2])))
+    tr.train(4)
+    part = mk()
+    part.train(4, should_stop=lambda k: k >= 2)
+    for k, v in teacher.state_dict().items():  # the shared teacher never moves
+        assert torch.equal(v, before[k]), k
+    assert L.shares_base(gen, teacher) and L.shares_base(fake, teacher)
+    with torch.no_grad():
+        assert not torch.equal(gen(z, s, cond=torch.tensor([1, 2])), teacher(z, s, cond=torch.tensor([1, 2])))
+    st = part.state_dict()
+    assert st["generator"] and all(".lora_down." in k or ".lora_up." in k for k in st["generator"])
+    assert all(".lora_down." in k or ".lora_up." in k for k in st["fake_score"])
+    part.save_checkpoint(tmp_path / "c.pt")
+    resumed = mk()
+    resumed.load_checkpoint(tmp_path / "c.pt")
+    resumed.train(4)
+    for a, b in zip(L.lora_parameters(tr.generator.net), L.lora_parameters(resumed.generator.net)):
+        assert torch.equal(a, b)
+    # the generator file: ComfyUI LoRA layout + the sampling metadata
+    meta = tr.save_generator(tmp_path / "g.safetensors", prefix="diffusion_model.", module="net")
+    from safetensors.torch import load_file
+
+    sd = load_file(str(tmp_path / "g.safetensors"))
+    assert "diffusion_model.input_conv.lora_up.weight" in sd and meta["dmd.format"] == "lora"
+    assert meta["dmd.conditioning_timestep"] == "999" and meta["dmd.model_type"] == "eps"
+
+
+def test_autocast_noop_on_cpu_and_gradient_checkpointing_same_gradients():
+    from comfyui_tempo.training import gan as G
+
+    torch.manual_seed(0)
+    teacher = MLPDenoiser(2, 16, 1)
+    a = _ring_small_trainer(teacher, batch_size=32)
+    b = _ring_small_trainer(teacher, batch_size=32, mixed_precision="bf16")
+    a.train(4)
+    b.train(4)
+    for p, q in zip(a.generator.parameters(), b.generator.parameters()):
+        assert torch.equal(p, q)
+    # checkpointing: same loss and gradients, recomputation in backward
+    den = _tiny_unet_denoiser()
+    ref = _tiny_unet_denoiser()
+    names = G.enable_gradient_checkpointing(den)
+    assert "net.down.0.0" in names and "net.mid.0" in names
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    s = torch.tensor([3.0, 0.5])
+    calls = []
+    h = den.net.mid[0].conv1.register_forward_hook(lambda *args: calls.append(1))
+    for net in (den, ref):
+        net(x, s, cond=torch.tensor([1, 2])).square().mean().backward()
+    h.remove()
+    assert len(calls) == 2  # forward + recomputation in backward
+    for (n1, p), (n2, q) in zip(den.named_parameters(), ref.named_parameters()):
+        assert n1 == n2 and torch.allclose(p.grad, q.grad, atol=1e-6), n1
+    assert set(den.state_dict()) == set(ref.state_dict())
+    tr = D.DMDTrainer.from_teacher(_tiny_unet_denoiser(), (4, 8, 8), D.DMDConfig(
+        model_type="eps", real_guidance_scale=1.0, batch_size=2, dfake_gen_update_ratio=1, warmup_steps=0,
+        gradient_checkpointing=True))
+    out = tr.step()
+    assert "loss_dm" in out and "loss_fake" in out
+
+
+# ------------------------------------------------------------------------------------------------
 # 2-D ring of 8 Gaussians
 
 
