@@ -2,6 +2,7 @@
 
   comfyui-tempo demo [--out DIR]            AdaptiveDiffusion on the bundled testbed: image grid + metrics
   comfyui-tempo bench adaptive [--json F]   the AdaptiveDiffusion benchmark table
+  comfyui-tempo bench dmd [--json F]        DMD one-step generators against their teachers
 """
 
 from __future__ import annotations
@@ -144,6 +145,18 @@ def main(argv=None) -> int:
         help="a ComfyUI tree: adds rows measured inside it (EasyCache, LazyCache, the pack's nodes); default $TEMPO_COMFYUI",
     )
     ad.add_argument("--quiet", action="store_true")
+    from .bench import coop as _coop_bench
+
+    _coop_bench.add_parser(bench_sub)
+
+    dm = bench_sub.add_parser("dmd", help="DMD one-step generators against their teachers (ring, latent mixture, testbed)")
+    dm.add_argument("--json", help="write the rows here")
+    dm.add_argument("--quick", action="store_true", help="shorter mixture runs, 20 testbed samples per class")
+    dm.add_argument("--cases", default="ring,gmm,testbed", help="comma-separated: ring, gmm, testbed")
+    dm.add_argument("--per-class", type=int, default=0, help="testbed samples per class (default 50; 20 with --quick)")
+    dm.add_argument("--retrain", action="store_true", help="distil the testbed generator and control again (~30 min)")
+    dm.add_argument("--threads", type=int, default=1)
+    dm.add_argument("--quiet", action="store_true")
 
     args = parser.parse_args(argv)
     args.argv = argv[2:] if args.command == "bench" else argv[1:]
@@ -153,6 +166,14 @@ def main(argv=None) -> int:
         from .bench import adaptive
 
         return adaptive.main(args)
+    if args.command == "bench" and args.which == "dmd":
+        from .bench import dmd
+
+        return dmd.main(args)
+    if args.command == "bench" and args.which == "coop":
+        from .bench import coop
+
+        return coop.main(args)
     parser.error("unknown command")
     return 2
 

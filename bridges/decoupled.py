@@ -309,14 +309,17 @@ def time_decoupled_sample(
         last["x"], last["sigma"], last["x0"] = xx, ss, out
         return out
 
-    x_s = sampler(structure_rec, x, sig[: k + 1], extra_args=extra_structure)
-    sigma_k = sig[k]
     same_space = vae_structure is vae_texture
     same_size = size is None or (
         vae_structure is not None
         and tuple(int(v) for v in ((size, size) if isinstance(size, int) else size))
         == (x.shape[-2] * vae_structure.downscale, x.shape[-1] * vae_structure.downscale)
     )
+    if not (same_space and same_size) and (vae_structure is None or vae_texture is None):
+        raise BridgeInputError("vae_texture: a change of latent space or size needs both vae_structure and vae_texture")
+
+    x_s = sampler(structure_rec, x, sig[: k + 1], extra_args=extra_structure)
+    sigma_k = sig[k]
     b = x.shape[0]
     info = {}
     if same_space and same_size:
@@ -324,8 +327,6 @@ def time_decoupled_sample(
         s_t = s_t[0]
         bridged = False
     else:
-        if vae_structure is None or vae_texture is None:
-            raise BridgeInputError("vae_texture: a change of latent space or size needs both vae_structure and vae_texture")
         s_to = match_sigma(sigma_k.expand(b), sched_structure, sched_texture, name=name)
         if handoff == "fresh":
             nb = bridge_noisy(x_s, sigma_k, count_s, vae_structure, vae_texture, sched_structure, sched_texture,
