@@ -2,6 +2,7 @@
 
   comfyui-tempo demo [--out DIR]            AdaptiveDiffusion on the bundled testbed: image grid + metrics
   comfyui-tempo bench adaptive [--json F]   the AdaptiveDiffusion benchmark table
+  comfyui-tempo bench coop [--json F]       Coop-Diffusion bridges, resolution hand-off, fusion, time-decoupled
   comfyui-tempo bench dmd [--json F]        DMD one-step generators against their teachers
 """
 
