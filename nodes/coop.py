@@ -829,7 +829,7 @@ class TimeDecoupledSampler(io.ComfyNode):
                             disable_pbar=disable_pbar, seed=seed + 1)
         out = {kk: v for kk, v in latent_image.items() if kk not in ("noise_mask", "samples")}
         out["samples"] = samples.to(comfy.model_management.intermediate_device())
-        text = (f"Time-decoupled ({ms_name} switch at sigma {s_switch:.4g} -> texture sigma {float(sig2[0]):.4g}): bridged, "
+        text = (f"Time-decoupled ({ms_name} switch at sigma {s_switch:.4g}, hand-off at texture sigma {float(sig2[0]):.4g}): bridged, "
                 f"structure {k} steps (NFE {k} + 1 for x0 at the switch), texture {n - k} steps; "
                 f"{samples_in.shape[-1] * vs.downscale}x{samples_in.shape[-2] * vs.downscale} -> {w}x{h} px; "
                 f"VAE {_calls_text(calls)}")

@@ -11,6 +11,7 @@ import logging
 # module (relative to this package) -> node ids it defines
 NODE_MODULES: dict[str, list[str]] = {
     "adaptive": ["TempoAdaptiveKSampler", "TempoAdaptiveSampler", "TempoAdaptiveModel"],
+    "coop": ["TempoLatentBridge", "TempoNoisyLatentBridge", "TempoCoopSampler", "TempoCoopGuider", "TempoTimeDecoupledSampler"],
 }
 
 NODE_IDS: list[str] = [node_id for ids in NODE_MODULES.values() for node_id in ids]

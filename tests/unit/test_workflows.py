@@ -14,6 +14,8 @@ from comfyui_tempo.nodes.registry import NODE_IDS
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 EXPECTED = {"adaptive_ksampler_sd15.json", "adaptive_sampler_custom_advanced.json", "adaptive_model_patch.json"}
+EXPECTED |= {"coop_latent_bridge.json", "coop_noisy_latent_bridge.json", "coop_sampler.json",
+             "coop_guider_custom_advanced.json", "coop_time_decoupled.json"}
 
 # ComfyUI core node types an example workflow may use (nodes.py, comfy_extras, front-end only nodes)
 CORE_TYPES = {
@@ -37,6 +39,21 @@ PACK_WIDGETS = {
     ],
     "TempoAdaptiveSampler": ["sampler_name", *ADAPTIVE_SETTINGS],
     "TempoAdaptiveModel": list(ADAPTIVE_SETTINGS),
+    # Coop-Diffusion (nodes/coop.py)
+    "TempoLatentBridge": ["width", "height", "scale", "resize_method", "tiled", "tile_size", "overlap"],
+    "TempoNoisyLatentBridge": [
+        "cfg_source", "steps", "end_at_step", "scheduler", "width", "height", "scale", "resize_method", "seed",
+        "control_after_generate", "tiled",
+    ],
+    "TempoCoopSampler": [
+        "cfg_a", "cfg_b", "seed", "control_after_generate", "steps", "sampler_name", "scheduler", "denoise", "d", "d_start",
+        "d_end", "taper", "width_b", "height_b", "resize_method",
+    ],
+    "TempoCoopGuider": ["cfg_a", "cfg_b", "d", "d_start", "d_end", "taper", "width_b", "height_b", "resize_method"],
+    "TempoTimeDecoupledSampler": [
+        "cfg_structure", "cfg_texture", "seed", "control_after_generate", "steps", "sampler_name", "scheduler", "denoise",
+        "switch_mode", "switch_timestep", "switch_sigma", "handoff", "width", "height", "scale", "resize_method",
+    ],
 }
 ADAPTIVE_CHOICES = {
     "mode": {"target_speedup", "threshold", "paper"},
@@ -89,8 +106,9 @@ def test_workflow_is_ui_format_with_known_nodes(path):
             for name, choices in ADAPTIVE_CHOICES.items():
                 if name in named:
                     assert named[name] in choices, (n["type"], name, named[name])
-            assert 1.0 <= named["target_speedup"] <= 5.0 and 0.0 <= named["threshold"] <= 1.0
-            assert 0.0 <= named["late_bias"] <= 1.0 and 0.0 <= named["placement"] <= 2.0
+            if "target_speedup" in named:
+                assert 1.0 <= named["target_speedup"] <= 5.0 and 0.0 <= named["threshold"] <= 1.0
+                assert 0.0 <= named["late_bias"] <= 1.0 and 0.0 <= named["placement"] <= 2.0
 
     # links: [id, origin node, origin slot, target node, target slot, type], mirrored on both ends
     for link_id, src, src_slot, dst, dst_slot, type_ in wf["links"]:
@@ -118,3 +136,21 @@ def test_ksampler_example_settings():
     plot_links = by_type["TempoAdaptiveKSampler"]["outputs"][1]["links"]
     targets = {link[3] for link in wf["links"] if link[0] in plot_links}
     assert any(n["id"] in targets and n["type"] == "PreviewImage" for n in wf["nodes"])
+
+
+def test_coop_example_settings():
+    """The Coop-Diffusion examples: the paper's switch at timestep 500 (not a step index), d = 0.5 weighting
+    model B, the noisy bridge continuing where the first KSamplerAdvanced stopped."""
+    def named(name, node_type):
+        wf = json.loads((REPO / "workflows" / name).read_text())
+        node = next(n for n in wf["nodes"] if n["type"] == node_type)
+        return dict(zip(PACK_WIDGETS[node_type], node["widgets_values"])), wf
+
+    td, _ = named("coop_time_decoupled.json", "TempoTimeDecoupledSampler")
+    assert (td["switch_mode"], td["switch_timestep"], td["scale"]) == ("timestep", 500, 2.0)
+    cs, _ = named("coop_sampler.json", "TempoCoopSampler")
+    assert (cs["d"], cs["taper"], cs["width_b"], cs["height_b"]) == (0.5, "none", 1024, 1024)
+    nb, wf = named("coop_noisy_latent_bridge.json", "TempoNoisyLatentBridge")
+    ksa = next(n for n in wf["nodes"] if n["type"] == "KSamplerAdvanced")["widgets_values"]
+    assert (nb["steps"], nb["end_at_step"], nb["scheduler"]) == (ksa[3], ksa[8], ksa[6]) == (20, 10, "normal")
+    assert ksa[9] == "enable"  # return_with_leftover_noise
