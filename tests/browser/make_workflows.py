@@ -174,7 +174,10 @@ w.link(ck, "MODEL", patch, "model"); w.link(patch, "MODEL", ks, "model")
 w.link(pos, "CONDITIONING", ks, "positive"); w.link(neg, "CONDITIONING", ks, "negative"); w.link(lat, "LATENT", ks, "latent_image")
 w.link(ks, "LATENT", dec, "samples"); w.link(ck, "VAE", dec, "vae"); w.link(dec, "IMAGE", save, "images")
 w.dump(OUT / "adaptive_model_patch.json")
-import coop_workflows  # noqa: E402  (this folder is on sys.path when run as a script)
+import dmd_workflows  # noqa: E402  (this folder is on sys.path when run as a script)
+
+dmd_names = dmd_workflows.write(WF, OUT)
+import coop_workflows  # noqa: E402
 
 coop_names = coop_workflows.write(WF, OUT)
-print(f"wrote {3 + len(coop_names)} workflows to {OUT}")
+print(f"wrote {3 + len(dmd_names) + len(coop_names)} workflows to {OUT}")

@@ -16,6 +16,8 @@ WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 EXPECTED = {"adaptive_ksampler_sd15.json", "adaptive_sampler_custom_advanced.json", "adaptive_model_patch.json"}
 EXPECTED |= {"coop_latent_bridge.json", "coop_noisy_latent_bridge.json", "coop_sampler.json",
              "coop_guider_custom_advanced.json", "coop_time_decoupled.json"}
+EXPECTED |= {"dmd_regression_pairs.json", "dmd_trainer.json", "dmd_loader_ksampler.json", "dmd_sampler_custom.json",
+             "dmd2_sdxl_released.json"}
 
 # ComfyUI core node types an example workflow may use (nodes.py, comfy_extras, front-end only nodes)
 CORE_TYPES = {
@@ -25,6 +27,7 @@ CORE_TYPES = {
     "RandomNoise", "DisableNoise", "CFGGuider", "BasicGuider", "BasicScheduler", "KarrasScheduler",
     "KSamplerSelect", "SamplerCustom", "SamplerCustomAdvanced", "ModelSamplingDiscrete", "EasyCache",
     "EmptySD3LatentImage", "FluxGuidance", "ConditioningZeroOut",
+    "ConditioningCombine",
     "Note", "MarkdownNote", "Reroute", "PrimitiveNode",
 }
 # the pack's nodes' widget values in order (a seed with control_after_generate has 2): when a node's inputs
@@ -53,6 +56,19 @@ PACK_WIDGETS = {
     "TempoTimeDecoupledSampler": [
         "cfg_structure", "cfg_texture", "seed", "control_after_generate", "steps", "sampler_name", "scheduler", "denoise",
         "switch_mode", "switch_timestep", "switch_sigma", "handoff", "width", "height", "scale", "resize_method",
+    ],
+    # DMD (nodes/dmd.py)
+    "TempoDMDGeneratorLoader": ["generator_name", "conditioning_timestep", "timesteps", "strength"],
+    "TempoDMDSampler": ["timesteps"],
+    "TempoDMDKSampler": ["seed", "control_after_generate", "timesteps", "cfg"],
+    "TempoDMDRegressionPairs": [
+        "width", "height", "pairs_per_conditioning", "steps", "guidance", "conditioning_timestep", "batch_size",
+        "seed", "control_after_generate", "save_name",
+    ],
+    "TempoDMDTrainer": [
+        "width", "height", "batch_size", "steps", "generator_lr", "fake_lr", "guidance", "update_ratio",
+        "conditioning_timestep", "generator_steps", "warmup_steps", "regression_weight", "regression_pairs", "gan_weight",
+        "lora_rank", "seed", "control_after_generate", "save_name", "checkpoint_interval", "resume", "gradient_checkpointing",
     ],
 }
 ADAPTIVE_CHOICES = {
@@ -109,6 +125,8 @@ def test_workflow_is_ui_format_with_known_nodes(path):
             if "target_speedup" in named:
                 assert 1.0 <= named["target_speedup"] <= 5.0 and 0.0 <= named["threshold"] <= 1.0
                 assert 0.0 <= named["late_bias"] <= 1.0 and 0.0 <= named["placement"] <= 2.0
+            if "width" in named:  # DMD trainer / pairs: pixel sizes divisible by 8
+                assert named["width"] % 8 == 0 and named["height"] % 8 == 0, (path.name, named)
 
     # links: [id, origin node, origin slot, target node, target slot, type], mirrored on both ends
     for link_id, src, src_slot, dst, dst_slot, type_ in wf["links"]:
@@ -136,6 +154,20 @@ def test_ksampler_example_settings():
     plot_links = by_type["TempoAdaptiveKSampler"]["outputs"][1]["links"]
     targets = {link[3] for link in wf["links"] if link[0] in plot_links}
     assert any(n["id"] in targets and n["type"] == "PreviewImage" for n in wf["nodes"])
+
+
+def test_dmd_example_settings():
+    """The DMD examples: DMD2's SD1.5 recipe in the trainer, cfg 1 in the samplers, the released SDXL files
+    at their own timesteps (4-step LoRA 999/749/499/249, 1-step UNet 399)."""
+    wf = json.loads((REPO / "workflows" / "dmd_trainer.json").read_text())
+    tr = next(n for n in wf["nodes"] if n["type"] == "TempoDMDTrainer")
+    named = dict(zip(PACK_WIDGETS["TempoDMDTrainer"], tr["widgets_values"]))
+    assert (named["guidance"], named["update_ratio"], named["generator_lr"], named["conditioning_timestep"]) == (1.75, 10, 1e-5, 999)
+    wf = json.loads((REPO / "workflows" / "dmd2_sdxl_released.json").read_text())
+    ks = {n.get("title"): dict(zip(PACK_WIDGETS["TempoDMDKSampler"], n["widgets_values"]))
+          for n in wf["nodes"] if n["type"] == "TempoDMDKSampler"}
+    assert sorted(v["timesteps"] for v in ks.values()) == ["399", "999,749,499,249"]
+    assert all(v["cfg"] == 1.0 for v in ks.values())
 
 
 def test_coop_example_settings():
