@@ -336,11 +336,18 @@ def read_generator(path: str, what: str = "generator_name") -> tuple[dict, dict 
     except Exception as e:
         raise DMDNodeError(f"{what}: {os.path.basename(path)!r} is not a readable safetensors file ({e})") from None
     info = None
-    if META_KEY in meta:
-        try:
+    try:
+        if META_KEY in meta:
             info = json.loads(meta[META_KEY])
-        except ValueError:
-            raise DMDNodeError(f"{what}: {os.path.basename(path)!r} has unreadable DMD metadata ({META_KEY})") from None
+        elif "dmd.conditioning_timestep" in meta:  # the core's layout (DMDTrainer.generator_metadata)
+            info = {"conditioning_timestep": int(meta["dmd.conditioning_timestep"])}
+            if meta.get("dmd.timesteps"):
+                info["timesteps"] = [int(t) for t in meta["dmd.timesteps"].split(",") if t.strip()]
+            for key in ("model_type", "format"):
+                if meta.get(f"dmd.{key}"):
+                    info[key] = meta[f"dmd.{key}"]
+    except ValueError:
+        raise DMDNodeError(f"{what}: {os.path.basename(path)!r} has unreadable DMD metadata") from None
     return comfy.utils.load_torch_file(path, safe_load=True), info
 
 
@@ -368,6 +375,8 @@ def apply_generator(model, sd: dict, fmt: str, strength: float = 1.0, what: str 
         return new_model
     own = model.model.diffusion_model.state_dict()
     params = {k for k, _ in model.model.diffusion_model.named_parameters()}
+    if sd and all(k.startswith("diffusion_model.") for k in sd) and not any(k.startswith("diffusion_model.") for k in own):
+        sd = {k[len("diffusion_model."):]: v for k, v in sd.items()}  # saved with the checkpoint prefix
     missing = [k for k in params if k not in sd]
     unknown = [k for k in sd if k not in own]
     bad = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -428,7 +437,7 @@ class DMDGeneratorLoader(io.ComfyNode):
         from_file_ts = ts_text in ("", FROM_FILE)
         if info is None and (conditioning_timestep < 0 and from_file_ts):
             raise DMDNodeError(
-                f"generator_name: {os.path.basename(path)!r} has no DMD metadata ({META_KEY}): set conditioning_timestep "
+                f"generator_name: {os.path.basename(path)!r} has no DMD metadata ({META_KEY} or dmd.conditioning_timestep): set conditioning_timestep "
                 "or timesteps to load it anyway (e.g. DMD2's released SDXL LoRA: timesteps 999,749,499,249), or load it "
                 "with LoraLoader and use DMD KSampler"
             )
@@ -979,7 +988,8 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
         dt = _param_dtype(src, torch.float32)
         sd = {k: (v.detach().to(dt) if v.is_floating_point() else v.detach()).contiguous().cpu()
               for k, v in gen_net.state_dict().items()}
-    meta = {META_KEY: json.dumps(info), "modelspec.title": name, "modelspec.architecture": "dmd-generator"}
+    meta = {META_KEY: json.dumps(info), "modelspec.title": name, "modelspec.architecture": "dmd-generator",
+            **trainer.generator_metadata()}  # also the core's flat "dmd.*" keys
     _atomic_save(lambda p: save_file(sd, p, metadata=meta), gen_path)
     _invalidate(FOLDER)
     generator = attach_info(apply_generator(teacher, sd, info["format"], 1.0, what="save_name"), info)

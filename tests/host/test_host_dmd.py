@@ -394,7 +394,26 @@ with torch.inference_mode():
     files = D.generator_files()
     res["listed"] = [name in files, "loras/host_dmd_lora.safetensors" in files]
 
-    # 4. bad inputs
+    # 4. the stock route for DMD2 4-step files (KSampler lcm + simple, 4 steps, cfg 1) reaches the same timesteps:
+    #    the DMD KSampler at 999,749,499,249 gives the same latents
+    stock4 = nodes.common_ksampler(model, 21, 4, 1.0, "lcm", "simple", cond, [[tn.class_cond(10), {}]], lat)[0]["samples"]
+    dmd4 = D.DMDKSampler.execute(model, 21, "999,749,499,249", 1.0, cond, lat).args[0]["samples"]
+    res["stock_lcm_simple_vs_dmd4"] = float((stock4 - dmd4).abs().max())
+
+    # 5. a generator in the core's file layout (flat dmd.* metadata, keys with the checkpoint prefix) loads too
+    from safetensors.torch import load_file, save_file
+    core_path = os.path.join(folder_paths.get_output_directory(), "dmd_generators", "host", "core_layout.safetensors")
+    full = D.DMDGeneratorLoader.execute(model, "dmd/generator.safetensors") if folder_paths.get_full_path("dmd_generators", "dmd/generator.safetensors") else None
+    if full is not None:
+        sd = load_file(folder_paths.get_full_path("dmd_generators", "dmd/generator.safetensors"))
+        save_file({"diffusion_model." + k: v for k, v in sd.items()}, core_path,
+                  metadata={"dmd.model_type": "eps", "dmd.conditioning_timestep": "999", "dmd.timesteps": "999", "dmd.format": "full"})
+        core = D.DMDGeneratorLoader.execute(model, "host/core_layout.safetensors")
+        a = D.DMDKSampler.execute(full.args[0], 2, "from model", 1.0, cond, lat).args[0]["samples"]
+        b = D.DMDKSampler.execute(core.args[0], 2, "from model", 1.0, cond, lat).args[0]["samples"]
+        res["core_layout"] = {"equal": bool(torch.equal(a, b)), "ct": core.args[2], "ts": core.args[3]}
+
+    # 6. bad inputs
     res["errors"] = {
         "empty": err(lambda: D.DMDTrainerNode.execute(model, [], [[tn.class_cond(10), {}]], 64, 64, 1, 2, 1e-4, 1e-4, 3.0, 5,
                                                       999, 1, 0, 0.0, "", 0.0, 0, 0, "host/x", 5, False)),
@@ -410,7 +429,8 @@ RESULT = res
 
 
 @pytest.fixture(scope="module")
-def inproc(comfy_snippet):
+def inproc(comfy_snippet, trained):
+    """In-process checks; after ``trained`` (it reads the trainer's file from the same base directory)."""
     return comfy_snippet(SNIPPET, timeout=900)
 
 
@@ -435,6 +455,16 @@ def test_lora_generator_loads_with_comfyui_lora_loader(inproc):
     assert lora["stock_vs_trainer"] < 1e-5, lora
     assert lora["vs_teacher"] > 1e-4, lora  # the LoRA did train
     assert inproc["listed"] == [True, True]
+
+
+def test_stock_lcm_route_matches_the_dmd_ksampler_at_dmd2_timesteps(inproc):
+    assert inproc["stock_lcm_simple_vs_dmd4"] < 1e-5, inproc["stock_lcm_simple_vs_dmd4"]
+
+
+def test_generator_in_the_core_file_layout_loads(inproc, trained):
+    info = inproc.get("core_layout")
+    assert info is not None, "the trained generator was not there for the snippet"
+    assert info["equal"] and info["ct"] == 999 and info["ts"] == "999", info
 
 
 def test_bad_inputs_in_process(inproc):
