@@ -413,7 +413,45 @@ with torch.inference_mode():
         b = D.DMDKSampler.execute(core.args[0], 2, "from model", 1.0, cond, lat).args[0]["samples"]
         res["core_layout"] = {"equal": bool(torch.equal(a, b)), "ct": core.args[2], "ts": core.args[3]}
 
-    # 6. bad inputs
+    # 6. the node trains what the plain-PyTorch core trains: the same run (testbed teacher, full weights, seed 3)
+    #    through DMDTrainerNode and through training.dmd.DMDTrainer on the testbed's own denoiser gives the same losses
+    from comfyui_tempo.training import dmd as core
+    from comfyui_tempo.samplers import schedules
+    from comfyui_tempo.testbed.trained import onehot
+    classes = [1, 5, 7]
+    with torch.inference_mode(False):
+        node_run = D.DMDTrainerNode.execute(model, [[tn.class_cond(c), {}] for c in classes], [[tn.class_cond(10), {}]],
+                                            64, 64, 2, 12, 1e-4, 2e-4, 4.0, 3, 999, 1, 2, 0.0, "", 0.0, 0, 3, "host/equiv", 100, False)
+        ck = torch.load(os.path.join(folder_paths.get_output_directory(), "dmd_checkpoints", "host", "equiv.pt"), weights_only=True)
+
+        class TB(torch.nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+            def forward(self, x, sigma, cond=None):
+                sigma = sigma.reshape(-1).expand(x.shape[0]).float()
+                t = schedules.sigma_to_t(sigma, tb.sigmas).float()
+                s = sigma.view(-1, 1, 1, 1).to(x.dtype)
+                return x - s * self.net(x / (s ** 2 + 1.0) ** 0.5, t, context=onehot(cond, x.shape[0], x.device))
+        import copy
+        teacher_net = copy.deepcopy(tb.net).requires_grad_(False).eval()
+        cfg = core.DMDConfig(model_type="eps", conditioning_timestep=999, real_guidance_scale=4.0, dfake_gen_update_ratio=3,
+                             batch_size=2, generator_lr=1e-4, fake_lr=2e-4, warmup_steps=2, seed=3)
+        gnet, fnet = copy.deepcopy(teacher_net).requires_grad_(True), copy.deepcopy(teacher_net).requires_grad_(True)
+        gnet.train(); fnet.train()
+        pure = core.DMDTrainer(TB(teacher_net), TB(gnet), TB(fnet), (4, 8, 8), cfg, conditioning=classes, uncond=10,
+                               sigmas=model.get_model_object("model_sampling").sigmas)
+        logs = pure.train(12)
+    node_dm = [v for _, v in ck["history"]["loss_dm"]]
+    node_fake = [v for _, v in ck["history"]["loss_fake"]]
+    pure_dm = [l["loss_dm"] for l in logs if "loss_dm" in l]
+    pure_fake = [l["loss_fake"] for l in logs if "loss_fake" in l]
+    res["equiv"] = {"n": [len(node_dm), len(pure_dm), len(node_fake), len(pure_fake)],
+                    "dm": max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(node_dm, pure_dm)),
+                    "fake": max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(node_fake, pure_fake)),
+                    "moved": abs(node_fake[-1] - node_fake[0]) > 0}
+
+    # 7. bad inputs
     res["errors"] = {
         "empty": err(lambda: D.DMDTrainerNode.execute(model, [], [[tn.class_cond(10), {}]], 64, 64, 1, 2, 1e-4, 1e-4, 3.0, 5,
                                                       999, 1, 0, 0.0, "", 0.0, 0, 0, "host/x", 5, False)),
@@ -465,6 +503,14 @@ def test_generator_in_the_core_file_layout_loads(inproc, trained):
     info = inproc.get("core_layout")
     assert info is not None, "the trained generator was not there for the snippet"
     assert info["equal"] and info["ct"] == 999 and info["ts"] == "999", info
+
+
+def test_the_node_trains_what_the_core_trains(inproc):
+    """The trainer node (ComfyUI's model, conditioning plumbing and copies) against the plain-PyTorch core on the
+    testbed's own denoiser, same settings and seed: the same loss curves (the benchmark's results carry over)."""
+    e = inproc["equiv"]
+    assert e["n"] == [4, 4, 12, 12], e
+    assert e["dm"] < 1e-3 and e["fake"] < 1e-3, e
 
 
 def test_bad_inputs_in_process(inproc):
