@@ -205,6 +205,12 @@ class DMDConfig:
         score LoRA copies of the teacher sharing its weights (``training.lora``; DMD2 SDXL LoRA:
         rank 64, alpha 8); 0 = full-weight copies. Checkpoints of LoRA networks hold only the LoRA
         factors (plus optimizer state).
+
+    Pack option (not in DMD2's training loop, which has no EMA; NVlabs/FastGen uses one):
+    ema_decay: > 0 keeps an exponential moving average of the generator's trainable weights,
+        updated after every generator step (ema = d * ema + (1 - d) * w); ``sample`` and
+        ``save_generator`` then use the averaged weights (``use_ema=False`` for the raw ones).
+        0 = off (faithful).
     """
 
     model_type: str = "eps"
@@ -238,6 +244,7 @@ class DMDConfig:
     gradient_checkpointing: bool = False
     lora_rank: int = 0
     lora_alpha: float | None = None
+    ema_decay: float = 0.0
 
     def validate(self, num_timesteps: int | None = None) -> None:
         def err(name, msg):
@@ -301,6 +308,8 @@ class DMDConfig:
             err("lora_rank", "expected an integer >= 0 (0 = full weights)")
         if self.lora_alpha is not None and not self.lora_alpha > 0:
             err("lora_alpha", "expected None or a number > 0")
+        if not 0 <= self.ema_decay < 1:
+            err("ema_decay", "expected a number in [0, 1) (0 = off)")
 
     @property
     def use_gan(self) -> bool:
@@ -584,6 +593,9 @@ class DMDTrainer:
         )
         self.sched_g = constant_with_warmup(self.opt_g, cfg.warmup_steps)
         self.sched_f = constant_with_warmup(self.opt_f, cfg.warmup_steps)
+        self.ema: dict[str, torch.Tensor] | None = None
+        if cfg.ema_decay > 0:
+            self.ema = {k: v.detach().clone() for k, v in generator_net.named_parameters() if v.requires_grad}
         self.step_count = 0
         self.generator_steps = 0
         self.fake_steps = 0
@@ -809,7 +821,7 @@ class DMDTrainer:
                     pred = self.generator(pz, pc).float()
                 loss_reg = regression_loss(pred, self.pairs.target[idx].to(pred.device, pred.dtype), cfg.regression_loss)
                 loss = loss + cfg.regression_weight * loss_reg
-                out["loss_reg"] = float(loss_reg)
+                out["loss_reg"] = float(loss_reg.detach())
             if cfg.gen_cls_loss_weight > 0:
                 # the critic is frozen for this loss: its gradient reaches the generator only
                 # (DMD2 generator_turn sets guidance_model.requires_grad_(False))
@@ -831,6 +843,11 @@ class DMDTrainer:
             self.sched_g.step()
             self.opt_g.zero_grad(set_to_none=True)
             self.generator_steps += 1
+            if self.ema is not None:
+                with torch.no_grad():
+                    for k, v in self.generator.net.named_parameters():
+                        if k in self.ema:
+                            self.ema[k].lerp_(v.detach(), 1 - cfg.ema_decay)
             x = x.detach()
         else:
             x = self.generate(z, cond, grad=False)
@@ -879,12 +896,36 @@ class DMDTrainer:
                 break
         return logs
 
+    @contextlib.contextmanager
+    def ema_weights(self, use_ema: bool | None = None):
+        """Context in which the generator carries its EMA weights (when ``ema_decay`` > 0 and
+        ``use_ema`` is not False); the trained weights are restored on exit."""
+        if self.ema is None or use_ema is False:
+            yield
+            return
+        params = dict(self.generator.net.named_parameters())
+        saved = {k: params[k].detach().clone() for k in self.ema}
+        with torch.no_grad():
+            for k, v in self.ema.items():
+                params[k].copy_(v)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in saved.items():
+                    params[k].copy_(v)
+
     @torch.no_grad()
     def sample(self, n: int, cond: Any = None, generator: torch.Generator | None = None,
-               timesteps: Sequence[int] | None = None) -> torch.Tensor:
+               timesteps: Sequence[int] | None = None, use_ema: bool | None = None) -> torch.Tensor:
         """n samples (noise from ``generator`` or a fresh one seeded 0; the trainer's RNG is not
         touched): one step at the conditioning timestep, or the multi-step generator's
-        ``denoising_timesteps`` (``samplers.dmd.sample_dmd``), or the given ``timesteps``."""
+        ``denoising_timesteps`` (``samplers.dmd.sample_dmd``), or the given ``timesteps``. With
+        ``ema_decay`` > 0 the EMA weights are used unless ``use_ema`` is False."""
+        with self.ema_weights(use_ema):
+            return self._sample(n, cond, generator, timesteps)
+
+    def _sample(self, n, cond, generator, timesteps):
         g = generator if generator is not None else torch.Generator(device=self.device).manual_seed(0)
         z = torch.randn((n,) + self.latent_shape, generator=g, device=self.device)
         self.generator.eval()
@@ -910,7 +951,7 @@ class DMDTrainer:
         }
 
     def save_generator(self, path, prefix: str = "diffusion_model.", module: str | None = None,
-                       metadata: dict | None = None) -> dict:
+                       metadata: dict | None = None, use_ema: bool | None = None) -> dict:
         """Write the generator to a .safetensors file: LoRA factors (kohya layout, ``lora.save_lora``)
         for a LoRA generator, else the full state dict, of ``generator.net.get_submodule(module)``
         (the whole denoiser when None), keys prefixed with ``prefix``. Metadata =
@@ -921,11 +962,13 @@ class DMDTrainer:
             raise DMDConfigError(f"path: expected a .safetensors file name, got {str(path)!r}")
         net = self.generator.net if module is None else self.generator.net.get_submodule(module)
         meta = {**self.generator_metadata(), **{str(k): str(v) for k, v in (metadata or {}).items()}}
-        if _lora.lora_layers(net):
-            _lora.save_lora(net, path, prefix=prefix, metadata=meta)
-        else:
-            sd = {prefix + k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-            save_file(sd, str(path), metadata=meta)
+        meta["dmd.ema"] = "1" if (self.ema is not None and use_ema is not False) else "0"
+        with self.ema_weights(use_ema):
+            if _lora.lora_layers(net):
+                _lora.save_lora(net, path, prefix=prefix, metadata=meta)
+            else:
+                sd = {prefix + k: v.detach().contiguous().cpu().clone() for k, v in net.state_dict().items()}
+                save_file(sd, str(path), metadata=meta)
         return meta
 
     # ---- checkpoint / resume
@@ -971,6 +1014,8 @@ class DMDTrainer:
         }
         if self.gan_head is not None:
             st["gan_head"] = self.gan_head.state_dict()
+        if self.ema is not None:
+            st["ema"] = {k: v.clone() for k, v in self.ema.items()}
         return st
 
     def load_state_dict(self, state: dict) -> None:
@@ -987,6 +1032,11 @@ class DMDTrainer:
         self._load_net_state(self.fake_score, state["fake_score"])
         if self.gan_head is not None:
             self.gan_head.load_state_dict(state["gan_head"])
+        if self.ema is not None:
+            if set(state.get("ema", {})) != set(self.ema):
+                raise DMDConfigError("state: the checkpoint has no EMA weights matching this generator")
+            for k, v in state["ema"].items():
+                self.ema[k].copy_(v)
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_f.load_state_dict(state["opt_f"])
         self.sched_g.load_state_dict(state["sched_g"])

@@ -482,6 +482,34 @@ def test_autocast_noop_on_cpu_and_gradient_checkpointing_same_gradients():
     assert "loss_dm" in out and "loss_fake" in out
 
 
+def test_ema_option_averages_generator_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    teacher = MLPDenoiser(2, 16, 1)
+    a = _ring_small_trainer(teacher, batch_size=32, ema_decay=0.9, seed=4)
+    raw = _ring_small_trainer(teacher, batch_size=32, seed=4)
+    w0 = {k: v.detach().clone() for k, v in a.generator.net.named_parameters()}
+    ws = [w0]
+    for _ in range(6):
+        a.train(a.step_count + 2)  # ratio 2: one generator step per two iterations
+        ws.append({k: v.detach().clone() for k, v in a.generator.net.named_parameters()})
+    raw.train(12)
+    for k, v in raw.generator.net.named_parameters():  # EMA does not change training itself
+        assert torch.equal(v, ws[-1][k])
+    for k in w0:  # ema = 0.9^6 w0 + sum 0.1 * 0.9^(6-i) w_i
+        expect = 0.9**6 * w0[k] + sum(0.1 * 0.9 ** (6 - i) * ws[i][k] for i in range(1, 7))
+        assert torch.allclose(a.ema[k], expect, atol=1e-6)
+    x_ema, x_raw = a.sample(64), a.sample(64, use_ema=False)
+    assert not torch.equal(x_ema, x_raw) and torch.equal(x_raw, raw.sample(64))
+    for k, v in a.generator.net.named_parameters():  # weights restored after sampling with EMA
+        assert torch.equal(v, ws[-1][k])
+    a.save_checkpoint(tmp_path / "e.pt")
+    b = _ring_small_trainer(teacher, batch_size=32, ema_decay=0.9, seed=4)
+    b.load_checkpoint(tmp_path / "e.pt")
+    assert torch.equal(b.sample(64), x_ema)
+    with pytest.raises(ValueError, match="^ema_decay"):
+        D.DMDConfig(ema_decay=1.0).validate()
+
+
 # ------------------------------------------------------------------------------------------------
 # 2-D ring of 8 Gaussians
 
@@ -500,25 +528,37 @@ def ring():
     ref = gmm.sample(N_EVAL, generator=torch.Generator().manual_seed(123))
     z = torch.randn(N_EVAL, 2, generator=torch.Generator().manual_seed(7))
     ode = D.teacher_ode_samples(gmm, z, sched, 999, steps=50)
+    # DMD1's regression pairs: the teacher's deterministic ODE map on other noise
+    zp = torch.randn(4000, 2, generator=torch.Generator().manual_seed(99))
+    pairs = D.RegressionPairs(zp, D.teacher_ode_samples(gmm, zp, sched, 999, steps=50))
     return {"gmm": gmm, "teacher": teacher, "ref": ref, "swd_teacher": M.sliced_wasserstein(ode, ref, p=1),
-            "ode": ode}
+            "ode": ode, "pairs": pairs}
 
 
 def _ring_run(ring, steps, **kw):
     cfg = D.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=5, batch_size=256,
                       generator_lr=5e-4, fake_lr=2e-3, warmup_steps=50, sigma_data=1.0, seed=0, **kw)
-    tr = D.DMDTrainer(ring["gmm"], D.copy_teacher(ring["teacher"]), D.copy_teacher(ring["teacher"]), (2,), cfg)
+    tr = D.DMDTrainer(ring["gmm"], D.copy_teacher(ring["teacher"]), D.copy_teacher(ring["teacher"]), (2,), cfg,
+                      regression_pairs=ring["pairs"] if cfg.regression_weight > 0 else None)
     init = tr.sample(N_EVAL)
     tr.train(steps)
     x = tr.sample(N_EVAL)
     cov = M.mode_coverage(x, M.ring_means(), RADIUS)
     return {"swd": M.sliced_wasserstein(x, ring["ref"], p=1), "swd_init": M.sliced_wasserstein(init, ring["ref"], p=1),
-            "covered": cov["covered"], "quality": cov["quality"], "tv": cov["tv"]}
+            "covered": cov["covered"], "quality": cov["quality"], "tv": cov["tv"],
+            "fractions": [round(float(f), 3) for f in cov["fractions"]]}
 
 
 @pytest.fixture(scope="module")
 def dmd_run(ring):
+    """DMD2 as released: TTUR 5, no regression."""
     return _ring_run(ring, 2500)
+
+
+@pytest.fixture(scope="module")
+def dmd_reg_run(ring):
+    """DMD with DMD1's regression loss (lambda 0.25, L2 on teacher ODE pairs) and DMD2's TTUR 5."""
+    return _ring_run(ring, 4000, regression_weight=0.25, regression_loss="l2")
 
 
 def test_ring_teacher_reference(ring):
@@ -528,8 +568,9 @@ def test_ring_teacher_reference(ring):
 
 
 def test_ring_dmd_one_step_generator(ring, dmd_run):
-    """What the CPU budget (2500 iterations, ~15 s) reaches today: measured SW1 0.152 vs teacher ODE
-    0.038 (4.0x), 7/8 modes, init 1.25."""
+    """DMD2 without regression in the CPU budget (2500 iterations, ~15 s): measured SW1 0.152 vs
+    teacher ODE 0.038 (4.0x), 7/8 modes, init 1.25. The eighth mode (index 1) holds 1.8 % of the
+    samples from iteration ~1000 to 5000 (2.75x at 5000): DMD's mode-weight correction is slow."""
     r = dmd_run
     print("DMD ring:", r, "teacher ODE SWD", ring["swd_teacher"])
     assert r["swd"] < 0.15 * r["swd_init"]
@@ -537,21 +578,25 @@ def test_ring_dmd_one_step_generator(ring, dmd_run):
     assert r["swd"] <= 4.5 * ring["swd_teacher"]
 
 
-@pytest.mark.xfail(reason="issue #5 target not reached yet in the CPU budget: 8/8 modes and SWD <= 3x the "
-                   "teacher ODE's (measured 7/8, 4.0x after 2500 iterations)", strict=False)
-def test_ring_dmd_reaches_teacher_target(ring, dmd_run):
-    assert dmd_run["covered"] == 8
-    assert dmd_run["swd"] <= 3.0 * ring["swd_teacher"]
+def test_ring_dmd_reaches_teacher_target(ring, dmd_reg_run):
+    """Issue 5 target: every mode, SW1 <= 3x the teacher's 50-step ODE samples (measured 8/8,
+    2.68x at 4000 iterations; seeds 1 and 2: 8/8, 2.80x and 2.55x)."""
+    r = dmd_reg_run
+    print("DMD + regression ring:", r, "teacher ODE SWD", ring["swd_teacher"])
+    assert r["covered"] == 8
+    assert r["swd"] <= 3.0 * ring["swd_teacher"]
+    assert r["tv"] < 0.1
 
 
-def test_ring_control_real_score_only_collapses(ring, dmd_run):
+def test_ring_control_real_score_only_collapses(ring, dmd_reg_run):
+    """Controls drop one DM component, with regression off so that only the DM gradient acts
+    (regression alone is a strong baseline in 2-D, dmd.md 4.2)."""
     r = _ring_run(ring, 1000, use_fake_score=False)
     print("real only:", r)
-    assert r["covered"] < 8 and r["swd"] > 3 * dmd_run["swd"]
+    assert r["covered"] < 8 and r["swd"] > 3 * dmd_reg_run["swd"]
 
 
-def test_ring_control_frozen_fake_score_drifts(ring, dmd_run):
+def test_ring_control_frozen_fake_score_drifts(ring, dmd_reg_run):
     r = _ring_run(ring, 1000, train_fake_score=False)
     print("frozen fake:", r)
-    assert r["covered"] < 8 and r["swd"] > 3 * dmd_run["swd"]
-
+    assert r["covered"] < 8 and r["swd"] > 3 * dmd_reg_run["swd"]
