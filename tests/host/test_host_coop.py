@@ -122,6 +122,10 @@ with torch.inference_mode():
     nb2 = C.NoisyLatentBridge.execute({"samples": ksa["samples"].repeat(8, 1, 1, 1)}, m, v, pos, neg, 5.0, m, v, 20, 10,
                                       "normal", 64, 64, 1.0, "bilinear", 4)
     R["nb_2x_shape"] = list(nb2.args[0]["samples"].shape)
+    # the hand-off sigma from a SIGMAS input (SplitSigmas' high half) instead of steps / end_at_step
+    nb3 = C.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, m, v, 20, 3, "normal", 0, 0, 1.0, "bilinear", 4,
+                                      False, sig_full[:11])
+    R["nb_sigmas_input"] = bool(torch.equal(nb3.args[0]["samples"], nb_lat["samples"])) and nb3.args[2] == 10
     R["nb_2x_start"] = nb2.args[2]
 
     # Coop fusion of two testbed models in different latent spaces (hr: its own autoencoder)
@@ -156,6 +160,13 @@ with torch.inference_mode():
     t2 = C.CoopSampler.execute(m, v, pos, neg, 5.0, m, v, pos, neg, 5.0, lat, 11, 8, "heun", "normal", 1.0,
                                0.6, 0.0, 0.5, "linear", 64, 64)
     R["heun_text"] = t2.ui.as_dict()["text"][0]
+    # a bridge VAE standing in for the full one inside the loop (here another instance of the same autoencoder)
+    t3 = C.CoopSampler.execute(m, v, pos, neg, 5.0, m, v, [[tn.class_cond(7), {}]], neg, 5.0, lat, 11, 6, "euler", "normal",
+                               1.0, 0.5, 0.0, 1.0, "none", 0, 0, "bilinear", tn.build_vae(), tn.build_vae())
+    t4 = C.CoopSampler.execute(m, v, pos, neg, 5.0, m, v, [[tn.class_cond(7), {}]], neg, 5.0, lat, 11, 6, "euler", "normal",
+                               1.0, 0.5, 0.0, 1.0, "none")
+    R["bridge_vae"] = {"same": bool(torch.equal(t3.args[0]["samples"], t4.args[0]["samples"])),
+                       "text": t3.ui.as_dict()["text"][0]}
 
     # bad inputs
     v16 = comfy.sd.VAE(sd={"taesd_decoder.1.weight": torch.zeros(64, 16, 3, 3), "taesd_encoder.14.weight": torch.zeros(16, 64, 3, 3)})
@@ -167,6 +178,8 @@ with torch.inference_mode():
                                                                    "euler", "normal", 1.0, 0.5, 0.0, 1.0, "none"))
     R["errors"]["coop_size_b"] = err(lambda: C.CoopSampler.execute(m, v, pos, neg, 5.0, m, v, pos, neg, 5.0, lat, 3, 4,
                                                                    "euler", "normal", 1.0, 0.5, 0.0, 1.0, "none", 30, 32))
+    R["errors"]["coop_bridge_vae"] = err(lambda: C.CoopSampler.execute(m, v, pos, neg, 5.0, m, v, pos, neg, 5.0, lat, 3, 4,
+                                         "euler", "normal", 1.0, 0.5, 0.0, 1.0, "none", 0, 0, "bilinear", v16))
     R["errors"]["td_switch_t"] = err(lambda: C.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 10,
                                      "euler", "normal", 1.0, "timestep", 0, 1.0, "auto", 0, 0, 1.0, "bilinear"))
     R["errors"]["td_switch_sigma"] = err(lambda: C.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 10,
@@ -190,8 +203,9 @@ with torch.inference_mode():
         zxl = nodes.VAEEncode().encode(txl, pix)[0]["samples"]
         # a plain decode, encode, decode round trip in the source space
         round_trip = decode(t1, nodes.VAEEncode().encode(t1, decode(t1, z1["samples"]).movedim(1, -1))[0]["samples"])
+        rt_xl = decode(txl, nodes.VAEEncode().encode(txl, decode(txl, zxl).movedim(1, -1))[0]["samples"])
         R["taesd"] = {"bridged_psnr": psnr(decode(txl, bridged), x), "plain_psnr": psnr(decode(txl, zxl), x),
-                      "round_trip_psnr": psnr(round_trip, x),
+                      "round_trip_psnr": psnr(round_trip, x), "round_trip_xl_psnr": psnr(rt_xl, x),
                       "to_sd3_shape": list(C.LatentBridge.execute(z1, t1, t3, 0, 0, 1.0, "bilinear").args[0]["samples"].shape)}
 RESULT = R
 '''
@@ -237,11 +251,12 @@ def test_noisy_latent_bridge_continues_a_ksampler_advanced_pair(coop_result):
     assert "NFE 1" in nb["text"]
     assert nb["psnr_vs_full"] > 15.0, nb
     assert coop_result["nb_2x_shape"] == [16, 4, 16, 16] and coop_result["nb_2x_start"] == 10
+    assert coop_result["nb_sigmas_input"]
 
 
 def test_coop_fusion_lies_between_the_two_models(coop_result):
     f = coop_result["fusion"]
-    print(f"\nfusion (decoded RMS): |A-B| {f['a_b']:.4f}, |fused-A| {f['f_a']:.4f}, |fused-B| {f['f_b']:.4f}; {f['text']}")
+    print(f"\nfusion (hr: {coop_result['has_hr']}, decoded RMS): |A-B| {f['a_b']:.4f}, |fused-A| {f['f_a']:.4f}, |fused-B| {f['f_b']:.4f}; {f['text']}")
     assert f["finite"]
     assert f["f_a"] < f["a_b"] and f["f_b"] < f["a_b"], f
     assert f["f_a"] > 0.01 * f["a_b"], f  # B did contribute
@@ -259,12 +274,19 @@ def test_coop_second_order_sampler_calls_b_once_per_sigma(coop_result):
     assert 1 <= nfe_b <= 8, text
 
 
+def test_bridge_vae_stands_in_inside_the_loop(coop_result):
+    b = coop_result["bridge_vae"]
+    assert b["same"], b  # the same autoencoder as bridge VAE: the same result
+    assert "bridge_vae_a / bridge_vae_b" in b["text"] and "VAE 12 decodes + 12 encodes" in b["text"], b
+
+
 BAD = {
     "lb_channels": "vae_source:",
     "lb_size": "width:",
     "coop_model_vae": "vae_b:",
     "coop_latent": "vae_a:",
     "coop_size_b": "width_b:",
+    "coop_bridge_vae": "bridge_vae_a:",
     "td_switch_t": "switch_timestep:",
     "td_switch_sigma": "switch_sigma:",
     "td_vae": "vae_structure:",
@@ -285,8 +307,9 @@ def test_real_taesd_pairs_bridge(coop_result):
     t = coop_result["taesd"]
     print(f"\nTAESD: {t}")
     assert t["to_sd3_shape"] == [8, 16, 8, 8]
-    # bridging taesd -> taesdxl costs about what a decode / encode / decode round trip in taesd costs
-    assert abs(t["bridged_psnr"] - t["round_trip_psnr"]) < 0.3, t
+    # bridging taesd -> taesdxl costs no more than a decode / encode / decode round trip in either VAE
+    # (within 0.3 dB; the unit tier checks the same on photos in pure torch)
+    assert t["bridged_psnr"] >= max(t["round_trip_psnr"], t["round_trip_xl_psnr"]) - 0.3, t
     assert t["bridged_psnr"] > 18.0, t
 
 
@@ -333,7 +356,7 @@ def have_hr() -> bool:
 PIXEL_WIDGETS = ("width", "height", "width_b", "height_b")
 
 
-def testbed_prompt(prompt: dict, ui_nodes: dict, hr: bool) -> dict:
+def as_testbed_prompt(prompt: dict, ui_nodes: dict, hr: bool) -> dict:
     """The example workflow's API prompt with the testbed standing in for the user's models: an SD1.5
     checkpoint -> the "testbed" MODEL and VAE, SDXL -> "hr" (the testbed again while hr is missing),
     prompts -> class conditionings (negative -> the null class), EmptyLatentImage -> the testbed's
@@ -376,7 +399,7 @@ def test_every_coop_node_has_a_workflow():
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
 def test_coop_workflow_runs_with_the_testbed(comfy, path):
     wf = json.loads(path.read_text())
-    prompt = testbed_prompt(ui_to_api(wf, comfy.object_info()), {str(n["id"]): n for n in wf["nodes"]}, have_hr())
+    prompt = as_testbed_prompt(ui_to_api(wf, comfy.object_info()), {str(n["id"]): n for n in wf["nodes"]}, have_hr())
     entry = comfy.run(prompt, timeout=600)
     saves = [nid for nid, n in prompt.items() if n["class_type"] == "SaveImage"]
     assert saves, path.name
