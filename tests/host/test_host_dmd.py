@@ -32,15 +32,16 @@ SUBSTITUTE = {
     "CheckpointLoaderSimple": ("TempoTestbedModel", []),
     "UNETLoader": ("TempoTestbedModel", []),
     "EmptyLatentImage": ("TempoTestbedEmptyLatent", ["batch_size"]),
-    "VAEDecode": ("TempoTestbedDecode", ["samples"]),
 }
+VAE_OUTPUT = {"CheckpointLoaderSimple": 2}  # its VAE output -> the testbed's autoencoder as a ComfyUI VAE
 BYPASS = {"LoraLoaderModelOnly": "model"}  # the released LoRA does not exist here: its MODEL passes through
 
 
 def ui_to_api(wf: dict, object_info: dict, overrides: dict | None = None) -> dict:
     """A UI-format workflow -> an API prompt, widget values by /object_info's input order, with the
-    testbed standing in for the user's model nodes (SUBSTITUTE / BYPASS; CLIPTextEncode -> a class:
-    prompts 0, 1, ... in order, the one titled "Negative prompt" the null class 10).
+    testbed standing in for the user's model nodes (SUBSTITUTE / BYPASS; a checkpoint's VAE -> TempoTestbedVAE,
+    decoded by ComfyUI's own VAEDecode; CLIPTextEncode -> a class: prompts 0, 1, ... in order, the one titled
+    "Negative prompt" the null class 10).
     ``overrides``: {node type: {input: value}} applied after the conversion."""
     links = {link[0]: link for link in wf["links"]}
     api: dict[str, dict] = {}
@@ -71,11 +72,19 @@ def ui_to_api(wf: dict, object_info: dict, overrides: dict | None = None) -> dic
             api[str(n["id"])] = {"class_type": "TempoTestbedClass", "inputs": {"class_id": 10 if neg else next_class}}
             next_class += 0 if neg else 1
             continue
+        if t in VAE_OUTPUT:
+            api[f"{n['id']}vae"] = {"class_type": "TempoTestbedVAE", "inputs": {"name": "testbed"}}
         if t in SUBSTITUTE:
             new, keep = SUBSTITUTE[t]
             inputs = {k: v for k, v in inputs.items() if k in keep}
             t = new
         api[str(n["id"])] = {"class_type": t, "inputs": inputs}
+    # a checkpoint's VAE output: the testbed VAE node beside it
+    vae_of = {str(n["id"]): VAE_OUTPUT[n["type"]] for n in wf["nodes"] if n["type"] in VAE_OUTPUT}
+    for node in api.values():
+        for k, v in node["inputs"].items():
+            if isinstance(v, list) and len(v) == 2 and vae_of.get(v[0]) == v[1]:
+                node["inputs"][k] = [f"{v[0]}vae", 0]
     # bypassed nodes: their users take the bypassed node's input instead
     for nid, node in list(api.items()):
         if node["class_type"] in BYPASS:
@@ -176,8 +185,9 @@ def test_trainer_outputs_loss_curves_and_samples(comfy, trained):
     images = {nid: comfy.output_images(entry, nid) for nid, n in trained["api"].items() if n["class_type"] == "PreviewImage"}
     shapes = sorted(tuple(a.shape) for imgs in images.values() for a in imgs)
     assert (300, 640, 3) in shapes, shapes  # the loss curves
-    samples = [a for imgs in images.values() for a in imgs if a.shape[:2] == (64, 64)]
-    assert len(samples) == 2 and all(a.std() > 1.0 for a in samples), shapes  # one per conditioning
+    # one per conditioning, decoded by the trainer's vae input (the testbed autoencoder: 8x8 latents -> 32x32)
+    samples = [a for imgs in images.values() for a in imgs if a.shape[:2] == (32, 32)]
+    assert len(samples) == 2 and all(a.std() > 1.0 for a in samples), shapes
 
 
 def test_generator_file_has_its_metadata(trained):
