@@ -168,6 +168,47 @@ with torch.inference_mode():
     R["bridge_vae"] = {"same": bool(torch.equal(t3.args[0]["samples"], t4.args[0]["samples"])),
                        "text": t3.ui.as_dict()["text"][0]}
 
+    # img2img on A (denoise < 1): B's chain starts from A's latent bridged into B's space
+    t5 = C.CoopSampler.execute(m, v, pos, neg, 5.0, mb, vb, pos_b, neg, 5.0, {"samples": out_a}, 11, 10, "euler",
+                               "normal", 0.6, 0.5, 0.0, 1.0, "none", wb * fb * 2, hb * fb * 2)
+    R["img2img"] = {"finite": bool(torch.isfinite(t5.args[0]["samples"]).all()), "text": t5.ui.as_dict()["text"][0],
+                    "psnr_vs_input": psnr(decode(v, t5.args[0]["samples"]), decode(v, out_a))}
+
+    # across model families: A the eps testbed, B a flow (CONST) model in SD1.5's latent space with the real
+    # TAESD (random-weight tiny UNet: this checks the plumbing of equal-SNR matching, not image quality)
+    if HAVE_TAESD:
+        import comfy.model_base, comfy.model_patcher, comfy.supported_models_base as smb, comfy.latent_formats
+        import comfy.model_management as mm
+
+        class TinyFlow(smb.BASE):
+            unet_config = {}
+            unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
+            latent_format = comfy.latent_formats.SD15
+            sampling_settings = {"shift": 3.0}
+        cfg = TinyFlow(dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1],
+                            channel_mult=[1], transformer_depth=[1], transformer_depth_output=[0, 0],
+                            transformer_depth_middle=-2, use_spatial_transformer=True, legacy=False, context_dim=64,
+                            use_linear_in_transformer=True, adm_in_channels=None))
+        cfg.set_inference_dtype(torch.float32, None)
+        base = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.FLOW)
+        gen = torch.Generator().manual_seed(0)
+        for p_ in base.diffusion_model.parameters():
+            p_.copy_(torch.randn(p_.shape, generator=gen) * 0.02)
+        mf = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+        vf = nodes.VAELoader().load_vae("taesd")[0]
+        cf = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
+        cn = [[torch.zeros(1, 2, 64), {}]]
+        fl = C.CoopSampler.execute(m, v, pos, neg, 5.0, mf, vf, cf, cn, 3.0, lat, 11, 8, "euler", "normal", 1.0,
+                                   0.3, 0.0, 1.0, "none", 64, 64)
+        tdf = C.TimeDecoupledSampler.execute(m, pos, neg, 5.0, mf, cf, cn, 3.0, lat, 3, 10, "euler", "normal", 1.0,
+                                             "timestep", 500, 1.0, "auto", 64, 64, 1.0, "bilinear", v, vf)
+        nbf = C.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, mf, vf, 20, 10, "normal", 64, 64, 1.0, "bilinear", 4)
+        R["flow"] = {"coop_text": fl.ui.as_dict()["text"][0], "coop_finite": bool(torch.isfinite(fl.args[0]["samples"]).all()),
+                     "td_text": tdf.ui.as_dict()["text"][0], "td_shape": list(tdf.args[0]["samples"].shape),
+                     "td_finite": bool(torch.isfinite(tdf.args[0]["samples"]).all()),
+                     "nb_text": nbf.ui.as_dict()["text"][0], "nb_sigmas": [float(x) for x in nbf.args[1]],
+                     "nb_shape": list(nbf.args[0]["samples"].shape)}
+
     # bad inputs
     v16 = comfy.sd.VAE(sd={"taesd_decoder.1.weight": torch.zeros(64, 16, 3, 3), "taesd_encoder.14.weight": torch.zeros(16, 64, 3, 3)})
     R["errors"]["lb_channels"] = err(lambda: C.LatentBridge.execute({"samples": torch.zeros(1, 3, 8, 8)}, v, v, 0, 0, 1.0, "bilinear"))
@@ -264,6 +305,26 @@ def test_coop_fusion_lies_between_the_two_models(coop_result):
     assert "NFE A 20 + B 20" in text and "VAE 40 decodes + 40 encodes" in text and "4.00 per step" in text, text
     if not coop_result["has_hr"]:
         pytest.skip(f"testbed 'hr' (the second latent space) not available yet: fused within one space; {coop_result.get('hr_error', '')}")
+
+
+def test_coop_img2img_starts_b_from_the_bridged_input(coop_result):
+    r = coop_result["img2img"]
+    # denoise 0.6: ComfyUI keeps 10 steps of a 16-step schedule; bridging A's input into B costs 1 decode + 1 encode
+    assert r["finite"] and "NFE A 10 + B 10" in r["text"] and "VAE 21 decodes + 21 encodes" in r["text"], r
+    assert r["psnr_vs_input"] > 12.0, r  # the input's picture survives
+
+
+def test_eps_and_flow_models_are_bridged_at_equal_snr(coop_result):
+    if "flow" not in coop_result:
+        pytest.skip(f"TAESD weights not found in {TAESD_DIR} (set TEMPO_TAESD_DIR)")
+    f = coop_result["flow"]
+    print(f"\neps testbed + flow model: {f}")
+    assert f["coop_finite"] and "NFE A 8 + B 8" in f["coop_text"], f
+    # eps and flow differ in parameterisation: the auto hand-off bridges through pixels
+    assert f["td_finite"] and "bridged" in f["td_text"] and f["td_shape"] == [2, 4, 8, 8], f
+    # eps sigma 1.481 (step 10 of 20) -> flow sigma 1.481 / 2.481 = 0.597 on the flow model's own schedule
+    assert f["nb_sigmas"][-1] == 0.0 and 0.4 < f["nb_sigmas"][0] < 0.8, f
+    assert f["nb_shape"] == [2, 4, 8, 8], f
 
 
 def test_coop_second_order_sampler_calls_b_once_per_sigma(coop_result):
