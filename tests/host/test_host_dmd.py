@@ -461,7 +461,33 @@ with torch.inference_mode():
                     "fake": max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(node_fake, pure_fake)),
                     "moved": abs(node_fake[-1] - node_fake[0]) > 0}
 
-    # 7. bad inputs
+    # 7. an SDXL-architecture UNet (tiny; pooled_output -> y through ComfyUI's extra_conds): LoRA generator at t = 399
+    #    (DMD2's 1-step setting), saved in ComfyUI's LoRA key layout for a real UNet, loaded by LoraLoaderModelOnly
+    import comfy.supported_models as sm
+    xcfg = sm.SDXL(dict(image_size=32, in_channels=4, out_channels=4, model_channels=64, num_res_blocks=[1], channel_mult=[1],
+        transformer_depth=[1], transformer_depth_output=[0, 0], transformer_depth_middle=-2, use_spatial_transformer=True,
+        legacy=False, context_dim=64, use_linear_in_transformer=True, adm_in_channels=2816, num_classes="sequential"))
+    xcfg.set_inference_dtype(torch.float32, None)
+    xbase = xcfg.get_model({})
+    gx = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in xbase.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gx) * 0.05)
+    xm = comfy.model_patcher.ModelPatcher(xbase, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    xpos = [[torch.randn(1, 3, 64), {"pooled_output": torch.randn(1, 1280)}], [torch.randn(1, 5, 64), {"pooled_output": torch.randn(1, 1280)}]]
+    xneg = [[torch.zeros(1, 3, 64), {"pooled_output": torch.zeros(1, 1280)}]]
+    xl = {"samples": torch.zeros(2, 4, 8, 8)}
+    xt = D.DMDTrainerNode.execute(xm, xpos, xneg, 64, 64, 2, 4, 1e-3, 1e-3, 8.0, 3, 399, 1, 0, 0.0, "", 0.0, 4, 0, "host/sdxl_lora", 2, False)
+    shutil.copy(folder_paths.get_full_path("dmd_generators", xt.args[4]),
+                os.path.join(folder_paths.get_folder_paths("loras")[0], "host_sdxl_dmd.safetensors"))
+    xstock = nodes.LoraLoaderModelOnly().load_lora_model_only(xm, "host_sdxl_dmd.safetensors", 1.0)[0]
+    xa = D.DMDKSampler.execute(xt.args[0], 4, "from model", 1.0, xpos[:1], xl).args[0]["samples"]
+    xb = D.DMDKSampler.execute(xstock, 4, "399", 1.0, xpos[:1], xl).args[0]["samples"]
+    xld = D.DMDGeneratorLoader.execute(xm, xt.args[4])
+    res["sdxl"] = {"stock_vs_trainer": float((xa - xb).abs().max() / xa.abs().max()), "ct": xld.args[2],
+                   "patched": len(xt.args[0].patches), "finite": bool(torch.isfinite(xa).all())}
+
+    # 8. bad inputs
     res["errors"] = {
         "empty": err(lambda: D.DMDTrainerNode.execute(model, [], [[tn.class_cond(10), {}]], 64, 64, 1, 2, 1e-4, 1e-4, 3.0, 5,
                                                       999, 1, 0, 0.0, "", 0.0, 0, 0, "host/x", 5, False)),
@@ -521,6 +547,12 @@ def test_the_node_trains_what_the_core_trains(inproc):
     e = inproc["equiv"]
     assert e["n"] == [4, 4, 12, 12], e
     assert e["dm"] < 1e-3 and e["fake"] < 1e-3, e
+
+
+def test_sdxl_architecture_lora_generator_at_399(inproc):
+    x = inproc["sdxl"]
+    assert x["finite"] and x["ct"] == 399, x
+    assert x["patched"] > 10 and x["stock_vs_trainer"] < 1e-5, x
 
 
 def test_bad_inputs_in_process(inproc):
