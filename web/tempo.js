@@ -4,7 +4,8 @@
 // {"text": [summary]} after each run. This shows it on the node in a read-only text box, created
 // on the first run and updated on every later one. The box is never saved: it is left out of the
 // workflow's widgets_values (so saved workflows keep the node's widget order) and out of the API
-// prompt sent to the server. No other node is touched.
+// prompt sent to the server. The Coop-Diffusion nodes' reports (NFE, VAE calls) are shown the same
+// way (REPORTS). No other node is touched.
 
 import { app } from "../../scripts/app.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";
@@ -40,7 +41,16 @@ function findReportWidget(node) {
   return node.widgets?.find((w) => w.name === WIDGET_NAME) ?? null;
 }
 
+// the other pack nodes that report on themselves: node type -> [placeholder, help]
+const REPORTS = {
+  TempoCoopSampler: ["Coop-Diffusion report", "Coop-Diffusion report of the last run: NFE of models A and B and VAE calls per step. Read-only; not saved with the workflow."],
+  TempoTimeDecoupledSampler: ["Time-decoupled report", "Where the switch fell, NFE of each stage and VAE calls of the last run. Read-only; not saved with the workflow."],
+  TempoLatentBridge: ["Latent Bridge report", "Sizes and VAE calls of the last run. Read-only; not saved with the workflow."],
+  TempoNoisyLatentBridge: ["Noisy Latent Bridge report", "Hand-off sigmas, start step, NFE and VAE calls of the last run. Read-only; not saved with the workflow."],
+};
+
 function addReportWidget(node) {
+  const [placeholder, help] = REPORTS[node.comfyClass ?? node.type] ?? ["AdaptiveDiffusion skip report", HELP];
   const widget = ComfyWidgets.STRING(node, WIDGET_NAME, ["STRING", { multiline: true }], app).widget;
   widget.serialize = false; // not in widgets_values
   widget.options = widget.options ?? {};
@@ -49,14 +59,14 @@ function addReportWidget(node) {
   const el = widget.inputEl ?? widget.element;
   if (el) {
     el.readOnly = true;
-    el.title = HELP;
-    el.placeholder = "AdaptiveDiffusion skip report";
+    el.title = help;
+    el.placeholder = placeholder;
     el.classList?.add("tempo-skip-report");
     el.style.fontFamily = "monospace";
     el.style.fontSize = "11px";
     el.style.lineHeight = "1.35";
   }
-  widget.tooltip = HELP;
+  widget.tooltip = help;
   return widget;
 }
 
@@ -78,7 +88,7 @@ function showReport(node, text) {
 app.registerExtension({
   name: "comfyui_tempo.AdaptiveSkipReport",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== NODE_TYPE) return;
+    if (nodeData?.name !== NODE_TYPE && !(nodeData?.name in REPORTS)) return;
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       const result = onExecuted?.apply(this, arguments);
