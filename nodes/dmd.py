@@ -30,7 +30,6 @@ import comfy.model_sampling
 import comfy.sample
 import comfy.sampler_helpers
 import comfy.samplers
-import comfy.sd
 import comfy.utils
 import folder_paths
 import latent_preview
@@ -228,13 +227,6 @@ def _kind_of_sampling(ms):
             return ms
 
     return model_kind(_M())
-
-
-def _sigmas_for(model, ts: list[int] | None, fallback_steps: int = 1) -> torch.Tensor:
-    kind, table, _ = model_kind(model)
-    if ts is None:
-        ts = dmd_sampling.dmd2_timesteps(fallback_steps, table.numel())
-    return dmd_sampling.timesteps_to_sigmas(ts, table)
 
 
 TIMESTEPS_TOOLTIP = (

@@ -487,7 +487,17 @@ with torch.inference_mode():
     res["sdxl"] = {"stock_vs_trainer": float((xa - xb).abs().max() / xa.abs().max()), "ct": xld.args[2],
                    "patched": len(xt.args[0].patches), "finite": bool(torch.isfinite(xa).all())}
 
-    # 8. bad inputs
+    # 8. DMD2 options through the node: 4-step generator (backward simulation) with the GAN head, real data = pairs
+    tcond = [[tn.class_cond(i), {}] for i in range(3)]
+    pr = D.DMDRegressionPairs.execute(model, tcond, [[tn.class_cond(10), {}]], 64, 64, 2, 3, 3.0, 999, 8, 0, "host/gan_pairs")
+    g4 = D.DMDTrainerNode.execute(model, tcond, [[tn.class_cond(10), {}]], 64, 64, 2, 10, 1e-4, 1e-4, 3.0, 5, 999, 4, 0,
+                                  0.0, pr.args[0], 1e-3, 0, 0, "host/gan4", 5, False)
+    l4 = D.DMDGeneratorLoader.execute(model, g4.args[4])
+    k4 = D.DMDKSampler.execute(l4.args[0], 0, "from model", 1.0, cond, lat)
+    res["dmd2_options"] = {"timesteps": l4.args[3], "sigmas": len(l4.args[1]), "ksampler": k4.ui.as_dict()["text"][0],
+                           "meta": g4.args[0].model_options["tempo_dmd"]["gan_weight"]}
+
+    # 9. bad inputs
     res["errors"] = {
         "empty": err(lambda: D.DMDTrainerNode.execute(model, [], [[tn.class_cond(10), {}]], 64, 64, 1, 2, 1e-4, 1e-4, 3.0, 5,
                                                       999, 1, 0, 0.0, "", 0.0, 0, 0, "host/x", 5, False)),
@@ -553,6 +563,12 @@ def test_sdxl_architecture_lora_generator_at_399(inproc):
     x = inproc["sdxl"]
     assert x["finite"] and x["ct"] == 399, x
     assert x["patched"] > 10 and x["stock_vs_trainer"] < 1e-5, x
+
+
+def test_dmd2_multistep_and_gan_through_the_node(inproc):
+    o = inproc["dmd2_options"]
+    assert o["timesteps"] == "999,749,499,249" and o["sigmas"] == 5, o
+    assert o["ksampler"] == "DMD: 4 step(s) at t = [999, 749, 499, 249] (eps)" and o["meta"] == 1e-3, o
 
 
 def test_bad_inputs_in_process(inproc):
