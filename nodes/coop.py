@@ -275,9 +275,9 @@ class CoopGuider(comfy.samplers.CFGGuider):
         self._d_steps = [self.d_fn(i, n) for i in range(n)]
         self._active = any(v != 0 for v in self._d_steps)
         self._state = None
-        if self._active:
-            self._init_b(noise, latent_image, sigmas, seed)
         try:
+            if self._active:
+                self._init_b(noise, latent_image, sigmas, seed)
             out = super().inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
         finally:
             self.secondary.cleanup()
@@ -317,7 +317,6 @@ class CoopGuider(comfy.samplers.CFGGuider):
         s_a = float(timestep.flatten()[0])
         if not self._active or s_a <= 0 or self._state is None:
             return x0_a
-        n = len(self._d_steps)
         i = _step_index(s_a, self._sigmas)
         if not any(v != 0 for v in self._d_steps[i:]):
             return x0_a  # B can no longer contribute: stop carrying its chain
