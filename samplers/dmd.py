@@ -177,7 +177,57 @@ def sigma_c_of(conditioning_timestep: int, sigma_table: torch.Tensor) -> float:
     return float(timesteps_to_sigmas([conditioning_timestep], sigma_table, append_zero=False)[0])
 
 
+# --------------------------------------------------------------------------------------------------
+# generator files (written by training.dmd.DMDTrainer.save_generator)
+
+METADATA_KEYS = ("dmd.model_type", "dmd.conditioning_timestep", "dmd.timesteps", "dmd.format")
+
+
+def parse_dmd_metadata(meta: dict | None, num_timesteps: int = 1000) -> dict:
+    """Validate and parse a generator file's DMD metadata (safetensors string metadata):
+
+    ``dmd.model_type`` (eps | v | ve | flow), ``dmd.conditioning_timestep`` (int),
+    ``dmd.timesteps`` ("999,749,499,249"; its first entry is the conditioning timestep),
+    ``dmd.format`` (lora | full); optional ``dmd.lora_rank``, ``dmd.generator_steps``, ``dmd.ema``.
+    Returns {"model_type", "conditioning_timestep", "timesteps", "format", "lora_rank", "raw"}.
+    """
+    meta = dict(meta or {})
+    missing = [k for k in METADATA_KEYS if k not in meta]
+    if missing:
+        raise DMDSamplingError(f"metadata: the file has no DMD metadata {missing} (not written by the pack's "
+                               f"DMD trainer; give the conditioning timestep and steps by hand)")
+    model_type = meta["dmd.model_type"]
+    _check_type(model_type)
+    ts = parse_timesteps(meta["dmd.timesteps"], num_timesteps)
+    try:
+        tc = int(meta["dmd.conditioning_timestep"])
+    except ValueError:
+        raise DMDSamplingError(f"metadata: dmd.conditioning_timestep is not an integer: {meta['dmd.conditioning_timestep']!r}")
+    if tc != ts[0]:
+        raise DMDSamplingError(f"metadata: dmd.conditioning_timestep {tc} differs from the first of dmd.timesteps {ts}")
+    fmt = meta["dmd.format"]
+    if fmt not in ("lora", "full"):
+        raise DMDSamplingError(f"metadata: dmd.format must be 'lora' or 'full', got {fmt!r}")
+    return {"model_type": model_type, "conditioning_timestep": tc, "timesteps": ts, "format": fmt,
+            "lora_rank": int(meta.get("dmd.lora_rank", "0") or 0), "raw": meta}
+
+
+def read_dmd_metadata(path, num_timesteps: int = 1000) -> dict:
+    """``parse_dmd_metadata`` of a .safetensors file's header (the tensors are not loaded)."""
+    if not str(path).endswith(".safetensors"):
+        raise DMDSamplingError(f"path: expected a .safetensors file, got {str(path)!r}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+    except Exception as e:  # noqa: BLE001 - a clear message for any unreadable file
+        raise DMDSamplingError(f"path: {str(path)!r} is not a readable safetensors file ({e})") from None
+    return parse_dmd_metadata(meta, num_timesteps)
+
+
 __all__ = [
     "DMDSamplingError", "dmd2_timesteps", "parse_timesteps", "timesteps_to_sigmas", "input_scale", "noise_input",
-    "renoise", "sample_dmd", "sample_dmd_kdiff", "sigma_c_of",
+    "renoise", "sample_dmd", "sample_dmd_kdiff", "sigma_c_of", "parse_dmd_metadata", "read_dmd_metadata",
+    "METADATA_KEYS",
 ]

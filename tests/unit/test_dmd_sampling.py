@@ -118,3 +118,29 @@ def test_kdiff_signature_matches_sample_dmd():
         seen = []
         b = SD.sample_dmd_kdiff(net, x, sig, noise_sampler=ns_factory(), callback=lambda d: seen.append(d["i"]))
     assert torch.equal(a, b) and seen == [0, 1, 2, 3]
+
+
+def test_generator_file_metadata(tmp_path):
+    from safetensors.torch import save_file
+
+    from comfyui_tempo.testbed.exact import ring_mixture
+
+    torch.manual_seed(0)
+    cfg = D.DMDConfig(model_type="ve", real_guidance_scale=1.0, denoising_timesteps=(999, 749, 499, 249))
+    tr = D.DMDTrainer(ring_mixture(), MLPDenoiser(2, 8, 1), MLPDenoiser(2, 8, 1), (2,), cfg)
+    path = tmp_path / "gen.safetensors"
+    tr.save_generator(path, prefix="", metadata={"note": "x"})
+    m = SD.read_dmd_metadata(path)
+    assert m["timesteps"] == [999, 749, 499, 249] and m["conditioning_timestep"] == 999
+    assert m["model_type"] == "ve" and m["format"] == "full" and m["raw"]["note"] == "x"
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="^metadata"):
+        SD.read_dmd_metadata(tmp_path / "plain.safetensors")
+    with pytest.raises(ValueError, match="^path"):
+        SD.read_dmd_metadata(tmp_path / "gen.ckpt")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="^path"):
+        SD.read_dmd_metadata(tmp_path / "bad.safetensors")
+    bad = dict(m["raw"], **{"dmd.conditioning_timestep": "399"})
+    with pytest.raises(ValueError, match="^metadata"):
+        SD.parse_dmd_metadata(bad)
