@@ -497,7 +497,35 @@ with torch.inference_mode():
     res["dmd2_options"] = {"timesteps": l4.args[3], "sigmas": len(l4.args[1]), "ksampler": k4.ui.as_dict()["text"][0],
                            "meta": g4.args[0].model_options["tempo_dmd"]["gan_weight"]}
 
-    # 9. bad inputs
+    # 9. the shipped testbed generator (training/distill_testbed.py, flat dmd.* metadata) through the loader:
+    #    the same one-step samples as the plain-PyTorch generator, classified by the shipped classifier
+    shipped = os.path.join(os.path.dirname(os.path.dirname(D.__file__)), "testbed", "weights", "dmd_onestep.safetensors")
+    if os.path.isfile(shipped):
+        from comfyui_tempo.training import distill_testbed as DT
+        from comfyui_tempo.testbed import classifier as CL
+        os.makedirs(os.path.join(folder_paths.models_dir, "dmd_generators"), exist_ok=True)
+        shutil.copy(shipped, os.path.join(folder_paths.models_dir, "dmd_generators", "testbed_dmd_onestep.safetensors"))
+        sl = D.DMDGeneratorLoader.execute(model, "testbed_dmd_onestep.safetensors")
+        per = 8
+        node_x, labels, zs = [], [], []
+        for c in range(10):
+            lat_c = {"samples": torch.zeros(per, 4, 8, 8)}
+            node_x.append(D.DMDKSampler.execute(sl.args[0], 100 + c, "from model", 1.0, [[tn.class_cond(c), {}]], lat_c).args[0]["samples"])
+            zs.append(comfy.sample.prepare_noise(lat_c["samples"], 100 + c))
+            labels.append(torch.full((per,), c, dtype=torch.long))
+        node_x, labels, zs = torch.cat(node_x), torch.cat(labels), torch.cat(zs)
+        with torch.inference_mode(False):
+            den, meta = DT.load_generator(shipped, tb)
+            ref = DT.one_step_samples(den, zs, labels)
+            clf = CL.load()
+            _, pred = clf.embed(tb.decode(node_x).float().clamp(0, 1))
+            _, pred_t = clf.embed(tb.decode(D.DMDKSampler.execute(model, 7, "999", 1.0, [[tn.class_cond(3), {}]],
+                                                                   {"samples": torch.zeros(per, 4, 8, 8)}).args[0]["samples"]).float().clamp(0, 1))
+        res["shipped"] = {"vs_torch": float((node_x - ref).abs().max() / ref.abs().max()), "ct": sl.args[2],
+                          "class_acc": float((pred.cpu() == labels).float().mean()),
+                          "teacher_one_step_acc_class3": float((pred_t.cpu() == 3).float().mean())}
+
+    # 10. bad inputs
     res["errors"] = {
         "empty": err(lambda: D.DMDTrainerNode.execute(model, [], [[tn.class_cond(10), {}]], 64, 64, 1, 2, 1e-4, 1e-4, 3.0, 5,
                                                       999, 1, 0, 0.0, "", 0.0, 0, 0, "host/x", 5, False)),
@@ -569,6 +597,18 @@ def test_dmd2_multistep_and_gan_through_the_node(inproc):
     o = inproc["dmd2_options"]
     assert o["timesteps"] == "999,749,499,249" and o["sigmas"] == 5, o
     assert o["ksampler"] == "DMD: 4 step(s) at t = [999, 749, 499, 249] (eps)" and o["meta"] == 1e-3, o
+
+
+def test_shipped_testbed_generator_loads_and_keeps_its_classes(inproc):
+    """The generator distilled in plain PyTorch (testbed/weights/dmd_onestep.safetensors) through DMD Generator
+    Loader + DMD KSampler: the same samples as its own one-step function, the classes right (issue 5: >= 0.8)."""
+    sh = inproc.get("shipped")
+    if sh is None:
+        pytest.skip("testbed/weights/dmd_onestep.safetensors is not in this checkout")
+    assert sh["ct"] == 999 and sh["vs_torch"] < 1e-5, sh
+    assert sh["class_acc"] >= 0.8, sh
+    # control: the undistilled teacher evaluated once from pure noise does not give the class (0.0 measured)
+    assert sh["teacher_one_step_acc_class3"] < 0.5, sh
 
 
 def test_bad_inputs_in_process(inproc):
