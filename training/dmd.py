@@ -823,21 +823,16 @@ class DMDTrainer:
                 loss = loss + cfg.regression_weight * loss_reg
                 out["loss_reg"] = float(loss_reg.detach())
             if cfg.gen_cls_loss_weight > 0:
-                # the critic is frozen for this loss: its gradient reaches the generator only
-                # (DMD2 generator_turn sets guidance_model.requires_grad_(False))
-                crit = self._critic_params()
-                flags = [p.requires_grad for p in crit]
-                for p in crit:
-                    p.requires_grad_(False)
-                try:
-                    loss_gan = _gan.gen_gan_loss(self.gan_logits(x, cond))
-                finally:
-                    for p, f in zip(crit, flags):
-                        p.requires_grad_(f)
+                loss_gan = _gan.gen_gan_loss(self.gan_logits(x, cond))
                 loss = loss + cfg.gen_cls_loss_weight * loss_gan
                 out["loss_gen_cls"] = float(loss_gan.detach())
+            # gradients w.r.t. the generator only: the critic is not updated by the generator's
+            # losses (DMD2's generator_turn sets guidance_model.requires_grad_(False); toggling
+            # requires_grad would break gradient checkpointing's recomputation, autograd.grad does not)
             self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
+            grads = torch.autograd.grad(loss, g_params, allow_unused=True)
+            for p, gr in zip(g_params, grads):
+                p.grad = gr
             out["grad_norm_g"] = float(torch.nn.utils.clip_grad_norm_(g_params, cfg.max_grad_norm))
             self.opt_g.step()
             self.sched_g.step()

@@ -303,6 +303,14 @@ def test_gan_head_learns_to_tell_generator_from_real():
     print("critic loss first", crit[:3], "last 20 mean", late)
     assert late < 0.8 * 2 * math.log(2)
     assert all("loss_gen_cls" in l for l in logs[::2])
+    # the generator's GAN loss moves the generator only, never the critic
+    frozen = _ring_small_trainer(teacher, gen_cls_loss_weight=1.0, gan_feature_module="body.3", real_data=real,
+                                 train_fake_score=False)
+    crit0 = [p.detach().clone() for p in frozen._critic_params()]
+    g0 = [p.detach().clone() for p in frozen.generator.parameters()]
+    frozen.step()
+    assert all(p.grad is None and torch.equal(p, q) for p, q in zip(frozen._critic_params(), crit0))
+    assert any(not torch.equal(p, q) for p, q in zip(frozen.generator.parameters(), g0))
     # the tap stops the forward at the feature module: the output layer is not run
     ran = []
     h = tr.fake_score.out.register_forward_hook(lambda *a: ran.append(1))
@@ -482,6 +490,15 @@ def test_autocast_noop_on_cpu_and_gradient_checkpointing_same_gradients():
         gradient_checkpointing=True))
     out = tr.step()
     assert "loss_dm" in out and "loss_fake" in out
+    # every option at once: LoRA, GAN tap inside a checkpointed block, multi-step, CFG
+    tr = D.DMDTrainer.from_teacher(_tiny_unet_denoiser(), (4, 8, 8), D.DMDConfig(
+        model_type="eps", real_guidance_scale=2.0, batch_size=2, dfake_gen_update_ratio=1, warmup_steps=0,
+        gradient_checkpointing=True, lora_rank=2, gen_cls_loss_weight=1e-3, guidance_cls_loss_weight=1e-2,
+        gan_feature_module="net.mid.2", denoising_timesteps=(999, 499)), conditioning=[1, 2], uncond=10,
+        real_data=torch.randn(8, 4, 8, 8), real_cond_index=torch.arange(8) % 2)
+    for _ in range(3):
+        out = tr.step()
+        assert all(math.isfinite(out[k]) for k in ("loss_dm", "loss_gen_cls", "loss_guidance_cls", "loss_fake"))
 
 
 def test_ema_option_averages_generator_and_resumes(tmp_path):
