@@ -88,6 +88,17 @@ with torch.inference_mode():
                                             "timestep", 500, 1.0, "auto", 0, 0, 1.0, "bilinear")
         R["td_same"][name] = bool(torch.equal(ref, td.args[0]["samples"]))
         R["td_text"] = td.ui.as_dict()["text"][0]
+    # the step-index split users build today (a KSamplerAdvanced pair, same model): history and noise restart
+    R["ksa_pair"] = {}
+    for name in ["euler", "dpmpp_2m", "euler_ancestral"]:
+        ref20 = nodes.common_ksampler(m, 3, 20, 5.0, name, "normal", pos, neg, lat)[0]["samples"]
+        a = nodes.KSamplerAdvanced().sample(m, "enable", 3, 20, 5.0, name, "normal", pos, neg, lat, 0, 10, "enable")[0]
+        b = nodes.KSamplerAdvanced().sample(m, "disable", 3, 20, 5.0, name, "normal", pos, neg, a, 10, 10000, "disable")[0]
+        td20 = C.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 20, name, "normal", 1.0,
+                                              "timestep", 500, 1.0, "auto", 0, 0, 1.0, "bilinear").args[0]["samples"]
+        R["ksa_pair"][name] = {"pair_equal": bool(torch.equal(ref20, b["samples"])),
+                               "pair_psnr": psnr(decode(v, b["samples"]), decode(v, ref20)),
+                               "single_run_equal": bool(torch.equal(ref20, td20))}
     # both stages the same model but different classes: texture class changes the result, structure class too
     ref3 = nodes.common_ksampler(m, 3, 20, 5.0, "euler", "normal", pos, neg, lat)[0]["samples"]
     td37 = C.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, [[tn.class_cond(7), {}]], neg, 5.0, lat, 3, 20, "euler",
@@ -268,6 +279,19 @@ def test_time_decoupled_same_model_is_plain_ksampler_bit_for_bit(coop_result):
     assert "one run" in coop_result["td_text"] and "VAE 0 calls" in coop_result["td_text"]
     # the texture stage's own conditioning reaches the model
     assert coop_result["td_texture_changes"] > 1e-3
+
+
+def test_single_run_switch_keeps_what_a_step_index_split_loses(coop_result):
+    """Why the same-space switch happens inside one sampler run: a KSamplerAdvanced pair at step 10 of 20
+    is exact only for a single-step deterministic sampler (euler); multistep samplers lose their history
+    and ancestral ones restart their noise. The Time-Decoupled Sampler's single run stays bit for bit."""
+    r = coop_result["ksa_pair"]
+    print("\nKSamplerAdvanced pair vs one run (decoded PSNR, dB): "
+          + ", ".join(f"{k} {v['pair_psnr']:.1f}" for k, v in r.items()))
+    assert all(v["single_run_equal"] for v in r.values()), r
+    assert r["euler"]["pair_equal"], r
+    assert not r["dpmpp_2m"]["pair_equal"] and not r["euler_ancestral"]["pair_equal"], r
+    assert r["euler_ancestral"]["pair_psnr"] < r["dpmpp_2m"]["pair_psnr"], r
 
 
 def test_time_decoupled_bridged_handoff_stays_close_to_the_plain_run(coop_result):
