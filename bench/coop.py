@@ -13,6 +13,8 @@ noise_lag1_corr, wall_s, plus case-specific ones):
   (the best is marked ``best``), and ours (low res to the switch, noisy bridge, high res
   continues). nfe = nfe_lr + nfe_hr; ``hr_equiv`` counts a 32 px call as 1/4 of a 64 px call.
   ``lr_upscaled`` is the 32 px final image upscaled (composition agreement).
+* ``resolution_split``: the four routes at the same split of one schedule (k low-res steps, n - k
+  high-res steps: equal NFE and equal cost), for several k; ours switches at sigma_{k-1}.
 * ``cross_space``: real TAESD pairs on scikit-image photos: taesd -> taesdxl bridged image vs a
   decode-encode-decode round trip, taesd -> taesd3 (4 -> 16 channels).
 * ``coop_fusion``: Algorithm 1 (``coop_sample_euler``) of the testbed (AE1, 32 px) as A and
