@@ -348,7 +348,9 @@ class CoopGuider(comfy.samplers.CFGGuider):
         return (
             f"Coop-Diffusion: {st.get('steps', 0)} steps, NFE A {st.get('nfe_a', 0)} + B {st.get('nfe_b', 0)} "
             f"({(st.get('nfe_a', 0) + st.get('nfe_b', 0)) / n:.2f} per step); VAE {dec} decodes + {enc} encodes "
-            f"({(dec + enc) / n:.2f} per step; {self.vae_a.name} / {self.vae_b.name})"
+            f"({(dec + enc) / n:.2f} per step; {self.vae_a.name} / {self.vae_b.name}); "
+            f"d > 0 on {sum(1 for v in getattr(self, '_d_steps', []) if v != 0)} of {st.get('steps', 0)} steps "
+            f"(max {max(getattr(self, '_d_steps', [0.0]) or [0.0]):.2f})"
         )
 
 
