@@ -99,9 +99,17 @@ class LoRALayer(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.base.weight
 
+
     @property
     def bias(self):
         return self.base.bias
+
+    def __setattr__(self, name, value):
+        # code that sets ``layer.weight`` / ``layer.bias`` (ComfyUI's set_attr) reaches the base layer
+        if name in ("weight", "bias") and "base" in self._modules:
+            setattr(self._modules["base"], name, value)
+        else:
+            super().__setattr__(name, value)
 
     @property
     def scale(self) -> float:

@@ -179,6 +179,11 @@ def test_target_selection_and_subclasses():
     x = torch.randn(5, 6)
     with torch.no_grad():
         assert torch.equal(a(x), net(x))
+    # setting .weight on a wrapped layer (as ComfyUI's set_attr does) reaches its base layer
+    lay = L.lora_layers(a)["ff"]
+    neww = nn.Parameter(torch.zeros(6, 6), requires_grad=False)
+    lay.weight = neww
+    assert lay.base.weight is neww and lay.weight is neww and net.ff.weight is not neww
     # norms and the depthwise conv stay shared and frozen
     assert a.norm.weight is net.norm.weight and a.dw.weight is net.dw.weight
     with pytest.raises(ValueError, match="^rank"):
