@@ -117,10 +117,10 @@ def case_noise_white(st: Setup, taesd_dir, log=print) -> list[dict]:
                         generator=torch.Generator().manual_seed(5), extra_args=st.extra)
     wall = time.perf_counter() - t0
     resid = (nb.x - nb.x0) / nb.sigma.view(-1, 1, 1, 1)
-    rows.append({"case": "noise_white", "method": "noisy_bridge", "model": "testbed", "nfe": 1, "vae_calls": 2,
+    rows.append({"case": "noise_white", "method": "noisy_bridge (testbed)", "model": "testbed", "nfe": 1, "vae_calls": 2,
                  "wall_s": wall, "setting": f"t=500 sigma={float(sk):.3f} 32->64px", **_noise_stats(resid)})
     r_up = D.upscale_latent((x - nb.x0_source) / sk)
-    rows.append({"case": "noise_white", "method": "latent_upscale_bilinear", "model": "testbed", "nfe": 0,
+    rows.append({"case": "noise_white", "method": "latent_upscale_bilinear (testbed)", "model": "testbed", "nfe": 0,
                  "vae_calls": 0, "wall_s": 0.0, "setting": "x2 bilinear of the same noisy latent", **_noise_stats(r_up)})
     if taesd_dir is None:
         rows.append({"case": "noise_white", "method": "noisy_bridge", "model": "taesd", "setting": "skipped",
@@ -138,10 +138,10 @@ def case_noise_white(st: Setup, taesd_dir, log=print) -> list[dict]:
     nb = C.bridge_noisy(xb, sk, oracle, vae, vae, st.sched, st.sched, size=(256, 256),
                         generator=torch.Generator().manual_seed(4))
     wall = time.perf_counter() - t0
-    rows.append({"case": "noise_white", "method": "noisy_bridge", "model": "taesd", "nfe": 0, "vae_calls": 2,
+    rows.append({"case": "noise_white", "method": "noisy_bridge (taesd)", "model": "taesd", "nfe": 0, "vae_calls": 2,
                  "wall_s": wall, "setting": "t=500 oracle x0, 128->256px",
                  **_noise_stats((nb.x - nb.x0) / nb.sigma.view(-1, 1, 1, 1))})
-    rows.append({"case": "noise_white", "method": "latent_upscale_bilinear", "model": "taesd", "nfe": 0,
+    rows.append({"case": "noise_white", "method": "latent_upscale_bilinear (taesd)", "model": "taesd", "nfe": 0,
                  "vae_calls": 0, "wall_s": 0.0, "setting": "x2 bilinear",
                  **_noise_stats(D.upscale_latent((xb - z0) / sk))})
     return rows
@@ -358,7 +358,7 @@ def case_coop_fusion(st: Setup, quick: bool, log=print) -> list[dict]:
             img = st.v1.decode_model(out_a)
             base[d] = img
             pa, pb = psnr_db(img, img_a), psnr_db(img, img_b)
-            rows.append({"case": "coop_fusion", "method": f"coop d={d:g}", "b_px": b_px, "nfe": ca.nfe + cb.nfe,
+            rows.append({"case": "coop_fusion", "method": f"coop d={d:g}, B {b_px}px", "b_px": b_px, "nfe": ca.nfe + cb.nfe,
                          "nfe_per_step": (ca.nfe + cb.nfe) / n, "vae_calls": calls, "vae_calls_per_step": calls / n,
                          "psnr_db": float(pa.mean()), "psnr_to_b": float(pb.mean()),
                          "mse_to_a": float((img - img_a).pow(2).mean()), "mse_to_b": float((img - img_b).pow(2).mean()),
@@ -366,7 +366,7 @@ def case_coop_fusion(st: Setup, quick: bool, log=print) -> list[dict]:
                          "setting": f"A testbed 32px, B testbed-hr {b_px}px, {n} steps; psnr_db vs A alone"})
             log(f"  coop B {b_px}px d={d:g}: vs A {float(pa.mean()):.2f} dB, vs B {float(pb.mean()):.2f} dB,"
                 f" {calls / n:.0f} VAE calls/step")
-        rows.append({"case": "coop_fusion", "method": "B alone", "b_px": b_px, "nfe": n, "vae_calls": 1,
+        rows.append({"case": "coop_fusion", "method": f"B alone, {b_px}px", "b_px": b_px, "nfe": n, "vae_calls": 1,
                      "psnr_db": float(psnr_db(img_b, img_a).mean()), "wall_s": None,
                      "setting": f"testbed-hr {b_px}px decoded (resized to 32px) vs A alone"})
         # cheap bridge VAE inside the loop (the real VAEs for the final decode)
