@@ -367,7 +367,7 @@ def case_coop_fusion(st: Setup, quick: bool, log=print) -> list[dict]:
             log(f"  coop B {b_px}px d={d:g}: vs A {float(pa.mean()):.2f} dB, vs B {float(pb.mean()):.2f} dB,"
                 f" {calls / n:.0f} VAE calls/step")
         rows.append({"case": "coop_fusion", "method": f"B alone, {b_px}px", "b_px": b_px, "nfe": n, "vae_calls": 1,
-                     "psnr_db": float(psnr_db(img_b, img_a).mean()), "wall_s": None,
+                     "psnr_db": float(psnr_db(img_b, img_a).mean()),
                      "setting": f"testbed-hr {b_px}px decoded (resized to 32px) vs A alone"})
         # cheap bridge VAE inside the loop (the real VAEs for the final decode)
         if b_px == 32:
@@ -455,8 +455,7 @@ def add_parser(bench_sub) -> None:
 def _find_taesd(arg):
     from ..bridges.vae import taesd_dir
 
-    for cand in (arg, os.environ.get("TEMPO_TAESD_DIR"), Path(__file__).resolve().parents[2] / "shared/assets/taesd",
-                 "/work/shared/assets/taesd"):
+    for cand in (arg, os.environ.get("TEMPO_TAESD_DIR"), Path(__file__).resolve().parents[2] / "shared/assets/taesd"):
         if cand and (Path(cand) / "taesd_decoder.safetensors").is_file():
             return Path(cand)
     return taesd_dir(None)
@@ -489,6 +488,9 @@ def run(args) -> dict:
         else:
             raise SystemExit(f"--cases: unknown case {name!r}")
         log(f"  ({time.perf_counter() - t0:.0f}s)")
+    for r in rows:  # every row carries the columns (None where a case does not measure one)
+        for key in ("nfe", "vae_calls", "psnr_db", "noise_std_ratio", "noise_lag1_corr", "wall_s"):
+            r.setdefault(key, None)
     meta = {"batch": int(st.cond.numel()), "cfg": st.cfg, "steps": st.steps, "scheduler": st.scheduler,
             "sampler": "euler", "taesd": str(taesd) if taesd else None, "quick": quick,
             "total_s": round(time.perf_counter() - t_all, 1), "torch": torch.__version__,
@@ -501,7 +503,7 @@ def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args)
-    print_table(result["rows"], COLUMNS)
+    print_table([{k: ("" if v is None else v) for k, v in r.items()} for r in result["rows"]], COLUMNS)
     if args.json:
         write_json(args.json, result)
     return 0

@@ -201,3 +201,24 @@ def test_linear_vae_is_a_cheap_stand_in(tbs):
     # the linear decoder of the real latents, and the linear encoder into the real decoder
     assert float(B.psnr_db(lin.decode_model(z), held[:64]).mean()) > 16.0
     assert float(B.psnr_db(v1.decode_model(lin.encode_model(held[:64])), held[:64]).mean()) > 16.0
+
+
+def test_bench_coop_cli_writes_rows_and_the_noise_claim(tmp_path):
+    """`comfyui-tempo bench coop --quick` (two cases): the JSON has the issue's columns, and the
+    noise after the noisy bridge is white at the level while a bilinear latent upscale is not."""
+    import json
+
+    from comfyui_tempo import cli
+
+    out = tmp_path / "coop.json"
+    assert cli.main(["bench", "coop", "--quick", "--quiet", "--cases", "noise_white,time_decoupled",
+                     "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    for key in ("case", "method", "nfe", "vae_calls", "psnr_db", "noise_std_ratio", "noise_lag1_corr", "wall_s"):
+        assert all(key in r for r in rows), key
+    noise = {r["method"]: r for r in rows if r["case"] == "noise_white" and r.get("model") == "testbed"}
+    ours, up = noise["noisy_bridge (testbed)"], noise["latent_upscale_bilinear (testbed)"]
+    assert ours["std_worst"] < 0.05 and abs(ours["noise_lag1_corr"]) < 0.03  # 3 images: loose bounds
+    assert 0.5 < up["noise_std_ratio"] < 0.75 and 0.6 < up["noise_lag1_corr"] < 0.85
+    same = [r for r in rows if r["case"] == "time_decoupled" and r["method"].startswith("same model")]
+    assert same and same[0]["identical"] is True
