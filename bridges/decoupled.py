@@ -40,7 +40,6 @@ from .core import (
     bridge_noisy,
     convert_noisy,
     match_sigma,
-    renoise,
 )
 from .vae import BridgeVAE
 
@@ -407,10 +406,6 @@ class HandoffResult:
     def hr_equiv(self, pixel_ratio: float = 4.0) -> float:
         """Cost in high-res network calls: a low-res call costs 1 / pixel_ratio of one."""
         return self.nfe_hr + self.nfe_lr / pixel_ratio
-
-
-def _euler(den, x, sigmas, extra):
-    return kdiff.sample_euler(den, x, sigmas, extra_args=extra)
 
 
 def route_reference(den_hr, noise_hr, sigmas, extra=None, sampler=kdiff.sample_euler) -> HandoffResult:
