@@ -207,7 +207,9 @@ def regression_pairs(tb, per_class: int, seed: int, conditioning_timestep: int =
 def _eval(tb, clf, denoiser, ref, t_c: int) -> dict:
     from . import eval as E
 
-    z, cond, ref_feat = ref
+    z_ref, cond, ref_feat = ref
+    # other noise than the reference's (the generator learns the teacher's noise-to-sample map)
+    z = torch.randn(z_ref.shape, generator=torch.Generator().manual_seed(20_000))
     with torch.no_grad():
         lat = one_step_samples(denoiser, z, cond, t_c)
         feat, pred = clf.embed(tb.decode(lat))
