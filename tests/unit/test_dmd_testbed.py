@@ -176,3 +176,27 @@ def test_smoke_training_changes_generator_and_file_round_trip(tmp_path):
     save_file({"x": torch.zeros(1)}, str(bad))
     with pytest.raises(ValueError, match="^path"):
         DT.load_generator(bad, tb)
+
+
+# ------------------------------------------------------------------------------------------------
+# the benchmark command
+
+
+def test_bench_dmd_cli_writes_rows(tmp_path, capsys):
+    _need(classifier.WEIGHTS_FILE)
+    import json
+
+    from comfyui_tempo.cli import main
+
+    out = tmp_path / "dmd.json"
+    assert main(["bench", "dmd", "--cases", "testbed", "--per-class", "3", "--quiet", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    keys = {"case", "method", "nfe", "modes_covered", "modes_total", "swd", "fd_vs_teacher", "class_acc",
+            "diversity", "wall_s"}
+    assert all(keys <= set(r) for r in rows)
+    methods = [r["method"] for r in rows]
+    assert any("noise floor" in m for m in methods) and any("generator at init" in m for m in methods)
+    if DT.GENERATOR_FILE.is_file():
+        dmd = next(r for r in rows if r["method"].startswith("DMD one-step"))
+        assert dmd["nfe"] == 1 and dmd["class_acc"] > 0.5
+    assert "fd_vs_teacher" in capsys.readouterr().out
