@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..bridges import core as C
 from ..bridges import decoupled as D
@@ -184,6 +185,16 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
     rows.append({"case": "resolution", "method": "lr_upscaled", "nfe": n, "nfe_lr": n, "nfe_hr": 0,
                  "hr_equiv": n / 4, "vae_calls": 1, **_psnr_cols(_upsample_img(dec(z_lr)), img_ref),
                  "setting": "32px final, decoded, bicubic x2 (composition agreement)"})
+
+    # the floor for anything that knows only the low-res noise: the full 64 px run from other 64 px
+    # noise with the same 2x2 block means (so the same 32 px noise)
+    w = torch.randn(noise_hr.shape, generator=torch.Generator().manual_seed(77))
+    w = w - F.interpolate(F.avg_pool2d(w, 2), scale_factor=2, mode="nearest")
+    noise_alt = F.interpolate(F.avg_pool2d(noise_hr, 2), scale_factor=2, mode="nearest") + w
+    alt = D.route_reference(st.denh, noise_alt, sig, st.extra)
+    rows.append({"case": "resolution", "method": "hr_same_lr_noise", "nfe": n, "nfe_lr": 0, "nfe_hr": n,
+                 "hr_equiv": float(n), "vae_calls": 0, **_psnr_cols(dec(alt.x), img_ref),
+                 "setting": "64px from other noise with the same 2x2 block means (floor for the 32px noise alone)"})
 
     def add(route, method, r, wall, setting):
         row = {"case": "resolution", "method": method, "route": route, "nfe": r.nfe, "nfe_lr": r.nfe_lr,
