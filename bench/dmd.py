@@ -53,7 +53,7 @@ LATENT = dict(dim=256, shape=(4, 8, 8), model_type="eps", modes=6, std=0.3, teac
               config=dict(model_type="eps", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=128,
                           generator_lr=5e-4, fake_lr=2e-3, warmup_steps=50, sigma_data=1.0, seed=0,
                           regression_weight=0.25, regression_loss="l2"),
-              runs=[("DMD one-step + regression 0.25 (L2), 1:1", 2000, {}),
+              runs=[("DMD one-step + regression 0.25 (L2), 1:1", 2000, dict(ema_decay=0.99)),
                     ("control: real score only", 500, dict(regression_weight=0.0, use_fake_score=False)),
                     ("control: frozen fake score", 500, dict(regression_weight=0.0, train_fake_score=False))])
 
@@ -126,12 +126,15 @@ def mixture_rows(case: dict, log=print, steps_scale: float = 1.0) -> list[dict]:
         t1 = time.perf_counter()
         tr.train(max(1, int(steps * steps_scale)))
         train_s = time.perf_counter() - t1
-        x, wall = timed(tr.sample, n, None, torch.Generator().manual_seed(7))
-        r = _row(name, label, 1, wall_s=wall, train_s=train_s, train_steps=tr.step_count, **stats(x))
-        r["swd_vs_teacher_ode"] = r["swd"] / teacher_row["swd"]
-        log(f"[{name}] {label}: {r['modes_covered']}/{r['modes_total']} modes, SWD {r['swd']:.4f} "
-            f"({r['swd_vs_teacher_ode']:.2f}x the teacher ODE's; {train_s:.0f}s)")
-        rows.append(r)
+        # raw weights (the faithful generator); with ema_decay also the EMA weights (the pack's option)
+        for use_ema in ((False, True) if cfg.ema_decay > 0 else (False,)):
+            x, wall = timed(tr.sample, n, None, torch.Generator().manual_seed(7), use_ema=use_ema)
+            lab = label + (f", EMA {cfg.ema_decay:g}" if use_ema else "")
+            r = _row(name, lab, 1, wall_s=wall, train_s=train_s, train_steps=tr.step_count, **stats(x))
+            r["swd_vs_teacher_ode"] = r["swd"] / teacher_row["swd"]
+            log(f"[{name}] {lab}: {r['modes_covered']}/{r['modes_total']} modes, SWD {r['swd']:.4f} "
+                f"({r['swd_vs_teacher_ode']:.2f}x the teacher ODE's; {train_s:.0f}s)")
+            rows.append(r)
     return rows
 
 
