@@ -1,6 +1,6 @@
 """`comfyui-tempo`: the pack's algorithms without ComfyUI.
 
-  comfyui-tempo demo [--out DIR]            AdaptiveDiffusion on the bundled testbed: image grid + metrics
+  comfyui-tempo demo [--out DIR]            AdaptiveDiffusion and the DMD one-step generator on the bundled testbed: grids + metrics
   comfyui-tempo bench adaptive [--json F]   the AdaptiveDiffusion benchmark table
   comfyui-tempo bench coop [--json F]       Coop-Diffusion bridges, resolution hand-off, fusion, time-decoupled
   comfyui-tempo bench dmd [--json F]        DMD one-step generators against their teachers
@@ -106,10 +106,55 @@ def _demo(args) -> int:
             "table": table,
         },
     )
+    dmd = _demo_dmd(args, problem, full, runs["full"][2], runs["full"][1].nfe, scale)
     with open(os.path.join(args.out, "metrics.md"), "w") as f:
         f.write(f"# {problem.name}, {args.sampler}, {args.steps} steps\n\n```\n{table}\n```\n")
-    print(f"\nwrote {grid_path} (rows: classes 0-9; columns per seed: {', '.join(order)}), {plot_path}, {metrics_path}")
+        f.write(f"\n# DMD one-step generator (shipped) beside the teacher's {args.steps} steps\n\n```\n{dmd['table']}\n```\n")
+    write_json(os.path.join(args.out, "dmd.json"), dmd)
+    print(f"\nwrote {grid_path} (rows: classes 0-9; columns per seed: {', '.join(order)}), {plot_path}, {metrics_path}, "
+          f"{dmd['grid']} (columns per seed: teacher, DMD one-step), dmd.json")
     return 0
+
+
+def _demo_dmd(args, problem, teacher_latents, teacher_wall: float, teacher_nfe: int, scale: int) -> dict:
+    """The shipped DMD one-step generator on the demo's noise and classes, beside the teacher's full
+    CFG run: class accuracy (the evaluation classifier), NFE and wall time; a second grid."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .bench.common import print_table
+    from .testbed import classifier as C
+    from .training import distill_testbed as DT
+
+    gen, meta = DT.load_generator(DT.GENERATOR_FILE)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        latents = DT.one_step_samples(gen, problem.noise, problem.cond, meta["conditioning_timestep"])
+    wall = time.perf_counter() - t0
+    clf = C.load()
+    imgs = {"teacher": problem.decode(teacher_latents), "dmd_onestep": problem.decode(latents)}
+    rows = []
+    for name, nfe, w in (("teacher", teacher_nfe, teacher_wall), ("dmd_onestep", 1, wall)):
+        with torch.no_grad():
+            pred = clf.embed(imgs[name])[1]
+        rows.append({"method": name, "nfe": nfe, "class_acc": float((pred == problem.cond).float().mean()),
+                     "wall_s": w, "speedup_wall": teacher_wall / w})
+    table = print_table(rows, ["method", "nfe", "class_acc", "wall_s", "speedup_wall"])
+    tiles = []
+    for c in range(10):
+        row = []
+        for s in range(args.seeds):
+            b = c * args.seeds + s
+            row += [imgs["teacher"][b], imgs["dmd_onestep"][b], torch.ones_like(imgs["teacher"][b][:, :, :2])]
+        tiles.append(torch.cat(row[:-1], dim=2))
+    grid = torch.cat(tiles, dim=1).permute(1, 2, 0).clamp(0, 1).numpy()
+    path = os.path.join(args.out, "dmd_grid.png")
+    Image.fromarray((grid * 255).round().astype(np.uint8)).resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+    ).save(path)
+    return {"generator": str(DT.GENERATOR_FILE.name), "conditioning_timestep": meta["conditioning_timestep"],
+            "rows": rows, "table": table, "grid": path}
 
 
 def main(argv=None) -> int:
@@ -117,7 +162,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="comfyui-tempo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="AdaptiveDiffusion on the bundled testbed: an image grid and a metrics table")
+    demo = sub.add_parser("demo", help="AdaptiveDiffusion and the DMD one-step generator on the bundled testbed: image grids and metrics tables")
     demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     demo.add_argument("--sampler", default="euler", help="euler, heun, dpm_2, dpmpp_2m or euler_ancestral")
     demo.add_argument("--steps", type=int, default=50)
