@@ -45,7 +45,7 @@ from . import lora as _lora
 
 MODEL_TYPES = ("eps", "v", "ve", "flow")
 FAKE_WEIGHTINGS = ("auto", "eps", "v", "edm", "flow", "x0")
-REGRESSION_LOSSES = ("pseudo_huber", "l2")
+REGRESSION_LOSSES = ("pseudo_huber", "l2", "lpips")
 
 
 class DMDConfigError(ValueError):
@@ -175,7 +175,9 @@ class DMDConfig:
     sigma_data: data standard deviation of the "edm" weighting (0.5 in EDM).
     regression_weight: lambda_reg of DMD1's regression loss on teacher ODE pairs (DMD1 0.25; 0 =
         off, DMD2). regression_loss: "pseudo_huber" (iCT, c = 0.00054 sqrt(d), the offline
-        stand-in for LPIPS, dmd.md 4.1) or "l2" (mean squared error). regression_batch_size: pairs
+        stand-in for LPIPS, dmd.md 4.1), "l2" (mean squared error), or "lpips" (DMD1's loss: LPIPS on
+        decoded images; the trainer then needs ``regression_loss_fn``, e.g. ``training.lpips.LatentLPIPS``
+        built from weight files the user has). regression_batch_size: pairs
         per generator update (default ``batch_size``).
     use_fake_score, train_fake_score: ablation switches for the control runs only (dmd.md 4.2):
         use_fake_score=False drops the fake score from the DM gradient ("real score only", SDS-like);
@@ -403,6 +405,8 @@ def regression_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "pseud
     L2 (mean squared error)."""
     if kind == "l2":
         return F.mse_loss(pred, target)
+    if kind == "lpips":
+        raise DMDConfigError("regression_loss: 'lpips' needs the decoder and weights: use training.lpips.LatentLPIPS")
     if kind != "pseudo_huber":
         raise DMDConfigError(f"regression_loss: expected one of {REGRESSION_LOSSES}, got {kind!r}")
     d = (pred - target).reshape(pred.shape[0], -1)
@@ -523,6 +527,7 @@ class DMDTrainer:
         sigmas: torch.Tensor | None = None,
         flow_shift: float = 1.0,
         regression_pairs: RegressionPairs | None = None,
+        regression_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         real_data: Any = None,
         real_cond_index: torch.Tensor | None = None,
         progress: Callable[[int, int, dict], None] | None = None,
@@ -551,6 +556,10 @@ class DMDTrainer:
                 raise DMDConfigError("regression_pairs: noise and target must both be [N, *latent_shape]")
             if regression_pairs.cond_index is None and len(conditioning) > 1:
                 raise DMDConfigError("regression_pairs: cond_index is required with more than one conditioning item")
+            if cfg.regression_loss == "lpips" and not callable(regression_loss_fn):
+                raise DMDConfigError("regression_loss_fn: regression_loss 'lpips' needs a loss on latents, e.g. "
+                                     "training.lpips.LatentLPIPS(decode, load_lpips(vgg_weights, lin_weights))")
+        self.regression_loss_fn = regression_loss_fn
         if not isinstance(generator_net, nn.Module) or not isinstance(fake_score, nn.Module):
             raise DMDConfigError("generator_net: generator_net and fake_score must be torch.nn.Module")
         self.gen_timesteps = cfg.generator_timesteps()
@@ -819,7 +828,11 @@ class DMDTrainer:
                 pc = self._cond(ci)
                 with self._autocast():
                     pred = self.generator(pz, pc).float()
-                loss_reg = regression_loss(pred, self.pairs.target[idx].to(pred.device, pred.dtype), cfg.regression_loss)
+                target = self.pairs.target[idx].to(pred.device, pred.dtype)
+                if cfg.regression_loss == "lpips":
+                    loss_reg = self.regression_loss_fn(pred, target)
+                else:
+                    loss_reg = regression_loss(pred, target, cfg.regression_loss)
                 loss = loss + cfg.regression_weight * loss_reg
                 out["loss_reg"] = float(loss_reg.detach())
             if cfg.gen_cls_loss_weight > 0:
