@@ -139,7 +139,7 @@ class ModelSchedule:
         if not self.discrete:
             return sigma
         idx = S.sigma_to_t(sigma.float().flatten(), self.table)
-        return self.table[idx].reshape(sigma.shape).to(sigma.dtype)
+        return self.table.to(sigma.device)[idx].reshape(sigma.shape).to(sigma.dtype)
 
 
 def _sigma_batch(sigma, b: int | None, name: str = "sigma") -> torch.Tensor:

@@ -152,8 +152,7 @@ def _tiled(fn, x: torch.Tensor, tile: int, overlap: int, ratio_num: int, ratio_d
     step = tile - overlap
     ys, xs = _tile_starts(h, tile, step), _tile_starts(w, tile, step)
     oh, ow = h * ratio_num // ratio_den, w * ratio_num // ratio_den
-    out = None
-    weight = torch.zeros(1, 1, oh, ow, device=x.device, dtype=torch.float32)
+    out = weight = None
     o_ov = overlap * ratio_num // ratio_den
     for y0 in ys:
         for x0 in xs:
@@ -161,6 +160,7 @@ def _tiled(fn, x: torch.Tensor, tile: int, overlap: int, ratio_num: int, ratio_d
             part = fn(x[:, :, y0 : y0 + th, x0 : x0 + tw]).float()
             if out is None:
                 out = torch.zeros(b, out_channels, oh, ow, device=part.device, dtype=torch.float32)
+                weight = torch.zeros(1, 1, oh, ow, device=part.device, dtype=torch.float32)  # fn's device, not x's
             py, px = part.shape[-2:]
             oy, ox = y0 * ratio_num // ratio_den, x0 * ratio_num // ratio_den
             wy = _ramp(py, min(o_ov, py // 2), y0 == 0, y0 + th >= h, part.device, torch.float32)

@@ -79,6 +79,25 @@ def test_toy_vae_inverse_and_tiling_exact():
     torch.testing.assert_close(C.bridge_latent(big, vae, vae, tile=64, overlap=32, clamp=False), big, atol=1e-4, rtol=0)
 
 
+def test_results_stay_on_the_device_of_the_vae_or_sigma():
+    """A VAE on another device than the latents (TAESD on the GPU, a LATENT on the CPU): tiled decode /
+    encode accumulate on the VAE's device; a snapped sigma stays on the sigma's device. The "meta"
+    device stands in for a GPU here (a CPU table indexed by GPU indices raises there)."""
+
+    class OtherDevice(ToyVAE):
+        def _decode_model(self, z):
+            return super()._decode_model(z).to("meta")
+
+        def _encode_model(self, images):
+            return super()._encode_model(images).to("meta")
+
+    vae = OtherDevice(4, 8)
+    assert decode_model_tiled(vae, torch.zeros(1, 4, 16, 16), tile=8, overlap=4).device.type == "meta"
+    assert encode_model_tiled(vae, torch.rand(1, 3, 128, 128), tile=64, overlap=32).device.type == "meta"
+    snapped = C.ModelSchedule.sd_discrete().snap(torch.tensor([1.0, 2.0], device="meta"))
+    assert snapped.device.type == "meta" and snapped.shape == (2,)
+
+
 def test_latent_bridge_one_vae_no_resize_is_one_round_trip():
     vae = ToyVAE(4, 8, seed=3)
     z = smooth_latents((2, 4, 16, 16), 1)
