@@ -343,7 +343,7 @@ def time_decoupled_sample(
         tail = sig[k:].clone()
         if sched_texture is not sched_structure:
             pos = tail[:-1]
-            tail[:-1] = match_sigma(pos, sched_structure, sched_texture, name=name)
+            tail[:-1] = match_sigma(pos, sched_structure, sched_texture, snap=False, name=name)  # equal SNR, as the nodes
         tail[0] = s_t
     else:
         from .core import schedule_from

@@ -74,6 +74,11 @@ def test_time_decoupled_same_model_is_plain_sampling_bit_for_bit(tbs, batch, swi
         assert r.nfe_structure + r.nfe_texture == 12
     # the switch is a noise level: timestep 500 is SD's sigma at t=500, whatever the step count
     if switch.get("switch_timestep") == 500:
+        # an equal but separate schedule object for the texture model: eps -> eps on one table is the
+        # identity, the texture model's tail is not moved onto table entries
+        r2 = D.time_decoupled_sample(den, den, x, sig, SCHED, C.ModelSchedule.sd_discrete(),
+                                     extra_structure={"cond": cond}, extra_texture={"cond": cond}, **switch)
+        assert torch.equal(r2.x, plain)
         assert abs(r.switch_sigma - float(SCHED.table[500])) < 1e-5
         for n in (8, 30):
             s = S.get_sigmas("karras", n)
