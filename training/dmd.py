@@ -128,7 +128,7 @@ class NoiseSchedule:
         * flow: velocity MSE, sigma^-2 (the flow teachers' own loss; not in DMD2).
         * x0: uniform.
         """
-        s = sigma.double()
+        s = sigma.to(wide_dtype(sigma.device))
         if weighting == "eps":
             alpha = (1 - s) if self.model_type == "flow" else torch.ones_like(s)
             return (alpha / s) ** 2
@@ -376,8 +376,14 @@ def cfg_denoise(denoiser: Callable, x, sigma, cond, uncond, scale: float) -> tor
     return un + scale * (out - un)
 
 
+def wide_dtype(device) -> torch.dtype:
+    """The precision of the DM gradient and the losses: float64 as DMD2 (main/sd_guidance.py converts
+    to x0 in float64), float32 on Apple's MPS, which has no float64 (``.double()`` raises there)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def dm_gradient(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor | None) -> torch.Tensor:
-    """DMD gradient on generator samples, float64 (main/sd_guidance.py:178-241,
+    """DMD gradient on generator samples, float64 (``wide_dtype``; main/sd_guidance.py:178-241,
     main/edm/edm_guidance.py:105-111):
 
         p_real = x - x0_real; p_fake = x - x0_fake
@@ -386,9 +392,10 @@ def dm_gradient(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor | 
     The normaliser is mean |x - x0_real| (not mean |x0_real|, the dmd-mnist slip, dmd.md 1.3).
     ``x0_fake=None`` is the "real score only" control (p_fake = 0).
     """
-    xd = x.detach().double()
-    p_real = xd - x0_real.double()
-    p_fake = torch.zeros_like(p_real) if x0_fake is None else xd - x0_fake.double()
+    wd = wide_dtype(x.device)
+    xd = x.detach().to(wd)
+    p_real = xd - x0_real.to(wd)
+    p_fake = torch.zeros_like(p_real) if x0_fake is None else xd - x0_fake.to(wd)
     dims = list(range(1, x.ndim))
     weight = p_real.abs().mean(dim=dims, keepdim=True)
     return torch.nan_to_num((p_real - p_fake) / weight)
@@ -396,7 +403,8 @@ def dm_gradient(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor | 
 
 def dm_surrogate_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """0.5 * mse(x, (x - grad).detach()): its gradient w.r.t. x is grad / numel (DMD2 surrogate)."""
-    return 0.5 * F.mse_loss(x.double(), (x.detach().double() - grad).detach(), reduction="mean")
+    wd = wide_dtype(x.device)
+    return 0.5 * F.mse_loss(x.to(wd), (x.detach().to(wd) - grad.to(wd)).detach(), reduction="mean")
 
 
 def regression_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "pseudo_huber") -> torch.Tensor:
@@ -783,7 +791,8 @@ class DMDTrainer:
         with self._autocast():
             pred = self.fake_score(noisy, sigma.to(x.dtype), cond=cond)
         w = self.schedule.fake_loss_weight(sigma, self.config.weighting(), self.config.sigma_data)
-        per = ((pred.double() - x.double()) ** 2).reshape(n, -1).mean(1)
+        wd = wide_dtype(x.device)
+        per = ((pred.to(wd) - x.to(wd)) ** 2).reshape(n, -1).mean(1)
         return (w * per).mean()
 
     def gan_logits(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
@@ -1049,13 +1058,21 @@ class DMDTrainer:
         self.opt_f.load_state_dict(state["opt_f"])
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_f.load_state_dict(state["sched_f"])
-        self.rng.set_state(state["rng"])
+        # a CPU ByteTensor: get_state() gives one even for a CUDA generator, but torch.load with
+        # map_location="cuda" moves it, and set_state refuses anything else
+        self.rng.set_state(state["rng"].cpu())
         self.step_count = int(state["step"])
         self.generator_steps = int(state["generator_steps"])
         self.fake_steps = int(state["fake_steps"])
 
     def save_checkpoint(self, path) -> None:
-        torch.save(self.state_dict(), path)
+        """Write the state to ``path`` atomically (a temporary file, then a rename), so a run stopped
+        while writing keeps its previous checkpoint."""
+        import os
+
+        tmp = f"{os.fspath(path)}.tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
 
     def load_checkpoint(self, path) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
