@@ -28,7 +28,7 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io, ui
 
-from ..bridges.core import FILTERS, bridge_latent, euler_step, fuse, match_sigma, renoise, resize_images, schedule_from
+from ..bridges.core import FILTERS, bridge_latent, euler_step, fuse, match_sigma, renoise, resize_images, schedule_from, ve_sigma
 from ..bridges.vae import BridgeInputError
 from .comfy_vae import (
     ComfyBridgeVAE,
@@ -299,17 +299,29 @@ class CoopGuider(comfy.samplers.CFGGuider):
         else:
             z_b = torch.zeros(shape_b)
         s0_a = float(sigmas[0])
-        s0_b = float(match_sigma(torch.tensor(s0_a), self.sched_a, self.sched_b, snap=False, name="sigmas"))
+        s0_b = self._sigma_b(s0_a)
         ms_b = self.model_b.get_model_object("model_sampling")
         max_den = math.isclose(float(ms_b.sigma_max), s0_b, rel_tol=1e-5) or s0_b > float(ms_b.sigma_max)
         device = self.model_b.load_device
         x_b = ms_b.noise_scaling(torch.tensor(s0_b), noise_b.to(device), z_b.to(device), max_den)
         sig_b = torch.stack([
-            match_sigma(s, self.sched_a, self.sched_b, snap=False, name="sigmas") if float(s) > 0 else torch.tensor(0.0)
-            for s in sigmas.detach().float().cpu()
+            torch.tensor(self._sigma_b(float(s)) if float(s) > 0 else 0.0) for s in sigmas.detach().float().cpu()
         ]).to(device)
         self.secondary.prepare(tuple(shape_b), z_b.to(device), sig_b, seed)
         self._state = {"x_b": x_b, "s_b": s0_b, "x0_b_fused": None, "x0_b_cache": None}
+
+    def _sigma_b(self, s_a: float) -> float:
+        """B's sigma at A's `s_a` (equal SNR), held at the ends of B's schedule where A's noise level lies
+        beyond them (a flow A starts at sigma 1, SNR 0, and ends near 0.01: both outside an eps table)."""
+        def ve(s, kind):
+            return float(ve_sigma(torch.tensor(float(s), dtype=torch.float64), kind))
+
+        v = ve(s_a, self.sched_a.kind)
+        if v >= ve(self.sched_b.sigma_max, self.sched_b.kind):
+            return float(self.sched_b.sigma_max)
+        if v <= ve(self.sched_b.sigma_min, self.sched_b.kind):
+            return float(self.sched_b.sigma_min)
+        return float(match_sigma(torch.tensor(s_a), self.sched_a, self.sched_b, snap=False, name="sigmas"))
 
     def outer_predict_noise(self, x, timestep, model_options={}, seed=None):
         x0_a = super().outer_predict_noise(x, timestep, model_options, seed)
@@ -322,7 +334,7 @@ class CoopGuider(comfy.samplers.CFGGuider):
             return x0_a  # B can no longer contribute: stop carrying its chain
         d = self._d_steps[i]
         st = self._state
-        s_b = float(match_sigma(torch.tensor(s_a), self.sched_a, self.sched_b, snap=False, name="sigmas"))
+        s_b = self._sigma_b(s_a)
         if st["x0_b_fused"] is not None and s_b != st["s_b"]:
             st["x_b"] = euler_step(st["x_b"], st["s_b"], s_b, st["x0_b_fused"].to(st["x_b"]))
             st["s_b"] = s_b

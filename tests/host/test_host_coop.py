@@ -211,10 +211,16 @@ with torch.inference_mode():
         cn = [[torch.zeros(1, 2, 64), {}]]
         fl = C.CoopSampler.execute(m, v, pos, neg, 5.0, mf, vf, cf, cn, 3.0, lat, 11, 8, "euler", "normal", 1.0,
                                    0.3, 0.0, 1.0, "none", 64, 64)
+        # the other way round: A the flow model (its schedule starts at sigma 1, pure noise, beyond any eps
+        # table's SNR), B the eps testbed at 32 px
+        fla = C.CoopSampler.execute(mf, vf, cf, cn, 3.0, m, v, pos, neg, 5.0, {"samples": torch.zeros(2, 4, 8, 8)}, 11, 8,
+                                    "euler", "normal", 1.0, 0.3, 0.0, 1.0, "none", 32, 32)
         tdf = C.TimeDecoupledSampler.execute(m, pos, neg, 5.0, mf, cf, cn, 3.0, lat, 3, 10, "euler", "normal", 1.0,
                                              "timestep", 500, 1.0, "auto", 64, 64, 1.0, "bilinear", v, vf)
         nbf = C.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, mf, vf, 20, 10, "normal", 64, 64, 1.0, "bilinear", 4)
         R["flow"] = {"coop_text": fl.ui.as_dict()["text"][0], "coop_finite": bool(torch.isfinite(fl.args[0]["samples"]).all()),
+                     "coop_flow_a_text": fla.ui.as_dict()["text"][0],
+                     "coop_flow_a_finite": bool(torch.isfinite(fla.args[0]["samples"]).all()),
                      "td_text": tdf.ui.as_dict()["text"][0], "td_shape": list(tdf.args[0]["samples"].shape),
                      "td_finite": bool(torch.isfinite(tdf.args[0]["samples"]).all()),
                      "nb_text": nbf.ui.as_dict()["text"][0], "nb_sigmas": [float(x) for x in nbf.args[1]],
@@ -344,6 +350,8 @@ def test_eps_and_flow_models_are_bridged_at_equal_snr(coop_result):
     f = coop_result["flow"]
     print(f"\neps testbed + flow model: {f}")
     assert f["coop_finite"] and "NFE A 8 + B 8" in f["coop_text"], f
+    # a flow A starts at sigma 1 (SNR 0): B is held at the top of its eps table until A's noise comes within it
+    assert f["coop_flow_a_finite"] and "NFE A 8 + B " in f["coop_flow_a_text"], f
     # eps and flow differ in parameterisation: the auto hand-off bridges through pixels
     assert f["td_finite"] and "bridged" in f["td_text"] and f["td_shape"] == [2, 4, 8, 8], f
     # eps sigma 1.481 (step 10 of 20) -> flow sigma 1.481 / 2.481 = 0.597 on the flow model's own schedule
