@@ -340,6 +340,7 @@ def bridge_latent(
 
     tile: decode / encode in tiles of `tile` x `tile` pixels overlapping by `overlap` (multiples of
     both VAEs' factors), for large images. clamp: clamp the decoded image to 0..1 as ComfyUI does.
+    The result is on `z`'s device and dtype, wherever the VAEs run (a CPU bridge VAE beside a GPU model).
     """
     _check_vae(vae_from, "vae_from")
     _check_vae(vae_to, "vae_to")
@@ -354,7 +355,7 @@ def bridge_latent(
     h, w = _target_size(z, vae_from, vae_to, size)
     images = _decode(vae_from, z, tile, overlap, clamp, "z")
     images = resize_images(images, (h, w), filter, antialias)
-    return _encode(vae_to, images.to(vae_to.dtype), tile, overlap).to(z.dtype)
+    return _encode(vae_to, images.to(vae_to.dtype), tile, overlap).to(device=z.device, dtype=z.dtype)
 
 
 def bridge_raw(raw: torch.Tensor, vae_from: BridgeVAE, vae_to: BridgeVAE, **kw) -> torch.Tensor:
