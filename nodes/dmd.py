@@ -843,8 +843,11 @@ class DMDTrainerNode(io.ComfyNode):
 def _gan_feature_module(net: nn.Module) -> str | None:
     """The fake score's bottleneck for the GAN head: ComfyUI UNets' middle_block, the testbed's mid."""
     names = dict(net.named_modules())
-    if "middle_block" in names:
-        return "net.middle_block"
+    mid = names.get("middle_block")
+    if isinstance(mid, nn.Sequential) and len(mid):
+        # ComfyUI's UNet runs middle_block through forward_timestep_embed, which calls its layers but never
+        # middle_block itself (a hook on it does not fire): tap its last layer, whose output is the same
+        return f"net.middle_block.{len(mid) - 1}"
     if "net.mid" in names and isinstance(names["net.mid"], nn.ModuleList) and len(names["net.mid"]):
         return f"net.net.mid.{len(names['net.mid']) - 1}"
     return None

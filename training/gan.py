@@ -7,7 +7,8 @@ from 8x8 to 1x1, then a 1x1 conv to one logit. Losses are non-saturating (softpl
 generator ``softplus(-D(G(z)))``, critic ``softplus(D(G(z))) + softplus(-D(x_real))``.
 
 ``FeatureTap`` takes the features of ANY network with a forward hook on a named submodule (the
-testbed UNet's ``mid.2``, an SD UNet's ``middle_block``, a DiT block, an MLP layer) and stops the
+testbed UNet's ``mid.2``, the last layer of an SD UNet's ``middle_block`` (ComfyUI's UNet calls
+the layers of its blocks, never the block itself), a DiT block, an MLP layer) and stops the
 forward pass there (DMD2's ``classify_mode`` also returns at the bottleneck), so classifying costs
 only the encoder half.
 """
@@ -135,7 +136,8 @@ def _ckpt_forward(orig, *args, **kwargs):
 def enable_gradient_checkpointing(net: nn.Module) -> list[str]:
     """Recompute activations block by block in backward. A network with its own switch (diffusers'
     ``enable_gradient_checkpointing``) uses it; otherwise every module held in an ``nn.ModuleList``
-    (UNet blocks, DiT blocks; nested lists are descended) gets a checkpointed ``forward`` (instance
+    (UNet blocks, DiT blocks; nested lists are descended), and every layer of an ``nn.Sequential`` held
+    in one (ComfyUI's TimestepEmbedSequential blocks), gets a checkpointed ``forward`` (instance
     attribute, so parameter names and state dicts are unchanged). Returns the names of the wrapped
     modules (or ["<native>"])."""
     if hasattr(net, "enable_gradient_checkpointing") and callable(net.enable_gradient_checkpointing):
@@ -143,16 +145,20 @@ def enable_gradient_checkpointing(net: nn.Module) -> list[str]:
         return ["<native>"]
     done: list[str] = []
 
-    def visit(prefix: str, m: nn.Module):
+    def visit(prefix: str, m: nn.Module, in_list: bool):
+        # in_list: m is a ModuleList, or an nn.Sequential held in one. The layers of such a Sequential are
+        # wrapped one by one, not the Sequential: ComfyUI's UNet runs its TimestepEmbedSequential blocks
+        # through forward_timestep_embed(block, ...), which calls the layers but never block.forward
+        # (ComfyUI's own training node also descends into Sequentials)
         for name, child in m.named_children():
             full = f"{prefix}{name}"
-            if isinstance(m, nn.ModuleList) and not isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+            if in_list and not isinstance(child, (nn.ModuleList, nn.ModuleDict, nn.Sequential)):
                 if not getattr(child, "_tempo_ckpt", False):
                     child.forward = functools.partial(_ckpt_forward, child.forward)
                     child._tempo_ckpt = True
                 done.append(full)
             else:
-                visit(full + ".", child)
+                visit(full + ".", child, isinstance(child, nn.ModuleList) or (in_list and isinstance(child, nn.Sequential)))
 
-    visit("", net)
+    visit("", net, False)
     return done

@@ -618,3 +618,71 @@ def test_bad_inputs_in_process(inproc):
     assert e["timesteps"].startswith("DMDNodeError: timesteps:"), e
     assert e["negative"].startswith("DMDNodeError: negative:"), e
     assert e["not_safetensors"].startswith("DMDNodeError: generator_name:") and "safetensors" in e["not_safetensors"], e
+
+
+SD_UNET_SNIPPET = r'''
+import os, torch
+import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
+import comfy.supported_models_base as smb, comfy.latent_formats
+import folder_paths
+from comfyui_tempo.nodes import dmd as D
+from comfyui_tempo.training import gan as G
+
+class Tiny(smb.BASE):
+    unet_config = {}
+    unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
+    latent_format = comfy.latent_formats.SD15
+
+with torch.inference_mode():
+    # an SD-style UNet WITH a middle block (ResBlock, SpatialTransformer, ResBlock), run by ComfyUI's
+    # forward_timestep_embed, which calls the blocks' layers but never middle_block / input_blocks[i] themselves
+    cfg = Tiny(dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1],
+        channel_mult=[1], transformer_depth=[1], transformer_depth_output=[0, 0], transformer_depth_middle=1,
+        use_spatial_transformer=True, legacy=False, context_dim=64, use_linear_in_transformer=True, adm_in_channels=None))
+    cfg.set_inference_dtype(torch.float32, None)
+    base = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.EPS)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in base.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    m = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    pos = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
+    neg = [[torch.zeros(1, 2, 64), {}]]
+    res = {}
+    # gradient checkpointing recomputes a ResBlock of input_blocks in backward
+    with torch.inference_mode(False), torch.enable_grad():
+        net = D.to_trainable(base.diffusion_model)
+        den = D.ComfyDenoiser(base, net)
+        G.enable_gradient_checkpointing(den)
+        calls = []
+        h = net.input_blocks[1][0].in_layers[2].register_forward_hook(lambda *a: calls.append(1))
+        x = torch.randn(1, 4, 8, 8)
+        ctx = pos[0][0].clone()  # an ordinary tensor (the trainer clones its conditioning the same way)
+        den(x, torch.tensor([2.0]), cond={"c_crossattn": ctx}).square().mean().backward()
+        h.remove()
+        res["resblock_calls"] = len(calls)
+        # the GAN feature module of this UNet is reached by its forward
+        name = D._gan_feature_module(base.diffusion_model)
+        tap = G.FeatureTap(den, name)
+        f = tap.features(den, x, torch.tensor([2.0]), cond={"c_crossattn": ctx})
+        res["gan_module"], res["features"] = name, list(f.shape)
+    # the trainer node with the GAN loss and gradient checkpointing on this UNet
+    pairs = D.DMDRegressionPairs.execute(m, pos, neg, 64, 64, 4, 1, 2.0, 999, 4, 0, "host/sd_unet_pairs").args[0]
+    tr = D.DMDTrainerNode.execute(m, pos, neg, 64, 64, 2, 4, 1e-4, 1e-4, 2.0, 2, 999, 1, 0, 0.0, pairs, 1e-3, 0, 0,
+                                  "host/sd_unet_gan", 2, False, True)
+    st = torch.load(os.path.join(folder_paths.get_output_directory(), "dmd_checkpoints", "host", "sd_unet_gan.pt"),
+                    weights_only=True)
+    res["history"] = sorted(st["history"])
+    res["finite"] = bool(torch.isfinite(tr.args[3]["samples"]).all())
+RESULT = res
+'''
+
+
+def test_gan_and_gradient_checkpointing_on_an_sd_unet(comfy_snippet):
+    """ComfyUI's SD UNet runs input/middle/output blocks with forward_timestep_embed (the layers are called,
+    the TimestepEmbedSequential blocks never): the GAN tap must sit on a layer that runs, and gradient
+    checkpointing must wrap the layers."""
+    r = comfy_snippet(SD_UNET_SNIPPET, timeout=600)
+    assert r["resblock_calls"] == 2, r  # forward + recomputation in backward
+    assert r["gan_module"].startswith("net.middle_block.") and r["features"][0] == 1, r
+    assert "loss_gen_cls" in r["history"] and "loss_guidance_cls" in r["history"] and r["finite"], r

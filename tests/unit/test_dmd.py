@@ -554,6 +554,46 @@ def test_autocast_noop_on_cpu_and_gradient_checkpointing_same_gradients():
         assert all(math.isfinite(out[k]) for k in ("loss_dm", "loss_gen_cls", "loss_guidance_cls", "loss_fake"))
 
 
+def test_gradient_checkpointing_reaches_layers_of_sequential_blocks_run_layer_by_layer():
+    """ComfyUI's UNet holds its blocks as TimestepEmbedSequential in ModuleLists and runs them with
+    forward_timestep_embed(block, ...), which calls each layer, never block.forward: wrapping the
+    block's forward would checkpoint nothing, so its layers are wrapped."""
+    from comfyui_tempo.training import gan as G
+
+    class Seq(torch.nn.Sequential):
+        def forward(self, x):  # never called by Net, as TimestepEmbedSequential.forward in ComfyUI's UNet
+            raise AssertionError("not called")
+
+    class Res(torch.nn.Module):  # a ResBlock-like layer
+        def __init__(self):
+            super().__init__()
+            self.lin1, self.lin2 = torch.nn.Linear(4, 8), torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return x + self.lin2(torch.tanh(self.lin1(x)))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Seq(Res(), torch.nn.Tanh()), Seq(Res())])
+
+        def forward(self, x):
+            for blk in self.blocks:
+                for layer in blk:  # forward_timestep_embed
+                    x = layer(x)
+            return x
+
+    torch.manual_seed(0)
+    net = Net()
+    names = G.enable_gradient_checkpointing(net)
+    assert "blocks.0.0" in names and "blocks.1.0" in names and "blocks.0" not in names
+    calls = []
+    h = net.blocks[0][0].lin1.register_forward_hook(lambda *a: calls.append(1))
+    net(torch.randn(3, 4)).square().sum().backward()
+    h.remove()
+    assert len(calls) == 2  # forward + recomputation in backward
+
+
 def test_ema_option_averages_generator_and_resumes(tmp_path):
     torch.manual_seed(0)
     teacher = MLPDenoiser(2, 16, 1)
