@@ -922,7 +922,9 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
     history: dict[str, list] = {}
     status = ""
     if resume and os.path.isfile(ckpt_path):
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        # onto the CPU (the trainer copies it onto its device): loading it onto the GPU would hold a second copy
+        # of both networks and their optimizer states there next to the trainer's
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         try:
             trainer.load_state_dict(state)
         except (dmd_core.DMDConfigError, RuntimeError, KeyError) as e:

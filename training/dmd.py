@@ -1075,4 +1075,6 @@ class DMDTrainer:
         os.replace(tmp, path)
 
     def load_checkpoint(self, path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        # onto the CPU: load_state_dict copies onto the networks' device, so the GPU never holds a second
+        # copy of the networks and optimizer states
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -281,8 +281,8 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the RNG state of a CUDA trainer")
 def test_resume_on_cuda_with_map_location(tmp_path):
-    """A checkpoint loaded with map_location='cuda' (as the trainer node does) carries the RNG state on
-    the GPU; set_state takes only a CPU ByteTensor."""
+    """A checkpoint loaded with map_location='cuda' carries the RNG state on the GPU; set_state takes only
+    a CPU ByteTensor. load_checkpoint loads onto the CPU and resumes exactly on the GPU."""
     torch.manual_seed(0)
     teacher = MLPDenoiser(2, 16, 1).cuda()
     mk = lambda: D.DMDTrainer(ring_mixture(), D.copy_teacher(teacher), D.copy_teacher(teacher), (2,),  # noqa: E731
@@ -295,8 +295,15 @@ def test_resume_on_cuda_with_map_location(tmp_path):
         pytest.skip(f"ring mixture on CUDA: {e}")
     a.save_checkpoint(tmp_path / "c.pt")
     b = mk()
-    b.load_checkpoint(tmp_path / "c.pt")  # map_location=device
+    b.load_state_dict(torch.load(tmp_path / "c.pt", map_location="cuda", weights_only=True))
     assert b.step_count == 3 and torch.equal(a.rng.get_state(), b.rng.get_state())
+    c = mk()
+    c.load_checkpoint(tmp_path / "c.pt")  # via the CPU, copied onto the GPU networks
+    assert all(p.is_cuda for p in c.generator.parameters())
+    c.train(5)
+    a.train(5)
+    for p, q in zip(a.generator.parameters(), c.generator.parameters()):
+        assert torch.equal(p, q)
 
 
 def test_wide_dtype_is_float64_except_on_mps():
