@@ -944,8 +944,10 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
     pbar.update_absolute(min(trainer.step_count, steps), steps)
     t0 = time.monotonic()
     start_step = trainer.step_count
+    boundary_rng = [trainer.rng.get_state()]  # the random generator's state at the start of the current step
 
     def progress(step, total, losses):
+        boundary_rng[0] = trainer.rng.get_state()
         for k, v in losses.items():
             if k.startswith("loss_"):
                 history.setdefault(k, []).append((step, float(v)))
@@ -961,8 +963,16 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
     try:
         trainer.train(steps, progress=progress)
     except BaseException:
-        save_ckpt()  # Cancel, an error or an out-of-memory: the run keeps its last state
-        log.info("DMD Trainer: stopped at step %d; checkpoint %s", trainer.step_count, ckpt_path)
+        # Cancel, an error or an out-of-memory: the run keeps its last consistent state. Stopped between steps or
+        # inside a step before any weight moved: that state (the step's random draws undone) is saved. Stopped
+        # after an update of the step (a half-done iteration): the last checkpoint is kept as it is.
+        if trainer.updating:
+            log.warning("DMD Trainer: stopped inside step %d after a weight update; keeping the checkpoint %s of the "
+                        "last interval", trainer.step_count, ckpt_path)
+        else:
+            trainer.rng.set_state(boundary_rng[0])
+            save_ckpt()
+            log.info("DMD Trainer: stopped at step %d; checkpoint %s", trainer.step_count, ckpt_path)
         raise
     save_ckpt()
 

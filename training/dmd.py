@@ -617,6 +617,7 @@ class DMDTrainer:
         self.generator_steps = 0
         self.fake_steps = 0
         self.last_generator_timestep: int | None = None
+        self.updating = False  # inside an iteration's optimizer updates (``step``)
         T = self.schedule.num_timesteps
         self.min_step = int(cfg.min_step_percent * T)
         self.max_step = min(int(cfg.max_step_percent * T), T - 1)
@@ -821,6 +822,9 @@ class DMDTrainer:
         z = self._randn(n)
         out: dict = {"step": self.step_count}
         g_params = [p for p in self.generator.parameters() if p.requires_grad]
+        # True from the first optimizer update of this iteration to its end: a state saved after an error
+        # in between would hold a half-done iteration
+        self.updating = False
         if gen_turn:
             self.generator.train()
             x = self.generate(z, cond, grad=True)
@@ -853,6 +857,7 @@ class DMDTrainer:
             # requires_grad would break gradient checkpointing's recomputation, autograd.grad does not)
             self.opt_g.zero_grad(set_to_none=True)
             grads = torch.autograd.grad(loss, g_params, allow_unused=True)
+            self.updating = True
             for p, gr in zip(g_params, grads):
                 p.grad = gr
             out["grad_norm_g"] = float(torch.nn.utils.clip_grad_norm_(g_params, cfg.max_grad_norm))
@@ -881,6 +886,7 @@ class DMDTrainer:
                 out["loss_guidance_cls"] = float(loss_c.detach())
             self.opt_f.zero_grad(set_to_none=True)
             total.backward()
+            self.updating = True
             out["grad_norm_f"] = float(torch.nn.utils.clip_grad_norm_(f_params, cfg.max_grad_norm))
             self.opt_f.step()
             self.sched_f.step()
@@ -888,6 +894,7 @@ class DMDTrainer:
             self.fake_steps += 1
             out["loss_fake"] = float(loss_f.detach())
         self.step_count += 1
+        self.updating = False
         return out
 
     def train(

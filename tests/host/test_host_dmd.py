@@ -686,3 +686,60 @@ def test_gan_and_gradient_checkpointing_on_an_sd_unet(comfy_snippet):
     assert r["resblock_calls"] == 2, r  # forward + recomputation in backward
     assert r["gan_module"].startswith("net.middle_block.") and r["features"][0] == 1, r
     assert "loss_gen_cls" in r["history"] and "loss_guidance_cls" in r["history"] and r["finite"], r
+
+
+CRASH_SNIPPET = r'''
+import os, torch
+import folder_paths
+import tempo_testnodes as tn
+from comfyui_tempo.nodes import dmd as D
+from comfyui_tempo.training import dmd as core
+from safetensors.torch import load_file
+
+res = {}
+with torch.inference_mode():
+    model = tn.build_model()
+    pos = [[tn.class_cond(i), {}] for i in range(2)]
+    neg = [[tn.class_cond(10), {}]]
+    def train(name, steps, resume):
+        return D.DMDTrainerNode.execute(model, pos, neg, 64, 64, 2, steps, 1e-3, 1e-3, 3.0, 1, 999, 1, 0, 0.0, "", 0.0, 0,
+                                        0, name, 3, resume)
+    def ckpt_step(name):
+        return int(torch.load(os.path.join(folder_paths.get_output_directory(), "dmd_checkpoints", name + ".pt"),
+                              weights_only=True)["step"])
+    def weights(name):
+        return load_file(os.path.join(folder_paths.get_output_directory(), "dmd_generators", name + ".safetensors"))
+    train("host/crash_ref", 10, False)
+    ref = weights("host/crash_ref")
+    orig_fake, orig_gen = core.DMDTrainer.fake_loss, core.DMDTrainer.generate
+    def crash_at(step, where):
+        def fn(self, *a, **kw):
+            if self.step_count == step:
+                raise RuntimeError("simulated out of memory")
+            return (orig_fake if where == "fake" else orig_gen)(self, *a, **kw)
+        return fn
+    for where in ("fake", "generate"):  # after the step's generator update / before any update of the step
+        name = "host/crash_" + where
+        setattr(core.DMDTrainer, "fake_loss" if where == "fake" else "generate", crash_at(7, where))
+        try:
+            train(name, 10, False)
+            res[where] = "no error"
+        except RuntimeError as e:
+            res[where] = str(e)
+        core.DMDTrainer.fake_loss, core.DMDTrainer.generate = orig_fake, orig_gen
+        res[where + "_ckpt_step"] = ckpt_step(name)
+        train(name, 10, True)
+        w = weights(name)
+        res[where + "_resumed_equal"] = all(torch.equal(w[k], ref[k]) for k in ref)
+RESULT = res
+'''
+
+
+def test_a_crash_inside_a_step_keeps_a_consistent_checkpoint(comfy_snippet):
+    """An error inside a step (an out-of-memory) after the step's generator update must not overwrite the last
+    checkpoint with a half-done iteration; before any update the step's state (its random draws undone) is saved.
+    Either way the resumed run ends with the weights of a run that never stopped."""
+    r = comfy_snippet(CRASH_SNIPPET, timeout=600)
+    assert r["fake"] == r["generate"] == "simulated out of memory", r
+    assert r["fake_ckpt_step"] == 6 and r["generate_ckpt_step"] == 7, r  # last interval / the step's start
+    assert r["fake_resumed_equal"] and r["generate_resumed_equal"], r
