@@ -180,15 +180,16 @@ def sigma_c_of(conditioning_timestep: int, sigma_table: torch.Tensor) -> float:
 # --------------------------------------------------------------------------------------------------
 # generator files (written by training.dmd.DMDTrainer.save_generator)
 
-METADATA_KEYS = ("dmd.model_type", "dmd.conditioning_timestep", "dmd.timesteps", "dmd.format")
+METADATA_KEYS = ("dmd.model_type", "dmd.conditioning_timestep", "dmd.timesteps")
 
 
-def parse_dmd_metadata(meta: dict | None, num_timesteps: int = 1000) -> dict:
+def parse_dmd_metadata(meta: dict | None, num_timesteps: int = 1000, keys=None) -> dict:
     """Validate and parse a generator file's DMD metadata (safetensors string metadata):
 
     ``dmd.model_type`` (eps | v | ve | flow), ``dmd.conditioning_timestep`` (int),
     ``dmd.timesteps`` ("999,749,499,249"; its first entry is the conditioning timestep),
-    ``dmd.format`` (lora | full); optional ``dmd.lora_rank``, ``dmd.generator_steps``, ``dmd.ema``.
+    ``dmd.format`` (lora | full; when absent, "lora" if `keys` (the file's tensor names) hold LoRA
+    factors, else "full"); optional ``dmd.lora_rank``, ``dmd.generator_steps``, ``dmd.ema``.
     Returns {"model_type", "conditioning_timestep", "timesteps", "format", "lora_rank", "raw"}.
     """
     meta = dict(meta or {})
@@ -205,7 +206,9 @@ def parse_dmd_metadata(meta: dict | None, num_timesteps: int = 1000) -> dict:
         raise DMDSamplingError(f"metadata: dmd.conditioning_timestep is not an integer: {meta['dmd.conditioning_timestep']!r}")
     if tc != ts[0]:
         raise DMDSamplingError(f"metadata: dmd.conditioning_timestep {tc} differs from the first of dmd.timesteps {ts}")
-    fmt = meta["dmd.format"]
+    fmt = meta.get("dmd.format")
+    if fmt is None:
+        fmt = "lora" if any(".lora_up." in k or ".lora_down." in k for k in (keys or ())) else "full"
     if fmt not in ("lora", "full"):
         raise DMDSamplingError(f"metadata: dmd.format must be 'lora' or 'full', got {fmt!r}")
     return {"model_type": model_type, "conditioning_timestep": tc, "timesteps": ts, "format": fmt,
@@ -221,9 +224,10 @@ def read_dmd_metadata(path, num_timesteps: int = 1000) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
+            keys = list(f.keys())
     except Exception as e:  # noqa: BLE001 - a clear message for any unreadable file
         raise DMDSamplingError(f"path: {str(path)!r} is not a readable safetensors file ({e})") from None
-    return parse_dmd_metadata(meta, num_timesteps)
+    return parse_dmd_metadata(meta, num_timesteps, keys)
 
 
 __all__ = [

@@ -144,3 +144,17 @@ def test_generator_file_metadata(tmp_path):
     bad = dict(m["raw"], **{"dmd.conditioning_timestep": "399"})
     with pytest.raises(ValueError, match="^metadata"):
         SD.parse_dmd_metadata(bad)
+
+
+def test_shipped_generator_metadata_reads_without_format_key():
+    """The shipped testbed generator (written by training/distill_testbed.py, no dmd.format key) is
+    read as a full-weights file; a LoRA file without dmd.format is told apart by its tensor names."""
+    from comfyui_tempo.training import distill_testbed as DT
+
+    m = SD.read_dmd_metadata(DT.GENERATOR_FILE)
+    assert "dmd.format" not in m["raw"]
+    assert m["format"] == "full" and m["model_type"] == "eps" and m["conditioning_timestep"] == 999
+    meta = {"dmd.model_type": "eps", "dmd.conditioning_timestep": "999", "dmd.timesteps": "999"}
+    assert SD.parse_dmd_metadata(meta, keys=["diffusion_model.x.lora_up.weight"])["format"] == "lora"
+    with pytest.raises(ValueError, match="^metadata: dmd.format"):
+        SD.parse_dmd_metadata(dict(meta, **{"dmd.format": "diff"}))

@@ -131,5 +131,11 @@ def test_trainer_regression_with_lpips(weights):
     log = tr.step()
     assert log["loss_reg"] > 0
     assert any((p - q).abs().max() > 0 for p, q in zip(gen.parameters(), before))
+    # the LPIPS term itself moves the generator: the same step with a zero regression loss differs
+    gen0 = D.copy_teacher(teacher)
+    tr0 = D.DMDTrainer(teacher, gen0, D.copy_teacher(teacher), shape, cfg, regression_pairs=pairs,
+                       regression_loss_fn=lambda p, t: (p * 0).sum())
+    tr0.step()
+    assert any((p - q).abs().max() > 1e-7 for p, q in zip(gen.parameters(), gen0.parameters()))
     with pytest.raises(D.DMDConfigError, match=r"^regression_loss: 'lpips' needs"):
         D.regression_loss(torch.zeros(1, 2), torch.zeros(1, 2), "lpips")
