@@ -925,6 +925,13 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
         # onto the CPU (the trainer copies it onto its device): loading it onto the GPU would hold a second copy
         # of both networks and their optimizer states there next to the trainer's
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        made = state.get("run", {})
+        if made and list(made.get("latent_shape", [])) != list(shape):
+            raise DMDNodeError(f"width/height: the checkpoint {ckpt_path} was made for latents {tuple(made['latent_shape'])}, "
+                               f"this run's are {tuple(shape)}; turn resume off or change save_name")
+        if made and int(made.get("conditionings", len(pos))) != len(pos):
+            raise DMDNodeError(f"positive: the checkpoint {ckpt_path} was made with {made['conditionings']} conditionings, "
+                               f"this run has {len(pos)}; turn resume off or change save_name")
         try:
             trainer.load_state_dict(state)
         except (dmd_core.DMDConfigError, RuntimeError, KeyError) as e:
@@ -938,6 +945,7 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
     def save_ckpt():
         state = trainer.state_dict()  # LoRA runs: only the LoRA factors (the base is the teacher)
         state["history"] = {k: [list(p) for p in v] for k, v in history.items()}
+        state["run"] = {"latent_shape": list(shape), "conditionings": len(pos)}
         _atomic_save(lambda p: torch.save(state, p), ckpt_path)
 
     pbar = comfy.utils.ProgressBar(steps, node_id=node_id)

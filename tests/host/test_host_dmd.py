@@ -294,6 +294,18 @@ def test_generator_without_metadata_is_a_clear_error(comfy, object_info):
     assert "DMDNodeError: generator_name:" in msg and "no DMD metadata" in msg, msg
 
 
+def test_resume_with_another_latent_size_is_a_clear_error(comfy, object_info):
+    """A checkpoint made for 64 x 64 px is not resumed at 128 x 128 (nor with another number of prompts)."""
+    first = ui_to_api(load_workflow("dmd_trainer.json"), object_info, {"TempoDMDTrainer": dict(
+        TRAINER["TempoDMDTrainer"], steps=2, checkpoint_interval=1, save_name="dmd/host_resize", resume=False)})
+    comfy.run(first, timeout=300)
+    assert any((Path(comfy.base) / "output").rglob("host_resize.pt")), "no checkpoint written"
+    again = ui_to_api(load_workflow("dmd_trainer.json"), object_info, {"TempoDMDTrainer": dict(
+        TRAINER["TempoDMDTrainer"], steps=4, width=128, height=128, save_name="dmd/host_resize", resume=True)})
+    msg = error_message(comfy, again)
+    assert "DMDNodeError: width/height:" in msg and "(4, 8, 8)" in msg and "(4, 16, 16)" in msg, msg
+
+
 def test_regression_without_pairs_is_a_clear_error(comfy, object_info):
     msg = error_message(comfy, _trainer_graph(object_info, regression_weight=0.25, regression_pairs=""))
     assert "DMDNodeError: regression_pairs:" in msg, msg
