@@ -85,6 +85,7 @@ class ModelSchedule:
     sigma_max: float = math.inf
     table: torch.Tensor | None = None
     name: str = ""
+    shift: float = 1.0  # flow models: ComfyUI's ModelSamplingDiscreteFlow shift (timestep t -> sigma)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -114,7 +115,7 @@ class ModelSchedule:
             return cls(kind="flow", sigma_min=0.0, sigma_max=1.0, name=name)
         t = torch.arange(1, timesteps + 1, dtype=torch.float64) / timesteps
         s = shift * t / (1 + (shift - 1) * t)
-        return cls(kind="flow", sigma_min=float(s[0]), sigma_max=1.0, name=name)
+        return cls(kind="flow", sigma_min=float(s[0]), sigma_max=1.0, name=name, shift=float(shift))
 
     @property
     def discrete(self) -> bool:

@@ -179,8 +179,8 @@ class CountingDenoiser:
 
 def switch_to_sigma(sched: ModelSchedule, timestep=None, sigma=None, name: str | None = None) -> float:
     """The switch level in `sched`'s sigma space from a timestep (0..999 on a discrete eps / v
-    table: that entry, interpolated log-linearly between entries; flow: sigma = t / 1000, ComfyUI's
-    timestep convention for flow models) or from a sigma (checked against the schedule). Exactly
+    table: that entry, interpolated log-linearly between entries; flow: ComfyUI's
+    ModelSamplingDiscreteFlow, sigma = shift u / (1 + (shift - 1) u) with u = t / 1000) or from a sigma (checked against the schedule). Exactly
     one of the two."""
     if (timestep is None) == (sigma is None):
         raise BridgeInputError("switch_timestep: give exactly one of switch_timestep and switch_sigma")
@@ -201,7 +201,8 @@ def switch_to_sigma(sched: ModelSchedule, timestep=None, sigma=None, name: str |
     if sched.kind == "flow":
         if not 0 < t <= 1000:
             raise BridgeInputError(f"{nm}: {t:g} is outside the flow model's timesteps (0, 1000]")
-        s = t / 1000.0
+        u = t / 1000.0
+        s = sched.shift * u / (1 + (sched.shift - 1) * u)  # ComfyUI's time_snr_shift
         sched.check(torch.tensor([s]), nm)
         return s
     if sched.table is None:

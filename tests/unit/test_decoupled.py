@@ -227,3 +227,13 @@ def test_bench_coop_cli_writes_rows_and_the_noise_claim(tmp_path):
     assert 0.5 < up["noise_std_ratio"] < 0.75 and 0.6 < up["noise_lag1_corr"] < 0.85
     same = [r for r in rows if r["case"] == "time_decoupled" and r["method"].startswith("same model")]
     assert same and same[0]["identical"] is True
+
+
+def test_flow_switch_timestep_follows_the_shift():
+    """A flow model's switch timestep maps to sigma as ComfyUI's ModelSamplingDiscreteFlow does:
+    t = 500 is sigma 0.5 without shift and 0.75 with SD3's shift 3."""
+    from comfyui_tempo.bridges.core import ModelSchedule
+    from comfyui_tempo.bridges.decoupled import switch_to_sigma
+
+    assert abs(switch_to_sigma(ModelSchedule.flow(), timestep=500) - 0.5) < 1e-9
+    assert abs(switch_to_sigma(ModelSchedule.flow(shift=3.0), timestep=500) - 0.75) < 1e-9
