@@ -146,6 +146,7 @@ def trained(comfy, object_info):
     for p in (ckpt, gen):
         if p.exists():
             p.unlink()
+    t_start = time.monotonic()
     pid = comfy.queue(api)
     deadline = time.monotonic() + 600
     while not ckpt.exists() and time.monotonic() < deadline:
@@ -162,7 +163,8 @@ def trained(comfy, object_info):
     t0 = time.monotonic()
     second = comfy.run(api, timeout=900)
     return {"api": api, "node": tr, "first": first, "second": second, "ckpt": ckpt, "gen": gen,
-            "ckpt_size": ckpt_after_interrupt, "gen_after_interrupt": gen_after_interrupt, "resume_s": time.monotonic() - t0}
+            "ckpt_size": ckpt_after_interrupt, "gen_after_interrupt": gen_after_interrupt, "resume_s": time.monotonic() - t0,
+            "total_s": time.monotonic() - t_start}
 
 
 def test_trainer_is_interrupted_keeps_its_checkpoint_and_resumes(trained):
@@ -178,6 +180,8 @@ def test_trainer_is_interrupted_keeps_its_checkpoint_and_resumes(trained):
     assert CKPT_EVERY <= resumed_at < STEPS, text  # the interrupt checkpoint: past the first interval, before the end
     assert f"{STEPS} steps" in text and "dmd_generators/dmd/generator.safetensors" in text, text
     assert trained["gen"].exists()
+    print(f"\ntrainer: {STEPS} steps at batch 2, interrupted, resumed and saved in {trained['total_s']:.0f} s "
+          f"(resumed part {trained['resume_s']:.0f} s); {text}")
 
 
 def test_trainer_outputs_loss_curves_and_samples(comfy, trained):
@@ -621,6 +625,8 @@ def test_shipped_testbed_generator_loads_and_keeps_its_classes(inproc):
     assert sh["class_acc"] >= 0.8, sh
     # control: the undistilled teacher evaluated once from pure noise does not give the class (0.0 measured)
     assert sh["teacher_one_step_acc_class3"] < 0.5, sh
+    print(f"\nshipped generator in ComfyUI: class accuracy {sh['class_acc']:.3f}, relative difference to its own "
+          f"one-step function {sh['vs_torch']:.1e}, teacher at one step {sh['teacher_one_step_acc_class3']:.2f}")
 
 
 def test_bad_inputs_in_process(inproc):
