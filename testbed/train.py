@@ -78,6 +78,30 @@ def train_autoencoder(images: torch.Tensor, heldout: torch.Tensor, steps: int, s
     return ae, record
 
 
+def denoiser_step(net: UNet, ema: UNet, opt, x0: torch.Tensor, y: torch.Tensor, sigmas: torch.Tensor,
+                   g: torch.Generator, p_uncond: float, ema_decay: float, step: int) -> float:
+    """One training step of the eps-UNet: CFG dropout of the labels y (in place, to the null class 10),
+    a uniform discrete timestep, eps-MSE on the VP-scaled input, AdamW with gradient clipping at 1,
+    then the EMA update (warm decay). Returns the loss."""
+    batch = x0.shape[0]
+    y[torch.rand(batch, generator=g) < p_uncond] = 10
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    sigma = sigmas[t].view(-1, 1, 1, 1)
+    eps = torch.randn(x0.shape, generator=g)
+    x_in = (x0 + sigma * eps) * schedules.vp_scale(sigma)
+    ctx = F.one_hot(y, 11).float()[:, None]
+    loss = (net(x_in, t.float(), context=ctx) - eps).pow(2).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), net.parameters()):
+            pe.lerp_(p, 1 - decay)
+    return loss.item()
+
+
 def train_denoiser(latents: torch.Tensor, labels: torch.Tensor, steps: int, seed: int,
                    unet_config: dict = UNET_CONFIG, batch: int = 128, lr: float = 2e-3, p_uncond: float = 0.15, ema_decay: float = 0.999,
                    log=print):
@@ -93,23 +117,8 @@ def train_denoiser(latents: torch.Tensor, labels: torch.Tensor, steps: int, seed
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr, warmup=max(1, steps // 50))
         idx = torch.randint(latents.shape[0], (batch,), generator=g)
-        x0, y = latents[idx], labels[idx].clone()
-        y[torch.rand(batch, generator=g) < p_uncond] = 10
-        t = torch.randint(0, 1000, (batch,), generator=g)
-        sigma = sigmas[t].view(-1, 1, 1, 1)
-        eps = torch.randn(x0.shape, generator=g)
-        x_in = (x0 + sigma * eps) * schedules.vp_scale(sigma)
-        ctx = F.one_hot(y, 11).float()[:, None]
-        loss = (net(x_in, t.float(), context=ctx) - eps).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        loss = denoiser_step(net, ema, opt, latents[idx], labels[idx].clone(), sigmas, g, p_uncond, ema_decay, step)
+        running = loss if running is None else 0.98 * running + 0.02 * loss
         if (step + 1) % 250 == 0 or step + 1 == steps:
             log(f"  unet step {step + 1}/{steps}  loss(ema) {running:.4f}  {time.time() - t0:.0f}s")
     record = dict(steps=steps, batch=batch, lr=lr, p_uncond=p_uncond, ema_decay=ema_decay,

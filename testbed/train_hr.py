@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..samplers import schedules
 from . import data as data_mod
 from .autoencoder import AutoEncoder
-from .train import _lr, _psnr, _round_fp16, eval_eps_loss, save
+from .train import _lr, _psnr, _round_fp16, denoiser_step, eval_eps_loss, save
 from .unet import UNet
 
 AE2_CONFIG = dict(in_channels=3, latent_channels=4, channels=[24, 48], num_res=[1, 1], image_size=64)
@@ -97,23 +96,8 @@ def finetune_denoiser(net: UNet, latent_sets, label_sets, steps: int, seed: int,
         lat, lab = latent_sets[k], label_sets[k]
         batch = batches[k]
         idx = torch.randint(lat.shape[0], (batch,), generator=g)
-        x0, y = lat[idx], lab[idx].clone()
-        y[torch.rand(batch, generator=g) < p_uncond] = 10
-        t = torch.randint(0, 1000, (batch,), generator=g)
-        sigma = sigmas[t].view(-1, 1, 1, 1)
-        eps = torch.randn(x0.shape, generator=g)
-        x_in = (x0 + sigma * eps) * schedules.vp_scale(sigma)
-        ctx = F.one_hot(y, 11).float()[:, None]
-        loss = (net(x_in, t.float(), context=ctx) - eps).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - decay)
-        running[k] = loss.item() if running[k] is None else 0.96 * running[k] + 0.04 * loss.item()
+        loss = denoiser_step(net, ema, opt, lat[idx], lab[idx].clone(), sigmas, g, p_uncond, ema_decay, step)
+        running[k] = loss if running[k] is None else 0.96 * running[k] + 0.04 * loss
         if (step + 1) % 100 == 0 or step + 1 == steps:
             log(f"  unet step {step + 1}/{steps}  loss(ema) 8x8 {running[0]:.4f} 16x16 {running[1]:.4f}"
                 f"  {time.time() - t0:.0f}s", flush=True)
