@@ -9,7 +9,7 @@ from comfyui_tempo.samplers import support
 SNIPPET = r'''
 import json, torch
 import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
-import comfy.supported_models_base as smb, comfy.latent_formats, comfy.samplers, comfy.sample
+import comfy.samplers, comfy.sample
 import nodes
 from comfy_extras import nodes_custom_sampler as ncs
 from comfyui_tempo.nodes import adaptive as A
@@ -17,22 +17,7 @@ from comfyui_tempo.samplers import support
 
 SAMPLERS = json.loads(__SAMPLERS__)
 
-class Tiny(smb.BASE):
-    unet_config = {}
-    unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
-    latent_format = comfy.latent_formats.SD15
-
-def build(model_type):
-    cfg = Tiny(dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1],
-        channel_mult=[1], transformer_depth=[1], transformer_depth_output=[0, 0], transformer_depth_middle=-2,
-        use_spatial_transformer=True, legacy=False, context_dim=64, use_linear_in_transformer=True, adm_in_channels=None))
-    cfg.set_inference_dtype(torch.float32, None)
-    base = comfy.model_base.BaseModel(cfg, model_type=model_type)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in base.diffusion_model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+from tempo_testnodes import tiny_sd_model as build
 
 pos = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
 neg = [[torch.zeros(1, 2, 64), {}]]

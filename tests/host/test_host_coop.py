@@ -188,24 +188,11 @@ with torch.inference_mode():
     # across model families: A the eps testbed, B a flow (CONST) model in SD1.5's latent space with the real
     # TAESD (random-weight tiny UNet: this checks the plumbing of equal-SNR matching, not image quality)
     if HAVE_TAESD:
-        import comfy.model_base, comfy.model_patcher, comfy.supported_models_base as smb, comfy.latent_formats
+        import comfy.model_base
         import comfy.model_management as mm
 
-        class TinyFlow(smb.BASE):
-            unet_config = {}
-            unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
-            latent_format = comfy.latent_formats.SD15
-            sampling_settings = {"shift": 3.0}
-        cfg = TinyFlow(dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1],
-                            channel_mult=[1], transformer_depth=[1], transformer_depth_output=[0, 0],
-                            transformer_depth_middle=-2, use_spatial_transformer=True, legacy=False, context_dim=64,
-                            use_linear_in_transformer=True, adm_in_channels=None))
-        cfg.set_inference_dtype(torch.float32, None)
-        base = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.FLOW)
-        gen = torch.Generator().manual_seed(0)
-        for p_ in base.diffusion_model.parameters():
-            p_.copy_(torch.randn(p_.shape, generator=gen) * 0.02)
-        mf = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+        from tempo_testnodes import tiny_sd_model
+        mf = tiny_sd_model(comfy.model_base.ModelType.FLOW, shift=3.0, scale=0.02)
         vf = nodes.VAELoader().load_vae("taesd")[0]
         cf = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
         cn = [[torch.zeros(1, 2, 64), {}]]

@@ -319,7 +319,7 @@ def test_regression_without_pairs_is_a_clear_error(comfy, object_info):
 SNIPPET = r'''
 import json, os, torch
 import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
-import comfy.supported_models_base as smb, comfy.latent_formats, comfy.samplers, comfy.sample
+import comfy.samplers, comfy.sample
 import comfy.k_diffusion.sampling as kds
 import folder_paths
 import tempo_testnodes as tn
@@ -351,21 +351,7 @@ with torch.inference_mode():
         res[f"scaling_{t}"] = float((out - ref).abs().max())
 
     # 2. eps / v / flow tiny models: the node's SAMPLER equals the pure-torch DMD loop (same noise)
-    class Tiny(smb.BASE):
-        unet_config = {}
-        unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
-        latent_format = comfy.latent_formats.SD15
-    def build(mt):
-        cfg = Tiny(dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1],
-            channel_mult=[1], transformer_depth=[1], transformer_depth_output=[0, 0], transformer_depth_middle=-2,
-            use_spatial_transformer=True, legacy=False, context_dim=64, use_linear_in_transformer=True, adm_in_channels=None))
-        cfg.set_inference_dtype(torch.float32, None)
-        base = comfy.model_base.BaseModel(cfg, model_type=mt)
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():  # inference tensors, as a model loaded by a node (the trainer copies them)
-            for p in base.diffusion_model.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    build = tn.tiny_sd_model  # inference tensors, as a model loaded by a node (the trainer copies them)
     pos = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}],
            [torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(2)), {}]]
     neg = [[torch.zeros(1, 2, 64), {}]]
@@ -641,29 +627,17 @@ def test_bad_inputs_in_process(inproc):
 SD_UNET_SNIPPET = r'''
 import os, torch
 import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
-import comfy.supported_models_base as smb, comfy.latent_formats
 import folder_paths
 from comfyui_tempo.nodes import dmd as D
 from comfyui_tempo.training import gan as G
 
-class Tiny(smb.BASE):
-    unet_config = {}
-    unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
-    latent_format = comfy.latent_formats.SD15
+from tempo_testnodes import tiny_sd_model
 
 with torch.inference_mode():
     # an SD-style UNet WITH a middle block (ResBlock, SpatialTransformer, ResBlock), run by ComfyUI's
     # forward_timestep_embed, which calls the blocks' layers but never middle_block / input_blocks[i] themselves
-    cfg = Tiny(dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1],
-        channel_mult=[1], transformer_depth=[1], transformer_depth_output=[0, 0], transformer_depth_middle=1,
-        use_spatial_transformer=True, legacy=False, context_dim=64, use_linear_in_transformer=True, adm_in_channels=None))
-    cfg.set_inference_dtype(torch.float32, None)
-    base = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.EPS)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in base.diffusion_model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    m = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    m = tiny_sd_model(middle=True)
+    base = m.model
     pos = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
     neg = [[torch.zeros(1, 2, 64), {}]]
     res = {}

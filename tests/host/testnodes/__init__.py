@@ -16,7 +16,7 @@ into real ComfyUI objects, built in-process with ComfyUI's own classes by the pa
 ``name`` inputs pick "testbed" (default) or "hr" (the second testbed in its own latent space).
 
 Snippets (``comfy_snippet`` fixture) can ``import tempo_testnodes`` and call ``build_model()``,
-``class_cond()``, ``testbed()`` directly.
+``class_cond()``, ``testbed()`` and ``tiny_sd_model()`` (a tiny random SD-style UNet) directly.
 
 ``TEMPO_TESTBED_MODULE`` (test-only) names another module with the ``trained.load()`` interface.
 """
@@ -52,6 +52,37 @@ from comfyui_tempo.nodes.testbed_model import (  # noqa: F401  (re-exported for 
     class_cond,
     testbed,
 )
+
+
+def tiny_sd_model(model_type=None, *, middle: bool = False, shift: float | None = None, scale: float = 0.05, seed: int = 0):
+    """A tiny SD-style UNet (one level, 32 channels, context 64, SD1.5 latent format) with random weights
+    N(0, scale) as a MODEL, for snippets that need ComfyUI's own UNet code with eps, v or flow sampling.
+    middle: with a middle block (ResBlock, SpatialTransformer, ResBlock); shift: the flow shift of the
+    model sampling. The weights are written under no_grad (inference tensors inside inference mode, as a
+    model loaded by a node)."""
+    import comfy.latent_formats
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models_base as smb
+
+    class Tiny(smb.BASE):
+        unet_config = {}
+        unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
+        latent_format = comfy.latent_formats.SD15
+        sampling_settings = {"shift": shift} if shift is not None else {}
+
+    cfg = Tiny(dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1],
+                    channel_mult=[1], transformer_depth=[1], transformer_depth_output=[0, 0],
+                    transformer_depth_middle=1 if middle else -2, use_spatial_transformer=True, legacy=False,
+                    context_dim=64, use_linear_in_transformer=True, adm_in_channels=None))
+    cfg.set_inference_dtype(torch.float32, None)
+    base = comfy.model_base.BaseModel(cfg, model_type=model_type or comfy.model_base.ModelType.EPS)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in base.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
 class TempoTestbedModel(io.ComfyNode):
