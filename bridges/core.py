@@ -43,6 +43,7 @@ __all__ = [
     "sigma_from_ve",
     "snr",
     "match_sigma",
+    "resolution_shift",
     "convert_noisy",
     "schedule_from",
     "renoise",
@@ -182,7 +183,18 @@ def snr(sigma, kind: str) -> torch.Tensor:
     return ve_sigma(sigma, kind).pow(-2)
 
 
-def match_sigma(sigma, src: ModelSchedule, dst: ModelSchedule, snap: bool = True, name: str = "sigma") -> torch.Tensor:
+def resolution_shift(size_from, size_to) -> float:
+    """The noise-level factor of a resolution change: sqrt(pixels_to / pixels_from) (2.0 for a 2x
+    upscale). Sizes are (h, w) pairs in pixels or latent cells (only the ratio counts)."""
+    (h0, w0), (h1, w1) = ((int(v), int(v)) if isinstance(v, int) else tuple(int(a) for a in v)
+                          for v in (size_from, size_to))
+    if min(h0, w0, h1, w1) <= 0:
+        raise BridgeInputError(f"size: expected positive sizes, got {size_from} -> {size_to}")
+    return math.sqrt((h1 * w1) / (h0 * w0))
+
+
+def match_sigma(sigma, src: ModelSchedule, dst: ModelSchedule, snap: bool = True, name: str = "sigma",
+                shift: float = 1.0) -> torch.Tensor:
     """The noise level of `dst` with the same SNR as `sigma` of `src` (cross-family matching,
     research notes section 1.2 note 6; not in the paper, which pairs same-schedule models).
 
@@ -190,10 +202,22 @@ def match_sigma(sigma, src: ModelSchedule, dst: ModelSchedule, snap: bool = True
     sigma / (1 - sigma). With ``snap`` the result is moved to the nearest entry of a discrete
     target table (what a discrete model can see). Raises BridgeInputError naming `name` when
     `sigma` is outside `src`'s schedule or its match outside `dst`'s.
+
+    `shift` (the pack's resolution-aware hand-off, not the paper's rule; 1.0 = the paper): the
+    target's noise-to-signal ratio is `shift` times the source's, i.e. SNR / shift^2. After an
+    f x upscale the f x f block means of white noise of level s have level s / f, so the content
+    the source model settled at s matches the target's f s (``resolution_shift``; the same
+    correction as SD3's resolution-dependent timestep shift). A shifted level above the target's
+    sigma_max is clamped to it (the target then starts from its noisiest level).
     """
     s = torch.as_tensor(sigma, dtype=torch.float32)
     src.check(s, name)
-    out = sigma_from_ve(ve_sigma(s.double(), src.kind), dst.kind).float()
+    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+        raise BridgeInputError(f"shift: expected a positive number, got {shift!r}")
+    s_ve = ve_sigma(s.double(), src.kind) * float(shift)
+    out = sigma_from_ve(s_ve, dst.kind).float()
+    if shift != 1.0:
+        out = out.clamp(max=dst.sigma_max)
     try:
         dst.check(out, name)
     except BridgeInputError as e:
@@ -396,13 +420,15 @@ def bridge_noisy(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     extra_args: dict | None = None,
+    shift: float = 1.0,
     **bridge_kw,
 ) -> NoisyBridge:
     """Hand a noisy latent of model B (space `vae_from`, schedule `sched_from`) to model A:
     Sub-Module 2, steps 4-7. Step 4: B's x0-prediction at `sigma`; steps 5-6: decode, resize to
     `size` pixels, encode into A (``bridge_latent``); step 7: re-noise with **fresh** IID noise to
     A's matching noise level (``match_sigma`` unless `sigma_to` is given), so A sees white noise of
-    the right level, not upsampled (shrunk, correlated) noise.
+    the right level, not upsampled (shrunk, correlated) noise. `shift` goes to ``match_sigma``
+    (1.0, the paper: equal SNR; ``resolution_shift`` of the resize: the resolution-aware level).
     """
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise BridgeInputError(f"x: expected a latent tensor [B, C, H, W], got {type(x).__name__}")
@@ -410,7 +436,7 @@ def bridge_noisy(
     s_from = _sigma_batch(sigma, b, "sigma")
     sched_from.check(s_from, "sigma")
     if sigma_to is None:
-        s_to = match_sigma(s_from, sched_from, sched_to, name="sigma")
+        s_to = match_sigma(s_from, sched_from, sched_to, name="sigma", shift=shift)
     else:
         s_to = _sigma_batch(sigma_to, b, "sigma_to")
         sched_to.check(s_to, "sigma_to")

@@ -40,10 +40,14 @@ from .core import (
     bridge_noisy,
     convert_noisy,
     match_sigma,
+    resolution_shift,
 )
 from .vae import BridgeVAE
 
+RENOISE = ("resolution", "paper")  # hand-off noise level: resolution-aware (default) or the paper's equal SNR
+
 __all__ = [
+    "RENOISE",
     "TestbedVAE",
     "LinearVAE",
     "CountingDenoiser",
@@ -60,6 +64,7 @@ __all__ = [
     "route_step_handoff",
     "route_noisy_bridge",
     "upscale_latent",
+    "descending_from",
 ]
 
 
@@ -263,6 +268,7 @@ def time_decoupled_sample(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     handoff: str = "fresh",
+    renoise: str = "resolution",
     **bridge_kw,
 ) -> DecoupledResult:
     """Time-decoupled sampling (PanGu-Draw): `structure` for sigma >= the switch, `texture` below.
@@ -282,12 +288,19 @@ def time_decoupled_sample(
       handoff="fresh" (the paper) asks the structure model for its x0 at sigma_k (one extra NFE);
       "last" reuses the x0 of its last step (at sigma_{k-1}) and re-noises straight to sigma_k's
       match (no extra NFE).
+      renoise="paper" re-noises at the equal-SNR level (the paper's rule); "resolution" (default)
+      multiplies the level by the resize's ``resolution_shift`` (2 for 2x; 1 without a resize, so
+      both agree then): an f x upscale shrinks the noise in the content the structure model
+      settled by f, see ``core.match_sigma``. The texture model continues on ``sigmas[k:]`` with
+      its first entry replaced by the hand-off level (the same number of steps either way).
     """
     sched_texture = sched_texture or sched_structure
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise BridgeInputError(f"x: expected a latent tensor [B, C, H, W], got {type(x).__name__}")
     if handoff not in ("fresh", "last"):
         raise BridgeInputError(f"handoff: expected 'fresh' or 'last', got {handoff!r}")
+    if renoise not in RENOISE:
+        raise BridgeInputError(f"renoise: expected one of {RENOISE}, got {renoise!r}")
     sig = torch.as_tensor(sigmas, dtype=torch.float32).flatten()
     if sig.numel() < 3:
         raise BridgeInputError(f"sigmas: expected at least 2 steps (3 sigmas), got {sig.numel()}")
@@ -327,7 +340,11 @@ def time_decoupled_sample(
         s_t = s_t[0]
         bridged = False
     else:
-        s_to = match_sigma(sigma_k.expand(b), sched_structure, sched_texture, name=name)
+        px_from = (x.shape[-2] * vae_structure.downscale, x.shape[-1] * vae_structure.downscale)
+        px_to = px_from if size is None else size
+        shift = resolution_shift(px_from, px_to) if renoise == "resolution" else 1.0
+        s_to = match_sigma(sigma_k.expand(b), sched_structure, sched_texture, name=name, shift=shift)
+        info["shift"] = shift
         if handoff == "fresh":
             nb = bridge_noisy(x_s, sigma_k, count_s, vae_structure, vae_texture, sched_structure, sched_texture,
                               size=size, filter=filter, sigma_to=s_to, noise=noise, generator=generator,
@@ -353,9 +370,17 @@ def time_decoupled_sample(
         tail = tail.clone()
         tail[0] = s_t
         info["texture_start_index"] = idx
+    tail = descending_from(tail)
     x_out = sampler_texture(count_t, x_t, tail, extra_args=extra_texture)
     return DecoupledResult(x=x_out, k=k, switch_sigma=s_switch, handoff_sigma=float(s_t), x_structure=x_s,
                            bridged=bridged, nfe_structure=count_s.nfe, nfe_texture=count_t.nfe, info=info)
+
+
+def descending_from(tail: torch.Tensor) -> torch.Tensor:
+    """A schedule whose first entry (a hand-off level) was replaced: the later entries not below it
+    are dropped (a downscale's level can fall under the next step's), so it stays descending."""
+    keep = torch.cat([torch.ones(1, dtype=torch.bool), tail[1:] < tail[0]])
+    return tail[keep]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,10 +486,11 @@ def route_step_handoff(den_lr, den_hr, noise_lr, sigmas, k: int, extra=None, sam
 def route_noisy_bridge(den_lr, den_hr, vae_lr: BridgeVAE, vae_hr: BridgeVAE, noise_lr, noise_hr, sigmas,
                        sched: ModelSchedule, switch_timestep=500, switch_sigma=None, extra=None,
                        sampler=kdiff.sample_euler, factor: int = 2, filter: str = "bicubic",
-                       handoff: str = "last") -> HandoffResult:
+                       handoff: str = "last", renoise: str = "resolution") -> HandoffResult:
     """(d) ours: low res down to the switch, Sub-Module 2 noisy bridge (x0, decode, resize,
-    encode, the seed's high-res noise as the fresh noise at the matching level), high res
-    continues on the same schedule."""
+    encode, the seed's high-res noise as the fresh noise at the matching level: x factor with
+    renoise "resolution", equal SNR with "paper"), high res continues on the same schedule from
+    the hand-off level."""
     h = noise_lr.shape[-2] * vae_lr.downscale * factor
     w = noise_lr.shape[-1] * vae_lr.downscale * factor
     for v in (vae_lr, vae_hr):
@@ -474,8 +500,9 @@ def route_noisy_bridge(den_lr, den_hr, vae_lr: BridgeVAE, vae_hr: BridgeVAE, noi
                               switch_timestep=switch_timestep if switch_sigma is None else None,
                               switch_sigma=switch_sigma, vae_structure=vae_lr, vae_texture=vae_hr,
                               size=(h, w), filter=filter, sampler=sampler, extra_structure=extra,
-                              extra_texture=extra, noise=noise_hr, handoff=handoff)
+                              extra_texture=extra, noise=noise_hr, handoff=handoff, renoise=renoise)
     calls = vae_calls(vae_lr, vae_hr) if vae_lr is not vae_hr else vae_calls(vae_lr)
     return HandoffResult(r.x, r.nfe_structure, r.nfe_texture, calls or 2,
-                         {"k": r.k, "switch_sigma": round(r.switch_sigma, 4), "handoff": handoff,
+                         {"k": r.k, "switch_sigma": round(r.switch_sigma, 4), "handoff": handoff, "renoise": renoise,
+                          "handoff_sigma": round(r.handoff_sigma, 4),
                           "switch_timestep": switch_timestep, "filter": filter}, r.x_structure)

@@ -205,6 +205,44 @@ def test_noisy_bridge_noise_is_white_latent_upscale_is_not():
     assert float(std_ratio.min()) - up_std > 0.25 and up_corr - abs(corr) > 0.5
 
 
+def test_resolution_aware_level_keeps_the_coarse_noise_of_the_source():
+    """The pack's resolution-aware hand-off level (``shift``): after a 2x upscale the 2x2 block means
+    of the target's noise carry the source's level, where the paper's equal-SNR level halves it.
+    For eps the level doubles; for flow it is SD3's shifted timestep 2t / (1 + t); above the
+    target's sigma_max it is clamped; a bad shift names the input."""
+    assert C.resolution_shift((32, 32), (64, 64)) == 2.0
+    assert C.resolution_shift((64, 32), (64, 64)) == pytest.approx(math.sqrt(2))
+    assert C.resolution_shift(64, 32) == 0.5
+    sd, fl = C.ModelSchedule.sd_discrete(), C.ModelSchedule.flow()
+    s = torch.tensor([5.0, 1.0, 0.1])
+    torch.testing.assert_close(C.match_sigma(s, sd, sd, snap=False, shift=2.0), 2 * s)
+    t = torch.tensor([0.2, 0.5, 0.8])
+    torch.testing.assert_close(C.match_sigma(t, fl, fl, snap=False, shift=2.0), 2 * t / (1 + t))
+    assert float(C.match_sigma(torch.tensor(10.0), sd, sd, snap=False, shift=2.0)) == pytest.approx(sd.sigma_max)
+    with pytest.raises(BridgeInputError, match="^shift"):
+        C.match_sigma(s, sd, sd, shift=0.0)
+
+    vae = ToyVAE(4, 8, seed=1, name="toy")
+    z0 = 0.15 * smooth_latents((8, 4, 16, 16), 3)
+    sigma = sd.table[500]
+    x = z0 + sigma * torch.randn(z0.shape, generator=torch.Generator().manual_seed(4))
+    for shift, coarse in ((1.0, 0.5), (2.0, 1.0)):
+        out = C.bridge_noisy(x, sigma, lambda *_a, **_k: z0, vae, vae, sd, sd, size=(256, 256), shift=shift,
+                             generator=torch.Generator().manual_seed(5))
+        block = torch.nn.functional.avg_pool2d(out.x - out.x0, 2) / sigma
+        assert abs(float(block.std()) - coarse) < 0.02, (shift, float(block.std()))
+
+
+def test_descending_from_drops_entries_above_a_lowered_hand_off_level():
+    from comfyui_tempo.bridges.decoupled import descending_from
+
+    tail = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0])
+    torch.testing.assert_close(descending_from(tail), tail)
+    low = tail.clone()
+    low[0] = 1.5  # a downscale's level under the next step's
+    torch.testing.assert_close(descending_from(low), torch.tensor([1.5, 1.0, 0.5, 0.0]))
+
+
 # ---------------------------------------------------------------------------------------------
 # Sub-Module 1: conversion B -> A, fusion, back to B
 
