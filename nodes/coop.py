@@ -28,7 +28,9 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io, ui
 
-from ..bridges.core import FILTERS, bridge_latent, euler_step, fuse, match_sigma, renoise, resize_images, schedule_from, ve_sigma
+from ..bridges.core import (FILTERS, bridge_latent, euler_step, fuse, match_sigma, renoise, resize_images, resolution_shift,
+                            schedule_from, ve_sigma)
+from ..bridges.decoupled import descending_from
 from ..bridges.vae import BridgeInputError
 from .comfy_vae import (
     ComfyBridgeVAE,
@@ -48,6 +50,22 @@ CATEGORY_LATENT = "latent/tempo"
 TAPERS = ["none", "linear", "cosine"]
 SWITCH_MODES = ["timestep", "sigma"]
 HANDOFFS = ["auto", "bridge"]
+RENOISE_LEVELS = ["resolution-aware", "paper (equal SNR)"]
+
+
+def _renoise_input(stage: str) -> io.Combo.Input:
+    return io.Combo.Input(
+        "renoise_level", options=RENOISE_LEVELS, default=RENOISE_LEVELS[0],
+        tooltip=f"The noise level {stage} is re-noised to after a resize. paper (equal SNR): the level of the same "
+        "signal-to-noise ratio (PanGu-Draw's rule). resolution-aware (the pack's default, measured closer to a full "
+        "high-res run): that level times the size factor (2x for a 2x upscale, as SD3's resolution shift), because "
+        "upscaling shrinks the noise in the content the first model settled. Without a resize both are the same.")
+
+
+def _shift_for(renoise_level: str, px_from: tuple[int, int], px_to: tuple[int, int]) -> float:
+    if renoise_level not in RENOISE_LEVELS:
+        raise BridgeInputError(f"renoise_level: expected one of {RENOISE_LEVELS}, got {renoise_level!r}")
+    return resolution_shift(px_from, px_to) if renoise_level == RENOISE_LEVELS[0] else 1.0
 
 
 # ============================================================================= shared helpers
@@ -604,6 +622,7 @@ class NoisyLatentBridge(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the fresh noise."),
                 io.Boolean.Input("tiled", default=False, tooltip="Tiled decode and encode (ComfyUI's tiled VAE)."),
+                _renoise_input("the bridged latent"),
                 io.Sigmas.Input("sigmas_source", optional=True,
                                 tooltip="Optional: the schedule the source sampler ran (e.g. SplitSigmas' high_sigmas); "
                                 "its last sigma replaces steps / end_at_step / scheduler."),
@@ -620,7 +639,7 @@ class NoisyLatentBridge(io.ComfyNode):
     @classmethod
     def execute(cls, samples, model_source, vae_source, positive_source, negative_source, cfg_source, model_target,
                 vae_target, steps, end_at_step, scheduler, width, height, scale, resize_method, seed, tiled=False,
-                sigmas_source=None) -> io.NodeOutput:
+                sigmas_source=None, renoise_level=RENOISE_LEVELS[0]) -> io.NodeOutput:
         raw = samples["samples"]
         check_latent_vae(raw, vae_source, "samples", "vae_source")
         check_model_vae(model_source, vae_source, "model_source", "vae_source")
@@ -629,15 +648,18 @@ class NoisyLatentBridge(io.ComfyNode):
         sched_s, sched_t = model_schedule(model_source, "model_source"), model_schedule(model_target, "model_target")
         kind_t = sched_t.kind
         sig_t = _ksampler_sigmas(model_target, steps, "euler", scheduler, 1.0)
-        s_match = match_sigma(torch.tensor(sigma), sched_s, sched_t, snap=False, name="end_at_step" if sigmas_source is None else "sigmas_source")
+        calls = {"decode": 0, "encode": 0}
+        vs = ComfyBridgeVAE(vae_source, model_latent_format(model_source), "vae_source", tiled, calls=calls)
+        vt = ComfyBridgeVAE(vae_target, model_latent_format(model_target), "vae_target", tiled, calls=calls)
+        px_from = (raw.shape[-2] * vs.downscale, raw.shape[-1] * vs.downscale)
+        h, w = target_pixels(*px_from, vt.downscale, width, height, scale)
+        shift = _shift_for(renoise_level, px_from, (h, w))
+        s_match = match_sigma(torch.tensor(sigma), sched_s, sched_t, snap=False,
+                              name="end_at_step" if sigmas_source is None else "sigmas_source", shift=shift)
         idx, tail = schedule_from(sig_t, float(s_match), kind_t, name="end_at_step")
         if idx >= len(sig_t) - 1:
             raise BridgeInputError("end_at_step: the hand-off lands on the target schedule's end; nothing left to denoise")
         s_to = float(tail[0])
-        calls = {"decode": 0, "encode": 0}
-        vs = ComfyBridgeVAE(vae_source, model_latent_format(model_source), "vae_source", tiled, calls=calls)
-        vt = ComfyBridgeVAE(vae_target, model_latent_format(model_target), "vae_target", tiled, calls=calls)
-        h, w = target_pixels(raw.shape[-2] * vs.downscale, raw.shape[-1] * vs.downscale, vt.downscale, width, height, scale)
         _, x0 = model_x0_at(model_source, positive_source, negative_source, cfg_source, raw, sigma, seed)
         z0 = bridge_latent(x0.float().cpu(), vs, vt, size=(h, w), filter=resize_method)
         noise = _fresh_noise(z0.shape, seed)
@@ -646,7 +668,8 @@ class NoisyLatentBridge(io.ComfyNode):
         raw_t = vt.from_model(ms_t.inverse_noise_scaling(torch.tensor(s_to), x_t))
         out = {k: v for k, v in samples.items() if k not in ("noise_mask", "samples")}
         out["samples"] = raw_t.to(comfy.model_management.intermediate_device())
-        text = (f"Noisy Latent Bridge: sigma {sigma:.4g} -> target sigma {s_to:.4g} (matched {float(s_match):.4g}), "
+        text = (f"Noisy Latent Bridge: sigma {sigma:.4g} -> target sigma {s_to:.4g} (matched {float(s_match):.4g}"
+                f"{f', x{shift:.3g} for the resize' if shift != 1.0 else ''}), "
                 f"start_at_step {idx} of {len(sig_t) - 1}; {raw.shape[-1] * vs.downscale}x{raw.shape[-2] * vs.downscale} -> "
                 f"{w}x{h} px; NFE 1, VAE {_calls_text(calls)}")
         log.info("%s", text)
@@ -764,6 +787,7 @@ class TimeDecoupledSampler(io.ComfyNode):
                                "size (history kept), else the pixel bridge; bridge: always decode, resize, encode and "
                                "re-noise at the switch."),
                 *_size_inputs(what="the texture stage's image"),
+                _renoise_input("the texture stage"),
                 io.Vae.Input("vae_structure", optional=True,
                              tooltip="VAE of the structure model's space (needed for a bridged hand-off)."),
                 io.Vae.Input("vae_texture", optional=True,
@@ -776,7 +800,7 @@ class TimeDecoupledSampler(io.ComfyNode):
     def execute(cls, model_structure, positive_structure, negative_structure, cfg_structure, model_texture,
                 positive_texture, negative_texture, cfg_texture, latent_image, seed, steps, sampler_name, scheduler,
                 denoise, switch_mode, switch_timestep, switch_sigma, handoff, width, height, scale, resize_method,
-                vae_structure=None, vae_texture=None) -> io.NodeOutput:
+                vae_structure=None, vae_texture=None, renoise_level=RENOISE_LEVELS[0]) -> io.NodeOutput:
         ms_name = switch_mode
         s_switch, name = switch_to_sigma(model_structure, switch_mode, switch_timestep, switch_sigma)
         if handoff not in HANDOFFS:
@@ -819,9 +843,15 @@ class TimeDecoupledSampler(io.ComfyNode):
         sched_s, sched_t = model_schedule(model_structure, "model_structure"), model_schedule(model_texture, "model_texture")
         sig1 = sigmas[: k + 1]
         tail = sigmas[k:].float().cpu()
+        px_from = (samples_in.shape[-2] * vs.downscale, samples_in.shape[-1] * vs.downscale)
+        h, w = target_pixels(*px_from, vt.downscale, width, height, scale)
+        shift = _shift_for(renoise_level, px_from, (h, w))
         sig2 = torch.stack([
             match_sigma(s, sched_s, sched_t, snap=False, name=name) if float(s) > 0 else torch.tensor(0.0) for s in tail
         ])
+        if shift != 1.0:  # the hand-off level only: the texture model keeps its n - k steps (fewer after a downscale)
+            sig2[0] = match_sigma(tail[0], sched_s, sched_t, snap=False, name=name, shift=shift)
+            sig2 = descending_from(sig2)
         store: dict = {}
         g1 = comfy.samplers.CFGGuider(model_structure)
         g1.set_conds(positive_structure, negative_structure)
@@ -829,8 +859,6 @@ class TimeDecoupledSampler(io.ComfyNode):
         g1.sample(noise, samples_in, _capture_end_sampler(comfy.samplers.sampler_object(sampler_name), store), sig1,
                   denoise_mask=latent_image.get("noise_mask"), callback=latent_preview.prepare_callback(model_structure, k),
                   disable_pbar=disable_pbar, seed=seed)
-        h, w = target_pixels(samples_in.shape[-2] * vs.downscale, samples_in.shape[-1] * vs.downscale, vt.downscale,
-                             width, height, scale)
         z0 = bridge_latent(store["x0"].float().cpu(), vs, vt, size=(h, w), filter=resize_method)
         noise2 = _fresh_noise(z0.shape, seed + 1)
         g2 = comfy.samplers.CFGGuider(model_texture)
@@ -838,12 +866,13 @@ class TimeDecoupledSampler(io.ComfyNode):
         g2.set_cfg(cfg_texture)
         # KSAMPLER starts from noise_scaling(sig2[0], noise2, z0): exactly the re-noise of Sub-Module 2 step 7
         samples = g2.sample(noise2, vt.from_model(z0), comfy.samplers.sampler_object(sampler_name), sig2,
-                            callback=latent_preview.prepare_callback(model_texture, n - k),
+                            callback=latent_preview.prepare_callback(model_texture, sig2.numel() - 1),
                             disable_pbar=disable_pbar, seed=seed + 1)
         out = {kk: v for kk, v in latent_image.items() if kk not in ("noise_mask", "samples")}
         out["samples"] = samples.to(comfy.model_management.intermediate_device())
-        text = (f"Time-decoupled ({ms_name} switch at sigma {s_switch:.4g}, hand-off at texture sigma {float(sig2[0]):.4g}): bridged, "
-                f"structure {k} steps (NFE {k} + 1 for x0 at the switch), texture {n - k} steps; "
+        text = (f"Time-decoupled ({ms_name} switch at sigma {s_switch:.4g}, hand-off at texture sigma {float(sig2[0]):.4g}"
+                f"{f', x{shift:.3g} for the resize' if shift != 1.0 else ''}): bridged, "
+                f"structure {k} steps (NFE {k} + 1 for x0 at the switch), texture {sig2.numel() - 1} steps; "
                 f"{samples_in.shape[-1] * vs.downscale}x{samples_in.shape[-2] * vs.downscale} -> {w}x{h} px; "
                 f"VAE {_calls_text(calls)}")
         log.info("%s", text)

@@ -64,7 +64,7 @@ def write(WF, OUT):
                  scheduler="normal", start_at_step=0, end_at_step=10, return_with_leftover_noise="enable")
     w.link(a, "MODEL", ksa, "model"); w.link(pa, "CONDITIONING", ksa, "positive"); w.link(na, "CONDITIONING", ksa, "negative")
     w.link(lat, "LATENT", ksa, "latent_image")
-    nbr = w.node("TempoNoisyLatentBridge", (1190, 20), (340, 420), cfg_source=7.0, steps=20, end_at_step=10,
+    nbr = w.node("TempoNoisyLatentBridge", (1190, 20), (340, 446), cfg_source=7.0, steps=20, end_at_step=10,
                  scheduler="normal", scale=2.0, resize_method="bicubic", seed=7, seed__control="fixed")
     w.link(ksa, "LATENT", nbr, "samples"); w.link(a, "MODEL", nbr, "model_source"); w.link(a, "VAE", nbr, "vae_source")
     w.link(pa, "CONDITIONING", nbr, "positive_source"); w.link(na, "CONDITIONING", nbr, "negative_source")
@@ -118,7 +118,7 @@ def write(WF, OUT):
     a, pa, na = _model(w, SD15, 30, 20, "Structure: SD1.5")
     b, pb, nb = _model(w, SDXL, 30, 420, "Texture: SDXL")
     lat = w.node("EmptyLatentImage", (30, 820), (320, 110), width=512, height=512, batch_size=1)
-    td = w.node("TempoTimeDecoupledSampler", (830, 20), (360, 640), cfg_structure=7.0, cfg_texture=7.0, seed=42,
+    td = w.node("TempoTimeDecoupledSampler", (830, 20), (360, 666), cfg_structure=7.0, cfg_texture=7.0, seed=42,
                 seed__control="fixed", steps=30, sampler_name="euler", scheduler="normal", switch_mode="timestep",
                 switch_timestep=500, scale=2.0, resize_method="bicubic")
     w.link(a, "MODEL", td, "model_structure"); w.link(pa, "CONDITIONING", td, "positive_structure")

@@ -109,6 +109,15 @@ with torch.inference_mode():
                                          "timestep", 500, 1.0, "bridge", 0, 0, 1.0, "bilinear", v, v)
     R["td_bridge_text"] = tdb.ui.as_dict()["text"][0]
     R["td_bridge_psnr"] = psnr(decode(v, tdb.args[0]["samples"]), decode(v, ref3))
+    # with a 2x resize: the texture stage starts at twice the switch sigma (resolution-aware, the default) or at
+    # the switch sigma itself (the paper's equal SNR); either way it keeps its n - k steps
+    tdr = {lvl: C.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 20, "euler", "normal", 1.0,
+                                               "timestep", 500, 1.0, "auto", 0, 0, 2.0, "bilinear", v, v,
+                                               **({} if lvl == "default" else {"renoise_level": lvl}))
+           for lvl in ("default", "paper (equal SNR)")}
+    R["td_resize"] = {lvl: {"text": r.ui.as_dict()["text"][0], "shape": list(r.args[0]["samples"].shape)}
+                      for lvl, r in tdr.items()}
+    R["td_resize"]["differ"] = not torch.equal(tdr["default"].args[0]["samples"], tdr["paper (equal SNR)"].args[0]["samples"])
     # Latent Bridge, one VAE and no resize == VAEDecode + VAEEncode
     img = nodes.VAEDecode().decode(v, {"samples": ref3})[0]
     rt = nodes.VAEEncode().encode(v, img)[0]["samples"]
@@ -133,6 +142,14 @@ with torch.inference_mode():
     nb2 = C.NoisyLatentBridge.execute({"samples": ksa["samples"].repeat(8, 1, 1, 1)}, m, v, pos, neg, 5.0, m, v, 20, 10,
                                       "normal", 64, 64, 1.0, "bilinear", 4)
     R["nb_2x_shape"] = list(nb2.args[0]["samples"].shape)
+    # resolution-aware (default): the 2x hand-off enters the target schedule at the entry nearest 2 x sigma_10
+    # in log sigma; the paper's equal SNR keeps step 10
+    ls = sig_full[:-1].log()
+    R["nb_2x_expected_start"] = int((ls - (2 * sig_full[10]).log()).abs().argmin())
+    nb2p = C.NoisyLatentBridge.execute({"samples": ksa["samples"].repeat(8, 1, 1, 1)}, m, v, pos, neg, 5.0, m, v, 20, 10,
+                                       "normal", 64, 64, 1.0, "bilinear", 4, renoise_level="paper (equal SNR)")
+    R["nb_2x_paper_start"] = nb2p.args[2]
+    R["nb_2x_text"] = nb2.ui.as_dict()["text"][0]
     # the hand-off sigma from a SIGMAS input (SplitSigmas' high half) instead of steps / end_at_step
     nb3 = C.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, m, v, 20, 3, "normal", 0, 0, 1.0, "bilinear", 4,
                                       False, sig_full[:11])
@@ -293,6 +310,17 @@ def test_time_decoupled_bridged_handoff_stays_close_to_the_plain_run(coop_result
     assert "bridged" in text and "VAE 1 decodes + 1 encodes" in text, text
     # fresh noise at the switch changes details, not the picture
     assert coop_result["td_bridge_psnr"] > 15.0, coop_result["td_bridge_psnr"]
+    assert "x2" not in text  # no resize: the resolution-aware level is the paper's
+
+
+def test_time_decoupled_2x_resize_renoise_levels(coop_result):
+    r = coop_result["td_resize"]
+    print(f"\n2x resize, resolution-aware: {r['default']['text']}\n2x resize, paper: {r['paper (equal SNR)']['text']}")
+    for lvl in ("default", "paper (equal SNR)"):
+        assert r[lvl]["shape"] == [2, 4, 16, 16], r
+        assert "texture 10 steps" in r[lvl]["text"], r  # the switch at t 500 splits 20 normal steps 10 / 10
+    assert "x2 for the resize" in r["default"]["text"] and "x2" not in r["paper (equal SNR)"]["text"]
+    assert r["differ"]
 
 
 def test_latent_bridge_one_vae_no_resize_is_a_decode_encode_round_trip(coop_result):
@@ -308,7 +336,12 @@ def test_noisy_latent_bridge_continues_a_ksampler_advanced_pair(coop_result):
     assert nb["start"] == 10 and nb["sigmas_equal"], nb
     assert "NFE 1" in nb["text"]
     assert nb["psnr_vs_full"] > 15.0, nb
-    assert coop_result["nb_2x_shape"] == [16, 4, 16, 16] and coop_result["nb_2x_start"] == 10
+    assert coop_result["nb_2x_shape"] == [16, 4, 16, 16]
+    # a 2x resize: resolution-aware (default) re-noises at twice the level, so the target starts earlier; the
+    # paper's equal-SNR level keeps the source's step
+    assert coop_result["nb_2x_paper_start"] == 10
+    assert coop_result["nb_2x_start"] == coop_result["nb_2x_expected_start"] < 10, coop_result["nb_2x_text"]
+    assert "x2 for the resize" in coop_result["nb_2x_text"]
     assert coop_result["nb_sigmas_input"]
 
 

@@ -46,7 +46,7 @@ PACK_WIDGETS = {
     "TempoLatentBridge": ["width", "height", "scale", "resize_method", "tiled", "tile_size", "overlap"],
     "TempoNoisyLatentBridge": [
         "cfg_source", "steps", "end_at_step", "scheduler", "width", "height", "scale", "resize_method", "seed",
-        "control_after_generate", "tiled",
+        "control_after_generate", "tiled", "renoise_level",
     ],
     "TempoCoopSampler": [
         "cfg_a", "cfg_b", "seed", "control_after_generate", "steps", "sampler_name", "scheduler", "denoise", "d", "d_start",
@@ -56,6 +56,7 @@ PACK_WIDGETS = {
     "TempoTimeDecoupledSampler": [
         "cfg_structure", "cfg_texture", "seed", "control_after_generate", "steps", "sampler_name", "scheduler", "denoise",
         "switch_mode", "switch_timestep", "switch_sigma", "handoff", "width", "height", "scale", "resize_method",
+        "renoise_level",
     ],
     # DMD (nodes/dmd.py)
     "TempoDMDGeneratorLoader": ["generator_name", "conditioning_timestep", "timesteps", "strength"],
