@@ -11,9 +11,11 @@ noise_lag1_corr, wall_s, plus case-specific ones):
   against a full 64 px reference from coupled noise (64 px white noise whose 2x2 block means x 2
   are the 32 px noise). The three routes ComfyUI users take today, each swept over its setting
   (the best is marked ``best``), and ours (low res to the switch, noisy bridge, high res
-  continues). nfe = nfe_lr + nfe_hr; ``hr_equiv`` counts a 32 px call as 1/4 of a 64 px call.
-  ``lr_upscaled`` is the 32 px final image upscaled (composition agreement).
-* ``resolution_split``: the four routes at the same split of one schedule (k low-res steps, n - k
+  continues; at the resolution-aware level, the default, and at the paper's equal-SNR level).
+  nfe = nfe_lr + nfe_hr; ``hr_equiv`` counts a 32 px call as 1/4 of a 64 px call.
+  ``lr_upscaled`` is the 32 px final image upscaled (composition agreement). ``detail_ratio``:
+  high-frequency energy over the reference's (unpaired; blur shows below 1).
+* ``resolution_split``: the routes at the same split of one schedule (k low-res steps, n - k
   high-res steps: equal NFE and equal cost), for several k; ours switches at sigma_{k-1}.
 * ``cross_space``: real TAESD pairs on scikit-image photos: taesd -> taesdxl bridged image vs a
   decode-encode-decode round trip, taesd -> taesd3 (4 -> 16 channels).
@@ -43,7 +45,7 @@ from ..samplers import schedules as S
 from .common import print_table, psnr_db, write_json
 
 COLUMNS = [
-    "case", "method", "nfe", "nfe_lr", "nfe_hr", "hr_equiv", "vae_calls", "psnr_db", "psnr_min",
+    "case", "method", "nfe", "nfe_lr", "nfe_hr", "hr_equiv", "vae_calls", "psnr_db", "psnr_min", "detail_ratio",
     "noise_std_ratio", "noise_lag1_corr", "identical", "wall_s", "setting",
 ]
 
@@ -65,6 +67,20 @@ def _noise_stats(resid: torch.Tensor) -> dict:
 def _psnr_cols(images, reference) -> dict:
     p = psnr_db(images, reference)
     return {"psnr_db": float(p.mean()), "psnr_min": float(p.min())}
+
+
+def detail_energy(images: torch.Tensor) -> torch.Tensor:
+    """Mean squared 4-neighbour Laplacian of images [B, C, H, W]: the high-frequency energy
+    (blur lowers it; a hand-off that loses detail shows below the reference's)."""
+    x = images.float()
+    lap = 4 * x[..., 1:-1, 1:-1] - x[..., :-2, 1:-1] - x[..., 2:, 1:-1] - x[..., 1:-1, :-2] - x[..., 1:-1, 2:]
+    return lap.pow(2).mean()
+
+
+def _image_cols(images, reference) -> dict:
+    """Paired PSNR to the reference and, unpaired, detail_ratio: the high-frequency energy of the
+    images over the reference's (1 = as detailed as the full high-res runs)."""
+    return {**_psnr_cols(images, reference), "detail_ratio": float(detail_energy(images) / detail_energy(reference))}
 
 
 def _upsample_img(img, size=64):
@@ -183,7 +199,7 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
     # composition agreement: the low-res run alone, upscaled
     z_lr = kdiff.sample_euler(st.denh, noise_lr * sig[0], sig, extra_args=st.extra)
     rows.append({"case": "resolution", "method": "lr_upscaled", "nfe": n, "nfe_lr": n, "nfe_hr": 0,
-                 "hr_equiv": n / 4, "vae_calls": 1, **_psnr_cols(_upsample_img(dec(z_lr)), img_ref),
+                 "hr_equiv": n / 4, "vae_calls": 1, **_image_cols(_upsample_img(dec(z_lr)), img_ref),
                  "setting": "32px final, decoded, bicubic x2 (composition agreement)"})
 
     # the floor for anything that knows only the low-res noise: the full 64 px run from other 64 px
@@ -193,13 +209,13 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
     noise_alt = F.interpolate(F.avg_pool2d(noise_hr, 2), scale_factor=2, mode="nearest") + w
     alt = D.route_reference(st.denh, noise_alt, sig, st.extra)
     rows.append({"case": "resolution", "method": "hr_same_lr_noise", "nfe": n, "nfe_lr": 0, "nfe_hr": n,
-                 "hr_equiv": float(n), "vae_calls": 0, **_psnr_cols(dec(alt.x), img_ref),
+                 "hr_equiv": float(n), "vae_calls": 0, **_image_cols(dec(alt.x), img_ref),
                  "setting": "64px from other noise with the same 2x2 block means (floor for the 32px noise alone)"})
 
     def add(route, method, r, wall, setting):
         row = {"case": "resolution", "method": method, "route": route, "nfe": r.nfe, "nfe_lr": r.nfe_lr,
                "nfe_hr": r.nfe_hr, "hr_equiv": r.hr_equiv(), "vae_calls": r.vae_calls,
-               **_psnr_cols(dec(r.x), img_ref), "wall_s": wall, "setting": setting}
+               **_image_cols(dec(r.x), img_ref), "wall_s": wall, "setting": setting}
         rows.append(row)
         log(f"  {method:28s} {setting:36s} nfe {r.nfe:3d} ({r.nfe_lr}+{r.nfe_hr})  {row['psnr_db']:.2f} dB")
         return row
@@ -232,16 +248,21 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
     for k in ks:
         r, w = timed_route(D.route_step_handoff, st.denh, st.denh, noise_lr, sig, k, st.extra)
         groups.setdefault("c", []).append(add("c", "step_handoff_ksampleradv", r, w, f"k={k} of {n}"))
+    # ours: the pack's resolution-aware level (default) and the paper's equal-SNR level, x0 of the
+    # last low-res step (equal NFE); the paper's fresh x0 at the switch (+1 NFE) at t = 500
     for t in switches:
-        for handoff in ("last", "fresh"):
+        for renoise, handoff, g, method in (("resolution", "last", "d", "noisy_bridge"),
+                                            ("paper", "last", "d_paper", "noisy_bridge_paper"),
+                                            ("resolution", "fresh", "d_fresh", "noisy_bridge_fresh_x0")):
             if handoff == "fresh" and t != 500:
                 continue
             r, w = timed_route(D.route_noisy_bridge, st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, sig,
-                               st.sched, switch_timestep=t, extra=st.extra, handoff=handoff)
-            row = add("d", "noisy_bridge" + ("" if handoff == "last" else "_fresh_x0"), r, w,
-                      f"t={t} (k={r.settings['k']}), x0 {handoff}")
+                               st.sched, switch_timestep=t, extra=st.extra, handoff=handoff, renoise=renoise)
+            row = add("d", method, r, w, f"t={t} (k={r.settings['k']}), x0 {handoff}, "
+                      f"hand-off sigma {r.settings['handoff_sigma']:.3g} ({renoise})")
             row["switch_timestep"] = t
-            groups.setdefault("d" if handoff == "last" else "d_fresh", []).append(row)
+            row["renoise"] = renoise
+            groups.setdefault(g, []).append(row)
     for g, rs in groups.items():
         best = max(rs, key=lambda r: r["psnr_db"])
         best["best"] = True
@@ -256,22 +277,32 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
 
 @torch.no_grad()
 def case_resolution_matched(st: Setup, quick: bool, log=print) -> list[dict]:
-    """The four routes at the same low-res / high-res split: k low-res steps, n - k high-res steps
-    on the same n-step schedule (equal NFE and equal high-res-equivalent cost); ours switches at
-    sigma_{k-1} (reported as its timestep)."""
+    """Issue 4 criterion 3's table: the routes at the same low-res / high-res split of one n-step
+    schedule (k low-res steps, n - k high-res steps: equal NFE and equal high-res-equivalent
+    cost). Ours switches at sigma_{k-1} and hands off with the x0 of its last step (no extra NFE):
+    ``noisy_bridge`` at the resolution-aware level (the pack's default), ``noisy_bridge_paper`` at
+    the paper's equal-SNR level. The three ComfyUI routes run their high-res stage as KSampler
+    denoise (n - k) / n. ``latent_upscale_at_handoff_level`` (a diagnostic, not a route users
+    take, never marked best) is route (a) with the denoise whose first sigma is nearest our
+    hand-off level: it separates the gain of the level from the gain of the bridge."""
     n = st.steps
     sig = st.sigmas_fn(n)
     noise_hr, noise_lr = st.coupled()
     dec = st.v2.decode_model
     img_ref = dec(D.route_reference(st.denh, noise_hr, sig, st.extra).x)
     rows = []
-    for k in ((3, 6) if quick else (3, 5, 7, 9, 11, 13)):
+    for k in ((3, 6) if quick else (3, 5, 7, 9, 10, 11, 13)):
         m = n - k
         t_sw = int(S.sigma_to_t(sig[k - 1:k], st.sched.table))
+
+        def bridge(renoise, k=k):
+            return D.route_noisy_bridge(st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, sig, st.sched,
+                                        switch_timestep=None, switch_sigma=float(sig[k - 1]), extra=st.extra,
+                                        renoise=renoise)
+
         runs = [
-            ("noisy_bridge", lambda: D.route_noisy_bridge(st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, sig,
-                                                          st.sched, switch_timestep=None,
-                                                          switch_sigma=float(sig[k - 1]), extra=st.extra)),
+            ("noisy_bridge", lambda: bridge("resolution")),
+            ("noisy_bridge_paper", lambda: bridge("paper")),
             ("step_handoff_ksampleradv", lambda: D.route_step_handoff(st.denh, st.denh, noise_lr, sig, k, st.extra)),
             ("latent_upscale", lambda: D.route_latent_upscale(st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, k, m,
                                                               m / n, st.extra)),
@@ -283,13 +314,28 @@ def case_resolution_matched(st: Setup, quick: bool, log=print) -> list[dict]:
             t0 = time.perf_counter()
             r = fn()
             wall = time.perf_counter() - t0
-            group.append({"case": "resolution_split", "method": name, "k": k, "nfe": r.nfe, "nfe_lr": r.nfe_lr,
-                          "nfe_hr": r.nfe_hr, "hr_equiv": r.hr_equiv(), "vae_calls": r.vae_calls,
-                          **_psnr_cols(dec(r.x), img_ref), "wall_s": wall,
-                          "setting": f"split k={k} of {n} (switch t~{t_sw}; denoise {m / n:.2f})"})
+            row = {"case": "resolution_split", "method": name, "k": k, "nfe": r.nfe, "nfe_lr": r.nfe_lr,
+                   "nfe_hr": r.nfe_hr, "hr_equiv": r.hr_equiv(), "vae_calls": r.vae_calls,
+                   **_image_cols(dec(r.x), img_ref), "wall_s": wall,
+                   "setting": f"split k={k} of {n} (switch t~{t_sw}; denoise {m / n:.2f})"}
+            if name.startswith("noisy_bridge"):
+                row["handoff_sigma"] = r.settings["handoff_sigma"]
+                row["setting"] = f"split k={k} of {n} (switch t~{t_sw}; hand-off sigma {r.settings['handoff_sigma']:.3g})"
+            group.append(row)
         best = max(group, key=lambda r: r["psnr_db"])
         best["best"] = True
         best["method"] += " (best)"
+        # diagnostic: route (a) re-noised at our hand-off level (the denoise whose first sigma is nearest)
+        s_ours = group[0]["handoff_sigma"]
+        d = min((i / 100 for i in range(5, 101)),
+                key=lambda d: abs(float(D.denoise_sigmas(st.sigmas_fn, m, d)[0]) - s_ours))
+        t0 = time.perf_counter()
+        r = D.route_latent_upscale(st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, k, m, d, st.extra)
+        group.append({"case": "resolution_split", "method": "latent_upscale_at_handoff_level", "k": k, "nfe": r.nfe,
+                      "nfe_lr": r.nfe_lr, "nfe_hr": r.nfe_hr, "hr_equiv": r.hr_equiv(), "vae_calls": 0,
+                      **_image_cols(dec(r.x), img_ref), "wall_s": time.perf_counter() - t0, "diagnostic": True,
+                      "setting": f"split k={k} of {n}; denoise {d:.2f} (first sigma "
+                                 f"{float(D.denoise_sigmas(st.sigmas_fn, m, d)[0]):.3g})"})
         log("  split k=%d (t~%d): " % (k, t_sw) + ", ".join(f"{r['method']} {r['psnr_db']:.2f}" for r in group))
         rows += group
     return rows
