@@ -140,6 +140,32 @@ def browser_ctx(tmp_path_factory):
             ctx.close()
 
 
+_BUILD_PRELUDE_JS = """
+  const api = window.comfyAPI.api.api;
+  if (!window.__tempoEvents) {
+    window.__tempoEvents = [];
+    for (const kind of ["execution_error", "execution_success", "execution_interrupted"]) {
+      api.addEventListener(kind, (e) => window.__tempoEvents.push({ kind, detail: e.detail }));
+    }
+  }
+  await app.loadGraphData(
+    { last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {}, extra: {}, version: 0.4 },
+    true, true, null, { showMissingNodesDialog: false, showMissingModelsDialog: false });
+  const add = (type, pos, values = {}) => {
+    const node = LiteGraph.createNode(type);
+    if (!node) throw new Error("cannot create " + type);
+    node.pos = pos;
+    app.graph.add(node);
+    for (const [name, value] of Object.entries(values)) {
+      const w = node.widgets.find((w) => w.name === name);
+      if (!w) throw new Error(type + " has no widget " + name);
+      w.value = value;
+    }
+    return node;
+  };
+"""
+
+
 class ComfyPage:
     """The ComfyUI page and what its console said."""
 
@@ -183,6 +209,12 @@ class ComfyPage:
 
     def evaluate(self, script: str, arg=None):
         return self.page.evaluate(script, arg)
+
+    def build_graph(self, body: str, arg=None):
+        """Run `body` (JS statements, `arg` in scope, ending in a return) on an emptied graph, with
+        `add(type, pos, values)` to create a node and set its widgets; the run's execution events
+        (error / success / interrupted) collect in window.__tempoEvents."""
+        return self.page.evaluate("async (arg) => {\n" + _BUILD_PRELUDE_JS + body + "}", arg)
 
     def load_graph(self, workflow: dict) -> dict:
         """app.loadGraphData(workflow) with the dialogs off; returns what the front end saw:

@@ -7,29 +7,7 @@ from __future__ import annotations
 import pytest
 
 BUILD_JS = """
-async ({ kind }) => {
-  const api = window.comfyAPI.api.api;
-  if (!window.__tempoCoopEvents) {
-    window.__tempoCoopEvents = [];
-    for (const k of ["execution_error", "execution_success", "execution_interrupted"]) {
-      api.addEventListener(k, (e) => window.__tempoCoopEvents.push({ kind: k, detail: e.detail }));
-    }
-  }
-  await app.loadGraphData(
-    { last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {}, extra: {}, version: 0.4 },
-    true, true, null, { showMissingNodesDialog: false, showMissingModelsDialog: false });
-  const add = (type, pos, values = {}) => {
-    const node = LiteGraph.createNode(type);
-    if (!node) throw new Error("cannot create " + type);
-    node.pos = pos;
-    app.graph.add(node);
-    for (const [name, value] of Object.entries(values)) {
-      const w = node.widgets.find((w) => w.name === name);
-      if (!w) throw new Error(type + " has no widget " + name);
-      w.value = value;
-    }
-    return node;
-  };
+  const { kind } = arg;
   const model = add("TempoTestbedModel", [30, 60]);
   const vae = add("TempoTestbedVAE", [30, 150]);
   const pos = add("TempoTestbedClass", [30, 240], { class_id: 3 });
@@ -60,12 +38,11 @@ async ({ kind }) => {
   app.canvas.setDirty(true, true);
   return { id: node.id, widgets: node.widgets.map((w) => w.name),
            saved: app.graph.serialize().nodes.find((n) => n.id === node.id).widgets_values };
-}
 """
 
 WAIT_JS = """
 (id) => {
-  const events = window.__tempoCoopEvents || [];
+  const events = window.__tempoEvents || [];
   if (events.some((e) => e.kind !== "execution_success")) return true;
   const w = app.graph.getNodeById(id)?.widgets?.find((w) => w.name === "skip_report");
   return !!(w && typeof w.value === "string" && w.value.length && events.some((e) => e.kind === "execution_success"));
@@ -78,7 +55,7 @@ async (id) => {
   const box = node.widgets.find((w) => w.name === "skip_report");
   const el = box?.inputEl ?? box?.element;
   const prompt = (await app.graphToPrompt()).output;
-  return { events: window.__tempoCoopEvents, text: box?.value ?? null, readOnly: el?.readOnly ?? null,
+  return { events: window.__tempoEvents, text: box?.value ?? null, readOnly: el?.readOnly ?? null,
            placeholder: el?.placeholder ?? null,
            saved: app.graph.serialize().nodes.find((n) => n.id === id).widgets_values,
            promptInputs: prompt[String(id)].inputs };
@@ -92,9 +69,9 @@ async (id) => {
 ])
 def test_coop_report_shown_on_the_node_and_never_saved(comfy_page, kind, prefix, placeholder):
     page = comfy_page
-    built = page.evaluate(BUILD_JS, {"kind": kind})
+    built = page.build_graph(BUILD_JS, {"kind": kind})
     assert "skip_report" not in built["widgets"]
-    page.evaluate("async () => { window.__tempoCoopEvents = []; await app.queuePrompt(0, 1); }")
+    page.evaluate("async () => { window.__tempoEvents = []; await app.queuePrompt(0, 1); }")
     page.page.wait_for_function(WAIT_JS, arg=built["id"], timeout=120_000, polling=200)
     state = page.evaluate(STATE_JS, built["id"])
     failed = [e for e in state["events"] if e["kind"] != "execution_success"]

@@ -13,29 +13,7 @@ STEPS = 20
 REPORT_PREFIX = "AdaptiveDiffusion ["
 
 BUILD_JS = """
-async ({ steps, seed }) => {
-  const api = window.comfyAPI.api.api;
-  if (!window.__tempoEvents) {
-    window.__tempoEvents = [];
-    for (const kind of ["execution_error", "execution_success", "execution_interrupted"]) {
-      api.addEventListener(kind, (e) => window.__tempoEvents.push({ kind, detail: e.detail }));
-    }
-  }
-  await app.loadGraphData(
-    { last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {}, extra: {}, version: 0.4 },
-    true, true, null, { showMissingNodesDialog: false, showMissingModelsDialog: false });
-  const add = (type, pos, values = {}) => {
-    const node = LiteGraph.createNode(type);
-    if (!node) throw new Error("cannot create " + type);
-    node.pos = pos;
-    app.graph.add(node);
-    for (const [name, value] of Object.entries(values)) {
-      const w = node.widgets.find((w) => w.name === name);
-      if (!w) throw new Error(type + " has no widget " + name);
-      w.value = value;
-    }
-    return node;
-  };
+  const { steps, seed } = arg;
   const model = add("TempoTestbedModel", [30, 60]);
   const pos = add("TempoTestbedClass", [30, 170], { class_id: 3 });
   const neg = add("TempoTestbedClass", [30, 290], { class_id: 10 });
@@ -59,7 +37,6 @@ async ({ steps, seed }) => {
   app.canvas.ds.scale = 1;
   app.canvas.setDirty(true, true);
   return { ks: ks.id, widgets: ks.widgets.map((w) => w.name), size: [ks.size[0], ks.size[1]] };
-}
 """
 
 QUEUE_JS = """
@@ -125,7 +102,7 @@ def _run(page, ks_id, timeout_ms=120_000):
 
 def test_skip_report_shown_on_the_node_and_never_saved(comfy_page):
     page = comfy_page
-    built = page.evaluate(BUILD_JS, {"steps": STEPS, "seed": 7})
+    built = page.build_graph(BUILD_JS, {"steps": STEPS, "seed": 7})
     ks_id = built["ks"]
     assert "skip_report" not in built["widgets"], "the report box must appear only after a run"
     saved_before = page.evaluate("(id) => app.graph.serialize().nodes.find((n) => n.id === id).widgets_values", ks_id)
