@@ -32,6 +32,7 @@ from ..bridges.core import (FILTERS, bridge_latent, euler_step, fuse, match_sigm
                             schedule_from, ve_sigma)
 from ..bridges.decoupled import descending_from
 from ..bridges.vae import BridgeInputError
+from . import compat
 from .comfy_vae import (
     ComfyBridgeVAE,
     bridge_vae_for,
@@ -282,7 +283,10 @@ class CoopGuider(comfy.samplers.CFGGuider):
         self.last_report = ""
 
     # --- the run
-    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
+    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                     latent_shapes=None, **kwargs):
+        # latent_shapes: ComfyUI >= 0.3.67 passes it (nested multi-latent runs); older ones never do
+        compat.refuse_nested(latent_shapes, "latent_image")
         self.stats = {"nfe_a": 0, "nfe_b": 0, "steps": int(sigmas.numel() - 1)}
         self.vae_a.calls = self.calls
         self.vae_b.calls = self.calls
@@ -296,7 +300,8 @@ class CoopGuider(comfy.samplers.CFGGuider):
         try:
             if self._active:
                 self._init_b(noise, latent_image, sigmas, seed)
-            out = super().inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+            out = super().inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                                       **compat.sample_kwargs(latent_shapes), **kwargs)
         finally:
             self.secondary.cleanup()
         self.last_report = self.report()
@@ -688,14 +693,17 @@ class SwitchGuider(comfy.samplers.CFGGuider):
         self.sigma_switch = float(sigma_switch)
         self.stats = {"struct": 0, "texture": 0}
 
-    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
+    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                     latent_shapes=None, **kwargs):
+        compat.refuse_nested(latent_shapes, "latent_image")
         self.stats = {"struct": 0, "texture": 0}
         lat = latent_image
         if lat is not None and torch.count_nonzero(lat) > 0:
             lat = self.secondary.process_latent_in(lat)
         self.secondary.prepare(tuple(noise.shape), lat, sigmas, seed)
         try:
-            return super().inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+            return super().inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar,
+                                        seed, **compat.sample_kwargs(latent_shapes), **kwargs)
         finally:
             self.secondary.cleanup()
 

@@ -38,6 +38,7 @@ from comfy_api.latest import io, ui
 from ..samplers import dmd as dmd_sampling
 from ..training import dmd as dmd_core
 from ..training import lora as lora_core
+from . import compat
 
 log = logging.getLogger("comfyui_tempo")
 
@@ -542,19 +543,22 @@ def collate_conds(items):
     return comfy.samplers.cond_cat(list(items))
 
 
-def to_trainable(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` with ordinary (non-inference) float32 tensors, built outside inference mode."""
+def to_trainable(net: nn.Module, trainable: bool = True) -> nn.Module:
+    """A copy of ``net`` with ordinary (non-inference) float32 tensors, built outside inference mode.
+
+    ``trainable``: every floating-point parameter requires grad (else none does). The flag is set here,
+    never copied: ComfyUI >= 0.30 builds diffusion models with ``requires_grad_(False)``."""
     with torch.inference_mode(False):
         twin = copy.deepcopy(net)
         for mod in twin.modules():
             for key, p in list(mod._parameters.items()):
                 if p is not None:
                     t = p.detach().clone()
-                    mod._parameters[key] = nn.Parameter(t.float() if t.is_floating_point() else t, requires_grad=p.requires_grad)
+                    mod._parameters[key] = nn.Parameter(t.float() if t.is_floating_point() else t, requires_grad=False)
             for key, b in list(mod._buffers.items()):
                 if b is not None and b.is_inference():
                     mod._buffers[key] = b.clone()
-    return twin
+    return compat.make_trainable(twin) if trainable else twin
 
 
 def _has_inference_tensors(net: nn.Module) -> bool:
@@ -606,7 +610,10 @@ def latent_picture(model, latent_raw: torch.Tensor, vae=None) -> torch.Tensor:
     """IMAGE of raw latents: the VAE's decode when given, else the model's latent RGB factors (or
     the first three channels), upscaled 8x."""
     if vae is not None:
-        return vae.decode(latent_raw)
+        # without autograd: the trainer runs with gradients on, and a VAE from a loader node holds inference
+        # tensors, which autograd refuses to save ("Inference tensors cannot be saved for backward")
+        with torch.inference_mode():
+            return vae.decode(latent_raw).clone()
     lf = model.model.latent_format
     x = latent_raw.float()
     factors = getattr(lf, "latent_rgb_factors", None)
@@ -898,7 +905,7 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
     # trainable copies (full weights) or LoRA copies sharing one set of base weights with the teacher
     src = base.diffusion_model
     if lora_rank > 0:
-        shared = to_trainable(src) if _has_inference_tensors(src) else src
+        shared = to_trainable(src, trainable=False) if _has_inference_tensors(src) else src
         shared.requires_grad_(False)
         real = ComfyDenoiser(base, shared)
         gen_net = lora_core.lora_copy(shared, int(lora_rank))
@@ -907,8 +914,6 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
         real = teacher_d
         gen_net = to_trainable(src)
         fake_net = to_trainable(src)
-        gen_net.requires_grad_(True)
-        fake_net.requires_grad_(True)
     gen_net.train()
     fake_net.train()
     trainer = dmd_core.DMDTrainer(

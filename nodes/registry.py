@@ -17,6 +17,23 @@ NODE_MODULES: dict[str, list[str]] = {
 
 NODE_IDS: list[str] = [node_id for ids in NODE_MODULES.values() for node_id in ids]
 
+# what users type in the node search, by node id (ComfyUI >= 0.11 shows them; older ones ignore them)
+SEARCH_ALIASES: dict[str, list[str]] = {
+    "TempoAdaptiveKSampler": ["adaptivediffusion", "step skip", "skip steps", "teacache", "easycache", "cache", "fast ksampler"],
+    "TempoAdaptiveSampler": ["adaptivediffusion", "step skip", "skip steps", "teacache", "cache sampler"],
+    "TempoAdaptiveModel": ["adaptivediffusion", "step skip", "teacache", "easycache", "model patch", "cache"],
+    "TempoDMDGeneratorLoader": ["dmd", "dmd2", "one step", "1 step", "distilled", "turbo", "lcm lora"],
+    "TempoDMDSampler": ["dmd", "dmd2", "one step", "few step", "distilled sampler"],
+    "TempoDMDKSampler": ["dmd", "dmd2", "one step", "few step", "turbo ksampler"],
+    "TempoDMDRegressionPairs": ["dmd", "distillation", "teacher pairs", "ode pairs"],
+    "TempoDMDTrainer": ["dmd", "dmd2", "distill", "distillation", "train one step", "trainer"],
+    "TempoLatentBridge": ["interposer", "latent converter", "vae convert", "latent upscale", "sd15 to sdxl"],
+    "TempoNoisyLatentBridge": ["interposer", "hires fix", "refiner", "hand-off", "two models"],
+    "TempoCoopSampler": ["coop diffusion", "pangu", "model fusion", "mix models", "two models"],
+    "TempoCoopGuider": ["coop diffusion", "pangu", "model fusion", "guider"],
+    "TempoTimeDecoupledSampler": ["pangu", "structure texture", "refiner", "hires fix", "two stage", "time decoupled"],
+}
+
 
 def load_node_classes(log: logging.Logger) -> list:
     """Import every node module; one that fails is left out with its reason logged."""
