@@ -23,6 +23,7 @@ from comfy_api.latest import io, ui
 from ..samplers import support
 from ..samplers.adaptive import AdaptiveConfig, AdaptiveConfigError, adaptive_sample
 from ..samplers.plot import plot_report
+from . import compat
 
 log = logging.getLogger("comfyui_tempo")
 
@@ -269,7 +270,7 @@ def _check_sampler_name(sampler_name):
 class AdaptiveKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoAdaptiveKSampler",
             display_name="AdaptiveDiffusion KSampler",
             category=CATEGORY,
@@ -351,7 +352,7 @@ class AdaptiveKSampler(io.ComfyNode):
 class AdaptiveSamplerNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoAdaptiveSampler",
             display_name="AdaptiveDiffusion Sampler",
             category=CATEGORY,
@@ -405,7 +406,7 @@ def _sampler_sample_wrapper(config: AdaptiveConfig, executor, *args, **kwargs):
 class AdaptiveModelPatch(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoAdaptiveModel",
             display_name="AdaptiveDiffusion (model patch)",
             category=CATEGORY,

@@ -455,7 +455,7 @@ def _pair_inputs(tag: str) -> list:
 class CoopSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoCoopSampler",
             display_name="Coop-Diffusion Sampler",
             category=CATEGORY_SAMPLING,
@@ -503,7 +503,7 @@ class CoopSampler(io.ComfyNode):
 class CoopGuiderNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoCoopGuider",
             display_name="Coop-Diffusion Guider",
             category=CATEGORY_SAMPLING,
@@ -527,7 +527,7 @@ class CoopGuiderNode(io.ComfyNode):
 class LatentBridge(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoLatentBridge",
             display_name="Latent Bridge",
             category=CATEGORY_LATENT,
@@ -594,7 +594,7 @@ def _source_sigma(model_source, steps, end_at_step, scheduler, sigmas_source) ->
 class NoisyLatentBridge(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoNoisyLatentBridge",
             display_name="Noisy Latent Bridge",
             category=CATEGORY_LATENT,
@@ -751,7 +751,7 @@ def _same_space(model_a, model_b) -> bool:
 class TimeDecoupledSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoTimeDecoupledSampler",
             display_name="Time-Decoupled Sampler",
             category=CATEGORY_SAMPLING,

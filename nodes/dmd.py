@@ -240,7 +240,7 @@ TIMESTEPS_TOOLTIP = (
 class DMDSamplerNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoDMDSampler",
             display_name="DMD Sampler",
             category=CATEGORY,
@@ -267,7 +267,7 @@ class DMDSamplerNode(io.ComfyNode):
 class DMDKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoDMDKSampler",
             display_name="DMD KSampler",
             category=CATEGORY,
@@ -391,7 +391,7 @@ def attach_info(model, info: dict):
 class DMDGeneratorLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoDMDGeneratorLoader",
             display_name="DMD Generator Loader",
             category=CATEGORY,
@@ -661,7 +661,7 @@ def pairs_path(name: str) -> str:
 class DMDRegressionPairs(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoDMDRegressionPairs",
             display_name="DMD Regression Pairs",
             category=TRAIN_CATEGORY,
@@ -768,7 +768,7 @@ def _progress_text(text: str, node_id) -> None:
 class DMDTrainerNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return compat.schema(
             node_id="TempoDMDTrainer",
             display_name="DMD Trainer",
             category=TRAIN_CATEGORY,
