@@ -11,11 +11,10 @@ import json, torch
 import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
 import comfy.samplers, comfy.sample
 import nodes
-from comfy_extras import nodes_custom_sampler as ncs
 from comfyui_tempo.nodes import adaptive as A
 from comfyui_tempo.samplers import support
 
-SAMPLERS = json.loads(__SAMPLERS__)
+SAMPLERS = [s for s in json.loads(__SAMPLERS__) if s in comfy.samplers.SAMPLER_NAMES]  # this ComfyUI's
 
 from tempo_testnodes import tiny_sd_model as build
 
@@ -27,7 +26,8 @@ ADAPT = dict(extrapolation="linear", force_last=1, start_percent=0.0, estimator_
 def S(mode, target_speedup, threshold, max_skip):
     return dict(mode=mode, target_speedup=target_speedup, threshold=threshold, max_skip=max_skip, **ADAPT)
 from comfyui_tempo.samplers.adaptive import AdaptiveConfig
-result = {"active_identical": {}, "identical": {}, "patch_identical": {}, "custom_identical": {}, "skipping": {}, "errors": {}}
+result = {"active_identical": {}, "identical": {}, "patch_identical": {}, "custom_identical": {}, "skipping": {}, "errors": {},
+          "host_samplers": list(comfy.samplers.SAMPLER_NAMES)}
 models = {"eps": build(comfy.model_base.ModelType.EPS), "v": build(comfy.model_base.ModelType.V_PREDICTION),
           "flow": build(comfy.model_base.ModelType.FLOW)}
 with torch.inference_mode():
@@ -86,8 +86,15 @@ def adaptive_result(comfy_snippet):
 def test_threshold_zero_is_bit_identical_for_every_served_sampler(adaptive_result):
     bad = [k for k, v in adaptive_result["identical"].items() if not v]
     assert not bad, f"not bit-identical with threshold 0: {bad}"
-    served = set(support.served_names())
+    served = set(support.served_names()) & set(adaptive_result["host_samplers"])
     assert {k.split("/")[1] for k in adaptive_result["identical"] if k.startswith("eps/")} == served
+
+
+def test_support_matrix_covers_every_sampler_of_this_comfyui(adaptive_result):
+    """A sampler a newer ComfyUI adds (0.33: exp_heun_2_x0, exp_heun_2_x0_sde) is served or refused with a
+    reason, never met unknown."""
+    unknown = [n for n in adaptive_result["host_samplers"] if n not in support.SUPPORT]
+    assert not unknown, f"samplers of this ComfyUI missing from samplers/support.py: {unknown}"
 
 
 def test_active_controller_running_every_step_is_bit_identical(adaptive_result):
