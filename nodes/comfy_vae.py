@@ -21,6 +21,7 @@ import comfy.model_sampling
 
 from ..bridges.core import ModelSchedule
 from ..bridges.vae import BridgeInputError, BridgeVAE
+from . import compat
 
 
 def vae_factor(vae) -> int:
@@ -153,6 +154,7 @@ def check_model_vae(model, vae, model_name: str, vae_name: str) -> None:
 
 
 def check_latent_vae(samples: torch.Tensor, vae, latent_name: str, vae_name: str) -> None:
+    compat.refuse_not_image_latent(samples, latent_name)
     have = int(samples.shape[1])
     want = vae_latent_channels(vae)
     if have != want:

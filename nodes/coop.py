@@ -28,7 +28,7 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io, ui
 
-from ..bridges.core import (FILTERS, bridge_latent, euler_step, fuse, match_sigma, renoise, resize_images, resolution_shift,
+from ..bridges.core import (FILTERS, bridge_latent, euler_step, fuse, match_sigma, resize_images, resolution_shift,
                             schedule_from, ve_sigma)
 from ..bridges.decoupled import descending_from
 from ..bridges.vae import BridgeInputError
@@ -287,6 +287,7 @@ class CoopGuider(comfy.samplers.CFGGuider):
                      latent_shapes=None, **kwargs):
         # latent_shapes: ComfyUI >= 0.3.67 passes it (nested multi-latent runs); older ones never do
         compat.refuse_nested(latent_shapes, "latent_image")
+        compat.refuse_not_image_latent(noise, "latent_image")  # B's chain goes through images
         self.stats = {"nfe_a": 0, "nfe_b": 0, "steps": int(sigmas.numel() - 1)}
         self.vae_a.calls = self.calls
         self.vae_b.calls = self.calls
@@ -668,8 +669,8 @@ class NoisyLatentBridge(io.ComfyNode):
         _, x0 = model_x0_at(model_source, positive_source, negative_source, cfg_source, raw, sigma, seed)
         z0 = bridge_latent(x0.float().cpu(), vs, vt, size=(h, w), filter=resize_method)
         noise = _fresh_noise(z0.shape, seed)
-        x_t = renoise(z0, noise, s_to, kind_t)
         ms_t = model_target.get_model_object("model_sampling")
+        x_t = ms_t.noise_scaling(torch.tensor(s_to), noise, z0)  # the model's own re-noising (flow noise_scale)
         raw_t = vt.from_model(ms_t.inverse_noise_scaling(torch.tensor(s_to), x_t))
         out = {k: v for k, v in samples.items() if k not in ("noise_mask", "samples")}
         out["samples"] = raw_t.to(comfy.model_management.intermediate_device())

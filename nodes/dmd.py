@@ -218,6 +218,7 @@ class DMDSampler(comfy.samplers.KSAMPLER):
         samples = dmd_sampling.sample_dmd_kdiff(
             model_k, x, sigmas, extra_args=extra_args, callback=k_callback, disable=disable_pbar,
             noise_sampler=ns, model_type=kind,
+            renoise_fn=lambda x0, n, s: ms.noise_scaling(s, n, x0),  # the model's own re-noising (noise_scale)
         )
         return ms.inverse_noise_scaling(sigmas[-1], samples)
 

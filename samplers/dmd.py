@@ -152,11 +152,12 @@ def sample_dmd(
 
 @torch.no_grad()
 def sample_dmd_kdiff(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None,
-                     model_type: str = "eps"):
+                     model_type: str = "eps", renoise_fn: Callable | None = None):
     """The same loop with the k-diffusion sampler signature (ComfyUI's KSAMPLER): ``x`` is the
     already-scaled starting latent (ComfyUI scales the noise itself), then x0, re-noise to each next
     sigma with ``noise_sampler(sigma, sigma_next)`` (default: ``torch.randn_like``), as
-    ``comfy.k_diffusion.sampling.sample_lcm``. Returns the final x0."""
+    ``comfy.k_diffusion.sampling.sample_lcm``. Returns the final x0. ``renoise_fn(x0, noise, sigma)``
+    replaces ``renoise`` (ComfyUI passes its ``model_sampling.noise_scaling``, which knows a model's noise scale)."""
     extra_args = extra_args or {}
     if noise_sampler is None:
         def noise_sampler(a, b):
@@ -168,7 +169,11 @@ def sample_dmd_kdiff(model, x, sigmas, extra_args=None, callback=None, disable=N
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         x = denoised
         if sigmas[i + 1] > 0:
-            x = renoise(denoised, noise_sampler(sigmas[i], sigmas[i + 1]), sigmas[i + 1], model_type)
+            noise = noise_sampler(sigmas[i], sigmas[i + 1])
+            if renoise_fn is not None:
+                x = renoise_fn(denoised, noise, sigmas[i + 1])
+            else:
+                x = renoise(denoised, noise, sigmas[i + 1], model_type)
     return x
 
 

@@ -143,3 +143,41 @@ def test_search_aliases_where_this_comfyui_has_them(comfy, compat_result):
             assert not served, (node_id, served)
     if compat_result["schema_has_aliases"]:
         assert "teacache" in info["TempoAdaptiveKSampler"]["search_aliases"]
+
+
+RENOISE_SNIPPET = r'''
+import torch
+import comfy.model_base
+import tempo_testnodes as tn
+from comfyui_tempo.nodes import coop, dmd
+
+res = {}
+with torch.inference_mode():
+    model = tn.tiny_sd_model(comfy.model_base.ModelType.FLOW)
+    ms = model.get_model_object("model_sampling")
+    calls = []
+    orig = ms.noise_scaling
+    def counting(sigma, noise, latent_image, max_denoise=False):
+        calls.append(float(torch.as_tensor(sigma).flatten()[0]))
+        return orig(sigma, noise, latent_image, max_denoise)
+    ms.noise_scaling = counting
+    pos = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
+    out = dmd.DMDKSampler.execute(model, 0, "999,499", 1.0, pos, {"samples": torch.zeros(1, 4, 8, 8)})
+    res["dmd_renoise_calls"] = calls
+    res["finite"] = bool(torch.isfinite(out.args[0]["samples"]).all())
+    ms.noise_scaling = orig
+try:
+    coop.LatentBridge.execute({"samples": torch.zeros(1, 4, 3, 8, 8)}, None, None, 0, 0, 1.0, "bilinear")
+    res["bridge_5d"] = "no error"
+except ValueError as e:
+    res["bridge_5d"] = str(e)
+RESULT = res
+'''
+
+
+def test_dmd_renoises_through_the_models_noise_scaling_and_bridges_refuse_video_latents(comfy_snippet):
+    """ComfyUI's CONST.noise_scaling applies a model's noise_scale (0.33): the DMD sampler's re-noising between
+    steps goes through it instead of a hand-written (1 - s) x0 + s n."""
+    r = comfy_snippet(RENOISE_SNIPPET, timeout=300)
+    assert r["finite"] and len(r["dmd_renoise_calls"]) == 1, r
+    assert r["bridge_5d"].startswith("samples: expected a latent tensor [B, C, H, W]") and "video" in r["bridge_5d"], r
