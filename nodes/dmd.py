@@ -635,7 +635,12 @@ def _latent_shape(model, width: int, height: int, what_w: str = "width", what_h:
     for name, v in ((what_w, width), (what_h, height)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 8 or v % 8:
             raise DMDNodeError(f"{name}: expected a multiple of 8 (pixels; the latent is 1/8 of it), got {v!r}")
-    ch = int(getattr(model.model.latent_format, "latent_channels", 4))
+    lf = model.model.latent_format
+    dims = int(getattr(lf, "latent_dimensions", 2))
+    if dims != 2:  # a video (3) or audio (1) model: the trainer and the pairs make [B, C, H, W] latents only
+        raise DMDNodeError(f"teacher: DMD training serves image models ([B, C, H, W] latents); this model's latent format "
+                           f"{type(lf).__name__} has {dims} spatial dimensions (video or audio)")
+    ch = int(getattr(lf, "latent_channels", 4))
     return (ch, height // 8, width // 8)
 
 

@@ -166,6 +166,14 @@ with torch.inference_mode():
     res["dmd_renoise_calls"] = calls
     res["finite"] = bool(torch.isfinite(out.args[0]["samples"]).all())
     ms.noise_scaling = orig
+import comfy.latent_formats
+video = tn.tiny_sd_model()
+video.model.latent_format = comfy.latent_formats.Mochi()  # any video latent format (3 spatial dimensions)
+try:
+    dmd.DMDRegressionPairs.execute(video, pos, pos, 64, 64, 1, 2, 1.0, 999, 1, 0, "host/video")
+    res["pairs_video"] = "no error"
+except ValueError as e:
+    res["pairs_video"] = str(e)
 try:
     coop.LatentBridge.execute({"samples": torch.zeros(1, 4, 3, 8, 8)}, None, None, 0, 0, 1.0, "bilinear")
     res["bridge_5d"] = "no error"
@@ -175,9 +183,10 @@ RESULT = res
 '''
 
 
-def test_dmd_renoises_through_the_models_noise_scaling_and_bridges_refuse_video_latents(comfy_snippet):
+def test_dmd_renoises_through_the_models_noise_scaling_and_image_only_nodes_refuse_video(comfy_snippet):
     """ComfyUI's CONST.noise_scaling applies a model's noise_scale (0.33): the DMD sampler's re-noising between
     steps goes through it instead of a hand-written (1 - s) x0 + s n."""
     r = comfy_snippet(RENOISE_SNIPPET, timeout=300)
     assert r["finite"] and len(r["dmd_renoise_calls"]) == 1, r
+    assert r["pairs_video"].startswith("teacher: DMD training serves image models") and "Mochi" in r["pairs_video"], r
     assert r["bridge_5d"].startswith("samples: expected a latent tensor [B, C, H, W]") and "video" in r["bridge_5d"], r
