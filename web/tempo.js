@@ -8,7 +8,17 @@
 // way (REPORTS). No other node is touched.
 
 import { app } from "../../scripts/app.js";
-import { ComfyWidgets } from "../../scripts/widgets.js";
+
+// The STRING widget constructor: app.widgets (the front end's widget registry, core widgets
+// included) where the front end has it; else the internal scripts/widgets.js, imported only then
+// (newer front ends warn that it is not part of the public API).
+async function stringWidget() {
+  const registered = app.widgets?.STRING;
+  if (typeof registered === "function") return registered;
+  const { ComfyWidgets } = await import("../../scripts/widgets.js");
+  return ComfyWidgets.STRING;
+}
+let STRING_WIDGET = null;
 
 const NODE_TYPE = "TempoAdaptiveKSampler";
 const WIDGET_NAME = "skip_report";
@@ -51,7 +61,7 @@ const REPORTS = {
 
 function addReportWidget(node) {
   const [placeholder, help] = REPORTS[node.comfyClass ?? node.type] ?? ["AdaptiveDiffusion skip report", HELP];
-  const widget = ComfyWidgets.STRING(node, WIDGET_NAME, ["STRING", { multiline: true }], app).widget;
+  const widget = STRING_WIDGET(node, WIDGET_NAME, ["STRING", { multiline: true }], app).widget;
   widget.serialize = false; // not in widgets_values
   widget.options = widget.options ?? {};
   widget.options.serialize = false; // not an input of the API prompt
@@ -89,6 +99,7 @@ app.registerExtension({
   name: "comfyui_tempo.AdaptiveSkipReport",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData?.name !== NODE_TYPE && !(nodeData?.name in REPORTS)) return;
+    STRING_WIDGET ??= await stringWidget();
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       const result = onExecuted?.apply(this, arguments);

@@ -226,11 +226,42 @@ class ComfyPage:
         """await app.graphToPrompt(): {"output": API-format prompt, "workflow": UI format}."""
         return self.page.evaluate("async () => { const p = await app.graphToPrompt(); return {output: p.output, workflow: p.workflow}; }")
 
-    def screenshot(self, name: str) -> Path:
+    def show_graph_origin(self) -> None:
+        """Scale 1, the graph's origin near the top left of what the user sees: the canvas starts
+        below the menu bar in older front ends and under the (overlaid) side and top bars in newer
+        ones, so the offset is taken from where the canvas element is."""
+        self.page.evaluate(_SHOW_ORIGIN_JS)
+
+    def screenshot(self, name: str, wait_images: bool = False) -> Path:
+        """A PNG of the page in SCREENSHOT_DIR. wait_images: first wait (10 s at most, no failure)
+        until every image-preview node that has an input connected shows its loaded images (newer
+        front ends set them a moment after the run ends)."""
+        if wait_images:
+            try:
+                self.page.wait_for_function(_IMAGES_SHOWN_JS, timeout=10_000, polling=200)
+            except Exception:
+                pass
+            self.page.wait_for_timeout(200)
         SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
         path = SCREENSHOT_DIR / name
         self.page.screenshot(path=str(path))
         return path
+
+
+_SHOW_ORIGIN_JS = """
+() => {
+  const rect = app.canvas.canvas.getBoundingClientRect();
+  app.canvas.ds.scale = 1;
+  app.canvas.ds.offset = [Math.max(0, 100 - rect.x), Math.max(0, 110 - rect.y)];
+  app.canvas.setDirty(true, true);
+}
+"""
+
+_IMAGES_SHOWN_JS = """
+() => app.graph.nodes
+  .filter((n) => ["PreviewImage", "SaveImage"].includes(n.type) && n.inputs?.some((i) => i.link != null))
+  .every((n) => n.imgs?.length && n.imgs.every((img) => img.complete && img.naturalWidth > 0))
+"""
 
 
 _LOAD_GRAPH_JS = """

@@ -37,7 +37,7 @@ BUILD_JS = """
   dec.connect(0, preview, 0);
   app.canvas.setDirty(true, true);
   return { id: node.id, widgets: node.widgets.map((w) => w.name),
-           saved: app.graph.serialize().nodes.find((n) => n.id === node.id).widgets_values };
+           saved: app.graph.serialize().nodes.find((n) => String(n.id) === String(node.id)).widgets_values };
 """
 
 WAIT_JS = """
@@ -57,7 +57,7 @@ async (id) => {
   const prompt = (await app.graphToPrompt()).output;
   return { events: window.__tempoEvents, text: box?.value ?? null, readOnly: el?.readOnly ?? null,
            placeholder: el?.placeholder ?? null,
-           saved: app.graph.serialize().nodes.find((n) => n.id === id).widgets_values,
+           saved: app.graph.serialize().nodes.find((n) => String(n.id) === String(id)).widgets_values,
            promptInputs: prompt[String(id)].inputs };
 }
 """
@@ -80,5 +80,6 @@ def test_coop_report_shown_on_the_node_and_never_saved(comfy_page, kind, prefix,
     assert state["readOnly"] is True and state["placeholder"] == placeholder
     assert state["saved"] == built["saved"]  # the box is not a widget value
     assert "skip_report" not in state["promptInputs"]
-    page.screenshot(f"coop_report_{kind}.png")
+    page.show_graph_origin()
+    page.screenshot(f"coop_report_{kind}.png", wait_images=True)
     assert not page.errors_mentioning("tempo.js"), "\n".join(page.errors_mentioning("tempo.js"))

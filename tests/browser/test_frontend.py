@@ -7,6 +7,7 @@ Run: TEMPO_COMFYUI=/path/to/ComfyUI python -m pytest tests/browser
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from pathlib import Path
 
@@ -51,6 +52,13 @@ def test_page_loads_without_errors_from_the_extension(comfy_page):
     assert "comfyui_tempo.AdaptiveSkipReport" in names, names
     assert not page.errors_mentioning("tempo.js"), "\n".join(page.errors_mentioning("tempo.js"))
     assert not page.errors_mentioning("comfyui_tempo"), "\n".join(page.errors_mentioning("comfyui_tempo"))
+    # newer front ends warn when a module that is not public API is imported (`"scripts/widgets.js"
+    # is an internal module ...`); web/tempo.js must cause none of these (the warning names the
+    # module, not the importer: the modules tempo.js can import are checked by name)
+    imported = set(re.findall(r"""["']\.\./\.\./(scripts/[\w/.-]+\.js)["']""", WEB_JS.read_text()))
+    notices = [c["text"] for c in page.console if c["type"] == "warning" and "internal module" in c["text"]
+               and any(f'"{m}"' in c["text"] for m in imported)]
+    assert not notices, notices
     # the pack's nodes are known to the front end, with their display names
     titles = page.evaluate(
         "(types) => Object.fromEntries(types.map((t) => [t, LiteGraph.registered_node_types[t]?.title ?? null]))",
@@ -123,6 +131,20 @@ def expected_inputs(node: dict, object_info: dict) -> dict:
     return out
 
 
+def unavailable_choices(node: dict, object_info: dict) -> dict:
+    """The node's choice inputs (COMBO) whose value in the workflow is not among the server's options:
+    the model files a workflow names that this server does not have."""
+    info = object_info[node["type"]]
+    specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+    out = {}
+    for name, value in expected_inputs(node, object_info).items():
+        spec = specs[name]
+        options = spec[0] if isinstance(spec[0], list) else (spec[1] if len(spec) > 1 else {}).get("options")
+        if isinstance(options, list) and value not in options:
+            out[name] = value
+    return out
+
+
 @pytest.fixture(scope="module")
 def object_info(comfy_api):
     return comfy_api.object_info()
@@ -160,8 +182,16 @@ def test_workflow_loads_and_converts_in_the_front_end(comfy_page, object_info, p
     seen = comfy_page.load_graph(wf)
     assert not seen["missing"], f"{path.name}: missing node types {seen['missing']}"
     assert len(seen["nodes"]) == len(wf["nodes"]), (len(seen["nodes"]), len(wf["nodes"]))
-    assert not [n for n in seen["nodes"] if n["has_errors"]], seen["nodes"]
-    assert sorted((n["id"], n["type"]) for n in seen["nodes"]) == sorted((n["id"], n["type"]) for n in wf["nodes"])
+    # No node has errors, but for one reason this server gives: newer front ends (1.4x) also mark a
+    # node whose file choice (a checkpoint, LoRA, generator) is not among the server's options as a
+    # missing model ("errors found"), and this server has no model files. Such a node must have such
+    # a value; older front ends mark none of them.
+    wf_nodes = {str(n["id"]): n for n in wf["nodes"]}
+    flagged = {n["id"]: unavailable_choices(wf_nodes[str(n["id"])], object_info)
+               for n in seen["nodes"] if n["has_errors"]}
+    assert all(flagged.values()), f"{path.name}: nodes with errors not explained by a missing file: {flagged}"
+    # node ids: numbers in the workflow; the front end's own node ids are strings in newer front ends
+    assert sorted((str(n["id"]), n["type"]) for n in seen["nodes"]) == sorted((str(n["id"]), n["type"]) for n in wf["nodes"])
 
     # saved again by the front end, every node keeps its widget values (same order, same count)
     saved = {n["id"]: n for n in seen["saved"]["nodes"]}

@@ -74,7 +74,7 @@ async (ksId) => {
     visible: !!(rect && rect.width > 50 && rect.height > 20),
     rect: rect ? [rect.x, rect.y, rect.width, rect.height] : null,
     widgets: ks.widgets.map((w) => w.name),
-    savedValues: saved.nodes.find((n) => n.id === ksId).widgets_values,
+    savedValues: saved.nodes.find((n) => String(n.id) === String(ksId)).widgets_values,
     promptInputs: prompt[String(ksId)].inputs,
     saved,
   };
@@ -105,12 +105,11 @@ def test_skip_report_shown_on_the_node_and_never_saved(comfy_page):
     built = page.build_graph(BUILD_JS, {"steps": STEPS, "seed": 7})
     ks_id = built["ks"]
     assert "skip_report" not in built["widgets"], "the report box must appear only after a run"
-    saved_before = page.evaluate("(id) => app.graph.serialize().nodes.find((n) => n.id === id).widgets_values", ks_id)
+    saved_before = page.evaluate("(id) => app.graph.serialize().nodes.find((n) => String(n.id) === String(id)).widgets_values", ks_id)
 
     state = _run(page, ks_id)
-    page.evaluate("() => { app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0]; app.canvas.setDirty(true, true); }")
-    page.page.wait_for_timeout(300)
-    shot = page.screenshot("skip_report.png")
+    page.show_graph_origin()
+    shot = page.screenshot("skip_report.png", wait_images=True)
     text = state["text"]
     assert text.startswith(REPORT_PREFIX), text
     assert f"of {STEPS}" in text and "path " in text, text
@@ -136,7 +135,7 @@ def test_skip_report_shown_on_the_node_and_never_saved(comfy_page):
     # the saved workflow (after runs) loads back with the same values and no report box
     reloaded = page.load_graph(again["saved"])
     assert not reloaded["missing"]
-    node = next(n for n in reloaded["saved"]["nodes"] if n["id"] == ks_id)
+    node = next(n for n in reloaded["saved"]["nodes"] if str(n["id"]) == str(ks_id))
     assert node["widgets_values"] == again["savedValues"]
     widgets = page.evaluate("(id) => app.graph.getNodeById(id).widgets.map((w) => w.name)", ks_id)
     assert "skip_report" not in widgets
