@@ -12,6 +12,26 @@ import numpy as np
 
 from .adaptive import SkipReport
 
+def moving_average(values, window: int) -> np.ndarray:
+    """Centred moving average over ``window`` points (float64), each point the mean of the points that exist
+    around it: the window shrinks at both ends instead of padding with zeros, so a constant series stays
+    constant there. Non-finite points are left out of every mean (a point with none finite around it is NaN)."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    n, window = v.size, max(1, int(window))
+    if n == 0 or window == 1:
+        return v.copy()
+    ok = np.isfinite(v)
+    csum = np.concatenate([[0.0], np.cumsum(np.where(ok, v, 0.0))])
+    ccount = np.concatenate([[0], np.cumsum(ok)])
+    half = window // 2
+    idx = np.arange(n)
+    lo = np.clip(idx - half, 0, n)
+    hi = np.clip(idx - half + window, 0, n)  # [i - half, i - half + window): centred, `window` points inside the series
+    count = ccount[hi] - ccount[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (csum[hi] - csum[lo]) / np.maximum(count, 1), np.nan)
+
+
 _BG = (24, 24, 28)
 _RAN = (80, 200, 120)
 _SKIP = (230, 90, 80)
