@@ -143,12 +143,23 @@ class _TestbedAE(torch.nn.Module):
 
 class TestbedVAE(comfy.sd.VAE):
     """The testbed `name`'s autoencoder as a ComfyUI VAE (what VAEDecode / VAEEncode and the pack's
-    bridge nodes take). Built without a state dict: the attributes ``comfy.sd.VAE.__init__`` sets."""
+    bridge nodes take).
 
-    def __init__(self, name: str = "testbed"):  # noqa: D107 - no super().__init__: no state dict to detect
+    Built through ``comfy.sd.VAE.__init__`` itself, so it has every attribute this ComfyUI's VAE sets
+    (``format_encoded`` from 0.28, ``size``, the patcher class it uses, ...): the real constructor runs
+    on a TAESD-shaped state dict with the testbed's latent channels (a throw-away TAESD, fresh weights),
+    then the testbed's autoencoder replaces that first stage model and the testbed's own geometry
+    replaces TAESD's."""
+
+    def __init__(self, name: str = "testbed"):
+        import comfy.taesd.taesd
+
         tb = testbed(name)
+        channels = int(tb.latent_shape[0])
         with torch.inference_mode(False):
+            stub = {k: v.detach().clone() for k, v in comfy.taesd.taesd.TAESD(latent_channels=channels).state_dict().items()}
             ae = copy.deepcopy(tb.ae)
+        super().__init__(sd=stub, device=mm.vae_device(), dtype=torch.float32)
         ae.eval().requires_grad_(False)
         factor = int(tb.image_size // tb.latent_shape[-1])
         self.testbed_name = name
@@ -156,26 +167,21 @@ class TestbedVAE(comfy.sd.VAE):
         self.memory_used_decode = lambda shape, dtype: 64 * shape[2] * shape[3] * factor * factor * 4
         self.downscale_ratio = factor
         self.upscale_ratio = factor
-        self.latent_channels = int(tb.latent_shape[0])
+        self.latent_channels = channels
         self.latent_dim = 2
         self.output_channels = 3
         self.process_input = lambda image: image
         self.process_output = lambda image: torch.clamp(image, min=0.0, max=1.0)
         self.working_dtypes = [torch.float32]
-        self.disable_offload = False
-        self.not_video = False
-        self.downscale_index_formula = None
-        self.upscale_index_formula = None
-        self.extra_1d_channel = None
-        self.crop_input = True
         self.first_stage_model = _TestbedAE(ae).eval()
-        self.device = mm.vae_device()
-        self.vae_dtype = torch.float32
         self.first_stage_model.to(self.vae_dtype)
-        self.output_device = mm.intermediate_device()
-        self.patcher = comfy.model_patcher.ModelPatcher(
-            self.first_stage_model, load_device=self.device, offload_device=mm.vae_offload_device()
-        )
+        if hasattr(mm, "archive_model_dtypes"):  # ComfyUI >= 0.2x: the real __init__ does this too
+            mm.archive_model_dtypes(self.first_stage_model)
+        # the same patcher class the real __init__ chose, around the testbed's module
+        self.patcher = type(self.patcher)(self.first_stage_model, load_device=self.device, offload_device=mm.vae_offload_device())
+        if "size" in vars(self):  # ComfyUI >= 0.2x caches the module size
+            self.size = None
+            self.model_size()
 
 
 def build_vae(name: str = "testbed") -> TestbedVAE:
