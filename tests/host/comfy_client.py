@@ -162,6 +162,43 @@ class Graph:
         return json.loads(json.dumps(self.nodes))
 
 
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+UI_ONLY_NODES = ("Note", "MarkdownNote")
+
+
+def ui_to_api(wf: dict, object_info: dict, overrides: dict | None = None) -> dict:
+    """A UI-format workflow (what workflows/*.json hold) as an API prompt, what the front end's
+    graphToPrompt sends: widget values in /object_info's input order (a seed widget's
+    control_after_generate value skipped), links as [source node id, output index], notes left out.
+    ``overrides``: {node type: {input: value}} applied after the conversion."""
+    links = {link[0]: link for link in wf["links"]}
+    prompt = {}
+    for node in sorted(wf["nodes"], key=lambda n: n["id"]):
+        if node["type"] in UI_ONLY_NODES:
+            continue
+        info = object_info[node["type"]]
+        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        order = info["input_order"].get("required", []) + info["input_order"].get("optional", [])
+        values = list(node.get("widgets_values") or [])
+        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
+        inputs, k = {}, 0
+        for name in order:
+            spec = specs[name]
+            opts = spec[1] if len(spec) > 1 else {}
+            is_widget = (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES) and not opts.get("forceInput")
+            if is_widget:
+                if name not in linked:
+                    inputs[name] = values[k]
+                k += 2 if opts.get("control_after_generate") else 1
+            if name in linked:
+                link = linked[name]
+                inputs[name] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    for node in prompt.values():
+        node["inputs"].update((overrides or {}).get(node["class_type"], {}))
+    return prompt
+
+
 # --------------------------------------------------------------------------------------------
 # Server + client
 # --------------------------------------------------------------------------------------------

@@ -28,11 +28,18 @@ Fixtures:
     comfy           a ComfyClient for it: object_info(), run(graph), interrupt(), output_images()
     comfy_snippet   run(code, timeout=...) -> the code's RESULT, under the ComfyUI Python with
                     ComfyUI importable (args.cpu set) and comfyui_tempo / tempo_testnodes importable
+    tiny_models     the tiny model files a user's loader nodes read, written into BASE/models
+                    (tempo_testnodes/tiny_files.py: two SD1.5-detected checkpoints with the real
+                    TAESD / TAESDXL as their VAEs, a UNet, a LoRA; the real TAESD files linked into
+                    vae_approx), each loaded back through ComfyUI's loader nodes and checked; skips
+                    without the TAESD files ($TEMPO_TAESD_DIR, default /work/shared/assets/taesd)
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +111,36 @@ def comfy_snippet(comfy_install, comfy_base):
         return comfy_client.run_snippet(comfy_install, code, base=comfy_base, timeout=timeout)
 
     return run
+
+
+TAESD_DIR = Path(os.environ.get("TEMPO_TAESD_DIR") or "/work/shared/assets/taesd")
+
+
+def have_taesd() -> bool:
+    return all((TAESD_DIR / f"{n}_{p}.safetensors").is_file()
+               for n in ("taesd", "taesdxl", "taesd3", "taef1") for p in ("encoder", "decoder"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(comfy_install, comfy_base):
+    """Writes the tiny model files into BASE/models (in a snippet, with ComfyUI's own classes), then
+    loads each back through ComfyUI's loader nodes (a second snippet). Returns
+    {"names": {role: file name}, "write": {...}, "check": {...}, "seconds": {...}}. The server's
+    loaders list files added after it started (ComfyUI's file lists follow the folders' mtimes)."""
+    if not have_taesd():
+        pytest.skip(f"the TAESD files are not in {TAESD_DIR} (set TEMPO_TAESD_DIR)")
+    t0 = time.monotonic()
+    write = comfy_client.run_snippet(comfy_install, (
+        "from tempo_testnodes import tiny_files as T\n"
+        f"RESULT = T.write_all({str(comfy_base)!r}, {str(TAESD_DIR)!r})\n"
+    ), base=comfy_base, timeout=600)
+    t1 = time.monotonic()
+    check = comfy_client.run_snippet(comfy_install, (
+        "from tempo_testnodes import tiny_files as T\n"
+        f"RESULT = T.check({str(TAESD_DIR)!r})\n"
+    ), base=comfy_base, timeout=600)
+    t2 = time.monotonic()
+    names = dict(ckpt_a="tempo_tiny_sd15.safetensors", ckpt_b="tempo_tiny_sd15_b.safetensors",
+                 unet="tempo_tiny_unet.safetensors", lora="tempo_tiny_lora.safetensors")
+    return {"names": names, "write": write, "check": check,
+            "seconds": {"write_snippet": round(t1 - t0, 1), "check_snippet": round(t2 - t1, 1)}}
