@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..bridges import core as C
+from ..bridges import fusion
 from ..bridges import decoupled as D
 from ..samplers import kdiff
 from ..samplers import schedules as S
@@ -379,11 +380,11 @@ def case_cross_space(taesd_dir, log=print) -> list[dict]:
 
 
 def _euler_alone(den, x, sigmas, extra):
-    """Model alone with the same Euler form as ``coop_sample_euler`` (core.euler_step)."""
+    """Model alone with the same Euler form as ``coop_sample_euler`` (fusion.euler_step)."""
     n = x.shape[0]
     for i in range(len(sigmas) - 1):
         s = sigmas[i].expand(n)
-        x = C.euler_step(x, s, sigmas[i + 1], den(x, s.to(x), **extra))
+        x = fusion.euler_step(x, s, sigmas[i + 1], den(x, s.to(x), **extra))
     return x
 
 
@@ -407,7 +408,7 @@ def case_coop_fusion(st: Setup, quick: bool, log=print) -> list[dict]:
             st.v1.reset_calls(), st.v2.reset_calls()
             ca, cb = D.CountingDenoiser(st.den1), D.CountingDenoiser(st.denh)
             t0 = time.perf_counter()
-            out_a, _ = C.coop_sample_euler(ca, cb, x_a, x_b, sig, sig, st.v1, st.v2, "eps", "eps", d=d,
+            out_a, _ = fusion.coop_sample_euler(ca, cb, x_a, x_b, sig, sig, st.v1, st.v2, "eps", "eps", d=d,
                                            extra_a=st.extra, extra_b=st.extra)
             wall = time.perf_counter() - t0
             calls = D.vae_calls(st.v1, st.v2)
@@ -436,7 +437,7 @@ def case_coop_fusion(st: Setup, quick: bool, log=print) -> list[dict]:
             for d in [d for d in ds if d in (0.5, 1.0)]:
                 cheap[0].reset_calls(), cheap[1].reset_calls()
                 t0 = time.perf_counter()
-                out_a, _ = C.coop_sample_euler(st.den1, st.denh, x_a, x_b, sig, sig, cheap[0], cheap[1], "eps", "eps",
+                out_a, _ = fusion.coop_sample_euler(st.den1, st.denh, x_a, x_b, sig, sig, cheap[0], cheap[1], "eps", "eps",
                                                d=d, extra_a=st.extra, extra_b=st.extra)
                 wall = time.perf_counter() - t0
                 img = st.v1.decode_model(out_a)

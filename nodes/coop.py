@@ -28,9 +28,10 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io, ui
 
-from ..bridges.core import (FILTERS, bridge_latent, euler_step, fuse, match_sigma, resize_images, resolution_shift,
+from ..bridges.core import (FILTERS, bridge_latent, match_sigma, resize_images, resolution_shift,
                             schedule_from, ve_sigma)
 from ..bridges.decoupled import descending_from
+from ..bridges.fusion import CoopChain
 from ..bridges.vae import BridgeInputError
 from . import compat
 from .comfy_vae import (
@@ -247,12 +248,6 @@ def d_schedule(d: float, start: float, end: float, taper: str):
     return fn
 
 
-def _step_index(sigma: float, sigmas: torch.Tensor) -> int:
-    s = sigmas.detach().float().cpu()
-    pos = s[:-1] if s.numel() > 1 else s
-    return int((pos - sigma).abs().argmin())
-
-
 # ============================================================================= Coop guider
 class CoopGuider(comfy.samplers.CFGGuider):
     """Algorithm 1 (Sub-Module 1) as a GUIDER: model A drives the sampler in its own space; model B
@@ -293,18 +288,19 @@ class CoopGuider(comfy.samplers.CFGGuider):
         self.vae_b.calls = self.calls
         self.calls.clear()
         self.calls.update(decode=0, encode=0)
-        self._sigmas = sigmas
         n = int(sigmas.numel() - 1)
-        self._d_steps = [self.d_fn(i, n) for i in range(n)]
-        self._active = any(v != 0 for v in self._d_steps)
-        self._state = None
+        self._seed = seed
+        # B's chain: the core's CoopChain (bridges/fusion.py), the same code bench coop measures
+        self.chain = CoopChain(self._denoise_b, self.vae_a, self.vae_b, sigmas, [self.d_fn(i, n) for i in range(n)],
+                               self._sigma_b, filter=self.resize_method)
         try:
-            if self._active:
+            if self.chain.active:
                 self._init_b(noise, latent_image, sigmas, seed)
             out = super().inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
                                        **compat.sample_kwargs(latent_shapes), **kwargs)
         finally:
             self.secondary.cleanup()
+        self.stats["nfe_b"] = self.chain.nfe_b
         self.last_report = self.report()
         log.info("%s", self.last_report)
         return out
@@ -312,14 +308,13 @@ class CoopGuider(comfy.samplers.CFGGuider):
     def _init_b(self, noise, latent_image, sigmas, seed):
         h_a, w_a = noise.shape[-2] * self.vae_a.downscale, noise.shape[-1] * self.vae_a.downscale
         h_b, w_b = self.size_b if self.size_b is not None else (h_a, w_a)
-        self._size_a = (h_a, w_a)
-        self._size_b = (h_b, w_b)
+        self.chain.size_a, self.chain.size_b = (h_a, w_a), (h_b, w_b)
         shape_b = (noise.shape[0], self.vae_b.latent_channels, h_b // self.vae_b.downscale, w_b // self.vae_b.downscale)
         # B's start: A's noise where the shapes match (the paper's z'_T = z_T), else its own seeded noise
         noise_b = noise.detach().cpu().float() if tuple(noise.shape) == shape_b else _fresh_noise(shape_b, seed if seed is not None else 0)
         if latent_image is not None and torch.count_nonzero(latent_image) > 0:
             za = self.model_patcher.model.process_latent_in(latent_image)
-            z_b = bridge_latent(za.cpu().float(), self.vae_a, self.vae_b, size=self._size_b, filter=self.resize_method)
+            z_b = bridge_latent(za.cpu().float(), self.vae_a, self.vae_b, size=(h_b, w_b), filter=self.resize_method)
         else:
             z_b = torch.zeros(shape_b)
         s0_a = float(sigmas[0])
@@ -332,7 +327,10 @@ class CoopGuider(comfy.samplers.CFGGuider):
             torch.tensor(self._sigma_b(float(s)) if float(s) > 0 else 0.0) for s in sigmas.detach().float().cpu()
         ]).to(device)
         self.secondary.prepare(tuple(shape_b), z_b.to(device), sig_b, seed)
-        self._state = {"x_b": x_b, "s_b": s0_b, "x0_b_fused": None, "x0_b_cache": None}
+        self.chain.start(x_b, s0_b)
+
+    def _denoise_b(self, x_b, sigma_b):
+        return self.secondary(x_b, sigma_b, self._seed)
 
     def _sigma_b(self, s_a: float) -> float:
         """B's sigma at A's `s_a` (equal SNR), held at the ends of B's schedule where A's noise level lies
@@ -350,43 +348,19 @@ class CoopGuider(comfy.samplers.CFGGuider):
     def outer_predict_noise(self, x, timestep, model_options={}, seed=None):
         x0_a = super().outer_predict_noise(x, timestep, model_options, seed)
         self.stats["nfe_a"] = self.stats.get("nfe_a", 0) + 1
-        s_a = float(timestep.flatten()[0])
-        if not self._active or s_a <= 0 or self._state is None:
-            return x0_a
-        i = _step_index(s_a, self._sigmas)
-        if not any(v != 0 for v in self._d_steps[i:]):
-            return x0_a  # B can no longer contribute: stop carrying its chain
-        d = self._d_steps[i]
-        st = self._state
-        s_b = self._sigma_b(s_a)
-        if st["x0_b_fused"] is not None and s_b != st["s_b"]:
-            st["x_b"] = euler_step(st["x_b"], st["s_b"], s_b, st["x0_b_fused"].to(st["x_b"]))
-            st["s_b"] = s_b
-            st["x0_b_cache"] = None
-        b = x.shape[0]
-        if d != 0:
-            if st["x0_b_cache"] is None:
-                sb = torch.full((b,), s_b, dtype=st["x_b"].dtype, device=st["x_b"].device)
-                st["x0_b_cache"] = self.secondary(st["x_b"], sb, seed)
-                self.stats["nfe_b"] = self.stats.get("nfe_b", 0) + 1
-            z = bridge_latent(st["x0_b_cache"].float(), self.vae_b, self.vae_a, size=self._size_a, filter=self.resize_method)
-            fused = fuse(x0_a, z.to(x0_a), d)
-        else:
-            fused = x0_a
-        back = bridge_latent(fused.float(), self.vae_a, self.vae_b, size=self._size_b, filter=self.resize_method)
-        st["x0_b_fused"] = back
-        return fused
+        return self.chain(x0_a, float(timestep.flatten()[0]))
 
     def report(self) -> str:
         st = self.stats
         n = max(st.get("steps", 0), 1)
         dec, enc = self.calls.get("decode", 0), self.calls.get("encode", 0)
+        d_steps = self.chain.d_steps if getattr(self, "chain", None) is not None else []
         return (
             f"Coop-Diffusion: {st.get('steps', 0)} steps, NFE A {st.get('nfe_a', 0)} + B {st.get('nfe_b', 0)} "
             f"({(st.get('nfe_a', 0) + st.get('nfe_b', 0)) / n:.2f} per step); VAE {dec} decodes + {enc} encodes "
             f"({(dec + enc) / n:.2f} per step; {self.vae_a.name} / {self.vae_b.name}); "
-            f"d > 0 on {sum(1 for v in getattr(self, '_d_steps', []) if v != 0)} of {st.get('steps', 0)} steps "
-            f"(max {max(getattr(self, '_d_steps', [0.0]) or [0.0]):.2f})"
+            f"d > 0 on {sum(1 for v in d_steps if v != 0)} of {st.get('steps', 0)} steps "
+            f"(max {max(d_steps or [0.0]):.2f})"
         )
 
 

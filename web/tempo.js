@@ -66,6 +66,11 @@ function addReportWidget(node) {
   widget.options = widget.options ?? {};
   widget.options.serialize = false; // not an input of the API prompt
   widget.options.getMinHeight = () => BOX_MIN_HEIGHT;
+  // Front ends that draw nodes as Vue components ("Nodes 2.0") render their own text box from the
+  // widget (the element below is not shown there): read-only from options.read_only, titled by
+  // the widget's label.
+  widget.options.read_only = true;
+  widget.label = placeholder;
   const el = widget.inputEl ?? widget.element;
   if (el) {
     el.readOnly = true;

@@ -142,3 +142,56 @@ def test_skip_report_shown_on_the_node_and_never_saved(comfy_page):
 
     assert not page.errors_mentioning("tempo.js"), "\n".join(page.errors_mentioning("tempo.js"))
     print(f"skip report: {text!r}; screenshot {shot}")
+
+
+VUE_SETTING = "Comfy.VueNodes.Enabled"
+
+# the text box a Vue-rendered node ("Nodes 2.0") shows for the report widget: the <textarea> under
+# the <label> that carries the widget's label, inside the node's element
+VUE_BOX_JS = """
+(id) => {
+  const ks = app.graph.getNodeById(id);
+  const w = ks.widgets.find((w) => w.name === "skip_report");
+  const nodeEl = document.querySelector(`[data-node-id="${id}"]`);
+  const label = [...(nodeEl?.querySelectorAll("label") ?? [])].find((l) => l.textContent.trim() === (w?.label ?? w?.name));
+  const box = label ? document.getElementById(label.htmlFor) : null;
+  const rect = box?.getBoundingClientRect();
+  return {
+    nodeRendered: !!nodeEl, label: label?.textContent.trim() ?? null, tag: box?.tagName ?? null,
+    value: box?.value ?? null, widgetValue: w?.value ?? null, readOnly: box?.readOnly ?? null,
+    visible: !!(rect && rect.width > 50 && rect.height > 20),
+  };
+}
+"""
+
+
+def test_skip_report_in_vue_nodes(comfy_page):
+    """Where the front end offers Vue-rendered nodes ("Nodes 2.0", Comfy.VueNodes.Enabled as a user
+    setting: 1.4x), the report shows there too: the node's own text box, read-only, with the text;
+    still never saved. Front ends where that setting is a hidden experimental toggle (1.27) are
+    skipped: their Vue nodes are unfinished (no box for a custom text widget at all)."""
+    page = comfy_page
+    kind = page.evaluate(f"() => app.ui?.settings?.settingsLookup?.[{VUE_SETTING!r}]?.type ?? null")
+    if kind in (None, "hidden"):
+        pytest.skip(f"this front end has no Vue-rendered nodes as a user setting ({VUE_SETTING}: {kind})")
+    page.evaluate(f"async () => await app.extensionManager.setting.set({VUE_SETTING!r}, true)")
+    try:
+        built = page.build_graph(BUILD_JS, {"steps": STEPS, "seed": 7})
+        ks_id = built["ks"]
+        page.page.wait_for_function("(id) => !!document.querySelector(`[data-node-id=\"${id}\"]`)", arg=ks_id, timeout=30_000)
+        saved_before = page.evaluate(
+            "(id) => app.graph.serialize().nodes.find((n) => String(n.id) === String(id)).widgets_values", ks_id)
+        state = _run(page, ks_id)
+        page.page.wait_for_function(f"(id) => ({VUE_BOX_JS})(id).value", arg=ks_id, timeout=30_000, polling=200)
+        box = page.evaluate(VUE_BOX_JS, ks_id)
+        page.show_graph_origin()
+        shot = page.screenshot("skip_report_vue_nodes.png", wait_images=True)
+        assert box["nodeRendered"] and box["tag"] == "TEXTAREA", box
+        assert box["label"] == "AdaptiveDiffusion skip report", box
+        assert box["value"] == box["widgetValue"] == state["text"] and box["value"].startswith(REPORT_PREFIX), box
+        assert box["readOnly"] is True and box["visible"], box
+        assert state["savedValues"] == saved_before and "skip_report" not in state["promptInputs"]
+        assert not page.errors_mentioning("tempo.js"), "\n".join(page.errors_mentioning("tempo.js"))
+        print(f"Vue nodes: report box {box['value']!r}; screenshot {shot}")
+    finally:
+        page.evaluate(f"async () => await app.extensionManager.setting.set({VUE_SETTING!r}, false)")
