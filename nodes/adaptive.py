@@ -259,11 +259,24 @@ def _empty_plot() -> torch.Tensor:
 
 
 def _check_sampler_name(sampler_name):
+    """The nodes' ``validate_inputs``: they declare ``sampler_name`` alone, never ``**kwargs``. ComfyUI skips its
+    min / max / list checks of every input a validate_inputs declares (of all of them with ``**kwargs``) and
+    repeats a failure once per declared input."""
+    if sampler_name not in comfy.samplers.SAMPLER_NAMES:
+        return f"sampler_name: {sampler_name!r} is not one of this ComfyUI's samplers"
     try:
         support.lookup(sampler_name)
     except support.UnsupportedSampler as e:
         return str(e)
     return True
+
+
+def _check_scheduler(scheduler) -> None:
+    """Run time, for ComfyUI 0.3.64: it checks no V3 combo at queue time (its validation compares V1 list types
+    only; 0.33 checks them) and its KSampler quietly swaps an unknown scheduler for the first one."""
+    if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+        raise ValueError(f"scheduler: {scheduler!r} is not one of this ComfyUI's schedulers "
+                         f"({', '.join(comfy.samplers.KSampler.SCHEDULERS)})")
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -316,7 +329,8 @@ class AdaptiveKSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sampler_name=None, **kwargs):
+    def validate_inputs(cls, sampler_name=None):
+        # sampler_name only (see _check_sampler_name): ComfyUI keeps its own checks of the other inputs
         if sampler_name is None:
             return True
         return _check_sampler_name(sampler_name)
@@ -326,6 +340,7 @@ class AdaptiveKSampler(io.ComfyNode):
         cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise, **settings
     ) -> io.NodeOutput:
         config = make_config(**settings)
+        _check_scheduler(scheduler)
         latent = latent_image
         samples_in = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         noise = comfy.sample.prepare_noise(samples_in, seed, latent.get("batch_index"))
@@ -369,7 +384,8 @@ class AdaptiveSamplerNode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sampler_name=None, **kwargs):
+    def validate_inputs(cls, sampler_name=None):
+        # sampler_name only (see _check_sampler_name): ComfyUI keeps its own checks of the other inputs
         if sampler_name is None:
             return True
         return _check_sampler_name(sampler_name)
