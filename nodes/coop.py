@@ -33,6 +33,7 @@ from ..bridges.core import (FILTERS, bridge_latent, match_sigma, resize_images, 
 from ..bridges.decoupled import descending_from
 from ..bridges.fusion import CoopChain
 from ..bridges.vae import BridgeInputError
+from ..samplers.finite import with_nonfinite_note
 from . import compat
 from .comfy_vae import (
     ComfyBridgeVAE,
@@ -471,7 +472,7 @@ class CoopSampler(io.ComfyNode):
                                 disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         out = latent_image.copy()
         out["samples"] = samples.to(comfy.model_management.intermediate_device())
-        text = guider.last_report or "Coop-Diffusion: nothing to sample"
+        text = with_nonfinite_note(guider.last_report or "Coop-Diffusion: nothing to sample", out["samples"])
         return io.NodeOutput(out, ui=ui.PreviewText(text))
 
 
@@ -542,6 +543,7 @@ class LatentBridge(io.ComfyNode):
             out.pop("noise_mask", None)  # a mask at the old size no longer fits
         out["samples"] = dst.encode(images)
         text = f"Latent Bridge: {z.shape[-1] * src.downscale}x{z.shape[-2] * src.downscale} -> {w}x{h} px, VAE {_calls_text(calls)}"
+        text = with_nonfinite_note(text, out["samples"])
         return io.NodeOutput(out, ui=ui.PreviewText(text))
 
 
@@ -652,6 +654,7 @@ class NoisyLatentBridge(io.ComfyNode):
                 f"{f', x{shift:.3g} for the resize' if shift != 1.0 else ''}), "
                 f"start_at_step {idx} of {len(sig_t) - 1}; {raw.shape[-1] * vs.downscale}x{raw.shape[-2] * vs.downscale} -> "
                 f"{w}x{h} px; NFE 1, VAE {_calls_text(calls)}")
+        text = with_nonfinite_note(text, out["samples"])
         log.info("%s", text)
         return io.NodeOutput(out, tail.clone(), int(idx), ui=ui.PreviewText(text))
 

@@ -36,9 +36,11 @@ import latent_preview
 from comfy_api.latest import io, ui
 
 from ..samplers import dmd as dmd_sampling
+from ..samplers.finite import nonfinite_note, with_nonfinite_note
+from ..samplers.plot import moving_average
 from ..training import dmd as dmd_core
 from ..training import lora as lora_core
-from . import compat
+from . import compat, files
 
 log = logging.getLogger("comfyui_tempo")
 
@@ -92,30 +94,45 @@ def generator_files() -> list[str]:
     return names
 
 
+def _folder_paths_of(folder: str) -> list[str]:
+    try:
+        return list(folder_paths.get_folder_paths(folder))
+    except Exception:  # a folder type this ComfyUI does not have
+        return []
+
+
 def resolve_generator(name: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise DMDNodeError("generator_name: expected a file name from the list")
-    for folder in ("loras", "diffusion_models"):
-        if name.startswith(folder + "/"):
-            path = folder_paths.get_full_path(folder, name[len(folder) + 1:])
+    """generator_name -> its file in models/ or output/dmd_generators, loras/ or diffusion_models/ (never
+    anywhere else: absolute paths and drive letters are refused, '..' is refused by ComfyUI's get_full_path)."""
+    name = _checked(files.check_listed_name, name, "generator_name")
+    folder = FOLDER
+    for f in ("loras", "diffusion_models"):
+        if name.startswith(f + "/"):
+            folder, name = f, name[len(f) + 1:]
             break
-    else:
-        path = folder_paths.get_full_path(FOLDER, name)
-    if path is None and os.path.isabs(name) and os.path.isfile(name):
-        path = name
+    path = folder_paths.get_full_path(folder, name)
     if path is None:
         raise DMDNodeError(f"generator_name: no file {name!r} in models/{FOLDER}, output/{FOLDER}, loras or diffusion_models")
-    return path
+    return _checked(files.inside, path, _folder_paths_of(folder), "generator_name")
+
+
+def _checked(check, *args):
+    """A ``files`` check with its FileNameError raised as the node's error (same message)."""
+    try:
+        return check(*args)
+    except files.FileNameError as e:
+        raise DMDNodeError(str(e)) from None
 
 
 def _safe_name(save_name: str, what: str = "save_name") -> str:
-    name = (save_name or "").strip().replace("\\", "/")
-    if name.endswith(".safetensors"):
-        name = name[: -len(".safetensors")]
-    parts = [p for p in name.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
-        raise DMDNodeError(f"{what}: expected a file name such as 'dmd/my_generator', got {save_name!r}")
-    return "/".join(parts)
+    """save_name -> "dir/name" that stays in output/<folder> on every OS (``files.safe_save_name``)."""
+    return _checked(files.safe_save_name, save_name, what)
+
+
+def _output_path(folder: str, name: str, suffix: str) -> str:
+    """output/<folder>/<name><suffix>, checked to stay inside output/<folder>."""
+    root = os.path.join(folder_paths.get_output_directory(), folder)
+    return _checked(files.inside, os.path.join(root, *name.split("/")) + suffix, [root], "save_name")
 
 
 def _atomic_save(write, path: str) -> None:
@@ -220,7 +237,11 @@ class DMDSampler(comfy.samplers.KSAMPLER):
             noise_sampler=ns, model_type=kind,
             renoise_fn=lambda x0, n, s: ms.noise_scaling(s, n, x0),  # the model's own re-noising (noise_scale)
         )
-        return ms.inverse_noise_scaling(sigmas[-1], samples)
+        out = ms.inverse_noise_scaling(sigmas[-1], samples)
+        note = nonfinite_note(out)
+        if note:  # a SAMPLER has no report of its own: the console
+            log.warning("DMD Sampler: %s", note)
+        return out
 
 
 def _kind_of_sampling(ms):
@@ -314,7 +335,7 @@ class DMDKSampler(io.ComfyNode):
         )
         out = latent.copy()
         out["samples"] = samples
-        return io.NodeOutput(out, ui=ui.PreviewText(f"DMD: {len(ts)} step(s) at t = {ts} ({kind})"))
+        return io.NodeOutput(out, ui=ui.PreviewText(with_nonfinite_note(f"DMD: {len(ts)} step(s) at t = {ts} ({kind})", samples)))
 
 
 # ----------------------------------------------------------------------------- loader
@@ -332,7 +353,7 @@ def read_generator(path: str, what: str = "generator_name") -> tuple[dict, dict 
     info = None
     try:
         if META_KEY in meta:
-            info = json.loads(meta[META_KEY])
+            info = _json_object(meta[META_KEY], what, path)
         elif "dmd.conditioning_timestep" in meta:  # the core's layout (DMDTrainer.generator_metadata)
             info = {"conditioning_timestep": int(meta["dmd.conditioning_timestep"])}
             if meta.get("dmd.timesteps"):
@@ -340,9 +361,23 @@ def read_generator(path: str, what: str = "generator_name") -> tuple[dict, dict 
             for key in ("model_type", "format"):
                 if meta.get(f"dmd.{key}"):
                     info[key] = meta[f"dmd.{key}"]
+    except DMDNodeError:
+        raise
     except ValueError:
         raise DMDNodeError(f"{what}: {os.path.basename(path)!r} has unreadable DMD metadata") from None
     return comfy.utils.load_torch_file(path, safe_load=True), info
+
+
+def _json_object(text: str, what: str, path: str) -> dict:
+    """The pack's metadata entry: a JSON object, or a clear error naming ``what`` and the file."""
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise DMDNodeError(f"{what}: {os.path.basename(path)!r} has unreadable DMD metadata ({META_KEY} is not JSON)") from None
+    if not isinstance(info, dict):
+        raise DMDNodeError(f"{what}: {os.path.basename(path)!r} has unreadable DMD metadata ({META_KEY} is a JSON "
+                           f"{type(info).__name__}, expected an object)")
+    return info
 
 
 def is_lora_state_dict(sd: dict) -> bool:
@@ -466,9 +501,17 @@ class DMDGeneratorLoader(io.ComfyNode):
                              ui=ui.PreviewText(f"{os.path.basename(path)}: {fmt}, {kind}, t_c {ct}, timesteps {text}"))
 
     @classmethod
-    def validate_inputs(cls, generator_name=None, **kwargs):
-        if generator_name is not None and not str(generator_name).lower().endswith(".safetensors"):
+    def validate_inputs(cls, generator_name=None):
+        # declares generator_name only: ComfyUI checks every other input itself (an input named here, or any
+        # input at all with **kwargs, skips its min / max / list checks) and reports a failure once per name
+        if generator_name is None:  # linked: checked when it runs
+            return True
+        if not str(generator_name).lower().endswith(".safetensors"):
             return f"generator_name: expected a .safetensors file, got {generator_name!r}"
+        try:
+            files.check_listed_name(str(generator_name), "generator_name")
+        except files.FileNameError as e:
+            return str(e)
         return True
 
 
@@ -588,8 +631,7 @@ def plot_losses(history: dict[str, list[tuple[int, float]]], width: int = 640, h
             steps = [p[0] for p in pts]
             vals = np.array([p[1] for p in pts], dtype=np.float64)
             if len(vals) > 20:  # a moving average over ~1/20 of the run, the raw curve is noisy
-                w = max(1, len(vals) // 20)
-                vals = np.convolve(vals, np.ones(w) / w, mode="same")
+                vals = moving_average(vals, len(vals) // 20)
             lo, hi = float(np.nanmin(vals)), float(np.nanmax(vals))
             if not math.isfinite(lo) or not math.isfinite(hi):
                 lo, hi = 0.0, 1.0
@@ -651,17 +693,17 @@ def _teacher_denoiser(teacher):
 
 
 def pairs_path(name: str) -> str:
+    """regression_pairs -> its file in models/ or output/dmd_pairs (absolute paths and drive letters refused)."""
     name = (name or "").strip()
     if not name:
         raise DMDNodeError("regression_pairs: expected a file name")
-    if os.path.isabs(name) and os.path.isfile(name):
-        return name
+    name = _checked(files.check_listed_name, name, "regression_pairs")
     if not name.endswith(".safetensors"):
         name += ".safetensors"
     path = folder_paths.get_full_path(PAIRS_FOLDER, name)
     if path is None:
         raise DMDNodeError(f"regression_pairs: no file {name!r} in models/{PAIRS_FOLDER} or output/{PAIRS_FOLDER}")
-    return path
+    return _checked(files.inside, path, _folder_paths_of(PAIRS_FOLDER), "regression_pairs")
 
 
 class DMDRegressionPairs(io.ComfyNode):
@@ -726,7 +768,7 @@ class DMDRegressionPairs(io.ComfyNode):
         meta = {META_KEY: json.dumps({"kind": "regression_pairs", "model_type": kind, "conditioning_timestep": int(conditioning_timestep),
                                       "steps": int(steps), "guidance": float(guidance), "conditionings": len(pos),
                                       "latent_shape": list(shape), "seed": int(seed)})}
-        path = os.path.join(folder_paths.get_output_directory(), PAIRS_FOLDER, name + ".safetensors")
+        path = _output_path(PAIRS_FOLDER, name, ".safetensors")
         from safetensors.torch import save_file
 
         tensors = {"noise": z_all.contiguous(), "target": torch.cat(targets).contiguous(), "cond_index": ci_all.contiguous()}
@@ -740,10 +782,14 @@ def load_pairs(name: str, kind: str, ct: int, shape, n_conds: int):
     from safetensors import safe_open
 
     path = pairs_path(name)
-    with safe_open(path, framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        keys = set(f.keys())
-    info = json.loads(meta.get(META_KEY, "{}"))
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            keys = set(f.keys())
+    except Exception as e:
+        raise DMDNodeError(f"regression_pairs: {os.path.basename(path)!r} is not a readable safetensors file "
+                           f"({type(e).__name__})") from None
+    info = _json_object(meta.get(META_KEY, "{}"), "regression_pairs", path)
     if not {"noise", "target"} <= keys:
         raise DMDNodeError(f"regression_pairs: {os.path.basename(path)!r} is not a pairs file (no noise/target tensors)")
     sd = comfy.utils.load_torch_file(path, safe_load=True)
@@ -820,7 +866,10 @@ class DMDTrainerNode(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of every random draw of the run (a resumed run continues the same sequence)."),
                 io.String.Input("save_name", default="dmd/generator",
-                                tooltip=f"Generator file name under output/{FOLDER} (and the run's checkpoint under output/{CKPT_FOLDER})."),
+                                tooltip=f"Generator file name under output/{FOLDER} (and the run's checkpoint under output/{CKPT_FOLDER}: "
+                                "one file per save_name, overwritten at every save. With lora_rank 0 it holds about 6 float32 copies "
+                                "of the diffusion model (generator, fake score, two AdamW moments of each): ~20 GB for SD1.5; "
+                                "lora_rank > 0 stores only the LoRA factors). A relative name: no drive, absolute path or '..'."),
                 io.Int.Input("checkpoint_interval", default=100, min=1, max=10**6,
                              tooltip="Save a checkpoint every this many steps (also on Cancel and on an error)."),
                 io.Boolean.Input("resume", default=True,
@@ -928,28 +977,27 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
         regression_pairs=pairs if regression_weight > 0 else None, real_data=pairs if gan_weight > 0 else None, device=device,
     )
 
-    out_dir = folder_paths.get_output_directory()
-    ckpt_path = os.path.join(out_dir, CKPT_FOLDER, name + ".pt")
+    ckpt_path = _output_path(CKPT_FOLDER, name, ".pt")
     history: dict[str, list] = {}
     status = ""
     if resume and os.path.isfile(ckpt_path):
-        # onto the CPU (the trainer copies it onto its device): loading it onto the GPU would hold a second copy
-        # of both networks and their optimizer states there next to the trainer's
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        made = state.get("run", {})
+        shown = f"output/{CKPT_FOLDER}/{name}.pt"  # not the server's path
+        state = _read_checkpoint(ckpt_path, shown)
+        made = state.get("run") if isinstance(state.get("run"), dict) else {}
         if made and list(made.get("latent_shape", [])) != list(shape):
-            raise DMDNodeError(f"width/height: the checkpoint {ckpt_path} was made for latents {tuple(made['latent_shape'])}, "
+            raise DMDNodeError(f"width/height: the checkpoint {shown} was made for latents {tuple(made['latent_shape'])}, "
                                f"this run's are {tuple(shape)}; turn resume off or change save_name")
         if made and int(made.get("conditionings", len(pos))) != len(pos):
-            raise DMDNodeError(f"positive: the checkpoint {ckpt_path} was made with {made['conditionings']} conditionings, "
+            raise DMDNodeError(f"positive: the checkpoint {shown} was made with {made['conditionings']} conditionings, "
                                f"this run has {len(pos)}; turn resume off or change save_name")
         try:
             trainer.load_state_dict(state)
-        except (dmd_core.DMDConfigError, RuntimeError, KeyError) as e:
+            history = {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
+        except (dmd_core.DMDConfigError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+            # nothing is saved before training starts: the file stays as it is
             raise DMDNodeError(
-                f"resume: the checkpoint {ckpt_path} was made with other settings ({e}); turn resume off or change save_name"
+                f"resume: the checkpoint {shown} was made with other settings ({e}); turn resume off or change save_name"
             ) from None
-        history = {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
         status = f"resumed from step {trainer.step_count}"
         log.info("DMD Trainer: %s (%s)", status, ckpt_path)
 
@@ -1005,7 +1053,7 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
         "method": "DMD2" if regression_weight == 0 else "DMD (regression)", "gan_weight": float(gan_weight),
         "update_ratio": int(update_ratio),
     }
-    gen_path = os.path.join(out_dir, FOLDER, name + ".safetensors")
+    gen_path = _output_path(FOLDER, name, ".safetensors")
     from safetensors.torch import save_file
 
     if lora_rank > 0:
@@ -1031,6 +1079,34 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
     text = (f"DMD Trainer: {status + ', ' if status else ''}{trainer.step_count} steps "
             f"({trainer.generator_steps} generator updates) -> {FOLDER}/{rel}")
     return io.NodeOutput(generator, curves, samples_img, {"samples": raw}, rel, ui=ui.PreviewText(text))
+
+
+CHECKPOINT_KEYS = ("config", "step", "generator_steps", "fake_steps", "generator", "fake_score", "opt_g", "opt_f",
+                   "sched_g", "sched_f", "rng")  # what DMDTrainer.state_dict() always holds
+
+
+def _read_checkpoint(path: str, shown: str) -> dict:
+    """The trainer's checkpoint at ``path``; a ``resume:`` error naming it (as ``shown``) for an empty, truncated or
+    foreign file. Never unpickles code (weights_only) and never writes the file."""
+    # onto the CPU (the trainer copies it onto its device): loading it onto the GPU would hold a second copy
+    # of both networks and their optimizer states there next to the trainer's
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # empty (EOFError), truncated (zip reader), random bytes / pickles (UnpicklingError)
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise DMDNodeError(
+            f"resume: the checkpoint {shown} ({size} bytes) is not a readable DMD Trainer checkpoint ({type(e).__name__}: "
+            "empty, cut short or another kind of file); it was left as it is: delete it, turn resume off or change "
+            "save_name"
+        ) from None
+    missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else list(CHECKPOINT_KEYS)
+    if missing:
+        kind = f"a {type(state).__name__}" + (f" without {', '.join(missing[:4])}" if isinstance(state, dict) else "")
+        raise DMDNodeError(
+            f"resume: the checkpoint {shown} is not a DMD Trainer checkpoint ({kind}); it was left as it is: delete it, "
+            "turn resume off or change save_name"
+        )
+    return state
 
 
 def _node_error_name(msg: str) -> str:
