@@ -1,20 +1,14 @@
 """Coop-Diffusion bridges (PanGu-Draw, arXiv 2312.16486), pure PyTorch, batched.
 
-Algorithm 1 of the paper (transcribed in the research notes, coop-diffusion.md section 1.2), in
-ComfyUI's k-diffusion conventions: a denoiser is ``denoiser(x, sigma, **extra) -> x0`` with sigma a
-tensor [B] in the model's *own* space; eps / v models see x = x0 + sigma * noise, flow ("CONST")
+Algorithm 1 of the paper in ComfyUI's k-diffusion conventions: a denoiser is
+``denoiser(x, sigma, **extra) -> x0`` with sigma a tensor [B] in the model's *own* space; eps / v models see x = x0 + sigma * noise, flow ("CONST")
 models x = (1 - sigma) * x0 + sigma * noise. All latents here are in **model space** (ComfyUI's
 ``process_in`` applied); see ``bridges.vae`` for raw <-> model space.
 
 Sub-Module 1 (latent-space gap), per step t, with A the target space and B the foreign one:
 
-* step 2: x0'_t = B's x0-prediction                          -> ``predict_b_in_a`` (calls B)
 * step 3: z~0_t = E_A(D_B(x0'_t))                             -> ``bridge_latent``
-* step 4: eps~_t = B's prediction as an eps in A             -> ``convert_prediction``
-* step 5: fused = d * (B converted) + (1 - d) * A             -> ``fuse`` (paper's d: weight of B)
-* step 6 / 7: advance both chains                            -> ``euler_step``
-* step 7: fused prediction back into B                        -> ``fused_to_b``
-* the whole loop with a first-order sampler                  -> ``coop_sample_euler``
+* steps 2, 4-7 (B's prediction, fusion, B's chain)           -> ``bridges.fusion``
 
 Sub-Module 2 (resolution gap): the one-shot hand-off at T_low, steps 4 to 7
 (x0-prediction, decode, pixel resize, encode, fresh IID noise)  -> ``bridge_noisy``.
@@ -54,13 +48,6 @@ __all__ = [
     "bridge_raw",
     "bridge_noisy",
     "NoisyBridge",
-    "Prediction",
-    "convert_prediction",
-    "predict_b_in_a",
-    "fuse",
-    "fused_to_b",
-    "euler_step",
-    "coop_sample_euler",
 ]
 
 KINDS = ("eps", "v", "flow")
@@ -195,8 +182,8 @@ def resolution_shift(size_from, size_to) -> float:
 
 def match_sigma(sigma, src: ModelSchedule, dst: ModelSchedule, snap: bool = True, name: str = "sigma",
                 shift: float = 1.0) -> torch.Tensor:
-    """The noise level of `dst` with the same SNR as `sigma` of `src` (cross-family matching,
-    research notes section 1.2 note 6; not in the paper, which pairs same-schedule models).
+    """The noise level of `dst` with the same SNR as `sigma` of `src` (cross-family matching; not in the
+    paper, which pairs models of one schedule).
 
     eps <-> eps on the same table: the same sigma. eps -> flow: sigma / (1 + sigma). flow -> eps:
     sigma / (1 - sigma). With ``snap`` the result is moved to the nearest entry of a discrete
@@ -454,144 +441,3 @@ def bridge_noisy(
         raise BridgeInputError(f"noise: expected shape {tuple(z0.shape)}, got {tuple(noise.shape)}")
     x_to = renoise(z0, noise.to(z0), s_to, sched_to.kind)
     return NoisyBridge(x=x_to, sigma=s_to, x0=z0, x0_source=x0_src, noise=noise)
-
-
-# ---------------------------------------------------------------------------------------------
-# Predictions: Sub-Module 1
-
-
-@dataclass
-class Prediction:
-    """A prediction in one space at (x, sigma): its x0 and the equivalent eps."""
-
-    x0: torch.Tensor
-    eps: torch.Tensor
-
-
-def convert_prediction(
-    x0_from: torch.Tensor,
-    vae_from: BridgeVAE,
-    vae_to: BridgeVAE,
-    x_to: torch.Tensor,
-    sigma_to,
-    kind_to: str,
-    **bridge_kw,
-) -> Prediction:
-    """A model's x0-prediction in one space as a prediction in another space at (x_to, sigma_to):
-    Algorithm 1 step 3 (z~0 = E_to(D_from(x0))) and step 4 (eps~ = (z_t - sqrt(abar) z~0) /
-    sqrt(1 - abar), i.e. ``eps_from_x0`` in the target's convention). The bridged latent must have
-    the target's shape (give `size` when resolutions differ)."""
-    _check_kind(kind_to, "kind_to")
-    if bridge_kw.get("size") is None:
-        bridge_kw["size"] = (x_to.shape[-2] * vae_to.downscale, x_to.shape[-1] * vae_to.downscale)
-    with torch.no_grad():
-        z0 = bridge_latent(x0_from, vae_from, vae_to, **bridge_kw)
-    if z0.shape != x_to.shape:
-        raise BridgeInputError(f"x_to: shape {tuple(x_to.shape)} does not match the bridged latent {tuple(z0.shape)}")
-    z0 = z0.to(x_to)
-    return Prediction(x0=z0, eps=eps_from_x0(x_to, sigma_to, z0, kind_to))
-
-
-def predict_b_in_a(
-    denoiser_b: Callable,
-    x_b: torch.Tensor,
-    sigma_b,
-    vae_b: BridgeVAE,
-    vae_a: BridgeVAE,
-    x_a: torch.Tensor,
-    sigma_a,
-    kind_a: str,
-    extra_args: dict | None = None,
-    **bridge_kw,
-) -> Prediction:
-    """Algorithm 1 steps 2-4: run model B on its own chain (x_b, sigma_b), take its x0-prediction,
-    bridge it into A and express it as A's prediction at (x_a, sigma_a)."""
-    if x_b.shape[1] != vae_b.latent_channels:
-        raise BridgeInputError(
-            f"vae_b: {vae_b.name!r} expects {vae_b.latent_channels} latent channels, x_b has {x_b.shape[1]}"
-        )
-    with torch.no_grad():
-        x0_b = denoiser_b(x_b, _sigma_batch(sigma_b, x_b.shape[0]).to(x_b), **(extra_args or {}))
-    return convert_prediction(x0_b, vae_b, vae_a, x_a, sigma_a, kind_a, **bridge_kw)
-
-
-def fuse(pred_a: torch.Tensor, pred_b_in_a: torch.Tensor, d) -> torch.Tensor:
-    """Algorithm 1 step 5 with the paper's convention: d weights the **converted** prediction of
-    model B: fused = d * pred_b_in_a + (1 - d) * pred_a. Works on eps or on x0 alike (at fixed
-    (x, sigma) eps is affine in x0 with the same coefficient), d a number or one per sample."""
-    dd = torch.as_tensor(d, dtype=pred_a.dtype, device=pred_a.device)
-    if dd.ndim == 1:
-        if dd.numel() != pred_a.shape[0]:
-            raise BridgeInputError(f"d: expected one weight or one per sample ({pred_a.shape[0]}), got {dd.numel()}")
-        dd = dd.reshape((-1,) + (1,) * (pred_a.ndim - 1))
-    elif dd.ndim > 1:
-        raise BridgeInputError(f"d: expected a number or a [B] tensor, got shape {tuple(dd.shape)}")
-    if not bool(torch.isfinite(dd).all()):
-        raise BridgeInputError("d: must be finite")
-    return pred_a + dd * (pred_b_in_a - pred_a)
-
-
-def fused_to_b(
-    x0_fused_a: torch.Tensor,
-    vae_a: BridgeVAE,
-    vae_b: BridgeVAE,
-    x_b: torch.Tensor,
-    sigma_b,
-    kind_b: str,
-    **bridge_kw,
-) -> Prediction:
-    """Algorithm 1 step 7 ("eps'_fuse from eps_fuse, similar to steps 3-4"): the fused x0 in A
-    bridged back into B and expressed at B's chain point (x_b, sigma_b), for B's own update."""
-    return convert_prediction(x0_fused_a, vae_a, vae_b, x_b, sigma_b, kind_b, **bridge_kw)
-
-
-def euler_step(x: torch.Tensor, sigma, sigma_next, x0: torch.Tensor) -> torch.Tensor:
-    """First-order update with ComfyUI's Euler (d = (x - x0) / sigma), which is DDIM for eps and
-    flow models alike: x_next = x0 + (sigma_next / sigma) (x - x0). Algorithm 1 steps 6 / 7."""
-    s = _bcast(_sigma_batch(sigma, x.shape[0]), x)
-    sn = _bcast(_sigma_batch(sigma_next, x.shape[0]), x)
-    return x0 + (sn / s) * (x - x0)
-
-
-def coop_sample_euler(
-    denoiser_a: Callable,
-    denoiser_b: Callable,
-    x_a: torch.Tensor,
-    x_b: torch.Tensor,
-    sigmas_a: torch.Tensor,
-    sigmas_b: torch.Tensor,
-    vae_a: BridgeVAE,
-    vae_b: BridgeVAE,
-    kind_a: str,
-    kind_b: str,
-    d=0.5,
-    extra_a: dict | None = None,
-    extra_b: dict | None = None,
-    callback: Callable | None = None,
-    **bridge_kw,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Algorithm 1 (Sub-Module 1) with an Euler / DDIM sampler on both chains: two chains, A in
-    its space on `sigmas_a`, B in its space on `sigmas_b` (each model's own schedule, of equal
-    length, matched entry by entry, e.g. with ``match_sigma``), fusing x0 with weight `d` on B
-    (a number, or a callable (i, sigma_a) -> d for a per-step schedule). Per step: 2 model calls,
-    2 decodes, 2 encodes. Returns the final (x_a, x_b)."""
-    sig_a = torch.as_tensor(sigmas_a, dtype=torch.float32).flatten()
-    sig_b = torch.as_tensor(sigmas_b, dtype=torch.float32).flatten()
-    if sig_a.numel() != sig_b.numel() or sig_a.numel() < 2:
-        raise BridgeInputError(f"sigmas_b: expected {sig_a.numel()} sigmas like sigmas_a, got {sig_b.numel()}")
-    n = x_a.shape[0]
-    if x_b.shape[0] != n:
-        raise BridgeInputError(f"x_b: batch {x_b.shape[0]} differs from x_a's {n}")
-    for i in range(sig_a.numel() - 1):
-        sa, sb = sig_a[i].expand(n), sig_b[i].expand(n)
-        with torch.no_grad():
-            x0_a = denoiser_a(x_a, sa.to(x_a), **(extra_a or {}))
-            pb = predict_b_in_a(denoiser_b, x_b, sb, vae_b, vae_a, x_a, sa, kind_a, extra_b, **bridge_kw)
-        di = d(i, float(sig_a[i])) if callable(d) else d
-        x0_fused = fuse(x0_a, pb.x0, di)
-        back = fused_to_b(x0_fused, vae_a, vae_b, x_b, sb, kind_b, **bridge_kw)
-        if callback is not None:
-            callback({"i": i, "x_a": x_a, "x_b": x_b, "x0_a": x0_a, "x0_b_in_a": pb.x0, "x0_fused": x0_fused})
-        x_a = euler_step(x_a, sa, sig_a[i + 1], x0_fused)
-        x_b = euler_step(x_b, sb, sig_b[i + 1], back.x0)
-    return x_a, x_b
