@@ -285,6 +285,25 @@ def summarize(result: dict) -> list[dict]:
     return out
 
 
+def add_parser(bench_sub) -> None:
+    p = bench_sub.add_parser("adaptive", help="AdaptiveDiffusion against the full run, fewer steps, EasyCache, ...")
+    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--quick", action="store_true", help="a small, fast configuration (used by the tests)")
+    p.add_argument("--samplers", default="euler,dpmpp_2m")
+    p.add_argument("--steps", type=int, default=0, help="default 50 (20 with --quick)")
+    p.add_argument("--classes", type=int, default=0, help="default 10 (4 with --quick)")
+    p.add_argument("--seeds", type=int, default=0, help="seeds per class; default 2 (1 with --quick)")
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--scheduler", default="karras", choices=["karras", "normal"])
+    p.add_argument("--greedy", type=int, default=None, help="conditionings for the greedy search (default 2; 0 with --quick)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--comfyui", default=None,
+        help="a ComfyUI tree: adds rows measured inside it (EasyCache, LazyCache, the pack's nodes); default $TEMPO_COMFYUI",
+    )
+    p.add_argument("--quiet", action="store_true")
+
+
 def main(args) -> int:
     from ..testbed import problems
 

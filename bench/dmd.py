@@ -195,6 +195,17 @@ def testbed_rows(per_class: int, log=print, generator_file=None, control_file=No
     return rows, {"teacher_diversity": div_a, "per_class": per_class, "samples": int(cond.numel())}
 
 
+def add_parser(bench_sub) -> None:
+    p = bench_sub.add_parser("dmd", help="DMD one-step generators against their teachers (ring, latent mixture, testbed)")
+    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--quick", action="store_true", help="only the testbed case (shipped weights), 20 samples per class")
+    p.add_argument("--cases", default="", help="comma-separated: ring, gmm, testbed (default all; testbed with --quick)")
+    p.add_argument("--per-class", type=int, default=0, help="testbed samples per class (default 50; 20 with --quick)")
+    p.add_argument("--retrain", action="store_true", help="distil the testbed generator and control again (~30 min)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quiet", action="store_true")
+
+
 def main(args) -> int:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads or 1)
