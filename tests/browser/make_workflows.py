@@ -6,6 +6,11 @@ after a node's inputs change, then run tests/unit/test_workflows.py and tests/br
 
     python tests/browser/make_workflows.py http://127.0.0.1:8188            # a running ComfyUI
     python tests/browser/make_workflows.py object_info.json [OUT_DIR]       # default OUT_DIR: workflows/
+
+Use the oldest supported ComfyUI's /object_info (0.3.64; the committed files are its output): from
+0.33 the only difference is that SaveImage and PreviewImage get an IMAGE output ("images"), which
+the files would then carry as a stale output slot into the older ComfyUI; the 0.3.64 files load in
+both front ends (1.27 and 1.49), and 1.49 adds that output itself.
 """
 
 import json
