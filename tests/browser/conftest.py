@@ -4,8 +4,14 @@ Needs, or every test here is skipped with the reason:
     TEMPO_COMFYUI (and optionally TEMPO_COMFYUI_PYTHON)  a ComfyUI tree, as for tests/host
     a Chromium binary    TEMPO_CHROMIUM, else `chromium` / `chromium-browser` on PATH
                          (Debian: apt-get install chromium)
-    the driver           the `playwright` Python package (only its driver: the browser is the
-                         system Chromium above, never one Playwright downloads)
+    the driver           the `playwright` Python package in the Python running pytest
+                         (`.venv/bin/pip install playwright`, tested with 1.65.3; only its driver:
+                         the browser is the system Chromium above, never `playwright install`)
+
+Front ends: ComfyUI 0.3.64 serves comfyui-frontend-package 1.27.10, 0.33.0 serves 1.49.6; the tests
+use what both offer (app, LiteGraph, app.graph, graphToPrompt, loadGraphData) and tell the
+differences apart by what the page has, not by version: node ids are numbers in 1.27 and strings in
+1.49 at run time (saved workflows hold numbers in both), so ids are compared as strings.
 
 Reuses tests/host's harness (comfy_client: ComfyServer, make_base); the server here is its own
 session server, with the same custom_nodes layout (comfyui_tempo + tempo_testnodes).
@@ -71,7 +77,9 @@ def find_driver() -> str:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as e:
-        return f"the Playwright driver is missing ({e}): pip install playwright (no browser download needed)"
+        return (f"the Playwright driver is missing ({e}): pip install playwright into the Python running "
+                f"pytest (.venv/bin/pip install playwright; tested with 1.65.3); no `playwright install`: "
+                f"the browser is the system Chromium")
     return ""
 
 
