@@ -30,7 +30,7 @@ from comfy_api.latest import io, ui
 
 from ..bridges.core import (FILTERS, bridge_latent, match_sigma, resize_images, resolution_shift,
                             schedule_from, ve_sigma)
-from ..bridges.decoupled import descending_from
+from ..bridges.decoupled import plan_handoff
 from ..bridges.fusion import CoopChain
 from ..bridges.vae import BridgeInputError
 from ..samplers.finite import with_nonfinite_note
@@ -65,10 +65,15 @@ def _renoise_input(stage: str) -> io.Combo.Input:
         "upscaling shrinks the noise in the content the first model settled. Without a resize both are the same.")
 
 
-def _shift_for(renoise_level: str, px_from: tuple[int, int], px_to: tuple[int, int]) -> float:
+def _renoise_name(renoise_level: str) -> str:
+    """The node's renoise_level label -> bridges.decoupled's name ("resolution" | "paper")."""
     if renoise_level not in RENOISE_LEVELS:
         raise BridgeInputError(f"renoise_level: expected one of {RENOISE_LEVELS}, got {renoise_level!r}")
-    return resolution_shift(px_from, px_to) if renoise_level == RENOISE_LEVELS[0] else 1.0
+    return "resolution" if renoise_level == RENOISE_LEVELS[0] else "paper"
+
+
+def _shift_for(renoise_level: str, px_from: tuple[int, int], px_to: tuple[int, int]) -> float:
+    return resolution_shift(px_from, px_to) if _renoise_name(renoise_level) == "resolution" else 1.0
 
 
 # ============================================================================= shared helpers
@@ -706,19 +711,6 @@ def switch_to_sigma(model, switch_mode: str, switch_timestep: int, switch_sigma_
     raise BridgeInputError(f"switch_mode: expected one of {SWITCH_MODES}, got {switch_mode!r}")
 
 
-def split_at(sigmas: torch.Tensor, sigma_switch: float, name: str) -> int:
-    """Number of steps whose model call is at sigma >= sigma_switch (the structure model's share)."""
-    n = sigmas.numel() - 1
-    k = int((sigmas[:n] >= sigma_switch).sum())
-    if k == 0 or k == n:
-        lo, hi = float(sigmas[n - 1]), float(sigmas[0])
-        who = "the structure model would run no step" if k == 0 else "the texture model would run no step"
-        raise BridgeInputError(
-            f"{name}: sigma {sigma_switch:.4g} is outside the schedule's steps ({hi:.4g} .. {lo:.4g}): {who}"
-        )
-    return k
-
-
 def _same_space(model_a, model_b) -> bool:
     fa, fb = model_latent_format(model_a), model_latent_format(model_b)
     same_fmt = type(fa) is type(fb) and getattr(fa, "scale_factor", 1) == getattr(fb, "scale_factor", 1) and \
@@ -795,7 +787,8 @@ class TimeDecoupledSampler(io.ComfyNode):
         sigmas = _ksampler_sigmas(model_structure, steps, sampler_name, scheduler, denoise)
         if sigmas.numel() < 2:
             return io.NodeOutput(latent_image.copy(), ui=ui.PreviewText("Time-decoupled: nothing to sample"))
-        k = split_at(sigmas, s_switch, name)
+        sched_s, sched_t = model_schedule(model_structure, "model_structure"), model_schedule(model_texture, "model_texture")
+        k = plan_handoff(sigmas, s_switch, sched_s, sched_t, name=name).k  # the core's planner, as bench coop runs it
         n = sigmas.numel() - 1
         resize = bool(width or height or scale != 1.0)
         noise = comfy.sample.prepare_noise(samples_in, seed, latent_image.get("batch_index"))
@@ -826,18 +819,11 @@ class TimeDecoupledSampler(io.ComfyNode):
         calls = {"decode": 0, "encode": 0}
         vs = bridge_vae_for(model_structure, vae_structure, "vae_structure", calls)
         vt = bridge_vae_for(model_texture, vae_texture, "vae_texture", calls)
-        sched_s, sched_t = model_schedule(model_structure, "model_structure"), model_schedule(model_texture, "model_texture")
         sig1 = sigmas[: k + 1]
-        tail = sigmas[k:].float().cpu()
         px_from = (samples_in.shape[-2] * vs.downscale, samples_in.shape[-1] * vs.downscale)
         h, w = target_pixels(*px_from, vt.downscale, width, height, scale)
-        shift = _shift_for(renoise_level, px_from, (h, w))
-        sig2 = torch.stack([
-            match_sigma(s, sched_s, sched_t, snap=False, name=name) if float(s) > 0 else torch.tensor(0.0) for s in tail
-        ])
-        if shift != 1.0:  # the hand-off level only: the texture model keeps its n - k steps (fewer after a downscale)
-            sig2[0] = match_sigma(tail[0], sched_s, sched_t, snap=False, name=name, shift=shift)
-            sig2 = descending_from(sig2)
+        plan = plan_handoff(sigmas, s_switch, sched_s, sched_t, px_from, (h, w), _renoise_name(renoise_level), name)
+        sig2, shift = plan.texture_sigmas, plan.shift
         store: dict = {}
         g1 = comfy.samplers.CFGGuider(model_structure)
         g1.set_conds(positive_structure, negative_structure)
