@@ -53,6 +53,8 @@ __all__ = [
     "CountingDenoiser",
     "switch_to_sigma",
     "split_at_switch",
+    "HandoffPlan",
+    "plan_handoff",
     "time_decoupled_sample",
     "DecoupledResult",
     "coupled_noise",
@@ -235,6 +237,46 @@ def split_at_switch(sigmas: torch.Tensor, switch_sigma: float, name: str = "swit
 
 
 @dataclass
+class HandoffPlan:
+    """Where a time-decoupled run hands off (``plan_handoff``): the structure model runs ``sigmas[:k + 1]``; the
+    texture model runs ``texture_sigmas`` (its own noise levels, descending to 0), whose first entry is the
+    hand-off level; ``shift`` is the resolution factor applied to that level (1 without a resize)."""
+
+    k: int
+    switch_sigma: float
+    shift: float
+    texture_sigmas: torch.Tensor
+
+
+def plan_handoff(sigmas: torch.Tensor, switch_sigma: float, sched_structure: ModelSchedule,
+                 sched_texture: ModelSchedule | None = None, px_from=None, px_to=None, renoise: str = "resolution",
+                 name: str = "switch_timestep") -> HandoffPlan:
+    """The one hand-off planner (``time_decoupled_sample`` and the Time-Decoupled Sampler node both call it).
+
+    k = the steps at sigma >= the switch (``split_at_switch``). The texture model continues on ``sigmas[k:]``
+    matched into its schedule at equal SNR (not snapped to its table: ComfyUI's samplers accept any sigma);
+    with a resize from `px_from` to `px_to` pixels and renoise="resolution" the first entry, the hand-off
+    level, is raised by ``resolution_shift`` (renoise="paper": the equal-SNR level), and entries no longer
+    below it are dropped (``descending_from``), so the texture model keeps its n - k steps (fewer after a
+    downscale)."""
+    if renoise not in RENOISE:
+        raise BridgeInputError(f"renoise: expected one of {RENOISE}, got {renoise!r}")
+    sched_texture = sched_texture or sched_structure
+    sig = torch.as_tensor(sigmas, dtype=torch.float32).detach().cpu().flatten()
+    k = split_at_switch(sig, switch_sigma, name)
+    tail = sig[k:]
+    tex = torch.stack([match_sigma(s, sched_structure, sched_texture, snap=False, name=name).reshape(())
+                       if float(s) > 0 else torch.tensor(0.0) for s in tail])
+    shift = 1.0
+    if renoise == "resolution" and px_from is not None and px_to is not None:
+        shift = resolution_shift(px_from, px_to)
+    if shift != 1.0:
+        tex[0] = match_sigma(tail[0], sched_structure, sched_texture, snap=False, name=name, shift=shift)
+        tex = descending_from(tex)
+    return HandoffPlan(k=k, switch_sigma=float(switch_sigma), shift=shift, texture_sigmas=tex)
+
+
+@dataclass
 class DecoupledResult:
     x: torch.Tensor  # final latent in the texture space
     k: int  # structure steps
@@ -311,7 +353,6 @@ def time_decoupled_sample(
         )
     name = "switch_sigma" if switch_sigma is not None else "switch_timestep"
     s_switch = switch_to_sigma(sched_structure, switch_timestep if switch_sigma is None else None, switch_sigma)
-    k = split_at_switch(sig, s_switch, name)
     sampler_texture = sampler_texture or sampler
 
     count_s, count_t = CountingDenoiser(structure), CountingDenoiser(texture)
@@ -331,6 +372,12 @@ def time_decoupled_sample(
     if not (same_space and same_size) and (vae_structure is None or vae_texture is None):
         raise BridgeInputError("vae_texture: a change of latent space or size needs both vae_structure and vae_texture")
 
+    px_from = px_to = None
+    if not (same_space and same_size):
+        px_from = (x.shape[-2] * vae_structure.downscale, x.shape[-1] * vae_structure.downscale)
+        px_to = px_from if size is None else ((size, size) if isinstance(size, int) else tuple(size))
+    plan = plan_handoff(sig, s_switch, sched_structure, sched_texture, px_from, px_to, renoise, name)
+    k = plan.k
     x_s = sampler(structure_rec, x, sig[: k + 1], extra_args=extra_structure)
     sigma_k = sig[k]
     b = x.shape[0]
@@ -340,11 +387,8 @@ def time_decoupled_sample(
         s_t = s_t[0]
         bridged = False
     else:
-        px_from = (x.shape[-2] * vae_structure.downscale, x.shape[-1] * vae_structure.downscale)
-        px_to = px_from if size is None else size
-        shift = resolution_shift(px_from, px_to) if renoise == "resolution" else 1.0
-        s_to = match_sigma(sigma_k.expand(b), sched_structure, sched_texture, name=name, shift=shift)
-        info["shift"] = shift
+        s_to = plan.texture_sigmas[0].expand(b)
+        info["shift"] = plan.shift
         if handoff == "fresh":
             nb = bridge_noisy(x_s, sigma_k, count_s, vae_structure, vae_texture, sched_structure, sched_texture,
                               size=size, filter=filter, sigma_to=s_to, noise=noise, generator=generator,
@@ -358,10 +402,7 @@ def time_decoupled_sample(
         bridged = True
         info["x0_bridged"] = nb.x0
     if sigmas_texture is None:
-        tail = sig[k:].clone()
-        if sched_texture is not sched_structure:
-            pos = tail[:-1]
-            tail[:-1] = match_sigma(pos, sched_structure, sched_texture, snap=False, name=name)  # equal SNR, as the nodes
+        tail = plan.texture_sigmas.clone()
         tail[0] = s_t
     else:
         from .core import schedule_from
