@@ -4,7 +4,8 @@ Over HTTP, with the testbed teacher: the DMD Trainer node trains, is interrupted
 first checkpoint, resumes from that checkpoint and saves; the DMD Generator Loader lists the file at once and
 loads it; one-step graphs (DMD KSampler, SamplerCustom + DMD Sampler) produce images; bad inputs give errors
 naming the input. Each flow runs as the example workflow in workflows/ (UI format), converted to an API prompt
-with the testbed standing in for the checkpoint, CLIP text encoders, empty latent and VAE.
+with the testbed standing in for the checkpoint, CLIP text encoders, empty latent and VAE (a teacher of known
+quality; test_host_workflows.py runs every workflow as shipped through ComfyUI's own loaders on real files).
 
 In-process (snippets): the sampler's first-step input scaling against the testbed's own denoiser (t = 999 and
 t = 399), eps / v / flow models against the pure-torch DMD sampler, a short training on v and flow models, and
@@ -27,82 +28,54 @@ WORKFLOWS = REPO / "workflows"
 STEPS = 240  # a few hundred DMD iterations (batch 2) on the testbed: ~1-2 min on a 2-core CPU
 CKPT_EVERY = 20
 
-# the user's nodes -> the testbed (host tier): type -> (testbed type, inputs kept)
+# the user's nodes -> the testbed, for the behaviour checks here (what the trainer, the loader and the
+# one-step samplers do with a teacher of known quality): type -> (testbed type, inputs kept). That every
+# workflow runs through ComfyUI's own loaders on real files is test_host_workflows.py's.
 SUBSTITUTE = {
     "CheckpointLoaderSimple": ("TempoTestbedModel", []),
-    "UNETLoader": ("TempoTestbedModel", []),
     "EmptyLatentImage": ("TempoTestbedEmptyLatent", ["batch_size"]),
 }
 VAE_OUTPUT = {"CheckpointLoaderSimple": 2}  # its VAE output -> the testbed's autoencoder as a ComfyUI VAE
-BYPASS = {"LoraLoaderModelOnly": "model"}  # the released LoRA does not exist here: its MODEL passes through
 
 
-def ui_to_api(wf: dict, object_info: dict, overrides: dict | None = None) -> dict:
-    """A UI-format workflow -> an API prompt, widget values by /object_info's input order, with the
-    testbed standing in for the user's model nodes (SUBSTITUTE / BYPASS; a checkpoint's VAE -> TempoTestbedVAE,
-    decoded by ComfyUI's own VAEDecode; CLIPTextEncode -> a class: prompts 0, 1, ... in order, the one titled
-    "Negative prompt" the null class 10).
+def as_testbed_prompt(wf: dict, object_info: dict, overrides: dict | None = None) -> dict:
+    """A UI-format workflow as an API prompt (comfy_client.ui_to_api) with the testbed standing in for the
+    checkpoint (SUBSTITUTE; its VAE -> TempoTestbedVAE, decoded by ComfyUI's own VAEDecode; CLIPTextEncode ->
+    a class: prompts 0, 1, ... in order, the one titled "Negative prompt" the null class 10).
     ``overrides``: {node type: {input: value}} applied after the conversion."""
-    links = {link[0]: link for link in wf["links"]}
-    api: dict[str, dict] = {}
+    api = comfy_client.ui_to_api(wf, object_info)
+    titles = {str(n["id"]): (n.get("title") or "") for n in wf["nodes"]}
+    out: dict[str, dict] = {}
     next_class = 0
-    for n in sorted(wf["nodes"], key=lambda n: n["id"]):
-        t = n["type"]
-        if t in ("Note", "MarkdownNote"):
-            continue
-        info = object_info[t]
-        spec = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
-        order = info["input_order"].get("required", []) + info["input_order"].get("optional", [])
-        values = list(n.get("widgets_values") or [])
-        inputs: dict = {}
-        linked = {i["name"]: i["link"] for i in n.get("inputs", []) if i.get("link") is not None}
-        for name in order:
-            s = spec[name]
-            opts = s[1] if len(s) > 1 else {}
-            widget = (isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")) and not opts.get("forceInput")
-            if widget and name not in linked:
-                inputs[name] = values.pop(0)
-                if opts.get("control_after_generate"):
-                    values.pop(0)
-            elif name in linked:
-                link = links[linked[name]]
-                inputs[name] = [str(link[1]), link[2]]
+    for nid in sorted(api, key=int):
+        t, inputs = api[nid]["class_type"], api[nid]["inputs"]
         if t == "CLIPTextEncode":
-            neg = (n.get("title") or "").lower().startswith("negative")
-            api[str(n["id"])] = {"class_type": "TempoTestbedClass", "inputs": {"class_id": 10 if neg else next_class}}
+            neg = titles[nid].lower().startswith("negative")
+            out[nid] = {"class_type": "TempoTestbedClass", "inputs": {"class_id": 10 if neg else next_class}}
             next_class += 0 if neg else 1
             continue
         if t in VAE_OUTPUT:
-            api[f"{n['id']}vae"] = {"class_type": "TempoTestbedVAE", "inputs": {"name": "testbed"}}
+            out[f"{nid}vae"] = {"class_type": "TempoTestbedVAE", "inputs": {"name": "testbed"}}
         if t in SUBSTITUTE:
             new, keep = SUBSTITUTE[t]
             inputs = {k: v for k, v in inputs.items() if k in keep}
             t = new
-        api[str(n["id"])] = {"class_type": t, "inputs": inputs}
+        out[nid] = {"class_type": t, "inputs": inputs}
     # a checkpoint's VAE output: the testbed VAE node beside it
-    vae_of = {str(n["id"]): VAE_OUTPUT[n["type"]] for n in wf["nodes"] if n["type"] in VAE_OUTPUT}
-    for node in api.values():
+    vae_of = {nid: VAE_OUTPUT[n["class_type"]] for nid, n in api.items() if n["class_type"] in VAE_OUTPUT}
+    for node in out.values():
         for k, v in node["inputs"].items():
             if isinstance(v, list) and len(v) == 2 and vae_of.get(v[0]) == v[1]:
                 node["inputs"][k] = [f"{v[0]}vae", 0]
-    # bypassed nodes: their users take the bypassed node's input instead
-    for nid, node in list(api.items()):
-        if node["class_type"] in BYPASS:
-            src = node["inputs"][BYPASS[node["class_type"]]]
-            del api[nid]
-            for other in api.values():
-                for k, v in other["inputs"].items():
-                    if isinstance(v, list) and len(v) == 2 and v[0] == nid:
-                        other["inputs"][k] = src
-    # inputs that pointed at outputs the testbed nodes do not have (CLIP, VAE): dropped (vae is optional)
-    outputs = {nid: len(object_info[node["class_type"]]["output"]) for nid, node in api.items()}
-    for node in api.values():
+    # inputs that pointed at outputs the testbed nodes do not have (CLIP): dropped
+    outputs = {nid: len(object_info[node["class_type"]]["output"]) for nid, node in out.items()}
+    for node in out.values():
         for k, v in list(node["inputs"].items()):
-            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and (v[0] not in api or v[1] >= outputs[v[0]]):
+            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and (v[0] not in out or v[1] >= outputs[v[0]]):
                 del node["inputs"][k]
-    for node in api.values():
+    for node in out.values():
         node["inputs"].update((overrides or {}).get(node["class_type"], {}))
-    return api
+    return out
 
 
 def load_workflow(name: str) -> dict:
@@ -138,7 +111,7 @@ def object_info(comfy):
 @pytest.fixture(scope="module")
 def trained(comfy, object_info):
     """The trainer workflow: started, interrupted after its first checkpoint, resumed to the end."""
-    api = ui_to_api(load_workflow("dmd_trainer.json"), object_info, TRAINER)
+    api = as_testbed_prompt(load_workflow("dmd_trainer.json"), object_info, TRAINER)
     tr = node_of(api, "TempoDMDTrainer")
     out = Path(comfy.base) / "output"
     ckpt = out / "dmd_checkpoints" / "dmd" / "generator.pt"
@@ -210,8 +183,8 @@ def test_loader_lists_the_file_at_once(comfy, trained):
 
 
 def test_one_step_workflows_produce_images(comfy, trained, object_info):
-    ks = ui_to_api(load_workflow("dmd_loader_ksampler.json"), object_info)
-    sc = ui_to_api(load_workflow("dmd_sampler_custom.json"), object_info)
+    ks = as_testbed_prompt(load_workflow("dmd_loader_ksampler.json"), object_info)
+    sc = as_testbed_prompt(load_workflow("dmd_sampler_custom.json"), object_info)
     a = comfy.run(ks, timeout=300)
     b = comfy.run(sc, timeout=300)
     img_a = comfy.output_images(a, node_of(ks, "SaveImage"))
@@ -234,13 +207,13 @@ def test_one_step_workflows_produce_images(comfy, trained, object_info):
 
 
 def test_regression_pairs_workflow_saves_a_file_the_trainer_reads(comfy, object_info):
-    api = ui_to_api(load_workflow("dmd_regression_pairs.json"), object_info,
+    api = as_testbed_prompt(load_workflow("dmd_regression_pairs.json"), object_info,
                     {"TempoDMDRegressionPairs": dict(width=64, height=64, pairs_per_conditioning=3, steps=4)})
     entry = comfy.run(api, timeout=300)
     path = Path(comfy.base) / "output" / "dmd_pairs" / "dmd" / "pairs.safetensors"
     assert path.exists(), entry.get("outputs")
     # the trainer with the regression loss on those pairs (a few steps, LoRA)
-    tr = ui_to_api(load_workflow("dmd_trainer.json"), object_info, {"TempoDMDTrainer": dict(
+    tr = as_testbed_prompt(load_workflow("dmd_trainer.json"), object_info, {"TempoDMDTrainer": dict(
         TRAINER["TempoDMDTrainer"], steps=6, regression_weight=0.25, regression_pairs="dmd/pairs.safetensors",
         lora_rank=4, save_name="dmd/host_reg_lora", resume=False)})
     entry = comfy.run(tr, timeout=300)
@@ -248,22 +221,9 @@ def test_regression_pairs_workflow_saves_a_file_the_trainer_reads(comfy, object_
     assert "6 steps" in text and "host_reg_lora.safetensors" in text, text
 
 
-def test_released_dmd2_workflow_runs_with_the_testbed(comfy, object_info):
-    """dmd2_sdxl_released.json: 4 steps at 999/749/499/249 and 1 step at 399 (the testbed stands in for SDXL)."""
-    api = ui_to_api(load_workflow("dmd2_sdxl_released.json"), object_info)
-    entry = comfy.run(api, timeout=300)
-    saves = [nid for nid, n in api.items() if n["class_type"] == "SaveImage"]
-    assert len(saves) == 2
-    for nid in saves:
-        imgs = comfy.output_images(entry, nid)
-        assert len(imgs) == 1 and imgs[0].std() > 1.0
-    texts = [ui_texts(entry, nid)[0] for nid, n in api.items() if n["class_type"] == "TempoDMDKSampler"]
-    assert sorted(texts) == sorted(["DMD: 4 step(s) at t = [999, 749, 499, 249] (eps)", "DMD: 1 step(s) at t = [399] (eps)"])
-
-
 # ----------------------------------------------------------------------------- bad inputs over HTTP
 def _trainer_graph(object_info, **override):
-    return ui_to_api(load_workflow("dmd_trainer.json"), object_info,
+    return as_testbed_prompt(load_workflow("dmd_trainer.json"), object_info,
                      {"TempoDMDTrainer": dict(TRAINER["TempoDMDTrainer"], steps=2, save_name="dmd/bad", resume=False, **override)})
 
 
@@ -292,7 +252,7 @@ def test_generator_without_metadata_is_a_clear_error(comfy, object_info):
     folder = Path(comfy.base) / "models" / "dmd_generators"
     folder.mkdir(parents=True, exist_ok=True)
     safetensors_torch.save_file({"x": np.zeros(2, dtype=np.float32)}, str(folder / "no_meta.safetensors"))
-    g = ui_to_api(load_workflow("dmd_loader_ksampler.json"), object_info,
+    g = as_testbed_prompt(load_workflow("dmd_loader_ksampler.json"), object_info,
                   {"TempoDMDGeneratorLoader": {"generator_name": "no_meta.safetensors"}})
     msg = error_message(comfy, g)
     assert "DMDNodeError: generator_name:" in msg and "no DMD metadata" in msg, msg
@@ -300,11 +260,11 @@ def test_generator_without_metadata_is_a_clear_error(comfy, object_info):
 
 def test_resume_with_another_latent_size_is_a_clear_error(comfy, object_info):
     """A checkpoint made for 64 x 64 px is not resumed at 128 x 128 (nor with another number of prompts)."""
-    first = ui_to_api(load_workflow("dmd_trainer.json"), object_info, {"TempoDMDTrainer": dict(
+    first = as_testbed_prompt(load_workflow("dmd_trainer.json"), object_info, {"TempoDMDTrainer": dict(
         TRAINER["TempoDMDTrainer"], steps=2, checkpoint_interval=1, save_name="dmd/host_resize", resume=False)})
     comfy.run(first, timeout=300)
     assert any((Path(comfy.base) / "output").rglob("host_resize.pt")), "no checkpoint written"
-    again = ui_to_api(load_workflow("dmd_trainer.json"), object_info, {"TempoDMDTrainer": dict(
+    again = as_testbed_prompt(load_workflow("dmd_trainer.json"), object_info, {"TempoDMDTrainer": dict(
         TRAINER["TempoDMDTrainer"], steps=4, width=128, height=128, save_name="dmd/host_resize", resume=True)})
     msg = error_message(comfy, again)
     assert "DMDNodeError: width/height:" in msg and "(4, 8, 8)" in msg and "(4, 16, 16)" in msg, msg
@@ -325,7 +285,6 @@ import folder_paths
 import tempo_testnodes as tn
 from comfyui_tempo.nodes import dmd as D
 from comfyui_tempo.samplers import dmd as S
-from comfy_extras import nodes_custom_sampler as ncs
 import nodes
 
 res = {}
