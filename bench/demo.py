@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from . import figures
 from .common import print_table, psnr_db, write_json
 
 
@@ -83,28 +84,12 @@ def main(args) -> int:
         )
     table = print_table(rows, ["method", "nfe", "speedup_nfe", "psnr_db", "wall_s", "speedup_wall", "path"])
 
-    # grid: one row per class; columns: (full, adaptive, paper) for each seed
     from PIL import Image
 
     imgs = {name: problem.decode(out) for name, (out, _, _) in runs.items()}
-    order = ["full", "adaptive", "adaptive_paper"]
-    seeds = args.seeds
-    tiles = []
-    for c in range(10):
-        row = []
-        for s in range(seeds):
-            b = c * seeds + s
-            for name in order:
-                row.append(imgs[name][b])
-            row.append(torch.ones_like(imgs["full"][b][:, :, :2]))  # a thin white line between seeds
-        tiles.append(torch.cat(row[:-1], dim=2))
-    grid = torch.cat(tiles, dim=1).permute(1, 2, 0).clamp(0, 1).numpy()
-    scale = max(1, 256 // imgs["full"].shape[-1])
-    grid_img = Image.fromarray((grid * 255).round().astype(np.uint8)).resize(
-        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
-    )
+    order = ["full", "adaptive", "|adaptive - full|", "adaptive_paper", "|adaptive_paper - full|"]
     grid_path = os.path.join(args.out, "grid.png")
-    grid_img.save(grid_path)
+    adaptive_grid(args, imgs, {name: rep.nfe for name, (_, rep, _) in runs.items()}, rows).save(grid_path)
     plot = plot_report(runs["adaptive"][1], threshold=None)
     plot_path = os.path.join(args.out, "skip_path.png")
     Image.fromarray((plot * 255).round().astype(np.uint8)).save(plot_path)
@@ -121,21 +106,19 @@ def main(args) -> int:
             "table": table,
         },
     )
-    dmd = dmd_beside_teacher(args, problem, full, runs["full"][2], runs["full"][1].nfe, scale)
+    dmd = dmd_beside_teacher(args, problem, full, runs["full"][2], runs["full"][1].nfe)
     with open(os.path.join(args.out, "metrics.md"), "w") as f:
         f.write(f"# {problem.name}, {args.sampler}, {args.steps} steps\n\n```\n{table}\n```\n")
         f.write(f"\n# DMD one-step generator (shipped) beside the teacher's {args.steps} steps\n\n```\n{dmd['table']}\n```\n")
     write_json(os.path.join(args.out, "dmd.json"), dmd)
     print(f"\nwrote {grid_path} (rows: classes 0-9; columns per seed: {', '.join(order)}), {plot_path}, {metrics_path}, "
-          f"{dmd['grid']} (columns per seed: teacher, DMD one-step), dmd.json")
+          f"{dmd['grid']} (columns per seed: teacher, DMD one-step, |DMD - teacher|), dmd.json")
     return 0
 
 
-def dmd_beside_teacher(args, problem, teacher_latents, teacher_wall: float, teacher_nfe: int, scale: int) -> dict:
+def dmd_beside_teacher(args, problem, teacher_latents, teacher_wall: float, teacher_nfe: int) -> dict:
     """The shipped DMD one-step generator on the demo's noise and classes, beside the teacher's full
     CFG run: class accuracy (the evaluation classifier), NFE and wall time; a second grid."""
-    from PIL import Image
-
     from ..testbed import classifier
     from ..training import distill_testbed
 
@@ -146,24 +129,101 @@ def dmd_beside_teacher(args, problem, teacher_latents, teacher_wall: float, teac
     wall = time.perf_counter() - t0
     clf = classifier.load()
     imgs = {"teacher": problem.decode(teacher_latents), "dmd_onestep": problem.decode(latents)}
-    rows = []
+    rows, preds = [], {}
     for name, nfe, w in (("teacher", teacher_nfe, teacher_wall), ("dmd_onestep", 1, wall)):
         with torch.no_grad():
-            pred = clf.embed(imgs[name])[1]
+            pred = preds[name] = clf.embed(imgs[name])[1]
         rows.append({"method": name, "nfe": nfe, "class_acc": float((pred == problem.cond).float().mean()),
                      "wall_s": w, "speedup_wall": teacher_wall / w})
     table = print_table(rows, ["method", "nfe", "class_acc", "wall_s", "speedup_wall"])
-    tiles = []
-    for c in range(10):
-        row = []
-        for s in range(args.seeds):
-            b = c * args.seeds + s
-            row += [imgs["teacher"][b], imgs["dmd_onestep"][b], torch.ones_like(imgs["teacher"][b][:, :, :2])]
-        tiles.append(torch.cat(row[:-1], dim=2))
-    grid = torch.cat(tiles, dim=1).permute(1, 2, 0).clamp(0, 1).numpy()
     path = os.path.join(args.out, "dmd_grid.png")
-    Image.fromarray((grid * 255).round().astype(np.uint8)).resize(
-        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
-    ).save(path)
+    dmd_grid(args, problem.cond, imgs, preds, rows).save(path)
     return {"generator": str(distill_testbed.GENERATOR_FILE.name), "conditioning_timestep": meta["conditioning_timestep"],
             "rows": rows, "table": table, "grid": path}
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+CLASS_LABELS = [f"class {c}" for c in range(10)]
+
+
+def _seed_rows(seeds: int, s: int) -> list[int]:
+    """Batch indices of seed s for classes 0-9 (the batch is class-major: b = class * seeds + seed)."""
+    return [c * seeds + s for c in range(10)]
+
+
+def adaptive_grid(args, imgs: dict, nfe: dict, rows: list[dict]):
+    """grid.png: per seed the full run, the pack's default and the paper's rule from the same noise, each
+    method beside |method - full| (one gain for the figure); NFE and PSNR under each column."""
+    ref = imgs["full"]
+    names = {"adaptive": ("adaptive", f"pack default, {args.target_speedup:g}x target"),
+             "adaptive_paper": ("paper rule", f"threshold {args.threshold:g}")}
+    short = {"adaptive": "adaptive", "adaptive_paper": "paper"}
+    psnr = {name: psnr_db(imgs[name], ref) for name in names}
+    diffs = {name: figures.abs_difference(imgs[name], ref) for name in names}
+    gain = figures.nice_gain(list(diffs.values()))
+    tiles = {name: figures.to_tiles(imgs[name]) for name in imgs}
+    groups = []
+    for s in range(args.seeds):
+        idx = _seed_rows(args.seeds, s)
+        cols = [figures.Column(("full", f"reference, {args.steps} steps"), [tiles["full"][b] for b in idx],
+                               (f"NFE {nfe['full']:g}", "reference"))]
+        for name, header in names.items():
+            p = psnr[name][idx]
+            cols.append(figures.Column(
+                header, [tiles[name][b] for b in idx],
+                (f"NFE {nfe[name]:g} ({nfe['full'] / nfe[name]:.2f}x)", f"PSNR {float(p.mean()):.1f} dB"),
+            ))
+            cols.append(figures.Column(
+                (f"|{short[name]} - full|", f"x{gain}; corner: PSNR"),
+                figures.difference_tiles(diffs[name][idx], gain),
+                (f"max |diff| {float(diffs[name][idx].max()):.3f}",),
+                notes=[f"{float(v):.1f} dB" for v in p],
+            ))
+        groups.append((f"seed {s}", cols))
+    overall = "; ".join(
+        f"{names[r['method']][0]}: NFE {r['nfe']:g} ({r['speedup_nfe']:.2f}x fewer), PSNR {r['psnr_db']:.1f} dB"
+        for r in rows if r["method"] in names
+    )
+    lines = [
+        "rows: classes 0-9. Per seed, from the same noise: the full run (reference), the pack's default and the paper's",
+        "rule, each beside its difference from the full run. NFE: network evaluations per image; PSNR: against the full run.",
+        f"all {ref.shape[0]} images (as in metrics.md): {overall}",
+    ]
+    title = f"AdaptiveDiffusion on the bundled testbed: {args.sampler}, {args.steps} steps, CFG {args.cfg:g}, {args.scheduler}"
+    return figures.labelled_grid(title, lines, groups, CLASS_LABELS, gain=gain, difference="|method - full|")
+
+
+def dmd_grid(args, cond, imgs: dict, preds: dict, rows: list[dict]):
+    """dmd_grid.png: per seed the teacher's full run, the DMD one-step sample from the same noise and class,
+    and their difference; a red frame where the evaluation classifier reads another class."""
+    diffs = figures.abs_difference(imgs["dmd_onestep"], imgs["teacher"])
+    gain = figures.nice_gain([diffs])
+    psnr = psnr_db(imgs["dmd_onestep"], imgs["teacher"])
+    tiles = {name: figures.to_tiles(imgs[name]) for name in imgs}
+    nfe = {r["method"]: r["nfe"] for r in rows}
+    headers = {"teacher": ("teacher", f"{args.steps} steps, CFG {args.cfg:g}"),
+               "dmd_onestep": ("DMD one-step", "shipped generator")}
+    groups = []
+    for s in range(args.seeds):
+        idx = _seed_rows(args.seeds, s)
+        cols = []
+        for name, header in headers.items():
+            wrong = [int(preds[name][b]) != int(cond[b]) for b in idx]
+            cols.append(figures.Column(
+                header, [tiles[name][b] for b in idx],
+                (f"NFE {nfe[name]:g}", f"class acc {1 - sum(wrong) / len(idx):.2f}"),
+                notes=[f"read as {int(preds[name][b])}" if w else None for b, w in zip(idx, wrong)],
+                frames=[figures.WRONG if w else None for w in wrong],
+            ))
+        cols.append(figures.Column(("|DMD - teacher|", f"x{gain}"), figures.difference_tiles(diffs[idx], gain),
+                                   (f"PSNR {float(psnr[idx].mean()):.1f} dB",)))
+        groups.append((f"seed {s}", cols))
+    overall = "; ".join(f"{headers[r['method']][0]}: NFE {r['nfe']:g}, class acc {r['class_acc']:.2f}" for r in rows)
+    lines = [
+        "rows: classes 0-9. Per seed, from the same noise and class: the teacher's full run, the DMD one-step sample,",
+        "their difference. Red frame: the evaluation classifier reads another class (its reading in the corner).",
+        f"all {cond.numel()} images (as in metrics.md): {overall}",
+    ]
+    title = "DMD one-step generator beside its teacher on the bundled testbed"
+    return figures.labelled_grid(title, lines, groups, CLASS_LABELS, gain=gain, difference="|DMD - teacher|")
