@@ -311,6 +311,24 @@ with torch.inference_mode():
     texts["dmd_ksampler_finite"] = D.DMDKSampler.execute(model, 0, "999", 1.0, pos[:1],
                                                          {"samples": torch.zeros(1, 4, 8, 8)}).ui.as_dict()["text"][0]
 res["nan"] = texts
+
+# the DMD Sampler (a SAMPLER, no report of its own) says it in the console
+import logging
+import comfy.sample
+records = []
+class _Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
+logging.getLogger("comfyui_tempo").addHandler(_Keep())
+with torch.inference_mode():
+    table = model.get_model_object("model_sampling").sigmas
+    from comfyui_tempo.samplers import dmd as S
+    sig = S.timesteps_to_sigmas([999], table)
+    comfy.sample.sample_custom(model, torch.randn(1, 4, 8, 8), 1.0, D.DMDSampler([999]), sig, pos[:1], [],
+                               torch.zeros(1, 4, 8, 8))
+    n_finite = len(records)
+    comfy.sample.sample_custom(model, torch.randn(1, 4, 8, 8), 1.0, D.DMDSampler([999]), sig, pos[:1], [], nan)
+res["dmd_sampler_log"] = {"finite": records[:n_finite], "nan": records[n_finite:]}
 RESULT = res
 '''
 
@@ -361,6 +379,12 @@ def test_a_good_checkpoint_still_resumes(inproc):
 def test_nan_in_is_said_in_the_report(inproc, node):
     text = inproc["nan"][node]
     assert "warning: the output holds NaN/inf (" in text and " of 256 values)" in text, text
+
+
+def test_dmd_sampler_says_nan_in_the_console(inproc):
+    r = inproc["dmd_sampler_log"]
+    assert not [m for m in r["finite"] if "NaN" in m], r
+    assert any(m.startswith("DMD Sampler: warning: the output holds NaN/inf (") for m in r["nan"]), r
 
 
 def test_finite_runs_have_no_warning(inproc):
