@@ -307,8 +307,8 @@ class CoopGuider(comfy.samplers.CFGGuider):
         finally:
             self.secondary.cleanup()
         self.stats["nfe_b"] = self.chain.nfe_b
-        self.last_report = self.report()
-        log.info("%s", self.last_report)
+        self.last_report = with_nonfinite_note(self.report(), out)
+        (log.warning if "NaN/inf" in self.last_report else log.info)("%s", self.last_report)
         return out
 
     def _init_b(self, noise, latent_image, sigmas, seed):
@@ -477,7 +477,7 @@ class CoopSampler(io.ComfyNode):
                                 disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         out = latent_image.copy()
         out["samples"] = samples.to(comfy.model_management.intermediate_device())
-        text = with_nonfinite_note(guider.last_report or "Coop-Diffusion: nothing to sample", out["samples"])
+        text = guider.last_report or "Coop-Diffusion: nothing to sample"  # with the guider's NaN/inf note
         return io.NodeOutput(out, ui=ui.PreviewText(text))
 
 
@@ -805,6 +805,7 @@ class TimeDecoupledSampler(io.ComfyNode):
             out["samples"] = samples.to(comfy.model_management.intermediate_device())
             text = (f"Time-decoupled ({ms_name} switch at sigma {s_switch:.4g}): one run, structure {k} steps "
                     f"(NFE {guider.stats['struct']}), texture {n - k} steps (NFE {guider.stats['texture']}), VAE 0 calls")
+            text = with_nonfinite_note(text, out["samples"])
             log.info("%s", text)
             return io.NodeOutput(out, ui=ui.PreviewText(text))
 
@@ -847,6 +848,7 @@ class TimeDecoupledSampler(io.ComfyNode):
                 f"structure {k} steps (NFE {k} + 1 for x0 at the switch), texture {sig2.numel() - 1} steps; "
                 f"{samples_in.shape[-1] * vs.downscale}x{samples_in.shape[-2] * vs.downscale} -> {w}x{h} px; "
                 f"VAE {_calls_text(calls)}")
+        text = with_nonfinite_note(text, out["samples"])
         log.info("%s", text)
         return io.NodeOutput(out, ui=ui.PreviewText(text))
 

@@ -307,6 +307,9 @@ with torch.inference_mode():
                                                         "normal", 0, 0, 1.0, "bilinear", 4).ui.as_dict()["text"][0]
     texts["coop"] = C.CoopSampler.execute(model, v, pos[:1], neg, 3.0, model, v, pos[:1], neg, 3.0, {"samples": nan}, 3, 4,
                                           "euler", "normal", 1.0, 0.5, 0.0, 1.0, "none").ui.as_dict()["text"][0]
+    texts["time_decoupled"] = C.TimeDecoupledSampler.execute(model, pos[:1], neg, 3.0, model, pos[:1], neg, 3.0,
+                                                             {"samples": nan}, 3, 4, "euler", "normal", 1.0, "timestep",
+                                                             500, 1.0, "auto", 0, 0, 1.0, "bilinear").ui.as_dict()["text"][0]
     texts["dmd_ksampler"] = D.DMDKSampler.execute(model, 0, "999", 1.0, pos[:1], {"samples": nan}).ui.as_dict()["text"][0]
     texts["dmd_ksampler_finite"] = D.DMDKSampler.execute(model, 0, "999", 1.0, pos[:1],
                                                          {"samples": torch.zeros(1, 4, 8, 8)}).ui.as_dict()["text"][0]
@@ -375,7 +378,7 @@ def test_a_good_checkpoint_still_resumes(inproc):
     assert "resumed from step 1" in inproc["resume_good"], inproc["resume_good"]
 
 
-@pytest.mark.parametrize("node", ["latent_bridge", "noisy_bridge", "coop", "dmd_ksampler"])
+@pytest.mark.parametrize("node", ["latent_bridge", "noisy_bridge", "coop", "time_decoupled", "dmd_ksampler"])
 def test_nan_in_is_said_in_the_report(inproc, node):
     text = inproc["nan"][node]
     assert "warning: the output holds NaN/inf (" in text and " of 256 values)" in text, text
