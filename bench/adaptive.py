@@ -36,7 +36,7 @@ def _sample(problem: Problem, sampler: str, steps: int, config: AdaptiveConfig |
     if config is None:
         counting = CountingDenoiser(den)
         out, wall = timed(fn, counting, x, sig, extra_args=extra)
-        return out, None, wall, float(counting.calls)
+        return out, None, wall, float(counting.nfe)
     (out, rep), wall = timed(
         adaptive_sample, fn, den, x, sig, config, extra_args=extra, endpoint_corrector=ENDPOINT.get(sampler, False)
     )

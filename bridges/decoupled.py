@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..samplers import kdiff
+from ..samplers.kdiff import CountingDenoiser
 from ..samplers import schedules as S
 from .core import (
     BridgeInputError,
@@ -166,18 +167,6 @@ class LinearVAE(BridgeVAE):
 def vae_calls(*vaes) -> int:
     """Total encode + decode calls counted by TestbedVAE / LinearVAE objects (0 for others)."""
     return int(sum(sum(getattr(v, "calls", {}).values()) for v in vaes if v is not None))
-
-
-class CountingDenoiser:
-    """Wraps a denoiser and counts its calls (one call = one NFE, a batched CFG call included)."""
-
-    def __init__(self, fn: Callable):
-        self.fn = fn
-        self.nfe = 0
-
-    def __call__(self, x, sigma, **kw):
-        self.nfe += 1
-        return self.fn(x, sigma, **kw)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,169 +43,16 @@ from typing import Callable
 
 import torch
 
-MODES = ("target", "threshold", "paper", "path")
-EXTRAPOLATIONS = ("linear", "hold", "quadratic", "linear_x0")
-ESTIMATOR_SPACES = ("vp", "raw")
-ESTIMATORS = ("latent", "reuse_error")
-
-
-class AdaptiveConfigError(ValueError):
-    """A setting of the AdaptiveDiffusion controller is out of range; the message names it."""
-
-
-@dataclass
-class AdaptiveConfig:
-    """Settings of one AdaptiveDiffusion run.
-
-    mode:
-        "target"    skip to meet ``target_speedup`` (the pack's default);
-        "threshold" the paper's third-order rule with the pack's improvements;
-        "paper"     the official rule exactly (see the module docstring); other options ignored;
-        "path"      follow ``path`` (a bool tensor [N] or [B, N], True = run the network): for the
-                    greedy search and fixed baselines.
-    threshold: the paper's delta (>= 0); 0 disables skipping (bit-identical to the base sampler).
-    max_skip: most consecutive skipped steps (>= 1), the paper's C.
-    """
-
-    mode: str = "target"
-    threshold: float = 0.01
-    max_skip: int = 4
-    target_speedup: float = 2.0
-    extrapolation: str = "linear"
-    force_last: int = 1
-    start_percent: float = 0.0
-    estimator_space: str = "vp"
-    per_sample: bool = True
-    warmup: int = 4
-    placement: float = 0.0
-    estimator: str = "latent"
-    tilt: float = 0.25
-    path: torch.Tensor | None = None
-
-    @classmethod
-    def paper(cls, threshold: float = 0.01, max_skip: int = 4) -> "AdaptiveConfig":
-        return cls(
-            mode="paper",
-            threshold=threshold,
-            max_skip=max_skip,
-            extrapolation="hold",
-            force_last=0,
-            start_percent=0.0,
-            estimator_space="raw",
-            per_sample=False,
-        )
-
-    def validate(self) -> "AdaptiveConfig":
-        if self.mode not in MODES:
-            raise AdaptiveConfigError(f"mode: expected one of {MODES}, got {self.mode!r}")
-        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)) or self.threshold < 0:
-            raise AdaptiveConfigError(f"threshold: expected a number >= 0, got {self.threshold!r}")
-        if int(self.max_skip) != self.max_skip or self.max_skip < 1:
-            raise AdaptiveConfigError(f"max_skip: expected an integer >= 1, got {self.max_skip!r}")
-        if not (self.target_speedup >= 1.0 and math.isfinite(self.target_speedup)):
-            raise AdaptiveConfigError(f"target_speedup: expected a number >= 1.0, got {self.target_speedup!r}")
-        if self.extrapolation not in EXTRAPOLATIONS:
-            raise AdaptiveConfigError(
-                f"extrapolation: expected one of {EXTRAPOLATIONS}, got {self.extrapolation!r}"
-            )
-        if self.estimator_space not in ESTIMATOR_SPACES:
-            raise AdaptiveConfigError(
-                f"estimator_space: expected one of {ESTIMATOR_SPACES}, got {self.estimator_space!r}"
-            )
-        if self.estimator not in ESTIMATORS:
-            raise AdaptiveConfigError(f"estimator: expected one of {ESTIMATORS}, got {self.estimator!r}")
-        if not (0.0 <= self.placement <= 4.0):
-            raise AdaptiveConfigError(f"placement: expected 0..4, got {self.placement!r}")
-        if not (0.0 <= self.tilt <= 1.0):
-            raise AdaptiveConfigError(f"tilt: expected 0..1, got {self.tilt!r}")
-        if int(self.force_last) != self.force_last or self.force_last < 0:
-            raise AdaptiveConfigError(f"force_last: expected an integer >= 0, got {self.force_last!r}")
-        if not 0.0 <= self.start_percent <= 1.0:
-            raise AdaptiveConfigError(f"start_percent: expected 0..1, got {self.start_percent!r}")
-        if int(self.warmup) != self.warmup or self.warmup < 0:
-            raise AdaptiveConfigError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
-        if self.mode == "path" and self.path is None:
-            raise AdaptiveConfigError("path: mode 'path' needs a bool tensor [steps] or [batch, steps]")
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        if self.mode == "path":
-            return True
-        if self.mode == "target":
-            return self.target_speedup > 1.0
-        return self.threshold > 0
-
-
-@dataclass
-class StepRecord:
-    """What happened at one sampler step (for the report and the plot)."""
-
-    index: int
-    sigma: float
-    score: float | None  # the estimator's relative third-order difference (mean over samples)
-    computed: float  # fraction of the batch whose network ran at this step
-    evals: int = 0  # network evaluations the sampler asked for in this step
-    mask: list[bool] = field(default_factory=list)  # per sample: did its network run
-
-
-@dataclass
-class SkipReport:
-    """The skip path of one run: which steps ran, the NFE and the speed-up."""
-
-    steps: int
-    batch: int
-    records: list[StepRecord] = field(default_factory=list)
-    nfe_per_sample: list[int] = field(default_factory=list)
-    evals_requested: int = 0  # evaluations the base sampler asked for, per sample
-    model_calls: int = 0  # batched network calls actually made
-    controller_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    mode: str = ""
-
-    @property
-    def nfe(self) -> float:
-        """Mean network evaluations per sample."""
-        if not self.nfe_per_sample:
-            return 0.0
-        return sum(self.nfe_per_sample) / len(self.nfe_per_sample)
-
-    @property
-    def speedup(self) -> float:
-        return self.evals_requested / self.nfe if self.nfe else 1.0
-
-    def path_string(self) -> str:
-        """'C' = network ran for the whole batch, 's' = skipped, 'p' = ran for part of the batch."""
-        return "".join("C" if r.computed >= 1.0 else ("s" if r.computed <= 0.0 else "p") for r in self.records)
-
-    def summary(self) -> str:
-        skipped = sum(1 for r in self.records if r.computed <= 0.0)
-        text = (
-            f"AdaptiveDiffusion [{self.mode}]: NFE {self.nfe:.1f} of {self.evals_requested} "
-            f"({self.speedup:.2f}x), {skipped}/{self.steps} steps skipped for the whole batch, "
-            f"path {self.path_string()}"
-        )
-        if self.notes:
-            text += " | " + "; ".join(self.notes)
-        return text
-
-    def to_dict(self) -> dict:
-        return {
-            "mode": self.mode,
-            "steps": self.steps,
-            "batch": self.batch,
-            "nfe": self.nfe,
-            "nfe_per_sample": list(self.nfe_per_sample),
-            "evals_requested": self.evals_requested,
-            "speedup": self.speedup,
-            "model_calls": self.model_calls,
-            "controller_seconds": self.controller_seconds,
-            "path": self.path_string(),
-            "sigmas": [r.sigma for r in self.records],
-            "scores": [r.score for r in self.records],
-            "computed": [r.computed for r in self.records],
-            "notes": list(self.notes),
-        }
+from .adaptive_config import (  # noqa: F401  (re-exported: the settings live there)
+    ESTIMATOR_SPACES,
+    ESTIMATORS,
+    EXTRAPOLATIONS,
+    MODES,
+    AdaptiveConfig,
+    AdaptiveConfigError,
+)
+from .kdiff import CountingDenoiser
+from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 
 
 def _bshape(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -616,22 +463,6 @@ class AdaptiveSampling:
         return recording
 
 
-class CountingDenoiser:
-    """Pass-through denoiser that counts its calls (and lets samplers look through it)."""
-
-    def __init__(self, model):
-        self.model, self.calls = model, 0
-
-    def __getattr__(self, name):
-        if name == "model":
-            raise AttributeError(name)
-        return getattr(self.model, name)
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.model(*args, **kwargs)
-
-
 def adaptive_sample(
     sampler_fn: Callable,
     model: Callable,
@@ -660,9 +491,9 @@ def adaptive_sample(
         counting = CountingDenoiser(model)
         out = sampler_fn(counting, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **sampler_options)
         rep = SkipReport(steps=len(sigmas) - 1, batch=x.shape[0], mode=config.mode)
-        rep.nfe_per_sample = [counting.calls] * x.shape[0]
-        rep.evals_requested = counting.calls
-        rep.model_calls = counting.calls
+        rep.nfe_per_sample = [counting.nfe] * x.shape[0]
+        rep.evals_requested = counting.nfe
+        rep.model_calls = counting.nfe
         rep.notes.append("skipping disabled (threshold 0 / target_speedup 1): base sampler unchanged")
         return out, rep
     ctl = AdaptiveSampling(

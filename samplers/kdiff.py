@@ -12,6 +12,23 @@ from __future__ import annotations
 import torch
 
 
+class CountingDenoiser:
+    """A pass-through denoiser that counts its calls in ``nfe`` (one call = one network evaluation, a batched
+    CFG call included); other attributes are looked up on the wrapped denoiser, so samplers see through it."""
+
+    def __init__(self, model):
+        self.model, self.nfe = model, 0
+
+    def __getattr__(self, name):
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __call__(self, *args, **kwargs):
+        self.nfe += 1
+        return self.model(*args, **kwargs)
+
+
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
     """The probability-flow ODE derivative dx/dsigma = (x - x0) / sigma."""
     return (x - denoised) / sigma.reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim))
