@@ -23,7 +23,7 @@ from comfy_api.latest import io, ui
 from ..samplers import support
 from ..samplers.adaptive import AdaptiveConfig, AdaptiveConfigError, adaptive_sample
 from ..samplers.plot import plot_report
-from . import compat
+from . import compat, inputs
 
 log = logging.getLogger("comfyui_tempo")
 
@@ -292,31 +292,16 @@ class AdaptiveKSampler(io.ComfyNode):
             "reports which steps ran, the NFE and the speed-up.",
             inputs=[
                 io.Model.Input("model", tooltip="The model used for denoising the input latent."),
-                io.Int.Input(
-                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                    tooltip="The random seed used for creating the noise.",
-                ),
-                io.Int.Input("steps", default=30, min=1, max=10000, tooltip="The number of steps in the denoising process."),
-                io.Float.Input(
-                    "cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                    tooltip="Classifier-free guidance scale.",
-                ),
-                io.Combo.Input(
-                    "sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
-                    tooltip="The base sampler. Those AdaptiveDiffusion cannot serve (dpm_fast, dpm_adaptive, heunpp2, "
-                    "the CFG++ ones) are refused with the reason.",
-                ),
-                io.Combo.Input(
-                    "scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
-                    tooltip="The scheduler controls how noise is gradually removed to form the image.",
-                ),
+                inputs.seed(),
+                inputs.steps(default=30),
+                inputs.cfg(),
+                inputs.sampler_name("The base sampler. Those AdaptiveDiffusion cannot serve (dpm_fast, dpm_adaptive, "
+                                    "heunpp2, the CFG++ ones) are refused with the reason."),
+                inputs.scheduler(),
                 io.Conditioning.Input("positive", tooltip="The conditioning describing what to include."),
                 io.Conditioning.Input("negative", tooltip="The conditioning describing what to exclude."),
                 io.Latent.Input("latent_image", tooltip="The latent image to denoise."),
-                io.Float.Input(
-                    "denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                    tooltip="The amount of denoising applied; lower values keep more of the input latent.",
-                ),
+                inputs.denoise(),
                 *adaptive_inputs(),
             ],
             outputs=[
