@@ -1,12 +1,14 @@
-"""DMD training core (training/dmd.py, training/gan.py) against exact teachers; metrics (training/metrics.py).
+"""DMD training core (training/dmd.py: config, guidance, trainer; training/gan.py) against exact teachers;
+metrics (training/metrics.py).
 
 Fast exact-math checks first, then the DMD2 options (GAN head, backward simulation, LoRA mode,
-autocast, gradient checkpointing, EMA), then the issue's exact-teacher cases (dmd.md section 4): the
+autocast, gradient checkpointing, EMA), then the exact-teacher cases: the
 2-D ring of 8 Gaussians and a 6-component mixture shaped like 4x8x8 latents; a one-step generator
 initialised from a teacher MLP, real score = the exact mixture denoiser, fake score = an MLP; control
 runs (real score only, frozen fake score) must fail. One thread, fixed seeds.
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -338,8 +340,9 @@ def test_progress_hook_may_interrupt():
 def _ring_small_trainer(teacher, **kw):
     opts = dict(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=2, batch_size=128,
                 generator_lr=1e-3, fake_lr=2e-3, warmup_steps=0, sigma_data=1.0, seed=0)
-    cfg = D.DMDConfig(**{**opts, **{k: v for k, v in kw.items() if k in {f.name for f in D.fields(D.DMDConfig)}}})
-    extra = {k: v for k, v in kw.items() if k not in {f.name for f in D.fields(D.DMDConfig)}}
+    names = {f.name for f in dataclasses.fields(D.DMDConfig)}
+    cfg = D.DMDConfig(**{**opts, **{k: v for k, v in kw.items() if k in names}})
+    extra = {k: v for k, v in kw.items() if k not in names}
     return D.DMDTrainer(ring_mixture(), D.copy_teacher(teacher), D.copy_teacher(teacher), (2,), cfg, **extra)
 
 
@@ -709,7 +712,7 @@ def test_ring_dmd_reaches_teacher_target(ring, dmd_reg_run):
 
 def test_ring_control_real_score_only_collapses(ring, dmd_reg_run):
     """Controls drop one DM component, with regression off so that only the DM gradient acts
-    (regression alone is a strong baseline in 2-D, dmd.md 4.2)."""
+    (regression alone is a strong baseline in 2-D)."""
     r = _ring_run(ring, 1000, use_fake_score=False)
     print("real only:", r)
     assert r["covered"] < 8 and r["swd"] > 3 * dmd_reg_run["swd"]
