@@ -13,6 +13,7 @@ space, the fusion, and B's own chain. Pure PyTorch, batched, in the conventions 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,7 +22,11 @@ import torch
 from .core import _check_kind, _sigma_batch, _bcast, bridge_latent, eps_from_x0
 from .vae import BridgeInputError, BridgeVAE
 
+TAPERS = ("none", "linear", "cosine")
+
 __all__ = [
+    "TAPERS",
+    "d_schedule",
     "Prediction",
     "convert_prediction",
     "predict_b_in_a",
@@ -125,6 +130,30 @@ def euler_step(x: torch.Tensor, sigma, sigma_next, x0: torch.Tensor) -> torch.Te
     s = _bcast(_sigma_batch(sigma, x.shape[0]), x)
     sn = _bcast(_sigma_batch(sigma_next, x.shape[0]), x)
     return x0 + (sn / s) * (x - x0)
+
+
+def d_schedule(d: float, start: float, end: float, taper: str):
+    """Per-step fusion weight: `d` inside the fraction [start, end] of the steps (by step index
+    among the sampler's sigmas), tapering to 0 at `end` with `taper`; 0 outside."""
+    if taper not in TAPERS:
+        raise BridgeInputError(f"taper: expected one of {list(TAPERS)}, got {taper!r}")
+    if not (0.0 <= start <= end <= 1.0):
+        raise BridgeInputError(f"d_start: expected 0 <= d_start <= d_end <= 1, got {start} and {end}")
+    if not math.isfinite(d):
+        raise BridgeInputError(f"d: must be finite, got {d}")
+
+    def fn(i: int, n: int) -> float:
+        frac = i / max(n - 1, 1)
+        if d == 0 or frac < start - 1e-9 or frac > end + 1e-9:
+            return 0.0
+        u = 0.0 if end <= start else (frac - start) / (end - start)
+        if taper == "linear":
+            return d * (1.0 - u)
+        if taper == "cosine":
+            return d * 0.5 * (1.0 + math.cos(math.pi * u))
+        return d
+
+    return fn
 
 
 class CoopChain:

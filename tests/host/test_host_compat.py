@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import pytest
 
+from comfyui_tempo.nodes.registry import NODE_MODULES
+
 SIGNATURE_SNIPPET = r'''
 import importlib, inspect
 from comfyui_tempo.nodes import compat
-from comfyui_tempo.nodes import adaptive, coop, dmd
+import pkgutil
+import comfyui_tempo.nodes as pack_nodes
 
 def resolve(path):
     parts = path.split(".")
@@ -42,7 +45,11 @@ def accepts(override, base):
                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in o and not var_kw]
     return lacking
 
-for module in (adaptive, coop, dmd):
+# every module of the pack's nodes package that ComfyUI loads (the node modules and what they import)
+modules = [importlib.import_module(f"comfyui_tempo.nodes.{m.name}") for m in pkgutil.iter_modules(pack_nodes.__path__)
+           if m.name not in ("testbed_model", "host_bench")]
+res["modules"] = sorted(m.__name__.rsplit(".", 1)[1] for m in modules)
+for module in modules:
     for cls in vars(module).values():
         if not isinstance(cls, type) or cls.__module__ != module.__name__:
             continue
@@ -63,9 +70,13 @@ def test_comfyui_methods_the_pack_relies_on_keep_their_signatures(comfy_snippet)
     assert not r["drift"], f"ComfyUI signatures changed (update the override and compat.OVERRIDDEN): {r['drift']}"
 
 
+NODE_MODULES_NAMES = list(NODE_MODULES)
+
+
 def test_the_packs_overrides_accept_every_argument_comfyui_passes(comfy_snippet):
     r = comfy_snippet(SIGNATURE_SNIPPET, timeout=300)
     # the guiders' inner_sample and the DMD sampler's sample must be among those checked
+    assert set(NODE_MODULES_NAMES) <= set(r["modules"]), r["modules"]
     names = " ".join(r["overrides"])
     assert "CoopGuider.inner_sample" in names and "SwitchGuider.inner_sample" in names and "DMDSampler.sample" in names, names
     bad = {k: v for k, v in r["overrides"].items() if v}

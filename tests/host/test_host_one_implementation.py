@@ -8,6 +8,7 @@ import torch
 import comfy.sample, comfy.samplers
 import tempo_testnodes as tn
 from comfyui_tempo.nodes import coop as C
+from comfyui_tempo.nodes.coop_guiders import Secondary
 from comfyui_tempo.nodes.comfy_vae import ComfyBridgeVAE, model_latent_format
 from comfyui_tempo.bridges import fusion
 
@@ -29,7 +30,7 @@ with torch.inference_mode():
         x_b = ms_b.noise_scaling(sig[0], noise, torch.zeros_like(noise), True)
         den = {}
         for key, model, pos in (("a", m_a, pos_a), ("b", m_b, pos_b)):
-            sec = C._Secondary(model, pos, neg, cfg)
+            sec = Secondary(model, pos, neg, cfg)
             sec.prepare(tuple(noise.shape), None, sig, seed)
             den[key] = sec
         try:
