@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import time
 
 import torch
 from torch import nn
@@ -40,6 +39,7 @@ from ..samplers.finite import nonfinite_note, with_nonfinite_note
 from ..samplers.plot import moving_average
 from ..training import dmd as dmd_core
 from ..training import lora as lora_core
+from ..training import run as training_run
 from . import compat, files
 
 log = logging.getLogger("comfyui_tempo")
@@ -133,13 +133,6 @@ def _output_path(folder: str, name: str, suffix: str) -> str:
     """output/<folder>/<name><suffix>, checked to stay inside output/<folder>."""
     root = os.path.join(folder_paths.get_output_directory(), folder)
     return _checked(files.inside, os.path.join(root, *name.split("/")) + suffix, [root], "save_name")
-
-
-def _atomic_save(write, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- model sampling
@@ -340,48 +333,20 @@ class DMDKSampler(io.ComfyNode):
 
 # ----------------------------------------------------------------------------- loader
 def read_generator(path: str, what: str = "generator_name") -> tuple[dict, dict | None]:
-    """(state dict, DMD metadata or None); a clear error for anything but a readable safetensors file."""
-    if not path.lower().endswith(".safetensors"):
-        raise DMDNodeError(f"{what}: expected a .safetensors file (pickled .bin/.ckpt/.pt files are not loaded), got {os.path.basename(path)!r}")
-    from safetensors import safe_open
-
+    """(state dict, DMD settings or None) of a generator file (``samplers.dmd.read_generator``: either metadata
+    layout, safetensors only); its errors named ``what``."""
     try:
-        with safe_open(path, framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    except Exception as e:
-        raise DMDNodeError(f"{what}: {os.path.basename(path)!r} is not a readable safetensors file ({e})") from None
-    info = None
+        return dmd_sampling.read_generator(path)
+    except dmd_sampling.DMDSamplingError as e:
+        raise DMDNodeError(what + str(e)[len("path"):]) from None
+
+
+def _metadata_object(meta: dict, what: str, path: str) -> dict:
+    """The pack's metadata entry of a file (a JSON object; {} when absent), or a clear error naming ``what`` and the file."""
     try:
-        if META_KEY in meta:
-            info = _json_object(meta[META_KEY], what, path)
-        elif "dmd.conditioning_timestep" in meta:  # the core's layout (DMDTrainer.generator_metadata)
-            info = {"conditioning_timestep": int(meta["dmd.conditioning_timestep"])}
-            if meta.get("dmd.timesteps"):
-                info["timesteps"] = [int(t) for t in meta["dmd.timesteps"].split(",") if t.strip()]
-            for key in ("model_type", "format"):
-                if meta.get(f"dmd.{key}"):
-                    info[key] = meta[f"dmd.{key}"]
-    except DMDNodeError:
-        raise
-    except ValueError:
-        raise DMDNodeError(f"{what}: {os.path.basename(path)!r} has unreadable DMD metadata") from None
-    return comfy.utils.load_torch_file(path, safe_load=True), info
-
-
-def _json_object(text: str, what: str, path: str) -> dict:
-    """The pack's metadata entry: a JSON object, or a clear error naming ``what`` and the file."""
-    try:
-        info = json.loads(text)
-    except ValueError:
-        raise DMDNodeError(f"{what}: {os.path.basename(path)!r} has unreadable DMD metadata ({META_KEY} is not JSON)") from None
-    if not isinstance(info, dict):
-        raise DMDNodeError(f"{what}: {os.path.basename(path)!r} has unreadable DMD metadata ({META_KEY} is a JSON "
-                           f"{type(info).__name__}, expected an object)")
-    return info
-
-
-def is_lora_state_dict(sd: dict) -> bool:
-    return any(k.endswith((".lora_up.weight", ".lora_down.weight", ".lora_A.weight", ".lora_B.weight")) for k in sd)
+        return dmd_sampling.metadata_object(meta) or {}
+    except dmd_sampling.DMDSamplingError as e:
+        raise DMDNodeError(f"{what}: {os.path.basename(path)!r} has {str(e)[len('path: '):]}") from None
 
 
 def apply_generator(model, sd: dict, fmt: str, strength: float = 1.0, what: str = "generator_name"):
@@ -471,9 +436,7 @@ class DMDGeneratorLoader(io.ComfyNode):
                 "with LoraLoader and use DMD KSampler"
             )
         info = dict(info or {})
-        fmt = info.get("format") or ("lora" if is_lora_state_dict(sd) else "full")
-        if fmt not in ("lora", "full"):
-            raise DMDNodeError(f"generator_name: unknown generator format {fmt!r} in the metadata")
+        fmt = info["format"] if info else ("lora" if dmd_sampling.is_lora_keys(sd) else "full")
         if info.get("model_type") and info["model_type"] != kind:
             raise DMDNodeError(
                 f"model: the generator was distilled from a {info['model_type']} model, this base model is {kind}"
@@ -772,7 +735,7 @@ class DMDRegressionPairs(io.ComfyNode):
         from safetensors.torch import save_file
 
         tensors = {"noise": z_all.contiguous(), "target": torch.cat(targets).contiguous(), "cond_index": ci_all.contiguous()}
-        _atomic_save(lambda p: save_file(tensors, p, metadata=meta), path)
+        training_run.atomic_save(lambda p: save_file(tensors, p, metadata=meta), path)
         _invalidate(PAIRS_FOLDER)
         rel = name + ".safetensors"
         return io.NodeOutput(rel, ui=ui.PreviewText(f"{n_total} pairs ({len(pos)} conditionings, {steps} Heun steps) -> {rel}"))
@@ -789,7 +752,7 @@ def load_pairs(name: str, kind: str, ct: int, shape, n_conds: int):
     except Exception as e:
         raise DMDNodeError(f"regression_pairs: {os.path.basename(path)!r} is not a readable safetensors file "
                            f"({type(e).__name__})") from None
-    info = _json_object(meta.get(META_KEY, "{}"), "regression_pairs", path)
+    info = _metadata_object(meta, "regression_pairs", path)
     if not {"noise", "target"} <= keys:
         raise DMDNodeError(f"regression_pairs: {os.path.basename(path)!r} is not a pairs file (no noise/target tensors)")
     sd = comfy.utils.load_torch_file(path, safe_load=True)
@@ -977,94 +940,31 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
         regression_pairs=pairs if regression_weight > 0 else None, real_data=pairs if gan_weight > 0 else None, device=device,
     )
 
-    ckpt_path = _output_path(CKPT_FOLDER, name, ".pt")
-    history: dict[str, list] = {}
-    status = ""
-    if resume and os.path.isfile(ckpt_path):
-        shown = f"output/{CKPT_FOLDER}/{name}.pt"  # not the server's path
-        state = _read_checkpoint(ckpt_path, shown)
-        made = state.get("run") if isinstance(state.get("run"), dict) else {}
-        if made and list(made.get("latent_shape", [])) != list(shape):
-            raise DMDNodeError(f"width/height: the checkpoint {shown} was made for latents {tuple(made['latent_shape'])}, "
-                               f"this run's are {tuple(shape)}; turn resume off or change save_name")
-        if made and int(made.get("conditionings", len(pos))) != len(pos):
-            raise DMDNodeError(f"positive: the checkpoint {shown} was made with {made['conditionings']} conditionings, "
-                               f"this run has {len(pos)}; turn resume off or change save_name")
-        try:
-            trainer.load_state_dict(state)
-            history = {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
-        except (dmd_core.DMDConfigError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
-            # nothing is saved before training starts: the file stays as it is
-            raise DMDNodeError(
-                f"resume: the checkpoint {shown} was made with other settings ({e}); turn resume off or change save_name"
-            ) from None
-        status = f"resumed from step {trainer.step_count}"
-        log.info("DMD Trainer: %s (%s)", status, ckpt_path)
-
-    def save_ckpt():
-        state = trainer.state_dict()  # LoRA runs: only the LoRA factors (the base is the teacher)
-        state["history"] = {k: [list(p) for p in v] for k, v in history.items()}
-        state["run"] = {"latent_shape": list(shape), "conditionings": len(pos)}
-        _atomic_save(lambda p: torch.save(state, p), ckpt_path)
-
+    shown = f"output/{CKPT_FOLDER}/{name}.pt"  # not the server's path
+    run = training_run.DMDRun(trainer, _output_path(CKPT_FOLDER, name, ".pt"), int(checkpoint_interval), shown=shown,
+                              names={"latent_shape": "width/height", "conditioning": "positive"},
+                              advice="turn resume off or change save_name")
+    try:
+        if resume:
+            run.resume()
+    except training_run.RunError as e:
+        raise DMDNodeError(str(e)) from None
+    status = f"resumed from step {run.resumed_from}" if run.resumed_from is not None else ""
     pbar = comfy.utils.ProgressBar(steps, node_id=node_id)
     pbar.update_absolute(min(trainer.step_count, steps), steps)
-    t0 = time.monotonic()
-    start_step = trainer.step_count
-    boundary_rng = [trainer.rng.get_state()]  # the random generator's state at the start of the current step
 
-    def progress(step, total, losses):
-        boundary_rng[0] = trainer.rng.get_state()
-        for k, v in losses.items():
-            if k.startswith("loss_"):
-                history.setdefault(k, []).append((step, float(v)))
-        if step % checkpoint_interval == 0:
-            save_ckpt()
-        if step % max(1, min(10, total // 100 or 1)) == 0 or step == total:
-            rate = (step - start_step) / max(1e-9, time.monotonic() - t0)
-            last = {k: history[k][-1][1] for k in history}
-            _progress_text(f"DMD step {step}/{total} ({rate:.1f} it/s) " + " ".join(f"{k[5:]} {v:.4g}" for k, v in last.items()), node_id)
+    def on_step(step, total):
         pbar.update_absolute(step, total)  # in the server this also raises on Cancel
         mm.throw_exception_if_processing_interrupted()
 
-    try:
-        trainer.train(steps, progress=progress)
-    except BaseException:
-        # Cancel, an error or an out-of-memory: the run keeps its last consistent state. Stopped between steps or
-        # inside a step before any weight moved: that state (the step's random draws undone) is saved. Stopped
-        # after an update of the step (a half-done iteration): the last checkpoint is kept as it is.
-        if trainer.updating:
-            log.warning("DMD Trainer: stopped inside step %d after a weight update; keeping the checkpoint %s of the "
-                        "last interval", trainer.step_count, ckpt_path)
-        else:
-            trainer.rng.set_state(boundary_rng[0])
-            save_ckpt()
-            log.info("DMD Trainer: stopped at step %d; checkpoint %s", trainer.step_count, ckpt_path)
-        raise
-    save_ckpt()
+    run.train(steps, on_step=on_step, on_status=lambda text: _progress_text(text, node_id))
 
     # the generator: saved, then applied to a clone of the teacher the same way the loader applies it
-    info = {
-        "kind": "generator", "format": "lora" if lora_rank > 0 else "full", "model_type": kind,
-        "conditioning_timestep": int(trainer.gen_timesteps[0]), "timesteps": [int(t) for t in trainer.gen_timesteps],
-        "steps": int(trainer.step_count), "generator_steps": int(trainer.generator_steps),
-        "guidance": float(guidance), "lora_rank": int(lora_rank), "latent_shape": list(shape),
-        "base": type(base).__name__ + "/" + type(base.diffusion_model).__name__,
-        "method": "DMD2" if regression_weight == 0 else "DMD (regression)", "gan_weight": float(gan_weight),
-        "update_ratio": int(update_ratio),
-    }
-    gen_path = _output_path(FOLDER, name, ".safetensors")
-    from safetensors.torch import save_file
-
-    if lora_rank > 0:
-        sd = lora_core.lora_state_dict(gen_net, prefix="diffusion_model.")
-    else:
-        dt = _param_dtype(src, torch.float32)
-        sd = {k: (v.detach().to(dt) if v.is_floating_point() else v.detach()).contiguous().cpu()
-              for k, v in gen_net.state_dict().items()}
-    meta = {META_KEY: json.dumps(info), "modelspec.title": name, "modelspec.architecture": "dmd-generator",
-            **trainer.generator_metadata()}  # also the core's flat "dmd.*" keys
-    _atomic_save(lambda p: save_file(sd, p, metadata=meta), gen_path)
+    full = lora_rank == 0
+    sd, info = run.save_generator(_output_path(FOLDER, name, ".safetensors"), gen_net,
+                                  prefix="" if full else "diffusion_model.",
+                                  dtype=_param_dtype(src, torch.float32) if full else None, title=name,
+                                  info={"base": type(base).__name__ + "/" + type(base.diffusion_model).__name__})
     _invalidate(FOLDER)
     generator = attach_info(apply_generator(teacher, sd, info["format"], 1.0, what="save_name"), info)
 
@@ -1074,39 +974,11 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
         x0 = trainer.sample(n, collate_conds(pos[:n]), generator=g)
     raw = base.process_latent_out(x0.float()).cpu()
     samples_img = latent_picture(teacher, raw, vae)
-    curves = plot_losses(history)
+    curves = plot_losses(run.history)
     rel = name + ".safetensors"
     text = (f"DMD Trainer: {status + ', ' if status else ''}{trainer.step_count} steps "
             f"({trainer.generator_steps} generator updates) -> {FOLDER}/{rel}")
     return io.NodeOutput(generator, curves, samples_img, {"samples": raw}, rel, ui=ui.PreviewText(text))
-
-
-CHECKPOINT_KEYS = ("config", "step", "generator_steps", "fake_steps", "generator", "fake_score", "opt_g", "opt_f",
-                   "sched_g", "sched_f", "rng")  # what DMDTrainer.state_dict() always holds
-
-
-def _read_checkpoint(path: str, shown: str) -> dict:
-    """The trainer's checkpoint at ``path``; a ``resume:`` error naming it (as ``shown``) for an empty, truncated or
-    foreign file. Never unpickles code (weights_only) and never writes the file."""
-    # onto the CPU (the trainer copies it onto its device): loading it onto the GPU would hold a second copy
-    # of both networks and their optimizer states there next to the trainer's
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # empty (EOFError), truncated (zip reader), random bytes / pickles (UnpicklingError)
-        size = os.path.getsize(path) if os.path.exists(path) else 0
-        raise DMDNodeError(
-            f"resume: the checkpoint {shown} ({size} bytes) is not a readable DMD Trainer checkpoint ({type(e).__name__}: "
-            "empty, cut short or another kind of file); it was left as it is: delete it, turn resume off or change "
-            "save_name"
-        ) from None
-    missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else list(CHECKPOINT_KEYS)
-    if missing:
-        kind = f"a {type(state).__name__}" + (f" without {', '.join(missing[:4])}" if isinstance(state, dict) else "")
-        raise DMDNodeError(
-            f"resume: the checkpoint {shown} is not a DMD Trainer checkpoint ({kind}); it was left as it is: delete it, "
-            "turn resume off or change save_name"
-        )
-    return state
 
 
 def _node_error_name(msg: str) -> str:

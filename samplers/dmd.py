@@ -22,6 +22,7 @@ Timesteps index an ascending sigma table (``sigma_table[t]``; ComfyUI's
 
 from __future__ import annotations
 
+import json
 from typing import Callable, Sequence
 
 import torch
@@ -183,60 +184,139 @@ def sigma_c_of(conditioning_timestep: int, sigma_table: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# generator files (written by training.dmd.DMDTrainer.save_generator)
+# generator files: one layout, written by training.run.write_generator, read here
+#
+# A .safetensors file whose metadata key "tempo_dmd" holds a JSON object: "kind" ("generator"), "format"
+# ("lora" | "full"), "model_type", "conditioning_timestep", "timesteps" and what the run recorded (steps,
+# guidance, lora_rank, latent_shape, ...). Files of earlier versions hold flat "dmd.*" strings instead
+# (dmd.model_type, dmd.conditioning_timestep, dmd.timesteps; optionally dmd.format, dmd.lora_rank,
+# dmd.generator_steps, dmd.ema, dmd.record): they are read into the same dict.
 
-METADATA_KEYS = ("dmd.model_type", "dmd.conditioning_timestep", "dmd.timesteps")
+METADATA_KEY = "tempo_dmd"
+GENERATOR_FORMATS = ("lora", "full")
+LORA_SUFFIXES = (".lora_up.weight", ".lora_down.weight", ".lora_A.weight", ".lora_B.weight")
 
 
-def parse_dmd_metadata(meta: dict | None, num_timesteps: int = 1000, keys=None) -> dict:
-    """Validate and parse a generator file's DMD metadata (safetensors string metadata):
+def is_lora_keys(keys) -> bool:
+    """Whether tensor names are LoRA factors (kohya ``lora_up`` / ``lora_down`` or PEFT ``lora_A`` / ``lora_B``)."""
+    return any(str(k).endswith(LORA_SUFFIXES) for k in keys)
 
-    ``dmd.model_type`` (eps | v | ve | flow), ``dmd.conditioning_timestep`` (int),
-    ``dmd.timesteps`` ("999,749,499,249"; its first entry is the conditioning timestep),
-    ``dmd.format`` (lora | full; when absent, "lora" if `keys` (the file's tensor names) hold LoRA
-    factors, else "full"); optional ``dmd.lora_rank``, ``dmd.generator_steps``, ``dmd.ema``.
-    Returns {"model_type", "conditioning_timestep", "timesteps", "format", "lora_rank", "raw"}.
-    """
-    meta = dict(meta or {})
-    missing = [k for k in METADATA_KEYS if k not in meta]
-    if missing:
-        raise DMDSamplingError(f"metadata: the file has no DMD metadata {missing} (not written by the pack's "
-                               f"DMD trainer; give the conditioning timestep and steps by hand)")
-    model_type = meta["dmd.model_type"]
-    _check_type(model_type)
-    ts = parse_timesteps(meta["dmd.timesteps"], num_timesteps)
+
+def generator_metadata(info: dict) -> dict:
+    """The safetensors metadata (strings) of a generator file with the DMD settings ``info``."""
+    return {METADATA_KEY: json.dumps(info)}
+
+
+def metadata_object(meta: dict | None, name: str = "path") -> dict | None:
+    """The JSON object under ``METADATA_KEY`` (generator and regression-pairs files), None when absent;
+    a ``DMDSamplingError`` starting with ``name`` when it is not a JSON object."""
+    text = (meta or {}).get(METADATA_KEY)
+    if text is None:
+        return None
     try:
-        tc = int(meta["dmd.conditioning_timestep"])
+        info = json.loads(text)
     except ValueError:
-        raise DMDSamplingError(f"metadata: dmd.conditioning_timestep is not an integer: {meta['dmd.conditioning_timestep']!r}")
-    if tc != ts[0]:
-        raise DMDSamplingError(f"metadata: dmd.conditioning_timestep {tc} differs from the first of dmd.timesteps {ts}")
-    fmt = meta.get("dmd.format")
-    if fmt is None:
-        fmt = "lora" if any(".lora_up." in k or ".lora_down." in k for k in (keys or ())) else "full"
-    if fmt not in ("lora", "full"):
-        raise DMDSamplingError(f"metadata: dmd.format must be 'lora' or 'full', got {fmt!r}")
-    return {"model_type": model_type, "conditioning_timestep": tc, "timesteps": ts, "format": fmt,
-            "lora_rank": int(meta.get("dmd.lora_rank", "0") or 0), "raw": meta}
+        raise DMDSamplingError(f"{name}: unreadable DMD metadata ({METADATA_KEY} is not JSON)") from None
+    if not isinstance(info, dict):
+        raise DMDSamplingError(f"{name}: unreadable DMD metadata ({METADATA_KEY} is a JSON {type(info).__name__}, "
+                               "expected an object)")
+    return info
 
 
-def read_dmd_metadata(path, num_timesteps: int = 1000) -> dict:
-    """``parse_dmd_metadata`` of a .safetensors file's header (the tensors are not loaded)."""
-    if not str(path).endswith(".safetensors"):
-        raise DMDSamplingError(f"path: expected a .safetensors file, got {str(path)!r}")
+def _flat_metadata(meta: dict) -> dict:
+    """The flat ``dmd.*`` strings of earlier versions as the info dict."""
+    info: dict = {"kind": "generator", "conditioning_timestep": int(meta["dmd.conditioning_timestep"])}
+    if meta.get("dmd.timesteps"):
+        info["timesteps"] = parse_timesteps(meta["dmd.timesteps"], 10**9)
+    for key in ("model_type", "format"):
+        if meta.get(f"dmd.{key}"):
+            info[key] = meta[f"dmd.{key}"]
+    for key in ("lora_rank", "generator_steps"):
+        if meta.get(f"dmd.{key}"):
+            info[key] = int(meta[f"dmd.{key}"])
+    if meta.get("dmd.ema"):
+        info["ema"] = meta["dmd.ema"] == "1"
+    if meta.get("dmd.base"):
+        info["base"] = meta["dmd.base"]
+    if meta.get("dmd.record"):
+        info["record"] = json.loads(meta["dmd.record"])
+    return info
+
+
+def parse_generator_metadata(meta: dict | None, keys=(), name: str = "path") -> dict | None:
+    """The DMD settings of a generator file from its safetensors metadata (either layout), checked:
+    ``conditioning_timestep`` (int) and ``timesteps`` (strictly decreasing ints, the first being the
+    conditioning timestep; each filled from the other when one is missing), ``model_type`` (when
+    given) one of ``MODEL_TYPES``, ``format`` "lora" | "full" (when absent: "lora" if ``keys``, the
+    file's tensor names, are LoRA factors, else "full"). None for a file without DMD metadata (a plain
+    LoRA or UNet). Errors are ``DMDSamplingError`` starting with ``name``."""
+    meta = dict(meta or {})
+    try:
+        info = metadata_object(meta, name)
+        if info is None:
+            if "dmd.conditioning_timestep" not in meta:
+                return None
+            info = _flat_metadata(meta)
+        else:
+            info = dict(info)
+        if info.get("timesteps") is not None:
+            info["timesteps"] = parse_timesteps([int(t) for t in info["timesteps"]], 10**9)
+        if info.get("conditioning_timestep") is not None:
+            info["conditioning_timestep"] = int(info["conditioning_timestep"])
+    except DMDSamplingError as e:
+        if str(e).startswith(name + ":"):
+            raise
+        raise DMDSamplingError(f"{name}: unreadable DMD metadata ({e})") from None
+    except (ValueError, TypeError) as e:
+        raise DMDSamplingError(f"{name}: unreadable DMD metadata ({type(e).__name__}: {e})") from None
+    ts, tc = info.get("timesteps"), info.get("conditioning_timestep")
+    if ts and tc is None:
+        info["conditioning_timestep"] = tc = ts[0]
+    if tc is not None and not ts:
+        info["timesteps"] = ts = [tc]
+    if tc is not None and tc != ts[0]:
+        raise DMDSamplingError(f"{name}: DMD metadata conditioning timestep {tc} differs from the first of its "
+                               f"timesteps {ts}")
+    if info.get("model_type") is not None and info["model_type"] not in MODEL_TYPES:
+        raise DMDSamplingError(f"{name}: DMD metadata model type {info['model_type']!r}, expected one of {MODEL_TYPES}")
+    if info.get("format") is None:
+        info["format"] = "lora" if is_lora_keys(keys) else "full"
+    if info["format"] not in GENERATOR_FORMATS:
+        raise DMDSamplingError(f"{name}: unknown generator format {info['format']!r} in the DMD metadata, expected "
+                               f"one of {GENERATOR_FORMATS}")
+    return info
+
+
+def read_generator(path, load_tensors: bool = True) -> tuple[dict | None, dict | None]:
+    """(state dict or None when ``load_tensors`` is False, ``parse_generator_metadata`` of its header) of
+    a .safetensors generator file; pickled files are never loaded. Errors start with ``path:``."""
+    import os
+
+    shown = os.path.basename(str(path))
+    if not str(path).lower().endswith(".safetensors"):
+        raise DMDSamplingError(f"path: expected a .safetensors file (pickled .bin/.ckpt/.pt files are not loaded), "
+                               f"got {shown!r}")
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
+            meta = dict(f.metadata() or {})
             keys = list(f.keys())
     except Exception as e:  # noqa: BLE001 - a clear message for any unreadable file
-        raise DMDSamplingError(f"path: {str(path)!r} is not a readable safetensors file ({e})") from None
-    return parse_dmd_metadata(meta, num_timesteps, keys)
+        raise DMDSamplingError(f"path: {shown!r} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+    try:
+        info = parse_generator_metadata(meta, keys)
+    except DMDSamplingError as e:
+        raise DMDSamplingError(f"path: {shown!r} has {str(e)[len('path: '):]}") from None
+    if not load_tensors:
+        return None, info
+    from safetensors.torch import load_file
+
+    return load_file(str(path)), info
 
 
 __all__ = [
     "DMDSamplingError", "dmd2_timesteps", "parse_timesteps", "timesteps_to_sigmas", "input_scale", "noise_input",
-    "renoise", "sample_dmd", "sample_dmd_kdiff", "sigma_c_of", "parse_dmd_metadata", "read_dmd_metadata",
-    "METADATA_KEYS",
+    "renoise", "sample_dmd", "sample_dmd_kdiff", "sigma_c_of", "METADATA_KEY", "GENERATOR_FORMATS", "is_lora_keys",
+    "generator_metadata", "metadata_object", "parse_generator_metadata", "read_generator",
 ]

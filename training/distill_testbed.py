@@ -11,11 +11,12 @@ generator are trainable copies of it (``training.dmd.copy_teacher``); the condit
 10 digit classes, the unconditional item the null class (10). CPU, one thread, fixed seeds: the same
 command gives the same weights.
 
-The generator file is fp16 safetensors. Its tensors are the testbed diffusion model's state dict as
-ComfyUI holds it (``net.<UNet key>``, ``nodes/testbed_model.py``); its metadata (strings):
-``dmd.model_type`` ("eps"), ``dmd.conditioning_timestep`` (999), ``dmd.timesteps`` ("999", the
-step schedule), ``dmd.steps`` (1), ``dmd.base`` ("testbed") and ``dmd.record`` (JSON: the
-DMDConfig, the command line, the training time and the last evaluation).
+The generator file is fp16 safetensors written by ``training.run.write_generator``. Its tensors are the
+testbed diffusion model's state dict as ComfyUI holds it (``net.<UNet key>``, ``nodes/testbed_model.py``);
+its DMD settings (``samplers.dmd.read_generator``): model type "eps", conditioning timestep 999, timesteps
+[999], base "testbed" and the record (the DMDConfig, the command line, the training time and the last
+evaluation). The shipped files were written by an earlier version in the flat ``dmd.*`` metadata layout,
+which the reader still reads.
 
 ``--control real_only`` trains the "real score only" control (``use_fake_score=False``,
 dmd.md 4.2) with the same settings; ``--control frozen_fake`` keeps the fake score at its
@@ -34,9 +35,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..samplers import dmd as dmd_sampling
 from ..samplers import schedules
 from ..testbed import trained
 from . import dmd as D
+from . import run
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "testbed" / "weights"
 GENERATOR_FILE = WEIGHTS_DIR / "dmd_onestep.safetensors"
@@ -110,52 +113,37 @@ def one_step_samples(denoiser, z: torch.Tensor, cond: torch.Tensor, conditioning
 
 
 def save_generator(path, denoiser: TestbedDenoiser, conditioning_timestep: int, record: dict) -> None:
-    from safetensors.torch import save_file
-
-    sd = {f"net.{k}": v.detach().half().contiguous() for k, v in denoiser.net.state_dict().items()}
-    meta = {
-        "dmd.model_type": "eps",
-        "dmd.conditioning_timestep": str(int(conditioning_timestep)),
-        "dmd.timesteps": str(int(conditioning_timestep)),
-        "dmd.steps": "1",
-        "dmd.base": "testbed",
-        "dmd.record": json.dumps(record),
-    }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(path), metadata=meta)
+    """The generator file (``training.run.write_generator``): fp16 weights as ComfyUI holds the testbed
+    (``net.<UNet key>``), the record of the run in its DMD settings."""
+    sd = run.generator_state_dict(denoiser.net, prefix="net.", dtype=torch.float16)
+    ct = int(conditioning_timestep)
+    run.write_generator(path, sd, {"format": "full", "model_type": "eps", "conditioning_timestep": ct, "timesteps": [ct],
+                                   "base": "testbed", "record": record})
 
 
 def write_record(path) -> Path:
-    """Write the generator file's metadata (record parsed) as readable JSON beside it."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-    meta["dmd.record"] = json.loads(meta.get("dmd.record", "{}"))
+    """Write the generator file's DMD settings (``samplers.dmd.read_generator``) as readable JSON beside it."""
+    _, info = dmd_sampling.read_generator(path, load_tensors=False)
     out = Path(path).with_suffix(".json")
-    out.write_text(json.dumps(meta, indent=1) + "\n")
+    out.write_text(json.dumps(info, indent=1) + "\n")
     return out
 
 
 def load_generator(path, tb=None) -> tuple[TestbedDenoiser, dict]:
-    """(the generator as a frozen TestbedDenoiser, the file's metadata with ``record`` parsed)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
+    """(the generator as a frozen TestbedDenoiser, its DMD settings (``samplers.dmd.read_generator``: either
+    metadata layout) with ``record``)."""
     p = Path(path)
     if p.suffix != ".safetensors" or not p.is_file():
         raise FileNotFoundError(f"path: expected an existing .safetensors generator file, got {p}")
-    with safe_open(str(p), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-    if "dmd.conditioning_timestep" not in meta:
-        raise ValueError(f"path: {p} has no dmd.conditioning_timestep metadata (not a DMD generator file)")
+    sd, info = dmd_sampling.read_generator(p)
+    if info is None:
+        raise ValueError(f"path: {p} has no DMD metadata (not a DMD generator file)")
     tb = tb or trained.load()
     net = trained.build_modules(tb.meta)[0]
-    net.load_state_dict({k[4:]: v.float() for k, v in load_file(str(p)).items() if k.startswith("net.")})
+    net.load_state_dict({k[4:]: v.float() for k, v in sd.items() if k.startswith("net.")})
     den = TestbedDenoiser(net.eval().requires_grad_(False), tb.sigmas)
-    meta["conditioning_timestep"] = int(meta["dmd.conditioning_timestep"])
-    meta["record"] = json.loads(meta.get("dmd.record", "{}"))
-    return den, meta
+    info.setdefault("record", {})
+    return den, info
 
 
 # --------------------------------------------------------------------------------------------------

@@ -121,40 +121,72 @@ def test_kdiff_signature_matches_sample_dmd():
 
 
 def test_generator_file_metadata(tmp_path):
+    """One layout (the JSON object under tempo_dmd, written by training.run.write_generator), one reader."""
+    import json
+
     from safetensors.torch import save_file
 
-    from comfyui_tempo.testbed.exact import ring_mixture
+    from comfyui_tempo.training import run as R
 
-    torch.manual_seed(0)
-    cfg = D.DMDConfig(model_type="ve", real_guidance_scale=1.0, denoising_timesteps=(999, 749, 499, 249))
-    tr = D.DMDTrainer(ring_mixture(), MLPDenoiser(2, 8, 1), MLPDenoiser(2, 8, 1), (2,), cfg)
+    info = {"format": "full", "model_type": "ve", "conditioning_timestep": 999, "timesteps": [999, 749, 499, 249],
+            "note": "x"}
     path = tmp_path / "gen.safetensors"
-    tr.save_generator(path, prefix="", metadata={"note": "x"})
-    m = SD.read_dmd_metadata(path)
+    meta = R.write_generator(path, {"w": torch.ones(2)}, info, title="gen")
+    assert set(meta) == {SD.METADATA_KEY, "modelspec.title", "modelspec.architecture"}
+    assert json.loads(meta[SD.METADATA_KEY])["kind"] == "generator"
+    sd, m = SD.read_generator(path)
+    assert torch.equal(sd["w"], torch.ones(2)) and not (tmp_path / "gen.safetensors.tmp").exists()
     assert m["timesteps"] == [999, 749, 499, 249] and m["conditioning_timestep"] == 999
-    assert m["model_type"] == "ve" and m["format"] == "full" and m["raw"]["note"] == "x"
+    assert m["model_type"] == "ve" and m["format"] == "full" and m["note"] == "x"
+    assert SD.read_generator(path, load_tensors=False) == (None, m)
     save_file({"w": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
-    with pytest.raises(ValueError, match="^metadata"):
-        SD.read_dmd_metadata(tmp_path / "plain.safetensors")
-    with pytest.raises(ValueError, match="^path"):
-        SD.read_dmd_metadata(tmp_path / "gen.ckpt")
+    assert SD.read_generator(tmp_path / "plain.safetensors")[1] is None  # a plain UNet / LoRA: no DMD settings
+    with pytest.raises(ValueError, match="^path: .*pickled"):
+        SD.read_generator(tmp_path / "gen.ckpt")
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="^path"):
-        SD.read_dmd_metadata(tmp_path / "bad.safetensors")
-    bad = dict(m["raw"], **{"dmd.conditioning_timestep": "399"})
-    with pytest.raises(ValueError, match="^metadata"):
-        SD.parse_dmd_metadata(bad)
+    with pytest.raises(ValueError, match="^path: 'bad.safetensors' is not a readable safetensors"):
+        SD.read_generator(tmp_path / "bad.safetensors")
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "list.safetensors"), metadata={SD.METADATA_KEY: "[1, 2]"})
+    with pytest.raises(ValueError, match="^path: 'list.safetensors' has unreadable DMD metadata .*list"):
+        SD.read_generator(tmp_path / "list.safetensors")
+    with pytest.raises(ValueError, match="^path: .*differs"):
+        SD.parse_generator_metadata({SD.METADATA_KEY: json.dumps(dict(info, conditioning_timestep=399))})
+    with pytest.raises(ValueError, match="^info: "):  # the writer checks what it writes as a reader reads it
+        R.write_generator(tmp_path / "x.safetensors", {"w": torch.ones(1)}, dict(info, format="diff"))
+    with pytest.raises(ValueError, match="^info: .*lack"):
+        R.write_generator(tmp_path / "x.safetensors", {"w": torch.ones(1)}, {"format": "full"})
+    assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_shipped_generator_metadata_reads_without_format_key():
-    """The shipped testbed generator (written by training/distill_testbed.py, no dmd.format key) is
-    read as a full-weights file; a LoRA file without dmd.format is told apart by its tensor names."""
+def test_files_of_earlier_versions_still_load(tmp_path):
+    """Generator files written before the one layout load through the same reader: the flat dmd.* strings
+    of the core's earlier writer (with or without dmd.format; LoRA told apart by its tensor names), the
+    node's tempo_dmd JSON (without "kind"), and the shipped testbed generators (flat, no dmd.format)."""
+    import json
+
+    from safetensors.torch import save_file
+
     from comfyui_tempo.training import distill_testbed as DT
 
-    m = SD.read_dmd_metadata(DT.GENERATOR_FILE)
-    assert "dmd.format" not in m["raw"]
-    assert m["format"] == "full" and m["model_type"] == "eps" and m["conditioning_timestep"] == 999
-    meta = {"dmd.model_type": "eps", "dmd.conditioning_timestep": "999", "dmd.timesteps": "999"}
-    assert SD.parse_dmd_metadata(meta, keys=["diffusion_model.x.lora_up.weight"])["format"] == "lora"
-    with pytest.raises(ValueError, match="^metadata: dmd.format"):
-        SD.parse_dmd_metadata(dict(meta, **{"dmd.format": "diff"}))
+    flat = {"dmd.model_type": "eps", "dmd.conditioning_timestep": "999", "dmd.timesteps": "999,749,499,249",
+            "dmd.format": "lora", "dmd.lora_rank": "4", "dmd.generator_steps": "12", "dmd.ema": "0"}
+    save_file({"diffusion_model.x.lora_up.weight": torch.zeros(1)}, str(tmp_path / "core.safetensors"), metadata=flat)
+    _, m = SD.read_generator(tmp_path / "core.safetensors")
+    assert m["timesteps"] == [999, 749, 499, 249] and m["conditioning_timestep"] == 999
+    assert m["format"] == "lora" and m["lora_rank"] == 4 and m["model_type"] == "eps" and m["generator_steps"] == 12
+    noformat = {k: v for k, v in flat.items() if k != "dmd.format"}
+    assert SD.parse_generator_metadata(noformat, keys=["diffusion_model.x.lora_up.weight"])["format"] == "lora"
+    assert SD.parse_generator_metadata(noformat, keys=["input_blocks.0.weight"])["format"] == "full"
+    with pytest.raises(ValueError, match="^path: unknown generator format 'diff'"):
+        SD.parse_generator_metadata(dict(flat, **{"dmd.format": "diff"}))
+    node = {"tempo_dmd": json.dumps({"format": "full", "model_type": "eps", "conditioning_timestep": 999,
+                                      "timesteps": [999], "steps": 40, "guidance": 3.0})}
+    save_file({"input_blocks.0.weight": torch.zeros(1)}, str(tmp_path / "node.safetensors"), metadata=node)
+    _, m = SD.read_generator(tmp_path / "node.safetensors")
+    assert m["timesteps"] == [999] and m["steps"] == 40 and m["format"] == "full"
+    assert SD.parse_generator_metadata({"tempo_dmd": json.dumps({"conditioning_timestep": 399})})["timesteps"] == [399]
+    for path in (DT.GENERATOR_FILE, DT.CONTROL_FILE):
+        sd, m = SD.read_generator(path)
+        assert m["format"] == "full" and m["model_type"] == "eps" and m["conditioning_timestep"] == 999, path
+        assert m["timesteps"] == [999] and m["record"]["settings"]["conditioning_timestep"] == 999
+        assert all(k.startswith("net.") for k in sd)

@@ -111,8 +111,9 @@ def sets():
 
 def test_generator_file_metadata(sets):
     meta = sets["meta"]
-    assert meta["dmd.model_type"] == "eps" and meta["conditioning_timestep"] == 999
-    assert meta["dmd.steps"] == "1" and meta["dmd.timesteps"] == "999"
+    # the shipped file is in the earlier flat dmd.* layout, read by samplers.dmd.read_generator
+    assert meta["model_type"] == "eps" and meta["conditioning_timestep"] == 999
+    assert meta["timesteps"] == [999] and meta["format"] == "full" and meta["base"] == "testbed"
     assert meta["record"]["config"]["real_guidance_scale"] == 5.0 and meta["record"]["control"] == "none"
 
 
