@@ -249,7 +249,7 @@ def comfyui_rows(problem: Problem, tree: str, python: str | None, samplers, step
         log(f"[comfyui] running the ComfyUI rows under {python} in {tree}")
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         proc = subprocess.run(
-            [python, os.path.join(repo, "nodes", "host_bench.py"), job_path, out_path],
+            [python, os.path.join(repo, "harness", "host_bench.py"), job_path, out_path],
             cwd=tree, env=env, capture_output=True, text=True,
         )
         if proc.returncode != 0 or not os.path.exists(out_path):

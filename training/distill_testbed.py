@@ -12,7 +12,7 @@ generator are trainable copies of it (``training.dmd.copy_teacher``); the condit
 command gives the same weights.
 
 The generator file is fp16 safetensors written by ``training.run.write_generator``. Its tensors are the
-testbed diffusion model's state dict as ComfyUI holds it (``net.<UNet key>``, ``nodes/testbed_model.py``);
+testbed diffusion model's state dict as ComfyUI holds it (``net.<UNet key>``, ``harness/comfy_testbed.py``);
 its DMD settings (``samplers.dmd.read_generator``): model type "eps", conditioning timestep 999, timesteps
 [999], base "testbed" and the record (the DMDConfig, the command line, the training time and the last
 evaluation). The shipped files were written by an earlier version in the flat ``dmd.*`` metadata layout,

@@ -25,7 +25,7 @@ loader reads (``comfy/lora.py`` ``model_lora_keys_unet`` maps ``diffusion_model.
 with ``<module>`` the dotted module path in the wrapped network and ``prefix`` what the network is
 called inside the host model: ``"diffusion_model."`` for a ComfyUI UNet/DiT whose
 ``diffusion_model`` is this network, ``"diffusion_model.net."`` for the pack's testbed inside
-ComfyUI (``nodes/testbed_model.py`` holds it as ``.net``). ComfyUI applies
+ComfyUI (``harness/comfy_testbed.py`` holds it as ``.net``). ComfyUI applies
 W + strength * (alpha / rank) * (up.flatten(1) @ down.flatten(1)).reshape(W.shape), which is what
 ``merge_lora`` computes and what the forward computes for a linear or a convolution.
 """

@@ -80,5 +80,6 @@ def test_nothing_comfyui_imports_is_left_out_of_the_archive():
 
 def test_the_lab_is_left_out():
     patterns = ignore_patterns()
-    for rel in ("tests/unit/test_packaging.py", "testbed/weights/testbed.safetensors", "bench/coop.py", "dev"):
+    for rel in ("tests/unit/test_packaging.py", "testbed/weights/testbed.safetensors", "bench/coop.py", "dev",
+                "harness/comfy_testbed.py", "harness/host_bench.py"):
         assert ignored(rel, patterns), rel

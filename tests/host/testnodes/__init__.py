@@ -3,7 +3,7 @@
 The host tests link this folder into ComfyUI's custom_nodes as ``tempo_testnodes``. It turns the
 testbed (``comfyui_tempo.testbed.trained``: a small class-conditional eps UNet and its autoencoder)
 into real ComfyUI objects, built in-process with ComfyUI's own classes by the pack's
-``comfyui_tempo.nodes.testbed_model``:
+``comfyui_tempo.harness.comfy_testbed`` (lab code the pack never imports):
 
 * ``TempoTestbedModel`` -> MODEL: a ``comfy.model_base.BaseModel`` (EPS, discrete SD schedule:
   ComfyUI's beta_schedule "linear" = diffusers' "scaled_linear", 0.00085..0.012) in a
@@ -35,10 +35,10 @@ except ImportError:  # linked into a ComfyUI by hand: the pack is our sibling in
 
 from comfy_api.latest import ComfyExtension, io
 
-# The model, the conditioning and the testbed loader live in the pack (its benchmark uses them too);
+# The model, the conditioning and the testbed loader live in the pack's harness/ (its benchmark uses them too);
 # this pack only exposes them as nodes. Imported as `comfyui_tempo`, a second copy of the pack's
 # modules next to the one ComfyUI loaded under its path name: nothing here shares state with it.
-from comfyui_tempo.nodes.testbed_model import (  # noqa: F401  (re-exported for snippets)
+from comfyui_tempo.harness.comfy_testbed import (  # noqa: F401  (re-exported for snippets)
     CONTEXT_DIM,
     NULL_CLASS,
     NUM_CLASSES,

@@ -1,7 +1,7 @@
 """The benchmark's ComfyUI rows: run under ComfyUI's own Python by `comfyui-tempo bench adaptive`
 when a ComfyUI tree is given (--comfyui or TEMPO_COMFYUI).
 
-    python nodes/host_bench.py JOB.json OUT.json     (cwd: the ComfyUI tree)
+    python harness/host_bench.py JOB.json OUT.json     (cwd: the ComfyUI tree)
 
 It samples the testbed MODEL inside ComfyUI with ComfyUI's own sampler functions: the full run, the
 pack's AdaptiveDiffusion (default settings), and ComfyUI's EasyCache and LazyCache nodes with their
@@ -43,16 +43,16 @@ def main(job_path: str, out_path: str) -> None:
     from comfy_extras import nodes_easycache
 
     _load_pack(job["repo"])
-    from comfyui_tempo.nodes import adaptive as A
-    from comfyui_tempo.nodes import testbed_model as T
+    from comfyui_tempo.harness import comfy_testbed
+    from comfyui_tempo.nodes import adaptive as adaptive_nodes
     from comfyui_tempo.samplers.adaptive import AdaptiveConfig
 
     torch.set_num_threads(job.get("threads") or torch.get_num_threads())
     tensors = load_file(job["tensors"])
     noise, cond = tensors["noise"], tensors["cond"].long()
-    tb = T.testbed()
-    positive = [[torch.nn.functional.one_hot(cond, T.CONTEXT_DIM).float()[:, None, :], {}]]
-    negative = [[T.class_cond(T.NULL_CLASS), {}]]
+    tb = comfy_testbed.testbed()
+    positive = [[torch.nn.functional.one_hot(cond, comfy_testbed.CONTEXT_DIM).float()[:, None, :], {}]]
+    negative = [[comfy_testbed.class_cond(comfy_testbed.NULL_CLASS), {}]]
     latent = torch.zeros_like(noise)
     steps, cfg, seed = job["steps"], job["cfg"], 0
     rows = []
@@ -87,7 +87,7 @@ def main(job_path: str, out_path: str) -> None:
         return float((-10 * torch.log10(mse)).mean())
 
     for name in job["samplers"]:
-        base = T.build_model()
+        base = comfy_testbed.build_model()
         plain = functools.partial(comfy.samplers.sampler_object, name)
         ref, full_nfe, full_wall = sample(base, plain)
         evals = full_nfe / steps
@@ -102,7 +102,7 @@ def main(job_path: str, out_path: str) -> None:
             )
 
         add("full_comfyui", ref, full_nfe, full_wall, "ComfyUI, full run")
-        img, nfe, wall = sample(base, lambda: A.wrap_sampler(plain(), name, AdaptiveConfig()))
+        img, nfe, wall = sample(base, lambda: adaptive_nodes.wrap_sampler(plain(), name, AdaptiveConfig()))
         add("adaptive_comfyui", img, nfe, wall, "the pack's default inside ComfyUI")
         target = nfe
 
