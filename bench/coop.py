@@ -38,11 +38,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..bridges import core as C
+from ..bridges import core
+from ..bridges import decoupled
 from ..bridges import fusion
-from ..bridges import decoupled as D
 from ..samplers import kdiff
-from ..samplers import schedules as S
+from ..samplers import schedules
+from ..testbed import vaes
+from . import routes
 from .common import print_table, psnr_db, write_json
 
 COLUMNS = [
@@ -85,7 +87,7 @@ def _image_cols(images, reference) -> dict:
 
 
 def _upsample_img(img, size=64):
-    return C.resize_images(img, (size, size), "bicubic")
+    return core.resize_images(img, (size, size), "bicubic")
 
 
 class Setup:
@@ -96,9 +98,9 @@ class Setup:
 
         self.tb1 = trained.load()
         self.tbh = trained.load(name="hr")
-        self.v1 = D.TestbedVAE(self.tb1, "testbed")
-        self.v2 = D.TestbedVAE(self.tbh, "testbed-hr")
-        self.sched = C.ModelSchedule.sd_discrete(name="sd")
+        self.v1 = vaes.TestbedVAE(self.tb1, "testbed")
+        self.v2 = vaes.TestbedVAE(self.tbh, "testbed-hr")
+        self.sched = core.ModelSchedule.sd_discrete(name="sd")
         self.cond = torch.tensor([c for _ in range(seeds) for c in range(classes)])
         self.seeds = [s for s in range(seeds) for _ in range(classes)]
         self.cfg, self.steps, self.scheduler = cfg, steps, scheduler
@@ -107,11 +109,11 @@ class Setup:
         self.denh = self.tbh.cfg_denoiser(cfg)
 
     def sigmas_fn(self, n: int) -> torch.Tensor:
-        return S.get_sigmas(self.scheduler, n)
+        return schedules.get_sigmas(self.scheduler, n)
 
     def coupled(self, lr_hw=8):
         """Per-image seeded coupled noise: (hr [B,4,2h,2w], lr [B,4,h,w])."""
-        hr, lr = zip(*(D.coupled_noise((1, 4, lr_hw, lr_hw), seed=1000 + s * 10 + int(c))
+        hr, lr = zip(*(routes.coupled_noise((1, 4, lr_hw, lr_hw), seed=1000 + s * 10 + int(c))
                        for s, c in zip(self.seeds, self.cond.tolist())))
         return torch.cat(hr), torch.cat(lr)
 
@@ -124,26 +126,26 @@ class Setup:
 def case_noise_white(st: Setup, taesd_dir, log=print) -> list[dict]:
     rows = []
     sig = st.sigmas_fn(st.steps)
-    s_sw = D.switch_to_sigma(st.sched, 500)
-    k = D.split_at_switch(sig, s_sw)
+    s_sw = decoupled.switch_to_sigma(st.sched, 500)
+    k = decoupled.split_at_switch(sig, s_sw)
     _, noise = st.coupled()
     x = kdiff.sample_euler(st.den1, noise * sig[0], sig[: k + 1], extra_args=st.extra)
     sk = sig[k]
     t0 = time.perf_counter()
-    nb = C.bridge_noisy(x, sk, st.den1, st.v1, st.v1, st.sched, st.sched, size=(64, 64), filter="bicubic",
+    nb = core.bridge_noisy(x, sk, st.den1, st.v1, st.v1, st.sched, st.sched, size=(64, 64), filter="bicubic",
                         generator=torch.Generator().manual_seed(5), extra_args=st.extra)
     wall = time.perf_counter() - t0
     resid = (nb.x - nb.x0) / nb.sigma.view(-1, 1, 1, 1)
     rows.append({"case": "noise_white", "method": "noisy_bridge (testbed)", "model": "testbed", "nfe": 1, "vae_calls": 2,
                  "wall_s": wall, "setting": f"t=500 sigma={float(sk):.3f} 32->64px", **_noise_stats(resid)})
-    r_up = D.upscale_latent((x - nb.x0_source) / sk)
+    r_up = routes.upscale_latent((x - nb.x0_source) / sk)
     rows.append({"case": "noise_white", "method": "latent_upscale_bilinear (testbed)", "model": "testbed", "nfe": 0,
                  "vae_calls": 0, "wall_s": 0.0, "setting": "x2 bilinear of the same noisy latent", **_noise_stats(r_up)})
     if taesd_dir is None:
         rows.append({"case": "noise_white", "method": "noisy_bridge", "model": "taesd", "setting": "skipped",
                      "note": "TAESD weights not found"})
         return rows
-    from ..bridges.vae import TAESD
+    from ..testbed.vaes import TAESD
 
     vae = TAESD.load("taesd", taesd_dir)
     photos = sample_photos(128)
@@ -152,7 +154,7 @@ def case_noise_white(st: Setup, taesd_dir, log=print) -> list[dict]:
     xb = z0 + sk * torch.randn(z0.shape, generator=torch.Generator().manual_seed(3))
     oracle = lambda xx, s, **_: z0  # noqa: E731 - the exact x0 (isolates the bridge from a model)
     t0 = time.perf_counter()
-    nb = C.bridge_noisy(xb, sk, oracle, vae, vae, st.sched, st.sched, size=(256, 256),
+    nb = core.bridge_noisy(xb, sk, oracle, vae, vae, st.sched, st.sched, size=(256, 256),
                         generator=torch.Generator().manual_seed(4))
     wall = time.perf_counter() - t0
     rows.append({"case": "noise_white", "method": "noisy_bridge (taesd)", "model": "taesd", "nfe": 0, "vae_calls": 2,
@@ -160,7 +162,7 @@ def case_noise_white(st: Setup, taesd_dir, log=print) -> list[dict]:
                  **_noise_stats((nb.x - nb.x0) / nb.sigma.view(-1, 1, 1, 1))})
     rows.append({"case": "noise_white", "method": "latent_upscale_bilinear (taesd)", "model": "taesd", "nfe": 0,
                  "vae_calls": 0, "wall_s": 0.0, "setting": "x2 bilinear",
-                 **_noise_stats(D.upscale_latent((xb - z0) / sk))})
+                 **_noise_stats(routes.upscale_latent((xb - z0) / sk))})
     return rows
 
 
@@ -192,7 +194,7 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
         r = fn(*a, **kw)
         return r, time.perf_counter() - t0
 
-    ref, wall_ref = timed_route(D.route_reference, st.denh, noise_hr, sig, st.extra)
+    ref, wall_ref = timed_route(routes.route_reference, st.denh, noise_hr, sig, st.extra)
     img_ref = dec(ref.x)
     rows = [{"case": "resolution", "method": "reference_hr", "nfe": ref.nfe, "nfe_lr": 0, "nfe_hr": ref.nfe_hr,
              "hr_equiv": ref.hr_equiv(), "vae_calls": 0, "psnr_db": float("inf"), "wall_s": wall_ref,
@@ -208,7 +210,7 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
     w = torch.randn(noise_hr.shape, generator=torch.Generator().manual_seed(77))
     w = w - F.interpolate(F.avg_pool2d(w, 2), scale_factor=2, mode="nearest")
     noise_alt = F.interpolate(F.avg_pool2d(noise_hr, 2), scale_factor=2, mode="nearest") + w
-    alt = D.route_reference(st.denh, noise_alt, sig, st.extra)
+    alt = routes.route_reference(st.denh, noise_alt, sig, st.extra)
     rows.append({"case": "resolution", "method": "hr_same_lr_noise", "nfe": n, "nfe_lr": 0, "nfe_hr": n,
                  "hr_equiv": float(n), "vae_calls": 0, **_image_cols(dec(alt.x), img_ref),
                  "setting": "64px from other noise with the same 2x2 block means (floor for the 32px noise alone)"})
@@ -233,21 +235,21 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
     groups = {}
     for d in denoises:
         m = max(1, round(n * d))
-        r, w = timed_route(D.route_latent_upscale, st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, n - m, m, d,
+        r, w = timed_route(routes.route_latent_upscale, st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, n - m, m, d,
                            st.extra)
         groups.setdefault("a", []).append(add("a", "latent_upscale", r, w, f"denoise {d}: {n - m} lr + {m} hr steps"))
-        r, w = timed_route(D.route_pixel_hires, st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, st.sigmas_fn,
+        r, w = timed_route(routes.route_pixel_hires, st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, st.sigmas_fn,
                            n - m, m, d, st.extra)
         groups.setdefault("b", []).append(add("b", "pixel_hires_fix", r, w, f"denoise {d}: {n - m} lr + {m} hr steps"))
     for d in habit:
         m = max(1, round(n * d))
-        r, w = timed_route(D.route_latent_upscale, st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, n, m, d, st.extra)
+        r, w = timed_route(routes.route_latent_upscale, st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, n, m, d, st.extra)
         add("a", "latent_upscale more_nfe", r, w, f"denoise {d}: {n} lr + {m} hr steps")
-        r, w = timed_route(D.route_pixel_hires, st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, st.sigmas_fn,
+        r, w = timed_route(routes.route_pixel_hires, st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, st.sigmas_fn,
                            n, m, d, st.extra)
         add("b", "pixel_hires_fix more_nfe", r, w, f"denoise {d}: {n} lr + {m} hr steps")
     for k in ks:
-        r, w = timed_route(D.route_step_handoff, st.denh, st.denh, noise_lr, sig, k, st.extra)
+        r, w = timed_route(routes.route_step_handoff, st.denh, st.denh, noise_lr, sig, k, st.extra)
         groups.setdefault("c", []).append(add("c", "step_handoff_ksampleradv", r, w, f"k={k} of {n}"))
     # ours: the pack's resolution-aware level (default) and the paper's equal-SNR level, x0 of the
     # last low-res step (equal NFE); the paper's fresh x0 at the switch (+1 NFE) at t = 500
@@ -257,7 +259,7 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
                                             ("resolution", "fresh", "d_fresh", "noisy_bridge_fresh_x0")):
             if handoff == "fresh" and t != 500:
                 continue
-            r, w = timed_route(D.route_noisy_bridge, st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, sig,
+            r, w = timed_route(routes.route_noisy_bridge, st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, sig,
                                st.sched, switch_timestep=t, extra=st.extra, handoff=handoff, renoise=renoise)
             row = add("d", method, r, w, f"t={t} (k={r.settings['k']}), x0 {handoff}, "
                       f"hand-off sigma {r.settings['handoff_sigma']:.3g} ({renoise})")
@@ -278,7 +280,7 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
 
 @torch.no_grad()
 def case_resolution_matched(st: Setup, quick: bool, log=print) -> list[dict]:
-    """Issue 4 criterion 3's table: the routes at the same low-res / high-res split of one n-step
+    """The equal-split table: the routes at the same low-res / high-res split of one n-step
     schedule (k low-res steps, n - k high-res steps: equal NFE and equal high-res-equivalent
     cost). Ours switches at sigma_{k-1} and hands off with the x0 of its last step (no extra NFE):
     ``noisy_bridge`` at the resolution-aware level (the pack's default), ``noisy_bridge_paper`` at
@@ -290,24 +292,24 @@ def case_resolution_matched(st: Setup, quick: bool, log=print) -> list[dict]:
     sig = st.sigmas_fn(n)
     noise_hr, noise_lr = st.coupled()
     dec = st.v2.decode_model
-    img_ref = dec(D.route_reference(st.denh, noise_hr, sig, st.extra).x)
+    img_ref = dec(routes.route_reference(st.denh, noise_hr, sig, st.extra).x)
     rows = []
     for k in ((3, 6) if quick else (3, 5, 7, 9, 10, 11, 13)):
         m = n - k
-        t_sw = int(S.sigma_to_t(sig[k - 1:k], st.sched.table))
+        t_sw = int(schedules.sigma_to_t(sig[k - 1:k], st.sched.table))
 
         def bridge(renoise, k=k):
-            return D.route_noisy_bridge(st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, sig, st.sched,
+            return routes.route_noisy_bridge(st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, sig, st.sched,
                                         switch_timestep=None, switch_sigma=float(sig[k - 1]), extra=st.extra,
                                         renoise=renoise)
 
         runs = [
             ("noisy_bridge", lambda: bridge("resolution")),
             ("noisy_bridge_paper", lambda: bridge("paper")),
-            ("step_handoff_ksampleradv", lambda: D.route_step_handoff(st.denh, st.denh, noise_lr, sig, k, st.extra)),
-            ("latent_upscale", lambda: D.route_latent_upscale(st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, k, m,
+            ("step_handoff_ksampleradv", lambda: routes.route_step_handoff(st.denh, st.denh, noise_lr, sig, k, st.extra)),
+            ("latent_upscale", lambda: routes.route_latent_upscale(st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, k, m,
                                                               m / n, st.extra)),
-            ("pixel_hires_fix", lambda: D.route_pixel_hires(st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr,
+            ("pixel_hires_fix", lambda: routes.route_pixel_hires(st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr,
                                                             st.sigmas_fn, k, m, m / n, st.extra)),
         ]
         group = []
@@ -329,14 +331,14 @@ def case_resolution_matched(st: Setup, quick: bool, log=print) -> list[dict]:
         # diagnostic: route (a) re-noised at our hand-off level (the denoise whose first sigma is nearest)
         s_ours = group[0]["handoff_sigma"]
         d = min((i / 100 for i in range(5, 101)),
-                key=lambda d: abs(float(D.denoise_sigmas(st.sigmas_fn, m, d)[0]) - s_ours))
+                key=lambda d: abs(float(routes.denoise_sigmas(st.sigmas_fn, m, d)[0]) - s_ours))
         t0 = time.perf_counter()
-        r = D.route_latent_upscale(st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, k, m, d, st.extra)
+        r = routes.route_latent_upscale(st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, k, m, d, st.extra)
         group.append({"case": "resolution_split", "method": "latent_upscale_at_handoff_level", "k": k, "nfe": r.nfe,
                       "nfe_lr": r.nfe_lr, "nfe_hr": r.nfe_hr, "hr_equiv": r.hr_equiv(), "vae_calls": 0,
                       **_image_cols(dec(r.x), img_ref), "wall_s": time.perf_counter() - t0, "diagnostic": True,
                       "setting": f"split k={k} of {n}; denoise {d:.2f} (first sigma "
-                                 f"{float(D.denoise_sigmas(st.sigmas_fn, m, d)[0]):.3g})"})
+                                 f"{float(routes.denoise_sigmas(st.sigmas_fn, m, d)[0]):.3g})"})
         log("  split k=%d (t~%d): " % (k, t_sw) + ", ".join(f"{r['method']} {r['psnr_db']:.2f}" for r in group))
         rows += group
     return rows
@@ -346,7 +348,7 @@ def case_resolution_matched(st: Setup, quick: bool, log=print) -> list[dict]:
 def case_cross_space(taesd_dir, log=print) -> list[dict]:
     if taesd_dir is None:
         return [{"case": "cross_space", "method": "taesd->taesdxl", "setting": "skipped", "note": "TAESD weights not found"}]
-    from ..bridges.vae import TAESD
+    from ..testbed.vaes import TAESD
 
     photos = sample_photos(128)
     b = TAESD.load("taesd", taesd_dir)
@@ -356,7 +358,7 @@ def case_cross_space(taesd_dir, log=print) -> list[dict]:
     img_b = b.decode_model(z_b)
     rows = []
     t0 = time.perf_counter()
-    z_xl = C.bridge_latent(z_b, b, xl)
+    z_xl = core.bridge_latent(z_b, b, xl)
     wall = time.perf_counter() - t0
     rows.append({"case": "cross_space", "method": "taesd->taesdxl bridge", "nfe": 0, "vae_calls": 2,
                  **_psnr_cols(xl.decode_model(z_xl), photos), "wall_s": wall, "setting": "4 photos 128px"})
@@ -367,13 +369,13 @@ def case_cross_space(taesd_dir, log=print) -> list[dict]:
     rows.append({"case": "cross_space", "method": "taesdxl round trip (enc-dec-enc-dec)", "nfe": 0, "vae_calls": 4,
                  **_psnr_cols(rt_xl, photos), "setting": "reference for the bridge"})
     t0 = time.perf_counter()
-    z_3 = C.bridge_latent(z_b, b, sd3)
+    z_3 = core.bridge_latent(z_b, b, sd3)
     wall = time.perf_counter() - t0
     rows.append({"case": "cross_space", "method": "taesd->taesd3 bridge (4->16 ch)", "nfe": 0, "vae_calls": 2,
                  **_psnr_cols(sd3.decode_model(z_3), photos), "wall_s": wall,
                  "setting": f"latent {tuple(z_3.shape[1:])}"})
-    z_up = C.bridge_latent(z_b, b, sd3, size=(256, 256), filter="bicubic")
-    ref_up = C.resize_images(photos, (256, 256), "bicubic")
+    z_up = core.bridge_latent(z_b, b, sd3, size=(256, 256), filter="bicubic")
+    ref_up = core.resize_images(photos, (256, 256), "bicubic")
     rows.append({"case": "cross_space", "method": "taesd->taesd3 bridge 2x", "nfe": 0, "vae_calls": 2,
                  **_psnr_cols(sd3.decode_model(z_up), ref_up), "setting": "vs bicubic-upscaled photos"})
     return rows
@@ -402,16 +404,16 @@ def case_coop_fusion(st: Setup, quick: bool, log=print) -> list[dict]:
     cheap = None
     for b_px in b_sizes:
         x_b = (noise_lr if b_px == 32 else noise_hr) * sig[0]
-        img_b = C.resize_images(st.v2.decode_model(_euler_alone(st.denh, x_b, sig, st.extra)), (32, 32), "bilinear")
+        img_b = core.resize_images(st.v2.decode_model(_euler_alone(st.denh, x_b, sig, st.extra)), (32, 32), "bilinear")
         base = {}
         for d in ds:
             st.v1.reset_calls(), st.v2.reset_calls()
-            ca, cb = D.CountingDenoiser(st.den1), D.CountingDenoiser(st.denh)
+            ca, cb = kdiff.CountingDenoiser(st.den1), kdiff.CountingDenoiser(st.denh)
             t0 = time.perf_counter()
             out_a, _ = fusion.coop_sample_euler(ca, cb, x_a, x_b, sig, sig, st.v1, st.v2, "eps", "eps", d=d,
                                            extra_a=st.extra, extra_b=st.extra)
             wall = time.perf_counter() - t0
-            calls = D.vae_calls(st.v1, st.v2)
+            calls = vaes.vae_calls(st.v1, st.v2)
             img = st.v1.decode_model(out_a)
             base[d] = img
             pa, pb = psnr_db(img, img_a), psnr_db(img, img_b)
@@ -432,8 +434,8 @@ def case_coop_fusion(st: Setup, quick: bool, log=print) -> list[dict]:
                 imgs1, _ = st.tb1.dataset()
                 imgs2, _ = st.tbh.dataset()
                 g = torch.Generator().manual_seed(0)
-                cheap = (D.LinearVAE.fit(st.v1, imgs1[torch.randperm(imgs1.shape[0], generator=g)[:1500]], "linear-ae1"),
-                         D.LinearVAE.fit(st.v2, imgs2[torch.randperm(imgs2.shape[0], generator=g)[:600]], "linear-ae2"))
+                cheap = (vaes.LinearVAE.fit(st.v1, imgs1[torch.randperm(imgs1.shape[0], generator=g)[:1500]], "linear-ae1"),
+                         vaes.LinearVAE.fit(st.v2, imgs2[torch.randperm(imgs2.shape[0], generator=g)[:600]], "linear-ae2"))
             for d in [d for d in ds if d in (0.5, 1.0)]:
                 cheap[0].reset_calls(), cheap[1].reset_calls()
                 t0 = time.perf_counter()
@@ -441,7 +443,7 @@ def case_coop_fusion(st: Setup, quick: bool, log=print) -> list[dict]:
                                                d=d, extra_a=st.extra, extra_b=st.extra)
                 wall = time.perf_counter() - t0
                 img = st.v1.decode_model(out_a)
-                calls = D.vae_calls(*cheap)
+                calls = vaes.vae_calls(*cheap)
                 rows.append({"case": "coop_fusion", "method": f"coop d={d:g} cheap bridge VAE", "b_px": b_px,
                              "nfe": 2 * n, "vae_calls": calls, "vae_calls_per_step": calls / n,
                              "psnr_db": float(psnr_db(img, base[d]).mean()),
@@ -460,7 +462,7 @@ def case_time_decoupled(st: Setup, log=print) -> list[dict]:
     # identity: the same model on both sides
     plain = kdiff.sample_euler(st.den1, noise_lr * sig[0], sig, extra_args=st.extra)
     t0 = time.perf_counter()
-    r = D.time_decoupled_sample(st.den1, st.den1, noise_lr * sig[0], sig, st.sched, extra_structure=st.extra,
+    r = decoupled.time_decoupled_sample(st.den1, st.den1, noise_lr * sig[0], sig, st.sched, extra_structure=st.extra,
                                 extra_texture=st.extra, switch_timestep=500)
     wall = time.perf_counter() - t0
     rows.append({"case": "time_decoupled", "method": "same model (testbed->testbed)", "nfe": r.nfe_structure + r.nfe_texture,
@@ -475,11 +477,11 @@ def case_time_decoupled(st: Setup, log=print) -> list[dict]:
         for v in (st.v1, st.v2):
             v.reset_calls()
         t0 = time.perf_counter()
-        r = D.time_decoupled_sample(st.den1, st.denh, noise_lr * sig[0], sig, st.sched, st.sched, switch_timestep=t,
+        r = decoupled.time_decoupled_sample(st.den1, st.denh, noise_lr * sig[0], sig, st.sched, st.sched, switch_timestep=t,
                                     vae_structure=st.v1, vae_texture=st.v2, size=(64, 64), filter="bicubic",
                                     extra_structure=st.extra, extra_texture=st.extra, noise=noise_hr)
         wall = time.perf_counter() - t0
-        calls = D.vae_calls(st.v1, st.v2)
+        calls = vaes.vae_calls(st.v1, st.v2)
         img = st.v2.decode_model(r.x)
         rows.append({"case": "time_decoupled", "method": f"testbed->testbed-hr t={t}", "nfe": r.nfe_structure + r.nfe_texture,
                      "nfe_lr": r.nfe_structure, "nfe_hr": r.nfe_texture, "hr_equiv": r.nfe_texture + r.nfe_structure / 4,
@@ -510,7 +512,7 @@ def add_parser(bench_sub) -> None:
 
 
 def _find_taesd(arg):
-    from ..bridges.vae import taesd_dir
+    from ..testbed.vaes import taesd_dir
 
     for cand in (arg, os.environ.get("TEMPO_TAESD_DIR"), Path(__file__).resolve().parents[2] / "shared/assets/taesd"):
         if cand and (Path(cand) / "taesd_decoder.safetensors").is_file():

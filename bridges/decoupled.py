@@ -1,5 +1,4 @@
-"""Time-decoupled sampling and resolution hand-offs, pure PyTorch (issue 4; PanGu-Draw section 3.2,
-research notes coop-diffusion.md sections 1.2 to 1.3).
+"""Time-decoupled sampling and resolution hand-offs, pure PyTorch (PanGu-Draw, arXiv 2312.16486, section 3.2).
 
 * ``time_decoupled_sample``: a *structure* model denoises while sigma >= the switch level, a
   *texture* model below it. The switch is a timestep (default 500, the paper's T_struct, converted
@@ -8,18 +7,12 @@ research notes coop-diffusion.md sections 1.2 to 1.3).
   decode, resize, encode, fresh noise at the texture model's matching level). Same space and same
   size: the latent passes unchanged (a family change eps <-> flow is converted at equal SNR), so
   the same model on both sides reproduces plain sampling bit for bit with a one-step sampler.
-* Resolution hand-off routes (the bench's case): ``coupled_noise`` (high-res white noise whose
-  2x2 block means times 2 are the low-res noise, so a full high-res reference shares the low-res
-  run's composition), the three routes ComfyUI users take today (``route_latent_upscale``,
-  ``route_pixel_hires``, ``route_step_handoff``) and ours (``route_noisy_bridge``), each returning
-  the final latent and its NFE / VAE-call counts.
-* ``TestbedVAE`` (the trained testbed autoencoders as a ``BridgeVAE``) and ``LinearVAE`` (a cheap,
-  least-squares per-patch linear stand-in for a VAE, like ComfyUI's latent-to-RGB preview factors;
-  the testbed's "cheap bridge VAE").
+* ``plan_handoff``: where a run hands off and the texture model's schedule (the one planner: the
+  Time-Decoupled Sampler node calls it too).
 
-Samplers follow ``samplers/kdiff.py`` (``fn(model, x, sigmas, extra_args=None, ...)``); schedules
-``samplers/schedules.py``; ComfyUI's KSampler ``denoise`` and KSamplerAdvanced step ranges are
-rebuilt by ``denoise_sigmas`` and plain slicing.
+The resolution hand-off routes the benchmark compares are in ``bench/routes.py``, the testbed VAEs in
+``testbed/vaes.py``. Samplers follow ``samplers/kdiff.py`` (``fn(model, x, sigmas, extra_args=None, ...)``);
+schedules ``samplers/schedules.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..samplers import kdiff
 from ..samplers.kdiff import CountingDenoiser
@@ -37,7 +29,6 @@ from ..samplers import schedules as S
 from .core import (
     BridgeInputError,
     ModelSchedule,
-    bridge_latent,
     bridge_noisy,
     convert_noisy,
     match_sigma,
@@ -49,8 +40,6 @@ RENOISE = ("resolution", "paper")  # hand-off noise level: resolution-aware (def
 
 __all__ = [
     "RENOISE",
-    "TestbedVAE",
-    "LinearVAE",
     "CountingDenoiser",
     "switch_to_sigma",
     "split_at_switch",
@@ -58,115 +47,8 @@ __all__ = [
     "plan_handoff",
     "time_decoupled_sample",
     "DecoupledResult",
-    "coupled_noise",
-    "denoise_sigmas",
-    "HandoffResult",
-    "route_reference",
-    "route_latent_upscale",
-    "route_pixel_hires",
-    "route_step_handoff",
-    "route_noisy_bridge",
-    "upscale_latent",
     "descending_from",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# VAEs
-
-
-class TestbedVAE(BridgeVAE):
-    """A trained testbed's autoencoder (``testbed.trained.load(...)``) as a BridgeVAE. Its
-    normalised latents (what the testbed's denoiser sees) are both the raw and the model space
-    (scale 1, shift 0). Fully convolutional: any multiple-of-4 image size. Counts its calls."""
-
-    __test__ = False  # not a pytest class
-
-    def __init__(self, tb, name: str = "testbed"):
-        self.tb = tb
-        self.name = name
-        self.latent_channels = int(tb.ae.latent_channels)
-        self.downscale = int(tb.ae.factor)
-        self.scale_factor, self.shift_factor = 1.0, 0.0
-        self.calls = {"encode": 0, "decode": 0}
-
-    def _encode_model(self, images):
-        self.calls["encode"] += 1
-        with torch.no_grad():
-            return self.tb.ae.encode(images.to(self.tb.device))
-
-    def _decode_model(self, z):
-        self.calls["decode"] += 1
-        ae = self.tb.ae
-        with torch.no_grad():
-            return ae.decode_raw(z.to(self.tb.device) / ae.scale + ae.shift)
-
-    def reset_calls(self):
-        self.calls = {"encode": 0, "decode": 0}
-
-
-class LinearVAE(BridgeVAE):
-    """A cheap stand-in for a VAE: per latent pixel an affine map from its 3x3 latent
-    neighbourhood to its f x f RGB patch (decode), and from the 3x3 neighbourhood of patches to the
-    latent (encode), both fitted by least squares on (image, latent) pairs of the real VAE. One
-    small matmul instead of a conv net: the testbed analogue of a TAESD standing in for the full
-    VAE (and of ComfyUI's latent-to-RGB preview factors, which use a 1x1 neighbourhood)."""
-
-    def __init__(self, latent_channels: int, downscale: int, dec_w, enc_w, name: str = "linear"):
-        self.name = name
-        self.latent_channels = int(latent_channels)
-        self.downscale = int(downscale)
-        self.scale_factor, self.shift_factor = 1.0, 0.0
-        self.dec_w, self.enc_w = dec_w, enc_w
-        self.calls = {"encode": 0, "decode": 0}
-
-    @staticmethod
-    def _feat(t: torch.Tensor) -> torch.Tensor:
-        """[B, C, h, w] -> [B*h*w, 9C + 1] (3x3 neighbourhoods, replicate padding, bias)."""
-        b, c, h, w = t.shape
-        u = F.unfold(F.pad(t, (1, 1, 1, 1), mode="replicate"), 3)  # [B, 9C, h*w]
-        u = u.transpose(1, 2).reshape(b * h * w, 9 * c)
-        return torch.cat([u, u.new_ones(u.shape[0], 1)], 1)
-
-    @classmethod
-    def fit(cls, vae: BridgeVAE, images: torch.Tensor, name: str = "linear", ridge: float = 1e-4) -> "LinearVAE":
-        f = vae.downscale
-        with torch.no_grad():
-            z = torch.cat([vae.encode_model(c) for c in images.split(256)])
-        b, c, h, w = z.shape
-        patches = F.pixel_unshuffle(images.float() * 2 - 1, f)  # [B, 3ff, h, w]
-        xz, xp = cls._feat(z.double()), cls._feat(patches.double())
-        yp = patches.double().permute(0, 2, 3, 1).reshape(b * h * w, -1)
-        yz = z.double().permute(0, 2, 3, 1).reshape(b * h * w, -1)
-
-        def solve(x, y):
-            a = x.T @ x
-            a += ridge * a.diagonal().mean() * torch.eye(a.shape[0], dtype=a.dtype)
-            return torch.linalg.solve(a, x.T @ y).float()
-
-        return cls(c, f, solve(xz, yp), solve(xp, yz), name=name)
-
-    def _encode_model(self, images):
-        self.calls["encode"] += 1
-        p = F.pixel_unshuffle(images.float() * 2 - 1, self.downscale)
-        b, _, h, w = p.shape
-        out = self._feat(p) @ self.enc_w.to(p.device)
-        return out.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
-
-    def _decode_model(self, z):
-        self.calls["decode"] += 1
-        b, _, h, w = z.shape
-        out = self._feat(z.float()) @ self.dec_w.to(z.device)
-        p = out.reshape(b, h, w, -1).permute(0, 3, 1, 2)
-        return (F.pixel_shuffle(p, self.downscale) + 1) / 2
-
-    def reset_calls(self):
-        self.calls = {"encode": 0, "decode": 0}
-
-
-def vae_calls(*vaes) -> int:
-    """Total encode + decode calls counted by TestbedVAE / LinearVAE objects (0 for others)."""
-    return int(sum(sum(getattr(v, "calls", {}).values()) for v in vaes if v is not None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,128 +293,3 @@ def descending_from(tail: torch.Tensor) -> torch.Tensor:
     are dropped (a downscale's level can fall under the next step's), so it stays descending."""
     keep = torch.cat([torch.ones(1, dtype=torch.bool), tail[1:] < tail[0]])
     return tail[keep]
-
-
-# ---------------------------------------------------------------------------------------------
-# Resolution hand-off: coupled noise and the routes
-
-
-def coupled_noise(shape_lr, seed: int | None = None, generator: torch.Generator | None = None,
-                  factor: int = 2, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noise_hr, noise_lr): white unit noise at `factor` x the low-res latent size (drawn as
-    ComfyUI draws a seed's noise, ``torch.randn`` on the CPU) and the low-res noise its
-    factor x factor block means times `factor` make (white, unit variance). A full high-res run
-    from noise_hr then shares the low-res run's composition (its low frequencies)."""
-    b, c, h, w = (int(v) for v in shape_lr)
-    if generator is None:
-        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    hr = torch.randn(b, c, h * factor, w * factor, generator=generator, dtype=dtype)
-    lr = F.avg_pool2d(hr, factor) * factor
-    return hr, lr
-
-
-def denoise_sigmas(sigmas_fn: Callable[[int], torch.Tensor], steps: int, denoise: float) -> torch.Tensor:
-    """ComfyUI's KSampler `denoise` < 1: a schedule of int(steps / denoise) steps, its last
-    steps + 1 sigmas (comfy.samplers.KSampler.set_steps)."""
-    if not 0 < denoise <= 1:
-        raise BridgeInputError(f"denoise: expected 0 < denoise <= 1, got {denoise}")
-    if denoise >= 1:
-        return sigmas_fn(steps)
-    return sigmas_fn(int(steps / denoise))[-(steps + 1):]
-
-
-def upscale_latent(z: torch.Tensor, factor: int = 2, mode: str = "bilinear") -> torch.Tensor:
-    """ComfyUI's "Upscale Latent" / LatentUpscaleBy with bilinear (align_corners False)."""
-    return F.interpolate(z, scale_factor=factor, mode=mode, align_corners=False if mode in ("bilinear", "bicubic") else None)
-
-
-@dataclass
-class HandoffResult:
-    x: torch.Tensor  # final high-res latent (HR space)
-    nfe_lr: int
-    nfe_hr: int
-    vae_calls: int
-    settings: dict
-    x_lr: torch.Tensor | None = None  # final (or hand-off) low-res latent
-
-    @property
-    def nfe(self) -> int:
-        return self.nfe_lr + self.nfe_hr
-
-    def hr_equiv(self, pixel_ratio: float = 4.0) -> float:
-        """Cost in high-res network calls: a low-res call costs 1 / pixel_ratio of one."""
-        return self.nfe_hr + self.nfe_lr / pixel_ratio
-
-
-def route_reference(den_hr, noise_hr, sigmas, extra=None, sampler=kdiff.sample_euler) -> HandoffResult:
-    """The full high-res run from the coupled high-res noise (the target the routes aim at)."""
-    c = CountingDenoiser(den_hr)
-    x = sampler(c, noise_hr * sigmas[0], sigmas, extra_args=extra)
-    return HandoffResult(x, 0, c.nfe, 0, {})
-
-
-def _lr_full(den_lr, noise_lr, sigmas, extra, sampler):
-    c = CountingDenoiser(den_lr)
-    return sampler(c, noise_lr * sigmas[0], sigmas, extra_args=extra), c
-
-
-def route_latent_upscale(den_lr, den_hr, noise_lr, noise_hr, sigmas_fn, steps_lr: int, steps_hr: int,
-                         denoise: float, extra=None, sampler=kdiff.sample_euler, factor: int = 2) -> HandoffResult:
-    """(a) KSampler (low res, full) -> Upscale Latent (bilinear) -> KSampler (denoise < 1, the
-    seed's high-res noise added at the first sigma)."""
-    z_lr, c_lr = _lr_full(den_lr, noise_lr, sigmas_fn(steps_lr), extra, sampler)
-    z = upscale_latent(z_lr, factor)
-    sig = denoise_sigmas(sigmas_fn, steps_hr, denoise)
-    c_hr = CountingDenoiser(den_hr)
-    x = sampler(c_hr, z + noise_hr * sig[0], sig, extra_args=extra)
-    return HandoffResult(x, c_lr.nfe, c_hr.nfe, 0, {"denoise": denoise, "steps_hr": steps_hr}, z_lr)
-
-
-def route_pixel_hires(den_lr, den_hr, vae_lr: BridgeVAE, vae_hr: BridgeVAE, noise_lr, noise_hr, sigmas_fn,
-                      steps_lr: int, steps_hr: int, denoise: float, extra=None, sampler=kdiff.sample_euler,
-                      factor: int = 2, filter: str = "bicubic") -> HandoffResult:
-    """(b) pixel hires-fix: KSampler (low res, full) -> VAE Decode -> pixel upscale -> VAE Encode
-    -> KSampler (denoise < 1)."""
-    z_lr, c_lr = _lr_full(den_lr, noise_lr, sigmas_fn(steps_lr), extra, sampler)
-    h, w = z_lr.shape[-2] * vae_lr.downscale * factor, z_lr.shape[-1] * vae_lr.downscale * factor
-    z = bridge_latent(z_lr, vae_lr, vae_hr, size=(h, w), filter=filter)
-    sig = denoise_sigmas(sigmas_fn, steps_hr, denoise)
-    c_hr = CountingDenoiser(den_hr)
-    x = sampler(c_hr, z + noise_hr * sig[0], sig, extra_args=extra)
-    return HandoffResult(x, c_lr.nfe, c_hr.nfe, 2, {"denoise": denoise, "steps_hr": steps_hr, "filter": filter}, z_lr)
-
-
-def route_step_handoff(den_lr, den_hr, noise_lr, sigmas, k: int, extra=None, sampler=kdiff.sample_euler,
-                       factor: int = 2) -> HandoffResult:
-    """(c) KSamplerAdvanced pair: low res steps 0..k with leftover noise, Upscale Latent
-    (bilinear) of the *noisy* latent, high res from step k with add_noise disabled."""
-    c_lr = CountingDenoiser(den_lr)
-    z = sampler(c_lr, noise_lr * sigmas[0], sigmas[: k + 1], extra_args=extra)
-    c_hr = CountingDenoiser(den_hr)
-    x = sampler(c_hr, upscale_latent(z, factor), sigmas[k:], extra_args=extra)
-    return HandoffResult(x, c_lr.nfe, c_hr.nfe, 0, {"k": k}, z)
-
-
-def route_noisy_bridge(den_lr, den_hr, vae_lr: BridgeVAE, vae_hr: BridgeVAE, noise_lr, noise_hr, sigmas,
-                       sched: ModelSchedule, switch_timestep=500, switch_sigma=None, extra=None,
-                       sampler=kdiff.sample_euler, factor: int = 2, filter: str = "bicubic",
-                       handoff: str = "last", renoise: str = "resolution") -> HandoffResult:
-    """(d) ours: low res down to the switch, Sub-Module 2 noisy bridge (x0, decode, resize,
-    encode, the seed's high-res noise as the fresh noise at the matching level: x factor with
-    renoise "resolution", equal SNR with "paper"), high res continues on the same schedule from
-    the hand-off level."""
-    h = noise_lr.shape[-2] * vae_lr.downscale * factor
-    w = noise_lr.shape[-1] * vae_lr.downscale * factor
-    for v in (vae_lr, vae_hr):
-        if hasattr(v, "reset_calls"):
-            v.reset_calls()
-    r = time_decoupled_sample(den_lr, den_hr, noise_lr * sigmas[0], sigmas, sched, sched,
-                              switch_timestep=switch_timestep if switch_sigma is None else None,
-                              switch_sigma=switch_sigma, vae_structure=vae_lr, vae_texture=vae_hr,
-                              size=(h, w), filter=filter, sampler=sampler, extra_structure=extra,
-                              extra_texture=extra, noise=noise_hr, handoff=handoff, renoise=renoise)
-    calls = vae_calls(vae_lr, vae_hr) if vae_lr is not vae_hr else vae_calls(vae_lr)
-    return HandoffResult(r.x, r.nfe_structure, r.nfe_texture, calls or 2,
-                         {"k": r.k, "switch_sigma": round(r.switch_sigma, 4), "handoff": handoff, "renoise": renoise,
-                          "handoff_sigma": round(r.handoff_sigma, 4),
-                          "switch_timestep": switch_timestep, "filter": filter}, r.x_structure)

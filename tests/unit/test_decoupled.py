@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfyui_tempo.bench import coop as B
-from comfyui_tempo.bridges import core as C
+from comfyui_tempo.bench import coop as coop_bench
+from comfyui_tempo.bench import routes
+from comfyui_tempo.bridges import core
+from comfyui_tempo.bridges import decoupled
 from comfyui_tempo.bridges import fusion
-from comfyui_tempo.bridges import decoupled as D
 from comfyui_tempo.bridges.vae import BridgeInputError
 from comfyui_tempo.samplers import kdiff
-from comfyui_tempo.samplers import schedules as S
-from comfyui_tempo.testbed import trained
+from comfyui_tempo.samplers import schedules
+from comfyui_tempo.testbed import trained, vaes
 
 CFG = 5.0
 
@@ -22,17 +23,17 @@ CFG = 5.0
 def tbs():
     torch.set_num_threads(1)
     tb1, tbh = trained.load(), trained.load(name="hr")
-    return tb1, tbh, D.TestbedVAE(tb1, "testbed"), D.TestbedVAE(tbh, "testbed-hr")
+    return tb1, tbh, vaes.TestbedVAE(tb1, "testbed"), vaes.TestbedVAE(tbh, "testbed-hr")
 
 
 @pytest.fixture(scope="module")
 def batch():
     cond = torch.tensor([0, 3, 5, 8])
-    hr, lr = zip(*(D.coupled_noise((1, 4, 8, 8), seed=100 + i) for i in range(cond.numel())))
+    hr, lr = zip(*(routes.coupled_noise((1, 4, 8, 8), seed=100 + i) for i in range(cond.numel())))
     return cond, torch.cat(hr), torch.cat(lr)
 
 
-SCHED = C.ModelSchedule.sd_discrete()
+SCHED = core.ModelSchedule.sd_discrete()
 
 
 def test_hr_testbed_loads_and_codes_two_sizes(tbs):
@@ -41,20 +42,20 @@ def test_hr_testbed_loads_and_codes_two_sizes(tbs):
     assert tbh.meta["name"] == "hr" and tbh.latent_shape == (4, 16, 16)
     img, _ = tb1.dataset("heldout")  # 32 px renders (cheaper to build than the 64 px set)
     for size in (32, 64):
-        x = C.resize_images(img[:8], (size, size), "bicubic")
+        x = core.resize_images(img[:8], (size, size), "bicubic")
         z = tbh.encode(x)
         assert z.shape == (8, 4, size // 4, size // 4)
-        assert float(B.psnr_db(tbh.decode(z), x).mean()) > 22.0
+        assert float(coop_bench.psnr_db(tbh.decode(z), x).mean()) > 22.0
     with pytest.raises(ValueError, match="^name"):
         trained.load(name="nope")
 
 
 def test_coupled_noise_is_white_and_consistent():
-    hr, lr = D.coupled_noise((64, 4, 8, 8), seed=0)
+    hr, lr = routes.coupled_noise((64, 4, 8, 8), seed=0)
     torch.testing.assert_close(lr, torch.nn.functional.avg_pool2d(hr, 2) * 2)
     for t in (hr, lr):
-        assert abs(float(t.std()) - 1) < 0.03 and abs(B.lag1_corr(t)) < 0.03
-    assert torch.equal(D.coupled_noise((1, 4, 8, 8), seed=3)[0], D.coupled_noise((1, 4, 8, 8), seed=3)[0])
+        assert abs(float(t.std()) - 1) < 0.03 and abs(coop_bench.lag1_corr(t)) < 0.03
+    assert torch.equal(routes.coupled_noise((1, 4, 8, 8), seed=3)[0], routes.coupled_noise((1, 4, 8, 8), seed=3)[0])
 
 
 @pytest.mark.parametrize("switch", [dict(switch_timestep=500), dict(switch_timestep=None, switch_sigma=1.0),
@@ -63,12 +64,12 @@ def test_time_decoupled_same_model_is_plain_sampling_bit_for_bit(tbs, batch, swi
     tb1, _, v1, _ = tbs
     cond, _, noise = batch
     den = tb1.cfg_denoiser(CFG)
-    sig = S.get_sigmas("karras", 12)
+    sig = schedules.get_sigmas("karras", 12)
     x = noise * sig[0]
     plain = kdiff.sample_euler(den, x, sig, extra_args={"cond": cond})
     # with or without a VAE given: same space and no resize -> no bridge
     for vae in (None, v1):
-        r = D.time_decoupled_sample(den, den, x, sig, SCHED, vae_structure=vae, vae_texture=vae,
+        r = decoupled.time_decoupled_sample(den, den, x, sig, SCHED, vae_structure=vae, vae_texture=vae,
                                     extra_structure={"cond": cond}, extra_texture={"cond": cond}, **switch)
         assert not r.bridged and 1 <= r.k < 12
         assert torch.equal(r.x, plain)
@@ -77,24 +78,24 @@ def test_time_decoupled_same_model_is_plain_sampling_bit_for_bit(tbs, batch, swi
     if switch.get("switch_timestep") == 500:
         # an equal but separate schedule object for the texture model: eps -> eps on one table is the
         # identity, the texture model's tail is not moved onto table entries
-        r2 = D.time_decoupled_sample(den, den, x, sig, SCHED, C.ModelSchedule.sd_discrete(),
+        r2 = decoupled.time_decoupled_sample(den, den, x, sig, SCHED, core.ModelSchedule.sd_discrete(),
                                      extra_structure={"cond": cond}, extra_texture={"cond": cond}, **switch)
         assert torch.equal(r2.x, plain)
         assert abs(r.switch_sigma - float(SCHED.table[500])) < 1e-5
         for n in (8, 30):
-            s = S.get_sigmas("karras", n)
-            k = D.split_at_switch(s, r.switch_sigma)
+            s = schedules.get_sigmas("karras", n)
+            k = decoupled.split_at_switch(s, r.switch_sigma)
             assert float(s[k - 1]) >= r.switch_sigma > float(s[k])
 
 
 def test_time_decoupled_bridges_space_and_size(tbs, batch):
     tb1, tbh, v1, v2 = tbs
     cond, noise_hr, noise = batch
-    sig = S.get_sigmas("karras", 12)
+    sig = schedules.get_sigmas("karras", 12)
     ex = {"cond": cond}
     for handoff, extra_nfe in (("fresh", 1), ("last", 0)):
         v1.reset_calls(), v2.reset_calls()
-        r = D.time_decoupled_sample(tb1.cfg_denoiser(CFG), tbh.cfg_denoiser(CFG), noise * sig[0], sig, SCHED, SCHED,
+        r = decoupled.time_decoupled_sample(tb1.cfg_denoiser(CFG), tbh.cfg_denoiser(CFG), noise * sig[0], sig, SCHED, SCHED,
                                     vae_structure=v1, vae_texture=v2, size=(64, 64), extra_structure=ex,
                                     extra_texture=ex, noise=noise_hr, handoff=handoff)
         assert r.bridged and r.x.shape == (4, 4, 16, 16) and torch.isfinite(r.x).all()
@@ -103,22 +104,22 @@ def test_time_decoupled_bridges_space_and_size(tbs, batch):
     # the structure model's composition survives the hand-off: closer to the structure model alone
     # (upscaled) than the texture model alone is
     img = v2.decode_model(r.x)
-    alone1 = C.resize_images(v1.decode_model(kdiff.sample_euler(tb1.cfg_denoiser(CFG), noise * sig[0], sig,
+    alone1 = core.resize_images(v1.decode_model(kdiff.sample_euler(tb1.cfg_denoiser(CFG), noise * sig[0], sig,
                                                                  extra_args=ex)), (64, 64), "bicubic")
     aloneh = v2.decode_model(kdiff.sample_euler(tbh.cfg_denoiser(CFG), noise_hr * sig[0], sig, extra_args=ex))
-    assert float(B.psnr_db(img, alone1).mean()) > float(B.psnr_db(aloneh, alone1).mean()) + 3.0
+    assert float(coop_bench.psnr_db(img, alone1).mean()) > float(coop_bench.psnr_db(aloneh, alone1).mean()) + 3.0
 
 
 def test_bad_inputs_name_the_input(tbs, batch):
     tb1, tbh, v1, v2 = tbs
     cond, _, noise = batch
     den = tb1.denoiser
-    sig = S.get_sigmas("karras", 10)
+    sig = schedules.get_sigmas("karras", 10)
     x = noise * sig[0]
 
     def raises(prefix, **kw):
         with pytest.raises(BridgeInputError) as e:
-            D.time_decoupled_sample(den, den, kw.pop("x", x), sig, SCHED, **kw)
+            decoupled.time_decoupled_sample(den, den, kw.pop("x", x), sig, SCHED, **kw)
         assert str(e.value).startswith(prefix), str(e.value)
 
     raises("switch_timestep", switch_timestep=1000)
@@ -132,28 +133,28 @@ def test_bad_inputs_name_the_input(tbs, batch):
     raises("vae_texture", vae_structure=v1, vae_texture=None, size=(64, 64))
     raises("handoff", handoff="middle")
     with pytest.raises(BridgeInputError, match="^denoise"):
-        D.denoise_sigmas(lambda n: S.get_sigmas("karras", n), 10, 0.0)
+        routes.denoise_sigmas(lambda n: schedules.get_sigmas("karras", n), 10, 0.0)
 
 
 def test_coop_d0_is_model_a_alone_bit_for_bit_and_fused_lies_between(tbs, batch):
     tb1, tbh, v1, v2 = tbs
     cond, _, noise = batch
     ex = {"cond": cond}
-    sig = S.get_sigmas("karras", 8)
+    sig = schedules.get_sigmas("karras", 8)
     x = noise * sig[0]
     den1, denh = tb1.cfg_denoiser(CFG), tbh.cfg_denoiser(CFG)
-    lat_a = B._euler_alone(den1, x, sig, ex)
+    lat_a = coop_bench._euler_alone(den1, x, sig, ex)
     img_a = v1.decode_model(lat_a)
-    img_b = v2.decode_model(B._euler_alone(denh, x, sig, ex))
+    img_b = v2.decode_model(coop_bench._euler_alone(denh, x, sig, ex))
     out = {}
     for d in (0.0, 0.5, 1.0):
         v1.reset_calls(), v2.reset_calls()
-        ca, cb = D.CountingDenoiser(den1), D.CountingDenoiser(denh)
+        ca, cb = kdiff.CountingDenoiser(den1), kdiff.CountingDenoiser(denh)
         out[d], _ = fusion.coop_sample_euler(ca, cb, x, x, sig, sig, v1, v2, "eps", "eps", d=d, extra_a=ex, extra_b=ex)
         if d > 0:
-            assert ca.nfe == cb.nfe == 8 and D.vae_calls(v1, v2) == 4 * 8
+            assert ca.nfe == cb.nfe == 8 and vaes.vae_calls(v1, v2) == 4 * 8
         else:  # B cannot contribute: the chain does no work at all (what the ComfyUI guider runs)
-            assert ca.nfe == 8 and cb.nfe == 0 and D.vae_calls(v1, v2) == 0
+            assert ca.nfe == 8 and cb.nfe == 0 and vaes.vae_calls(v1, v2) == 0
     assert torch.equal(out[0.0], lat_a)
     mse = lambda a, b: float((a - b).pow(2).mean())  # noqa: E731
     imgs = {d: v1.decode_model(z) for d, z in out.items()}
@@ -179,16 +180,16 @@ def test_resolution_handoff_ours_is_closest_at_equal_nfe(tbs, batch):
     ex = {"cond": cond}
     den = tbh.cfg_denoiser(CFG)
     n = 12
-    fn = lambda k: S.get_sigmas("karras", k)  # noqa: E731
+    fn = lambda k: schedules.get_sigmas("karras", k)  # noqa: E731
     sig = fn(n)
-    ref = v2.decode_model(D.route_reference(den, noise_hr, sig, ex).x)
+    ref = v2.decode_model(routes.route_reference(den, noise_hr, sig, ex).x)
 
     def score(r):
-        return float(B.psnr_db(v2.decode_model(r.x), ref).mean())
+        return float(coop_bench.psnr_db(v2.decode_model(r.x), ref).mean())
 
     for k in (3, 4, 5, 6):
         m = n - k
-        ours, paper = (D.route_noisy_bridge(den, den, v2, v2, noise_lr, noise_hr, sig, SCHED, switch_timestep=None,
+        ours, paper = (routes.route_noisy_bridge(den, den, v2, v2, noise_lr, noise_hr, sig, SCHED, switch_timestep=None,
                                             switch_sigma=float(sig[k - 1]), extra=ex, renoise=lvl)
                        for lvl in ("resolution", "paper"))
         assert ours.settings["k"] == k and ours.nfe == n and ours.nfe_hr == m
@@ -196,14 +197,14 @@ def test_resolution_handoff_ours_is_closest_at_equal_nfe(tbs, batch):
         # 2 sigma_k (clamped to sigma_max) and sigma_k
         assert ours.settings["handoff_sigma"] == pytest.approx(min(2 * float(sig[k]), SCHED.sigma_max), rel=1e-3)  # settings round to 4 digits
         assert paper.settings["handoff_sigma"] == pytest.approx(float(sig[k]), rel=1e-3)
-        routes = {
+        others = {
             "paper_level": paper,
-            "step_handoff": D.route_step_handoff(den, den, noise_lr, sig, k, ex),
-            "latent_upscale": D.route_latent_upscale(den, den, noise_lr, noise_hr, fn, k, m, m / n, ex),
-            "pixel_hires": D.route_pixel_hires(den, den, v2, v2, noise_lr, noise_hr, fn, k, m, m / n, ex),
+            "step_handoff": routes.route_step_handoff(den, den, noise_lr, sig, k, ex),
+            "latent_upscale": routes.route_latent_upscale(den, den, noise_lr, noise_hr, fn, k, m, m / n, ex),
+            "pixel_hires": routes.route_pixel_hires(den, den, v2, v2, noise_lr, noise_hr, fn, k, m, m / n, ex),
         }
         s_ours = score(ours)
-        for name, r in routes.items():
+        for name, r in others.items():
             assert r.nfe == n and r.nfe_hr == m, name
             assert s_ours > score(r), (k, name, s_ours, score(r))
 
@@ -211,12 +212,12 @@ def test_resolution_handoff_ours_is_closest_at_equal_nfe(tbs, batch):
 def test_linear_vae_is_a_cheap_stand_in(tbs):
     tb1, _, v1, _ = tbs
     img, _ = tb1.dataset()
-    lin = D.LinearVAE.fit(v1, img[:800])
+    lin = vaes.LinearVAE.fit(v1, img[:800])
     held, _ = tb1.dataset("heldout")
     z = v1.encode_model(held[:64])
     # the linear decoder of the real latents, and the linear encoder into the real decoder
-    assert float(B.psnr_db(lin.decode_model(z), held[:64]).mean()) > 16.0
-    assert float(B.psnr_db(v1.decode_model(lin.encode_model(held[:64])), held[:64]).mean()) > 16.0
+    assert float(coop_bench.psnr_db(lin.decode_model(z), held[:64]).mean()) > 16.0
+    assert float(coop_bench.psnr_db(v1.decode_model(lin.encode_model(held[:64])), held[:64]).mean()) > 16.0
 
 
 def test_bench_coop_cli_writes_rows_and_the_noise_claim(tmp_path):
