@@ -16,10 +16,11 @@ import torch
 
 from ..samplers import kdiff
 from ..samplers.adaptive import AdaptiveConfig, CountingDenoiser, adaptive_sample
-from ..samplers.greedy import greedy_skip_path
-from ..samplers.peers import EasyCacheNet
 from ..samplers.schedules import t_to_sigma
-from .common import Problem, print_table, psnr_db, timed, write_json
+from ..testbed.problems import Problem
+from .common import print_table, psnr_db, timed, write_json
+from .greedy import greedy_skip_path
+from .peers import EasyCacheNet
 
 ENDPOINT = {"heun": True}
 COLUMNS = [

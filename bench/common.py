@@ -1,40 +1,13 @@
-"""Shared pieces of the benchmarks: problems (a denoiser with its noise, classes and decoder),
-metrics and a table printer."""
+"""Shared pieces of the benchmarks: a metric, a timer, a table printer and the JSON writer (the problems
+they sample, ``Problem``, are in ``testbed/problems.py``)."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
-
-from ..samplers import schedules
-
-
-@dataclass
-class Problem:
-    """One batch to sample: denoiser(x, sigma, cond=) -> x0 with CFG applied, unit noise, classes."""
-
-    name: str
-    denoiser: Callable
-    noise: torch.Tensor
-    cond: torch.Tensor
-    decode: Callable[[torch.Tensor], torch.Tensor]  # latents -> images [B, 3, H, W] in 0..1
-    sigma_table: torch.Tensor
-    scheduler: str = "karras"
-    net_denoiser: Callable | None = None  # net_denoiser(wrap) -> denoiser whose network is wrap(net_call)
-
-    def sigmas(self, steps: int) -> torch.Tensor:
-        return schedules.get_sigmas(self.scheduler, steps, self.sigma_table)
-
-    def subset(self, idx) -> "Problem":
-        return Problem(
-            self.name, self.denoiser, self.noise[idx], self.cond[idx], self.decode, self.sigma_table,
-            self.scheduler, self.net_denoiser,
-        )
 
 
 def psnr_db(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

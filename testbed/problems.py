@@ -1,12 +1,38 @@
-"""Benchmark problems built on the testbeds (see bench.common.Problem)."""
+"""Benchmark problems built on the testbeds: ``Problem`` (a denoiser with its noise, classes and decoder) and
+the problems of the trained testbed and of an exact Gaussian mixture."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
-from ..bench.common import Problem
 from ..samplers import schedules
 from .exact import CFGDenoiser, GaussianMixtureDenoiser
+
+
+@dataclass
+class Problem:
+    """One batch to sample: denoiser(x, sigma, cond=) -> x0 with CFG applied, unit noise, classes."""
+
+    name: str
+    denoiser: Callable
+    noise: torch.Tensor
+    cond: torch.Tensor
+    decode: Callable[[torch.Tensor], torch.Tensor]  # latents -> images [B, 3, H, W] in 0..1
+    sigma_table: torch.Tensor
+    scheduler: str = "karras"
+    net_denoiser: Callable | None = None  # net_denoiser(wrap) -> denoiser whose network is wrap(net_call)
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        return schedules.get_sigmas(self.scheduler, steps, self.sigma_table)
+
+    def subset(self, idx) -> "Problem":
+        return Problem(
+            self.name, self.denoiser, self.noise[idx], self.cond[idx], self.decode, self.sigma_table,
+            self.scheduler, self.net_denoiser,
+        )
 
 
 def _batch(classes: int, seeds: int, shape, seed: int = 1234):

@@ -4,12 +4,11 @@ import math
 
 import torch
 
-from comfyui_tempo.bench import adaptive as bench
+from comfyui_tempo.bench import adaptive as adaptive_bench
+from comfyui_tempo.bench.greedy import greedy_skip_path
+from comfyui_tempo.bench.peers import EasyCacheNet
 from comfyui_tempo.samplers import kdiff
-from comfyui_tempo.samplers import schedules as S
 from comfyui_tempo.samplers.adaptive import AdaptiveConfig, adaptive_sample
-from comfyui_tempo.samplers.greedy import greedy_skip_path
-from comfyui_tempo.samplers.peers import EasyCacheNet
 from comfyui_tempo.testbed import problems
 
 
@@ -62,7 +61,7 @@ def test_easycache_port_skips_more_as_threshold_rises():
 
 def test_bench_rows_on_an_exact_problem(tmp_path):
     p = problems.gmm_problem(classes=2, seeds=2)
-    result = bench.run(p, samplers=("euler",), steps=16, greedy_conds=1, log=lambda *a: None)
+    result = adaptive_bench.run(p, samplers=("euler",), steps=16, greedy_conds=1, log=lambda *a: None)
     methods = {r["method"] for r in result["rows"]}
     assert {"full", "adaptive", "adaptive_paper", "adaptive_paper_matched", "fewer_steps", "uniform_skip", "greedy_optimal"} <= methods
     for r in result["rows"]:
@@ -74,5 +73,5 @@ def test_bench_rows_on_an_exact_problem(tmp_path):
     g = by["greedy_optimal"]
     # the greedy path at the estimator's skip count is at least as close to the full run
     assert g["psnr_db"] >= g["estimator_psnr_db"] - 1e-6
-    summary = bench.summarize(result)
+    summary = adaptive_bench.summarize(result)
     assert len(summary) == len(methods)
