@@ -1,11 +1,11 @@
-"""`comfyui-tempo bench dmd`: DMD / DMD2 one-step generators against their teachers (issue 5).
+"""`comfyui-tempo bench dmd`: DMD / DMD2 one-step generators against their teachers (DMD: Yin et al.,
+CVPR 2024; DMD2: Yin et al., NeurIPS 2024).
 
 Cases (every row compares a sample set with the teacher's own samples):
 
-* ``ring-8``: the 2-D ring of 8 Gaussians with its exact denoiser as the real score (dmd.md 4.2;
-  the settings of ``tests/unit/test_dmd.py``): the teacher's 50-step ODE, the generator at its
-  initialisation, the DMD one-step generator and the two control runs (real score only, frozen
-  fake score). Modes: ring components holding >= 2.5 % of the samples; SWD: sliced W1 to exact
+* ``ring-8``: the 2-D ring of 8 Gaussians with its exact denoiser as the real score (the settings
+  of ``tests/unit/test_dmd.py``): the teacher's 50-step ODE, the generator at its initialisation,
+  the DMD one-step generator and the two control runs (real score only, frozen fake score). Modes: ring components holding >= 2.5 % of the samples; SWD: sliced W1 to exact
   samples of the mixture.
 * ``gmm-latent``: a Gaussian mixture of 6 components in 4x8x8 = 256 dimensions (latent-shaped, eps
   schedule), same rows and metrics (settings of ``tests/unit/test_dmd.py``).
@@ -13,7 +13,7 @@ Cases (every row compares a sample set with the teacher's own samples):
   the teacher's 50-step Euler CFG samples are the reference (set A); a second, independent teacher
   set (B) gives the noise floor; teacher with 1/2/4 steps, the generator at initialisation (one
   teacher step from pure noise at t=999), the shipped DMD generator and the shipped real-score-only
-  control. Metrics in the feature space of the testbed classifier (``training/eval.py``): Frechet
+  control. Metrics in the feature space of the testbed classifier (``testbed/dmd_eval.py``): Frechet
   distance to set A, class accuracy (against the conditioning class), within-class diversity and
   its ratio to set A's, recall; modes = classes with a majority of correctly classified samples;
   SWD on latents. ``wall_s``: one batched sampling call of the whole set.
@@ -25,14 +25,13 @@ class.
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 
 import torch
 
-from ..training import dmd as D
-from ..training import metrics as M
+from ..training import dmd as dmd_training
+from . import dmd_metrics
 from .common import print_table, timed, write_json
 
 COLUMNS = ["case", "method", "nfe", "modes_covered", "modes_total", "swd", "fd_vs_teacher", "class_acc",
@@ -72,7 +71,7 @@ def _row(case, method, nfe, **kw) -> dict:
 def ring_case() -> dict:
     from ..testbed.exact import ring_mixture
 
-    return dict(name="ring-8", gmm=ring_mixture(), means=M.ring_means(), settings=RING)
+    return dict(name="ring-8", gmm=ring_mixture(), means=dmd_metrics.ring_means(), settings=RING)
 
 
 def gmm_latent_case() -> dict:
@@ -87,11 +86,11 @@ def gmm_latent_case() -> dict:
 def mixture_rows(case: dict, log=print, steps_scale: float = 1.0) -> list[dict]:
     """Teacher ODE, generator at init, the DMD runs and the controls on an exact mixture (real
     score = the exact denoiser; generator and fake score copied from a network fitted to it)."""
-    from ..training.toy import MLPDenoiser, fit_denoiser
+    from ..testbed.toy import MLPDenoiser, fit_denoiser
 
     s = case["settings"]
     gmm, means, name, shape = case["gmm"], case["means"], case["name"], tuple(s["shape"])
-    sched = D.NoiseSchedule(s["model_type"])
+    sched = dmd_training.NoiseSchedule(s["model_type"])
     n = s["n_eval"]
     torch.manual_seed(0)
     teacher = MLPDenoiser(s["dim"], s["teacher_hidden"], 3, sigma_data=1.0)
@@ -102,26 +101,26 @@ def mixture_rows(case: dict, log=print, steps_scale: float = 1.0) -> list[dict]:
     ref = gmm.sample(n, generator=torch.Generator().manual_seed(123))
     z = torch.randn((n,) + shape, generator=torch.Generator().manual_seed(7))
     zp = torch.randn((s["pairs"],) + shape, generator=torch.Generator().manual_seed(99))
-    pairs = D.RegressionPairs(zp, D.teacher_ode_samples(gmm, zp, sched, 999, steps=50))
+    pairs = dmd_training.RegressionPairs(zp, dmd_training.teacher_ode_samples(gmm, zp, sched, 999, steps=50))
 
     def stats(x):
-        c = M.mode_coverage(x, means, s["radius"])
+        c = dmd_metrics.mode_coverage(x, means, s["radius"])
         return dict(modes_covered=c["covered"], modes_total=int(means.shape[0]),
-                    swd=M.sliced_wasserstein(x, ref, p=1), quality=c["quality"], mode_tv=c["tv"])
+                    swd=dmd_metrics.sliced_wasserstein(x, ref, p=1), quality=c["quality"], mode_tv=c["tv"])
 
     rows = []
-    ode, wall = timed(D.teacher_ode_samples, gmm, z, sched, 999, steps=50)
+    ode, wall = timed(dmd_training.teacher_ode_samples, gmm, z, sched, 999, steps=50)
     teacher_row = _row(name, "teacher (exact), 50-step Heun ODE", 99, wall_s=wall, **stats(ode))
     rows.append(teacher_row)
-    ode_net, wall_net = timed(D.teacher_ode_samples, teacher, z, sched, 999, steps=50)
+    ode_net, wall_net = timed(dmd_training.teacher_ode_samples, teacher, z, sched, 999, steps=50)
     rows.append(_row(name, "teacher network, 50-step Heun ODE", 99, wall_s=wall_net, **stats(ode_net)))
-    init = D.OneStepGenerator(D.copy_teacher(teacher), sched, 999)
+    init = dmd_training.OneStepGenerator(dmd_training.copy_teacher(teacher), sched, 999)
     with torch.no_grad():
         x0, wall0 = timed(init, z)
     rows.append(_row(name, "generator at init (teacher net, 1 step)", 1, wall_s=wall0, **stats(x0)))
     for label, steps, kw in s["runs"]:
-        cfg = D.DMDConfig(**{**s["config"], **kw})
-        tr = D.DMDTrainer(gmm, D.copy_teacher(teacher), D.copy_teacher(teacher), shape, cfg,
+        cfg = dmd_training.DMDConfig(**{**s["config"], **kw})
+        tr = dmd_training.DMDTrainer(gmm, dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), shape, cfg,
                           regression_pairs=pairs if cfg.regression_weight > 0 else None)
         t1 = time.perf_counter()
         tr.train(max(1, int(steps * steps_scale)))
@@ -144,26 +143,26 @@ def mixture_rows(case: dict, log=print, steps_scale: float = 1.0) -> list[dict]:
 
 def testbed_rows(per_class: int, log=print, generator_file=None, control_file=None) -> tuple[list[dict], dict]:
     from ..testbed import classifier, trained
-    from ..training import distill_testbed as DT
-    from ..training import eval as E
+    from ..testbed import dmd_eval
+    from ..training import distill_testbed
 
     tb = trained.load()
     clf = classifier.load()
     name = "testbed CFG 5"
-    za, cond = DT.class_batch(per_class, 1, tb.latent_shape)
-    zb, _ = DT.class_batch(per_class, 2, tb.latent_shape)
-    lat_a, wall_teacher = timed(DT.teacher_samples, tb, za, cond)
+    za, cond = distill_testbed.class_batch(per_class, 1, tb.latent_shape)
+    zb, _ = distill_testbed.class_batch(per_class, 2, tb.latent_shape)
+    lat_a, wall_teacher = timed(distill_testbed.teacher_samples, tb, za, cond)
     log(f"[{name}] teacher set A ({za.shape[0]} samples, 50 steps CFG 5): {wall_teacher:.1f}s")
     img_a = tb.decode(lat_a)
     feat_a, pred_a = clf.embed(img_a)
-    div_a = E.within_class_diversity(feat_a, cond)
+    div_a = dmd_eval.within_class_diversity(feat_a, cond)
 
     def row(method, nfe, lat, wall, **kw):
         feat, pred = clf.embed(tb.decode(lat))
-        e = E.evaluate(feat, pred, cond, feat_a, cond)
+        e = dmd_eval.evaluate(feat, pred, cond, feat_a, cond)
         per_class_acc = torch.stack([(pred[cond == c] == c).float().mean() for c in range(10)])
         r = _row(name, method, nfe, modes_covered=int((per_class_acc > 0.5).sum()), modes_total=10,
-                 swd=M.sliced_wasserstein(lat, lat_a, p=1), fd_vs_teacher=e["fd_vs_teacher"],
+                 swd=dmd_metrics.sliced_wasserstein(lat, lat_a, p=1), fd_vs_teacher=e["fd_vs_teacher"],
                  class_acc=e["class_acc"], diversity=e["diversity"], diversity_ratio=e["diversity_ratio"],
                  recall=e["recall"], wall_s=wall, speedup_wall=wall_teacher / wall if wall else None, **kw)
         log(f"[{name}] {method}: FD {r['fd_vs_teacher']:.3f}  acc {r['class_acc']:.3f}  "
@@ -174,22 +173,22 @@ def testbed_rows(per_class: int, log=print, generator_file=None, control_file=No
     r = row("teacher 50-step Euler CFG 5 (set A vs itself)", 100, lat_a, wall_teacher)
     r.update(fd_vs_teacher=0.0, swd=0.0)
     rows.append(r)
-    lat_b, wall_b = timed(DT.teacher_samples, tb, zb, cond)
+    lat_b, wall_b = timed(distill_testbed.teacher_samples, tb, zb, cond)
     rows.append(row("noise floor: teacher 50-step, set B", 100, lat_b, wall_b))
     for steps in (1, 2, 4):
-        lat, wall = timed(DT.teacher_samples, tb, zb, cond, steps)
+        lat, wall = timed(distill_testbed.teacher_samples, tb, zb, cond, steps)
         rows.append(row(f"teacher {steps}-step Euler CFG 5", 2 * steps, lat, wall))
-    init = DT.TestbedDenoiser(tb.net, tb.sigmas)
-    lat, wall = timed(DT.one_step_samples, init, zb, cond)
+    init = distill_testbed.TestbedDenoiser(tb.net, tb.sigmas)
+    lat, wall = timed(distill_testbed.one_step_samples, init, zb, cond)
     rows.append(row("generator at init (teacher, 1 step at t=999)", 1, lat, wall))
-    for label, path in (("DMD one-step (shipped)", generator_file or DT.GENERATOR_FILE),
-                        ("control: real score only (shipped)", control_file or DT.CONTROL_FILE)):
+    for label, path in (("DMD one-step (shipped)", generator_file or distill_testbed.GENERATOR_FILE),
+                        ("control: real score only (shipped)", control_file or distill_testbed.CONTROL_FILE)):
         try:
-            gen, meta = DT.load_generator(path, tb)
+            gen, meta = distill_testbed.load_generator(path, tb)
         except FileNotFoundError as e:
             log(f"[{name}] {label}: skipped ({e})")
             continue
-        lat, wall = timed(DT.one_step_samples, gen, zb, cond, meta["conditioning_timestep"])
+        lat, wall = timed(distill_testbed.one_step_samples, gen, zb, cond, meta["conditioning_timestep"])
         rows.append(row(label, 1, lat, wall, train_s=meta["record"].get("train_seconds"),
                         train_steps=meta["record"].get("settings", {}).get("steps")))
     return rows, {"teacher_diversity": div_a, "per_class": per_class, "samples": int(cond.numel())}
@@ -222,11 +221,11 @@ def main(args) -> int:
     if "testbed" in cases:
         gen_file = ctl_file = None
         if args.retrain:
-            from ..training import distill_testbed as DT
+            from ..training import distill_testbed
 
             gen_file, ctl_file = "out/dmd_onestep_retrained.safetensors", "out/dmd_control_retrained.safetensors"
-            DT.main(["--out", gen_file])
-            DT.main(["--control", "real_only", "--out", ctl_file])
+            distill_testbed.main(["--out", gen_file])
+            distill_testbed.main(["--control", "real_only", "--out", ctl_file])
         tb_rows, meta = testbed_rows(args.per_class or (20 if quick else 50), log, gen_file, ctl_file)
         rows += tb_rows
     result = {

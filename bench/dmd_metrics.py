@@ -5,8 +5,8 @@
   over directions (in the p-th power) and taken to the power 1/p. 1-D W_p between two empirical
   sets is computed exactly from sorted projections (quantile functions), so sets of unequal size
   are allowed (both quantile functions are evaluated on a common grid).
-* ``mode_coverage``: the mode statistics used for the ring of Gaussians (research note dmd.md,
-  section 4.2): each sample belongs to its nearest mode if it lies within ``radius`` of it,
+* ``mode_coverage``: the mode statistics used for the ring of Gaussians (``bench dmd``'s ``ring`` case):
+  each sample belongs to its nearest mode if it lies within ``radius`` of it,
   otherwise to none; a mode is covered when it holds at least ``min_fraction`` of all samples.
 """
 

@@ -1,5 +1,5 @@
 """A small classifier of the testbed's coloured digits: the feature extractor and class predictor
-of the DMD evaluation (``training/eval.py``), an FID / Inception stand-in that ships with the pack.
+of the DMD evaluation (``testbed/dmd_eval.py``), an FID / Inception stand-in that ships with the pack.
 
     OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.classifier --train
 

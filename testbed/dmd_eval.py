@@ -1,5 +1,4 @@
-"""Sample-set metrics of the DMD evaluation on the trained testbed (issue 5, criterion 2); plain
-PyTorch, no ComfyUI.
+"""Sample-set metrics of the DMD evaluation on the trained testbed; plain PyTorch, no ComfyUI.
 
 Everything is measured in the feature space of the testbed's classifier (``testbed/classifier.py``,
 penultimate layer; trained for the digit class and a 4x4 colour thumbnail, so the features see the

@@ -1,4 +1,4 @@
-"""Small networks for the CPU-scale DMD validation (dmd.md section 4): an EDM-preconditioned MLP
+"""Small networks for the CPU-scale DMD validation (``bench dmd``'s toy cases): an EDM-preconditioned MLP
 denoiser and a fit of it to an exact denoiser (the "teacher network" the generator and the fake
 score are copied from). Plain PyTorch, no ComfyUI.
 """

@@ -193,7 +193,7 @@ def regression_pairs(tb, per_class: int, seed: int, conditioning_timestep: int =
 
 
 def _eval(tb, clf, denoiser, ref, t_c: int) -> dict:
-    from . import eval as E
+    from ..testbed import dmd_eval
 
     z_ref, cond, ref_feat = ref
     # other noise than the reference's (the generator learns the teacher's noise-to-sample map)
@@ -201,7 +201,7 @@ def _eval(tb, clf, denoiser, ref, t_c: int) -> dict:
     with torch.no_grad():
         lat = one_step_samples(denoiser, z, cond, t_c)
         feat, pred = clf.embed(tb.decode(lat))
-    return E.evaluate(feat, pred, cond, ref_feat, cond)
+    return dmd_eval.evaluate(feat, pred, cond, ref_feat, cond)
 
 
 def reference(tb, clf, per_class: int, seed: int, cache: str | None = None):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from comfyui_tempo.samplers import kdiff
-from comfyui_tempo.samplers import schedules as S
+from comfyui_tempo.samplers import schedules
 from comfyui_tempo.samplers.adaptive import (
     AdaptiveConfig,
     AdaptiveConfigError,
@@ -32,7 +32,7 @@ def setup():
 
 
 def run(den, noise, cond, sampler, n=20, config=None, **kw):
-    sig = S.get_sigmas("karras", n)
+    sig = schedules.get_sigmas("karras", n)
     fn = kdiff.SAMPLERS[sampler]
     extra = {"cond": cond}
     if sampler == "euler_ancestral":
@@ -76,7 +76,7 @@ def test_paper_rule_minimum_nfe(n, cap, expected):
     """With every step eligible, the official control flow gives CCCC sssss C ssss C ... ."""
     den = make_gmm(shape=(2, 4, 4), classes=2, per_class=1)
     noise = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    sig = S.get_sigmas("karras", n)
+    sig = schedules.get_sigmas("karras", n)
     _, rep = adaptive_sample(
         kdiff.sample_euler, den, noise * sig[0], sig, AdaptiveConfig.paper(threshold=1e9, max_skip=cap)
     )
@@ -89,7 +89,7 @@ def test_paper_rule_is_the_official_formula():
     """Recompute the official decisions from the latents the run produced."""
     den = CFGDenoiser(make_gmm(), 5.0, 10)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    sig = S.get_sigmas("karras", 30)
+    sig = schedules.get_sigmas("karras", 30)
     lat = []
 
     def cb(d):
@@ -114,7 +114,7 @@ def test_paper_rule_is_the_official_formula():
 
 def test_skipped_step_reuses_direction_not_x0(setup):
     den, noise, cond = setup
-    sig = S.get_sigmas("karras", 12)
+    sig = schedules.get_sigmas("karras", 12)
     path = torch.ones(12, dtype=torch.bool)
     path[3] = False
     seen = {}
@@ -148,7 +148,7 @@ def test_multi_evaluation_step_is_skipped_as_a_whole(setup):
         calls.append(float(s[0]))
         return den(x, s, **kw)
 
-    sig = S.get_sigmas("karras", 10)
+    sig = schedules.get_sigmas("karras", 10)
     path = torch.ones(10, dtype=torch.bool)
     path[5] = False
     _, rep = adaptive_sample(
@@ -172,7 +172,7 @@ def test_per_sample_runs_model_only_on_samples_that_need_it(setup):
         batches.append(x.shape[0])
         return den(x, s, **kw)
 
-    sig = S.get_sigmas("karras", 12)
+    sig = schedules.get_sigmas("karras", 12)
     path = torch.ones(4, 12, dtype=torch.bool)
     path[0, 5] = path[1, 7] = path[2, 5] = False
     out, rep = adaptive_sample(
@@ -213,7 +213,7 @@ def test_target_speedup_meets_budget(setup):
 def test_ancestral_noise_is_not_progress(setup):
     """The estimator sees each increment with the injected noise regressed out."""
     den, noise, cond = setup
-    sig = S.get_sigmas("karras", 20)
+    sig = schedules.get_sigmas("karras", 20)
     injected = []
 
     def recording(seed):
@@ -260,7 +260,7 @@ def test_nan_stops_skipping_and_finishes(setup):
             out[0, 0, 0, 0] = float("nan")
         return out
 
-    sig = S.get_sigmas("karras", 30)
+    sig = schedules.get_sigmas("karras", 30)
     _, rep = adaptive_sample(kdiff.sample_euler, flaky, noise * sig[0], sig, AdaptiveConfig(), extra_args={"cond": cond})
     assert any("NaN" in n for n in rep.notes)
     k = [round(r.sigma, 5) for r in rep.records].index(round(state["sigma"], 5))
@@ -285,7 +285,7 @@ def test_bad_settings_name_the_input(kwargs, name):
 
 def test_shape_change_is_a_clear_error(setup):
     den, _, _ = setup
-    sig = S.get_sigmas("karras", 10)
+    sig = schedules.get_sigmas("karras", 10)
     ctl = AdaptiveSampling(den, sig, AdaptiveConfig())
     ctl(torch.randn(2, 4, 8, 8) * sig[0], sig[0] * torch.ones(2))
     with pytest.raises(AdaptiveConfigError, match="shape changed"):
@@ -296,7 +296,7 @@ def test_video_latents_and_flow_models():
     g = torch.Generator().manual_seed(4)
     data = torch.randn(12, 4, 3, 6, 6, generator=g)  # [N, C, T, H, W]
     flow = FlowDenoiser(FiniteSetDenoiser(data))
-    sig = S.flow_sigmas(30, shift=3.0)
+    sig = schedules.flow_sigmas(30, shift=3.0)
     noise = torch.randn(2, 4, 3, 6, 6, generator=g)
     ref = kdiff.sample_euler(flow, noise * sig[0], sig)
     same, _ = adaptive_sample(kdiff.sample_euler, flow, noise * sig[0], sig, AdaptiveConfig(target_speedup=1.0))

@@ -1,5 +1,5 @@
 """DMD training core (training/dmd.py: config, guidance, trainer; training/gan.py) against exact teachers;
-metrics (training/metrics.py).
+metrics (bench/dmd_metrics.py).
 
 Fast exact-math checks first, then the DMD2 options (GAN head, backward simulation, LoRA mode,
 autocast, gradient checkpointing, EMA), then the exact-teacher cases: the
@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from comfyui_tempo.testbed.exact import CFGDenoiser, GaussianMixtureDenoiser, ring_mixture
-from comfyui_tempo.training import dmd as D
-from comfyui_tempo.training import metrics as M
-from comfyui_tempo.training.toy import MLPDenoiser, fit_denoiser
+from comfyui_tempo.training import dmd as dmd_training
+from comfyui_tempo.bench import dmd_metrics
+from comfyui_tempo.testbed.toy import MLPDenoiser, fit_denoiser
 
 torch.set_num_threads(1)
 
@@ -29,33 +29,33 @@ torch.set_num_threads(1)
 def test_swd_zero_on_identical_and_shift_value():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2000, 2, generator=g)
-    assert M.sliced_wasserstein(x, x) == 0.0
+    assert dmd_metrics.sliced_wasserstein(x, x) == 0.0
     shift = torch.tensor([1.0, 0.0])
     # SW1 of a translation by m in 2-D: E|theta . m| = 2|m| / pi over uniform directions
-    sw1 = M.sliced_wasserstein(x, x + shift, num_projections=1000, p=1)
+    sw1 = dmd_metrics.sliced_wasserstein(x, x + shift, num_projections=1000, p=1)
     assert abs(sw1 - 2 / math.pi) < 0.03
-    sw2 = M.sliced_wasserstein(x, x + shift, num_projections=1000, p=2)
+    sw2 = dmd_metrics.sliced_wasserstein(x, x + shift, num_projections=1000, p=2)
     assert abs(sw2 - math.sqrt(0.5)) < 0.03  # E[cos^2] = 1/2
     # unequal sizes are allowed and symmetric
     y = torch.randn(1000, 2, generator=g)
-    assert abs(M.sliced_wasserstein(x, y) - M.sliced_wasserstein(y, x)) < 1e-9
+    assert abs(dmd_metrics.sliced_wasserstein(x, y) - dmd_metrics.sliced_wasserstein(y, x)) < 1e-9
 
 
 def test_mode_coverage():
-    means = M.ring_means()
+    means = dmd_metrics.ring_means()
     assert torch.allclose(means, ring_mixture().means)
     on = means.repeat(10, 1)
-    c = M.mode_coverage(on, means, 0.2)
+    c = dmd_metrics.mode_coverage(on, means, 0.2)
     assert c["covered"] == 8 and c["quality"] == 1.0 and c["tv"] < 1e-12
     one = means[:1].repeat(50, 1)
-    c = M.mode_coverage(one, means, 0.2)
+    c = dmd_metrics.mode_coverage(one, means, 0.2)
     assert c["covered"] == 1 and abs(c["tv"] - 7 / 8) < 1e-12
     far = torch.zeros(20, 2)  # ring centre: 2 from every mode
-    c = M.mode_coverage(far, means, 0.2)
+    c = dmd_metrics.mode_coverage(far, means, 0.2)
     assert c["covered"] == 0 and c["quality"] == 0.0 and c["tv"] == 1.0
-    assert M.mode_assignment(torch.tensor([[2.1, 0.0], [2.5, 0.0]]), means, 0.2).tolist() == [0, -1]
+    assert dmd_metrics.mode_assignment(torch.tensor([[2.1, 0.0], [2.5, 0.0]]), means, 0.2).tolist() == [0, -1]
     with pytest.raises(ValueError, match="^radius"):
-        M.mode_coverage(on, means, 0.0)
+        dmd_metrics.mode_coverage(on, means, 0.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -66,9 +66,9 @@ def test_dm_gradient_zero_when_fake_equals_real_and_weighting():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 3, 5, generator=g)
     x0 = torch.randn(4, 3, 5, generator=g)
-    assert D.dm_gradient(x, x0, x0).abs().max() == 0
+    assert dmd_training.dm_gradient(x, x0, x0).abs().max() == 0
     x0f = torch.randn(4, 3, 5, generator=g)
-    grad = D.dm_gradient(x, x0, x0f)
+    grad = dmd_training.dm_gradient(x, x0, x0f)
     # normaliser is mean |x - x0_real| per sample (not mean |x0_real|, the dmd-mnist slip)
     w = (x - x0).abs().mean(dim=(1, 2), keepdim=True)
     assert torch.allclose(grad, ((x0f - x0) / w).double())
@@ -76,14 +76,14 @@ def test_dm_gradient_zero_when_fake_equals_real_and_weighting():
     assert not torch.allclose(grad, ((x0f - x0) / wrong).double())
     # surrogate loss: d loss / dx = grad / numel
     xr = x.clone().requires_grad_(True)
-    D.dm_surrogate_loss(xr, grad).backward()
+    dmd_training.dm_surrogate_loss(xr, grad).backward()
     assert torch.allclose(xr.grad.double(), grad / x.numel(), atol=1e-7)
     # real-only control: p_fake = 0
-    assert torch.allclose(D.dm_gradient(x, x0, None), ((x - x0) / w).double())
+    assert torch.allclose(dmd_training.dm_gradient(x, x0, None), ((x - x0) / w).double())
 
 
 def test_schedule_generator_input_and_timesteps():
-    sd = D.NoiseSchedule("eps")
+    sd = dmd_training.NoiseSchedule("eps")
     assert sd.num_timesteps == 1000
     s999 = float(sd.sigma(999))
     z = torch.randn(3, 4)
@@ -93,10 +93,10 @@ def test_schedule_generator_input_and_timesteps():
     assert torch.allclose(x / math.sqrt(1 + s999**2), z, atol=1e-6)
     s399 = float(sd.sigma(399))
     assert torch.allclose(sd.generator_input(z, s399) / math.sqrt(1 + s399**2), z, atol=1e-6)
-    ve = D.NoiseSchedule("ve")
+    ve = dmd_training.NoiseSchedule("ve")
     assert abs(float(ve.sigmas[-1]) - 80) < 1e-3 and abs(float(ve.sigmas[0]) - 0.002) < 1e-6
     assert torch.allclose(ve.generator_input(z, 80.0), 80 * z)
-    fl = D.NoiseSchedule("flow")
+    fl = dmd_training.NoiseSchedule("flow")
     assert abs(float(fl.sigmas[-1]) - 1) < 1e-6 and torch.allclose(fl.generator_input(z, 1.0), z)
     assert torch.allclose(fl.add_noise(torch.ones(2, 1), torch.zeros(2, 1), torch.tensor([0.25, 1.0])),
                           torch.tensor([[0.75], [0.0]]))
@@ -111,7 +111,7 @@ def test_cfg_matches_testbed_cfg_and_fake_without_cfg():
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(1))
     s = torch.full((6,), 0.7)
     cond = torch.tensor([0, 1, 2, 3, 4, 5])
-    ours = D.cfg_denoise(gmm, x, s, cond, None, 3.0)
+    ours = dmd_training.cfg_denoise(gmm, x, s, cond, None, 3.0)
     ref = CFGDenoiser(gmm, 3.0, gmm.null_class)(x, s, cond=cond)
     assert torch.allclose(ours, ref, atol=1e-6)
     # the trainer calls the fake score once, conditional, no CFG
@@ -126,7 +126,7 @@ def test_cfg_matches_testbed_cfg_and_fake_without_cfg():
             calls.append(cond)
             return x * 0 + self.p
 
-    tr = D.DMDTrainer(gmm, _Lin(), Spy(), (2,), D.DMDConfig(model_type="ve", real_guidance_scale=3.0, batch_size=4,
+    tr = dmd_training.DMDTrainer(gmm, _Lin(), Spy(), (2,), dmd_training.DMDConfig(model_type="ve", real_guidance_scale=3.0, batch_size=4,
                       warmup_steps=0, dfake_gen_update_ratio=1), conditioning=[2, 5])
     tr.step()
     assert len(calls) == 2 and all(c is not None and set(c.tolist()) <= {2, 5} for c in calls)
@@ -136,11 +136,11 @@ def test_regression_loss_and_warmup():
     a = torch.zeros(3, 4)
     b = torch.ones(3, 4)
     c = 0.00054 * 2
-    assert abs(float(D.regression_loss(a, b, "pseudo_huber")) - (math.sqrt(4 + c * c) - c)) < 1e-6
-    assert float(D.regression_loss(a, b, "l2")) == 1.0
+    assert abs(float(dmd_training.regression_loss(a, b, "pseudo_huber")) - (math.sqrt(4 + c * c) - c)) < 1e-6
+    assert float(dmd_training.regression_loss(a, b, "l2")) == 1.0
     p = torch.nn.Parameter(torch.zeros(()))
     opt = torch.optim.AdamW([p], lr=1.0)
-    sch = D.constant_with_warmup(opt, 4)
+    sch = dmd_training.constant_with_warmup(opt, 4)
     lrs = []
     for _ in range(6):
         lrs.append(opt.param_groups[0]["lr"])
@@ -180,10 +180,10 @@ class _ExactFake(torch.nn.Module):
 
 def _lin_trainer(**kw):
     gen = _Lin()
-    cfg = D.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=256,
+    cfg = dmd_training.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=256,
                       generator_lr=1e-2, warmup_steps=0, train_fake_score=False, **kw)
     real = GaussianMixtureDenoiser(torch.tensor([[2.0]]), 0.5)
-    return D.DMDTrainer(real, gen, _ExactFake(gen), (1,), cfg)
+    return dmd_training.DMDTrainer(real, gen, _ExactFake(gen), (1,), cfg)
 
 
 def test_dm_gradient_fits_1d_gaussian():
@@ -202,19 +202,19 @@ def test_bad_inputs_raise_named_value_errors():
     gmm = ring_mixture()
     mk = lambda: (MLPDenoiser(2, 8, 1), MLPDenoiser(2, 8, 1))  # noqa: E731
     with pytest.raises(ValueError, match="^conditioning"):
-        D.DMDTrainer(gmm, *mk(), (2,), D.DMDConfig(model_type="ve"), conditioning=[])
+        dmd_training.DMDTrainer(gmm, *mk(), (2,), dmd_training.DMDConfig(model_type="ve"), conditioning=[])
     for t in (1000, -1, 2.5):
         with pytest.raises(ValueError, match="^conditioning_timestep"):
-            D.DMDTrainer(gmm, *mk(), (2,), D.DMDConfig(model_type="ve", conditioning_timestep=t))
+            dmd_training.DMDTrainer(gmm, *mk(), (2,), dmd_training.DMDConfig(model_type="ve", conditioning_timestep=t))
     with pytest.raises(ValueError, match="^model_type"):
-        D.DMDTrainer(gmm, *mk(), (2,), D.DMDConfig(model_type="x0"))
+        dmd_training.DMDTrainer(gmm, *mk(), (2,), dmd_training.DMDConfig(model_type="x0"))
     with pytest.raises(ValueError, match="^model_type"):
-        D.NoiseSchedule("edm")
+        dmd_training.NoiseSchedule("edm")
     with pytest.raises(ValueError, match="^dfake_gen_update_ratio"):
-        D.DMDConfig(dfake_gen_update_ratio=0).validate()
+        dmd_training.DMDConfig(dfake_gen_update_ratio=0).validate()
     with pytest.raises(ValueError, match="^regression_pairs"):
-        D.DMDTrainer(gmm, *mk(), (2,), D.DMDConfig(model_type="ve", regression_weight=0.25))
-    assert issubclass(D.DMDConfigError, ValueError)
+        dmd_training.DMDTrainer(gmm, *mk(), (2,), dmd_training.DMDConfig(model_type="ve", regression_weight=0.25))
+    assert issubclass(dmd_training.DMDConfigError, ValueError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,8 +224,8 @@ def test_bad_inputs_raise_named_value_errors():
 def _small_trainer(teacher, **kw):
     opts = dict(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=3, batch_size=64,
                 generator_lr=1e-3, fake_lr=1e-3, warmup_steps=5, sigma_data=1.0, seed=3)
-    cfg = D.DMDConfig(**{**opts, **kw})
-    return D.DMDTrainer(ring_mixture(), D.copy_teacher(teacher), D.copy_teacher(teacher), (2,), cfg)
+    cfg = dmd_training.DMDConfig(**{**opts, **kw})
+    return dmd_training.DMDTrainer(ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,), cfg)
 
 
 def test_checkpoint_interrupt_resume_is_exact(tmp_path):
@@ -287,8 +287,8 @@ def test_resume_on_cuda_with_map_location(tmp_path):
     a CPU ByteTensor. load_checkpoint loads onto the CPU and resumes exactly on the GPU."""
     torch.manual_seed(0)
     teacher = MLPDenoiser(2, 16, 1).cuda()
-    mk = lambda: D.DMDTrainer(ring_mixture(), D.copy_teacher(teacher), D.copy_teacher(teacher), (2,),  # noqa: E731
-                              D.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=2,
+    mk = lambda: dmd_training.DMDTrainer(ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,),  # noqa: E731
+                              dmd_training.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=2,
                                           batch_size=8, warmup_steps=0, sigma_data=1.0), device="cuda")
     try:
         a = mk()
@@ -310,10 +310,10 @@ def test_resume_on_cuda_with_map_location(tmp_path):
 
 def test_wide_dtype_is_float64_except_on_mps():
     """DMD2 computes the DM gradient in float64; Apple's MPS has no float64, so there it is float32."""
-    assert D.wide_dtype("cpu") is torch.float64 and D.wide_dtype(torch.device("cuda")) is torch.float64
-    assert D.wide_dtype(torch.device("mps")) is torch.float32
+    assert dmd_training.wide_dtype("cpu") is torch.float64 and dmd_training.wide_dtype(torch.device("cuda")) is torch.float64
+    assert dmd_training.wide_dtype(torch.device("mps")) is torch.float32
     x = torch.randn(2, 3)
-    assert D.dm_gradient(x, x * 0.5, x * 0.2).dtype == torch.float64
+    assert dmd_training.dm_gradient(x, x * 0.5, x * 0.2).dtype == torch.float64
 
 
 def test_progress_hook_may_interrupt():
@@ -340,10 +340,10 @@ def test_progress_hook_may_interrupt():
 def _ring_small_trainer(teacher, **kw):
     opts = dict(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=2, batch_size=128,
                 generator_lr=1e-3, fake_lr=2e-3, warmup_steps=0, sigma_data=1.0, seed=0)
-    names = {f.name for f in dataclasses.fields(D.DMDConfig)}
-    cfg = D.DMDConfig(**{**opts, **{k: v for k, v in kw.items() if k in names}})
+    names = {f.name for f in dataclasses.fields(dmd_training.DMDConfig)}
+    cfg = dmd_training.DMDConfig(**{**opts, **{k: v for k, v in kw.items() if k in names}})
     extra = {k: v for k, v in kw.items() if k not in names}
-    return D.DMDTrainer(ring_mixture(), D.copy_teacher(teacher), D.copy_teacher(teacher), (2,), cfg, **extra)
+    return dmd_training.DMDTrainer(ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,), cfg, **extra)
 
 
 def test_gan_head_learns_to_tell_generator_from_real():
@@ -404,10 +404,10 @@ class _SpyNet(torch.nn.Module):
 def test_backward_simulation_inputs_at_listed_timesteps():
     log = []
     ts = (999, 749, 499, 249)
-    cfg = D.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=4096,
+    cfg = dmd_training.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=4096,
                       warmup_steps=0, sigma_data=1.0, denoising_timesteps=ts, generator_lr=1e-9)
     fake = MLPDenoiser(2, 8, 1)
-    tr = D.DMDTrainer(ring_mixture(), _SpyNet(log), fake, (2,), cfg)
+    tr = dmd_training.DMDTrainer(ring_mixture(), _SpyNet(log), fake, (2,), cfg)
     sig = {t: float(tr.schedule.sigma(t)) for t in ts}
     chosen = []
     for _ in range(24):
@@ -437,9 +437,9 @@ def test_backward_simulation_inputs_at_listed_timesteps():
     tr.sample(8)
     assert [round(s, 4) for s, _, _ in log] == [round(sig[t], 4) for t in ts]
     with pytest.raises(ValueError, match="^denoising_timesteps"):
-        D.DMDConfig(denoising_timesteps=(249, 499)).validate()
+        dmd_training.DMDConfig(denoising_timesteps=(249, 499)).validate()
     with pytest.raises(ValueError, match="^real_data"):
-        D.DMDTrainer(ring_mixture(), _SpyNet(log), fake, (2,), D.DMDConfig(model_type="ve", denoising_timesteps=ts,
+        dmd_training.DMDTrainer(ring_mixture(), _SpyNet(log), fake, (2,), dmd_training.DMDConfig(model_type="ve", denoising_timesteps=ts,
                                                                           backward_simulation=False))
 
 
@@ -449,7 +449,7 @@ class _EpsDenoiser(torch.nn.Module):
     def __init__(self, unet):
         super().__init__()
         self.net = unet
-        self.register_buffer("table", D.NoiseSchedule("eps").sigmas.clone(), persistent=False)
+        self.register_buffer("table", dmd_training.NoiseSchedule("eps").sigmas.clone(), persistent=False)
 
     def forward(self, x, sigma, cond=None):
         from comfyui_tempo.samplers.schedules import sigma_to_t
@@ -476,13 +476,13 @@ def _tiny_unet_denoiser():
 
 
 def test_lora_trainer_shares_teacher_and_checkpoints_only_lora(tmp_path):
-    from comfyui_tempo.training import lora as L
+    from comfyui_tempo.training import lora
 
     teacher = _tiny_unet_denoiser()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     real = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.5
-    mk = lambda: torch.manual_seed(0) and D.DMDTrainer.from_teacher(  # noqa: E731 (seeded LoRA init)
-        teacher, (4, 8, 8), D.DMDConfig(model_type="eps", real_guidance_scale=2.0, dfake_gen_update_ratio=2,
+    mk = lambda: torch.manual_seed(0) and dmd_training.DMDTrainer.from_teacher(  # noqa: E731 (seeded LoRA init)
+        teacher, (4, 8, 8), dmd_training.DMDConfig(model_type="eps", real_guidance_scale=2.0, dfake_gen_update_ratio=2,
                                         batch_size=4, generator_lr=1e-3, fake_lr=1e-3, warmup_steps=0, lora_rank=4,
                                         lora_alpha=4.0, gen_cls_loss_weight=1e-3, guidance_cls_loss_weight=1e-2,
                                         gan_feature_module="net.mid.2", seed=1),
@@ -490,7 +490,7 @@ def test_lora_trainer_shares_teacher_and_checkpoints_only_lora(tmp_path):
     tr = mk()
     assert tr.lora and tr.gan_head.kind == "map"
     gen, fake = tr.generator.net, tr.fake_score
-    assert L.shares_base(gen, teacher) and L.shares_base(fake, teacher)
+    assert lora.shares_base(gen, teacher) and lora.shares_base(fake, teacher)
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     s = torch.full((2,), float(tr.schedule.sigma(999)))
     with torch.no_grad():
@@ -500,7 +500,7 @@ def test_lora_trainer_shares_teacher_and_checkpoints_only_lora(tmp_path):
     part.train(4, should_stop=lambda k: k >= 2)
     for k, v in teacher.state_dict().items():  # the shared teacher never moves
         assert torch.equal(v, before[k]), k
-    assert L.shares_base(gen, teacher) and L.shares_base(fake, teacher)
+    assert lora.shares_base(gen, teacher) and lora.shares_base(fake, teacher)
     with torch.no_grad():
         assert not torch.equal(gen(z, s, cond=torch.tensor([1, 2])), teacher(z, s, cond=torch.tensor([1, 2])))
     st = part.state_dict()
@@ -510,7 +510,7 @@ def test_lora_trainer_shares_teacher_and_checkpoints_only_lora(tmp_path):
     resumed = mk()
     resumed.load_checkpoint(tmp_path / "c.pt")
     resumed.train(4)
-    for a, b in zip(L.lora_parameters(tr.generator.net), L.lora_parameters(resumed.generator.net)):
+    for a, b in zip(lora.lora_parameters(tr.generator.net), lora.lora_parameters(resumed.generator.net)):
         assert torch.equal(a, b)
     # the generator file: ComfyUI LoRA layout + the sampling metadata
     meta = tr.save_generator(tmp_path / "g.safetensors", prefix="diffusion_model.", module="net")
@@ -522,7 +522,7 @@ def test_lora_trainer_shares_teacher_and_checkpoints_only_lora(tmp_path):
 
 
 def test_autocast_noop_on_cpu_and_gradient_checkpointing_same_gradients():
-    from comfyui_tempo.training import gan as G
+    from comfyui_tempo.training import gan
 
     torch.manual_seed(0)
     teacher = MLPDenoiser(2, 16, 1)
@@ -535,7 +535,7 @@ def test_autocast_noop_on_cpu_and_gradient_checkpointing_same_gradients():
     # checkpointing: same loss and gradients, recomputation in backward
     den = _tiny_unet_denoiser()
     ref = _tiny_unet_denoiser()
-    names = G.enable_gradient_checkpointing(den)
+    names = gan.enable_gradient_checkpointing(den)
     assert "net.down.0.0" in names and "net.mid.0" in names
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     s = torch.tensor([3.0, 0.5])
@@ -548,13 +548,13 @@ def test_autocast_noop_on_cpu_and_gradient_checkpointing_same_gradients():
     for (n1, p), (n2, q) in zip(den.named_parameters(), ref.named_parameters()):
         assert n1 == n2 and torch.allclose(p.grad, q.grad, atol=1e-6), n1
     assert set(den.state_dict()) == set(ref.state_dict())
-    tr = D.DMDTrainer.from_teacher(_tiny_unet_denoiser(), (4, 8, 8), D.DMDConfig(
+    tr = dmd_training.DMDTrainer.from_teacher(_tiny_unet_denoiser(), (4, 8, 8), dmd_training.DMDConfig(
         model_type="eps", real_guidance_scale=1.0, batch_size=2, dfake_gen_update_ratio=1, warmup_steps=0,
         gradient_checkpointing=True))
     out = tr.step()
     assert "loss_dm" in out and "loss_fake" in out
     # every option at once: LoRA, GAN tap inside a checkpointed block, multi-step, CFG
-    tr = D.DMDTrainer.from_teacher(_tiny_unet_denoiser(), (4, 8, 8), D.DMDConfig(
+    tr = dmd_training.DMDTrainer.from_teacher(_tiny_unet_denoiser(), (4, 8, 8), dmd_training.DMDConfig(
         model_type="eps", real_guidance_scale=2.0, batch_size=2, dfake_gen_update_ratio=1, warmup_steps=0,
         gradient_checkpointing=True, lora_rank=2, gen_cls_loss_weight=1e-3, guidance_cls_loss_weight=1e-2,
         gan_feature_module="net.mid.2", denoising_timesteps=(999, 499)), conditioning=[1, 2], uncond=10,
@@ -568,7 +568,7 @@ def test_gradient_checkpointing_reaches_layers_of_sequential_blocks_run_layer_by
     """ComfyUI's UNet holds its blocks as TimestepEmbedSequential in ModuleLists and runs them with
     forward_timestep_embed(block, ...), which calls each layer, never block.forward: wrapping the
     block's forward would checkpoint nothing, so its layers are wrapped."""
-    from comfyui_tempo.training import gan as G
+    from comfyui_tempo.training import gan
 
     class Seq(torch.nn.Sequential):
         def forward(self, x):  # never called by Net, as TimestepEmbedSequential.forward in ComfyUI's UNet
@@ -595,7 +595,7 @@ def test_gradient_checkpointing_reaches_layers_of_sequential_blocks_run_layer_by
 
     torch.manual_seed(0)
     net = Net()
-    names = G.enable_gradient_checkpointing(net)
+    names = gan.enable_gradient_checkpointing(net)
     assert "blocks.0.0" in names and "blocks.1.0" in names and "blocks.0" not in names
     calls = []
     h = net.blocks[0][0].lin1.register_forward_hook(lambda *a: calls.append(1))
@@ -629,7 +629,7 @@ def test_ema_option_averages_generator_and_resumes(tmp_path):
     b.load_checkpoint(tmp_path / "e.pt")
     assert torch.equal(b.sample(64), x_ema)
     with pytest.raises(ValueError, match="^ema_decay"):
-        D.DMDConfig(ema_decay=1.0).validate()
+        dmd_training.DMDConfig(ema_decay=1.0).validate()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -643,30 +643,30 @@ RADIUS = 0.2  # 4 standard deviations of a mode
 @pytest.fixture(scope="module")
 def ring():
     gmm = ring_mixture()
-    sched = D.NoiseSchedule("ve")
+    sched = dmd_training.NoiseSchedule("ve")
     torch.manual_seed(0)
     teacher = MLPDenoiser(2, 64, 3, sigma_data=1.0)
     fit_denoiser(teacher, gmm, lambda n, g: gmm.sample(n, generator=g), sched.sigmas, steps=3000, batch=512)
     ref = gmm.sample(N_EVAL, generator=torch.Generator().manual_seed(123))
     z = torch.randn(N_EVAL, 2, generator=torch.Generator().manual_seed(7))
-    ode = D.teacher_ode_samples(gmm, z, sched, 999, steps=50)
+    ode = dmd_training.teacher_ode_samples(gmm, z, sched, 999, steps=50)
     # DMD1's regression pairs: the teacher's deterministic ODE map on other noise
     zp = torch.randn(4000, 2, generator=torch.Generator().manual_seed(99))
-    pairs = D.RegressionPairs(zp, D.teacher_ode_samples(gmm, zp, sched, 999, steps=50))
-    return {"gmm": gmm, "teacher": teacher, "ref": ref, "swd_teacher": M.sliced_wasserstein(ode, ref, p=1),
+    pairs = dmd_training.RegressionPairs(zp, dmd_training.teacher_ode_samples(gmm, zp, sched, 999, steps=50))
+    return {"gmm": gmm, "teacher": teacher, "ref": ref, "swd_teacher": dmd_metrics.sliced_wasserstein(ode, ref, p=1),
             "ode": ode, "pairs": pairs}
 
 
 def _ring_run(ring, steps, **kw):
-    cfg = D.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=5, batch_size=256,
+    cfg = dmd_training.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=5, batch_size=256,
                       generator_lr=5e-4, fake_lr=2e-3, warmup_steps=50, sigma_data=1.0, seed=0, **kw)
-    tr = D.DMDTrainer(ring["gmm"], D.copy_teacher(ring["teacher"]), D.copy_teacher(ring["teacher"]), (2,), cfg,
+    tr = dmd_training.DMDTrainer(ring["gmm"], dmd_training.copy_teacher(ring["teacher"]), dmd_training.copy_teacher(ring["teacher"]), (2,), cfg,
                       regression_pairs=ring["pairs"] if cfg.regression_weight > 0 else None)
     init = tr.sample(N_EVAL)
     tr.train(steps)
     x = tr.sample(N_EVAL)
-    cov = M.mode_coverage(x, M.ring_means(), RADIUS)
-    return {"swd": M.sliced_wasserstein(x, ring["ref"], p=1), "swd_init": M.sliced_wasserstein(init, ring["ref"], p=1),
+    cov = dmd_metrics.mode_coverage(x, dmd_metrics.ring_means(), RADIUS)
+    return {"swd": dmd_metrics.sliced_wasserstein(x, ring["ref"], p=1), "swd_init": dmd_metrics.sliced_wasserstein(init, ring["ref"], p=1),
             "covered": cov["covered"], "quality": cov["quality"], "tv": cov["tv"],
             "fractions": [round(float(f), 3) for f in cov["fractions"]]}
 
@@ -684,7 +684,7 @@ def dmd_reg_run(ring):
 
 
 def test_ring_teacher_reference(ring):
-    c = M.mode_coverage(ring["ode"], M.ring_means(), RADIUS)
+    c = dmd_metrics.mode_coverage(ring["ode"], dmd_metrics.ring_means(), RADIUS)
     assert c["covered"] == 8 and c["quality"] > 0.99
     assert ring["swd_teacher"] < 0.06
 
@@ -736,37 +736,37 @@ LAT_RADIUS = LAT_STD * (16 + 4)  # a component's samples lie at 0.3 * (sqrt(256)
 def latent_mix():
     g = torch.Generator().manual_seed(0)
     gmm = GaussianMixtureDenoiser(torch.randn((6,) + LAT_SHAPE, generator=g), LAT_STD)
-    sched = D.NoiseSchedule("eps")
+    sched = dmd_training.NoiseSchedule("eps")
     torch.manual_seed(0)
     teacher = MLPDenoiser(256, 128, 3, sigma_data=1.0)
     fit_denoiser(teacher, gmm, lambda n, g: gmm.sample(n, generator=g).reshape(n, -1), sched.sigmas, steps=1000, batch=256)
     ref = gmm.sample(N_EVAL, generator=torch.Generator().manual_seed(123))
     z = torch.randn((N_EVAL,) + LAT_SHAPE, generator=torch.Generator().manual_seed(7))
-    ode = D.teacher_ode_samples(gmm, z, sched, 999, steps=50)
+    ode = dmd_training.teacher_ode_samples(gmm, z, sched, 999, steps=50)
     zp = torch.randn((2000,) + LAT_SHAPE, generator=torch.Generator().manual_seed(99))
-    pairs = D.RegressionPairs(zp, D.teacher_ode_samples(gmm, zp, sched, 999, steps=50))
+    pairs = dmd_training.RegressionPairs(zp, dmd_training.teacher_ode_samples(gmm, zp, sched, 999, steps=50))
     return {"gmm": gmm, "teacher": teacher, "ref": ref, "ode": ode, "pairs": pairs,
-            "swd_teacher": M.sliced_wasserstein(ode, ref, p=1)}
+            "swd_teacher": dmd_metrics.sliced_wasserstein(ode, ref, p=1)}
 
 
 def _latent_run(mix, steps, **kw):
     opts = dict(model_type="eps", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=128,
                 generator_lr=5e-4, fake_lr=2e-3, warmup_steps=50, sigma_data=1.0, seed=0,
                 regression_weight=0.25, regression_loss="l2")
-    cfg = D.DMDConfig(**{**opts, **kw})
-    tr = D.DMDTrainer(mix["gmm"], D.copy_teacher(mix["teacher"]), D.copy_teacher(mix["teacher"]), LAT_SHAPE, cfg,
+    cfg = dmd_training.DMDConfig(**{**opts, **kw})
+    tr = dmd_training.DMDTrainer(mix["gmm"], dmd_training.copy_teacher(mix["teacher"]), dmd_training.copy_teacher(mix["teacher"]), LAT_SHAPE, cfg,
                       regression_pairs=mix["pairs"] if cfg.regression_weight > 0 else None)
     init = tr.sample(N_EVAL)
     tr.train(steps)
     means = mix["gmm"].means.float()
-    out = {"swd_init": M.sliced_wasserstein(init, mix["ref"], p=1),
-           "init_covered": M.mode_coverage(init, means, LAT_RADIUS)["covered"]}
+    out = {"swd_init": dmd_metrics.sliced_wasserstein(init, mix["ref"], p=1),
+           "init_covered": dmd_metrics.mode_coverage(init, means, LAT_RADIUS)["covered"]}
     for tag, use_ema in (("", False), ("ema_", True)):
         if use_ema and tr.ema is None:
             continue
         x = tr.sample(N_EVAL, use_ema=use_ema)
-        cov = M.mode_coverage(x, means, LAT_RADIUS)
-        out.update({tag + "swd": M.sliced_wasserstein(x, mix["ref"], p=1), tag + "covered": cov["covered"],
+        cov = dmd_metrics.mode_coverage(x, means, LAT_RADIUS)
+        out.update({tag + "swd": dmd_metrics.sliced_wasserstein(x, mix["ref"], p=1), tag + "covered": cov["covered"],
                     tag + "quality": cov["quality"], tag + "tv": cov["tv"]})
     return out
 
@@ -780,7 +780,7 @@ def latent_run(latent_mix):
 
 
 def test_latent_mixture_teacher_reference(latent_mix):
-    c = M.mode_coverage(latent_mix["ode"], latent_mix["gmm"].means.float(), LAT_RADIUS)
+    c = dmd_metrics.mode_coverage(latent_mix["ode"], latent_mix["gmm"].means.float(), LAT_RADIUS)
     assert c["covered"] == 6 and c["quality"] > 0.99
 
 

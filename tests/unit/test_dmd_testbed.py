@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from comfyui_tempo.testbed import classifier, trained
-from comfyui_tempo.training import distill_testbed as DT
-from comfyui_tempo.training import eval as E
+from comfyui_tempo.training import distill_testbed
+from comfyui_tempo.testbed import dmd_eval
 
 torch.set_num_threads(1)
 
@@ -34,28 +34,28 @@ def _need(path):
 def test_frechet_distance_exact_values():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(4000, 3, generator=g, dtype=torch.float64)
-    assert E.frechet_distance(a, a) < 1e-8
+    assert dmd_eval.frechet_distance(a, a) < 1e-8
     # same covariance, shifted mean: FD = |shift|^2
     shift = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
-    assert abs(E.frechet_distance(a, a + shift) - 5.0) < 1e-6
+    assert abs(dmd_eval.frechet_distance(a, a + shift) - 5.0) < 1e-6
     # N(0, I) vs N(0, 4 I) in 3-D: tr(I + 4I - 2 * 2I) = 3 (up to sampling error)
     b = 2 * torch.randn(4000, 3, generator=g, dtype=torch.float64)
-    assert abs(E.frechet_distance(a, b) - 3.0) < 0.3
+    assert abs(dmd_eval.frechet_distance(a, b) - 3.0) < 0.3
     with pytest.raises(ValueError, match="^a"):
-        E.frechet_distance(a, torch.randn(10, 2))
+        dmd_eval.frechet_distance(a, torch.randn(10, 2))
 
 
 def test_diversity_accuracy_recall():
     f = torch.tensor([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0], [10.0, 0.0]])
     labels = torch.tensor([0, 0, 1, 1])
     # class 0: one pair at distance 5; class 1: identical pair at 0 -> mean 2.5
-    assert abs(E.within_class_diversity(f, labels) - 2.5) < 1e-9
-    assert E.class_accuracy(torch.tensor([0, 1, 1, 1]), labels) == 0.75
+    assert abs(dmd_eval.within_class_diversity(f, labels) - 2.5) < 1e-9
+    assert dmd_eval.class_accuracy(torch.tensor([0, 1, 1, 1]), labels) == 0.75
     g = torch.Generator().manual_seed(0)
     ref = torch.randn(500, 2, generator=g)
-    assert E.recall(torch.randn(500, 2, generator=g), ref) > 0.9
+    assert dmd_eval.recall(torch.randn(500, 2, generator=g), ref) > 0.9
     collapsed = 0.05 * torch.randn(500, 2, generator=g)
-    assert E.recall(collapsed, ref) < 0.2
+    assert dmd_eval.recall(collapsed, ref) < 0.2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,25 +87,25 @@ def test_classifier_heldout_accuracy():
 @pytest.fixture(scope="module")
 def sets():
     _need(classifier.WEIGHTS_FILE)
-    _need(DT.GENERATOR_FILE)
+    _need(distill_testbed.GENERATOR_FILE)
     tb = trained.load()
     clf = classifier.load()
-    za, cond = DT.class_batch(PER_CLASS, 101, tb.latent_shape)
-    zb, _ = DT.class_batch(PER_CLASS, 202, tb.latent_shape)
+    za, cond = distill_testbed.class_batch(PER_CLASS, 101, tb.latent_shape)
+    zb, _ = distill_testbed.class_batch(PER_CLASS, 202, tb.latent_shape)
     t0 = time.perf_counter()
-    lat_a = DT.teacher_samples(tb, za, cond)
+    lat_a = distill_testbed.teacher_samples(tb, za, cond)
     wall_teacher = time.perf_counter() - t0
     fa, _ = clf.embed(tb.decode(lat_a))
 
     def ev(lat):
         f, p = clf.embed(tb.decode(lat))
-        return E.evaluate(f, p, cond, fa, cond)
+        return dmd_eval.evaluate(f, p, cond, fa, cond)
 
     out = {"tb": tb, "zb": zb, "cond": cond, "ev": ev, "wall_teacher": wall_teacher}
-    out["init"] = ev(DT.one_step_samples(DT.TestbedDenoiser(tb.net, tb.sigmas), zb, cond))
-    gen, meta = DT.load_generator(DT.GENERATOR_FILE, tb)
+    out["init"] = ev(distill_testbed.one_step_samples(distill_testbed.TestbedDenoiser(tb.net, tb.sigmas), zb, cond))
+    gen, meta = distill_testbed.load_generator(distill_testbed.GENERATOR_FILE, tb)
     out["gen"], out["meta"] = gen, meta
-    out["dmd"] = ev(DT.one_step_samples(gen, zb, cond, meta["conditioning_timestep"]))
+    out["dmd"] = ev(distill_testbed.one_step_samples(gen, zb, cond, meta["conditioning_timestep"]))
     return out
 
 
@@ -130,16 +130,16 @@ def test_generator_wall_time_50x_below_teacher(sets):
     walls = []
     for _ in range(3):
         t0 = time.perf_counter()
-        DT.one_step_samples(gen, zb, cond)
+        distill_testbed.one_step_samples(gen, zb, cond)
         walls.append(time.perf_counter() - t0)
     assert sets["wall_teacher"] >= 50 * min(walls)
 
 
 def test_real_score_only_control_fails_diversity(sets):
-    _need(DT.CONTROL_FILE)
-    gen, meta = DT.load_generator(DT.CONTROL_FILE, sets["tb"])
+    _need(distill_testbed.CONTROL_FILE)
+    gen, meta = distill_testbed.load_generator(distill_testbed.CONTROL_FILE, sets["tb"])
     assert meta["record"]["control"] == "real_only" and meta["record"]["config"]["use_fake_score"] is False
-    r = sets["ev"](DT.one_step_samples(gen, sets["zb"], sets["cond"]))
+    r = sets["ev"](distill_testbed.one_step_samples(gen, sets["zb"], sets["cond"]))
     print("control", r)
     assert r["diversity_ratio"] < 0.8  # fails the diversity check ...
     assert r["diversity_ratio"] < sets["dmd"]["diversity_ratio"] - 0.1
@@ -152,8 +152,8 @@ def test_real_score_only_control_fails_diversity(sets):
 
 def test_smoke_training_changes_generator_and_file_round_trip(tmp_path):
     tb = trained.load()
-    settings = dict(DT.DEFAULTS, steps=3, batch=4, ratio=1, warmup=0)
-    tr, record = DT.distill(settings, log=lambda s: None, tb=tb)
+    settings = dict(distill_testbed.DEFAULTS, steps=3, batch=4, ratio=1, warmup=0)
+    tr, record = distill_testbed.distill(settings, log=lambda s: None, tb=tb)
     assert tr.generator_steps == 3 and tr.fake_steps == 3
     before = dict(tb.net.named_parameters())
     changed = [k for k, p in tr.generator.net.net.named_parameters() if not torch.equal(p, before[k])]
@@ -161,22 +161,22 @@ def test_smoke_training_changes_generator_and_file_round_trip(tmp_path):
     # the teacher is untouched (the trainer works on copies)
     assert all(not p.requires_grad for p in tb.net.parameters())
     path = tmp_path / "g.safetensors"
-    DT.save_generator(path, tr.generator.net, 999, record)
-    gen, meta = DT.load_generator(path, tb)
-    z, cond = DT.class_batch(1, 0, tb.latent_shape)
+    distill_testbed.save_generator(path, tr.generator.net, 999, record)
+    gen, meta = distill_testbed.load_generator(path, tb)
+    z, cond = distill_testbed.class_batch(1, 0, tb.latent_shape)
     with torch.no_grad():
-        a = DT.one_step_samples(tr.generator.net, z, cond)
-        b = DT.one_step_samples(gen, z, cond)
+        a = distill_testbed.one_step_samples(tr.generator.net, z, cond)
+        b = distill_testbed.one_step_samples(gen, z, cond)
     assert (a - b).abs().max() < 0.05 * a.abs().max()  # fp16 weights
     assert meta["record"]["settings"]["steps"] == 3
     with pytest.raises(FileNotFoundError, match="^path"):
-        DT.load_generator(tmp_path / "missing.safetensors", tb)
+        distill_testbed.load_generator(tmp_path / "missing.safetensors", tb)
     bad = tmp_path / "nometa.safetensors"
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(bad))
     with pytest.raises(ValueError, match="^path"):
-        DT.load_generator(bad, tb)
+        distill_testbed.load_generator(bad, tb)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def test_bench_dmd_cli_writes_rows(tmp_path, capsys):
     assert all(keys <= set(r) for r in rows)
     methods = [r["method"] for r in rows]
     assert any("noise floor" in m for m in methods) and any("generator at init" in m for m in methods)
-    if DT.GENERATOR_FILE.is_file():
+    if distill_testbed.GENERATOR_FILE.is_file():
         dmd = next(r for r in rows if r["method"].startswith("DMD one-step"))
         assert dmd["nfe"] == 1 and dmd["class_acc"] > 0.5
     assert "fd_vs_teacher" in capsys.readouterr().out

@@ -11,14 +11,14 @@ import posixpath
 
 import pytest
 
-from comfyui_tempo.nodes import files as F
+from comfyui_tempo.nodes import files
 
 WIN_ROOT = "D:\\ComfyUI\\output\\dmd_generators"
 
 
 def _refused(name: str, match: str | None = None) -> str:
-    with pytest.raises(F.FileNameError) as e:
-        F.safe_save_name(name)
+    with pytest.raises(files.FileNameError) as e:
+        files.safe_save_name(name)
     msg = str(e.value)
     assert msg.startswith("save_name: "), msg
     if match:
@@ -30,7 +30,7 @@ def test_module_imports_without_comfyui():
     import sys
 
     assert "folder_paths" not in sys.modules and "comfy" not in sys.modules
-    assert issubclass(F.FileNameError, ValueError)
+    assert issubclass(files.FileNameError, ValueError)
 
 
 @pytest.mark.parametrize("name, want", [
@@ -48,7 +48,7 @@ def test_module_imports_without_comfyui():
     ("générateur", "générateur"),
 ])
 def test_ordinary_names_pass(name, want):
-    got = F.safe_save_name(name)
+    got = files.safe_save_name(name)
     assert got == want
     # joined onto the folder, on both systems, it stays under it
     assert ntpath.join(WIN_ROOT, *got.split("/")).startswith(WIN_ROOT + "\\")
@@ -100,43 +100,43 @@ def test_nul_byte_is_refused():
 def test_too_long_names_are_refused():
     _refused("a" * 300, "bytes")  # one part over NAME_MAX (the QA report's 300-character name)
     _refused("é" * 130, "bytes")  # 260 bytes in UTF-8: bytes count, not characters
-    longest = "a" * (F.MAX_COMPONENT_BYTES - len(F.LONGEST_SUFFIX))
-    assert F.safe_save_name(longest) == longest
-    assert len((longest + F.LONGEST_SUFFIX).encode()) == F.MAX_COMPONENT_BYTES
+    longest = "a" * (files.MAX_COMPONENT_BYTES - len(files.LONGEST_SUFFIX))
+    assert files.safe_save_name(longest) == longest
+    assert len((longest + files.LONGEST_SUFFIX).encode()) == files.MAX_COMPONENT_BYTES
     _refused(longest + "a", "bytes")
     _refused("/".join(["d" * 200] * 6), "bytes long")  # every part fits, the whole is over the bound
 
 
 def test_non_strings_are_refused():
-    with pytest.raises(F.FileNameError, match="^save_name: expected a string"):
-        F.safe_save_name(None)
+    with pytest.raises(files.FileNameError, match="^save_name: expected a string"):
+        files.safe_save_name(None)
 
 
 def test_other_input_names_are_used():
-    with pytest.raises(F.FileNameError, match="^pairs_name: "):
-        F.safe_save_name("C:x", what="pairs_name")
+    with pytest.raises(files.FileNameError, match="^pairs_name: "):
+        files.safe_save_name("C:x", what="pairs_name")
 
 
 # ---------------------------------------------------------------------------- names picked from a list
 @pytest.mark.parametrize("name", ["gen.safetensors", "dmd/gen.safetensors", "loras/a:b.safetensors", "con.safetensors"])
 def test_listed_names_pass(name):
     # a file that exists in the folder may have any name its file system allows
-    assert F.check_listed_name(name, "generator_name") == name
+    assert files.check_listed_name(name, "generator_name") == name
 
 
 @pytest.mark.parametrize("name", ["/some/dir/secret.safetensors", "/etc/passwd", "C:\\x.safetensors", "C:x.safetensors",
                                   "\\\\server\\share\\x.safetensors", "../../../outside/x.safetensors", "a/../../x",
                                   "a\\..\\..\\x", "x\x00.safetensors", "", "  "])
 def test_listed_names_that_leave_the_folder_are_refused(name):
-    with pytest.raises(F.FileNameError, match="^generator_name: "):
-        F.check_listed_name(name, "generator_name")
+    with pytest.raises(files.FileNameError, match="^generator_name: "):
+        files.check_listed_name(name, "generator_name")
 
 
 def test_inside_is_a_second_line(tmp_path):
     root = tmp_path / "models" / "dmd_generators"
     other = tmp_path / "models" / "dmd_generators_other"
     ok = str(root / "dmd" / "x.safetensors")
-    assert F.inside(ok, [str(other), str(root)], "generator_name") == ok
+    assert files.inside(ok, [str(other), str(root)], "generator_name") == ok
     for bad in (str(root / ".." / "secret.safetensors"), str(other) + "/x.safetensors", "/etc/passwd"):
-        with pytest.raises(F.FileNameError, match="^generator_name: .*outside its folders"):
-            F.inside(bad, [str(root)], "generator_name")
+        with pytest.raises(files.FileNameError, match="^generator_name: .*outside its folders"):
+            files.inside(bad, [str(root)], "generator_name")

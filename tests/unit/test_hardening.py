@@ -12,8 +12,8 @@ import torch
 from comfyui_tempo.samplers.finite import nonfinite_note, with_nonfinite_note
 from comfyui_tempo.samplers.plot import moving_average
 from comfyui_tempo.testbed.exact import ring_mixture
-from comfyui_tempo.training import dmd as D
-from comfyui_tempo.training.toy import MLPDenoiser
+from comfyui_tempo.training import dmd as dmd_training
+from comfyui_tempo.testbed.toy import MLPDenoiser
 
 
 # ---------------------------------------------------------------------------- smoothing (plot_losses)
@@ -54,11 +54,11 @@ def test_nonfinite_note_counts_nan_and_inf():
 
 # ---------------------------------------------------------------------------- checkpoint size
 def _trainer(teacher, **kw):
-    cfg = D.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=8, generator_lr=1e-3,
+    cfg = dmd_training.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=8, generator_lr=1e-3,
                       fake_lr=1e-3, warmup_steps=0, sigma_data=1.0, seed=3, **kw)
     if cfg.lora_rank:
-        return D.DMDTrainer.from_teacher(teacher, (2,), cfg, real_score=ring_mixture())
-    return D.DMDTrainer(ring_mixture(), D.copy_teacher(teacher), D.copy_teacher(teacher), (2,), cfg)
+        return dmd_training.DMDTrainer.from_teacher(teacher, (2,), cfg, real_score=ring_mixture())
+    return dmd_training.DMDTrainer(ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,), cfg)
 
 
 def _checkpoint_bytes(tr) -> int:

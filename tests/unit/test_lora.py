@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from comfyui_tempo.testbed.unet import UNet
-from comfyui_tempo.training import lora as L
+from comfyui_tempo.training import lora
 
 torch.set_num_threads(1)
 
@@ -33,21 +33,21 @@ def _inputs(b=3, seed=1):
 def _perturb(net, seed=2):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in L.lora_parameters(net):
+        for p in lora.lora_parameters(net):
             p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
 def test_lora_copy_starts_identical_shares_storage_only_lora_trainable():
     teacher = _unet()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    gen = L.lora_copy(teacher, rank=4, alpha=2.0)
-    fake = L.lora_copy(teacher, rank=4)
+    gen = lora.lora_copy(teacher, rank=4, alpha=2.0)
+    fake = lora.lora_copy(teacher, rank=4)
     x, t, ctx = _inputs()
     with torch.no_grad():
         ref = teacher(x, t, ctx)
         assert torch.equal(gen(x, t, ctx), ref)  # up factors are zero: bit for bit the teacher
         assert torch.equal(fake(x, t, ctx), ref)
-    layers = L.lora_layers(gen)
+    layers = lora.lora_layers(gen)
     assert "input_conv" in layers and "time_embed.0" in layers and "class_embed" in layers
     assert layers["input_conv"].kind == "conv2d" and layers["time_embed.0"].kind == "linear"
     # base tensors are the teacher's own (same storage), frozen; only the factors train
@@ -55,7 +55,7 @@ def test_lora_copy_starts_identical_shares_storage_only_lora_trainable():
     for name, m in layers.items():
         assert m.base.weight is tp[name + ".weight"]
         assert m.base.weight.data_ptr() == fake.get_submodule(name).base.weight.data_ptr()
-    assert L.shares_base(gen, teacher) and L.shares_base(gen, fake)
+    assert lora.shares_base(gen, teacher) and lora.shares_base(gen, fake)
     trainable = [n for n, p in gen.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_down." in n or ".lora_up." in n for n in trainable)
     assert len(trainable) == 2 * len(layers)
@@ -63,10 +63,10 @@ def test_lora_copy_starts_identical_shares_storage_only_lora_trainable():
     # total parameter storage: the copy adds only the factors
     base_ptrs = {p.data_ptr() for p in teacher.parameters()}
     extra = [p for p in gen.parameters() if p.data_ptr() not in base_ptrs]
-    assert sum(p.numel() for p in extra) == sum(p.numel() for p in L.lora_parameters(gen))
+    assert sum(p.numel() for p in extra) == sum(p.numel() for p in lora.lora_parameters(gen))
 
     # a few optimizer steps move the copy, never the teacher
-    opt = torch.optim.AdamW(L.lora_parameters(gen), lr=1e-2)
+    opt = torch.optim.AdamW(lora.lora_parameters(gen), lr=1e-2)
     for _ in range(3):
         loss = (gen(x, t, ctx) - 1).pow(2).mean()
         opt.zero_grad()
@@ -81,10 +81,10 @@ def test_lora_copy_starts_identical_shares_storage_only_lora_trainable():
 
 def test_save_load_round_trip_and_comfyui_layout(tmp_path):
     teacher = _unet()
-    gen = L.lora_copy(teacher, rank=3, alpha=1.5)
+    gen = lora.lora_copy(teacher, rank=3, alpha=1.5)
     _perturb(gen)
     path = tmp_path / "g.safetensors"
-    L.save_lora(gen, path, prefix="diffusion_model.net.", metadata={"dmd_conditioning_timestep": 999})
+    lora.save_lora(gen, path, prefix="diffusion_model.net.", metadata={"dmd_conditioning_timestep": 999})
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -97,43 +97,43 @@ def test_save_load_round_trip_and_comfyui_layout(tmp_path):
     assert tuple(up.shape) == (16, 3, 1, 1) and tuple(down.shape) == (3, 4, 3, 3) and float(alpha) == 1.5
     assert "diffusion_model.net.time_embed.0.lora_down.weight" in keys
     assert all(k.startswith("diffusion_model.net.") for k in keys)
-    assert len(keys) == 3 * len(L.lora_layers(gen))
+    assert len(keys) == 3 * len(lora.lora_layers(gen))
 
-    other = L.lora_copy(teacher, rank=3, alpha=1.5)
+    other = lora.lora_copy(teacher, rank=3, alpha=1.5)
     x, t, ctx = _inputs()
     with torch.no_grad():
         assert not torch.equal(other(x, t, ctx), gen(x, t, ctx))
-        got = L.load_lora(other, path, prefix="diffusion_model.net.")
+        got = lora.load_lora(other, path, prefix="diffusion_model.net.")
         assert got["dmd_conditioning_timestep"] == "999"
         assert torch.equal(other(x, t, ctx), gen(x, t, ctx))
-    assert L.lora_ranks(L.lora_state_dict(gen), "diffusion_model.")["input_conv"] == (3, 1.5)
+    assert lora.lora_ranks(lora.lora_state_dict(gen), "diffusion_model.")["input_conv"] == (3, 1.5)
     # wrong rank, wrong prefix, not safetensors: named errors
     with pytest.raises(ValueError, match="^state"):
-        L.load_lora(L.lora_copy(teacher, rank=2), path, prefix="diffusion_model.net.")
+        lora.load_lora(lora.lora_copy(teacher, rank=2), path, prefix="diffusion_model.net.")
     with pytest.raises(ValueError, match="^state"):
-        L.load_lora(L.lora_copy(teacher, rank=3), path, prefix="diffusion_model.")
+        lora.load_lora(lora.lora_copy(teacher, rank=3), path, prefix="diffusion_model.")
     with pytest.raises(ValueError, match="^path"):
-        L.load_lora(other, tmp_path / "g.pt")
+        lora.load_lora(other, tmp_path / "g.pt")
 
 
 def test_merge_equals_forward_and_comfyui_formula():
     teacher = _unet()
-    gen = L.lora_copy(teacher, rank=4, alpha=8.0)
+    gen = lora.lora_copy(teacher, rank=4, alpha=8.0)
     _perturb(gen)
     x, t, ctx = _inputs()
     with torch.no_grad():
         y = gen(x, t, ctx)
-        merged = L.merge_lora(gen)
-        assert not L.lora_layers(merged)
+        merged = lora.merge_lora(gen)
+        assert not lora.lora_layers(merged)
         assert torch.allclose(merged(x, t, ctx), y, atol=1e-5, rtol=1e-4)
         # the teacher is untouched by merging
         assert not torch.allclose(teacher(x, t, ctx), y)
     # ComfyUI's LoRAAdapter.calculate_weight: W + (alpha / rank) * mm(up.flatten(1), down.flatten(1)).reshape(W.shape)
-    sd = L.lora_state_dict(gen, prefix="diffusion_model.")
-    msd = L.merged_state_dict(gen)
+    sd = lora.lora_state_dict(gen, prefix="diffusion_model.")
+    msd = lora.merged_state_dict(gen)
     tsd = teacher.state_dict()
     assert set(msd) == set(tsd)
-    for name in L.lora_layers(gen):
+    for name in lora.lora_layers(gen):
         k = "diffusion_model." + name
         up, down, alpha = sd[k + ".lora_up.weight"], sd[k + ".lora_down.weight"], float(sd[k + ".alpha"])
         w = tsd[name + ".weight"]
@@ -169,38 +169,38 @@ def test_target_selection_and_subclasses():
 
     torch.manual_seed(0)
     net = Net()
-    a = L.lora_copy(net, 2)
-    assert set(L.lora_layers(a)) == {"attn.to_q", "attn.to_k", "ff"}
-    assert isinstance(L.lora_layers(a)["attn.to_q"].base, CastLinear)
-    b = L.lora_copy(net, 2, include=["attn"], exclude=["*to_k"])
-    assert set(L.lora_layers(b)) == {"attn.to_q"}
-    c = L.lora_copy(net, 2, targets=(nn.Linear,), include=[__import__("re").compile(r"^ff$")])
-    assert set(L.lora_layers(c)) == {"ff"}
+    a = lora.lora_copy(net, 2)
+    assert set(lora.lora_layers(a)) == {"attn.to_q", "attn.to_k", "ff"}
+    assert isinstance(lora.lora_layers(a)["attn.to_q"].base, CastLinear)
+    b = lora.lora_copy(net, 2, include=["attn"], exclude=["*to_k"])
+    assert set(lora.lora_layers(b)) == {"attn.to_q"}
+    c = lora.lora_copy(net, 2, targets=(nn.Linear,), include=[__import__("re").compile(r"^ff$")])
+    assert set(lora.lora_layers(c)) == {"ff"}
     x = torch.randn(5, 6)
     with torch.no_grad():
         assert torch.equal(a(x), net(x))
     # setting .weight on a wrapped layer (as ComfyUI's set_attr does) reaches its base layer
-    lay = L.lora_layers(a)["ff"]
+    lay = lora.lora_layers(a)["ff"]
     neww = nn.Parameter(torch.zeros(6, 6), requires_grad=False)
     lay.weight = neww
     assert lay.base.weight is neww and lay.weight is neww and net.ff.weight is not neww
     # norms and the depthwise conv stay shared and frozen
     assert a.norm.weight is net.norm.weight and a.dw.weight is net.dw.weight
     with pytest.raises(ValueError, match="^rank"):
-        L.lora_copy(net, 0)
+        lora.lora_copy(net, 0)
     with pytest.raises(ValueError, match="^include"):
-        L.lora_copy(net, 2, include=["nothing_here"])
+        lora.lora_copy(net, 2, include=["nothing_here"])
     # adding LoRA to an already wrapped net does not wrap twice
     with pytest.raises(ValueError, match="^include"):
-        L.add_lora(a, 2)
+        lora.add_lora(a, 2)
 
 
 def test_bf16_base_keeps_float32_factors():
     torch.manual_seed(0)
     base = nn.Linear(8, 8).to(torch.bfloat16)
     net = nn.Sequential(base)
-    c = L.lora_copy(net, 2)
-    layer = L.lora_layers(c)["0"]
+    c = lora.lora_copy(net, 2)
+    layer = lora.lora_layers(c)["0"]
     assert layer.lora_up.weight.dtype == torch.float32 and layer.weight.dtype == torch.bfloat16
     x = torch.randn(3, 8, dtype=torch.bfloat16)
     assert c(x).dtype == torch.bfloat16

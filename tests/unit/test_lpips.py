@@ -9,21 +9,21 @@ installed, the metric is compared with the package's on the same weights.
 import pytest
 import torch
 
-from comfyui_tempo.training import dmd as D
-from comfyui_tempo.training import lpips as L
+from comfyui_tempo.training import dmd as dmd_training
+from comfyui_tempo.training import lpips as tempo_lpips
 
 torch.set_num_threads(1)
 
 
 def _write_weights(tmp_path, seed=0):
     g = torch.Generator().manual_seed(seed)
-    feats = L.vgg16_features()
+    feats = tempo_lpips.vgg16_features()
     vgg = {}
     for k, v in feats.state_dict().items():
         scale = (2.0 / (v[0].numel() if v.ndim > 1 else 1)) ** 0.5 if v.ndim > 1 else 0.01
         vgg[f"features.{k}"] = torch.randn(v.shape, generator=g) * scale
     vgg["classifier.0.weight"] = torch.zeros(4, 4)  # torchvision's file has more than the features
-    lin = {f"lin{k}.model.1.weight": torch.rand((1, c, 1, 1), generator=g) * 0.1 for k, c in enumerate(L.CHANNELS)}
+    lin = {f"lin{k}.model.1.weight": torch.rand((1, c, 1, 1), generator=g) * 0.1 for k, c in enumerate(tempo_lpips.CHANNELS)}
     vp, lp = tmp_path / "vgg16-397923af.pth", tmp_path / "vgg.pth"
     torch.save(vgg, vp)
     torch.save(lin, lp)
@@ -36,7 +36,7 @@ def weights(tmp_path_factory):
 
 
 def test_lpips_metric_properties(weights):
-    net = L.load_lpips(*weights)
+    net = tempo_lpips.load_lpips(*weights)
     g = torch.Generator().manual_seed(1)
     a = torch.rand((2, 3, 32, 32), generator=g)
     b = (a + 0.2 * torch.randn(a.shape, generator=g)).clamp(0, 1)
@@ -53,20 +53,20 @@ def test_lpips_metric_properties(weights):
 
 def test_lpips_bad_files_name_the_input(tmp_path, weights):
     vp, lp = weights
-    with pytest.raises(L.LPIPSWeightsError, match=r"^vgg_weights: expected an existing"):
-        L.load_lpips(tmp_path / "nope.pth", lp)
-    with pytest.raises(L.LPIPSWeightsError, match=r"^vgg_weights: not a torchvision vgg16"):
-        L.load_lpips(lp, lp)
-    with pytest.raises(L.LPIPSWeightsError, match=r"^lin_weights: missing lin0"):
-        L.load_lpips(vp, vp)
+    with pytest.raises(tempo_lpips.LPIPSWeightsError, match=r"^vgg_weights: expected an existing"):
+        tempo_lpips.load_lpips(tmp_path / "nope.pth", lp)
+    with pytest.raises(tempo_lpips.LPIPSWeightsError, match=r"^vgg_weights: not a torchvision vgg16"):
+        tempo_lpips.load_lpips(lp, lp)
+    with pytest.raises(tempo_lpips.LPIPSWeightsError, match=r"^lin_weights: missing lin0"):
+        tempo_lpips.load_lpips(vp, vp)
     bad = tmp_path / "bad_lin.pth"
     torch.save({f"lin{k}.model.1.weight": torch.zeros(1, 3, 1, 1) for k in range(5)}, bad)
-    with pytest.raises(L.LPIPSWeightsError, match=r"^lin_weights: lin0.model.1.weight has shape"):
-        L.load_lpips(vp, bad)
+    with pytest.raises(tempo_lpips.LPIPSWeightsError, match=r"^lin_weights: lin0.model.1.weight has shape"):
+        tempo_lpips.load_lpips(vp, bad)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a torch file")
-    with pytest.raises(L.LPIPSWeightsError, match=r"^lin_weights: junk.pth is not a readable"):
-        L.load_lpips(vp, junk)
+    with pytest.raises(tempo_lpips.LPIPSWeightsError, match=r"^lin_weights: junk.pth is not a readable"):
+        tempo_lpips.load_lpips(vp, junk)
 
 
 def test_lpips_matches_the_lpips_package(weights):
@@ -81,7 +81,7 @@ def test_lpips_matches_the_lpips_package(weights):
                 mod.weight.data.copy_(sd[f"features.{name}.weight"])
                 mod.bias.data.copy_(sd[f"features.{name}.bias"])
     ref.load_state_dict(torch.load(lp, weights_only=True), strict=False)
-    mine = L.load_lpips(vp, lp)
+    mine = tempo_lpips.load_lpips(vp, lp)
     g = torch.Generator().manual_seed(2)
     a, b = torch.rand((3, 3, 48, 48), generator=g), torch.rand((3, 3, 48, 48), generator=g)
     with torch.no_grad():
@@ -103,7 +103,7 @@ class _Decode(torch.nn.Module):
 
 
 def test_trainer_regression_with_lpips(weights):
-    from comfyui_tempo.training.toy import MLPDenoiser
+    from comfyui_tempo.testbed.toy import MLPDenoiser
 
     torch.manual_seed(0)
     shape = (4, 8, 8)
@@ -118,24 +118,24 @@ def test_trainer_regression_with_lpips(weights):
             return self.net(x.flatten(1), sigma, cond).view(x.shape)
 
     teacher = Flat(teacher).requires_grad_(False)
-    pairs = D.RegressionPairs(noise=torch.randn((8,) + shape), target=torch.randn((8,) + shape) * 0.5)
-    cfg = D.DMDConfig(batch_size=2, regression_weight=0.25, regression_loss="lpips", dfake_gen_update_ratio=1,
+    pairs = dmd_training.RegressionPairs(noise=torch.randn((8,) + shape), target=torch.randn((8,) + shape) * 0.5)
+    cfg = dmd_training.DMDConfig(batch_size=2, regression_weight=0.25, regression_loss="lpips", dfake_gen_update_ratio=1,
                       warmup_steps=0, real_guidance_scale=1.0, generator_lr=1e-3, fake_lr=1e-3)
-    with pytest.raises(D.DMDConfigError, match=r"^regression_loss_fn:"):
-        D.DMDTrainer(teacher, D.copy_teacher(teacher), D.copy_teacher(teacher), shape, cfg, regression_pairs=pairs)
-    loss_fn = L.LatentLPIPS(_Decode(), L.load_lpips(*weights))
-    gen = D.copy_teacher(teacher)
+    with pytest.raises(dmd_training.DMDConfigError, match=r"^regression_loss_fn:"):
+        dmd_training.DMDTrainer(teacher, dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), shape, cfg, regression_pairs=pairs)
+    loss_fn = tempo_lpips.LatentLPIPS(_Decode(), tempo_lpips.load_lpips(*weights))
+    gen = dmd_training.copy_teacher(teacher)
     before = [p.detach().clone() for p in gen.parameters()]
-    tr = D.DMDTrainer(teacher, gen, D.copy_teacher(teacher), shape, cfg, regression_pairs=pairs,
+    tr = dmd_training.DMDTrainer(teacher, gen, dmd_training.copy_teacher(teacher), shape, cfg, regression_pairs=pairs,
                       regression_loss_fn=loss_fn)
     log = tr.step()
     assert log["loss_reg"] > 0
     assert any((p - q).abs().max() > 0 for p, q in zip(gen.parameters(), before))
     # the LPIPS term itself moves the generator: the same step with a zero regression loss differs
-    gen0 = D.copy_teacher(teacher)
-    tr0 = D.DMDTrainer(teacher, gen0, D.copy_teacher(teacher), shape, cfg, regression_pairs=pairs,
+    gen0 = dmd_training.copy_teacher(teacher)
+    tr0 = dmd_training.DMDTrainer(teacher, gen0, dmd_training.copy_teacher(teacher), shape, cfg, regression_pairs=pairs,
                        regression_loss_fn=lambda p, t: (p * 0).sum())
     tr0.step()
     assert any((p - q).abs().max() > 1e-7 for p, q in zip(gen.parameters(), gen0.parameters()))
-    with pytest.raises(D.DMDConfigError, match=r"^regression_loss: 'lpips' needs"):
-        D.regression_loss(torch.zeros(1, 2), torch.zeros(1, 2), "lpips")
+    with pytest.raises(dmd_training.DMDConfigError, match=r"^regression_loss: 'lpips' needs"):
+        dmd_training.regression_loss(torch.zeros(1, 2), torch.zeros(1, 2), "lpips")
