@@ -10,6 +10,10 @@ saved JSON file):
 
     python tests/browser/make_docs.py http://127.0.0.1:8188            # a running ComfyUI
     python tests/browser/make_docs.py object_info.json [OUT_DIR]       # default OUT_DIR: web/docs/
+    TEMPO_COMFYUI=/path/to/ComfyUI python tests/browser/make_docs.py --comfyui [OUT_DIR]
+
+--comfyui starts a ComfyUI of its own for the pages, as the host tier does (tests/host/comfy_client.py:
+a temporary --base-directory with the pack linked in, on 127.0.0.1, stopped afterwards).
 
 Run it again after a node's schema (description, inputs, tooltips, outputs) or a note changes;
 tests/host/test_host_docs.py regenerates the pages from the running server and fails when a
@@ -50,10 +54,30 @@ def node_ids() -> list[str]:
 
 
 def read_object_info(source: str) -> dict:
+    if source == "--comfyui":
+        return _object_info_of_own_server()
     if source.startswith(("http://", "https://")):
         with urllib.request.urlopen(source.rstrip("/") + "/object_info", timeout=60) as r:
             return json.loads(r.read())
     return json.loads(Path(source).read_text())
+
+
+def _object_info_of_own_server() -> dict:
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "tests" / "host"))
+    import comfy_client
+
+    install, reason = comfy_client.find_comfyui()
+    if install is None:
+        sys.exit(reason)
+    with tempfile.TemporaryDirectory(prefix="tempo_make_docs_") as tmp:
+        server = comfy_client.ComfyServer(install, comfy_client.make_base(Path(tmp)))
+        server.start(timeout=240.0)
+        try:
+            return read_object_info(server.url)
+        finally:
+            server.stop()
 
 
 def read_notes(text: str) -> dict[str, str]:
