@@ -120,12 +120,12 @@ def dmd_beside_teacher(args, problem, teacher_latents, teacher_wall: float, teac
     """The shipped DMD one-step generator on the demo's noise and classes, beside the teacher's full
     CFG run: class accuracy (the evaluation classifier), NFE and wall time; a second grid."""
     from ..testbed import classifier
-    from ..training import distill_testbed
+    from ..testbed import distill
 
-    gen, meta = distill_testbed.load_generator(distill_testbed.GENERATOR_FILE)
+    gen, meta = distill.load_generator(distill.GENERATOR_FILE)
     t0 = time.perf_counter()
     with torch.no_grad():
-        latents = distill_testbed.one_step_samples(gen, problem.noise, problem.cond, meta["conditioning_timestep"])
+        latents = distill.one_step_samples(gen, problem.noise, problem.cond, meta["conditioning_timestep"])
     wall = time.perf_counter() - t0
     clf = classifier.load()
     imgs = {"teacher": problem.decode(teacher_latents), "dmd_onestep": problem.decode(latents)}
@@ -138,7 +138,7 @@ def dmd_beside_teacher(args, problem, teacher_latents, teacher_wall: float, teac
     table = print_table(rows, ["method", "nfe", "class_acc", "wall_s", "speedup_wall"])
     path = os.path.join(args.out, "dmd_grid.png")
     dmd_grid(args, problem.cond, imgs, preds, rows).save(path)
-    return {"generator": str(distill_testbed.GENERATOR_FILE.name), "conditioning_timestep": meta["conditioning_timestep"],
+    return {"generator": str(distill.GENERATOR_FILE.name), "conditioning_timestep": meta["conditioning_timestep"],
             "rows": rows, "table": table, "grid": path}
 
 

@@ -9,7 +9,7 @@ Cases (every row compares a sample set with the teacher's own samples):
   samples of the mixture.
 * ``gmm-latent``: a Gaussian mixture of 6 components in 4x8x8 = 256 dimensions (latent-shaped, eps
   schedule), same rows and metrics (settings of ``tests/unit/test_dmd.py``).
-* ``testbed``: the trained class-conditional testbed, CFG 5 (``training/distill_testbed.py``):
+* ``testbed``: the trained class-conditional testbed, CFG 5 (``training/distill.py``):
   the teacher's 50-step Euler CFG samples are the reference (set A); a second, independent teacher
   set (B) gives the noise floor; teacher with 1/2/4 steps, the generator at initialisation (one
   teacher step from pure noise at t=999), the shipped DMD generator and the shipped real-score-only
@@ -144,14 +144,14 @@ def mixture_rows(case: dict, log=print, steps_scale: float = 1.0) -> list[dict]:
 def testbed_rows(per_class: int, log=print, generator_file=None, control_file=None) -> tuple[list[dict], dict]:
     from ..testbed import classifier, trained
     from ..testbed import dmd_eval
-    from ..training import distill_testbed
+    from ..testbed import distill
 
     tb = trained.load()
     clf = classifier.load()
     name = "testbed CFG 5"
-    za, cond = distill_testbed.class_batch(per_class, 1, tb.latent_shape)
-    zb, _ = distill_testbed.class_batch(per_class, 2, tb.latent_shape)
-    lat_a, wall_teacher = timed(distill_testbed.teacher_samples, tb, za, cond)
+    za, cond = distill.class_batch(per_class, 1, tb.latent_shape)
+    zb, _ = distill.class_batch(per_class, 2, tb.latent_shape)
+    lat_a, wall_teacher = timed(distill.teacher_samples, tb, za, cond)
     log(f"[{name}] teacher set A ({za.shape[0]} samples, 50 steps CFG 5): {wall_teacher:.1f}s")
     img_a = tb.decode(lat_a)
     feat_a, pred_a = clf.embed(img_a)
@@ -173,22 +173,22 @@ def testbed_rows(per_class: int, log=print, generator_file=None, control_file=No
     r = row("teacher 50-step Euler CFG 5 (set A vs itself)", 100, lat_a, wall_teacher)
     r.update(fd_vs_teacher=0.0, swd=0.0)
     rows.append(r)
-    lat_b, wall_b = timed(distill_testbed.teacher_samples, tb, zb, cond)
+    lat_b, wall_b = timed(distill.teacher_samples, tb, zb, cond)
     rows.append(row("noise floor: teacher 50-step, set B", 100, lat_b, wall_b))
     for steps in (1, 2, 4):
-        lat, wall = timed(distill_testbed.teacher_samples, tb, zb, cond, steps)
+        lat, wall = timed(distill.teacher_samples, tb, zb, cond, steps)
         rows.append(row(f"teacher {steps}-step Euler CFG 5", 2 * steps, lat, wall))
-    init = distill_testbed.TestbedDenoiser(tb.net, tb.sigmas)
-    lat, wall = timed(distill_testbed.one_step_samples, init, zb, cond)
+    init = distill.TestbedDenoiser(tb.net, tb.sigmas)
+    lat, wall = timed(distill.one_step_samples, init, zb, cond)
     rows.append(row("generator at init (teacher, 1 step at t=999)", 1, lat, wall))
-    for label, path in (("DMD one-step (shipped)", generator_file or distill_testbed.GENERATOR_FILE),
-                        ("control: real score only (shipped)", control_file or distill_testbed.CONTROL_FILE)):
+    for label, path in (("DMD one-step (shipped)", generator_file or distill.GENERATOR_FILE),
+                        ("control: real score only (shipped)", control_file or distill.CONTROL_FILE)):
         try:
-            gen, meta = distill_testbed.load_generator(path, tb)
+            gen, meta = distill.load_generator(path, tb)
         except FileNotFoundError as e:
             log(f"[{name}] {label}: skipped ({e})")
             continue
-        lat, wall = timed(distill_testbed.one_step_samples, gen, zb, cond, meta["conditioning_timestep"])
+        lat, wall = timed(distill.one_step_samples, gen, zb, cond, meta["conditioning_timestep"])
         rows.append(row(label, 1, lat, wall, train_s=meta["record"].get("train_seconds"),
                         train_steps=meta["record"].get("settings", {}).get("steps")))
     return rows, {"teacher_diversity": div_a, "per_class": per_class, "samples": int(cond.numel())}
@@ -221,11 +221,11 @@ def main(args) -> int:
     if "testbed" in cases:
         gen_file = ctl_file = None
         if args.retrain:
-            from ..training import distill_testbed
+            from ..testbed import distill
 
             gen_file, ctl_file = "out/dmd_onestep_retrained.safetensors", "out/dmd_control_retrained.safetensors"
-            distill_testbed.main(["--out", gen_file])
-            distill_testbed.main(["--control", "real_only", "--out", ctl_file])
+            distill.main(["--out", gen_file])
+            distill.main(["--control", "real_only", "--out", ctl_file])
         tb_rows, meta = testbed_rows(args.per_class or (20 if quick else 50), log, gen_file, ctl_file)
         rows += tb_rows
     result = {

@@ -65,9 +65,9 @@ def test_demo_writes_labelled_images_and_its_metrics(tmp_path, capsys):
     from PIL import Image
 
     from comfyui_tempo.testbed import classifier, trained
-    from comfyui_tempo.training import distill_testbed
+    from comfyui_tempo.testbed import distill
 
-    for path in (trained.WEIGHTS_FILE, classifier.WEIGHTS_FILE, distill_testbed.GENERATOR_FILE):
+    for path in (trained.WEIGHTS_FILE, classifier.WEIGHTS_FILE, distill.GENERATOR_FILE):
         if not path.is_file():
             pytest.skip(f"{path.name} not built")
     out = tmp_path / "demo"

@@ -166,7 +166,7 @@ def test_files_of_earlier_versions_still_load(tmp_path):
 
     from safetensors.torch import save_file
 
-    from comfyui_tempo.training import distill_testbed
+    from comfyui_tempo.testbed import distill
 
     flat = {"dmd.model_type": "eps", "dmd.conditioning_timestep": "999", "dmd.timesteps": "999,749,499,249",
             "dmd.format": "lora", "dmd.lora_rank": "4", "dmd.generator_steps": "12", "dmd.ema": "0"}
@@ -185,7 +185,7 @@ def test_files_of_earlier_versions_still_load(tmp_path):
     _, m = dmd_sampling.read_generator(tmp_path / "node.safetensors")
     assert m["timesteps"] == [999] and m["steps"] == 40 and m["format"] == "full"
     assert dmd_sampling.parse_generator_metadata({"tempo_dmd": json.dumps({"conditioning_timestep": 399})})["timesteps"] == [399]
-    for path in (distill_testbed.GENERATOR_FILE, distill_testbed.CONTROL_FILE):
+    for path in (distill.GENERATOR_FILE, distill.CONTROL_FILE):
         sd, m = dmd_sampling.read_generator(path)
         assert m["format"] == "full" and m["model_type"] == "eps" and m["conditioning_timestep"] == 999, path
         assert m["timesteps"] == [999] and m["record"]["settings"]["conditioning_timestep"] == 999

@@ -4,7 +4,7 @@ diversity failure, and a smoke training run. One thread, fixed seeds.
 
 The shipped weights are made by
 ``python -m comfyui_tempo.testbed.classifier --train`` and
-``python -m comfyui_tempo.training.distill_testbed --out testbed/weights/dmd_onestep.safetensors``
+``python -m comfyui_tempo.testbed.distill --out testbed/weights/dmd_onestep.safetensors``
 (``--control real_only --out testbed/weights/dmd_control_real_only.safetensors`` for the control).
 """
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from comfyui_tempo.testbed import classifier, trained
-from comfyui_tempo.training import distill_testbed
+from comfyui_tempo.testbed import distill
 from comfyui_tempo.testbed import dmd_eval
 
 torch.set_num_threads(1)
@@ -87,13 +87,13 @@ def test_classifier_heldout_accuracy():
 @pytest.fixture(scope="module")
 def sets():
     _need(classifier.WEIGHTS_FILE)
-    _need(distill_testbed.GENERATOR_FILE)
+    _need(distill.GENERATOR_FILE)
     tb = trained.load()
     clf = classifier.load()
-    za, cond = distill_testbed.class_batch(PER_CLASS, 101, tb.latent_shape)
-    zb, _ = distill_testbed.class_batch(PER_CLASS, 202, tb.latent_shape)
+    za, cond = distill.class_batch(PER_CLASS, 101, tb.latent_shape)
+    zb, _ = distill.class_batch(PER_CLASS, 202, tb.latent_shape)
     t0 = time.perf_counter()
-    lat_a = distill_testbed.teacher_samples(tb, za, cond)
+    lat_a = distill.teacher_samples(tb, za, cond)
     wall_teacher = time.perf_counter() - t0
     fa, _ = clf.embed(tb.decode(lat_a))
 
@@ -102,10 +102,10 @@ def sets():
         return dmd_eval.evaluate(f, p, cond, fa, cond)
 
     out = {"tb": tb, "zb": zb, "cond": cond, "ev": ev, "wall_teacher": wall_teacher}
-    out["init"] = ev(distill_testbed.one_step_samples(distill_testbed.TestbedDenoiser(tb.net, tb.sigmas), zb, cond))
-    gen, meta = distill_testbed.load_generator(distill_testbed.GENERATOR_FILE, tb)
+    out["init"] = ev(distill.one_step_samples(distill.TestbedDenoiser(tb.net, tb.sigmas), zb, cond))
+    gen, meta = distill.load_generator(distill.GENERATOR_FILE, tb)
     out["gen"], out["meta"] = gen, meta
-    out["dmd"] = ev(distill_testbed.one_step_samples(gen, zb, cond, meta["conditioning_timestep"]))
+    out["dmd"] = ev(distill.one_step_samples(gen, zb, cond, meta["conditioning_timestep"]))
     return out
 
 
@@ -130,16 +130,16 @@ def test_generator_wall_time_50x_below_teacher(sets):
     walls = []
     for _ in range(3):
         t0 = time.perf_counter()
-        distill_testbed.one_step_samples(gen, zb, cond)
+        distill.one_step_samples(gen, zb, cond)
         walls.append(time.perf_counter() - t0)
     assert sets["wall_teacher"] >= 50 * min(walls)
 
 
 def test_real_score_only_control_fails_diversity(sets):
-    _need(distill_testbed.CONTROL_FILE)
-    gen, meta = distill_testbed.load_generator(distill_testbed.CONTROL_FILE, sets["tb"])
+    _need(distill.CONTROL_FILE)
+    gen, meta = distill.load_generator(distill.CONTROL_FILE, sets["tb"])
     assert meta["record"]["control"] == "real_only" and meta["record"]["config"]["use_fake_score"] is False
-    r = sets["ev"](distill_testbed.one_step_samples(gen, sets["zb"], sets["cond"]))
+    r = sets["ev"](distill.one_step_samples(gen, sets["zb"], sets["cond"]))
     print("control", r)
     assert r["diversity_ratio"] < 0.8  # fails the diversity check ...
     assert r["diversity_ratio"] < sets["dmd"]["diversity_ratio"] - 0.1
@@ -152,8 +152,8 @@ def test_real_score_only_control_fails_diversity(sets):
 
 def test_smoke_training_changes_generator_and_file_round_trip(tmp_path):
     tb = trained.load()
-    settings = dict(distill_testbed.DEFAULTS, steps=3, batch=4, ratio=1, warmup=0)
-    tr, record = distill_testbed.distill(settings, log=lambda s: None, tb=tb)
+    settings = dict(distill.DEFAULTS, steps=3, batch=4, ratio=1, warmup=0)
+    tr, record = distill.distill(settings, log=lambda s: None, tb=tb)
     assert tr.generator_steps == 3 and tr.fake_steps == 3
     before = dict(tb.net.named_parameters())
     changed = [k for k, p in tr.generator.net.net.named_parameters() if not torch.equal(p, before[k])]
@@ -161,22 +161,22 @@ def test_smoke_training_changes_generator_and_file_round_trip(tmp_path):
     # the teacher is untouched (the trainer works on copies)
     assert all(not p.requires_grad for p in tb.net.parameters())
     path = tmp_path / "g.safetensors"
-    distill_testbed.save_generator(path, tr.generator.net, 999, record)
-    gen, meta = distill_testbed.load_generator(path, tb)
-    z, cond = distill_testbed.class_batch(1, 0, tb.latent_shape)
+    distill.save_generator(path, tr.generator.net, 999, record)
+    gen, meta = distill.load_generator(path, tb)
+    z, cond = distill.class_batch(1, 0, tb.latent_shape)
     with torch.no_grad():
-        a = distill_testbed.one_step_samples(tr.generator.net, z, cond)
-        b = distill_testbed.one_step_samples(gen, z, cond)
+        a = distill.one_step_samples(tr.generator.net, z, cond)
+        b = distill.one_step_samples(gen, z, cond)
     assert (a - b).abs().max() < 0.05 * a.abs().max()  # fp16 weights
     assert meta["record"]["settings"]["steps"] == 3
     with pytest.raises(FileNotFoundError, match="^path"):
-        distill_testbed.load_generator(tmp_path / "missing.safetensors", tb)
+        distill.load_generator(tmp_path / "missing.safetensors", tb)
     bad = tmp_path / "nometa.safetensors"
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(bad))
     with pytest.raises(ValueError, match="^path"):
-        distill_testbed.load_generator(bad, tb)
+        distill.load_generator(bad, tb)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def test_bench_dmd_cli_writes_rows(tmp_path, capsys):
     assert all(keys <= set(r) for r in rows)
     methods = [r["method"] for r in rows]
     assert any("noise floor" in m for m in methods) and any("generator at init" in m for m in methods)
-    if distill_testbed.GENERATOR_FILE.is_file():
+    if distill.GENERATOR_FILE.is_file():
         dmd = next(r for r in rows if r["method"].startswith("DMD one-step"))
         assert dmd["nfe"] == 1 and dmd["class_acc"] > 0.5
     assert "fd_vs_teacher" in capsys.readouterr().out

@@ -1,7 +1,7 @@
-"""Distil the trained testbed teacher into a one-step generator with DMD2 (issue 5, criterion 2).
+"""Distil the trained testbed teacher into a one-step generator with DMD2 (Yin et al., NeurIPS 2024).
 
-    OMP_NUM_THREADS=1 python -m comfyui_tempo.training.distill_testbed --out testbed/weights/dmd_onestep.safetensors
-    OMP_NUM_THREADS=1 python -m comfyui_tempo.training.distill_testbed --control real_only \\
+    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.distill --out testbed/weights/dmd_onestep.safetensors
+    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.distill --control real_only \\
         --out testbed/weights/dmd_control_real_only.safetensors
 
 Full weights of the testbed's eps-UNet (``testbed/trained.py``): the real score is the frozen
@@ -18,8 +18,8 @@ its DMD settings (``samplers.dmd.read_generator``): model type "eps", conditioni
 evaluation). The shipped files were written by an earlier version in the flat ``dmd.*`` metadata layout,
 which the reader still reads.
 
-``--control real_only`` trains the "real score only" control (``use_fake_score=False``,
-dmd.md 4.2) with the same settings; ``--control frozen_fake`` keeps the fake score at its
+``--control real_only`` trains the "real score only" control (``use_fake_score=False``)
+with the same settings; ``--control frozen_fake`` keeps the fake score at its
 initialisation (``train_fake_score=False``).
 """
 
@@ -37,11 +37,11 @@ from torch import nn
 
 from ..samplers import dmd as dmd_sampling
 from ..samplers import schedules
-from ..testbed import trained
-from . import dmd as D
-from . import run
+from ..training import dmd as dmd_training
+from ..training import run as dmd_run
+from . import trained
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "testbed" / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 GENERATOR_FILE = WEIGHTS_DIR / "dmd_onestep.safetensors"
 CONTROL_FILE = WEIGHTS_DIR / "dmd_control_real_only.safetensors"
 
@@ -99,7 +99,7 @@ def teacher_samples(tb, z: torch.Tensor, cond: torch.Tensor, steps: int = TEACHE
 def one_step_samples(denoiser, z: torch.Tensor, cond: torch.Tensor, conditioning_timestep: int = 999,
                      batch: int = 1000) -> torch.Tensor:
     """One evaluation at the conditioning timestep on pure noise (``OneStepGenerator``)."""
-    schedule = D.NoiseSchedule("eps")
+    schedule = dmd_training.NoiseSchedule("eps")
     sigma_c = float(schedule.sigma(conditioning_timestep))
     out = []
     for zc, cc in zip(z.split(batch), cond.split(batch)):
@@ -115,9 +115,9 @@ def one_step_samples(denoiser, z: torch.Tensor, cond: torch.Tensor, conditioning
 def save_generator(path, denoiser: TestbedDenoiser, conditioning_timestep: int, record: dict) -> None:
     """The generator file (``training.run.write_generator``): fp16 weights as ComfyUI holds the testbed
     (``net.<UNet key>``), the record of the run in its DMD settings."""
-    sd = run.generator_state_dict(denoiser.net, prefix="net.", dtype=torch.float16)
+    sd = dmd_run.generator_state_dict(denoiser.net, prefix="net.", dtype=torch.float16)
     ct = int(conditioning_timestep)
-    run.write_generator(path, sd, {"format": "full", "model_type": "eps", "conditioning_timestep": ct, "timesteps": [ct],
+    dmd_run.write_generator(path, sd, {"format": "full", "model_type": "eps", "conditioning_timestep": ct, "timesteps": [ct],
                                    "base": "testbed", "record": record})
 
 
@@ -150,9 +150,9 @@ def load_generator(path, tb=None) -> tuple[TestbedDenoiser, dict]:
 # training
 
 
-def make_trainer(tb, steps_config: dict, control: str = "none") -> D.DMDTrainer:
+def make_trainer(tb, steps_config: dict, control: str = "none") -> dmd_training.DMDTrainer:
     c = steps_config
-    config = D.DMDConfig(
+    config = dmd_training.DMDConfig(
         model_type="eps",
         conditioning_timestep=int(c["conditioning_timestep"]),
         real_guidance_scale=float(c["guidance"]),
@@ -169,31 +169,31 @@ def make_trainer(tb, steps_config: dict, control: str = "none") -> D.DMDTrainer:
         regression_loss="l2",
     )
     torch.manual_seed(int(c["seed"]))
-    gen = TestbedDenoiser(D.copy_teacher(tb.net), tb.sigmas)
-    fake = TestbedDenoiser(D.copy_teacher(tb.net), tb.sigmas)
+    gen = TestbedDenoiser(dmd_training.copy_teacher(tb.net), tb.sigmas)
+    fake = TestbedDenoiser(dmd_training.copy_teacher(tb.net), tb.sigmas)
     pairs = None
     if config.regression_weight > 0:
         pairs = regression_pairs(tb, int(c.get("pairs_per_class", 50)), int(c["seed"]) + 5000,
                                  config.conditioning_timestep)
-    return D.DMDTrainer(tb.denoiser, gen, fake, tb.latent_shape, config,
+    return dmd_training.DMDTrainer(tb.denoiser, gen, fake, tb.latent_shape, config,
                         conditioning=list(range(tb.num_classes)), uncond=tb.null_class, regression_pairs=pairs)
 
 
-def regression_pairs(tb, per_class: int, seed: int, conditioning_timestep: int = 999) -> D.RegressionPairs:
+def regression_pairs(tb, per_class: int, seed: int, conditioning_timestep: int = 999) -> dmd_training.RegressionPairs:
     """DMD1's regression pairs: noise z and the teacher's 50-step Euler CFG sample from the
     generator's input x = generator_input(z, sigma_c) (the same ODE map the generator learns)."""
     z, cond = class_batch(per_class, seed, tb.latent_shape)
-    sched = D.NoiseSchedule("eps")
+    sched = dmd_training.NoiseSchedule("eps")
     sigma_c = float(sched.sigma(conditioning_timestep))
     x = sched.generator_input(z, sigma_c)
     sig = schedules.karras(TEACHER_STEPS, tb.sigma_min, sigma_c)
     with torch.no_grad():
         y = trained.euler(tb.cfg_denoiser(TEACHER_CFG), x, sig, cond)
-    return D.RegressionPairs(z, y, cond)
+    return dmd_training.RegressionPairs(z, y, cond)
 
 
 def _eval(tb, clf, denoiser, ref, t_c: int) -> dict:
-    from ..testbed import dmd_eval
+    from . import dmd_eval
 
     z_ref, cond, ref_feat = ref
     # other noise than the reference's (the generator learns the teacher's noise-to-sample map)
@@ -219,7 +219,7 @@ def reference(tb, clf, per_class: int, seed: int, cache: str | None = None):
 
 
 def distill(settings: dict, control: str = "none", log=print, eval_every: int = 0, eval_per_class: int = 30,
-            eval_cache: str | None = None, tb=None, snapshot=None) -> tuple[D.DMDTrainer, dict]:
+            eval_cache: str | None = None, tb=None, snapshot=None) -> tuple[dmd_training.DMDTrainer, dict]:
     """Train; returns the trainer and the record (settings, seconds, losses, evaluations)."""
     tb = tb or trained.load()
     tr = make_trainer(tb, settings, control)
@@ -227,7 +227,7 @@ def distill(settings: dict, control: str = "none", log=print, eval_every: int = 
     clf = ref = None
     evals = []
     if eval_every:
-        from ..testbed import classifier
+        from . import classifier
 
         clf = classifier.load()
         # evaluation noise seeds differ from the training seed
@@ -309,7 +309,7 @@ def main(argv=None) -> int:
 
     tr, record = distill(settings, args.control, eval_every=args.eval_every, eval_per_class=args.eval_per_class,
                          eval_cache=args.eval_cache, log=lambda s: print(s, flush=True), snapshot=snapshot)
-    record["command"] = "python -m comfyui_tempo.training.distill_testbed " + " ".join(
+    record["command"] = "python -m comfyui_tempo.testbed.distill " + " ".join(
         sys.argv[1:] if argv is None else argv)
     if args.out:
         with tr.ema_weights():
