@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import torch
 
-import comfy.model_sampling
-
 from ..bridges.core import ModelSchedule
 from ..bridges.vae import BridgeInputError, BridgeVAE
 from . import compat
+from .comfy_model import model_kind  # also imported from here by nodes/coop.py
 
 
 def vae_factor(vae) -> int:
@@ -117,20 +116,12 @@ class ComfyBridgeVAE(BridgeVAE):
 
 
 # ------------------------------------------------------------------------------- models
-def model_kind(model) -> str:
-    """"eps", "v" or "flow" from a MODEL's model_sampling (EDM-style models count as eps)."""
-    ms = model.get_model_object("model_sampling")
-    if isinstance(ms, comfy.model_sampling.CONST):
-        return "flow"
-    if isinstance(ms, comfy.model_sampling.V_PREDICTION):
-        return "v"
-    return "eps"
-
-
 def model_schedule(model, name: str = "model") -> ModelSchedule:
     """The noise levels a MODEL accepts, as a bridges.core.ModelSchedule."""
     ms = model.get_model_object("model_sampling")
-    kind = model_kind(model)
+    # bridges.core's kinds: x = x0 + sigma * noise ("eps" and "v" alike) or flow; EDM models are v-prediction
+    # (Karras et al.'s preconditioning), x0 and unknown ones are taken as eps, both in ComfyUI's x = x0 + sigma n
+    kind = {"flow": "flow", "v": "v", "edm": "v"}.get(model_kind(model), "eps")
     table = getattr(ms, "sigmas", None)
     if isinstance(table, torch.Tensor) and table.numel() > 1:
         return ModelSchedule(kind=kind, table=table.detach().float().cpu(), name=name)

@@ -11,7 +11,8 @@ import logging
 # module (relative to this package) -> node ids it defines
 NODE_MODULES: dict[str, list[str]] = {
     "adaptive": ["TempoAdaptiveKSampler", "TempoAdaptiveSampler", "TempoAdaptiveModel"],
-    "dmd": ["TempoDMDGeneratorLoader", "TempoDMDSampler", "TempoDMDKSampler", "TempoDMDRegressionPairs", "TempoDMDTrainer"],
+    "dmd": ["TempoDMDGeneratorLoader", "TempoDMDSampler", "TempoDMDKSampler"],
+    "dmd_train": ["TempoDMDRegressionPairs", "TempoDMDTrainer"],
     "coop": ["TempoLatentBridge", "TempoNoisyLatentBridge", "TempoCoopSampler", "TempoCoopGuider", "TempoTimeDecoupledSampler"],
 }
 

@@ -87,7 +87,7 @@ COMPAT_SNIPPET = r'''
 import torch, dataclasses
 from comfy_api.latest import io
 import tempo_testnodes as tn
-from comfyui_tempo.nodes import compat, dmd
+from comfyui_tempo.nodes import comfy_model, compat
 
 res = {"schema_has_aliases": "search_aliases" in compat.schema_fields()}
 # a model built as ComfyUI >= 0.30 builds it (gradients off), weights as inference tensors as a loader leaves them
@@ -95,8 +95,8 @@ with torch.inference_mode():
     model = tn.tiny_sd_model()
 net = model.model.diffusion_model
 net.requires_grad_(False)
-twin = dmd.to_trainable(net)
-frozen = dmd.to_trainable(net, trainable=False)
+twin = comfy_model.to_trainable(net)
+frozen = comfy_model.to_trainable(net, trainable=False)
 res["trainable"] = all(p.requires_grad for p in twin.parameters())
 res["frozen"] = not any(p.requires_grad for p in frozen.parameters())
 res["no_inference_tensors"] = not any(p.is_inference() for p in twin.parameters())
@@ -160,7 +160,7 @@ RENOISE_SNIPPET = r'''
 import torch
 import comfy.model_base
 import tempo_testnodes as tn
-from comfyui_tempo.nodes import coop, dmd
+from comfyui_tempo.nodes import coop, dmd, dmd_train
 
 res = {}
 with torch.inference_mode():
@@ -181,7 +181,7 @@ import comfy.latent_formats
 video = tn.tiny_sd_model()
 video.model.latent_format = comfy.latent_formats.Mochi()  # any video latent format (3 spatial dimensions)
 try:
-    dmd.DMDRegressionPairs.execute(video, pos, pos, 64, 64, 1, 2, 1.0, 999, 1, 0, "host/video")
+    dmd_train.DMDRegressionPairs.execute(video, pos, pos, 64, 64, 1, 2, 1.0, 999, 1, 0, "host/video")
     res["pairs_video"] = "no error"
 except ValueError as e:
     res["pairs_video"] = str(e)

@@ -284,6 +284,7 @@ import comfy.k_diffusion.sampling as kds
 import folder_paths
 import tempo_testnodes as tn
 from comfyui_tempo.nodes import dmd as D
+from comfyui_tempo.nodes import dmd_files, dmd_train
 from comfyui_tempo.samplers import dmd as S
 import nodes
 
@@ -336,7 +337,7 @@ with torch.inference_mode():
                 "finite": bool(torch.isfinite(got).all())}
         # a short training on this model type, then the loader on the saved file
         rank = 2 if kind == "v" else 0  # a LoRA on inference-tensor weights too
-        tr = D.DMDTrainerNode.execute(m, pos, neg, 64, 64, 2, 6, 1e-4, 1e-4, 2.0, 3, 999, 1, 0, 0.0, "", 0.0, rank, 0,
+        tr = dmd_train.DMDTrainerNode.execute(m, pos, neg, 64, 64, 2, 6, 1e-4, 1e-4, 2.0, 3, 999, 1, 0, 0.0, "", 0.0, rank, 0,
                                       f"host/{kind}", 3, False)
         gen, curves, samples, slat, name = tr.args
         ld = D.DMDGeneratorLoader.execute(m, name)
@@ -348,7 +349,7 @@ with torch.inference_mode():
         res["kinds"][kind] = info
 
     # 3. LoRA: the trained file loads with ComfyUI's own LoraLoaderModelOnly, same result as the trainer's MODEL
-    tr = D.DMDTrainerNode.execute(model, [[tn.class_cond(i), {}] for i in range(3)], [[tn.class_cond(10), {}]], 64, 64, 2,
+    tr = dmd_train.DMDTrainerNode.execute(model, [[tn.class_cond(i), {}] for i in range(3)], [[tn.class_cond(10), {}]], 64, 64, 2,
                                   10, 1e-3, 1e-3, 3.0, 5, 999, 1, 0, 0.0, "", 0.0, 4, 0, "host/lora", 5, False)
     gen, name = tr.args[0], tr.args[4]
     path = folder_paths.get_full_path("dmd_generators", name)
@@ -362,7 +363,7 @@ with torch.inference_mode():
     res["lora"] = {"stock_vs_trainer": float((a - b).abs().max()), "vs_teacher": float((a - t).abs().max()),
                    "format": gen.model_options["tempo_dmd"]["format"]}
     # the loader lists the file of the pack's folder and a lora copied by hand (prefixed)
-    files = D.generator_files()
+    files = dmd_files.generator_files()
     res["listed"] = [name in files, "loras/host_dmd_lora.safetensors" in files]
 
     # 4. the stock route for DMD2 4-step files (KSampler lcm + simple, 4 steps, cfg 1) reaches the same timesteps:
@@ -391,7 +392,7 @@ with torch.inference_mode():
     from comfyui_tempo.testbed.trained import onehot
     classes = [1, 5, 7]
     with torch.inference_mode(False):
-        node_run = D.DMDTrainerNode.execute(model, [[tn.class_cond(c), {}] for c in classes], [[tn.class_cond(10), {}]],
+        node_run = dmd_train.DMDTrainerNode.execute(model, [[tn.class_cond(c), {}] for c in classes], [[tn.class_cond(10), {}]],
                                             64, 64, 2, 12, 1e-4, 2e-4, 4.0, 3, 999, 1, 2, 0.0, "", 0.0, 0, 3, "host/equiv", 100, False)
         ck = torch.load(os.path.join(folder_paths.get_output_directory(), "dmd_checkpoints", "host", "equiv.pt"), weights_only=True)
 
@@ -438,7 +439,7 @@ with torch.inference_mode():
     xpos = [[torch.randn(1, 3, 64), {"pooled_output": torch.randn(1, 1280)}], [torch.randn(1, 5, 64), {"pooled_output": torch.randn(1, 1280)}]]
     xneg = [[torch.zeros(1, 3, 64), {"pooled_output": torch.zeros(1, 1280)}]]
     xl = {"samples": torch.zeros(2, 4, 8, 8)}
-    xt = D.DMDTrainerNode.execute(xm, xpos, xneg, 64, 64, 2, 4, 1e-3, 1e-3, 8.0, 3, 399, 1, 0, 0.0, "", 0.0, 4, 0, "host/sdxl_lora", 2, False)
+    xt = dmd_train.DMDTrainerNode.execute(xm, xpos, xneg, 64, 64, 2, 4, 1e-3, 1e-3, 8.0, 3, 399, 1, 0, 0.0, "", 0.0, 4, 0, "host/sdxl_lora", 2, False)
     shutil.copy(folder_paths.get_full_path("dmd_generators", xt.args[4]),
                 os.path.join(folder_paths.get_folder_paths("loras")[0], "host_sdxl_dmd.safetensors"))
     xstock = nodes.LoraLoaderModelOnly().load_lora_model_only(xm, "host_sdxl_dmd.safetensors", 1.0)[0]
@@ -450,8 +451,8 @@ with torch.inference_mode():
 
     # 8. DMD2 options through the node: 4-step generator (backward simulation) with the GAN head, real data = pairs
     tcond = [[tn.class_cond(i), {}] for i in range(3)]
-    pr = D.DMDRegressionPairs.execute(model, tcond, [[tn.class_cond(10), {}]], 64, 64, 2, 3, 3.0, 999, 8, 0, "host/gan_pairs")
-    g4 = D.DMDTrainerNode.execute(model, tcond, [[tn.class_cond(10), {}]], 64, 64, 2, 10, 1e-4, 1e-4, 3.0, 5, 999, 4, 0,
+    pr = dmd_train.DMDRegressionPairs.execute(model, tcond, [[tn.class_cond(10), {}]], 64, 64, 2, 3, 3.0, 999, 8, 0, "host/gan_pairs")
+    g4 = dmd_train.DMDTrainerNode.execute(model, tcond, [[tn.class_cond(10), {}]], 64, 64, 2, 10, 1e-4, 1e-4, 3.0, 5, 999, 4, 0,
                                   0.0, pr.args[0], 1e-3, 0, 0, "host/gan4", 5, False)
     l4 = D.DMDGeneratorLoader.execute(model, g4.args[4])
     k4 = D.DMDKSampler.execute(l4.args[0], 0, "from model", 1.0, cond, lat)
@@ -488,7 +489,7 @@ with torch.inference_mode():
 
     # 10. bad inputs
     res["errors"] = {
-        "empty": err(lambda: D.DMDTrainerNode.execute(model, [], [[tn.class_cond(10), {}]], 64, 64, 1, 2, 1e-4, 1e-4, 3.0, 5,
+        "empty": err(lambda: dmd_train.DMDTrainerNode.execute(model, [], [[tn.class_cond(10), {}]], 64, 64, 1, 2, 1e-4, 1e-4, 3.0, 5,
                                                       999, 1, 0, 0.0, "", 0.0, 0, 0, "host/x", 5, False)),
         "ckpt": D.DMDGeneratorLoader.validate_inputs(generator_name="x.ckpt"),
         "timesteps": err(lambda: D.DMDKSampler.execute(model, 0, "999,999", 1.0, cond, lat)),
@@ -496,7 +497,7 @@ with torch.inference_mode():
     }
     d = os.path.join(folder_paths.get_output_directory(), "dmd_generators")
     open(os.path.join(d, "pickled.ckpt"), "wb").write(b"x")
-    res["errors"]["not_safetensors"] = err(lambda: D.read_generator(os.path.join(d, "pickled.ckpt")))
+    res["errors"]["not_safetensors"] = err(lambda: dmd_files.read_generator(os.path.join(d, "pickled.ckpt")))
 RESULT = res
 '''
 
@@ -587,7 +588,7 @@ SD_UNET_SNIPPET = r'''
 import os, torch
 import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
 import folder_paths
-from comfyui_tempo.nodes import dmd as D
+from comfyui_tempo.nodes import comfy_model, dmd_train
 from comfyui_tempo.training import gan as G
 
 from tempo_testnodes import tiny_sd_model
@@ -602,8 +603,8 @@ with torch.inference_mode():
     res = {}
     # gradient checkpointing recomputes a ResBlock of input_blocks in backward
     with torch.inference_mode(False), torch.enable_grad():
-        net = D.to_trainable(base.diffusion_model)
-        den = D.ComfyDenoiser(base, net)
+        net = comfy_model.to_trainable(base.diffusion_model)
+        den = comfy_model.ComfyDenoiser(base, net)
         G.enable_gradient_checkpointing(den)
         calls = []
         h = net.input_blocks[1][0].in_layers[2].register_forward_hook(lambda *a: calls.append(1))
@@ -613,13 +614,13 @@ with torch.inference_mode():
         h.remove()
         res["resblock_calls"] = len(calls)
         # the GAN feature module of this UNet is reached by its forward
-        name = D._gan_feature_module(base.diffusion_model)
+        name = comfy_model.gan_feature_module(base.diffusion_model)
         tap = G.FeatureTap(den, name)
         f = tap.features(den, x, torch.tensor([2.0]), cond={"c_crossattn": ctx})
         res["gan_module"], res["features"] = name, list(f.shape)
     # the trainer node with the GAN loss and gradient checkpointing on this UNet
-    pairs = D.DMDRegressionPairs.execute(m, pos, neg, 64, 64, 4, 1, 2.0, 999, 4, 0, "host/sd_unet_pairs").args[0]
-    tr = D.DMDTrainerNode.execute(m, pos, neg, 64, 64, 2, 4, 1e-4, 1e-4, 2.0, 2, 999, 1, 0, 0.0, pairs, 1e-3, 0, 0,
+    pairs = dmd_train.DMDRegressionPairs.execute(m, pos, neg, 64, 64, 4, 1, 2.0, 999, 4, 0, "host/sd_unet_pairs").args[0]
+    tr = dmd_train.DMDTrainerNode.execute(m, pos, neg, 64, 64, 2, 4, 1e-4, 1e-4, 2.0, 2, 999, 1, 0, 0.0, pairs, 1e-3, 0, 0,
                                   "host/sd_unet_gan", 2, False, True)
     st = torch.load(os.path.join(folder_paths.get_output_directory(), "dmd_checkpoints", "host", "sd_unet_gan.pt"),
                     weights_only=True)
@@ -643,7 +644,7 @@ CRASH_SNIPPET = r'''
 import os, torch
 import folder_paths
 import tempo_testnodes as tn
-from comfyui_tempo.nodes import dmd as D
+from comfyui_tempo.nodes import dmd_train
 from comfyui_tempo.training import dmd as core
 from safetensors.torch import load_file
 
@@ -653,7 +654,7 @@ with torch.inference_mode():
     pos = [[tn.class_cond(i), {}] for i in range(2)]
     neg = [[tn.class_cond(10), {}]]
     def train(name, steps, resume):
-        return D.DMDTrainerNode.execute(model, pos, neg, 64, 64, 2, steps, 1e-3, 1e-3, 3.0, 1, 999, 1, 0, 0.0, "", 0.0, 0,
+        return dmd_train.DMDTrainerNode.execute(model, pos, neg, 64, 64, 2, steps, 1e-3, 1e-3, 3.0, 1, 999, 1, 0, 0.0, "", 0.0, 0,
                                         0, name, 3, resume)
     def ckpt_step(name):
         return int(torch.load(os.path.join(folder_paths.get_output_directory(), "dmd_checkpoints", name + ".pt"),

@@ -214,6 +214,7 @@ import folder_paths
 import tempo_testnodes as tn
 from safetensors.torch import save_file
 from comfyui_tempo.nodes import dmd as D
+from comfyui_tempo.nodes import dmd_files, dmd_train
 from comfyui_tempo.nodes import coop as C
 
 def err(f):
@@ -238,26 +239,26 @@ os.makedirs(gdir, exist_ok=True); os.makedirs(pdir, exist_ok=True)
 shutil.copy(os.path.join(outside, "gen.safetensors"), gdir)
 shutil.copy(os.path.join(outside, "pairs.safetensors"), pdir)
 res["resolve"] = {
-    "abs_gen": err(lambda: D.resolve_generator(os.path.join(outside, "gen.safetensors"))),
-    "abs_pairs": err(lambda: D.pairs_path(os.path.join(outside, "pairs.safetensors"))),
-    "etc_passwd": err(lambda: D.pairs_path("/etc/passwd")),
-    "drive": err(lambda: D.resolve_generator("C:/x.safetensors")),
-    "dotdot": err(lambda: D.resolve_generator("../../outside/gen.safetensors")),
+    "abs_gen": err(lambda: dmd_files.resolve_generator(os.path.join(outside, "gen.safetensors"))),
+    "abs_pairs": err(lambda: dmd_files.pairs_path(os.path.join(outside, "pairs.safetensors"))),
+    "etc_passwd": err(lambda: dmd_files.pairs_path("/etc/passwd")),
+    "drive": err(lambda: dmd_files.resolve_generator("C:/x.safetensors")),
+    "dotdot": err(lambda: dmd_files.resolve_generator("../../outside/gen.safetensors")),
     "validate_abs": D.DMDGeneratorLoader.validate_inputs(generator_name=os.path.join(outside, "gen.safetensors")),
-    "in_gen": os.path.relpath(D.resolve_generator("qa/gen.safetensors"), folder_paths.models_dir),
-    "in_pairs": os.path.relpath(D.pairs_path("qa/pairs"), out),
+    "in_gen": os.path.relpath(dmd_files.resolve_generator("qa/gen.safetensors"), folder_paths.models_dir),
+    "in_pairs": os.path.relpath(dmd_files.pairs_path("qa/pairs"), out),
 }
 
 # items 2 / 9: save names, and one through the Regression Pairs node (refused before any work)
 names = ["C:\\Windows\\Temp\\x", "C:/x", "D:evil", "C:x", "/abs/dir/x", "~/x", "con", "nul.txt", "COM1", "lpt9.pt",
          "qa/x:stream", "x.", "x. ", "qa./x", "a\x00b", "q" * 300, "../x", "\\\\server\\share\\x"]
-res["save_names"] = {repr(n): err(lambda n=n: D._safe_name(n)) for n in names}
-res["save_name_ok"] = D._safe_name("dmd/generator.safetensors")
+res["save_names"] = {repr(n): err(lambda n=n: dmd_files.safe_name(n)) for n in names}
+res["save_name_ok"] = dmd_files.safe_name("dmd/generator.safetensors")
 model = tn.build_model()
 pos = [[tn.class_cond(i), {}] for i in range(2)]
 neg = [[tn.class_cond(10), {}]]
 with torch.inference_mode():
-    res["pairs_node"] = err(lambda: D.DMDRegressionPairs.execute(model, pos, neg, 64, 64, 1, 2, 2.0, 999, 1, 0, "D:evil"))
+    res["pairs_node"] = err(lambda: dmd_train.DMDRegressionPairs.execute(model, pos, neg, 64, 64, 1, 2, 2.0, 999, 1, 0, "D:evil"))
 
 # item 8: DMD metadata that is a JSON list (loader) / not an object (pairs)
 save_file(sd, os.path.join(gdir, "list_meta.safetensors"), metadata={"tempo_dmd": "[1, 2]"})
@@ -265,12 +266,12 @@ save_file({"noise": torch.zeros(1, 4, 8, 8), "target": torch.zeros(1, 4, 8, 8)},
           metadata={"tempo_dmd": "[1, 2]"})
 with torch.inference_mode():
     res["list_meta"] = err(lambda: D.DMDGeneratorLoader.execute(model, "qa/list_meta.safetensors"))
-res["list_meta_pairs"] = err(lambda: D.load_pairs("qa/list_meta", "eps", 999, (4, 8, 8), 2))
+res["list_meta_pairs"] = err(lambda: dmd_files.load_pairs("qa/list_meta", "eps", 999, (4, 8, 8), 2))
 
 # item 4: unreadable checkpoints given to resume: a named error, the file kept as it is
 def train(name, steps, resume):
     with torch.inference_mode():
-        return D.DMDTrainerNode.execute(model, pos, neg, 64, 64, 1, steps, 1e-3, 1e-3, 3.0, 1, 999, 1, 0, 0.0, "", 0.0, 0,
+        return dmd_train.DMDTrainerNode.execute(model, pos, neg, 64, 64, 1, steps, 1e-3, 1e-3, 3.0, 1, 999, 1, 0, 0.0, "", 0.0, 0,
                                         0, name, 1, resume)
 train("qa_resume/good", 1, False)
 cdir = os.path.join(out, "dmd_checkpoints", "qa_resume")
