@@ -547,7 +547,7 @@ def run(args) -> dict:
         else:
             raise SystemExit(f"--cases: unknown case {name!r}")
         log(f"  ({time.perf_counter() - t0:.0f}s)")
-    for r in rows:  # every row carries the columns (None where a case does not measure one)
+    for r in rows:  # every row carries the shared columns (None where a case does not measure one)
         for key in ("nfe", "vae_calls", "psnr_db", "noise_std_ratio", "noise_lag1_corr", "wall_s"):
             r.setdefault(key, None)
     meta = {"batch": int(st.cond.numel()), "cfg": st.cfg, "steps": st.steps, "scheduler": st.scheduler,

@@ -82,7 +82,7 @@ def mode_coverage(
     """Mode statistics of ``samples`` against the mixture with centres ``means``.
 
     Returns ``covered`` (modes holding >= ``min_fraction`` of all samples; default a fifth of a
-    uniform share, 0.2 / K, i.e. 2.5 % for 8 modes as in dmd.md 4.2), ``quality`` (fraction of
+    uniform share, 0.2 / K, i.e. 2.5 % for 8 modes), ``quality`` (fraction of
     samples within ``radius`` of a mode), ``fractions`` [K] (share of all samples per mode) and
     ``tv`` (total variation between the mode weights of the assigned samples and ``weights``,
     uniform by default; 1.0 when no sample is assigned).

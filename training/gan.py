@@ -1,6 +1,6 @@
 """DMD2's GAN head on the fake score's features, and gradient checkpointing (plain PyTorch).
 
-DMD2 (tianweiy/DMD2 main/sd_guidance.py:96-165, dmd.md 1.6) has no separate discriminator: a small
+DMD2 (Yin et al., NeurIPS 2024; tianweiy/DMD2 main/sd_guidance.py:96-165) has no separate discriminator: a small
 head (``cls_pred_branch``) classifies the fake UNet's bottleneck features of a noisy input
 ("diffusion GAN": noised at t ~ U{0, ..., 999}). SD1.5: strided 4x4 convs with GroupNorm and SiLU
 from 8x8 to 1x1, then a 1x1 conv to one logit. Losses are non-saturating (softplus):

@@ -1,6 +1,6 @@
 """LoRA (Hu et al. 2021) for DMD training, plain PyTorch (no ComfyUI import).
 
-What it is for: DMD2 trains two copies of the teacher (generator and fake score, dmd.md 1.1).
+What it is for: DMD2 (Yin et al., NeurIPS 2024) trains two copies of the teacher (generator and fake score).
 With LoRA the three networks share the teacher's weights: ``lora_copy(teacher, rank)`` returns a
 module whose base parameters ARE the teacher's tensors (same storage, ``requires_grad`` False) and
 whose only trainable parameters are the low-rank factors of the wrapped layers. The up factor is

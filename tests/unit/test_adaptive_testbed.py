@@ -1,4 +1,4 @@
-"""The issue's main claim on the trained testbed: at the default settings (2x fewer network
+"""The main claim on the trained testbed: at the default settings (2x fewer network
 evaluations) the pack's AdaptiveDiffusion is closer to the full run than fewer steps, uniform
 every-other-step skipping and the paper's rule (10 classes, 50 steps, CFG 5)."""
 

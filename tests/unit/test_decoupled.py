@@ -167,7 +167,7 @@ def test_coop_d0_is_model_a_alone_bit_for_bit_and_fused_lies_between(tbs, batch)
 
 
 def test_resolution_handoff_ours_is_closest_at_equal_nfe(tbs, batch):
-    """Issue 4 criterion 3 on a small batch: 32 px -> 64 px on testbed-hr, decoded PSNR to the full
+    """The resolution hand-off on a small batch: 32 px -> 64 px on testbed-hr, decoded PSNR to the full
     64 px reference from coupled noise. All routes at the same split of one 12-step schedule
     (k low-res steps, 12 - k high-res steps: equal NFE and equal cost). The noisy bridge at the
     pack's resolution-aware level (the default) is closest for splits k = 3..6 (switch timesteps
@@ -221,7 +221,7 @@ def test_linear_vae_is_a_cheap_stand_in(tbs):
 
 
 def test_bench_coop_cli_writes_rows_and_the_noise_claim(tmp_path):
-    """`comfyui-tempo bench coop --quick` (two cases): the JSON has the issue's columns, and the
+    """`comfyui-tempo bench coop --quick` (two cases): the JSON has the shared columns, and the
     noise after the noisy bridge is white at the level while a bilinear latent upscale is not."""
     import json
 

@@ -701,7 +701,7 @@ def test_ring_dmd_one_step_generator(ring, dmd_run):
 
 
 def test_ring_dmd_reaches_teacher_target(ring, dmd_reg_run):
-    """Issue 5 target: every mode, SW1 <= 3x the teacher's 50-step ODE samples (measured 8/8,
+    """The target: every mode, SW1 <= 3x the teacher's 50-step ODE samples (measured 8/8,
     2.68x at 4000 iterations; seeds 1 and 2: 8/8, 2.80x and 2.55x)."""
     r = dmd_reg_run
     print("DMD + regression ring:", r, "teacher ODE SWD", ring["swd_teacher"])

@@ -1,4 +1,4 @@
-"""DMD on the trained testbed (issue 5, criterion 2): the evaluation metrics, the shipped classifier,
+"""DMD on the trained testbed: the evaluation metrics, the shipped classifier,
 the shipped one-step generator against freshly sampled teacher sets, the real-score-only control's
 diversity failure, and a smoke training run. One thread, fixed seeds.
 

@@ -1,4 +1,5 @@
-"""LPIPS from local weight files (training/lpips.py) and DMD1's regression loss with it (issue #5).
+"""LPIPS from local weight files (training/lpips.py) and DMD's regression loss with it (Yin et al.,
+CVPR 2024).
 
 No weights can be downloaded here, so the tests write random weights in the two file layouts the user
 would have (torchvision's vgg16 checkpoint, the lpips package's linear heads) and check the metric's
