@@ -81,7 +81,8 @@ class DMDConfig:
     Pack option (not in DMD2's training loop, which has no EMA; NVlabs/FastGen uses one):
     ema_decay: > 0 keeps an exponential moving average of the generator's trainable weights,
         updated after every generator step (ema = d * ema + (1 - d) * w); ``sample`` and
-        ``save_generator`` then use the averaged weights (``use_ema=False`` for the raw ones).
+        ``training.run.DMDRun.save_generator`` then use the averaged weights (``use_ema=False`` for
+        the raw ones).
         0 = off (faithful).
     """
 

@@ -8,8 +8,10 @@ It re-exports three modules, split as the official DMD2 code splits its guidance
 * ``training.guidance``: the noise schedule (``NoiseSchedule``), classifier-free guidance, the
   DM gradient and the losses (``dm_loss``, ``fake_loss``, ``gan_logits``, ``regression_loss``),
   the one-step generator and the teacher ODE pairs;
-* ``training.trainer``: ``DMDTrainer``, the training loop with its optimizers, EMA, GAN head,
-  generator files and checkpoints.
+* ``training.trainer``: ``DMDTrainer``, the training loop with its optimizers, EMA, GAN head and
+  its state.
+
+The resumable run around a trainer (checkpoint files, resume, the generator file) is ``training.run``.
 """
 
 from .config import FAKE_WEIGHTINGS, MODEL_TYPES, REGRESSION_LOSSES, DMDConfig, DMDConfigError

@@ -1,6 +1,7 @@
 """DMD2's training loop, plain PyTorch (no ComfyUI import): ``DMDTrainer`` owns the generator and
 fake-score updates (optimizers, LR warm-up, gradient clipping, the two time-scale update rule), the
-GAN head's wiring, the generator's EMA, sampling, generator files and checkpoints.
+GAN head's wiring, the generator's EMA, sampling and its state (``state_dict`` / ``load_state_dict``;
+the run around it, checkpoint files, resume and the generator file, is ``training.run``).
 
 The counterpart of DMD2's ``Trainer`` (tianweiy/DMD2, HEAD 8d8fa55, main/edm/train_edm.py and
 main/train_sd.py; Yin et al., "Improved Distribution Matching Distillation for Fast Image Synthesis",
@@ -510,40 +511,7 @@ class DMDTrainer:
             return dmd_sampling.sample_dmd(self.generator.net, z, sig, self.config.model_type, extra_args={"cond": cond},
                                            generator=g).float()
 
-    def generator_metadata(self) -> dict:
-        """What a loader needs to sample the generator (strings, for safetensors metadata)."""
-        cfg = self.config
-        return {
-            "dmd.model_type": cfg.model_type,
-            "dmd.conditioning_timestep": str(self.gen_timesteps[0]),
-            "dmd.timesteps": ",".join(str(t) for t in self.gen_timesteps),
-            "dmd.format": "lora" if self.lora else "full",
-            "dmd.lora_rank": str(cfg.lora_rank),
-            "dmd.generator_steps": str(self.generator_steps),
-        }
-
-    def save_generator(self, path, prefix: str = "diffusion_model.", module: str | None = None,
-                       metadata: dict | None = None, use_ema: bool | None = None) -> dict:
-        """Write the generator to a .safetensors file: LoRA factors (kohya layout, ``lora.save_lora``)
-        for a LoRA generator, else the full state dict, of ``generator.net.get_submodule(module)``
-        (the whole denoiser when None), keys prefixed with ``prefix``. Metadata =
-        ``generator_metadata()`` + ``metadata``. Returns the metadata written."""
-        from safetensors.torch import save_file
-
-        if not str(path).endswith(".safetensors"):
-            raise DMDConfigError(f"path: expected a .safetensors file name, got {str(path)!r}")
-        net = self.generator.net if module is None else self.generator.net.get_submodule(module)
-        meta = {**self.generator_metadata(), **{str(k): str(v) for k, v in (metadata or {}).items()}}
-        meta["dmd.ema"] = "1" if (self.ema is not None and use_ema is not False) else "0"
-        with self.ema_weights(use_ema):
-            if lora.lora_layers(net):
-                lora.save_lora(net, path, prefix=prefix, metadata=meta)
-            else:
-                sd = {prefix + k: v.detach().contiguous().cpu().clone() for k, v in net.state_dict().items()}
-                save_file(sd, str(path), metadata=meta)
-        return meta
-
-    # ---- checkpoint / resume
+    # ---- state (the checkpoint file, resume and the generator file are training.run's)
 
     @staticmethod
     def _net_state(net: nn.Module) -> dict:
@@ -619,17 +587,3 @@ class DMDTrainer:
         self.step_count = int(state["step"])
         self.generator_steps = int(state["generator_steps"])
         self.fake_steps = int(state["fake_steps"])
-
-    def save_checkpoint(self, path) -> None:
-        """Write the state to ``path`` atomically (a temporary file, then a rename), so a run stopped
-        while writing keeps its previous checkpoint."""
-        import os
-
-        tmp = f"{os.fspath(path)}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-
-    def load_checkpoint(self, path) -> None:
-        # onto the CPU: load_state_dict copies onto the networks' device, so the GPU never holds a second
-        # copy of the networks and optimizer states
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -16,6 +16,7 @@ import torch
 
 from comfyui_tempo.testbed.exact import CFGDenoiser, GaussianMixtureDenoiser, ring_mixture
 from comfyui_tempo.training import dmd as dmd_training
+from comfyui_tempo.training import run as training_run
 from comfyui_tempo.bench import dmd_metrics
 from comfyui_tempo.testbed.toy import MLPDenoiser, fit_denoiser
 
@@ -238,10 +239,10 @@ def test_checkpoint_interrupt_resume_is_exact(tmp_path):
     seen = []
     part.train(40, progress=lambda s, n, losses: seen.append((s, n)), should_stop=lambda s: s >= 17)
     assert part.step_count == 17 and seen[-1] == (17, 40) and len(seen) == 17
-    part.save_checkpoint(tmp_path / "ckpt.pt")
+    training_run.save_checkpoint(tmp_path / "ckpt.pt", part)  # the run's checkpoint file (training/run.py)
     del part
     resumed = _small_trainer(teacher)
-    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    resumed.load_state_dict(training_run.read_checkpoint(tmp_path / "ckpt.pt"))
     assert resumed.step_count == 17 and resumed.generator_steps == 6 and resumed.fake_steps == 17
     resumed.train(40)
     assert full.generator_steps == resumed.generator_steps == 14
@@ -253,38 +254,13 @@ def test_checkpoint_interrupt_resume_is_exact(tmp_path):
     # a checkpoint of another config is refused
     other = _small_trainer(teacher, dfake_gen_update_ratio=5)
     with pytest.raises(ValueError, match="^state"):
-        other.load_checkpoint(tmp_path / "ckpt.pt")
-
-
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    """A run stopped while writing its checkpoint keeps the previous one (no half-written file)."""
-    torch.manual_seed(0)
-    teacher = MLPDenoiser(2, 16, 1)
-    tr = _small_trainer(teacher)
-    tr.train(3)
-    path = tmp_path / "ckpt.pt"
-    tr.save_checkpoint(path)
-    tr.train(6)
-    real_save = torch.save
-
-    def dies_while_writing(obj, f, *a, **kw):
-        with open(f, "wb") as fh:
-            fh.write(b"half a checkpoint")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(torch, "save", dies_while_writing)
-    with pytest.raises(KeyboardInterrupt):
-        tr.save_checkpoint(path)
-    monkeypatch.setattr(torch, "save", real_save)
-    resumed = _small_trainer(teacher)
-    resumed.load_checkpoint(path)
-    assert resumed.step_count == 3
+        other.load_state_dict(training_run.read_checkpoint(tmp_path / "ckpt.pt"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the RNG state of a CUDA trainer")
 def test_resume_on_cuda_with_map_location(tmp_path):
     """A checkpoint loaded with map_location='cuda' carries the RNG state on the GPU; set_state takes only
-    a CPU ByteTensor. load_checkpoint loads onto the CPU and resumes exactly on the GPU."""
+    a CPU ByteTensor. training.run.read_checkpoint loads onto the CPU and resumes exactly on the GPU."""
     torch.manual_seed(0)
     teacher = MLPDenoiser(2, 16, 1).cuda()
     mk = lambda: dmd_training.DMDTrainer(ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,),  # noqa: E731
@@ -295,12 +271,12 @@ def test_resume_on_cuda_with_map_location(tmp_path):
         a.train(3)
     except Exception as e:  # the exact mixture denoiser on the GPU is not what this test is about
         pytest.skip(f"ring mixture on CUDA: {e}")
-    a.save_checkpoint(tmp_path / "c.pt")
+    training_run.save_checkpoint(tmp_path / "c.pt", a)
     b = mk()
     b.load_state_dict(torch.load(tmp_path / "c.pt", map_location="cuda", weights_only=True))
     assert b.step_count == 3 and torch.equal(a.rng.get_state(), b.rng.get_state())
     c = mk()
-    c.load_checkpoint(tmp_path / "c.pt")  # via the CPU, copied onto the GPU networks
+    c.load_state_dict(training_run.read_checkpoint(tmp_path / "c.pt"))  # via the CPU, copied onto the GPU networks
     assert all(p.is_cuda for p in c.generator.parameters())
     c.train(5)
     a.train(5)
@@ -506,19 +482,20 @@ def test_lora_trainer_shares_teacher_and_checkpoints_only_lora(tmp_path):
     st = part.state_dict()
     assert st["generator"] and all(".lora_down." in k or ".lora_up." in k for k in st["generator"])
     assert all(".lora_down." in k or ".lora_up." in k for k in st["fake_score"])
-    part.save_checkpoint(tmp_path / "c.pt")
+    training_run.save_checkpoint(tmp_path / "c.pt", part)
     resumed = mk()
-    resumed.load_checkpoint(tmp_path / "c.pt")
+    resumed.load_state_dict(training_run.read_checkpoint(tmp_path / "c.pt"))
     resumed.train(4)
     for a, b in zip(lora.lora_parameters(tr.generator.net), lora.lora_parameters(resumed.generator.net)):
         assert torch.equal(a, b)
-    # the generator file: ComfyUI LoRA layout + the sampling metadata
-    meta = tr.save_generator(tmp_path / "g.safetensors", prefix="diffusion_model.", module="net")
-    from safetensors.torch import load_file
+    # the generator file: ComfyUI LoRA layout + the sampling settings (training/run.py, samplers/dmd.py)
+    from comfyui_tempo.samplers import dmd as dmd_sampling
 
-    sd = load_file(str(tmp_path / "g.safetensors"))
-    assert "diffusion_model.input_conv.lora_up.weight" in sd and meta["dmd.format"] == "lora"
-    assert meta["dmd.conditioning_timestep"] == "999" and meta["dmd.model_type"] == "eps"
+    training_run.DMDRun(tr, tmp_path / "c.pt").save_generator(tmp_path / "g.safetensors", tr.generator.net.net,
+                                                          prefix="diffusion_model.")
+    sd, info = dmd_sampling.read_generator(tmp_path / "g.safetensors")
+    assert "diffusion_model.input_conv.lora_up.weight" in sd and info["format"] == "lora" and info["lora_rank"] == 4
+    assert info["conditioning_timestep"] == 999 and info["model_type"] == "eps"
 
 
 def test_autocast_noop_on_cpu_and_gradient_checkpointing_same_gradients():
@@ -624,9 +601,9 @@ def test_ema_option_averages_generator_and_resumes(tmp_path):
     assert not torch.equal(x_ema, x_raw) and torch.equal(x_raw, raw.sample(64))
     for k, v in a.generator.net.named_parameters():  # weights restored after sampling with EMA
         assert torch.equal(v, ws[-1][k])
-    a.save_checkpoint(tmp_path / "e.pt")
+    training_run.save_checkpoint(tmp_path / "e.pt", a)
     b = _ring_small_trainer(teacher, batch_size=32, ema_decay=0.9, seed=4)
-    b.load_checkpoint(tmp_path / "e.pt")
+    b.load_state_dict(training_run.read_checkpoint(tmp_path / "e.pt"))
     assert torch.equal(b.sample(64), x_ema)
     with pytest.raises(ValueError, match="^ema_decay"):
         dmd_training.DMDConfig(ema_decay=1.0).validate()
