@@ -11,7 +11,7 @@ import json, torch
 import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
 import comfy.samplers, comfy.sample
 import nodes
-from comfyui_tempo.nodes import adaptive as A
+from comfyui_tempo.nodes import adaptive as adaptive_nodes
 from comfyui_tempo.samplers import support
 
 SAMPLERS = [s for s in json.loads(__SAMPLERS__) if s in comfy.samplers.SAMPLER_NAMES]  # this ComfyUI's
@@ -36,21 +36,21 @@ with torch.inference_mode():
         for name in names:
             steps = 10
             ref = nodes.common_ksampler(model, 3, steps, 5.0, name, "normal", pos, neg, lat)[0]["samples"]
-            off = A.AdaptiveKSampler.execute(model, 3, steps, 5.0, name, "normal", pos, neg, lat, 1.0,
+            off = adaptive_nodes.AdaptiveKSampler.execute(model, 3, steps, 5.0, name, "normal", pos, neg, lat, 1.0,
                                              **S("threshold", 2.0, 0.0, 4))
             result["identical"][f"{kind}/{name}"] = bool(torch.equal(ref, off.args[0]["samples"]))
             # the controller active but told to run every step: the step bookkeeping and, for
             # stochastic samplers, the rebuilt noise sampler must leave the result untouched
             ks = comfy.samplers.KSampler(model, steps, model.load_device, name, "normal", 1.0, model.model_options)
-            sampler = A.wrap_sampler(comfy.samplers.sampler_object(name), name,
+            sampler = adaptive_nodes.wrap_sampler(comfy.samplers.sampler_object(name), name,
                                      AdaptiveConfig(mode="path", path=torch.ones(len(ks.sigmas) - 1, dtype=torch.bool)))
             noise = comfy.sample.prepare_noise(lat["samples"], 3)
             act = comfy.sample.sample_custom(model, noise, 5.0, sampler, ks.sigmas, pos, neg, lat["samples"], seed=3)
             result["active_identical"][f"{kind}/{name}"] = bool(torch.equal(ref, act))
-            patched = A.AdaptiveModelPatch.execute(model, **S("paper", 2.0, 0.0, 4)).args[0]
+            patched = adaptive_nodes.AdaptiveModelPatch.execute(model, **S("paper", 2.0, 0.0, 4)).args[0]
             ref_p = nodes.common_ksampler(patched, 3, steps, 5.0, name, "normal", pos, neg, lat)[0]["samples"]
             result["patch_identical"][f"{kind}/{name}"] = bool(torch.equal(ref, ref_p))
-            on = A.AdaptiveKSampler.execute(model, 3, 20, 5.0, name, "normal", pos, neg, lat, 1.0,
+            on = adaptive_nodes.AdaptiveKSampler.execute(model, 3, 20, 5.0, name, "normal", pos, neg, lat, 1.0,
                                             **S("target_speedup", 2.0, 0.01, 4))
             text = on.ui.as_dict()["text"][0] if hasattr(on.ui, "as_dict") else str(on.ui)
             out = on.args[0]["samples"]
@@ -60,16 +60,16 @@ with torch.inference_mode():
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 8)
         for name in ["euler", "dpmpp_2m", "dpmpp_sde"]:
             base = comfy.samplers.sampler_object(name)
-            wrapped = A.AdaptiveSamplerNode.execute(name, **S("threshold", 2.0, 0.0, 4)).args[0]
+            wrapped = adaptive_nodes.AdaptiveSamplerNode.execute(name, **S("threshold", 2.0, 0.0, 4)).args[0]
             a = comfy.sample.sample_custom(model, torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)),
                                            5.0, base, sigmas, pos, neg, lat["samples"], seed=5)
             b = comfy.sample.sample_custom(model, torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)),
                                            5.0, wrapped, sigmas, pos, neg, lat["samples"], seed=5)
             result["custom_identical"][f"{kind}/{name}"] = bool(torch.equal(a, b))
     for name in ["dpm_fast", "heunpp2", "euler_cfg_pp"]:
-        result["errors"][name] = A.AdaptiveKSampler.validate_inputs(sampler_name=name)
+        result["errors"][name] = adaptive_nodes.AdaptiveKSampler.validate_inputs(sampler_name=name)
         try:
-            A.AdaptiveSamplerNode.execute(name, **S("threshold", 2.0, 0.01, 4))
+            adaptive_nodes.AdaptiveSamplerNode.execute(name, **S("threshold", 2.0, 0.01, 4))
             result["errors"][name + "/execute"] = "no error"
         except Exception as e:
             result["errors"][name + "/execute"] = f"{type(e).__name__}: {e}"

@@ -45,9 +45,9 @@ def accepts(override, base):
                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in o and not var_kw]
     return lacking
 
-# every module of the pack's nodes package that ComfyUI loads (the node modules and what they import)
-modules = [importlib.import_module(f"comfyui_tempo.nodes.{m.name}") for m in pkgutil.iter_modules(pack_nodes.__path__)
-           if m.name not in ("testbed_model", "host_bench")]
+# every module of the pack's nodes package (ComfyUI loads them all: the node modules and what they import;
+# the lab's ComfyUI-side helpers live in harness/, which the pack never imports)
+modules = [importlib.import_module(f"comfyui_tempo.nodes.{m.name}") for m in pkgutil.iter_modules(pack_nodes.__path__)]
 res["modules"] = sorted(m.__name__.rsplit(".", 1)[1] for m in modules)
 for module in modules:
     for cls in vars(module).values():
