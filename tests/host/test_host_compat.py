@@ -201,3 +201,44 @@ def test_dmd_renoises_through_the_models_noise_scaling_and_image_only_nodes_refu
     assert r["finite"] and len(r["dmd_renoise_calls"]) == 1, r
     assert r["pairs_video"].startswith("teacher: DMD training serves image models") and "Mochi" in r["pairs_video"], r
     assert r["bridge_5d"].startswith("samples: expected a latent tensor [B, C, H, W]") and "video" in r["bridge_5d"], r
+
+
+KIND_SNIPPET = r'''
+import comfy.model_base
+import tempo_testnodes as tn
+from comfyui_tempo.nodes import comfy_model, comfy_vae, dmd_files
+
+res = {}
+for name in ("EPS", "V_PREDICTION", "V_PREDICTION_EDM", "FLOW", "EDM", "IMG_TO_IMG", "FLOW_COSMOS"):
+    model_type = getattr(comfy.model_base.ModelType, name, None)
+    if model_type is None:
+        continue
+    try:
+        model = tn.tiny_sd_model(model_type)
+    except Exception as e:  # a model type this tiny UNet cannot be built with on this ComfyUI
+        res[name] = {"skipped": f"{type(e).__name__}: {e}"}
+        continue
+    try:
+        comfy_model.dmd_schedule(model, "teacher")
+        dmd = "served"
+    except dmd_files.DMDNodeError as e:
+        dmd = str(e)
+    res[name] = {"kind": comfy_model.model_kind(model), "bridge": comfy_vae.model_schedule(model).kind, "dmd": dmd}
+RESULT = res
+'''
+
+
+def test_one_model_kind_each_caller_decides_what_it_refuses(comfy_snippet):
+    """nodes/comfy_model.model_kind is the pack's one: eps, v, flow, edm or x0 (None for others). The DMD nodes
+    serve eps, v and flow (a named error otherwise); the bridges take EDM as v and x0 as eps, as before."""
+    r = comfy_snippet(KIND_SNIPPET, timeout=300)
+    want = {"EPS": ("eps", "eps"), "V_PREDICTION": ("v", "v"), "V_PREDICTION_EDM": ("v", "v"), "FLOW": ("flow", "flow"),
+            "EDM": ("edm", "v"), "IMG_TO_IMG": ("x0", "eps"), "FLOW_COSMOS": (None, "eps")}
+    built = {k: v for k, v in r.items() if "skipped" not in v}
+    assert {"EPS", "V_PREDICTION", "FLOW", "EDM"} <= set(built), r
+    for name, got in built.items():
+        assert (got["kind"], got["bridge"]) == want[name], (name, got)
+        if got["kind"] in ("eps", "v", "flow"):
+            assert got["dmd"] == "served", (name, got)
+        else:
+            assert got["dmd"].startswith("teacher: DMD needs an eps, v-prediction or flow"), (name, got)
