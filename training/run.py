@@ -68,8 +68,8 @@ def read_checkpoint(path, shown: str | None = None, advice: str = "delete it or 
     except Exception as e:  # empty (EOFError), truncated (zip reader), random bytes / pickles (UnpicklingError)
         size = os.path.getsize(path) if os.path.exists(path) else 0
         raise RunError(
-            f"resume: the checkpoint {shown} ({size} bytes) is not a readable DMD Trainer checkpoint ({type(e).__name__}: "
-            f"empty, cut short or another kind of file); it was left as it is: {advice}"
+            f"resume: the checkpoint {shown} ({size} bytes) is not a readable DMD Trainer checkpoint "
+            f"({type(e).__name__}: empty, cut short or another kind of file); it was left as it is: {advice}"
         ) from None
     missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else list(CHECKPOINT_KEYS)
     if missing:
@@ -118,7 +118,8 @@ def generator_info(trainer) -> dict:
         "conditioning_timestep": ts[0], "timesteps": ts, "steps": int(trainer.step_count),
         "generator_steps": int(trainer.generator_steps), "guidance": float(cfg.real_guidance_scale),
         "lora_rank": int(cfg.lora_rank) if trainer.lora else 0, "latent_shape": list(trainer.latent_shape),
-        "method": "DMD2" if cfg.regression_weight == 0 else "DMD (regression)", "gan_weight": float(cfg.gen_cls_loss_weight),
+        "method": "DMD2" if cfg.regression_weight == 0 else "DMD (regression)",
+        "gan_weight": float(cfg.gen_cls_loss_weight),
         "update_ratio": int(cfg.dfake_gen_update_ratio), "ema": trainer.ema is not None,
     }
 
@@ -161,13 +162,14 @@ class DMDRun:
                            f"{tuple(made['latent_shape'])}, this run's are {shape}; {self.advice}")
         n = len(tr.conditioning)
         if made and int(made.get("conditionings", n)) != n:
-            raise RunError(f"{self.names['conditioning']}: the checkpoint {shown} was made with {made['conditionings']} "
-                           f"conditionings, this run has {n}; {self.advice}")
+            raise RunError(f"{self.names['conditioning']}: the checkpoint {shown} was made with "
+                           f"{made['conditionings']} conditionings, this run has {n}; {self.advice}")
         try:
             tr.load_state_dict(state)
             history = {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:  # DMDConfigError is a ValueError
-            raise RunError(f"resume: the checkpoint {shown} was made with other settings ({e}); {self.advice}") from None
+            raise RunError(f"resume: the checkpoint {shown} was made with other settings ({e}); "
+                           f"{self.advice}") from None
         self.history = history
         self.resumed_from = tr.step_count
         log.info("DMD run: resumed from step %d (%s)", tr.step_count, self.checkpoint_path)
@@ -223,7 +225,8 @@ class DMDRun:
 
     # ---- the result
     def save_generator(self, path, net: nn.Module | None = None, prefix: str = "", dtype: torch.dtype | None = None,
-                       info: dict | None = None, title: str | None = None, use_ema: bool | None = None) -> tuple[dict, dict]:
+                       info: dict | None = None, title: str | None = None,
+                       use_ema: bool | None = None) -> tuple[dict, dict]:
         """Write the generator (``net``: the network to save, default the trainer's generator denoiser;
         its EMA weights when the trainer keeps them, unless ``use_ema`` is False) with ``generator_info``
         updated by ``info``. Returns (the state dict written, the info)."""
