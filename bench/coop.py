@@ -243,7 +243,9 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
         groups.setdefault("b", []).append(add("b", "pixel_hires_fix", r, w, f"denoise {d}: {n - m} lr + {m} hr steps"))
     for d in habit:
         m = max(1, round(n * d))
-        r, w = timed_route(routes.route_latent_upscale, st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, n, m, d, st.extra)
+        r, w = timed_route(
+            routes.route_latent_upscale, st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, n, m, d, st.extra
+        )
         add("a", "latent_upscale more_nfe", r, w, f"denoise {d}: {n} lr + {m} hr steps")
         r, w = timed_route(routes.route_pixel_hires, st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, st.sigmas_fn,
                            n, m, d, st.extra)
@@ -306,11 +308,22 @@ def case_resolution_matched(st: Setup, quick: bool, log=print) -> list[dict]:
         runs = [
             ("noisy_bridge", lambda: bridge("resolution")),
             ("noisy_bridge_paper", lambda: bridge("paper")),
-            ("step_handoff_ksampleradv", lambda: routes.route_step_handoff(st.denh, st.denh, noise_lr, sig, k, st.extra)),
-            ("latent_upscale", lambda: routes.route_latent_upscale(st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, k, m,
-                                                              m / n, st.extra)),
-            ("pixel_hires_fix", lambda: routes.route_pixel_hires(st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr,
-                                                            st.sigmas_fn, k, m, m / n, st.extra)),
+            (
+                "step_handoff_ksampleradv",
+                lambda: routes.route_step_handoff(st.denh, st.denh, noise_lr, sig, k, st.extra),
+            ),
+            (
+                "latent_upscale",
+                lambda: routes.route_latent_upscale(
+                    st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, k, m, m / n, st.extra
+                ),
+            ),
+            (
+                "pixel_hires_fix",
+                lambda: routes.route_pixel_hires(
+                    st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, st.sigmas_fn, k, m, m / n, st.extra
+                ),
+            ),
         ]
         group = []
         for name, fn in runs:
@@ -434,8 +447,10 @@ def case_coop_fusion(st: Setup, quick: bool, log=print) -> list[dict]:
                 imgs1, _ = st.tb1.dataset()
                 imgs2, _ = st.tbh.dataset()
                 g = torch.Generator().manual_seed(0)
-                cheap = (vaes.LinearVAE.fit(st.v1, imgs1[torch.randperm(imgs1.shape[0], generator=g)[:1500]], "linear-ae1"),
-                         vaes.LinearVAE.fit(st.v2, imgs2[torch.randperm(imgs2.shape[0], generator=g)[:600]], "linear-ae2"))
+                cheap = (
+                    vaes.LinearVAE.fit(st.v1, imgs1[torch.randperm(imgs1.shape[0], generator=g)[:1500]], "linear-ae1"),
+                    vaes.LinearVAE.fit(st.v2, imgs2[torch.randperm(imgs2.shape[0], generator=g)[:600]], "linear-ae2"),
+                )
             for d in [d for d in ds if d in (0.5, 1.0)]:
                 cheap[0].reset_calls(), cheap[1].reset_calls()
                 t0 = time.perf_counter()
@@ -477,9 +492,22 @@ def case_time_decoupled(st: Setup, log=print) -> list[dict]:
         for v in (st.v1, st.v2):
             v.reset_calls()
         t0 = time.perf_counter()
-        r = decoupled.time_decoupled_sample(st.den1, st.denh, noise_lr * sig[0], sig, st.sched, st.sched, switch_timestep=t,
-                                    vae_structure=st.v1, vae_texture=st.v2, size=(64, 64), filter="bicubic",
-                                    extra_structure=st.extra, extra_texture=st.extra, noise=noise_hr)
+        r = decoupled.time_decoupled_sample(
+            st.den1,
+            st.denh,
+            noise_lr * sig[0],
+            sig,
+            st.sched,
+            st.sched,
+            switch_timestep=t,
+            vae_structure=st.v1,
+            vae_texture=st.v2,
+            size=(64, 64),
+            filter="bicubic",
+            extra_structure=st.extra,
+            extra_texture=st.extra,
+            noise=noise_hr,
+        )
         wall = time.perf_counter() - t0
         calls = vaes.vae_calls(st.v1, st.v2)
         img = st.v2.decode_model(r.x)

@@ -5,11 +5,12 @@ Cases (every row compares a sample set with the teacher's own samples):
 
 * ``ring-8``: the 2-D ring of 8 Gaussians with its exact denoiser as the real score (the settings
   of ``tests/unit/test_dmd.py``): the teacher's 50-step ODE, the generator at its initialisation,
-  the DMD one-step generator and the two control runs (real score only, frozen fake score). Modes: ring components holding >= 2.5 % of the samples; SWD: sliced W1 to exact
-  samples of the mixture.
+  the DMD one-step generator and the two control runs (real score only, frozen fake score).
+  Modes: ring components holding >= 2.5 % of the samples; SWD: sliced W1 to exact samples of the
+  mixture.
 * ``gmm-latent``: a Gaussian mixture of 6 components in 4x8x8 = 256 dimensions (latent-shaped, eps
   schedule), same rows and metrics (settings of ``tests/unit/test_dmd.py``).
-* ``testbed``: the trained class-conditional testbed, CFG 5 (``training/distill.py``):
+* ``testbed``: the trained class-conditional testbed, CFG 5 (``testbed/distill.py``):
   the teacher's 50-step Euler CFG samples are the reference (set A); a second, independent teacher
   set (B) gives the noise floor; teacher with 1/2/4 steps, the generator at initialisation (one
   teacher step from pure noise at t=999), the shipped DMD generator and the shipped real-score-only
@@ -120,8 +121,14 @@ def mixture_rows(case: dict, log=print, steps_scale: float = 1.0) -> list[dict]:
     rows.append(_row(name, "generator at init (teacher net, 1 step)", 1, wall_s=wall0, **stats(x0)))
     for label, steps, kw in s["runs"]:
         cfg = dmd_training.DMDConfig(**{**s["config"], **kw})
-        tr = dmd_training.DMDTrainer(gmm, dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), shape, cfg,
-                          regression_pairs=pairs if cfg.regression_weight > 0 else None)
+        tr = dmd_training.DMDTrainer(
+            gmm,
+            dmd_training.copy_teacher(teacher),
+            dmd_training.copy_teacher(teacher),
+            shape,
+            cfg,
+            regression_pairs=pairs if cfg.regression_weight > 0 else None,
+        )
         t1 = time.perf_counter()
         tr.train(max(1, int(steps * steps_scale)))
         train_s = time.perf_counter() - t1

@@ -117,8 +117,18 @@ def save_generator(path, denoiser: TestbedDenoiser, conditioning_timestep: int, 
     (``net.<UNet key>``), the record of the run in its DMD settings."""
     sd = dmd_run.generator_state_dict(denoiser.net, prefix="net.", dtype=torch.float16)
     ct = int(conditioning_timestep)
-    dmd_run.write_generator(path, sd, {"format": "full", "model_type": "eps", "conditioning_timestep": ct, "timesteps": [ct],
-                                   "base": "testbed", "record": record})
+    dmd_run.write_generator(
+        path,
+        sd,
+        {
+            "format": "full",
+            "model_type": "eps",
+            "conditioning_timestep": ct,
+            "timesteps": [ct],
+            "base": "testbed",
+            "record": record,
+        },
+    )
 
 
 def write_record(path) -> Path:

@@ -7,7 +7,7 @@ COOP_SNIPPET = r'''
 import torch
 import comfy.sample, comfy.samplers
 import tempo_testnodes as tn
-from comfyui_tempo.nodes import coop as coop_nodes
+from comfyui_tempo.nodes import coop
 from comfyui_tempo.nodes.coop_guiders import Secondary
 from comfyui_tempo.nodes.comfy_vae import ComfyBridgeVAE, model_latent_format
 from comfyui_tempo.bridges import fusion
@@ -20,7 +20,7 @@ lat = torch.zeros(2, 4, 8, 8)
 seed, steps, cfg = 4, 8, 5.0
 with torch.inference_mode():
     for d in (0.5, 1.0):
-        node = coop_nodes.CoopSampler.execute(m_a, v_a, pos_a, neg, cfg, m_b, v_b, pos_b, neg, cfg, {"samples": lat}, seed, steps,
+        node = coop.CoopSampler.execute(m_a, v_a, pos_a, neg, cfg, m_b, v_b, pos_b, neg, cfg, {"samples": lat}, seed, steps,
                                      "euler", "karras", 1.0, d, 0.0, 1.0, "none").args[0]["samples"]
         # the core on the same models (their CFG x0-predictions), VAEs, sigmas and noise
         sig = comfy.samplers.calculate_sigmas(m_a.get_model_object("model_sampling"), "karras", steps)

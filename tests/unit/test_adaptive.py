@@ -96,7 +96,13 @@ def test_paper_rule_is_the_official_formula():
         lat.append(d["x"].clone())
 
     out, rep = adaptive_sample(
-        kdiff.sample_euler, den, noise * sig[0], sig, AdaptiveConfig.paper(0.05), extra_args={"cond": torch.tensor([2])}, callback=cb
+        kdiff.sample_euler,
+        den,
+        noise * sig[0],
+        sig,
+        AdaptiveConfig.paper(0.05),
+        extra_args={"cond": torch.tensor([2])},
+        callback=cb,
     )
     lat = lat[1:] + [out]  # L_0 .. L_{N-1}: the latent after each step
     d = [None] + [float((lat[k] - lat[k - 1]).abs().mean()) for k in range(1, len(lat))]
@@ -152,7 +158,13 @@ def test_multi_evaluation_step_is_skipped_as_a_whole(setup):
     path = torch.ones(10, dtype=torch.bool)
     path[5] = False
     _, rep = adaptive_sample(
-        kdiff.sample_heun, spy, noise * sig[0], sig, AdaptiveConfig(mode="path", path=path), extra_args={"cond": cond}, endpoint_corrector=True
+        kdiff.sample_heun,
+        spy,
+        noise * sig[0],
+        sig,
+        AdaptiveConfig(mode="path", path=path),
+        extra_args={"cond": cond},
+        endpoint_corrector=True,
     )
     # Heun: 2 evaluations per step except the last (sigma_next == 0): 19 requested, 2 skipped
     assert rep.evals_requested == 19
@@ -238,7 +250,11 @@ def test_ancestral_noise_is_not_progress(setup):
         true_d.append(det.abs().flatten(1).mean(1))
     ctl = AdaptiveSampling(den, sig, AdaptiveConfig(mode="threshold", threshold=1e-12, estimator_space="raw"))
     kdiff.sample_euler_ancestral(
-        ctl, noise * sig[0], sig, extra_args={"cond": cond}, noise_sampler=ctl.record_noise(kdiff.default_noise_sampler(noise, seed=5))
+        ctl,
+        noise * sig[0],
+        sig,
+        extra_args={"cond": cond},
+        noise_sampler=ctl.record_noise(kdiff.default_noise_sampler(noise, seed=5)),
     )
     got = torch.stack(ctl._d_hist)
     want = torch.stack(true_d[1 : 1 + len(got)])  # true_d[0] is L_0 - x_T, never measured
@@ -261,7 +277,9 @@ def test_nan_stops_skipping_and_finishes(setup):
         return out
 
     sig = schedules.get_sigmas("karras", 30)
-    _, rep = adaptive_sample(kdiff.sample_euler, flaky, noise * sig[0], sig, AdaptiveConfig(), extra_args={"cond": cond})
+    _, rep = adaptive_sample(
+        kdiff.sample_euler, flaky, noise * sig[0], sig, AdaptiveConfig(), extra_args={"cond": cond}
+    )
     assert any("NaN" in n for n in rep.notes)
     k = [round(r.sigma, 5) for r in rep.records].index(round(state["sigma"], 5))
     assert rep.path_string()[k + 1 :] == "C" * (29 - k)

@@ -72,7 +72,9 @@ def test_toy_vae_inverse_and_tiling_exact():
     torch.testing.assert_close(encode_model_tiled(vae, img, tile=64, overlap=32), vae.encode_model(img), atol=1e-5, rtol=0)
     # through the bridge, tiled and unclamped: the identity for one VAE
     big = smooth_latents((1, 4, 24, 24), 2)
-    torch.testing.assert_close(core.bridge_latent(big, vae, vae, tile=64, overlap=32, clamp=False), big, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        core.bridge_latent(big, vae, vae, tile=64, overlap=32, clamp=False), big, atol=1e-4, rtol=0
+    )
 
 
 def test_results_stay_on_the_device_of_the_vae_or_sigma():

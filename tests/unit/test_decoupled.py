@@ -95,9 +95,21 @@ def test_time_decoupled_bridges_space_and_size(tbs, batch):
     ex = {"cond": cond}
     for handoff, extra_nfe in (("fresh", 1), ("last", 0)):
         v1.reset_calls(), v2.reset_calls()
-        r = decoupled.time_decoupled_sample(tb1.cfg_denoiser(CFG), tbh.cfg_denoiser(CFG), noise * sig[0], sig, SCHED, SCHED,
-                                    vae_structure=v1, vae_texture=v2, size=(64, 64), extra_structure=ex,
-                                    extra_texture=ex, noise=noise_hr, handoff=handoff)
+        r = decoupled.time_decoupled_sample(
+            tb1.cfg_denoiser(CFG),
+            tbh.cfg_denoiser(CFG),
+            noise * sig[0],
+            sig,
+            SCHED,
+            SCHED,
+            vae_structure=v1,
+            vae_texture=v2,
+            size=(64, 64),
+            extra_structure=ex,
+            extra_texture=ex,
+            noise=noise_hr,
+            handoff=handoff,
+        )
         assert r.bridged and r.x.shape == (4, 4, 16, 16) and torch.isfinite(r.x).all()
         assert r.nfe_structure == r.k + extra_nfe and r.nfe_texture == 12 - r.k
         assert v1.calls == {"encode": 0, "decode": 1} and v2.calls == {"encode": 1, "decode": 0}

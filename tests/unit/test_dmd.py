@@ -127,8 +127,16 @@ def test_cfg_matches_testbed_cfg_and_fake_without_cfg():
             calls.append(cond)
             return x * 0 + self.p
 
-    tr = dmd_training.DMDTrainer(gmm, _Lin(), Spy(), (2,), dmd_training.DMDConfig(model_type="ve", real_guidance_scale=3.0, batch_size=4,
-                      warmup_steps=0, dfake_gen_update_ratio=1), conditioning=[2, 5])
+    tr = dmd_training.DMDTrainer(
+        gmm,
+        _Lin(),
+        Spy(),
+        (2,),
+        dmd_training.DMDConfig(
+            model_type="ve", real_guidance_scale=3.0, batch_size=4, warmup_steps=0, dfake_gen_update_ratio=1
+        ),
+        conditioning=[2, 5],
+    )
     tr.step()
     assert len(calls) == 2 and all(c is not None and set(c.tolist()) <= {2, 5} for c in calls)
 
@@ -226,7 +234,9 @@ def _small_trainer(teacher, **kw):
     opts = dict(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=3, batch_size=64,
                 generator_lr=1e-3, fake_lr=1e-3, warmup_steps=5, sigma_data=1.0, seed=3)
     cfg = dmd_training.DMDConfig(**{**opts, **kw})
-    return dmd_training.DMDTrainer(ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,), cfg)
+    return dmd_training.DMDTrainer(
+        ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,), cfg
+    )
 
 
 def test_checkpoint_interrupt_resume_is_exact(tmp_path):
@@ -263,9 +273,21 @@ def test_resume_on_cuda_with_map_location(tmp_path):
     a CPU ByteTensor. training.run.read_checkpoint loads onto the CPU and resumes exactly on the GPU."""
     torch.manual_seed(0)
     teacher = MLPDenoiser(2, 16, 1).cuda()
-    mk = lambda: dmd_training.DMDTrainer(ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,),  # noqa: E731
-                              dmd_training.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=2,
-                                          batch_size=8, warmup_steps=0, sigma_data=1.0), device="cuda")
+    mk = lambda: dmd_training.DMDTrainer(  # noqa: E731
+        ring_mixture(),
+        dmd_training.copy_teacher(teacher),
+        dmd_training.copy_teacher(teacher),
+        (2,),
+        dmd_training.DMDConfig(
+            model_type="ve",
+            real_guidance_scale=1.0,
+            dfake_gen_update_ratio=2,
+            batch_size=8,
+            warmup_steps=0,
+            sigma_data=1.0,
+        ),
+        device="cuda",
+    )
     try:
         a = mk()
         a.train(3)
@@ -286,7 +308,10 @@ def test_resume_on_cuda_with_map_location(tmp_path):
 
 def test_wide_dtype_is_float64_except_on_mps():
     """DMD2 computes the DM gradient in float64; Apple's MPS has no float64, so there it is float32."""
-    assert dmd_training.wide_dtype("cpu") is torch.float64 and dmd_training.wide_dtype(torch.device("cuda")) is torch.float64
+    assert (
+        dmd_training.wide_dtype("cpu") is torch.float64
+        and dmd_training.wide_dtype(torch.device("cuda")) is torch.float64
+    )
     assert dmd_training.wide_dtype(torch.device("mps")) is torch.float32
     x = torch.randn(2, 3)
     assert dmd_training.dm_gradient(x, x * 0.5, x * 0.2).dtype == torch.float64
@@ -319,7 +344,9 @@ def _ring_small_trainer(teacher, **kw):
     names = {f.name for f in dataclasses.fields(dmd_training.DMDConfig)}
     cfg = dmd_training.DMDConfig(**{**opts, **{k: v for k, v in kw.items() if k in names}})
     extra = {k: v for k, v in kw.items() if k not in names}
-    return dmd_training.DMDTrainer(ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,), cfg, **extra)
+    return dmd_training.DMDTrainer(
+        ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,), cfg, **extra
+    )
 
 
 def test_gan_head_learns_to_tell_generator_from_real():
@@ -415,8 +442,13 @@ def test_backward_simulation_inputs_at_listed_timesteps():
     with pytest.raises(ValueError, match="^denoising_timesteps"):
         dmd_training.DMDConfig(denoising_timesteps=(249, 499)).validate()
     with pytest.raises(ValueError, match="^real_data"):
-        dmd_training.DMDTrainer(ring_mixture(), _SpyNet(log), fake, (2,), dmd_training.DMDConfig(model_type="ve", denoising_timesteps=ts,
-                                                                          backward_simulation=False))
+        dmd_training.DMDTrainer(
+            ring_mixture(),
+            _SpyNet(log),
+            fake,
+            (2,),
+            dmd_training.DMDConfig(model_type="ve", denoising_timesteps=ts, backward_simulation=False),
+        )
 
 
 class _EpsDenoiser(torch.nn.Module):
@@ -637,15 +669,26 @@ def ring():
 def _ring_run(ring, steps, **kw):
     cfg = dmd_training.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=5, batch_size=256,
                       generator_lr=5e-4, fake_lr=2e-3, warmup_steps=50, sigma_data=1.0, seed=0, **kw)
-    tr = dmd_training.DMDTrainer(ring["gmm"], dmd_training.copy_teacher(ring["teacher"]), dmd_training.copy_teacher(ring["teacher"]), (2,), cfg,
-                      regression_pairs=ring["pairs"] if cfg.regression_weight > 0 else None)
+    tr = dmd_training.DMDTrainer(
+        ring["gmm"],
+        dmd_training.copy_teacher(ring["teacher"]),
+        dmd_training.copy_teacher(ring["teacher"]),
+        (2,),
+        cfg,
+        regression_pairs=ring["pairs"] if cfg.regression_weight > 0 else None,
+    )
     init = tr.sample(N_EVAL)
     tr.train(steps)
     x = tr.sample(N_EVAL)
     cov = dmd_metrics.mode_coverage(x, dmd_metrics.ring_means(), RADIUS)
-    return {"swd": dmd_metrics.sliced_wasserstein(x, ring["ref"], p=1), "swd_init": dmd_metrics.sliced_wasserstein(init, ring["ref"], p=1),
-            "covered": cov["covered"], "quality": cov["quality"], "tv": cov["tv"],
-            "fractions": [round(float(f), 3) for f in cov["fractions"]]}
+    return {
+        "swd": dmd_metrics.sliced_wasserstein(x, ring["ref"], p=1),
+        "swd_init": dmd_metrics.sliced_wasserstein(init, ring["ref"], p=1),
+        "covered": cov["covered"],
+        "quality": cov["quality"],
+        "tv": cov["tv"],
+        "fractions": [round(float(f), 3) for f in cov["fractions"]],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -731,8 +774,14 @@ def _latent_run(mix, steps, **kw):
                 generator_lr=5e-4, fake_lr=2e-3, warmup_steps=50, sigma_data=1.0, seed=0,
                 regression_weight=0.25, regression_loss="l2")
     cfg = dmd_training.DMDConfig(**{**opts, **kw})
-    tr = dmd_training.DMDTrainer(mix["gmm"], dmd_training.copy_teacher(mix["teacher"]), dmd_training.copy_teacher(mix["teacher"]), LAT_SHAPE, cfg,
-                      regression_pairs=mix["pairs"] if cfg.regression_weight > 0 else None)
+    tr = dmd_training.DMDTrainer(
+        mix["gmm"],
+        dmd_training.copy_teacher(mix["teacher"]),
+        dmd_training.copy_teacher(mix["teacher"]),
+        LAT_SHAPE,
+        cfg,
+        regression_pairs=mix["pairs"] if cfg.regression_weight > 0 else None,
+    )
     init = tr.sample(N_EVAL)
     tr.train(steps)
     means = mix["gmm"].means.float()

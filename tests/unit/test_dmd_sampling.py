@@ -80,7 +80,9 @@ def test_few_step_schedule_and_renoise_statistics(model_type):
     z = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
     c = 0.7
     rec = Recorder(c)
-    out = dmd_sampling.sample_dmd(rec, z, sig, model_type, generator=torch.Generator().manual_seed(1), extra_args={"cond": 3})
+    out = dmd_sampling.sample_dmd(
+        rec, z, sig, model_type, generator=torch.Generator().manual_seed(1), extra_args={"cond": 3}
+    )
     assert torch.equal(out, torch.full_like(z, c))
     assert len(rec.calls) == 4
     assert [float(cl[1][0]) for cl in rec.calls] == [float(s) for s in sig[:4]]
@@ -116,7 +118,9 @@ def test_kdiff_signature_matches_sample_dmd():
         a = dmd_sampling.sample_dmd(net, z, sig, "eps", noise_sampler=ns_factory())
         x = dmd_sampling.noise_input(z, sig[0], "eps")
         seen = []
-        b = dmd_sampling.sample_dmd_kdiff(net, x, sig, noise_sampler=ns_factory(), callback=lambda d: seen.append(d["i"]))
+        b = dmd_sampling.sample_dmd_kdiff(
+            net, x, sig, noise_sampler=ns_factory(), callback=lambda d: seen.append(d["i"])
+        )
     assert torch.equal(a, b) and seen == [0, 1, 2, 3]
 
 
@@ -140,7 +144,8 @@ def test_generator_file_metadata(tmp_path):
     assert m["model_type"] == "ve" and m["format"] == "full" and m["note"] == "x"
     assert dmd_sampling.read_generator(path, load_tensors=False) == (None, m)
     save_file({"w": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
-    assert dmd_sampling.read_generator(tmp_path / "plain.safetensors")[1] is None  # a plain UNet / LoRA: no DMD settings
+    # a plain UNet / LoRA: no DMD settings
+    assert dmd_sampling.read_generator(tmp_path / "plain.safetensors")[1] is None
     with pytest.raises(ValueError, match="^path: .*pickled"):
         dmd_sampling.read_generator(tmp_path / "gen.ckpt")
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
@@ -150,7 +155,9 @@ def test_generator_file_metadata(tmp_path):
     with pytest.raises(ValueError, match="^path: 'list.safetensors' has unreadable DMD metadata .*list"):
         dmd_sampling.read_generator(tmp_path / "list.safetensors")
     with pytest.raises(ValueError, match="^path: .*differs"):
-        dmd_sampling.parse_generator_metadata({dmd_sampling.METADATA_KEY: json.dumps(dict(info, conditioning_timestep=399))})
+        dmd_sampling.parse_generator_metadata(
+            {dmd_sampling.METADATA_KEY: json.dumps(dict(info, conditioning_timestep=399))}
+        )
     with pytest.raises(ValueError, match="^info: "):  # the writer checks what it writes as a reader reads it
         dmd_run.write_generator(tmp_path / "x.safetensors", {"w": torch.ones(1)}, dict(info, format="diff"))
     with pytest.raises(ValueError, match="^info: .*lack"):
@@ -175,7 +182,9 @@ def test_files_of_earlier_versions_still_load(tmp_path):
     assert m["timesteps"] == [999, 749, 499, 249] and m["conditioning_timestep"] == 999
     assert m["format"] == "lora" and m["lora_rank"] == 4 and m["model_type"] == "eps" and m["generator_steps"] == 12
     noformat = {k: v for k, v in flat.items() if k != "dmd.format"}
-    assert dmd_sampling.parse_generator_metadata(noformat, keys=["diffusion_model.x.lora_up.weight"])["format"] == "lora"
+    assert (
+        dmd_sampling.parse_generator_metadata(noformat, keys=["diffusion_model.x.lora_up.weight"])["format"] == "lora"
+    )
     assert dmd_sampling.parse_generator_metadata(noformat, keys=["input_blocks.0.weight"])["format"] == "full"
     with pytest.raises(ValueError, match="^path: unknown generator format 'diff'"):
         dmd_sampling.parse_generator_metadata(dict(flat, **{"dmd.format": "diff"}))
@@ -184,7 +193,9 @@ def test_files_of_earlier_versions_still_load(tmp_path):
     save_file({"input_blocks.0.weight": torch.zeros(1)}, str(tmp_path / "node.safetensors"), metadata=node)
     _, m = dmd_sampling.read_generator(tmp_path / "node.safetensors")
     assert m["timesteps"] == [999] and m["steps"] == 40 and m["format"] == "full"
-    assert dmd_sampling.parse_generator_metadata({"tempo_dmd": json.dumps({"conditioning_timestep": 399})})["timesteps"] == [399]
+    assert dmd_sampling.parse_generator_metadata({"tempo_dmd": json.dumps({"conditioning_timestep": 399})})[
+        "timesteps"
+    ] == [399]
     for path in (distill.GENERATOR_FILE, distill.CONTROL_FILE):
         sd, m = dmd_sampling.read_generator(path)
         assert m["format"] == "full" and m["model_type"] == "eps" and m["conditioning_timestep"] == 999, path

@@ -54,11 +54,23 @@ def test_nonfinite_note_counts_nan_and_inf():
 
 # ---------------------------------------------------------------------------- checkpoint size
 def _trainer(teacher, **kw):
-    cfg = dmd_training.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=8, generator_lr=1e-3,
-                      fake_lr=1e-3, warmup_steps=0, sigma_data=1.0, seed=3, **kw)
+    cfg = dmd_training.DMDConfig(
+        model_type="ve",
+        real_guidance_scale=1.0,
+        dfake_gen_update_ratio=1,
+        batch_size=8,
+        generator_lr=1e-3,
+        fake_lr=1e-3,
+        warmup_steps=0,
+        sigma_data=1.0,
+        seed=3,
+        **kw,
+    )
     if cfg.lora_rank:
         return dmd_training.DMDTrainer.from_teacher(teacher, (2,), cfg, real_score=ring_mixture())
-    return dmd_training.DMDTrainer(ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,), cfg)
+    return dmd_training.DMDTrainer(
+        ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,), cfg
+    )
 
 
 def _checkpoint_bytes(tr) -> int:

@@ -24,7 +24,10 @@ def _write_weights(tmp_path, seed=0):
         scale = (2.0 / (v[0].numel() if v.ndim > 1 else 1)) ** 0.5 if v.ndim > 1 else 0.01
         vgg[f"features.{k}"] = torch.randn(v.shape, generator=g) * scale
     vgg["classifier.0.weight"] = torch.zeros(4, 4)  # torchvision's file has more than the features
-    lin = {f"lin{k}.model.1.weight": torch.rand((1, c, 1, 1), generator=g) * 0.1 for k, c in enumerate(tempo_lpips.CHANNELS)}
+    lin = {
+        f"lin{k}.model.1.weight": torch.rand((1, c, 1, 1), generator=g) * 0.1
+        for k, c in enumerate(tempo_lpips.CHANNELS)
+    }
     vp, lp = tmp_path / "vgg16-397923af.pth", tmp_path / "vgg.pth"
     torch.save(vgg, vp)
     torch.save(lin, lp)
@@ -120,10 +123,25 @@ def test_trainer_regression_with_lpips(weights):
 
     teacher = Flat(teacher).requires_grad_(False)
     pairs = dmd_training.RegressionPairs(noise=torch.randn((8,) + shape), target=torch.randn((8,) + shape) * 0.5)
-    cfg = dmd_training.DMDConfig(batch_size=2, regression_weight=0.25, regression_loss="lpips", dfake_gen_update_ratio=1,
-                      warmup_steps=0, real_guidance_scale=1.0, generator_lr=1e-3, fake_lr=1e-3)
+    cfg = dmd_training.DMDConfig(
+        batch_size=2,
+        regression_weight=0.25,
+        regression_loss="lpips",
+        dfake_gen_update_ratio=1,
+        warmup_steps=0,
+        real_guidance_scale=1.0,
+        generator_lr=1e-3,
+        fake_lr=1e-3,
+    )
     with pytest.raises(dmd_training.DMDConfigError, match=r"^regression_loss_fn:"):
-        dmd_training.DMDTrainer(teacher, dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), shape, cfg, regression_pairs=pairs)
+        dmd_training.DMDTrainer(
+            teacher,
+            dmd_training.copy_teacher(teacher),
+            dmd_training.copy_teacher(teacher),
+            shape,
+            cfg,
+            regression_pairs=pairs,
+        )
     loss_fn = tempo_lpips.LatentLPIPS(_Decode(), tempo_lpips.load_lpips(*weights))
     gen = dmd_training.copy_teacher(teacher)
     before = [p.detach().clone() for p in gen.parameters()]

@@ -19,8 +19,14 @@ def _trainer(teacher, conditioning=None, **kw):
     opts = dict(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=3, batch_size=16,
                 generator_lr=1e-3, fake_lr=1e-3, warmup_steps=2, sigma_data=1.0, seed=3)
     cfg = dmd_training.DMDConfig(**{**opts, **kw})
-    return dmd_training.DMDTrainer(ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,), cfg,
-                        conditioning=conditioning)
+    return dmd_training.DMDTrainer(
+        ring_mixture(),
+        dmd_training.copy_teacher(teacher),
+        dmd_training.copy_teacher(teacher),
+        (2,),
+        cfg,
+        conditioning=conditioning,
+    )
 
 
 def _same(a, b) -> bool:
@@ -119,8 +125,11 @@ def test_resume_checks_name_the_input_and_keep_the_file(tmp_path, teacher):
     def resume(trainer, p=path):
         return dmd_run.DMDRun(trainer, p, shown="output/x/run.pt", names=names, advice="turn resume off").resume()
 
-    with pytest.raises(dmd_run.RunError, match=r"^positive: the checkpoint output/x/run.pt was made with 1 conditionings, "
-                                         r"this run has 2; turn resume off"):
+    with pytest.raises(
+        dmd_run.RunError,
+        match=r"^positive: the checkpoint output/x/run.pt was made with 1 conditionings, "
+        r"this run has 2; turn resume off",
+    ):
         resume(_trainer(teacher, conditioning=[None, None]))
     with pytest.raises(dmd_run.RunError, match=r"^resume: the checkpoint output/x/run.pt was made with other settings"):
         resume(_trainer(teacher, dfake_gen_update_ratio=5))
@@ -133,7 +142,9 @@ def test_resume_checks_name_the_input_and_keep_the_file(tmp_path, teacher):
     for name, data in {"empty": b"", "truncated": before[: len(before) // 2], "random": os.urandom(512)}.items():
         bad = tmp_path / f"{name}.pt"
         bad.write_bytes(data)
-        with pytest.raises(dmd_run.RunError, match=r"^resume: the checkpoint output/x/run.pt \(\d+ bytes\) is not a readable"):
+        with pytest.raises(
+            dmd_run.RunError, match=r"^resume: the checkpoint output/x/run.pt \(\d+ bytes\) is not a readable"
+        ):
             resume(_trainer(teacher), bad)
         assert bad.read_bytes() == data
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
