@@ -1,11 +1,12 @@
 """The bundled testbed as a real ComfyUI MODEL, built in-process with ComfyUI's own classes.
 
 Used by the host tier (through the test-only node pack in tests/host/testnodes) and by the
-benchmark's ComfyUI rows (``harness/host_bench.py``). It registers no node and the pack never imports it. The model is an EPS model
-on Stable Diffusion's discrete schedule (ComfyUI's beta_schedule "linear" = diffusers'
-"scaled_linear", 0.00085..0.012), whose latent space is the testbed autoencoder's (scale 1, no
-shift), so its x0 equals ``testbed.trained.load().denoiser``. Its network call goes through
-ComfyUI's DIFFUSION_MODEL wrappers like the UNets of ComfyUI's own models, so EasyCache works on it.
+benchmark's ComfyUI rows (``harness/host_bench.py``). It registers no node and the pack never
+imports it. The model is an EPS model on Stable Diffusion's discrete schedule (ComfyUI's
+beta_schedule "linear" = diffusers' "scaled_linear", 0.00085..0.012), whose latent space is the
+testbed autoencoder's (scale 1, no shift), so its x0 equals ``testbed.trained.load().denoiser``. Its
+network call goes through ComfyUI's DIFFUSION_MODEL wrappers like the UNets of ComfyUI's own models,
+so EasyCache works on it.
 """
 
 from __future__ import annotations
