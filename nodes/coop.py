@@ -41,7 +41,6 @@ from .comfy_vae import (
     bridge_vae_for,
     check_latent_vae,
     check_model_vae,
-    model_kind,
     model_latent_format,
     model_schedule,
     vae_factor,
@@ -78,15 +77,15 @@ def _shift_for(renoise_level: str, px_from: tuple[int, int], px_to: tuple[int, i
 
 
 # ============================================================================= shared helpers
-def _size_inputs(prefix: str = "", what: str = "the output") -> list:
+def _size_inputs(prefix: str = "", what: str = "the output", source: str = "the source image") -> list:
     p = prefix
     return [
         io.Int.Input(f"{p}width", default=0, min=0, max=16384, step=8,
-                     tooltip=f"Width of {what} in pixels. 0: from scale (the source's size times scale)."),
+                     tooltip=f"Width of {what} in pixels. 0: from scale ({source}'s size times scale)."),
         io.Int.Input(f"{p}height", default=0, min=0, max=16384, step=8,
-                     tooltip=f"Height of {what} in pixels. 0: from scale (the source's size times scale)."),
+                     tooltip=f"Height of {what} in pixels. 0: from scale ({source}'s size times scale)."),
         io.Float.Input(f"{p}scale", default=1.0, min=0.05, max=16.0, step=0.05,
-                       tooltip=f"Used where width / height is 0: {what} is the source image size times this, "
+                       tooltip=f"Used where width / height is 0: {what} is {source}'s size times this, "
                        "rounded to the nearest multiple of the target VAE's downscale factor."),
         io.Combo.Input(f"{p}resize_method", options=list(FILTERS), default="bilinear",
                        tooltip="kornia filter for the pixel-space resize (antialiased when shrinking). "
@@ -466,7 +465,7 @@ def _same_space(model_a, model_b) -> bool:
     fa, fb = model_latent_format(model_a), model_latent_format(model_b)
     same_fmt = type(fa) is type(fb) and getattr(fa, "scale_factor", 1) == getattr(fb, "scale_factor", 1) and \
         getattr(fa, "shift_factor", 0) == getattr(fb, "shift_factor", 0)
-    return same_fmt and model_kind(model_a) == model_kind(model_b)
+    return same_fmt and model_schedule(model_a).kind == model_schedule(model_b).kind  # the bridges' kinds
 
 
 class TimeDecoupledSampler(io.ComfyNode):
@@ -509,7 +508,7 @@ class TimeDecoupledSampler(io.ComfyNode):
                                tooltip="auto: one sampler run when both models share latent space, parameterisation and "
                                "size (history kept), else the pixel bridge; bridge: always decode, resize, encode and "
                                "re-noise at the switch."),
-                *_size_inputs(what="the texture stage's image"),
+                *_size_inputs(what="the texture stage's image", source="the structure stage's image"),
                 _renoise_input("the texture stage"),
                 io.Vae.Input("vae_structure", optional=True,
                              tooltip="VAE of the structure model's space (needed for a bridged hand-off)."),

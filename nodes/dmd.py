@@ -153,7 +153,7 @@ class DMDKSampler(io.ComfyNode):
             "(999, 399 for DMD2's 1-step SDXL UNet, 999/749/499/249 for DMD2 4-step), x0 output, fresh re-noising.",
             inputs=[
                 io.Model.Input("model", tooltip="The generator (from DMD Generator Loader, DMD Trainer, or a DMD2 UNet/LoRA "
-                               "loaded with UNETLoader/LoraLoader)."),
+                               "loaded with UNETLoader / LoraLoaderModelOnly)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the noise (and of the fresh noise between steps)."),
                 io.String.Input("timesteps", default=FROM_MODEL,

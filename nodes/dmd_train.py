@@ -110,7 +110,7 @@ class DMDTrainerNode(io.ComfyNode):
             node_id="TempoDMDTrainer",
             display_name="DMD Trainer",
             category=TRAIN_CATEGORY,
-            description="Distils a teacher MODEL into a one-step generator with DMD / DMD2 (distribution matching with a "
+            description="Distils a teacher MODEL into a one-step (generator_steps 1) or few-step generator with DMD / DMD2 (distribution matching with a "
             "trained fake score, optional regression loss). Runs inside ComfyUI with its progress bar; Cancel saves a "
             f"checkpoint and resume continues from it. The generator is saved to output/{FOLDER} (listed by DMD Generator "
             "Loader at once) and returned as a MODEL.",
@@ -124,9 +124,9 @@ class DMDTrainerNode(io.ComfyNode):
                 io.Int.Input("batch_size", default=1, min=1, max=4096, tooltip="Generator samples per step."),
                 io.Int.Input("steps", default=1000, min=1, max=10**7,
                              tooltip="Total training steps (one DMD2 iteration each; the generator updates every update_ratio-th)."),
-                io.Float.Input("generator_lr", default=1e-5, min=1e-9, max=1.0, step=1e-6, round=1e-9,
+                io.Float.Input("generator_lr", default=1e-5, min=1e-9, max=1.0, step=1e-8, round=1e-9,
                                tooltip="AdamW learning rate of the generator (DMD2: SD1.5 1e-5, SDXL 5e-7; LoRA ~5e-5 or more)."),
-                io.Float.Input("fake_lr", default=1e-5, min=1e-9, max=1.0, step=1e-6, round=1e-9,
+                io.Float.Input("fake_lr", default=1e-5, min=1e-9, max=1.0, step=1e-8, round=1e-9,
                                tooltip="AdamW learning rate of the fake score."),
                 io.Float.Input("guidance", default=1.75, min=0.0, max=100.0, step=0.05,
                                tooltip="CFG scale of the real score (the teacher); baked into the generator (DMD2: SD1.5 1.75, SDXL 8)."),
@@ -139,7 +139,7 @@ class DMDTrainerNode(io.ComfyNode):
                              "range(T-1, 0, -T/n) (4: 999/749/499/249), trained with backward simulation."),
                 io.Int.Input("warmup_steps", default=500, min=0, max=10**6, tooltip="Linear learning-rate warm-up (optimizer steps)."),
                 io.Float.Input("regression_weight", default=0.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="Weight of DMD1's regression loss on teacher pairs (0 = off, DMD2; DMD1 used 0.25)."),
+                               tooltip="Weight of the regression loss on teacher pairs (the original DMD used 0.25; DMD2 drops it: 0 = off)."),
                 io.String.Input("regression_pairs", default="",
                                 tooltip="Pairs file from DMD Regression Pairs (output/dmd_pairs/...); needed when regression_weight > 0."),
                 io.Float.Input("gan_weight", default=0.0, min=0.0, max=10.0, step=0.001, round=1e-5,
@@ -147,8 +147,9 @@ class DMDTrainerNode(io.ComfyNode):
                                "critic is a head on the fake score's bottleneck, trained with weight 1e-2 on the regression "
                                "pairs' teacher samples as real data (so it needs regression_pairs)."),
                 io.Int.Input("lora_rank", default=0, min=0, max=1024,
-                             tooltip="0 = train full weights (two copies of the network); >0 = LoRA of this rank on the generator "
-                             "and the fake score, which then share the teacher's weights (saved as a LoRA)."),
+                             tooltip="0 = train full weights (a trainable copy of the network for the generator and one for the fake "
+                             "score); >0 = LoRA of this rank on both, which then share the teacher's weights (saved as a LoRA; "
+                             "the checkpoint is far smaller)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of every random draw of the run (a resumed run continues the same sequence)."),
                 io.String.Input("save_name", default="dmd/generator",
@@ -167,7 +168,7 @@ class DMDTrainerNode(io.ComfyNode):
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The generator, usable at once (DMD KSampler / DMD Sampler)."),
                 io.Image.Output(display_name="loss_curves", tooltip="The training losses."),
-                io.Image.Output(display_name="samples", tooltip="One-step samples, one per conditioning (up to 8)."),
+                io.Image.Output(display_name="samples", tooltip="Samples of the generator (at its own steps), one per conditioning (up to 8)."),
                 io.Latent.Output(display_name="sample_latents", tooltip="The same samples as a LATENT."),
                 io.String.Output(display_name="generator_name", tooltip="The saved file, for DMD Generator Loader."),
             ],
