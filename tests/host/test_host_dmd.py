@@ -1,4 +1,4 @@
-"""DMD nodes inside a real ComfyUI (issue 5, "Done when" 3).
+"""DMD nodes inside a real ComfyUI.
 
 Over HTTP, with the testbed teacher: the DMD Trainer node trains, is interrupted (POST /interrupt) after its
 first checkpoint, resumes from that checkpoint and saves; the DMD Generator Loader lists the file at once and
@@ -283,9 +283,9 @@ import comfy.samplers, comfy.sample
 import comfy.k_diffusion.sampling as kds
 import folder_paths
 import tempo_testnodes as tn
-from comfyui_tempo.nodes import dmd as D
+from comfyui_tempo.nodes import dmd as dmd_nodes
 from comfyui_tempo.nodes import dmd_files, dmd_train
-from comfyui_tempo.samplers import dmd as S
+from comfyui_tempo.samplers import dmd as dmd_sampling
 import nodes
 
 res = {}
@@ -305,7 +305,7 @@ with torch.inference_mode():
     cond = [[tn.class_cond(4), {}]]
     noise = comfy.sample.prepare_noise(lat["samples"], 11)
     for t in (999, 399):
-        out = D.DMDKSampler.execute(model, 11, str(t), 1.0, cond, lat).args[0]["samples"]
+        out = dmd_nodes.DMDKSampler.execute(model, 11, str(t), 1.0, cond, lat).args[0]["samples"]
         s = float(table[t])
         ref = tb.denoiser(noise * (1 + s * s) ** 0.5, torch.full((3,), s), cond=torch.tensor([4, 4, 4]))
         res[f"scaling_{t}"] = float((out - ref).abs().max())
@@ -322,16 +322,16 @@ with torch.inference_mode():
         m = build(mt)
         ms = m.get_model_object("model_sampling")
         ts = [999, 749, 499, 249]
-        sig = S.timesteps_to_sigmas(ts, ms.sigmas)
+        sig = dmd_sampling.timesteps_to_sigmas(ts, ms.sigmas)
         z = comfy.sample.prepare_noise(latt["samples"], 5)
-        got = D.DMDKSampler.execute(m, 5, "999,749,499,249", 1.0, pos[:1], latt).args[0]["samples"]
+        got = dmd_nodes.DMDKSampler.execute(m, 5, "999,749,499,249", 1.0, pos[:1], latt).args[0]["samples"]
         mm.load_models_gpu([m])
         den = lambda x, s: m.model.apply_model(x, s, c_crossattn=pos[0][0].expand(x.shape[0], -1, -1))
-        x0 = S.noise_input(z, float(sig[0]), kind)
+        x0 = dmd_sampling.noise_input(z, float(sig[0]), kind)
         ns = kds.default_noise_sampler(x0, seed=5)
-        ref = S.sample_dmd(den, z, sig, kind, noise_sampler=ns)
+        ref = dmd_sampling.sample_dmd(den, z, sig, kind, noise_sampler=ns)
         ref = m.model.process_latent_out(ref)
-        sampler = D.DMDSamplerNode.execute("from model").args[0]
+        sampler = dmd_nodes.DMDSamplerNode.execute("from model").args[0]
         sc = comfy.sample.sample_custom(m, z, 1.0, sampler, sig, pos[:1], neg, latt["samples"], seed=5)
         info = {"vs_torch": float((got - ref).abs().max() / ref.abs().max()), "custom_vs_ksampler": float((sc - got).abs().max()),
                 "finite": bool(torch.isfinite(got).all())}
@@ -340,9 +340,9 @@ with torch.inference_mode():
         tr = dmd_train.DMDTrainerNode.execute(m, pos, neg, 64, 64, 2, 6, 1e-4, 1e-4, 2.0, 3, 999, 1, 0, 0.0, "", 0.0, rank, 0,
                                       f"host/{kind}", 3, False)
         gen, curves, samples, slat, name = tr.args
-        ld = D.DMDGeneratorLoader.execute(m, name)
-        a = D.DMDKSampler.execute(gen, 3, "from model", 1.0, pos[:1], latt).args[0]["samples"]
-        b = D.DMDKSampler.execute(ld.args[0], 3, "from model", 1.0, pos[:1], latt).args[0]["samples"]
+        ld = dmd_nodes.DMDGeneratorLoader.execute(m, name)
+        a = dmd_nodes.DMDKSampler.execute(gen, 3, "from model", 1.0, pos[:1], latt).args[0]["samples"]
+        b = dmd_nodes.DMDKSampler.execute(ld.args[0], 3, "from model", 1.0, pos[:1], latt).args[0]["samples"]
         info["trained_model_equals_loaded"] = bool(torch.equal(a, b))
         info["meta"] = gen.model_options["tempo_dmd"]["model_type"]
         info["samples"] = list(samples.shape)
@@ -357,9 +357,9 @@ with torch.inference_mode():
     import shutil
     shutil.copy(path, os.path.join(folder_paths.get_folder_paths("loras")[0], "host_dmd_lora.safetensors"))
     stock = nodes.LoraLoaderModelOnly().load_lora_model_only(model, "host_dmd_lora.safetensors", 1.0)[0]
-    a = D.DMDKSampler.execute(gen, 1, "from model", 1.0, cond, lat).args[0]["samples"]
-    b = D.DMDKSampler.execute(stock, 1, "999", 1.0, cond, lat).args[0]["samples"]
-    t = D.DMDKSampler.execute(model, 1, "999", 1.0, cond, lat).args[0]["samples"]
+    a = dmd_nodes.DMDKSampler.execute(gen, 1, "from model", 1.0, cond, lat).args[0]["samples"]
+    b = dmd_nodes.DMDKSampler.execute(stock, 1, "999", 1.0, cond, lat).args[0]["samples"]
+    t = dmd_nodes.DMDKSampler.execute(model, 1, "999", 1.0, cond, lat).args[0]["samples"]
     res["lora"] = {"stock_vs_trainer": float((a - b).abs().max()), "vs_teacher": float((a - t).abs().max()),
                    "format": gen.model_options["tempo_dmd"]["format"]}
     # the loader lists the file of the pack's folder and a lora copied by hand (prefixed)
@@ -369,20 +369,20 @@ with torch.inference_mode():
     # 4. the stock route for DMD2 4-step files (KSampler lcm + simple, 4 steps, cfg 1) reaches the same timesteps:
     #    the DMD KSampler at 999,749,499,249 gives the same latents
     stock4 = nodes.common_ksampler(model, 21, 4, 1.0, "lcm", "simple", cond, [[tn.class_cond(10), {}]], lat)[0]["samples"]
-    dmd4 = D.DMDKSampler.execute(model, 21, "999,749,499,249", 1.0, cond, lat).args[0]["samples"]
+    dmd4 = dmd_nodes.DMDKSampler.execute(model, 21, "999,749,499,249", 1.0, cond, lat).args[0]["samples"]
     res["stock_lcm_simple_vs_dmd4"] = float((stock4 - dmd4).abs().max())
 
     # 5. a generator in the core's file layout (flat dmd.* metadata, keys with the checkpoint prefix) loads too
     from safetensors.torch import load_file, save_file
     core_path = os.path.join(folder_paths.get_output_directory(), "dmd_generators", "host", "core_layout.safetensors")
-    full = D.DMDGeneratorLoader.execute(model, "dmd/generator.safetensors") if folder_paths.get_full_path("dmd_generators", "dmd/generator.safetensors") else None
+    full = dmd_nodes.DMDGeneratorLoader.execute(model, "dmd/generator.safetensors") if folder_paths.get_full_path("dmd_generators", "dmd/generator.safetensors") else None
     if full is not None:
         sd = load_file(folder_paths.get_full_path("dmd_generators", "dmd/generator.safetensors"))
         save_file({"diffusion_model." + k: v for k, v in sd.items()}, core_path,
                   metadata={"dmd.model_type": "eps", "dmd.conditioning_timestep": "999", "dmd.timesteps": "999", "dmd.format": "full"})
-        core = D.DMDGeneratorLoader.execute(model, "host/core_layout.safetensors")
-        a = D.DMDKSampler.execute(full.args[0], 2, "from model", 1.0, cond, lat).args[0]["samples"]
-        b = D.DMDKSampler.execute(core.args[0], 2, "from model", 1.0, cond, lat).args[0]["samples"]
+        core = dmd_nodes.DMDGeneratorLoader.execute(model, "host/core_layout.safetensors")
+        a = dmd_nodes.DMDKSampler.execute(full.args[0], 2, "from model", 1.0, cond, lat).args[0]["samples"]
+        b = dmd_nodes.DMDKSampler.execute(core.args[0], 2, "from model", 1.0, cond, lat).args[0]["samples"]
         res["core_layout"] = {"equal": bool(torch.equal(a, b)), "ct": core.args[2], "ts": core.args[3]}
 
     # 6. the node trains what the plain-PyTorch core trains: the same run (testbed teacher, full weights, seed 3)
@@ -443,9 +443,9 @@ with torch.inference_mode():
     shutil.copy(folder_paths.get_full_path("dmd_generators", xt.args[4]),
                 os.path.join(folder_paths.get_folder_paths("loras")[0], "host_sdxl_dmd.safetensors"))
     xstock = nodes.LoraLoaderModelOnly().load_lora_model_only(xm, "host_sdxl_dmd.safetensors", 1.0)[0]
-    xa = D.DMDKSampler.execute(xt.args[0], 4, "from model", 1.0, xpos[:1], xl).args[0]["samples"]
-    xb = D.DMDKSampler.execute(xstock, 4, "399", 1.0, xpos[:1], xl).args[0]["samples"]
-    xld = D.DMDGeneratorLoader.execute(xm, xt.args[4])
+    xa = dmd_nodes.DMDKSampler.execute(xt.args[0], 4, "from model", 1.0, xpos[:1], xl).args[0]["samples"]
+    xb = dmd_nodes.DMDKSampler.execute(xstock, 4, "399", 1.0, xpos[:1], xl).args[0]["samples"]
+    xld = dmd_nodes.DMDGeneratorLoader.execute(xm, xt.args[4])
     res["sdxl"] = {"stock_vs_trainer": float((xa - xb).abs().max() / xa.abs().max()), "ct": xld.args[2],
                    "patched": len(xt.args[0].patches), "finite": bool(torch.isfinite(xa).all())}
 
@@ -454,34 +454,34 @@ with torch.inference_mode():
     pr = dmd_train.DMDRegressionPairs.execute(model, tcond, [[tn.class_cond(10), {}]], 64, 64, 2, 3, 3.0, 999, 8, 0, "host/gan_pairs")
     g4 = dmd_train.DMDTrainerNode.execute(model, tcond, [[tn.class_cond(10), {}]], 64, 64, 2, 10, 1e-4, 1e-4, 3.0, 5, 999, 4, 0,
                                   0.0, pr.args[0], 1e-3, 0, 0, "host/gan4", 5, False)
-    l4 = D.DMDGeneratorLoader.execute(model, g4.args[4])
-    k4 = D.DMDKSampler.execute(l4.args[0], 0, "from model", 1.0, cond, lat)
+    l4 = dmd_nodes.DMDGeneratorLoader.execute(model, g4.args[4])
+    k4 = dmd_nodes.DMDKSampler.execute(l4.args[0], 0, "from model", 1.0, cond, lat)
     res["dmd2_options"] = {"timesteps": l4.args[3], "sigmas": len(l4.args[1]), "ksampler": k4.ui.as_dict()["text"][0],
                            "meta": g4.args[0].model_options["tempo_dmd"]["gan_weight"]}
 
-    # 9. the shipped testbed generator (training/distill_testbed.py, flat dmd.* metadata) through the loader:
+    # 9. the shipped testbed generator (testbed/distill.py, flat dmd.* metadata) through the loader:
     #    the same one-step samples as the plain-PyTorch generator, classified by the shipped classifier
-    shipped = os.path.join(os.path.dirname(os.path.dirname(D.__file__)), "testbed", "weights", "dmd_onestep.safetensors")
+    shipped = os.path.join(os.path.dirname(os.path.dirname(dmd_nodes.__file__)), "testbed", "weights", "dmd_onestep.safetensors")
     if os.path.isfile(shipped):
-        from comfyui_tempo.training import distill_testbed as DT
-        from comfyui_tempo.testbed import classifier as CL
+        from comfyui_tempo.testbed import distill
+        from comfyui_tempo.testbed import classifier
         os.makedirs(os.path.join(folder_paths.models_dir, "dmd_generators"), exist_ok=True)
         shutil.copy(shipped, os.path.join(folder_paths.models_dir, "dmd_generators", "testbed_dmd_onestep.safetensors"))
-        sl = D.DMDGeneratorLoader.execute(model, "testbed_dmd_onestep.safetensors")
+        sl = dmd_nodes.DMDGeneratorLoader.execute(model, "testbed_dmd_onestep.safetensors")
         per = 8
         node_x, labels, zs = [], [], []
         for c in range(10):
             lat_c = {"samples": torch.zeros(per, 4, 8, 8)}
-            node_x.append(D.DMDKSampler.execute(sl.args[0], 100 + c, "from model", 1.0, [[tn.class_cond(c), {}]], lat_c).args[0]["samples"])
+            node_x.append(dmd_nodes.DMDKSampler.execute(sl.args[0], 100 + c, "from model", 1.0, [[tn.class_cond(c), {}]], lat_c).args[0]["samples"])
             zs.append(comfy.sample.prepare_noise(lat_c["samples"], 100 + c))
             labels.append(torch.full((per,), c, dtype=torch.long))
         node_x, labels, zs = torch.cat(node_x), torch.cat(labels), torch.cat(zs)
         with torch.inference_mode(False):
-            den, meta = DT.load_generator(shipped, tb)
-            ref = DT.one_step_samples(den, zs, labels)
-            clf = CL.load()
+            den, meta = distill.load_generator(shipped, tb)
+            ref = distill.one_step_samples(den, zs, labels)
+            clf = classifier.load()
             _, pred = clf.embed(tb.decode(node_x).float().clamp(0, 1))
-            _, pred_t = clf.embed(tb.decode(D.DMDKSampler.execute(model, 7, "999", 1.0, [[tn.class_cond(3), {}]],
+            _, pred_t = clf.embed(tb.decode(dmd_nodes.DMDKSampler.execute(model, 7, "999", 1.0, [[tn.class_cond(3), {}]],
                                                                    {"samples": torch.zeros(per, 4, 8, 8)}).args[0]["samples"]).float().clamp(0, 1))
         res["shipped"] = {"vs_torch": float((node_x - ref).abs().max() / ref.abs().max()), "ct": sl.args[2],
                           "class_acc": float((pred.cpu() == labels).float().mean()),
@@ -491,9 +491,9 @@ with torch.inference_mode():
     res["errors"] = {
         "empty": err(lambda: dmd_train.DMDTrainerNode.execute(model, [], [[tn.class_cond(10), {}]], 64, 64, 1, 2, 1e-4, 1e-4, 3.0, 5,
                                                       999, 1, 0, 0.0, "", 0.0, 0, 0, "host/x", 5, False)),
-        "ckpt": D.DMDGeneratorLoader.validate_inputs(generator_name="x.ckpt"),
-        "timesteps": err(lambda: D.DMDKSampler.execute(model, 0, "999,999", 1.0, cond, lat)),
-        "negative": err(lambda: D.DMDKSampler.execute(model, 0, "999", 4.0, cond, lat)),
+        "ckpt": dmd_nodes.DMDGeneratorLoader.validate_inputs(generator_name="x.ckpt"),
+        "timesteps": err(lambda: dmd_nodes.DMDKSampler.execute(model, 0, "999,999", 1.0, cond, lat)),
+        "negative": err(lambda: dmd_nodes.DMDKSampler.execute(model, 0, "999", 4.0, cond, lat)),
     }
     d = os.path.join(folder_paths.get_output_directory(), "dmd_generators")
     open(os.path.join(d, "pickled.ckpt"), "wb").write(b"x")
@@ -509,7 +509,7 @@ def inproc(comfy_snippet, trained):
 
 
 def test_first_step_input_is_pure_noise_at_the_conditioning_timestep(inproc):
-    # the model sees N(0, I) at t = 999 and at t = 399 (stock nodes feed 0.757 z at 399, dmd.md 3.1)
+    # the model sees N(0, I) at t = 999 and at t = 399 (stock nodes feed 0.757 z at 399)
     assert inproc["scaling_999"] < 1e-5 and inproc["scaling_399"] < 1e-5, inproc
 
 
@@ -563,7 +563,7 @@ def test_dmd2_multistep_and_gan_through_the_node(inproc):
 
 def test_shipped_testbed_generator_loads_and_keeps_its_classes(inproc):
     """The generator distilled in plain PyTorch (testbed/weights/dmd_onestep.safetensors) through DMD Generator
-    Loader + DMD KSampler: the same samples as its own one-step function, the classes right (issue 5: >= 0.8)."""
+    Loader + DMD KSampler: the same samples as its own one-step function, the classes right (class accuracy >= 0.8)."""
     sh = inproc.get("shipped")
     if sh is None:
         pytest.skip("testbed/weights/dmd_onestep.safetensors is not in this checkout")
@@ -589,7 +589,7 @@ import os, torch
 import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
 import folder_paths
 from comfyui_tempo.nodes import comfy_model, dmd_train
-from comfyui_tempo.training import gan as G
+from comfyui_tempo.training import gan
 
 from tempo_testnodes import tiny_sd_model
 
@@ -605,7 +605,7 @@ with torch.inference_mode():
     with torch.inference_mode(False), torch.enable_grad():
         net = comfy_model.to_trainable(base.diffusion_model)
         den = comfy_model.ComfyDenoiser(base, net)
-        G.enable_gradient_checkpointing(den)
+        gan.enable_gradient_checkpointing(den)
         calls = []
         h = net.input_blocks[1][0].in_layers[2].register_forward_hook(lambda *a: calls.append(1))
         x = torch.randn(1, 4, 8, 8)
@@ -615,7 +615,7 @@ with torch.inference_mode():
         res["resblock_calls"] = len(calls)
         # the GAN feature module of this UNet is reached by its forward
         name = comfy_model.gan_feature_module(base.diffusion_model)
-        tap = G.FeatureTap(den, name)
+        tap = gan.FeatureTap(den, name)
         f = tap.features(den, x, torch.tensor([2.0]), cond={"c_crossattn": ctx})
         res["gan_module"], res["features"] = name, list(f.shape)
     # the trainer node with the GAN loss and gradient checkpointing on this UNet

@@ -213,9 +213,9 @@ import json, os, shutil, torch
 import folder_paths
 import tempo_testnodes as tn
 from safetensors.torch import save_file
-from comfyui_tempo.nodes import dmd as D
+from comfyui_tempo.nodes import dmd as dmd_nodes
 from comfyui_tempo.nodes import dmd_files, dmd_train
-from comfyui_tempo.nodes import coop as C
+from comfyui_tempo.nodes import coop
 
 def err(f):
     try:
@@ -244,7 +244,7 @@ res["resolve"] = {
     "etc_passwd": err(lambda: dmd_files.pairs_path("/etc/passwd")),
     "drive": err(lambda: dmd_files.resolve_generator("C:/x.safetensors")),
     "dotdot": err(lambda: dmd_files.resolve_generator("../../outside/gen.safetensors")),
-    "validate_abs": D.DMDGeneratorLoader.validate_inputs(generator_name=os.path.join(outside, "gen.safetensors")),
+    "validate_abs": dmd_nodes.DMDGeneratorLoader.validate_inputs(generator_name=os.path.join(outside, "gen.safetensors")),
     "in_gen": os.path.relpath(dmd_files.resolve_generator("qa/gen.safetensors"), folder_paths.models_dir),
     "in_pairs": os.path.relpath(dmd_files.pairs_path("qa/pairs"), out),
 }
@@ -265,7 +265,7 @@ save_file(sd, os.path.join(gdir, "list_meta.safetensors"), metadata={"tempo_dmd"
 save_file({"noise": torch.zeros(1, 4, 8, 8), "target": torch.zeros(1, 4, 8, 8)}, os.path.join(pdir, "list_meta.safetensors"),
           metadata={"tempo_dmd": "[1, 2]"})
 with torch.inference_mode():
-    res["list_meta"] = err(lambda: D.DMDGeneratorLoader.execute(model, "qa/list_meta.safetensors"))
+    res["list_meta"] = err(lambda: dmd_nodes.DMDGeneratorLoader.execute(model, "qa/list_meta.safetensors"))
 res["list_meta_pairs"] = err(lambda: dmd_files.load_pairs("qa/list_meta", "eps", 999, (4, 8, 8), 2))
 
 # item 4: unreadable checkpoints given to resume: a named error, the file kept as it is
@@ -301,18 +301,18 @@ nan = torch.zeros(1, 4, 8, 8)
 nan[0, 0, :2] = float("nan")
 texts = {}
 with torch.inference_mode():
-    texts["latent_bridge"] = C.LatentBridge.execute({"samples": nan}, v, v, 0, 0, 1.0, "bilinear").ui.as_dict()["text"][0]
-    texts["latent_bridge_finite"] = C.LatentBridge.execute({"samples": torch.zeros(1, 4, 8, 8)}, v, v, 0, 0, 1.0,
+    texts["latent_bridge"] = coop.LatentBridge.execute({"samples": nan}, v, v, 0, 0, 1.0, "bilinear").ui.as_dict()["text"][0]
+    texts["latent_bridge_finite"] = coop.LatentBridge.execute({"samples": torch.zeros(1, 4, 8, 8)}, v, v, 0, 0, 1.0,
                                                            "bilinear").ui.as_dict()["text"][0]
-    texts["noisy_bridge"] = C.NoisyLatentBridge.execute({"samples": nan}, model, v, pos[:1], neg, 3.0, model, v, 20, 10,
+    texts["noisy_bridge"] = coop.NoisyLatentBridge.execute({"samples": nan}, model, v, pos[:1], neg, 3.0, model, v, 20, 10,
                                                         "normal", 0, 0, 1.0, "bilinear", 4).ui.as_dict()["text"][0]
-    texts["coop"] = C.CoopSampler.execute(model, v, pos[:1], neg, 3.0, model, v, pos[:1], neg, 3.0, {"samples": nan}, 3, 4,
+    texts["coop"] = coop.CoopSampler.execute(model, v, pos[:1], neg, 3.0, model, v, pos[:1], neg, 3.0, {"samples": nan}, 3, 4,
                                           "euler", "normal", 1.0, 0.5, 0.0, 1.0, "none").ui.as_dict()["text"][0]
-    texts["time_decoupled"] = C.TimeDecoupledSampler.execute(model, pos[:1], neg, 3.0, model, pos[:1], neg, 3.0,
+    texts["time_decoupled"] = coop.TimeDecoupledSampler.execute(model, pos[:1], neg, 3.0, model, pos[:1], neg, 3.0,
                                                              {"samples": nan}, 3, 4, "euler", "normal", 1.0, "timestep",
                                                              500, 1.0, "auto", 0, 0, 1.0, "bilinear").ui.as_dict()["text"][0]
-    texts["dmd_ksampler"] = D.DMDKSampler.execute(model, 0, "999", 1.0, pos[:1], {"samples": nan}).ui.as_dict()["text"][0]
-    texts["dmd_ksampler_finite"] = D.DMDKSampler.execute(model, 0, "999", 1.0, pos[:1],
+    texts["dmd_ksampler"] = dmd_nodes.DMDKSampler.execute(model, 0, "999", 1.0, pos[:1], {"samples": nan}).ui.as_dict()["text"][0]
+    texts["dmd_ksampler_finite"] = dmd_nodes.DMDKSampler.execute(model, 0, "999", 1.0, pos[:1],
                                                          {"samples": torch.zeros(1, 4, 8, 8)}).ui.as_dict()["text"][0]
 res["nan"] = texts
 
@@ -326,12 +326,12 @@ class _Keep(logging.Handler):
 logging.getLogger("comfyui_tempo").addHandler(_Keep())
 with torch.inference_mode():
     table = model.get_model_object("model_sampling").sigmas
-    from comfyui_tempo.samplers import dmd as S
-    sig = S.timesteps_to_sigmas([999], table)
-    comfy.sample.sample_custom(model, torch.randn(1, 4, 8, 8), 1.0, D.DMDSampler([999]), sig, pos[:1], [],
+    from comfyui_tempo.samplers import dmd as dmd_sampling
+    sig = dmd_sampling.timesteps_to_sigmas([999], table)
+    comfy.sample.sample_custom(model, torch.randn(1, 4, 8, 8), 1.0, dmd_nodes.DMDSampler([999]), sig, pos[:1], [],
                                torch.zeros(1, 4, 8, 8))
     n_finite = len(records)
-    comfy.sample.sample_custom(model, torch.randn(1, 4, 8, 8), 1.0, D.DMDSampler([999]), sig, pos[:1], [], nan)
+    comfy.sample.sample_custom(model, torch.randn(1, 4, 8, 8), 1.0, dmd_nodes.DMDSampler([999]), sig, pos[:1], [], nan)
 res["dmd_sampler_log"] = {"finite": records[:n_finite], "nan": records[n_finite:]}
 RESULT = res
 '''
