@@ -24,7 +24,16 @@ from .peers import EasyCacheNet
 
 ENDPOINT = {"heun": True}
 COLUMNS = [
-    "sampler", "method", "nfe", "psnr_db", "wall_s", "speedup_wall", "nfe_ratio", "ctl_ms_step", "setting", "path",
+    "sampler",
+    "method",
+    "nfe",
+    "psnr_db",
+    "wall_s",
+    "speedup_wall",
+    "nfe_ratio",
+    "ctl_ms_step",
+    "setting",
+    "path",
 ]
 
 
@@ -58,7 +67,10 @@ def _easycache_run(problem: Problem, sampler: str, steps: int, threshold: float)
 
     def wrap(net_call):
         holder["ec"] = EasyCacheNet(
-            net_call, threshold, _percent_to_sigma(problem.sigma_table, 0.15), _percent_to_sigma(problem.sigma_table, 0.95)
+            net_call,
+            threshold,
+            _percent_to_sigma(problem.sigma_table, 0.15),
+            _percent_to_sigma(problem.sigma_table, 0.95),
         )
         return holder["ec"]
 
@@ -128,7 +140,11 @@ def run(problem: Problem, samplers=("euler", "dpmpp_2m"), steps: int = 50, greed
             ("adaptive_quadratic", AdaptiveConfig(extrapolation="quadratic"), "default but quadratic extrapolation"),
             ("adaptive_even", AdaptiveConfig(tilt=0.0), "default but late_bias 0 (skips spread evenly)"),
             ("adaptive_late", AdaptiveConfig(tilt=0.75), "default but late_bias 0.75"),
-            ("adaptive_placed_latent", AdaptiveConfig(placement=0.5), "default + placement 0.5 by the paper's estimator"),
+            (
+                "adaptive_placed_latent",
+                AdaptiveConfig(placement=0.5),
+                "default + placement 0.5 by the paper's estimator",
+            ),
             (
                 "adaptive_placed_reuse",
                 AdaptiveConfig(placement=0.5, estimator="reuse_error"),
@@ -151,7 +167,9 @@ def run(problem: Problem, samplers=("euler", "dpmpp_2m"), steps: int = 50, greed
 
         path = torch.zeros(steps, dtype=torch.bool)
         path[::2] = True
-        out, rep, wall, nfe = _sample(problem, sampler, steps, AdaptiveConfig(mode="path", path=path, extrapolation="hold"))
+        out, rep, wall, nfe = _sample(
+            problem, sampler, steps, AdaptiveConfig(mode="path", path=path, extrapolation="hold")
+        )
         row("uniform_skip", out, wall, nfe, "network on every other step, reuse held", rep)
 
         if problem.net_denoiser is not None:
@@ -224,7 +242,9 @@ def _greedy_rows(problem: Problem, sampler: str, steps: int, config: AdaptiveCon
     return out_rows
 
 
-def comfyui_rows(problem: Problem, tree: str, python: str | None, samplers, steps: int, cfg: float, log=print) -> list[dict]:
+def comfyui_rows(
+    problem: Problem, tree: str, python: str | None, samplers, steps: int, cfg: float, log=print
+) -> list[dict]:
     """Rows measured inside a real ComfyUI (its EasyCache and LazyCache nodes, the pack's nodes)."""
     import json
     import os
@@ -242,8 +262,13 @@ def comfyui_rows(problem: Problem, tree: str, python: str | None, samplers, step
         tensors = os.path.join(tmp, "batch.safetensors")
         save_file({"noise": problem.noise.contiguous(), "cond": problem.cond.contiguous()}, tensors)
         job = {
-            "repo": repo, "tensors": tensors, "samplers": list(samplers), "steps": steps, "cfg": cfg,
-            "scheduler": problem.scheduler, "threads": torch.get_num_threads(),
+            "repo": repo,
+            "tensors": tensors,
+            "samplers": list(samplers),
+            "steps": steps,
+            "cfg": cfg,
+            "scheduler": problem.scheduler,
+            "threads": torch.get_num_threads(),
         }
         job_path, out_path = os.path.join(tmp, "job.json"), os.path.join(tmp, "out.json")
         json.dump(job, open(job_path, "w"))
@@ -251,7 +276,10 @@ def comfyui_rows(problem: Problem, tree: str, python: str | None, samplers, step
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         proc = subprocess.run(
             [python, os.path.join(repo, "harness", "host_bench.py"), job_path, out_path],
-            cwd=tree, env=env, capture_output=True, text=True,
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0 or not os.path.exists(out_path):
             raise RuntimeError(f"the ComfyUI rows failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -296,10 +324,13 @@ def add_parser(bench_sub) -> None:
     p.add_argument("--seeds", type=int, default=0, help="seeds per class; default 2 (1 with --quick)")
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--scheduler", default="karras", choices=["karras", "normal"])
-    p.add_argument("--greedy", type=int, default=None, help="conditionings for the greedy search (default 2; 0 with --quick)")
+    p.add_argument(
+        "--greedy", type=int, default=None, help="conditionings for the greedy search (default 2; 0 with --quick)"
+    )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument(
-        "--comfyui", default=None,
+        "--comfyui",
+        default=None,
         help="a ComfyUI tree: adds rows measured inside it (EasyCache, LazyCache, the pack's nodes); default $TEMPO_COMFYUI",
     )
     p.add_argument("--quiet", action="store_true")
@@ -313,7 +344,9 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     quick = args.quick
     problem = problems.trained_problem(
-        classes=args.classes or (4 if quick else 10), seeds=args.seeds or (1 if quick else 2), cfg=args.cfg,
+        classes=args.classes or (4 if quick else 10),
+        seeds=args.seeds or (1 if quick else 2),
+        cfg=args.cfg,
         scheduler=args.scheduler,
     )
     t0 = time.perf_counter()
@@ -328,8 +361,12 @@ def main(args) -> int:
     if tree:
         result["rows"].extend(
             comfyui_rows(
-                problem, tree, os.environ.get("TEMPO_COMFYUI_PYTHON"), tuple(args.samplers.split(",")),
-                args.steps or (20 if quick else 50), args.cfg,
+                problem,
+                tree,
+                os.environ.get("TEMPO_COMFYUI_PYTHON"),
+                tuple(args.samplers.split(",")),
+                args.steps or (20 if quick else 50),
+                args.cfg,
             )
         )
     result["meta"] = {

@@ -38,18 +38,28 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..bridges import core
-from ..bridges import decoupled
-from ..bridges import fusion
-from ..samplers import kdiff
-from ..samplers import schedules
+from ..bridges import core, decoupled, fusion
+from ..samplers import kdiff, schedules
 from ..testbed import vaes
 from . import routes
 from .common import print_table, psnr_db, write_json
 
 COLUMNS = [
-    "case", "method", "nfe", "nfe_lr", "nfe_hr", "hr_equiv", "vae_calls", "psnr_db", "psnr_min", "detail_ratio",
-    "noise_std_ratio", "noise_lag1_corr", "identical", "wall_s", "setting",
+    "case",
+    "method",
+    "nfe",
+    "nfe_lr",
+    "nfe_hr",
+    "hr_equiv",
+    "vae_calls",
+    "psnr_db",
+    "psnr_min",
+    "detail_ratio",
+    "noise_std_ratio",
+    "noise_lag1_corr",
+    "identical",
+    "wall_s",
+    "setting",
 ]
 
 
@@ -63,8 +73,11 @@ def lag1_corr(r: torch.Tensor) -> float:
 
 def _noise_stats(resid: torch.Tensor) -> dict:
     per_ch = resid.std(dim=(0, 2, 3))
-    return {"noise_std_ratio": float(per_ch.mean()), "std_worst": float((per_ch - 1).abs().max()),
-            "noise_lag1_corr": lag1_corr(resid)}
+    return {
+        "noise_std_ratio": float(per_ch.mean()),
+        "std_worst": float((per_ch - 1).abs().max()),
+        "noise_lag1_corr": lag1_corr(resid),
+    }
 
 
 def _psnr_cols(images, reference) -> dict:
@@ -113,8 +126,12 @@ class Setup:
 
     def coupled(self, lr_hw=8):
         """Per-image seeded coupled noise: (hr [B,4,2h,2w], lr [B,4,h,w])."""
-        hr, lr = zip(*(routes.coupled_noise((1, 4, lr_hw, lr_hw), seed=1000 + s * 10 + int(c))
-                       for s, c in zip(self.seeds, self.cond.tolist())))
+        hr, lr = zip(
+            *(
+                routes.coupled_noise((1, 4, lr_hw, lr_hw), seed=1000 + s * 10 + int(c))
+                for s, c in zip(self.seeds, self.cond.tolist())
+            )
+        )
         return torch.cat(hr), torch.cat(lr)
 
 
@@ -132,18 +149,56 @@ def case_noise_white(st: Setup, taesd_dir, log=print) -> list[dict]:
     x = kdiff.sample_euler(st.den1, noise * sig[0], sig[: k + 1], extra_args=st.extra)
     sk = sig[k]
     t0 = time.perf_counter()
-    nb = core.bridge_noisy(x, sk, st.den1, st.v1, st.v1, st.sched, st.sched, size=(64, 64), filter="bicubic",
-                        generator=torch.Generator().manual_seed(5), extra_args=st.extra)
+    nb = core.bridge_noisy(
+        x,
+        sk,
+        st.den1,
+        st.v1,
+        st.v1,
+        st.sched,
+        st.sched,
+        size=(64, 64),
+        filter="bicubic",
+        generator=torch.Generator().manual_seed(5),
+        extra_args=st.extra,
+    )
     wall = time.perf_counter() - t0
     resid = (nb.x - nb.x0) / nb.sigma.view(-1, 1, 1, 1)
-    rows.append({"case": "noise_white", "method": "noisy_bridge (testbed)", "model": "testbed", "nfe": 1, "vae_calls": 2,
-                 "wall_s": wall, "setting": f"t=500 sigma={float(sk):.3f} 32->64px", **_noise_stats(resid)})
+    rows.append(
+        {
+            "case": "noise_white",
+            "method": "noisy_bridge (testbed)",
+            "model": "testbed",
+            "nfe": 1,
+            "vae_calls": 2,
+            "wall_s": wall,
+            "setting": f"t=500 sigma={float(sk):.3f} 32->64px",
+            **_noise_stats(resid),
+        }
+    )
     r_up = routes.upscale_latent((x - nb.x0_source) / sk)
-    rows.append({"case": "noise_white", "method": "latent_upscale_bilinear (testbed)", "model": "testbed", "nfe": 0,
-                 "vae_calls": 0, "wall_s": 0.0, "setting": "x2 bilinear of the same noisy latent", **_noise_stats(r_up)})
+    rows.append(
+        {
+            "case": "noise_white",
+            "method": "latent_upscale_bilinear (testbed)",
+            "model": "testbed",
+            "nfe": 0,
+            "vae_calls": 0,
+            "wall_s": 0.0,
+            "setting": "x2 bilinear of the same noisy latent",
+            **_noise_stats(r_up),
+        }
+    )
     if taesd_dir is None:
-        rows.append({"case": "noise_white", "method": "noisy_bridge", "model": "taesd", "setting": "skipped",
-                     "note": "TAESD weights not found"})
+        rows.append(
+            {
+                "case": "noise_white",
+                "method": "noisy_bridge",
+                "model": "taesd",
+                "setting": "skipped",
+                "note": "TAESD weights not found",
+            }
+        )
         return rows
     from ..testbed.vaes import TAESD
 
@@ -154,15 +209,34 @@ def case_noise_white(st: Setup, taesd_dir, log=print) -> list[dict]:
     xb = z0 + sk * torch.randn(z0.shape, generator=torch.Generator().manual_seed(3))
     oracle = lambda xx, s, **_: z0  # noqa: E731 - the exact x0 (isolates the bridge from a model)
     t0 = time.perf_counter()
-    nb = core.bridge_noisy(xb, sk, oracle, vae, vae, st.sched, st.sched, size=(256, 256),
-                        generator=torch.Generator().manual_seed(4))
+    nb = core.bridge_noisy(
+        xb, sk, oracle, vae, vae, st.sched, st.sched, size=(256, 256), generator=torch.Generator().manual_seed(4)
+    )
     wall = time.perf_counter() - t0
-    rows.append({"case": "noise_white", "method": "noisy_bridge (taesd)", "model": "taesd", "nfe": 0, "vae_calls": 2,
-                 "wall_s": wall, "setting": "t=500 oracle x0, 128->256px",
-                 **_noise_stats((nb.x - nb.x0) / nb.sigma.view(-1, 1, 1, 1))})
-    rows.append({"case": "noise_white", "method": "latent_upscale_bilinear (taesd)", "model": "taesd", "nfe": 0,
-                 "vae_calls": 0, "wall_s": 0.0, "setting": "x2 bilinear",
-                 **_noise_stats(routes.upscale_latent((xb - z0) / sk))})
+    rows.append(
+        {
+            "case": "noise_white",
+            "method": "noisy_bridge (taesd)",
+            "model": "taesd",
+            "nfe": 0,
+            "vae_calls": 2,
+            "wall_s": wall,
+            "setting": "t=500 oracle x0, 128->256px",
+            **_noise_stats((nb.x - nb.x0) / nb.sigma.view(-1, 1, 1, 1)),
+        }
+    )
+    rows.append(
+        {
+            "case": "noise_white",
+            "method": "latent_upscale_bilinear (taesd)",
+            "model": "taesd",
+            "nfe": 0,
+            "vae_calls": 0,
+            "wall_s": 0.0,
+            "setting": "x2 bilinear",
+            **_noise_stats(routes.upscale_latent((xb - z0) / sk)),
+        }
+    )
     return rows
 
 
@@ -177,7 +251,7 @@ def sample_photos(size: int = 128) -> torch.Tensor:
         t = torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
         h, w = t.shape[-2:]
         m = min(h, w)
-        t = t[..., (h - m) // 2:(h - m) // 2 + m, (w - m) // 2:(w - m) // 2 + m]
+        t = t[..., (h - m) // 2 : (h - m) // 2 + m, (w - m) // 2 : (w - m) // 2 + m]
         out.append(kornia.geometry.transform.resize(t, (size, size), antialias=True).clamp(0, 1))
     return torch.cat(out)
 
@@ -196,14 +270,35 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
 
     ref, wall_ref = timed_route(routes.route_reference, st.denh, noise_hr, sig, st.extra)
     img_ref = dec(ref.x)
-    rows = [{"case": "resolution", "method": "reference_hr", "nfe": ref.nfe, "nfe_lr": 0, "nfe_hr": ref.nfe_hr,
-             "hr_equiv": ref.hr_equiv(), "vae_calls": 0, "psnr_db": float("inf"), "wall_s": wall_ref,
-             "setting": f"64px from coupled noise, euler {st.scheduler} {n}, cfg {st.cfg}"}]
+    rows = [
+        {
+            "case": "resolution",
+            "method": "reference_hr",
+            "nfe": ref.nfe,
+            "nfe_lr": 0,
+            "nfe_hr": ref.nfe_hr,
+            "hr_equiv": ref.hr_equiv(),
+            "vae_calls": 0,
+            "psnr_db": float("inf"),
+            "wall_s": wall_ref,
+            "setting": f"64px from coupled noise, euler {st.scheduler} {n}, cfg {st.cfg}",
+        }
+    ]
     # composition agreement: the low-res run alone, upscaled
     z_lr = kdiff.sample_euler(st.denh, noise_lr * sig[0], sig, extra_args=st.extra)
-    rows.append({"case": "resolution", "method": "lr_upscaled", "nfe": n, "nfe_lr": n, "nfe_hr": 0,
-                 "hr_equiv": n / 4, "vae_calls": 1, **_image_cols(_upsample_img(dec(z_lr)), img_ref),
-                 "setting": "32px final, decoded, bicubic x2 (composition agreement)"})
+    rows.append(
+        {
+            "case": "resolution",
+            "method": "lr_upscaled",
+            "nfe": n,
+            "nfe_lr": n,
+            "nfe_hr": 0,
+            "hr_equiv": n / 4,
+            "vae_calls": 1,
+            **_image_cols(_upsample_img(dec(z_lr)), img_ref),
+            "setting": "32px final, decoded, bicubic x2 (composition agreement)",
+        }
+    )
 
     # the floor for anything that knows only the low-res noise: the full 64 px run from other 64 px
     # noise with the same 2x2 block means (so the same 32 px noise)
@@ -211,14 +306,34 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
     w = w - F.interpolate(F.avg_pool2d(w, 2), scale_factor=2, mode="nearest")
     noise_alt = F.interpolate(F.avg_pool2d(noise_hr, 2), scale_factor=2, mode="nearest") + w
     alt = routes.route_reference(st.denh, noise_alt, sig, st.extra)
-    rows.append({"case": "resolution", "method": "hr_same_lr_noise", "nfe": n, "nfe_lr": 0, "nfe_hr": n,
-                 "hr_equiv": float(n), "vae_calls": 0, **_image_cols(dec(alt.x), img_ref),
-                 "setting": "64px from other noise with the same 2x2 block means (floor for the 32px noise alone)"})
+    rows.append(
+        {
+            "case": "resolution",
+            "method": "hr_same_lr_noise",
+            "nfe": n,
+            "nfe_lr": 0,
+            "nfe_hr": n,
+            "hr_equiv": float(n),
+            "vae_calls": 0,
+            **_image_cols(dec(alt.x), img_ref),
+            "setting": "64px from other noise with the same 2x2 block means (floor for the 32px noise alone)",
+        }
+    )
 
     def add(route, method, r, wall, setting):
-        row = {"case": "resolution", "method": method, "route": route, "nfe": r.nfe, "nfe_lr": r.nfe_lr,
-               "nfe_hr": r.nfe_hr, "hr_equiv": r.hr_equiv(), "vae_calls": r.vae_calls,
-               **_image_cols(dec(r.x), img_ref), "wall_s": wall, "setting": setting}
+        row = {
+            "case": "resolution",
+            "method": method,
+            "route": route,
+            "nfe": r.nfe,
+            "nfe_lr": r.nfe_lr,
+            "nfe_hr": r.nfe_hr,
+            "hr_equiv": r.hr_equiv(),
+            "vae_calls": r.vae_calls,
+            **_image_cols(dec(r.x), img_ref),
+            "wall_s": wall,
+            "setting": setting,
+        }
         rows.append(row)
         log(f"  {method:28s} {setting:36s} nfe {r.nfe:3d} ({r.nfe_lr}+{r.nfe_hr})  {row['psnr_db']:.2f} dB")
         return row
@@ -235,11 +350,24 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
     groups = {}
     for d in denoises:
         m = max(1, round(n * d))
-        r, w = timed_route(routes.route_latent_upscale, st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, n - m, m, d,
-                           st.extra)
+        r, w = timed_route(
+            routes.route_latent_upscale, st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, n - m, m, d, st.extra
+        )
         groups.setdefault("a", []).append(add("a", "latent_upscale", r, w, f"denoise {d}: {n - m} lr + {m} hr steps"))
-        r, w = timed_route(routes.route_pixel_hires, st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, st.sigmas_fn,
-                           n - m, m, d, st.extra)
+        r, w = timed_route(
+            routes.route_pixel_hires,
+            st.denh,
+            st.denh,
+            st.v2,
+            st.v2,
+            noise_lr,
+            noise_hr,
+            st.sigmas_fn,
+            n - m,
+            m,
+            d,
+            st.extra,
+        )
         groups.setdefault("b", []).append(add("b", "pixel_hires_fix", r, w, f"denoise {d}: {n - m} lr + {m} hr steps"))
     for d in habit:
         m = max(1, round(n * d))
@@ -247,8 +375,20 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
             routes.route_latent_upscale, st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, n, m, d, st.extra
         )
         add("a", "latent_upscale more_nfe", r, w, f"denoise {d}: {n} lr + {m} hr steps")
-        r, w = timed_route(routes.route_pixel_hires, st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, st.sigmas_fn,
-                           n, m, d, st.extra)
+        r, w = timed_route(
+            routes.route_pixel_hires,
+            st.denh,
+            st.denh,
+            st.v2,
+            st.v2,
+            noise_lr,
+            noise_hr,
+            st.sigmas_fn,
+            n,
+            m,
+            d,
+            st.extra,
+        )
         add("b", "pixel_hires_fix more_nfe", r, w, f"denoise {d}: {n} lr + {m} hr steps")
     for k in ks:
         r, w = timed_route(routes.route_step_handoff, st.denh, st.denh, noise_lr, sig, k, st.extra)
@@ -256,15 +396,36 @@ def case_resolution(st: Setup, quick: bool, log=print) -> list[dict]:
     # ours: the pack's resolution-aware level (default) and the paper's equal-SNR level, x0 of the
     # last low-res step (equal NFE); the paper's fresh x0 at the switch (+1 NFE) at t = 500
     for t in switches:
-        for renoise, handoff, g, method in (("resolution", "last", "d", "noisy_bridge"),
-                                            ("paper", "last", "d_paper", "noisy_bridge_paper"),
-                                            ("resolution", "fresh", "d_fresh", "noisy_bridge_fresh_x0")):
+        for renoise, handoff, g, method in (
+            ("resolution", "last", "d", "noisy_bridge"),
+            ("paper", "last", "d_paper", "noisy_bridge_paper"),
+            ("resolution", "fresh", "d_fresh", "noisy_bridge_fresh_x0"),
+        ):
             if handoff == "fresh" and t != 500:
                 continue
-            r, w = timed_route(routes.route_noisy_bridge, st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, sig,
-                               st.sched, switch_timestep=t, extra=st.extra, handoff=handoff, renoise=renoise)
-            row = add("d", method, r, w, f"t={t} (k={r.settings['k']}), x0 {handoff}, "
-                      f"hand-off sigma {r.settings['handoff_sigma']:.3g} ({renoise})")
+            r, w = timed_route(
+                routes.route_noisy_bridge,
+                st.denh,
+                st.denh,
+                st.v2,
+                st.v2,
+                noise_lr,
+                noise_hr,
+                sig,
+                st.sched,
+                switch_timestep=t,
+                extra=st.extra,
+                handoff=handoff,
+                renoise=renoise,
+            )
+            row = add(
+                "d",
+                method,
+                r,
+                w,
+                f"t={t} (k={r.settings['k']}), x0 {handoff}, "
+                f"hand-off sigma {r.settings['handoff_sigma']:.3g} ({renoise})",
+            )
             row["switch_timestep"] = t
             row["renoise"] = renoise
             groups.setdefault(g, []).append(row)
@@ -296,14 +457,25 @@ def case_resolution_matched(st: Setup, quick: bool, log=print) -> list[dict]:
     dec = st.v2.decode_model
     img_ref = dec(routes.route_reference(st.denh, noise_hr, sig, st.extra).x)
     rows = []
-    for k in ((3, 6) if quick else (3, 5, 7, 9, 10, 11, 13)):
+    for k in (3, 6) if quick else (3, 5, 7, 9, 10, 11, 13):
         m = n - k
-        t_sw = int(schedules.sigma_to_t(sig[k - 1:k], st.sched.table))
+        t_sw = int(schedules.sigma_to_t(sig[k - 1 : k], st.sched.table))
 
         def bridge(renoise, k=k):
-            return routes.route_noisy_bridge(st.denh, st.denh, st.v2, st.v2, noise_lr, noise_hr, sig, st.sched,
-                                        switch_timestep=None, switch_sigma=float(sig[k - 1]), extra=st.extra,
-                                        renoise=renoise)
+            return routes.route_noisy_bridge(
+                st.denh,
+                st.denh,
+                st.v2,
+                st.v2,
+                noise_lr,
+                noise_hr,
+                sig,
+                st.sched,
+                switch_timestep=None,
+                switch_sigma=float(sig[k - 1]),
+                extra=st.extra,
+                renoise=renoise,
+            )
 
         runs = [
             ("noisy_bridge", lambda: bridge("resolution")),
@@ -330,28 +502,53 @@ def case_resolution_matched(st: Setup, quick: bool, log=print) -> list[dict]:
             t0 = time.perf_counter()
             r = fn()
             wall = time.perf_counter() - t0
-            row = {"case": "resolution_split", "method": name, "k": k, "nfe": r.nfe, "nfe_lr": r.nfe_lr,
-                   "nfe_hr": r.nfe_hr, "hr_equiv": r.hr_equiv(), "vae_calls": r.vae_calls,
-                   **_image_cols(dec(r.x), img_ref), "wall_s": wall,
-                   "setting": f"split k={k} of {n} (switch t~{t_sw}; denoise {m / n:.2f})"}
+            row = {
+                "case": "resolution_split",
+                "method": name,
+                "k": k,
+                "nfe": r.nfe,
+                "nfe_lr": r.nfe_lr,
+                "nfe_hr": r.nfe_hr,
+                "hr_equiv": r.hr_equiv(),
+                "vae_calls": r.vae_calls,
+                **_image_cols(dec(r.x), img_ref),
+                "wall_s": wall,
+                "setting": f"split k={k} of {n} (switch t~{t_sw}; denoise {m / n:.2f})",
+            }
             if name.startswith("noisy_bridge"):
                 row["handoff_sigma"] = r.settings["handoff_sigma"]
-                row["setting"] = f"split k={k} of {n} (switch t~{t_sw}; hand-off sigma {r.settings['handoff_sigma']:.3g})"
+                row["setting"] = (
+                    f"split k={k} of {n} (switch t~{t_sw}; hand-off sigma {r.settings['handoff_sigma']:.3g})"
+                )
             group.append(row)
         best = max(group, key=lambda r: r["psnr_db"])
         best["best"] = True
         best["method"] += " (best)"
         # diagnostic: route (a) re-noised at our hand-off level (the denoise whose first sigma is nearest)
         s_ours = group[0]["handoff_sigma"]
-        d = min((i / 100 for i in range(5, 101)),
-                key=lambda d: abs(float(routes.denoise_sigmas(st.sigmas_fn, m, d)[0]) - s_ours))
+        d = min(
+            (i / 100 for i in range(5, 101)),
+            key=lambda d: abs(float(routes.denoise_sigmas(st.sigmas_fn, m, d)[0]) - s_ours),
+        )
         t0 = time.perf_counter()
         r = routes.route_latent_upscale(st.denh, st.denh, noise_lr, noise_hr, st.sigmas_fn, k, m, d, st.extra)
-        group.append({"case": "resolution_split", "method": "latent_upscale_at_handoff_level", "k": k, "nfe": r.nfe,
-                      "nfe_lr": r.nfe_lr, "nfe_hr": r.nfe_hr, "hr_equiv": r.hr_equiv(), "vae_calls": 0,
-                      **_image_cols(dec(r.x), img_ref), "wall_s": time.perf_counter() - t0, "diagnostic": True,
-                      "setting": f"split k={k} of {n}; denoise {d:.2f} (first sigma "
-                                 f"{float(routes.denoise_sigmas(st.sigmas_fn, m, d)[0]):.3g})"})
+        group.append(
+            {
+                "case": "resolution_split",
+                "method": "latent_upscale_at_handoff_level",
+                "k": k,
+                "nfe": r.nfe,
+                "nfe_lr": r.nfe_lr,
+                "nfe_hr": r.nfe_hr,
+                "hr_equiv": r.hr_equiv(),
+                "vae_calls": 0,
+                **_image_cols(dec(r.x), img_ref),
+                "wall_s": time.perf_counter() - t0,
+                "diagnostic": True,
+                "setting": f"split k={k} of {n}; denoise {d:.2f} (first sigma "
+                f"{float(routes.denoise_sigmas(st.sigmas_fn, m, d)[0]):.3g})",
+            }
+        )
         log("  split k=%d (t~%d): " % (k, t_sw) + ", ".join(f"{r['method']} {r['psnr_db']:.2f}" for r in group))
         rows += group
     return rows
@@ -360,7 +557,9 @@ def case_resolution_matched(st: Setup, quick: bool, log=print) -> list[dict]:
 @torch.no_grad()
 def case_cross_space(taesd_dir, log=print) -> list[dict]:
     if taesd_dir is None:
-        return [{"case": "cross_space", "method": "taesd->taesdxl", "setting": "skipped", "note": "TAESD weights not found"}]
+        return [
+            {"case": "cross_space", "method": "taesd->taesdxl", "setting": "skipped", "note": "TAESD weights not found"}
+        ]
     from ..testbed.vaes import TAESD
 
     photos = sample_photos(128)
@@ -373,24 +572,65 @@ def case_cross_space(taesd_dir, log=print) -> list[dict]:
     t0 = time.perf_counter()
     z_xl = core.bridge_latent(z_b, b, xl)
     wall = time.perf_counter() - t0
-    rows.append({"case": "cross_space", "method": "taesd->taesdxl bridge", "nfe": 0, "vae_calls": 2,
-                 **_psnr_cols(xl.decode_model(z_xl), photos), "wall_s": wall, "setting": "4 photos 128px"})
+    rows.append(
+        {
+            "case": "cross_space",
+            "method": "taesd->taesdxl bridge",
+            "nfe": 0,
+            "vae_calls": 2,
+            **_psnr_cols(xl.decode_model(z_xl), photos),
+            "wall_s": wall,
+            "setting": "4 photos 128px",
+        }
+    )
     rt_b = b.decode_model(b.encode_model(img_b))
-    rows.append({"case": "cross_space", "method": "taesd round trip (dec-enc-dec)", "nfe": 0, "vae_calls": 3,
-                 **_psnr_cols(rt_b, photos), "setting": "reference for the bridge"})
+    rows.append(
+        {
+            "case": "cross_space",
+            "method": "taesd round trip (dec-enc-dec)",
+            "nfe": 0,
+            "vae_calls": 3,
+            **_psnr_cols(rt_b, photos),
+            "setting": "reference for the bridge",
+        }
+    )
     rt_xl = xl.decode_model(xl.encode_model(xl.decode_model(xl.encode_model(photos))))
-    rows.append({"case": "cross_space", "method": "taesdxl round trip (enc-dec-enc-dec)", "nfe": 0, "vae_calls": 4,
-                 **_psnr_cols(rt_xl, photos), "setting": "reference for the bridge"})
+    rows.append(
+        {
+            "case": "cross_space",
+            "method": "taesdxl round trip (enc-dec-enc-dec)",
+            "nfe": 0,
+            "vae_calls": 4,
+            **_psnr_cols(rt_xl, photos),
+            "setting": "reference for the bridge",
+        }
+    )
     t0 = time.perf_counter()
     z_3 = core.bridge_latent(z_b, b, sd3)
     wall = time.perf_counter() - t0
-    rows.append({"case": "cross_space", "method": "taesd->taesd3 bridge (4->16 ch)", "nfe": 0, "vae_calls": 2,
-                 **_psnr_cols(sd3.decode_model(z_3), photos), "wall_s": wall,
-                 "setting": f"latent {tuple(z_3.shape[1:])}"})
+    rows.append(
+        {
+            "case": "cross_space",
+            "method": "taesd->taesd3 bridge (4->16 ch)",
+            "nfe": 0,
+            "vae_calls": 2,
+            **_psnr_cols(sd3.decode_model(z_3), photos),
+            "wall_s": wall,
+            "setting": f"latent {tuple(z_3.shape[1:])}",
+        }
+    )
     z_up = core.bridge_latent(z_b, b, sd3, size=(256, 256), filter="bicubic")
     ref_up = core.resize_images(photos, (256, 256), "bicubic")
-    rows.append({"case": "cross_space", "method": "taesd->taesd3 bridge 2x", "nfe": 0, "vae_calls": 2,
-                 **_psnr_cols(sd3.decode_model(z_up), ref_up), "setting": "vs bicubic-upscaled photos"})
+    rows.append(
+        {
+            "case": "cross_space",
+            "method": "taesd->taesd3 bridge 2x",
+            "nfe": 0,
+            "vae_calls": 2,
+            **_psnr_cols(sd3.decode_model(z_up), ref_up),
+            "setting": "vs bicubic-upscaled photos",
+        }
+    )
     return rows
 
 
@@ -423,24 +663,47 @@ def case_coop_fusion(st: Setup, quick: bool, log=print) -> list[dict]:
             st.v1.reset_calls(), st.v2.reset_calls()
             ca, cb = kdiff.CountingDenoiser(st.den1), kdiff.CountingDenoiser(st.denh)
             t0 = time.perf_counter()
-            out_a, _ = fusion.coop_sample_euler(ca, cb, x_a, x_b, sig, sig, st.v1, st.v2, "eps", "eps", d=d,
-                                           extra_a=st.extra, extra_b=st.extra)
+            out_a, _ = fusion.coop_sample_euler(
+                ca, cb, x_a, x_b, sig, sig, st.v1, st.v2, "eps", "eps", d=d, extra_a=st.extra, extra_b=st.extra
+            )
             wall = time.perf_counter() - t0
             calls = vaes.vae_calls(st.v1, st.v2)
             img = st.v1.decode_model(out_a)
             base[d] = img
             pa, pb = psnr_db(img, img_a), psnr_db(img, img_b)
-            rows.append({"case": "coop_fusion", "method": f"coop d={d:g}, B {b_px}px", "b_px": b_px, "nfe": ca.nfe + cb.nfe,
-                         "nfe_per_step": (ca.nfe + cb.nfe) / n, "vae_calls": calls, "vae_calls_per_step": calls / n,
-                         "psnr_db": float(pa.mean()), "psnr_to_b": float(pb.mean()),
-                         "mse_to_a": float((img - img_a).pow(2).mean()), "mse_to_b": float((img - img_b).pow(2).mean()),
-                         "identical": bool(torch.equal(out_a, lat_a)), "wall_s": wall,
-                         "setting": f"A testbed 32px, B testbed-hr {b_px}px, {n} steps; psnr_db vs A alone"})
-            log(f"  coop B {b_px}px d={d:g}: vs A {float(pa.mean()):.2f} dB, vs B {float(pb.mean()):.2f} dB,"
-                f" {calls / n:.0f} VAE calls/step")
-        rows.append({"case": "coop_fusion", "method": f"B alone, {b_px}px", "b_px": b_px, "nfe": n, "vae_calls": 1,
-                     "psnr_db": float(psnr_db(img_b, img_a).mean()),
-                     "setting": f"testbed-hr {b_px}px decoded (resized to 32px) vs A alone"})
+            rows.append(
+                {
+                    "case": "coop_fusion",
+                    "method": f"coop d={d:g}, B {b_px}px",
+                    "b_px": b_px,
+                    "nfe": ca.nfe + cb.nfe,
+                    "nfe_per_step": (ca.nfe + cb.nfe) / n,
+                    "vae_calls": calls,
+                    "vae_calls_per_step": calls / n,
+                    "psnr_db": float(pa.mean()),
+                    "psnr_to_b": float(pb.mean()),
+                    "mse_to_a": float((img - img_a).pow(2).mean()),
+                    "mse_to_b": float((img - img_b).pow(2).mean()),
+                    "identical": bool(torch.equal(out_a, lat_a)),
+                    "wall_s": wall,
+                    "setting": f"A testbed 32px, B testbed-hr {b_px}px, {n} steps; psnr_db vs A alone",
+                }
+            )
+            log(
+                f"  coop B {b_px}px d={d:g}: vs A {float(pa.mean()):.2f} dB, vs B {float(pb.mean()):.2f} dB,"
+                f" {calls / n:.0f} VAE calls/step"
+            )
+        rows.append(
+            {
+                "case": "coop_fusion",
+                "method": f"B alone, {b_px}px",
+                "b_px": b_px,
+                "nfe": n,
+                "vae_calls": 1,
+                "psnr_db": float(psnr_db(img_b, img_a).mean()),
+                "setting": f"testbed-hr {b_px}px decoded (resized to 32px) vs A alone",
+            }
+        )
         # cheap bridge VAE inside the loop (the real VAEs for the final decode)
         if b_px == 32:
             if cheap is None:
@@ -454,16 +717,38 @@ def case_coop_fusion(st: Setup, quick: bool, log=print) -> list[dict]:
             for d in [d for d in ds if d in (0.5, 1.0)]:
                 cheap[0].reset_calls(), cheap[1].reset_calls()
                 t0 = time.perf_counter()
-                out_a, _ = fusion.coop_sample_euler(st.den1, st.denh, x_a, x_b, sig, sig, cheap[0], cheap[1], "eps", "eps",
-                                               d=d, extra_a=st.extra, extra_b=st.extra)
+                out_a, _ = fusion.coop_sample_euler(
+                    st.den1,
+                    st.denh,
+                    x_a,
+                    x_b,
+                    sig,
+                    sig,
+                    cheap[0],
+                    cheap[1],
+                    "eps",
+                    "eps",
+                    d=d,
+                    extra_a=st.extra,
+                    extra_b=st.extra,
+                )
                 wall = time.perf_counter() - t0
                 img = st.v1.decode_model(out_a)
                 calls = vaes.vae_calls(*cheap)
-                rows.append({"case": "coop_fusion", "method": f"coop d={d:g} cheap bridge VAE", "b_px": b_px,
-                             "nfe": 2 * n, "vae_calls": calls, "vae_calls_per_step": calls / n,
-                             "psnr_db": float(psnr_db(img, base[d]).mean()),
-                             "psnr_to_a": float(psnr_db(img, img_a).mean()), "wall_s": wall,
-                             "setting": "LinearVAE (3x3 least squares) for both AEs inside the loop; psnr_db vs the same run with the real AEs"})
+                rows.append(
+                    {
+                        "case": "coop_fusion",
+                        "method": f"coop d={d:g} cheap bridge VAE",
+                        "b_px": b_px,
+                        "nfe": 2 * n,
+                        "vae_calls": calls,
+                        "vae_calls_per_step": calls / n,
+                        "psnr_db": float(psnr_db(img, base[d]).mean()),
+                        "psnr_to_a": float(psnr_db(img, img_a).mean()),
+                        "wall_s": wall,
+                        "setting": "LinearVAE (3x3 least squares) for both AEs inside the loop; psnr_db vs the same run with the real AEs",
+                    }
+                )
                 log(f"  cheap bridge VAE d={d:g}: {rows[-1]['psnr_db']:.2f} dB vs real-AE fusion, {wall:.2f}s")
     return rows
 
@@ -477,17 +762,41 @@ def case_time_decoupled(st: Setup, log=print) -> list[dict]:
     # identity: the same model on both sides
     plain = kdiff.sample_euler(st.den1, noise_lr * sig[0], sig, extra_args=st.extra)
     t0 = time.perf_counter()
-    r = decoupled.time_decoupled_sample(st.den1, st.den1, noise_lr * sig[0], sig, st.sched, extra_structure=st.extra,
-                                extra_texture=st.extra, switch_timestep=500)
+    r = decoupled.time_decoupled_sample(
+        st.den1,
+        st.den1,
+        noise_lr * sig[0],
+        sig,
+        st.sched,
+        extra_structure=st.extra,
+        extra_texture=st.extra,
+        switch_timestep=500,
+    )
     wall = time.perf_counter() - t0
-    rows.append({"case": "time_decoupled", "method": "same model (testbed->testbed)", "nfe": r.nfe_structure + r.nfe_texture,
-                 "vae_calls": 0, "psnr_db": float(psnr_db(st.v1.decode_model(r.x), st.v1.decode_model(plain)).mean()),
-                 "identical": bool(torch.equal(r.x, plain)), "wall_s": wall,
-                 "setting": f"t=500 (k={r.k}), psnr vs plain euler"})
+    rows.append(
+        {
+            "case": "time_decoupled",
+            "method": "same model (testbed->testbed)",
+            "nfe": r.nfe_structure + r.nfe_texture,
+            "vae_calls": 0,
+            "psnr_db": float(psnr_db(st.v1.decode_model(r.x), st.v1.decode_model(plain)).mean()),
+            "identical": bool(torch.equal(r.x, plain)),
+            "wall_s": wall,
+            "setting": f"t=500 (k={r.k}), psnr vs plain euler",
+        }
+    )
     img1 = _upsample_img(st.v1.decode_model(plain))
     img_h = st.v2.decode_model(kdiff.sample_euler(st.denh, noise_hr * sig[0], sig, extra_args=st.extra))
-    rows.append({"case": "time_decoupled", "method": "testbed alone 32px (upscaled)", "nfe": n, "vae_calls": 1,
-                 **_psnr_cols(img1, img_h), "setting": "psnr vs testbed-hr alone 64px"})
+    rows.append(
+        {
+            "case": "time_decoupled",
+            "method": "testbed alone 32px (upscaled)",
+            "nfe": n,
+            "vae_calls": 1,
+            **_psnr_cols(img1, img_h),
+            "setting": "psnr vs testbed-hr alone 64px",
+        }
+    )
     for t in (300, 500, 700):
         for v in (st.v1, st.v2):
             v.reset_calls()
@@ -511,13 +820,25 @@ def case_time_decoupled(st: Setup, log=print) -> list[dict]:
         wall = time.perf_counter() - t0
         calls = vaes.vae_calls(st.v1, st.v2)
         img = st.v2.decode_model(r.x)
-        rows.append({"case": "time_decoupled", "method": f"testbed->testbed-hr t={t}", "nfe": r.nfe_structure + r.nfe_texture,
-                     "nfe_lr": r.nfe_structure, "nfe_hr": r.nfe_texture, "hr_equiv": r.nfe_texture + r.nfe_structure / 4,
-                     "vae_calls": calls, **_psnr_cols(img, img_h),
-                     "psnr_to_structure": float(psnr_db(img, img1).mean()), "wall_s": wall,
-                     "setting": f"k={r.k}; psnr vs testbed-hr alone 64px; psnr_to_structure vs testbed alone (upscaled)"})
-        log(f"  time-decoupled t={t}: vs texture alone {rows[-1]['psnr_db']:.2f} dB, vs structure alone "
-            f"{rows[-1]['psnr_to_structure']:.2f} dB")
+        rows.append(
+            {
+                "case": "time_decoupled",
+                "method": f"testbed->testbed-hr t={t}",
+                "nfe": r.nfe_structure + r.nfe_texture,
+                "nfe_lr": r.nfe_structure,
+                "nfe_hr": r.nfe_texture,
+                "hr_equiv": r.nfe_texture + r.nfe_structure / 4,
+                "vae_calls": calls,
+                **_psnr_cols(img, img_h),
+                "psnr_to_structure": float(psnr_db(img, img1).mean()),
+                "wall_s": wall,
+                "setting": f"k={r.k}; psnr vs testbed-hr alone 64px; psnr_to_structure vs testbed alone (upscaled)",
+            }
+        )
+        log(
+            f"  time-decoupled t={t}: vs texture alone {rows[-1]['psnr_db']:.2f} dB, vs structure alone "
+            f"{rows[-1]['psnr_to_structure']:.2f} dB"
+        )
     return rows
 
 
@@ -533,7 +854,9 @@ def add_parser(bench_sub) -> None:
     p.add_argument("--steps", type=int, default=0, help="euler steps, default 20 (12 with --quick)")
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--scheduler", default="karras", choices=["karras", "normal"])
-    p.add_argument("--taesd", default=None, help="TAESD weights folder (default $TEMPO_TAESD_DIR or ../shared/assets/taesd)")
+    p.add_argument(
+        "--taesd", default=None, help="TAESD weights folder (default $TEMPO_TAESD_DIR or ../shared/assets/taesd)"
+    )
     p.add_argument("--cases", default="noise_white,resolution,resolution_split,cross_space,coop_fusion,time_decoupled")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -551,8 +874,13 @@ def _find_taesd(arg):
 def run(args) -> dict:
     quick = args.quick
     log = (lambda *a, **k: None) if args.quiet else print
-    st = Setup(args.classes or (3 if quick else 10), args.seeds or (1 if quick else 2), args.cfg,
-               args.steps or (12 if quick else 20), args.scheduler)
+    st = Setup(
+        args.classes or (3 if quick else 10),
+        args.seeds or (1 if quick else 2),
+        args.cfg,
+        args.steps or (12 if quick else 20),
+        args.scheduler,
+    )
     taesd = _find_taesd(args.taesd)
     cases = args.cases.split(",")
     rows = []
@@ -578,10 +906,19 @@ def run(args) -> dict:
     for r in rows:  # every row carries the shared columns (None where a case does not measure one)
         for key in ("nfe", "vae_calls", "psnr_db", "noise_std_ratio", "noise_lag1_corr", "wall_s"):
             r.setdefault(key, None)
-    meta = {"batch": int(st.cond.numel()), "cfg": st.cfg, "steps": st.steps, "scheduler": st.scheduler,
-            "sampler": "euler", "taesd": str(taesd) if taesd else None, "quick": quick,
-            "total_s": round(time.perf_counter() - t_all, 1), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "machine": platform.machine()}
+    meta = {
+        "batch": int(st.cond.numel()),
+        "cfg": st.cfg,
+        "steps": st.steps,
+        "scheduler": st.scheduler,
+        "sampler": "euler",
+        "taesd": str(taesd) if taesd else None,
+        "quick": quick,
+        "total_s": round(time.perf_counter() - t_all, 1),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
     return {"rows": rows, "meta": meta}
 
 

@@ -21,7 +21,8 @@ from .common import print_table, psnr_db, write_json
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="AdaptiveDiffusion and the DMD one-step generator on the bundled testbed: image grids and metrics tables"
+        "demo",
+        help="AdaptiveDiffusion and the DMD one-step generator on the bundled testbed: image grids and metrics tables",
     )
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--sampler", default="euler", help="euler, heun, dpm_2, dpmpp_2m or euler_ancestral")
@@ -109,18 +110,21 @@ def main(args) -> int:
     dmd = dmd_beside_teacher(args, problem, full, runs["full"][2], runs["full"][1].nfe)
     with open(os.path.join(args.out, "metrics.md"), "w") as f:
         f.write(f"# {problem.name}, {args.sampler}, {args.steps} steps\n\n```\n{table}\n```\n")
-        f.write(f"\n# DMD one-step generator (shipped) beside the teacher's {args.steps} steps\n\n```\n{dmd['table']}\n```\n")
+        f.write(
+            f"\n# DMD one-step generator (shipped) beside the teacher's {args.steps} steps\n\n```\n{dmd['table']}\n```\n"
+        )
     write_json(os.path.join(args.out, "dmd.json"), dmd)
-    print(f"\nwrote {grid_path} (rows: classes 0-9; columns per seed: {', '.join(order)}), {plot_path}, {metrics_path}, "
-          f"{dmd['grid']} (columns per seed: teacher, DMD one-step, |DMD - teacher|), dmd.json")
+    print(
+        f"\nwrote {grid_path} (rows: classes 0-9; columns per seed: {', '.join(order)}), {plot_path}, {metrics_path}, "
+        f"{dmd['grid']} (columns per seed: teacher, DMD one-step, |DMD - teacher|), dmd.json"
+    )
     return 0
 
 
 def dmd_beside_teacher(args, problem, teacher_latents, teacher_wall: float, teacher_nfe: int) -> dict:
     """The shipped DMD one-step generator on the demo's noise and classes, beside the teacher's full
     CFG run: class accuracy (the evaluation classifier), NFE and wall time; a second grid."""
-    from ..testbed import classifier
-    from ..testbed import distill
+    from ..testbed import classifier, distill
 
     gen, meta = distill.load_generator(distill.GENERATOR_FILE)
     t0 = time.perf_counter()
@@ -133,13 +137,25 @@ def dmd_beside_teacher(args, problem, teacher_latents, teacher_wall: float, teac
     for name, nfe, w in (("teacher", teacher_nfe, teacher_wall), ("dmd_onestep", 1, wall)):
         with torch.no_grad():
             pred = preds[name] = clf.embed(imgs[name])[1]
-        rows.append({"method": name, "nfe": nfe, "class_acc": float((pred == problem.cond).float().mean()),
-                     "wall_s": w, "speedup_wall": teacher_wall / w})
+        rows.append(
+            {
+                "method": name,
+                "nfe": nfe,
+                "class_acc": float((pred == problem.cond).float().mean()),
+                "wall_s": w,
+                "speedup_wall": teacher_wall / w,
+            }
+        )
     table = print_table(rows, ["method", "nfe", "class_acc", "wall_s", "speedup_wall"])
     path = os.path.join(args.out, "dmd_grid.png")
     dmd_grid(args, problem.cond, imgs, preds, rows).save(path)
-    return {"generator": str(distill.GENERATOR_FILE.name), "conditioning_timestep": meta["conditioning_timestep"],
-            "rows": rows, "table": table, "grid": path}
+    return {
+        "generator": str(distill.GENERATOR_FILE.name),
+        "conditioning_timestep": meta["conditioning_timestep"],
+        "rows": rows,
+        "table": table,
+        "grid": path,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -156,8 +172,10 @@ def adaptive_grid(args, imgs: dict, nfe: dict, rows: list[dict]):
     """grid.png: per seed the full run, the pack's default and the paper's rule from the same noise, each
     method beside |method - full| (one gain for the figure); NFE and PSNR under each column."""
     ref = imgs["full"]
-    names = {"adaptive": ("adaptive", f"pack default, {args.target_speedup:g}x target"),
-             "adaptive_paper": ("paper rule", f"threshold {args.threshold:g}")}
+    names = {
+        "adaptive": ("adaptive", f"pack default, {args.target_speedup:g}x target"),
+        "adaptive_paper": ("paper rule", f"threshold {args.threshold:g}"),
+    }
     short = {"adaptive": "adaptive", "adaptive_paper": "paper"}
     psnr = {name: psnr_db(imgs[name], ref) for name in names}
     diffs = {name: figures.abs_difference(imgs[name], ref) for name in names}
@@ -166,24 +184,35 @@ def adaptive_grid(args, imgs: dict, nfe: dict, rows: list[dict]):
     groups = []
     for s in range(args.seeds):
         idx = _seed_rows(args.seeds, s)
-        cols = [figures.Column(("full", f"reference, {args.steps} steps"), [tiles["full"][b] for b in idx],
-                               (f"NFE {nfe['full']:g}", "reference"))]
+        cols = [
+            figures.Column(
+                ("full", f"reference, {args.steps} steps"),
+                [tiles["full"][b] for b in idx],
+                (f"NFE {nfe['full']:g}", "reference"),
+            )
+        ]
         for name, header in names.items():
             p = psnr[name][idx]
-            cols.append(figures.Column(
-                header, [tiles[name][b] for b in idx],
-                (f"NFE {nfe[name]:g} ({nfe['full'] / nfe[name]:.2f}x)", f"PSNR {float(p.mean()):.1f} dB"),
-            ))
-            cols.append(figures.Column(
-                (f"|{short[name]} - full|", f"x{gain}; corner: PSNR"),
-                figures.difference_tiles(diffs[name][idx], gain),
-                (f"max |diff| {float(diffs[name][idx].max()):.3f}",),
-                notes=[f"{float(v):.1f} dB" for v in p],
-            ))
+            cols.append(
+                figures.Column(
+                    header,
+                    [tiles[name][b] for b in idx],
+                    (f"NFE {nfe[name]:g} ({nfe['full'] / nfe[name]:.2f}x)", f"PSNR {float(p.mean()):.1f} dB"),
+                )
+            )
+            cols.append(
+                figures.Column(
+                    (f"|{short[name]} - full|", f"x{gain}; corner: PSNR"),
+                    figures.difference_tiles(diffs[name][idx], gain),
+                    (f"max |diff| {float(diffs[name][idx].max()):.3f}",),
+                    notes=[f"{float(v):.1f} dB" for v in p],
+                )
+            )
         groups.append((f"seed {s}", cols))
     overall = "; ".join(
         f"{names[r['method']][0]}: NFE {r['nfe']:g} ({r['speedup_nfe']:.2f}x fewer), PSNR {r['psnr_db']:.1f} dB"
-        for r in rows if r["method"] in names
+        for r in rows
+        if r["method"] in names
     )
     lines = [
         "rows: classes 0-9. Per seed, from the same noise: the full run (reference), the pack's default and the paper's",
@@ -202,22 +231,32 @@ def dmd_grid(args, cond, imgs: dict, preds: dict, rows: list[dict]):
     psnr = psnr_db(imgs["dmd_onestep"], imgs["teacher"])
     tiles = {name: figures.to_tiles(imgs[name]) for name in imgs}
     nfe = {r["method"]: r["nfe"] for r in rows}
-    headers = {"teacher": ("teacher", f"{args.steps} steps, CFG {args.cfg:g}"),
-               "dmd_onestep": ("DMD one-step", "shipped generator")}
+    headers = {
+        "teacher": ("teacher", f"{args.steps} steps, CFG {args.cfg:g}"),
+        "dmd_onestep": ("DMD one-step", "shipped generator"),
+    }
     groups = []
     for s in range(args.seeds):
         idx = _seed_rows(args.seeds, s)
         cols = []
         for name, header in headers.items():
             wrong = [int(preds[name][b]) != int(cond[b]) for b in idx]
-            cols.append(figures.Column(
-                header, [tiles[name][b] for b in idx],
-                (f"NFE {nfe[name]:g}", f"class acc {1 - sum(wrong) / len(idx):.2f}"),
-                notes=[f"read as {int(preds[name][b])}" if w else None for b, w in zip(idx, wrong)],
-                frames=[figures.WRONG if w else None for w in wrong],
-            ))
-        cols.append(figures.Column(("|DMD - teacher|", f"x{gain}"), figures.difference_tiles(diffs[idx], gain),
-                                   (f"PSNR {float(psnr[idx].mean()):.1f} dB",)))
+            cols.append(
+                figures.Column(
+                    header,
+                    [tiles[name][b] for b in idx],
+                    (f"NFE {nfe[name]:g}", f"class acc {1 - sum(wrong) / len(idx):.2f}"),
+                    notes=[f"read as {int(preds[name][b])}" if w else None for b, w in zip(idx, wrong)],
+                    frames=[figures.WRONG if w else None for w in wrong],
+                )
+            )
+        cols.append(
+            figures.Column(
+                ("|DMD - teacher|", f"x{gain}"),
+                figures.difference_tiles(diffs[idx], gain),
+                (f"PSNR {float(psnr[idx].mean()):.1f} dB",),
+            )
+        )
         groups.append((f"seed {s}", cols))
     overall = "; ".join(f"{headers[r['method']][0]}: NFE {r['nfe']:g}, class acc {r['class_acc']:.2f}" for r in rows)
     lines = [

@@ -35,32 +35,97 @@ from ..training import dmd as dmd_training
 from . import dmd_metrics
 from .common import print_table, timed, write_json
 
-COLUMNS = ["case", "method", "nfe", "modes_covered", "modes_total", "swd", "fd_vs_teacher", "class_acc",
-           "diversity", "diversity_ratio", "recall", "wall_s", "speedup_wall"]
+COLUMNS = [
+    "case",
+    "method",
+    "nfe",
+    "modes_covered",
+    "modes_total",
+    "swd",
+    "fd_vs_teacher",
+    "class_acc",
+    "diversity",
+    "diversity_ratio",
+    "recall",
+    "wall_s",
+    "speedup_wall",
+]
 
 #: the settings of tests/unit/test_dmd.py (teacher fit, regression pairs, DMD runs, controls)
-RING = dict(dim=2, shape=(2,), model_type="ve", teacher_hidden=64, teacher_fit_steps=3000, teacher_batch=512,
-            n_eval=2000, pairs=4000, radius=0.2,
-            config=dict(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=5, batch_size=256,
-                        generator_lr=5e-4, fake_lr=2e-3, warmup_steps=50, sigma_data=1.0, seed=0),
-            runs=[("DMD2 one-step (TTUR 5, no regression)", 2500, {}),
-                  ("DMD one-step + regression 0.25 (L2), TTUR 5", 4000,
-                   dict(regression_weight=0.25, regression_loss="l2")),
-                  ("control: real score only", 1000, dict(use_fake_score=False)),
-                  ("control: frozen fake score", 1000, dict(train_fake_score=False))])
-LATENT = dict(dim=256, shape=(4, 8, 8), model_type="eps", modes=6, std=0.3, teacher_hidden=128,
-              teacher_fit_steps=1000, teacher_batch=256, n_eval=2000, pairs=2000, radius=0.3 * (16 + 4),
-              config=dict(model_type="eps", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=128,
-                          generator_lr=5e-4, fake_lr=2e-3, warmup_steps=50, sigma_data=1.0, seed=0,
-                          regression_weight=0.25, regression_loss="l2"),
-              runs=[("DMD one-step + regression 0.25 (L2), 1:1", 2000, dict(ema_decay=0.99)),
-                    ("control: real score only", 500, dict(regression_weight=0.0, use_fake_score=False)),
-                    ("control: frozen fake score", 500, dict(regression_weight=0.0, train_fake_score=False))])
+RING = dict(
+    dim=2,
+    shape=(2,),
+    model_type="ve",
+    teacher_hidden=64,
+    teacher_fit_steps=3000,
+    teacher_batch=512,
+    n_eval=2000,
+    pairs=4000,
+    radius=0.2,
+    config=dict(
+        model_type="ve",
+        real_guidance_scale=1.0,
+        dfake_gen_update_ratio=5,
+        batch_size=256,
+        generator_lr=5e-4,
+        fake_lr=2e-3,
+        warmup_steps=50,
+        sigma_data=1.0,
+        seed=0,
+    ),
+    runs=[
+        ("DMD2 one-step (TTUR 5, no regression)", 2500, {}),
+        ("DMD one-step + regression 0.25 (L2), TTUR 5", 4000, dict(regression_weight=0.25, regression_loss="l2")),
+        ("control: real score only", 1000, dict(use_fake_score=False)),
+        ("control: frozen fake score", 1000, dict(train_fake_score=False)),
+    ],
+)
+LATENT = dict(
+    dim=256,
+    shape=(4, 8, 8),
+    model_type="eps",
+    modes=6,
+    std=0.3,
+    teacher_hidden=128,
+    teacher_fit_steps=1000,
+    teacher_batch=256,
+    n_eval=2000,
+    pairs=2000,
+    radius=0.3 * (16 + 4),
+    config=dict(
+        model_type="eps",
+        real_guidance_scale=1.0,
+        dfake_gen_update_ratio=1,
+        batch_size=128,
+        generator_lr=5e-4,
+        fake_lr=2e-3,
+        warmup_steps=50,
+        sigma_data=1.0,
+        seed=0,
+        regression_weight=0.25,
+        regression_loss="l2",
+    ),
+    runs=[
+        ("DMD one-step + regression 0.25 (L2), 1:1", 2000, dict(ema_decay=0.99)),
+        ("control: real score only", 500, dict(regression_weight=0.0, use_fake_score=False)),
+        ("control: frozen fake score", 500, dict(regression_weight=0.0, train_fake_score=False)),
+    ],
+)
 
 
 def _row(case, method, nfe, **kw) -> dict:
-    r = {"case": case, "method": method, "nfe": nfe, "modes_covered": None, "modes_total": None, "swd": None,
-         "fd_vs_teacher": None, "class_acc": None, "diversity": None, "wall_s": None}
+    r = {
+        "case": case,
+        "method": method,
+        "nfe": nfe,
+        "modes_covered": None,
+        "modes_total": None,
+        "swd": None,
+        "fd_vs_teacher": None,
+        "class_acc": None,
+        "diversity": None,
+        "wall_s": None,
+    }
     r.update(kw)
     return r
 
@@ -96,8 +161,14 @@ def mixture_rows(case: dict, log=print, steps_scale: float = 1.0) -> list[dict]:
     torch.manual_seed(0)
     teacher = MLPDenoiser(s["dim"], s["teacher_hidden"], 3, sigma_data=1.0)
     t0 = time.perf_counter()
-    fit_denoiser(teacher, gmm, lambda k, g: gmm.sample(k, generator=g).reshape(k, -1), sched.sigmas,
-                 steps=max(1, int(s["teacher_fit_steps"] * steps_scale)), batch=s["teacher_batch"])
+    fit_denoiser(
+        teacher,
+        gmm,
+        lambda k, g: gmm.sample(k, generator=g).reshape(k, -1),
+        sched.sigmas,
+        steps=max(1, int(s["teacher_fit_steps"] * steps_scale)),
+        batch=s["teacher_batch"],
+    )
     log(f"[{name}] teacher fitted in {time.perf_counter() - t0:.1f}s")
     ref = gmm.sample(n, generator=torch.Generator().manual_seed(123))
     z = torch.randn((n,) + shape, generator=torch.Generator().manual_seed(7))
@@ -106,8 +177,13 @@ def mixture_rows(case: dict, log=print, steps_scale: float = 1.0) -> list[dict]:
 
     def stats(x):
         c = dmd_metrics.mode_coverage(x, means, s["radius"])
-        return dict(modes_covered=c["covered"], modes_total=int(means.shape[0]),
-                    swd=dmd_metrics.sliced_wasserstein(x, ref, p=1), quality=c["quality"], mode_tv=c["tv"])
+        return dict(
+            modes_covered=c["covered"],
+            modes_total=int(means.shape[0]),
+            swd=dmd_metrics.sliced_wasserstein(x, ref, p=1),
+            quality=c["quality"],
+            mode_tv=c["tv"],
+        )
 
     rows = []
     ode, wall = timed(dmd_training.teacher_ode_samples, gmm, z, sched, 999, steps=50)
@@ -133,13 +209,15 @@ def mixture_rows(case: dict, log=print, steps_scale: float = 1.0) -> list[dict]:
         tr.train(max(1, int(steps * steps_scale)))
         train_s = time.perf_counter() - t1
         # raw weights (the faithful generator); with ema_decay also the EMA weights (the pack's option)
-        for use_ema in ((False, True) if cfg.ema_decay > 0 else (False,)):
+        for use_ema in (False, True) if cfg.ema_decay > 0 else (False,):
             x, wall = timed(tr.sample, n, None, torch.Generator().manual_seed(7), use_ema=use_ema)
             lab = label + (f", EMA {cfg.ema_decay:g}" if use_ema else "")
             r = _row(name, lab, 1, wall_s=wall, train_s=train_s, train_steps=tr.step_count, **stats(x))
             r["swd_vs_teacher_ode"] = r["swd"] / teacher_row["swd"]
-            log(f"[{name}] {lab}: {r['modes_covered']}/{r['modes_total']} modes, SWD {r['swd']:.4f} "
-                f"({r['swd_vs_teacher_ode']:.2f}x the teacher ODE's; {train_s:.0f}s)")
+            log(
+                f"[{name}] {lab}: {r['modes_covered']}/{r['modes_total']} modes, SWD {r['swd']:.4f} "
+                f"({r['swd_vs_teacher_ode']:.2f}x the teacher ODE's; {train_s:.0f}s)"
+            )
             rows.append(r)
     return rows
 
@@ -149,9 +227,7 @@ def mixture_rows(case: dict, log=print, steps_scale: float = 1.0) -> list[dict]:
 
 
 def testbed_rows(per_class: int, log=print, generator_file=None, control_file=None) -> tuple[list[dict], dict]:
-    from ..testbed import classifier, trained
-    from ..testbed import dmd_eval
-    from ..testbed import distill
+    from ..testbed import classifier, distill, dmd_eval, trained
 
     tb = trained.load()
     clf = classifier.load()
@@ -168,12 +244,26 @@ def testbed_rows(per_class: int, log=print, generator_file=None, control_file=No
         feat, pred = clf.embed(tb.decode(lat))
         e = dmd_eval.evaluate(feat, pred, cond, feat_a, cond)
         per_class_acc = torch.stack([(pred[cond == c] == c).float().mean() for c in range(10)])
-        r = _row(name, method, nfe, modes_covered=int((per_class_acc > 0.5).sum()), modes_total=10,
-                 swd=dmd_metrics.sliced_wasserstein(lat, lat_a, p=1), fd_vs_teacher=e["fd_vs_teacher"],
-                 class_acc=e["class_acc"], diversity=e["diversity"], diversity_ratio=e["diversity_ratio"],
-                 recall=e["recall"], wall_s=wall, speedup_wall=wall_teacher / wall if wall else None, **kw)
-        log(f"[{name}] {method}: FD {r['fd_vs_teacher']:.3f}  acc {r['class_acc']:.3f}  "
-            f"div ratio {r['diversity_ratio']:.3f}  wall {wall:.3f}s")
+        r = _row(
+            name,
+            method,
+            nfe,
+            modes_covered=int((per_class_acc > 0.5).sum()),
+            modes_total=10,
+            swd=dmd_metrics.sliced_wasserstein(lat, lat_a, p=1),
+            fd_vs_teacher=e["fd_vs_teacher"],
+            class_acc=e["class_acc"],
+            diversity=e["diversity"],
+            diversity_ratio=e["diversity_ratio"],
+            recall=e["recall"],
+            wall_s=wall,
+            speedup_wall=wall_teacher / wall if wall else None,
+            **kw,
+        )
+        log(
+            f"[{name}] {method}: FD {r['fd_vs_teacher']:.3f}  acc {r['class_acc']:.3f}  "
+            f"div ratio {r['diversity_ratio']:.3f}  wall {wall:.3f}s"
+        )
         return r
 
     rows = []
@@ -188,24 +278,38 @@ def testbed_rows(per_class: int, log=print, generator_file=None, control_file=No
     init = distill.TestbedDenoiser(tb.net, tb.sigmas)
     lat, wall = timed(distill.one_step_samples, init, zb, cond)
     rows.append(row("generator at init (teacher, 1 step at t=999)", 1, lat, wall))
-    for label, path in (("DMD one-step (shipped)", generator_file or distill.GENERATOR_FILE),
-                        ("control: real score only (shipped)", control_file or distill.CONTROL_FILE)):
+    for label, path in (
+        ("DMD one-step (shipped)", generator_file or distill.GENERATOR_FILE),
+        ("control: real score only (shipped)", control_file or distill.CONTROL_FILE),
+    ):
         try:
             gen, meta = distill.load_generator(path, tb)
         except FileNotFoundError as e:
             log(f"[{name}] {label}: skipped ({e})")
             continue
         lat, wall = timed(distill.one_step_samples, gen, zb, cond, meta["conditioning_timestep"])
-        rows.append(row(label, 1, lat, wall, train_s=meta["record"].get("train_seconds"),
-                        train_steps=meta["record"].get("settings", {}).get("steps")))
+        rows.append(
+            row(
+                label,
+                1,
+                lat,
+                wall,
+                train_s=meta["record"].get("train_seconds"),
+                train_steps=meta["record"].get("settings", {}).get("steps"),
+            )
+        )
     return rows, {"teacher_diversity": div_a, "per_class": per_class, "samples": int(cond.numel())}
 
 
 def add_parser(bench_sub) -> None:
-    p = bench_sub.add_parser("dmd", help="DMD one-step generators against their teachers (ring, latent mixture, testbed)")
+    p = bench_sub.add_parser(
+        "dmd", help="DMD one-step generators against their teachers (ring, latent mixture, testbed)"
+    )
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--quick", action="store_true", help="only the testbed case (shipped weights), 20 samples per class")
-    p.add_argument("--cases", default="", help="comma-separated: ring, gmm, testbed (default all; testbed with --quick)")
+    p.add_argument(
+        "--cases", default="", help="comma-separated: ring, gmm, testbed (default all; testbed with --quick)"
+    )
     p.add_argument("--per-class", type=int, default=0, help="testbed samples per class (default 50; 20 with --quick)")
     p.add_argument("--retrain", action="store_true", help="distil the testbed generator and control again (~30 min)")
     p.add_argument("--threads", type=int, default=1)

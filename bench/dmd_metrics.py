@@ -95,7 +95,11 @@ def mode_coverage(
     n = samples.shape[0]
     fractions = counts / n
     thr = 0.2 / k if min_fraction is None else float(min_fraction)
-    w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    w = (
+        torch.full((k,), 1.0 / k, dtype=torch.float64)
+        if weights is None
+        else torch.as_tensor(weights, dtype=torch.float64)
+    )
     w = w / w.sum()
     assigned = counts.sum()
     tv = float(0.5 * (counts / assigned - w).abs().sum()) if assigned > 0 else 1.0

@@ -77,8 +77,15 @@ def colour_bar(draw, x: float, y: float, gain: int, font, width: int = 140, heig
     return x + width + 2 + draw.textlength(label, font=font)
 
 
-def labelled_grid(title: str, lines, groups, row_labels, tile_px: int = 128, gain: int | None = None,
-                  difference: str = "|method - reference|"):
+def labelled_grid(
+    title: str,
+    lines,
+    groups,
+    row_labels,
+    tile_px: int = 128,
+    gain: int | None = None,
+    difference: str = "|method - reference|",
+):
     """A PIL image: ``title`` and explanation ``lines`` (with the heat scale when ``gain`` is given) above
     ``groups`` [(group label, [Column, ...]), ...] side by side; one row per entry of ``row_labels``."""
     from PIL import Image, ImageDraw
@@ -91,8 +98,11 @@ def labelled_grid(title: str, lines, groups, row_labels, tile_px: int = 128, gai
     tiles_w = n_cols * tile_px + (n_cols - len(groups)) * col_gap + (len(groups) - 1) * group_gap
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     intro = f"difference maps: {difference} per pixel (largest over R, G, B) x{gain}, the same gain in every map:"
-    text_w = max([measure.textlength(title, font=title_font)] + [measure.textlength(t, font=font) for t in lines]
-                 + ([measure.textlength(intro + " 0 " + f" {1 / gain:g} or more", font=font) + 8 + 140] if gain else []))
+    text_w = max(
+        [measure.textlength(title, font=title_font)]
+        + [measure.textlength(t, font=font) for t in lines]
+        + ([measure.textlength(intro + " 0 " + f" {1 / gain:g} or more", font=font) + 8 + 140] if gain else [])
+    )
     width = int(max(pad + label_w + tiles_w + pad, text_w + 2 * pad + 4))  # one seed: the text sets the width
     line_h = 18
     head_y = pad + 24 + line_h * (len(lines) + (1 if gain else 0)) + 8
@@ -120,7 +130,15 @@ def labelled_grid(title: str, lines, groups, row_labels, tile_px: int = 128, gai
         for col in cols:
             for i, text in enumerate(col.header[:2]):
                 text = fit_text(draw, text, small if i else font, tile_px)
-                put_text(draw, x + tile_px / 2, head_y + 20 + 16 * i, text, small if i else font, TEXT if i == 0 else MUTED, h="m")
+                put_text(
+                    draw,
+                    x + tile_px / 2,
+                    head_y + 20 + 16 * i,
+                    text,
+                    small if i else font,
+                    TEXT if i == 0 else MUTED,
+                    h="m",
+                )
             for r, tile in enumerate(col.tiles):
                 ty = tiles_y + r * (tile_px + row_gap)
                 arr = (np.clip(tile, 0, 1) * 255).round().astype(np.uint8)
@@ -128,8 +146,9 @@ def labelled_grid(title: str, lines, groups, row_labels, tile_px: int = 128, gai
                 im = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
                 img.paste(im, (int(x), int(ty)))
                 frame = col.frames[r] if r < len(col.frames) else None
-                draw.rectangle([x - 1, ty - 1, x + im.width, ty + im.height], outline=frame or BORDER,
-                               width=3 if frame else 1)
+                draw.rectangle(
+                    [x - 1, ty - 1, x + im.width, ty + im.height], outline=frame or BORDER, width=3 if frame else 1
+                )
                 note = col.notes[r] if r < len(col.notes) else None
                 if note:
                     w = draw.textlength(note, font=small)
@@ -137,8 +156,15 @@ def labelled_grid(title: str, lines, groups, row_labels, tile_px: int = 128, gai
                     draw.text((x + 5, ty + im.height - 17), note, fill=frame or TEXT, font=small)
             my = tiles_y + n_rows * (tile_px + row_gap)
             for i, text in enumerate(col.metric[:2]):
-                put_text(draw, x + tile_px / 2, my + 16 * i, fit_text(draw, text, font, tile_px + col_gap), font,
-                         TEXT if i == 0 else MUTED, h="m")
+                put_text(
+                    draw,
+                    x + tile_px / 2,
+                    my + 16 * i,
+                    fit_text(draw, text, font, tile_px + col_gap),
+                    font,
+                    TEXT if i == 0 else MUTED,
+                    h="m",
+                )
             x += tile_px + col_gap
         x += group_gap - col_gap
     return img

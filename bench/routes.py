@@ -27,8 +27,9 @@ from ..samplers.kdiff import CountingDenoiser
 from ..testbed.vaes import vae_calls
 
 
-def coupled_noise(shape_lr, seed: int | None = None, generator: torch.Generator | None = None,
-                  factor: int = 2, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def coupled_noise(
+    shape_lr, seed: int | None = None, generator: torch.Generator | None = None, factor: int = 2, dtype=torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(noise_hr, noise_lr): white unit noise at `factor` x the low-res latent size (drawn as
     ComfyUI draws a seed's noise, ``torch.randn`` on the CPU) and the low-res noise its
     factor x factor block means times `factor` make (white, unit variance). A full high-res run
@@ -48,12 +49,14 @@ def denoise_sigmas(sigmas_fn: Callable[[int], torch.Tensor], steps: int, denoise
         raise BridgeInputError(f"denoise: expected 0 < denoise <= 1, got {denoise}")
     if denoise >= 1:
         return sigmas_fn(steps)
-    return sigmas_fn(int(steps / denoise))[-(steps + 1):]
+    return sigmas_fn(int(steps / denoise))[-(steps + 1) :]
 
 
 def upscale_latent(z: torch.Tensor, factor: int = 2, mode: str = "bilinear") -> torch.Tensor:
     """ComfyUI's "Upscale Latent" / LatentUpscaleBy with bilinear (align_corners False)."""
-    return F.interpolate(z, scale_factor=factor, mode=mode, align_corners=False if mode in ("bilinear", "bicubic") else None)
+    return F.interpolate(
+        z, scale_factor=factor, mode=mode, align_corners=False if mode in ("bilinear", "bicubic") else None
+    )
 
 
 @dataclass
@@ -86,8 +89,19 @@ def _lr_full(den_lr, noise_lr, sigmas, extra, sampler):
     return sampler(c, noise_lr * sigmas[0], sigmas, extra_args=extra), c
 
 
-def route_latent_upscale(den_lr, den_hr, noise_lr, noise_hr, sigmas_fn, steps_lr: int, steps_hr: int,
-                         denoise: float, extra=None, sampler=kdiff.sample_euler, factor: int = 2) -> HandoffResult:
+def route_latent_upscale(
+    den_lr,
+    den_hr,
+    noise_lr,
+    noise_hr,
+    sigmas_fn,
+    steps_lr: int,
+    steps_hr: int,
+    denoise: float,
+    extra=None,
+    sampler=kdiff.sample_euler,
+    factor: int = 2,
+) -> HandoffResult:
     """(a) KSampler (low res, full) -> Upscale Latent (bilinear) -> KSampler (denoise < 1, the
     seed's high-res noise added at the first sigma)."""
     z_lr, c_lr = _lr_full(den_lr, noise_lr, sigmas_fn(steps_lr), extra, sampler)
@@ -98,9 +112,22 @@ def route_latent_upscale(den_lr, den_hr, noise_lr, noise_hr, sigmas_fn, steps_lr
     return HandoffResult(x, c_lr.nfe, c_hr.nfe, 0, {"denoise": denoise, "steps_hr": steps_hr}, z_lr)
 
 
-def route_pixel_hires(den_lr, den_hr, vae_lr: BridgeVAE, vae_hr: BridgeVAE, noise_lr, noise_hr, sigmas_fn,
-                      steps_lr: int, steps_hr: int, denoise: float, extra=None, sampler=kdiff.sample_euler,
-                      factor: int = 2, filter: str = "bicubic") -> HandoffResult:
+def route_pixel_hires(
+    den_lr,
+    den_hr,
+    vae_lr: BridgeVAE,
+    vae_hr: BridgeVAE,
+    noise_lr,
+    noise_hr,
+    sigmas_fn,
+    steps_lr: int,
+    steps_hr: int,
+    denoise: float,
+    extra=None,
+    sampler=kdiff.sample_euler,
+    factor: int = 2,
+    filter: str = "bicubic",
+) -> HandoffResult:
     """(b) pixel hires-fix: KSampler (low res, full) -> VAE Decode -> pixel upscale -> VAE Encode
     -> KSampler (denoise < 1)."""
     z_lr, c_lr = _lr_full(den_lr, noise_lr, sigmas_fn(steps_lr), extra, sampler)
@@ -112,8 +139,9 @@ def route_pixel_hires(den_lr, den_hr, vae_lr: BridgeVAE, vae_hr: BridgeVAE, nois
     return HandoffResult(x, c_lr.nfe, c_hr.nfe, 2, {"denoise": denoise, "steps_hr": steps_hr, "filter": filter}, z_lr)
 
 
-def route_step_handoff(den_lr, den_hr, noise_lr, sigmas, k: int, extra=None, sampler=kdiff.sample_euler,
-                       factor: int = 2) -> HandoffResult:
+def route_step_handoff(
+    den_lr, den_hr, noise_lr, sigmas, k: int, extra=None, sampler=kdiff.sample_euler, factor: int = 2
+) -> HandoffResult:
     """(c) KSamplerAdvanced pair: low res steps 0..k with leftover noise, Upscale Latent
     (bilinear) of the *noisy* latent, high res from step k with add_noise disabled."""
     c_lr = CountingDenoiser(den_lr)
@@ -123,10 +151,24 @@ def route_step_handoff(den_lr, den_hr, noise_lr, sigmas, k: int, extra=None, sam
     return HandoffResult(x, c_lr.nfe, c_hr.nfe, 0, {"k": k}, z)
 
 
-def route_noisy_bridge(den_lr, den_hr, vae_lr: BridgeVAE, vae_hr: BridgeVAE, noise_lr, noise_hr, sigmas,
-                       sched: ModelSchedule, switch_timestep=500, switch_sigma=None, extra=None,
-                       sampler=kdiff.sample_euler, factor: int = 2, filter: str = "bicubic",
-                       handoff: str = "last", renoise: str = "resolution") -> HandoffResult:
+def route_noisy_bridge(
+    den_lr,
+    den_hr,
+    vae_lr: BridgeVAE,
+    vae_hr: BridgeVAE,
+    noise_lr,
+    noise_hr,
+    sigmas,
+    sched: ModelSchedule,
+    switch_timestep=500,
+    switch_sigma=None,
+    extra=None,
+    sampler=kdiff.sample_euler,
+    factor: int = 2,
+    filter: str = "bicubic",
+    handoff: str = "last",
+    renoise: str = "resolution",
+) -> HandoffResult:
     """(d) ours: low res down to the switch, Sub-Module 2 noisy bridge (x0, decode, resize,
     encode, the seed's high-res noise as the fresh noise at the matching level: x factor with
     renoise "resolution", equal SNR with "paper"), high res continues on the same schedule from
@@ -136,13 +178,40 @@ def route_noisy_bridge(den_lr, den_hr, vae_lr: BridgeVAE, vae_hr: BridgeVAE, noi
     for v in (vae_lr, vae_hr):
         if hasattr(v, "reset_calls"):
             v.reset_calls()
-    r = time_decoupled_sample(den_lr, den_hr, noise_lr * sigmas[0], sigmas, sched, sched,
-                              switch_timestep=switch_timestep if switch_sigma is None else None,
-                              switch_sigma=switch_sigma, vae_structure=vae_lr, vae_texture=vae_hr,
-                              size=(h, w), filter=filter, sampler=sampler, extra_structure=extra,
-                              extra_texture=extra, noise=noise_hr, handoff=handoff, renoise=renoise)
+    r = time_decoupled_sample(
+        den_lr,
+        den_hr,
+        noise_lr * sigmas[0],
+        sigmas,
+        sched,
+        sched,
+        switch_timestep=switch_timestep if switch_sigma is None else None,
+        switch_sigma=switch_sigma,
+        vae_structure=vae_lr,
+        vae_texture=vae_hr,
+        size=(h, w),
+        filter=filter,
+        sampler=sampler,
+        extra_structure=extra,
+        extra_texture=extra,
+        noise=noise_hr,
+        handoff=handoff,
+        renoise=renoise,
+    )
     calls = vae_calls(vae_lr, vae_hr) if vae_lr is not vae_hr else vae_calls(vae_lr)
-    return HandoffResult(r.x, r.nfe_structure, r.nfe_texture, calls or 2,
-                         {"k": r.k, "switch_sigma": round(r.switch_sigma, 4), "handoff": handoff, "renoise": renoise,
-                          "handoff_sigma": round(r.handoff_sigma, 4),
-                          "switch_timestep": switch_timestep, "filter": filter}, r.x_structure)
+    return HandoffResult(
+        r.x,
+        r.nfe_structure,
+        r.nfe_texture,
+        calls or 2,
+        {
+            "k": r.k,
+            "switch_sigma": round(r.switch_sigma, 4),
+            "handoff": handoff,
+            "renoise": renoise,
+            "handoff_sigma": round(r.handoff_sigma, 4),
+            "switch_timestep": switch_timestep,
+            "filter": filter,
+        },
+        r.x_structure,
+    )

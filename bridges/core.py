@@ -84,7 +84,9 @@ class ModelSchedule:
             object.__setattr__(self, "sigma_min", float(t[0]))
             object.__setattr__(self, "sigma_max", float(t[-1]))
         if not (0 <= self.sigma_min < self.sigma_max):
-            raise BridgeInputError(f"sigma_min: expected 0 <= sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+            raise BridgeInputError(
+                f"sigma_min: expected 0 <= sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
+            )
         if self.kind == "flow" and self.sigma_max > 1.0 + 1e-6:
             raise BridgeInputError(f"sigma_max: a flow model's sigmas are at most 1, got {self.sigma_max}")
 
@@ -173,15 +175,17 @@ def snr(sigma, kind: str) -> torch.Tensor:
 def resolution_shift(size_from, size_to) -> float:
     """The noise-level factor of a resolution change: sqrt(pixels_to / pixels_from) (2.0 for a 2x
     upscale). Sizes are (h, w) pairs in pixels or latent cells (only the ratio counts)."""
-    (h0, w0), (h1, w1) = ((int(v), int(v)) if isinstance(v, int) else tuple(int(a) for a in v)
-                          for v in (size_from, size_to))
+    (h0, w0), (h1, w1) = (
+        (int(v), int(v)) if isinstance(v, int) else tuple(int(a) for a in v) for v in (size_from, size_to)
+    )
     if min(h0, w0, h1, w1) <= 0:
         raise BridgeInputError(f"size: expected positive sizes, got {size_from} -> {size_to}")
     return math.sqrt((h1 * w1) / (h0 * w0))
 
 
-def match_sigma(sigma, src: ModelSchedule, dst: ModelSchedule, snap: bool = True, name: str = "sigma",
-                shift: float = 1.0) -> torch.Tensor:
+def match_sigma(
+    sigma, src: ModelSchedule, dst: ModelSchedule, snap: bool = True, name: str = "sigma", shift: float = 1.0
+) -> torch.Tensor:
     """The noise level of `dst` with the same SNR as `sigma` of `src` (cross-family matching; not in the
     paper, which pairs models of one schedule).
 
@@ -323,7 +327,9 @@ def _decode(vae: BridgeVAE, z, tile, overlap, clamp: bool, name: str):
         return img.clamp(0.0, 1.0) if clamp else img
     f = vae.downscale
     if tile % f or overlap % f:
-        raise BridgeInputError(f"tile: {tile} and overlap {overlap} must be multiples of the VAE {vae.name!r}'s factor {f}")
+        raise BridgeInputError(
+            f"tile: {tile} and overlap {overlap} must be multiples of the VAE {vae.name!r}'s factor {f}"
+        )
     vae.check_latent(z, name)
     return decode_model_tiled(vae, z, tile // f, overlap // f, clamp=clamp)
 
@@ -435,8 +441,12 @@ def bridge_noisy(
         x0_src = denoiser(x, s_from.to(x.device, x.dtype), **(extra_args or {}))
         z0 = bridge_latent(x0_src, vae_from, vae_to, size=size, filter=filter, **bridge_kw)
     if noise is None:
-        noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype,
-                            device=generator.device if generator is not None else z0.device).to(z0.device)
+        noise = torch.randn(
+            z0.shape,
+            generator=generator,
+            dtype=z0.dtype,
+            device=generator.device if generator is not None else z0.device,
+        ).to(z0.device)
     elif tuple(noise.shape) != tuple(z0.shape):
         raise BridgeInputError(f"noise: expected shape {tuple(z0.shape)}, got {tuple(noise.shape)}")
     x_to = renoise(z0, noise.to(z0), s_to, sched_to.kind)

@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 
 from ..samplers import kdiff
-from ..samplers.kdiff import CountingDenoiser
 from ..samplers import schedules as S
+from ..samplers.kdiff import CountingDenoiser
 from .core import (
     BridgeInputError,
     ModelSchedule,
@@ -84,7 +84,9 @@ def switch_to_sigma(sched: ModelSchedule, timestep=None, sigma=None, name: str |
         sched.check(torch.tensor([s]), nm)
         return s
     if sched.table is None:
-        raise BridgeInputError(f"{nm}: the {sched.name or sched.kind} schedule has no timestep table; give switch_sigma")
+        raise BridgeInputError(
+            f"{nm}: the {sched.name or sched.kind} schedule has no timestep table; give switch_sigma"
+        )
     n = sched.table.numel()
     if not 0 <= t <= n - 1:
         raise BridgeInputError(f"{nm}: {t:g} is outside the model's timesteps [0, {n - 1}]")
@@ -119,9 +121,16 @@ class HandoffPlan:
     texture_sigmas: torch.Tensor
 
 
-def plan_handoff(sigmas: torch.Tensor, switch_sigma: float, sched_structure: ModelSchedule,
-                 sched_texture: ModelSchedule | None = None, px_from=None, px_to=None, renoise: str = "resolution",
-                 name: str = "switch_timestep") -> HandoffPlan:
+def plan_handoff(
+    sigmas: torch.Tensor,
+    switch_sigma: float,
+    sched_structure: ModelSchedule,
+    sched_texture: ModelSchedule | None = None,
+    px_from=None,
+    px_to=None,
+    renoise: str = "resolution",
+    name: str = "switch_timestep",
+) -> HandoffPlan:
     """The one hand-off planner (``time_decoupled_sample`` and the Time-Decoupled Sampler node both call it).
 
     k = the steps at sigma >= the switch (``split_at_switch``). The texture model continues on ``sigmas[k:]``
@@ -136,8 +145,14 @@ def plan_handoff(sigmas: torch.Tensor, switch_sigma: float, sched_structure: Mod
     sig = torch.as_tensor(sigmas, dtype=torch.float32).detach().cpu().flatten()
     k = split_at_switch(sig, switch_sigma, name)
     tail = sig[k:]
-    tex = torch.stack([match_sigma(s, sched_structure, sched_texture, snap=False, name=name).reshape(())
-                       if float(s) > 0 else torch.tensor(0.0) for s in tail])
+    tex = torch.stack(
+        [
+            match_sigma(s, sched_structure, sched_texture, snap=False, name=name).reshape(())
+            if float(s) > 0
+            else torch.tensor(0.0)
+            for s in tail
+        ]
+    )
     shift = 1.0
     if renoise == "resolution" and px_from is not None and px_to is not None:
         shift = resolution_shift(px_from, px_to)
@@ -261,14 +276,39 @@ def time_decoupled_sample(
         s_to = plan.texture_sigmas[0].expand(b)
         info["shift"] = plan.shift
         if handoff == "fresh":
-            nb = bridge_noisy(x_s, sigma_k, count_s, vae_structure, vae_texture, sched_structure, sched_texture,
-                              size=size, filter=filter, sigma_to=s_to, noise=noise, generator=generator,
-                              extra_args=extra_structure, **bridge_kw)
+            nb = bridge_noisy(
+                x_s,
+                sigma_k,
+                count_s,
+                vae_structure,
+                vae_texture,
+                sched_structure,
+                sched_texture,
+                size=size,
+                filter=filter,
+                sigma_to=s_to,
+                noise=noise,
+                generator=generator,
+                extra_args=extra_structure,
+                **bridge_kw,
+            )
         else:
             x0_last = last["x0"]
-            nb = bridge_noisy(last["x"], last["sigma"], lambda *a, **kw: x0_last, vae_structure, vae_texture,
-                              sched_structure, sched_texture, size=size, filter=filter, sigma_to=s_to, noise=noise,
-                              generator=generator, **bridge_kw)
+            nb = bridge_noisy(
+                last["x"],
+                last["sigma"],
+                lambda *a, **kw: x0_last,
+                vae_structure,
+                vae_texture,
+                sched_structure,
+                sched_texture,
+                size=size,
+                filter=filter,
+                sigma_to=s_to,
+                noise=noise,
+                generator=generator,
+                **bridge_kw,
+            )
         x_t, s_t = nb.x, nb.sigma[0]
         bridged = True
         info["x0_bridged"] = nb.x0
@@ -284,8 +324,17 @@ def time_decoupled_sample(
         info["texture_start_index"] = idx
     tail = descending_from(tail)
     x_out = sampler_texture(count_t, x_t, tail, extra_args=extra_texture)
-    return DecoupledResult(x=x_out, k=k, switch_sigma=s_switch, handoff_sigma=float(s_t), x_structure=x_s,
-                           bridged=bridged, nfe_structure=count_s.nfe, nfe_texture=count_t.nfe, info=info)
+    return DecoupledResult(
+        x=x_out,
+        k=k,
+        switch_sigma=s_switch,
+        handoff_sigma=float(s_t),
+        x_structure=x_s,
+        bridged=bridged,
+        nfe_structure=count_s.nfe,
+        nfe_texture=count_t.nfe,
+        info=info,
+    )
 
 
 def descending_from(tail: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from .core import _check_kind, _sigma_batch, _bcast, bridge_latent, eps_from_x0
+from .core import _bcast, _check_kind, _sigma_batch, bridge_latent, eps_from_x0
 from .vae import BridgeInputError, BridgeVAE
 
 TAPERS = ("none", "linear", "cosine")
@@ -36,7 +36,6 @@ __all__ = [
     "CoopChain",
     "coop_sample_euler",
 ]
-
 
 
 @dataclass
@@ -175,14 +174,26 @@ class CoopChain:
     ``nfe_b`` counts B's calls.
     """
 
-    def __init__(self, denoise_b: Callable, vae_a: BridgeVAE, vae_b: BridgeVAE, sigmas_a: torch.Tensor,
-                 d_steps, sigma_b_of: Callable[[float], float], size_a=None, size_b=None, **bridge_kw):
+    def __init__(
+        self,
+        denoise_b: Callable,
+        vae_a: BridgeVAE,
+        vae_b: BridgeVAE,
+        sigmas_a: torch.Tensor,
+        d_steps,
+        sigma_b_of: Callable[[float], float],
+        size_a=None,
+        size_b=None,
+        **bridge_kw,
+    ):
         self.denoise_b = denoise_b
         self.vae_a, self.vae_b = vae_a, vae_b
         self.sigmas_a = torch.as_tensor(sigmas_a).detach().float().cpu().flatten()
         self.d_steps = [float(v) for v in d_steps]
         if len(self.d_steps) != max(1, self.sigmas_a.numel() - 1):
-            raise BridgeInputError(f"d: expected one weight per step ({self.sigmas_a.numel() - 1}), got {len(self.d_steps)}")
+            raise BridgeInputError(
+                f"d: expected one weight per step ({self.sigmas_a.numel() - 1}), got {len(self.d_steps)}"
+            )
         self.sigma_b_of = sigma_b_of
         self.size_a, self.size_b = size_a, size_b
         self.bridge_kw = bridge_kw
@@ -267,7 +278,9 @@ def coop_sample_euler(
     if x_b.shape[0] != n:
         raise BridgeInputError(f"x_b: batch {x_b.shape[0]} differs from x_a's {n}")
     if x_b.shape[1] != vae_b.latent_channels:
-        raise BridgeInputError(f"vae_b: {vae_b.name!r} expects {vae_b.latent_channels} latent channels, x_b has {x_b.shape[1]}")
+        raise BridgeInputError(
+            f"vae_b: {vae_b.name!r} expects {vae_b.latent_channels} latent channels, x_b has {x_b.shape[1]}"
+        )
     steps = sig_a.numel() - 1
     d_steps = [d(i, float(sig_a[i])) if callable(d) else d for i in range(steps)]
     b_of = {float(a): float(b) for a, b in zip(sig_a, sig_b)}
@@ -276,8 +289,9 @@ def coop_sample_euler(
     def denoise_b(x, s):
         return denoiser_b(x, s.to(x), **(extra_b or {}))
 
-    chain = CoopChain(denoise_b, vae_a, vae_b, sig_a, d_steps, b_of.__getitem__, size(x_a, vae_a), size(x_b, vae_b),
-                      **bridge_kw)
+    chain = CoopChain(
+        denoise_b, vae_a, vae_b, sig_a, d_steps, b_of.__getitem__, size(x_a, vae_a), size(x_b, vae_b), **bridge_kw
+    )
     chain.start(x_b, float(sig_b[0]))
     for i in range(steps):
         sa = sig_a[i].expand(n)

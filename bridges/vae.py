@@ -166,12 +166,12 @@ def _check_tiling(vae: BridgeVAE, tile, overlap, unit: int, name: str):
     if not isinstance(tile, int) or tile <= 0 or tile % unit:
         raise BridgeInputError(f"{name}: expected a positive multiple of {unit}, got {tile!r}")
     if not isinstance(overlap, int) or overlap < 0 or overlap % unit or overlap >= tile:
-        raise BridgeInputError(
-            f"overlap: expected a multiple of {unit} in [0, {name}), got {overlap!r}"
-        )
+        raise BridgeInputError(f"overlap: expected a multiple of {unit} in [0, {name}), got {overlap!r}")
 
 
-def decode_model_tiled(vae: BridgeVAE, z: torch.Tensor, tile: int = 64, overlap: int = 16, clamp: bool = True) -> torch.Tensor:
+def decode_model_tiled(
+    vae: BridgeVAE, z: torch.Tensor, tile: int = 64, overlap: int = 16, clamp: bool = True
+) -> torch.Tensor:
     """``vae.decode_model`` over latent tiles of `tile` x `tile` latent pixels, overlapping by
     `overlap`, blended linearly in pixel space (clamped to 0..1 unless `clamp` is False)."""
     vae.check_latent(z)

@@ -17,8 +17,6 @@ import importlib
 import os
 import threading
 
-import torch
-
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
@@ -26,6 +24,7 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.sd
 import comfy.supported_models_base
+import torch
 
 NUM_CLASSES = 10
 NULL_CLASS = 10  # index of the null / unconditional class in the one-hot context
@@ -96,7 +95,9 @@ class TestbedUNet(torch.nn.Module):
         return comfy.patcher_extension.WrapperExecutor.new_class_executor(
             self._forward,
             self,
-            comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options),
+            comfy.patcher_extension.get_all_wrappers(
+                comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options
+            ),
         ).execute(x, timesteps, context, y, control, transformer_options, **kwargs)
 
     def _forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options={}, **kwargs):
@@ -124,7 +125,9 @@ def build_model(name: str = "testbed") -> comfy.model_patcher.ModelPatcher:
         config, model_type=comfy.model_base.ModelType.EPS, device=mm.unet_offload_device(), unet_model=unet
     )
     base.eval()
-    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 class _TestbedAE(torch.nn.Module):
@@ -158,7 +161,9 @@ class TestbedVAE(comfy.sd.VAE):
         tb = testbed(name)
         channels = int(tb.latent_shape[0])
         with torch.inference_mode(False):
-            stub = {k: v.detach().clone() for k, v in comfy.taesd.taesd.TAESD(latent_channels=channels).state_dict().items()}
+            stub = {
+                k: v.detach().clone() for k, v in comfy.taesd.taesd.TAESD(latent_channels=channels).state_dict().items()
+            }
             ae = copy.deepcopy(tb.ae)
         super().__init__(sd=stub, device=mm.vae_device(), dtype=torch.float32)
         ae.eval().requires_grad_(False)
@@ -179,7 +184,9 @@ class TestbedVAE(comfy.sd.VAE):
         if hasattr(mm, "archive_model_dtypes"):  # ComfyUI >= 0.2x: the real __init__ does this too
             mm.archive_model_dtypes(self.first_stage_model)
         # the same patcher class the real __init__ chose, around the testbed's module
-        self.patcher = type(self.patcher)(self.first_stage_model, load_device=self.device, offload_device=mm.vae_offload_device())
+        self.patcher = type(self.patcher)(
+            self.first_stage_model, load_device=self.device, offload_device=mm.vae_offload_device()
+        )
         if "size" in vars(self):  # ComfyUI >= 0.2x caches the module size
             self.size = None
             self.model_size()

@@ -35,12 +35,11 @@ def main(job_path: str, out_path: str) -> None:
     from comfy.cli_args import args
 
     args.cpu = True
-    import torch
-    from safetensors.torch import load_file
-
     import comfy.sample
     import comfy.samplers
+    import torch
     from comfy_extras import nodes_easycache
+    from safetensors.torch import load_file
 
     _load_pack(job["repo"])
     from comfyui_tempo.harness import comfy_testbed
@@ -95,9 +94,15 @@ def main(job_path: str, out_path: str) -> None:
         def add(method, img, nfe, wall, setting):
             rows.append(
                 {
-                    "sampler": name, "method": method, "steps": steps, "nfe": nfe / evals,
+                    "sampler": name,
+                    "method": method,
+                    "steps": steps,
+                    "nfe": nfe / evals,
                     "psnr_db": psnr(img, ref) if method != "full_comfyui" else float("inf"),
-                    "wall_s": wall, "speedup_wall": full_wall / wall, "nfe_ratio": full_nfe / nfe, "setting": setting,
+                    "wall_s": wall,
+                    "speedup_wall": full_wall / wall,
+                    "nfe_ratio": full_nfe / nfe,
+                    "setting": setting,
                 }
             )
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 
-import torch
-
 import comfy.k_diffusion.sampling as kds
 import comfy.model_sampling
 import comfy.patcher_extension
@@ -18,6 +16,7 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
+import torch
 from comfy_api.latest import io, ui
 
 from ..samplers import support
@@ -139,8 +138,18 @@ def adaptive_inputs() -> list:
 
 
 def make_config(
-    mode, target_speedup, threshold, max_skip, extrapolation, force_last, start_percent, estimator_space,
-    late_bias=0.25, placement=0.0, estimator="latent", batch_mode="per_sample",
+    mode,
+    target_speedup,
+    threshold,
+    max_skip,
+    extrapolation,
+    force_last,
+    start_percent,
+    estimator_space,
+    late_bias=0.25,
+    placement=0.0,
+    estimator="latent",
+    batch_mode="per_sample",
 ) -> AdaptiveConfig:
     if mode not in _MODE_TO_CORE:
         raise AdaptiveConfigError(f"mode: expected one of {MODE_OPTIONS}, got {mode!r}")
@@ -242,8 +251,7 @@ def wrap_sampler(sampler, base_name: str, config: AdaptiveConfig, sink: list | N
     """A new KSAMPLER running `sampler`'s function with skipping (its options kept)."""
     if not isinstance(sampler, comfy.samplers.KSAMPLER):
         raise AdaptiveConfigError(
-            "sampler: AdaptiveDiffusion wraps ComfyUI's k-diffusion samplers (KSAMPLER); got "
-            f"{type(sampler).__name__}"
+            f"sampler: AdaptiveDiffusion wraps ComfyUI's k-diffusion samplers (KSAMPLER); got {type(sampler).__name__}"
         )
     fn = adaptive_function(sampler.sampler_function, base_name, config, sink)
     return comfy.samplers.KSAMPLER(fn, dict(sampler.extra_options), dict(sampler.inpaint_options))
@@ -275,8 +283,10 @@ def _check_scheduler(scheduler) -> None:
     """Run time, for ComfyUI 0.3.64: it checks no V3 combo at queue time (its validation compares V1 list types
     only; 0.33 checks them) and its KSampler quietly swaps an unknown scheduler for the first one."""
     if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
-        raise ValueError(f"scheduler: {scheduler!r} is not one of this ComfyUI's schedulers "
-                         f"({', '.join(comfy.samplers.KSampler.SCHEDULERS)})")
+        raise ValueError(
+            f"scheduler: {scheduler!r} is not one of this ComfyUI's schedulers "
+            f"({', '.join(comfy.samplers.KSampler.SCHEDULERS)})"
+        )
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -295,8 +305,10 @@ class AdaptiveKSampler(io.ComfyNode):
                 inputs.seed(),
                 inputs.steps(default=30),
                 inputs.cfg(),
-                inputs.sampler_name("The base sampler. Those AdaptiveDiffusion cannot serve (dpm_fast, dpm_adaptive, "
-                                    "heunpp2, the CFG++ ones) are refused with the reason."),
+                inputs.sampler_name(
+                    "The base sampler. Those AdaptiveDiffusion cannot serve (dpm_fast, dpm_adaptive, "
+                    "heunpp2, the CFG++ ones) are refused with the reason."
+                ),
                 inputs.scheduler(),
                 io.Conditioning.Input("positive", tooltip="The conditioning describing what to include."),
                 io.Conditioning.Input("negative", tooltip="The conditioning describing what to exclude."),
@@ -333,13 +345,28 @@ class AdaptiveKSampler(io.ComfyNode):
         sink: list = []
         sampler = wrap_sampler(comfy.samplers.sampler_object(sampler_name), sampler_name, config, sink)
         ks = comfy.samplers.KSampler(
-            model, steps=steps, device=model.load_device, sampler=sampler_name, scheduler=scheduler,
-            denoise=denoise, model_options=model.model_options,
+            model,
+            steps=steps,
+            device=model.load_device,
+            sampler=sampler_name,
+            scheduler=scheduler,
+            denoise=denoise,
+            model_options=model.model_options,
         )
         callback = latent_preview.prepare_callback(model, steps)
         samples = comfy.sample.sample_custom(
-            model, noise, cfg, sampler, ks.sigmas, positive, negative, samples_in, noise_mask=noise_mask,
-            callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+            model,
+            noise,
+            cfg,
+            sampler,
+            ks.sigmas,
+            positive,
+            negative,
+            samples_in,
+            noise_mask=noise_mask,
+            callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+            seed=seed,
         )
         out = latent.copy()
         out["samples"] = samples
@@ -360,7 +387,9 @@ class AdaptiveSamplerNode(io.ComfyNode):
             "AdaptiveDiffusion step skipping. The skip path is written to the console after each run.",
             inputs=[
                 io.Combo.Input(
-                    "sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
+                    "sampler_name",
+                    options=comfy.samplers.SAMPLER_NAMES,
+                    default="euler",
                     tooltip="The base sampler to wrap.",
                 ),
                 *adaptive_inputs(),
@@ -389,7 +418,10 @@ def _sampler_sample_wrapper(config: AdaptiveConfig, executor, *args, **kwargs):
     if fn is None or getattr(fn, "_tempo_adaptive", False):
         return executor(*args, **kwargs)
     if name is None:
-        log.warning("AdaptiveDiffusion: sampler function %r is not one it knows; sampling without skipping", getattr(fn, "__name__", fn))
+        log.warning(
+            "AdaptiveDiffusion: sampler function %r is not one it knows; sampling without skipping",
+            getattr(fn, "__name__", fn),
+        )
         return executor(*args, **kwargs)
     entry = support.SUPPORT[name]
     if not entry.served:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import copy
 
-import torch
-from torch import nn
-
 import comfy.model_management as mm
 import comfy.model_sampling
 import comfy.sampler_helpers
 import comfy.samplers
+import torch
+from torch import nn
 
 from ..training import lora
 from . import compat
@@ -78,8 +77,10 @@ def latent_shape(model, width: int, height: int, what_w: str = "width", what_h: 
     lf = model.model.latent_format
     dims = int(getattr(lf, "latent_dimensions", 2))
     if dims != 2:  # a video (3) or audio (1) model: the trainer and the pairs make [B, C, H, W] latents only
-        raise DMDNodeError(f"teacher: DMD training serves image models ([B, C, H, W] latents); this model's latent format "
-                           f"{type(lf).__name__} has {dims} spatial dimensions (video or audio)")
+        raise DMDNodeError(
+            f"teacher: DMD training serves image models ([B, C, H, W] latents); this model's latent format "
+            f"{type(lf).__name__} has {dims} spatial dimensions (video or audio)"
+        )
     ch = int(getattr(lf, "latent_channels", 4))
     return (ch, height // 8, width // 8)
 
@@ -119,7 +120,10 @@ class ComfyDenoiser(nn.Module):
         t = ms.timestep(sigma).float()
         if context is not None:
             context = context.to(xc.device, dtype)
-        extra = {k: (v.to(xc.device, dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in kwargs.items()}
+        extra = {
+            k: (v.to(xc.device, dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+            for k, v in kwargs.items()
+        }
         t = base.process_timestep(t, x=x, **extra)
         out = self.net(xc, t, context=context, control=None, transformer_options={}, **extra).float()
         return ms.calculate_denoised(sigma, out, x)
@@ -132,16 +136,25 @@ def param_dtype(net: nn.Module, default: torch.dtype) -> torch.dtype:
     return default
 
 
-def encode_conditioning(base_model, conditioning, latent_shape, device, what: str, prompt_type: str = "positive") -> list[dict]:
+def encode_conditioning(
+    base_model, conditioning, latent_shape, device, what: str, prompt_type: str = "positive"
+) -> list[dict]:
     """Each entry of a CONDITIONING -> its processed model conds for a batch of one (``extra_conds``)."""
     if not isinstance(conditioning, list) or len(conditioning) == 0:
-        raise DMDNodeError(f"{what}: expected a CONDITIONING with at least one entry (combine several with Conditioning (Combine))")
+        raise DMDNodeError(
+            f"{what}: expected a CONDITIONING with at least one entry (combine several with Conditioning (Combine))"
+        )
     template = torch.zeros((1,) + tuple(latent_shape), device=device)
     items = []
     for entry in comfy.sampler_helpers.convert_cond(conditioning):
         params = entry.copy()
-        params.update(device=device, noise=template, width=latent_shape[-1] * 8, height=latent_shape[-2] * 8,
-                      prompt_type=prompt_type)
+        params.update(
+            device=device,
+            noise=template,
+            width=latent_shape[-1] * 8,
+            height=latent_shape[-2] * 8,
+            prompt_type=prompt_type,
+        )
         params.pop("model_conds", None)
         try:
             conds = base_model.extra_conds(**params)

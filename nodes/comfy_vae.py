@@ -46,8 +46,16 @@ class ComfyBridgeVAE(BridgeVAE):
     """BridgeVAE over a ComfyUI VAE. `latent_format`: the MODEL's (process_in / process_out);
     None: the VAE's own scale / shift (TAESD) or identity."""
 
-    def __init__(self, vae, latent_format=None, name: str = "vae", tiled: bool = False, tile: int = 512,
-                 overlap: int = 64, calls: dict | None = None):
+    def __init__(
+        self,
+        vae,
+        latent_format=None,
+        name: str = "vae",
+        tiled: bool = False,
+        tile: int = 512,
+        overlap: int = 64,
+        calls: dict | None = None,
+    ):
         if vae is None or not hasattr(vae, "decode") or not hasattr(vae, "encode"):
             raise BridgeInputError(f"{name}: expected a ComfyUI VAE, got {type(vae).__name__}")
         self.vae = vae
@@ -155,7 +163,9 @@ def check_latent_vae(samples: torch.Tensor, vae, latent_name: str, vae_name: str
         )
 
 
-def bridge_vae_for(model, vae, name: str, calls: dict, bridge_vae=None, tiled=False, tile=512, overlap=64) -> ComfyBridgeVAE:
+def bridge_vae_for(
+    model, vae, name: str, calls: dict, bridge_vae=None, tiled=False, tile=512, overlap=64
+) -> ComfyBridgeVAE:
     """The BridgeVAE a node uses for `model`'s space: `bridge_vae` (a cheap stand-in such as TAESD)
     when given, else `vae`; in the MODEL's latent format. Checks channels against the model."""
     check_model_vae(model, vae, name.replace("vae", "model"), name)
@@ -167,4 +177,6 @@ def bridge_vae_for(model, vae, name: str, calls: dict, bridge_vae=None, tiled=Fa
                 f"bridge_{name}: downscale factor {vae_factor(bridge_vae)} differs from {name}'s {vae_factor(vae)}"
             )
         use, label = bridge_vae, "bridge_" + name
-    return ComfyBridgeVAE(use, model_latent_format(model), name=label, tiled=tiled, tile=tile, overlap=overlap, calls=calls)
+    return ComfyBridgeVAE(
+        use, model_latent_format(model), name=label, tiled=tiled, tile=tile, overlap=overlap, calls=calls
+    )

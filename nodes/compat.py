@@ -25,9 +25,8 @@ import functools
 import inspect
 
 import torch
-from torch import nn
-
 from comfy_api.latest import io
+from torch import nn
 
 from .registry import SEARCH_ALIASES
 
@@ -66,21 +65,27 @@ def refuse_nested(latent_shapes, what: str) -> None:
     """A nested run packs several latents (e.g. video + audio) into one; the pack's guiders serve one."""
     if latent_shapes is not None and len(latent_shapes) > 1:
         shapes = ", ".join(str(tuple(s)) for s in latent_shapes)
-        raise ValueError(f"{what}: expected one image latent [B, C, H, W], got a nested latent of {len(latent_shapes)} "
-                         f"parts ({shapes}); this node does not serve multi-latent (audio + video) models")
+        raise ValueError(
+            f"{what}: expected one image latent [B, C, H, W], got a nested latent of {len(latent_shapes)} "
+            f"parts ({shapes}); this node does not serve multi-latent (audio + video) models"
+        )
 
 
 def refuse_not_image_latent(samples, what: str) -> torch.Tensor:
     """``samples`` as a [B, C, H, W] tensor, or an error naming ``what`` (nested and 5-D video latents)."""
     if getattr(samples, "is_nested", False):
-        raise ValueError(f"{what}: expected one image latent [B, C, H, W], got a nested latent (several packed "
-                         "latents, e.g. audio + video); this node serves image latents only")
+        raise ValueError(
+            f"{what}: expected one image latent [B, C, H, W], got a nested latent (several packed "
+            "latents, e.g. audio + video); this node serves image latents only"
+        )
     if not isinstance(samples, torch.Tensor):
         raise ValueError(f"{what}: expected a latent tensor [B, C, H, W], got {type(samples).__name__}")
     if samples.ndim != 4:
         kind = " (a video latent [B, C, T, H, W])" if samples.ndim == 5 else ""
-        raise ValueError(f"{what}: expected a latent tensor [B, C, H, W], got shape {tuple(samples.shape)}{kind}; "
-                         "this node serves image models only")
+        raise ValueError(
+            f"{what}: expected a latent tensor [B, C, H, W], got shape {tuple(samples.shape)}{kind}; "
+            "this node serves image models only"
+        )
     return samples
 
 
@@ -95,23 +100,79 @@ def make_trainable(net: nn.Module) -> nn.Module:
 # method -> the parameter names, in order, that the pack's overrides and wrappers rely on
 OVERRIDDEN: dict[str, tuple[str, ...]] = {
     "comfy.samplers.CFGGuider.inner_sample": (
-        "self", "noise", "latent_image", "device", "sampler", "sigmas", "denoise_mask", "callback", "disable_pbar", "seed"),
+        "self",
+        "noise",
+        "latent_image",
+        "device",
+        "sampler",
+        "sigmas",
+        "denoise_mask",
+        "callback",
+        "disable_pbar",
+        "seed",
+    ),
     "comfy.samplers.CFGGuider.outer_sample": (
-        "self", "noise", "latent_image", "sampler", "sigmas", "denoise_mask", "callback", "disable_pbar", "seed"),
+        "self",
+        "noise",
+        "latent_image",
+        "sampler",
+        "sigmas",
+        "denoise_mask",
+        "callback",
+        "disable_pbar",
+        "seed",
+    ),
     "comfy.samplers.CFGGuider.outer_predict_noise": ("self", "x", "timestep", "model_options", "seed"),
     "comfy.samplers.CFGGuider.predict_noise": ("self", "x", "timestep", "model_options", "seed"),
     "comfy.samplers.CFGGuider.__init__": ("self", "model_patcher"),
     "comfy.samplers.KSAMPLER.sample": (
-        "self", "model_wrap", "sigmas", "extra_args", "callback", "noise", "latent_image", "denoise_mask", "disable_pbar"),
+        "self",
+        "model_wrap",
+        "sigmas",
+        "extra_args",
+        "callback",
+        "noise",
+        "latent_image",
+        "denoise_mask",
+        "disable_pbar",
+    ),
     "comfy.samplers.KSAMPLER.__init__": ("self", "sampler_function", "extra_options", "inpaint_options"),
     "comfy.samplers.KSamplerX0Inpaint.__init__": ("self", "model", "sigmas"),
     "comfy.sample.sample_custom": (
-        "model", "noise", "cfg", "sampler", "sigmas", "positive", "negative", "latent_image", "noise_mask", "callback",
-        "disable_pbar", "seed"),
+        "model",
+        "noise",
+        "cfg",
+        "sampler",
+        "sigmas",
+        "positive",
+        "negative",
+        "latent_image",
+        "noise_mask",
+        "callback",
+        "disable_pbar",
+        "seed",
+    ),
     "comfy.sample.sample": (
-        "model", "noise", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative", "latent_image", "denoise",
-        "disable_noise", "start_step", "last_step", "force_full_denoise", "noise_mask", "sigmas", "callback",
-        "disable_pbar", "seed"),
+        "model",
+        "noise",
+        "steps",
+        "cfg",
+        "sampler_name",
+        "scheduler",
+        "positive",
+        "negative",
+        "latent_image",
+        "denoise",
+        "disable_noise",
+        "start_step",
+        "last_step",
+        "force_full_denoise",
+        "noise_mask",
+        "sigmas",
+        "callback",
+        "disable_pbar",
+        "seed",
+    ),
     "comfy.sample.prepare_noise": ("latent_image", "seed", "noise_inds"),
     "comfy.sample.fix_empty_latent_channels": ("model", "latent_image"),
     "comfy.samplers.calculate_sigmas": ("model_sampling", "scheduler_name", "steps"),

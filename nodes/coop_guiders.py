@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 import math
 
-import torch
-
 import comfy.hooks
 import comfy.model_patcher
 import comfy.sampler_helpers
 import comfy.samplers
+import torch
 
 from ..bridges.core import bridge_latent, match_sigma, ve_sigma
 from ..bridges.fusion import CoopChain
@@ -63,7 +62,9 @@ class Secondary:
         g.model_patcher.pre_run()
         self.prepared = True
         noise = torch.zeros(noise_shape, device=device)
-        lat = latent_model_space.to(device) if latent_model_space is not None else torch.zeros(noise_shape, device=device)
+        lat = (
+            latent_model_space.to(device) if latent_model_space is not None else torch.zeros(noise_shape, device=device)
+        )
         g.conds = comfy.samplers.process_conds(g.inner_model, noise, g.conds, device, lat, None, seed)
         self.model_options = comfy.model_patcher.create_model_options_clone(g.model_options)
         self.model_options.setdefault("transformer_options", {})["sample_sigmas"] = sigmas
@@ -107,8 +108,20 @@ class CoopGuider(comfy.samplers.CFGGuider):
     untouched; while some later step has d > 0 B's chain is still carried (2 VAE calls, no B call).
     """
 
-    def __init__(self, model_a, vae_a: ComfyBridgeVAE, model_b, vae_b: ComfyBridgeVAE, positive_b, negative_b,
-                 cfg_b: float, d_fn, size_b=None, resize_method: str = "bilinear", calls: dict | None = None):
+    def __init__(
+        self,
+        model_a,
+        vae_a: ComfyBridgeVAE,
+        model_b,
+        vae_b: ComfyBridgeVAE,
+        positive_b,
+        negative_b,
+        cfg_b: float,
+        d_fn,
+        size_b=None,
+        resize_method: str = "bilinear",
+        calls: dict | None = None,
+    ):
         super().__init__(model_a)
         self.model_b = model_b
         self.vae_a, self.vae_b = vae_a, vae_b
@@ -123,8 +136,20 @@ class CoopGuider(comfy.samplers.CFGGuider):
         self.last_report = ""
 
     # --- the run
-    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
-                     latent_shapes=None, **kwargs):
+    def inner_sample(
+        self,
+        noise,
+        latent_image,
+        device,
+        sampler,
+        sigmas,
+        denoise_mask,
+        callback,
+        disable_pbar,
+        seed,
+        latent_shapes=None,
+        **kwargs,
+    ):
         # latent_shapes: ComfyUI >= 0.3.67 passes it (nested multi-latent runs); older ones never do
         compat.refuse_nested(latent_shapes, "latent_image")
         compat.refuse_not_image_latent(noise, "latent_image")  # B's chain goes through images
@@ -136,13 +161,31 @@ class CoopGuider(comfy.samplers.CFGGuider):
         n = int(sigmas.numel() - 1)
         self._seed = seed
         # B's chain: the core's CoopChain (bridges/fusion.py), the same code bench coop measures
-        self.chain = CoopChain(self._denoise_b, self.vae_a, self.vae_b, sigmas, [self.d_fn(i, n) for i in range(n)],
-                               self._sigma_b, filter=self.resize_method)
+        self.chain = CoopChain(
+            self._denoise_b,
+            self.vae_a,
+            self.vae_b,
+            sigmas,
+            [self.d_fn(i, n) for i in range(n)],
+            self._sigma_b,
+            filter=self.resize_method,
+        )
         try:
             if self.chain.active:
                 self._init_b(noise, latent_image, sigmas, seed)
-            out = super().inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
-                                       **compat.sample_kwargs(latent_shapes), **kwargs)
+            out = super().inner_sample(
+                noise,
+                latent_image,
+                device,
+                sampler,
+                sigmas,
+                denoise_mask,
+                callback,
+                disable_pbar,
+                seed,
+                **compat.sample_kwargs(latent_shapes),
+                **kwargs,
+            )
         finally:
             self.secondary.cleanup()
         self.stats["nfe_b"] = self.chain.nfe_b
@@ -156,7 +199,11 @@ class CoopGuider(comfy.samplers.CFGGuider):
         self.chain.size_a, self.chain.size_b = (h_a, w_a), (h_b, w_b)
         shape_b = (noise.shape[0], self.vae_b.latent_channels, h_b // self.vae_b.downscale, w_b // self.vae_b.downscale)
         # B's start: A's noise where the shapes match (the paper's z'_T = z_T), else its own seeded noise
-        noise_b = noise.detach().cpu().float() if tuple(noise.shape) == shape_b else fresh_noise(shape_b, seed if seed is not None else 0)
+        noise_b = (
+            noise.detach().cpu().float()
+            if tuple(noise.shape) == shape_b
+            else fresh_noise(shape_b, seed if seed is not None else 0)
+        )
         if latent_image is not None and torch.count_nonzero(latent_image) > 0:
             za = self.model_patcher.model.process_latent_in(latent_image)
             z_b = bridge_latent(za.cpu().float(), self.vae_a, self.vae_b, size=(h_b, w_b), filter=self.resize_method)
@@ -168,9 +215,9 @@ class CoopGuider(comfy.samplers.CFGGuider):
         max_den = math.isclose(float(ms_b.sigma_max), s0_b, rel_tol=1e-5) or s0_b > float(ms_b.sigma_max)
         device = self.model_b.load_device
         x_b = ms_b.noise_scaling(torch.tensor(s0_b), noise_b.to(device), z_b.to(device), max_den)
-        sig_b = torch.stack([
-            torch.tensor(self._sigma_b(float(s)) if float(s) > 0 else 0.0) for s in sigmas.detach().float().cpu()
-        ]).to(device)
+        sig_b = torch.stack(
+            [torch.tensor(self._sigma_b(float(s)) if float(s) > 0 else 0.0) for s in sigmas.detach().float().cpu()]
+        ).to(device)
         self.secondary.prepare(tuple(shape_b), z_b.to(device), sig_b, seed)
         self.chain.start(x_b, s0_b)
 
@@ -180,6 +227,7 @@ class CoopGuider(comfy.samplers.CFGGuider):
     def _sigma_b(self, s_a: float) -> float:
         """B's sigma at A's `s_a` (equal SNR), held at the ends of B's schedule where A's noise level lies
         beyond them (a flow A starts at sigma 1, SNR 0, and ends near 0.01: both outside an eps table)."""
+
         def ve(s, kind):
             return float(ve_sigma(torch.tensor(float(s), dtype=torch.float64), kind))
 
@@ -220,8 +268,20 @@ class SwitchGuider(comfy.samplers.CFGGuider):
         self.sigma_switch = float(sigma_switch)
         self.stats = {"struct": 0, "texture": 0}
 
-    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
-                     latent_shapes=None, **kwargs):
+    def inner_sample(
+        self,
+        noise,
+        latent_image,
+        device,
+        sampler,
+        sigmas,
+        denoise_mask,
+        callback,
+        disable_pbar,
+        seed,
+        latent_shapes=None,
+        **kwargs,
+    ):
         compat.refuse_nested(latent_shapes, "latent_image")
         self.stats = {"struct": 0, "texture": 0}
         lat = latent_image
@@ -229,8 +289,19 @@ class SwitchGuider(comfy.samplers.CFGGuider):
             lat = self.secondary.process_latent_in(lat)
         self.secondary.prepare(tuple(noise.shape), lat, sigmas, seed)
         try:
-            return super().inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar,
-                                        seed, **compat.sample_kwargs(latent_shapes), **kwargs)
+            return super().inner_sample(
+                noise,
+                latent_image,
+                device,
+                sampler,
+                sigmas,
+                denoise_mask,
+                callback,
+                disable_pbar,
+                seed,
+                **compat.sample_kwargs(latent_shapes),
+                **kwargs,
+            )
         finally:
             self.secondary.cleanup()
 

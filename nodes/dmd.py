@@ -67,7 +67,9 @@ class DMDSampler(comfy.samplers.KSAMPLER):
         self.timesteps = timesteps
         self.last_sigmas = None
 
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False):
+    def sample(
+        self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False
+    ):
         extra_args["denoise_mask"] = denoise_mask
         inner = model_wrap.inner_model
         ms = inner.model_sampling
@@ -97,8 +99,14 @@ class DMDSampler(comfy.samplers.KSAMPLER):
         seed = extra_args.get("seed", None)
         ns = kds.default_noise_sampler(x, seed=seed)
         samples = dmd_sampling.sample_dmd_kdiff(
-            model_k, x, sigmas, extra_args=extra_args, callback=k_callback, disable=disable_pbar,
-            noise_sampler=ns, model_type=kind,
+            model_k,
+            x,
+            sigmas,
+            extra_args=extra_args,
+            callback=k_callback,
+            disable=disable_pbar,
+            noise_sampler=ns,
+            model_type=kind,
             renoise_fn=lambda x0, n, s: ms.noise_scaling(s, n, x0),  # the model's own re-noising (noise_scale)
         )
         out = ms.inverse_noise_scaling(sigmas[-1], samples)
@@ -127,8 +135,10 @@ class DMDSamplerNode(io.ComfyNode):
             "steps. Works for eps, v-prediction and flow models. Use cfg 1.",
             inputs=[
                 io.String.Input(
-                    "timesteps", default=FROM_MODEL,
-                    tooltip=TIMESTEPS_TOOLTIP + "; with a MODEL that has none, the SIGMAS given to the sampler node are used "
+                    "timesteps",
+                    default=FROM_MODEL,
+                    tooltip=TIMESTEPS_TOOLTIP
+                    + "; with a MODEL that has none, the SIGMAS given to the sampler node are used "
                     "(e.g. BasicScheduler simple, 4 steps = 999/749/499/249).",
                 ),
             ],
@@ -152,19 +162,41 @@ class DMDKSampler(io.ComfyNode):
             description="KSampler for DMD / DMD2 generators: one or a few steps at the generator's timesteps "
             "(999, 399 for DMD2's 1-step SDXL UNet, 999/749/499/249 for DMD2 4-step), x0 output, fresh re-noising.",
             inputs=[
-                io.Model.Input("model", tooltip="The generator (from DMD Generator Loader, DMD Trainer, or a DMD2 UNet/LoRA "
-                               "loaded with UNETLoader / LoraLoaderModelOnly)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the noise (and of the fresh noise between steps)."),
-                io.String.Input("timesteps", default=FROM_MODEL,
-                                tooltip=TIMESTEPS_TOOLTIP + "; a MODEL without them gets one step at 999."),
-                io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance. DMD generators have the guidance baked in: keep 1 "
-                               "(one network evaluation per step, no negative needed)."),
+                io.Model.Input(
+                    "model",
+                    tooltip="The generator (from DMD Generator Loader, DMD Trainer, or a DMD2 UNet/LoRA "
+                    "loaded with UNETLoader / LoraLoaderModelOnly).",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Seed of the noise (and of the fresh noise between steps).",
+                ),
+                io.String.Input(
+                    "timesteps",
+                    default=FROM_MODEL,
+                    tooltip=TIMESTEPS_TOOLTIP + "; a MODEL without them gets one step at 999.",
+                ),
+                io.Float.Input(
+                    "cfg",
+                    default=1.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip="Classifier-free guidance. DMD generators have the guidance baked in: keep 1 "
+                    "(one network evaluation per step, no negative needed).",
+                ),
                 io.Conditioning.Input("positive", tooltip="The conditioning describing what to generate."),
                 io.Latent.Input("latent_image", tooltip="An empty latent of the size to generate."),
-                io.Conditioning.Input("negative", optional=True,
-                                      tooltip="The conditioning to steer away from; only used (and required) when cfg != 1."),
+                io.Conditioning.Input(
+                    "negative",
+                    optional=True,
+                    tooltip="The conditioning to steer away from; only used (and required) when cfg != 1.",
+                ),
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The generated latent.")],
         )
@@ -185,13 +217,24 @@ class DMDKSampler(io.ComfyNode):
         noise = comfy.sample.prepare_noise(samples_in, seed, latent.get("batch_index"))
         callback = latent_preview.prepare_callback(model, len(ts))
         samples = comfy.sample.sample_custom(
-            model, noise, float(cfg), DMDSampler(ts), sigmas, positive, negative or [], samples_in,
-            noise_mask=latent.get("noise_mask"), callback=callback,
-            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+            model,
+            noise,
+            float(cfg),
+            DMDSampler(ts),
+            sigmas,
+            positive,
+            negative or [],
+            samples_in,
+            noise_mask=latent.get("noise_mask"),
+            callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+            seed=seed,
         )
         out = latent.copy()
         out["samples"] = samples
-        return io.NodeOutput(out, ui=ui.PreviewText(with_nonfinite_note(f"DMD: {len(ts)} step(s) at t = {ts} ({kind})", samples)))
+        return io.NodeOutput(
+            out, ui=ui.PreviewText(with_nonfinite_note(f"DMD: {len(ts)} step(s) at t = {ts} ({kind})", samples))
+        )
 
 
 # ----------------------------------------------------------------------------- loader
@@ -215,8 +258,12 @@ def apply_generator(model, sd: dict, fmt: str, strength: float = 1.0, what: str 
         return new_model
     own = model.model.diffusion_model.state_dict()
     params = {k for k, _ in model.model.diffusion_model.named_parameters()}
-    if sd and all(k.startswith("diffusion_model.") for k in sd) and not any(k.startswith("diffusion_model.") for k in own):
-        sd = {k[len("diffusion_model."):]: v for k, v in sd.items()}  # saved with the checkpoint prefix
+    if (
+        sd
+        and all(k.startswith("diffusion_model.") for k in sd)
+        and not any(k.startswith("diffusion_model.") for k in own)
+    ):
+        sd = {k[len("diffusion_model.") :]: v for k, v in sd.items()}  # saved with the checkpoint prefix
     missing = [k for k in params if k not in sd]
     unknown = [k for k in sd if k not in own]
     bad = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -248,28 +295,49 @@ class DMDGeneratorLoader(io.ComfyNode):
             "DMD Trainer) and are shown as outputs; the inputs override them.",
             inputs=[
                 io.Model.Input("model", tooltip="The base model the generator was distilled from (its teacher)."),
-                io.Combo.Input("generator_name", options=generator_files(),
-                               tooltip=f"The generator file: models/{FOLDER} or output/{FOLDER} (DMD Trainer saves there), "
-                               "or loras/..., diffusion_models/... Safetensors only."),
-                io.Int.Input("conditioning_timestep", default=-1, min=-1, max=10000,
-                             tooltip="-1 = from the file. The timestep a one-step generator is evaluated at "
-                             "(999; 399 for DMD2's released 1-step SDXL UNet)."),
-                io.String.Input("timesteps", default=FROM_FILE,
-                                tooltip="'from file', or comma-separated decreasing timesteps for a few-step generator "
-                                "('999,749,499,249' for DMD2 4-step). A one-step generator uses its conditioning timestep."),
-                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
-                               tooltip="LoRA strength (1 = as trained). Ignored for full weights."),
+                io.Combo.Input(
+                    "generator_name",
+                    options=generator_files(),
+                    tooltip=f"The generator file: models/{FOLDER} or output/{FOLDER} (DMD Trainer saves there), "
+                    "or loras/..., diffusion_models/... Safetensors only.",
+                ),
+                io.Int.Input(
+                    "conditioning_timestep",
+                    default=-1,
+                    min=-1,
+                    max=10000,
+                    tooltip="-1 = from the file. The timestep a one-step generator is evaluated at "
+                    "(999; 399 for DMD2's released 1-step SDXL UNet).",
+                ),
+                io.String.Input(
+                    "timesteps",
+                    default=FROM_FILE,
+                    tooltip="'from file', or comma-separated decreasing timesteps for a few-step generator "
+                    "('999,749,499,249' for DMD2 4-step). A one-step generator uses its conditioning timestep.",
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=1.0,
+                    min=-10.0,
+                    max=10.0,
+                    step=0.01,
+                    tooltip="LoRA strength (1 = as trained). Ignored for full weights.",
+                ),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The generator, ready for DMD Sampler / DMD KSampler."),
                 io.Sigmas.Output(display_name="SIGMAS", tooltip="The generator's sigmas (for SamplerCustom)."),
                 io.Int.Output(display_name="conditioning_timestep", tooltip="The conditioning timestep in use."),
-                io.String.Output(display_name="timesteps", tooltip="The step schedule in use, e.g. '999' or '999,749,499,249'."),
+                io.String.Output(
+                    display_name="timesteps", tooltip="The step schedule in use, e.g. '999' or '999,749,499,249'."
+                ),
             ],
         )
 
     @classmethod
-    def execute(cls, model, generator_name, conditioning_timestep=-1, timesteps=FROM_FILE, strength=1.0) -> io.NodeOutput:
+    def execute(
+        cls, model, generator_name, conditioning_timestep=-1, timesteps=FROM_FILE, strength=1.0
+    ) -> io.NodeOutput:
         kind, table = dmd_schedule(model)
         path = resolve_generator(generator_name)
         sd, info = read_generator(path)
@@ -290,7 +358,9 @@ class DMDGeneratorLoader(io.ComfyNode):
             )
         if conditioning_timestep >= 0:
             if conditioning_timestep >= T:
-                raise DMDNodeError(f"conditioning_timestep: expected -1 or an integer in [0, {T - 1}], got {conditioning_timestep}")
+                raise DMDNodeError(
+                    f"conditioning_timestep: expected -1 or an integer in [0, {T - 1}], got {conditioning_timestep}"
+                )
             ct = int(conditioning_timestep)
         else:
             ct = int(info.get("conditioning_timestep", T - 1))
@@ -307,8 +377,13 @@ class DMDGeneratorLoader(io.ComfyNode):
         attach_info(new_model, info)
         sigmas = dmd_sampling.timesteps_to_sigmas(ts, table)
         text = ",".join(str(t) for t in ts)
-        return io.NodeOutput(new_model, sigmas, ct, text,
-                             ui=ui.PreviewText(f"{os.path.basename(path)}: {fmt}, {kind}, t_c {ct}, timesteps {text}"))
+        return io.NodeOutput(
+            new_model,
+            sigmas,
+            ct,
+            text,
+            ui=ui.PreviewText(f"{os.path.basename(path)}: {fmt}, {kind}, t_c {ct}, timesteps {text}"),
+        )
 
     @classmethod
     def validate_inputs(cls, generator_name=None):

@@ -75,11 +75,13 @@ def resolve_generator(name: str) -> str:
     folder = FOLDER
     for f in ("loras", "diffusion_models"):
         if name.startswith(f + "/"):
-            folder, name = f, name[len(f) + 1:]
+            folder, name = f, name[len(f) + 1 :]
             break
     path = folder_paths.get_full_path(folder, name)
     if path is None:
-        raise DMDNodeError(f"generator_name: no file {name!r} in models/{FOLDER}, output/{FOLDER}, loras or diffusion_models")
+        raise DMDNodeError(
+            f"generator_name: no file {name!r} in models/{FOLDER}, output/{FOLDER}, loras or diffusion_models"
+        )
     return checked(files.inside, path, folder_paths_of(folder), "generator_name")
 
 
@@ -109,7 +111,7 @@ def read_generator(path: str, what: str = "generator_name") -> tuple[dict, dict 
     try:
         return dmd_sampling.read_generator(path)
     except dmd_sampling.DMDSamplingError as e:
-        raise DMDNodeError(what + str(e)[len("path"):]) from None
+        raise DMDNodeError(what + str(e)[len("path") :]) from None
 
 
 def _metadata_object(meta: dict, what: str, path: str) -> dict:
@@ -117,7 +119,7 @@ def _metadata_object(meta: dict, what: str, path: str) -> dict:
     try:
         return dmd_sampling.metadata_object(meta) or {}
     except dmd_sampling.DMDSamplingError as e:
-        raise DMDNodeError(f"{what}: {os.path.basename(path)!r} has {str(e)[len('path: '):]}") from None
+        raise DMDNodeError(f"{what}: {os.path.basename(path)!r} has {str(e)[len('path: ') :]}") from None
 
 
 def pairs_path(name: str) -> str:
@@ -145,17 +147,24 @@ def load_pairs(name: str, kind: str, ct: int, shape, n_conds: int):
             meta = dict(f.metadata() or {})
             keys = set(f.keys())
     except Exception as e:
-        raise DMDNodeError(f"regression_pairs: {os.path.basename(path)!r} is not a readable safetensors file "
-                           f"({type(e).__name__})") from None
+        raise DMDNodeError(
+            f"regression_pairs: {os.path.basename(path)!r} is not a readable safetensors file ({type(e).__name__})"
+        ) from None
     info = _metadata_object(meta, "regression_pairs", path)
     if not {"noise", "target"} <= keys:
-        raise DMDNodeError(f"regression_pairs: {os.path.basename(path)!r} is not a pairs file (no noise/target tensors)")
+        raise DMDNodeError(
+            f"regression_pairs: {os.path.basename(path)!r} is not a pairs file (no noise/target tensors)"
+        )
     sd = comfy.utils.load_torch_file(path, safe_load=True)
     if tuple(sd["noise"].shape[1:]) != tuple(shape):
-        raise DMDNodeError(f"regression_pairs: latents of shape {tuple(sd['noise'].shape[1:])}, the trainer's are {tuple(shape)} "
-                           "(width/height differ)")
+        raise DMDNodeError(
+            f"regression_pairs: latents of shape {tuple(sd['noise'].shape[1:])}, the trainer's are {tuple(shape)} "
+            "(width/height differ)"
+        )
     if info.get("conditioning_timestep") is not None and int(info["conditioning_timestep"]) != ct:
-        raise DMDNodeError(f"regression_pairs: made at conditioning timestep {info['conditioning_timestep']}, the trainer uses {ct}")
+        raise DMDNodeError(
+            f"regression_pairs: made at conditioning timestep {info['conditioning_timestep']}, the trainer uses {ct}"
+        )
     if info.get("model_type") and info["model_type"] != kind:
         raise DMDNodeError(f"regression_pairs: made with a {info['model_type']} teacher, this teacher is {kind}")
     ci = sd.get("cond_index")

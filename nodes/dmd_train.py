@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 import comfy.model_management as mm
 import comfy.utils
+import torch
 from comfy_api.latest import io, ui
 
 from ..samplers import dmd as dmd_sampling
@@ -22,11 +21,30 @@ from ..training import dmd as dmd_training
 from ..training import run as training_run
 from ..training.plot import plot_losses
 from . import compat
-from .comfy_model import (ComfyDenoiser, collate_conds, dmd_schedule, encode_conditioning, gan_feature_module,
-                          latent_picture, latent_shape, param_dtype, teacher_denoiser, trainable_networks)
+from .comfy_model import (
+    ComfyDenoiser,
+    collate_conds,
+    dmd_schedule,
+    encode_conditioning,
+    gan_feature_module,
+    latent_picture,
+    latent_shape,
+    param_dtype,
+    teacher_denoiser,
+    trainable_networks,
+)
 from .dmd import apply_generator, attach_info
-from .dmd_files import (CKPT_FOLDER, FOLDER, META_KEY, PAIRS_FOLDER, DMDNodeError, invalidate, load_pairs, output_path,
-                        safe_name)
+from .dmd_files import (
+    CKPT_FOLDER,
+    FOLDER,
+    META_KEY,
+    PAIRS_FOLDER,
+    DMDNodeError,
+    invalidate,
+    load_pairs,
+    output_path,
+    safe_name,
+)
 
 TRAIN_CATEGORY = "training/tempo"
 
@@ -43,34 +61,90 @@ class DMDRegressionPairs(io.ComfyNode):
             f"output/{PAIRS_FOLDER} for DMD Trainer.",
             inputs=[
                 io.Model.Input("teacher", tooltip="The teacher model (eps, v-prediction or flow)."),
-                io.Conditioning.Input("positive", tooltip="One pair set per entry (combine several with Conditioning (Combine))."),
+                io.Conditioning.Input(
+                    "positive", tooltip="One pair set per entry (combine several with Conditioning (Combine))."
+                ),
                 io.Conditioning.Input("negative", tooltip="The unconditional / negative conditioning for CFG."),
-                io.Int.Input("width", default=512, min=8, max=8192, step=8, tooltip="Image width in pixels (multiple of 8)."),
-                io.Int.Input("height", default=512, min=8, max=8192, step=8, tooltip="Image height in pixels (multiple of 8)."),
-                io.Int.Input("pairs_per_conditioning", default=16, min=1, max=100000, tooltip="Pairs made per conditioning entry."),
-                io.Int.Input("steps", default=25, min=1, max=1000, tooltip="Heun steps of the teacher's ODE (2*steps-1 evaluations)."),
-                io.Float.Input("guidance", default=1.75, min=0.0, max=100.0, step=0.05,
-                               tooltip="The teacher's CFG scale (use the trainer's guidance)."),
-                io.Int.Input("conditioning_timestep", default=999, min=0, max=10000,
-                             tooltip="The generator's conditioning timestep (the ODE starts there from the same noise)."),
+                io.Int.Input(
+                    "width", default=512, min=8, max=8192, step=8, tooltip="Image width in pixels (multiple of 8)."
+                ),
+                io.Int.Input(
+                    "height", default=512, min=8, max=8192, step=8, tooltip="Image height in pixels (multiple of 8)."
+                ),
+                io.Int.Input(
+                    "pairs_per_conditioning",
+                    default=16,
+                    min=1,
+                    max=100000,
+                    tooltip="Pairs made per conditioning entry.",
+                ),
+                io.Int.Input(
+                    "steps",
+                    default=25,
+                    min=1,
+                    max=1000,
+                    tooltip="Heun steps of the teacher's ODE (2*steps-1 evaluations).",
+                ),
+                io.Float.Input(
+                    "guidance",
+                    default=1.75,
+                    min=0.0,
+                    max=100.0,
+                    step=0.05,
+                    tooltip="The teacher's CFG scale (use the trainer's guidance).",
+                ),
+                io.Int.Input(
+                    "conditioning_timestep",
+                    default=999,
+                    min=0,
+                    max=10000,
+                    tooltip="The generator's conditioning timestep (the ODE starts there from the same noise).",
+                ),
                 io.Int.Input("batch_size", default=8, min=1, max=4096, tooltip="Pairs computed per teacher call."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the noise."),
-                io.String.Input("save_name", default="dmd/pairs", tooltip=f"File name under output/{PAIRS_FOLDER} (overwritten)."),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Seed of the noise.",
+                ),
+                io.String.Input(
+                    "save_name", default="dmd/pairs", tooltip=f"File name under output/{PAIRS_FOLDER} (overwritten)."
+                ),
             ],
-            outputs=[io.String.Output(display_name="regression_pairs",
-                                      tooltip="The saved file's name, for DMD Trainer's regression_pairs input.")],
+            outputs=[
+                io.String.Output(
+                    display_name="regression_pairs",
+                    tooltip="The saved file's name, for DMD Trainer's regression_pairs input.",
+                )
+            ],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, teacher, positive, negative, width, height, pairs_per_conditioning, steps, guidance,
-                conditioning_timestep, batch_size, seed, save_name) -> io.NodeOutput:
+    def execute(
+        cls,
+        teacher,
+        positive,
+        negative,
+        width,
+        height,
+        pairs_per_conditioning,
+        steps,
+        guidance,
+        conditioning_timestep,
+        batch_size,
+        seed,
+        save_name,
+    ) -> io.NodeOutput:
         kind, table = dmd_schedule(teacher, "teacher")
         shape = latent_shape(teacher, width, height)
         name = safe_name(save_name)
         if not 0 <= conditioning_timestep < table.numel():
-            raise DMDNodeError(f"conditioning_timestep: expected an integer in [0, {table.numel() - 1}], got {conditioning_timestep}")
+            raise DMDNodeError(
+                f"conditioning_timestep: expected an integer in [0, {table.numel() - 1}], got {conditioning_timestep}"
+            )
         base, teacher_d, device = teacher_denoiser(teacher)
         pos = encode_conditioning(base, positive, shape, device, "positive")
         neg = encode_conditioning(base, negative, shape, device, "negative", "negative")[0]
@@ -83,24 +157,43 @@ class DMDRegressionPairs(io.ComfyNode):
         pbar = comfy.utils.ProgressBar(n_total)
         with torch.no_grad():
             for i in range(0, n_total, batch_size):
-                z = z_all[i:i + batch_size].to(device)
-                ci = ci_all[i:i + batch_size]
+                z = z_all[i : i + batch_size].to(device)
+                ci = ci_all[i : i + batch_size]
                 cond = collate_conds([pos[int(c)] for c in ci])
                 unc = collate_conds([neg] * z.shape[0])
-                y = dmd_training.teacher_ode_samples(teacher_d, z, schedule, conditioning_timestep, steps, cond, unc, guidance)
+                y = dmd_training.teacher_ode_samples(
+                    teacher_d, z, schedule, conditioning_timestep, steps, cond, unc, guidance
+                )
                 targets.append(y.float().cpu())
                 pbar.update_absolute(min(i + batch_size, n_total), n_total)
-        meta = {META_KEY: json.dumps({"kind": "regression_pairs", "model_type": kind, "conditioning_timestep": int(conditioning_timestep),
-                                      "steps": int(steps), "guidance": float(guidance), "conditionings": len(pos),
-                                      "latent_shape": list(shape), "seed": int(seed)})}
+        meta = {
+            META_KEY: json.dumps(
+                {
+                    "kind": "regression_pairs",
+                    "model_type": kind,
+                    "conditioning_timestep": int(conditioning_timestep),
+                    "steps": int(steps),
+                    "guidance": float(guidance),
+                    "conditionings": len(pos),
+                    "latent_shape": list(shape),
+                    "seed": int(seed),
+                }
+            )
+        }
         path = output_path(PAIRS_FOLDER, name, ".safetensors")
         from safetensors.torch import save_file
 
-        tensors = {"noise": z_all.contiguous(), "target": torch.cat(targets).contiguous(), "cond_index": ci_all.contiguous()}
+        tensors = {
+            "noise": z_all.contiguous(),
+            "target": torch.cat(targets).contiguous(),
+            "cond_index": ci_all.contiguous(),
+        }
         training_run.atomic_save(lambda p: save_file(tensors, p, metadata=meta), path)
         invalidate(PAIRS_FOLDER)
         rel = name + ".safetensors"
-        return io.NodeOutput(rel, ui=ui.PreviewText(f"{n_total} pairs ({len(pos)} conditionings, {steps} Heun steps) -> {rel}"))
+        return io.NodeOutput(
+            rel, ui=ui.PreviewText(f"{n_total} pairs ({len(pos)} conditionings, {steps} Heun steps) -> {rel}")
+        )
 
 
 class DMDTrainerNode(io.ComfyNode):
@@ -115,60 +208,163 @@ class DMDTrainerNode(io.ComfyNode):
             f"checkpoint and resume continues from it. The generator is saved to output/{FOLDER} (listed by DMD Generator "
             "Loader at once) and returned as a MODEL.",
             inputs=[
-                io.Model.Input("teacher", tooltip="The teacher (eps, v-prediction or flow). Its LoRAs/patches are part of it."),
-                io.Conditioning.Input("positive", tooltip="The prompts to distil: every entry is one conditioning "
-                                      "(combine several with Conditioning (Combine)); each sample draws one."),
+                io.Model.Input(
+                    "teacher", tooltip="The teacher (eps, v-prediction or flow). Its LoRAs/patches are part of it."
+                ),
+                io.Conditioning.Input(
+                    "positive",
+                    tooltip="The prompts to distil: every entry is one conditioning "
+                    "(combine several with Conditioning (Combine)); each sample draws one.",
+                ),
                 io.Conditioning.Input("negative", tooltip="The negative / empty prompt for the teacher's CFG."),
-                io.Int.Input("width", default=512, min=8, max=8192, step=8, tooltip="Image width in pixels (multiple of 8)."),
-                io.Int.Input("height", default=512, min=8, max=8192, step=8, tooltip="Image height in pixels (multiple of 8)."),
+                io.Int.Input(
+                    "width", default=512, min=8, max=8192, step=8, tooltip="Image width in pixels (multiple of 8)."
+                ),
+                io.Int.Input(
+                    "height", default=512, min=8, max=8192, step=8, tooltip="Image height in pixels (multiple of 8)."
+                ),
                 io.Int.Input("batch_size", default=1, min=1, max=4096, tooltip="Generator samples per step."),
-                io.Int.Input("steps", default=1000, min=1, max=10**7,
-                             tooltip="Total training steps (one DMD2 iteration each; the generator updates every update_ratio-th)."),
-                io.Float.Input("generator_lr", default=1e-5, min=1e-9, max=1.0, step=1e-8, round=1e-9,
-                               tooltip="AdamW learning rate of the generator (DMD2: SD1.5 1e-5, SDXL 5e-7; LoRA ~5e-5 or more)."),
-                io.Float.Input("fake_lr", default=1e-5, min=1e-9, max=1.0, step=1e-8, round=1e-9,
-                               tooltip="AdamW learning rate of the fake score."),
-                io.Float.Input("guidance", default=1.75, min=0.0, max=100.0, step=0.05,
-                               tooltip="CFG scale of the real score (the teacher); baked into the generator (DMD2: SD1.5 1.75, SDXL 8)."),
-                io.Int.Input("update_ratio", default=5, min=1, max=100,
-                             tooltip="Fake-score updates per generator update (DMD2's two-time-scale rule: 5, SD1.5 10)."),
-                io.Int.Input("conditioning_timestep", default=999, min=0, max=10000,
-                             tooltip="The timestep the generator is evaluated at (999; DMD2's 1-step SDXL used 399)."),
-                io.Int.Input("generator_steps", default=1, min=1, max=50,
-                             tooltip="1 = one-step generator at conditioning_timestep; n > 1 = DMD2 multi-step generator at "
-                             "range(T-1, 0, -T/n) (4: 999/749/499/249), trained with backward simulation."),
-                io.Int.Input("warmup_steps", default=500, min=0, max=10**6, tooltip="Linear learning-rate warm-up (optimizer steps)."),
-                io.Float.Input("regression_weight", default=0.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="Weight of the regression loss on teacher pairs (the original DMD used 0.25; DMD2 drops it: 0 = off)."),
-                io.String.Input("regression_pairs", default="",
-                                tooltip="Pairs file from DMD Regression Pairs (output/dmd_pairs/...); needed when regression_weight > 0."),
-                io.Float.Input("gan_weight", default=0.0, min=0.0, max=10.0, step=0.001, round=1e-5,
-                               tooltip="DMD2's GAN loss weight for the generator (SD1.5 1e-3, SDXL 5e-3; 0 = off). The "
-                               "critic is a head on the fake score's bottleneck, trained with weight 1e-2 on the regression "
-                               "pairs' teacher samples as real data (so it needs regression_pairs)."),
-                io.Int.Input("lora_rank", default=0, min=0, max=1024,
-                             tooltip="0 = train full weights (a trainable copy of the network for the generator and one for the fake "
-                             "score); >0 = LoRA of this rank on both, which then share the teacher's weights (saved as a LoRA; "
-                             "the checkpoint is far smaller)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of every random draw of the run (a resumed run continues the same sequence)."),
-                io.String.Input("save_name", default="dmd/generator",
-                                tooltip=f"Generator file name under output/{FOLDER} (and the run's checkpoint under output/{CKPT_FOLDER}: "
-                                "one file per save_name, overwritten at every save. With lora_rank 0 it holds about 6 float32 copies "
-                                "of the diffusion model (generator, fake score, two AdamW moments of each): ~20 GB for SD1.5; "
-                                "lora_rank > 0 stores only the LoRA factors). A relative name: no drive, absolute path or '..'."),
-                io.Int.Input("checkpoint_interval", default=100, min=1, max=10**6,
-                             tooltip="Save a checkpoint every this many steps (also on Cancel and on an error)."),
-                io.Boolean.Input("resume", default=True,
-                                 tooltip="Continue from save_name's checkpoint when one exists (same settings); off starts over."),
-                io.Boolean.Input("gradient_checkpointing", default=False,
-                                 tooltip="Recompute activations in backward: less memory, slower (large models)."),
-                io.Vae.Input("vae", optional=True, tooltip="Optional: decodes the sample images (else a latent preview)."),
+                io.Int.Input(
+                    "steps",
+                    default=1000,
+                    min=1,
+                    max=10**7,
+                    tooltip="Total training steps (one DMD2 iteration each; the generator updates every update_ratio-th).",
+                ),
+                io.Float.Input(
+                    "generator_lr",
+                    default=1e-5,
+                    min=1e-9,
+                    max=1.0,
+                    step=1e-8,
+                    round=1e-9,
+                    tooltip="AdamW learning rate of the generator (DMD2: SD1.5 1e-5, SDXL 5e-7; LoRA ~5e-5 or more).",
+                ),
+                io.Float.Input(
+                    "fake_lr",
+                    default=1e-5,
+                    min=1e-9,
+                    max=1.0,
+                    step=1e-8,
+                    round=1e-9,
+                    tooltip="AdamW learning rate of the fake score.",
+                ),
+                io.Float.Input(
+                    "guidance",
+                    default=1.75,
+                    min=0.0,
+                    max=100.0,
+                    step=0.05,
+                    tooltip="CFG scale of the real score (the teacher); baked into the generator (DMD2: SD1.5 1.75, SDXL 8).",
+                ),
+                io.Int.Input(
+                    "update_ratio",
+                    default=5,
+                    min=1,
+                    max=100,
+                    tooltip="Fake-score updates per generator update (DMD2's two-time-scale rule: 5, SD1.5 10).",
+                ),
+                io.Int.Input(
+                    "conditioning_timestep",
+                    default=999,
+                    min=0,
+                    max=10000,
+                    tooltip="The timestep the generator is evaluated at (999; DMD2's 1-step SDXL used 399).",
+                ),
+                io.Int.Input(
+                    "generator_steps",
+                    default=1,
+                    min=1,
+                    max=50,
+                    tooltip="1 = one-step generator at conditioning_timestep; n > 1 = DMD2 multi-step generator at "
+                    "range(T-1, 0, -T/n) (4: 999/749/499/249), trained with backward simulation.",
+                ),
+                io.Int.Input(
+                    "warmup_steps",
+                    default=500,
+                    min=0,
+                    max=10**6,
+                    tooltip="Linear learning-rate warm-up (optimizer steps).",
+                ),
+                io.Float.Input(
+                    "regression_weight",
+                    default=0.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.01,
+                    tooltip="Weight of the regression loss on teacher pairs (the original DMD used 0.25; DMD2 drops it: 0 = off).",
+                ),
+                io.String.Input(
+                    "regression_pairs",
+                    default="",
+                    tooltip="Pairs file from DMD Regression Pairs (output/dmd_pairs/...); needed when regression_weight > 0.",
+                ),
+                io.Float.Input(
+                    "gan_weight",
+                    default=0.0,
+                    min=0.0,
+                    max=10.0,
+                    step=0.001,
+                    round=1e-5,
+                    tooltip="DMD2's GAN loss weight for the generator (SD1.5 1e-3, SDXL 5e-3; 0 = off). The "
+                    "critic is a head on the fake score's bottleneck, trained with weight 1e-2 on the regression "
+                    "pairs' teacher samples as real data (so it needs regression_pairs).",
+                ),
+                io.Int.Input(
+                    "lora_rank",
+                    default=0,
+                    min=0,
+                    max=1024,
+                    tooltip="0 = train full weights (a trainable copy of the network for the generator and one for the fake "
+                    "score); >0 = LoRA of this rank on both, which then share the teacher's weights (saved as a LoRA; "
+                    "the checkpoint is far smaller).",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Seed of every random draw of the run (a resumed run continues the same sequence).",
+                ),
+                io.String.Input(
+                    "save_name",
+                    default="dmd/generator",
+                    tooltip=f"Generator file name under output/{FOLDER} (and the run's checkpoint under output/{CKPT_FOLDER}: "
+                    "one file per save_name, overwritten at every save. With lora_rank 0 it holds about 6 float32 copies "
+                    "of the diffusion model (generator, fake score, two AdamW moments of each): ~20 GB for SD1.5; "
+                    "lora_rank > 0 stores only the LoRA factors). A relative name: no drive, absolute path or '..'.",
+                ),
+                io.Int.Input(
+                    "checkpoint_interval",
+                    default=100,
+                    min=1,
+                    max=10**6,
+                    tooltip="Save a checkpoint every this many steps (also on Cancel and on an error).",
+                ),
+                io.Boolean.Input(
+                    "resume",
+                    default=True,
+                    tooltip="Continue from save_name's checkpoint when one exists (same settings); off starts over.",
+                ),
+                io.Boolean.Input(
+                    "gradient_checkpointing",
+                    default=False,
+                    tooltip="Recompute activations in backward: less memory, slower (large models).",
+                ),
+                io.Vae.Input(
+                    "vae", optional=True, tooltip="Optional: decodes the sample images (else a latent preview)."
+                ),
             ],
             outputs=[
-                io.Model.Output(display_name="MODEL", tooltip="The generator, usable at once (DMD KSampler / DMD Sampler)."),
+                io.Model.Output(
+                    display_name="MODEL", tooltip="The generator, usable at once (DMD KSampler / DMD Sampler)."
+                ),
                 io.Image.Output(display_name="loss_curves", tooltip="The training losses."),
-                io.Image.Output(display_name="samples", tooltip="Samples of the generator (at its own steps), one per conditioning (up to 8)."),
+                io.Image.Output(
+                    display_name="samples",
+                    tooltip="Samples of the generator (at its own steps), one per conditioning (up to 8).",
+                ),
                 io.Latent.Output(display_name="sample_latents", tooltip="The same samples as a LATENT."),
                 io.String.Output(display_name="generator_name", tooltip="The saved file, for DMD Generator Loader."),
             ],
@@ -177,26 +373,114 @@ class DMDTrainerNode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, teacher, positive, negative, width, height, batch_size, steps, generator_lr, fake_lr, guidance,
-                update_ratio, conditioning_timestep, generator_steps, warmup_steps, regression_weight, regression_pairs,
-                gan_weight, lora_rank, seed, save_name, checkpoint_interval, resume, gradient_checkpointing=False,
-                vae=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        teacher,
+        positive,
+        negative,
+        width,
+        height,
+        batch_size,
+        steps,
+        generator_lr,
+        fake_lr,
+        guidance,
+        update_ratio,
+        conditioning_timestep,
+        generator_steps,
+        warmup_steps,
+        regression_weight,
+        regression_pairs,
+        gan_weight,
+        lora_rank,
+        seed,
+        save_name,
+        checkpoint_interval,
+        resume,
+        gradient_checkpointing=False,
+        vae=None,
+    ) -> io.NodeOutput:
         node_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
         with torch.inference_mode(False), torch.enable_grad():
-            return _train(teacher, positive, negative, width, height, batch_size, steps, generator_lr, fake_lr, guidance,
-                          update_ratio, conditioning_timestep, generator_steps, warmup_steps, regression_weight,
-                          regression_pairs, gan_weight, lora_rank, seed, save_name, checkpoint_interval, resume,
-                          gradient_checkpointing, vae, node_id)
+            return _train(
+                teacher,
+                positive,
+                negative,
+                width,
+                height,
+                batch_size,
+                steps,
+                generator_lr,
+                fake_lr,
+                guidance,
+                update_ratio,
+                conditioning_timestep,
+                generator_steps,
+                warmup_steps,
+                regression_weight,
+                regression_pairs,
+                gan_weight,
+                lora_rank,
+                seed,
+                save_name,
+                checkpoint_interval,
+                resume,
+                gradient_checkpointing,
+                vae,
+                node_id,
+            )
 
-def _train(teacher, positive, negative, width, height, batch_size, steps, generator_lr, fake_lr, guidance, update_ratio,
-           conditioning_timestep, generator_steps, warmup_steps, regression_weight, regression_pairs, gan_weight, lora_rank,
-           seed, save_name, checkpoint_interval, resume, gradient_checkpointing, vae, node_id):
+
+def _train(
+    teacher,
+    positive,
+    negative,
+    width,
+    height,
+    batch_size,
+    steps,
+    generator_lr,
+    fake_lr,
+    guidance,
+    update_ratio,
+    conditioning_timestep,
+    generator_steps,
+    warmup_steps,
+    regression_weight,
+    regression_pairs,
+    gan_weight,
+    lora_rank,
+    seed,
+    save_name,
+    checkpoint_interval,
+    resume,
+    gradient_checkpointing,
+    vae,
+    node_id,
+):
     kind, table = dmd_schedule(teacher, "teacher")
     shape = latent_shape(teacher, width, height)
     name = safe_name(save_name)
-    config = _config(teacher, kind, table.numel(), positive, batch_size, generator_lr, fake_lr, guidance, update_ratio,
-                     conditioning_timestep, generator_steps, warmup_steps, regression_weight, regression_pairs, gan_weight,
-                     lora_rank, seed, gradient_checkpointing)
+    config = _config(
+        teacher,
+        kind,
+        table.numel(),
+        positive,
+        batch_size,
+        generator_lr,
+        fake_lr,
+        guidance,
+        update_ratio,
+        conditioning_timestep,
+        generator_steps,
+        warmup_steps,
+        regression_weight,
+        regression_pairs,
+        gan_weight,
+        lora_rank,
+        seed,
+        gradient_checkpointing,
+    )
     base, teacher_d, device = teacher_denoiser(teacher)
     pos = encode_conditioning(base, positive, shape, device, "positive")
     neg = encode_conditioning(base, negative, shape, device, "negative", "negative")[0]
@@ -205,14 +489,27 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
         pairs = load_pairs(regression_pairs, kind, config.generator_timesteps()[0], shape, len(pos))
     real, gen_net, fake_net = trainable_networks(base, teacher_d, int(lora_rank))
     trainer = dmd_training.DMDTrainer(
-        real, ComfyDenoiser(base, gen_net), ComfyDenoiser(base, fake_net), shape, config,
-        conditioning=pos, uncond=neg, collate=collate_conds, sigmas=table,
-        regression_pairs=pairs if regression_weight > 0 else None, real_data=pairs if gan_weight > 0 else None, device=device,
+        real,
+        ComfyDenoiser(base, gen_net),
+        ComfyDenoiser(base, fake_net),
+        shape,
+        config,
+        conditioning=pos,
+        uncond=neg,
+        collate=collate_conds,
+        sigmas=table,
+        regression_pairs=pairs if regression_weight > 0 else None,
+        real_data=pairs if gan_weight > 0 else None,
+        device=device,
     )
-    run = training_run.DMDRun(trainer, output_path(CKPT_FOLDER, name, ".pt"), int(checkpoint_interval),
-                              shown=f"output/{CKPT_FOLDER}/{name}.pt",  # not the server's path
-                              names={"latent_shape": "width/height", "conditioning": "positive"},
-                              advice="turn resume off or change save_name")
+    run = training_run.DMDRun(
+        trainer,
+        output_path(CKPT_FOLDER, name, ".pt"),
+        int(checkpoint_interval),
+        shown=f"output/{CKPT_FOLDER}/{name}.pt",  # not the server's path
+        names={"latent_shape": "width/height", "conditioning": "positive"},
+        advice="turn resume off or change save_name",
+    )
     try:
         if resume:
             run.resume()
@@ -229,46 +526,90 @@ def _train(teacher, positive, negative, width, height, batch_size, steps, genera
 
     # the generator: saved, then applied to a clone of the teacher the same way the loader applies it
     full = lora_rank == 0
-    sd, info = run.save_generator(output_path(FOLDER, name, ".safetensors"), gen_net, "" if full else "diffusion_model.",
-                                  param_dtype(base.diffusion_model, torch.float32) if full else None, title=name,
-                                  info={"base": type(base).__name__ + "/" + type(base.diffusion_model).__name__})
+    sd, info = run.save_generator(
+        output_path(FOLDER, name, ".safetensors"),
+        gen_net,
+        "" if full else "diffusion_model.",
+        param_dtype(base.diffusion_model, torch.float32) if full else None,
+        title=name,
+        info={"base": type(base).__name__ + "/" + type(base.diffusion_model).__name__},
+    )
     invalidate(FOLDER)
     generator = attach_info(apply_generator(teacher, sd, info["format"], 1.0, what="save_name"), info)
     n = min(8, len(pos))
     with torch.no_grad():
-        x0 = trainer.sample(n, collate_conds(pos[:n]), generator=torch.Generator(device=device).manual_seed(int(seed) % 2**63))
+        x0 = trainer.sample(
+            n, collate_conds(pos[:n]), generator=torch.Generator(device=device).manual_seed(int(seed) % 2**63)
+        )
     raw = base.process_latent_out(x0.float()).cpu()
     status = f"resumed from step {run.resumed_from}, " if run.resumed_from is not None else ""
     rel = name + ".safetensors"
     text = f"DMD Trainer: {status}{trainer.step_count} steps ({trainer.generator_steps} generator updates) -> {FOLDER}/{rel}"
     curves = torch.from_numpy(plot_losses(run.history)).unsqueeze(0)
-    return io.NodeOutput(generator, curves, latent_picture(teacher, raw, vae), {"samples": raw}, rel, ui=ui.PreviewText(text))
+    return io.NodeOutput(
+        generator, curves, latent_picture(teacher, raw, vae), {"samples": raw}, rel, ui=ui.PreviewText(text)
+    )
 
 
-def _config(teacher, kind, T, positive, batch_size, generator_lr, fake_lr, guidance, update_ratio, conditioning_timestep,
-            generator_steps, warmup_steps, regression_weight, regression_pairs, gan_weight, lora_rank, seed,
-            gradient_checkpointing) -> dmd_training.DMDConfig:
+def _config(
+    teacher,
+    kind,
+    T,
+    positive,
+    batch_size,
+    generator_lr,
+    fake_lr,
+    guidance,
+    update_ratio,
+    conditioning_timestep,
+    generator_steps,
+    warmup_steps,
+    regression_weight,
+    regression_pairs,
+    gan_weight,
+    lora_rank,
+    seed,
+    gradient_checkpointing,
+) -> dmd_training.DMDConfig:
     """The run's DMDConfig from the node's inputs, checked (errors named by the node's inputs)."""
     if not 0 <= conditioning_timestep < T:
         raise DMDNodeError(f"conditioning_timestep: expected an integer in [0, {T - 1}], got {conditioning_timestep}")
     if not isinstance(positive, list) or len(positive) == 0:
-        raise DMDNodeError("positive: expected a CONDITIONING with at least one entry (the list of prompts to distil is empty)")
+        raise DMDNodeError(
+            "positive: expected a CONDITIONING with at least one entry (the list of prompts to distil is empty)"
+        )
     if regression_weight > 0 and not (regression_pairs or "").strip():
-        raise DMDNodeError("regression_pairs: a pairs file is required when regression_weight > 0 (make one with DMD Regression Pairs)")
+        raise DMDNodeError(
+            "regression_pairs: a pairs file is required when regression_weight > 0 (make one with DMD Regression Pairs)"
+        )
     if gan_weight > 0 and not (regression_pairs or "").strip():
-        raise DMDNodeError("regression_pairs: a pairs file is required when gan_weight > 0 (its teacher samples are the GAN's real data)")
+        raise DMDNodeError(
+            "regression_pairs: a pairs file is required when gan_weight > 0 (its teacher samples are the GAN's real data)"
+        )
     gan_module = gan_feature_module(teacher.model.diffusion_model) if gan_weight > 0 else None
     if gan_weight > 0 and gan_module is None:
-        raise DMDNodeError("gan_weight: this model has no bottleneck the GAN head knows (a UNet middle_block); set gan_weight 0")
+        raise DMDNodeError(
+            "gan_weight: this model has no bottleneck the GAN head knows (a UNet middle_block); set gan_weight 0"
+        )
     denoising = tuple(dmd_sampling.dmd2_timesteps(int(generator_steps), T)) if generator_steps > 1 else None
     config = dmd_training.DMDConfig(
-        model_type=kind, conditioning_timestep=int(conditioning_timestep), real_guidance_scale=float(guidance),
-        dfake_gen_update_ratio=int(update_ratio), batch_size=int(batch_size), generator_lr=float(generator_lr),
-        fake_lr=float(fake_lr), warmup_steps=int(warmup_steps), regression_weight=float(regression_weight),
-        seed=int(seed) % (2**63), denoising_timesteps=denoising,
-        gen_cls_loss_weight=float(gan_weight), guidance_cls_loss_weight=1e-2 if gan_weight > 0 else 0.0,
-        gan_feature_module=gan_module, gradient_checkpointing=bool(gradient_checkpointing),
-        mixed_precision="bf16" if mm.get_torch_device().type == "cuda" else "no", lora_rank=int(lora_rank),
+        model_type=kind,
+        conditioning_timestep=int(conditioning_timestep),
+        real_guidance_scale=float(guidance),
+        dfake_gen_update_ratio=int(update_ratio),
+        batch_size=int(batch_size),
+        generator_lr=float(generator_lr),
+        fake_lr=float(fake_lr),
+        warmup_steps=int(warmup_steps),
+        regression_weight=float(regression_weight),
+        seed=int(seed) % (2**63),
+        denoising_timesteps=denoising,
+        gen_cls_loss_weight=float(gan_weight),
+        guidance_cls_loss_weight=1e-2 if gan_weight > 0 else 0.0,
+        gan_feature_module=gan_module,
+        gradient_checkpointing=bool(gradient_checkpointing),
+        mixed_precision="bf16" if mm.get_torch_device().type == "cuda" else "no",
+        lora_rank=int(lora_rank),
     )
     try:
         config.validate(T)
@@ -281,7 +622,7 @@ def _node_error_name(msg: str) -> str:
     """Map the core's config names onto the node's input names."""
     for core, node in (("real_guidance_scale", "guidance"), ("dfake_gen_update_ratio", "update_ratio")):
         if msg.startswith(core + ":"):
-            return node + msg[len(core):]
+            return node + msg[len(core) :]
     return msg
 
 

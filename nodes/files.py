@@ -17,7 +17,9 @@ MAX_COMPONENT_BYTES = 255  # NAME_MAX of ext4, NTFS, APFS
 MAX_NAME_BYTES = 1024  # the whole relative name; the folder's own path comes on top (PATH_MAX 4096)
 # device names Windows reserves in every folder, with or without an extension ("con", "nul.txt", "COM1.pt")
 WINDOWS_RESERVED = frozenset(
-    {"con", "prn", "aux", "nul", "conin$", "conout$"} | {f"com{i}" for i in range(1, 10)} | {f"lpt{i}" for i in range(1, 10)}
+    {"con", "prn", "aux", "nul", "conin$", "conout$"}
+    | {f"com{i}" for i in range(1, 10)}
+    | {f"lpt{i}" for i in range(1, 10)}
 )
 WINDOWS_FORBIDDEN = set('<>:"|?*')
 
@@ -44,17 +46,22 @@ def check_component(part: str, what: str, shown: str) -> None:
         raise FileNameError(f"{what}: a part may not start with '~' (a home folder), got {shown}")
     bad = sorted(c for c in set(part) if c in WINDOWS_FORBIDDEN or ord(c) < 32)
     if bad:
-        raise FileNameError(f"{what}: the characters {''.join(bad)!r} are not allowed in file names (Windows refuses "
-                            f"them; ':' would name a drive or a data stream), got {shown}")
+        raise FileNameError(
+            f"{what}: the characters {''.join(bad)!r} are not allowed in file names (Windows refuses "
+            f"them; ':' would name a drive or a data stream), got {shown}"
+        )
     if part != part.rstrip(". "):
         raise FileNameError(f"{what}: a part may not end with a dot or a space (Windows drops them), got {shown}")
     if part.split(".")[0].rstrip(" ").lower() in WINDOWS_RESERVED:
-        raise FileNameError(f"{what}: {part!r} is a device name reserved on Windows (con, prn, aux, nul, com1-9, lpt1-9), "
-                            f"got {shown}")
+        raise FileNameError(
+            f"{what}: {part!r} is a device name reserved on Windows (con, prn, aux, nul, com1-9, lpt1-9), got {shown}"
+        )
     if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES - len(LONGEST_SUFFIX):
-        raise FileNameError(f"{what}: the part {part[:24]!r}... is {len(part.encode('utf-8'))} bytes; file systems allow "
-                            f"{MAX_COMPONENT_BYTES} per name, {MAX_COMPONENT_BYTES - len(LONGEST_SUFFIX)} before the "
-                            f"{LONGEST_SUFFIX!r} the node appends")
+        raise FileNameError(
+            f"{what}: the part {part[:24]!r}... is {len(part.encode('utf-8'))} bytes; file systems allow "
+            f"{MAX_COMPONENT_BYTES} per name, {MAX_COMPONENT_BYTES - len(LONGEST_SUFFIX)} before the "
+            f"{LONGEST_SUFFIX!r} the node appends"
+        )
 
 
 def safe_save_name(save_name, what: str = "save_name", strip_suffix: str = ".safetensors") -> str:
@@ -92,8 +99,10 @@ def check_listed_name(name, what: str) -> str:
         raise FileNameError(f"{what}: the name holds a NUL byte, got {shown}")
     name = name.strip()
     if is_absolute_anywhere(name):
-        raise FileNameError(f"{what}: expected a file name relative to its folder; absolute paths and drive letters are "
-                            f"not read, got {shown}")
+        raise FileNameError(
+            f"{what}: expected a file name relative to its folder; absolute paths and drive letters are "
+            f"not read, got {shown}"
+        )
     if any(p == ".." for p in name.replace("\\", "/").split("/")):
         raise FileNameError(f"{what}: '..' is not allowed, got {shown}")
     return name

@@ -14,8 +14,12 @@ def seed(tooltip: str = "The random seed used for creating the noise.", name: st
     return io.Int.Input(name, default=0, min=0, max=SEED_MAX, control_after_generate=True, tooltip=tooltip)
 
 
-def steps(default: int = 20, tooltip: str = "The number of steps in the denoising process.", minimum: int = 1,
-          name: str = "steps") -> io.Int.Input:
+def steps(
+    default: int = 20,
+    tooltip: str = "The number of steps in the denoising process.",
+    minimum: int = 1,
+    name: str = "steps",
+) -> io.Int.Input:
     return io.Int.Input(name, default=default, min=minimum, max=10000, tooltip=tooltip)
 
 
@@ -24,13 +28,18 @@ def cfg(name: str = "cfg", default: float = 7.0, tooltip: str = "Classifier-free
 
 
 def sampler_name(tooltip: str, options=None) -> io.Combo.Input:
-    return io.Combo.Input("sampler_name", options=options or comfy.samplers.KSampler.SAMPLERS, default="euler",
-                          tooltip=tooltip)
+    return io.Combo.Input(
+        "sampler_name", options=options or comfy.samplers.KSampler.SAMPLERS, default="euler", tooltip=tooltip
+    )
 
 
-def scheduler(tooltip: str = "The scheduler controls how noise is gradually removed to form the image.") -> io.Combo.Input:
+def scheduler(
+    tooltip: str = "The scheduler controls how noise is gradually removed to form the image.",
+) -> io.Combo.Input:
     return io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal", tooltip=tooltip)
 
 
-def denoise(tooltip: str = "The amount of denoising applied; lower values keep more of the input latent.") -> io.Float.Input:
+def denoise(
+    tooltip: str = "The amount of denoising applied; lower values keep more of the input latent.",
+) -> io.Float.Input:
     return io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip=tooltip)

@@ -13,14 +13,28 @@ NODE_MODULES: dict[str, list[str]] = {
     "adaptive": ["TempoAdaptiveKSampler", "TempoAdaptiveSampler", "TempoAdaptiveModel"],
     "dmd": ["TempoDMDGeneratorLoader", "TempoDMDSampler", "TempoDMDKSampler"],
     "dmd_train": ["TempoDMDRegressionPairs", "TempoDMDTrainer"],
-    "coop": ["TempoLatentBridge", "TempoNoisyLatentBridge", "TempoCoopSampler", "TempoCoopGuider", "TempoTimeDecoupledSampler"],
+    "coop": [
+        "TempoLatentBridge",
+        "TempoNoisyLatentBridge",
+        "TempoCoopSampler",
+        "TempoCoopGuider",
+        "TempoTimeDecoupledSampler",
+    ],
 }
 
 NODE_IDS: list[str] = [node_id for ids in NODE_MODULES.values() for node_id in ids]
 
 # what users type in the node search, by node id (ComfyUI >= 0.11 shows them; older ones ignore them)
 SEARCH_ALIASES: dict[str, list[str]] = {
-    "TempoAdaptiveKSampler": ["adaptivediffusion", "step skip", "skip steps", "teacache", "easycache", "cache", "fast ksampler"],
+    "TempoAdaptiveKSampler": [
+        "adaptivediffusion",
+        "step skip",
+        "skip steps",
+        "teacache",
+        "easycache",
+        "cache",
+        "fast ksampler",
+    ],
     "TempoAdaptiveSampler": ["adaptivediffusion", "step skip", "skip steps", "teacache", "cache sampler"],
     "TempoAdaptiveModel": ["adaptivediffusion", "step skip", "teacache", "easycache", "model patch", "cache"],
     "TempoDMDGeneratorLoader": ["dmd", "dmd2", "one step", "1 step", "distilled", "turbo", "lcm lora"],

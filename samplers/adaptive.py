@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -249,9 +248,7 @@ class AdaptiveSampling:
         self.compute_mask = mask
         self._skip_run = torch.where(mask, torch.zeros_like(self._skip_run), self._skip_run + 1)
         self.report.records.append(
-            StepRecord(
-                index=k, sigma=sigma, score=score_val, computed=float(mask.float().mean()), mask=mask.tolist()
-            )
+            StepRecord(index=k, sigma=sigma, score=score_val, computed=float(mask.float().mean()), mask=mask.tolist())
         )
         self.report.controller_seconds += time.perf_counter() - t0
 
@@ -348,11 +345,15 @@ class AdaptiveSampling:
                 est = torch.zeros_like(vals[0, sel])
                 for j in range(m + 1):
                     w = torch.ones(sel.numel(), dtype=torch.float64)
-                    for l in range(m + 1):
-                        if l != j:
-                            gap = ts[j] - ts[l]
+                    for other in range(m + 1):
+                        if other != j:
+                            gap = ts[j] - ts[other]
                             safe = gap.abs() > 1e-12
-                            w = w * torch.where(safe, (t - ts[l]) / torch.where(safe, gap, torch.ones_like(gap)), torch.zeros_like(gap))
+                            w = w * torch.where(
+                                safe,
+                                (t - ts[other]) / torch.where(safe, gap, torch.ones_like(gap)),
+                                torch.zeros_like(gap),
+                            )
                     est = est + _bshape(w, est.ndim).to(est.dtype).to(est.device) * vals[j, sel]
             if use_x0:
                 est = (x[sel] - est) / sigma  # back to a direction at (x, sigma)
@@ -489,7 +490,9 @@ def adaptive_sample(
     config.validate()
     if not config.enabled:
         counting = CountingDenoiser(model)
-        out = sampler_fn(counting, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **sampler_options)
+        out = sampler_fn(
+            counting, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **sampler_options
+        )
         rep = SkipReport(steps=len(sigmas) - 1, batch=x.shape[0], mode=config.mode)
         rep.nfe_per_sample = [counting.nfe] * x.shape[0]
         rep.evals_requested = counting.nfe

@@ -69,9 +69,7 @@ class AdaptiveConfig:
         if not (self.target_speedup >= 1.0 and math.isfinite(self.target_speedup)):
             raise AdaptiveConfigError(f"target_speedup: expected a number >= 1.0, got {self.target_speedup!r}")
         if self.extrapolation not in EXTRAPOLATIONS:
-            raise AdaptiveConfigError(
-                f"extrapolation: expected one of {EXTRAPOLATIONS}, got {self.extrapolation!r}"
-            )
+            raise AdaptiveConfigError(f"extrapolation: expected one of {EXTRAPOLATIONS}, got {self.extrapolation!r}")
         if self.estimator_space not in ESTIMATOR_SPACES:
             raise AdaptiveConfigError(
                 f"estimator_space: expected one of {ESTIMATOR_SPACES}, got {self.estimator_space!r}"

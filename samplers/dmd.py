@@ -48,12 +48,14 @@ def dmd2_timesteps(num_steps: int = 4, num_timesteps: int = 1000) -> list[int]:
 
 
 def parse_timesteps(text: str | Sequence[int], num_timesteps: int = 1000) -> list[int]:
-    """"999,749,499,249" (or a list) -> strictly decreasing integer timesteps in [0, T)."""
+    """ "999,749,499,249" (or a list) -> strictly decreasing integer timesteps in [0, T)."""
     if isinstance(text, str):
         try:
             ts = [int(float(p)) for p in text.replace(";", ",").split(",") if p.strip()]
         except ValueError:
-            raise DMDSamplingError(f"timesteps: expected comma-separated integers such as '999,749,499,249', got {text!r}")
+            raise DMDSamplingError(
+                f"timesteps: expected comma-separated integers such as '999,749,499,249', got {text!r}"
+            )
     else:
         ts = [int(t) for t in text]
     if not ts:
@@ -65,7 +67,9 @@ def parse_timesteps(text: str | Sequence[int], num_timesteps: int = 1000) -> lis
     return ts
 
 
-def timesteps_to_sigmas(timesteps: Sequence[int] | torch.Tensor, sigma_table: torch.Tensor, append_zero: bool = True) -> torch.Tensor:
+def timesteps_to_sigmas(
+    timesteps: Sequence[int] | torch.Tensor, sigma_table: torch.Tensor, append_zero: bool = True
+) -> torch.Tensor:
     """Sigmas of integer timesteps from an ascending table (``sigma_table[t]``), in the given order,
     with a final 0 when ``append_zero`` (the k-diffusion sampler convention)."""
     table = torch.as_tensor(sigma_table).reshape(-1)
@@ -152,8 +156,17 @@ def sample_dmd(
 
 
 @torch.no_grad()
-def sample_dmd_kdiff(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None,
-                     model_type: str = "eps", renoise_fn: Callable | None = None):
+def sample_dmd_kdiff(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    noise_sampler=None,
+    model_type: str = "eps",
+    renoise_fn: Callable | None = None,
+):
     """The same loop with the k-diffusion sampler signature (ComfyUI's KSAMPLER): ``x`` is the
     already-scaled starting latent (ComfyUI scales the noise itself), then x0, re-noise to each next
     sigma with ``noise_sampler(sigma, sigma_next)`` (default: ``torch.randn_like``), as
@@ -161,8 +174,10 @@ def sample_dmd_kdiff(model, x, sigmas, extra_args=None, callback=None, disable=N
     replaces ``renoise`` (ComfyUI passes its ``model_sampling.noise_scaling``, which knows a model's noise scale)."""
     extra_args = extra_args or {}
     if noise_sampler is None:
+
         def noise_sampler(a, b):
             return torch.randn_like(x)
+
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -218,8 +233,9 @@ def metadata_object(meta: dict | None, name: str = "path") -> dict | None:
     except ValueError:
         raise DMDSamplingError(f"{name}: unreadable DMD metadata ({METADATA_KEY} is not JSON)") from None
     if not isinstance(info, dict):
-        raise DMDSamplingError(f"{name}: unreadable DMD metadata ({METADATA_KEY} is a JSON {type(info).__name__}, "
-                               "expected an object)")
+        raise DMDSamplingError(
+            f"{name}: unreadable DMD metadata ({METADATA_KEY} is a JSON {type(info).__name__}, expected an object)"
+        )
     return info
 
 
@@ -275,15 +291,18 @@ def parse_generator_metadata(meta: dict | None, keys=(), name: str = "path") -> 
     if tc is not None and not ts:
         info["timesteps"] = ts = [tc]
     if tc is not None and tc != ts[0]:
-        raise DMDSamplingError(f"{name}: DMD metadata conditioning timestep {tc} differs from the first of its "
-                               f"timesteps {ts}")
+        raise DMDSamplingError(
+            f"{name}: DMD metadata conditioning timestep {tc} differs from the first of its timesteps {ts}"
+        )
     if info.get("model_type") is not None and info["model_type"] not in MODEL_TYPES:
         raise DMDSamplingError(f"{name}: DMD metadata model type {info['model_type']!r}, expected one of {MODEL_TYPES}")
     if info.get("format") is None:
         info["format"] = "lora" if is_lora_keys(keys) else "full"
     if info["format"] not in GENERATOR_FORMATS:
-        raise DMDSamplingError(f"{name}: unknown generator format {info['format']!r} in the DMD metadata, expected "
-                               f"one of {GENERATOR_FORMATS}")
+        raise DMDSamplingError(
+            f"{name}: unknown generator format {info['format']!r} in the DMD metadata, expected "
+            f"one of {GENERATOR_FORMATS}"
+        )
     return info
 
 
@@ -294,8 +313,9 @@ def read_generator(path, load_tensors: bool = True) -> tuple[dict | None, dict |
 
     shown = os.path.basename(str(path))
     if not str(path).lower().endswith(".safetensors"):
-        raise DMDSamplingError(f"path: expected a .safetensors file (pickled .bin/.ckpt/.pt files are not loaded), "
-                               f"got {shown!r}")
+        raise DMDSamplingError(
+            f"path: expected a .safetensors file (pickled .bin/.ckpt/.pt files are not loaded), got {shown!r}"
+        )
     from safetensors import safe_open
 
     try:
@@ -303,11 +323,13 @@ def read_generator(path, load_tensors: bool = True) -> tuple[dict | None, dict |
             meta = dict(f.metadata() or {})
             keys = list(f.keys())
     except Exception as e:  # noqa: BLE001 - a clear message for any unreadable file
-        raise DMDSamplingError(f"path: {shown!r} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+        raise DMDSamplingError(
+            f"path: {shown!r} is not a readable safetensors file ({type(e).__name__}: {e})"
+        ) from None
     try:
         info = parse_generator_metadata(meta, keys)
     except DMDSamplingError as e:
-        raise DMDSamplingError(f"path: {shown!r} has {str(e)[len('path: '):]}") from None
+        raise DMDSamplingError(f"path: {shown!r} has {str(e)[len('path: ') :]}") from None
     if not load_tensors:
         return None, info
     from safetensors.torch import load_file
@@ -316,7 +338,21 @@ def read_generator(path, load_tensors: bool = True) -> tuple[dict | None, dict |
 
 
 __all__ = [
-    "DMDSamplingError", "dmd2_timesteps", "parse_timesteps", "timesteps_to_sigmas", "input_scale", "noise_input",
-    "renoise", "sample_dmd", "sample_dmd_kdiff", "sigma_c_of", "METADATA_KEY", "GENERATOR_FORMATS", "is_lora_keys",
-    "generator_metadata", "metadata_object", "parse_generator_metadata", "read_generator",
+    "DMDSamplingError",
+    "dmd2_timesteps",
+    "parse_timesteps",
+    "timesteps_to_sigmas",
+    "input_scale",
+    "noise_input",
+    "renoise",
+    "sample_dmd",
+    "sample_dmd_kdiff",
+    "sigma_c_of",
+    "METADATA_KEY",
+    "GENERATOR_FORMATS",
+    "is_lora_keys",
+    "generator_metadata",
+    "metadata_object",
+    "parse_generator_metadata",
+    "read_generator",
 ]

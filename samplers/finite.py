@@ -6,7 +6,7 @@ import torch
 
 
 def nonfinite_note(x, what: str = "the output") -> str:
-    """"" when ``x`` (a tensor) is all finite, else "warning: the output holds NaN/inf (N of M values)"."""
+    """ "" when ``x`` (a tensor) is all finite, else "warning: the output holds NaN/inf (N of M values)"."""
     if not isinstance(x, torch.Tensor) or x.numel() == 0 or not (x.is_floating_point() or x.is_complex()):
         return ""
     bad = int((~torch.isfinite(x)).sum())

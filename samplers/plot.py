@@ -12,6 +12,7 @@ import numpy as np
 
 from .adaptive import SkipReport
 
+
 def moving_average(values, window: int) -> np.ndarray:
     """Centred moving average over ``window`` points (float64), each point the mean of the points that exist
     around it: the window shrinks at both ends instead of padding with zeros, so a constant series stays

@@ -12,9 +12,7 @@ import math
 import torch
 
 
-def discrete_sigmas(
-    beta_start: float = 0.00085, beta_end: float = 0.012, timesteps: int = 1000
-) -> torch.Tensor:
+def discrete_sigmas(beta_start: float = 0.00085, beta_end: float = 0.012, timesteps: int = 1000) -> torch.Tensor:
     """The 1000 sigmas of Stable Diffusion's "scaled_linear" beta schedule (ascending).
 
     sigma_t = sqrt((1 - abar_t) / abar_t): an eps model run on x / sqrt(1 + sigma^2) at timestep t.

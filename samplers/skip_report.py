@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+
 @dataclass
 class StepRecord:
     """What happened at one sampler step (for the report and the plot)."""

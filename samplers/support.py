@@ -22,9 +22,7 @@ class SamplerSupport:
 
 
 _S = SamplerSupport
-_CFG_PP = (
-    "CFG++ samplers read the unguided prediction through a post-CFG hook; a skipped step has none to give"
-)
+_CFG_PP = "CFG++ samplers read the unguided prediction through a post-CFG hook; a skipped step has none to give"
 
 SUPPORT: dict[str, SamplerSupport] = {
     "euler": _S(True, "single"),
@@ -59,11 +57,23 @@ SUPPORT: dict[str, SamplerSupport] = {
     "dpmpp_sde_gpu": _S(True, "multi-eval", True, "brownian_gpu"),
     "seeds_2": _S(True, "multi-eval", True, "default"),
     "seeds_3": _S(True, "multi-eval", True, "default"),
-    "exp_heun_2_x0": _S(True, "multi-eval", endpoint_corrector=True,
-                        note="ComfyUI >= 0.5: seeds_2 with r = 1, its second evaluation is at sigma_{i+1}"),
-    "exp_heun_2_x0_sde": _S(True, "multi-eval", True, "default", endpoint_corrector=True,
-                            note="ComfyUI >= 0.5: seeds_2 with r = 1, its second evaluation is at sigma_{i+1}"),
-    "heunpp2": _S(False, "-", note="it evaluates two schedule points ahead (sigma_{i+2}), which crosses step boundaries"),
+    "exp_heun_2_x0": _S(
+        True,
+        "multi-eval",
+        endpoint_corrector=True,
+        note="ComfyUI >= 0.5: seeds_2 with r = 1, its second evaluation is at sigma_{i+1}",
+    ),
+    "exp_heun_2_x0_sde": _S(
+        True,
+        "multi-eval",
+        True,
+        "default",
+        endpoint_corrector=True,
+        note="ComfyUI >= 0.5: seeds_2 with r = 1, its second evaluation is at sigma_{i+1}",
+    ),
+    "heunpp2": _S(
+        False, "-", note="it evaluates two schedule points ahead (sigma_{i+2}), which crosses step boundaries"
+    ),
     "dpm_fast": _S(False, "-", note="it chooses its own step sizes, off the schedule"),
     "dpm_adaptive": _S(False, "-", note="it chooses its own step sizes, off the schedule"),
     "euler_cfg_pp": _S(False, "-", note=_CFG_PP),

@@ -38,11 +38,17 @@ class AutoEncoder(nn.Module):
     2 ** len(channels).
     """
 
-    def __init__(self, in_channels: int = 3, latent_channels: int = 4, channels=(32, 64),
-                 num_res=(1, 2), image_size: int = 32):
+    def __init__(
+        self, in_channels: int = 3, latent_channels: int = 4, channels=(32, 64), num_res=(1, 2), image_size: int = 32
+    ):
         super().__init__()
-        self.config = dict(in_channels=in_channels, latent_channels=latent_channels,
-                           channels=list(channels), num_res=list(num_res), image_size=image_size)
+        self.config = dict(
+            in_channels=in_channels,
+            latent_channels=latent_channels,
+            channels=list(channels),
+            num_res=list(num_res),
+            image_size=image_size,
+        )
         ch = list(channels)
         self.factor = 2 ** len(ch)
         self.image_size = image_size
@@ -53,8 +59,7 @@ class AutoEncoder(nn.Module):
             if i > 0:
                 enc.append(nn.Conv2d(ch[i - 1], ch[i], 3, stride=2, padding=1))
             enc += [_Res(ch[i]) for _ in range(num_res[i])]
-        enc += [nn.GroupNorm(_groups(ch[-1]), ch[-1]), nn.SiLU(),
-                nn.Conv2d(ch[-1], latent_channels, 3, padding=1)]
+        enc += [nn.GroupNorm(_groups(ch[-1]), ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], latent_channels, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
 
         dec = [nn.Conv2d(latent_channels, ch[-1], 3, padding=1)]
@@ -62,8 +67,12 @@ class AutoEncoder(nn.Module):
             dec += [_Res(ch[i]) for _ in range(num_res[i])]
             if i > 0:
                 dec += [nn.Conv2d(ch[i], 4 * ch[i - 1], 3, padding=1), nn.PixelShuffle(2)]
-        dec += [nn.GroupNorm(_groups(ch[0]), ch[0]), nn.SiLU(),
-                nn.Conv2d(ch[0], 4 * in_channels, 3, padding=1), nn.PixelShuffle(2)]
+        dec += [
+            nn.GroupNorm(_groups(ch[0]), ch[0]),
+            nn.SiLU(),
+            nn.Conv2d(ch[0], 4 * in_channels, 3, padding=1),
+            nn.PixelShuffle(2),
+        ]
         self.decoder = nn.Sequential(*dec)
 
         # latent normalisation, measured after training: z_norm = (z_raw - shift) * scale

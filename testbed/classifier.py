@@ -45,8 +45,14 @@ class Classifier(nn.Module):
         layers: list[nn.Module] = []
         cin = 3
         for c in channels:
-            layers += [nn.Conv2d(cin, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
-                       nn.Conv2d(c, c, 3, stride=2, padding=1), nn.GroupNorm(8, c), nn.SiLU()]
+            layers += [
+                nn.Conv2d(cin, c, 3, padding=1),
+                nn.GroupNorm(8, c),
+                nn.SiLU(),
+                nn.Conv2d(c, c, 3, stride=2, padding=1),
+                nn.GroupNorm(8, c),
+                nn.SiLU(),
+            ]
             cin = c
         self.body = nn.Sequential(*layers)
         self.feat = nn.Linear(cin * 2, feature_dim)  # mean- and max-pooled channels
@@ -94,8 +100,9 @@ def load(path: str | Path | None = None) -> Classifier:
     """The shipped classifier (frozen, eval mode; cached)."""
     p = Path(path or WEIGHTS_FILE)
     if not p.is_file():
-        raise FileNotFoundError(f"path: classifier weights not found at {p}; run "
-                                "`python -m comfyui_tempo.testbed.classifier --train`")
+        raise FileNotFoundError(
+            f"path: classifier weights not found at {p}; run `python -m comfyui_tempo.testbed.classifier --train`"
+        )
     return _load(str(p))
 
 
@@ -108,8 +115,9 @@ def _reconstruct(tb, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([tb.decode(tb.encode(c)).clamp(0, 1) for c in images.split(500)])
 
 
-def train(steps: int = 1500, batch: int = 128, lr: float = 2e-3, seed: int = 0, thumb_weight: float = 10.0,
-          log=print) -> tuple[Classifier, dict]:
+def train(
+    steps: int = 1500, batch: int = 128, lr: float = 2e-3, seed: int = 0, thumb_weight: float = 10.0, log=print
+) -> tuple[Classifier, dict]:
     """Train on the testbed's training split (images and their AE reconstructions); evaluate on the
     held-out split (reconstructions: what the evaluation sees)."""
     from . import trained
@@ -151,8 +159,15 @@ def train(steps: int = 1500, batch: int = 128, lr: float = 2e-3, seed: int = 0, 
         th_mse = float(F.mse_loss(net(held_recon)[2], thumbnail(held_recon, net.thumb)))
     record = {
         "config": net.config,
-        "train": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "thumb_weight": thumb_weight,
-                  "seconds": round(time.time() - t0, 1), "threads": torch.get_num_threads()},
+        "train": {
+            "steps": steps,
+            "batch": batch,
+            "lr": lr,
+            "seed": seed,
+            "thumb_weight": thumb_weight,
+            "seconds": round(time.time() - t0, 1),
+            "threads": torch.get_num_threads(),
+        },
         "heldout_accuracy": float((pred == held_labels).float().mean()),
         "heldout_accuracy_raw_images": float((pred_raw == held_labels).float().mean()),
         "train_accuracy": float((pred_tr == labels[:2000]).float().mean()),

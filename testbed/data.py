@@ -9,7 +9,6 @@ diverse samples.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,8 +39,9 @@ def load_digit_masks(size: int = DEFAULT_SIZE) -> tuple[torch.Tensor, torch.Tens
     return x.clamp(0, 1), torch.from_numpy(digits.target.astype(np.int64))
 
 
-def _pose(masks: torch.Tensor, rng: np.random.Generator, max_rot: float, max_shift: float,
-          scale_range: tuple[float, float]) -> torch.Tensor:
+def _pose(
+    masks: torch.Tensor, rng: np.random.Generator, max_rot: float, max_shift: float, scale_range: tuple[float, float]
+) -> torch.Tensor:
     """A random small rotation, scale and shift per image (bilinear resampling)."""
     n, _, h, w = masks.shape
     rot = np.deg2rad(max_rot) * (2 * rng.random(n) - 1)

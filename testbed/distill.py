@@ -46,8 +46,20 @@ GENERATOR_FILE = WEIGHTS_DIR / "dmd_onestep.safetensors"
 CONTROL_FILE = WEIGHTS_DIR / "dmd_control_real_only.safetensors"
 
 #: the settings of the shipped generator (see the README's DMD benchmark section)
-DEFAULTS = dict(steps=1200, batch=32, generator_lr=2e-4, fake_lr=2e-4, ratio=3, guidance=5.0, warmup=50,
-                conditioning_timestep=999, seed=0, ema=0.0, regression_weight=0.0, pairs_per_class=50)
+DEFAULTS = dict(
+    steps=1200,
+    batch=32,
+    generator_lr=2e-4,
+    fake_lr=2e-4,
+    ratio=3,
+    guidance=5.0,
+    warmup=50,
+    conditioning_timestep=999,
+    seed=0,
+    ema=0.0,
+    regression_weight=0.0,
+    pairs_per_class=50,
+)
 TEACHER_STEPS = 50
 TEACHER_CFG = 5.0
 
@@ -60,8 +72,9 @@ class TestbedDenoiser(nn.Module):
     def __init__(self, net: nn.Module, sigmas: torch.Tensor | None = None):
         super().__init__()
         self.net = net
-        self.register_buffer("sigmas", (sigmas if sigmas is not None else schedules.discrete_sigmas()).clone(),
-                             persistent=False)
+        self.register_buffer(
+            "sigmas", (sigmas if sigmas is not None else schedules.discrete_sigmas()).clone(), persistent=False
+        )
 
     def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         s = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
@@ -85,8 +98,15 @@ def class_batch(per_class: int, seed: int, shape=(4, 8, 8), classes: int = 10) -
 
 
 @torch.no_grad()
-def teacher_samples(tb, z: torch.Tensor, cond: torch.Tensor, steps: int = TEACHER_STEPS, cfg: float = TEACHER_CFG,
-                    scheduler: str = "karras", batch: int = 1000) -> torch.Tensor:
+def teacher_samples(
+    tb,
+    z: torch.Tensor,
+    cond: torch.Tensor,
+    steps: int = TEACHER_STEPS,
+    cfg: float = TEACHER_CFG,
+    scheduler: str = "karras",
+    batch: int = 1000,
+) -> torch.Tensor:
     """The teacher's own samples: Euler with CFG (one batched call on cond + uncond per step) on
     ComfyUI's ``scheduler`` sigmas, from x = z * sigma_max, as ``bench adaptive`` samples it."""
     sig = schedules.get_sigmas(scheduler, steps, tb.sigmas)
@@ -96,8 +116,9 @@ def teacher_samples(tb, z: torch.Tensor, cond: torch.Tensor, steps: int = TEACHE
 
 
 @torch.no_grad()
-def one_step_samples(denoiser, z: torch.Tensor, cond: torch.Tensor, conditioning_timestep: int = 999,
-                     batch: int = 1000) -> torch.Tensor:
+def one_step_samples(
+    denoiser, z: torch.Tensor, cond: torch.Tensor, conditioning_timestep: int = 999, batch: int = 1000
+) -> torch.Tensor:
     """One evaluation at the conditioning timestep on pure noise (``OneStepGenerator``)."""
     schedule = dmd_training.NoiseSchedule("eps")
     sigma_c = float(schedule.sigma(conditioning_timestep))
@@ -183,10 +204,19 @@ def make_trainer(tb, steps_config: dict, control: str = "none") -> dmd_training.
     fake = TestbedDenoiser(dmd_training.copy_teacher(tb.net), tb.sigmas)
     pairs = None
     if config.regression_weight > 0:
-        pairs = regression_pairs(tb, int(c.get("pairs_per_class", 50)), int(c["seed"]) + 5000,
-                                 config.conditioning_timestep)
-    return dmd_training.DMDTrainer(tb.denoiser, gen, fake, tb.latent_shape, config,
-                        conditioning=list(range(tb.num_classes)), uncond=tb.null_class, regression_pairs=pairs)
+        pairs = regression_pairs(
+            tb, int(c.get("pairs_per_class", 50)), int(c["seed"]) + 5000, config.conditioning_timestep
+        )
+    return dmd_training.DMDTrainer(
+        tb.denoiser,
+        gen,
+        fake,
+        tb.latent_shape,
+        config,
+        conditioning=list(range(tb.num_classes)),
+        uncond=tb.null_class,
+        regression_pairs=pairs,
+    )
 
 
 def regression_pairs(tb, per_class: int, seed: int, conditioning_timestep: int = 999) -> dmd_training.RegressionPairs:
@@ -228,8 +258,16 @@ def reference(tb, clf, per_class: int, seed: int, cache: str | None = None):
     return z, cond, feat
 
 
-def distill(settings: dict, control: str = "none", log=print, eval_every: int = 0, eval_per_class: int = 30,
-            eval_cache: str | None = None, tb=None, snapshot=None) -> tuple[dmd_training.DMDTrainer, dict]:
+def distill(
+    settings: dict,
+    control: str = "none",
+    log=print,
+    eval_every: int = 0,
+    eval_per_class: int = 30,
+    eval_cache: str | None = None,
+    tb=None,
+    snapshot=None,
+) -> tuple[dmd_training.DMDTrainer, dict]:
     """Train; returns the trainer and the record (settings, seconds, losses, evaluations)."""
     tb = tb or trained.load()
     tr = make_trainer(tb, settings, control)
@@ -256,8 +294,11 @@ def distill(settings: dict, control: str = "none", log=print, eval_every: int = 
                 n_acc[k] = n_acc.get(k, 0) + 1
         k = tr.step_count
         if k % 50 == 0 or k == steps:
-            log(f"step {k:5d}  " + "  ".join(f"{a} {v / n_acc[a]:.4g}" for a, v in sorted(acc.items()))
-                + f"  train {train_seconds:.0f}s  wall {time.time() - t0:.0f}s")
+            log(
+                f"step {k:5d}  "
+                + "  ".join(f"{a} {v / n_acc[a]:.4g}" for a, v in sorted(acc.items()))
+                + f"  train {train_seconds:.0f}s  wall {time.time() - t0:.0f}s"
+            )
             acc, n_acc = {}, {}
         if snapshot is not None:
             snapshot(tr)
@@ -267,8 +308,10 @@ def distill(settings: dict, control: str = "none", log=print, eval_every: int = 
                 e = _eval(tb, clf, tr.generator.net, ref, tr.config.conditioning_timestep)
             e["step"] = k
             evals.append(e)
-            log(f"eval step {k}: fd {e['fd_vs_teacher']:.3f}  acc {e['class_acc']:.3f}  "
-                f"div ratio {e['diversity_ratio']:.3f}  recall {e['recall']:.3f}")
+            log(
+                f"eval step {k}: fd {e['fd_vs_teacher']:.3f}  acc {e['class_acc']:.3f}  "
+                f"div ratio {e['diversity_ratio']:.3f}  recall {e['recall']:.3f}"
+            )
     record = {
         "settings": dict(settings),
         "control": control,
@@ -294,8 +337,12 @@ def main(argv=None) -> int:
     ap.add_argument("--conditioning-timestep", type=int, default=DEFAULTS["conditioning_timestep"])
     ap.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     ap.add_argument("--ema", type=float, default=DEFAULTS["ema"], help="EMA decay of the generator (0 = off)")
-    ap.add_argument("--regression-weight", type=float, default=DEFAULTS["regression_weight"],
-                    help="DMD1 regression loss weight (L2 on teacher ODE pairs; 0 = off)")
+    ap.add_argument(
+        "--regression-weight",
+        type=float,
+        default=DEFAULTS["regression_weight"],
+        help="DMD1 regression loss weight (L2 on teacher ODE pairs; 0 = off)",
+    )
     ap.add_argument("--pairs-per-class", type=int, default=DEFAULTS["pairs_per_class"])
     ap.add_argument("--control", default="none", choices=["none", "real_only", "frozen_fake"])
     ap.add_argument("--out", default=None, help="generator file (.safetensors); default: nothing written")
@@ -306,21 +353,42 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = dict(steps=args.steps, batch=args.batch, generator_lr=args.generator_lr, fake_lr=args.fake_lr,
-                    ratio=args.ratio, guidance=args.guidance, warmup=args.warmup,
-                    conditioning_timestep=args.conditioning_timestep, seed=args.seed, ema=args.ema,
-                    regression_weight=args.regression_weight, pairs_per_class=args.pairs_per_class)
+    settings = dict(
+        steps=args.steps,
+        batch=args.batch,
+        generator_lr=args.generator_lr,
+        fake_lr=args.fake_lr,
+        ratio=args.ratio,
+        guidance=args.guidance,
+        warmup=args.warmup,
+        conditioning_timestep=args.conditioning_timestep,
+        seed=args.seed,
+        ema=args.ema,
+        regression_weight=args.regression_weight,
+        pairs_per_class=args.pairs_per_class,
+    )
+
     def snapshot(tr):
         if args.out and args.snapshot_every and tr.step_count % args.snapshot_every == 0:
             p = Path(args.out)
             with tr.ema_weights():
-                save_generator(p.with_name(f"{p.stem}_step{tr.step_count}{p.suffix}"), tr.generator.net,
-                               args.conditioning_timestep, {"settings": settings, "step": tr.step_count})
+                save_generator(
+                    p.with_name(f"{p.stem}_step{tr.step_count}{p.suffix}"),
+                    tr.generator.net,
+                    args.conditioning_timestep,
+                    {"settings": settings, "step": tr.step_count},
+                )
 
-    tr, record = distill(settings, args.control, eval_every=args.eval_every, eval_per_class=args.eval_per_class,
-                         eval_cache=args.eval_cache, log=lambda s: print(s, flush=True), snapshot=snapshot)
-    record["command"] = "python -m comfyui_tempo.testbed.distill " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+    tr, record = distill(
+        settings,
+        args.control,
+        eval_every=args.eval_every,
+        eval_per_class=args.eval_per_class,
+        eval_cache=args.eval_cache,
+        log=lambda s: print(s, flush=True),
+        snapshot=snapshot,
+    )
+    record["command"] = "python -m comfyui_tempo.testbed.distill " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.out:
         with tr.ema_weights():
             save_generator(args.out, tr.generator.net, args.conditioning_timestep, record)

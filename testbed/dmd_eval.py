@@ -90,8 +90,13 @@ def embed(classifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return classifier.embed(images)
 
 
-def evaluate(features: torch.Tensor, pred: torch.Tensor, cond: torch.Tensor,
-             ref_features: torch.Tensor | None = None, ref_cond: torch.Tensor | None = None) -> dict:
+def evaluate(
+    features: torch.Tensor,
+    pred: torch.Tensor,
+    cond: torch.Tensor,
+    ref_features: torch.Tensor | None = None,
+    ref_cond: torch.Tensor | None = None,
+) -> dict:
     """All metrics of one sample set: class accuracy and diversity, and, against a reference set,
     the Frechet distance, recall and the diversity ratio to the reference's."""
     out = {

@@ -36,8 +36,8 @@ class FiniteSetDenoiser:
         self.data = data.reshape(data.shape[0], -1).double()
         self.sq = (self.data**2).sum(1)
         self.labels = None if labels is None else labels.long()
-        self.num_classes = num_classes if num_classes is not None else (
-            int(self.labels.max()) + 1 if self.labels is not None else 0
+        self.num_classes = (
+            num_classes if num_classes is not None else (int(self.labels.max()) + 1 if self.labels is not None else 0)
         )
         self.null_class = self.num_classes
 
@@ -70,8 +70,8 @@ class GaussianMixtureDenoiser:
         w = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.log_w = (w / w.sum()).log()
         self.labels = None if labels is None else torch.as_tensor(labels).long()
-        self.num_classes = num_classes if num_classes is not None else (
-            int(self.labels.max()) + 1 if self.labels is not None else 0
+        self.num_classes = (
+            num_classes if num_classes is not None else (int(self.labels.max()) + 1 if self.labels is not None else 0)
         )
         self.null_class = self.num_classes
 
@@ -120,9 +120,7 @@ class CFGDenoiser:
         s = _sigma_vec(sigma, b, x.device).to(x.dtype)
         if self.scale == 1.0:
             return self.base(x, s, cond=c)
-        both = self.base(
-            torch.cat([x, x]), torch.cat([s, s]), cond=torch.cat([c, torch.full_like(c, self.null_class)])
-        )
+        both = self.base(torch.cat([x, x]), torch.cat([s, s]), cond=torch.cat([c, torch.full_like(c, self.null_class)]))
         cond_out, uncond_out = both[:b], both[b:]
         return uncond_out + self.scale * (cond_out - uncond_out)
 

@@ -30,8 +30,14 @@ class Problem:
 
     def subset(self, idx) -> "Problem":
         return Problem(
-            self.name, self.denoiser, self.noise[idx], self.cond[idx], self.decode, self.sigma_table,
-            self.scheduler, self.net_denoiser,
+            self.name,
+            self.denoiser,
+            self.noise[idx],
+            self.cond[idx],
+            self.decode,
+            self.sigma_table,
+            self.scheduler,
+            self.net_denoiser,
         )
 
 
@@ -86,7 +92,9 @@ def trained_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, schedul
     )
 
 
-def gmm_problem(classes: int = 4, seeds: int = 2, cfg: float = 5.0, shape=(4, 8, 8), scheduler: str = "karras") -> Problem:
+def gmm_problem(
+    classes: int = 4, seeds: int = 2, cfg: float = 5.0, shape=(4, 8, 8), scheduler: str = "karras"
+) -> Problem:
     """An exact class-conditional Gaussian mixture (fast; for tests of the benchmark itself)."""
     g = torch.Generator().manual_seed(0)
     k = classes * 3

@@ -17,8 +17,15 @@ class MLPDenoiser(nn.Module):
     fed through a few Fourier features. ``num_classes`` > 0 adds a class embedding (index
     ``num_classes`` = unconditional)."""
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, sigma_data: float = 1.0,
-                 num_classes: int = 0, fourier: int = 8):
+    def __init__(
+        self,
+        dim: int = 2,
+        hidden: int = 128,
+        depth: int = 3,
+        sigma_data: float = 1.0,
+        num_classes: int = 0,
+        fourier: int = 8,
+    ):
         super().__init__()
         self.dim, self.sigma_data, self.num_classes = dim, float(sigma_data), num_classes
         self.register_buffer("freqs", torch.arange(1, fourier + 1, dtype=torch.float32) * math.pi / 2)
@@ -43,8 +50,11 @@ class MLPDenoiser(nn.Module):
         ang = c_noise * self.freqs[None]
         h = torch.cat([c_in * x.reshape(b, -1), c_noise, ang.sin(), ang.cos()], dim=1)
         if self.class_emb is not None:
-            c = torch.full((b,), self.num_classes, dtype=torch.long, device=x.device) if cond is None else torch.as_tensor(
-                cond, dtype=torch.long, device=x.device).reshape(-1).expand(b)
+            c = (
+                torch.full((b,), self.num_classes, dtype=torch.long, device=x.device)
+                if cond is None
+                else torch.as_tensor(cond, dtype=torch.long, device=x.device).reshape(-1).expand(b)
+            )
             h = self.body[0](h) + self.class_emb(c)
             h = self.body[1:](h)
         else:

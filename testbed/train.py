@@ -27,8 +27,16 @@ from .autoencoder import AutoEncoder
 from .unet import UNet
 
 AE_CONFIG = dict(in_channels=3, latent_channels=4, channels=[32, 64], num_res=[1, 1], image_size=32)
-UNET_CONFIG = dict(in_channels=4, model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=2,
-                   attention_levels=[2], num_heads=4, context_dim=11, dropout=0.0)
+UNET_CONFIG = dict(
+    in_channels=4,
+    model_channels=32,
+    channel_mult=[1, 2, 2],
+    num_res_blocks=2,
+    attention_levels=[2],
+    num_heads=4,
+    context_dim=11,
+    dropout=0.0,
+)
 DATA_CONFIG = dict(seed=data_mod.DEFAULT_SEED, size=32, copies=3, heldout_every=10)
 
 
@@ -43,8 +51,16 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10 * torch.log10((a - b).pow(2).mean()))
 
 
-def train_autoencoder(images: torch.Tensor, heldout: torch.Tensor, steps: int, seed: int,
-                      batch: int = 64, lr: float = 3e-3, latent_noise: float = 0.05, log=print):
+def train_autoencoder(
+    images: torch.Tensor,
+    heldout: torch.Tensor,
+    steps: int,
+    seed: int,
+    batch: int = 64,
+    lr: float = 3e-3,
+    latent_noise: float = 0.05,
+    log=print,
+):
     """MSE reconstruction with a little latent noise (relative to the latent std), so that the
     decoder is smooth around the latents the diffusion model will produce."""
     torch.manual_seed(seed)
@@ -71,15 +87,33 @@ def train_autoencoder(images: torch.Tensor, heldout: torch.Tensor, steps: int, s
         ae.scale.fill_(1.0 / float(raw.std()))
         rec = torch.cat([ae.decode(ae.encode(c)) for c in heldout.split(512)])
         rec_tr = torch.cat([ae.decode(ae.encode(c)) for c in images[:512].split(512)])
-    record = dict(steps=steps, batch=batch, lr=lr, latent_noise=latent_noise,
-                  seconds=round(time.time() - t0, 1), final_loss=round(loss.item(), 6),
-                  heldout_psnr=round(_psnr(rec, heldout), 2), train_psnr=round(_psnr(rec_tr, images[:512]), 2),
-                  latent_shift=float(ae.shift), latent_scale=float(ae.scale))
+    record = dict(
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        latent_noise=latent_noise,
+        seconds=round(time.time() - t0, 1),
+        final_loss=round(loss.item(), 6),
+        heldout_psnr=round(_psnr(rec, heldout), 2),
+        train_psnr=round(_psnr(rec_tr, images[:512]), 2),
+        latent_shift=float(ae.shift),
+        latent_scale=float(ae.scale),
+    )
     return ae, record
 
 
-def denoiser_step(net: UNet, ema: UNet, opt, x0: torch.Tensor, y: torch.Tensor, sigmas: torch.Tensor,
-                   g: torch.Generator, p_uncond: float, ema_decay: float, step: int) -> float:
+def denoiser_step(
+    net: UNet,
+    ema: UNet,
+    opt,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    sigmas: torch.Tensor,
+    g: torch.Generator,
+    p_uncond: float,
+    ema_decay: float,
+    step: int,
+) -> float:
     """One training step of the eps-UNet: CFG dropout of the labels y (in place, to the null class 10),
     a uniform discrete timestep, eps-MSE on the VP-scaled input, AdamW with gradient clipping at 1,
     then the EMA update (warm decay). Returns the loss."""
@@ -102,9 +136,18 @@ def denoiser_step(net: UNet, ema: UNet, opt, x0: torch.Tensor, y: torch.Tensor, 
     return loss.item()
 
 
-def train_denoiser(latents: torch.Tensor, labels: torch.Tensor, steps: int, seed: int,
-                   unet_config: dict = UNET_CONFIG, batch: int = 128, lr: float = 2e-3, p_uncond: float = 0.15, ema_decay: float = 0.999,
-                   log=print):
+def train_denoiser(
+    latents: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    seed: int,
+    unet_config: dict = UNET_CONFIG,
+    batch: int = 128,
+    lr: float = 2e-3,
+    p_uncond: float = 0.15,
+    ema_decay: float = 0.999,
+    log=print,
+):
     torch.manual_seed(seed + 1)
     net = UNet(**unet_config)
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -121,8 +164,15 @@ def train_denoiser(latents: torch.Tensor, labels: torch.Tensor, steps: int, seed
         running = loss if running is None else 0.98 * running + 0.02 * loss
         if (step + 1) % 250 == 0 or step + 1 == steps:
             log(f"  unet step {step + 1}/{steps}  loss(ema) {running:.4f}  {time.time() - t0:.0f}s")
-    record = dict(steps=steps, batch=batch, lr=lr, p_uncond=p_uncond, ema_decay=ema_decay,
-                  seconds=round(time.time() - t0, 1), final_loss_smoothed=round(running, 5))
+    record = dict(
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        p_uncond=p_uncond,
+        ema_decay=ema_decay,
+        seconds=round(time.time() - t0, 1),
+        final_loss_smoothed=round(running, 5),
+    )
     return ema.eval(), record
 
 
@@ -136,8 +186,12 @@ def eval_eps_loss(net: UNet, latents: torch.Tensor, labels: torch.Tensor, seed: 
     eps = torch.randn(n, *latents.shape[1:], generator=g)
     sigma = sigmas[t].view(-1, 1, 1, 1)
     x_in = (latents[idx] + sigma * eps) * schedules.vp_scale(sigma)
-    out = torch.cat([net(a, b.float(), context=F.one_hot(c, 11).float()[:, None])
-                     for a, b, c in zip(x_in.split(256), t.split(256), labels[idx].split(256))])
+    out = torch.cat(
+        [
+            net(a, b.float(), context=F.one_hot(c, 11).float()[:, None])
+            for a, b, c in zip(x_in.split(256), t.split(256), labels[idx].split(256))
+        ]
+    )
     return float((out - eps).pow(2).mean())
 
 
@@ -175,8 +229,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=trained.WEIGHTS_FILE)
     ap.add_argument("--p-uncond", type=float, default=0.15)
     ap.add_argument("--unet", type=json.loads, default={}, help="UNet config overrides (JSON)")
-    ap.add_argument("--ae-from", type=Path, default=None,
-                    help="reuse the autoencoder of an existing testbed file (experiments)")
+    ap.add_argument(
+        "--ae-from", type=Path, default=None, help="reuse the autoencoder of an existing testbed file (experiments)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t_start = time.time()
@@ -208,26 +263,40 @@ def main(argv=None) -> None:
 
     print("denoiser:")
     unet_config = {**UNET_CONFIG, **args.unet}
-    net, unet_record = train_denoiser(latents, labels[tr], args.steps, args.seed, unet_config,
-                                      batch=args.batch, lr=args.lr, p_uncond=args.p_uncond)
+    net, unet_record = train_denoiser(
+        latents, labels[tr], args.steps, args.seed, unet_config, batch=args.batch, lr=args.lr, p_uncond=args.p_uncond
+    )
     _round_fp16(net)
     unet_record["eval_eps_mse"] = round(eval_eps_loss(net, latents, labels[tr]), 5)
     print("  ", unet_record)
 
     meta = dict(
-        ae_config=ae_config, unet_config=unet_config, data=DATA_CONFIG, seed=args.seed,
-        latent_shape=list(ae.latent_shape), image_size=ae.image_size,
+        ae_config=ae_config,
+        unet_config=unet_config,
+        data=DATA_CONFIG,
+        seed=args.seed,
+        latent_shape=list(ae.latent_shape),
+        image_size=ae.image_size,
         params=dict(unet=sum(p.numel() for p in net.parameters()), ae=sum(p.numel() for p in ae.parameters())),
-        train=dict(autoencoder=ae_record, unet=unet_record, total_seconds=round(time.time() - t_start, 1),
-                   torch=torch.__version__, threads=torch.get_num_threads()),
+        train=dict(
+            autoencoder=ae_record,
+            unet=unet_record,
+            total_seconds=round(time.time() - t_start, 1),
+            torch=torch.__version__,
+            threads=torch.get_num_threads(),
+        ),
     )
     save(args.out, net, ae, meta)
     tb = trained.Testbed(net.eval().requires_grad_(False), ae, meta)
-    meta["curvature"] = {f"karras_{a}_vs_{b}": round(trained.curvature(tb, steps=(a, b))["mean_psnr"], 2)
-                         for a, b in ((25, 50), (50, 100))}
+    meta["curvature"] = {
+        f"karras_{a}_vs_{b}": round(trained.curvature(tb, steps=(a, b))["mean_psnr"], 2)
+        for a, b in ((25, 50), (50, 100))
+    }
     save(args.out, net, ae, meta)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) in {time.time() - t_start:.0f}s;"
-          f" curvature {meta['curvature']}")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) in {time.time() - t_start:.0f}s;"
+        f" curvature {meta['curvature']}"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,16 @@ def _batch(sets, step, sizes, g):
     return x[torch.randint(x.shape[0], (sizes[k],), generator=g)], k
 
 
-def train_autoencoder_multi(train_sets, held_sets, steps: int, seed: int, batches=(64, 16),
-                            lr: float = 3e-3, latent_noise: float = 0.05, log=print):
+def train_autoencoder_multi(
+    train_sets,
+    held_sets,
+    steps: int,
+    seed: int,
+    batches=(64, 16),
+    lr: float = 3e-3,
+    latent_noise: float = 0.05,
+    log=print,
+):
     """train.train_autoencoder's objective on alternating 32 px / 64 px batches."""
     torch.manual_seed(seed)
     ae = AutoEncoder(**AE2_CONFIG)
@@ -70,15 +78,33 @@ def train_autoencoder_multi(train_sets, held_sets, steps: int, seed: int, batche
         for h in held_sets:
             rec = torch.cat([ae.decode(ae.encode(c)) for c in h.split(256)])
             held_psnr.append(round(_psnr(rec, h), 2))
-    record = dict(steps=steps, batches=list(batches), lr=lr, latent_noise=latent_noise,
-                  seconds=round(time.time() - t0, 1), final_loss=round(loss.item(), 6),
-                  heldout_psnr_32=held_psnr[0], heldout_psnr_64=held_psnr[1],
-                  latent_shift=float(ae.shift), latent_scale=float(ae.scale))
+    record = dict(
+        steps=steps,
+        batches=list(batches),
+        lr=lr,
+        latent_noise=latent_noise,
+        seconds=round(time.time() - t0, 1),
+        final_loss=round(loss.item(), 6),
+        heldout_psnr_32=held_psnr[0],
+        heldout_psnr_64=held_psnr[1],
+        latent_shift=float(ae.shift),
+        latent_scale=float(ae.scale),
+    )
     return ae, record
 
 
-def finetune_denoiser(net: UNet, latent_sets, label_sets, steps: int, seed: int, batches=(64, 16),
-                      lr: float = 1e-3, p_uncond: float = 0.15, ema_decay: float = 0.999, log=print):
+def finetune_denoiser(
+    net: UNet,
+    latent_sets,
+    label_sets,
+    steps: int,
+    seed: int,
+    batches=(64, 16),
+    lr: float = 1e-3,
+    p_uncond: float = 0.15,
+    ema_decay: float = 0.999,
+    log=print,
+):
     """train.train_denoiser's objective (eps-MSE, SD discrete schedule, CFG dropout, EMA) from an
     initial network, alternating 8x8 and 16x16 latent batches."""
     torch.manual_seed(seed + 1)
@@ -99,11 +125,22 @@ def finetune_denoiser(net: UNet, latent_sets, label_sets, steps: int, seed: int,
         loss = denoiser_step(net, ema, opt, lat[idx], lab[idx].clone(), sigmas, g, p_uncond, ema_decay, step)
         running[k] = loss if running[k] is None else 0.96 * running[k] + 0.04 * loss
         if (step + 1) % 100 == 0 or step + 1 == steps:
-            log(f"  unet step {step + 1}/{steps}  loss(ema) 8x8 {running[0]:.4f} 16x16 {running[1]:.4f}"
-                f"  {time.time() - t0:.0f}s", flush=True)
-    record = dict(steps=steps, batches=list(batches), lr=lr, p_uncond=p_uncond, ema_decay=ema_decay,
-                  init="testbed.safetensors unet", seconds=round(time.time() - t0, 1),
-                  final_loss_smoothed_8=round(running[0], 5), final_loss_smoothed_16=round(running[1], 5))
+            log(
+                f"  unet step {step + 1}/{steps}  loss(ema) 8x8 {running[0]:.4f} 16x16 {running[1]:.4f}"
+                f"  {time.time() - t0:.0f}s",
+                flush=True,
+            )
+    record = dict(
+        steps=steps,
+        batches=list(batches),
+        lr=lr,
+        p_uncond=p_uncond,
+        ema_decay=ema_decay,
+        init="testbed.safetensors unet",
+        seconds=round(time.time() - t0, 1),
+        final_loss_smoothed_8=round(running[0], 5),
+        final_loss_smoothed_16=round(running[1], 5),
+    )
     return ema.eval(), record
 
 
@@ -117,7 +154,9 @@ def main(argv=None) -> None:
     ap.add_argument("--ae-steps", type=int, default=1400)
     ap.add_argument("--steps", type=int, default=2800, help="denoiser fine-tuning steps")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--init", type=Path, default=trained.WEIGHTS_FILE, help="testbed file whose UNet starts the fine-tune")
+    ap.add_argument(
+        "--init", type=Path, default=trained.WEIGHTS_FILE, help="testbed file whose UNet starts the fine-tune"
+    )
     ap.add_argument("--out", type=Path, default=trained.WEIGHTS_DIR / "testbed_hr.safetensors")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -130,7 +169,9 @@ def main(argv=None) -> None:
         sets.append(images[tr])
         labels.append(lab[tr])
         held.append(images[he])
-    print(f"data: 32 px {tuple(sets[0].shape)}, 64 px {tuple(sets[1].shape)} ({time.time() - t_start:.0f}s)", flush=True)
+    print(
+        f"data: 32 px {tuple(sets[0].shape)}, 64 px {tuple(sets[1].shape)} ({time.time() - t_start:.0f}s)", flush=True
+    )
 
     print("autoencoder AE2:", flush=True)
     ae, ae_record = train_autoencoder_multi(sets, held, args.ae_steps, args.seed)
@@ -153,12 +194,23 @@ def main(argv=None) -> None:
     print("  ", unet_record, flush=True)
 
     meta = dict(
-        name="hr", ae_config=ae.config, unet_config=init_meta["unet_config"], data=DATA_CONFIG,
-        data_lr=DATA_LR_CONFIG, seed=args.seed, latent_shape=list(ae.latent_shape), image_size=ae.image_size,
+        name="hr",
+        ae_config=ae.config,
+        unet_config=init_meta["unet_config"],
+        data=DATA_CONFIG,
+        data_lr=DATA_LR_CONFIG,
+        seed=args.seed,
+        latent_shape=list(ae.latent_shape),
+        image_size=ae.image_size,
         sizes=[32, 64],
         params=dict(unet=sum(p.numel() for p in net.parameters()), ae=sum(p.numel() for p in ae.parameters())),
-        train=dict(autoencoder=ae_record, unet=unet_record, total_seconds=round(time.time() - t_start, 1),
-                   torch=torch.__version__, threads=torch.get_num_threads()),
+        train=dict(
+            autoencoder=ae_record,
+            unet=unet_record,
+            total_seconds=round(time.time() - t_start, 1),
+            torch=torch.__version__,
+            threads=torch.get_num_threads(),
+        ),
     )
     save(args.out, net, ae, meta)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) in {time.time() - t_start:.0f}s", flush=True)

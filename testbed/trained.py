@@ -189,12 +189,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def curvature(tb: Testbed, steps=(25, 50), scheduler="karras", cfg=5.0, seeds=(0, 1),
-              classes=tuple(range(10))) -> dict:
+def curvature(tb: Testbed, steps=(25, 50), scheduler="karras", cfg=5.0, seeds=(0, 1), classes=tuple(range(10))) -> dict:
     """Decoded PSNR between Euler samples with steps[0] and steps[1] steps, same noise."""
     cond = torch.tensor([c for _ in seeds for c in classes])
-    noise = torch.cat([torch.randn(len(classes), *tb.latent_shape,
-                                   generator=torch.Generator().manual_seed(s)) for s in seeds])
+    noise = torch.cat(
+        [torch.randn(len(classes), *tb.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )
     den = tb.cfg_denoiser(cfg)
     imgs = []
     for n in steps:
@@ -202,9 +202,17 @@ def curvature(tb: Testbed, steps=(25, 50), scheduler="karras", cfg=5.0, seeds=(0
         imgs.append(tb.decode(euler(den, noise * sig[0], sig, cond)))
     p = psnr(imgs[0], imgs[1])
     pooled = -10 * torch.log10((imgs[0] - imgs[1]).pow(2).mean().clamp(min=1e-12))
-    return {"steps": list(steps), "scheduler": scheduler, "cfg": cfg, "mean_psnr": float(p.mean()),
-            "median_psnr": float(p.median()), "min_psnr": float(p.min()), "max_psnr": float(p.max()),
-            "pooled_psnr": float(pooled), "n": int(p.numel())}
+    return {
+        "steps": list(steps),
+        "scheduler": scheduler,
+        "cfg": cfg,
+        "mean_psnr": float(p.mean()),
+        "median_psnr": float(p.median()),
+        "min_psnr": float(p.min()),
+        "max_psnr": float(p.max()),
+        "pooled_psnr": float(pooled),
+        "n": int(p.numel()),
+    }
 
 
 def main(argv=None) -> None:
@@ -217,15 +225,19 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     tb = load(path=args.path)
-    print("decoded PSNR between Euler samples with the same noise (per-image mean / median / min;"
-          " pooled = one PSNR over all images' MSE)")
+    print(
+        "decoded PSNR between Euler samples with the same noise (per-image mean / median / min;"
+        " pooled = one PSNR over all images' MSE)"
+    )
     for cfg in args.cfg:
         for scheduler in ("karras", "normal"):
             for steps in ((25, 50), (50, 100)):
                 r = curvature(tb, steps=steps, scheduler=scheduler, cfg=cfg, seeds=tuple(range(args.seeds)))
-                print(f"{scheduler:6s} cfg {cfg:g} {steps[0]:3d} vs {steps[1]:3d} steps: mean {r['mean_psnr']:.2f} dB"
-                      f"  median {r['median_psnr']:.2f}  min {r['min_psnr']:.2f}  pooled {r['pooled_psnr']:.2f}"
-                      f"  ({r['n']} images)")
+                print(
+                    f"{scheduler:6s} cfg {cfg:g} {steps[0]:3d} vs {steps[1]:3d} steps: mean {r['mean_psnr']:.2f} dB"
+                    f"  median {r['median_psnr']:.2f}  min {r['min_psnr']:.2f}  pooled {r['pooled_psnr']:.2f}"
+                    f"  ({r['n']} images)"
+                )
 
 
 if __name__ == "__main__":

@@ -85,10 +85,16 @@ class UNet(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        self.config = dict(in_channels=in_channels, model_channels=model_channels,
-                           channel_mult=list(channel_mult), num_res_blocks=num_res_blocks,
-                           attention_levels=list(attention_levels), num_heads=num_heads,
-                           context_dim=context_dim, dropout=dropout)
+        self.config = dict(
+            in_channels=in_channels,
+            model_channels=model_channels,
+            channel_mult=list(channel_mult),
+            num_res_blocks=num_res_blocks,
+            attention_levels=list(attention_levels),
+            num_heads=num_heads,
+            context_dim=context_dim,
+            dropout=dropout,
+        )
         self.in_channels = in_channels
         self.context_dim = context_dim
         self.model_channels = model_channels
@@ -113,8 +119,9 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
                 skip_ch.append(ch)
 
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), Attention(ch, num_heads),
-                                  ResBlock(ch, ch, emb_dim, dropout)])
+        self.mid = nn.ModuleList(
+            [ResBlock(ch, ch, emb_dim, dropout), Attention(ch, num_heads), ResBlock(ch, ch, emb_dim, dropout)]
+        )
 
         self.up = nn.ModuleList()
         for lvl, mult in reversed(list(enumerate(channel_mult))):
@@ -141,8 +148,9 @@ class UNet(nn.Module):
             h = m(h, emb) if isinstance(m, (ResBlock, Attention)) else m(h)
         return h
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
-                **kwargs) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
         b = x.shape[0]
         dtype = self.input_conv.weight.dtype
         if not isinstance(timesteps, torch.Tensor):

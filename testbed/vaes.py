@@ -184,8 +184,13 @@ def taesd_decoder(latent_channels: int, width: int = 64) -> nn.Sequential:
     keys 0..19."""
     layers: list[nn.Module] = [_Clamp(), _conv(latent_channels, width), nn.ReLU()]
     for _ in range(3):
-        layers += [_Block(width), _Block(width), _Block(width), nn.Upsample(scale_factor=2),
-                   _conv(width, width, bias=False)]
+        layers += [
+            _Block(width),
+            _Block(width),
+            _Block(width),
+            nn.Upsample(scale_factor=2),
+            _conv(width, width, bias=False),
+        ]
     layers += [_Block(width), _conv(width, 3)]
     return nn.Sequential(*layers)
 
@@ -210,7 +215,9 @@ class TAESD(BridgeVAE, nn.Module):
 
     downscale = 8
 
-    def __init__(self, latent_channels: int = 4, scale_factor: float = 1.0, shift_factor: float = 0.0, name: str = "taesd"):
+    def __init__(
+        self, latent_channels: int = 4, scale_factor: float = 1.0, shift_factor: float = 0.0, name: str = "taesd"
+    ):
         nn.Module.__init__(self)
         self.name = name
         self.latent_channels = int(latent_channels)
@@ -283,8 +290,15 @@ class ToyVAE(BridgeVAE):
     inside 0..1. Images are mapped to -1..1 before projection.
     """
 
-    def __init__(self, latent_channels: int = 4, downscale: int = 8, scale_factor: float = 1.0,
-                 shift_factor: float = 0.0, seed: int = 0, name: str = "toy"):
+    def __init__(
+        self,
+        latent_channels: int = 4,
+        downscale: int = 8,
+        scale_factor: float = 1.0,
+        shift_factor: float = 0.0,
+        seed: int = 0,
+        name: str = "toy",
+    ):
         if latent_channels > 3 * downscale * downscale:
             raise BridgeInputError(
                 f"latent_channels: at most 3 * downscale^2 = {3 * downscale * downscale}, got {latent_channels}"

@@ -168,8 +168,11 @@ class DMDConfig:
             err("diffusion_gan_max_timestep", "expected an integer >= 1")
         if self.denoising_timesteps is not None:
             ts = self.denoising_timesteps
-            ok = isinstance(ts, (tuple, list)) and len(ts) >= 1 and all(
-                isinstance(t, int) and not isinstance(t, bool) for t in ts)
+            ok = (
+                isinstance(ts, (tuple, list))
+                and len(ts) >= 1
+                and all(isinstance(t, int) and not isinstance(t, bool) for t in ts)
+            )
             ok = ok and all(b < a for a, b in zip(ts, ts[1:])) and min(ts) >= 0
             if ok and num_timesteps is not None:
                 ok = max(ts) < num_timesteps

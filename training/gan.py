@@ -100,7 +100,9 @@ class GANHead(nn.Module):
             self.out = nn.Linear(c, 1)
             self.kind = "tokens" if len(feature_shape) == 2 else "vector"
         else:
-            raise ValueError(f"gan_feature_module: expected features [B, C], [B, N, C] or [B, C, H, W], got [B, *{feature_shape}]")
+            raise ValueError(
+                f"gan_feature_module: expected features [B, C], [B, N, C] or [B, C, H, W], got [B, *{feature_shape}]"
+            )
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         f = f.float()
@@ -158,7 +160,11 @@ def enable_gradient_checkpointing(net: nn.Module) -> list[str]:
                     child._tempo_ckpt = True
                 done.append(full)
             else:
-                visit(full + ".", child, isinstance(child, nn.ModuleList) or (in_list and isinstance(child, nn.Sequential)))
+                visit(
+                    full + ".",
+                    child,
+                    isinstance(child, nn.ModuleList) or (in_list and isinstance(child, nn.Sequential)),
+                )
 
     visit("", net, False)
     return done

@@ -45,15 +45,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..samplers import dmd as dmd_sampling
-from ..samplers import kdiff
-from ..samplers import schedules
+from ..samplers import kdiff, schedules
 from .config import MODEL_TYPES, REGRESSION_LOSSES, DMDConfigError
 
 # --------------------------------------------------------------------------------------------------
 # Noise schedule
 
 
-def edm_sigmas(timesteps: int = 1000, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+def edm_sigmas(
+    timesteps: int = 1000, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> torch.Tensor:
     """DMD2's EDM timestep table: Karras sigmas flipped to ascending order, ``timesteps`` entries
     (main/edm/edm_guidance.py: ``torch.flip(get_sigmas_karras(1000, 0.002, 80, 7), dims=[0])``)."""
     return schedules.karras(timesteps, sigma_min, sigma_max, rho)[:-1].flip(0).contiguous()

@@ -36,14 +36,25 @@ import copy
 import fnmatch
 import math
 import re
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
 __all__ = [
-    "LoRALayer", "LoRAError", "lora_copy", "add_lora", "lora_layers", "lora_parameters", "lora_state_dict",
-    "load_lora_state_dict", "save_lora", "load_lora", "merge_lora", "merged_state_dict", "shares_base",
+    "LoRALayer",
+    "LoRAError",
+    "lora_copy",
+    "add_lora",
+    "lora_layers",
+    "lora_parameters",
+    "lora_state_dict",
+    "load_lora_state_dict",
+    "save_lora",
+    "load_lora",
+    "merge_lora",
+    "merged_state_dict",
+    "shares_base",
     "DEFAULT_TARGETS",
 ]
 
@@ -65,7 +76,9 @@ class LoRALayer(nn.Module):
     def __init__(self, base: nn.Module, rank: int, alpha: float | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         if not isinstance(base, DEFAULT_TARGETS):
-            raise LoRAError(f"base: expected a torch.nn.Linear or Conv1d/2d/3d (or a subclass), got {type(base).__name__}")
+            raise LoRAError(
+                f"base: expected a torch.nn.Linear or Conv1d/2d/3d (or a subclass), got {type(base).__name__}"
+            )
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise LoRAError(f"rank: expected an integer >= 1, got {rank!r}")
         self.base = base
@@ -88,8 +101,17 @@ class LoRALayer(nn.Module):
             nd = len(base.kernel_size)
             conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[nd]
             self.kind = f"conv{nd}d"
-            self.lora_down = conv(base.in_channels, rank, base.kernel_size, stride=base.stride, padding=base.padding,
-                                  dilation=base.dilation, bias=False, device=dev, dtype=pdt)
+            self.lora_down = conv(
+                base.in_channels,
+                rank,
+                base.kernel_size,
+                stride=base.stride,
+                padding=base.padding,
+                dilation=base.dilation,
+                bias=False,
+                device=dev,
+                dtype=pdt,
+            )
             self.lora_up = conv(rank, base.out_channels, 1, bias=False, device=dev, dtype=pdt)
         # kohya / peft init: down ~ kaiming-uniform(a = sqrt(5)) (nn.Linear's default), up = 0
         nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
@@ -98,7 +120,6 @@ class LoRALayer(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         return self.base.weight
-
 
     @property
     def bias(self):
@@ -158,7 +179,7 @@ def _pattern(p, name: str) -> bool:
         return fnmatch.fnmatchcase(name, p)
     parts = name.split(".")
     q = p.split(".")
-    return any(parts[i:i + len(q)] == q for i in range(len(parts) - len(q) + 1))
+    return any(parts[i : i + len(q)] == q for i in range(len(parts) - len(q) + 1))
 
 
 def add_lora(
@@ -285,7 +306,9 @@ def lora_state_dict(module: nn.Module, prefix: str = "diffusion_model.", dtype: 
     return sd
 
 
-def load_lora_state_dict(module: nn.Module, sd: dict, prefix: str = "diffusion_model.", strict: bool = True) -> list[str]:
+def load_lora_state_dict(
+    module: nn.Module, sd: dict, prefix: str = "diffusion_model.", strict: bool = True
+) -> list[str]:
     """Load LoRA factors into an already wrapped ``module`` (ranks must match). With ``strict``,
     every LoRA layer must be in ``sd`` and every LoRA key of ``sd`` (under ``prefix``) must belong to
     a layer. Returns the loaded layer names."""
@@ -299,8 +322,10 @@ def load_lora_state_dict(module: nn.Module, sd: dict, prefix: str = "diffusion_m
             continue
         up, down = sd[k + ".lora_up.weight"], sd[k + ".lora_down.weight"]
         if tuple(up.shape) != tuple(m.lora_up.weight.shape) or tuple(down.shape) != tuple(m.lora_down.weight.shape):
-            raise LoRAError(f"state: LoRA shapes of {name!r} differ: file up {tuple(up.shape)} down {tuple(down.shape)}, "
-                            f"layer up {tuple(m.lora_up.weight.shape)} down {tuple(m.lora_down.weight.shape)}")
+            raise LoRAError(
+                f"state: LoRA shapes of {name!r} differ: file up {tuple(up.shape)} down {tuple(down.shape)}, "
+                f"layer up {tuple(m.lora_up.weight.shape)} down {tuple(m.lora_down.weight.shape)}"
+            )
         with torch.no_grad():
             m.lora_up.weight.copy_(up)
             m.lora_down.weight.copy_(down)
@@ -316,8 +341,13 @@ def load_lora_state_dict(module: nn.Module, sd: dict, prefix: str = "diffusion_m
     return loaded
 
 
-def save_lora(module: nn.Module, path, prefix: str = "diffusion_model.", metadata: dict | None = None,
-              dtype: torch.dtype | None = None) -> None:
+def save_lora(
+    module: nn.Module,
+    path,
+    prefix: str = "diffusion_model.",
+    metadata: dict | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
     """Write ``lora_state_dict`` to a .safetensors file; ``metadata`` values become strings."""
     from safetensors.torch import save_file
 
@@ -343,7 +373,7 @@ def lora_ranks(sd: dict, prefix: str = "diffusion_model.") -> dict[str, tuple[in
     out = {}
     for k, v in sd.items():
         if k.startswith(prefix) and k.endswith(".lora_down.weight"):
-            name = k[len(prefix):-len(".lora_down.weight")]
+            name = k[len(prefix) : -len(".lora_down.weight")]
             a = sd.get(prefix + name + ".alpha")
             out[name] = (int(v.shape[0]), float(a) if a is not None else float(v.shape[0]))
     return out

@@ -75,7 +75,9 @@ class LPIPS(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 3:
-            raise ValueError(f"images: expected two [B, 3, H, W] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+            raise ValueError(
+                f"images: expected two [B, 3, H, W] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+            )
         w = self.lins[0].weight
         a = ((a.to(w.dtype) * 2 - 1) - self.shift) / self.scale
         b = ((b.to(w.dtype) * 2 - 1) - self.shift) / self.scale
@@ -98,7 +100,9 @@ def _read(path, what: str) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # not a tensor file
-        raise LPIPSWeightsError(f"{what}: {p.name} is not a readable torch weight file ({type(e).__name__}: {e})") from None
+        raise LPIPSWeightsError(
+            f"{what}: {p.name} is not a readable torch weight file ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(sd, dict):
         raise LPIPSWeightsError(f"{what}: {p.name} does not hold a state dict")
     return sd
@@ -109,12 +113,14 @@ def load_lpips(vgg_weights, lin_weights, device=None) -> LPIPS:
     (`lin_weights`); errors name the input and list the keys that are missing."""
     net = LPIPS()
     sd = _read(vgg_weights, "vgg_weights")
-    feats = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
+    feats = {k[len("features.") :]: v for k, v in sd.items() if k.startswith("features.")}
     want = net.features.state_dict()
     missing = [k for k in want if k not in feats]
     if missing:
-        raise LPIPSWeightsError(f"vgg_weights: not a torchvision vgg16 checkpoint (missing features.{missing[0]} and "
-                                f"{len(missing) - 1} more)")
+        raise LPIPSWeightsError(
+            f"vgg_weights: not a torchvision vgg16 checkpoint (missing features.{missing[0]} and "
+            f"{len(missing) - 1} more)"
+        )
     try:
         net.features.load_state_dict({k: feats[k] for k in want})
     except RuntimeError as e:

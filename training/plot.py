@@ -43,8 +43,10 @@ def plot_losses(history: dict[str, list[tuple[int, float]]], width: int = 640, h
                 hi = lo + 1e-12
             s0, s1 = min(steps), max(max(steps), min(steps) + 1)
             draw.rectangle([left, top, right, bottom], outline=(90, 90, 100))
-            xy = [(left + (s - s0) / (s1 - s0) * (right - left), bottom - (v - lo) / (hi - lo) * (bottom - top))
-                  for s, v in zip(steps, vals)]
+            xy = [
+                (left + (s - s0) / (s1 - s0) * (right - left), bottom - (v - lo) / (hi - lo) * (bottom - top))
+                for s, v in zip(steps, vals)
+            ]
             if len(xy) > 1:
                 draw.line(xy, fill=_COLORS[i % len(_COLORS)], width=1)
             draw.text((left + 4, top - 14), f"{k}  last {pts[-1][1]:.4g}  steps {s0}-{s1}", fill=(220, 220, 220))

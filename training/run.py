@@ -30,8 +30,19 @@ from . import lora
 
 log = logging.getLogger("comfyui_tempo")
 
-CHECKPOINT_KEYS = ("config", "step", "generator_steps", "fake_steps", "generator", "fake_score", "opt_g", "opt_f",
-                   "sched_g", "sched_f", "rng")  # what DMDTrainer.state_dict() always holds
+CHECKPOINT_KEYS = (
+    "config",
+    "step",
+    "generator_steps",
+    "fake_steps",
+    "generator",
+    "fake_score",
+    "opt_g",
+    "opt_f",
+    "sched_g",
+    "sched_f",
+    "rng",
+)  # what DMDTrainer.state_dict() always holds
 LOSS_KEYS = ("loss_dm", "loss_fake", "loss_reg", "loss_gan_g", "loss_gan_d")
 
 
@@ -74,8 +85,9 @@ def read_checkpoint(path, shown: str | None = None, advice: str = "delete it or 
     missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else list(CHECKPOINT_KEYS)
     if missing:
         kind = f"a {type(state).__name__}" + (f" without {', '.join(missing[:4])}" if isinstance(state, dict) else "")
-        raise RunError(f"resume: the checkpoint {shown} is not a DMD Trainer checkpoint ({kind}); it was left as it "
-                       f"is: {advice}")
+        raise RunError(
+            f"resume: the checkpoint {shown} is not a DMD Trainer checkpoint ({kind}); it was left as it is: {advice}"
+        )
     return state
 
 
@@ -84,8 +96,12 @@ def generator_state_dict(net: nn.Module, prefix: str = "", dtype: torch.dtype | 
     else the full state dict, floating-point tensors in ``dtype`` (default: as they are); keys prefixed."""
     if lora.lora_layers(net):
         return lora.lora_state_dict(net, prefix=prefix, dtype=dtype)
-    return {prefix + k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
-            .contiguous().cpu() for k, v in net.state_dict().items()}
+    return {
+        prefix + k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
+        .contiguous()
+        .cpu()
+        for k, v in net.state_dict().items()
+    }
 
 
 def write_generator(path, state_dict: dict, info: dict, title: str | None = None) -> dict:
@@ -114,13 +130,20 @@ def generator_info(trainer) -> dict:
     cfg = trainer.config
     ts = [int(t) for t in trainer.gen_timesteps]
     return {
-        "kind": "generator", "format": "lora" if trainer.lora else "full", "model_type": cfg.model_type,
-        "conditioning_timestep": ts[0], "timesteps": ts, "steps": int(trainer.step_count),
-        "generator_steps": int(trainer.generator_steps), "guidance": float(cfg.real_guidance_scale),
-        "lora_rank": int(cfg.lora_rank) if trainer.lora else 0, "latent_shape": list(trainer.latent_shape),
+        "kind": "generator",
+        "format": "lora" if trainer.lora else "full",
+        "model_type": cfg.model_type,
+        "conditioning_timestep": ts[0],
+        "timesteps": ts,
+        "steps": int(trainer.step_count),
+        "generator_steps": int(trainer.generator_steps),
+        "guidance": float(cfg.real_guidance_scale),
+        "lora_rank": int(cfg.lora_rank) if trainer.lora else 0,
+        "latent_shape": list(trainer.latent_shape),
         "method": "DMD2" if cfg.regression_weight == 0 else "DMD (regression)",
         "gan_weight": float(cfg.gen_cls_loss_weight),
-        "update_ratio": int(cfg.dfake_gen_update_ratio), "ema": trainer.ema is not None,
+        "update_ratio": int(cfg.dfake_gen_update_ratio),
+        "ema": trainer.ema is not None,
     }
 
 
@@ -133,8 +156,16 @@ class DMDRun:
         (errors start with them); ``advice``: what an error tells the user to do instead.
     """
 
-    def __init__(self, trainer, checkpoint_path, checkpoint_interval: int = 100, *, shown: str | None = None,
-                 names: dict | None = None, advice: str = "start over or use another checkpoint path"):
+    def __init__(
+        self,
+        trainer,
+        checkpoint_path,
+        checkpoint_interval: int = 100,
+        *,
+        shown: str | None = None,
+        names: dict | None = None,
+        advice: str = "start over or use another checkpoint path",
+    ):
         if isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval, int) or checkpoint_interval < 1:
             raise RunError(f"checkpoint_interval: expected a positive integer, got {checkpoint_interval!r}")
         self.trainer = trainer
@@ -158,18 +189,23 @@ class DMDRun:
         made = state.get("run") if isinstance(state.get("run"), dict) else {}
         shape = tuple(tr.latent_shape)
         if made and tuple(made.get("latent_shape", [])) != shape:
-            raise RunError(f"{self.names['latent_shape']}: the checkpoint {shown} was made for latents "
-                           f"{tuple(made['latent_shape'])}, this run's are {shape}; {self.advice}")
+            raise RunError(
+                f"{self.names['latent_shape']}: the checkpoint {shown} was made for latents "
+                f"{tuple(made['latent_shape'])}, this run's are {shape}; {self.advice}"
+            )
         n = len(tr.conditioning)
         if made and int(made.get("conditionings", n)) != n:
-            raise RunError(f"{self.names['conditioning']}: the checkpoint {shown} was made with "
-                           f"{made['conditionings']} conditionings, this run has {n}; {self.advice}")
+            raise RunError(
+                f"{self.names['conditioning']}: the checkpoint {shown} was made with "
+                f"{made['conditionings']} conditionings, this run has {n}; {self.advice}"
+            )
         try:
             tr.load_state_dict(state)
             history = {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:  # DMDConfigError is a ValueError
-            raise RunError(f"resume: the checkpoint {shown} was made with other settings ({e}); "
-                           f"{self.advice}") from None
+            raise RunError(
+                f"resume: the checkpoint {shown} was made with other settings ({e}); {self.advice}"
+            ) from None
         self.history = history
         self.resumed_from = tr.step_count
         log.info("DMD run: resumed from step %d (%s)", tr.step_count, self.checkpoint_path)
@@ -183,8 +219,13 @@ class DMDRun:
         last = {k: v[-1][1] for k, v in self.history.items() if v}
         return f"DMD step {step}/{total} ({rate:.1f} it/s) " + " ".join(f"{k[5:]} {v:.4g}" for k, v in last.items())
 
-    def train(self, steps: int, *, on_step: Callable[[int, int], None] | None = None,
-              on_status: Callable[[str], None] | None = None) -> None:
+    def train(
+        self,
+        steps: int,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
         """Train to ``steps`` (a resumed run continues). After every step: the losses go into the history,
         the checkpoint is written every ``checkpoint_interval`` steps, ``on_status(text)`` gets a status
         line about 100 times a run (every 10 steps at most), then ``on_step(step, steps)`` runs and may
@@ -214,8 +255,12 @@ class DMDRun:
             # moved: that state (the step's random draws undone) is saved. Stopped after an update of the step
             # (a half-done iteration): the last checkpoint is kept as it is.
             if tr.updating:
-                log.warning("DMD run: stopped inside step %d after a weight update; keeping the checkpoint %s of "
-                            "the last interval", tr.step_count, self.checkpoint_path)
+                log.warning(
+                    "DMD run: stopped inside step %d after a weight update; keeping the checkpoint %s of "
+                    "the last interval",
+                    tr.step_count,
+                    self.checkpoint_path,
+                )
             else:
                 tr.rng.set_state(boundary[0])
                 self.save_checkpoint()
@@ -224,9 +269,16 @@ class DMDRun:
         self.save_checkpoint()
 
     # ---- the result
-    def save_generator(self, path, net: nn.Module | None = None, prefix: str = "", dtype: torch.dtype | None = None,
-                       info: dict | None = None, title: str | None = None,
-                       use_ema: bool | None = None) -> tuple[dict, dict]:
+    def save_generator(
+        self,
+        path,
+        net: nn.Module | None = None,
+        prefix: str = "",
+        dtype: torch.dtype | None = None,
+        info: dict | None = None,
+        title: str | None = None,
+        use_ema: bool | None = None,
+    ) -> tuple[dict, dict]:
         """Write the generator (``net``: the network to save, default the trainer's generator denoiser;
         its EMA weights when the trainer keeps them, unless ``use_ema`` is False) with ``generator_info``
         updated by ``info``. Returns (the state dict written, the info)."""

@@ -119,13 +119,18 @@ class DMDTrainer:
         if cfg.regression_weight > 0:
             if regression_pairs is None:
                 raise DMDConfigError("regression_pairs: required when regression_weight > 0")
-            if tuple(regression_pairs.noise.shape[1:]) != self.latent_shape or regression_pairs.noise.shape != regression_pairs.target.shape:
+            if (
+                tuple(regression_pairs.noise.shape[1:]) != self.latent_shape
+                or regression_pairs.noise.shape != regression_pairs.target.shape
+            ):
                 raise DMDConfigError("regression_pairs: noise and target must both be [N, *latent_shape]")
             if regression_pairs.cond_index is None and len(conditioning) > 1:
                 raise DMDConfigError("regression_pairs: cond_index is required with more than one conditioning item")
             if cfg.regression_loss == "lpips" and not callable(regression_loss_fn):
-                raise DMDConfigError("regression_loss_fn: regression_loss 'lpips' needs a loss on latents, e.g. "
-                                     "training.lpips.LatentLPIPS(decode, load_lpips(vgg_weights, lin_weights))")
+                raise DMDConfigError(
+                    "regression_loss_fn: regression_loss 'lpips' needs a loss on latents, e.g. "
+                    "training.lpips.LatentLPIPS(decode, load_lpips(vgg_weights, lin_weights))"
+                )
         self.regression_loss_fn = regression_loss_fn
         if not isinstance(generator_net, nn.Module) or not isinstance(fake_score, nn.Module):
             raise DMDConfigError("generator_net: generator_net and fake_score must be torch.nn.Module")
@@ -161,11 +166,15 @@ class DMDTrainer:
 
         self.opt_g = torch.optim.AdamW(
             [p for p in generator_net.parameters() if p.requires_grad],
-            lr=cfg.generator_lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+            lr=cfg.generator_lr,
+            betas=tuple(cfg.betas),
+            weight_decay=cfg.weight_decay,
         )
         self.opt_f = torch.optim.AdamW(
             self._critic_params(),
-            lr=cfg.fake_lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+            lr=cfg.fake_lr,
+            betas=tuple(cfg.betas),
+            weight_decay=cfg.weight_decay,
         )
         self.sched_g = constant_with_warmup(self.opt_g, cfg.warmup_steps)
         self.sched_f = constant_with_warmup(self.opt_f, cfg.warmup_steps)
@@ -212,8 +221,12 @@ class DMDTrainer:
             kw = {}
             if lora_targets is not None:
                 kw["targets"] = tuple(lora_targets)
-            gen = lora.lora_copy(teacher, cfg.lora_rank, cfg.lora_alpha, include=lora_include, exclude=lora_exclude, **kw)
-            fake = lora.lora_copy(teacher, cfg.lora_rank, cfg.lora_alpha, include=lora_include, exclude=lora_exclude, **kw)
+            gen = lora.lora_copy(
+                teacher, cfg.lora_rank, cfg.lora_alpha, include=lora_include, exclude=lora_exclude, **kw
+            )
+            fake = lora.lora_copy(
+                teacher, cfg.lora_rank, cfg.lora_alpha, include=lora_include, exclude=lora_exclude, **kw
+            )
             gen.train()
             fake.train()
         else:
@@ -223,27 +236,37 @@ class DMDTrainer:
     def _check_real_data(self, real_data, real_cond_index, needed: bool):
         if real_data is None:
             if needed:
-                raise DMDConfigError("real_data: required when the GAN loss is on or a multi-step generator is "
-                                     "trained without backward simulation")
+                raise DMDConfigError(
+                    "real_data: required when the GAN loss is on or a multi-step generator is "
+                    "trained without backward simulation"
+                )
             return None, None
         if isinstance(real_data, RegressionPairs):
             real_cond_index = real_data.cond_index if real_cond_index is None else real_cond_index
             real_data = real_data.target
         if isinstance(real_data, torch.Tensor):
             if tuple(real_data.shape[1:]) != self.latent_shape or real_data.shape[0] < 1:
-                raise DMDConfigError(f"real_data: expected a tensor [N, {', '.join(map(str, self.latent_shape))}], "
-                                     f"got {tuple(real_data.shape)}")
+                raise DMDConfigError(
+                    f"real_data: expected a tensor [N, {', '.join(map(str, self.latent_shape))}], "
+                    f"got {tuple(real_data.shape)}"
+                )
             if real_cond_index is None and len(self.conditioning) > 1:
-                raise DMDConfigError("real_cond_index: required for a real_data tensor with more than one conditioning item")
+                raise DMDConfigError(
+                    "real_cond_index: required for a real_data tensor with more than one conditioning item"
+                )
             if real_cond_index is not None:
                 real_cond_index = torch.as_tensor(real_cond_index, dtype=torch.long).reshape(-1)
                 if real_cond_index.numel() != real_data.shape[0]:
                     raise DMDConfigError("real_cond_index: expected one conditioning index per real_data sample")
                 if int(real_cond_index.min()) < 0 or int(real_cond_index.max()) >= len(self.conditioning):
-                    raise DMDConfigError(f"real_cond_index: expected indices into the conditioning list, in "
-                                         f"[0, {len(self.conditioning) - 1}]")
+                    raise DMDConfigError(
+                        f"real_cond_index: expected indices into the conditioning list, in "
+                        f"[0, {len(self.conditioning) - 1}]"
+                    )
         elif not callable(real_data):
-            raise DMDConfigError(f"real_data: expected a tensor, RegressionPairs or callable, got {type(real_data).__name__}")
+            raise DMDConfigError(
+                f"real_data: expected a tensor, RegressionPairs or callable, got {type(real_data).__name__}"
+            )
         return real_data, real_cond_index
 
     def _critic_params(self) -> list:
@@ -334,8 +357,9 @@ class DMDTrainer:
         sigma = self.schedule.sigma(t.cpu()).to(self.device)
         noise = self._randn(n)
         fake = self.fake_score if cfg.use_fake_score else None
-        return guidance.dm_loss(self.real_score, fake, self.schedule, x, sigma, noise, cond, uncond,
-                                cfg.real_guidance_scale, self._autocast)
+        return guidance.dm_loss(
+            self.real_score, fake, self.schedule, x, sigma, noise, cond, uncond, cfg.real_guidance_scale, self._autocast
+        )
 
     def fake_loss(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
         """Denoising loss of the fake score on detached generator samples, t ~ U{0, ..., T-1}
@@ -344,8 +368,17 @@ class DMDTrainer:
         t = self._randint(0, self.schedule.num_timesteps, n)
         sigma = self.schedule.sigma(t.cpu()).to(self.device)
         noise = self._randn(n)
-        return guidance.fake_loss(self.fake_score, self.schedule, x, sigma, noise, cond, self.config.weighting(),
-                                  self.config.sigma_data, self._autocast)
+        return guidance.fake_loss(
+            self.fake_score,
+            self.schedule,
+            x,
+            sigma,
+            noise,
+            cond,
+            self.config.weighting(),
+            self.config.sigma_data,
+            self._autocast,
+        )
 
     def gan_logits(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
         """Critic logits of latents x noised at t ~ U{0, ..., diffusion_gan_max_timestep - 1}
@@ -355,8 +388,9 @@ class DMDTrainer:
         t = self._randint(0, hi, n)
         sigma = self.schedule.sigma(t.cpu()).to(self.device)
         noise = self._randn(n)
-        return guidance.gan_logits(self.fake_score, self.tap, self.gan_head, self.schedule, x, sigma, noise, cond,
-                                   self._autocast)
+        return guidance.gan_logits(
+            self.fake_score, self.tap, self.gan_head, self.schedule, x, sigma, noise, cond, self._autocast
+        )
 
     # ---- one iteration
 
@@ -386,7 +420,11 @@ class DMDTrainer:
                 m = cfg.regression_batch_size or n
                 idx = self._randint(0, self.pairs.noise.shape[0], m).cpu()
                 pz = self.pairs.noise[idx].to(self.device)
-                ci = self.pairs.cond_index[idx] if self.pairs.cond_index is not None else torch.zeros(m, dtype=torch.long)
+                ci = (
+                    self.pairs.cond_index[idx]
+                    if self.pairs.cond_index is not None
+                    else torch.zeros(m, dtype=torch.long)
+                )
                 pc = self._cond(ci)
                 with self._autocast():
                     pred = self.generator(pz, pc).float()
@@ -489,8 +527,14 @@ class DMDTrainer:
                     params[k].copy_(v)
 
     @torch.no_grad()
-    def sample(self, n: int, cond: Any = None, generator: torch.Generator | None = None,
-               timesteps: Sequence[int] | None = None, use_ema: bool | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        cond: Any = None,
+        generator: torch.Generator | None = None,
+        timesteps: Sequence[int] | None = None,
+        use_ema: bool | None = None,
+    ) -> torch.Tensor:
         """n samples (noise from ``generator`` or a fresh one seeded 0; the trainer's RNG is not
         touched): one step at the conditioning timestep, or the multi-step generator's
         ``denoising_timesteps`` (``samplers.dmd.sample_dmd``), or the given ``timesteps``. With
@@ -508,8 +552,9 @@ class DMDTrainer:
                 return self.generator(z, cond).float()
         sig = dmd_sampling.timesteps_to_sigmas(ts, self.schedule.sigmas).to(self.device)
         with self._autocast():
-            return dmd_sampling.sample_dmd(self.generator.net, z, sig, self.config.model_type, extra_args={"cond": cond},
-                                           generator=g).float()
+            return dmd_sampling.sample_dmd(
+                self.generator.net, z, sig, self.config.model_type, extra_args={"cond": cond}, generator=g
+            ).float()
 
     # ---- state (the checkpoint file, resume and the generator file are training.run's)
 

@@ -77,9 +77,11 @@ def find_driver() -> str:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as e:
-        return (f"the Playwright driver is missing ({e}): pip install playwright into the Python running "
-                f"pytest (.venv/bin/pip install playwright; tested with 1.65.3); no `playwright install`: "
-                f"the browser is the system Chromium")
+        return (
+            f"the Playwright driver is missing ({e}): pip install playwright into the Python running "
+            f"pytest (.venv/bin/pip install playwright; tested with 1.65.3); no `playwright install`: "
+            f"the browser is the system Chromium"
+        )
     return ""
 
 
@@ -102,8 +104,11 @@ def comfy_web(tmp_path_factory):
         failed = comfy_client.import_failed_lines_for(server.import_failures(), comfy_client.PACK_LINK)
         failed += comfy_client.import_failed_lines_for(server.import_failures(), comfy_client.TESTNODES_LINK)
         if failed:
-            raise HostError("ComfyUI could not import a custom node pack:\n" + "\n".join(failed)
-                            + f"\n--- server log ---\n{server.log_tail(120)}")
+            raise HostError(
+                "ComfyUI could not import a custom node pack:\n"
+                + "\n".join(failed)
+                + f"\n--- server log ---\n{server.log_tail(120)}"
+            )
         _post_json(server.url + "/settings", PAGE_SETTINGS)
         yield server
     finally:
@@ -187,7 +192,9 @@ class ComfyPage:
         page.on("pageerror", lambda err: self.page_errors.append(f"{err}\n{getattr(err, 'stack', '') or ''}"))
         page.on("request", lambda req: self.requested.append(req.url))
         page.on("requestfailed", lambda req: self.failed_requests.append(req.url))
-        page.on("response", lambda resp: resp.status >= 400 and self.failed_requests.append(f"{resp.status} {resp.url}"))
+        page.on(
+            "response", lambda resp: resp.status >= 400 and self.failed_requests.append(f"{resp.status} {resp.url}")
+        )
 
     def _on_console(self, msg) -> None:
         try:
@@ -209,8 +216,11 @@ class ComfyPage:
         return self
 
     def errors_mentioning(self, needle: str) -> list[str]:
-        out = [f"console.{c['type']}: {c['text']} ({c['url']})" for c in self.console
-               if c["type"] in ("error", "warning") and (needle in c["text"] or needle in c["url"])]
+        out = [
+            f"console.{c['type']}: {c['text']} ({c['url']})"
+            for c in self.console
+            if c["type"] in ("error", "warning") and (needle in c["text"] or needle in c["url"])
+        ]
         out += [f"pageerror: {e}" for e in self.page_errors if needle in e]
         out += [f"request failed: {u}" for u in self.failed_requests if needle in u]
         return out
@@ -232,7 +242,9 @@ class ComfyPage:
 
     def graph_to_prompt(self) -> dict:
         """await app.graphToPrompt(): {"output": API-format prompt, "workflow": UI format}."""
-        return self.page.evaluate("async () => { const p = await app.graphToPrompt(); return {output: p.output, workflow: p.workflow}; }")
+        return self.page.evaluate(
+            "async () => { const p = await app.graphToPrompt(); return {output: p.output, workflow: p.workflow}; }"
+        )
 
     def show_graph_origin(self) -> None:
         """Scale 1, the graph's origin near the top left of what the user sees: the canvas starts

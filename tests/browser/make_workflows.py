@@ -73,13 +73,20 @@ class WF:
                 inputs.append({"name": name, "type": spec[0], "link": None})
         assert not values, (type_, values)
         outputs = [
-            {"name": n, "type": t, "links": []}
-            for n, t in zip(info.get("output_name", info["output"]), info["output"])
+            {"name": n, "type": t, "links": []} for n, t in zip(info.get("output_name", info["output"]), info["output"])
         ]
         n = {
-            "id": self.next_id, "type": type_, "pos": list(pos), "size": list(size), "flags": {},
-            "order": 0, "mode": 0, "inputs": inputs, "outputs": outputs,
-            "properties": {"Node name for S&R": type_}, "widgets_values": widgets,
+            "id": self.next_id,
+            "type": type_,
+            "pos": list(pos),
+            "size": list(size),
+            "flags": {},
+            "order": 0,
+            "mode": 0,
+            "inputs": inputs,
+            "outputs": outputs,
+            "properties": {"Node name for S&R": type_},
+            "widgets_values": widgets,
         }
         if title:
             n["title"] = title
@@ -99,12 +106,13 @@ class WF:
 
     def dump(self, path):
         # order: topological (Kahn, by id)
-        deps = {n["id"]: {l[1] for l in self.links if l[3] == n["id"]} for n in self.nodes}
+        deps = {n["id"]: {link[1] for link in self.links if link[3] == n["id"]} for n in self.nodes}
         done, order = set(), []
         while len(order) < len(self.nodes):
             ready = sorted(i for i in deps if i not in done and deps[i] <= done)
             i = ready[0]
-            done.add(i); order.append(i)
+            done.add(i)
+            order.append(i)
         for n in self.nodes:
             n["order"] = order.index(n["id"])
             for o in n["outputs"]:
@@ -140,14 +148,28 @@ def front(w):
 # 1. AdaptiveDiffusion KSampler
 w = WF()
 ck, pos, neg, lat = front(w)
-ks = w.node("TempoAdaptiveKSampler", (860, 20), (340, 500), seed=42, seed__control="fixed", steps=50, cfg=7.0,
-            sampler_name="euler", scheduler="normal")
+ks = w.node(
+    "TempoAdaptiveKSampler",
+    (860, 20),
+    (340, 500),
+    seed=42,
+    seed__control="fixed",
+    steps=50,
+    cfg=7.0,
+    sampler_name="euler",
+    scheduler="normal",
+)
 dec = w.node("VAEDecode", (1240, 20), (210, 46))
 save = w.node("SaveImage", (1490, 20), (420, 460), filename_prefix="tempo/adaptive_ksampler")
 prev = w.node("PreviewImage", (1240, 540), (420, 300), title="Skip plot")
-w.link(ck, "MODEL", ks, "model"); w.link(pos, "CONDITIONING", ks, "positive"); w.link(neg, "CONDITIONING", ks, "negative")
-w.link(lat, "LATENT", ks, "latent_image"); w.link(ks, "LATENT", dec, "samples"); w.link(ck, "VAE", dec, "vae")
-w.link(dec, "IMAGE", save, "images"); w.link(ks, "skip_plot", prev, "images")
+w.link(ck, "MODEL", ks, "model")
+w.link(pos, "CONDITIONING", ks, "positive")
+w.link(neg, "CONDITIONING", ks, "negative")
+w.link(lat, "LATENT", ks, "latent_image")
+w.link(ks, "LATENT", dec, "samples")
+w.link(ck, "VAE", dec, "vae")
+w.link(dec, "IMAGE", save, "images")
+w.link(ks, "skip_plot", prev, "images")
 w.dump(OUT / "adaptive_ksampler_sd15.json")
 
 # 2. SamplerCustomAdvanced with the AdaptiveDiffusion SAMPLER
@@ -160,24 +182,46 @@ sched = w.node("BasicScheduler", (860, 730), (320, 106), scheduler="karras", ste
 sca = w.node("SamplerCustomAdvanced", (1220, 20), (280, 110))
 dec = w.node("VAEDecode", (1540, 20), (210, 46))
 save = w.node("SaveImage", (1540, 120), (420, 460), filename_prefix="tempo/adaptive_sampler")
-w.link(ck, "MODEL", guider, "model"); w.link(pos, "CONDITIONING", guider, "positive"); w.link(neg, "CONDITIONING", guider, "negative")
+w.link(ck, "MODEL", guider, "model")
+w.link(pos, "CONDITIONING", guider, "positive")
+w.link(neg, "CONDITIONING", guider, "negative")
 w.link(ck, "MODEL", sched, "model")
-w.link(noise, "NOISE", sca, "noise"); w.link(guider, "GUIDER", sca, "guider"); w.link(sampler, "SAMPLER", sca, "sampler")
-w.link(sched, "SIGMAS", sca, "sigmas"); w.link(lat, "LATENT", sca, "latent_image")
-w.link(sca, "output", dec, "samples"); w.link(ck, "VAE", dec, "vae"); w.link(dec, "IMAGE", save, "images")
+w.link(noise, "NOISE", sca, "noise")
+w.link(guider, "GUIDER", sca, "guider")
+w.link(sampler, "SAMPLER", sca, "sampler")
+w.link(sched, "SIGMAS", sca, "sigmas")
+w.link(lat, "LATENT", sca, "latent_image")
+w.link(sca, "output", dec, "samples")
+w.link(ck, "VAE", dec, "vae")
+w.link(dec, "IMAGE", save, "images")
 w.dump(OUT / "adaptive_sampler_custom_advanced.json")
 
 # 3. Model patch in front of a plain KSampler
 w = WF()
 ck, pos, neg, lat = front(w)
 patch = w.node("TempoAdaptiveModel", (860, 20), (320, 290))
-ks = w.node("KSampler", (1220, 20), (320, 262), seed=42, seed__control="fixed", steps=50, cfg=7.0,
-            sampler_name="euler", scheduler="normal", denoise=1.0)
+ks = w.node(
+    "KSampler",
+    (1220, 20),
+    (320, 262),
+    seed=42,
+    seed__control="fixed",
+    steps=50,
+    cfg=7.0,
+    sampler_name="euler",
+    scheduler="normal",
+    denoise=1.0,
+)
 dec = w.node("VAEDecode", (1580, 20), (210, 46))
 save = w.node("SaveImage", (1580, 120), (420, 460), filename_prefix="tempo/adaptive_model_patch")
-w.link(ck, "MODEL", patch, "model"); w.link(patch, "MODEL", ks, "model")
-w.link(pos, "CONDITIONING", ks, "positive"); w.link(neg, "CONDITIONING", ks, "negative"); w.link(lat, "LATENT", ks, "latent_image")
-w.link(ks, "LATENT", dec, "samples"); w.link(ck, "VAE", dec, "vae"); w.link(dec, "IMAGE", save, "images")
+w.link(ck, "MODEL", patch, "model")
+w.link(patch, "MODEL", ks, "model")
+w.link(pos, "CONDITIONING", ks, "positive")
+w.link(neg, "CONDITIONING", ks, "negative")
+w.link(lat, "LATENT", ks, "latent_image")
+w.link(ks, "LATENT", dec, "samples")
+w.link(ck, "VAE", dec, "vae")
+w.link(dec, "IMAGE", save, "images")
 w.dump(OUT / "adaptive_model_patch.json")
 import dmd_workflows  # noqa: E402  (this folder is on sys.path when run as a script)
 

@@ -63,10 +63,13 @@ async (id) => {
 """
 
 
-@pytest.mark.parametrize("kind,prefix,placeholder", [
-    ("coop", "Coop-Diffusion: 6 steps, NFE A 6 + B 6", "Coop-Diffusion report"),
-    ("td", "Time-decoupled (timestep switch", "Time-decoupled report"),
-])
+@pytest.mark.parametrize(
+    "kind,prefix,placeholder",
+    [
+        ("coop", "Coop-Diffusion: 6 steps, NFE A 6 + B 6", "Coop-Diffusion report"),
+        ("td", "Time-decoupled (timestep switch", "Time-decoupled report"),
+    ],
+)
 def test_coop_report_shown_on_the_node_and_never_saved(comfy_page, kind, prefix, placeholder):
     page = comfy_page
     built = page.build_graph(BUILD_JS, {"kind": kind})

@@ -56,8 +56,11 @@ def test_page_loads_without_errors_from_the_extension(comfy_page):
     # is an internal module ...`); web/tempo.js must cause none of these (the warning names the
     # module, not the importer: the modules tempo.js can import are checked by name)
     imported = set(re.findall(r"""["']\.\./\.\./(scripts/[\w/.-]+\.js)["']""", WEB_JS.read_text()))
-    notices = [c["text"] for c in page.console if c["type"] == "warning" and "internal module" in c["text"]
-               and any(f'"{m}"' in c["text"] for m in imported)]
+    notices = [
+        c["text"]
+        for c in page.console
+        if c["type"] == "warning" and "internal module" in c["text"] and any(f'"{m}"' in c["text"] for m in imported)
+    ]
     assert not notices, notices
     # the pack's nodes are known to the front end, with their display names
     titles = page.evaluate(
@@ -153,20 +156,40 @@ def object_info(comfy_api):
 SPOT_CHECKS = {
     "adaptive_ksampler_sd15.json": {
         "TempoAdaptiveKSampler": {
-            "steps": 50, "sampler_name": "euler", "scheduler": "normal", "cfg": 7.0, "denoise": 1.0,
-            "mode": "target_speedup", "target_speedup": 2.0, "threshold": 0.01, "max_skip": 4,
-            "extrapolation": "linear", "force_last": 1, "start_percent": 0.0, "estimator_space": "vp",
+            "steps": 50,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "cfg": 7.0,
+            "denoise": 1.0,
+            "mode": "target_speedup",
+            "target_speedup": 2.0,
+            "threshold": 0.01,
+            "max_skip": 4,
+            "extrapolation": "linear",
+            "force_last": 1,
+            "start_percent": 0.0,
+            "estimator_space": "vp",
             "batch_mode": "per_sample",
         },
         "CheckpointLoaderSimple": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"},
         "EmptyLatentImage": {"width": 512, "height": 512, "batch_size": 1},
     },
     "adaptive_sampler_custom_advanced.json": {
-        "TempoAdaptiveSampler": {"sampler_name": "dpmpp_2m", "mode": "target_speedup", "target_speedup": 2.0, "max_skip": 4},
+        "TempoAdaptiveSampler": {
+            "sampler_name": "dpmpp_2m",
+            "mode": "target_speedup",
+            "target_speedup": 2.0,
+            "max_skip": 4,
+        },
         "BasicScheduler": {"scheduler": "karras"},
     },
     "adaptive_model_patch.json": {
-        "TempoAdaptiveModel": {"mode": "target_speedup", "target_speedup": 2.0, "threshold": 0.01, "batch_mode": "per_sample"},
+        "TempoAdaptiveModel": {
+            "mode": "target_speedup",
+            "target_speedup": 2.0,
+            "threshold": 0.01,
+            "batch_mode": "per_sample",
+        },
         "KSampler": {"sampler_name": "euler", "scheduler": "normal"},
     },
 }
@@ -187,11 +210,14 @@ def test_workflow_loads_and_converts_in_the_front_end(comfy_page, object_info, p
     # missing model ("errors found"), and this server has no model files. Such a node must have such
     # a value; older front ends mark none of them.
     wf_nodes = {str(n["id"]): n for n in wf["nodes"]}
-    flagged = {n["id"]: unavailable_choices(wf_nodes[str(n["id"])], object_info)
-               for n in seen["nodes"] if n["has_errors"]}
+    flagged = {
+        n["id"]: unavailable_choices(wf_nodes[str(n["id"])], object_info) for n in seen["nodes"] if n["has_errors"]
+    }
     assert all(flagged.values()), f"{path.name}: nodes with errors not explained by a missing file: {flagged}"
     # node ids: numbers in the workflow; the front end's own node ids are strings in newer front ends
-    assert sorted((str(n["id"]), n["type"]) for n in seen["nodes"]) == sorted((str(n["id"]), n["type"]) for n in wf["nodes"])
+    assert sorted((str(n["id"]), n["type"]) for n in seen["nodes"]) == sorted(
+        (str(n["id"]), n["type"]) for n in wf["nodes"]
+    )
 
     # saved again by the front end, every node keeps its widget values (same order, same count)
     saved = {n["id"]: n for n in seen["saved"]["nodes"]}

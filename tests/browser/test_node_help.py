@@ -75,7 +75,9 @@ def test_info_button_opens_the_page_in_the_help_panel(comfy_page, comfy_api):
         button.first.dispatch_event("click")
     page.page.wait_for_function(
         "(title) => document.querySelector('.node-help-content .markdown-content h1')?.textContent?.trim() === title",
-        arg=info["display_name"], timeout=15_000)
+        arg=info["display_name"],
+        timeout=15_000,
+    )
     shown = page.evaluate(_HELP_JS)
     page.screenshot("node_help_top.png")
 
@@ -91,8 +93,10 @@ def test_info_button_opens_the_page_in_the_help_panel(comfy_page, comfy_api):
     errors = [e for e in page.errors_mentioning("/docs/") if f"/docs/{NODE}/" not in e]
     assert not errors, errors
 
-    page.evaluate("() => [...document.querySelectorAll('.node-help-content .markdown-content h2')]"
-                  ".find((h) => h.textContent.trim() === 'Inputs')?.scrollIntoView()")
+    page.evaluate(
+        "() => [...document.querySelectorAll('.node-help-content .markdown-content h2')]"
+        ".find((h) => h.textContent.trim() === 'Inputs')?.scrollIntoView()"
+    )
     page.page.wait_for_timeout(300)
     page.screenshot("node_help_inputs.png")
 

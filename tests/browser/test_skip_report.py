@@ -90,7 +90,8 @@ def _run(page, ks_id, timeout_ms=120_000):
     if failed:
         detail = failed[0]["detail"] or {}
         if str(detail.get("node_type", "")).startswith("TempoTestbed") and detail.get("exception_type") in (
-            "FileNotFoundError", "ModuleNotFoundError",
+            "FileNotFoundError",
+            "ModuleNotFoundError",
         ):
             pytest.skip(
                 f"the testbed could not be loaded (no trained weights yet?): {detail.get('node_type')}: "
@@ -105,7 +106,9 @@ def test_skip_report_shown_on_the_node_and_never_saved(comfy_page):
     built = page.build_graph(BUILD_JS, {"steps": STEPS, "seed": 7})
     ks_id = built["ks"]
     assert "skip_report" not in built["widgets"], "the report box must appear only after a run"
-    saved_before = page.evaluate("(id) => app.graph.serialize().nodes.find((n) => String(n.id) === String(id)).widgets_values", ks_id)
+    saved_before = page.evaluate(
+        "(id) => app.graph.serialize().nodes.find((n) => String(n.id) === String(id)).widgets_values", ks_id
+    )
 
     state = _run(page, ks_id)
     page.show_graph_origin()
@@ -178,9 +181,12 @@ def test_skip_report_in_vue_nodes(comfy_page):
     try:
         built = page.build_graph(BUILD_JS, {"steps": STEPS, "seed": 7})
         ks_id = built["ks"]
-        page.page.wait_for_function("(id) => !!document.querySelector(`[data-node-id=\"${id}\"]`)", arg=ks_id, timeout=30_000)
+        page.page.wait_for_function(
+            '(id) => !!document.querySelector(`[data-node-id="${id}"]`)', arg=ks_id, timeout=30_000
+        )
         saved_before = page.evaluate(
-            "(id) => app.graph.serialize().nodes.find((n) => String(n.id) === String(id)).widgets_values", ks_id)
+            "(id) => app.graph.serialize().nodes.find((n) => String(n.id) === String(id)).widgets_values", ks_id
+        )
         state = _run(page, ks_id)
         page.page.wait_for_function(f"(id) => ({VUE_BOX_JS})(id).value", arg=ks_id, timeout=30_000, polling=200)
         box = page.evaluate(VUE_BOX_JS, ks_id)

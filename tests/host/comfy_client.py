@@ -130,11 +130,11 @@ def _env(pythonpath=()) -> dict[str, str]:
 class Graph:
     """Builds an API-format graph ({"id": {"class_type", "inputs"}}) node by node.
 
-        g = Graph()
-        model = g.node("TempoTestbedModel")
-        pos = g.node("TempoTestbedClass", class_id=3)
-        ks = g.node("KSampler", model=model.out(0), positive=pos.out(0), ...)
-        client.run(g)       # or client.run(g.api())
+    g = Graph()
+    model = g.node("TempoTestbedModel")
+    pos = g.node("TempoTestbedClass", class_id=3)
+    ks = g.node("KSampler", model=model.out(0), positive=pos.out(0), ...)
+    client.run(g)       # or client.run(g.api())
     """
 
     class Node:
@@ -268,8 +268,7 @@ class ComfyServer:
                 pass
             time.sleep(0.5)
         raise HostError(
-            f"ComfyUI did not answer HTTP 200 within {timeout:.0f} s (log {self.log_path}):\n"
-            f"{self.log_tail()}"
+            f"ComfyUI did not answer HTTP 200 within {timeout:.0f} s (log {self.log_path}):\n{self.log_tail()}"
         )
 
     def import_failures(self) -> list[str]:
@@ -373,9 +372,7 @@ class ComfyClient:
             if self.server.proc is not None and self.server.proc.poll() is not None:
                 raise HostError(f"ComfyUI died while running {prompt_id}:\n{self.server.log_tail()}")
             time.sleep(poll)
-        raise HostError(
-            f"prompt {prompt_id} not finished after {timeout:.0f} s\n{self.server.log_tail()}"
-        )
+        raise HostError(f"prompt {prompt_id} not finished after {timeout:.0f} s\n{self.server.log_tail()}")
 
     def describe_failure(self, prompt_id: str, entry: dict) -> str:
         msgs = []
@@ -434,7 +431,7 @@ class ComfyClient:
 # Snippets: Python run with ComfyUI's modules importable
 # --------------------------------------------------------------------------------------------
 
-_RUNNER = r'''
+_RUNNER = r"""
 import json, os, sys, traceback
 tree = os.environ["TEMPO_SNIPPET_TREE"]
 sys.path.insert(0, tree)
@@ -457,7 +454,7 @@ except BaseException:
     sys.exit(3)
 with open(os.environ["TEMPO_SNIPPET_OUT"], "w") as f:
     json.dump({"ok": True, "result": ns.get("RESULT")}, f)
-'''
+"""
 
 
 def run_snippet(
@@ -497,7 +494,9 @@ def run_snippet(
                 stdin=subprocess.DEVNULL,
             )  # fmt: skip
         except subprocess.TimeoutExpired as e:
-            raise HostError(f"snippet timed out after {timeout:.0f} s\n{(e.stdout or '')[-3000:]}{(e.stderr or '')[-3000:]}")
+            raise HostError(
+                f"snippet timed out after {timeout:.0f} s\n{(e.stdout or '')[-3000:]}{(e.stderr or '')[-3000:]}"
+            )
         out = tmp / "out.json"
         result = json.loads(out.read_text()) if out.exists() else None
         if result is None or not result.get("ok"):

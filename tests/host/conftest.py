@@ -85,8 +85,10 @@ def comfy_server(comfy_install, comfy_base):
         failed += import_failed_lines_for(server.import_failures(), comfy_client.TESTNODES_LINK)
         if failed:
             raise HostError(
-                "ComfyUI could not import a custom node pack:\n" + "\n".join(failed)
-                + f"\n--- server log ({server.log_path}) ---\n" + server.log_tail(120)
+                "ComfyUI could not import a custom node pack:\n"
+                + "\n".join(failed)
+                + f"\n--- server log ({server.log_path}) ---\n"
+                + server.log_tail(120)
             )
         yield server
     finally:
@@ -117,8 +119,11 @@ TAESD_DIR = Path(os.environ.get("TEMPO_TAESD_DIR") or "/work/shared/assets/taesd
 
 
 def have_taesd() -> bool:
-    return all((TAESD_DIR / f"{n}_{p}.safetensors").is_file()
-               for n in ("taesd", "taesdxl", "taesd3", "taef1") for p in ("encoder", "decoder"))
+    return all(
+        (TAESD_DIR / f"{n}_{p}.safetensors").is_file()
+        for n in ("taesd", "taesdxl", "taesd3", "taef1")
+        for p in ("encoder", "decoder")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -130,17 +135,32 @@ def tiny_models(comfy_install, comfy_base):
     if not have_taesd():
         pytest.skip(f"the TAESD files are not in {TAESD_DIR} (set TEMPO_TAESD_DIR)")
     t0 = time.monotonic()
-    write = comfy_client.run_snippet(comfy_install, (
-        "from tempo_testnodes import tiny_files as T\n"
-        f"RESULT = T.write_all({str(comfy_base)!r}, {str(TAESD_DIR)!r})\n"
-    ), base=comfy_base, timeout=600)
+    write = comfy_client.run_snippet(
+        comfy_install,
+        (
+            "from tempo_testnodes import tiny_files as T\n"
+            f"RESULT = T.write_all({str(comfy_base)!r}, {str(TAESD_DIR)!r})\n"
+        ),
+        base=comfy_base,
+        timeout=600,
+    )
     t1 = time.monotonic()
-    check = comfy_client.run_snippet(comfy_install, (
-        "from tempo_testnodes import tiny_files as T\n"
-        f"RESULT = T.check({str(TAESD_DIR)!r})\n"
-    ), base=comfy_base, timeout=600)
+    check = comfy_client.run_snippet(
+        comfy_install,
+        (f"from tempo_testnodes import tiny_files as T\nRESULT = T.check({str(TAESD_DIR)!r})\n"),
+        base=comfy_base,
+        timeout=600,
+    )
     t2 = time.monotonic()
-    names = dict(ckpt_a="tempo_tiny_sd15.safetensors", ckpt_b="tempo_tiny_sd15_b.safetensors",
-                 unet="tempo_tiny_unet.safetensors", lora="tempo_tiny_lora.safetensors")
-    return {"names": names, "write": write, "check": check,
-            "seconds": {"write_snippet": round(t1 - t0, 1), "check_snippet": round(t2 - t1, 1)}}
+    names = dict(
+        ckpt_a="tempo_tiny_sd15.safetensors",
+        ckpt_b="tempo_tiny_sd15_b.safetensors",
+        unet="tempo_tiny_unet.safetensors",
+        lora="tempo_tiny_lora.safetensors",
+    )
+    return {
+        "names": names,
+        "write": write,
+        "check": check,
+        "seconds": {"write_snippet": round(t1 - t0, 1), "check_snippet": round(t2 - t1, 1)},
+    }

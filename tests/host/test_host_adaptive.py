@@ -6,7 +6,7 @@ import pytest
 
 from comfyui_tempo.samplers import support
 
-SNIPPET = r'''
+SNIPPET = r"""
 import json, torch
 import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
 import comfy.samplers, comfy.sample
@@ -74,7 +74,7 @@ with torch.inference_mode():
         except Exception as e:
             result["errors"][name + "/execute"] = f"{type(e).__name__}: {e}"
 RESULT = result
-'''
+"""
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,17 @@ from __future__ import annotations
 import textwrap
 import time
 
+import comfy_client
 import numpy as np
 import pytest
-
-import comfy_client
 from comfy_client import Graph
 
 TEST_NODES = ("TempoTestbedModel", "TempoTestbedClass", "TempoTestbedDecode", "TempoTestbedEmptyLatent")
 
 
-def sampling_graph(steps=20, cfg=5.0, positive=3, negative=10, seed=0, batch_size=1, sampler="euler", scheduler="normal"):
+def sampling_graph(
+    steps=20, cfg=5.0, positive=3, negative=10, seed=0, batch_size=1, sampler="euler", scheduler="normal"
+):
     g = Graph()
     model = g.node("TempoTestbedModel")
     pos = g.node("TempoTestbedClass", class_id=positive)

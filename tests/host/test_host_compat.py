@@ -78,12 +78,14 @@ def test_the_packs_overrides_accept_every_argument_comfyui_passes(comfy_snippet)
     # the guiders' inner_sample and the DMD sampler's sample must be among those checked
     assert set(NODE_MODULES_NAMES) <= set(r["modules"]), r["modules"]
     names = " ".join(r["overrides"])
-    assert "CoopGuider.inner_sample" in names and "SwitchGuider.inner_sample" in names and "DMDSampler.sample" in names, names
+    assert (
+        "CoopGuider.inner_sample" in names and "SwitchGuider.inner_sample" in names and "DMDSampler.sample" in names
+    ), names
     bad = {k: v for k, v in r["overrides"].items() if v}
     assert not bad, f"overrides that would raise TypeError on this ComfyUI: {bad}"
 
 
-COMPAT_SNIPPET = r'''
+COMPAT_SNIPPET = r"""
 import torch, dataclasses
 from comfy_api.latest import io
 import tempo_testnodes as tn
@@ -120,7 +122,7 @@ for what, fn in {
         errors[what] = str(e)
 res["errors"] = errors
 RESULT = res
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +158,7 @@ def test_search_aliases_where_this_comfyui_has_them(comfy, compat_result):
         assert "teacache" in info["TempoAdaptiveKSampler"]["search_aliases"]
 
 
-RENOISE_SNIPPET = r'''
+RENOISE_SNIPPET = r"""
 import torch
 import comfy.model_base
 import tempo_testnodes as tn
@@ -191,7 +193,7 @@ try:
 except ValueError as e:
     res["bridge_5d"] = str(e)
 RESULT = res
-'''
+"""
 
 
 def test_dmd_renoises_through_the_models_noise_scaling_and_image_only_nodes_refuse_video(comfy_snippet):
@@ -203,7 +205,7 @@ def test_dmd_renoises_through_the_models_noise_scaling_and_image_only_nodes_refu
     assert r["bridge_5d"].startswith("samples: expected a latent tensor [B, C, H, W]") and "video" in r["bridge_5d"], r
 
 
-KIND_SNIPPET = r'''
+KIND_SNIPPET = r"""
 import comfy.model_base
 import tempo_testnodes as tn
 from comfyui_tempo.nodes import comfy_model, comfy_vae, dmd_files
@@ -225,15 +227,22 @@ for name in ("EPS", "V_PREDICTION", "V_PREDICTION_EDM", "FLOW", "EDM", "IMG_TO_I
         dmd = str(e)
     res[name] = {"kind": comfy_model.model_kind(model), "bridge": comfy_vae.model_schedule(model).kind, "dmd": dmd}
 RESULT = res
-'''
+"""
 
 
 def test_one_model_kind_each_caller_decides_what_it_refuses(comfy_snippet):
     """nodes/comfy_model.model_kind is the pack's one: eps, v, flow, edm or x0 (None for others). The DMD nodes
     serve eps, v and flow (a named error otherwise); the bridges take EDM as v and x0 as eps, as before."""
     r = comfy_snippet(KIND_SNIPPET, timeout=300)
-    want = {"EPS": ("eps", "eps"), "V_PREDICTION": ("v", "v"), "V_PREDICTION_EDM": ("v", "v"), "FLOW": ("flow", "flow"),
-            "EDM": ("edm", "v"), "IMG_TO_IMG": ("x0", "eps"), "FLOW_COSMOS": (None, "eps")}
+    want = {
+        "EPS": ("eps", "eps"),
+        "V_PREDICTION": ("v", "v"),
+        "V_PREDICTION_EDM": ("v", "v"),
+        "FLOW": ("flow", "flow"),
+        "EDM": ("edm", "v"),
+        "IMG_TO_IMG": ("x0", "eps"),
+        "FLOW_COSMOS": (None, "eps"),
+    }
     built = {k: v for k, v in r.items() if "skipped" not in v}
     assert {"EPS", "V_PREDICTION", "FLOW", "EDM"} <= set(built), r
     for name, got in built.items():

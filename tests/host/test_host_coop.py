@@ -14,9 +14,7 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-
 from comfy_client import REPO_ROOT, Graph
 
 TAESD_DIR = Path(os.environ.get("TEMPO_TAESD_DIR") or "/work/shared/assets/taesd")
@@ -44,7 +42,7 @@ def taesd_base(comfy_base):
     return True
 
 
-SNIPPET = r'''
+SNIPPET = r"""
 import inspect, json, math, torch
 import nodes, comfy.samplers, comfy.sample, comfy.sd
 import tempo_testnodes as tn
@@ -271,12 +269,14 @@ with torch.inference_mode():
                       "round_trip_psnr": psnr(round_trip, x), "round_trip_xl_psnr": psnr(rt_xl, x),
                       "to_sd3_shape": list(coop.LatentBridge.execute(z1, t1, t3, 0, 0, 1.0, "bilinear").args[0]["samples"].shape)}
 RESULT = R
-'''
+"""
 
 
 @pytest.fixture(scope="module")
 def coop_result(comfy_snippet, taesd_base):
-    code = SNIPPET.replace("__SAMPLERS__", repr(json.dumps(IDENTITY_SAMPLERS))).replace("__TAESD__", repr(bool(taesd_base)))
+    code = SNIPPET.replace("__SAMPLERS__", repr(json.dumps(IDENTITY_SAMPLERS))).replace(
+        "__TAESD__", repr(bool(taesd_base))
+    )
     return comfy_snippet(code, timeout=1200)
 
 
@@ -297,8 +297,10 @@ def test_single_run_switch_keeps_what_a_step_index_split_loses(coop_result):
     is exact only for a single-step deterministic sampler (euler); multistep samplers lose their history
     and ancestral ones restart their noise. The Time-Decoupled Sampler's single run stays bit for bit."""
     r = coop_result["ksa_pair"]
-    print("\nKSamplerAdvanced pair vs one run (decoded PSNR, dB): "
-          + ", ".join(f"{k} {v['pair_psnr']:.1f}" for k, v in r.items()))
+    print(
+        "\nKSamplerAdvanced pair vs one run (decoded PSNR, dB): "
+        + ", ".join(f"{k} {v['pair_psnr']:.1f}" for k, v in r.items())
+    )
     assert all(v["single_run_equal"] for v in r.values()), r
     assert r["euler"]["pair_equal"], r
     assert not r["dpmpp_2m"]["pair_equal"] and not r["euler_ancestral"]["pair_equal"], r
@@ -348,14 +350,18 @@ def test_noisy_latent_bridge_continues_a_ksampler_advanced_pair(coop_result):
 
 def test_coop_fusion_lies_between_the_two_models(coop_result):
     f = coop_result["fusion"]
-    print(f"\nfusion (hr: {coop_result['has_hr']}, decoded RMS): |A-B| {f['a_b']:.4f}, |fused-A| {f['f_a']:.4f}, |fused-B| {f['f_b']:.4f}; {f['text']}")
+    print(
+        f"\nfusion (hr: {coop_result['has_hr']}, decoded RMS): |A-B| {f['a_b']:.4f}, |fused-A| {f['f_a']:.4f}, |fused-B| {f['f_b']:.4f}; {f['text']}"
+    )
     assert f["finite"]
     assert f["f_a"] < f["a_b"] and f["f_b"] < f["a_b"], f
     assert f["f_a"] > 0.01 * f["a_b"], f  # B did contribute
     text = f["text"]
     assert "NFE A 20 + B 20" in text and "VAE 40 decodes + 40 encodes" in text and "4.00 per step" in text, text
     if not coop_result["has_hr"]:
-        pytest.skip(f"testbed 'hr' (the second latent space) not available yet: fused within one space; {coop_result.get('hr_error', '')}")
+        pytest.skip(
+            f"testbed 'hr' (the second latent space) not available yet: fused within one space; {coop_result.get('hr_error', '')}"
+        )
 
 
 def test_coop_img2img_starts_b_from_the_bridged_input(coop_result):
@@ -442,8 +448,19 @@ def test_bad_input_error_reaches_the_ui(comfy):
     g = Graph()
     vae = g.node("TempoTestbedVAE", name="testbed")
     lat = g.node("TempoTestbedEmptyLatent", batch_size=1)
-    br = g.node("TempoLatentBridge", samples=lat.out(0), vae_source=vae.out(0), vae_target=vae.out(0), width=30, height=32,
-                scale=1.0, resize_method="bilinear", tiled=False, tile_size=512, overlap=64)
+    br = g.node(
+        "TempoLatentBridge",
+        samples=lat.out(0),
+        vae_source=vae.out(0),
+        vae_target=vae.out(0),
+        width=30,
+        height=32,
+        scale=1.0,
+        resize_method="bilinear",
+        tiled=False,
+        tile_size=512,
+        overlap=64,
+    )
     dec = g.node("TempoTestbedDecode", samples=br.out(0))
     g.node("SaveImage", images=dec.out(0), filename_prefix="tempo_host/coop_bad")
     pid = comfy.queue(g)

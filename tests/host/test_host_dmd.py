@@ -18,10 +18,9 @@ import json
 import time
 from pathlib import Path
 
+import comfy_client
 import numpy as np
 import pytest
-
-import comfy_client
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -71,7 +70,12 @@ def as_testbed_prompt(wf: dict, object_info: dict, overrides: dict | None = None
     outputs = {nid: len(object_info[node["class_type"]]["output"]) for nid, node in out.items()}
     for node in out.values():
         for k, v in list(node["inputs"].items()):
-            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and (v[0] not in out or v[1] >= outputs[v[0]]):
+            if (
+                isinstance(v, list)
+                and len(v) == 2
+                and isinstance(v[0], str)
+                and (v[0] not in out or v[1] >= outputs[v[0]])
+            ):
                 del node["inputs"][k]
     for node in out.values():
         node["inputs"].update((overrides or {}).get(node["class_type"], {}))
@@ -98,9 +102,22 @@ def error_message(comfy, graph) -> str:
     return f"{msgs[0].get('exception_type')}: {msgs[0].get('exception_message')}"
 
 
-TRAINER = {"TempoDMDTrainer": dict(width=64, height=64, batch_size=2, steps=STEPS, generator_lr=2e-4, fake_lr=2e-4,
-                                    guidance=3.0, update_ratio=5, warmup_steps=0, checkpoint_interval=CKPT_EVERY,
-                                    save_name="dmd/generator", resume=True)}
+TRAINER = {
+    "TempoDMDTrainer": dict(
+        width=64,
+        height=64,
+        batch_size=2,
+        steps=STEPS,
+        generator_lr=2e-4,
+        fake_lr=2e-4,
+        guidance=3.0,
+        update_ratio=5,
+        warmup_steps=0,
+        checkpoint_interval=CKPT_EVERY,
+        save_name="dmd/generator",
+        resume=True,
+    )
+}
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +152,18 @@ def trained(comfy, object_info):
     gen_after_interrupt = gen.exists()
     t0 = time.monotonic()
     second = comfy.run(api, timeout=900)
-    return {"api": api, "node": tr, "first": first, "second": second, "ckpt": ckpt, "gen": gen,
-            "ckpt_size": ckpt_after_interrupt, "gen_after_interrupt": gen_after_interrupt, "resume_s": time.monotonic() - t0,
-            "total_s": time.monotonic() - t_start}
+    return {
+        "api": api,
+        "node": tr,
+        "first": first,
+        "second": second,
+        "ckpt": ckpt,
+        "gen": gen,
+        "ckpt_size": ckpt_after_interrupt,
+        "gen_after_interrupt": gen_after_interrupt,
+        "resume_s": time.monotonic() - t0,
+        "total_s": time.monotonic() - t_start,
+    }
 
 
 def test_trainer_is_interrupted_keeps_its_checkpoint_and_resumes(trained):
@@ -153,13 +179,17 @@ def test_trainer_is_interrupted_keeps_its_checkpoint_and_resumes(trained):
     assert CKPT_EVERY <= resumed_at < STEPS, text  # the interrupt checkpoint: past the first interval, before the end
     assert f"{STEPS} steps" in text and "dmd_generators/dmd/generator.safetensors" in text, text
     assert trained["gen"].exists()
-    print(f"\ntrainer: {STEPS} steps at batch 2, interrupted, resumed and saved in {trained['total_s']:.0f} s "
-          f"(resumed part {trained['resume_s']:.0f} s); {text}")
+    print(
+        f"\ntrainer: {STEPS} steps at batch 2, interrupted, resumed and saved in {trained['total_s']:.0f} s "
+        f"(resumed part {trained['resume_s']:.0f} s); {text}"
+    )
 
 
 def test_trainer_outputs_loss_curves_and_samples(comfy, trained):
     entry = trained["second"]
-    images = {nid: comfy.output_images(entry, nid) for nid, n in trained["api"].items() if n["class_type"] == "PreviewImage"}
+    images = {
+        nid: comfy.output_images(entry, nid) for nid, n in trained["api"].items() if n["class_type"] == "PreviewImage"
+    }
     shapes = sorted(tuple(a.shape) for imgs in images.values() for a in imgs)
     assert (300, 640, 3) in shapes, shapes  # the loss curves
     # one per conditioning, decoded by the trainer's vae input (the testbed autoencoder: 8x8 latents -> 32x32)
@@ -177,7 +207,9 @@ def test_generator_file_has_its_metadata(trained):
 
 
 def test_loader_lists_the_file_at_once(comfy, trained):
-    options = comfy.object_info("TempoDMDGeneratorLoader")["TempoDMDGeneratorLoader"]["input"]["required"]["generator_name"]
+    options = comfy.object_info("TempoDMDGeneratorLoader")["TempoDMDGeneratorLoader"]["input"]["required"][
+        "generator_name"
+    ]
     names = options[0] if isinstance(options[0], list) else options[1].get("options", [])
     assert "dmd/generator.safetensors" in names, names
 
@@ -207,15 +239,30 @@ def test_one_step_workflows_produce_images(comfy, trained, object_info):
 
 
 def test_regression_pairs_workflow_saves_a_file_the_trainer_reads(comfy, object_info):
-    api = as_testbed_prompt(load_workflow("dmd_regression_pairs.json"), object_info,
-                    {"TempoDMDRegressionPairs": dict(width=64, height=64, pairs_per_conditioning=3, steps=4)})
+    api = as_testbed_prompt(
+        load_workflow("dmd_regression_pairs.json"),
+        object_info,
+        {"TempoDMDRegressionPairs": dict(width=64, height=64, pairs_per_conditioning=3, steps=4)},
+    )
     entry = comfy.run(api, timeout=300)
     path = Path(comfy.base) / "output" / "dmd_pairs" / "dmd" / "pairs.safetensors"
     assert path.exists(), entry.get("outputs")
     # the trainer with the regression loss on those pairs (a few steps, LoRA)
-    tr = as_testbed_prompt(load_workflow("dmd_trainer.json"), object_info, {"TempoDMDTrainer": dict(
-        TRAINER["TempoDMDTrainer"], steps=6, regression_weight=0.25, regression_pairs="dmd/pairs.safetensors",
-        lora_rank=4, save_name="dmd/host_reg_lora", resume=False)})
+    tr = as_testbed_prompt(
+        load_workflow("dmd_trainer.json"),
+        object_info,
+        {
+            "TempoDMDTrainer": dict(
+                TRAINER["TempoDMDTrainer"],
+                steps=6,
+                regression_weight=0.25,
+                regression_pairs="dmd/pairs.safetensors",
+                lora_rank=4,
+                save_name="dmd/host_reg_lora",
+                resume=False,
+            )
+        },
+    )
     entry = comfy.run(tr, timeout=300)
     text = ui_texts(entry, node_of(tr, "TempoDMDTrainer"))[0]
     assert "6 steps" in text and "host_reg_lora.safetensors" in text, text
@@ -223,8 +270,11 @@ def test_regression_pairs_workflow_saves_a_file_the_trainer_reads(comfy, object_
 
 # ----------------------------------------------------------------------------- bad inputs over HTTP
 def _trainer_graph(object_info, **override):
-    return as_testbed_prompt(load_workflow("dmd_trainer.json"), object_info,
-                     {"TempoDMDTrainer": dict(TRAINER["TempoDMDTrainer"], steps=2, save_name="dmd/bad", resume=False, **override)})
+    return as_testbed_prompt(
+        load_workflow("dmd_trainer.json"),
+        object_info,
+        {"TempoDMDTrainer": dict(TRAINER["TempoDMDTrainer"], steps=2, save_name="dmd/bad", resume=False, **override)},
+    )
 
 
 def test_latent_size_not_divisible_by_8_is_a_clear_error(comfy, object_info):
@@ -252,20 +302,37 @@ def test_generator_without_metadata_is_a_clear_error(comfy, object_info):
     folder = Path(comfy.base) / "models" / "dmd_generators"
     folder.mkdir(parents=True, exist_ok=True)
     safetensors_torch.save_file({"x": np.zeros(2, dtype=np.float32)}, str(folder / "no_meta.safetensors"))
-    g = as_testbed_prompt(load_workflow("dmd_loader_ksampler.json"), object_info,
-                  {"TempoDMDGeneratorLoader": {"generator_name": "no_meta.safetensors"}})
+    g = as_testbed_prompt(
+        load_workflow("dmd_loader_ksampler.json"),
+        object_info,
+        {"TempoDMDGeneratorLoader": {"generator_name": "no_meta.safetensors"}},
+    )
     msg = error_message(comfy, g)
     assert "DMDNodeError: generator_name:" in msg and "no DMD metadata" in msg, msg
 
 
 def test_resume_with_another_latent_size_is_a_clear_error(comfy, object_info):
     """A checkpoint made for 64 x 64 px is not resumed at 128 x 128 (nor with another number of prompts)."""
-    first = as_testbed_prompt(load_workflow("dmd_trainer.json"), object_info, {"TempoDMDTrainer": dict(
-        TRAINER["TempoDMDTrainer"], steps=2, checkpoint_interval=1, save_name="dmd/host_resize", resume=False)})
+    first = as_testbed_prompt(
+        load_workflow("dmd_trainer.json"),
+        object_info,
+        {
+            "TempoDMDTrainer": dict(
+                TRAINER["TempoDMDTrainer"], steps=2, checkpoint_interval=1, save_name="dmd/host_resize", resume=False
+            )
+        },
+    )
     comfy.run(first, timeout=300)
     assert any((Path(comfy.base) / "output").rglob("host_resize.pt")), "no checkpoint written"
-    again = as_testbed_prompt(load_workflow("dmd_trainer.json"), object_info, {"TempoDMDTrainer": dict(
-        TRAINER["TempoDMDTrainer"], steps=4, width=128, height=128, save_name="dmd/host_resize", resume=True)})
+    again = as_testbed_prompt(
+        load_workflow("dmd_trainer.json"),
+        object_info,
+        {
+            "TempoDMDTrainer": dict(
+                TRAINER["TempoDMDTrainer"], steps=4, width=128, height=128, save_name="dmd/host_resize", resume=True
+            )
+        },
+    )
     msg = error_message(comfy, again)
     assert "DMDNodeError: width/height:" in msg and "(4, 8, 8)" in msg and "(4, 16, 16)" in msg, msg
 
@@ -276,7 +343,7 @@ def test_regression_without_pairs_is_a_clear_error(comfy, object_info):
 
 
 # ----------------------------------------------------------------------------- in-process
-SNIPPET = r'''
+SNIPPET = r"""
 import json, os, torch
 import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
 import comfy.samplers, comfy.sample
@@ -499,7 +566,7 @@ with torch.inference_mode():
     open(os.path.join(d, "pickled.ckpt"), "wb").write(b"x")
     res["errors"]["not_safetensors"] = err(lambda: dmd_files.read_generator(os.path.join(d, "pickled.ckpt")))
 RESULT = res
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -571,8 +638,10 @@ def test_shipped_testbed_generator_loads_and_keeps_its_classes(inproc):
     assert sh["class_acc"] >= 0.8, sh
     # control: the undistilled teacher evaluated once from pure noise does not give the class (0.0 measured)
     assert sh["teacher_one_step_acc_class3"] < 0.5, sh
-    print(f"\nshipped generator in ComfyUI: class accuracy {sh['class_acc']:.3f}, relative difference to its own "
-          f"one-step function {sh['vs_torch']:.1e}, teacher at one step {sh['teacher_one_step_acc_class3']:.2f}")
+    print(
+        f"\nshipped generator in ComfyUI: class accuracy {sh['class_acc']:.3f}, relative difference to its own "
+        f"one-step function {sh['vs_torch']:.1e}, teacher at one step {sh['teacher_one_step_acc_class3']:.2f}"
+    )
 
 
 def test_bad_inputs_in_process(inproc):
@@ -584,7 +653,7 @@ def test_bad_inputs_in_process(inproc):
     assert e["not_safetensors"].startswith("DMDNodeError: generator_name:") and "safetensors" in e["not_safetensors"], e
 
 
-SD_UNET_SNIPPET = r'''
+SD_UNET_SNIPPET = r"""
 import os, torch
 import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
 import folder_paths
@@ -627,7 +696,7 @@ with torch.inference_mode():
     res["history"] = sorted(st["history"])
     res["finite"] = bool(torch.isfinite(tr.args[3]["samples"]).all())
 RESULT = res
-'''
+"""
 
 
 def test_gan_and_gradient_checkpointing_on_an_sd_unet(comfy_snippet):
@@ -640,7 +709,7 @@ def test_gan_and_gradient_checkpointing_on_an_sd_unet(comfy_snippet):
     assert "loss_gen_cls" in r["history"] and "loss_guidance_cls" in r["history"] and r["finite"], r
 
 
-CRASH_SNIPPET = r'''
+CRASH_SNIPPET = r"""
 import os, torch
 import folder_paths
 import tempo_testnodes as tn
@@ -684,7 +753,7 @@ with torch.inference_mode():
         w = weights(name)
         res[where + "_resumed_equal"] = all(torch.equal(w[k], ref[k]) for k in ref)
 RESULT = res
-'''
+"""
 
 
 def test_a_crash_inside_a_step_keeps_a_consistent_checkpoint(comfy_snippet):

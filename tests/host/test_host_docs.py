@@ -31,7 +31,8 @@ REBUILD = "TEMPO_COMFYUI=<this ComfyUI tree> python tests/browser/make_docs.py -
 def test_every_node_has_one_page_and_no_more():
     committed = sorted(p.name for p in DOCS.glob("*.md"))
     assert committed == sorted(f"{i}.md" for i in make_docs.node_ids()), (
-        f"web/docs/ should hold one page per node id of nodes/registry.py; rebuild with: {REBUILD}")
+        f"web/docs/ should hold one page per node id of nodes/registry.py; rebuild with: {REBUILD}"
+    )
 
 
 def test_pages_match_the_running_schema(comfy):
@@ -41,11 +42,16 @@ def test_pages_match_the_running_schema(comfy):
         path = DOCS / name
         have = path.read_text() if path.is_file() else ""
         if have != text:
-            diff = "".join(difflib.unified_diff(have.splitlines(True), text.splitlines(True),
-                                                f"committed web/docs/{name}", "from this ComfyUI", n=1))
+            diff = "".join(
+                difflib.unified_diff(
+                    have.splitlines(True), text.splitlines(True), f"committed web/docs/{name}", "from this ComfyUI", n=1
+                )
+            )
             stale.append(diff[:3000])
-    assert not stale, (f"{len(stale)} help page(s) differ from this ComfyUI's /object_info and "
-                       f"docs/node-notes.md; rebuild them with: {REBUILD}\n" + "\n".join(stale))
+    assert not stale, (
+        f"{len(stale)} help page(s) differ from this ComfyUI's /object_info and "
+        f"docs/node-notes.md; rebuild them with: {REBUILD}\n" + "\n".join(stale)
+    )
 
 
 def test_pages_are_served_where_the_front_end_looks(comfy):

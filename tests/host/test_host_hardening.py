@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from comfy_client import Graph
 
 
@@ -36,11 +35,31 @@ def adaptive_ksampler_graph(**inputs) -> tuple[Graph, Graph.Node]:
     pos = g.node("TempoTestbedClass", class_id=3)
     neg = g.node("TempoTestbedClass", class_id=10)
     lat = g.node("TempoTestbedEmptyLatent", batch_size=1)
-    ks = g.node("TempoAdaptiveKSampler", model=model.out(0), positive=pos.out(0), negative=neg.out(0),
-                latent_image=lat.out(0), seed=0, steps=4, cfg=3.0, sampler_name="euler", scheduler="normal", denoise=1.0,
-                mode="target_speedup", target_speedup=1.0, threshold=0.01, max_skip=4, extrapolation="linear",
-                force_last=1, start_percent=0.0, estimator_space="vp", late_bias=0.25, placement=0.0,
-                estimator="latent", batch_mode="per_sample")
+    ks = g.node(
+        "TempoAdaptiveKSampler",
+        model=model.out(0),
+        positive=pos.out(0),
+        negative=neg.out(0),
+        latent_image=lat.out(0),
+        seed=0,
+        steps=4,
+        cfg=3.0,
+        sampler_name="euler",
+        scheduler="normal",
+        denoise=1.0,
+        mode="target_speedup",
+        target_speedup=1.0,
+        threshold=0.01,
+        max_skip=4,
+        extrapolation="linear",
+        force_last=1,
+        start_percent=0.0,
+        estimator_space="vp",
+        late_bias=0.25,
+        placement=0.0,
+        estimator="latent",
+        batch_mode="per_sample",
+    )
     ks.set(**inputs)
     dec = g.node("TempoTestbedDecode", samples=ks.out(0))
     g.node("PreviewImage", images=dec.out(0))
@@ -53,13 +72,40 @@ def adaptive_sampler_graph(**inputs) -> Graph:
     pos = g.node("TempoTestbedClass", class_id=3)
     neg = g.node("TempoTestbedClass", class_id=10)
     lat = g.node("TempoTestbedEmptyLatent", batch_size=1)
-    smp = g.node("TempoAdaptiveSampler", **{**dict(
-        sampler_name="euler", mode="target_speedup", target_speedup=1.0, threshold=0.01, max_skip=4, extrapolation="linear",
-        force_last=1, start_percent=0.0, estimator_space="vp", late_bias=0.25, placement=0.0, estimator="latent",
-        batch_mode="per_sample"), **inputs})
+    smp = g.node(
+        "TempoAdaptiveSampler",
+        **{
+            **dict(
+                sampler_name="euler",
+                mode="target_speedup",
+                target_speedup=1.0,
+                threshold=0.01,
+                max_skip=4,
+                extrapolation="linear",
+                force_last=1,
+                start_percent=0.0,
+                estimator_space="vp",
+                late_bias=0.25,
+                placement=0.0,
+                estimator="latent",
+                batch_mode="per_sample",
+            ),
+            **inputs,
+        },
+    )
     sch = g.node("BasicScheduler", model=model.out(0), scheduler="normal", steps=4, denoise=1.0)
-    sc = g.node("SamplerCustom", model=model.out(0), add_noise=True, noise_seed=0, cfg=3.0, positive=pos.out(0),
-                negative=neg.out(0), sampler=smp.out(0), sigmas=sch.out(0), latent_image=lat.out(0))
+    sc = g.node(
+        "SamplerCustom",
+        model=model.out(0),
+        add_noise=True,
+        noise_seed=0,
+        cfg=3.0,
+        positive=pos.out(0),
+        negative=neg.out(0),
+        sampler=smp.out(0),
+        sigmas=sch.out(0),
+        latent_image=lat.out(0),
+    )
     dec = g.node("TempoTestbedDecode", samples=sc.out(0))
     g.node("PreviewImage", images=dec.out(0))
     return g
@@ -70,10 +116,28 @@ def loader_graph(generator_name: str, **inputs) -> Graph:
     model = g.node("TempoTestbedModel")
     pos = g.node("TempoTestbedClass", class_id=3)
     lat = g.node("TempoTestbedEmptyLatent", batch_size=1)
-    ld = g.node("TempoDMDGeneratorLoader", **{**dict(model=model.out(0), generator_name=generator_name,
-                                                    conditioning_timestep=-1, timesteps="from file", strength=1.0), **inputs})
-    ks = g.node("TempoDMDKSampler", model=ld.out(0), seed=0, timesteps="from model", cfg=1.0, positive=pos.out(0),
-                latent_image=lat.out(0))
+    ld = g.node(
+        "TempoDMDGeneratorLoader",
+        **{
+            **dict(
+                model=model.out(0),
+                generator_name=generator_name,
+                conditioning_timestep=-1,
+                timesteps="from file",
+                strength=1.0,
+            ),
+            **inputs,
+        },
+    )
+    ks = g.node(
+        "TempoDMDKSampler",
+        model=ld.out(0),
+        seed=0,
+        timesteps="from model",
+        cfg=1.0,
+        positive=pos.out(0),
+        latent_image=lat.out(0),
+    )
     dec = g.node("TempoTestbedDecode", samples=ks.out(0))
     g.node("PreviewImage", images=dec.out(0))
     return g
@@ -88,22 +152,28 @@ def test_adaptive_ksampler_valid_graph_runs(comfy):
     assert entry["status"]["status_str"] == "success"
 
 
-@pytest.mark.parametrize("inputs, kind, name", [
-    ({"denoise": 2.0}, "value_bigger_than_max", "denoise"),
-    ({"seed": -5}, "value_smaller_than_min", "seed"),
-    ({"steps": 0}, "value_smaller_than_min", "steps"),
-    ({"target_speedup": 10.0}, "value_bigger_than_max", "target_speedup"),
-])
+@pytest.mark.parametrize(
+    "inputs, kind, name",
+    [
+        ({"denoise": 2.0}, "value_bigger_than_max", "denoise"),
+        ({"seed": -5}, "value_smaller_than_min", "seed"),
+        ({"steps": 0}, "value_smaller_than_min", "steps"),
+        ({"target_speedup": 10.0}, "value_bigger_than_max", "target_speedup"),
+    ],
+)
 def test_adaptive_ksampler_inputs_are_checked_by_comfyui(comfy, inputs, kind, name):
     g, _ = adaptive_ksampler_graph(**inputs)
     errs = errors_of(post(comfy, g))
     assert [(e["type"], e["extra_info"]["input_name"]) for e in errs] == [(kind, name)], errs
 
 
-@pytest.mark.parametrize("inputs, kind, name", [
-    ({"target_speedup": 10.0}, "value_bigger_than_max", "target_speedup"),
-    ({"max_skip": 0}, "value_smaller_than_min", "max_skip"),
-])
+@pytest.mark.parametrize(
+    "inputs, kind, name",
+    [
+        ({"target_speedup": 10.0}, "value_bigger_than_max", "target_speedup"),
+        ({"max_skip": 0}, "value_smaller_than_min", "max_skip"),
+    ],
+)
 def test_adaptive_sampler_inputs_are_checked_by_comfyui(comfy, inputs, kind, name):
     errs = errors_of(post(comfy, adaptive_sampler_graph(**inputs)))
     assert [(e["type"], e["extra_info"]["input_name"]) for e in errs] == [(kind, name)], errs
@@ -117,8 +187,19 @@ def checks_v3_combos(comfy) -> bool:
     model = g.node("TempoTestbedModel", name="bogus")
     lat = g.node("TempoTestbedEmptyLatent", batch_size=1)
     pos = g.node("TempoTestbedClass", class_id=3)
-    ks = g.node("KSampler", model=model.out(0), seed=0, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
-                positive=pos.out(0), negative=pos.out(0), latent_image=lat.out(0), denoise=1.0)
+    ks = g.node(
+        "KSampler",
+        model=model.out(0),
+        seed=0,
+        steps=1,
+        cfg=1.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos.out(0),
+        negative=pos.out(0),
+        latent_image=lat.out(0),
+        denoise=1.0,
+    )
     dec = g.node("TempoTestbedDecode", samples=ks.out(0))
     g.node("PreviewImage", images=dec.out(0))
     payload = post(comfy, g)
@@ -131,7 +212,11 @@ def checks_v3_combos(comfy) -> bool:
 def test_unknown_combo_values_are_refused(comfy, checks_v3_combos, node, name):
     """At queue time where ComfyUI checks V3 combos (our validate_inputs no longer switches that off); on 0.3.64,
     which checks none, with an error naming the input when the node runs (the scheduler was silently 'simple')."""
-    g = adaptive_ksampler_graph(**{name: "bogus"})[0] if node == "ksampler" else adaptive_sampler_graph(**{name: "bogus"})
+    g = (
+        adaptive_ksampler_graph(**{name: "bogus"})[0]
+        if node == "ksampler"
+        else adaptive_sampler_graph(**{name: "bogus"})
+    )
     payload = post(comfy, g)
     errs = errors_of(payload)
     if checks_v3_combos:
@@ -150,7 +235,9 @@ def test_an_unsupported_sampler_is_reported_once(comfy, sampler):
         tempo["inputs"]["sampler_name"] = sampler
         errs = errors_of(post(comfy, g))
         assert len(errs) == 1, errs  # was 22 (once per input) with **kwargs
-        assert errs[0]["type"] == "custom_validation_failed" and errs[0]["extra_info"]["input_name"] == "sampler_name", errs
+        assert (
+            errs[0]["type"] == "custom_validation_failed" and errs[0]["extra_info"]["input_name"] == "sampler_name"
+        ), errs
         assert "sampler_name: " in errs[0]["details"] and sampler in errs[0]["details"], errs
 
 
@@ -175,13 +262,26 @@ def test_nan_latent_through_latent_bridge_is_said_in_its_report(comfy):
     name = "tempo_qa_nan.latent"
     lat = np.zeros((1, 4, 8, 8), dtype=np.float32)
     lat[0, 0, :2] = np.nan
-    safetensors_numpy.save_file({"latent_tensor": lat, "latent_format_version_0": np.zeros(1, dtype=np.float32)},
-                                str(Path(comfy.base) / "input" / name))
+    safetensors_numpy.save_file(
+        {"latent_tensor": lat, "latent_format_version_0": np.zeros(1, dtype=np.float32)},
+        str(Path(comfy.base) / "input" / name),
+    )
     g = Graph()
     load = g.node("LoadLatent", latent=name)
     vae = g.node("TempoTestbedVAE", name="testbed")
-    br = g.node("TempoLatentBridge", samples=load.out(0), vae_source=vae.out(0), vae_target=vae.out(0), width=0, height=0,
-                scale=1.0, resize_method="bilinear", tiled=False, tile_size=512, overlap=64)
+    br = g.node(
+        "TempoLatentBridge",
+        samples=load.out(0),
+        vae_source=vae.out(0),
+        vae_target=vae.out(0),
+        width=0,
+        height=0,
+        scale=1.0,
+        resize_method="bilinear",
+        tiled=False,
+        tile_size=512,
+        overlap=64,
+    )
     dec = g.node("TempoTestbedDecode", samples=br.out(0))
     g.node("PreviewImage", images=dec.out(0))
     entry = comfy.run(g, timeout=300)
@@ -190,16 +290,29 @@ def test_nan_latent_through_latent_bridge_is_said_in_its_report(comfy):
 
 
 # ----------------------------------------------------------------------------- item 2 / 9 over HTTP
-@pytest.mark.parametrize("save_name, word", [("q" * 300, "bytes"), ("dmd/a\x00b", "NUL"), ("C:/x", "drive"),
-                                             ("con", "reserved")])
+@pytest.mark.parametrize(
+    "save_name, word", [("q" * 300, "bytes"), ("dmd/a\x00b", "NUL"), ("C:/x", "drive"), ("con", "reserved")]
+)
 def test_bad_save_name_is_a_named_error(comfy, save_name, word):
     g = Graph()
     model = g.node("TempoTestbedModel")
     pos = g.node("TempoTestbedClass", class_id=3)
     neg = g.node("TempoTestbedClass", class_id=10)
-    g.node("TempoDMDRegressionPairs", teacher=model.out(0), positive=pos.out(0), negative=neg.out(0), width=64, height=64,
-           pairs_per_conditioning=1, steps=2, guidance=2.0, conditioning_timestep=999, batch_size=1, seed=0,
-           save_name=save_name)
+    g.node(
+        "TempoDMDRegressionPairs",
+        teacher=model.out(0),
+        positive=pos.out(0),
+        negative=neg.out(0),
+        width=64,
+        height=64,
+        pairs_per_conditioning=1,
+        steps=2,
+        guidance=2.0,
+        conditioning_timestep=999,
+        batch_size=1,
+        seed=0,
+        save_name=save_name,
+    )
     entry = comfy.run(g, timeout=300, check=False)
     msgs = [d for n, d in entry["status"]["messages"] if n == "execution_error"]
     assert msgs, entry["status"]
@@ -208,7 +321,7 @@ def test_bad_save_name_is_a_named_error(comfy, save_name, word):
 
 
 # ----------------------------------------------------------------------------- in-process
-SNIPPET = r'''
+SNIPPET = r"""
 import json, os, shutil, torch
 import folder_paths
 import tempo_testnodes as tn
@@ -334,7 +447,7 @@ with torch.inference_mode():
     comfy.sample.sample_custom(model, torch.randn(1, 4, 8, 8), 1.0, dmd_nodes.DMDSampler([999]), sig, pos[:1], [], nan)
 res["dmd_sampler_log"] = {"finite": records[:n_finite], "nan": records[n_finite:]}
 RESULT = res
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -357,12 +470,16 @@ def test_save_names_that_leave_the_folder_on_any_os_are_refused(inproc):
     for name, e in inproc["save_names"].items():
         assert e.startswith("DMDNodeError: save_name: "), (name, e)
     assert inproc["save_name_ok"] == "dmd/generator"
-    assert inproc["pairs_node"].startswith("DMDNodeError: save_name: ") and "drive" in inproc["pairs_node"], inproc["pairs_node"]
+    assert inproc["pairs_node"].startswith("DMDNodeError: save_name: ") and "drive" in inproc["pairs_node"], inproc[
+        "pairs_node"
+    ]
 
 
 def test_dmd_metadata_that_is_a_json_list_is_a_named_error(inproc):
     assert inproc["list_meta"].startswith("DMDNodeError: generator_name: ") and "list" in inproc["list_meta"], inproc
-    assert inproc["list_meta_pairs"].startswith("DMDNodeError: regression_pairs: ") and "list" in inproc["list_meta_pairs"]
+    assert (
+        inproc["list_meta_pairs"].startswith("DMDNodeError: regression_pairs: ") and "list" in inproc["list_meta_pairs"]
+    )
 
 
 @pytest.mark.parametrize("kind", ["empty", "truncated", "random", "safetensors", "foreign_dict", "foreign_tensor"])

@@ -3,7 +3,7 @@ on the same inputs inside a real ComfyUI."""
 
 from __future__ import annotations
 
-COOP_SNIPPET = r'''
+COOP_SNIPPET = r"""
 import torch
 import comfy.sample, comfy.samplers
 import tempo_testnodes as tn
@@ -43,7 +43,7 @@ with torch.inference_mode():
         core_raw = m_a.model.process_latent_out(core)
         res[str(d)] = {"max_abs": float((core_raw - node).abs().max()), "scale": float(node.abs().max())}
 RESULT = res
-'''
+"""
 
 
 def test_coop_node_and_core_give_the_same_latents(comfy_snippet):

@@ -23,7 +23,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from comfy_client import REPO_ROOT, ui_to_api
 
 WORKFLOWS = REPO_ROOT / "workflows"
@@ -89,8 +88,9 @@ def test_tiny_files_are_what_a_user_loads(tiny_models):
     assert check[names["unet"]]["config"] == "SD15"
     lora = check[names["lora"]]
     assert lora["modules"] > 0 and lora["patched"] == lora["modules"] and lora["before"] == 0, lora
-    print(f"\ntiny files: {json.dumps(tiny_models['write'])}; loads {check['load_s']}; "
-          f"snippets {tiny_models['seconds']}")
+    print(
+        f"\ntiny files: {json.dumps(tiny_models['write'])}; loads {check['load_s']}; snippets {tiny_models['seconds']}"
+    )
 
 
 def test_loaders_list_the_tiny_files(comfy, object_info, tiny_models):
@@ -122,8 +122,10 @@ def _images(comfy, entry, prompt, class_type):
 def made_by(comfy) -> dict:
     """The files a workflow writes that another one reads: {workflow: path}."""
     out = Path(comfy.base) / "output"
-    return {"dmd_trainer.json": out / "dmd_generators" / (GENERATOR + ".safetensors"),
-            "dmd_regression_pairs.json": out / "dmd_pairs" / (PAIRS + ".safetensors")}
+    return {
+        "dmd_trainer.json": out / "dmd_generators" / (GENERATOR + ".safetensors"),
+        "dmd_regression_pairs.json": out / "dmd_pairs" / (PAIRS + ".safetensors"),
+    }
 
 
 def needs(name: str) -> list[str]:
@@ -140,7 +142,9 @@ def test_workflow_runs_through_the_loaders(comfy, object_info, tiny_models, name
     prompt = as_user_prompt(name, object_info, tiny_models["names"])
     types = {n["class_type"] for n in prompt.values()}
     assert not any("Testbed" in t for t in types), types
-    loaders = [(n["class_type"], n["inputs"][LOADERS[n["class_type"]]]) for n in prompt.values() if n["class_type"] in LOADERS]
+    loaders = [
+        (n["class_type"], n["inputs"][LOADERS[n["class_type"]]]) for n in prompt.values() if n["class_type"] in LOADERS
+    ]
     assert loaders and all(v in tiny_models["names"].values() for _, v in loaders), loaders
     entry = comfy.run(prompt, timeout=900)
     texts = {nid: out.get("text", []) for nid, out in entry.get("outputs", {}).items() if out.get("text")}
@@ -152,7 +156,9 @@ def test_workflow_runs_through_the_loaders(comfy, object_info, tiny_models, name
             assert img.std() > 1.0, (name, nid, img.shape)
     if name == "dmd_trainer.json":
         tr = next(nid for nid, n in prompt.items() if n["class_type"] == "TempoDMDTrainer")
-        assert prompt[tr]["inputs"]["vae"][0] in {nid for nid, n in prompt.items() if n["class_type"] == "CheckpointLoaderSimple"}
+        assert prompt[tr]["inputs"]["vae"][0] in {
+            nid for nid, n in prompt.items() if n["class_type"] == "CheckpointLoaderSimple"
+        }
         shapes = sorted(img.shape for imgs in previews.values() for img in imgs)
         # the loss curves and one decoded one-step sample per prompt (2 prompts, 64 px)
         samples = [s for s in shapes if s[:2] == (64, 64)]
@@ -161,17 +167,31 @@ def test_workflow_runs_through_the_loaders(comfy, object_info, tiny_models, name
         assert made_by(comfy)[name].is_file(), texts
     if name not in ("dmd_trainer.json", "dmd_regression_pairs.json"):
         assert saved, name
-    print(f"\n{name}: {sum(len(v) for v in saved.values())} saved, "
-          f"{sum(len(v) for v in previews.values())} previews; {json.dumps(texts)[:600]}")
+    print(
+        f"\n{name}: {sum(len(v) for v in saved.values())} saved, "
+        f"{sum(len(v) for v in previews.values())} previews; {json.dumps(texts)[:600]}"
+    )
 
 
 def test_trainer_reads_the_pairs_the_pairs_workflow_saved(comfy, object_info, tiny_models):
     """dmd_trainer.json fed the file dmd_regression_pairs.json saved (regression loss on, LoRA)."""
     if not made_by(comfy)["dmd_regression_pairs.json"].is_file():
         comfy.run(as_user_prompt("dmd_regression_pairs.json", object_info, tiny_models["names"]), timeout=900)
-    prompt = as_user_prompt("dmd_trainer.json", object_info, tiny_models["names"], {"TempoDMDTrainer": dict(
-        regression_weight=0.25, regression_pairs=PAIRS + ".safetensors", lora_rank=4, steps=3,
-        save_name="tempo_workflows/regression_lora", resume=False)})
+    prompt = as_user_prompt(
+        "dmd_trainer.json",
+        object_info,
+        tiny_models["names"],
+        {
+            "TempoDMDTrainer": dict(
+                regression_weight=0.25,
+                regression_pairs=PAIRS + ".safetensors",
+                lora_rank=4,
+                steps=3,
+                save_name="tempo_workflows/regression_lora",
+                resume=False,
+            )
+        },
+    )
     entry = comfy.run(prompt, timeout=900)
     tr = next(nid for nid, n in prompt.items() if n["class_type"] == "TempoDMDTrainer")
     text = entry["outputs"][tr]["text"][0]

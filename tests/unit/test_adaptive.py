@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from comfyui_tempo.samplers import kdiff
-from comfyui_tempo.samplers import schedules
+from comfyui_tempo.samplers import kdiff, schedules
 from comfyui_tempo.samplers.adaptive import (
     AdaptiveConfig,
     AdaptiveConfigError,
@@ -206,7 +205,9 @@ def test_per_sample_runs_model_only_on_samples_that_need_it(setup):
 
 def test_per_batch_decides_once_for_the_batch(setup):
     den, noise, cond = setup
-    _, rep = run(den, noise, cond, "euler", n=30, config=AdaptiveConfig(mode="threshold", threshold=0.05, per_sample=False))
+    _, rep = run(
+        den, noise, cond, "euler", n=30, config=AdaptiveConfig(mode="threshold", threshold=0.05, per_sample=False)
+    )
     assert set(rep.path_string()) <= {"C", "s"}
     assert len(set(rep.nfe_per_sample)) == 1
 
@@ -241,7 +242,12 @@ def test_ancestral_noise_is_not_progress(setup):
     # reference deterministic increments: rerun the same ancestral trajectory and subtract sigma_up*z
     xs = []
     kdiff.sample_euler_ancestral(
-        den, noise * sig[0], sig, extra_args={"cond": cond}, noise_sampler=recording(5), callback=lambda d: xs.append(d["x"].clone())
+        den,
+        noise * sig[0],
+        sig,
+        extra_args={"cond": cond},
+        noise_sampler=recording(5),
+        callback=lambda d: xs.append(d["x"].clone()),
     )
     true_d = []
     for k in range(1, len(xs)):

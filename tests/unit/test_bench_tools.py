@@ -21,8 +21,12 @@ def test_greedy_finds_the_best_single_skip_by_brute_force():
     def run_paths(paths):
         n = paths.shape[0]
         out, _ = adaptive_sample(
-            kdiff.sample_euler, p.denoiser, p.noise.repeat(n, 1, 1, 1) * sig[0], sig,
-            AdaptiveConfig(mode="path", path=paths, extrapolation="hold"), extra_args={"cond": p.cond.repeat(n)},
+            kdiff.sample_euler,
+            p.denoiser,
+            p.noise.repeat(n, 1, 1, 1) * sig[0],
+            sig,
+            AdaptiveConfig(mode="path", path=paths, extrapolation="hold"),
+            extra_args={"cond": p.cond.repeat(n)},
         )
         return out
 
@@ -63,7 +67,15 @@ def test_bench_rows_on_an_exact_problem(tmp_path):
     p = problems.gmm_problem(classes=2, seeds=2)
     result = adaptive_bench.run(p, samplers=("euler",), steps=16, greedy_conds=1, log=lambda *a: None)
     methods = {r["method"] for r in result["rows"]}
-    assert {"full", "adaptive", "adaptive_paper", "adaptive_paper_matched", "fewer_steps", "uniform_skip", "greedy_optimal"} <= methods
+    assert {
+        "full",
+        "adaptive",
+        "adaptive_paper",
+        "adaptive_paper_matched",
+        "fewer_steps",
+        "uniform_skip",
+        "greedy_optimal",
+    } <= methods
     for r in result["rows"]:
         assert {"method", "sampler", "steps", "nfe", "psnr_db", "wall_s"} <= set(r)
     by = {r["method"]: r for r in result["rows"]}

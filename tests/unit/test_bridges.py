@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_tempo.bridges import core
-from comfyui_tempo.bridges import fusion
+from comfyui_tempo.bridges import core, fusion
 from comfyui_tempo.bridges.vae import BridgeInputError, decode_model_tiled, encode_model_tiled
-from comfyui_tempo.samplers import kdiff
-from comfyui_tempo.samplers import schedules
+from comfyui_tempo.samplers import kdiff, schedules
 from comfyui_tempo.testbed.exact import FlowDenoiser, GaussianMixtureDenoiser
 from comfyui_tempo.testbed.vaes import TAESD, ToyVAE
 
@@ -69,7 +67,9 @@ def test_toy_vae_inverse_and_tiling_exact():
     torch.testing.assert_close(vae.encode(img), vae.from_model(z), atol=1e-5, rtol=0)
     # a local VAE: tiled equals untiled
     torch.testing.assert_close(decode_model_tiled(vae, z, tile=8, overlap=4), img, atol=1e-5, rtol=0)
-    torch.testing.assert_close(encode_model_tiled(vae, img, tile=64, overlap=32), vae.encode_model(img), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        encode_model_tiled(vae, img, tile=64, overlap=32), vae.encode_model(img), atol=1e-5, rtol=0
+    )
     # through the bridge, tiled and unclamped: the identity for one VAE
     big = smooth_latents((1, 4, 24, 24), 2)
     torch.testing.assert_close(
@@ -225,8 +225,18 @@ def test_resolution_aware_level_keeps_the_coarse_noise_of_the_source():
     sigma = sd.table[500]
     x = z0 + sigma * torch.randn(z0.shape, generator=torch.Generator().manual_seed(4))
     for shift, coarse in ((1.0, 0.5), (2.0, 1.0)):
-        out = core.bridge_noisy(x, sigma, lambda *_a, **_k: z0, vae, vae, sd, sd, size=(256, 256), shift=shift,
-                             generator=torch.Generator().manual_seed(5))
+        out = core.bridge_noisy(
+            x,
+            sigma,
+            lambda *_a, **_k: z0,
+            vae,
+            vae,
+            sd,
+            sd,
+            size=(256, 256),
+            shift=shift,
+            generator=torch.Generator().manual_seed(5),
+        )
         block = torch.nn.functional.avg_pool2d(out.x - out.x0, 2) / sigma
         assert abs(float(block.std()) - coarse) < 0.02, (shift, float(block.std()))
 
@@ -282,7 +292,9 @@ def test_coop_sampling_of_one_model_in_two_families_is_single_model_sampling():
     x_a, _ = core.convert_noisy(x_b, sig_b[0], "eps", "flow")
     ref = kdiff.sample_euler(gmm, x_b.clone(), sig_b)
     for d in (0.0, 0.5, 1.0):
-        out_a, out_b = fusion.coop_sample_euler(flow, gmm, x_a, x_b, sig_a, sig_b, vae, vae, "flow", "eps", d=d, clamp=False)
+        out_a, out_b = fusion.coop_sample_euler(
+            flow, gmm, x_a, x_b, sig_a, sig_b, vae, vae, "flow", "eps", d=d, clamp=False
+        )
         torch.testing.assert_close(out_a, ref, atol=1e-4, rtol=1e-4)
         if d > 0:  # at d = 0 B contributes nothing, so its chain is never started (out_b stays B's start)
             torch.testing.assert_close(out_b, ref, atol=1e-4, rtol=1e-4)

@@ -26,12 +26,21 @@ def test_cli_only_dispatches():
 @pytest.mark.parametrize(
     "argv, module, expected",
     [
-        (["demo"], demo, {"out": "out/demo", "sampler": "euler", "steps": 50, "seeds": 2, "target_speedup": 2.0,
-                          "threshold": 0.01}),
-        (["demo", "--out", "o", "--sampler", "heun", "--steps", "20", "--seeds", "1", "--threads", "2"], demo,
-         {"out": "o", "sampler": "heun", "steps": 20, "seeds": 1, "threads": 2}),
-        (["bench", "adaptive", "--json", "a.json", "--comfyui", "/c"], adaptive,
-         {"json": "a.json", "comfyui": "/c", "quick": False, "samplers": "euler,dpmpp_2m"}),
+        (
+            ["demo"],
+            demo,
+            {"out": "out/demo", "sampler": "euler", "steps": 50, "seeds": 2, "target_speedup": 2.0, "threshold": 0.01},
+        ),
+        (
+            ["demo", "--out", "o", "--sampler", "heun", "--steps", "20", "--seeds", "1", "--threads", "2"],
+            demo,
+            {"out": "o", "sampler": "heun", "steps": 20, "seeds": 1, "threads": 2},
+        ),
+        (
+            ["bench", "adaptive", "--json", "a.json", "--comfyui", "/c"],
+            adaptive,
+            {"json": "a.json", "comfyui": "/c", "quick": False, "samplers": "euler,dpmpp_2m"},
+        ),
         (["bench", "adaptive", "--quick"], adaptive, {"quick": True, "greedy": None}),
         (["bench", "coop", "--json", "c.json", "--quick"], coop, {"json": "c.json", "quick": True}),
         (["bench", "dmd", "--json", "d.json"], dmd, {"json": "d.json", "quick": False, "cases": "", "threads": 1}),
@@ -64,8 +73,7 @@ def test_demo_writes_labelled_images_and_its_metrics(tmp_path, capsys):
 
     from PIL import Image
 
-    from comfyui_tempo.testbed import classifier, trained
-    from comfyui_tempo.testbed import distill
+    from comfyui_tempo.testbed import classifier, distill, trained
 
     for path in (trained.WEIGHTS_FILE, classifier.WEIGHTS_FILE, distill.GENERATOR_FILE):
         if not path.is_file():
@@ -74,7 +82,13 @@ def test_demo_writes_labelled_images_and_its_metrics(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(out), "--steps", "10", "--seeds", "1", "--threads", "1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["method"] for r in metrics["rows"]] == ["full", "adaptive", "adaptive_paper"]
-    assert metrics["grid_columns"] == ["full", "adaptive", "|adaptive - full|", "adaptive_paper", "|adaptive_paper - full|"]
+    assert metrics["grid_columns"] == [
+        "full",
+        "adaptive",
+        "|adaptive - full|",
+        "adaptive_paper",
+        "|adaptive_paper - full|",
+    ]
     assert json.loads((out / "dmd.json").read_text())["rows"][1]["nfe"] == 1
     # one seed: 5 columns (grid) and 3 (dmd) of 128 px tiles, 10 rows, plus headers, labels and metrics
     grid, dmd = Image.open(out / "grid.png"), Image.open(out / "dmd_grid.png")
@@ -88,14 +102,19 @@ def test_demo_writes_labelled_images_and_its_metrics(tmp_path, capsys):
 def _report(n: int, notes=()):
     from comfyui_tempo.samplers.adaptive import SkipReport, StepRecord
 
-    rep = SkipReport(steps=n, batch=2, nfe_per_sample=[n // 2, n // 2], evals_requested=n, notes=list(notes), mode="target")
-    rep.records = [StepRecord(i, 10.0 / (i + 1), None if i < 3 else 10 ** (-3 + (i % 7) / 3), float(i % 2 == 0))
-                   for i in range(n)]
+    rep = SkipReport(
+        steps=n, batch=2, nfe_per_sample=[n // 2, n // 2], evals_requested=n, notes=list(notes), mode="target"
+    )
+    rep.records = [
+        StepRecord(i, 10.0 / (i + 1), None if i < 3 else 10 ** (-3 + (i % 7) / 3), float(i % 2 == 0)) for i in range(n)
+    ]
     return rep
 
 
-@pytest.mark.parametrize("n, threshold, size", [(50, None, (640, 240)), (30, 0.01, (640, 240)), (0, 0.01, (640, 240)),
-                                                (200, 0.05, (320, 160))])
+@pytest.mark.parametrize(
+    "n, threshold, size",
+    [(50, None, (640, 240)), (30, 0.01, (640, 240)), (0, 0.01, (640, 240)), (200, 0.05, (320, 160))],
+)
 def test_skip_plot_draws_any_report(n, threshold, size):
     import numpy as np
 

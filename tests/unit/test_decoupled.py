@@ -8,12 +8,9 @@ import torch
 
 from comfyui_tempo.bench import coop as coop_bench
 from comfyui_tempo.bench import routes
-from comfyui_tempo.bridges import core
-from comfyui_tempo.bridges import decoupled
-from comfyui_tempo.bridges import fusion
+from comfyui_tempo.bridges import core, decoupled, fusion
 from comfyui_tempo.bridges.vae import BridgeInputError
-from comfyui_tempo.samplers import kdiff
-from comfyui_tempo.samplers import schedules
+from comfyui_tempo.samplers import kdiff, schedules
 from comfyui_tempo.testbed import trained, vaes
 
 CFG = 5.0
@@ -58,8 +55,9 @@ def test_coupled_noise_is_white_and_consistent():
     assert torch.equal(routes.coupled_noise((1, 4, 8, 8), seed=3)[0], routes.coupled_noise((1, 4, 8, 8), seed=3)[0])
 
 
-@pytest.mark.parametrize("switch", [dict(switch_timestep=500), dict(switch_timestep=None, switch_sigma=1.0),
-                                    dict(switch_timestep=950)])
+@pytest.mark.parametrize(
+    "switch", [dict(switch_timestep=500), dict(switch_timestep=None, switch_sigma=1.0), dict(switch_timestep=950)]
+)
 def test_time_decoupled_same_model_is_plain_sampling_bit_for_bit(tbs, batch, switch):
     tb1, _, v1, _ = tbs
     cond, _, noise = batch
@@ -69,8 +67,18 @@ def test_time_decoupled_same_model_is_plain_sampling_bit_for_bit(tbs, batch, swi
     plain = kdiff.sample_euler(den, x, sig, extra_args={"cond": cond})
     # with or without a VAE given: same space and no resize -> no bridge
     for vae in (None, v1):
-        r = decoupled.time_decoupled_sample(den, den, x, sig, SCHED, vae_structure=vae, vae_texture=vae,
-                                    extra_structure={"cond": cond}, extra_texture={"cond": cond}, **switch)
+        r = decoupled.time_decoupled_sample(
+            den,
+            den,
+            x,
+            sig,
+            SCHED,
+            vae_structure=vae,
+            vae_texture=vae,
+            extra_structure={"cond": cond},
+            extra_texture={"cond": cond},
+            **switch,
+        )
         assert not r.bridged and 1 <= r.k < 12
         assert torch.equal(r.x, plain)
         assert r.nfe_structure + r.nfe_texture == 12
@@ -78,8 +86,17 @@ def test_time_decoupled_same_model_is_plain_sampling_bit_for_bit(tbs, batch, swi
     if switch.get("switch_timestep") == 500:
         # an equal but separate schedule object for the texture model: eps -> eps on one table is the
         # identity, the texture model's tail is not moved onto table entries
-        r2 = decoupled.time_decoupled_sample(den, den, x, sig, SCHED, core.ModelSchedule.sd_discrete(),
-                                     extra_structure={"cond": cond}, extra_texture={"cond": cond}, **switch)
+        r2 = decoupled.time_decoupled_sample(
+            den,
+            den,
+            x,
+            sig,
+            SCHED,
+            core.ModelSchedule.sd_discrete(),
+            extra_structure={"cond": cond},
+            extra_texture={"cond": cond},
+            **switch,
+        )
         assert torch.equal(r2.x, plain)
         assert abs(r.switch_sigma - float(SCHED.table[500])) < 1e-5
         for n in (8, 30):
@@ -116,8 +133,11 @@ def test_time_decoupled_bridges_space_and_size(tbs, batch):
     # the structure model's composition survives the hand-off: closer to the structure model alone
     # (upscaled) than the texture model alone is
     img = v2.decode_model(r.x)
-    alone1 = core.resize_images(v1.decode_model(kdiff.sample_euler(tb1.cfg_denoiser(CFG), noise * sig[0], sig,
-                                                                 extra_args=ex)), (64, 64), "bicubic")
+    alone1 = core.resize_images(
+        v1.decode_model(kdiff.sample_euler(tb1.cfg_denoiser(CFG), noise * sig[0], sig, extra_args=ex)),
+        (64, 64),
+        "bicubic",
+    )
     aloneh = v2.decode_model(kdiff.sample_euler(tbh.cfg_denoiser(CFG), noise_hr * sig[0], sig, extra_args=ex))
     assert float(coop_bench.psnr_db(img, alone1).mean()) > float(coop_bench.psnr_db(aloneh, alone1).mean()) + 3.0
 
@@ -201,13 +221,29 @@ def test_resolution_handoff_ours_is_closest_at_equal_nfe(tbs, batch):
 
     for k in (3, 4, 5, 6):
         m = n - k
-        ours, paper = (routes.route_noisy_bridge(den, den, v2, v2, noise_lr, noise_hr, sig, SCHED, switch_timestep=None,
-                                            switch_sigma=float(sig[k - 1]), extra=ex, renoise=lvl)
-                       for lvl in ("resolution", "paper"))
+        ours, paper = (
+            routes.route_noisy_bridge(
+                den,
+                den,
+                v2,
+                v2,
+                noise_lr,
+                noise_hr,
+                sig,
+                SCHED,
+                switch_timestep=None,
+                switch_sigma=float(sig[k - 1]),
+                extra=ex,
+                renoise=lvl,
+            )
+            for lvl in ("resolution", "paper")
+        )
         assert ours.settings["k"] == k and ours.nfe == n and ours.nfe_hr == m
         # hand-off levels (plan_handoff, as the node: not snapped to the table, the model takes any sigma):
         # 2 sigma_k (clamped to sigma_max) and sigma_k
-        assert ours.settings["handoff_sigma"] == pytest.approx(min(2 * float(sig[k]), SCHED.sigma_max), rel=1e-3)  # settings round to 4 digits
+        assert ours.settings["handoff_sigma"] == pytest.approx(
+            min(2 * float(sig[k]), SCHED.sigma_max), rel=1e-3
+        )  # settings round to 4 digits
         assert paper.settings["handoff_sigma"] == pytest.approx(float(sig[k]), rel=1e-3)
         others = {
             "paper_level": paper,
@@ -240,8 +276,10 @@ def test_bench_coop_cli_writes_rows_and_the_noise_claim(tmp_path):
     from comfyui_tempo import cli
 
     out = tmp_path / "coop.json"
-    assert cli.main(["bench", "coop", "--quick", "--quiet", "--cases", "noise_white,time_decoupled",
-                     "--json", str(out)]) == 0
+    assert (
+        cli.main(["bench", "coop", "--quick", "--quiet", "--cases", "noise_white,time_decoupled", "--json", str(out)])
+        == 0
+    )
     rows = json.loads(out.read_text())["rows"]
     for key in ("case", "method", "nfe", "vae_calls", "psnr_db", "noise_std_ratio", "noise_lag1_corr", "wall_s"):
         assert all(key in r for r in rows), key

@@ -14,11 +14,11 @@ import math
 import pytest
 import torch
 
+from comfyui_tempo.bench import dmd_metrics
 from comfyui_tempo.testbed.exact import CFGDenoiser, GaussianMixtureDenoiser, ring_mixture
+from comfyui_tempo.testbed.toy import MLPDenoiser, fit_denoiser
 from comfyui_tempo.training import dmd as dmd_training
 from comfyui_tempo.training import run as training_run
-from comfyui_tempo.bench import dmd_metrics
-from comfyui_tempo.testbed.toy import MLPDenoiser, fit_denoiser
 
 torch.set_num_threads(1)
 
@@ -99,8 +99,9 @@ def test_schedule_generator_input_and_timesteps():
     assert torch.allclose(ve.generator_input(z, 80.0), 80 * z)
     fl = dmd_training.NoiseSchedule("flow")
     assert abs(float(fl.sigmas[-1]) - 1) < 1e-6 and torch.allclose(fl.generator_input(z, 1.0), z)
-    assert torch.allclose(fl.add_noise(torch.ones(2, 1), torch.zeros(2, 1), torch.tensor([0.25, 1.0])),
-                          torch.tensor([[0.75], [0.0]]))
+    assert torch.allclose(
+        fl.add_noise(torch.ones(2, 1), torch.zeros(2, 1), torch.tensor([0.25, 1.0])), torch.tensor([[0.75], [0.0]])
+    )
     # DM timesteps are drawn in [int(0.02 T), int(0.98 T)]
     tr = _lin_trainer()
     t = tr.sample_dm_timesteps(5000)
@@ -189,8 +190,16 @@ class _ExactFake(torch.nn.Module):
 
 def _lin_trainer(**kw):
     gen = _Lin()
-    cfg = dmd_training.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=256,
-                      generator_lr=1e-2, warmup_steps=0, train_fake_score=False, **kw)
+    cfg = dmd_training.DMDConfig(
+        model_type="ve",
+        real_guidance_scale=1.0,
+        dfake_gen_update_ratio=1,
+        batch_size=256,
+        generator_lr=1e-2,
+        warmup_steps=0,
+        train_fake_score=False,
+        **kw,
+    )
     real = GaussianMixtureDenoiser(torch.tensor([[2.0]]), 0.5)
     return dmd_training.DMDTrainer(real, gen, _ExactFake(gen), (1,), cfg)
 
@@ -231,8 +240,17 @@ def test_bad_inputs_raise_named_value_errors():
 
 
 def _small_trainer(teacher, **kw):
-    opts = dict(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=3, batch_size=64,
-                generator_lr=1e-3, fake_lr=1e-3, warmup_steps=5, sigma_data=1.0, seed=3)
+    opts = dict(
+        model_type="ve",
+        real_guidance_scale=1.0,
+        dfake_gen_update_ratio=3,
+        batch_size=64,
+        generator_lr=1e-3,
+        fake_lr=1e-3,
+        warmup_steps=5,
+        sigma_data=1.0,
+        seed=3,
+    )
     cfg = dmd_training.DMDConfig(**{**opts, **kw})
     return dmd_training.DMDTrainer(
         ring_mixture(), dmd_training.copy_teacher(teacher), dmd_training.copy_teacher(teacher), (2,), cfg
@@ -339,8 +357,17 @@ def test_progress_hook_may_interrupt():
 
 
 def _ring_small_trainer(teacher, **kw):
-    opts = dict(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=2, batch_size=128,
-                generator_lr=1e-3, fake_lr=2e-3, warmup_steps=0, sigma_data=1.0, seed=0)
+    opts = dict(
+        model_type="ve",
+        real_guidance_scale=1.0,
+        dfake_gen_update_ratio=2,
+        batch_size=128,
+        generator_lr=1e-3,
+        fake_lr=2e-3,
+        warmup_steps=0,
+        sigma_data=1.0,
+        seed=0,
+    )
     names = {f.name for f in dataclasses.fields(dmd_training.DMDConfig)}
     cfg = dmd_training.DMDConfig(**{**opts, **{k: v for k, v in kw.items() if k in names}})
     extra = {k: v for k, v in kw.items() if k not in names}
@@ -356,22 +383,29 @@ def test_gan_head_learns_to_tell_generator_from_real():
     teacher = MLPDenoiser(2, 32, 2)  # body = Linear, SiLU, Linear, SiLU: features after body.3
     gmm = ring_mixture()
     real = gmm.sample(4096, generator=torch.Generator().manual_seed(5))
-    tr = _ring_small_trainer(teacher, gen_cls_loss_weight=3e-3, guidance_cls_loss_weight=1.0,
-                             gan_feature_module="body.3", diffusion_gan_max_timestep=300, real_data=real)
+    tr = _ring_small_trainer(
+        teacher,
+        gen_cls_loss_weight=3e-3,
+        guidance_cls_loss_weight=1.0,
+        gan_feature_module="body.3",
+        diffusion_gan_max_timestep=300,
+        real_data=real,
+    )
     assert tr.gan_head is not None and tr.gan_head.kind == "vector"
     head_ids = {id(p) for p in tr.gan_head.parameters()}
     assert head_ids <= {id(p) for g in tr.opt_f.param_groups for p in g["params"]}
     assert not head_ids & {id(p) for g in tr.opt_g.param_groups for p in g["params"]}
     logs = tr.train(120)
-    crit = [l["loss_guidance_cls"] for l in logs]
+    crit = [entry["loss_guidance_cls"] for entry in logs]
     assert abs(sum(crit[:3]) / 3 - 2 * math.log(2)) < 0.15  # starts at chance
     late = sum(crit[-20:]) / 20
     print("critic loss first", crit[:3], "last 20 mean", late)
     assert late < 0.8 * 2 * math.log(2)
-    assert all("loss_gen_cls" in l for l in logs[::2])
+    assert all("loss_gen_cls" in entry for entry in logs[::2])
     # the generator's GAN loss moves the generator only, never the critic
-    frozen = _ring_small_trainer(teacher, gen_cls_loss_weight=1.0, gan_feature_module="body.3", real_data=real,
-                                 train_fake_score=False)
+    frozen = _ring_small_trainer(
+        teacher, gen_cls_loss_weight=1.0, gan_feature_module="body.3", real_data=real, train_fake_score=False
+    )
     crit0 = [p.detach().clone() for p in frozen._critic_params()]
     g0 = [p.detach().clone() for p in frozen.generator.parameters()]
     frozen.step()
@@ -407,8 +441,16 @@ class _SpyNet(torch.nn.Module):
 def test_backward_simulation_inputs_at_listed_timesteps():
     log = []
     ts = (999, 749, 499, 249)
-    cfg = dmd_training.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=4096,
-                      warmup_steps=0, sigma_data=1.0, denoising_timesteps=ts, generator_lr=1e-9)
+    cfg = dmd_training.DMDConfig(
+        model_type="ve",
+        real_guidance_scale=1.0,
+        dfake_gen_update_ratio=1,
+        batch_size=4096,
+        warmup_steps=0,
+        sigma_data=1.0,
+        denoising_timesteps=ts,
+        generator_lr=1e-9,
+    )
     fake = MLPDenoiser(2, 8, 1)
     tr = dmd_training.DMDTrainer(ring_mixture(), _SpyNet(log), fake, (2,), cfg)
     sig = {t: float(tr.schedule.sigma(t)) for t in ts}
@@ -420,7 +462,7 @@ def test_backward_simulation_inputs_at_listed_timesteps():
         chosen.append(t_sel)
         k = ts.index(t_sel)
         # the rollout visits exactly the earlier listed steps, without grad, then the selected one with grad
-        assert [round(s, 4) for s, _, _ in log] == [round(sig[t], 4) for t in ts[:k + 1]]
+        assert [round(s, 4) for s, _, _ in log] == [round(sig[t], 4) for t in ts[: k + 1]]
         assert [g for _, g, _ in log] == [False] * k + [True]
         x_first = log[0][2]
         assert abs(float(x_first.std()) / sig[999] - 1) < 0.03  # pure noise at the first step
@@ -475,7 +517,9 @@ def _tiny_unet_denoiser():
     from comfyui_tempo.testbed.unet import UNet
 
     torch.manual_seed(0)
-    unet = UNet(in_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2)
+    unet = UNet(
+        in_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2
+    )
     with torch.no_grad():
         for p in unet.parameters():
             if p.abs().sum() == 0:
@@ -489,12 +533,32 @@ def test_lora_trainer_shares_teacher_and_checkpoints_only_lora(tmp_path):
     teacher = _tiny_unet_denoiser()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     real = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.5
-    mk = lambda: torch.manual_seed(0) and dmd_training.DMDTrainer.from_teacher(  # noqa: E731 (seeded LoRA init)
-        teacher, (4, 8, 8), dmd_training.DMDConfig(model_type="eps", real_guidance_scale=2.0, dfake_gen_update_ratio=2,
-                                        batch_size=4, generator_lr=1e-3, fake_lr=1e-3, warmup_steps=0, lora_rank=4,
-                                        lora_alpha=4.0, gen_cls_loss_weight=1e-3, guidance_cls_loss_weight=1e-2,
-                                        gan_feature_module="net.mid.2", seed=1),
-        conditioning=[1, 2, 3], uncond=10, real_data=real, real_cond_index=torch.arange(64) % 3)
+    mk = lambda: (
+        torch.manual_seed(0)
+        and dmd_training.DMDTrainer.from_teacher(  # noqa: E731 (seeded LoRA init)
+            teacher,
+            (4, 8, 8),
+            dmd_training.DMDConfig(
+                model_type="eps",
+                real_guidance_scale=2.0,
+                dfake_gen_update_ratio=2,
+                batch_size=4,
+                generator_lr=1e-3,
+                fake_lr=1e-3,
+                warmup_steps=0,
+                lora_rank=4,
+                lora_alpha=4.0,
+                gen_cls_loss_weight=1e-3,
+                guidance_cls_loss_weight=1e-2,
+                gan_feature_module="net.mid.2",
+                seed=1,
+            ),
+            conditioning=[1, 2, 3],
+            uncond=10,
+            real_data=real,
+            real_cond_index=torch.arange(64) % 3,
+        )
+    )
     tr = mk()
     assert tr.lora and tr.gan_head.kind == "map"
     gen, fake = tr.generator.net, tr.fake_score
@@ -523,8 +587,9 @@ def test_lora_trainer_shares_teacher_and_checkpoints_only_lora(tmp_path):
     # the generator file: ComfyUI LoRA layout + the sampling settings (training/run.py, samplers/dmd.py)
     from comfyui_tempo.samplers import dmd as dmd_sampling
 
-    training_run.DMDRun(tr, tmp_path / "c.pt").save_generator(tmp_path / "g.safetensors", tr.generator.net.net,
-                                                          prefix="diffusion_model.")
+    training_run.DMDRun(tr, tmp_path / "c.pt").save_generator(
+        tmp_path / "g.safetensors", tr.generator.net.net, prefix="diffusion_model."
+    )
     sd, info = dmd_sampling.read_generator(tmp_path / "g.safetensors")
     assert "diffusion_model.input_conv.lora_up.weight" in sd and info["format"] == "lora" and info["lora_rank"] == 4
     assert info["conditioning_timestep"] == 999 and info["model_type"] == "eps"
@@ -557,17 +622,42 @@ def test_autocast_noop_on_cpu_and_gradient_checkpointing_same_gradients():
     for (n1, p), (n2, q) in zip(den.named_parameters(), ref.named_parameters()):
         assert n1 == n2 and torch.allclose(p.grad, q.grad, atol=1e-6), n1
     assert set(den.state_dict()) == set(ref.state_dict())
-    tr = dmd_training.DMDTrainer.from_teacher(_tiny_unet_denoiser(), (4, 8, 8), dmd_training.DMDConfig(
-        model_type="eps", real_guidance_scale=1.0, batch_size=2, dfake_gen_update_ratio=1, warmup_steps=0,
-        gradient_checkpointing=True))
+    tr = dmd_training.DMDTrainer.from_teacher(
+        _tiny_unet_denoiser(),
+        (4, 8, 8),
+        dmd_training.DMDConfig(
+            model_type="eps",
+            real_guidance_scale=1.0,
+            batch_size=2,
+            dfake_gen_update_ratio=1,
+            warmup_steps=0,
+            gradient_checkpointing=True,
+        ),
+    )
     out = tr.step()
     assert "loss_dm" in out and "loss_fake" in out
     # every option at once: LoRA, GAN tap inside a checkpointed block, multi-step, CFG
-    tr = dmd_training.DMDTrainer.from_teacher(_tiny_unet_denoiser(), (4, 8, 8), dmd_training.DMDConfig(
-        model_type="eps", real_guidance_scale=2.0, batch_size=2, dfake_gen_update_ratio=1, warmup_steps=0,
-        gradient_checkpointing=True, lora_rank=2, gen_cls_loss_weight=1e-3, guidance_cls_loss_weight=1e-2,
-        gan_feature_module="net.mid.2", denoising_timesteps=(999, 499)), conditioning=[1, 2], uncond=10,
-        real_data=torch.randn(8, 4, 8, 8), real_cond_index=torch.arange(8) % 2)
+    tr = dmd_training.DMDTrainer.from_teacher(
+        _tiny_unet_denoiser(),
+        (4, 8, 8),
+        dmd_training.DMDConfig(
+            model_type="eps",
+            real_guidance_scale=2.0,
+            batch_size=2,
+            dfake_gen_update_ratio=1,
+            warmup_steps=0,
+            gradient_checkpointing=True,
+            lora_rank=2,
+            gen_cls_loss_weight=1e-3,
+            guidance_cls_loss_weight=1e-2,
+            gan_feature_module="net.mid.2",
+            denoising_timesteps=(999, 499),
+        ),
+        conditioning=[1, 2],
+        uncond=10,
+        real_data=torch.randn(8, 4, 8, 8),
+        real_cond_index=torch.arange(8) % 2,
+    )
     for _ in range(3):
         out = tr.step()
         assert all(math.isfinite(out[k]) for k in ("loss_dm", "loss_gen_cls", "loss_guidance_cls", "loss_fake"))
@@ -662,13 +752,29 @@ def ring():
     # DMD1's regression pairs: the teacher's deterministic ODE map on other noise
     zp = torch.randn(4000, 2, generator=torch.Generator().manual_seed(99))
     pairs = dmd_training.RegressionPairs(zp, dmd_training.teacher_ode_samples(gmm, zp, sched, 999, steps=50))
-    return {"gmm": gmm, "teacher": teacher, "ref": ref, "swd_teacher": dmd_metrics.sliced_wasserstein(ode, ref, p=1),
-            "ode": ode, "pairs": pairs}
+    return {
+        "gmm": gmm,
+        "teacher": teacher,
+        "ref": ref,
+        "swd_teacher": dmd_metrics.sliced_wasserstein(ode, ref, p=1),
+        "ode": ode,
+        "pairs": pairs,
+    }
 
 
 def _ring_run(ring, steps, **kw):
-    cfg = dmd_training.DMDConfig(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=5, batch_size=256,
-                      generator_lr=5e-4, fake_lr=2e-3, warmup_steps=50, sigma_data=1.0, seed=0, **kw)
+    cfg = dmd_training.DMDConfig(
+        model_type="ve",
+        real_guidance_scale=1.0,
+        dfake_gen_update_ratio=5,
+        batch_size=256,
+        generator_lr=5e-4,
+        fake_lr=2e-3,
+        warmup_steps=50,
+        sigma_data=1.0,
+        seed=0,
+        **kw,
+    )
     tr = dmd_training.DMDTrainer(
         ring["gmm"],
         dmd_training.copy_teacher(ring["teacher"]),
@@ -759,20 +865,38 @@ def latent_mix():
     sched = dmd_training.NoiseSchedule("eps")
     torch.manual_seed(0)
     teacher = MLPDenoiser(256, 128, 3, sigma_data=1.0)
-    fit_denoiser(teacher, gmm, lambda n, g: gmm.sample(n, generator=g).reshape(n, -1), sched.sigmas, steps=1000, batch=256)
+    fit_denoiser(
+        teacher, gmm, lambda n, g: gmm.sample(n, generator=g).reshape(n, -1), sched.sigmas, steps=1000, batch=256
+    )
     ref = gmm.sample(N_EVAL, generator=torch.Generator().manual_seed(123))
     z = torch.randn((N_EVAL,) + LAT_SHAPE, generator=torch.Generator().manual_seed(7))
     ode = dmd_training.teacher_ode_samples(gmm, z, sched, 999, steps=50)
     zp = torch.randn((2000,) + LAT_SHAPE, generator=torch.Generator().manual_seed(99))
     pairs = dmd_training.RegressionPairs(zp, dmd_training.teacher_ode_samples(gmm, zp, sched, 999, steps=50))
-    return {"gmm": gmm, "teacher": teacher, "ref": ref, "ode": ode, "pairs": pairs,
-            "swd_teacher": dmd_metrics.sliced_wasserstein(ode, ref, p=1)}
+    return {
+        "gmm": gmm,
+        "teacher": teacher,
+        "ref": ref,
+        "ode": ode,
+        "pairs": pairs,
+        "swd_teacher": dmd_metrics.sliced_wasserstein(ode, ref, p=1),
+    }
 
 
 def _latent_run(mix, steps, **kw):
-    opts = dict(model_type="eps", real_guidance_scale=1.0, dfake_gen_update_ratio=1, batch_size=128,
-                generator_lr=5e-4, fake_lr=2e-3, warmup_steps=50, sigma_data=1.0, seed=0,
-                regression_weight=0.25, regression_loss="l2")
+    opts = dict(
+        model_type="eps",
+        real_guidance_scale=1.0,
+        dfake_gen_update_ratio=1,
+        batch_size=128,
+        generator_lr=5e-4,
+        fake_lr=2e-3,
+        warmup_steps=50,
+        sigma_data=1.0,
+        seed=0,
+        regression_weight=0.25,
+        regression_loss="l2",
+    )
     cfg = dmd_training.DMDConfig(**{**opts, **kw})
     tr = dmd_training.DMDTrainer(
         mix["gmm"],
@@ -785,15 +909,23 @@ def _latent_run(mix, steps, **kw):
     init = tr.sample(N_EVAL)
     tr.train(steps)
     means = mix["gmm"].means.float()
-    out = {"swd_init": dmd_metrics.sliced_wasserstein(init, mix["ref"], p=1),
-           "init_covered": dmd_metrics.mode_coverage(init, means, LAT_RADIUS)["covered"]}
+    out = {
+        "swd_init": dmd_metrics.sliced_wasserstein(init, mix["ref"], p=1),
+        "init_covered": dmd_metrics.mode_coverage(init, means, LAT_RADIUS)["covered"],
+    }
     for tag, use_ema in (("", False), ("ema_", True)):
         if use_ema and tr.ema is None:
             continue
         x = tr.sample(N_EVAL, use_ema=use_ema)
         cov = dmd_metrics.mode_coverage(x, means, LAT_RADIUS)
-        out.update({tag + "swd": dmd_metrics.sliced_wasserstein(x, mix["ref"], p=1), tag + "covered": cov["covered"],
-                    tag + "quality": cov["quality"], tag + "tv": cov["tv"]})
+        out.update(
+            {
+                tag + "swd": dmd_metrics.sliced_wasserstein(x, mix["ref"], p=1),
+                tag + "covered": cov["covered"],
+                tag + "quality": cov["quality"],
+                tag + "tv": cov["tv"],
+            }
+        )
     return out
 
 

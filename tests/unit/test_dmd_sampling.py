@@ -7,8 +7,8 @@ import torch
 
 from comfyui_tempo.samplers import dmd as dmd_sampling
 from comfyui_tempo.samplers import schedules
-from comfyui_tempo.training import dmd as dmd_training
 from comfyui_tempo.testbed.toy import MLPDenoiser
+from comfyui_tempo.training import dmd as dmd_training
 
 torch.set_num_threads(1)
 
@@ -132,8 +132,13 @@ def test_generator_file_metadata(tmp_path):
 
     from comfyui_tempo.training import run as dmd_run
 
-    info = {"format": "full", "model_type": "ve", "conditioning_timestep": 999, "timesteps": [999, 749, 499, 249],
-            "note": "x"}
+    info = {
+        "format": "full",
+        "model_type": "ve",
+        "conditioning_timestep": 999,
+        "timesteps": [999, 749, 499, 249],
+        "note": "x",
+    }
     path = tmp_path / "gen.safetensors"
     meta = dmd_run.write_generator(path, {"w": torch.ones(2)}, info, title="gen")
     assert set(meta) == {dmd_sampling.METADATA_KEY, "modelspec.title", "modelspec.architecture"}
@@ -175,8 +180,15 @@ def test_files_of_earlier_versions_still_load(tmp_path):
 
     from comfyui_tempo.testbed import distill
 
-    flat = {"dmd.model_type": "eps", "dmd.conditioning_timestep": "999", "dmd.timesteps": "999,749,499,249",
-            "dmd.format": "lora", "dmd.lora_rank": "4", "dmd.generator_steps": "12", "dmd.ema": "0"}
+    flat = {
+        "dmd.model_type": "eps",
+        "dmd.conditioning_timestep": "999",
+        "dmd.timesteps": "999,749,499,249",
+        "dmd.format": "lora",
+        "dmd.lora_rank": "4",
+        "dmd.generator_steps": "12",
+        "dmd.ema": "0",
+    }
     save_file({"diffusion_model.x.lora_up.weight": torch.zeros(1)}, str(tmp_path / "core.safetensors"), metadata=flat)
     _, m = dmd_sampling.read_generator(tmp_path / "core.safetensors")
     assert m["timesteps"] == [999, 749, 499, 249] and m["conditioning_timestep"] == 999
@@ -188,8 +200,18 @@ def test_files_of_earlier_versions_still_load(tmp_path):
     assert dmd_sampling.parse_generator_metadata(noformat, keys=["input_blocks.0.weight"])["format"] == "full"
     with pytest.raises(ValueError, match="^path: unknown generator format 'diff'"):
         dmd_sampling.parse_generator_metadata(dict(flat, **{"dmd.format": "diff"}))
-    node = {"tempo_dmd": json.dumps({"format": "full", "model_type": "eps", "conditioning_timestep": 999,
-                                      "timesteps": [999], "steps": 40, "guidance": 3.0})}
+    node = {
+        "tempo_dmd": json.dumps(
+            {
+                "format": "full",
+                "model_type": "eps",
+                "conditioning_timestep": 999,
+                "timesteps": [999],
+                "steps": 40,
+                "guidance": 3.0,
+            }
+        )
+    }
     save_file({"input_blocks.0.weight": torch.zeros(1)}, str(tmp_path / "node.safetensors"), metadata=node)
     _, m = dmd_sampling.read_generator(tmp_path / "node.safetensors")
     assert m["timesteps"] == [999] and m["steps"] == 40 and m["format"] == "full"

@@ -13,9 +13,7 @@ import time
 import pytest
 import torch
 
-from comfyui_tempo.testbed import classifier, trained
-from comfyui_tempo.testbed import distill
-from comfyui_tempo.testbed import dmd_eval
+from comfyui_tempo.testbed import classifier, distill, dmd_eval, trained
 
 torch.set_num_threads(1)
 
@@ -192,8 +190,18 @@ def test_bench_dmd_cli_writes_rows(tmp_path, capsys):
     out = tmp_path / "dmd.json"
     assert main(["bench", "dmd", "--cases", "testbed", "--per-class", "3", "--quiet", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    keys = {"case", "method", "nfe", "modes_covered", "modes_total", "swd", "fd_vs_teacher", "class_acc",
-            "diversity", "wall_s"}
+    keys = {
+        "case",
+        "method",
+        "nfe",
+        "modes_covered",
+        "modes_total",
+        "swd",
+        "fd_vs_teacher",
+        "class_acc",
+        "diversity",
+        "wall_s",
+    }
     assert all(keys <= set(r) for r in rows)
     methods = [r["method"] for r in rows]
     assert any("noise floor" in m for m in methods) and any("generator at init" in m for m in methods)

@@ -33,20 +33,23 @@ def test_module_imports_without_comfyui():
     assert issubclass(files.FileNameError, ValueError)
 
 
-@pytest.mark.parametrize("name, want", [
-    ("dmd/generator", "dmd/generator"),
-    ("dmd/generator.safetensors", "dmd/generator"),
-    ("  my run  ", "my run"),
-    ("a\\b\\c", "a/b/c"),
-    ("qa/sub//double", "qa/sub/double"),
-    ("qa/trailing/", "qa/trailing"),
-    ("v1.5/gen.v2", "v1.5/gen.v2"),
-    ("PROGRA~1", "PROGRA~1"),
-    ("console", "console"),
-    ("com10", "com10"),
-    ("lpt", "lpt"),
-    ("générateur", "générateur"),
-])
+@pytest.mark.parametrize(
+    "name, want",
+    [
+        ("dmd/generator", "dmd/generator"),
+        ("dmd/generator.safetensors", "dmd/generator"),
+        ("  my run  ", "my run"),
+        ("a\\b\\c", "a/b/c"),
+        ("qa/sub//double", "qa/sub/double"),
+        ("qa/trailing/", "qa/trailing"),
+        ("v1.5/gen.v2", "v1.5/gen.v2"),
+        ("PROGRA~1", "PROGRA~1"),
+        ("console", "console"),
+        ("com10", "com10"),
+        ("lpt", "lpt"),
+        ("générateur", "générateur"),
+    ],
+)
 def test_ordinary_names_pass(name, want):
     got = files.safe_save_name(name)
     assert got == want
@@ -55,10 +58,22 @@ def test_ordinary_names_pass(name, want):
     assert posixpath.join("/out", *got.split("/")).startswith("/out/")
 
 
-@pytest.mark.parametrize("name", [
-    "/abs/dir/x", "/etc/passwd", "\\x", "\\\\server\\share\\x", "//server/share/x",
-    "C:x", "C:\\Windows\\Temp\\x", "C:/x", "D:evil", "c:", "Z:\\",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/abs/dir/x",
+        "/etc/passwd",
+        "\\x",
+        "\\\\server\\share\\x",
+        "//server/share/x",
+        "C:x",
+        "C:\\Windows\\Temp\\x",
+        "C:/x",
+        "D:evil",
+        "c:",
+        "Z:\\",
+    ],
+)
 def test_absolute_paths_and_drive_letters_are_refused(name):
     # on Windows each of these replaces the folder it is joined onto, or names another drive
     joined = ntpath.join(WIN_ROOT, name)
@@ -71,13 +86,32 @@ def test_dot_parts_and_empty_names_are_refused(name):
     _refused(name)
 
 
-@pytest.mark.parametrize("name", ["con", "CON", "prn", "aux", "nul", "com1", "COM9", "lpt1", "lpt9", "con.txt",
-                                  "nul.safetensors.x", "dmd/aux", "dmd/Com3.tar.gz", "con .txt"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "con",
+        "CON",
+        "prn",
+        "aux",
+        "nul",
+        "com1",
+        "COM9",
+        "lpt1",
+        "lpt9",
+        "con.txt",
+        "nul.safetensors.x",
+        "dmd/aux",
+        "dmd/Com3.tar.gz",
+        "con .txt",
+    ],
+)
 def test_windows_device_names_are_refused(name):
     _refused(name, "reserved on Windows")
 
 
-@pytest.mark.parametrize("name", ["qa/x:stream", "gen.txt::$DATA", "a<b", "a>b", 'a"b', "a|b", "a?b", "a*b", "tab\there"])
+@pytest.mark.parametrize(
+    "name", ["qa/x:stream", "gen.txt::$DATA", "a<b", "a>b", 'a"b', "a|b", "a?b", "a*b", "tab\there"]
+)
 def test_streams_and_characters_windows_refuses(name):
     _refused(name, "not allowed in file names")
 
@@ -124,9 +158,22 @@ def test_listed_names_pass(name):
     assert files.check_listed_name(name, "generator_name") == name
 
 
-@pytest.mark.parametrize("name", ["/some/dir/secret.safetensors", "/etc/passwd", "C:\\x.safetensors", "C:x.safetensors",
-                                  "\\\\server\\share\\x.safetensors", "../../../outside/x.safetensors", "a/../../x",
-                                  "a\\..\\..\\x", "x\x00.safetensors", "", "  "])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/some/dir/secret.safetensors",
+        "/etc/passwd",
+        "C:\\x.safetensors",
+        "C:x.safetensors",
+        "\\\\server\\share\\x.safetensors",
+        "../../../outside/x.safetensors",
+        "a/../../x",
+        "a\\..\\..\\x",
+        "x\x00.safetensors",
+        "",
+        "  ",
+    ],
+)
 def test_listed_names_that_leave_the_folder_are_refused(name):
     with pytest.raises(files.FileNameError, match="^generator_name: "):
         files.check_listed_name(name, "generator_name")

@@ -12,8 +12,8 @@ import torch
 from comfyui_tempo.samplers.finite import nonfinite_note, with_nonfinite_note
 from comfyui_tempo.samplers.plot import moving_average
 from comfyui_tempo.testbed.exact import ring_mixture
-from comfyui_tempo.training import dmd as dmd_training
 from comfyui_tempo.testbed.toy import MLPDenoiser
+from comfyui_tempo.training import dmd as dmd_training
 
 
 # ---------------------------------------------------------------------------- smoothing (plot_losses)
@@ -47,8 +47,14 @@ def test_nonfinite_note_counts_nan_and_inf():
     x[0, 0, 0, :3] = float("nan")
     x[1, 2, 3, 4] = float("-inf")
     assert nonfinite_note(x) == "warning: the output holds NaN/inf (4 of 512 values)"
-    assert with_nonfinite_note("Latent Bridge: 32x32", x) == "Latent Bridge: 32x32; warning: the output holds NaN/inf (4 of 512 values)"
-    assert nonfinite_note(torch.full((3,), float("nan")), "the latent") == "warning: the latent holds NaN/inf (3 of 3 values)"
+    assert (
+        with_nonfinite_note("Latent Bridge: 32x32", x)
+        == "Latent Bridge: 32x32; warning: the output holds NaN/inf (4 of 512 values)"
+    )
+    assert (
+        nonfinite_note(torch.full((3,), float("nan")), "the latent")
+        == "warning: the latent holds NaN/inf (3 of 3 values)"
+    )
     assert nonfinite_note(torch.zeros(3, dtype=torch.long)) == "" and nonfinite_note(None) == ""
 
 

@@ -12,8 +12,9 @@ torch.set_num_threads(1)
 
 def _unet(seed=0):
     torch.manual_seed(seed)
-    net = UNet(in_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
-               num_heads=2)
+    net = UNet(
+        in_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2
+    )
     # the testbed zero-initialises some output convs; give every weight a value so LoRA effects show
     with torch.no_grad():
         for p in net.parameters():

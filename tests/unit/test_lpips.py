@@ -145,15 +145,23 @@ def test_trainer_regression_with_lpips(weights):
     loss_fn = tempo_lpips.LatentLPIPS(_Decode(), tempo_lpips.load_lpips(*weights))
     gen = dmd_training.copy_teacher(teacher)
     before = [p.detach().clone() for p in gen.parameters()]
-    tr = dmd_training.DMDTrainer(teacher, gen, dmd_training.copy_teacher(teacher), shape, cfg, regression_pairs=pairs,
-                      regression_loss_fn=loss_fn)
+    tr = dmd_training.DMDTrainer(
+        teacher, gen, dmd_training.copy_teacher(teacher), shape, cfg, regression_pairs=pairs, regression_loss_fn=loss_fn
+    )
     log = tr.step()
     assert log["loss_reg"] > 0
     assert any((p - q).abs().max() > 0 for p, q in zip(gen.parameters(), before))
     # the LPIPS term itself moves the generator: the same step with a zero regression loss differs
     gen0 = dmd_training.copy_teacher(teacher)
-    tr0 = dmd_training.DMDTrainer(teacher, gen0, dmd_training.copy_teacher(teacher), shape, cfg, regression_pairs=pairs,
-                       regression_loss_fn=lambda p, t: (p * 0).sum())
+    tr0 = dmd_training.DMDTrainer(
+        teacher,
+        gen0,
+        dmd_training.copy_teacher(teacher),
+        shape,
+        cfg,
+        regression_pairs=pairs,
+        regression_loss_fn=lambda p, t: (p * 0).sum(),
+    )
     tr0.step()
     assert any((p - q).abs().max() > 1e-7 for p, q in zip(gen.parameters(), gen0.parameters()))
     with pytest.raises(dmd_training.DMDConfigError, match=r"^regression_loss: 'lpips' needs"):

@@ -73,13 +73,23 @@ def test_comfyignore_uses_only_the_forms_this_test_understands():
 def test_nothing_comfyui_imports_is_left_out_of_the_archive():
     patterns = ignore_patterns()
     closure = import_closure()
-    assert ROOT / "nodes" / "dmd.py" in closure and ROOT / "training" / "dmd.py" in closure  # the walk reaches the cores
-    shipped_but_ignored = sorted(str(p.relative_to(ROOT)) for p in closure if ignored(str(p.relative_to(ROOT)), patterns))
+    assert (
+        ROOT / "nodes" / "dmd.py" in closure and ROOT / "training" / "dmd.py" in closure
+    )  # the walk reaches the cores
+    shipped_but_ignored = sorted(
+        str(p.relative_to(ROOT)) for p in closure if ignored(str(p.relative_to(ROOT)), patterns)
+    )
     assert not shipped_but_ignored, f"imported by the pack but dropped by .comfyignore: {shipped_but_ignored}"
 
 
 def test_the_lab_is_left_out():
     patterns = ignore_patterns()
-    for rel in ("tests/unit/test_packaging.py", "testbed/weights/testbed.safetensors", "bench/coop.py", "dev",
-                "harness/comfy_testbed.py", "harness/host_bench.py"):
+    for rel in (
+        "tests/unit/test_packaging.py",
+        "testbed/weights/testbed.safetensors",
+        "bench/coop.py",
+        "dev",
+        "harness/comfy_testbed.py",
+        "harness/host_bench.py",
+    ):
         assert ignored(rel, patterns), rel

@@ -8,16 +8,25 @@ import torch
 
 from comfyui_tempo.samplers import dmd as dmd_sampling
 from comfyui_tempo.testbed.exact import ring_mixture
+from comfyui_tempo.testbed.toy import MLPDenoiser
 from comfyui_tempo.training import dmd as dmd_training
 from comfyui_tempo.training import run as dmd_run
-from comfyui_tempo.testbed.toy import MLPDenoiser
 
 torch.set_num_threads(1)
 
 
 def _trainer(teacher, conditioning=None, **kw):
-    opts = dict(model_type="ve", real_guidance_scale=1.0, dfake_gen_update_ratio=3, batch_size=16,
-                generator_lr=1e-3, fake_lr=1e-3, warmup_steps=2, sigma_data=1.0, seed=3)
+    opts = dict(
+        model_type="ve",
+        real_guidance_scale=1.0,
+        dfake_gen_update_ratio=3,
+        batch_size=16,
+        generator_lr=1e-3,
+        fake_lr=1e-3,
+        warmup_steps=2,
+        sigma_data=1.0,
+        seed=3,
+    )
     cfg = dmd_training.DMDConfig(**{**opts, **kw})
     return dmd_training.DMDTrainer(
         ring_mixture(),
@@ -30,8 +39,9 @@ def _trainer(teacher, conditioning=None, **kw):
 
 
 def _same(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.generator.parameters(), b.generator.parameters())) and \
-        all(torch.equal(x, y) for x, y in zip(a.fake_score.parameters(), b.fake_score.parameters()))
+    return all(torch.equal(x, y) for x, y in zip(a.generator.parameters(), b.generator.parameters())) and all(
+        torch.equal(x, y) for x, y in zip(a.fake_score.parameters(), b.fake_score.parameters())
+    )
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +170,9 @@ def test_generator_file_of_a_run(tmp_path, teacher):
 
     run = dmd_run.DMDRun(_trainer(teacher, denoising_timesteps=(999, 749, 499, 249)), tmp_path / "run.pt")
     run.train(3)
-    sd, info = run.save_generator(tmp_path / "g.safetensors", prefix="diffusion_model.", dtype=torch.float16,
-                                  info={"base": "mlp"}, title="g")
+    sd, info = run.save_generator(
+        tmp_path / "g.safetensors", prefix="diffusion_model.", dtype=torch.float16, info={"base": "mlp"}, title="g"
+    )
     back, m = dmd_sampling.read_generator(tmp_path / "g.safetensors")
     assert set(back) == set(sd) and all(k.startswith("diffusion_model.") for k in sd)
     assert all(v.dtype == torch.float16 for v in back.values() if v.is_floating_point())
@@ -171,7 +182,8 @@ def test_generator_file_of_a_run(tmp_path, teacher):
     lora_fake = lora.lora_copy(teacher, 2)
     cfg = dmd_training.DMDConfig(model_type="ve", real_guidance_scale=1.0, batch_size=8, sigma_data=1.0, lora_rank=2)
     tr = dmd_training.DMDTrainer(ring_mixture(), lora_gen, lora_fake, (2,), cfg)
-    sd, info = dmd_run.DMDRun(tr, tmp_path / "lora.pt").save_generator(tmp_path / "l.safetensors",
-                                                                  prefix="diffusion_model.")
+    sd, info = dmd_run.DMDRun(tr, tmp_path / "lora.pt").save_generator(
+        tmp_path / "l.safetensors", prefix="diffusion_model."
+    )
     _, m = dmd_sampling.read_generator(tmp_path / "l.safetensors")
     assert m["format"] == "lora" and m["lora_rank"] == 2 and dmd_sampling.is_lora_keys(sd)

@@ -193,8 +193,11 @@ def test_samples_are_curved(euler_samples):
     assert p10 + 5 < p25, (p10, p25)
 
 
-@pytest.mark.xfail(strict=True, reason="target not reached: this tiny model's 25- and 50-step "
-                   "Euler samples differ by ~47 dB (see testbed/trained.py, curvature)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="target not reached: this tiny model's 25- and 50-step "
+    "Euler samples differ by ~47 dB (see testbed/trained.py, curvature)",
+)
 def test_curvature_target_25_vs_50_below_35db(euler_samples):
     """The brief's target: 25 vs 50 Euler steps (karras, CFG 5) decoded PSNR below 35 dB."""
     _, out = euler_samples

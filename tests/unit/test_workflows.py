@@ -14,48 +14,141 @@ from comfyui_tempo.nodes.registry import NODE_IDS
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 EXPECTED = {"adaptive_ksampler_sd15.json", "adaptive_sampler_custom_advanced.json", "adaptive_model_patch.json"}
-EXPECTED |= {"coop_latent_bridge.json", "coop_noisy_latent_bridge.json", "coop_sampler.json",
-             "coop_guider_custom_advanced.json", "coop_time_decoupled.json"}
-EXPECTED |= {"dmd_regression_pairs.json", "dmd_trainer.json", "dmd_loader_ksampler.json", "dmd_sampler_custom.json",
-             "dmd2_sdxl_released.json"}
+EXPECTED |= {
+    "coop_latent_bridge.json",
+    "coop_noisy_latent_bridge.json",
+    "coop_sampler.json",
+    "coop_guider_custom_advanced.json",
+    "coop_time_decoupled.json",
+}
+EXPECTED |= {
+    "dmd_regression_pairs.json",
+    "dmd_trainer.json",
+    "dmd_loader_ksampler.json",
+    "dmd_sampler_custom.json",
+    "dmd2_sdxl_released.json",
+}
 
 # ComfyUI core node types an example workflow may use (nodes.py, comfy_extras, front-end only nodes)
 CORE_TYPES = {
-    "CheckpointLoaderSimple", "CLIPTextEncode", "CLIPSetLastLayer", "EmptyLatentImage", "LatentUpscale",
-    "KSampler", "KSamplerAdvanced", "VAEDecode", "VAEEncode", "VAELoader", "UNETLoader", "CLIPLoader",
-    "DualCLIPLoader", "LoraLoader", "LoraLoaderModelOnly", "SaveImage", "PreviewImage", "LoadImage",
-    "RandomNoise", "DisableNoise", "CFGGuider", "BasicGuider", "BasicScheduler", "KarrasScheduler",
-    "KSamplerSelect", "SamplerCustom", "SamplerCustomAdvanced", "ModelSamplingDiscrete", "EasyCache",
-    "EmptySD3LatentImage", "FluxGuidance", "ConditioningZeroOut",
+    "CheckpointLoaderSimple",
+    "CLIPTextEncode",
+    "CLIPSetLastLayer",
+    "EmptyLatentImage",
+    "LatentUpscale",
+    "KSampler",
+    "KSamplerAdvanced",
+    "VAEDecode",
+    "VAEEncode",
+    "VAELoader",
+    "UNETLoader",
+    "CLIPLoader",
+    "DualCLIPLoader",
+    "LoraLoader",
+    "LoraLoaderModelOnly",
+    "SaveImage",
+    "PreviewImage",
+    "LoadImage",
+    "RandomNoise",
+    "DisableNoise",
+    "CFGGuider",
+    "BasicGuider",
+    "BasicScheduler",
+    "KarrasScheduler",
+    "KSamplerSelect",
+    "SamplerCustom",
+    "SamplerCustomAdvanced",
+    "ModelSamplingDiscrete",
+    "EasyCache",
+    "EmptySD3LatentImage",
+    "FluxGuidance",
+    "ConditioningZeroOut",
     "ConditioningCombine",
-    "Note", "MarkdownNote", "Reroute", "PrimitiveNode",
+    "Note",
+    "MarkdownNote",
+    "Reroute",
+    "PrimitiveNode",
 }
 # the pack's nodes' widget values in order (a seed with control_after_generate has 2): when a node's inputs
 # change, update this table and regenerate workflows/ (python tests/browser/make_workflows.py URL)
 ADAPTIVE_SETTINGS = [
-    "mode", "target_speedup", "threshold", "max_skip", "extrapolation", "force_last", "start_percent",
-    "estimator_space", "late_bias", "placement", "estimator", "batch_mode",
+    "mode",
+    "target_speedup",
+    "threshold",
+    "max_skip",
+    "extrapolation",
+    "force_last",
+    "start_percent",
+    "estimator_space",
+    "late_bias",
+    "placement",
+    "estimator",
+    "batch_mode",
 ]
 PACK_WIDGETS = {
     "TempoAdaptiveKSampler": [
-        "seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise", *ADAPTIVE_SETTINGS,
+        "seed",
+        "control_after_generate",
+        "steps",
+        "cfg",
+        "sampler_name",
+        "scheduler",
+        "denoise",
+        *ADAPTIVE_SETTINGS,
     ],
     "TempoAdaptiveSampler": ["sampler_name", *ADAPTIVE_SETTINGS],
     "TempoAdaptiveModel": list(ADAPTIVE_SETTINGS),
     # Coop-Diffusion (nodes/coop.py)
     "TempoLatentBridge": ["width", "height", "scale", "resize_method", "tiled", "tile_size", "overlap"],
     "TempoNoisyLatentBridge": [
-        "cfg_source", "steps", "end_at_step", "scheduler", "width", "height", "scale", "resize_method", "seed",
-        "control_after_generate", "tiled", "renoise_level",
+        "cfg_source",
+        "steps",
+        "end_at_step",
+        "scheduler",
+        "width",
+        "height",
+        "scale",
+        "resize_method",
+        "seed",
+        "control_after_generate",
+        "tiled",
+        "renoise_level",
     ],
     "TempoCoopSampler": [
-        "cfg_a", "cfg_b", "seed", "control_after_generate", "steps", "sampler_name", "scheduler", "denoise", "d", "d_start",
-        "d_end", "taper", "width_b", "height_b", "resize_method",
+        "cfg_a",
+        "cfg_b",
+        "seed",
+        "control_after_generate",
+        "steps",
+        "sampler_name",
+        "scheduler",
+        "denoise",
+        "d",
+        "d_start",
+        "d_end",
+        "taper",
+        "width_b",
+        "height_b",
+        "resize_method",
     ],
     "TempoCoopGuider": ["cfg_a", "cfg_b", "d", "d_start", "d_end", "taper", "width_b", "height_b", "resize_method"],
     "TempoTimeDecoupledSampler": [
-        "cfg_structure", "cfg_texture", "seed", "control_after_generate", "steps", "sampler_name", "scheduler", "denoise",
-        "switch_mode", "switch_timestep", "switch_sigma", "handoff", "width", "height", "scale", "resize_method",
+        "cfg_structure",
+        "cfg_texture",
+        "seed",
+        "control_after_generate",
+        "steps",
+        "sampler_name",
+        "scheduler",
+        "denoise",
+        "switch_mode",
+        "switch_timestep",
+        "switch_sigma",
+        "handoff",
+        "width",
+        "height",
+        "scale",
+        "resize_method",
         "renoise_level",
     ],
     # DMD (nodes/dmd.py)
@@ -63,13 +156,39 @@ PACK_WIDGETS = {
     "TempoDMDSampler": ["timesteps"],
     "TempoDMDKSampler": ["seed", "control_after_generate", "timesteps", "cfg"],
     "TempoDMDRegressionPairs": [
-        "width", "height", "pairs_per_conditioning", "steps", "guidance", "conditioning_timestep", "batch_size",
-        "seed", "control_after_generate", "save_name",
+        "width",
+        "height",
+        "pairs_per_conditioning",
+        "steps",
+        "guidance",
+        "conditioning_timestep",
+        "batch_size",
+        "seed",
+        "control_after_generate",
+        "save_name",
     ],
     "TempoDMDTrainer": [
-        "width", "height", "batch_size", "steps", "generator_lr", "fake_lr", "guidance", "update_ratio",
-        "conditioning_timestep", "generator_steps", "warmup_steps", "regression_weight", "regression_pairs", "gan_weight",
-        "lora_rank", "seed", "control_after_generate", "save_name", "checkpoint_interval", "resume", "gradient_checkpointing",
+        "width",
+        "height",
+        "batch_size",
+        "steps",
+        "generator_lr",
+        "fake_lr",
+        "guidance",
+        "update_ratio",
+        "conditioning_timestep",
+        "generator_steps",
+        "warmup_steps",
+        "regression_weight",
+        "regression_pairs",
+        "gan_weight",
+        "lora_rank",
+        "seed",
+        "control_after_generate",
+        "save_name",
+        "checkpoint_interval",
+        "resume",
+        "gradient_checkpointing",
     ],
 }
 ADAPTIVE_CHOICES = {
@@ -148,7 +267,13 @@ def test_ksampler_example_settings():
     wf = json.loads((REPO / "workflows" / "adaptive_ksampler_sd15.json").read_text())
     by_type = {n["type"]: n for n in wf["nodes"]}
     ks = dict(zip(PACK_WIDGETS["TempoAdaptiveKSampler"], by_type["TempoAdaptiveKSampler"]["widgets_values"]))
-    assert (ks["steps"], ks["cfg"], ks["sampler_name"], ks["scheduler"], ks["mode"]) == (50, 7.0, "euler", "normal", "target_speedup")
+    assert (ks["steps"], ks["cfg"], ks["sampler_name"], ks["scheduler"], ks["mode"]) == (
+        50,
+        7.0,
+        "euler",
+        "normal",
+        "target_speedup",
+    )
     assert by_type["CheckpointLoaderSimple"]["widgets_values"] == ["v1-5-pruned-emaonly.safetensors"]
     assert by_type["EmptyLatentImage"]["widgets_values"][:2] == [512, 512]
     # the skip plot goes to a PreviewImage
@@ -163,10 +288,18 @@ def test_dmd_example_settings():
     wf = json.loads((REPO / "workflows" / "dmd_trainer.json").read_text())
     tr = next(n for n in wf["nodes"] if n["type"] == "TempoDMDTrainer")
     named = dict(zip(PACK_WIDGETS["TempoDMDTrainer"], tr["widgets_values"]))
-    assert (named["guidance"], named["update_ratio"], named["generator_lr"], named["conditioning_timestep"]) == (1.75, 10, 1e-5, 999)
+    assert (named["guidance"], named["update_ratio"], named["generator_lr"], named["conditioning_timestep"]) == (
+        1.75,
+        10,
+        1e-5,
+        999,
+    )
     wf = json.loads((REPO / "workflows" / "dmd2_sdxl_released.json").read_text())
-    ks = {n.get("title"): dict(zip(PACK_WIDGETS["TempoDMDKSampler"], n["widgets_values"]))
-          for n in wf["nodes"] if n["type"] == "TempoDMDKSampler"}
+    ks = {
+        n.get("title"): dict(zip(PACK_WIDGETS["TempoDMDKSampler"], n["widgets_values"]))
+        for n in wf["nodes"]
+        if n["type"] == "TempoDMDKSampler"
+    }
     assert sorted(v["timesteps"] for v in ks.values()) == ["399", "999,749,499,249"]
     assert all(v["cfg"] == 1.0 for v in ks.values())
 
@@ -174,6 +307,7 @@ def test_dmd_example_settings():
 def test_coop_example_settings():
     """The Coop-Diffusion examples: the paper's switch at timestep 500 (not a step index), d = 0.5 weighting
     model B, the noisy bridge continuing where the first KSamplerAdvanced stopped."""
+
     def named(name, node_type):
         wf = json.loads((REPO / "workflows" / name).read_text())
         node = next(n for n in wf["nodes"] if n["type"] == node_type)

@@ -40,9 +40,9 @@ from comfy_api.latest import ComfyExtension, io
 # modules next to the one ComfyUI loaded under its path name: nothing here shares state with it.
 from comfyui_tempo.harness.comfy_testbed import (  # noqa: F401  (re-exported for snippets)
     CONTEXT_DIM,
+    MODEL_NAMES,
     NULL_CLASS,
     NUM_CLASSES,
-    MODEL_NAMES,
     TestbedConfig,
     TestbedLatentFormat,
     TestbedUNet,
@@ -54,7 +54,9 @@ from comfyui_tempo.harness.comfy_testbed import (  # noqa: F401  (re-exported fo
 )
 
 
-def tiny_sd_model(model_type=None, *, middle: bool = False, shift: float | None = None, scale: float = 0.05, seed: int = 0):
+def tiny_sd_model(
+    model_type=None, *, middle: bool = False, shift: float | None = None, scale: float = 0.05, seed: int = 0
+):
     """A tiny SD-style UNet (one level, 32 channels, context 64, SD1.5 latent format) with random weights
     N(0, scale) as a MODEL, for snippets that need ComfyUI's own UNet code with eps, v or flow sampling.
     middle: with a middle block (ResBlock, SpatialTransformer, ResBlock); shift: the flow shift of the
@@ -72,17 +74,33 @@ def tiny_sd_model(model_type=None, *, middle: bool = False, shift: float | None 
         latent_format = comfy.latent_formats.SD15
         sampling_settings = {"shift": shift} if shift is not None else {}
 
-    cfg = Tiny(dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1],
-                    channel_mult=[1], transformer_depth=[1], transformer_depth_output=[0, 0],
-                    transformer_depth_middle=1 if middle else -2, use_spatial_transformer=True, legacy=False,
-                    context_dim=64, use_linear_in_transformer=True, adm_in_channels=None))
+    cfg = Tiny(
+        dict(
+            image_size=32,
+            in_channels=4,
+            out_channels=4,
+            model_channels=32,
+            num_res_blocks=[1],
+            channel_mult=[1],
+            transformer_depth=[1],
+            transformer_depth_output=[0, 0],
+            transformer_depth_middle=1 if middle else -2,
+            use_spatial_transformer=True,
+            legacy=False,
+            context_dim=64,
+            use_linear_in_transformer=True,
+            adm_in_channels=None,
+        )
+    )
     cfg.set_inference_dtype(torch.float32, None)
     base = comfy.model_base.BaseModel(cfg, model_type=model_type or comfy.model_base.ModelType.EPS)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in base.diffusion_model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 class TempoTestbedModel(io.ComfyNode):
@@ -94,9 +112,14 @@ class TempoTestbedModel(io.ComfyNode):
             category="tempo/testing",
             description="The pack's trained testbed denoiser as a ComfyUI MODEL (eps, SD discrete schedule).",
             inputs=[
-                io.Combo.Input("name", options=list(MODEL_NAMES), default="testbed", optional=True,
-                               tooltip="testbed: the 32 px model (4x8x8 latents); hr: the second testbed in its own "
-                               "latent space (32 / 64 px)."),
+                io.Combo.Input(
+                    "name",
+                    options=list(MODEL_NAMES),
+                    default="testbed",
+                    optional=True,
+                    tooltip="testbed: the 32 px model (4x8x8 latents); hr: the second testbed in its own "
+                    "latent space (32 / 64 px).",
+                ),
             ],
             outputs=[io.Model.Output()],
         )
@@ -114,8 +137,11 @@ class TempoTestbedVAE(io.ComfyNode):
             display_name="Tempo Testbed VAE (test)",
             category="tempo/testing",
             description="The testbed's autoencoder as a ComfyUI VAE (VAEDecode, VAEEncode and the bridge nodes take it).",
-            inputs=[io.Combo.Input("name", options=list(MODEL_NAMES), default="testbed",
-                                   tooltip="Which testbed's autoencoder.")],
+            inputs=[
+                io.Combo.Input(
+                    "name", options=list(MODEL_NAMES), default="testbed", tooltip="Which testbed's autoencoder."
+                )
+            ],
             outputs=[io.Vae.Output()],
         )
 
@@ -173,12 +199,31 @@ class TempoTestbedEmptyLatent(io.ComfyNode):
             description="A batch of zero latents at the testbed latent shape.",
             inputs=[
                 io.Int.Input("batch_size", default=1, min=1, max=4096),
-                io.Combo.Input("name", options=list(MODEL_NAMES), default="testbed", optional=True,
-                               tooltip="Which testbed's latent space."),
-                io.Int.Input("width", default=0, min=0, max=1024, step=8, optional=True,
-                             tooltip="Image width in pixels; 0: the testbed's own size."),
-                io.Int.Input("height", default=0, min=0, max=1024, step=8, optional=True,
-                             tooltip="Image height in pixels; 0: the testbed's own size."),
+                io.Combo.Input(
+                    "name",
+                    options=list(MODEL_NAMES),
+                    default="testbed",
+                    optional=True,
+                    tooltip="Which testbed's latent space.",
+                ),
+                io.Int.Input(
+                    "width",
+                    default=0,
+                    min=0,
+                    max=1024,
+                    step=8,
+                    optional=True,
+                    tooltip="Image width in pixels; 0: the testbed's own size.",
+                ),
+                io.Int.Input(
+                    "height",
+                    default=0,
+                    min=0,
+                    max=1024,
+                    step=8,
+                    optional=True,
+                    tooltip="Image height in pixels; 0: the testbed's own size.",
+                ),
             ],
             outputs=[io.Latent.Output()],
         )

@@ -41,10 +41,24 @@ VAE_SCALE = {"taesd": (0.18215, 0.0), "taesdxl": (0.13025, 0.0)}  # what nodes.V
 
 # what comfy.model_detection.detect_unet_config reads back from the file, SD1.5's keys included
 UNET_CONFIG = dict(
-    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-    adm_in_channels=None, in_channels=4, model_channels=320, num_res_blocks=[1], transformer_depth=[1],
-    channel_mult=[1], transformer_depth_middle=1, use_linear_in_transformer=False, context_dim=768,
-    num_head_channels=-1, num_heads=8, transformer_depth_output=[1, 1], use_temporal_resblock=False,
+    use_checkpoint=False,
+    image_size=32,
+    out_channels=4,
+    use_spatial_transformer=True,
+    legacy=False,
+    adm_in_channels=None,
+    in_channels=4,
+    model_channels=320,
+    num_res_blocks=[1],
+    transformer_depth=[1],
+    channel_mult=[1],
+    transformer_depth_middle=1,
+    use_linear_in_transformer=False,
+    context_dim=768,
+    num_head_channels=-1,
+    num_heads=8,
+    transformer_depth_output=[1, 1],
+    use_temporal_resblock=False,
     use_temporal_attention=False,
 )
 
@@ -58,7 +72,7 @@ def _randomise(sd: dict, seed: int, out_scale: float = 1.0) -> dict:
             out[k] = v.clone()
         elif v.dim() >= 2:
             fan_in = v[0].numel()
-            out[k] = torch.randn(v.shape, generator=g) / fan_in ** 0.5
+            out[k] = torch.randn(v.shape, generator=g) / fan_in**0.5
         elif "norm" in k and k.endswith("weight"):
             out[k] = torch.ones(v.shape)
         else:
@@ -122,7 +136,7 @@ def lora_state_dict(unet_sd: dict, seed: int, rank: int = 4) -> dict:
             continue
         out_f, in_f = unet_sd[ck].shape
         name = "lora_unet_" + dk[: -len(".weight")].replace(".", "_")
-        sd[name + ".lora_down.weight"] = (torch.randn(rank, in_f, generator=g) / in_f ** 0.5).half()
+        sd[name + ".lora_down.weight"] = (torch.randn(rank, in_f, generator=g) / in_f**0.5).half()
         sd[name + ".lora_up.weight"] = (torch.randn(out_f, rank, generator=g) * 0.05).half()
         sd[name + ".alpha"] = torch.tensor(float(rank)).half()
     return sd
@@ -169,8 +183,6 @@ def check(taesd_dir: str | os.PathLike) -> dict:
     """Loads every tiny file through ComfyUI's own loader nodes and checks what they built: the model
     type ComfyUI detected, the UNet / CLIP / VAE weights equal to the file's (nothing left
     uninitialised), every LoRA key applied. Returns what it found and the seconds each load took."""
-    import comfy.model_base
-    import comfy.supported_models
     import folder_paths
     import nodes
     from safetensors.torch import load_file
@@ -186,11 +198,15 @@ def check(taesd_dir: str | os.PathLike) -> dict:
         R["load_s"][name] = round(time.monotonic() - t0, 2)
         file_sd = load_file(folder_paths.get_full_path_or_raise("checkpoints", name))
         # the model ComfyUI detected
-        R[name] = {"config": type(model.model.model_config).__name__, "model": type(model.model).__name__,
-                   "vae_model": type(vae.first_stage_model).__name__}
+        R[name] = {
+            "config": type(model.model.model_config).__name__,
+            "model": type(model.model).__name__,
+            "vae_model": type(vae.first_stage_model).__name__,
+        }
         unet = model.model.diffusion_model.state_dict()
-        R[name]["unet_mismatch"] = [k for k, v in unet.items()
-                                    if not torch.equal(v.float(), file_sd["model.diffusion_model." + k].float())]
+        R[name]["unet_mismatch"] = [
+            k for k, v in unet.items() if not torch.equal(v.float(), file_sd["model.diffusion_model." + k].float())
+        ]
         # the CLIP: every weight of the text model is the file's (a missing one would be uninitialised)
         te = clip.cond_stage_model.clip_l.transformer.state_dict()
         bad = []
@@ -215,6 +231,9 @@ def check(taesd_dir: str | os.PathLike) -> dict:
     R[UNET] = {"config": type(unet_model.model.model_config).__name__}
     lora_sd = load_file(folder_paths.get_full_path_or_raise("loras", LORA))
     patched = call(nodes.LoraLoaderModelOnly, model, LORA, 1.0)[0]
-    R[LORA] = {"modules": sum(1 for k in lora_sd if k.endswith(".lora_up.weight")),
-               "patched": len(patched.patches), "before": len(model.patches)}
+    R[LORA] = {
+        "modules": sum(1 for k in lora_sd if k.endswith(".lora_up.weight")),
+        "patched": len(patched.patches),
+        "before": len(model.patches),
+    }
     return R
