@@ -1,4 +1,4 @@
-"""The QA report's bad inputs (research/qa-report.md) against a real ComfyUI.
+"""Bad inputs a user can send (paths, file names, values out of range, NaN latents) against a real ComfyUI.
 
 Over HTTP: ComfyUI's own min / max / list checks run for the AdaptiveDiffusion nodes and the DMD Generator Loader
 (their validate_inputs declare only the input they check), an unsupported sampler is one error, absolute generator
