@@ -139,20 +139,22 @@ def sample_dmd(
         raise DMDSamplingError("sigmas: expected at least one sigma > 0")
     if bool((sig[1:] >= sig[:-1]).any()):
         raise DMDSamplingError(f"sigmas: expected strictly decreasing sigmas, got {sig.tolist()}")
-    s_in = z.new_ones([z.shape[0]])
+    if noise_sampler is None:
+
+        def noise_sampler(sigma, sigma_next):
+            return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+
+    # the one loop: ComfyUI's DMD sampler runs it too
     x = noise_input(z, float(sig[0]), model_type)
-    x0 = None
-    for i in range(sig.numel()):
-        if i > 0:
-            if noise_sampler is not None:
-                n = noise_sampler(sig[i - 1], sig[i])
-            else:
-                n = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            x = renoise(x0, n, sig[i], model_type)
-        x0 = model(x, sig[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sig[i], "sigma_hat": sig[i], "denoised": x0})
-    return x0
+    return sample_dmd_kdiff(
+        model,
+        x,
+        torch.cat([sig, sig.new_zeros(1)]),
+        extra_args=extra_args,
+        callback=callback,
+        noise_sampler=noise_sampler,
+        model_type=model_type,
+    )
 
 
 @torch.no_grad()
