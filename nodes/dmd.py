@@ -140,7 +140,7 @@ class DMDSamplerNode(io.ComfyNode):
                     tooltip=TIMESTEPS_TOOLTIP
                     + "; with a MODEL that has none, the SIGMAS given to the sampler node are used "
                     "(e.g. BasicScheduler simple, 4 steps = 999/749/499/249).",
-                ),
+                )
             ],
             outputs=[io.Sampler.Output(tooltip="The DMD sampler.")],
         )

@@ -12,14 +12,11 @@ import logging
 NODE_MODULES: dict[str, list[str]] = {
     "adaptive": ["TempoAdaptiveKSampler", "TempoAdaptiveSampler", "TempoAdaptiveModel"],
     "dmd": ["TempoDMDGeneratorLoader", "TempoDMDSampler", "TempoDMDKSampler"],
-    "dmd_train": ["TempoDMDRegressionPairs", "TempoDMDTrainer"],
-    "coop": [
-        "TempoLatentBridge",
-        "TempoNoisyLatentBridge",
-        "TempoCoopSampler",
-        "TempoCoopGuider",
-        "TempoTimeDecoupledSampler",
-    ],
+    "dmd_pairs": ["TempoDMDRegressionPairs"],
+    "dmd_train": ["TempoDMDTrainer"],
+    "bridge_nodes": ["TempoLatentBridge", "TempoNoisyLatentBridge"],
+    "coop": ["TempoCoopSampler", "TempoCoopGuider"],
+    "time_decoupled": ["TempoTimeDecoupledSampler"],
 }
 
 NODE_IDS: list[str] = [node_id for ids in NODE_MODULES.values() for node_id in ids]

@@ -14,6 +14,7 @@ It re-exports three modules, split as the official DMD2 code splits its guidance
 The resumable run around a trainer (checkpoint files, resume, the generator file) is ``training.run``.
 """
 
+from .batching import default_collate
 from .config import FAKE_WEIGHTINGS, MODEL_TYPES, REGRESSION_LOSSES, DMDConfig, DMDConfigError
 from .guidance import (
     NoiseSchedule,
@@ -32,7 +33,8 @@ from .guidance import (
     teacher_ode_samples,
     wide_dtype,
 )
-from .trainer import DMDTrainer, constant_with_warmup, default_collate
+from .lr import constant_with_warmup
+from .trainer import DMDTrainer
 
 __all__ = [
     "DMDConfig",

@@ -220,12 +220,7 @@ def add_lora(
     return [n for n, _ in todo]
 
 
-def lora_copy(
-    teacher: nn.Module,
-    rank: int,
-    alpha: float | None = None,
-    **kw,
-) -> nn.Module:
+def lora_copy(teacher: nn.Module, rank: int, alpha: float | None = None, **kw) -> nn.Module:
     """A LoRA copy of ``teacher`` that SHARES its parameters and buffers (no copy of the weights):
     the module structure is duplicated (``copy.deepcopy`` with the teacher's tensors pre-seeded in
     the memo), the selected layers are wrapped (``add_lora`` keywords), and every base parameter is
@@ -413,3 +408,26 @@ def merge_lora(module: nn.Module, strength: float = 1.0) -> nn.Module:
         base.weight = nn.Parameter(merged[name + ".weight"].clone(), requires_grad=False)
         setattr(parent, attr, base)
     return net
+
+
+def trainable_state(net: nn.Module) -> dict:
+    """What a checkpoint keeps of a network: a LoRA network's trainable factors only (its base is shared and
+    frozen), else its full state dict."""
+    if lora_layers(net):
+        return {k: v.detach().clone() for k, v in net.named_parameters() if v.requires_grad}
+    return net.state_dict()
+
+
+def load_trainable_state(net: nn.Module, sd: dict) -> bool:
+    """Loads ``trainable_state``'s dict into ``net``; False (nothing loaded) when a LoRA network's trainable
+    factors are not exactly the dict's keys."""
+    if not lora_layers(net):
+        net.load_state_dict(sd)
+        return True
+    own = dict(net.named_parameters())
+    if set(sd) != {k for k, v in own.items() if v.requires_grad}:
+        return False
+    with torch.no_grad():
+        for k, v in sd.items():
+            own[k].copy_(v)
+    return True

@@ -20,34 +20,10 @@ from torch import nn
 
 from ..samplers import dmd as dmd_sampling
 from . import gan, guidance, lora
+from .batching import default_collate, to_device
 from .config import DMDConfig, DMDConfigError
 from .guidance import NoiseSchedule, OneStepGenerator, RegressionPairs, copy_teacher, regression_loss
-
-
-def constant_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """diffusers ``get_scheduler("constant_with_warmup")`` (DMD2 main/train_sd.py:205-216): factor
-    k / warmup before ``warmup_steps`` optimizer steps, 1 after."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda k: float(k) / float(max(1, warmup_steps)) if k < warmup_steps else 1.0
-    )
-
-
-def default_collate(items: Sequence[Any]) -> Any:
-    """Conditioning items of one batch -> the ``cond`` argument: None, a LongTensor of class
-    indices, or stacked tensors (an item with a leading batch dim of 1 is concatenated)."""
-    if all(i is None for i in items):
-        return None
-    if all(isinstance(i, int) and not isinstance(i, bool) for i in items):
-        return torch.tensor(items, dtype=torch.long)
-    if all(isinstance(i, torch.Tensor) for i in items):
-        if items[0].ndim >= 1 and items[0].shape[0] == 1:
-            return torch.cat(list(items))
-        return torch.stack(list(items))
-    raise DMDConfigError("conditioning: items must all be None, all ints or all tensors (or pass a collate function)")
-
-
-def _to_device(c, device):
-    return c.to(device) if isinstance(c, torch.Tensor) else c
+from .lr import constant_with_warmup
 
 
 class DMDTrainer:
@@ -171,10 +147,7 @@ class DMDTrainer:
             weight_decay=cfg.weight_decay,
         )
         self.opt_f = torch.optim.AdamW(
-            self._critic_params(),
-            lr=cfg.fake_lr,
-            betas=tuple(cfg.betas),
-            weight_decay=cfg.weight_decay,
+            self._critic_params(), lr=cfg.fake_lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
         )
         self.sched_g = constant_with_warmup(self.opt_g, cfg.warmup_steps)
         self.sched_f = constant_with_warmup(self.opt_f, cfg.warmup_steps)
@@ -293,10 +266,10 @@ class DMDTrainer:
 
     def _cond(self, idx: torch.Tensor):
         items = [self.conditioning[int(i)] for i in idx.tolist()]
-        return _to_device(self.collate(items), self.device)
+        return to_device(self.collate(items), self.device)
 
     def _uncond(self, n: int):
-        return _to_device(self.collate([self.uncond] * n), self.device)
+        return to_device(self.collate([self.uncond] * n), self.device)
 
     def _autocast(self):
         if self.config.mixed_precision == "bf16" and self.device.type == "cuda":
@@ -558,27 +531,6 @@ class DMDTrainer:
 
     # ---- state (the checkpoint file, resume and the generator file are training.run's)
 
-    @staticmethod
-    def _net_state(net: nn.Module) -> dict:
-        """A LoRA network's trainable factors only (its base is the shared teacher), else the full
-        state dict."""
-        if lora.lora_layers(net):
-            return {k: v.detach().clone() for k, v in net.named_parameters() if v.requires_grad}
-        return net.state_dict()
-
-    @staticmethod
-    def _load_net_state(net: nn.Module, sd: dict) -> None:
-        if lora.lora_layers(net):
-            own = dict(net.named_parameters())
-            want = {k for k, v in own.items() if v.requires_grad}
-            if set(sd) != want:
-                raise DMDConfigError("state: the checkpoint's LoRA layers differ from this trainer's")
-            with torch.no_grad():
-                for k, v in sd.items():
-                    own[k].copy_(v)
-        else:
-            net.load_state_dict(sd)
-
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly: networks (LoRA factors only for
         LoRA networks), GAN head, optimizers, LR schedules, counters and the random generator's
@@ -588,8 +540,8 @@ class DMDTrainer:
             "step": self.step_count,
             "generator_steps": self.generator_steps,
             "fake_steps": self.fake_steps,
-            "generator": self._net_state(self.generator.net),
-            "fake_score": self._net_state(self.fake_score),
+            "generator": lora.trainable_state(self.generator.net),
+            "fake_score": lora.trainable_state(self.fake_score),
             "opt_g": self.opt_g.state_dict(),
             "opt_f": self.opt_f.state_dict(),
             "sched_g": self.sched_g.state_dict(),
@@ -613,8 +565,9 @@ class DMDTrainer:
         diff = [f.name for f in fields(DMDConfig) if f.name in saved and saved[f.name] != mine[f.name]]
         if diff:
             raise DMDConfigError(f"state: checkpoint config differs from this trainer's in {diff}")
-        self._load_net_state(self.generator.net, state["generator"])
-        self._load_net_state(self.fake_score, state["fake_score"])
+        for net, sd in ((self.generator.net, state["generator"]), (self.fake_score, state["fake_score"])):
+            if not lora.load_trainable_state(net, sd):
+                raise DMDConfigError("state: the checkpoint's LoRA layers differ from this trainer's")
         if self.gan_head is not None:
             self.gan_head.load_state_dict(state["gan_head"])
         if self.ema is not None:

@@ -458,11 +458,7 @@ with open(os.environ["TEMPO_SNIPPET_OUT"], "w") as f:
 
 
 def run_snippet(
-    install: ComfyInstall,
-    code: str,
-    base: Path | None = None,
-    timeout: float = 600.0,
-    extra_paths=(),
+    install: ComfyInstall, code: str, base: Path | None = None, timeout: float = 600.0, extra_paths=()
 ) -> Any:
     """Run `code` under the ComfyUI Python, cwd the ComfyUI tree, and return its ``RESULT``.
 

@@ -162,7 +162,7 @@ RENOISE_SNIPPET = r"""
 import torch
 import comfy.model_base
 import tempo_testnodes as tn
-from comfyui_tempo.nodes import coop, dmd, dmd_train
+from comfyui_tempo.nodes import bridge_nodes, dmd, dmd_pairs
 
 res = {}
 with torch.inference_mode():
@@ -183,12 +183,12 @@ import comfy.latent_formats
 video = tn.tiny_sd_model()
 video.model.latent_format = comfy.latent_formats.Mochi()  # any video latent format (3 spatial dimensions)
 try:
-    dmd_train.DMDRegressionPairs.execute(video, pos, pos, 64, 64, 1, 2, 1.0, 999, 1, 0, "host/video")
+    dmd_pairs.DMDRegressionPairs.execute(video, pos, pos, 64, 64, 1, 2, 1.0, 999, 1, 0, "host/video")
     res["pairs_video"] = "no error"
 except ValueError as e:
     res["pairs_video"] = str(e)
 try:
-    coop.LatentBridge.execute({"samples": torch.zeros(1, 4, 3, 8, 8)}, None, None, 0, 0, 1.0, "bilinear")
+    bridge_nodes.LatentBridge.execute({"samples": torch.zeros(1, 4, 3, 8, 8)}, None, None, 0, 0, 1.0, "bilinear")
     res["bridge_5d"] = "no error"
 except ValueError as e:
     res["bridge_5d"] = str(e)

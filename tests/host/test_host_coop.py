@@ -47,7 +47,7 @@ import inspect, json, math, torch
 import nodes, comfy.samplers, comfy.sample, comfy.sd
 import tempo_testnodes as tn
 from comfyui_tempo.testbed import trained
-from comfyui_tempo.nodes import coop
+from comfyui_tempo.nodes import bridge_nodes, coop, time_decoupled
 
 SAMPLERS = json.loads(__SAMPLERS__)
 HAVE_TAESD = __TAESD__
@@ -83,7 +83,7 @@ with torch.inference_mode():
         a = cg.sample(noise, lat["samples"], comfy.samplers.sampler_object(name), sig, seed=5)
         b = g.sample(noise, lat["samples"], comfy.samplers.sampler_object(name), sig, seed=5)
         R["guider_d0"][name] = bool(torch.equal(a, b))
-        td = coop.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 10, name, "karras", 1.0,
+        td = time_decoupled.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 10, name, "karras", 1.0,
                                             "timestep", 500, 1.0, "auto", 0, 0, 1.0, "bilinear")
         R["td_same"][name] = bool(torch.equal(ref, td.args[0]["samples"]))
         R["td_text"] = td.ui.as_dict()["text"][0]
@@ -93,24 +93,24 @@ with torch.inference_mode():
         ref20 = nodes.common_ksampler(m, 3, 20, 5.0, name, "normal", pos, neg, lat)[0]["samples"]
         a = nodes.KSamplerAdvanced().sample(m, "enable", 3, 20, 5.0, name, "normal", pos, neg, lat, 0, 10, "enable")[0]
         b = nodes.KSamplerAdvanced().sample(m, "disable", 3, 20, 5.0, name, "normal", pos, neg, a, 10, 10000, "disable")[0]
-        td20 = coop.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 20, name, "normal", 1.0,
+        td20 = time_decoupled.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 20, name, "normal", 1.0,
                                               "timestep", 500, 1.0, "auto", 0, 0, 1.0, "bilinear").args[0]["samples"]
         R["ksa_pair"][name] = {"pair_equal": bool(torch.equal(ref20, b["samples"])),
                                "pair_psnr": psnr(decode(v, b["samples"]), decode(v, ref20)),
                                "single_run_equal": bool(torch.equal(ref20, td20))}
     # both stages the same model but different classes: texture class changes the result, structure class too
     ref3 = nodes.common_ksampler(m, 3, 20, 5.0, "euler", "normal", pos, neg, lat)[0]["samples"]
-    td37 = coop.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, [[tn.class_cond(7), {}]], neg, 5.0, lat, 3, 20, "euler",
+    td37 = time_decoupled.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, [[tn.class_cond(7), {}]], neg, 5.0, lat, 3, 20, "euler",
                                           "normal", 1.0, "timestep", 500, 1.0, "auto", 0, 0, 1.0, "bilinear").args[0]["samples"]
     R["td_texture_changes"] = float((td37 - ref3).abs().mean())
     # the bridged route with one model and one VAE (fresh noise at the switch): close to the plain run
-    tdb = coop.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 20, "euler", "normal", 1.0,
+    tdb = time_decoupled.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 20, "euler", "normal", 1.0,
                                          "timestep", 500, 1.0, "bridge", 0, 0, 1.0, "bilinear", v, v)
     R["td_bridge_text"] = tdb.ui.as_dict()["text"][0]
     R["td_bridge_psnr"] = psnr(decode(v, tdb.args[0]["samples"]), decode(v, ref3))
     # with a 2x resize: the texture stage starts at twice the switch sigma (resolution-aware, the default) or at
     # the switch sigma itself (the paper's equal SNR); either way it keeps its n - k steps
-    tdr = {lvl: coop.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 20, "euler", "normal", 1.0,
+    tdr = {lvl: time_decoupled.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 20, "euler", "normal", 1.0,
                                                "timestep", 500, 1.0, "auto", 0, 0, 2.0, "bilinear", v, v,
                                                **({} if lvl == "default" else {"renoise_level": lvl}))
            for lvl in ("default", "paper (equal SNR)")}
@@ -120,17 +120,17 @@ with torch.inference_mode():
     # Latent Bridge, one VAE and no resize == VAEDecode + VAEEncode
     img = nodes.VAEDecode().decode(v, {"samples": ref3})[0]
     rt = nodes.VAEEncode().encode(v, img)[0]["samples"]
-    lb = coop.LatentBridge.execute({"samples": ref3}, v, v, 0, 0, 1.0, "bilinear")
+    lb = bridge_nodes.LatentBridge.execute({"samples": ref3}, v, v, 0, 0, 1.0, "bilinear")
     R["lb_identity"] = bool(torch.equal(lb.args[0]["samples"], rt))
     R["lb_text"] = lb.ui.as_dict()["text"][0]
-    lb2 = coop.LatentBridge.execute({"samples": ref3}, v, v, 64, 64, 1.0, "bicubic").args[0]["samples"]
+    lb2 = bridge_nodes.LatentBridge.execute({"samples": ref3}, v, v, 64, 64, 1.0, "bicubic").args[0]["samples"]
     R["lb_resize_shape"] = list(lb2.shape)
-    lbt = coop.LatentBridge.execute({"samples": ref3}, v, v, 0, 0, 2.0, "bilinear", True, 64, 16).args[0]["samples"]
+    lbt = bridge_nodes.LatentBridge.execute({"samples": ref3}, v, v, 0, 0, 2.0, "bilinear", True, 64, 16).args[0]["samples"]
     R["lb_tiled_shape"] = list(lbt.shape)
 
     # Noisy Latent Bridge after a KSamplerAdvanced that stopped at step 10 of 20 with leftover noise
     ksa = nodes.KSamplerAdvanced().sample(m, "enable", 3, 20, 5.0, "euler", "normal", pos, neg, lat, 0, 10, "enable")[0]
-    nb = coop.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, m, v, 20, 10, "normal", 0, 0, 1.0, "bilinear", 4)
+    nb = bridge_nodes.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, m, v, 20, 10, "normal", 0, 0, 1.0, "bilinear", 4)
     nb_lat, nb_sig, nb_start = nb.args
     full = nodes.common_ksampler(m, 3, 20, 5.0, "euler", "normal", pos, neg, lat)[0]["samples"]
     cont = nodes.KSamplerAdvanced().sample(m, "disable", 0, 20, 5.0, "euler", "normal", pos, neg, nb_lat, nb_start, 10000, "disable")[0]
@@ -138,19 +138,19 @@ with torch.inference_mode():
     R["nb"] = {"start": nb_start, "sigmas_equal": bool(torch.equal(nb_sig, sig_full[10:])), "text": nb.ui.as_dict()["text"][0],
                "psnr_vs_full": psnr(decode(v, cont["samples"]), decode(v, full))}
     # the noise the bridge added is white at the target level: (x - x0_bridged) / sigma
-    nb2 = coop.NoisyLatentBridge.execute({"samples": ksa["samples"].repeat(8, 1, 1, 1)}, m, v, pos, neg, 5.0, m, v, 20, 10,
+    nb2 = bridge_nodes.NoisyLatentBridge.execute({"samples": ksa["samples"].repeat(8, 1, 1, 1)}, m, v, pos, neg, 5.0, m, v, 20, 10,
                                       "normal", 64, 64, 1.0, "bilinear", 4)
     R["nb_2x_shape"] = list(nb2.args[0]["samples"].shape)
     # resolution-aware (default): the 2x hand-off enters the target schedule at the entry nearest 2 x sigma_10
     # in log sigma; the paper's equal SNR keeps step 10
     ls = sig_full[:-1].log()
     R["nb_2x_expected_start"] = int((ls - (2 * sig_full[10]).log()).abs().argmin())
-    nb2p = coop.NoisyLatentBridge.execute({"samples": ksa["samples"].repeat(8, 1, 1, 1)}, m, v, pos, neg, 5.0, m, v, 20, 10,
+    nb2p = bridge_nodes.NoisyLatentBridge.execute({"samples": ksa["samples"].repeat(8, 1, 1, 1)}, m, v, pos, neg, 5.0, m, v, 20, 10,
                                        "normal", 64, 64, 1.0, "bilinear", 4, renoise_level="paper (equal SNR)")
     R["nb_2x_paper_start"] = nb2p.args[2]
     R["nb_2x_text"] = nb2.ui.as_dict()["text"][0]
     # the hand-off sigma from a SIGMAS input (SplitSigmas' high half) instead of steps / end_at_step
-    nb3 = coop.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, m, v, 20, 3, "normal", 0, 0, 1.0, "bilinear", 4,
+    nb3 = bridge_nodes.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, m, v, 20, 3, "normal", 0, 0, 1.0, "bilinear", 4,
                                       False, sig_full[:11])
     R["nb_sigmas_input"] = bool(torch.equal(nb3.args[0]["samples"], nb_lat["samples"])) and nb3.args[2] == 10
     R["nb_2x_start"] = nb2.args[2]
@@ -218,9 +218,9 @@ with torch.inference_mode():
         # table's SNR), B the eps testbed at 32 px
         fla = coop.CoopSampler.execute(mf, vf, cf, cn, 3.0, m, v, pos, neg, 5.0, {"samples": torch.zeros(2, 4, 8, 8)}, 11, 8,
                                     "euler", "normal", 1.0, 0.3, 0.0, 1.0, "none", 32, 32)
-        tdf = coop.TimeDecoupledSampler.execute(m, pos, neg, 5.0, mf, cf, cn, 3.0, lat, 3, 10, "euler", "normal", 1.0,
+        tdf = time_decoupled.TimeDecoupledSampler.execute(m, pos, neg, 5.0, mf, cf, cn, 3.0, lat, 3, 10, "euler", "normal", 1.0,
                                              "timestep", 500, 1.0, "auto", 64, 64, 1.0, "bilinear", v, vf)
-        nbf = coop.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, mf, vf, 20, 10, "normal", 64, 64, 1.0, "bilinear", 4)
+        nbf = bridge_nodes.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, mf, vf, 20, 10, "normal", 64, 64, 1.0, "bilinear", 4)
         R["flow"] = {"coop_text": fl.ui.as_dict()["text"][0], "coop_finite": bool(torch.isfinite(fl.args[0]["samples"]).all()),
                      "coop_flow_a_text": fla.ui.as_dict()["text"][0],
                      "coop_flow_a_finite": bool(torch.isfinite(fla.args[0]["samples"]).all()),
@@ -231,8 +231,8 @@ with torch.inference_mode():
 
     # bad inputs
     v16 = comfy.sd.VAE(sd={"taesd_decoder.1.weight": torch.zeros(64, 16, 3, 3), "taesd_encoder.14.weight": torch.zeros(16, 64, 3, 3)})
-    R["errors"]["lb_channels"] = err(lambda: coop.LatentBridge.execute({"samples": torch.zeros(1, 3, 8, 8)}, v, v, 0, 0, 1.0, "bilinear"))
-    R["errors"]["lb_size"] = err(lambda: coop.LatentBridge.execute({"samples": ref3}, v, v, 30, 32, 1.0, "bilinear"))
+    R["errors"]["lb_channels"] = err(lambda: bridge_nodes.LatentBridge.execute({"samples": torch.zeros(1, 3, 8, 8)}, v, v, 0, 0, 1.0, "bilinear"))
+    R["errors"]["lb_size"] = err(lambda: bridge_nodes.LatentBridge.execute({"samples": ref3}, v, v, 30, 32, 1.0, "bilinear"))
     R["errors"]["coop_model_vae"] = err(lambda: coop.CoopSampler.execute(m, v, pos, neg, 5.0, m, v16, pos, neg, 5.0, lat, 3, 4,
                                                                       "euler", "normal", 1.0, 0.5, 0.0, 1.0, "none"))
     R["errors"]["coop_latent"] = err(lambda: coop.CoopSampler.execute(m, v16, pos, neg, 5.0, m, v, pos, neg, 5.0, lat, 3, 4,
@@ -241,15 +241,15 @@ with torch.inference_mode():
                                                                    "euler", "normal", 1.0, 0.5, 0.0, 1.0, "none", 30, 32))
     R["errors"]["coop_bridge_vae"] = err(lambda: coop.CoopSampler.execute(m, v, pos, neg, 5.0, m, v, pos, neg, 5.0, lat, 3, 4,
                                          "euler", "normal", 1.0, 0.5, 0.0, 1.0, "none", 0, 0, "bilinear", v16))
-    R["errors"]["td_switch_t"] = err(lambda: coop.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 10,
+    R["errors"]["td_switch_t"] = err(lambda: time_decoupled.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 10,
                                      "euler", "normal", 1.0, "timestep", 0, 1.0, "auto", 0, 0, 1.0, "bilinear"))
-    R["errors"]["td_switch_sigma"] = err(lambda: coop.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 10,
+    R["errors"]["td_switch_sigma"] = err(lambda: time_decoupled.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 10,
                                          "euler", "normal", 1.0, "sigma", 500, 100.0, "auto", 0, 0, 1.0, "bilinear"))
-    R["errors"]["td_vae"] = err(lambda: coop.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 10,
+    R["errors"]["td_vae"] = err(lambda: time_decoupled.TimeDecoupledSampler.execute(m, pos, neg, 5.0, m, pos, neg, 5.0, lat, 3, 10,
                                 "euler", "normal", 1.0, "timestep", 500, 1.0, "bridge", 0, 0, 1.0, "bilinear"))
-    R["errors"]["nb_end"] = err(lambda: coop.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, m, v, 20, 20, "normal", 0, 0,
+    R["errors"]["nb_end"] = err(lambda: bridge_nodes.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, m, v, 20, 20, "normal", 0, 0,
                                                                     1.0, "bilinear", 4))
-    R["errors"]["nb_model_vae"] = err(lambda: coop.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, m, v16, 20, 10, "normal",
+    R["errors"]["nb_model_vae"] = err(lambda: bridge_nodes.NoisyLatentBridge.execute(ksa, m, v, pos, neg, 5.0, m, v16, 20, 10, "normal",
                                                                           0, 0, 1.0, "bilinear", 4))
 
     # real TAESD pairs through ComfyUI's VAELoader: taesd -> taesdxl close to a round trip, taesd -> taesd3 (4 -> 16 ch)
@@ -260,14 +260,14 @@ with torch.inference_mode():
         x = torch.nn.functional.interpolate(images[:8].float(), size=(64, 64), mode="bilinear", antialias=True)
         pix = x.movedim(1, -1).contiguous()
         z1 = nodes.VAEEncode().encode(t1, pix)[0]
-        bridged = coop.LatentBridge.execute(z1, t1, txl, 0, 0, 1.0, "bilinear").args[0]["samples"]
+        bridged = bridge_nodes.LatentBridge.execute(z1, t1, txl, 0, 0, 1.0, "bilinear").args[0]["samples"]
         zxl = nodes.VAEEncode().encode(txl, pix)[0]["samples"]
         # a plain decode, encode, decode round trip in the source space
         round_trip = decode(t1, nodes.VAEEncode().encode(t1, decode(t1, z1["samples"]).movedim(1, -1))[0]["samples"])
         rt_xl = decode(txl, nodes.VAEEncode().encode(txl, decode(txl, zxl).movedim(1, -1))[0]["samples"])
         R["taesd"] = {"bridged_psnr": psnr(decode(txl, bridged), x), "plain_psnr": psnr(decode(txl, zxl), x),
                       "round_trip_psnr": psnr(round_trip, x), "round_trip_xl_psnr": psnr(rt_xl, x),
-                      "to_sd3_shape": list(coop.LatentBridge.execute(z1, t1, t3, 0, 0, 1.0, "bilinear").args[0]["samples"].shape)}
+                      "to_sd3_shape": list(bridge_nodes.LatentBridge.execute(z1, t1, t3, 0, 0, 1.0, "bilinear").args[0]["samples"].shape)}
 RESULT = R
 """
 

@@ -351,7 +351,7 @@ import comfy.k_diffusion.sampling as kds
 import folder_paths
 import tempo_testnodes as tn
 from comfyui_tempo.nodes import dmd as dmd_nodes
-from comfyui_tempo.nodes import dmd_files, dmd_train
+from comfyui_tempo.nodes import dmd_files, dmd_pairs, dmd_train
 from comfyui_tempo.samplers import dmd as dmd_sampling
 import nodes
 
@@ -518,7 +518,7 @@ with torch.inference_mode():
 
     # 8. DMD2 options through the node: 4-step generator (backward simulation) with the GAN head, real data = pairs
     tcond = [[tn.class_cond(i), {}] for i in range(3)]
-    pr = dmd_train.DMDRegressionPairs.execute(model, tcond, [[tn.class_cond(10), {}]], 64, 64, 2, 3, 3.0, 999, 8, 0, "host/gan_pairs")
+    pr = dmd_pairs.DMDRegressionPairs.execute(model, tcond, [[tn.class_cond(10), {}]], 64, 64, 2, 3, 3.0, 999, 8, 0, "host/gan_pairs")
     g4 = dmd_train.DMDTrainerNode.execute(model, tcond, [[tn.class_cond(10), {}]], 64, 64, 2, 10, 1e-4, 1e-4, 3.0, 5, 999, 4, 0,
                                   0.0, pr.args[0], 1e-3, 0, 0, "host/gan4", 5, False)
     l4 = dmd_nodes.DMDGeneratorLoader.execute(model, g4.args[4])
@@ -657,7 +657,7 @@ SD_UNET_SNIPPET = r"""
 import os, torch
 import comfy.model_base, comfy.model_patcher, comfy.model_management as mm
 import folder_paths
-from comfyui_tempo.nodes import comfy_model, dmd_train
+from comfyui_tempo.nodes import comfy_model, dmd_pairs, dmd_train
 from comfyui_tempo.training import gan
 
 from tempo_testnodes import tiny_sd_model
@@ -688,7 +688,7 @@ with torch.inference_mode():
         f = tap.features(den, x, torch.tensor([2.0]), cond={"c_crossattn": ctx})
         res["gan_module"], res["features"] = name, list(f.shape)
     # the trainer node with the GAN loss and gradient checkpointing on this UNet
-    pairs = dmd_train.DMDRegressionPairs.execute(m, pos, neg, 64, 64, 4, 1, 2.0, 999, 4, 0, "host/sd_unet_pairs").args[0]
+    pairs = dmd_pairs.DMDRegressionPairs.execute(m, pos, neg, 64, 64, 4, 1, 2.0, 999, 4, 0, "host/sd_unet_pairs").args[0]
     tr = dmd_train.DMDTrainerNode.execute(m, pos, neg, 64, 64, 2, 4, 1e-4, 1e-4, 2.0, 2, 999, 1, 0, 0.0, pairs, 1e-3, 0, 0,
                                   "host/sd_unet_gan", 2, False, True)
     st = torch.load(os.path.join(folder_paths.get_output_directory(), "dmd_checkpoints", "host", "sd_unet_gan.pt"),

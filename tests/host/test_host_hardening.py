@@ -327,8 +327,8 @@ import folder_paths
 import tempo_testnodes as tn
 from safetensors.torch import save_file
 from comfyui_tempo.nodes import dmd as dmd_nodes
-from comfyui_tempo.nodes import dmd_files, dmd_train
-from comfyui_tempo.nodes import coop
+from comfyui_tempo.nodes import dmd_files, dmd_pairs, dmd_train
+from comfyui_tempo.nodes import bridge_nodes, coop, time_decoupled
 
 def err(f):
     try:
@@ -371,7 +371,7 @@ model = tn.build_model()
 pos = [[tn.class_cond(i), {}] for i in range(2)]
 neg = [[tn.class_cond(10), {}]]
 with torch.inference_mode():
-    res["pairs_node"] = err(lambda: dmd_train.DMDRegressionPairs.execute(model, pos, neg, 64, 64, 1, 2, 2.0, 999, 1, 0, "D:evil"))
+    res["pairs_node"] = err(lambda: dmd_pairs.DMDRegressionPairs.execute(model, pos, neg, 64, 64, 1, 2, 2.0, 999, 1, 0, "D:evil"))
 
 # item 8: DMD metadata that is a JSON list (loader) / not an object (pairs)
 save_file(sd, os.path.join(gdir, "list_meta.safetensors"), metadata={"tempo_dmd": "[1, 2]"})
@@ -414,14 +414,14 @@ nan = torch.zeros(1, 4, 8, 8)
 nan[0, 0, :2] = float("nan")
 texts = {}
 with torch.inference_mode():
-    texts["latent_bridge"] = coop.LatentBridge.execute({"samples": nan}, v, v, 0, 0, 1.0, "bilinear").ui.as_dict()["text"][0]
-    texts["latent_bridge_finite"] = coop.LatentBridge.execute({"samples": torch.zeros(1, 4, 8, 8)}, v, v, 0, 0, 1.0,
+    texts["latent_bridge"] = bridge_nodes.LatentBridge.execute({"samples": nan}, v, v, 0, 0, 1.0, "bilinear").ui.as_dict()["text"][0]
+    texts["latent_bridge_finite"] = bridge_nodes.LatentBridge.execute({"samples": torch.zeros(1, 4, 8, 8)}, v, v, 0, 0, 1.0,
                                                            "bilinear").ui.as_dict()["text"][0]
-    texts["noisy_bridge"] = coop.NoisyLatentBridge.execute({"samples": nan}, model, v, pos[:1], neg, 3.0, model, v, 20, 10,
+    texts["noisy_bridge"] = bridge_nodes.NoisyLatentBridge.execute({"samples": nan}, model, v, pos[:1], neg, 3.0, model, v, 20, 10,
                                                         "normal", 0, 0, 1.0, "bilinear", 4).ui.as_dict()["text"][0]
     texts["coop"] = coop.CoopSampler.execute(model, v, pos[:1], neg, 3.0, model, v, pos[:1], neg, 3.0, {"samples": nan}, 3, 4,
                                           "euler", "normal", 1.0, 0.5, 0.0, 1.0, "none").ui.as_dict()["text"][0]
-    texts["time_decoupled"] = coop.TimeDecoupledSampler.execute(model, pos[:1], neg, 3.0, model, pos[:1], neg, 3.0,
+    texts["time_decoupled"] = time_decoupled.TimeDecoupledSampler.execute(model, pos[:1], neg, 3.0, model, pos[:1], neg, 3.0,
                                                              {"samples": nan}, 3, 4, "euler", "normal", 1.0, "timestep",
                                                              500, 1.0, "auto", 0, 0, 1.0, "bilinear").ui.as_dict()["text"][0]
     texts["dmd_ksampler"] = dmd_nodes.DMDKSampler.execute(model, 0, "999", 1.0, pos[:1], {"samples": nan}).ui.as_dict()["text"][0]

@@ -4,12 +4,7 @@ import pytest
 import torch
 
 from comfyui_tempo.samplers import kdiff, schedules
-from comfyui_tempo.samplers.adaptive import (
-    AdaptiveConfig,
-    AdaptiveConfigError,
-    AdaptiveSampling,
-    adaptive_sample,
-)
+from comfyui_tempo.samplers.adaptive import AdaptiveConfig, AdaptiveConfigError, AdaptiveSampling, adaptive_sample
 from comfyui_tempo.testbed.exact import CFGDenoiser, FiniteSetDenoiser, FlowDenoiser, GaussianMixtureDenoiser
 
 ENDPOINT = {"heun": True}

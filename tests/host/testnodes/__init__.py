@@ -119,7 +119,7 @@ class TempoTestbedModel(io.ComfyNode):
                     optional=True,
                     tooltip="testbed: the 32 px model (4x8x8 latents); hr: the second testbed in its own "
                     "latent space (32 / 64 px).",
-                ),
+                )
             ],
             outputs=[io.Model.Output()],
         )
