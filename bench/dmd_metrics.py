@@ -103,9 +103,4 @@ def mode_coverage(
     w = w / w.sum()
     assigned = counts.sum()
     tv = float(0.5 * (counts / assigned - w).abs().sum()) if assigned > 0 else 1.0
-    return {
-        "covered": int((fractions >= thr).sum()),
-        "quality": float(assigned / n),
-        "fractions": fractions,
-        "tv": tv,
-    }
+    return {"covered": int((fractions >= thr).sum()), "quality": float(assigned / n), "fractions": fractions, "tv": tv}

@@ -26,14 +26,7 @@ import torch
 from ..samplers import kdiff
 from ..samplers import schedules as S
 from ..samplers.kdiff import CountingDenoiser
-from .core import (
-    BridgeInputError,
-    ModelSchedule,
-    bridge_noisy,
-    convert_noisy,
-    match_sigma,
-    resolution_shift,
-)
+from .core import BridgeInputError, ModelSchedule, bridge_noisy, convert_noisy, match_sigma, resolution_shift
 from .vae import BridgeVAE
 
 RENOISE = ("resolution", "paper")  # hand-off noise level: resolution-aware (default) or the paper's equal SNR

@@ -110,13 +110,7 @@ def fuse(pred_a: torch.Tensor, pred_b_in_a: torch.Tensor, d) -> torch.Tensor:
 
 
 def fused_to_b(
-    x0_fused_a: torch.Tensor,
-    vae_a: BridgeVAE,
-    vae_b: BridgeVAE,
-    x_b: torch.Tensor,
-    sigma_b,
-    kind_b: str,
-    **bridge_kw,
+    x0_fused_a: torch.Tensor, vae_a: BridgeVAE, vae_b: BridgeVAE, x_b: torch.Tensor, sigma_b, kind_b: str, **bridge_kw
 ) -> Prediction:
     """Algorithm 1 step 7 ("eps'_fuse from eps_fuse, similar to steps 3-4"): the fused x0 in A
     bridged back into B and expressed at B's chain point (x_b, sigma_b), for B's own update."""

@@ -42,14 +42,7 @@ from typing import Callable
 
 import torch
 
-from .adaptive_config import (  # noqa: F401  (re-exported: the settings live there)
-    ESTIMATOR_SPACES,
-    ESTIMATORS,
-    EXTRAPOLATIONS,
-    MODES,
-    AdaptiveConfig,
-    AdaptiveConfigError,
-)
+from .adaptive_config import ESTIMATOR_SPACES, ESTIMATORS, EXTRAPOLATIONS, MODES, AdaptiveConfig, AdaptiveConfigError  # noqa: F401  (re-exported: the settings live there)
 from .kdiff import CountingDenoiser
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 
