@@ -22,7 +22,7 @@ from comfy_api.latest import io, ui
 from ..samplers import support
 from ..samplers.adaptive import AdaptiveConfig, AdaptiveConfigError, adaptive_sample
 from ..samplers.plot import plot_report
-from . import compat, inputs
+from . import adaptive_batch, compat, inputs
 
 log = logging.getLogger("comfyui_tempo")
 
@@ -181,28 +181,6 @@ def _model_sampling(model_k):
         return None
 
 
-def _conds_batched(model_k) -> bool:
-    """True when a conditioning carries a batch > 1 (running a sub-batch would mis-pair them)."""
-    try:
-        for conds in model_k.inner_model.conds.values():
-            for c in conds:
-                for v in c.get("model_conds", {}).values():
-                    t = getattr(v, "cond", None)
-                    if isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] > 1:
-                        return True
-    except Exception:  # an unknown guider: be safe and run the whole batch
-        return True
-    return False
-
-
-def comfy_subset_runner(model, x, sigma, idx, extra_args):
-    """Run ComfyUI's denoiser on the samples `idx`; the whole batch where that would be wrong
-    (inpainting masks and batched conditionings are stored per batch outside the call)."""
-    if extra_args.get("denoise_mask") is not None or _conds_batched(model):
-        return model(x, sigma, **extra_args)
-    return model(x[idx], sigma[idx], **extra_args)
-
-
 def _noise_sampler(kind: str, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict):
     """The noise sampler ComfyUI's sampler would build itself (same seed, same sequence)."""
     seed = (extra_args or {}).get("seed", None)
@@ -235,7 +213,7 @@ def adaptive_function(base_fn, base_name: str, config: AdaptiveConfig, sink: lis
             endpoint_corrector=entry.endpoint_corrector,
             noise_sampler=noise_sampler,
             vp_estimator_ok=vp_ok,
-            subset_runner=comfy_subset_runner,
+            subset_runner=adaptive_batch.SubsetRunner(),
             **options,
         )
         log.info("%s (%s)", report.summary(), base_name)
