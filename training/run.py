@@ -156,6 +156,10 @@ class DMDRun:
         (errors start with them); ``advice``: what an error tells the user to do instead.
     """
 
+    #: stopped by an exception, save the run's state (one process); ``training.distributed`` keeps its last
+    #: checkpoint instead (the other ranks may be gone or blocked in a collective)
+    save_on_stop = True
+
     def __init__(
         self,
         trainer,
@@ -260,6 +264,10 @@ class DMDRun:
                     "the last interval",
                     tr.step_count,
                     self.checkpoint_path,
+                )
+            elif not self.save_on_stop:
+                log.info(
+                    "DMD run: stopped at step %d; keeping the last checkpoint %s", tr.step_count, self.checkpoint_path
                 )
             else:
                 tr.rng.set_state(boundary[0])

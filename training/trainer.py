@@ -123,6 +123,10 @@ class DMDTrainer:
             device = p.device if p is not None else torch.device("cpu")
         self.device = torch.device(device)
         self.rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        # data parallelism (``training.distributed``): every rank draws the whole batch of ``batch_size`` from the
+        # same random sequence and trains on its slice ``rank`` of ``world``; one process is rank 0 of 1
+        self.rank, self.world = 0, 1
+        self.reduce_log: Callable[[dict], dict] | None = None  # the step's logs -> their mean over the ranks
         self.lora = bool(lora.lora_layers(generator_net)) or bool(lora.lora_layers(fake_score))
         if cfg.gradient_checkpointing:
             gan.enable_gradient_checkpointing(generator_net)
@@ -140,20 +144,7 @@ class DMDTrainer:
                 f = self.tap.features(self.fake_score, probe, s0, cond=cond0)
             self.gan_head = gan.GANHead(tuple(f.shape[1:])).to(self.device)
 
-        self.opt_g = torch.optim.AdamW(
-            [p for p in generator_net.parameters() if p.requires_grad],
-            lr=cfg.generator_lr,
-            betas=tuple(cfg.betas),
-            weight_decay=cfg.weight_decay,
-        )
-        self.opt_f = torch.optim.AdamW(
-            self._critic_params(), lr=cfg.fake_lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
-        )
-        self.sched_g = constant_with_warmup(self.opt_g, cfg.warmup_steps)
-        self.sched_f = constant_with_warmup(self.opt_f, cfg.warmup_steps)
-        self.ema: dict[str, torch.Tensor] | None = None
-        if cfg.ema_decay > 0:
-            self.ema = {k: v.detach().clone() for k, v in generator_net.named_parameters() if v.requires_grad}
+        self.build_optimizers()
         self.step_count = 0
         self.generator_steps = 0
         self.fake_steps = 0
@@ -242,6 +233,25 @@ class DMDTrainer:
             )
         return real_data, real_cond_index
 
+    def build_optimizers(self) -> None:
+        """The AdamW optimizers, their warm-up schedules and the generator's EMA over the current networks (the
+        constructor's; ``training.distributed`` calls it again once it has wrapped or sharded them)."""
+        cfg = self.config
+        self.opt_g = torch.optim.AdamW(
+            [p for p in self.generator.net.parameters() if p.requires_grad],
+            lr=cfg.generator_lr,
+            betas=tuple(cfg.betas),
+            weight_decay=cfg.weight_decay,
+        )
+        self.opt_f = torch.optim.AdamW(
+            self._critic_params(), lr=cfg.fake_lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        )
+        self.sched_g = constant_with_warmup(self.opt_g, cfg.warmup_steps)
+        self.sched_f = constant_with_warmup(self.opt_f, cfg.warmup_steps)
+        self.ema: dict[str, torch.Tensor] | None = None
+        if cfg.ema_decay > 0:
+            self.ema = {k: v.detach().clone() for k, v in self.generator.net.named_parameters() if v.requires_grad}
+
     def _critic_params(self) -> list:
         ps = [p for p in self.fake_score.parameters() if p.requires_grad]
         if self.gan_head is not None:
@@ -251,14 +261,19 @@ class DMDTrainer:
     # ---- random draws (all from self.rng, so a resumed run replays exactly)
 
     def _randn(self, n: int) -> torch.Tensor:
-        return torch.randn((n,) + self.latent_shape, generator=self.rng, device=self.device)
+        """n draws of this rank: its slice of ``n * world`` draws (the whole batch's)."""
+        x = torch.randn((n * self.world,) + self.latent_shape, generator=self.rng, device=self.device)
+        return x if self.world == 1 else x[self.rank * n : (self.rank + 1) * n]
 
     def _randn_local(self, n: int) -> torch.Tensor:
         g = torch.Generator(device=self.device).manual_seed(12345)
         return torch.randn((n,) + self.latent_shape, generator=g, device=self.device)
 
-    def _randint(self, low: int, high: int, n: int) -> torch.Tensor:
-        return torch.randint(low, high, (n,), generator=self.rng, device=self.device)
+    def _randint(self, low: int, high: int, n: int, shared: bool = False) -> torch.Tensor:
+        """n draws of this rank (its slice of the whole batch's), or with ``shared`` n draws every rank shares."""
+        w = 1 if shared else self.world
+        x = torch.randint(low, high, (n * w,), generator=self.rng, device=self.device)
+        return x if w == 1 else x[self.rank * n : (self.rank + 1) * n]
 
     def sample_dm_timesteps(self, n: int) -> torch.Tensor:
         """t ~ U{int(0.02 T), ..., int(0.98 T)} (``randint(min_step, max_step + 1)``)."""
@@ -296,7 +311,7 @@ class DMDTrainer:
             self.last_generator_timestep = ts[0]
             with ctx, self._autocast():
                 return self.generator(z, cond).float()
-        sel = int(self._randint(0, len(ts), 1))
+        sel = int(self._randint(0, len(ts), 1, shared=True))
         with torch.no_grad(), self._autocast():
             if sel == 0:
                 x = self.schedule.generator_input(z, float(self.schedule.sigma(ts[0])))
@@ -314,7 +329,8 @@ class DMDTrainer:
 
     def _real_batch(self, n: int):
         if callable(self.real_data) and not isinstance(self.real_data, torch.Tensor):
-            return self.real_data(n, self.rng).to(self.device), None
+            x = self.real_data(n * self.world, self.rng).to(self.device)
+            return (x if self.world == 1 else x[self.rank * n : (self.rank + 1) * n]), None
         idx = self._randint(0, self.real_data.shape[0], n).cpu()
         ci = self.real_cond_index[idx] if self.real_cond_index is not None else None
         return self.real_data[idx].to(self.device), ci
@@ -370,7 +386,7 @@ class DMDTrainer:
     def step(self) -> dict:
         """One DMD2 iteration; returns the losses as floats (keys present only when computed)."""
         cfg = self.config
-        n = cfg.batch_size
+        n = cfg.batch_size // self.world  # this rank's part of the batch
         gen_turn = self.step_count % cfg.dfake_gen_update_ratio == 0
         cond_idx = self._randint(0, len(self.conditioning), n)
         cond = self._cond(cond_idx)
@@ -390,7 +406,7 @@ class DMDTrainer:
             out["loss_dm"] = float(loss_dm.detach())
             out.update(log)
             if cfg.regression_weight > 0:
-                m = cfg.regression_batch_size or n
+                m = (cfg.regression_batch_size or cfg.batch_size) // self.world
                 idx = self._randint(0, self.pairs.noise.shape[0], m).cpu()
                 pz = self.pairs.noise[idx].to(self.device)
                 ci = (
@@ -416,10 +432,16 @@ class DMDTrainer:
             # losses (DMD2's generator_turn sets guidance_model.requires_grad_(False); toggling
             # requires_grad would break gradient checkpointing's recomputation, autograd.grad does not)
             self.opt_g.zero_grad(set_to_none=True)
-            grads = torch.autograd.grad(loss, g_params, allow_unused=True)
-            self.updating = True
-            for p, gr in zip(g_params, grads):
-                p.grad = gr
+            if self.world == 1:
+                grads = torch.autograd.grad(loss, g_params, allow_unused=True)
+                self.updating = True
+                for p, gr in zip(g_params, grads):
+                    p.grad = gr
+            else:
+                # through DDP / FSDP, whose hooks average the gradients over the ranks (autograd.grad would bypass
+                # them); what reaches the critic here is discarded by its own zero_grad below
+                loss.backward()
+                self.updating = True
             out["grad_norm_g"] = float(torch.nn.utils.clip_grad_norm_(g_params, cfg.max_grad_norm))
             self.opt_g.step()
             self.sched_g.step()
@@ -455,7 +477,7 @@ class DMDTrainer:
             out["loss_fake"] = float(loss_f.detach())
         self.step_count += 1
         self.updating = False
-        return out
+        return out if self.reduce_log is None else self.reduce_log(out)
 
     def train(
         self,
