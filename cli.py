@@ -4,6 +4,7 @@
   comfyui-tempo bench adaptive [--json F]   the AdaptiveDiffusion benchmark table
   comfyui-tempo bench coop [--json F]       Coop-Diffusion bridges, resolution hand-off, fusion, time-decoupled
   comfyui-tempo bench dmd [--json F]        DMD one-step generators against their teachers
+  comfyui-tempo adaptive calibrate [--out F] a calibrated AdaptiveDiffusion skip profile on the bundled testbed
 
 Each command lives in one module of bench/ that exposes add_parser(subparsers) and main(args);
 this file only builds the parser from them and dispatches.
@@ -16,32 +17,36 @@ import sys
 
 
 def _modules():
-    """(demo, {bench name: module}), imported on use (they import torch)."""
-    from .bench import adaptive, coop, demo, dmd
+    """(demo, {group: {command: module}}), imported on use (they import torch)."""
+    from .bench import adaptive, adaptive_calibration, coop, demo, dmd
 
-    return demo, {"adaptive": adaptive, "coop": coop, "dmd": dmd}
+    return demo, {
+        "bench": {"adaptive": adaptive, "coop": coop, "dmd": dmd},
+        "adaptive": {"calibrate": adaptive_calibration},
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    demo, benches = _modules()
+    demo, groups = _modules()
     parser = argparse.ArgumentParser(
         prog="comfyui-tempo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
-    bench = sub.add_parser("bench", help="benchmarks that print a table and write JSON")
-    bench_sub = bench.add_subparsers(dest="which", required=True)
-    for module in benches.values():
-        module.add_parser(bench_sub)
+    helps = {"bench": "benchmarks that print a table and write JSON", "adaptive": "AdaptiveDiffusion tools"}
+    for group, modules in groups.items():
+        group_sub = sub.add_parser(group, help=helps.get(group)).add_subparsers(dest="which", required=True)
+        for module in modules.values():
+            module.add_parser(group_sub)
     return parser
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv[2:] if args.command == "bench" else argv[1:]  # recorded in the JSON's "command"
-    demo, benches = _modules()
-    module = demo if args.command == "demo" else benches[args.which]
+    args.argv = argv[1:] if args.command == "demo" else argv[2:]  # recorded in the JSON's "command"
+    demo, groups = _modules()
+    module = demo if args.command == "demo" else groups[args.command][args.which]
     return module.main(args)
 
 

@@ -1,0 +1,266 @@
+"""Calibrated skip profiles on the bundled testbed: `comfyui-tempo adaptive calibrate` and the benchmark rows.
+
+The profile is the joint greedy path (``samplers.calibrate``) over a few calibration prompts (classes); it
+is measured on held-out prompts as decoded PSNR against each prompt's full run (the paper's protocol),
+against each held-out prompt's own greedy path at the same number of skips (``greedy_optimal``), the
+pack's default controller at the same NFE (``adaptive``) and fewer steps (``fewer_steps``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+
+import torch
+
+from ..samplers import kdiff
+from ..samplers.adaptive import AdaptiveConfig, adaptive_sample
+from ..samplers.calibrate import greedy_skip_paths, skips_for_speedup, vote_path
+from ..samplers.skip_profile import SkipProfile, save_profile
+from ..testbed.problems import Problem
+from .common import print_table, psnr_db, write_json
+
+ENDPOINT = {"heun": True}
+COLUMNS = ["sampler", "scheduler", "steps", "method", "nfe", "psnr_db", "calib_nfe", "calib_wall_s", "path"]
+
+
+def _cfg_of(problem: Problem):
+    m = re.search(r"CFG ([0-9.]+)", problem.name)
+    return float(m.group(1)) if m else None
+
+
+class _Runner:
+    """Samples rows of a problem along per-row skip paths; counts the network evaluations per image."""
+
+    def __init__(self, problem: Problem, sampler: str, steps: int, extrapolation: str):
+        self.p, self.sampler, self.steps, self.extrapolation = problem, sampler, steps, extrapolation
+        self.sig = problem.sigmas(steps)
+        self.nfe = 0.0
+
+    def run(self, rows: torch.Tensor, paths: torch.Tensor | None) -> torch.Tensor:
+        """Final latents of the problem's rows `rows` (indices, repeats allowed) along paths [B, N] (None: full)."""
+        x = self.p.noise[rows] * self.sig[0]
+        extra = {"cond": self.p.cond[rows]}
+        fn = kdiff.SAMPLERS[self.sampler]
+        if paths is None:
+            paths = torch.ones(len(rows), self.steps, dtype=torch.bool)
+        cfg = AdaptiveConfig(mode="path", path=paths, extrapolation=self.extrapolation)
+        out, rep = adaptive_sample(
+            fn,
+            self.p.denoiser,
+            x,
+            self.sig,
+            cfg,
+            extra_args=extra,
+            endpoint_corrector=ENDPOINT.get(self.sampler, False),
+        )
+        self.nfe += sum(rep.nfe_per_sample)
+        return out
+
+    def errors_of(self, idx: torch.Tensor, ref_img: torch.Tensor):
+        """errors_of for greedy_skip_paths over the prompts idx: decoded MSE against ref_img [P, ...]."""
+
+        def errors_of(trial):  # [C, P, N]
+            c, p, n = trial.shape
+            out = self.run(idx.repeat(c), trial.reshape(c * p, n))
+            img = self.p.decode(out)
+            return ((img - ref_img.repeat(c, 1, 1, 1)) ** 2).flatten(1).mean(1).reshape(c, p)
+
+        return errors_of
+
+
+def calibrate(
+    problem: Problem,
+    sampler: str,
+    steps: int,
+    skips: int,
+    calib_idx,
+    extrapolation: str = "linear",
+    reduce: str = "log",
+    max_batch: int = 64,
+) -> SkipProfile:
+    """The joint greedy profile over the problem's rows calib_idx (decoded-image error), with its cost."""
+    t0 = time.perf_counter()
+    r = _Runner(problem, sampler, steps, extrapolation)
+    idx = torch.as_tensor(calib_idx)
+    ref = problem.decode(r.run(idx, None))
+    g = greedy_skip_paths(r.errors_of(idx, ref), len(idx), steps, skips, joint=True, reduce=reduce, max_batch=max_batch)
+    return SkipProfile(
+        path=g.path.tolist(),
+        sigmas=[float(s) for s in r.sig],
+        sampler=sampler,
+        scheduler=problem.scheduler,
+        extrapolation=extrapolation,
+        model=problem.name,
+        cfg=_cfg_of(problem),
+        prompts=len(idx),
+        metric="image_mse",
+        reduce=reduce,
+        calib_nfe=r.nfe,
+        calib_wall_s=time.perf_counter() - t0,
+        errors=g.errors,
+        prompt_errors=g.prompt_errors,
+    )
+
+
+def _psnr(problem: Problem, out: torch.Tensor, ref_img: torch.Tensor) -> float:
+    return float(psnr_db(problem.decode(out), ref_img).mean())
+
+
+def calibration_rows(
+    problem: Problem,
+    sampler: str,
+    steps: int,
+    skips: int,
+    calib_idx,
+    heldout_idx,
+    extrapolation: str = "linear",
+    baselines: bool = False,
+    log=None,
+    profile: SkipProfile | None = None,
+) -> list[dict]:
+    """Rows `adaptive_calibrated` (the joint greedy profile of calib_idx) and `greedy_optimal` (each held-out
+    prompt's own greedy path at the same skips), as mean decoded PSNR vs the full run over heldout_idx.
+    baselines: also `adaptive_calibrated_vote` (the steps the calibration prompts' own greedy paths skip most
+    often), `adaptive` (the default controller at the same NFE) and `fewer_steps`. profile: one calibrate()
+    made already for these settings (else it is made here)."""
+    heldout = torch.as_tensor(heldout_idx)
+    prof = profile or calibrate(problem, sampler, steps, skips, calib_idx, extrapolation)
+    r = _Runner(problem, sampler, steps, extrapolation)
+    ref = problem.decode(r.run(heldout, None))
+    base = {
+        "model": problem.name,
+        "sampler": sampler,
+        "scheduler": problem.scheduler,
+        "steps": steps,
+        "cfg": _cfg_of(problem),
+        "skips": skips,
+        "heldout": len(heldout),
+        "calib_prompts": prof.prompts,
+    }
+    rows = []
+
+    def add(method, nfe, psnr, path="", **more):
+        row = {**base, "method": method, "nfe": float(nfe), "psnr_db": psnr, "path": path, **more}
+        rows.append(row)
+        if log:
+            log(
+                f"  {sampler:9s} {problem.scheduler:7s} {steps:3d} {method:26s} nfe {nfe:6.2f}  psnr {psnr:6.2f} dB  {path}"
+            )
+
+    n_net = steps - skips
+    nfe0 = r.nfe
+    out = r.run(heldout, prof.config().path.repeat(len(heldout), 1))
+    add(
+        "adaptive_calibrated",
+        (r.nfe - nfe0) / len(heldout),
+        _psnr(problem, out, ref),
+        prof.path_string(),
+        calib_nfe=prof.calib_nfe,
+        calib_wall_s=prof.calib_wall_s,
+    )
+    t0 = time.perf_counter()
+    nfe0 = r.nfe
+    g = greedy_skip_paths(r.errors_of(heldout, ref), len(heldout), steps, skips, joint=False)
+    search_nfe = r.nfe - nfe0
+    nfe0 = r.nfe
+    out = r.run(heldout, g.path)
+    add(
+        "greedy_optimal",
+        (r.nfe - nfe0) / len(heldout),
+        _psnr(problem, out, ref),
+        g.path_string(0) + (" (first held-out prompt)" if len(heldout) > 1 else ""),
+        calib_nfe=search_nfe,
+        calib_wall_s=time.perf_counter() - t0,
+    )
+    if baselines:
+        t0 = time.perf_counter()
+        rc = _Runner(problem, sampler, steps, extrapolation)
+        cidx = torch.as_tensor(calib_idx)
+        cref = problem.decode(rc.run(cidx, None))
+        gc = greedy_skip_paths(rc.errors_of(cidx, cref), len(cidx), steps, skips, joint=False)
+        vote = vote_path(gc.path, skips)
+        nfe0 = r.nfe
+        out = r.run(heldout, vote.repeat(len(heldout), 1))
+        add(
+            "adaptive_calibrated_vote",
+            (r.nfe - nfe0) / len(heldout),
+            _psnr(problem, out, ref),
+            "".join("C" if c else "s" for c in vote.tolist()),
+            calib_nfe=rc.nfe,
+            calib_wall_s=time.perf_counter() - t0,
+        )
+        x = problem.noise[heldout] * r.sig[0]
+        cfg = AdaptiveConfig(target_speedup=steps / n_net, extrapolation=extrapolation)
+        out, rep = adaptive_sample(
+            kdiff.SAMPLERS[sampler],
+            problem.denoiser,
+            x,
+            r.sig,
+            cfg,
+            extra_args={"cond": problem.cond[heldout]},
+            endpoint_corrector=ENDPOINT.get(sampler, False),
+        )
+        add("adaptive", rep.nfe, _psnr(problem, out, ref), rep.path_string())
+        sig_f = problem.sigmas(n_net)
+        out = kdiff.SAMPLERS[sampler](
+            problem.denoiser, problem.noise[heldout] * sig_f[0], sig_f, extra_args={"cond": problem.cond[heldout]}
+        )
+        per_step = 2 if sampler in ENDPOINT else 1
+        add("fewer_steps", max(1, n_net * per_step - (per_step - 1)), _psnr(problem, out, ref), f"{n_net} steps")
+    return rows
+
+
+# ----------------------------------------------------------------------------- the command
+def _indices(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{what}: expected comma-separated class numbers such as 0,1,2, got {text!r}") from None
+
+
+def add_parser(sub) -> None:
+    """`comfyui-tempo adaptive calibrate`: registered under the `adaptive` command."""
+    p = sub.add_parser(
+        "calibrate",
+        help="calibrate a skip profile on the bundled testbed (joint greedy over a few classes) and save it",
+    )
+    p.add_argument("--out", default="out/profiles/testbed.json", help="the profile file to write")
+    p.add_argument("--sampler", default="euler", choices=sorted(kdiff.SAMPLERS))
+    p.add_argument("--scheduler", default="karras", choices=["karras", "normal"])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--target-speedup", type=float, default=2.0)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--extrapolation", default="linear", choices=["linear", "hold", "quadratic", "linear_x0"])
+    p.add_argument("--calib", default="0,1,2", help="calibration classes (the 'prompts')")
+    p.add_argument(
+        "--heldout", default="", help="held-out classes: also measure the profile on them (e.g. 3,4,5,6,7,8,9)"
+    )
+    p.add_argument("--json", help="with --heldout: write the rows here")
+    p.add_argument("--threads", type=int, default=0)
+
+
+def main(args) -> int:
+    from ..testbed import problems
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    calib = _indices(args.calib, "--calib")
+    held = _indices(args.heldout, "--heldout")
+    problem = problems.trained_problem(classes=10, seeds=1, cfg=args.cfg, scheduler=args.scheduler)
+    skips = skips_for_speedup(args.steps, args.target_speedup)
+    prof = calibrate(problem, args.sampler, args.steps, skips, calib, args.extrapolation)
+    save_profile(prof, args.out)
+    print(prof.summary())
+    print(f"wrote {args.out}")
+    if held:
+        rows = calibration_rows(
+            problem, args.sampler, args.steps, skips, calib, held, args.extrapolation, True, print, prof
+        )
+        print()
+        table = print_table(rows, COLUMNS)
+        if args.json:
+            write_json(args.json, {"rows": rows, "table": table, "profile": prof.to_dict()})
+            print(f"\nwrote {args.json}")
+    return 0 if all(math.isfinite(v) for v in prof.errors) else 1

@@ -1,0 +1,169 @@
+"""Greedy skip-path search and calibrated skip profiles for AdaptiveDiffusion (plain PyTorch).
+
+The paper's greedy "optimal skip path" (Ye et al., NeurIPS 2024, section 3 and Fig. 4/5/8a; the search is in
+the paper only, not in the official release): for a target of K skips, start from the full path and K times
+add the one skip whose reuse raises the error of the final result against the full run the least.
+
+``greedy_skip_paths`` runs it for several prompts at once, in one of two ways:
+
+* ``joint=True`` (calibration): one path shared by all prompts; a candidate's error is the mean over the
+  prompts of log(error) (so the mean PSNR is what it maximises; ``reduce="mean"`` averages the errors
+  themselves, which the worst prompt dominates). This is a skip profile for a model, sampler, schedule and
+  step count, applied later through ``AdaptiveConfig(mode="path")`` on prompts it never saw.
+* ``joint=False``: each prompt its own greedy path (the per-prompt optimum the profile is measured against).
+  Every prompt has the same number of candidates each round, so the prompts share the batched runs.
+
+All candidates of one round (up to ``max_batch`` sampled rows) run as one batch through the per-sample
+path mode of the controller; the caller's ``errors_of`` does the sampling, so the same search serves the
+testbed benchmark (one batch, a row per candidate and prompt) and ComfyUI's node (a sampling call per
+prompt with ComfyUI's own sampler).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+REDUCTIONS = ("log", "mean", "max")
+
+
+class CalibrationError(ValueError):
+    """A calibration setting is out of range; the message names it."""
+
+
+@dataclass
+class GreedyResult:
+    path: torch.Tensor  # bool [N] (joint) or [P, N] (per prompt), True = the network runs
+    errors: list[float] = field(default_factory=list)  # reduced final error after each added skip
+    prompt_errors: list[float] = field(default_factory=list)  # each prompt's final error at the end
+    runs: int = 0  # batched sampling rounds made (calls of errors_of)
+    rows: int = 0  # sampled rows (candidate x prompt) over the whole search
+
+    def path_string(self, row: int | None = None) -> str:
+        p = self.path if self.path.ndim == 1 else self.path[0 if row is None else row]
+        return "".join("C" if c else "s" for c in p.tolist())
+
+
+def skips_for_speedup(steps: int, target_speedup: float) -> int:
+    """Skips that give `target_speedup` on `steps` steps (the controller's own count, mode target)."""
+    if int(steps) != steps or steps < 1:
+        raise CalibrationError(f"steps: expected an integer >= 1, got {steps!r}")
+    if not (math.isfinite(target_speedup) and target_speedup >= 1.0):
+        raise CalibrationError(f"target_speedup: expected a number >= 1.0, got {target_speedup!r}")
+    return int(steps) - int(round(steps / target_speedup))
+
+
+def _reduce(errs: torch.Tensor, reduce: str) -> torch.Tensor:
+    """[C, P] errors -> [C] (log: the geometric mean, so its log is the mean log error)."""
+    errs = errs.double()
+    if reduce == "log":
+        return errs.clamp_min(1e-30).log().mean(1).exp()
+    if reduce == "mean":
+        return errs.mean(1)
+    return errs.max(1).values
+
+
+def greedy_skip_paths(
+    errors_of: Callable[[torch.Tensor], torch.Tensor],
+    n_prompts: int,
+    n_steps: int,
+    n_skips: int,
+    *,
+    joint: bool = True,
+    reduce: str = "log",
+    first_skippable: int = 1,
+    last_skippable: int | None = None,
+    max_batch: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> GreedyResult:
+    """Greedy search for paths with `n_skips` skips over `n_prompts` prompts.
+
+    errors_of(paths [C, P, N] bool) -> [C, P]: the error against its full run of prompt p sampled along
+    paths[c, p] (lower is better). joint: one path for all prompts (the candidates' errors reduced over the
+    prompts by `reduce`); else one path per prompt. Step 0 cannot be skipped (nothing to reuse yet);
+    `first_skippable` may protect more, `last_skippable` (exclusive) protects the end.
+    progress(rows done, rows in all) after each batch.
+    """
+    if reduce not in REDUCTIONS:
+        raise CalibrationError(f"reduce: expected one of {REDUCTIONS}, got {reduce!r}")
+    if n_prompts < 1:
+        raise CalibrationError(f"prompts: expected at least one, got {n_prompts}")
+    first = max(1, int(first_skippable))
+    last = n_steps if last_skippable is None else min(n_steps, int(last_skippable))
+    eligible = max(0, last - first)
+    if not 0 <= n_skips <= eligible:
+        raise CalibrationError(
+            f"skips: expected 0..{eligible} for {n_steps} steps (steps {first}..{last - 1} may skip), got {n_skips}"
+        )
+    paths = torch.ones(n_prompts, n_steps, dtype=torch.bool)
+    per_chunk = max(1, max_batch // n_prompts)
+    total_rows = sum(eligible - r for r in range(n_skips)) * n_prompts
+    result = GreedyResult(path=paths)
+    for _ in range(n_skips):
+        # each prompt's candidates: its still-computed eligible steps (the same count for every prompt)
+        cands = torch.stack([paths[p, first:last].nonzero().flatten() + first for p in range(n_prompts)], 1)
+        errs = []
+        for start in range(0, cands.shape[0], per_chunk):
+            chunk = cands[start : start + per_chunk]  # [C, P]
+            trial = paths.unsqueeze(0).repeat(chunk.shape[0], 1, 1)
+            trial.scatter_(2, chunk.unsqueeze(2), False)
+            e = torch.as_tensor(errors_of(trial)).double().reshape(chunk.shape[0], n_prompts)
+            errs.append(e)
+            result.runs += 1
+            result.rows += chunk.numel()
+            if progress is not None:
+                progress(result.rows, total_rows)
+        errs = torch.cat(errs)  # [C, P]
+        if joint:
+            red = _reduce(errs, reduce)
+            best = int(red.argmin())
+            paths[:, cands[best, 0]] = False
+            result.errors.append(float(red[best]))
+            result.prompt_errors = errs[best].tolist()
+        else:
+            best = errs.argmin(0)  # [P]
+            rows = torch.arange(n_prompts)
+            paths[rows, cands[best, rows]] = False
+            chosen = errs[best, rows]
+            result.errors.append(float(_reduce(chosen.unsqueeze(0), reduce)))
+            result.prompt_errors = chosen.tolist()
+    result.path = paths[0].clone() if joint else paths
+    return result
+
+
+def greedy_skip_path(
+    run_paths: Callable[[torch.Tensor], torch.Tensor],
+    n_steps: int,
+    n_skips: int,
+    error: Callable[[torch.Tensor], torch.Tensor],
+    first_skippable: int = 1,
+    last_skippable: int | None = None,
+    max_batch: int = 64,
+) -> GreedyResult:
+    """The greedy path of one fixed noise and conditioning: run_paths(paths [B, N]) -> results [B, ...],
+    error(results) -> [B] against the full run."""
+    return greedy_skip_paths(
+        lambda trial: error(run_paths(trial[:, 0])).reshape(-1, 1),
+        1,
+        n_steps,
+        n_skips,
+        first_skippable=first_skippable,
+        last_skippable=last_skippable,
+        max_batch=max_batch,
+    )
+
+
+def vote_path(paths: torch.Tensor, n_skips: int, first_skippable: int = 1) -> torch.Tensor:
+    """One path from several prompts' greedy paths [P, N]: skip the `n_skips` steps skipped most often
+    (ties to the later step, where skipping is cheaper). The cheap alternative to the joint search."""
+    paths = torch.as_tensor(paths, dtype=torch.bool)
+    n = paths.shape[-1]
+    votes = (~paths).reshape(-1, n).float().sum(0)
+    votes[: max(1, first_skippable)] = -1
+    order = sorted(range(n), key=lambda i: (-float(votes[i]), -i))
+    path = torch.ones(n, dtype=torch.bool)
+    path[[i for i in order[:n_skips] if votes[i] >= 0]] = False
+    return path
