@@ -112,6 +112,8 @@ class AdaptiveSampling:
         self._log_cost_sum = None
         self._cost_count = 0
         self._is_start = False
+        self._whole_batch_steps = 0  # steps where the subset runner had to run the whole batch
+        self._whole_batch_note = None
         self._eligible_from, self._eligible_to, self._rate = self._plan()
 
     # ----------------------------------------------------------------- planning
@@ -318,15 +320,16 @@ class AdaptiveSampling:
         Lagrange extrapolation over the last computed evaluations of each sample: of d in sigma
         (hold: order 0, linear: 1, quadratic: 2), or of x0 in log sigma (linear_x0)."""
         mode = self.config.extrapolation
-        order = {"hold": 0, "linear": 1, "quadratic": 2, "linear_x0": 1}[mode]
+        order = {"hold": 0, "linear": 1, "quadratic": 2, "linear_x0": 1, "log_linear": 1}[mode]
         hd = self._hd[:, idx]  # [H, n, ...] newest first
         if order == 0 or hd.shape[0] == 1:
             return hd[0]
         hs = self._hs[:, idx]  # [H, n] float64, nan where not yet filled
         use_x0 = mode == "linear_x0"
         vals = self._hD[:, idx] if use_x0 else hd
-        nodes = hs.log() if use_x0 else hs
-        t = math.log(sigma) if use_x0 else sigma
+        in_log = use_x0 or mode == "log_linear"
+        nodes = hs.log() if in_log else hs
+        t = math.log(sigma) if in_log else sigma
         m_per = ((~hs.isnan()).sum(0) - 1).clamp(0, order)  # usable order per sample
         out = torch.empty_like(hd[0])
         for m in m_per.unique().tolist():
@@ -363,7 +366,7 @@ class AdaptiveSampling:
                 self._reuse_err = torch.zeros(b)
             pred = self._direction(sigma, idx, x)
             self._reuse_err[idx] = (d - pred).float().abs().flatten(1).mean(1).cpu()
-        depth = {"hold": 1, "linear": 2, "quadratic": 3, "linear_x0": 2}[self.config.extrapolation]
+        depth = {"hold": 1, "linear": 2, "quadratic": 3, "linear_x0": 2, "log_linear": 2}[self.config.extrapolation]
         if self._hd is None:
             self._hd = torch.zeros((depth, b) + d.shape[1:], dtype=d.dtype, device=d.device)
             self._hs = torch.full((depth, b), float("nan"), dtype=torch.float64)
@@ -418,8 +421,9 @@ class AdaptiveSampling:
         else:
             idx = mask.nonzero().flatten()
             part = self.subset_runner(self.model, x, sigma, idx, extra)
-            if part.shape[0] == b:  # the runner had to run the whole batch: use all of it
+            if part.shape[0] == b:  # the runner had to run the whole batch: use all of it, and say so
                 out, idx = part, torch.arange(b)
+                self._whole_batch_ran(b)
             else:
                 out = torch.empty_like(x)
                 out[idx] = part
@@ -443,6 +447,29 @@ class AdaptiveSampling:
         out[skip_idx] = reused
         self.report.controller_seconds += time.perf_counter() - t0
         return out
+
+    def _whole_batch_ran(self, b: int):
+        """The subset runner ran every image at this step: the step's record shows that (mask, computed), the
+        images count as computed (their skip runs restart), and one note says at how many steps and why."""
+        rec = self.report.records[-1] if self.report.records else None
+        self.compute_mask = torch.ones(b, dtype=torch.bool)
+        if self._skip_run is not None:
+            self._skip_run.zero_()
+        if rec is None or rec.computed >= 1.0:
+            return
+        rec.mask = [True] * b
+        rec.computed = 1.0
+        self._whole_batch_steps += 1
+        reason = getattr(self.subset_runner, "fallback_reason", None) or "the subset runner ran the whole batch"
+        note = (
+            f"{reason}: the whole batch ran at {self._whole_batch_steps} step(s) where per-sample skipping "
+            "needed only part of it"
+        )
+        if self._whole_batch_note is None:
+            self._whole_batch_note = len(self.report.notes)
+            self.report.notes.append(note)
+        else:
+            self.report.notes[self._whole_batch_note] = note
 
     # ----------------------------------------------------------------- noise recording
     def record_noise(self, noise_sampler: Callable) -> Callable:

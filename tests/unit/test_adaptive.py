@@ -198,6 +198,53 @@ def test_per_sample_runs_model_only_on_samples_that_need_it(setup):
         assert torch.allclose(alone, out[b : b + 1], atol=1e-5)
 
 
+def test_whole_batch_fallback_is_reported_as_run(setup):
+    """A subset runner that has to run the whole batch (per-image inputs it cannot slice): the report shows every
+    image as run at those steps, counts their NFE, says why and at how many steps, and the result is the run with
+    those steps computed for everyone."""
+    den, noise, cond = setup
+    rows = []
+
+    class WholeBatch:
+        fallback_reason = "per-image conditioning this runner cannot slice: a test"
+
+        def __call__(self, model, x, sigma, idx, extra_args):
+            return model(x, sigma, **extra_args)
+
+    def spy(x, s, **kw):
+        rows.append(x.shape[0])
+        return den(x, s, **kw)
+
+    sig = schedules.get_sigmas("karras", 12)
+    path = torch.ones(4, 12, dtype=torch.bool)
+    path[0, 5] = path[1, 7] = path[2, 5] = False
+    path[:, 9] = False  # skipped by everyone: no call, a real skip
+    runner = WholeBatch()
+    out, rep = adaptive_sample(
+        kdiff.sample_euler,
+        spy,
+        noise * sig[0],
+        sig,
+        AdaptiveConfig(mode="path", path=path),
+        extra_args={"cond": cond},
+        subset_runner=runner,
+    )
+    assert rows == [4] * 11  # steps 5 and 7 ran on the whole batch, step 9 on nobody
+    assert rep.nfe_per_sample == [11, 11, 11, 11] and sum(rep.nfe_per_sample) == sum(rows)
+    assert [r.computed for r in rep.records] == [1.0] * 9 + [0.0] + [1.0] * 2
+    assert rep.records[5].mask == [True] * 4 and rep.records[9].mask == [False] * 4
+    assert rep.path_string() == "CCCCCCCCCsCC"
+    assert rep.notes == [
+        runner.fallback_reason + ": the whole batch ran at 2 step(s) where per-sample skipping needed only part of it"
+    ]
+    full = path.clone()
+    full[:, 5] = full[:, 7] = True
+    ref, _ = adaptive_sample(
+        kdiff.sample_euler, den, noise * sig[0], sig, AdaptiveConfig(mode="path", path=full), extra_args={"cond": cond}
+    )
+    assert torch.equal(out, ref)
+
+
 def test_per_batch_decides_once_for_the_batch(setup):
     den, noise, cond = setup
     _, rep = run(
