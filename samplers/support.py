@@ -19,6 +19,7 @@ class SamplerSupport:
     noise: str | None = None  # "default" | "brownian" | "brownian_gpu": the base sampler's own
     endpoint_corrector: bool = False  # a second evaluation at sigma_{i+1} (Heun)
     note: str = ""
+    discard_penultimate_sigma: bool = False  # ComfyUI's KSampler runs n + 1 steps without the last nonzero sigma
 
 
 _S = SamplerSupport
@@ -37,8 +38,12 @@ SUPPORT: dict[str, SamplerSupport] = {
     "deis": _S(True, "multistep"),
     "res_multistep": _S(True, "multistep"),
     "gradient_estimation": _S(True, "multistep"),
-    "uni_pc": _S(True, "multistep", note="the estimator sees UniPC's predictor latents"),
-    "uni_pc_bh2": _S(True, "multistep", note="the estimator sees UniPC's predictor latents"),
+    "uni_pc": _S(
+        True, "multistep", note="the estimator sees UniPC's predictor latents", discard_penultimate_sigma=True
+    ),
+    "uni_pc_bh2": _S(
+        True, "multistep", note="the estimator sees UniPC's predictor latents", discard_penultimate_sigma=True
+    ),
     "dpmpp_2m_sde": _S(True, "multistep", True, "brownian"),
     "dpmpp_2m_sde_gpu": _S(True, "multistep", True, "brownian_gpu"),
     "dpmpp_2m_sde_heun": _S(True, "multistep", True, "brownian"),
@@ -50,8 +55,8 @@ SUPPORT: dict[str, SamplerSupport] = {
     "sa_solver": _S(True, "multistep", True, "default"),
     "sa_solver_pece": _S(True, "multistep", True, "default", note="its corrector re-evaluates at the same sigma"),
     "heun": _S(True, "multi-eval", endpoint_corrector=True),
-    "dpm_2": _S(True, "multi-eval"),
-    "dpm_2_ancestral": _S(True, "multi-eval", True, "default"),
+    "dpm_2": _S(True, "multi-eval", discard_penultimate_sigma=True),
+    "dpm_2_ancestral": _S(True, "multi-eval", True, "default", discard_penultimate_sigma=True),
     "dpmpp_2s_ancestral": _S(True, "multi-eval", True, "default"),
     "dpmpp_sde": _S(True, "multi-eval", True, "brownian"),
     "dpmpp_sde_gpu": _S(True, "multi-eval", True, "brownian_gpu"),
