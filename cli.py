@@ -4,6 +4,7 @@
   comfyui-tempo bench adaptive [--json F]   the AdaptiveDiffusion benchmark table
   comfyui-tempo bench coop [--json F]       Coop-Diffusion bridges, resolution hand-off, fusion, time-decoupled
   comfyui-tempo bench dmd [--json F]        DMD one-step generators against their teachers
+  comfyui-tempo bench decoupled-training    time-decoupled structure / texture experts against one model
   comfyui-tempo adaptive calibrate [--out F] a calibrated AdaptiveDiffusion skip profile on the bundled testbed
 
 Each command lives in one module of bench/ that exposes add_parser(subparsers) and main(args);
@@ -18,10 +19,10 @@ import sys
 
 def _modules():
     """(demo, {group: {command: module}}), imported on use (they import torch)."""
-    from .bench import adaptive, adaptive_calibration, coop, demo, dmd
+    from .bench import adaptive, adaptive_calibration, coop, decoupled_training, demo, dmd
 
     return demo, {
-        "bench": {"adaptive": adaptive, "coop": coop, "dmd": dmd},
+        "bench": {"adaptive": adaptive, "coop": coop, "dmd": dmd, "decoupled-training": decoupled_training},
         "adaptive": {"calibrate": adaptive_calibration},
     }
 
