@@ -22,6 +22,7 @@ from comfy_api.latest import io, ui
 from ..samplers import support
 from ..samplers.adaptive import AdaptiveConfig, AdaptiveConfigError, adaptive_sample
 from ..samplers.plot import plot_report
+from ..samplers.skip_profile import ProfileError, SkipProfile
 from . import adaptive_batch, compat, inputs
 
 log = logging.getLogger("comfyui_tempo")
@@ -29,6 +30,7 @@ log = logging.getLogger("comfyui_tempo")
 CATEGORY = "sampling/tempo"
 MODE_OPTIONS = ["target_speedup", "threshold", "paper"]
 _MODE_TO_CORE = {"target_speedup": "target", "threshold": "threshold", "paper": "paper"}
+PROFILE = io.Custom("TEMPO_SKIP_PROFILE")  # a samplers.skip_profile.SkipProfile (nodes/adaptive_profile.py)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -134,6 +136,13 @@ def adaptive_inputs() -> list:
             tooltip="per_sample: each image in the batch skips on its own and the network runs only on the images "
             "that need it. per_batch: one decision for the whole batch, as the paper. Ignored in mode paper.",
         ),
+        PROFILE.Input(
+            "profile",
+            optional=True,
+            tooltip="A calibrated skip profile (AdaptiveDiffusion Calibrate or Skip Profile Loader): when connected, "
+            "the network runs on exactly the profile's steps, with its extrapolation, and the settings above are "
+            "ignored. It must match this run's steps and sigma schedule (a clear error otherwise).",
+        ),
     ]
 
 
@@ -190,23 +199,40 @@ def _noise_sampler(kind: str, x: torch.Tensor, sigmas: torch.Tensor, extra_args:
     return kds.BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=seed, cpu=(kind == "brownian"))
 
 
-def adaptive_function(base_fn, base_name: str, config: AdaptiveConfig, sink: list | None = None):
-    """A k-diffusion sampler function: `base_fn` with AdaptiveDiffusion skipping around it."""
+def _checked_profile(profile):
+    if profile is not None and not isinstance(profile, SkipProfile):
+        raise ProfileError(
+            f"profile: expected a skip profile (AdaptiveDiffusion Calibrate), got {type(profile).__name__}"
+        )
+    return profile
+
+
+def adaptive_function(
+    base_fn, base_name: str, config: AdaptiveConfig, sink: list | None = None, profile: SkipProfile | None = None
+):
+    """A k-diffusion sampler function: `base_fn` with AdaptiveDiffusion skipping around it (along `profile`'s
+    path when one is given; it must match the run's sigmas)."""
     entry = support.lookup(base_name)
+    _checked_profile(profile)
 
     def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         extra_args = {} if extra_args is None else extra_args
         ms = _model_sampling(model)
         vp_ok = not isinstance(ms, comfy.model_sampling.CONST)
         noise_sampler = options.pop("noise_sampler", None)
-        if entry.stochastic and config.enabled and noise_sampler is None:
+        run_config = config
+        if profile is not None:
+            for note in profile.check(sigmas, base_name):
+                log.warning("AdaptiveDiffusion %s", note)
+            run_config = profile.config()
+        if entry.stochastic and run_config.enabled and noise_sampler is None:
             noise_sampler = _noise_sampler(entry.noise, x, sigmas, extra_args)
         out, report = adaptive_sample(
             base_fn,
             model,
             x,
             sigmas,
-            config,
+            run_config,
             extra_args=extra_args,
             callback=callback,
             disable=disable,
@@ -225,13 +251,13 @@ def adaptive_function(base_fn, base_name: str, config: AdaptiveConfig, sink: lis
     return sample_adaptive
 
 
-def wrap_sampler(sampler, base_name: str, config: AdaptiveConfig, sink: list | None = None):
+def wrap_sampler(sampler, base_name: str, config: AdaptiveConfig, sink: list | None = None, profile=None):
     """A new KSAMPLER running `sampler`'s function with skipping (its options kept)."""
     if not isinstance(sampler, comfy.samplers.KSAMPLER):
         raise AdaptiveConfigError(
             f"sampler: AdaptiveDiffusion wraps ComfyUI's k-diffusion samplers (KSAMPLER); got {type(sampler).__name__}"
         )
-    fn = adaptive_function(sampler.sampler_function, base_name, config, sink)
+    fn = adaptive_function(sampler.sampler_function, base_name, config, sink, profile)
     return comfy.samplers.KSAMPLER(fn, dict(sampler.extra_options), dict(sampler.inpaint_options))
 
 
@@ -314,6 +340,7 @@ class AdaptiveKSampler(io.ComfyNode):
     def execute(
         cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise, **settings
     ) -> io.NodeOutput:
+        profile = _checked_profile(settings.pop("profile", None))
         config = make_config(**settings)
         _check_scheduler(scheduler)
         latent = latent_image
@@ -321,7 +348,7 @@ class AdaptiveKSampler(io.ComfyNode):
         noise = comfy.sample.prepare_noise(samples_in, seed, latent.get("batch_index"))
         noise_mask = latent.get("noise_mask")
         sink: list = []
-        sampler = wrap_sampler(comfy.samplers.sampler_object(sampler_name), sampler_name, config, sink)
+        sampler = wrap_sampler(comfy.samplers.sampler_object(sampler_name), sampler_name, config, sink, profile)
         ks = comfy.samplers.KSampler(
             model,
             steps=steps,
@@ -384,11 +411,14 @@ class AdaptiveSamplerNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, sampler_name, **settings) -> io.NodeOutput:
+        profile = _checked_profile(settings.pop("profile", None))
         config = make_config(**settings)
-        return io.NodeOutput(wrap_sampler(comfy.samplers.sampler_object(sampler_name), sampler_name, config))
+        return io.NodeOutput(
+            wrap_sampler(comfy.samplers.sampler_object(sampler_name), sampler_name, config, None, profile)
+        )
 
 
-def _sampler_sample_wrapper(config: AdaptiveConfig, executor, *args, **kwargs):
+def _sampler_sample_wrapper(config: AdaptiveConfig, profile, executor, *args, **kwargs):
     """SAMPLER_SAMPLE wrapper: run this sampling with the sampler's function wrapped."""
     sampler = executor.class_obj
     fn = getattr(sampler, "sampler_function", None)
@@ -407,7 +437,7 @@ def _sampler_sample_wrapper(config: AdaptiveConfig, executor, *args, **kwargs):
             f"sampler_name: the AdaptiveDiffusion model patch cannot serve {name!r}: {entry.note}. "
             "Pick another sampler or remove the patch."
         )
-    sampler.sampler_function = adaptive_function(fn, name, config)
+    sampler.sampler_function = adaptive_function(fn, name, config, None, profile)
     try:
         return executor(*args, **kwargs)
     finally:
@@ -430,12 +460,13 @@ class AdaptiveModelPatch(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, **settings) -> io.NodeOutput:
+        profile = _checked_profile(settings.pop("profile", None))
         config = make_config(**settings)
         model = model.clone()
         model.add_wrapper_with_key(
             comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE,
             "tempo_adaptive",
-            functools.partial(_sampler_sample_wrapper, config),
+            functools.partial(_sampler_sample_wrapper, config, profile),
         )
         return io.NodeOutput(model)
 
