@@ -6,6 +6,7 @@
   comfyui-tempo bench dmd [--json F]        DMD one-step generators against their teachers
   comfyui-tempo bench decoupled-training    time-decoupled structure / texture experts against one model
   comfyui-tempo adaptive calibrate [--out F] a calibrated AdaptiveDiffusion skip profile on the bundled testbed
+  comfyui-tempo train dmd --testbed|--job J  DMD distillation, also under torchrun (DDP / FSDP; harness/train_dmd.py)
 
 Each command lives in one module of bench/ that exposes add_parser(subparsers) and main(args);
 this file only builds the parser from them and dispatches.
@@ -20,8 +21,10 @@ import sys
 def _modules():
     """(demo, {group: {command: module}}), imported on use (they import torch)."""
     from .bench import adaptive, adaptive_calibration, coop, decoupled_training, demo, dmd
+    from .harness import train_dmd
 
     return demo, {
+        "train": {"dmd": train_dmd},
         "bench": {"adaptive": adaptive, "coop": coop, "dmd": dmd, "decoupled-training": decoupled_training},
         "adaptive": {"calibrate": adaptive_calibration},
     }
@@ -34,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
-    helps = {"bench": "benchmarks that print a table and write JSON", "adaptive": "AdaptiveDiffusion tools"}
+    helps = {
+        "bench": "benchmarks that print a table and write JSON",
+        "adaptive": "AdaptiveDiffusion tools",
+        "train": "training",
+    }
     for group, modules in groups.items():
         group_sub = sub.add_parser(group, help=helps.get(group)).add_subparsers(dest="which", required=True)
         for module in modules.values():
