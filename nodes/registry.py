@@ -11,6 +11,7 @@ import logging
 # module (relative to this package) -> node ids it defines
 NODE_MODULES: dict[str, list[str]] = {
     "adaptive": ["TempoAdaptiveKSampler", "TempoAdaptiveSampler", "TempoAdaptiveModel"],
+    "adaptive_profile": ["TempoAdaptiveCalibrate", "TempoAdaptiveProfileLoader"],
     "dmd": ["TempoDMDGeneratorLoader", "TempoDMDSampler", "TempoDMDKSampler"],
     "dmd_pairs": ["TempoDMDRegressionPairs"],
     "dmd_train": ["TempoDMDTrainer"],
@@ -34,6 +35,8 @@ SEARCH_ALIASES: dict[str, list[str]] = {
     ],
     "TempoAdaptiveSampler": ["adaptivediffusion", "step skip", "skip steps", "teacache", "cache sampler"],
     "TempoAdaptiveModel": ["adaptivediffusion", "step skip", "teacache", "easycache", "model patch", "cache"],
+    "TempoAdaptiveCalibrate": ["adaptivediffusion", "calibrate", "skip profile", "greedy", "optimal skip path"],
+    "TempoAdaptiveProfileLoader": ["adaptivediffusion", "skip profile", "load profile", "calibrated"],
     "TempoDMDGeneratorLoader": ["dmd", "dmd2", "one step", "1 step", "distilled", "turbo", "lcm lora"],
     "TempoDMDSampler": ["dmd", "dmd2", "one step", "few step", "distilled sampler"],
     "TempoDMDKSampler": ["dmd", "dmd2", "one step", "few step", "turbo ksampler"],
