@@ -1,0 +1,197 @@
+"""Calibrated skip profiles: the greedy search over several prompts (samplers/calibrate.py), the profile file
+(samplers/skip_profile.py) and the testbed command and rows (bench/adaptive_calibration.py)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from comfyui_tempo import cli
+from comfyui_tempo.bench import adaptive_calibration as ac
+from comfyui_tempo.samplers import kdiff
+from comfyui_tempo.samplers.adaptive import AdaptiveConfig, adaptive_sample
+from comfyui_tempo.samplers.calibrate import (
+    CalibrationError,
+    greedy_skip_path,
+    greedy_skip_paths,
+    skips_for_speedup,
+    vote_path,
+)
+from comfyui_tempo.samplers.skip_profile import ProfileError, SkipProfile, load_profile, save_profile
+from comfyui_tempo.testbed import problems
+
+STEPS = 16
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    return problems.gmm_problem(classes=4, seeds=2)
+
+
+def _errors_of(p, idx, sampler="euler", steps=STEPS):
+    r = ac._Runner(p, sampler, steps, "linear")
+    idx = torch.as_tensor(idx)
+    ref = p.decode(r.run(idx, None))
+    return r, r.errors_of(idx, ref)
+
+
+def test_joint_profile_has_the_requested_skips_and_keeps_step_0(gmm):
+    skips = skips_for_speedup(STEPS, 2.0)
+    assert skips == 8
+    prof = ac.calibrate(gmm, "euler", STEPS, skips, [0, 2, 4])
+    assert prof.steps == STEPS and prof.skips == skips and prof.path[0]
+    assert prof.prompts == 3 and prof.calib_nfe > 0 and prof.calib_wall_s > 0
+    assert len(prof.errors) == skips and prof.errors == sorted(prof.errors)  # each skip adds error
+    assert len(prof.prompt_errors) == 3
+    # the profile through the controller: exactly its steps run, for every sample
+    sig = gmm.sigmas(STEPS)
+    _, rep = adaptive_sample(
+        kdiff.sample_euler, gmm.denoiser, gmm.noise * sig[0], sig, prof.config(), extra_args={"cond": gmm.cond}
+    )
+    assert rep.path_string() == prof.path_string() and rep.nfe == STEPS - skips
+
+
+def test_one_prompt_search_is_the_single_path_greedy(gmm):
+    """greedy_skip_path (the benchmark's) and greedy_skip_paths with one prompt, joint or not, agree."""
+    r, errors_of = _errors_of(gmm, [1])
+    joint = greedy_skip_paths(errors_of, 1, STEPS, 4, joint=True)
+    alone = greedy_skip_paths(errors_of, 1, STEPS, 4, joint=False)
+    ref = gmm.decode(r.run(torch.tensor([1]), None))
+    single = greedy_skip_path(
+        lambda paths: r.run(torch.ones(paths.shape[0], dtype=torch.long), paths),
+        STEPS,
+        4,
+        lambda out: ((gmm.decode(out) - ref) ** 2).flatten(1).mean(1),
+    )
+    assert joint.path_string() == alone.path_string(0) == single.path_string()
+    assert joint.errors == pytest.approx(single.errors, rel=1e-6)
+
+
+def test_per_prompt_search_in_one_batch_equals_separate_searches(gmm):
+    idx = [0, 3, 5]
+    _, errors_of = _errors_of(gmm, idx)
+    batched = greedy_skip_paths(errors_of, 3, STEPS, 5, joint=False, max_batch=16)
+    for row, i in enumerate(idx):
+        _, one = _errors_of(gmm, [i])
+        alone = greedy_skip_paths(one, 1, STEPS, 5, joint=False)
+        assert batched.path_string(row) == alone.path_string(0), i
+        assert batched.prompt_errors[row] == pytest.approx(alone.prompt_errors[0], rel=1e-5)
+
+
+def test_joint_path_beats_the_default_controller_on_the_calibration_prompts():
+    """At the same NFE the joint greedy path's mean PSNR on its own prompts is above the default's (trained
+    testbed, 20 euler steps, 2x)."""
+    p = problems.trained_problem(classes=4, seeds=1)
+    steps, skips = 20, skips_for_speedup(20, 2.0)
+    idx = torch.tensor([0, 1, 2])
+    prof = ac.calibrate(p, "euler", steps, skips, idx)
+    sig = p.sigmas(steps)
+    x, extra = p.noise[idx] * sig[0], {"cond": p.cond[idx]}
+    ref = p.decode(kdiff.sample_euler(p.denoiser, x, sig, extra_args=extra))
+
+    def mean_log_mse(cfg):
+        out, rep = adaptive_sample(kdiff.sample_euler, p.denoiser, x, sig, cfg, extra_args=extra)
+        assert rep.nfe == steps - skips
+        return float(((p.decode(out) - ref) ** 2).flatten(1).mean(1).log().mean())
+
+    profile_err, default_err = mean_log_mse(prof.config()), mean_log_mse(AdaptiveConfig())
+    assert math.exp(profile_err) == pytest.approx(prof.errors[-1], rel=1e-4)  # the search's own number
+    assert profile_err < default_err, (profile_err, default_err)
+
+
+def test_vote_path_skips_the_most_often_skipped_steps():
+    paths = torch.tensor([[1, 0, 1, 0, 1, 0], [1, 0, 1, 1, 0, 0], [1, 1, 0, 1, 1, 0]], dtype=torch.bool)
+    assert vote_path(paths, 2).tolist() == [True, False, True, True, True, False]
+    assert vote_path(paths, 3).tolist() == [True, False, True, True, False, False]  # tie of 2, 3, 4: the latest
+    assert vote_path(torch.zeros(2, 5, dtype=torch.bool), 2)[0]  # step 0 never
+
+
+def test_search_settings_are_checked():
+    with pytest.raises(CalibrationError, match="^skips:"):
+        greedy_skip_paths(lambda t: torch.zeros(t.shape[:2]), 1, 6, 6)
+    with pytest.raises(CalibrationError, match="^reduce:"):
+        greedy_skip_paths(lambda t: torch.zeros(t.shape[:2]), 1, 6, 2, reduce="median")
+    with pytest.raises(CalibrationError, match="^target_speedup:"):
+        skips_for_speedup(20, 0.5)
+    assert skips_for_speedup(30, 2.0) == 15 and skips_for_speedup(20, 1.0) == 0
+
+
+def _profile(steps=8, scheduler="karras"):
+    p = problems.gmm_problem(classes=2, seeds=1, scheduler=scheduler)
+    path = [True] * steps
+    path[3] = path[5] = False
+    return SkipProfile(path=path, sigmas=[float(s) for s in p.sigmas(steps)], sampler="euler", scheduler=scheduler)
+
+
+def test_profile_file_round_trip(tmp_path):
+    prof = _profile()
+    prof.errors, prof.calib_nfe, prof.extrapolation = [1e-4, 2e-4], 123.0, "hold"
+    path = save_profile(prof, str(tmp_path / "sub" / "p.json"))
+    back = load_profile(path)
+    assert back == prof
+    data = json.loads(open(path).read())
+    assert data["steps"] == 8 and data["skips"] == 2 and data["format"] == "comfyui-tempo/skip-profile"
+    cfg = back.config()
+    assert cfg.mode == "path" and cfg.extrapolation == "hold" and cfg.path.tolist() == prof.path
+    assert not (tmp_path / "sub" / "p.json.tmp").exists()
+
+
+def test_a_run_on_another_schedule_is_refused():
+    prof = _profile()
+    assert prof.check(torch.tensor(prof.sigmas)) == []
+    assert prof.check(torch.tensor(prof.sigmas, dtype=torch.float32), "euler") == []  # float32 rounding is fine
+    assert "dpmpp_2m" in prof.check(torch.tensor(prof.sigmas), "dpmpp_2m")[0]  # another sampler: a note
+    other = _profile(scheduler="normal")
+    with pytest.raises(ProfileError, match="^profile: made for another sigma schedule"):
+        prof.check(torch.tensor(other.sigmas))
+    with pytest.raises(ProfileError, match="^profile: made for 8 steps.*this run has 10 steps"):
+        prof.check(problems.gmm_problem(classes=2, seeds=1).sigmas(10))
+    with pytest.raises(ProfileError, match="^profile: made for 8 steps.*this run has 5 steps"):
+        prof.check(torch.tensor(prof.sigmas[3:]))  # denoise < 1: the schedule's tail
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(format="x"), "not a ComfyUI-Tempo skip profile"),
+        (lambda d: d.update(version=9), "profile version 9"),
+        (lambda d: d["path"].__setitem__(0, False), "skips step 0"),
+        (lambda d: d.update(path=[1, 0, 1]), "'path' must be"),
+        (lambda d: d.update(sigmas=d["sigmas"][:-1]), "'sigmas' must be 9"),
+        (lambda d: d.update(extrapolation="cubic"), "'extrapolation' must be"),
+    ],
+)
+def test_bad_profile_files_are_refused_with_the_input_named(tmp_path, edit, message):
+    d = _profile().to_dict()
+    edit(d)
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(d))
+    with pytest.raises(ProfileError, match="^profile_name: 'bad.json'") as e:
+        load_profile(str(f), "profile_name")
+    assert message in str(e.value)
+    f.write_text("{not json")
+    with pytest.raises(ProfileError, match="is not JSON"):
+        load_profile(str(f))
+
+
+def test_calibration_rows(gmm):
+    rows = ac.calibration_rows(gmm, "euler", STEPS, 8, [0, 1], [2, 3, 5], baselines=True)
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"adaptive_calibrated", "greedy_optimal", "adaptive_calibrated_vote", "adaptive", "fewer_steps"}
+    for r in rows:
+        for key in ("model", "sampler", "scheduler", "steps", "cfg", "method", "nfe", "psnr_db"):
+            assert key in r, key
+        assert r["nfe"] == STEPS - 8 and math.isfinite(r["psnr_db"]) and r["cfg"] == 5.0
+    assert by["adaptive_calibrated"]["calib_nfe"] > 0 and by["adaptive_calibrated"]["calib_wall_s"] > 0
+    # each held-out prompt's own greedy path is at least as good as the shared profile on that prompt
+    assert by["greedy_optimal"]["psnr_db"] >= by["adaptive_calibrated"]["psnr_db"] - 0.5
+
+
+def test_cli_calibrate_writes_a_profile(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    argv = ["adaptive", "calibrate", "--out", str(out), "--steps", "8", "--calib", "0", "--threads", "1"]
+    assert cli.main(argv) == 0
+    prof = load_profile(str(out))
+    assert prof.steps == 8 and prof.skips == 4 and prof.sampler == "euler" and prof.scheduler == "karras"
+    assert "wrote" in capsys.readouterr().out
