@@ -98,6 +98,19 @@ PACK_WIDGETS = {
     ],
     "TempoAdaptiveSampler": ["sampler_name", *ADAPTIVE_SETTINGS],
     "TempoAdaptiveModel": list(ADAPTIVE_SETTINGS),
+    "TempoAdaptiveCalibrate": [
+        "seed",
+        "control_after_generate",
+        "steps",
+        "cfg",
+        "sampler_name",
+        "scheduler",
+        "target_speedup",
+        "extrapolation",
+        "save_name",
+        "batch_rows",
+    ],
+    "TempoAdaptiveProfileLoader": ["profile_name"],
     # Coop-Diffusion (nodes/coop.py)
     "TempoLatentBridge": ["width", "height", "scale", "resize_method", "tiled", "tile_size", "overlap"],
     "TempoNoisyLatentBridge": [
