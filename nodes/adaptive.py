@@ -41,8 +41,8 @@ def adaptive_inputs() -> list:
             "mode",
             options=MODE_OPTIONS,
             default="target_speedup",
-            tooltip="target_speedup: skip to reach the speed-up below, placing skips where the estimator says "
-            "they cost least (the pack's default). threshold: the paper's third-order rule with this pack's "
+            tooltip="target_speedup: skip to reach the speed-up below, on a skip path planned from the sigma "
+            "schedule (see planner; the pack's default). threshold: the paper's third-order rule with this pack's "
             "improvements. paper: the official AdaptiveDiffusion rule exactly (threshold and max_skip only).",
         ),
         io.Float.Input(
@@ -74,18 +74,20 @@ def adaptive_inputs() -> list:
         ),
         io.Combo.Input(
             "extrapolation",
-            options=["linear", "hold", "quadratic", "linear_x0"],
+            options=["linear", "hold", "quadratic", "linear_x0", "log_linear"],
             default="linear",
             tooltip="How a skipped step predicts the noise direction: linear extrapolates it from the last two "
             "computed steps (in sigma); hold reuses the last one unchanged, as the paper does; quadratic uses the last "
-            "three; linear_x0 extrapolates the clean-image prediction in log sigma. Ignored in mode paper.",
+            "three; linear_x0 extrapolates the clean-image prediction in log sigma; log_linear extrapolates the "
+            "direction linearly in log sigma. Ignored in mode paper.",
         ),
         io.Int.Input(
             "force_last",
-            default=1,
+            default=0,
             min=0,
             max=10,
-            tooltip="Always run the network on this many final steps (the paper protects none). Ignored in mode paper.",
+            tooltip="Always run the network on this many final steps (the paper protects none; the schedule planner "
+            "already runs the last steps where the schedule makes them costly). Ignored in mode paper.",
         ),
         io.Float.Input(
             "start_percent",
@@ -110,8 +112,8 @@ def adaptive_inputs() -> list:
             min=0.0,
             max=1.0,
             step=0.05,
-            tooltip="mode target_speedup: 0 spreads the skips evenly over the run; higher puts more of them late, "
-            "where the trajectory is straight (the greedy optimal paths do this). 0.25 was best on the testbed.",
+            tooltip="mode target_speedup, planner pace only: 0 spreads the skips evenly over the run; higher puts "
+            "more of them late. 0.25 was best on one testbed and schedule (karras) and lost on normal.",
         ),
         io.Float.Input(
             "placement",
@@ -119,15 +121,15 @@ def adaptive_inputs() -> list:
             min=0.0,
             max=2.0,
             step=0.05,
-            tooltip="mode target_speedup: how far (in steps of credit) the estimator may move a skip toward a step "
-            "it rates cheaper. 0 (default) paces the skips without it: on the testbed, moving them cost PSNR.",
+            tooltip="mode target_speedup, planner pace only: how far (in steps of credit) the estimator may move a "
+            "skip toward a step it rates cheaper. 0 (default) paces the skips without it.",
         ),
         io.Combo.Input(
             "estimator",
             options=["latent", "reuse_error"],
             default="latent",
-            tooltip="What rates a step for placement: latent = the paper's third-order latent difference; "
-            "reuse_error = how far the extrapolated direction missed at the last computed step.",
+            tooltip="planner pace only: what rates a step for placement: latent = the paper's third-order latent "
+            "difference; reuse_error = how far the extrapolated direction missed at the last computed step.",
         ),
         io.Combo.Input(
             "batch_mode",
@@ -135,6 +137,15 @@ def adaptive_inputs() -> list:
             default="per_sample",
             tooltip="per_sample: each image in the batch skips on its own and the network runs only on the images "
             "that need it. per_batch: one decision for the whole batch, as the paper. Ignored in mode paper.",
+        ),
+        io.Combo.Input(
+            "planner",
+            options=["schedule", "pace"],
+            default="schedule",
+            tooltip="mode target_speedup: schedule (default) plans the skip path from this run's sigmas: skips as "
+            "isolated as the target allows (every other step at 2x), the rest placed where the sigma travel and the "
+            "extrapolation distance in log sigma make them cheapest. pace: the earlier default (skips paced at a "
+            "rate ramped by late_bias, placement and estimator), kept for comparison.",
         ),
         PROFILE.Input(
             "profile",
@@ -159,6 +170,7 @@ def make_config(
     placement=0.0,
     estimator="latent",
     batch_mode="per_sample",
+    planner="schedule",
 ) -> AdaptiveConfig:
     if mode not in _MODE_TO_CORE:
         raise AdaptiveConfigError(f"mode: expected one of {MODE_OPTIONS}, got {mode!r}")
@@ -179,6 +191,7 @@ def make_config(
         placement=placement,
         estimator=estimator,
         per_sample=batch_mode == "per_sample",
+        planner=planner,
     ).validate()
 
 

@@ -44,6 +44,7 @@ import torch
 
 from .adaptive_config import ESTIMATOR_SPACES, ESTIMATORS, EXTRAPOLATIONS, MODES, AdaptiveConfig, AdaptiveConfigError  # noqa: F401  (re-exported: the settings live there)
 from .kdiff import CountingDenoiser
+from .skip_plan import plan_skips, shortest_runs
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 
 
@@ -92,6 +93,8 @@ class AdaptiveSampling:
             raise AdaptiveConfigError("sigmas: expected a non-increasing schedule")
         self.endpoint_corrector = endpoint_corrector
         self.use_vp = config.estimator_space == "vp" and vp_estimator_ok
+        self.flow = not vp_estimator_ok  # a flow model (ComfyUI's CONST): sigma in (0, 1]
+        self.planned = None  # bool [N], True = run (mode target, planner schedule)
         self.subset_runner = subset_runner or default_subset_runner
         self.report = SkipReport(steps=self.n_steps, batch=0, mode=config.mode)
         self.step = -1
@@ -125,6 +128,19 @@ class AdaptiveSampling:
         last = n - cfg.force_last  # eligible steps are first .. last-1
         eligible = max(0, last - first)
         rate = [0.0] * eligible
+        if cfg.mode == "target" and cfg.planner == "schedule":
+            first = max(1, int(math.ceil(cfg.start_percent * n)))
+            skips = n - int(round(n / cfg.target_speedup))
+            run = min(cfg.max_skip, shortest_runs(n, skips, first, last))
+            self.planned, _ = plan_skips(self.sig, skips, max_skip=run, first=first, last=last, flow=self.flow)
+            got = int((~self.planned).sum())
+            if got < skips:
+                self.report.notes.append(
+                    f"target_speedup {cfg.target_speedup:g} needs {skips} skips but only {got} fit "
+                    f"(protected steps, max_skip {cfg.max_skip}); skipping {got}"
+                )
+            self.report.notes.append("skip path planned from the sigma schedule (planner schedule)")
+            return first, last, rate
         if cfg.mode == "target" and eligible > 0:
             skips = n - int(round(n / cfg.target_speedup))
             feasible = eligible - int(math.ceil(eligible / (cfg.max_skip + 1)))
@@ -273,6 +289,9 @@ class AdaptiveSampling:
             path = cfg.path
             col = path[k] if path.ndim == 1 else path[:, k]
             return col.to(torch.bool).reshape(-1).expand(b).clone(), score
+
+        if self.planned is not None:
+            return self.planned[k].reshape(1).expand(b).clone(), score
 
         if not (self._eligible_from <= k < self._eligible_to):
             return ones, score

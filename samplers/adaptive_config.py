@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 
 MODES = ("target", "threshold", "paper", "path")
-EXTRAPOLATIONS = ("linear", "hold", "quadratic", "linear_x0")
+EXTRAPOLATIONS = ("linear", "hold", "quadratic", "linear_x0", "log_linear")
 ESTIMATOR_SPACES = ("vp", "raw")
 ESTIMATORS = ("latent", "reuse_error")
+PLANNERS = ("schedule", "pace")
 
 
 class AdaptiveConfigError(ValueError):
@@ -22,7 +23,10 @@ class AdaptiveConfig:
     """Settings of one AdaptiveDiffusion run.
 
     mode:
-        "target"    skip to meet ``target_speedup`` (the pack's default);
+        "target"    skip to meet ``target_speedup`` (the pack's default), where ``planner`` says:
+                    "schedule" plans the skip path from the run's sigmas (``samplers.skip_plan``;
+                    the default), "pace" paces skips at a rate ramped by ``tilt`` (the earlier
+                    default, kept for comparison);
         "threshold" the paper's third-order rule with the pack's improvements;
         "paper"     the official rule exactly (see the module docstring); other options ignored;
         "path"      follow ``path`` (a bool tensor [N] or [B, N], True = run the network): for the
@@ -32,11 +36,12 @@ class AdaptiveConfig:
     """
 
     mode: str = "target"
+    planner: str = "schedule"
     threshold: float = 0.01
     max_skip: int = 4
     target_speedup: float = 2.0
     extrapolation: str = "linear"
-    force_last: int = 1
+    force_last: int = 0
     start_percent: float = 0.0
     estimator_space: str = "vp"
     per_sample: bool = True
@@ -74,6 +79,8 @@ class AdaptiveConfig:
             raise AdaptiveConfigError(
                 f"estimator_space: expected one of {ESTIMATOR_SPACES}, got {self.estimator_space!r}"
             )
+        if self.planner not in PLANNERS:
+            raise AdaptiveConfigError(f"planner: expected one of {PLANNERS}, got {self.planner!r}")
         if self.estimator not in ESTIMATORS:
             raise AdaptiveConfigError(f"estimator: expected one of {ESTIMATORS}, got {self.estimator!r}")
         if not (0.0 <= self.placement <= 4.0):

@@ -1,5 +1,7 @@
 """AdaptiveDiffusion controller on exact denoisers (no ComfyUI)."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -29,11 +31,12 @@ def run(den, noise, cond, sampler, n=20, config=None, **kw):
     sig = schedules.get_sigmas("karras", n)
     fn = kdiff.SAMPLERS[sampler]
     extra = {"cond": cond}
-    if sampler == "euler_ancestral":
+    stochastic = "noise_sampler" in inspect.signature(fn).parameters
+    if stochastic:
         extra["seed"] = 7
     if config is None:
         return fn(den, noise * sig[0], sig, extra_args=extra), None
-    if sampler == "euler_ancestral" and "noise_sampler" not in kw:
+    if stochastic and "noise_sampler" not in kw:
         kw["noise_sampler"] = kdiff.default_noise_sampler(noise, seed=7)
     return adaptive_sample(
         fn, den, noise * sig[0], sig, config, extra_args=extra, endpoint_corrector=ENDPOINT.get(sampler, False), **kw
@@ -256,13 +259,28 @@ def test_per_batch_decides_once_for_the_batch(setup):
 
 def test_target_speedup_meets_budget(setup):
     den, noise, cond = setup
-    for target in (1.5, 2.0, 2.5):
+    for planner in ("schedule", "pace"):
+        for target in (1.5, 2.0, 2.5):
+            config = AdaptiveConfig(target_speedup=target, planner=planner, force_last=1)
+            _, rep = run(den, noise, cond, "euler", n=50, config=config)
+            assert abs(rep.nfe - 50 / target) <= 1.5, (planner, target, rep.nfe)
+            assert rep.path_string().endswith("C")  # force_last
+            for b in range(noise.shape[0]):
+                sample_path = "".join("C" if r.mask[b] else "s" for r in rep.records)
+                assert max(len(r) for r in sample_path.split("C")) <= 4, sample_path
+
+
+def test_schedule_planner_keeps_skips_as_isolated_as_the_target_allows(setup):
+    den, noise, cond = setup
+    for target, longest in ((1.5, 1), (2.0, 1), (2.5, 2), (3.0, 2)):
         _, rep = run(den, noise, cond, "euler", n=50, config=AdaptiveConfig(target_speedup=target))
-        assert abs(rep.nfe - 50 / target) <= 1.5, (target, rep.nfe)
-        assert rep.path_string().endswith("C")  # force_last
-        for b in range(noise.shape[0]):
-            sample_path = "".join("C" if r.mask[b] else "s" for r in rep.records)
-            assert max(len(r) for r in sample_path.split("C")) <= 4, sample_path
+        path = rep.path_string()
+        assert abs(rep.nfe - 50 / target) <= 1.0, (target, path)
+        assert max(len(r) for r in path.split("C")) == longest, (target, path)
+        assert path[0] == "C"
+    # at 2x every other step runs, whatever the schedule
+    _, rep = run(den, noise, cond, "dpmpp_2m", n=30, config=AdaptiveConfig())
+    assert rep.path_string() == "Cs" * 15
 
 
 def test_ancestral_noise_is_not_progress(setup):

@@ -28,6 +28,7 @@ EXPECTED |= {
     "dmd_sampler_custom.json",
     "dmd2_sdxl_released.json",
 }
+EXPECTED |= {"td_trainer.json"}
 
 # ComfyUI core node types an example workflow may use (nodes.py, comfy_extras, front-end only nodes)
 CORE_TYPES = {
@@ -84,6 +85,7 @@ ADAPTIVE_SETTINGS = [
     "placement",
     "estimator",
     "batch_mode",
+    "planner",
 ]
 PACK_WIDGETS = {
     "TempoAdaptiveKSampler": [
@@ -203,13 +205,32 @@ PACK_WIDGETS = {
         "resume",
         "gradient_checkpointing",
     ],
+    # time-decoupled training (nodes/td_train.py)
+    "TempoTimeDecoupledTrainer": [
+        "timestep_min",
+        "timestep_max",
+        "width",
+        "height",
+        "batch_size",
+        "steps",
+        "learning_rate",
+        "lora_rank",
+        "warmup_steps",
+        "uncond_dropout",
+        "seed",
+        "control_after_generate",
+        "save_name",
+        "checkpoint_interval",
+        "resume",
+    ],
 }
 ADAPTIVE_CHOICES = {
     "mode": {"target_speedup", "threshold", "paper"},
-    "extrapolation": {"linear", "hold", "quadratic", "linear_x0"},
+    "extrapolation": {"linear", "hold", "quadratic", "linear_x0", "log_linear"},
     "estimator": {"latent", "reuse_error"},
     "estimator_space": {"vp", "raw"},
     "batch_mode": {"per_sample", "per_batch"},
+    "planner": {"schedule", "pace"},
     "control_after_generate": {"fixed", "increment", "decrement", "randomize"},
 }
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "properties"}
@@ -334,3 +355,26 @@ def test_coop_example_settings():
     ksa = next(n for n in wf["nodes"] if n["type"] == "KSamplerAdvanced")["widgets_values"]
     assert (nb["steps"], nb["end_at_step"], nb["scheduler"]) == (ksa[3], ksa[8], ksa[6]) == (20, 10, "normal")
     assert ksa[9] == "enable"  # return_with_leftover_noise
+
+
+def test_td_trainer_example_settings():
+    """The time-decoupled training example: a structure LoRA on t 500..999 at 256 px and a texture LoRA on 0..499 at
+    512 px, sampled by the Time-Decoupled Sampler switching at the same timestep with the texture stage at 2x."""
+    wf = json.loads((REPO / "workflows" / "td_trainer.json").read_text())
+    trainers = {
+        n["id"]: dict(zip(PACK_WIDGETS["TempoTimeDecoupledTrainer"], n["widgets_values"]))
+        for n in wf["nodes"]
+        if n["type"] == "TempoTimeDecoupledTrainer"
+    }
+    got = sorted((t["timestep_min"], t["timestep_max"], t["width"], t["save_name"]) for t in trainers.values())
+    assert got == [(0, 499, 512, "time_decoupled/texture"), (500, 999, 256, "time_decoupled/structure")]
+    td = next(n for n in wf["nodes"] if n["type"] == "TempoTimeDecoupledSampler")
+    named = dict(zip(PACK_WIDGETS["TempoTimeDecoupledSampler"], td["widgets_values"]))
+    assert (named["switch_mode"], named["switch_timestep"], named["scale"]) == ("timestep", 500, 2.0)
+    # the structure trainer's MODEL feeds model_structure, the texture trainer's model_texture
+    src = {link[4]: link[1] for link in wf["links"] if link[3] == td["id"]}
+    slot = {inp["name"]: i for i, inp in enumerate(td["inputs"])}
+    assert trainers[src[slot["model_structure"]]]["timestep_min"] == 500
+    assert trainers[src[slot["model_texture"]]]["timestep_max"] == 499
+    empty = next(n for n in wf["nodes"] if n["type"] == "EmptyLatentImage")
+    assert empty["widgets_values"][:2] == [256, 256]
