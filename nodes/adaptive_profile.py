@@ -253,6 +253,7 @@ class AdaptiveCalibrate(io.ComfyNode):
                 io.String.Output(display_name="profile_name", tooltip="The saved file, relative to its folder."),
             ],
             hidden=[io.Hidden.unique_id],
+            is_output_node=True,
         )
 
     @classmethod

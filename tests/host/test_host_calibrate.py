@@ -1,0 +1,164 @@
+"""AdaptiveDiffusion skip profiles inside a real ComfyUI: the Calibrate node saves a profile, the loader reads it
+back, and the KSampler, the SAMPLER and the model patch sample exactly the profile's path; a run on another
+schedule is refused naming the input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from comfy_client import Graph, HostError
+
+STEPS = 8
+SAVE = "tempo_host/calib"
+
+
+def _base(g, seed=5):
+    model = g.node("TempoTestbedModel")
+    pos = g.node("TempoTestbedClass", class_id=3)
+    neg = g.node("TempoTestbedClass", class_id=10)
+    latent = g.node("TempoTestbedEmptyLatent", batch_size=1)
+    return model, pos, neg, latent
+
+
+def _settings(comfy, node: str) -> dict:
+    """The node's widget inputs at their defaults (every AdaptiveDiffusion setting; the profile overrides them)."""
+    spec = comfy.object_info(node)[node]["input"]["required"]
+    out = {}
+    for name, value in spec.items():
+        opts = value[1] if len(value) > 1 and isinstance(value[1], dict) else {}
+        if "default" in opts:
+            out[name] = opts["default"]
+        elif isinstance(value[0], list) and value[0]:
+            out[name] = value[0][0]
+        elif value[0] == "COMBO" and opts.get("options"):
+            out[name] = opts["options"][0]
+    return out
+
+
+def _ksampler(comfy, g, model, pos, neg, latent, profile, steps=STEPS, scheduler="karras"):
+    return g.node("TempoAdaptiveKSampler", **_settings(comfy, "TempoAdaptiveKSampler")).set(
+        model=model.out(0), seed=5, steps=steps, cfg=5.0, sampler_name="euler", scheduler=scheduler,
+        positive=pos.out(0), negative=neg.out(0), latent_image=latent.out(0), denoise=1.0, profile=profile,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def calibrated(comfy, comfy_base):
+    g = Graph()
+    model, pos, neg, latent = _base(g)
+    pos2 = g.node("TempoTestbedClass", class_id=7)
+    vae = g.node("TempoTestbedVAE", name="testbed")
+    cal = g.node(
+        "TempoAdaptiveCalibrate", node_id="cal", model=model.out(0), positive=pos.out(0), negative=neg.out(0),
+        latent_image=latent.out(0), seed=1, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="karras",
+        target_speedup=2.0, extrapolation="linear", save_name=SAVE, batch_rows=8, vae=vae.out(0),
+        positive_2=pos2.out(0),
+    )  # fmt: skip
+    ks = _ksampler(comfy, g, model, pos, neg, latent, cal.out(0))
+    ks_id = ks.id
+    dec = g.node("TempoTestbedDecode", samples=ks.out(0))
+    g.node("SaveImage", node_id="save", images=dec.out(0), filename_prefix="tempo_host/calib_ks")
+    entry = comfy.run(g, timeout=600)
+    path = comfy_base / "output" / "tempo_profiles" / (SAVE + ".json")
+    return {
+        "entry": entry,
+        "ks_text": entry["outputs"][ks_id]["text"][0],
+        "cal_text": entry["outputs"]["cal"]["text"][0],
+        "file": json.loads(path.read_text()),
+        "image": comfy.output_images(entry, "save")[0],
+    }
+
+
+def _path_of(text: str) -> str:
+    return text.split(" path ")[1].split()[0].rstrip(",")
+
+
+def test_calibrate_saves_a_profile_with_the_requested_skips(calibrated):
+    f = calibrated["file"]
+    assert f["format"] == "comfyui-tempo/skip-profile" and f["steps"] == STEPS and f["skips"] == STEPS // 2
+    assert f["sampler"] == "euler" and f["scheduler"] == "karras" and f["prompts"] == 2
+    assert f["metric"] == "image_mse" and f["calib_nfe"] > 0 and len(f["sigmas"]) == STEPS + 1
+    assert "TestbedConfig" in f["model"] and "EPS" in f["model"]
+    assert "tempo_host/calib.json" in calibrated["cal_text"]
+
+
+def test_ksampler_samples_the_profiles_path(calibrated):
+    path = "".join("C" if c else "s" for c in calibrated["file"]["path"])
+    text = calibrated["ks_text"]
+    assert text.startswith("AdaptiveDiffusion [path]"), text
+    assert _path_of(text) == path and "(2.00x)" in text
+
+
+def test_loader_and_the_other_two_nodes_give_the_same_images(comfy, calibrated):
+    """The loader's profile on the KSampler, the SAMPLER (SamplerCustom) and the model patch (core KSampler):
+    the same picture as the KSampler fed by Calibrate directly."""
+    spec = comfy.object_info("TempoAdaptiveProfileLoader")["TempoAdaptiveProfileLoader"]["input"]["required"]
+    spec = spec["profile_name"]
+    options = spec[1]["options"] if spec[0] == "COMBO" else spec[0]  # V3 / V1 combo layouts
+    assert "tempo_host/calib.json" in options  # listed once saved (ComfyUI's list follows the folder)
+    g = Graph()
+    model, pos, neg, latent = _base(g)
+    prof = g.node("TempoAdaptiveProfileLoader", profile_name="tempo_host/calib.json")
+    ks = _ksampler(comfy, g, model, pos, neg, latent, prof.out(0))
+    smp = g.node("TempoAdaptiveSampler", **{**_settings(comfy, "TempoAdaptiveSampler"), "sampler_name": "euler"})
+    smp.set(profile=prof.out(0))
+    sig = g.node("BasicScheduler", model=model.out(0), scheduler="karras", steps=STEPS, denoise=1.0)
+    custom = g.node(
+        "SamplerCustom", model=model.out(0), add_noise=True, noise_seed=5, cfg=5.0, positive=pos.out(0),
+        negative=neg.out(0), sampler=smp.out(0), sigmas=sig.out(0), latent_image=latent.out(0),
+    )  # fmt: skip
+    patched = g.node("TempoAdaptiveModel", **_settings(comfy, "TempoAdaptiveModel"))
+    patched.set(model=model.out(0), profile=prof.out(0))
+    core = g.node(
+        "KSampler", model=patched.out(0), seed=5, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="karras",
+        positive=pos.out(0), negative=neg.out(0), latent_image=latent.out(0), denoise=1.0,
+    )  # fmt: skip
+    for name, samples in (("ks", ks.out(0)), ("custom", custom.out(0)), ("patch", core.out(0))):
+        dec = g.node("TempoTestbedDecode", samples=samples)
+        g.node("SaveImage", node_id=f"save_{name}", images=dec.out(0), filename_prefix=f"tempo_host/calib_{name}")
+    entry = comfy.run(g, timeout=600)
+    assert _path_of(entry["outputs"][ks.id]["text"][0]) == _path_of(calibrated["ks_text"])
+    ref = calibrated["image"]
+    for name in ("ks", "custom", "patch"):
+        img = comfy.output_images(entry, f"save_{name}")[0]
+        assert np.array_equal(img, ref), name
+    # and skipping did something: the same KSampler without the profile samples another picture
+    g2 = Graph()
+    model, pos, neg, latent = _base(g2)
+    plain = g2.node(
+        "KSampler", model=model.out(0), seed=5, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="karras",
+        positive=pos.out(0), negative=neg.out(0), latent_image=latent.out(0), denoise=1.0,
+    )  # fmt: skip
+    dec = g2.node("TempoTestbedDecode", samples=plain.out(0))
+    g2.node("SaveImage", node_id="save_plain", images=dec.out(0), filename_prefix="tempo_host/calib_plain")
+    full = comfy.output_images(comfy.run(g2, timeout=300), "save_plain")[0]
+    assert not np.array_equal(full, ref)
+
+
+@pytest.mark.parametrize("steps, scheduler", [(STEPS + 2, "karras"), (STEPS, "normal")])
+def test_a_run_on_another_schedule_is_refused(comfy, calibrated, steps, scheduler):
+    g = Graph()
+    model, pos, neg, latent = _base(g)
+    prof = g.node("TempoAdaptiveProfileLoader", profile_name="tempo_host/calib.json")
+    ks = _ksampler(comfy, g, model, pos, neg, latent, prof.out(0), steps=steps, scheduler=scheduler)
+    dec = g.node("TempoTestbedDecode", samples=ks.out(0))
+    g.node("PreviewImage", images=dec.out(0))
+    with pytest.raises(HostError) as e:
+        comfy.run(g, timeout=300)
+    msg = str(e.value)
+    assert "ProfileError: profile: made for" in msg, msg[:2000]
+    assert f"{STEPS} steps" in msg
+
+
+def test_bad_save_name_and_missing_profile_are_named(comfy):
+    g = Graph()
+    model, pos, neg, latent = _base(g)
+    g.node(
+        "TempoAdaptiveCalibrate", model=model.out(0), positive=pos.out(0), negative=neg.out(0),
+        latent_image=latent.out(0), seed=1, steps=4, cfg=5.0, sampler_name="euler", scheduler="karras",
+        target_speedup=2.0, extrapolation="linear", save_name="../escape", batch_rows=8,
+    )  # fmt: skip
+    with pytest.raises(HostError, match="save_name: "):
+        comfy.run(g, timeout=120)
