@@ -19,10 +19,12 @@ leaves the previous complete checkpoint, and loses at most the steps since it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -117,11 +119,20 @@ def _fully_shard(net: nn.Module, mesh) -> None:
     weights are gathered only while it runs."""
     from torch.distributed.fsdp import fully_shard
 
-    blocks = [m for lst in net.modules() if isinstance(lst, nn.ModuleList) for m in lst]
-    for m in blocks:
-        if any(p.requires_grad for p in m.parameters()):
-            fully_shard(m, mesh=mesh)
-    fully_shard(net, mesh=mesh)
+    containers = (nn.ModuleList, nn.ModuleDict)
+    blocks = [
+        (name, m)
+        for lname, lst in net.named_modules()
+        if isinstance(lst, nn.ModuleList)
+        for name, m in ((f"{lname}.{i}", c) for i, c in enumerate(lst))
+        if not isinstance(m, containers) and any(p.requires_grad for p in m.parameters())
+    ]
+    for _, m in sorted(blocks, key=lambda b: -b[0].count(".")):  # inner blocks first
+        fully_shard(m, mesh=mesh)
+    # the root too reshards after its forward (its default keeps the weights gathered for the backward): a forward
+    # without grad (the fake score inside the DM loss) before one with grad otherwise leaves the root's own
+    # parameters without gradients
+    fully_shard(net, mesh=mesh, reshard_after_forward=True)
 
 
 def check_batch(config: DMDConfig, world: int) -> None:
@@ -238,6 +249,41 @@ def find_checkpoint(folder) -> str | None:
     return None
 
 
+def read_checkpoint(folder) -> tuple[dict, dict]:
+    """(the tensors, flattened as "generator.<name>", "opt_g.state.<name>.exp_avg", ...; the run.json) of the
+    checkpoint in a run's ``folder``, in one process (for inspection and tests)."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    path = find_checkpoint(folder)
+    if path is None:
+        raise RunError(f"folder: no checkpoint in {os.fspath(folder)}")
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            elif isinstance(v, torch.Tensor):
+                out[f"{prefix}{k}"] = v
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        dcp_to_torch_save(path, os.path.join(tmp, "c.pt"))
+        tensors = flat(torch.load(os.path.join(tmp, "c.pt"), map_location="cpu", weights_only=True))
+    with open(os.path.join(path, RUN_FILE)) as f:
+        return tensors, json.load(f)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No "torch.distributed is ... uninitialized, assuming ... a single process" warning (one process)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 class DistributedRun(DMDRun):
     """``DMDRun`` with the checkpoint folder of a multi-process job (``torch.distributed.checkpoint``) in
     ``folder``; rank 0 writes the generator file, the log and the plot. Stopped by an exception, the run keeps
@@ -259,7 +305,8 @@ class DistributedRun(DMDRun):
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         d.barrier()
-        dcp.save(_tensor_state(tr), checkpoint_id=tmp)
+        with _quiet():
+            dcp.save(_tensor_state(tr), checkpoint_id=tmp)
         d.barrier()
         if d.main:
             run = {
@@ -315,7 +362,8 @@ class DistributedRun(DMDRun):
             ):
                 raise RunError(f"resume: the checkpoint {path} differs from this run in {k}; {self.advice}")
         state = _tensor_state(tr)
-        dcp.load(state, checkpoint_id=path)
+        with _quiet():
+            dcp.load(state, checkpoint_id=path)
         _set_tensor_state(tr, state)
         tr.sched_g.load_state_dict(run["sched_g"])
         tr.sched_f.load_state_dict(run["sched_f"])
