@@ -251,8 +251,10 @@ def sample_dpm_2_ancestral(
         x_2 = x + d * (sigma_mid - sigmas[i])
         denoised_2 = model(x_2, sigma_mid * s_in, **extra_args)
         x = x + to_d(x_2, sigma_mid * s_in, denoised_2) * (sigma_down - sigmas[i])
-        noise = noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * renoise
-        x = rescale * x + noise if flow else x + noise
+        if not flow:
+            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * renoise
+        elif eta > 0:  # (ComfyUI's flow form renoises at eta 0 too, by sqrt of a rounding error: NaN or 0)
+            x = rescale * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * renoise
     return x
 
 
