@@ -18,6 +18,7 @@ from ..samplers import kdiff
 from ..samplers.adaptive import AdaptiveConfig, CountingDenoiser, adaptive_sample
 from ..samplers.schedules import t_to_sigma
 from ..testbed.problems import Problem
+from . import adaptive_grid
 from .common import print_table, psnr_db, timed, write_json
 from .greedy import greedy_skip_path
 from .peers import EasyCacheNet
@@ -334,10 +335,14 @@ def add_parser(bench_sub) -> None:
         help="a ComfyUI tree: adds rows measured inside it (EasyCache, LazyCache, the pack's nodes); default $TEMPO_COMFYUI",
     )
     p.add_argument("--quiet", action="store_true")
+    adaptive_grid.add_arguments(p)
 
 
 def main(args) -> int:
     from ..testbed import problems
+
+    if args.grid:
+        return adaptive_grid.grid_main(args)
 
     torch.manual_seed(0)
     if args.threads:

@@ -1,0 +1,343 @@
+"""`comfyui-tempo bench adaptive --grid`: AdaptiveDiffusion across models, samplers, schedulers, steps and CFG.
+
+Every cell samples one batch (classes x seeds, fixed noise) with the full run and with each method, and
+scores decoded PSNR against the full run's images (the paper's fidelity protocol). Methods:
+
+* ``full``: the base sampler, every step.
+* ``adaptive``: the pack's default, ``AdaptiveConfig()`` (target 2x, schedule planner).
+* ``adaptive_pace``: the earlier default (target 2x, skips paced with late bias 0.25).
+* ``adaptive_paper``: the official rule exactly (threshold 0.01, max_skip 4), at its own NFE.
+* ``fewer_steps``: the base sampler on a schedule with as many network evaluations as ``adaptive``.
+* ``uniform_skip``: the network on every other step, the last prediction held (reuse as the paper).
+* ``uniform_skip_linear``: every other step with the default's linear extrapolation.
+* ``greedy_optimal`` / ``adaptive_calibrated`` (cells in ``--calib-cells``): each held-out prompt's own
+  greedy path, and a profile calibrated on other prompts (bench/adaptive_calibration.py).
+
+Models: ``testbed`` and ``testbed_hr`` (eps-prediction latent UNets on digits) are the models the default
+was chosen on; ``flow`` (a rectified-flow DiT on other data, testbed/trained_flow.py) was held out from
+every choice, and so were the samplers uni_pc, lms, dpmpp_2m_sde and the schedulers simple, sgm_uniform,
+exponential and beta (the planner was designed on euler, dpmpp_2m, heun, euler_ancestral x karras, normal).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import platform
+import time
+
+import torch
+
+from ..samplers import kdiff, schedules, support
+from ..samplers.adaptive import AdaptiveConfig, CountingDenoiser, adaptive_sample
+from .common import print_table, psnr_db, write_json
+
+SAMPLERS = ["euler", "dpmpp_2m", "heun", "uni_pc", "dpmpp_2m_sde", "euler_ancestral", "lms"]
+SCHEDULERS = ["normal", "karras", "simple", "sgm_uniform", "exponential", "beta"]
+MODELS = ["testbed", "testbed_hr", "flow"]
+HELD_OUT = {"flow"}
+METHODS = [
+    "full",
+    "adaptive",
+    "adaptive_pace",
+    "adaptive_paper",
+    "fewer_steps",
+    "uniform_skip",
+    "uniform_skip_linear",
+    "greedy_optimal",
+    "adaptive_calibrated",
+]
+NOISE_SEED = 7
+
+
+def build_problem(model: str, scheduler: str, cfg: float, classes: int, seeds: int):
+    """The Problem of one grid model (testbed/problems.py)."""
+    from ..testbed import problems
+
+    if model == "testbed":
+        return problems.trained_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
+    if model == "testbed_hr":
+        return problems.hr_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
+    if model == "flow":
+        return problems.flow_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
+    raise ValueError(f"--grid-models: expected names from {MODELS}, got {model!r}")
+
+
+def _is_flow(problem) -> bool:
+    return schedules.is_flow(getattr(problem, "sampling", None))
+
+
+def _sampling(problem):
+    s = getattr(problem, "sampling", None)
+    return s if s is not None else problem.sigma_table
+
+
+class Cell:
+    """One (model, sampler, scheduler, steps, cfg): runs the methods on the same noise."""
+
+    def __init__(self, problem, model: str, sampler: str, scheduler: str, steps: int, cfg: float):
+        self.p, self.model, self.sampler, self.scheduler, self.steps, self.cfg = (
+            problem,
+            model,
+            sampler,
+            scheduler,
+            steps,
+            cfg,
+        )
+        self.fn = kdiff.SAMPLERS[sampler]
+        self.entry = support.lookup(sampler)
+        self.stochastic = "noise_sampler" in inspect.signature(self.fn).parameters
+        self.flow = _is_flow(problem)
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        return schedules.ksampler_sigmas(self.scheduler, steps, _sampling(self.p), self.sampler)
+
+    def run(self, config: AdaptiveConfig | None, steps: int | None = None):
+        """(latents, nfe per image, wall seconds, report or None)."""
+        sig = self.sigmas(steps or self.steps)
+        x = self.p.noise * sig[0]  # ComfyUI's noise scaling for eps and flow (CONST) models alike
+        kw = {}
+        if self.stochastic:
+            kw["noise_sampler"] = kdiff.default_noise_sampler(x, seed=NOISE_SEED)
+        extra = {"cond": self.p.cond}
+        t0 = time.perf_counter()
+        if config is None:
+            counting = CountingDenoiser(self.p.denoiser)
+            out = self.fn(counting, x, sig, extra_args=extra, **kw)
+            return out, float(counting.nfe), time.perf_counter() - t0, None
+        out, rep = adaptive_sample(
+            self.fn,
+            self.p.denoiser,
+            x,
+            sig,
+            config,
+            extra_args=extra,
+            endpoint_corrector=self.entry.endpoint_corrector,
+            vp_estimator_ok=not self.flow,
+            **kw,
+        )
+        return out, float(rep.nfe), time.perf_counter() - t0, rep
+
+
+def run_cell(cell: Cell, log=print, calib: dict | None = None) -> list[dict]:
+    base = {
+        "model": cell.model,
+        "held_out": cell.model in HELD_OUT,
+        "sampler": cell.sampler,
+        "scheduler": cell.scheduler,
+        "steps": cell.steps,
+        "cfg": cell.cfg,
+    }
+    rows = []
+    full, full_nfe, full_wall, _ = cell.run(None)
+    ref = cell.p.decode(full)
+
+    def add(method, out, nfe, wall, setting="", rep=None, **more):
+        if method == "full":
+            psnr = torch.full((ref.shape[0],), float("inf"))
+        else:
+            psnr = psnr_db(cell.p.decode(out), ref)
+        row = {
+            **base,
+            "method": method,
+            "nfe": nfe,
+            "psnr_db": float(psnr.mean()),
+            "psnr_min_db": float(psnr.min()),
+            "nfe_ratio": full_nfe / nfe if nfe else float("nan"),
+            "wall_s": wall,
+            "setting": setting,
+            "path": rep.path_string() if rep is not None and rep.batch else "",
+            **more,
+        }
+        rows.append(row)
+        return row
+
+    add("full", full, full_nfe, full_wall, f"{cell.steps} steps")
+    out, nfe, wall, rep = cell.run(AdaptiveConfig())
+    main = add("adaptive", out, nfe, wall, "AdaptiveConfig() (target 2x, planner schedule)", rep)
+    out, nfe, wall, rep = cell.run(AdaptiveConfig(planner="pace", force_last=1))
+    add("adaptive_pace", out, nfe, wall, "target 2x, planner pace, late_bias 0.25, force_last 1 (old default)", rep)
+    out, nfe, wall, rep = cell.run(AdaptiveConfig.paper(0.01, 4))
+    add("adaptive_paper", out, nfe, wall, "official rule, threshold 0.01, max_skip 4", rep)
+
+    per_step = full_nfe / cell.steps
+    n_fewer = max(1, int(round(main["nfe"] / per_step)))
+    out, nfe, wall, _ = cell.run(None, n_fewer)
+    add("fewer_steps", out, nfe, wall, f"{n_fewer} steps")
+
+    n_run = len(cell.sigmas(cell.steps)) - 1
+    every_other = torch.zeros(n_run, dtype=torch.bool)
+    every_other[::2] = True
+    for name, extrap in (("uniform_skip", "hold"), ("uniform_skip_linear", "linear")):
+        out, nfe, wall, rep = cell.run(AdaptiveConfig(mode="path", path=every_other, extrapolation=extrap))
+        add(name, out, nfe, wall, f"network on every other step, reuse {extrap}", rep)
+
+    if calib is not None:
+        rows.extend(_calibrated_rows(cell, base, calib, log))
+    m = {r["method"]: r for r in rows}
+    log(
+        f"  {cell.model:10s} {cell.sampler:15s} {cell.scheduler:11s} {cell.steps:3d} cfg {cell.cfg:g}: "
+        f"adaptive nfe {m['adaptive']['nfe']:.1f} {m['adaptive']['psnr_db']:.2f} dB | fewer "
+        f"{m['fewer_steps']['psnr_db']:.2f} | uniform {m['uniform_skip']['psnr_db']:.2f} / "
+        f"{m['uniform_skip_linear']['psnr_db']:.2f} | paper {m['adaptive_paper']['psnr_db']:.2f} "
+        f"(nfe {m['adaptive_paper']['nfe']:.1f}) | pace {m['adaptive_pace']['psnr_db']:.2f}"
+    )
+    return rows
+
+
+def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
+    """greedy_optimal and adaptive_calibrated on held-out prompts (the problem's rows split in two)."""
+    from .adaptive_calibration import calibration_rows
+
+    n = cell.p.noise.shape[0]
+    k = calib.get("prompts", 3)
+    calib_idx, heldout_idx = list(range(k)), list(range(k, n))
+    full_nfe = len(cell.sigmas(cell.steps)) - 1
+    skips = full_nfe - int(round(full_nfe / 2.0))
+    rows = calibration_rows(cell.p, cell.sampler, cell.steps, skips, calib_idx, heldout_idx, log=None)
+    out = []
+    for r in rows:
+        if r["method"] not in ("adaptive_calibrated", "greedy_optimal"):
+            continue
+        out.append({**base, **{k2: v for k2, v in r.items() if k2 not in base}, "held_out_prompts": len(heldout_idx)})
+    for r in out:
+        log(f"    {r['method']:22s} nfe {r['nfe']:.1f} {r['psnr_db']:.2f} dB (held-out prompts {len(heldout_idx)})")
+    return out
+
+
+def cells(args) -> list[tuple]:
+    """(model, sampler, scheduler, steps, cfg, calibrate?) of the grid: every model x sampler x scheduler at the
+    default steps and CFG, then steps and CFG sweeps on euler / dpmpp_2m x normal / karras."""
+    models = args.grid_models.split(",")
+    samplers = args.grid_samplers.split(",")
+    scheds = args.grid_schedulers.split(",")
+    out = []
+    for m in models:
+        for sa in samplers:
+            for sc in scheds:
+                out.append((m, sa, sc, args.grid_steps, args.cfg))
+        for sa in [s for s in ("euler", "dpmpp_2m") if s in samplers]:
+            for sc in [s for s in ("normal", "karras") if s in scheds]:
+                for st in [int(v) for v in args.grid_step_sweep.split(",") if v]:
+                    if st != args.grid_steps:
+                        out.append((m, sa, sc, st, args.cfg))
+                for c in [float(v) for v in args.grid_cfg_sweep.split(",") if v]:
+                    if c != args.cfg:
+                        out.append((m, sa, sc, args.grid_steps, c))
+    return out
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One line per cell: the default against the baselines (dB differences) and the issue's three checks."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["model"], r["sampler"], r["scheduler"], r["steps"], r["cfg"]), {})[r["method"]] = r
+    out = []
+    for (model, sampler, sched, steps, cfg), m in by.items():
+        a = m["adaptive"]
+        line = {
+            "model": model + (" (held out)" if model in HELD_OUT else ""),
+            "sampler": sampler,
+            "scheduler": sched,
+            "steps": steps,
+            "cfg": cfg,
+            "nfe": f"{m['full']['nfe']:.0f}->{a['nfe']:.1f}",
+            "cut": a["nfe_ratio"],
+            "adaptive_db": a["psnr_db"],
+            "vs_fewer": a["psnr_db"] - m["fewer_steps"]["psnr_db"],
+            "vs_uniform": a["psnr_db"] - m["uniform_skip"]["psnr_db"],
+            "vs_uniform_lin": a["psnr_db"] - m["uniform_skip_linear"]["psnr_db"],
+            "vs_pace": a["psnr_db"] - m["adaptive_pace"]["psnr_db"],
+            "paper_db": m["adaptive_paper"]["psnr_db"],
+            "paper_cut": m["adaptive_paper"]["nfe_ratio"],
+        }
+        if "greedy_optimal" in m and "adaptive_calibrated" in m:
+            line["calib_vs_greedy"] = m["adaptive_calibrated"]["psnr_db"] - m["greedy_optimal"]["psnr_db"]
+        line["ok"] = "yes" if a["nfe_ratio"] >= 1.95 and line["vs_fewer"] > 0 and line["vs_uniform"] > 0 else "NO"
+        out.append(line)
+    return out
+
+
+SUMMARY_COLUMNS = [
+    "model",
+    "sampler",
+    "scheduler",
+    "steps",
+    "cfg",
+    "nfe",
+    "cut",
+    "adaptive_db",
+    "vs_fewer",
+    "vs_uniform",
+    "vs_uniform_lin",
+    "vs_pace",
+    "paper_db",
+    "paper_cut",
+    "ok",
+]
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--grid", action="store_true", help="the generalisation grid (models x samplers x schedulers ...)")
+    p.add_argument("--grid-models", default=",".join(MODELS))
+    p.add_argument("--grid-samplers", default=",".join(SAMPLERS))
+    p.add_argument("--grid-schedulers", default=",".join(SCHEDULERS))
+    p.add_argument("--grid-steps", type=int, default=30, help="steps of the main grid (default 30)")
+    p.add_argument("--grid-step-sweep", default="20,50", help="other step counts (euler/dpmpp_2m x normal/karras)")
+    p.add_argument("--grid-cfg-sweep", default="1,3,8", help="other CFG scales (euler/dpmpp_2m x normal/karras)")
+    p.add_argument(
+        "--calib-cells",
+        default="euler:normal,euler:karras,dpmpp_2m:normal,dpmpp_2m:karras",
+        help="sampler:scheduler cells (default steps and CFG) that also get greedy_optimal and adaptive_calibrated",
+    )
+    p.add_argument("--calib-prompts", type=int, default=3, help="prompts (classes) the profile is calibrated on")
+
+
+def grid_main(args) -> int:
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = (lambda *a: None) if args.quiet else print
+    classes = args.classes or (4 if args.quick else 8)
+    seeds = args.seeds or 1
+    calib_cells = {tuple(c.split(":")) for c in args.calib_cells.split(",") if c}
+    t0 = time.perf_counter()
+    rows, problems_cache = [], {}
+    todo = cells(args)
+    log(f"[grid] {len(todo)} cells, batch {classes} classes x {seeds} seeds")
+    for model, sampler, sched, steps, cfg in todo:
+        key = (model, sched, cfg)
+        if key not in problems_cache:
+            problems_cache[key] = build_problem(model, sched, cfg, classes, seeds)
+        cell = Cell(problems_cache[key], model, sampler, sched, steps, cfg)
+        calib = None
+        if (sampler, sched) in calib_cells and steps == args.grid_steps and cfg == args.cfg:
+            calib = {"prompts": args.calib_prompts}
+        rows.extend(run_cell(cell, log=log, calib=calib))
+    summary = summarize(rows)
+    result = {
+        "rows": rows,
+        "summary": summary,
+        "meta": {
+            "batch": f"{classes} classes x {seeds} seeds",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "seconds": time.perf_counter() - t0,
+            "held_out": sorted(HELD_OUT),
+            "command": "comfyui-tempo bench adaptive " + " ".join(getattr(args, "argv", [])),
+        },
+    }
+    print()
+    result["table"] = print_table(summary, SUMMARY_COLUMNS)
+    ok = [s for s in summary if s["steps"] == args.grid_steps and s["cfg"] == args.cfg]
+    passed = sum(1 for s in ok if s["ok"] == "yes")
+    print(
+        f"\n{passed} of {len(ok)} (model, sampler, scheduler) cells at the defaults meet cut >= 1.95x, above fewer "
+        f"steps and above uniform skipping; worst vs fewer {min(s['vs_fewer'] for s in ok):+.2f} dB, worst vs "
+        f"uniform {min(s['vs_uniform'] for s in ok):+.2f} dB"
+    )
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0 if math.isfinite(result["meta"]["seconds"]) else 1
