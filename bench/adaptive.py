@@ -336,6 +336,7 @@ def add_parser(bench_sub) -> None:
     )
     p.add_argument("--quiet", action="store_true")
     adaptive_grid.add_arguments(p)
+    p.add_argument("--overhead", action="store_true", help="the controller's cost per step (SD1.5 / SDXL latents)")
 
 
 def main(args) -> int:
@@ -343,6 +344,10 @@ def main(args) -> int:
 
     if args.grid:
         return adaptive_grid.grid_main(args)
+    if args.overhead:
+        from .adaptive_overhead import overhead_main
+
+        return overhead_main(args)
 
     torch.manual_seed(0)
     if args.threads:

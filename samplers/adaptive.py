@@ -117,7 +117,12 @@ class AdaptiveSampling:
         self._is_start = False
         self._whole_batch_steps = 0  # steps where the subset runner had to run the whole batch
         self._whole_batch_note = None
+        t0 = time.perf_counter()
         self._eligible_from, self._eligible_to, self._rate = self._plan()
+        # the paper's latent estimator decides in modes paper and threshold and places skips in mode target
+        # with planner pace; a planned or given path needs none of it
+        self._needs_estimator = self.planned is None and config.mode != "path"
+        self.report.controller_seconds += time.perf_counter() - t0  # planning counts as the controller's
 
     # ----------------------------------------------------------------- planning
     def _plan(self):
@@ -244,7 +249,7 @@ class AdaptiveSampling:
         score_val = None
         if not self.disabled:
             # L_{k-1} = x (k >= 1); d_{k-1} = mean |e(L_{k-1}) - e(L_{k-2})|
-            if k >= 1:
+            if k >= 1 and self._needs_estimator:
                 x_clean = self._clean_increment(x, self._last_x) if self._last_x is not None else x
                 e = self._estimator_latent(x_clean, sigma)
                 if self._prev_e is not None:
