@@ -131,7 +131,7 @@ def run(problem: Problem, samplers=("euler", "dpmpp_2m"), steps: int = 50, greed
         row("full", full, full_wall, full_nfe, f"{steps} steps")
         default = AdaptiveConfig()
         out, rep, wall, nfe = _sample(problem, sampler, steps, default)
-        main = row("adaptive", out, wall, nfe, "target_speedup 2.0 (pack default)", rep)
+        main = row("adaptive", out, wall, nfe, "target_speedup 2.0, planner schedule (pack default)", rep)
         target = main["nfe"]
 
         variants = [
@@ -139,19 +139,19 @@ def run(problem: Problem, samplers=("euler", "dpmpp_2m"), steps: int = 50, greed
             ("adaptive_threshold", AdaptiveConfig(mode="threshold", threshold=0.01), "threshold 0.01 + improvements"),
             ("adaptive_hold", AdaptiveConfig(extrapolation="hold"), "default but hold (reuse as the paper)"),
             ("adaptive_quadratic", AdaptiveConfig(extrapolation="quadratic"), "default but quadratic extrapolation"),
-            ("adaptive_even", AdaptiveConfig(tilt=0.0), "default but late_bias 0 (skips spread evenly)"),
-            ("adaptive_late", AdaptiveConfig(tilt=0.75), "default but late_bias 0.75"),
+            ("adaptive_log_linear", AdaptiveConfig(extrapolation="log_linear"), "default but linear in log sigma"),
             (
-                "adaptive_placed_latent",
-                AdaptiveConfig(placement=0.5),
-                "default + placement 0.5 by the paper's estimator",
+                "adaptive_pace",
+                AdaptiveConfig(planner="pace", force_last=1),
+                "planner pace, late_bias 0.25, force_last 1 (the earlier default)",
             ),
+            ("adaptive_pace_even", AdaptiveConfig(planner="pace", tilt=0.0, force_last=1), "planner pace, late_bias 0"),
             (
-                "adaptive_placed_reuse",
-                AdaptiveConfig(placement=0.5, estimator="reuse_error"),
-                "default + placement 0.5 by the reuse-error estimator",
+                "adaptive_pace_placed_reuse",
+                AdaptiveConfig(planner="pace", placement=0.5, estimator="reuse_error", force_last=1),
+                "planner pace + placement 0.5 by the reuse-error estimator",
             ),
-            ("adaptive_no_force_last", AdaptiveConfig(force_last=0), "default but last step not forced"),
+            ("adaptive_force_last", AdaptiveConfig(force_last=1), "default but the last step always runs"),
         ]
         for name, cfg, setting in variants:
             out, rep, wall, nfe = _sample(problem, sampler, steps, cfg)
