@@ -18,6 +18,7 @@ A model's sampling is described by a small object, as ComfyUI's ``model_sampling
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -216,15 +217,19 @@ def beta_schedule(sampling, n: int, alpha: float = 0.6, beta: float = 0.6) -> to
     round(ppf_Beta(alpha, beta)(1 - i / n) * (len - 1)), i = 0..n-1, repeats dropped, then 0. The ppf is this
     module's own (bisection on the regularized incomplete beta), so no scipy."""
     s = as_sampling(sampling)
-    total = len(s.sigmas) - 1
-    p = 1 - np.linspace(0, 1, n, endpoint=False)
-    ts = np.rint(beta_ppf(p, alpha, beta) * total)
+    ts = _beta_timesteps(n, float(alpha), float(beta), len(s.sigmas) - 1)
     sig, last = [], -1
     for t in ts:
         if t != last:
             sig.append(s.sigmas[int(t)])
         last = t
     return _append_zero(torch.stack(sig).float())
+
+
+@functools.lru_cache(maxsize=256)
+def _beta_timesteps(n: int, alpha: float, beta: float, total: int) -> tuple[float, ...]:
+    p = 1 - np.linspace(0, 1, n, endpoint=False)
+    return tuple(np.rint(beta_ppf(p, alpha, beta) * total).tolist())
 
 
 def betainc(a: float, b: float, x) -> np.ndarray:
