@@ -37,8 +37,7 @@ def build(settings: dict | None = None, device: str | torch.device = "cpu"):
     trainer = distill.make_trainer(tb, s)
     ct = int(s["conditioning_timestep"])
     save = dict(
-        prefix="net.",
-        dtype=torch.float16,
+        dtype=torch.float16,  # the denoiser's state dict is "net.<UNet key>": the shipped file's layout
         info={"format": "full", "base": "testbed", "conditioning_timestep": ct, "timesteps": [ct]},
     )
     return trainer, save

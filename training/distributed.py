@@ -376,17 +376,18 @@ class DistributedRun(DMDRun):
         return True
 
     def save_generator(
-        self, path, net=None, prefix: str = "", dtype=None, info=None, title=None, use_ema=None
+        self, path, net=None, prefix: str = "", dtype=None, info=None, title=None, use_ema=None, submodule=None
     ) -> tuple[dict, dict]:
-        """The generator file (rank 0 writes; every rank must call: FSDP gathers the shards)."""
+        """The generator file (rank 0 writes; every rank must call: FSDP gathers the shards). ``submodule``: the
+        file holds this submodule of the generator's denoiser (e.g. "net", the diffusion model inside
+        ``ComfyDenoiser``), its keys without that name."""
         tr, d = self.trainer, self.dist
-        net = net if net is not None else tr.generator.net
-        inner = unwrap(net)
+        net = unwrap(net if net is not None else tr.generator.net)
         with tr.ema_weights(use_ema):
-            if d.initialized and not isinstance(net, nn.parallel.DistributedDataParallel) and _is_sharded(inner):
-                sd = _gathered_state(inner, prefix, dtype)
+            if _is_sharded(net):
+                sd = _gathered_state(net, submodule, prefix, dtype)
             else:
-                sd = generator_state_dict(inner, prefix, dtype)
+                sd = generator_state_dict(net.get_submodule(submodule) if submodule else net, prefix, dtype)
         full = {**generator_info(tr), **(info or {})}
         full["ema"] = tr.ema is not None and use_ema is not False
         if d.main:
@@ -401,14 +402,18 @@ def _is_sharded(net: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in net.parameters())
 
 
-def _gathered_state(net: nn.Module, prefix: str, dtype) -> dict:
+def _gathered_state(net: nn.Module, submodule: str | None, prefix: str, dtype) -> dict:
     """The full state dict of an FSDP-sharded network, on rank 0 (every rank takes part in the gathering)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     if lora.lora_layers(net):
         raise DMDConfigError("strategy: LoRA runs use ddp")
     sd = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    head = submodule + "." if submodule else ""
     return {
-        prefix + k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous()
+        prefix + k[len(head) :]: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
+        .contiguous()
+        .cpu()
         for k, v in sd.items()
+        if k.startswith(head)
     }
