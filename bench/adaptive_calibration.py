@@ -16,7 +16,7 @@ import torch
 
 from ..samplers import kdiff
 from ..samplers.adaptive import AdaptiveConfig, adaptive_sample
-from ..samplers.calibrate import greedy_skip_paths, skips_for_speedup, vote_path
+from ..samplers.calibrate import calibrate_path, greedy_skip_paths, skips_for_speedup, vote_path
 from ..samplers.skip_profile import SkipProfile, save_profile
 from ..testbed.problems import Problem
 from .common import print_table, psnr_db, write_json
@@ -79,13 +79,15 @@ def calibrate(
     extrapolation: str = "linear",
     reduce: str = "log",
     max_batch: int = 64,
+    refine: bool = True,
 ) -> SkipProfile:
-    """The joint greedy profile over the problem's rows calib_idx (decoded-image error), with its cost."""
+    """The joint greedy profile over the problem's rows calib_idx (decoded-image error; refine: then the local
+    search), with its cost."""
     t0 = time.perf_counter()
     r = _Runner(problem, sampler, steps, extrapolation)
     idx = torch.as_tensor(calib_idx)
     ref = problem.decode(r.run(idx, None))
-    g = greedy_skip_paths(r.errors_of(idx, ref), len(idx), steps, skips, joint=True, reduce=reduce, max_batch=max_batch)
+    g = calibrate_path(r.errors_of(idx, ref), len(idx), steps, skips, refine=refine, reduce=reduce, max_batch=max_batch)
     return SkipProfile(
         path=g.path.tolist(),
         sigmas=[float(s) for s in r.sig],
@@ -97,6 +99,8 @@ def calibrate(
         prompts=len(idx),
         metric="image_mse",
         reduce=reduce,
+        search="greedy+local" if refine and skips else "greedy",
+        greedy_path=g.greedy_path.tolist() if g.greedy_path is not None else [],
         calib_nfe=r.nfe,
         calib_wall_s=time.perf_counter() - t0,
         errors=g.errors,
@@ -122,8 +126,9 @@ def calibration_rows(
 ) -> list[dict]:
     """Rows `adaptive_calibrated` (the joint greedy profile of calib_idx) and `greedy_optimal` (each held-out
     prompt's own greedy path at the same skips), as mean decoded PSNR vs the full run over heldout_idx.
-    baselines: also `adaptive_calibrated_vote` (the steps the calibration prompts' own greedy paths skip most
-    often), `adaptive` (the default controller at the same NFE) and `fewer_steps`. profile: one calibrate()
+    baselines: also `adaptive_calibrated_greedy` (the joint greedy path before the local search),
+    `adaptive_calibrated_vote` (the steps the calibration prompts' own greedy paths skip most often),
+    `adaptive` (the default controller at the same NFE) and `fewer_steps`. profile: one calibrate()
     made already for these settings (else it is made here)."""
     heldout = torch.as_tensor(heldout_idx)
     prof = profile or calibrate(problem, sampler, steps, skips, calib_idx, extrapolation)
@@ -174,6 +179,16 @@ def calibration_rows(
         calib_nfe=search_nfe,
         calib_wall_s=time.perf_counter() - t0,
     )
+    if baselines and prof.greedy_path:
+        gp = torch.tensor(prof.greedy_path)
+        nfe0 = r.nfe
+        out = r.run(heldout, gp.repeat(len(heldout), 1))
+        add(
+            "adaptive_calibrated_greedy",
+            (r.nfe - nfe0) / len(heldout),
+            _psnr(problem, out, ref),
+            "".join("C" if c else "s" for c in prof.greedy_path),
+        )
     if baselines:
         t0 = time.perf_counter()
         rc = _Runner(problem, sampler, steps, extrapolation)
@@ -238,6 +253,7 @@ def add_parser(sub) -> None:
         "--heldout", default="", help="held-out classes: also measure the profile on them (e.g. 3,4,5,6,7,8,9)"
     )
     p.add_argument("--json", help="with --heldout: write the rows here")
+    p.add_argument("--no-refine", action="store_true", help="the greedy path alone (no local search after it)")
     p.add_argument("--threads", type=int, default=0)
 
 
@@ -250,7 +266,7 @@ def main(args) -> int:
     held = _indices(args.heldout, "--heldout")
     problem = problems.trained_problem(classes=10, seeds=1, cfg=args.cfg, scheduler=args.scheduler)
     skips = skips_for_speedup(args.steps, args.target_speedup)
-    prof = calibrate(problem, args.sampler, args.steps, skips, calib, args.extrapolation)
+    prof = calibrate(problem, args.sampler, args.steps, skips, calib, args.extrapolation, refine=not args.no_refine)
     save_profile(prof, args.out)
     print(prof.summary())
     print(f"wrote {args.out}")

@@ -21,7 +21,7 @@ from comfy_api.latest import io, ui
 
 from ..samplers import support
 from ..samplers.adaptive import AdaptiveConfig
-from ..samplers.calibrate import CalibrationError, greedy_skip_paths, skips_for_speedup
+from ..samplers.calibrate import CalibrationError, calibrate_path, skips_for_speedup
 from ..samplers.skip_profile import SUFFIX, ProfileError, SkipProfile, load_profile, save_profile
 from . import compat, files, inputs
 from .adaptive import CATEGORY, PROFILE, _check_sampler_name, _check_scheduler, wrap_sampler
@@ -161,15 +161,23 @@ def calibrate_in_comfy(
     n_p, n_s = len(prompts), noise.shape[0]
     eligible = steps - 1
     calls = n_p + n_p * sum(math.ceil((eligible - r) / cal.per_call) for r in range(skips))
+    total = [calls]  # the greedy's calls are known; each pass of the local search adds its own
     pbar = comfy.utils.ProgressBar(calls, node_id=node_id)
-    cal.on_call = lambda: pbar.update_absolute(cal.calls, calls)
+
+    def on_call():
+        total[0] = max(total[0], cal.calls)
+        pbar.update_absolute(cal.calls, total[0])
+
+    cal.on_call = on_call
     full = torch.ones(n_s, steps, dtype=torch.bool)
     refs = [cal.run(p, full) for p in prompts]
 
     def errors_of(trial):  # [C, P * seeds, N], joint: every column of a candidate holds the same path
+        if cal.calls >= calls:  # a pass of the local search: its calls
+            total[0] = cal.calls + n_p * math.ceil(trial.shape[0] / cal.per_call)
         return torch.cat([cal.errors(p, refs[i], trial[:, i * n_s]) for i, p in enumerate(prompts)], 1)
 
-    g = greedy_skip_paths(errors_of, n_p * n_s, steps, skips, joint=True, reduce="log", max_batch=1 << 30)
+    g = calibrate_path(errors_of, n_p * n_s, steps, skips, reduce="log", max_batch=1 << 30)
     return SkipProfile(
         path=g.path.tolist(),
         sigmas=[float(s) for s in sigmas.cpu()],
@@ -181,6 +189,8 @@ def calibrate_in_comfy(
         prompts=n_p * n_s,
         metric="image_mse" if vae is not None else "latent_mse",
         reduce="log",
+        search="greedy+local" if skips else "greedy",
+        greedy_path=g.greedy_path.tolist() if g.greedy_path is not None else [],
         calib_nfe=cal.nfe,
         calib_wall_s=time.perf_counter() - t0,
         errors=g.errors,

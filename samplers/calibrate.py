@@ -39,6 +39,7 @@ class GreedyResult:
     path: torch.Tensor  # bool [N] (joint) or [P, N] (per prompt), True = the network runs
     errors: list[float] = field(default_factory=list)  # reduced final error after each added skip
     prompt_errors: list[float] = field(default_factory=list)  # each prompt's final error at the end
+    greedy_path: torch.Tensor | None = None  # calibrate_path: the greedy's path before the local search
     runs: int = 0  # batched sampling rounds made (calls of errors_of)
     rows: int = 0  # sampled rows (candidate x prompt) over the whole search
 
@@ -132,6 +133,92 @@ def greedy_skip_paths(
             result.prompt_errors = chosen.tolist()
     result.path = paths[0].clone() if joint else paths
     return result
+
+
+def refine_skip_path(
+    errors_of: Callable[[torch.Tensor], torch.Tensor],
+    n_prompts: int,
+    path: torch.Tensor,
+    *,
+    reduce: str = "log",
+    reach: int = 2,
+    max_passes: int = 4,
+    first_skippable: int = 1,
+    last_skippable: int | None = None,
+    max_batch: int = 64,
+) -> GreedyResult:
+    """Local search after the greedy one: move one skip to a computed step at most `reach` steps away while
+    that lowers the reduced error over the prompts (best move per pass, up to `max_passes`). The number of
+    skips stays; errors_of as for ``greedy_skip_paths`` (joint paths)."""
+    if reduce not in REDUCTIONS:
+        raise CalibrationError(f"reduce: expected one of {REDUCTIONS}, got {reduce!r}")
+    path = torch.as_tensor(path, dtype=torch.bool).clone()
+    n = path.numel()
+    first = max(1, int(first_skippable))
+    last = n if last_skippable is None else min(n, int(last_skippable))
+    per_chunk = max(1, max_batch // n_prompts)
+    result = GreedyResult(path=path)
+
+    def evaluate(cands: list[torch.Tensor]) -> torch.Tensor:
+        errs = []
+        for start in range(0, len(cands), per_chunk):
+            chunk = torch.stack(cands[start : start + per_chunk])  # [C, N]
+            trial = chunk.unsqueeze(1).expand(-1, n_prompts, -1).clone()
+            errs.append(torch.as_tensor(errors_of(trial)).double().reshape(chunk.shape[0], n_prompts))
+            result.runs += 1
+            result.rows += chunk.shape[0] * n_prompts
+        return torch.cat(errs)
+
+    for _ in range(max_passes):
+        cands = [path.clone()]
+        for i in range(first, last):
+            if path[i]:
+                continue
+            for j in range(max(first, i - reach), min(last, i + reach + 1)):
+                if path[j] and j != i:
+                    c = path.clone()
+                    c[i], c[j] = True, False
+                    cands.append(c)
+        errs = evaluate(cands)
+        red = _reduce(errs, reduce)
+        best = int(red.argmin())
+        result.errors.append(float(red[best]))
+        result.prompt_errors = errs[best].tolist()
+        if best == 0 or not float(red[best]) < float(red[0]):
+            break
+        path = cands[best]
+    result.path = path
+    return result
+
+
+def calibrate_path(
+    errors_of: Callable[[torch.Tensor], torch.Tensor],
+    n_prompts: int,
+    n_steps: int,
+    n_skips: int,
+    *,
+    refine: bool = True,
+    reach: int = 2,
+    max_passes: int = 8,
+    reduce: str = "log",
+    max_batch: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> GreedyResult:
+    """A skip profile's path: the joint greedy search, then (refine) the local search from its path.
+    errors: the greedy's error after each skip, then the refined error after each pass."""
+    g = greedy_skip_paths(
+        errors_of, n_prompts, n_steps, n_skips, joint=True, reduce=reduce, max_batch=max_batch, progress=progress
+    )
+    if not refine or n_skips == 0:
+        return g
+    r = refine_skip_path(
+        errors_of, n_prompts, g.path, reduce=reduce, reach=reach, max_passes=max_passes, max_batch=max_batch
+    )
+    r.errors = g.errors + r.errors
+    r.greedy_path = g.path
+    r.runs += g.runs
+    r.rows += g.rows
+    return r
 
 
 def greedy_skip_path(

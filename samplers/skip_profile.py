@@ -41,6 +41,8 @@ class SkipProfile:
     prompts: int = 0  # calibration prompts (x seeds)
     metric: str = ""  # what the error measured: "latent_mse" or "image_mse"
     reduce: str = "log"
+    search: str = ""  # "greedy" or "greedy+local" (the local search after it)
+    greedy_path: list[bool] = field(default_factory=list)  # greedy+local: the greedy's path it started from
     calib_nfe: float = 0.0  # network evaluations the calibration spent (per image)
     calib_wall_s: float = 0.0
     errors: list[float] = field(default_factory=list)  # the reduced error after each added skip

@@ -13,8 +13,10 @@ from comfyui_tempo.samplers import kdiff
 from comfyui_tempo.samplers.adaptive import AdaptiveConfig, adaptive_sample
 from comfyui_tempo.samplers.calibrate import (
     CalibrationError,
+    calibrate_path,
     greedy_skip_path,
     greedy_skip_paths,
+    refine_skip_path,
     skips_for_speedup,
     vote_path,
 )
@@ -42,7 +44,9 @@ def test_joint_profile_has_the_requested_skips_and_keeps_step_0(gmm):
     prof = ac.calibrate(gmm, "euler", STEPS, skips, [0, 2, 4])
     assert prof.steps == STEPS and prof.skips == skips and prof.path[0]
     assert prof.prompts == 3 and prof.calib_nfe > 0 and prof.calib_wall_s > 0
-    assert len(prof.errors) == skips and prof.errors == sorted(prof.errors)  # each skip adds error
+    greedy = prof.errors[:skips]
+    assert greedy == sorted(greedy) and prof.search == "greedy+local"  # each skip adds error
+    assert prof.errors[-1] <= greedy[-1]  # the local search never ends worse than the greedy path
     assert len(prof.prompt_errors) == 3
     # the profile through the controller: exactly its steps run, for every sample
     sig = gmm.sigmas(STEPS)
@@ -98,6 +102,22 @@ def test_joint_path_beats_the_default_controller_on_the_calibration_prompts():
     profile_err, default_err = mean_log_mse(prof.config()), mean_log_mse(AdaptiveConfig())
     assert math.exp(profile_err) == pytest.approx(prof.errors[-1], rel=1e-4)  # the search's own number
     assert profile_err < default_err, (profile_err, default_err)
+
+
+def test_local_search_keeps_the_skips_and_lowers_the_error(gmm):
+    idx = [0, 3, 6]
+    _, errors_of = _errors_of(gmm, idx, sampler="dpmpp_2m")
+    g = greedy_skip_paths(errors_of, 3, STEPS, 8)
+    start = g.path.clone()
+    start[1:8], start[8:] = True, False  # a poor start: all 8 skips at the end
+    r = refine_skip_path(errors_of, 3, start, max_passes=3)
+    assert int((~r.path).sum()) == 8 and r.path[0]
+    assert len(r.errors) >= 2 and r.errors[-1] < r.errors[0]  # it moved skips, and that helped
+    assert r.errors == sorted(r.errors, reverse=True)
+    # the error it reports is the path's own
+    assert r.errors[-1] == pytest.approx(float(errors_of(r.path.expand(1, 3, -1)).log().mean().exp()), rel=1e-6)
+    full = calibrate_path(errors_of, 3, STEPS, 8)
+    assert full.errors[-1] <= g.errors[-1] and int((~full.path).sum()) == 8
 
 
 def test_vote_path_skips_the_most_often_skipped_steps():
@@ -178,7 +198,14 @@ def test_bad_profile_files_are_refused_with_the_input_named(tmp_path, edit, mess
 def test_calibration_rows(gmm):
     rows = ac.calibration_rows(gmm, "euler", STEPS, 8, [0, 1], [2, 3, 5], baselines=True)
     by = {r["method"]: r for r in rows}
-    assert set(by) == {"adaptive_calibrated", "greedy_optimal", "adaptive_calibrated_vote", "adaptive", "fewer_steps"}
+    assert set(by) == {
+        "adaptive_calibrated",
+        "greedy_optimal",
+        "adaptive_calibrated_greedy",
+        "adaptive_calibrated_vote",
+        "adaptive",
+        "fewer_steps",
+    }
     for r in rows:
         for key in ("model", "sampler", "scheduler", "steps", "cfg", "method", "nfe", "psnr_db"):
             assert key in r, key
