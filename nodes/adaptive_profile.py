@@ -207,8 +207,9 @@ class AdaptiveCalibrate(io.ComfyNode):
             category=CATEGORY,
             description="Finds one skip path for this model, sampler, scheduler and step count: the greedy search "
             "of the AdaptiveDiffusion paper (add, one at a time, the skip that raises the error against the full run "
-            "least), run jointly on your prompts and the latent's batch. Saves it as a profile file and outputs it "
-            "for the AdaptiveDiffusion nodes' profile input. Costs many sampling runs (shown in the progress bar).",
+            "least), run jointly on your prompts and the latent's batch, then a local search that moves single skips "
+            "while that lowers the error. Saves it as a profile file and outputs it for the AdaptiveDiffusion nodes' "
+            "profile input. Costs many sampling runs (shown in the progress bar).",
             inputs=[
                 io.Model.Input("model", tooltip="The model the profile is for."),
                 io.Conditioning.Input("positive", tooltip="A calibration prompt."),
