@@ -15,7 +15,7 @@ import time
 import torch
 
 from ..samplers import kdiff
-from ..samplers.adaptive import AdaptiveConfig, adaptive_sample
+from ..samplers.adaptive import EXTRAPOLATIONS, AdaptiveConfig, adaptive_sample
 from ..samplers.calibrate import calibrate_path, greedy_skip_paths, skips_for_speedup, vote_path
 from ..samplers.skip_profile import SkipProfile, save_profile
 from ..testbed.problems import Problem
@@ -247,7 +247,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--target-speedup", type=float, default=2.0)
     p.add_argument("--cfg", type=float, default=5.0)
-    p.add_argument("--extrapolation", default="linear", choices=["linear", "hold", "quadratic", "linear_x0"])
+    p.add_argument("--extrapolation", default="linear", choices=list(EXTRAPOLATIONS))
     p.add_argument("--calib", default="0,1,2", help="calibration classes (the 'prompts')")
     p.add_argument(
         "--heldout", default="", help="held-out classes: also measure the profile on them (e.g. 3,4,5,6,7,8,9)"

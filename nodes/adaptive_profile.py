@@ -20,7 +20,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..samplers import support
-from ..samplers.adaptive import AdaptiveConfig
+from ..samplers.adaptive import EXTRAPOLATIONS, AdaptiveConfig
 from ..samplers.calibrate import CalibrationError, calibrate_path, skips_for_speedup
 from ..samplers.skip_profile import SUFFIX, ProfileError, SkipProfile, load_profile, save_profile
 from . import compat, files, inputs
@@ -28,7 +28,7 @@ from .adaptive import CATEGORY, PROFILE, _check_sampler_name, _check_scheduler, 
 from .dmd_files import folder_paths_of, invalidate
 
 FOLDER = "tempo_profiles"  # models/tempo_profiles and output/tempo_profiles
-EXTRAPOLATION_OPTIONS = ["linear", "hold", "quadratic", "linear_x0"]
+EXTRAPOLATION_OPTIONS = list(EXTRAPOLATIONS)
 
 
 def _register_folder() -> None:
