@@ -18,6 +18,7 @@ NODE_MODULES: dict[str, list[str]] = {
     "bridge_nodes": ["TempoLatentBridge", "TempoNoisyLatentBridge"],
     "coop": ["TempoCoopSampler", "TempoCoopGuider"],
     "time_decoupled": ["TempoTimeDecoupledSampler"],
+    "td_train": ["TempoTimeDecoupledTrainer"],
 }
 
 NODE_IDS: list[str] = [node_id for ids in NODE_MODULES.values() for node_id in ids]
@@ -47,6 +48,14 @@ SEARCH_ALIASES: dict[str, list[str]] = {
     "TempoCoopSampler": ["coop diffusion", "pangu", "model fusion", "mix models", "two models"],
     "TempoCoopGuider": ["coop diffusion", "pangu", "model fusion", "guider"],
     "TempoTimeDecoupledSampler": ["pangu", "structure texture", "refiner", "hires fix", "two stage", "time decoupled"],
+    "TempoTimeDecoupledTrainer": [
+        "pangu",
+        "train lora",
+        "structure texture",
+        "timestep expert",
+        "time decoupled",
+        "fine-tune",
+    ],
 }
 
 

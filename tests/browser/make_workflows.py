@@ -229,4 +229,7 @@ dmd_names = dmd_workflows.write(WF, OUT)
 import coop_workflows  # noqa: E402
 
 coop_names = coop_workflows.write(WF, OUT)
-print(f"wrote {3 + len(dmd_names) + len(coop_names)} workflows to {OUT}")
+import td_workflows  # noqa: E402
+
+td_names = td_workflows.write(WF, OUT)
+print(f"wrote {3 + len(dmd_names) + len(coop_names) + len(td_names)} workflows to {OUT}")

@@ -10,7 +10,8 @@ these changes:
   generator loaders' generator_name -> a name of this test's own (the other host tests write
   dmd/generator with the testbed); the regression pairs' save_name likewise;
 * run-time sizes for a 2-core CPU (RUN_TIME): pixel sizes / 8 (512 px -> 64 px, 1024 -> 128), the
-  trainer's 2000 steps -> 6 (checkpoint every 3), 16 regression pairs per prompt -> 2. Sampling step
+  trainer's 2000 steps -> 6 (checkpoint every 3), 16 regression pairs per prompt -> 2, the Time-Decoupled
+  Trainers' 500 steps -> 4; LoadImage reads an image the test writes into input/. Sampling step
   counts, cfg, samplers, schedulers, seeds and every other widget stay as shipped.
 
 dmd_trainer.json runs with its VAE connected (the checkpoint loader's VAE, built inside the server's
@@ -44,6 +45,7 @@ RUN_TIME = {
     "TempoDMDTrainer": dict(steps=6, checkpoint_interval=3, save_name=GENERATOR),
     "TempoDMDRegressionPairs": dict(pairs_per_conditioning=2, save_name=PAIRS),
     "TempoDMDGeneratorLoader": dict(generator_name=GENERATOR + ".safetensors"),
+    "TempoTimeDecoupledTrainer": dict(steps=4, checkpoint_interval=2, resume=False),
 }
 # workflows that read a file another workflow writes run after it
 ORDER = ["dmd_regression_pairs.json", "dmd_trainer.json"]
@@ -139,6 +141,9 @@ def test_workflow_runs_through_the_loaders(comfy, object_info, tiny_models, name
     for producer in needs(name):  # run on its own (-k): make what it reads first
         if not made_by(comfy)[producer].is_file():
             comfy.run(as_user_prompt(producer, object_info, tiny_models["names"]), timeout=900)
+    from test_host_td_train import write_input_image
+
+    write_input_image(comfy.base)  # LoadImage's example.png (td_trainer.json's training image)
     prompt = as_user_prompt(name, object_info, tiny_models["names"])
     types = {n["class_type"] for n in prompt.values()}
     assert not any("Testbed" in t for t in types), types
