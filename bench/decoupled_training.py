@@ -19,7 +19,10 @@ are about proportional to its pixels): the monolithic model takes N steps at 16x
 of that on each expert, so the structure expert gets 2N steps at 8x8 and the texture expert N/2 steps at 16x16.
 ``time_decoupled_hr`` is the control: the same pair with the structure expert trained at high resolution
 (N/2 steps each), which tells the timestep split from the resolution saving. ``base`` is the model before
-fine-tuning; ``heldout_roundtrip`` the held-out images through the autoencoder (the floor of the scores).
+fine-tuning; ``data`` as many training images of the target domain as there are samples, through the
+autoencoder (what a perfect generator would score at this sample size: the floor). ``sample_cost`` is the
+sampling's network cost relative to the monolithic model's (NFE x latent pixels; the structure expert's steps
+run at 32 px).
 
 Scores, against the held-out 10 % of the target domain (never trained on): ``fd``, the Frechet distance of the
 evaluation classifier's features (``testbed/classifier.py``, ``testbed/dmd_eval.py``), ``class_acc``, the
@@ -44,7 +47,18 @@ from ..training import finetune, lora
 from .common import print_table, write_json
 from .routes import coupled_noise
 
-COLUMNS = ["method", "t_struct", "train_cost", "train_cost_ratio", "fd", "class_acc", "texture", "train_s", "setting"]
+COLUMNS = [
+    "method",
+    "t_struct",
+    "train_cost",
+    "train_cost_ratio",
+    "fd",
+    "class_acc",
+    "texture",
+    "sample_cost",
+    "train_s",
+    "setting",
+]
 STRIPE_PERIOD = 8
 STRIPE_DEPTH = 0.35
 NULL = 10
@@ -120,6 +134,7 @@ class Task:
             self.lat_hr = torch.cat([self.tb.encode(c) for c in hr.split(256)])
             self.lat_lr = torch.cat([self.tb.encode(downscale(c, 32)) for c in hr.split(256)])
         self.labels = labels[train]
+        self.train_images = target[train]
         self.ref_feat, self.ref_pred = self.embed(self.held_images)
         self.ref_texture = high_pass_energy(self.held_images)
         log(
@@ -199,6 +214,7 @@ class Sampling:
         x = kdiff.sample_euler(
             cfg_fn(den, self.cfg), self.noise_hr * self.sigmas[0], self.sigmas, extra_args={"cond": self.cond}
         )
+        self.cost = 1.0
         return self.task.tb.decode(x)
 
     @torch.no_grad()
@@ -229,6 +245,8 @@ class Sampling:
                 self.task.sched,
                 **common,
             )
+        n = len(self.sigmas) - 1
+        self.cost = (r.nfe_structure * (0.25 if structure_lr else 1.0) + r.nfe_texture) / n
         return self.task.tb.decode(r.x)
 
 
@@ -251,13 +269,14 @@ def run(args) -> dict:
     budget = finetune.train_cost(n, b, hr_shape)
     rows = []
 
-    def add(method, t_struct, cost, images, train_s, setting):
+    def add(method, t_struct, cost, images, train_s, setting, cond=None, sample=True):
         row = {
             "method": method,
             "t_struct": t_struct,
             "train_cost": cost,
             "train_cost_ratio": cost / budget,
-            **task.score(images, smp.cond),
+            **task.score(images, smp.cond if cond is None else cond),
+            "sample_cost": smp.cost if sample else None,
             "train_s": round(train_s, 1),
             "setting": setting,
         }
@@ -269,8 +288,11 @@ def run(args) -> dict:
 
     from ..testbed.distill import TestbedDenoiser
 
+    # the floor: per_class training images of each class (never the held-out ones) through the autoencoder
+    pick = torch.cat([(task.labels == c).nonzero().flatten()[:per_class] for c in range(10)])
     with torch.no_grad():
-        add("heldout_roundtrip", None, 0, task.tb.decode(task.tb.encode(task.held_images)), 0.0, "floor")
+        floor = task.tb.decode(task.tb.encode(task.train_images[pick]))
+    add("data", None, 0, floor, 0.0, "training images through the autoencoder", task.labels[pick], sample=False)
     base = TestbedDenoiser(task.tb.net)
     add("base", None, 0, smp.single(base), 0.0, "testbed hr, not fine-tuned")
     mono, tr, secs = train_expert(task, task.lat_hr, (0, 999), n, args, args.seed)

@@ -216,4 +216,5 @@ def test_bench_quick(tmp_path):
     assert rows["time_decoupled"]["t_struct"] == 500
     assert 0 < rows["time_decoupled"]["train_cost"] <= mono["train_cost"]
     assert mono["train_cost"] == result["meta"]["budget"] > 0
-    assert rows["heldout_roundtrip"]["fd"] < rows["base"]["fd"]  # the domain shift is real
+    assert rows["data"]["fd"] < rows["base"]["fd"]  # the domain shift is real
+    assert rows["monolithic"]["sample_cost"] == 1.0 > rows["time_decoupled"]["sample_cost"]  # structure at 32 px
