@@ -38,6 +38,13 @@ def add_parser(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="start over even when OUT has a checkpoint")
     p.add_argument("--seed", type=int, default=None, help="the run's seed (testbed; a job keeps its own)")
     p.add_argument("--comfyui", default=os.environ.get("TEMPO_COMFYUI"), help="ComfyUI tree (for --job)")
+    p.add_argument("--teacher", default=None, help="the teacher's checkpoint file (default: the job's reference)")
+    p.add_argument(
+        "--mixed-precision", choices=("no", "bf16"), default=None, help="bf16 autocast on CUDA (default: the job's)"
+    )
+    p.add_argument(
+        "--gradient-checkpointing", action="store_true", default=None, help="activation checkpointing (less memory)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per process on a CPU")
 
 
@@ -66,14 +73,22 @@ def main(args) -> int:
                 settings["batch"] = args.batch
             if args.seed is not None:
                 settings["seed"] = args.seed
-            trainer, save = dmd_dist.build(settings, d.device)
+            trainer, save = dmd_dist.build(settings, d.device, args.mixed_precision, args.gradient_checkpointing)
             steps = args.steps if args.steps is not None else 20
             every = args.checkpoint_every or 10
             name = "testbed"
         else:
             from . import dmd_job
 
-            trainer, save, job = dmd_job.build(args.job, args.comfyui, d.device, batch=args.batch)
+            trainer, save, job = dmd_job.build(
+                args.job,
+                args.comfyui,
+                d.device,
+                batch=args.batch,
+                teacher=args.teacher,
+                mixed_precision=args.mixed_precision,
+                gradient_checkpointing=args.gradient_checkpointing,
+            )
             steps = args.steps if args.steps is not None else int(job["steps"])
             every = args.checkpoint_every or int(job.get("checkpoint_interval", 100))
             name = job.get("name", "generator")

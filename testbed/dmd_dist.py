@@ -10,8 +10,11 @@ generator's layout (``testbed.distill.save_generator``: fp16 ``net.<UNet key>``,
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
+from ..training import gan
 from . import distill, trained
 
 #: small settings: a few seconds per 10 steps on one CPU thread (the shipped generator: testbed.distill.DEFAULTS)
@@ -29,12 +32,28 @@ SETTINGS = dict(
 )
 
 
-def build(settings: dict | None = None, device: str | torch.device = "cpu"):
+def build(
+    settings: dict | None = None,
+    device: str | torch.device = "cpu",
+    mixed_precision: str | None = None,
+    gradient_checkpointing: bool | None = None,
+):
     """(trainer, save options for ``DMDRun.save_generator``) for the testbed with ``settings`` over ``SETTINGS``.
-    Every process builds the same networks (fixed seeds)."""
+    Every process builds the same networks (fixed seeds). ``mixed_precision`` "bf16" (autocast on CUDA) and
+    ``gradient_checkpointing`` as the DMDConfig options."""
     s = {**SETTINGS, **(settings or {})}
     tb = trained.load(device)
     trainer = distill.make_trainer(tb, s)
+    changes = {}
+    if mixed_precision is not None:
+        changes["mixed_precision"] = mixed_precision
+    if gradient_checkpointing:
+        changes["gradient_checkpointing"] = True
+        gan.enable_gradient_checkpointing(trainer.generator.net)
+        gan.enable_gradient_checkpointing(trainer.fake_score)
+    if changes:
+        trainer.config = dataclasses.replace(trainer.config, **changes)
+        trainer.config.validate()
     ct = int(s["conditioning_timestep"])
     save = dict(
         dtype=torch.float16,  # the denoiser's state dict is "net.<UNet key>": the shipped file's layout
