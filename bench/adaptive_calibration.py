@@ -87,7 +87,10 @@ def calibrate(
     r = _Runner(problem, sampler, steps, extrapolation)
     idx = torch.as_tensor(calib_idx)
     ref = problem.decode(r.run(idx, None))
-    g = calibrate_path(r.errors_of(idx, ref), len(idx), steps, skips, refine=refine, reduce=reduce, max_batch=max_batch)
+    starts = {"default": _default_path(problem, sampler, steps, skips, idx, extrapolation, r)} if refine else {}
+    g = calibrate_path(
+        r.errors_of(idx, ref), len(idx), steps, skips, starts=starts, refine=refine, reduce=reduce, max_batch=max_batch
+    )
     return SkipProfile(
         path=g.path.tolist(),
         sigmas=[float(s) for s in r.sig],
@@ -99,13 +102,32 @@ def calibrate(
         prompts=len(idx),
         metric="image_mse",
         reduce=reduce,
-        search="greedy+local" if refine and skips else "greedy",
+        search=f"{g.start}+local" if refine and skips else "greedy",
         greedy_path=g.greedy_path.tolist() if g.greedy_path is not None else [],
         calib_nfe=r.nfe,
         calib_wall_s=time.perf_counter() - t0,
         errors=g.errors,
         prompt_errors=g.prompt_errors,
     )
+
+
+def _default_path(problem: Problem, sampler: str, steps: int, skips: int, idx, extrapolation: str, runner=None):
+    """The path the pack's default controller takes at the same skips (on the first of the prompts idx)."""
+    sig = problem.sigmas(steps)
+    one = torch.as_tensor(idx)[:1]
+    cfg = AdaptiveConfig(target_speedup=steps / max(1, steps - skips), extrapolation=extrapolation)
+    _, rep = adaptive_sample(
+        kdiff.SAMPLERS[sampler],
+        problem.denoiser,
+        problem.noise[one] * sig[0],
+        sig,
+        cfg,
+        extra_args={"cond": problem.cond[one]},
+        endpoint_corrector=ENDPOINT.get(sampler, False),
+    )
+    if runner is not None:
+        runner.nfe += sum(rep.nfe_per_sample)
+    return torch.tensor([rec.mask[0] for rec in rep.records], dtype=torch.bool)
 
 
 def _psnr(problem: Problem, out: torch.Tensor, ref_img: torch.Tensor) -> float:

@@ -86,12 +86,21 @@ class _ComfyCalibration:
         self.calls = 0
         self.on_call = None
 
-    def run(self, positive, paths: torch.Tensor) -> torch.Tensor:
-        """Final results (decoded images with a VAE, else latents) for paths [C * seeds, N]."""
+    def default_path(self, positive, skips: int) -> torch.Tensor:
+        """The path the pack's default controller takes at these skips (its first seed's)."""
+        steps = len(self.sigmas) - 1
+        config = AdaptiveConfig(target_speedup=steps / max(1, steps - skips), extrapolation=self.extrapolation)
+        report = self.run(positive, None, config)
+        return torch.tensor([rec.mask[0] for rec in report.records], dtype=torch.bool)
+
+    def run(self, positive, paths: torch.Tensor | None, config: AdaptiveConfig | None = None):
+        """Final results (decoded images with a VAE, else latents) for paths [C * seeds, N]; with a config
+        instead of paths, the seeds sampled with it and its SkipReport."""
         mm.throw_exception_if_processing_interrupted()
-        reps = paths.shape[0] // self.seeds
+        reps = 1 if paths is None else paths.shape[0] // self.seeds
         sink: list = []
-        config = AdaptiveConfig(mode="path", path=paths, extrapolation=self.extrapolation)
+        if config is None:
+            config = AdaptiveConfig(mode="path", path=paths, extrapolation=self.extrapolation)
         sampler = wrap_sampler(comfy.samplers.sampler_object(self.sampler_name), self.sampler_name, config, sink)
         rep = (reps,) + (1,) * (self.noise.ndim - 1)
         out = comfy.sample.sample_custom(
@@ -112,6 +121,8 @@ class _ComfyCalibration:
         self.calls += 1
         if self.on_call is not None:
             self.on_call()
+        if paths is None:
+            return sink[-1]
         if self.vae is not None:
             out = self.vae.decode(out)
         return out.float().cpu()
@@ -160,7 +171,7 @@ def calibrate_in_comfy(
     )
     n_p, n_s = len(prompts), noise.shape[0]
     eligible = steps - 1
-    calls = n_p + n_p * sum(math.ceil((eligible - r) / cal.per_call) for r in range(skips))
+    calls = n_p + 1 + n_p * sum(math.ceil((eligible - r) / cal.per_call) for r in range(skips))
     total = [calls]  # the greedy's calls are known; each pass of the local search adds its own
     pbar = comfy.utils.ProgressBar(calls, node_id=node_id)
 
@@ -171,13 +182,14 @@ def calibrate_in_comfy(
     cal.on_call = on_call
     full = torch.ones(n_s, steps, dtype=torch.bool)
     refs = [cal.run(p, full) for p in prompts]
+    starts = {"default": cal.default_path(prompts[0], skips)} if skips else {}
 
     def errors_of(trial):  # [C, P * seeds, N], joint: every column of a candidate holds the same path
         if cal.calls >= calls:  # a pass of the local search: its calls
             total[0] = cal.calls + n_p * math.ceil(trial.shape[0] / cal.per_call)
         return torch.cat([cal.errors(p, refs[i], trial[:, i * n_s]) for i, p in enumerate(prompts)], 1)
 
-    g = calibrate_path(errors_of, n_p * n_s, steps, skips, reduce="log", max_batch=1 << 30)
+    g = calibrate_path(errors_of, n_p * n_s, steps, skips, starts=starts, reduce="log", max_batch=1 << 30)
     return SkipProfile(
         path=g.path.tolist(),
         sigmas=[float(s) for s in sigmas.cpu()],
@@ -189,7 +201,7 @@ def calibrate_in_comfy(
         prompts=n_p * n_s,
         metric="image_mse" if vae is not None else "latent_mse",
         reduce="log",
-        search="greedy+local" if skips else "greedy",
+        search=f"{g.start}+local" if skips else "greedy",
         greedy_path=g.greedy_path.tolist() if g.greedy_path is not None else [],
         calib_nfe=cal.nfe,
         calib_wall_s=time.perf_counter() - t0,

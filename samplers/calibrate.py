@@ -40,6 +40,7 @@ class GreedyResult:
     errors: list[float] = field(default_factory=list)  # reduced final error after each added skip
     prompt_errors: list[float] = field(default_factory=list)  # each prompt's final error at the end
     greedy_path: torch.Tensor | None = None  # calibrate_path: the greedy's path before the local search
+    start: str = ""  # calibrate_path: where the winning local search started ("greedy" or a start's name)
     runs: int = 0  # batched sampling rounds made (calls of errors_of)
     rows: int = 0  # sampled rows (candidate x prompt) over the whole search
 
@@ -197,6 +198,7 @@ def calibrate_path(
     n_steps: int,
     n_skips: int,
     *,
+    starts: dict | None = None,
     refine: bool = True,
     reach: int = 2,
     max_passes: int = 8,
@@ -204,21 +206,36 @@ def calibrate_path(
     max_batch: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> GreedyResult:
-    """A skip profile's path: the joint greedy search, then (refine) the local search from its path.
-    errors: the greedy's error after each skip, then the refined error after each pass."""
+    """A skip profile's path: the joint greedy search, then (refine) the local search from its path and from
+    each of `starts` ({name: bool path [N]} with the same skips, e.g. the default controller's path); the
+    best end wins. errors: the greedy's error after each skip, then the winner's error after each pass;
+    ``start`` names where the winner started ("greedy" or a key of `starts`)."""
     g = greedy_skip_paths(
         errors_of, n_prompts, n_steps, n_skips, joint=True, reduce=reduce, max_batch=max_batch, progress=progress
     )
+    g.greedy_path, g.start = g.path, "greedy"
     if not refine or n_skips == 0:
         return g
-    r = refine_skip_path(
-        errors_of, n_prompts, g.path, reduce=reduce, reach=reach, max_passes=max_passes, max_batch=max_batch
-    )
-    r.errors = g.errors + r.errors
-    r.greedy_path = g.path
-    r.runs += g.runs
-    r.rows += g.rows
-    return r
+    begin = {"greedy": g.path}
+    for name, path in (starts or {}).items():
+        path = torch.as_tensor(path, dtype=torch.bool).flatten()
+        if path.numel() == n_steps and bool(path[0]) and int((~path).sum()) == n_skips:
+            begin.setdefault(str(name), path)
+    best, runs, rows = None, g.runs, g.rows
+    for name, path in begin.items():
+        if name != "greedy" and torch.equal(path, g.path):
+            continue
+        r = refine_skip_path(
+            errors_of, n_prompts, path, reduce=reduce, reach=reach, max_passes=max_passes, max_batch=max_batch
+        )
+        runs, rows = runs + r.runs, rows + r.rows
+        r.start = name
+        if best is None or r.errors[-1] < best.errors[-1]:
+            best = r
+    best.errors = g.errors + best.errors
+    best.greedy_path = g.path
+    best.runs, best.rows = runs, rows
+    return best
 
 
 def greedy_skip_path(

@@ -46,7 +46,7 @@ def test_joint_profile_has_the_requested_skips_and_keeps_step_0(gmm):
     assert prof.prompts == 3 and prof.calib_nfe > 0 and prof.calib_wall_s > 0
     greedy = prof.errors[:skips]
     assert greedy == sorted(greedy) and prof.search == "greedy+local"  # each skip adds error
-    assert prof.errors[-1] <= greedy[-1]  # the local search never ends worse than the greedy path
+    assert prof.errors[-1] <= greedy[-1] * (1 + 1e-5)  # the local search never ends worse than the greedy path
     assert len(prof.prompt_errors) == 3
     # the profile through the controller: exactly its steps run, for every sample
     sig = gmm.sigmas(STEPS)
@@ -113,11 +113,18 @@ def test_local_search_keeps_the_skips_and_lowers_the_error(gmm):
     r = refine_skip_path(errors_of, 3, start, max_passes=3)
     assert int((~r.path).sum()) == 8 and r.path[0]
     assert len(r.errors) >= 2 and r.errors[-1] < r.errors[0]  # it moved skips, and that helped
-    assert r.errors == sorted(r.errors, reverse=True)
+    assert all(b <= a * (1 + 1e-5) for a, b in zip(r.errors, r.errors[1:]))  # (batch-size rounding aside)
     # the error it reports is the path's own
     assert r.errors[-1] == pytest.approx(float(errors_of(r.path.expand(1, 3, -1)).log().mean().exp()), rel=1e-6)
     full = calibrate_path(errors_of, 3, STEPS, 8)
-    assert full.errors[-1] <= g.errors[-1] and int((~full.path).sum()) == 8
+    assert full.errors[-1] <= g.errors[-1] * (1 + 1e-5) and int((~full.path).sum()) == 8
+    # a start of its own: the winner is the better local search, and says where it started
+    uniform = torch.ones(STEPS, dtype=torch.bool)
+    uniform[1::2] = False
+    both = calibrate_path(errors_of, 3, STEPS, 8, starts={"uniform": uniform, "wrong_skips": uniform[:-1]})
+    from_uniform = refine_skip_path(errors_of, 3, uniform)
+    assert both.start in ("greedy", "uniform") and both.runs > full.runs
+    assert both.errors[-1] <= min(full.errors[-1], from_uniform.errors[-1]) * (1 + 1e-5)
 
 
 def test_vote_path_skips_the_most_often_skipped_steps():
