@@ -145,12 +145,13 @@ def calibration_rows(
     baselines: bool = False,
     log=None,
     profile: SkipProfile | None = None,
+    vote: bool = False,
 ) -> list[dict]:
     """Rows `adaptive_calibrated` (the joint greedy profile of calib_idx) and `greedy_optimal` (each held-out
     prompt's own greedy path at the same skips), as mean decoded PSNR vs the full run over heldout_idx.
-    baselines: also `adaptive_calibrated_greedy` (the joint greedy path before the local search),
-    `adaptive_calibrated_vote` (the steps the calibration prompts' own greedy paths skip most often),
-    `adaptive` (the default controller at the same NFE) and `fewer_steps`. profile: one calibrate()
+    baselines: also `adaptive_calibrated_greedy` (the joint greedy path before the local search), `adaptive`
+    (the default controller at the same NFE) and `fewer_steps`; vote: `adaptive_calibrated_vote` (the steps
+    the calibration prompts' own greedy paths skip most often). profile: one calibrate()
     made already for these settings (else it is made here)."""
     heldout = torch.as_tensor(heldout_idx)
     prof = profile or calibrate(problem, sampler, steps, skips, calib_idx, extrapolation)
@@ -211,23 +212,24 @@ def calibration_rows(
             _psnr(problem, out, ref),
             "".join("C" if c else "s" for c in prof.greedy_path),
         )
-    if baselines:
+    if vote:
         t0 = time.perf_counter()
         rc = _Runner(problem, sampler, steps, extrapolation)
         cidx = torch.as_tensor(calib_idx)
         cref = problem.decode(rc.run(cidx, None))
         gc = greedy_skip_paths(rc.errors_of(cidx, cref), len(cidx), steps, skips, joint=False)
-        vote = vote_path(gc.path, skips)
+        vpath = vote_path(gc.path, skips)
         nfe0 = r.nfe
-        out = r.run(heldout, vote.repeat(len(heldout), 1))
+        out = r.run(heldout, vpath.repeat(len(heldout), 1))
         add(
             "adaptive_calibrated_vote",
             (r.nfe - nfe0) / len(heldout),
             _psnr(problem, out, ref),
-            "".join("C" if c else "s" for c in vote.tolist()),
+            "".join("C" if c else "s" for c in vpath.tolist()),
             calib_nfe=rc.nfe,
             calib_wall_s=time.perf_counter() - t0,
         )
+    if baselines:
         x = problem.noise[heldout] * r.sig[0]
         cfg = AdaptiveConfig(target_speedup=steps / n_net, extrapolation=extrapolation)
         out, rep = adaptive_sample(
@@ -294,7 +296,7 @@ def main(args) -> int:
     print(f"wrote {args.out}")
     if held:
         rows = calibration_rows(
-            problem, args.sampler, args.steps, skips, calib, held, args.extrapolation, True, print, prof
+            problem, args.sampler, args.steps, skips, calib, held, args.extrapolation, True, print, prof, vote=True
         )
         print()
         table = print_table(rows, COLUMNS)

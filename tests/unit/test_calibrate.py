@@ -203,7 +203,7 @@ def test_bad_profile_files_are_refused_with_the_input_named(tmp_path, edit, mess
 
 
 def test_calibration_rows(gmm):
-    rows = ac.calibration_rows(gmm, "euler", STEPS, 8, [0, 1], [2, 3, 5], baselines=True)
+    rows = ac.calibration_rows(gmm, "euler", STEPS, 8, [0, 1], [2, 3, 5], baselines=True, vote=True)
     by = {r["method"]: r for r in rows}
     assert set(by) == {
         "adaptive_calibrated",
@@ -218,8 +218,10 @@ def test_calibration_rows(gmm):
             assert key in r, key
         assert r["nfe"] == STEPS - 8 and math.isfinite(r["psnr_db"]) and r["cfg"] == 5.0
     assert by["adaptive_calibrated"]["calib_nfe"] > 0 and by["adaptive_calibrated"]["calib_wall_s"] > 0
-    # each held-out prompt's own greedy path is at least as good as the shared profile on that prompt
-    assert by["greedy_optimal"]["psnr_db"] >= by["adaptive_calibrated"]["psnr_db"] - 0.5
+    # on prompts it never saw, the profile stays within 3 dB of each prompt's own greedy path (the bar)
+    # and beats fewer steps at the same NFE (exact Gaussian mixture: 53.4, 52.8 and 44.5 dB)
+    assert by["adaptive_calibrated"]["psnr_db"] >= by["greedy_optimal"]["psnr_db"] - 3.0
+    assert by["adaptive_calibrated"]["psnr_db"] > by["fewer_steps"]["psnr_db"] + 3.0
 
 
 def test_cli_calibrate_writes_a_profile(tmp_path, capsys):
