@@ -48,6 +48,32 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process on a CPU")
 
 
+def _peak_bytes(device) -> float:
+    """This process's peak memory: CUDA's max allocated on a GPU, else the peak resident set size."""
+    import torch
+
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024.0  # Linux: KiB
+
+
+def _peak_kind(device) -> str:
+    return "CUDA max allocated" if device.type == "cuda" else "peak RSS, the largest process"
+
+
+def _all_max(d, value: float) -> float:
+    import torch
+    import torch.distributed as dist
+
+    if not d.initialized:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=d.device if d.backend == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
 def _print(d, *a) -> None:
     if d.main:
         print(*a, flush=True)
@@ -119,6 +145,9 @@ def main(args) -> int:
             logf.flush()
 
         run.train(steps, on_status=on_status)
+        seconds = (time.monotonic() - t0) / max(1, trainer.step_count - start)
+        peak = _all_max(d, _peak_bytes(d.device))
+        state = distributed.state_bytes(trainer, getattr(trainer, "teacher_module", None))
         path = out / "generator.safetensors"
         run.save_generator(path, title=name, **save)
         if d.main:
@@ -128,6 +157,24 @@ def main(args) -> int:
             Image.fromarray((img * 255).round().astype("uint8")).save(out / "losses.png")
             logf.close()
             print(f"wrote {path} ({trainer.step_count} steps, {trainer.generator_steps} generator updates)", flush=True)
+            mib = {k: round(v / 2**20, 2) for k, v in state.items()}
+            print(f"per process: {seconds:.3f} s/step, peak memory {peak / 2**20:.0f} MiB ({_peak_kind(d.device)})")
+            print(f"state of rank 0 (MiB): {mib}", flush=True)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(
+                    json.dumps(
+                        {
+                            "done": trainer.step_count,
+                            "s_per_step": round(seconds, 4),
+                            "peak_mib": round(peak / 2**20, 1),
+                            "state_mib": mib,
+                            "processes": d.world,
+                            "strategy": args.strategy if d.world > 1 else "one",
+                            "device": d.device.type,
+                        }
+                    )
+                    + "\n"
+                )
     except (RunError, ValueError, FileNotFoundError) as e:
         if d.main:
             print(f"train dmd: {e}", file=sys.stderr, flush=True)

@@ -417,3 +417,32 @@ def _gathered_state(net: nn.Module, submodule: str | None, prefix: str, dtype) -
         for k, v in sd.items()
         if k.startswith(head)
     }
+
+
+def state_bytes(trainer, teacher: nn.Module | None = None) -> dict:
+    """Bytes this process holds of the run's persistent state (its shards under FSDP): the generator and fake
+    score weights (with the GAN head), their AdamW moments, the EMA weights and the teacher's weights (``teacher``,
+    or the real score when it is a module). Gradients (the weights' size again, during a step) and activations
+    come on top. The formula this measures: docs/dmd-distributed.md."""
+    from torch.distributed.tensor import DTensor
+
+    def nbytes(t) -> int:
+        t = t.to_local() if isinstance(t, DTensor) else t
+        return t.numel() * t.element_size()
+
+    def params(m) -> int:
+        return sum(nbytes(p) for p in m.parameters() if p.requires_grad) if m is not None else 0
+
+    def opt(o) -> int:
+        return sum(nbytes(v) for st in o.state.values() for v in st.values() if torch.is_tensor(v) and v.numel() > 1)
+
+    teacher = (
+        teacher if teacher is not None else (trainer.real_score if isinstance(trainer.real_score, nn.Module) else None)
+    )
+    return {
+        "generator": params(trainer.generator.net),
+        "fake_score": params(trainer.fake_score) + params(trainer.gan_head),
+        "optimizers": opt(trainer.opt_g) + opt(trainer.opt_f),
+        "ema": sum(nbytes(v) for v in trainer.ema.values()) if trainer.ema is not None else 0,
+        "teacher": sum(nbytes(p) for p in teacher.parameters()) if teacher is not None else 0,
+    }

@@ -75,7 +75,9 @@ def test_the_two_torchrun_commands_train_and_resume(runs):
     assert info["steps"] == 30 and info["timesteps"] == [999] and info["model_type"] == "eps"
     assert info["base"] == "testbed" and info["format"] == "full" and all(k.startswith("net.") for k in sd)
     log = [json.loads(line) for line in (base / "ddp" / "log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log][-1] == 30 and {"loss_dm", "loss_fake", "it_s", "eta_s"} <= set(log[-1])
+    status = [e for e in log if "step" in e]
+    assert status[-1]["step"] == 30 and {"loss_dm", "loss_fake", "it_s", "eta_s"} <= set(status[-1])
+    assert log[-1]["done"] == 30 and log[-1]["processes"] == 2 and log[-1]["peak_mib"] > 0  # the run's figures
     assert (base / "ddp" / "losses.png").stat().st_size > 1000
     # the generator samples the testbed's classes as the loader's base expects (net.<UNet key>, fp16)
     from comfyui_tempo.testbed import distill
