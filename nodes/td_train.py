@@ -25,6 +25,7 @@ from .comfy_model import (
     encode_conditioning,
     has_inference_tensors,
     model_kind,
+    param_dtype,
     teacher_denoiser,
     to_trainable,
 )
@@ -350,7 +351,9 @@ def _train(
     run.train(steps, on_step=on_step, on_status=lambda text: _progress_text(text, node_id))
 
     with torch.no_grad():
-        sd = finetune.expert_state_dict(net, None if trainer.lora else src, "diffusion_model.")
+        # a full-weights expert's difference in the model's own dtype (float32 would double an fp16 model's file)
+        dtype = None if trainer.lora else param_dtype(src, torch.float32)
+        sd = finetune.expert_state_dict(net, None if trainer.lora else src, "diffusion_model.", dtype)
     rel = name + ".safetensors"
     info = finetune.expert_info(trainer, base=type(base).__name__ + "/" + type(src).__name__)
     finetune.write_expert(output_path(LORA_FOLDER, name, ".safetensors"), sd, info, title=name)
