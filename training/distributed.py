@@ -170,7 +170,8 @@ def wrap(trainer, d: Dist, strategy: str = "ddp") -> None:
 
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        kw = {"device_ids": [d.device.index] if d.device.type == "cuda" else None}
+        # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets (no second copy of them)
+        kw = {"device_ids": [d.device.index] if d.device.type == "cuda" else None, "gradient_as_bucket_view": True}
         # the buffers (sigma tables) are the same on every rank: synced once at init, never per forward
         sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else None
         kw[sync or "broadcast_buffers"] = False

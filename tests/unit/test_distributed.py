@@ -144,3 +144,26 @@ def test_a_batch_the_processes_cannot_share_is_a_clear_error():
     with pytest.raises(DMDConfigError, match="^batch_size: the global batch 6 must be a multiple of .* 4"):
         distributed.check_batch(DMDConfig(batch_size=6), 4)
     distributed.check_batch(DMDConfig(batch_size=8), 4)
+
+
+def _gan_losses(nproc: int, strategy: str, steps: int = 6) -> list[dict]:
+    worker = str(Path(__file__).with_name("dist_gan_worker.py"))
+    cmd = [sys.executable, worker, strategy, str(steps)]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] + cmd[1:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+
+def test_the_gan_head_trains_the_same_on_two_processes():
+    """DMD2's GAN head (on the fake score's bottleneck, the forward stopped there) under DDP and FSDP: the losses of
+    2 processes at batch 2 are those of 1 process at batch 4."""
+    one = _gan_losses(1, "ddp")
+    assert len(one) == 6 and "loss_gen_cls" in one[0] and "loss_guidance_cls" in one[1]
+    for strategy in ("ddp", "fsdp"):
+        two = _gan_losses(2, strategy)
+        assert [set(a) for a in one] == [set(b) for b in two], strategy
+        worst = max(abs(a[k] - b[k]) for a, b in zip(one, two) for k in a)
+        assert worst < 1e-4, (strategy, worst)
