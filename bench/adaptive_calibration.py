@@ -76,7 +76,7 @@ def calibrate(
     steps: int,
     skips: int,
     calib_idx,
-    extrapolation: str = "linear",
+    extrapolation: str = "auto",
     reduce: str = "log",
     max_batch: int = 64,
     refine: bool = True,
@@ -141,7 +141,7 @@ def calibration_rows(
     skips: int,
     calib_idx,
     heldout_idx,
-    extrapolation: str = "linear",
+    extrapolation: str = "auto",
     baselines: bool = False,
     log=None,
     profile: SkipProfile | None = None,
@@ -271,7 +271,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--target-speedup", type=float, default=2.0)
     p.add_argument("--cfg", type=float, default=5.0)
-    p.add_argument("--extrapolation", default="linear", choices=list(EXTRAPOLATIONS))
+    p.add_argument("--extrapolation", default="auto", choices=list(EXTRAPOLATIONS))
     p.add_argument("--calib", default="0,1,2", help="calibration classes (the 'prompts')")
     p.add_argument(
         "--heldout", default="", help="held-out classes: also measure the profile on them (e.g. 3,4,5,6,7,8,9)"

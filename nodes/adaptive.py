@@ -74,9 +74,10 @@ def adaptive_inputs() -> list:
         ),
         io.Combo.Input(
             "extrapolation",
-            options=["linear", "hold", "quadratic", "linear_x0", "log_linear"],
-            default="linear",
-            tooltip="How a skipped step predicts the noise direction: linear extrapolates it from the last two "
+            options=["auto", "linear", "hold", "quadratic", "linear_x0", "log_linear"],
+            default="auto",
+            tooltip="How a skipped step predicts the noise direction. auto (default): log_linear for samplers that "
+            "evaluate once per step and add no noise, linear for the others. linear extrapolates it from the last two "
             "computed steps (in sigma); hold reuses the last one unchanged, as the paper does; quadratic uses the last "
             "three; linear_x0 extrapolates the clean-image prediction in log sigma; log_linear extrapolates the "
             "direction linearly in log sigma. Ignored in mode paper.",

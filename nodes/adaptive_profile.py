@@ -246,7 +246,7 @@ class AdaptiveCalibrate(io.ComfyNode):
                 io.Combo.Input(
                     "extrapolation",
                     options=EXTRAPOLATION_OPTIONS,
-                    default="linear",
+                    default="auto",
                     tooltip="How a skipped step predicts the noise direction (as on the AdaptiveDiffusion nodes); "
                     "the profile keeps it.",
                 ),

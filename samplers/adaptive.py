@@ -103,6 +103,8 @@ class AdaptiveSampling:
         self.shape = None
         self.disabled = not config.enabled
         self.pending_noise: list[torch.Tensor] = []
+        self._noise_seen = False  # the sampler injected noise (recorded through record_noise)
+        self._auto = None  # what extrapolation "auto" resolved to
         self._prev_e = None  # estimator-space latent L_{k-2} (for d_{k-1})
         self._d_hist: list[torch.Tensor] = []  # d_1, d_2, ... (each [B] or [1])
         self._paper_mask: list[bool] = []
@@ -144,7 +146,7 @@ class AdaptiveSampling:
                     f"target_speedup {cfg.target_speedup:g} needs {skips} skips but only {got} fit "
                     f"(protected steps, max_skip {cfg.max_skip}); skipping {got}"
                 )
-            self.report.notes.append("skip path planned from the sigma schedule (planner schedule)")
+            self.report.planner = "schedule"
             return first, last, rate
         if cfg.mode == "target" and eligible > 0:
             skips = n - int(round(n / cfg.target_speedup))
@@ -156,6 +158,7 @@ class AdaptiveSampling:
                 )
                 skips = feasible
             rate = self._profile(max(0, skips), eligible)
+            self.report.planner = "pace"
         return first, last, rate
 
     def _profile(self, skips: int, eligible: int) -> list[float]:
@@ -343,7 +346,7 @@ class AdaptiveSampling:
 
         Lagrange extrapolation over the last computed evaluations of each sample: of d in sigma
         (hold: order 0, linear: 1, quadratic: 2), or of x0 in log sigma (linear_x0)."""
-        mode = self.config.extrapolation
+        mode = self._extrapolation()
         order = {"hold": 0, "linear": 1, "quadratic": 2, "linear_x0": 1, "log_linear": 1}[mode]
         hd = self._hd[:, idx]  # [H, n, ...] newest first
         if order == 0 or hd.shape[0] == 1:
@@ -380,6 +383,20 @@ class AdaptiveSampling:
             out[sel] = est
         return out
 
+    def _extrapolation(self) -> str:
+        """The extrapolation in use. "auto": linear in log sigma (the planner's time variable) for a sampler that
+        evaluates once per step and injects no noise; linear in sigma for the others (noise in the recorded
+        directions, or a step's later evaluations far from its start), fixed at the first reuse."""
+        mode = self.config.extrapolation
+        if mode != "auto":
+            self.report.extrapolation = mode
+            return mode
+        if self._auto is None:
+            multi_eval = self.endpoint_corrector or any(r.evals > 1 for r in self.report.records[:-1])
+            self._auto = "linear" if (self._noise_seen or multi_eval) else "log_linear"
+            self.report.extrapolation = f"auto: {self._auto}"
+        return self._auto
+
     @torch.no_grad()
     def _remember(self, x: torch.Tensor, sigma: float, out: torch.Tensor, idx: torch.Tensor):
         d = (x - out) / sigma
@@ -390,7 +407,9 @@ class AdaptiveSampling:
                 self._reuse_err = torch.zeros(b)
             pred = self._direction(sigma, idx, x)
             self._reuse_err[idx] = (d - pred).float().abs().flatten(1).mean(1).cpu()
-        depth = {"hold": 1, "linear": 2, "quadratic": 3, "linear_x0": 2, "log_linear": 2}[self.config.extrapolation]
+        depth = {"hold": 1, "linear": 2, "quadratic": 3, "linear_x0": 2, "log_linear": 2, "auto": 2}[
+            self.config.extrapolation
+        ]
         if self._hd is None:
             self._hd = torch.zeros((depth, b) + d.shape[1:], dtype=d.dtype, device=d.device)
             self._hs = torch.full((depth, b), float("nan"), dtype=torch.float64)
@@ -501,6 +520,7 @@ class AdaptiveSampling:
 
         def recording(sigma, sigma_next):
             z = noise_sampler(sigma, sigma_next)
+            self._noise_seen = True
             if not self.disabled:
                 self.pending_noise.append(z.detach())
             return z

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 MODES = ("target", "threshold", "paper", "path")
-EXTRAPOLATIONS = ("linear", "hold", "quadratic", "linear_x0", "log_linear")
+EXTRAPOLATIONS = ("auto", "linear", "hold", "quadratic", "linear_x0", "log_linear")
 ESTIMATOR_SPACES = ("vp", "raw")
 ESTIMATORS = ("latent", "reuse_error")
 PLANNERS = ("schedule", "pace")
@@ -40,7 +40,7 @@ class AdaptiveConfig:
     threshold: float = 0.01
     max_skip: int = 4
     target_speedup: float = 2.0
-    extrapolation: str = "linear"
+    extrapolation: str = "auto"
     force_last: int = 0
     start_percent: float = 0.0
     estimator_space: str = "vp"

@@ -35,7 +35,7 @@ class SkipProfile:
     sigmas: list[float]  # the schedule it was calibrated on (steps + 1 values)
     sampler: str = ""
     scheduler: str = ""
-    extrapolation: str = "linear"
+    extrapolation: str = "auto"
     model: str = ""  # the model's identity where known (class, prediction type)
     cfg: float | None = None
     prompts: int = 0  # calibration prompts (x seeds)

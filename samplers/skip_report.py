@@ -31,6 +31,8 @@ class SkipReport:
     controller_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     mode: str = ""
+    planner: str = ""  # mode target: "schedule" or "pace"
+    extrapolation: str = ""  # what reused directions were extrapolated with ("auto" resolved)
 
     @property
     def nfe(self) -> float:
@@ -49,8 +51,9 @@ class SkipReport:
 
     def summary(self) -> str:
         skipped = sum(1 for r in self.records if r.computed <= 0.0)
+        how = ", ".join(v for v in (self.mode, self.planner and f"planner {self.planner}", self.extrapolation) if v)
         text = (
-            f"AdaptiveDiffusion [{self.mode}]: NFE {self.nfe:.1f} of {self.evals_requested} "
+            f"AdaptiveDiffusion [{how}]: NFE {self.nfe:.1f} of {self.evals_requested} "
             f"({self.speedup:.2f}x), {skipped}/{self.steps} steps skipped for the whole batch, "
             f"path {self.path_string()}"
         )
@@ -61,6 +64,8 @@ class SkipReport:
     def to_dict(self) -> dict:
         return {
             "mode": self.mode,
+            "planner": self.planner,
+            "extrapolation": self.extrapolation,
             "steps": self.steps,
             "batch": self.batch,
             "nfe": self.nfe,

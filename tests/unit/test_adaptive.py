@@ -392,3 +392,19 @@ def test_video_latents_and_flow_models():
     assert out.shape == ref.shape and torch.isfinite(out).all()
     rel = float((out - ref).norm() / ref.norm())
     assert rel < 0.2
+
+
+def test_auto_extrapolation_follows_the_sampler(setup):
+    """auto: log sigma for one-evaluation deterministic samplers, sigma for noisy or multi-evaluation ones."""
+    den, noise, cond = setup
+    want = {"euler": "auto: log_linear", "dpmpp_2m": "auto: log_linear", "euler_ancestral": "auto: linear"}
+    want["heun"] = "auto: linear"
+    want["dpm_2"] = "auto: linear"
+    for sampler, resolved in want.items():
+        out, rep = run(den, noise, cond, sampler, n=20, config=AdaptiveConfig())
+        assert rep.extrapolation == resolved, sampler
+        assert torch.isfinite(out).all()
+    # and it is what the named setting gives
+    a, _ = run(den, noise, cond, "euler", n=20, config=AdaptiveConfig())
+    b, _ = run(den, noise, cond, "euler", n=20, config=AdaptiveConfig(extrapolation="log_linear"))
+    assert torch.equal(a, b)

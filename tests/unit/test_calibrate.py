@@ -41,7 +41,7 @@ def _errors_of(p, idx, sampler="euler", steps=STEPS):
 def test_joint_profile_has_the_requested_skips_and_keeps_step_0(gmm):
     skips = skips_for_speedup(STEPS, 2.0)
     assert skips == 8
-    prof = ac.calibrate(gmm, "euler", STEPS, skips, [0, 2, 4])
+    prof = ac.calibrate(gmm, "euler", STEPS, skips, [0, 2, 4], extrapolation="linear")
     assert prof.steps == STEPS and prof.skips == skips and prof.path[0]
     assert prof.prompts == 3 and prof.calib_nfe > 0 and prof.calib_wall_s > 0
     greedy = prof.errors[:skips]

@@ -226,7 +226,7 @@ PACK_WIDGETS = {
 }
 ADAPTIVE_CHOICES = {
     "mode": {"target_speedup", "threshold", "paper"},
-    "extrapolation": {"linear", "hold", "quadratic", "linear_x0", "log_linear"},
+    "extrapolation": {"auto", "linear", "hold", "quadratic", "linear_x0", "log_linear"},
     "estimator": {"latent", "reuse_error"},
     "estimator_space": {"vp", "raw"},
     "batch_mode": {"per_sample", "per_batch"},
