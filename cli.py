@@ -7,6 +7,7 @@
   comfyui-tempo bench decoupled-training    time-decoupled structure / texture experts against one model
   comfyui-tempo adaptive calibrate [--out F] a calibrated AdaptiveDiffusion skip profile on the bundled testbed
   comfyui-tempo train dmd --testbed|--job J  DMD distillation, also under torchrun (DDP / FSDP; harness/train_dmd.py)
+  comfyui-tempo train dmd-export --out J ... a DMD job folder from a checkpoint and prompts (ComfyUI's Python)
 
 Each command lives in one module of bench/ that exposes add_parser(subparsers) and main(args);
 this file only builds the parser from them and dispatches.
@@ -21,10 +22,10 @@ import sys
 def _modules():
     """(demo, {group: {command: module}}), imported on use (they import torch)."""
     from .bench import adaptive, adaptive_calibration, coop, decoupled_training, demo, dmd
-    from .harness import train_dmd
+    from .harness import dmd_export, train_dmd
 
     return demo, {
-        "train": {"dmd": train_dmd},
+        "train": {"dmd": train_dmd, "dmd-export": dmd_export},
         "bench": {"adaptive": adaptive, "coop": coop, "dmd": dmd, "decoupled-training": decoupled_training},
         "adaptive": {"calibrate": adaptive_calibration},
     }

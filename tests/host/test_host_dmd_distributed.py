@@ -130,3 +130,31 @@ def test_a_job_from_comfyui_trains_the_node_generator(comfy_install, comfy_base,
         timeout=600,
     )
     assert c["keys"] and c["rel"] < 1e-4 and c["finite"], c
+
+
+EXPORT_SNIPPET = r"""
+import torch, nodes
+from comfyui_tempo import cli
+from comfyui_tempo.training import job as training_job
+rc = cli.main(["train", "dmd-export", "--out", JOB, "--checkpoint", CKPT, "--prompt", "a red cube", "--prompt", "a blue sphere",
+               "--negative", "", "--width", "64", "--height", "64", "--batch", "2", "--steps", "3", "--guidance", "2.5"])
+job = training_job.read_job(JOB)
+with torch.inference_mode():
+    clip = nodes.CheckpointLoaderSimple().load_checkpoint(CKPT)[1]
+    want = [nodes.CLIPTextEncode().encode(clip, t)[0][0][0] for t in ("a red cube", "a blue sphere", "")]
+got = [job["positive"][0]["c_crossattn"]["tensor"], job["positive"][1]["c_crossattn"]["tensor"], job["negative"]["c_crossattn"]["tensor"]]
+RESULT = {"rc": rc, "steps": job["steps"], "guidance": job["config"].real_guidance_scale, "batch": job["config"].batch_size,
+          "same": [bool(torch.equal(g.float(), w.float())) for g, w in zip(got, want)], "differ": not torch.equal(got[0], got[1]),
+          "train_rc": cli.main(["train", "dmd", "--job", JOB, "--out", OUT, "--device", "cpu"])}
+"""
+
+
+def test_the_export_command_encodes_the_prompts_as_clip_text_encode(comfy_snippet, tiny_models, tmp_path):
+    """`train dmd-export` (ComfyUI's Python, where the text encoders are): the job carries what CLIP Text Encode
+    gives for each prompt, and trains."""
+    ckpt = tiny_models["names"]["ckpt_a"]
+    code = f"CKPT, JOB, OUT = {ckpt!r}, {str(tmp_path / 'job')!r}, {str(tmp_path / 'run')!r}\n" + EXPORT_SNIPPET
+    r = comfy_snippet(code, timeout=900)
+    assert r["rc"] == 0 and r["steps"] == 3 and r["guidance"] == 2.5 and r["batch"] == 2, r
+    assert r["same"] == [True, True, True] and r["differ"], r
+    assert r["train_rc"] == 0 and (tmp_path / "run" / "generator.safetensors").is_file(), r
