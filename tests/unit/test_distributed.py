@@ -167,3 +167,60 @@ def test_the_gan_head_trains_the_same_on_two_processes():
         assert [set(a) for a in one] == [set(b) for b in two], strategy
         worst = max(abs(a[k] - b[k]) for a, b in zip(one, two) for k in a)
         assert worst < 1e-4, (strategy, worst)
+
+
+def _rank0_pid(marker: str) -> int | None:
+    """The pid of the rank-0 worker whose command line holds ``marker`` (Linux /proc)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            env = (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in cmd and "torch.distributed.run" not in cmd and b"RANK=0" in env:
+            return int(d.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc to find the rank-0 worker")
+def test_killing_rank_0_loses_only_the_steps_since_the_last_checkpoint(runs, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "comfyui_tempo.cli",
+    ]
+    cmd += ["train", "dmd", "--testbed", "--steps", "30", "--checkpoint-every", "5", "--out", str(out)]
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "DMD step 12/30" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        pid = _rank0_pid(str(out))
+        assert pid is not None, log.read_text()[-2000:]
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    _, run = distributed.read_checkpoint(out)
+    assert run["step"] in (10, 15) and not (out / "generator.safetensors").exists(), run["step"]
+    text = torchrun(out, "--steps", "30", "--checkpoint-every", "5")
+    assert f"resumed from step {run['step']}" in text
+    ref, _ = distributed.read_checkpoint(runs["base"] / "one")
+    done, _ = distributed.read_checkpoint(out)
+    assert rel_diff(ref, done) < TOL
