@@ -87,7 +87,7 @@ def test_calibrate_saves_a_profile_with_the_requested_skips(calibrated):
 def test_ksampler_samples_the_profiles_path(calibrated):
     path = "".join("C" if c else "s" for c in calibrated["file"]["path"])
     text = calibrated["ks_text"]
-    assert text.startswith("AdaptiveDiffusion [path]"), text
+    assert text.startswith("AdaptiveDiffusion [path"), text
     assert _path_of(text) == path and "(2.00x)" in text
 
 
