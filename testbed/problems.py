@@ -1,5 +1,6 @@
 """Benchmark problems built on the testbeds: ``Problem`` (a denoiser with its noise, classes and decoder) and
-the problems of the trained testbed and of an exact Gaussian mixture."""
+the problems of the trained testbeds (``testbed``, ``testbed-hr``, the flow DiT) and of an exact Gaussian
+mixture."""
 
 from __future__ import annotations
 
@@ -24,9 +25,13 @@ class Problem:
     sigma_table: torch.Tensor
     scheduler: str = "karras"
     net_denoiser: Callable | None = None  # net_denoiser(wrap) -> denoiser whose network is wrap(net_call)
+    #: the model sampling (schedules.Flow or schedules.Discrete; sigma_table is its sigmas); None: sigma_table
+    sampling: schedules.Flow | schedules.Discrete | None = None
 
     def sigmas(self, steps: int) -> torch.Tensor:
-        return schedules.get_sigmas(self.scheduler, steps, self.sigma_table)
+        """ComfyUI's schedule `scheduler` for `steps` steps (schedules.get_sigmas, as calculate_sigmas): from
+        the model sampling when there is one (schedules.Flow for the flow testbed), else the sigma table."""
+        return schedules.get_sigmas(self.scheduler, steps, self.sigma_table if self.sampling is None else self.sampling)
 
     def subset(self, idx) -> "Problem":
         return Problem(
@@ -38,6 +43,7 @@ class Problem:
             self.sigma_table,
             self.scheduler,
             self.net_denoiser,
+            self.sampling,
         )
 
 
@@ -53,7 +59,27 @@ def trained_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, schedul
     from . import trained
 
     tb = trained.load()
-    noise, cond = _batch(classes, seeds, tb.latent_shape)
+    label = f"trained testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
+    return _eps_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape)
+
+
+def hr_problem(
+    classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "karras", size: int = 32
+) -> Problem:
+    """testbed-hr (its own autoencoder and latent space, the UNet fine-tuned at 32 and 64 px) at `size` px
+    (32: 4x8x8 latents, 64: 4x16x16), sampled with CFG."""
+    from . import trained
+
+    if size not in (32, 64):
+        raise ValueError(f"size: expected 32 or 64 (the sizes testbed-hr was trained at), got {size!r}")
+    tb = trained.load(name="hr")
+    shape = (tb.latent_shape[0], size // 4, size // 4)
+    label = f"testbed-hr {size} px ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
+    return _eps_testbed_problem(tb, label, classes, seeds, cfg, scheduler, shape)
+
+
+def _eps_testbed_problem(tb, label: str, classes: int, seeds: int, cfg: float, scheduler: str, shape) -> Problem:
+    noise, cond = _batch(classes, seeds, shape)
     table = tb.sigmas
 
     def net_denoiser(wrap):
@@ -81,7 +107,7 @@ def trained_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, schedul
         return den
 
     return Problem(
-        name=f"trained testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})",
+        name=label,
         denoiser=torch.no_grad()(tb.cfg_denoiser(cfg)),
         noise=noise,
         cond=cond,
@@ -89,6 +115,51 @@ def trained_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, schedul
         sigma_table=table,
         scheduler=scheduler,
         net_denoiser=net_denoiser,
+    )
+
+
+def flow_problem(classes: int = 10, seeds: int = 2, cfg: float = 4.0, scheduler: str = "simple") -> Problem:
+    """The flow testbed (testbed/trained_flow.py: a rectified-flow DiT on coloured shapes, pixel space
+    3x32x32, ComfyUI's ModelSamplingDiscreteFlow with shift 3), sampled with CFG. The denoiser returns
+    x0 = x - sigma v; sampling starts at noise * sigmas[0] (sigma_max = 1); decode maps [-1, 1] to 0..1."""
+    from . import trained_flow
+
+    tb = trained_flow.load()
+    noise, cond = _batch(classes, seeds, tb.latent_shape)
+    null = tb.null_class
+
+    def net_denoiser(wrap):
+        """The same CFG denoiser with its network calls going through wrap(net_call); the network input is x
+        itself (CONST), the call is net_call(x, timestep, class)."""
+
+        def net_call(x, t, y):
+            return tb.net(x, t, y)
+
+        wrapped = wrap(net_call)
+
+        @torch.no_grad()
+        def den(x, sigma, cond=None, **_):
+            b = x.shape[0]
+            s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1).expand(b)
+            c = torch.as_tensor(cond).reshape(-1).expand(b)
+            xx, ss = torch.cat([x, x]), torch.cat([s, s])
+            v = wrapped(xx, float(s[0]), tb.sampling.timestep(ss), torch.cat([c, torch.full_like(c, null)]))
+            x0 = xx - ss.view(-1, 1, 1, 1) * v
+            x0_c, x0_u = x0.chunk(2)
+            return x0_u + cfg * (x0_c - x0_u)
+
+        return den
+
+    return Problem(
+        name=f"flow DiT testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})",
+        denoiser=torch.no_grad()(tb.cfg_denoiser(cfg)),
+        noise=noise,
+        cond=cond,
+        decode=torch.no_grad()(tb.decode),
+        sigma_table=tb.sigmas,
+        scheduler=scheduler,
+        net_denoiser=net_denoiser,
+        sampling=tb.sampling,
     )
 
 
