@@ -17,7 +17,9 @@ down to 32 px.
 Equal compute. ``train_cost`` counts latent pixels x samples (steps x batch x H x W; the UNet's FLOPs per sample
 are about proportional to its pixels): the monolithic model takes N steps at 16x16 latents; the pair spends half
 of that on each expert, so the structure expert gets 2N steps at 8x8 and the texture expert N/2 steps at 16x16.
-``time_decoupled_hr`` is the control: the same pair with the structure expert trained at high resolution
+``time_decoupled_paper_level`` is the same pair with the hand-off re-noised at the paper's equal-SNR level instead
+of the default resolution-aware level (2x the switch's sigma after the 2x upscale, above the texture expert's
+trained range). ``time_decoupled_hr`` is the control: the same pair with the structure expert trained at high resolution
 (N/2 steps each), which tells the timestep split from the resolution saving. ``base`` is the model before
 fine-tuning; ``data`` as many training images of the target domain as there are samples, through the
 autoencoder (what a perfect generator would score at this sample size: the floor). ``sample_cost`` is the
@@ -218,7 +220,7 @@ class Sampling:
         return self.task.tb.decode(x)
 
     @torch.no_grad()
-    def pair(self, structure, texture, t_struct: int, structure_lr: bool) -> torch.Tensor:
+    def pair(self, structure, texture, t_struct: int, structure_lr: bool, renoise: str = "resolution") -> torch.Tensor:
         extra = {"cond": self.cond}
         common = dict(switch_timestep=t_struct, extra_structure=extra, extra_texture=extra)
         if structure_lr:  # the structure expert at 32 px, the resolution-aware hand-off to 64 px
@@ -234,6 +236,7 @@ class Sampling:
                 size=(64, 64),
                 filter="bicubic",
                 noise=self.noise_hr,
+                renoise=renoise,
                 **common,
             )
         else:
@@ -310,6 +313,14 @@ def run(args) -> dict:
             smp.pair(s_den, t_den, t, structure_lr=True),
             s_secs + t_secs,
             f"structure t>={t} 32 px {n_s} steps; texture t<{t} 64 px {n_t} steps",
+        )
+        add(
+            "time_decoupled_paper_level",
+            t,
+            cost,
+            smp.pair(s_den, t_den, t, structure_lr=True, renoise="paper"),
+            s_secs + t_secs,
+            "the same pair; hand-off re-noised at the paper's equal-SNR level (inside the texture expert's range)",
         )
         if t == 500 or len(sweep) == 1:
             n_h = max(1, n // 2)

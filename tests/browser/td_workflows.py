@@ -30,6 +30,7 @@ def write(WF, OUT):
     w.link(ck, "CLIP", pos, "clip")
     w.link(ck, "CLIP", neg, "clip")
     img = w.node("LoadImage", (30, 420), (320, 330), title="Training image", image=IMAGE)
+    img["widgets_values"].append("image")  # the front end's upload button, as the UI's Save writes LoadImage
     enc = w.node("VAEEncode", (390, 420), (210, 46))
     w.link(img, "IMAGE", enc, "pixels")
     w.link(ck, "VAE", enc, "vae")

@@ -130,6 +130,8 @@ def expected_inputs(node: dict, object_info: dict) -> dict:
         if name not in linked:
             out[name] = values[k]
         k += 2 if opts.get("control_after_generate") else 1
+        if opts.get("image_upload"):  # LoadImage's upload button: one more widget value ("image"), no input
+            k += 1
     assert k == len(values), f"{node['type']} #{node['id']}: {len(values)} widget values, inputs need {k}"
     return out
 
