@@ -166,7 +166,9 @@ def train_expert(task: Task, latents, t_range, steps: int, args, seed: int):
 
     base = task.tb.net
     if args.lora_rank > 0:
-        net = lora.lora_copy(base, args.lora_rank)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = lora.lora_copy(base, args.lora_rank)
     else:
         net = copy.deepcopy(base).requires_grad_(True)
     den = TestbedDenoiser(net)

@@ -314,7 +314,9 @@ def _train(
     if config.lora_rank > 0:
         shared = to_trainable(src, trainable=False) if has_inference_tensors(src) else src
         shared.requires_grad_(False)
-        net = lora.lora_copy(shared, config.lora_rank)
+        with torch.random.fork_rng(devices=[]):  # the LoRA's initial factors follow the seed too
+            torch.manual_seed(config.seed)
+            net = lora.lora_copy(shared, config.lora_rank)
     else:
         net = to_trainable(src)
     net.train()

@@ -284,3 +284,53 @@ def test_errors_name_the_input(comfy, object_info, tiny_models):
         entry = comfy.run(bad, timeout=300, check=False)
         msgs = [d for n, d in entry["status"]["messages"] if n == "execution_error"]
         assert msgs and msgs[0]["exception_message"].startswith(message), (inputs, entry["status"])
+
+
+ONE_IMPLEMENTATION = r"""
+import torch
+import tempo_testnodes as tn
+from comfyui_tempo.nodes.td_train import TimeDecoupledTrainer
+from comfyui_tempo.testbed.distill import TestbedDenoiser
+from comfyui_tempo.training import finetune, lora
+from safetensors.torch import load_file
+import folder_paths, os
+
+model = tn.build_model("testbed")
+raw = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+seed, steps = 7, 3
+out = TimeDecoupledTrainer.execute(
+    model, {"samples": raw}, [[tn.class_cond(3), {}]], 500, 999, 0, 0, 2, steps, 1e-3, 4, 0, 0.0, seed,
+    "time_decoupled/one_implementation", 100, False,
+)
+node_sd = load_file(os.path.join(folder_paths.get_output_directory(), "loras", "time_decoupled",
+                                 "one_implementation.safetensors"))
+# the core on the testbed's own network and denoiser, the same latents (model space), class, seed and settings
+with torch.inference_mode(False):
+    tb = tn.testbed("testbed")
+    z = model.model.process_latent_in(raw.clone())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = lora.lora_copy(tb.net, 4)
+    cfg = finetune.FinetuneConfig(model_type="eps", timestep_min=500, timestep_max=999, batch_size=2, lr=1e-3,
+                                  lora_rank=4, seed=seed)
+    tr = finetune.FinetuneTrainer(TestbedDenoiser(net), z, cfg, conditioning=[3])
+    logs = tr.train(steps)
+    core_sd = finetune.expert_state_dict(net, prefix="diffusion_model.net.")
+RESULT = {
+    "same_keys": sorted(node_sd) == sorted(core_sd),
+    "n": len(core_sd),
+    "max_diff": max(float((node_sd[k].float() - core_sd[k].float()).abs().max()) for k in core_sd),
+    "moved": max(float(core_sd[k].abs().max()) for k in core_sd if k.endswith("lora_up.weight")),
+    "losses": [l["loss_denoise"] for l in logs],
+}
+"""
+
+
+def test_node_and_core_train_the_same_expert(comfy_snippet):
+    """One implementation: the node's LoRA (ComfyUI's model, conditioning and latent plumbing around
+    training.finetune) equals the core's on the testbed's own denoiser for the same latents, class, seed and
+    settings, after 3 steps."""
+    r = comfy_snippet(ONE_IMPLEMENTATION, timeout=600)
+    assert r["same_keys"] and r["n"] > 60, r
+    assert r["moved"] > 1e-4, r
+    assert r["max_diff"] <= 1e-5 * max(1.0, r["moved"] * 100), r
