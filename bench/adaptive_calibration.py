@@ -276,6 +276,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--heldout", default="", help="held-out classes: also measure the profile on them (e.g. 3,4,5,6,7,8,9)"
     )
+    p.add_argument(
+        "--seeds", type=int, default=1, help="seeds per class: calibration on each class's first, held out on all"
+    )
     p.add_argument("--json", help="with --heldout: write the rows here")
     p.add_argument("--no-refine", action="store_true", help="the greedy path alone (no local search after it)")
     p.add_argument("--threads", type=int, default=0)
@@ -288,7 +291,10 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     calib = _indices(args.calib, "--calib")
     held = _indices(args.heldout, "--heldout")
-    problem = problems.trained_problem(classes=10, seeds=1, cfg=args.cfg, scheduler=args.scheduler)
+    k = max(1, args.seeds)
+    problem = problems.trained_problem(classes=10, seeds=k, cfg=args.cfg, scheduler=args.scheduler)
+    calib = [c * k for c in calib]  # the problem's rows: class c, seed s at c * k + s
+    held = [c * k + s for c in held for s in range(k)]
     skips = skips_for_speedup(args.steps, args.target_speedup)
     prof = calibrate(problem, args.sampler, args.steps, skips, calib, args.extrapolation, refine=not args.no_refine)
     save_profile(prof, args.out)

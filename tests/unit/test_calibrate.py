@@ -231,3 +231,21 @@ def test_cli_calibrate_writes_a_profile(tmp_path, capsys):
     prof = load_profile(str(out))
     assert prof.steps == 8 and prof.skips == 4 and prof.sampler == "euler" and prof.scheduler == "karras"
     assert "wrote" in capsys.readouterr().out
+    argv = [
+        "adaptive",
+        "calibrate",
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--calib",
+        "1",
+        "--heldout",
+        "2",
+        "--seeds",
+        "2",
+    ]
+    assert cli.main(argv + ["--json", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert {r["method"] for r in rows} >= {"adaptive_calibrated", "greedy_optimal", "adaptive", "fewer_steps"}
+    assert all(r["heldout"] == 2 and r["calib_prompts"] == 1 for r in rows)
