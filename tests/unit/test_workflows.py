@@ -205,6 +205,32 @@ PACK_WIDGETS = {
         "resume",
         "gradient_checkpointing",
     ],
+    # DMD jobs for torchrun (nodes/dmd_job_node.py): the trainer's widgets less resume, with the teacher's file and
+    # the job's name after the links
+    "TempoDMDJobExport": [
+        "teacher_checkpoint",
+        "job_name",
+        "width",
+        "height",
+        "batch_size",
+        "steps",
+        "generator_lr",
+        "fake_lr",
+        "guidance",
+        "update_ratio",
+        "conditioning_timestep",
+        "generator_steps",
+        "warmup_steps",
+        "regression_weight",
+        "regression_pairs",
+        "gan_weight",
+        "lora_rank",
+        "seed",
+        "control_after_generate",
+        "save_name",
+        "checkpoint_interval",
+        "gradient_checkpointing",
+    ],
     # time-decoupled training (nodes/td_train.py)
     "TempoTimeDecoupledTrainer": [
         "timestep_min",
