@@ -355,8 +355,8 @@ class AdaptiveSampling:
         use_x0 = mode == "linear_x0"
         vals = self._hD[:, idx] if use_x0 else hd
         in_log = use_x0 or mode == "log_linear"
-        nodes = hs.log() if in_log else hs
-        t = math.log(sigma) if in_log else sigma
+        nodes = self._log_time(hs) if in_log else hs
+        t = float(self._log_time(torch.tensor(sigma, dtype=torch.float64))) if in_log else sigma
         m_per = ((~hs.isnan()).sum(0) - 1).clamp(0, order)  # usable order per sample
         out = torch.empty_like(hd[0])
         for m in m_per.unique().tolist():
@@ -396,6 +396,13 @@ class AdaptiveSampling:
             self._auto = "linear" if (self._noise_seen or multi_eval) else "log_linear"
             self.report.extrapolation = f"auto: {self._auto}"
         return self._auto
+
+    def _log_time(self, s: torch.Tensor) -> torch.Tensor:
+        """log sigma; for a flow model log(s / (1 - s)), the log sigma of the equivalent VE model (as the planner)."""
+        if self.flow:
+            s = s.clamp(max=1.0 - 1e-6)
+            return (s / (1.0 - s)).log()
+        return s.log()
 
     @torch.no_grad()
     def _remember(self, x: torch.Tensor, sigma: float, out: torch.Tensor, idx: torch.Tensor):
