@@ -5,8 +5,7 @@ timestep and the class, the network of the flow testbed (``testbed/trained_flow.
 (a strided convolution), fixed 2-D sine-cosine position embeddings are added, and each block is
 pre-norm attention + MLP whose LayerNorm shift / scale and residual gates come from the conditioning
 vector c = MLP(sinusoidal(timestep)) + embedding(y) (class ``num_classes`` = the null class, for
-classifier-free guidance); with ``in_context`` the two embeddings are also prepended as tokens (as U-ViT
-does), which the patches attend to. The gates and the output layer start at zero, so the untrained net outputs 0.
+classifier-free guidance). The gates and the output layer start at zero, so the untrained net outputs 0.
 """
 
 from __future__ import annotations
@@ -68,7 +67,6 @@ class DiT(nn.Module):
         heads: int = 4,
         mlp_ratio: float = 3.0,
         num_classes: int = 10,
-        in_context: bool = False,
     ):
         super().__init__()
         if image_size % patch or dim % 4 or dim % heads:
@@ -76,7 +74,7 @@ class DiT(nn.Module):
                 f"DiT: image_size {image_size} must be a multiple of patch {patch}; dim {dim} of 4 and heads"
             )
         self.in_channels, self.patch, self.image_size, self.dim = in_channels, patch, image_size, dim
-        self.num_classes, self.in_context = num_classes, in_context
+        self.num_classes = num_classes
         self.embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         g = image_size // patch
         self.register_buffer("pos", _pos_embed_2d(dim, g, g), persistent=False)
@@ -99,14 +97,9 @@ class DiT(nn.Module):
                 f"x: expected [B, {self.in_channels}, {self.image_size}, {self.image_size}], got {list(x.shape)}"
             )
         tok = self.embed(x).flatten(2).transpose(1, 2) + self.pos
-        t_emb, y_emb = self.t_mlp(timestep_embedding(timestep.reshape(-1).expand(b), self.dim)), self.y_embed(y)
-        c = t_emb + y_emb
-        if self.in_context:  # the timestep and the class also as two tokens every patch can attend to
-            tok = torch.cat([t_emb[:, None], y_emb[:, None], tok], 1)
+        c = self.t_mlp(timestep_embedding(timestep.reshape(-1).expand(b), self.dim)) + self.y_embed(y)
         for blk in self.blocks:
             tok = blk(tok, c)
-        if self.in_context:
-            tok = tok[:, 2:]
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=1)
         out = self.out(_modulate(self.norm_out(tok), shift, scale))  # [B, N, p * p * C]
         gh, gw = h // p, w // p

@@ -120,7 +120,7 @@ def _eps_testbed_problem(tb, label: str, classes: int, seeds: int, cfg: float, s
 
 def flow_problem(classes: int = 10, seeds: int = 2, cfg: float = 4.0, scheduler: str = "simple") -> Problem:
     """The flow testbed (testbed/trained_flow.py: a rectified-flow DiT on coloured shapes, pixel space
-    3x32x32, ComfyUI's ModelSamplingDiscreteFlow with shift 3), sampled with CFG. The denoiser returns
+    3x16x16, ComfyUI's ModelSamplingDiscreteFlow with shift 3), sampled with CFG. The denoiser returns
     x0 = x - sigma v; sampling starts at noise * sigmas[0] (sigma_max = 1); decode maps [-1, 1] to 0..1."""
     from . import trained_flow
 

@@ -22,7 +22,7 @@ from .data import _LUMA, _random_colours
 
 CLASSES = ("disc", "square", "triangle", "ring", "plus", "cross", "star", "stripes", "checker", "crescent")
 DEFAULT_SEED = 4321
-DEFAULT_SIZE = 32
+DEFAULT_SIZE = 16
 DEFAULT_PER_CLASS = 500
 #: the shape's luma differs at least this much from the mean luma of its background
 MIN_CONTRAST = 0.3

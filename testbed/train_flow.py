@@ -29,8 +29,8 @@ from .classifier import Classifier
 from .dit import DiT, param_count
 from .train import _lr, _round_fp16
 
-DATA_CONFIG = dict(seed=shapes.DEFAULT_SEED, size=32, per_class=800, heldout_every=10)
-DIT_CONFIG = dict(in_channels=3, image_size=32, patch=4, dim=128, depth=4, heads=4, mlp_ratio=3.0, num_classes=10)
+DATA_CONFIG = dict(seed=shapes.DEFAULT_SEED, size=16, per_class=800, heldout_every=10)
+DIT_CONFIG = dict(in_channels=3, image_size=16, patch=2, dim=128, depth=4, heads=4, mlp_ratio=3.0, num_classes=10)
 CLASSIFIER_CONFIG = dict(channels=[16, 32, 64], feature_dim=32, num_classes=10, thumb=4)
 SAMPLING_CONFIG = dict(shift=3.0, multiplier=1000)
 
@@ -89,7 +89,7 @@ def train_flow(
     steps: int,
     seed: int,
     dit_config: dict = DIT_CONFIG,
-    batch: int = 64,
+    batch: int = 32,
     lr: float = 1e-3,
     p_uncond: float = 0.15,
     ema_decay: float = 0.999,
@@ -149,9 +149,9 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=2400, help="DiT training steps")
+    ap.add_argument("--steps", type=int, default=4000, help="DiT training steps")
     ap.add_argument("--clf-steps", type=int, default=300, help="classifier training steps")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--dit", type=json.loads, default={}, help="DiT config overrides (JSON)")
     ap.add_argument("--out", type=Path, default=trained_flow.WEIGHTS_FILE)

@@ -1,4 +1,4 @@
-"""The flow testbed: a small class-conditional rectified-flow DiT on coloured shapes (pixel space),
+"""The flow testbed: a small class-conditional rectified-flow DiT on coloured shapes (pixel space, 3x16x16),
 the third testbed, different from ``testbed`` / ``testbed-hr`` in data (``testbed/shapes.py``),
 architecture (a transformer, ``testbed/dit.py``) and parameterisation (velocity, like SD3 and Flux).
 
@@ -149,7 +149,7 @@ def load(device="cpu", path: str | Path | None = None) -> FlowTestbed:
 
 
 # --- measurements ----------------------------------------------------------------------------
-def batch(classes=tuple(range(10)), seeds=(0, 1), shape=(3, 32, 32)) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(classes=tuple(range(10)), seeds=(0, 1), shape=(3, 16, 16)) -> tuple[torch.Tensor, torch.Tensor]:
     """(unit noise [len(seeds) * len(classes), *shape], classes): one noise tensor per seed, for all classes."""
     cond = torch.tensor([c for _ in seeds for c in classes])
     noise = torch.cat([torch.randn(len(classes), *shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
@@ -223,7 +223,10 @@ def save_grid(tb: FlowTestbed, path: str, cfg: float = 4.0, seeds=range(8), step
     img = sample(tb, noise, cond, steps, "simple", cfg)
     n, s = len(tuple(seeds)), tb.image_size
     grid = img.view(n, 10, 3, s, s).permute(0, 3, 1, 4, 2).reshape(n * s, 10 * s, 3)
-    Image.fromarray((grid.numpy() * 255).round().astype("uint8")).resize((20 * s, 2 * n * s), Image.NEAREST).save(path)
+    k = max(1, 64 // s)
+    Image.fromarray((grid.numpy() * 255).round().astype("uint8")).resize((10 * k * s, n * k * s), Image.NEAREST).save(
+        path
+    )
 
 
 if __name__ == "__main__":
