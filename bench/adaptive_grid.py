@@ -277,6 +277,32 @@ SUMMARY_COLUMNS = [
 ]
 
 
+def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
+    """The per-cell table at the default steps and CFG as markdown: a row per model and sampler, a column per
+    scheduler, each cell "default dB (vs fewer steps / vs uniform skipping)"; failed checks in bold."""
+    cells = [s for s in summary if s["steps"] == steps and s["cfg"] == cfg]
+    scheds = [sc for sc in SCHEDULERS if any(s["scheduler"] == sc for s in cells)]
+    lines = ["| model | sampler | cut | " + " | ".join(scheds) + " |", "| --- | --- | --- |" + " --- |" * len(scheds)]
+    keys = []
+    for s in cells:
+        if (s["model"], s["sampler"]) not in keys:
+            keys.append((s["model"], s["sampler"]))
+    for model, sampler in keys:
+        row = {s["scheduler"]: s for s in cells if s["model"] == model and s["sampler"] == sampler}
+        cut = min(r["cut"] for r in row.values())
+        out = []
+        for sc in scheds:
+            r = row.get(sc)
+            if r is None:
+                out.append("")
+                continue
+            f = f"{r['vs_fewer']:+.1f}" if r["vs_fewer"] > 0 else f"**{r['vs_fewer']:+.1f}**"
+            u = f"{r['vs_uniform']:+.1f}" if r["vs_uniform"] > 0 else f"**{r['vs_uniform']:+.1f}**"
+            out.append(f"{r['adaptive_db']:.1f} ({f} / {u})")
+        lines.append(f"| {model} | {sampler} | {cut:.2f}x | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
 def add_arguments(p) -> None:
     p.add_argument("--grid", action="store_true", help="the generalisation grid (models x samplers x schedulers ...)")
     p.add_argument("--grid-models", default=",".join(MODELS))
@@ -337,6 +363,9 @@ def grid_main(args) -> int:
         f"steps and above uniform skipping; worst vs fewer {min(s['vs_fewer'] for s in ok):+.2f} dB, worst vs "
         f"uniform {min(s['vs_uniform'] for s in ok):+.2f} dB"
     )
+    result["markdown"] = markdown_matrix(summary, args.grid_steps, args.cfg)
+    print("\nper cell at the defaults: default's PSNR dB (minus fewer steps / minus uniform skipping):\n")
+    print(result["markdown"])
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
