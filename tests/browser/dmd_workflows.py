@@ -211,4 +211,41 @@ def write(WF, OUT):
         w.link(dec, "IMAGE", save, "images")
     w.dump(OUT / "dmd2_sdxl_released.json")
     names.append("dmd2_sdxl_released.json")
+
+    # 6. the trainer's run as a job folder for torchrun (comfyui-tempo train dmd --job): the same front, the
+    #    same DMD2 SD1.5 settings, a global batch for several GPUs; the node shows the commands
+    w = WF()
+    ck, pos, neg = _front(w)
+    job = w.node(
+        "TempoDMDJobExport",
+        (1120, 20),
+        (420, 760),
+        teacher_checkpoint=SD15,
+        job_name="dmd/sd15_job",
+        width=512,
+        height=512,
+        batch_size=32,
+        steps=20000,
+        generator_lr=1e-5,
+        fake_lr=1e-5,
+        guidance=1.75,
+        update_ratio=10,
+        conditioning_timestep=999,
+        generator_steps=1,
+        warmup_steps=500,
+        regression_weight=0.0,
+        regression_pairs="",
+        gan_weight=0.0,
+        lora_rank=0,
+        seed=0,
+        seed__control="fixed",
+        save_name="dmd/sd15_generator",
+        checkpoint_interval=500,
+        gradient_checkpointing=False,
+    )
+    w.link(ck, "MODEL", job, "teacher")
+    w.link(pos, "CONDITIONING", job, "positive")
+    w.link(neg, "CONDITIONING", job, "negative")
+    w.dump(OUT / "dmd_job_export.json")
+    names.append("dmd_job_export.json")
     return names

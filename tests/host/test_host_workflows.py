@@ -170,7 +170,10 @@ def test_workflow_runs_through_the_loaders(comfy, object_info, tiny_models, name
         assert len(samples) == 2, shapes
     if name in made_by(comfy):
         assert made_by(comfy)[name].is_file(), texts
-    if name not in ("dmd_trainer.json", "dmd_regression_pairs.json"):
+    if name == "dmd_job_export.json":  # writes a job folder, shows the torchrun commands
+        assert (Path(comfy.base) / "output" / "tempo_jobs" / "dmd" / "sd15_job" / "job.json").is_file(), texts
+        assert any("train dmd --job" in t for ts in texts.values() for t in ts), texts
+    elif name not in ("dmd_trainer.json", "dmd_regression_pairs.json"):
         assert saved, name
     print(
         f"\n{name}: {sum(len(v) for v in saved.values())} saved, "

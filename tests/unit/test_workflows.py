@@ -27,6 +27,7 @@ EXPECTED |= {
     "dmd_loader_ksampler.json",
     "dmd_sampler_custom.json",
     "dmd2_sdxl_released.json",
+    "dmd_job_export.json",
 }
 EXPECTED |= {"td_trainer.json"}
 
@@ -362,6 +363,26 @@ def test_dmd_example_settings():
     }
     assert sorted(v["timesteps"] for v in ks.values()) == ["399", "999,749,499,249"]
     assert all(v["cfg"] == 1.0 for v in ks.values())
+
+
+def test_dmd_job_export_example_settings():
+    """The job example: dmd_trainer.json's front and DMD2 settings, its teacher_checkpoint the file its
+    CheckpointLoaderSimple loads (the job refers to that file), a global batch several GPUs can split."""
+    wf = json.loads((REPO / "workflows" / "dmd_job_export.json").read_text())
+    job = next(n for n in wf["nodes"] if n["type"] == "TempoDMDJobExport")
+    named = dict(zip(PACK_WIDGETS["TempoDMDJobExport"], job["widgets_values"]))
+    ck = next(n for n in wf["nodes"] if n["type"] == "CheckpointLoaderSimple")
+    assert named["teacher_checkpoint"] == ck["widgets_values"][0]
+    trainer = json.loads((REPO / "workflows" / "dmd_trainer.json").read_text())
+    tr = next(n for n in trainer["nodes"] if n["type"] == "TempoDMDTrainer")
+    tr_named = dict(zip(PACK_WIDGETS["TempoDMDTrainer"], tr["widgets_values"]))
+    for k in ("guidance", "update_ratio", "generator_lr", "fake_lr", "conditioning_timestep", "width", "lora_rank"):
+        assert named[k] == tr_named[k], k
+    assert named["batch_size"] % 8 == 0 and named["job_name"] == "dmd/sd15_job"
+    # the teacher comes straight from the loader (a LoRA in between would be refused)
+    src = {link[4]: link[1] for link in wf["links"] if link[3] == job["id"]}
+    slot = {inp["name"]: i for i, inp in enumerate(job["inputs"])}
+    assert src[slot["teacher"]] == ck["id"]
 
 
 def test_coop_example_settings():
