@@ -20,7 +20,6 @@ from .dmd_job import export_job
 from .dmd_train import TRAIN_CATEGORY, DMDTrainerNode
 
 JOB_FOLDER = "tempo_jobs"  # under ComfyUI's output directory
-TEACHER_FOLDERS = ("checkpoints", "diffusion_models")
 # the DMD Trainer node's inputs a job does not take: resuming and the sample images happen on the cluster
 NOT_IN_JOB = {"resume", "vae"}
 TOOLTIPS = {  # the trainer's inputs whose meaning changes in a job
@@ -144,7 +143,7 @@ class DMDJobExportNode(io.ComfyNode):
                 "A relative name: no drive, absolute path or '..'.",
             ),
         ]
-        at = 3  # after teacher, positive, negative
+        at = [i.id for i in inputs].index("negative") + 1  # the links first, then the job's own widgets
         return compat.schema(
             node_id="TempoDMDJobExport",
             display_name="DMD Job Export",
