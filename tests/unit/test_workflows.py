@@ -418,6 +418,7 @@ def test_td_trainer_example_settings():
     td = next(n for n in wf["nodes"] if n["type"] == "TempoTimeDecoupledSampler")
     named = dict(zip(PACK_WIDGETS["TempoTimeDecoupledSampler"], td["widgets_values"]))
     assert (named["switch_mode"], named["switch_timestep"], named["scale"]) == ("timestep", 500, 2.0)
+    assert named["renoise_level"] == "paper (equal SNR)"  # the texture expert's trained range ends at the switch
     # the structure trainer's MODEL feeds model_structure, the texture trainer's model_texture
     src = {link[4]: link[1] for link in wf["links"] if link[3] == td["id"]}
     slot = {inp["name"]: i for i, inp in enumerate(td["inputs"])}
