@@ -394,7 +394,7 @@ class AdaptiveSampling:
         if self._auto is None:
             multi_eval = self.endpoint_corrector or any(r.evals > 1 for r in self.report.records[:-1])
             self._auto = "linear" if (self._noise_seen or multi_eval) else "log_linear"
-            self.report.extrapolation = f"auto: {self._auto}"
+            self.report.extrapolation = f"{self._auto} (auto)"
         return self._auto
 
     def _log_time(self, s: torch.Tensor) -> torch.Tensor:

@@ -112,7 +112,7 @@ def test_skipping_cuts_nfe_for_eps_v_and_flow_models(adaptive_result):
         assert info["finite"], key
         assert info["plot"][0] == 1 and info["plot"][-1] == 3
         text = info["text"]
-        assert text.startswith("AdaptiveDiffusion [target]"), text
+        assert text.startswith("AdaptiveDiffusion [target, planner schedule"), text
         speed = float(text.split("(")[1].split("x")[0])
         assert speed > 1.3, (key, text)
 

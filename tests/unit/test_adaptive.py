@@ -397,9 +397,9 @@ def test_video_latents_and_flow_models():
 def test_auto_extrapolation_follows_the_sampler(setup):
     """auto: log sigma for one-evaluation deterministic samplers, sigma for noisy or multi-evaluation ones."""
     den, noise, cond = setup
-    want = {"euler": "auto: log_linear", "dpmpp_2m": "auto: log_linear", "euler_ancestral": "auto: linear"}
-    want["heun"] = "auto: linear"
-    want["dpm_2"] = "auto: linear"
+    want = {"euler": "log_linear (auto)", "dpmpp_2m": "log_linear (auto)", "euler_ancestral": "linear (auto)"}
+    want["heun"] = "linear (auto)"
+    want["dpm_2"] = "linear (auto)"
     for sampler, resolved in want.items():
         out, rep = run(den, noise, cond, sampler, n=20, config=AdaptiveConfig())
         assert rep.extrapolation == resolved, sampler
