@@ -26,12 +26,15 @@ eps. For stochastic samplers, the injected noise is recorded through the sampler
 sampler and regressed out of each latent increment before the estimator sees it.
 
 Improvements over the paper, each behind an option of ``AdaptiveConfig``:
-``extrapolation="linear"`` (extrapolate the reused direction from the last two computed ones,
-linearly in sigma, instead of holding it), ``force_last``, ``start_percent``,
-``estimator_space="vp"`` (measure on x / sqrt(1 + sigma^2)), per-sample decisions with the model run
-only on the samples that need it, and ``mode="target"``: a speed-up target that the controller meets
-by pacing its skips (more of them late in the run, ``tilt``); ``placement`` > 0 lets an estimator
-move each skip toward a step it rates cheaper (off by default: on the testbed it cost PSNR).
+``mode="target"`` (the default): a speed-up target met on a skip path planned from the run's sigma
+schedule (``planner="schedule"``, ``samplers.skip_plan``: skips as isolated as the target allows, the
+rest placed by a cost model of sigma travel and extrapolation distance in log sigma), or paced at a
+rate ramped by ``tilt`` (``planner="pace"``, the earlier default); ``extrapolation`` of the reused
+direction from the last computed ones (``"auto"``: linear in log sigma for deterministic one-evaluation
+samplers, linear in sigma otherwise; ``"hold"`` is the paper's reuse); ``force_last``,
+``start_percent``, ``estimator_space="vp"`` (measure on x / sqrt(1 + sigma^2)), per-sample decisions
+with the model run only on the samples that need it; ``placement`` > 0 lets an estimator move each
+paced skip toward a step it rates cheaper.
 """
 
 from __future__ import annotations

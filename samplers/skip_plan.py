@@ -74,10 +74,10 @@ def plan_skips(
     if n_skips <= 0 or eligible == 0:
         return torch.ones(n, dtype=torch.bool), 0.0
     n_skips = min(n_skips, max(fit, 0), eligible)
-    # best[(b, a)] = {skips so far: (cost, path)} for paths whose last computed steps are b > a
     inf = float("inf")
-    # process computed steps in increasing order: from b, the next computed step c = b + 1 + g
-    # (g skips in between, all eligible); c = n means "the run ends after skipping to the end"
+    # states_at[b] = [(a, {skips so far: (cost, computed steps)})] for partial paths whose last two computed
+    # steps are b > a. Computed steps are processed in increasing order: from b the next computed step is
+    # c = b + 1 + g (g skips in between, all eligible); c = n means the run ends after skipping to the end.
     states_at: dict[int, list[tuple[int | None, dict]]] = {0: [(None, {0: (0.0, (0,))})]}
     final: dict[int, tuple[float, tuple[int, ...]]] = {}
     for b in range(n):
