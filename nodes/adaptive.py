@@ -143,6 +143,7 @@ def adaptive_inputs() -> list:
             "planner",
             options=["schedule", "pace"],
             default="schedule",
+            optional=True,  # added after release: API prompts saved without it still validate (and get the default)
             tooltip="mode target_speedup: schedule (default) plans the skip path from this run's sigmas: skips as "
             "isolated as the target allows (every other step at 2x), the rest placed where the sigma travel and the "
             "extrapolation distance in log sigma make them cheapest. pace: the earlier default (skips paced at a "

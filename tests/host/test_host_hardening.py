@@ -145,11 +145,16 @@ def loader_graph(generator_name: str, **inputs) -> Graph:
 
 # ----------------------------------------------------------------------------- item 3: ComfyUI's own checks run
 def test_adaptive_ksampler_valid_graph_runs(comfy):
-    g, _ = adaptive_ksampler_graph()
-    payload = post(comfy, g)
-    assert not errors_of(payload), payload
-    entry = comfy.wait(payload["prompt_id"], timeout=300)
-    assert entry["status"]["status_str"] == "success"
+    """The graph's inputs are an API prompt saved before `planner` existed: it still validates and runs, with the
+    default planner; a prompt that names the planner gets it."""
+    for extra, planner in (({}, "schedule"), ({"planner": "pace"}, "pace")):
+        g, ks = adaptive_ksampler_graph(steps=10, target_speedup=2.0, **extra)
+        payload = post(comfy, g)
+        assert not errors_of(payload), payload
+        entry = comfy.wait(payload["prompt_id"], timeout=300)
+        assert entry["status"]["status_str"] == "success"
+        text = entry["outputs"][ks.id]["text"][0]
+        assert text.startswith(f"AdaptiveDiffusion [target, planner {planner}"), text
 
 
 @pytest.mark.parametrize(
