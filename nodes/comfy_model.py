@@ -198,17 +198,20 @@ def has_inference_tensors(net: nn.Module) -> bool:
     return any(t.is_inference() for t in list(net.parameters()) + list(net.buffers()))
 
 
-def trainable_networks(base, teacher_d, lora_rank: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+def trainable_networks(base, teacher_d, lora_rank: int, seed: int = 0) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(real score, generator network, fake-score network) for a DMD run on ``base`` (a BaseModel) whose
     teacher denoiser is ``teacher_d``: the teacher's own diffusion model (frozen), and the generator and
     fake score as trainable float32 copies (``lora_rank`` 0, full weights) or as LoRA copies sharing one
-    set of base weights with the teacher."""
+    set of base weights with the teacher, whose initial factors follow ``seed`` (not the global random
+    state: the node and a job of the same settings start from the same factors)."""
     src = base.diffusion_model
     if lora_rank > 0:
         shared = to_trainable(src, trainable=False) if has_inference_tensors(src) else src
         shared.requires_grad_(False)
         real = ComfyDenoiser(base, shared)
-        gen_net, fake_net = lora.lora_copy(shared, int(lora_rank)), lora.lora_copy(shared, int(lora_rank))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed) % 2**63)
+            gen_net, fake_net = lora.lora_copy(shared, int(lora_rank)), lora.lora_copy(shared, int(lora_rank))
     else:
         real, gen_net, fake_net = teacher_d, to_trainable(src), to_trainable(src)
     gen_net.train()

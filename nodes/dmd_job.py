@@ -160,7 +160,7 @@ def job_trainer(job: dict, teacher):
     pos = [job_to_conds(p, device) for p in job["positive"]]
     neg = job_to_conds(job["negative"], device) if job["negative"] is not None else None
     lora_rank = int(job.get("lora_rank", 0))
-    real, gen_net, fake_net = trainable_networks(base, teacher_d, lora_rank)
+    real, gen_net, fake_net = trainable_networks(base, teacher_d, lora_rank, config.seed)
     pairs = job["pairs"]
     trainer = dmd_training.DMDTrainer(
         real,

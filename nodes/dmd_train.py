@@ -328,7 +328,7 @@ def _train(
     pairs = None
     if regression_weight > 0 or gan_weight > 0:
         pairs = load_pairs(regression_pairs, kind, config.generator_timesteps()[0], shape, len(pos))
-    real, gen_net, fake_net = trainable_networks(base, teacher_d, int(lora_rank))
+    real, gen_net, fake_net = trainable_networks(base, teacher_d, int(lora_rank), config.seed)
     trainer = dmd_training.DMDTrainer(
         real,
         ComfyDenoiser(base, gen_net),
