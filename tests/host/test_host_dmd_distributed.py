@@ -158,3 +158,30 @@ def test_the_export_command_encodes_the_prompts_as_clip_text_encode(comfy_snippe
     assert r["rc"] == 0 and r["steps"] == 3 and r["guidance"] == 2.5 and r["batch"] == 2, r
     assert r["same"] == [True, True, True] and r["differ"], r
     assert r["train_rc"] == 0 and (tmp_path / "run" / "generator.safetensors").is_file(), r
+
+
+LORA_SEED_SNIPPET = r"""
+import torch, nodes
+from comfyui_tempo.nodes.comfy_model import teacher_denoiser, trainable_networks
+from comfyui_tempo.training import lora
+with torch.inference_mode():
+    model = nodes.CheckpointLoaderSimple().load_checkpoint(CKPT)[0]
+def factors(seed):
+    base, teacher_d, _ = teacher_denoiser(model)
+    _, gen, fake = trainable_networks(base, teacher_d, 4, seed)
+    return [p.detach().clone() for p in lora.lora_parameters(gen) + lora.lora_parameters(fake)]
+torch.manual_seed(1)
+a = factors(7)
+torch.manual_seed(2)
+b = factors(7)
+c = factors(8)
+RESULT = {"n": len(a), "same": all(torch.equal(x, y) for x, y in zip(a, b)),
+          "differ": any(not torch.equal(x, y) for x, y in zip(a, c))}
+"""
+
+
+def test_lora_factors_follow_the_seed_not_the_global_random_state(comfy_snippet, tiny_models):
+    """The DMD Trainer node and a job of the same settings build their LoRA copies through trainable_networks:
+    with the same seed they start from the same factors whatever the process's random state was."""
+    r = comfy_snippet(f"CKPT = {tiny_models['names']['ckpt_a']!r}\n" + LORA_SEED_SNIPPET, timeout=600)
+    assert r["n"] > 0 and r["same"] and r["differ"], r
