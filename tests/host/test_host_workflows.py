@@ -87,6 +87,7 @@ def test_tiny_files_are_what_a_user_loads(tiny_models):
         assert r["unet_mismatch"] == [] and r["clip_mismatch"] == [] and r["vae_mismatch"] == [], r
         assert r["clip_params"] > 120_000_000, r  # the full 12-layer CLIP-L, not a part of it
         assert r["cond_shape"] == [1, 77, 768] and r["cond_finite"], r
+        assert r["eps_finite"] and 0.01 < r["eps_std"] < 10.0, r  # the UNet predicts something, not zero
     assert check[names["unet"]]["config"] == "SD15"
     lora = check[names["lora"]]
     assert lora["modules"] > 0 and lora["patched"] == lora["modules"] and lora["before"] == 0, lora

@@ -64,7 +64,9 @@ UNET_CONFIG = dict(
 
 
 def _randomise(sd: dict, seed: int, out_scale: float = 1.0) -> dict:
-    """Random weights: matrices / kernels N(0, 1/fan_in), norms 1, biases 0 (a stable random net)."""
+    """Random weights: matrices / kernels N(0, 1/fan_in), norms 1, biases 0 (a stable random net). Every 1-D
+    weight is a norm's scale (GroupNorm, LayerNorm), whatever its name: the UNet's GroupNorms are called
+    in_layers.0, out_layers.0 and out.0, and a zero there made the UNet predict zero everywhere."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for k, v in sd.items():
@@ -73,7 +75,7 @@ def _randomise(sd: dict, seed: int, out_scale: float = 1.0) -> dict:
         elif v.dim() >= 2:
             fan_in = v[0].numel()
             out[k] = torch.randn(v.shape, generator=g) / fan_in**0.5
-        elif "norm" in k and k.endswith("weight"):
+        elif k.endswith("weight"):
             out[k] = torch.ones(v.shape)
         else:
             out[k] = torch.zeros(v.shape)
@@ -225,6 +227,11 @@ def check(taesd_dir: str | os.PathLike) -> dict:
         R[name]["cond_shape"] = list(cond[0][0].shape)
         R[name]["cond_finite"] = bool(torch.isfinite(cond[0][0]).all())
         R[name]["cond_std"] = float(cond[0][0].std())
+        with torch.no_grad():  # the UNet predicts something (a zero GroupNorm scale once made it predict 0)
+            x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+            eps = model.model.diffusion_model(x, torch.tensor([500.0]), context=cond[0][0].float())
+        R[name]["eps_std"] = float(eps.std())
+        R[name]["eps_finite"] = bool(torch.isfinite(eps).all())
     t0 = time.monotonic()
     unet_model = call(nodes.UNETLoader, UNET, "default")[0]
     R["load_s"][UNET] = round(time.monotonic() - t0, 2)
