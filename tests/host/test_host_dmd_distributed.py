@@ -100,7 +100,13 @@ from safetensors.torch import load_file
 from comfyui_tempo.nodes import dmd as dmd_nodes
 import nodes, shutil, os, folder_paths
 a, b = load_file(ONE), load_file(TWO)
-rel = max(float((a[k].float() - b[k].float()).abs().max() / a[k].float().abs().max().clamp_min(1e-12)) for k in a)
+init = load_file(folder_paths.get_full_path("checkpoints", CKPT))  # the teacher: where both generators started
+init = {k: init["model.diffusion_model." + k].float() for k in a}
+# how far the two runs ended apart, against how far training moved the generator (L2 over every weight; the
+# files are fp16, so a per-tensor ratio would measure fp16 rounding of the few-step updates, not the runs)
+diff = sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in a) ** 0.5
+moved = sum(float(((a[k].float() - init[k]) ** 2).sum()) for k in a) ** 0.5
+rel = diff / max(moved, 1e-30)
 dest = os.path.join(folder_paths.models_dir, "dmd_generators", "host_dist")
 os.makedirs(dest, exist_ok=True)
 shutil.copy(TWO, os.path.join(dest, "job_2proc.safetensors"))
@@ -109,7 +115,7 @@ with torch.inference_mode():
     ld = dmd_nodes.DMDGeneratorLoader.execute(model, "host_dist/job_2proc.safetensors")
     cond = [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(0)) * 0.5, {}]]
     x = dmd_nodes.DMDKSampler.execute(ld.args[0], 3, "from model", 1.0, cond, {"samples": torch.zeros(1, 4, 8, 8)}).args[0]["samples"]
-RESULT = {"rel": rel, "finite": bool(torch.isfinite(x).all()), "keys": len(a) == len(b)}
+RESULT = {"rel": rel, "moved": moved, "finite": bool(torch.isfinite(x).all()), "keys": len(a) == len(b)}
 """
 
 
@@ -129,7 +135,8 @@ def test_a_job_from_comfyui_trains_the_node_generator(comfy_install, comfy_base,
         + COMPARE_SNIPPET,
         timeout=600,
     )
-    assert c["keys"] and c["rel"] < 1e-4 and c["finite"], c
+    # 2 processes at batch 1 each = 1 process at batch 2: measured 2.6e-4 of the movement (gloo, CPU)
+    assert c["keys"] and c["moved"] > 0 and c["rel"] < 1e-2 and c["finite"], c
 
 
 EXPORT_SNIPPET = r"""
