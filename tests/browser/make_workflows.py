@@ -223,6 +223,63 @@ w.link(ks, "LATENT", dec, "samples")
 w.link(ck, "VAE", dec, "vae")
 w.link(dec, "IMAGE", save, "images")
 w.dump(OUT / "adaptive_model_patch.json")
+
+# 4. A calibrated skip profile: AdaptiveDiffusion Calibrate on three prompts, its profile into the KSampler
+w = WF()
+ck, pos, neg, lat = front(w)
+pos2 = w.node(
+    "CLIPTextEncode", (390, 660), (420, 130), title="Calibration prompt 2", text="a red vintage car on a coastal road"
+)
+pos3 = w.node(
+    "CLIPTextEncode", (390, 830), (420, 130), title="Calibration prompt 3", text="a bowl of fruit on a wooden table"
+)
+new = w.node(
+    "CLIPTextEncode", (390, 1000), (420, 130), title="Prompt to sample", text="a lighthouse on a cliff at sunset"
+)
+cal = w.node(
+    "TempoAdaptiveCalibrate",
+    (860, 20),
+    (340, 420),
+    seed=42,
+    seed__control="fixed",
+    steps=20,
+    cfg=7.0,
+    sampler_name="euler",
+    scheduler="normal",
+    save_name="tempo/sd15_euler_normal_20",
+)
+ks = w.node(
+    "TempoAdaptiveKSampler",
+    (1240, 20),
+    (340, 500),
+    seed=7,
+    seed__control="fixed",
+    steps=20,
+    cfg=7.0,
+    sampler_name="euler",
+    scheduler="normal",
+)
+dec = w.node("VAEDecode", (1620, 20), (210, 46))
+save = w.node("SaveImage", (1620, 120), (420, 460), filename_prefix="tempo/adaptive_calibrated")
+prev = w.node("PreviewImage", (1620, 640), (420, 300), title="Skip plot")
+for c in (pos2, pos3, new):
+    w.link(ck, "CLIP", c, "clip")
+w.link(ck, "MODEL", cal, "model")
+w.link(pos, "CONDITIONING", cal, "positive")
+w.link(neg, "CONDITIONING", cal, "negative")
+w.link(lat, "LATENT", cal, "latent_image")
+w.link(pos2, "CONDITIONING", cal, "positive_2")
+w.link(pos3, "CONDITIONING", cal, "positive_3")
+w.link(ck, "MODEL", ks, "model")
+w.link(new, "CONDITIONING", ks, "positive")
+w.link(neg, "CONDITIONING", ks, "negative")
+w.link(lat, "LATENT", ks, "latent_image")
+w.link(cal, "profile", ks, "profile")
+w.link(ks, "LATENT", dec, "samples")
+w.link(ck, "VAE", dec, "vae")
+w.link(dec, "IMAGE", save, "images")
+w.link(ks, "skip_plot", prev, "images")
+w.dump(OUT / "adaptive_calibrated.json")
 import dmd_workflows  # noqa: E402  (this folder is on sys.path when run as a script)
 
 dmd_names = dmd_workflows.write(WF, OUT)
@@ -232,4 +289,4 @@ coop_names = coop_workflows.write(WF, OUT)
 import td_workflows  # noqa: E402
 
 td_names = td_workflows.write(WF, OUT)
-print(f"wrote {3 + len(dmd_names) + len(coop_names) + len(td_names)} workflows to {OUT}")
+print(f"wrote {4 + len(dmd_names) + len(coop_names) + len(td_names)} workflows to {OUT}")

@@ -11,8 +11,10 @@ these changes:
   dmd/generator with the testbed); the regression pairs' save_name likewise;
 * run-time sizes for a 2-core CPU (RUN_TIME): pixel sizes / 8 (512 px -> 64 px, 1024 -> 128), the
   trainer's 2000 steps -> 6 (checkpoint every 3), 16 regression pairs per prompt -> 2, the Time-Decoupled
-  Trainers' 500 steps -> 4; LoadImage reads an image the test writes into input/. Sampling step
-  counts, cfg, samplers, schedulers, seeds and every other widget stay as shipped.
+  Trainers' 500 steps -> 4; adaptive_calibrated.json's 20 steps -> 6 on both its nodes (the profile and
+  the sampler must agree; the greedy search at 20 steps took 745 s here); LoadImage reads an image the test
+  writes into input/. Other sampling step counts, cfg, samplers, schedulers, seeds and every other widget
+  stay as shipped.
 
 dmd_trainer.json runs with its VAE connected (the checkpoint loader's VAE, built inside the server's
 inference mode as a user's is): its one-step sample preview decodes through it.
@@ -47,6 +49,10 @@ RUN_TIME = {
     "TempoDMDGeneratorLoader": dict(generator_name=GENERATOR + ".safetensors"),
     "TempoTimeDecoupledTrainer": dict(steps=4, checkpoint_interval=2, resume=False),
 }
+# run-time sizes of one workflow only: {workflow: {class_type: inputs}}
+WORKFLOW_RUN_TIME = {
+    "adaptive_calibrated.json": {"TempoAdaptiveCalibrate": dict(steps=6), "TempoAdaptiveKSampler": dict(steps=6)}
+}
 # workflows that read a file another workflow writes run after it
 ORDER = ["dmd_regression_pairs.json", "dmd_trainer.json"]
 ORDERED = ORDER + [n for n in ALL if n not in ORDER]
@@ -68,6 +74,7 @@ def as_user_prompt(name: str, object_info: dict, names: dict, extra: dict | None
             if isinstance(inputs.get(k), int) and not isinstance(inputs[k], bool):
                 inputs[k] //= PIXEL_DIVISOR
         inputs.update(RUN_TIME.get(node["class_type"], {}))
+        inputs.update(WORKFLOW_RUN_TIME.get(name, {}).get(node["class_type"], {}))
         inputs.update((extra or {}).get(node["class_type"], {}))
     return prompt
 
