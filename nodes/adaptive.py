@@ -96,7 +96,8 @@ def adaptive_inputs() -> list:
             min=0.0,
             max=1.0,
             step=0.01,
-            tooltip="Never skip in this first fraction of the steps (the first 4 steps always run). "
+            tooltip="Never skip in this first fraction of the steps (the first step always runs; in mode threshold "
+            "and with planner pace the first 4 do). "
             "Ignored in mode paper.",
         ),
         io.Combo.Input(
