@@ -10,19 +10,9 @@ from __future__ import annotations
 import comfy.conds
 import torch
 
-from ..training import dmd as dmd_training
 from ..training import job as training_job
-from .comfy_model import (
-    ComfyDenoiser,
-    collate_conds,
-    dmd_schedule,
-    encode_conditioning,
-    latent_shape,
-    param_dtype,
-    teacher_denoiser,
-    trainable_networks,
-)
-from .dmd_files import DMDNodeError, load_pairs
+from .comfy_model import dmd_schedule, teacher_denoiser
+from .dmd_files import DMDNodeError
 
 
 def conds_to_job(item: dict, what: str) -> dict:
@@ -82,15 +72,14 @@ def export_job(
 ):
     """Write the job of a DMD Trainer run with these inputs (the node's; ``teacher_file``: the checkpoint the
     teacher MODEL was loaded from) into ``folder``. Returns the folder."""
-    from .dmd_train import _config
+    from .dmd_train import setup_run
 
-    kind, table = dmd_schedule(teacher, "teacher")
-    shape = latent_shape(teacher, width, height)
-    config = _config(
+    s = setup_run(
         teacher,
-        kind,
-        table.numel(),
         positive,
+        negative,
+        width,
+        height,
         batch_size,
         generator_lr,
         fake_lr,
@@ -106,25 +95,19 @@ def export_job(
         seed,
         gradient_checkpointing,
     )
-    base, _, device = teacher_denoiser(teacher)
-    pos = encode_conditioning(base, positive, shape, device, "positive")
-    neg = encode_conditioning(base, negative, shape, device, "negative", "negative")[0]
-    pairs = None
-    if regression_weight > 0 or gan_weight > 0:
-        pairs = load_pairs(regression_pairs, kind, config.generator_timesteps()[0], shape, len(pos))
     return training_job.write_job(
         folder,
         teacher_file=teacher_file,
-        config=config,
-        latent_shape=shape,
+        config=s.config,
+        latent_shape=s.shape,
         steps=int(steps),
-        positive=[conds_to_job(p, "positive") for p in pos],
-        negative=conds_to_job(neg, "negative"),
+        positive=[conds_to_job(p, "positive") for p in s.pos],
+        negative=conds_to_job(s.neg, "negative"),
         checkpoint_interval=int(checkpoint_interval),
         lora_rank=int(lora_rank),
         name=str(save_name),
-        pairs=pairs,
-        extra={"model_type": kind, "width": int(width), "height": int(height)},
+        pairs=s.pairs,
+        extra={"model_type": s.kind, "width": int(width), "height": int(height)},
     )
 
 
@@ -151,36 +134,15 @@ def load_teacher(path):
 def job_trainer(job: dict, teacher):
     """(the DMDTrainer the DMD Trainer node builds for this job, the ``save_generator`` options of the node's
     generator file) on the teacher MODEL (``load_teacher``)."""
+    from .dmd_train import DMDSetup, build_trainer, generator_file_options
+
     config = job["config"]
     kind, table = dmd_schedule(teacher, "teacher")
     if kind != config.model_type:
         raise DMDNodeError(f"teacher: the job was made for a {config.model_type} model, this teacher is {kind}")
-    shape = tuple(job["latent_shape"])
     base, teacher_d, device = teacher_denoiser(teacher)
     pos = [job_to_conds(p, device) for p in job["positive"]]
     neg = job_to_conds(job["negative"], device) if job["negative"] is not None else None
-    lora_rank = int(job.get("lora_rank", 0))
-    real, gen_net, fake_net = trainable_networks(base, teacher_d, lora_rank, config.seed)
-    pairs = job["pairs"]
-    trainer = dmd_training.DMDTrainer(
-        real,
-        ComfyDenoiser(base, gen_net),
-        ComfyDenoiser(base, fake_net),
-        shape,
-        config,
-        conditioning=pos,
-        uncond=neg,
-        collate=collate_conds,
-        sigmas=table,
-        regression_pairs=pairs if config.regression_weight > 0 else None,
-        real_data=pairs if config.gen_cls_loss_weight > 0 else None,
-        device=device,
-    )
-    full = lora_rank == 0
-    save = dict(
-        submodule="net",
-        prefix="" if full else "diffusion_model.",
-        dtype=param_dtype(base.diffusion_model, torch.float32) if full else None,
-        info={"base": type(base).__name__ + "/" + type(base.diffusion_model).__name__},
-    )
-    return trainer, save
+    setup = DMDSetup(kind, table, tuple(job["latent_shape"]), config, base, teacher_d, device, pos, neg, job["pairs"])
+    trainer, _ = build_trainer(setup)
+    return trainer, dict(submodule="net", **generator_file_options(base, config.lora_rank))

@@ -9,6 +9,8 @@ progress bar, Cancel and the progress text.
 
 from __future__ import annotations
 
+import dataclasses
+
 import comfy.model_management as mm
 import comfy.utils
 import torch
@@ -299,9 +301,103 @@ def _train(
     vae,
     node_id,
 ):
+    name = safe_name(save_name)
+    setup = setup_run(
+        teacher,
+        positive,
+        negative,
+        width,
+        height,
+        batch_size,
+        generator_lr,
+        fake_lr,
+        guidance,
+        update_ratio,
+        conditioning_timestep,
+        generator_steps,
+        warmup_steps,
+        regression_weight,
+        regression_pairs,
+        gan_weight,
+        lora_rank,
+        seed,
+        gradient_checkpointing,
+    )
+    base, device, pos = setup.base, setup.device, setup.pos
+    trainer, gen_net = build_trainer(setup)
+    run = training_run.DMDRun(
+        trainer,
+        output_path(CKPT_FOLDER, name, ".pt"),
+        int(checkpoint_interval),
+        shown=f"output/{CKPT_FOLDER}/{name}.pt",  # not the server's path
+        names={"latent_shape": "width/height", "conditioning": "positive"},
+        advice="turn resume off or change save_name",
+    )
+    train_in_comfyui(run, steps, resume, node_id, DMDNodeError)
+
+    # the generator: saved, then applied to a clone of the teacher the same way the loader applies it
+    sd, info = run.save_generator(
+        output_path(FOLDER, name, ".safetensors"), gen_net, title=name, **generator_file_options(base, lora_rank)
+    )
+    invalidate(FOLDER)
+    generator = attach_info(apply_generator(teacher, sd, info["format"], 1.0, what="save_name"), info)
+    n = min(8, len(pos))
+    with torch.no_grad():
+        x0 = trainer.sample(
+            n, collate_conds(pos[:n]), generator=torch.Generator(device=device).manual_seed(int(seed) % 2**63)
+        )
+    raw = base.process_latent_out(x0.float()).cpu()
+    status = f"resumed from step {run.resumed_from}, " if run.resumed_from is not None else ""
+    rel = name + ".safetensors"
+    text = f"DMD Trainer: {status}{trainer.step_count} steps ({trainer.generator_steps} generator updates) -> {FOLDER}/{rel}"
+    curves = torch.from_numpy(plot_losses(run.history)).unsqueeze(0)
+    return io.NodeOutput(
+        generator, curves, latent_picture(teacher, raw, vae), {"samples": raw}, rel, ui=ui.PreviewText(text)
+    )
+
+
+@dataclasses.dataclass
+class DMDSetup:
+    """What a DMD run on a ComfyUI teacher trains from: the node's inputs checked and encoded (``setup_run``), or
+    read back from a job folder (``dmd_job.job_trainer``)."""
+
+    kind: str  # the model sampling's kind (eps, v, flow...)
+    table: torch.Tensor  # the teacher's sigma table
+    shape: tuple  # one latent's shape
+    config: dmd_training.DMDConfig
+    base: object  # the teacher's BaseModel
+    teacher_d: ComfyDenoiser
+    device: torch.device
+    pos: list  # encoded conditionings (key -> ComfyUI cond), one per prompt
+    neg: dict | None
+    pairs: object  # the regression pairs, or None
+
+
+def setup_run(
+    teacher,
+    positive,
+    negative,
+    width,
+    height,
+    batch_size,
+    generator_lr,
+    fake_lr,
+    guidance,
+    update_ratio,
+    conditioning_timestep,
+    generator_steps,
+    warmup_steps,
+    regression_weight,
+    regression_pairs,
+    gan_weight,
+    lora_rank,
+    seed,
+    gradient_checkpointing,
+) -> DMDSetup:
+    """The DMD Trainer node's inputs as a DMDSetup: checked (errors named by the inputs), the conditionings
+    encoded by the teacher, the regression pairs read when a loss needs them."""
     kind, table = dmd_schedule(teacher, "teacher")
     shape = latent_shape(teacher, width, height)
-    name = safe_name(save_name)
     config = _config(
         teacher,
         kind,
@@ -328,67 +424,38 @@ def _train(
     pairs = None
     if regression_weight > 0 or gan_weight > 0:
         pairs = load_pairs(regression_pairs, kind, config.generator_timesteps()[0], shape, len(pos))
-    real, gen_net, fake_net = trainable_networks(base, teacher_d, int(lora_rank), config.seed)
+    return DMDSetup(kind, table, shape, config, base, teacher_d, device, pos, neg, pairs)
+
+
+def build_trainer(s: DMDSetup) -> tuple[dmd_training.DMDTrainer, torch.nn.Module]:
+    """(the DMDTrainer, its generator network) for a setup: the node and ``train dmd --job`` build it here."""
+    config = s.config
+    real, gen_net, fake_net = trainable_networks(s.base, s.teacher_d, config.lora_rank, config.seed)
     trainer = dmd_training.DMDTrainer(
         real,
-        ComfyDenoiser(base, gen_net),
-        ComfyDenoiser(base, fake_net),
-        shape,
+        ComfyDenoiser(s.base, gen_net),
+        ComfyDenoiser(s.base, fake_net),
+        s.shape,
         config,
-        conditioning=pos,
-        uncond=neg,
+        conditioning=s.pos,
+        uncond=s.neg,
         collate=collate_conds,
-        sigmas=table,
-        regression_pairs=pairs if regression_weight > 0 else None,
-        real_data=pairs if gan_weight > 0 else None,
-        device=device,
+        sigmas=s.table,
+        regression_pairs=s.pairs if config.regression_weight > 0 else None,
+        real_data=s.pairs if config.gen_cls_loss_weight > 0 else None,
+        device=s.device,
     )
-    run = training_run.DMDRun(
-        trainer,
-        output_path(CKPT_FOLDER, name, ".pt"),
-        int(checkpoint_interval),
-        shown=f"output/{CKPT_FOLDER}/{name}.pt",  # not the server's path
-        names={"latent_shape": "width/height", "conditioning": "positive"},
-        advice="turn resume off or change save_name",
-    )
-    try:
-        if resume:
-            run.resume()
-    except training_run.RunError as e:
-        raise DMDNodeError(str(e)) from None
-    pbar = comfy.utils.ProgressBar(steps, node_id=node_id)
-    pbar.update_absolute(min(trainer.step_count, steps), steps)
+    return trainer, gen_net
 
-    def on_step(step, total):
-        pbar.update_absolute(step, total)  # in the server this also raises on Cancel
-        mm.throw_exception_if_processing_interrupted()
 
-    run.train(steps, on_step=on_step, on_status=lambda text: _progress_text(text, node_id))
-
-    # the generator: saved, then applied to a clone of the teacher the same way the loader applies it
-    full = lora_rank == 0
-    sd, info = run.save_generator(
-        output_path(FOLDER, name, ".safetensors"),
-        gen_net,
-        "" if full else "diffusion_model.",
-        param_dtype(base.diffusion_model, torch.float32) if full else None,
-        title=name,
+def generator_file_options(base, lora_rank: int) -> dict:
+    """``save_generator``'s options for the generator file DMD Generator Loader reads: full weights in the model's
+    own dtype under the UNet's keys, or the LoRA under ``diffusion_model.``."""
+    full = int(lora_rank) == 0
+    return dict(
+        prefix="" if full else "diffusion_model.",
+        dtype=param_dtype(base.diffusion_model, torch.float32) if full else None,
         info={"base": type(base).__name__ + "/" + type(base.diffusion_model).__name__},
-    )
-    invalidate(FOLDER)
-    generator = attach_info(apply_generator(teacher, sd, info["format"], 1.0, what="save_name"), info)
-    n = min(8, len(pos))
-    with torch.no_grad():
-        x0 = trainer.sample(
-            n, collate_conds(pos[:n]), generator=torch.Generator(device=device).manual_seed(int(seed) % 2**63)
-        )
-    raw = base.process_latent_out(x0.float()).cpu()
-    status = f"resumed from step {run.resumed_from}, " if run.resumed_from is not None else ""
-    rel = name + ".safetensors"
-    text = f"DMD Trainer: {status}{trainer.step_count} steps ({trainer.generator_steps} generator updates) -> {FOLDER}/{rel}"
-    curves = torch.from_numpy(plot_losses(run.history)).unsqueeze(0)
-    return io.NodeOutput(
-        generator, curves, latent_picture(teacher, raw, vae), {"samples": raw}, rel, ui=ui.PreviewText(text)
     )
 
 
@@ -465,6 +532,25 @@ def _node_error_name(msg: str) -> str:
         if msg.startswith(core + ":"):
             return node + msg[len(core) :]
     return msg
+
+
+def train_in_comfyui(run, steps: int, resume: bool, node_id, error: type[Exception]) -> None:
+    """A node's training run (``training.run.DMDRun`` or a subclass) inside ComfyUI: resumed from its checkpoint when
+    asked (a checkpoint that does not fit is ``error``), ComfyUI's progress bar and Cancel at every step, the
+    status line on the node."""
+    try:
+        if resume:
+            run.resume()
+    except training_run.RunError as e:
+        raise error(str(e)) from None
+    pbar = comfy.utils.ProgressBar(steps, node_id=node_id)
+    pbar.update_absolute(min(run.trainer.step_count, steps), steps)
+
+    def on_step(step, total):
+        pbar.update_absolute(step, total)  # in the server this also raises on Cancel
+        mm.throw_exception_if_processing_interrupted()
+
+    run.train(steps, on_step=on_step, on_status=lambda text: _progress_text(text, node_id))
 
 
 def _progress_text(text: str, node_id) -> None:

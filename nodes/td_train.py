@@ -10,13 +10,11 @@ conditioning (``nodes/comfy_model.py``), the latents at the expert's resolution 
 from __future__ import annotations
 
 import comfy.model_management as mm
-import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
 from ..bridges.core import bridge_latent
 from ..training import finetune, lora
-from ..training import run as training_run
 from ..training.plot import plot_losses
 from . import compat
 from .comfy_model import (
@@ -31,7 +29,7 @@ from .comfy_model import (
 )
 from .comfy_vae import bridge_vae_for, vae_factor
 from .dmd_files import DMDNodeError, invalidate, output_path, safe_name
-from .dmd_train import TRAIN_CATEGORY, _progress_text
+from .dmd_train import TRAIN_CATEGORY, train_in_comfyui
 
 LORA_FOLDER = "loras"  # output/loras: ComfyUI lists it in LoraLoader's loras (main.py adds it at start-up)
 CKPT_FOLDER = "td_checkpoints"
@@ -338,19 +336,7 @@ def _train(
         names={"latent_shape": "width/height", "conditioning": "positive"},
         advice="turn resume off or change save_name",
     )
-    try:
-        if resume:
-            run.resume()
-    except training_run.RunError as e:
-        raise ExpertNodeError(str(e)) from None
-    pbar = comfy.utils.ProgressBar(steps, node_id=node_id)
-    pbar.update_absolute(min(trainer.step_count, steps), steps)
-
-    def on_step(step, total):
-        pbar.update_absolute(step, total)  # in the server this also raises on Cancel
-        mm.throw_exception_if_processing_interrupted()
-
-    run.train(steps, on_step=on_step, on_status=lambda text: _progress_text(text, node_id))
+    train_in_comfyui(run, steps, resume, node_id, ExpertNodeError)
 
     with torch.no_grad():
         # a full-weights expert's difference in the model's own dtype (float32 would double an fp16 model's file)
