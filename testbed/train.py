@@ -102,6 +102,20 @@ def train_autoencoder(
     return ae, record
 
 
+def optimizer_step(net, ema, opt, loss: torch.Tensor, ema_decay: float, step: int) -> float:
+    """Backward, gradient clipping at 1, the optimiser's step, then the EMA update with a warm decay
+    (min(ema_decay, (1 + step) / (10 + step))). Returns the loss. The testbeds' trainers share it."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), net.parameters()):
+            pe.lerp_(p, 1 - decay)
+    return loss.item()
+
+
 def denoiser_step(
     net: UNet,
     ema: UNet,
@@ -125,15 +139,7 @@ def denoiser_step(
     x_in = (x0 + sigma * eps) * schedules.vp_scale(sigma)
     ctx = F.one_hot(y, 11).float()[:, None]
     loss = (net(x_in, t.float(), context=ctx) - eps).pow(2).mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-    opt.step()
-    decay = min(ema_decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for pe, p in zip(ema.parameters(), net.parameters()):
-            pe.lerp_(p, 1 - decay)
-    return loss.item()
+    return optimizer_step(net, ema, opt, loss, ema_decay, step)
 
 
 def train_denoiser(

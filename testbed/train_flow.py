@@ -27,7 +27,7 @@ from ..samplers import schedules
 from . import shapes
 from .classifier import Classifier
 from .dit import DiT, param_count
-from .train import _lr, _round_fp16
+from .train import _lr, _round_fp16, optimizer_step
 
 DATA_CONFIG = dict(seed=shapes.DEFAULT_SEED, size=16, per_class=800, heldout_every=10)
 DIT_CONFIG = dict(in_channels=3, image_size=16, patch=2, dim=128, depth=4, heads=4, mlp_ratio=3.0, num_classes=10)
@@ -72,15 +72,7 @@ def flow_step(net, ema, opt, x0, y, g, sampling, p_uncond: float, ema_decay: flo
     s = sigma.view(-1, 1, 1, 1)
     x = (1 - s) * x0 + s * noise
     loss = (net(x, sampling.timestep(sigma), y) - (noise - x0)).pow(2).mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-    opt.step()
-    decay = min(ema_decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for pe, p in zip(ema.parameters(), net.parameters()):
-            pe.lerp_(p, 1 - decay)
-    return loss.item()
+    return optimizer_step(net, ema, opt, loss, ema_decay, step)
 
 
 def train_flow(
