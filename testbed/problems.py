@@ -1,5 +1,5 @@
 """Benchmark problems built on the testbeds: ``Problem`` (a denoiser with its noise, classes and decoder) and
-the problems of the trained testbeds (``testbed``, ``testbed-hr``, the flow DiT) and of an exact Gaussian
+the problems of the trained testbeds (``testbed``, ``testbed-hr``, the flow DiT, the v-prediction UNet) and of an exact Gaussian
 mixture."""
 
 from __future__ import annotations
@@ -160,6 +160,53 @@ def flow_problem(classes: int = 10, seeds: int = 2, cfg: float = 4.0, scheduler:
         scheduler=scheduler,
         net_denoiser=net_denoiser,
         sampling=tb.sampling,
+    )
+
+
+def vpred_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "karras") -> Problem:
+    """The v-prediction testbed (testbed/trained_vpred.py: a UNet predicting v on 3x16x16 coloured digits in
+    pixel space, ComfyUI's ModelSamplingDiscrete as for SD2-768-v), sampled with CFG. The denoiser returns
+    x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2) on the VE latent; decode maps [-1, 1] to 0..1."""
+    from . import trained_vpred
+
+    tb = trained_vpred.load()
+    noise, cond = _batch(classes, seeds, tb.latent_shape)
+    table = tb.sigmas
+
+    def net_denoiser(wrap):
+        """The same CFG denoiser with its network calls going through wrap(net_call)."""
+
+        def net_call(xc, t, context):
+            return tb.net(xc, t, context=context)
+
+        wrapped = wrap(net_call)
+
+        @torch.no_grad()
+        def den(x, sigma, cond=None, **_):
+            b = x.shape[0]
+            s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1).expand(b)
+            c = torch.as_tensor(cond).reshape(-1).expand(b)
+            sv = s.reshape(b, *([1] * (x.ndim - 1)))
+            xc = x / (1 + sv**2).sqrt()
+            t = schedules.sigma_to_t(s, table)
+            ctx = torch.nn.functional.one_hot(torch.cat([c, torch.full_like(c, tb.null_class)]), tb.null_class + 1)
+            v = wrapped(torch.cat([xc, xc]), float(s[0]), torch.cat([t, t]), ctx.float()[:, None, :])
+            ss = torch.cat([sv, sv])
+            x0 = torch.cat([x, x]) / (1 + ss**2) - v * ss / (1 + ss**2).sqrt()
+            x0_c, x0_u = x0[:b], x0[b:]
+            return x0_u + cfg * (x0_c - x0_u)
+
+        return den
+
+    return Problem(
+        name=f"v-prediction testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})",
+        denoiser=torch.no_grad()(tb.cfg_denoiser(cfg)),
+        noise=noise,
+        cond=cond,
+        decode=torch.no_grad()(tb.decode),
+        sigma_table=table,
+        scheduler=scheduler,
+        net_denoiser=net_denoiser,
     )
 
 

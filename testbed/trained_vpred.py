@@ -1,0 +1,224 @@
+"""The v-prediction testbed: a small class-conditional UNet that predicts v in pixel space (3x16x16 coloured
+digits), the fourth testbed, held out from every choice of the AdaptiveDiffusion default made after the flow
+testbed was measured. It differs from ``testbed`` / ``testbed-hr`` in parameterisation (v, like SD2-768-v)
+and space (pixels, no autoencoder), and from the flow DiT in data, architecture and parameterisation.
+
+Training (CPU, one thread, fixed seeds; ~15 min):
+
+    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train
+
+writes ``weights/testbed_vpred.safetensors`` (fp16 weights; configs, seeds and the training record in its
+metadata) and ``weights/testbed_vpred.json``. The UNet (``testbed/unet.py``) sees the VP input
+x / sqrt(1 + sigma^2) at Stable Diffusion's discrete timestep and learns v = alpha eps - s x0
+(alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha), t uniform, 15 % null labels, EMA weights.
+``load()`` wraps it as ComfyUI runs a V_PREDICTION model with ``ModelSamplingDiscrete``:
+``x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2)`` on the VE latent x = x0 + sigma noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..samplers import schedules
+from . import data as data_mod
+from .trained import euler, psnr
+from .unet import UNet
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_FILE = WEIGHTS_DIR / "testbed_vpred.safetensors"
+NUM_CLASSES = 10
+NULL_CLASS = 10
+DATA_CONFIG = dict(seed=data_mod.DEFAULT_SEED + 7, size=16, copies=2, heldout_every=10)
+UNET_CONFIG = dict(
+    in_channels=3,
+    model_channels=24,
+    channel_mult=[1, 2, 2],
+    num_res_blocks=2,
+    attention_levels=[2],
+    num_heads=4,
+    context_dim=11,
+    dropout=0.0,
+)
+
+
+class VPredTestbed:
+    """The loaded v-prediction testbed (see the module docstring). Build it with ``load()``."""
+
+    num_classes = NUM_CLASSES
+    null_class = NULL_CLASS
+
+    def __init__(self, net: UNet, meta: dict):
+        self.net = net
+        self.meta = meta
+        self.sigmas = schedules.discrete_sigmas()
+        s = meta["data"]["size"]
+        self.latent_shape = (3, s, s)
+
+    def velocity(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
+        """The network's v at the VE latent x and noise level sigma (class cond; None = unconditional)."""
+        b = x.shape[0]
+        s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1).expand(b)
+        c = torch.full((b,), NULL_CLASS) if cond is None else torch.as_tensor(cond).long().reshape(-1).expand(b)
+        ctx = F.one_hot(c, NULL_CLASS + 1).float()[:, None]
+        xc = x * schedules.vp_scale(s).view(-1, 1, 1, 1)
+        return self.net(xc, schedules.sigma_to_t(s, self.sigmas), context=ctx)
+
+    def denoiser(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
+        """x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2) (ComfyUI's V_PREDICTION.calculate_denoised)."""
+        s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
+        return x / (1 + s**2) - self.velocity(x, sigma, cond) * s / (1 + s**2).sqrt()
+
+    def cfg_denoiser(self, scale: float):
+        """(x, sigma, cond) -> x0_uncond + scale * (x0_cond - x0_uncond), one batched call on [cond; uncond]."""
+
+        def fn(x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
+            b = x.shape[0]
+            s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1).expand(b)
+            c = torch.as_tensor(cond).long().reshape(-1).expand(b)
+            x0 = self.denoiser(torch.cat([x, x]), torch.cat([s, s]), torch.cat([c, torch.full_like(c, NULL_CLASS)]))
+            x0_c, x0_u = x0.chunk(2)
+            return x0_u + scale * (x0_c - x0_u)
+
+        return fn
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space [-1, 1] -> images in [0, 1] (clamped)."""
+        return ((x + 1) / 2).clamp(0, 1)
+
+
+@functools.lru_cache(maxsize=2)
+def load(path: str | None = None) -> VPredTestbed:
+    """The shipped v-prediction testbed (cached)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = str(WEIGHTS_FILE if path is None else path)
+    with safe_open(path, framework="pt") as f:
+        meta = json.loads(f.metadata()["testbed_vpred"])
+    net = UNet(**meta["unet_config"])
+    net.load_state_dict({k[5:]: v.float() for k, v in load_file(path).items() if k.startswith("unet.")})
+    return VPredTestbed(net.eval().requires_grad_(False), meta)
+
+
+def vpred_step(net, ema, opt, x0, y, sigmas, g, p_uncond: float, ema_decay: float, step: int) -> float:
+    """One training step: label dropout to the null class, t uniform in 0..999, v-MSE on the VP input."""
+    from .train import optimizer_step
+
+    b = x0.shape[0]
+    y[torch.rand(b, generator=g) < p_uncond] = NULL_CLASS
+    t = torch.randint(0, 1000, (b,), generator=g)
+    sigma = sigmas[t].view(-1, 1, 1, 1)
+    eps = torch.randn(x0.shape, generator=g)
+    alpha = schedules.vp_scale(sigma)
+    x_in = (x0 + sigma * eps) * alpha
+    v = alpha * eps - sigma * alpha * x0
+    ctx = F.one_hot(y, NULL_CLASS + 1).float()[:, None]
+    loss = (net(x_in, t.float(), context=ctx) - v).pow(2).mean()
+    return optimizer_step(net, ema, opt, loss, ema_decay, step)
+
+
+@torch.no_grad()
+def curvature(tb: VPredTestbed, steps=(25, 50), scheduler="karras", cfg=5.0, seeds=(0, 1)) -> float:
+    """Mean per-image PSNR between Euler samples with steps[0] and steps[1] steps, same noise."""
+    cond = torch.arange(NUM_CLASSES).repeat(len(seeds))
+    noise = torch.cat(
+        [torch.randn(NUM_CLASSES, *tb.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )
+    den = tb.cfg_denoiser(cfg)
+    imgs = []
+    for n in steps:
+        sig = schedules.get_sigmas(scheduler, n, tb.sigmas)
+        imgs.append(tb.decode(euler(den, noise * sig[0], sig, cond)))
+    return float(psnr(imgs[0], imgs[1]).mean())
+
+
+def train(args) -> None:
+    from safetensors.torch import save_file
+
+    from .train import _lr, _round_fp16
+
+    torch.set_num_threads(1)
+    t_start = time.time()
+    d = dict(DATA_CONFIG)
+    images, labels = data_mod.build(d["seed"], d["size"], d["copies"])
+    tr, _ = data_mod.split_indices(images.shape[0], d["heldout_every"])
+    x0_all, y_all = images[tr] * 2 - 1, labels[tr]
+    torch.manual_seed(args.seed + 3)
+    net = UNet(**UNET_CONFIG)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
+    sigmas = schedules.discrete_sigmas()
+    g = torch.Generator().manual_seed(args.seed + 3)
+    running = None
+    for step in range(args.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, args.steps, args.lr, warmup=max(1, args.steps // 30))
+        idx = torch.randint(x0_all.shape[0], (args.batch,), generator=g)
+        loss = vpred_step(net, ema, opt, x0_all[idx], y_all[idx].clone(), sigmas, g, 0.15, 0.999, step)
+        running = loss if running is None else 0.98 * running + 0.02 * loss
+        if (step + 1) % 100 == 0 or step + 1 == args.steps:
+            print(
+                f"  unet step {step + 1}/{args.steps}  loss(ema) {running:.4f}  {time.time() - t_start:.0f}s",
+                flush=True,
+            )
+    ema.eval()
+    _round_fp16(ema)
+    meta = dict(
+        unet_config=UNET_CONFIG,
+        data=d,
+        seed=args.seed,
+        parameterisation="V_PREDICTION on ComfyUI's discrete schedule: output v = alpha eps - sigma alpha x0",
+        params=sum(p.numel() for p in ema.parameters()),
+        train=dict(
+            steps=args.steps,
+            batch=args.batch,
+            lr=args.lr,
+            p_uncond=0.15,
+            ema_decay=0.999,
+            seconds=round(time.time() - t_start, 1),
+            final_loss_smoothed=round(running, 5),
+            torch=torch.__version__,
+            threads=1,
+        ),
+    )
+    tb = VPredTestbed(ema.requires_grad_(False), meta)
+    meta["curvature_cfg5"] = {
+        f"{sch}_{a}_vs_{b}": round(curvature(tb, (a, b), sch), 2)
+        for sch in ("karras", "normal")
+        for a, b in ((25, 50),)
+    }
+    tensors = {"unet." + k: v.detach().half().contiguous() for k, v in ema.state_dict().items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(args.out), metadata={"testbed_vpred": json.dumps(meta)})
+    args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"curvature {meta['curvature_cfg5']}; wrote {args.out} in {time.time() - t_start:.0f}s")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", action="store_true", help="train and write the weights (else: print the curvature)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--out", type=Path, default=WEIGHTS_FILE)
+    args = ap.parse_args(argv)
+    if args.train:
+        train(args)
+        return
+    torch.set_num_threads(1)
+    tb = load(None if args.out == WEIGHTS_FILE else str(args.out))
+    for sch in ("karras", "normal"):
+        print(f"{sch}: Euler 25 vs 50 steps, CFG 5: {curvature(tb, (25, 50), sch):.2f} dB")
+
+
+if __name__ == "__main__":
+    main()

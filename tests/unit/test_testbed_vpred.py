@@ -1,0 +1,84 @@
+"""The v-prediction testbed (testbed/trained_vpred.py), the AdaptiveDiffusion grid's held-out model.
+
+Checks the shipped weights, ComfyUI's V_PREDICTION convention on the discrete schedule
+(x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2), network input x / sqrt(1 + sigma^2)), that the trained net
+predicts v (not eps, not x0), the grid Problem, and that training is deterministic."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from comfyui_tempo.samplers import schedules
+from comfyui_tempo.testbed import data as data_mod
+from comfyui_tempo.testbed import problems, trained_vpred
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tb():
+    return trained_vpred.load()
+
+
+def _noisy(tb, n=20, sigma=1.5):
+    d = tb.meta["data"]
+    images, labels = data_mod.build(d["seed"], d["size"], 1)
+    x0 = images[:n] * 2 - 1
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    return x0, labels[:n], noise, x0 + sigma * noise
+
+
+def test_weights_load_with_their_config(tb):
+    assert trained_vpred.WEIGHTS_FILE.stat().st_size < 3e6
+    assert tb.latent_shape == (3, 16, 16)
+    assert tb.meta["unet_config"] == trained_vpred.UNET_CONFIG
+    assert torch.allclose(tb.sigmas, schedules.discrete_sigmas())
+
+
+def test_the_net_predicts_v_and_the_denoiser_is_comfyuis_v_prediction(tb):
+    sigma = 1.5
+    x0, y, noise, x = _noisy(tb, sigma=sigma)
+    alpha = 1 / (1 + sigma**2) ** 0.5
+    v_true = alpha * noise - sigma * alpha * x0
+    with torch.no_grad():
+        v = tb.velocity(x, sigma, y)
+        den = tb.denoiser(x, sigma, y)
+    # V_PREDICTION.calculate_denoised with sigma_data 1
+    assert torch.allclose(den, x / (1 + sigma**2) - v * sigma / (1 + sigma**2) ** 0.5, atol=1e-6)
+    cos = torch.nn.functional.cosine_similarity(v.flatten(1), v_true.flatten(1)).mean()
+    cos_eps = torch.nn.functional.cosine_similarity(v.flatten(1), noise.flatten(1)).mean()
+    assert cos > 0.9 and cos > cos_eps + 0.05
+    assert (den - x0).pow(2).mean() < 0.25 * (x - x0).pow(2).mean()
+
+
+def test_problem_matches_the_testbed_and_its_network_hook(tb):
+    p = problems.vpred_problem(classes=3, seeds=1, scheduler="normal")
+    x = torch.randn(3, 3, 16, 16) * 2
+    a = p.denoiser(x, torch.tensor(2.0), cond=p.cond)
+    calls = []
+
+    def wrap(f):
+        def g(xc, s, *rest):
+            calls.append(s)
+            return f(xc, *rest)
+
+        return g
+
+    b = p.net_denoiser(wrap)(x, torch.tensor(2.0), cond=p.cond)
+    assert torch.allclose(a, b, atol=1e-5) and calls == [2.0]
+    assert torch.allclose(a, tb.cfg_denoiser(5.0)(x, 2.0, p.cond), atol=1e-5)
+    sig = p.sigmas(10)
+    assert sig.shape == (11,) and float(sig[-1]) == 0.0 and float(sig[0]) == pytest.approx(float(tb.sigmas[-1]))
+
+
+def test_training_is_deterministic(tmp_path):
+    outs = []
+    for k in range(2):
+        args = argparse.Namespace(seed=0, steps=3, batch=4, lr=1e-3, out=tmp_path / f"v{k}.safetensors")
+        trained_vpred.train(args)
+        outs.append(trained_vpred.load(str(args.out)))
+    for (name, a), (_, b) in zip(outs[0].net.state_dict().items(), outs[1].net.state_dict().items()):
+        assert torch.equal(a, b), name
