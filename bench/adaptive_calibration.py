@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from ..samplers import kdiff
+from ..samplers import kdiff, schedules
 from ..samplers.adaptive import EXTRAPOLATIONS, AdaptiveConfig, adaptive_sample
 from ..samplers.calibrate import calibrate_path, greedy_skip_paths, skips_for_speedup, vote_path
 from ..samplers.skip_profile import SkipProfile, save_profile
@@ -28,6 +28,12 @@ COLUMNS = ["sampler", "scheduler", "steps", "method", "nfe", "psnr_db", "calib_n
 def _cfg_of(problem: Problem):
     m = re.search(r"CFG ([0-9.]+)", problem.name)
     return float(m.group(1)) if m else None
+
+
+def _is_flow(problem: Problem) -> bool:
+    """A flow problem: the controller must know (its time variable and auto extrapolation), as the nodes tell it
+    from ComfyUI's CONST model sampling."""
+    return schedules.is_flow(getattr(problem, "sampling", None))
 
 
 class _Runner:
@@ -54,6 +60,7 @@ class _Runner:
             cfg,
             extra_args=extra,
             endpoint_corrector=ENDPOINT.get(self.sampler, False),
+            vp_estimator_ok=not _is_flow(self.p),
         )
         self.nfe += sum(rep.nfe_per_sample)
         return out
@@ -124,6 +131,7 @@ def _default_path(problem: Problem, sampler: str, steps: int, skips: int, idx, e
         cfg,
         extra_args={"cond": problem.cond[one]},
         endpoint_corrector=ENDPOINT.get(sampler, False),
+        vp_estimator_ok=not _is_flow(problem),
     )
     if runner is not None:
         runner.nfe += sum(rep.nfe_per_sample)
