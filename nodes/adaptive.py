@@ -70,14 +70,16 @@ def adaptive_inputs() -> list:
             default=4,
             min=1,
             max=20,
-            tooltip="Most steps in a row that may reuse the last prediction (the paper's C_max).",
+            tooltip="Most steps in a row that may reuse the last prediction (the paper's C_max; it also caps the "
+            "schedule planner's runs of skips).",
         ),
         io.Combo.Input(
             "extrapolation",
             options=["auto", "linear", "hold", "quadratic", "linear_x0", "log_linear"],
             default="auto",
-            tooltip="How a skipped step predicts the noise direction. auto (default): log_linear for samplers that "
-            "evaluate once per step and add no noise, linear for the others. linear extrapolates it from the last two "
+            tooltip="How a skipped step predicts the noise direction. auto (default): linear on flow models (SD3, "
+            "Flux: in sigma, their flow time); otherwise log_linear for samplers that evaluate once per step and add "
+            "no noise, linear for the others. linear extrapolates it from the last two "
             "computed steps (in sigma); hold reuses the last one unchanged, as the paper does; quadratic uses the last "
             "three; linear_x0 extrapolates the clean-image prediction in log sigma; log_linear extrapolates the "
             "direction linearly in log sigma. Ignored in mode paper.",
@@ -145,11 +147,12 @@ def adaptive_inputs() -> list:
             options=["schedule", "pace"],
             default="schedule",
             optional=True,  # added after release: API prompts saved without it still validate (and get the default)
-            tooltip="mode target_speedup: schedule (default) plans the skip path from this run's sigmas: skips as "
-            "isolated as the target allows (every other step at 2x), the rest placed where the sigma travel and the "
-            "extrapolation distance in log sigma make them cheapest. pace: the earlier default (skips paced at a "
-            "rate ramped by late_bias, placement and estimator). On a flow model (SD3, Flux) with the karras or "
-            "exponential scheduler, pace measured far better (it runs the first steps, near sigma 1): use it there.",
+            tooltip="mode target_speedup: schedule (default) plans the skip path from this run's sigmas, where each "
+            "step's travel and the extrapolation distance make a skip cheapest, in the model's time variable (log "
+            "sigma; sigma on flow models such as SD3 and Flux). Runs of skips are penalised: skips stay isolated "
+            "(every other step at 2x) unless some steps are far cheaper (a flow model with karras or exponential: it "
+            "runs the first steps and skips the tiny last ones). pace: the earlier default (skips paced at a rate "
+            "ramped by late_bias, placement and estimator).",
         ),
         PROFILE.Input(
             "profile",

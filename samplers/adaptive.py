@@ -27,11 +27,12 @@ sampler and regressed out of each latent increment before the estimator sees it.
 
 Improvements over the paper, each behind an option of ``AdaptiveConfig``:
 ``mode="target"`` (the default): a speed-up target met on a skip path planned from the run's sigma
-schedule (``planner="schedule"``, ``samplers.skip_plan``: skips as isolated as the target allows, the
-rest placed by a cost model of sigma travel and extrapolation distance in log sigma), or paced at a
+schedule (``planner="schedule"``, ``samplers.skip_plan``: a cost model of travel and extrapolation distance
+in the model's time variable, log sigma or a flow model's sigma, with runs of skips penalised), or paced at a
 rate ramped by ``tilt`` (``planner="pace"``, the earlier default); ``extrapolation`` of the reused
-direction from the last computed ones (``"auto"``: linear in log sigma for deterministic one-evaluation
-samplers, linear in sigma otherwise; ``"hold"`` is the paper's reuse); ``force_last``,
+direction from the last computed ones (``"auto"``: linear in sigma for flow models; otherwise linear in log
+sigma for deterministic one-evaluation samplers, linear in sigma for the others; ``"hold"`` is the paper's
+reuse); ``force_last``,
 ``start_percent``, ``estimator_space="vp"`` (measure on x / sqrt(1 + sigma^2)), per-sample decisions
 with the model run only on the samples that need it; ``placement`` > 0 lets an estimator move each
 paced skip toward a step it rates cheaper.
@@ -47,7 +48,7 @@ import torch
 
 from .adaptive_config import ESTIMATOR_SPACES, ESTIMATORS, EXTRAPOLATIONS, MODES, AdaptiveConfig, AdaptiveConfigError  # noqa: F401  (re-exported: the settings live there)
 from .kdiff import CountingDenoiser
-from .skip_plan import plan_skips, shortest_runs
+from .skip_plan import RUN_PENALTY, plan_skips
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 
 
@@ -141,8 +142,9 @@ class AdaptiveSampling:
         if cfg.mode == "target" and cfg.planner == "schedule":
             first = max(1, int(math.ceil(cfg.start_percent * n)))
             skips = n - int(round(n / cfg.target_speedup))
-            run = min(cfg.max_skip, shortest_runs(n, skips, first, last))
-            self.planned, _ = plan_skips(self.sig, skips, max_skip=run, first=first, last=last, flow=self.flow)
+            self.planned, _ = plan_skips(
+                self.sig, skips, max_skip=cfg.max_skip, first=first, last=last, flow=self.flow, run_penalty=RUN_PENALTY
+            )
             got = int((~self.planned).sum())
             if got < skips:
                 self.report.notes.append(
@@ -387,16 +389,18 @@ class AdaptiveSampling:
         return out
 
     def _extrapolation(self) -> str:
-        """The extrapolation in use. "auto": linear in log sigma (the planner's time variable) for a sampler that
-        evaluates once per step and injects no noise; linear in sigma for the others (noise in the recorded
-        directions, or a step's later evaluations far from its start), fixed at the first reuse."""
+        """The extrapolation in use. "auto": for a flow model linear in sigma (the flow time, the planner's time
+        variable there, in which the velocity is smooth); otherwise linear in log sigma (the planner's time
+        variable) for a sampler that evaluates once per step and injects no noise, linear in sigma for the
+        others (noise in the recorded directions, or a step's later evaluations far from its start); fixed at
+        the first reuse."""
         mode = self.config.extrapolation
         if mode != "auto":
             self.report.extrapolation = mode
             return mode
         if self._auto is None:
             multi_eval = self.endpoint_corrector or any(r.evals > 1 for r in self.report.records[:-1])
-            self._auto = "linear" if (self._noise_seen or multi_eval) else "log_linear"
+            self._auto = "linear" if (self.flow or self._noise_seen or multi_eval) else "log_linear"
             self.report.extrapolation = f"{self._auto} (auto)"
         return self._auto
 

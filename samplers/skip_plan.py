@@ -3,31 +3,36 @@
 A skipped step reuses a direction extrapolated linearly from the last two computed steps. Its error
 in the final result is modelled, for step i with last computed steps b > a, as
 
-    cost_i = kappa * |sigma_i - sigma_{i+1}| / sqrt(1 + sigma_{i+1}^2) * |(u_b - u_i) (u_a - u_i)|
+    cost_i = kappa * travel_i * |(t_b - t_i) (t_a - t_i)| * RUN_PENALTY^(j - 1)
 
-* |sigma_i - sigma_{i+1}|: the step's travel; a reused direction errs by the extrapolation error
-  times it (Euler; multistep samplers take the reused x0 into their history in the same proportion).
-* 1 / sqrt(1 + sigma_{i+1}^2): how much of an error in the latent at sigma_{i+1} survives to the end
-  (a latent of unit scale: at high noise the rest of the run shrinks it, near the end it stays).
-* (u_b - u_i)(u_a - u_i), u = log sigma: the error of linear extrapolation of a function smooth in
-  log sigma (the time variable of DPM-Solver and of ComfyUI's multistep samplers); with one computed
-  step, |u_b - u_i|. In the middle of a run on the testbed the ratio of the observed single-skip
-  error to this factor stays within a factor of about 2 on karras and on normal; below sigma ~0.3 the
-  observed error falls under it (by 3-8x at the last step).
+in the model's own time variable t:
+
+* eps / v models (ComfyUI's VE sigmas): t = log sigma, the time variable of DPM-Solver and of ComfyUI's multistep
+  samplers, in which the direction is smooth; travel_i = |sigma_i - sigma_{i+1}| / sqrt(1 + sigma_{i+1}^2): the
+  step's travel (a reused direction errs by the extrapolation error times it) times how much of an error in the
+  latent at sigma_{i+1} survives to the end (a latent of unit scale: at high noise the rest of the run shrinks
+  it, near the end it stays). In the middle of a run on the eps testbed the ratio of the observed single-skip
+  error to this factor stays within a factor of about 2 on karras and on normal.
+* flow models (x = (1 - sigma) x0 + sigma noise, ComfyUI's CONST): t = sigma, the flow time, in which the
+  velocity is smooth (straight paths: constant); travel_i = |sigma_i - sigma_{i+1}| (x keeps unit scale along
+  the whole path). The previous planner mapped flow sigmas to the equivalent VE sigma s / (1 - s) and planned
+  in its logarithm: on the flow testbed that put skips among the first steps of karras and exponential, where
+  the image forms, and lost 13 to 23 dB to pacing the skips late.
+* (t_b - t_i)(t_a - t_i): the error of linear extrapolation of a function smooth in t; with one computed step,
+  |t_b - t_i|.
+* RUN_PENALTY^(j - 1) for the j-th skip in a row: a run of skips extrapolates further than the distance term
+  says (isolated skips with linear extrapolation behave like a second-order multistep step, runs do not).
 * kappa: one constant per run, so it drops out of the choice.
-
-Sigmas are the sampler's own (ComfyUI's VE sigmas); for a flow model (x = (1 - s) x0 + s noise) pass
-``flow=True`` and the plan works on the equivalent s / (1 - s).
 
 ``plan_skips`` chooses the ``n_skips`` steps that minimise the summed cost, exactly, by dynamic
 programming over the computed steps (state: the last two computed steps and how many skips so far),
-with at most ``max_skip`` skips in a row. The controller caps runs at ``shortest_runs``: the
-shortest run length that fits the target, so skips stay as isolated as the target allows (at 2x:
-every other step) and the cost model places the rest. Letting the cost model choose longer runs
-(runs up to 4) was 0.3-3 dB worse on normal at 20 steps and within +-1.5 dB elsewhere: isolated
-skips with linear extrapolation behave like a second-order multistep step, runs of skips do not.
-The plan depends on the schedule only: the same path for every prompt of a run (prompt-specific
-paths: calibrated skip profiles).
+with at most ``max_skip`` skips in a row. The controller plans with RUN_PENALTY: runs of skips are chosen
+only where the schedule's steps differ enormously in cost (on the flow testbed with karras / exponential,
+whose last steps are tiny in flow time: 150 to 350 times cheaper to skip in runs, by the model), and skips
+stay isolated otherwise (on the eps testbeds, within 2x). RUN_PENALTY was chosen among 1, 3, 10 and 30 on
+the testbeds testbed, testbed-hr and flow (``bench adaptive --grid``); the v-prediction testbed was held out.
+The plan depends on the schedule only: the same path for every prompt of a run (prompt-specific paths:
+calibrated skip profiles).
 """
 
 from __future__ import annotations
@@ -36,34 +41,44 @@ import math
 
 import torch
 
-
-def _ve(sigmas, flow: bool) -> list[float]:
-    s = [float(v) for v in sigmas]
-    if flow:
-        s = [v / (1.0 - v) if v < 1.0 else 1e4 for v in s]
-    return s
+#: each further skip in a row multiplies a skipped step's modelled cost by this (module docstring)
+RUN_PENALTY = 30.0
 
 
 def skip_costs_fn(sigmas, flow: bool = False):
-    """cost(i, b, a) of the module docstring (a may be None: one computed step only)."""
-    s = _ve(sigmas, flow)
-    u = [math.log(max(v, 1e-8)) for v in s]
+    """cost(i, b, a) of the module docstring without the run penalty (a may be None: one computed step only).
+    flow: the sigmas are a flow model's (time variable sigma), else VE sigmas (time variable log sigma)."""
+    s = [float(v) for v in sigmas]
+    if flow:
+        u = s
+        travel = [abs(s[i] - s[i + 1]) for i in range(len(s) - 1)]
+    else:
+        u = [math.log(max(v, 1e-8)) for v in s]
+        travel = [abs(s[i] - s[i + 1]) / math.sqrt(1.0 + s[i + 1] ** 2) for i in range(len(s) - 1)]
 
     def cost(i: int, b: int, a: int | None) -> float:
-        travel = abs(s[i] - s[i + 1]) / math.sqrt(1.0 + s[i + 1] ** 2)
         dist = abs(u[b] - u[i]) if a is None else abs((u[b] - u[i]) * (u[a] - u[i]))
-        return travel * dist
+        return travel[i] * dist
 
     return cost
 
 
 def plan_skips(
-    sigmas, n_skips: int, *, max_skip: int = 4, first: int = 1, last: int | None = None, flow: bool = False
+    sigmas,
+    n_skips: int,
+    *,
+    max_skip: int = 4,
+    first: int = 1,
+    last: int | None = None,
+    flow: bool = False,
+    run_penalty: float = 1.0,
 ) -> tuple[torch.Tensor, float]:
     """(path [N] bool, True = run the network; the modelled cost) with n_skips skips at least cost.
 
     Steps before ``first`` and from ``last`` on always run (step 0 always: nothing to reuse yet).
-    If fewer skips fit (max_skip, the protected steps), it plans as many as fit.
+    If fewer skips fit (max_skip, the protected steps), it plans as many as fit. run_penalty: the j-th skip
+    in a row costs run_penalty^(j - 1) times its modelled cost (1: the cost model alone; the controller
+    passes RUN_PENALTY).
     """
     n = len(sigmas) - 1
     last = n if last is None else min(n, last)
@@ -88,7 +103,7 @@ def plan_skips(
                     break
                 if g and not (b + 1 >= first and c - 1 < last):
                     break  # a skipped step outside the eligible range
-                gap_cost = sum(cost(i, b, a) for i in range(b + 1, c))
+                gap_cost = sum(cost(i, b, a) * run_penalty ** (i - b - 1) for i in range(b + 1, c))
                 for k, (cst, path) in table.items():
                     k2 = k + g
                     if k2 > n_skips:
@@ -117,13 +132,3 @@ def _slot(states_at: dict, c: int, b: int) -> dict:
     table: dict = {}
     states_at[c].append((b, table))
     return table
-
-
-def shortest_runs(n: int, n_skips: int, first: int = 1, last: int | None = None) -> int:
-    """The shortest cap on consecutive skips that fits n_skips skips into steps first..last-1."""
-    last = n if last is None else min(n, last)
-    eligible = max(0, last - max(1, first))
-    for run in range(1, max(1, eligible) + 1):
-        if eligible - eligible // (run + 1) >= n_skips:
-            return run
-    return max(1, eligible)

@@ -408,3 +408,29 @@ def test_auto_extrapolation_follows_the_sampler(setup):
     a, _ = run(den, noise, cond, "euler", n=20, config=AdaptiveConfig())
     b, _ = run(den, noise, cond, "euler", n=20, config=AdaptiveConfig(extrapolation="log_linear"))
     assert torch.equal(a, b)
+
+
+def test_auto_extrapolation_on_a_flow_model_is_linear_in_sigma():
+    """On a flow model (vp_estimator_ok False: ComfyUI's CONST) auto is linear in sigma, the flow time, for every
+    sampler, and is what extrapolation linear gives."""
+    g = torch.Generator().manual_seed(5)
+    flow = FlowDenoiser(FiniteSetDenoiser(torch.randn(8, 4, 6, 6, generator=g)))
+    sig = schedules.flow_sigmas(20, shift=3.0)
+    noise = torch.randn(2, 4, 6, 6, generator=g)
+    outs = {}
+    for sampler in ("euler", "dpmpp_2m", "heun"):
+        fn = kdiff.SAMPLERS[sampler]
+        for ex in ("auto", "linear"):
+            out, rep = adaptive_sample(
+                fn,
+                flow,
+                noise * sig[0],
+                sig,
+                AdaptiveConfig(extrapolation=ex),
+                vp_estimator_ok=False,
+                endpoint_corrector=ENDPOINT.get(sampler, False),
+            )
+            outs[sampler, ex] = out
+            if ex == "auto":
+                assert rep.extrapolation == "linear (auto)", sampler
+        assert torch.equal(outs[sampler, "auto"], outs[sampler, "linear"]), sampler

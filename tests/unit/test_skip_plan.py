@@ -1,16 +1,16 @@
-"""The schedule planner (samplers.skip_plan): exact optimum of its cost model, constraints, flow sigmas."""
+"""The schedule planner (samplers.skip_plan): exact optimum of its cost model (with and without the run penalty),
+constraints, the flow time variable, where runs of skips go."""
 
 import itertools
 import math
 
 import pytest
-import torch
 
 from comfyui_tempo.samplers import schedules
-from comfyui_tempo.samplers.skip_plan import plan_skips, shortest_runs, skip_costs_fn
+from comfyui_tempo.samplers.skip_plan import RUN_PENALTY, plan_skips, skip_costs_fn
 
 
-def brute_force(sigmas, n_skips, max_skip, first, last, flow=False):
+def brute_force(sigmas, n_skips, max_skip, first, last, flow=False, penalty=1.0):
     """Every path with n_skips skips: the least summed cost (reference for the dynamic programme)."""
     n = len(sigmas) - 1
     cost = skip_costs_fn(sigmas, flow)
@@ -27,17 +27,19 @@ def brute_force(sigmas, n_skips, max_skip, first, last, flow=False):
             if path[i]:
                 b, a = i, b
             else:
-                total += cost(i, b, a)
+                total += cost(i, b, a) * penalty ** (i - b - 1)
         best = min(best, (total, tuple(path)))
     return best
 
 
-@pytest.mark.parametrize("scheduler", ["karras", "normal"])
+@pytest.mark.parametrize("scheduler", ["karras", "normal", "flow_simple"])
+@pytest.mark.parametrize("penalty", [1.0, RUN_PENALTY])
 @pytest.mark.parametrize("n,n_skips,max_skip,first,last", [(10, 4, 2, 1, 10), (12, 7, 3, 2, 11), (11, 3, 1, 1, 11)])
-def test_plan_is_the_exact_optimum(scheduler, n, n_skips, max_skip, first, last):
-    sig = schedules.get_sigmas(scheduler, n)
-    want_cost, want_path = brute_force(sig, n_skips, max_skip, first, last)
-    path, got = plan_skips(sig, n_skips, max_skip=max_skip, first=first, last=last)
+def test_plan_is_the_exact_optimum(scheduler, penalty, n, n_skips, max_skip, first, last):
+    flow = scheduler.startswith("flow")
+    sig = schedules.flow_sigmas(n, shift=3.0) if flow else schedules.get_sigmas(scheduler, n)
+    want_cost, want_path = brute_force(sig, n_skips, max_skip, first, last, flow, penalty)
+    path, got = plan_skips(sig, n_skips, max_skip=max_skip, first=first, last=last, flow=flow, run_penalty=penalty)
     assert int((~path).sum()) == n_skips
     assert got == pytest.approx(want_cost, rel=1e-9)
 
@@ -56,24 +58,35 @@ def test_plan_skips_as_many_as_fit():
     assert "".join("C" if c else "s" for c in path.tolist()) == "Cs" * 5
 
 
-def test_shortest_runs_is_the_shortest_that_fits():
-    for n in (7, 20, 33):
-        sig = schedules.get_sigmas("karras", n)
-        for k in range(1, n - 1):
-            run = shortest_runs(n, k)
-            path, _ = plan_skips(sig, k, max_skip=run)
-            assert int((~path).sum()) == k, (n, k, run)
-            if run > 1:
-                shorter, _ = plan_skips(sig, k, max_skip=run - 1)
-                assert int((~shorter).sum()) < k, (n, k, run)
+def _runs(path) -> str:
+    return "".join("C" if c else "s" for c in path.tolist())
 
 
-def test_flow_sigmas_plan_on_the_equivalent_ve_sigmas():
-    flow = schedules.flow_sigmas(12, shift=3.0)
-    ve = torch.tensor([float(s) / (1 - float(s)) if s < 1 else 1e4 for s in flow])
-    a, ca = plan_skips(flow, 5, max_skip=2, flow=True)
-    b, cb = plan_skips(ve, 5, max_skip=2)
-    assert torch.equal(a, b) and ca == pytest.approx(cb)
+def test_flow_costs_are_in_flow_time():
+    """On a flow model the time variable is sigma itself and the travel |sigma_i - sigma_i+1| (no VE mapping)."""
+    sig = schedules.flow_sigmas(12, shift=3.0)
+    s = [float(v) for v in sig]
+    cost = skip_costs_fn(sig, flow=True)
+    assert cost(5, 4, 3) == pytest.approx(abs(s[5] - s[6]) * abs((s[4] - s[5]) * (s[3] - s[5])), rel=1e-12)
+    assert cost(5, 4, None) == pytest.approx(abs(s[5] - s[6]) * abs(s[4] - s[5]), rel=1e-12)
+
+
+def test_run_penalty_keeps_skips_isolated_unless_some_steps_are_far_cheaper():
+    """With the controller's penalty a 2x plan is every other step on an eps karras schedule (costs within 2x),
+    but on a flow karras schedule (the last steps tiny in flow time) it runs the first steps and skips late in runs;
+    without the penalty the eps plan would use runs too."""
+    from comfyui_tempo.samplers.schedules import Flow, karras
+
+    eps = schedules.get_sigmas("karras", 30)
+    path, _ = plan_skips(eps, 15, max_skip=4, run_penalty=RUN_PENALTY)
+    assert "ss" not in _runs(path)
+    free, _ = plan_skips(eps, 15, max_skip=4)
+    assert "ss" in _runs(free)
+    fl = Flow(shift=3.0)
+    sig = karras(30, float(fl.sigma_min), float(fl.sigma_max))
+    path, _ = plan_skips(sig, 15, max_skip=4, flow=True, run_penalty=RUN_PENALTY)
+    runs = _runs(path)
+    assert runs.startswith("CCCCC") and "sss" in runs[15:] and int((~path).sum()) == 15
 
 
 def test_late_skips_cost_more_on_normal_than_on_karras():
