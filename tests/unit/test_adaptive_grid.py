@@ -1,0 +1,45 @@
+"""`comfyui-tempo bench adaptive --grid` on a tiny slice: the rows and methods the issue asks for, the held-out
+model marked, the three checks computed from the rows, the per-cell markdown table, a clear error for an unknown
+model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from comfyui_tempo import cli
+from comfyui_tempo.bench import adaptive_grid
+
+torch.set_num_threads(1)
+
+
+def test_grid_on_the_held_out_model_writes_the_issue_rows(tmp_path):
+    out = tmp_path / "grid.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "vpred", "--grid-samplers", "euler", "--grid-schedulers",
+         "karras", "--grid-steps", "10", "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells", "",
+         "--classes", "2", "--threads", "1", "--quiet", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    rows = d["rows"]
+    for key in ("model", "sampler", "scheduler", "steps", "cfg", "method", "nfe", "psnr_db"):
+        assert all(key in r for r in rows), key
+    methods = {r["method"] for r in rows}
+    assert {"full", "adaptive", "adaptive_paper", "fewer_steps", "uniform_skip"} <= methods
+    assert all(r["held_out"] for r in rows) and d["meta"]["held_out"] == ["vpred"]
+    m = {r["method"]: r for r in rows}
+    assert m["full"]["nfe"] == 10 and m["adaptive"]["nfe"] == 5 and m["fewer_steps"]["nfe"] == 5
+    (s,) = d["summary"]
+    assert s["model"] == "vpred (held out)"
+    assert s["vs_fewer"] == pytest.approx(m["adaptive"]["psnr_db"] - m["fewer_steps"]["psnr_db"])
+    want = s["cut"] >= 1.95 and s["vs_fewer"] > 0 and s["vs_uniform"] > 0
+    assert s["ok"] == ("yes" if want else "NO")
+    assert d["markdown"].splitlines()[2].startswith("| vpred (held out) | euler | 2.00x |")
+
+
+def test_unknown_grid_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="--grid-models: expected names from"):
+        adaptive_grid.build_problem("sdxl", "karras", 5.0, 1, 1)
