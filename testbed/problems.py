@@ -60,7 +60,7 @@ def trained_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, schedul
 
     tb = trained.load()
     label = f"trained testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
-    return _eps_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape)
+    return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape)
 
 
 def hr_problem(
@@ -75,10 +75,14 @@ def hr_problem(
     tb = trained.load(name="hr")
     shape = (tb.latent_shape[0], size // 4, size // 4)
     label = f"testbed-hr {size} px ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
-    return _eps_testbed_problem(tb, label, classes, seeds, cfg, scheduler, shape)
+    return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, shape)
 
 
-def _eps_testbed_problem(tb, label: str, classes: int, seeds: int, cfg: float, scheduler: str, shape) -> Problem:
+def _unet_testbed_problem(
+    tb, label: str, classes: int, seeds: int, cfg: float, scheduler: str, shape, prediction: str = "eps"
+) -> Problem:
+    """A class-conditional UNet testbed on ComfyUI's discrete table: the network sees x / sqrt(1 + sigma^2) and
+    predicts eps (x0 = x - sigma eps) or v (x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2))."""
     noise, cond = _batch(classes, seeds, shape)
     table = tb.sigmas
 
@@ -99,10 +103,12 @@ def _eps_testbed_problem(tb, label: str, classes: int, seeds: int, cfg: float, s
             t = schedules.sigma_to_t(s, table)
             ctx = torch.nn.functional.one_hot(torch.cat([c, torch.full_like(c, tb.null_class)]), tb.null_class + 1)
             ctx = ctx.float()[:, None, :]
-            eps = wrapped(torch.cat([xc, xc]), float(s[0]), torch.cat([t, t]), ctx)
-            eps_c, eps_u = eps[:b], eps[b:]
-            eps = eps_u + cfg * (eps_c - eps_u)
-            return x - s.reshape(b, *([1] * (x.ndim - 1))) * eps
+            out = wrapped(torch.cat([xc, xc]), float(s[0]), torch.cat([t, t]), ctx)
+            out = out[b:] + cfg * (out[:b] - out[b:])  # linear in the output: CFG on eps / v = CFG on x0
+            sv = s.reshape(b, *([1] * (x.ndim - 1)))
+            if prediction == "v":
+                return x / (1 + sv**2) - out * sv / (1 + sv**2).sqrt()
+            return x - sv * out
 
         return den
 
@@ -165,49 +171,12 @@ def flow_problem(classes: int = 10, seeds: int = 2, cfg: float = 4.0, scheduler:
 
 def vpred_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "karras") -> Problem:
     """The v-prediction testbed (testbed/trained_vpred.py: a UNet predicting v on 3x16x16 coloured digits in
-    pixel space, ComfyUI's ModelSamplingDiscrete as for SD2-768-v), sampled with CFG. The denoiser returns
-    x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2) on the VE latent; decode maps [-1, 1] to 0..1."""
+    pixel space, ComfyUI's ModelSamplingDiscrete as for SD2-768-v), sampled with CFG; decode maps [-1, 1] to 0..1."""
     from . import trained_vpred
 
     tb = trained_vpred.load()
-    noise, cond = _batch(classes, seeds, tb.latent_shape)
-    table = tb.sigmas
-
-    def net_denoiser(wrap):
-        """The same CFG denoiser with its network calls going through wrap(net_call)."""
-
-        def net_call(xc, t, context):
-            return tb.net(xc, t, context=context)
-
-        wrapped = wrap(net_call)
-
-        @torch.no_grad()
-        def den(x, sigma, cond=None, **_):
-            b = x.shape[0]
-            s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1).expand(b)
-            c = torch.as_tensor(cond).reshape(-1).expand(b)
-            sv = s.reshape(b, *([1] * (x.ndim - 1)))
-            xc = x / (1 + sv**2).sqrt()
-            t = schedules.sigma_to_t(s, table)
-            ctx = torch.nn.functional.one_hot(torch.cat([c, torch.full_like(c, tb.null_class)]), tb.null_class + 1)
-            v = wrapped(torch.cat([xc, xc]), float(s[0]), torch.cat([t, t]), ctx.float()[:, None, :])
-            ss = torch.cat([sv, sv])
-            x0 = torch.cat([x, x]) / (1 + ss**2) - v * ss / (1 + ss**2).sqrt()
-            x0_c, x0_u = x0[:b], x0[b:]
-            return x0_u + cfg * (x0_c - x0_u)
-
-        return den
-
-    return Problem(
-        name=f"v-prediction testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})",
-        denoiser=torch.no_grad()(tb.cfg_denoiser(cfg)),
-        noise=noise,
-        cond=cond,
-        decode=torch.no_grad()(tb.decode),
-        sigma_table=table,
-        scheduler=scheduler,
-        net_denoiser=net_denoiser,
-    )
+    label = f"v-prediction testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
+    return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="v")
 
 
 def gmm_problem(
