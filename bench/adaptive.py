@@ -337,6 +337,13 @@ def add_parser(bench_sub) -> None:
     p.add_argument("--quiet", action="store_true")
     adaptive_grid.add_arguments(p)
     p.add_argument("--overhead", action="store_true", help="the controller's cost per step (SD1.5 / SDXL latents)")
+    p.add_argument(
+        "--unet-timing",
+        action="store_true",
+        help="wall speed-up and controller cost next to SD1.5 / SDXL-size UNets (random weights; needs a GPU)",
+    )
+    p.add_argument("--unets", default="sd15,sdxl", help="with --unet-timing: sd15, sdxl, tiny (a CPU smoke test)")
+    p.add_argument("--batches", default="1,4", help="with --unet-timing: batch sizes")
 
 
 def main(args) -> int:
@@ -348,6 +355,10 @@ def main(args) -> int:
         from .adaptive_overhead import overhead_main
 
         return overhead_main(args)
+    if args.unet_timing:
+        from .adaptive_unet_timing import unet_timing_main
+
+        return unet_timing_main(args)
 
     torch.manual_seed(0)
     if args.threads:
