@@ -248,6 +248,7 @@ def calibration_rows(
             cfg,
             extra_args={"cond": problem.cond[heldout]},
             endpoint_corrector=ENDPOINT.get(sampler, False),
+            vp_estimator_ok=not _is_flow(problem),
         )
         add("adaptive", rep.nfe, _psnr(problem, out, ref), rep.path_string())
         sig_f = problem.sigmas(n_net)

@@ -11,7 +11,9 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
 * ``uniform_skip``: the network on every other step, the last prediction held (reuse as the paper).
 * ``uniform_skip_linear``: every other step with the default's linear extrapolation.
 * ``greedy_optimal`` / ``adaptive_calibrated`` (cells in ``--calib-cells``): each held-out prompt's own
-  greedy path, and a profile calibrated on other prompts (bench/adaptive_calibration.py).
+  greedy path, and a profile calibrated on other prompts (bench/adaptive_calibration.py); with them
+  ``adaptive_heldout_prompts`` and ``fewer_steps_heldout_prompts``, the default and fewer steps on the same
+  held-out prompts.
 
 Models: ``testbed`` and ``testbed_hr`` (eps-prediction latent UNets on digits) are the models the planner was
 first designed on; ``flow`` (a rectified-flow DiT on shapes, testbed/trained_flow.py) was held out from that design,
@@ -47,6 +49,8 @@ METHODS = [
     "uniform_skip_linear",
     "greedy_optimal",
     "adaptive_calibrated",
+    "adaptive_heldout_prompts",
+    "fewer_steps_heldout_prompts",
 ]
 NOISE_SEED = 7
 
@@ -197,11 +201,14 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
     calib_idx, heldout_idx = list(range(k)), list(range(k, n))
     full_nfe = len(cell.sigmas(cell.steps)) - 1
     skips = full_nfe - int(round(full_nfe / 2.0))
-    rows = calibration_rows(cell.p, cell.sampler, cell.steps, skips, calib_idx, heldout_idx, log=None)
+    rows = calibration_rows(cell.p, cell.sampler, cell.steps, skips, calib_idx, heldout_idx, baselines=True, log=None)
     out = []
+    # the default and fewer steps on the same held-out prompts (the cell's own rows are over every prompt)
+    rename = {"adaptive": "adaptive_heldout_prompts", "fewer_steps": "fewer_steps_heldout_prompts"}
     for r in rows:
-        if r["method"] not in ("adaptive_calibrated", "greedy_optimal"):
+        if r["method"] not in ("adaptive_calibrated", "greedy_optimal", *rename):
             continue
+        r = {**r, "method": rename.get(r["method"], r["method"])}
         out.append({**base, **{k2: v for k2, v in r.items() if k2 not in base}, "held_out_prompts": len(heldout_idx)})
     for r in out:
         log(f"    {r['method']:22s} nfe {r['nfe']:.1f} {r['psnr_db']:.2f} dB (held-out prompts {len(heldout_idx)})")
@@ -256,6 +263,12 @@ def summarize(rows: list[dict]) -> list[dict]:
         }
         if "greedy_optimal" in m and "adaptive_calibrated" in m:
             line["calib_vs_greedy"] = m["adaptive_calibrated"]["psnr_db"] - m["greedy_optimal"]["psnr_db"]
+            for key, method in (
+                ("calib_vs_default", "adaptive_heldout_prompts"),
+                ("calib_vs_fewer", "fewer_steps_heldout_prompts"),
+            ):
+                if method in m:
+                    line[key] = m["adaptive_calibrated"]["psnr_db"] - m[method]["psnr_db"]
         line["ok"] = "yes" if a["nfe_ratio"] >= 1.95 and line["vs_fewer"] > 0 and line["vs_uniform"] > 0 else "NO"
         out.append(line)
     return out
@@ -366,6 +379,27 @@ def grid_main(args) -> int:
         f"steps and above uniform skipping; worst vs fewer {min(s['vs_fewer'] for s in ok):+.2f} dB, worst vs "
         f"uniform {min(s['vs_uniform'] for s in ok):+.2f} dB"
     )
+    calib = [s for s in summary if "calib_vs_greedy" in s]
+    if calib:
+        print(
+            "\ncalibrated profiles on the held-out prompts, dB (minus each prompt's greedy path / the default / fewer steps):"
+        )
+        result["calibration"] = [
+            {
+                k: s.get(k)
+                for k in (
+                    "model",
+                    "sampler",
+                    "scheduler",
+                    "steps",
+                    "calib_vs_greedy",
+                    "calib_vs_default",
+                    "calib_vs_fewer",
+                )
+            }
+            for s in calib
+        ]
+        print_table(result["calibration"], list(result["calibration"][0]))
     result["markdown"] = markdown_matrix(summary, args.grid_steps, args.cfg)
     print("\nper cell at the defaults: default's PSNR dB (minus fewer steps / minus uniform skipping):\n")
     print(result["markdown"])

@@ -43,3 +43,23 @@ def test_grid_on_the_held_out_model_writes_the_issue_rows(tmp_path):
 def test_unknown_grid_model_is_a_clear_error():
     with pytest.raises(ValueError, match="--grid-models: expected names from"):
         adaptive_grid.build_problem("sdxl", "karras", 5.0, 1, 1)
+
+
+def test_calibrated_cells_report_against_greedy_default_and_fewer_steps_on_the_same_prompts(tmp_path):
+    out = tmp_path / "calib.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler", "--grid-schedulers",
+         "karras", "--grid-steps", "6", "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells",
+         "euler:karras", "--calib-prompts", "2", "--classes", "3", "--threads", "1", "--quiet", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    m = {r["method"]: r for r in d["rows"]}
+    for method in ("greedy_optimal", "adaptive_calibrated", "adaptive_heldout_prompts", "fewer_steps_heldout_prompts"):
+        assert m[method]["held_out_prompts"] == 1, method
+    assert m["adaptive_calibrated"]["nfe"] == m["adaptive_heldout_prompts"]["nfe"] == 3
+    (c,) = d["calibration"]
+    cal = m["adaptive_calibrated"]["psnr_db"]
+    assert c["calib_vs_greedy"] == pytest.approx(cal - m["greedy_optimal"]["psnr_db"])
+    assert c["calib_vs_default"] == pytest.approx(cal - m["adaptive_heldout_prompts"]["psnr_db"])
+    assert c["calib_vs_fewer"] == pytest.approx(cal - m["fewer_steps_heldout_prompts"]["psnr_db"])
