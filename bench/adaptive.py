@@ -344,6 +344,12 @@ def add_parser(bench_sub) -> None:
     )
     p.add_argument("--unets", default="sd15,sdxl", help="with --unet-timing: sd15, sdxl, tiny (a CPU smoke test)")
     p.add_argument("--batches", default="1,4", help="with --unet-timing: batch sizes")
+    p.add_argument(
+        "--plan-search",
+        action="store_true",
+        help="how the planner's run penalty was chosen: penalty variants scored on the grid's cells (--grid-models)",
+    )
+    p.add_argument("--penalties", default="1,3,10,30", help="with --plan-search: run penalties to score")
 
 
 def main(args) -> int:
@@ -355,6 +361,10 @@ def main(args) -> int:
         from .adaptive_overhead import overhead_main
 
         return overhead_main(args)
+    if args.plan_search:
+        from .adaptive_plan_search import plan_search_main
+
+        return plan_search_main(args)
     if args.unet_timing:
         from .adaptive_unet_timing import unet_timing_main
 
