@@ -31,8 +31,8 @@ only where the schedule's steps differ enormously in cost (on the flow testbed w
 whose last steps are tiny in flow time, the isolated plan costs 57-63x / 330-440x more than the best plan with
 runs, by the model), and skips stay isolated otherwise (on the eps testbeds that ratio is at most 3.4: every
 other step at 20 and 30 steps, one pair at 50 on normal). RUN_PENALTY was chosen among 1, 3, 10 and 30 on the
-grid cells (``bench adaptive --grid``) of the testbeds testbed, testbed-hr and flow; the v-prediction testbed
-was held out (docs/adaptive.md).
+grid cells of the testbeds testbed, testbed-hr and flow (``comfyui-tempo bench adaptive --plan-search``, which also
+prints these cost ratios); the v-prediction testbed was held out (docs/adaptive.md).
 The plan depends on the schedule only: the same path for every prompt of a run (prompt-specific paths:
 calibrated skip profiles).
 """
