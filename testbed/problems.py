@@ -1,6 +1,6 @@
 """Benchmark problems built on the testbeds: ``Problem`` (a denoiser with its noise, classes and decoder) and
-the problems of the trained testbeds (``testbed``, ``testbed-hr``, the flow DiT, the v-prediction UNet) and of an exact Gaussian
-mixture."""
+the problems of the trained testbeds (``testbed``, ``testbed-hr``, the flow DiT, the v-prediction UNet, the eps
+shapes UNet) and of an exact Gaussian mixture."""
 
 from __future__ import annotations
 
@@ -177,6 +177,17 @@ def vpred_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler
     tb = trained_vpred.load()
     label = f"v-prediction testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
     return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="v")
+
+
+def shapes_eps_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "karras") -> Problem:
+    """The eps-prediction shapes testbed (testbed/trained_vpred.py, ``shapes_eps``: a UNet predicting eps on
+    3x16x16 coloured shapes in pixel space, ComfyUI's ModelSamplingDiscrete), sampled with CFG; decode maps
+    [-1, 1] to 0..1."""
+    from . import trained_vpred
+
+    tb = trained_vpred.load(model="shapes_eps")
+    label = f"eps shapes testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
+    return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="eps")
 
 
 def gmm_problem(

@@ -1,18 +1,26 @@
-"""The v-prediction testbed: a small class-conditional UNet that predicts v in pixel space (3x16x16 coloured
-digits), the fourth testbed, held out from every choice of the AdaptiveDiffusion default made after the flow
-testbed was measured. It differs from ``testbed`` / ``testbed-hr`` in parameterisation (v, like SD2-768-v)
-and space (pixels, no autoencoder), and from the flow DiT in data, architecture and parameterisation.
+"""The pixel-space UNet testbeds: small class-conditional UNets on ComfyUI's discrete schedule in pixel space
+(3x16x16), one per entry of ``SPECS``:
 
-Training (CPU, one thread, fixed seeds; ~15 min):
+* ``vpred``: predicts v on coloured digits, the fourth testbed, held out from every choice of the
+  AdaptiveDiffusion default made after the flow testbed was measured. It differs from ``testbed`` /
+  ``testbed-hr`` in parameterisation (v, like SD2-768-v) and space (pixels, no autoencoder), and from the flow
+  DiT in data, architecture and parameterisation.
+* ``shapes_eps``: predicts eps on the flow testbed's coloured shapes (drawn with another seed), the fifth
+  testbed, trained after the v-prediction testbed was measured and held out from every choice made after
+  that. It differs from ``testbed`` / ``testbed-hr`` in data and space, from the flow DiT in architecture and
+  parameterisation, and from ``vpred`` in data, parameterisation and UNet shape.
 
-    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train
+Training (CPU, one thread, fixed seeds; ~15 min each):
 
-writes ``weights/testbed_vpred.safetensors`` (fp16 weights; configs, seeds and the training record in its
-metadata) and ``weights/testbed_vpred.json``. The UNet (``testbed/unet.py``) sees the VP input
+    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps]
+
+writes ``weights/testbed_vpred.safetensors`` (or ``testbed_shapes_eps``; fp16 weights; configs, seeds and the
+training record in its metadata) and the ``.json`` beside it. The UNet (``testbed/unet.py``) sees the VP input
 x / sqrt(1 + sigma^2) at Stable Diffusion's discrete timestep and learns v = alpha eps - s x0
-(alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha), t uniform, 15 % null labels, EMA weights.
+(alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha) or eps, t uniform, 15 % null labels, EMA weights.
 ``load()`` wraps it as ComfyUI runs a V_PREDICTION model with ``ModelSamplingDiscrete``:
-``x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2)`` on the VE latent x = x0 + sigma noise.
+``x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2)`` on the VE latent x = x0 + sigma noise (an EPS model:
+``x0 = x - sigma eps``).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import torch.nn.functional as F
 
 from ..samplers import schedules
 from . import data as data_mod
+from . import shapes as shapes_mod
 from .trained import euler, psnr
 from .unet import UNet
 
@@ -47,10 +56,34 @@ UNET_CONFIG = dict(
     context_dim=11,
     dropout=0.0,
 )
+SHAPES_DATA_CONFIG = dict(kind="shapes", seed=shapes_mod.DEFAULT_SEED + 17, size=16, per_class=500, heldout_every=10)
+SHAPES_UNET_CONFIG = dict(
+    in_channels=3,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=2,
+    attention_levels=[1],
+    num_heads=4,
+    context_dim=11,
+    dropout=0.0,
+)
+#: name -> (prediction, data config, UNet config, weights file, seed offset)
+SPECS = {
+    "vpred": ("v", DATA_CONFIG, UNET_CONFIG, WEIGHTS_FILE, 3),
+    "shapes_eps": ("eps", SHAPES_DATA_CONFIG, SHAPES_UNET_CONFIG, WEIGHTS_DIR / "testbed_shapes_eps.safetensors", 5),
+}
+
+
+def build_data(d: dict):
+    """(images in [0, 1], labels) of a data config: the digits (data.py) or the shapes (shapes.py)."""
+    if d.get("kind") == "shapes":
+        return shapes_mod.build(d["seed"], d["size"], d["per_class"])
+    return data_mod.build(d["seed"], d["size"], d["copies"])
 
 
 class VPredTestbed:
-    """The loaded v-prediction testbed (see the module docstring). Build it with ``load()``."""
+    """A loaded pixel-space UNet testbed (see the module docstring; ``prediction`` is "v" or "eps"). Build it
+    with ``load()``."""
 
     num_classes = NUM_CLASSES
     null_class = NULL_CLASS
@@ -58,12 +91,14 @@ class VPredTestbed:
     def __init__(self, net: UNet, meta: dict):
         self.net = net
         self.meta = meta
+        self.prediction = meta.get("prediction", "v")
         self.sigmas = schedules.discrete_sigmas()
         s = meta["data"]["size"]
         self.latent_shape = (3, s, s)
 
     def velocity(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
-        """The network's v at the VE latent x and noise level sigma (class cond; None = unconditional)."""
+        """The network's output (v, or eps for an eps model) at the VE latent x and noise level sigma (class
+        cond; None = unconditional)."""
         b = x.shape[0]
         s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1).expand(b)
         c = torch.full((b,), NULL_CLASS) if cond is None else torch.as_tensor(cond).long().reshape(-1).expand(b)
@@ -72,8 +107,11 @@ class VPredTestbed:
         return self.net(xc, schedules.sigma_to_t(s, self.sigmas), context=ctx)
 
     def denoiser(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
-        """x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2) (ComfyUI's V_PREDICTION.calculate_denoised)."""
+        """x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2) (ComfyUI's V_PREDICTION.calculate_denoised), or
+        x0 = x - sigma eps (EPS)."""
         s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
+        if self.prediction == "eps":
+            return x - s * self.velocity(x, sigma, cond)
         return x / (1 + s**2) - self.velocity(x, sigma, cond) * s / (1 + s**2).sqrt()
 
     def cfg_denoiser(self, scale: float):
@@ -94,22 +132,26 @@ class VPredTestbed:
         return ((x + 1) / 2).clamp(0, 1)
 
 
-@functools.lru_cache(maxsize=2)
-def load(path: str | None = None) -> VPredTestbed:
-    """The shipped v-prediction testbed (cached)."""
+@functools.lru_cache(maxsize=4)
+def load(path: str | None = None, model: str = "vpred") -> VPredTestbed:
+    """A shipped testbed of ``SPECS`` (default the v-prediction one), or the file at path (cached)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = str(WEIGHTS_FILE if path is None else path)
+    path = str(SPECS[model][3] if path is None else path)
     with safe_open(path, framework="pt") as f:
-        meta = json.loads(f.metadata()["testbed_vpred"])
+        md = f.metadata()
+        meta = json.loads(md[next(k for k in md if k.startswith("testbed_"))])
     net = UNet(**meta["unet_config"])
     net.load_state_dict({k[5:]: v.float() for k, v in load_file(path).items() if k.startswith("unet.")})
     return VPredTestbed(net.eval().requires_grad_(False), meta)
 
 
-def vpred_step(net, ema, opt, x0, y, sigmas, g, p_uncond: float, ema_decay: float, step: int) -> float:
-    """One training step: label dropout to the null class, t uniform in 0..999, v-MSE on the VP input."""
+def vpred_step(
+    net, ema, opt, x0, y, sigmas, g, p_uncond: float, ema_decay: float, step: int, prediction: str = "v"
+) -> float:
+    """One training step: label dropout to the null class, t uniform in 0..999, v-MSE (or eps-MSE) on the VP
+    input."""
     from .train import optimizer_step
 
     b = x0.shape[0]
@@ -119,7 +161,7 @@ def vpred_step(net, ema, opt, x0, y, sigmas, g, p_uncond: float, ema_decay: floa
     eps = torch.randn(x0.shape, generator=g)
     alpha = schedules.vp_scale(sigma)
     x_in = (x0 + sigma * eps) * alpha
-    v = alpha * eps - sigma * alpha * x0
+    v = alpha * eps - sigma * alpha * x0 if prediction == "v" else eps
     ctx = F.one_hot(y, NULL_CLASS + 1).float()[:, None]
     loss = (net(x_in, t.float(), context=ctx) - v).pow(2).mean()
     return optimizer_step(net, ema, opt, loss, ema_decay, step)
@@ -147,22 +189,26 @@ def train(args) -> None:
 
     torch.set_num_threads(1)
     t_start = time.time()
-    d = dict(DATA_CONFIG)
-    images, labels = data_mod.build(d["seed"], d["size"], d["copies"])
+    model = getattr(args, "model", "vpred")
+    prediction, data_config, unet_config, _, seed_offset = SPECS[model]
+    d = dict(data_config)
+    images, labels = build_data(d)
     tr, _ = data_mod.split_indices(images.shape[0], d["heldout_every"])
     x0_all, y_all = images[tr] * 2 - 1, labels[tr]
-    torch.manual_seed(args.seed + 3)
-    net = UNet(**UNET_CONFIG)
+    torch.manual_seed(args.seed + seed_offset)
+    net = UNet(**unet_config)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
     sigmas = schedules.discrete_sigmas()
-    g = torch.Generator().manual_seed(args.seed + 3)
+    g = torch.Generator().manual_seed(args.seed + seed_offset)
     running = None
     for step in range(args.steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, args.steps, args.lr, warmup=max(1, args.steps // 30))
         idx = torch.randint(x0_all.shape[0], (args.batch,), generator=g)
-        loss = vpred_step(net, ema, opt, x0_all[idx], y_all[idx].clone(), sigmas, g, 0.15, 0.999, step)
+        loss = vpred_step(
+            net, ema, opt, x0_all[idx], y_all[idx].clone(), sigmas, g, 0.15, 0.999, step, prediction=prediction
+        )
         running = loss if running is None else 0.98 * running + 0.02 * loss
         if (step + 1) % 100 == 0 or step + 1 == args.steps:
             print(
@@ -172,10 +218,12 @@ def train(args) -> None:
     ema.eval()
     _round_fp16(ema)
     meta = dict(
-        unet_config=UNET_CONFIG,
+        unet_config=unet_config,
         data=d,
         seed=args.seed,
-        parameterisation="V_PREDICTION on ComfyUI's discrete schedule: output v = alpha eps - sigma alpha x0",
+        parameterisation="V_PREDICTION on ComfyUI's discrete schedule: output v = alpha eps - sigma alpha x0"
+        if prediction == "v"
+        else "EPS on ComfyUI's discrete schedule: output eps",
         params=sum(p.numel() for p in ema.parameters()),
         train=dict(
             steps=args.steps,
@@ -189,6 +237,8 @@ def train(args) -> None:
             threads=1,
         ),
     )
+    if prediction != "v":  # (the v testbed's metadata predates this key; load() defaults to v)
+        meta["prediction"] = prediction
     tb = VPredTestbed(ema.requires_grad_(False), meta)
     meta["curvature_cfg5"] = {
         f"{sch}_{a}_vs_{b}": round(curvature(tb, (a, b), sch), 2)
@@ -197,7 +247,7 @@ def train(args) -> None:
     }
     tensors = {"unet." + k: v.detach().half().contiguous() for k, v in ema.state_dict().items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(args.out), metadata={"testbed_vpred": json.dumps(meta)})
+    save_file(tensors, str(args.out), metadata={"testbed_" + model: json.dumps(meta)})
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"curvature {meta['curvature_cfg5']}; wrote {args.out} in {time.time() - t_start:.0f}s")
 
@@ -209,13 +259,16 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--out", type=Path, default=WEIGHTS_FILE)
+    ap.add_argument("--model", choices=sorted(SPECS), default="vpred", help="which testbed (module docstring)")
+    ap.add_argument("--out", type=Path, default=None, help="weights file (default: the shipped one of --model)")
     args = ap.parse_args(argv)
+    default_out = SPECS[args.model][3]
+    args.out = default_out if args.out is None else args.out
     if args.train:
         train(args)
         return
     torch.set_num_threads(1)
-    tb = load(None if args.out == WEIGHTS_FILE else str(args.out))
+    tb = load(None if args.out == default_out else str(args.out), args.model)
     for sch in ("karras", "normal"):
         print(f"{sch}: Euler 25 vs 50 steps, CFG 5: {curvature(tb, (25, 50), sch):.2f} dB")
 

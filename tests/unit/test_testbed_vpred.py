@@ -1,8 +1,10 @@
-"""The v-prediction testbed (testbed/trained_vpred.py), the AdaptiveDiffusion grid's held-out model.
+"""The pixel-space UNet testbeds (testbed/trained_vpred.py), the AdaptiveDiffusion grid's held-out models: the
+v-prediction digits UNet and the eps-prediction shapes UNet.
 
 Checks the shipped weights, ComfyUI's V_PREDICTION convention on the discrete schedule
 (x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2), network input x / sqrt(1 + sigma^2)), that the trained net
-predicts v (not eps, not x0), the grid Problem, and that training is deterministic."""
+predicts v (not eps, not x0), the EPS convention and an eps-predicting net for the shapes model, the grid
+Problems, and that training is deterministic."""
 
 from __future__ import annotations
 
@@ -74,11 +76,53 @@ def test_problem_matches_the_testbed_and_its_network_hook(tb):
     assert sig.shape == (11,) and float(sig[-1]) == 0.0 and float(sig[0]) == pytest.approx(float(tb.sigmas[-1]))
 
 
-def test_training_is_deterministic(tmp_path):
+@pytest.mark.parametrize("model", ["vpred", "shapes_eps"])
+def test_training_is_deterministic(tmp_path, model):
     outs = []
     for k in range(2):
-        args = argparse.Namespace(seed=0, steps=3, batch=4, lr=1e-3, out=tmp_path / f"v{k}.safetensors")
+        args = argparse.Namespace(seed=0, steps=3, batch=4, lr=1e-3, out=tmp_path / f"v{k}.safetensors", model=model)
         trained_vpred.train(args)
-        outs.append(trained_vpred.load(str(args.out)))
+        outs.append(trained_vpred.load(str(args.out), model))
+    assert outs[0].prediction == {"vpred": "v", "shapes_eps": "eps"}[model]
+    assert outs[0].meta["unet_config"] == trained_vpred.SPECS[model][2]
     for (name, a), (_, b) in zip(outs[0].net.state_dict().items(), outs[1].net.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+@pytest.fixture(scope="module")
+def tb_eps():
+    return trained_vpred.load(model="shapes_eps")
+
+
+def test_shapes_eps_weights_load_with_their_config(tb_eps):
+    assert trained_vpred.SPECS["shapes_eps"][3].stat().st_size < 3e6
+    assert tb_eps.prediction == "eps" and tb_eps.latent_shape == (3, 16, 16)
+    assert tb_eps.meta["unet_config"] == trained_vpred.SHAPES_UNET_CONFIG
+    assert tb_eps.meta["data"] == trained_vpred.SHAPES_DATA_CONFIG
+
+
+def test_shapes_eps_net_predicts_eps_and_the_denoiser_is_comfyuis_eps(tb_eps):
+    sigma = 1.5
+    images, labels = trained_vpred.build_data(dict(trained_vpred.SHAPES_DATA_CONFIG, per_class=2))
+    x0, y = images * 2 - 1, labels
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    x = x0 + sigma * noise
+    with torch.no_grad():
+        eps = tb_eps.velocity(x, sigma, y)
+        den = tb_eps.denoiser(x, sigma, y)
+    assert torch.allclose(den, x - sigma * eps, atol=1e-6)  # EPS.calculate_denoised
+    alpha = 1 / (1 + sigma**2) ** 0.5
+    v_true = alpha * noise - sigma * alpha * x0
+    cos = torch.nn.functional.cosine_similarity(eps.flatten(1), noise.flatten(1)).mean()
+    cos_v = torch.nn.functional.cosine_similarity(eps.flatten(1), v_true.flatten(1)).mean()
+    assert cos > 0.9 and cos > cos_v + 0.02
+    assert (den - x0).pow(2).mean() < 0.25 * (x - x0).pow(2).mean()
+
+
+def test_shapes_eps_problem_matches_the_testbed_and_its_network_hook(tb_eps):
+    p = problems.shapes_eps_problem(classes=3, seeds=1, scheduler="normal")
+    x = torch.randn(3, 3, 16, 16) * 2
+    a = p.denoiser(x, torch.tensor(2.0), cond=p.cond)
+    b = p.net_denoiser(lambda f: (lambda xc, s, *rest: f(xc, *rest)))(x, torch.tensor(2.0), cond=p.cond)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a, tb_eps.cfg_denoiser(5.0)(x, 2.0, p.cond), atol=1e-5)
