@@ -350,6 +350,16 @@ def add_parser(bench_sub) -> None:
         help="how the planner's run penalty was chosen: penalty variants scored on the grid's cells (--grid-models)",
     )
     p.add_argument("--penalties", default="1,3,10,30", help="with --plan-search: run penalties to score")
+    p.add_argument(
+        "--force-last",
+        default="0",
+        help="with --plan-search: also score the penalties with the last k steps always run, for each k listed",
+    )
+    p.add_argument(
+        "--step-weights",
+        default="0,1",
+        help="with --plan-search: step-length factor exponents to score each penalty with (0: without the factor)",
+    )
 
 
 def main(args) -> int:

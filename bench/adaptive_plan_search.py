@@ -1,17 +1,18 @@
-"""`comfyui-tempo bench adaptive --plan-search`: how the schedule planner's run penalty was chosen, rerunnable.
+"""`comfyui-tempo bench adaptive --plan-search`: how the schedule planner's settings were chosen, rerunnable.
 
 For every (model, sampler, scheduler) of the grid at ``--grid-steps`` (30) and CFG 5, the skip path the planner
-gives with isolated skips only (max_skip 1) and with runs of up to 4 skips at each penalty of ``--penalties``, each
-run with the default ``auto`` extrapolation (and ``first version``: isolated skips with the first version's
-extrapolation, log-linear for one-evaluation deterministic samplers on flow models too), scored like the grid (decoded PSNR against the full run) against
-fewer steps and uniform every-other-step skipping with the paper's reuse. Prints, per variant, the cells not above
-both baselines, the mean margin over the better one and the worst; then the plans: per model, scheduler and step
-count (20 / 30 / 50), the modelled cost of the isolated plan over the best plan with runs, and the plan at the
-controller's RUN_PENALTY; then the planning time by step count.
+gives with isolated skips only (max_skip 1) and with runs of up to 4 skips at each penalty of ``--penalties`` and
+each step-length weight of ``--step-weights`` (0: the cost model without the step-length factor, as the earlier
+planners), each run with the default ``auto`` extrapolation (and ``first version``: isolated skips with the first
+version's extrapolation, log-linear for one-evaluation deterministic samplers on flow models too), scored like the
+grid (decoded PSNR against the full run) against fewer steps and uniform every-other-step skipping with the paper's
+reuse. Prints, per variant, the cells not above both baselines, the mean margin over the better one and the worst;
+then the plans: per model, scheduler and step count (20 / 30 / 50), the modelled cost of the isolated plan over the
+best plan with runs, and the plan at the controller's RUN_PENALTY and STEP_WEIGHT; then the planning time by step
+count. ``--force-last`` adds, for each count k > 0, the variants with the last k steps always run.
 
     comfyui-tempo bench adaptive --plan-search --grid-models testbed,testbed_hr,flow --classes 6 --json out/plan_search.json
 """
-
 from __future__ import annotations
 
 import platform
@@ -20,7 +21,7 @@ import time
 import torch
 
 from ..samplers.adaptive import AdaptiveConfig
-from ..samplers.skip_plan import RUN_PENALTY, plan_skips
+from ..samplers.skip_plan import RUN_PENALTY, STEP_WEIGHT, plan_skips
 from .adaptive_grid import Cell, build_problem
 from .common import print_table, psnr_db, write_json
 
@@ -29,11 +30,19 @@ def _path_string(path: torch.Tensor) -> str:
     return "".join("C" if c else "s" for c in path.tolist())
 
 
-def _variants(penalties) -> list[tuple[str, int, float]]:
-    return [("first version", 1, 1.0), ("isolated", 1, 1.0)] + [(f"penalty {p:g}", 4, p) for p in penalties]
+def _variants(penalties, force_last=(0,), step_weights=(0.0,)) -> list[tuple[str, int, float, int, float]]:
+    """(name, max_skip, run penalty, protected last steps, step weight) of each scored variant."""
+    out = [("first version", 1, 1.0, 0, 0.0), ("isolated", 1, 1.0, 0, 0.0)]
+    for k in force_last:
+        for w in step_weights:
+            tail = (f", step weight {w:g}" if w else "") + (f", last {k} run" if k else "")
+            out += [(f"penalty {p:g}" + tail, 4, p, k, w) for p in penalties]
+    return out
 
 
-def score_variants(models, samplers, schedulers, steps: int, classes: int, penalties, log=print) -> list[dict]:
+def score_variants(
+    models, samplers, schedulers, steps: int, classes: int, penalties, log=print, force_last=(0,), step_weights=(0.0,)
+) -> list[dict]:
     rows = []
     for model in models:
         for sched in schedulers:
@@ -58,8 +67,16 @@ def score_variants(models, samplers, schedulers, steps: int, classes: int, penal
                 # the first version: isolated skips, and auto was log-linear on flow too (in log s / (1 - s))
                 one_eval = not (cell.stochastic or cell.entry.endpoint_corrector)
                 first_extrap = "log_linear" if one_eval else "linear"
-                for name, max_skip, penalty in _variants(penalties):
-                    path, _ = plan_skips(sig, skips, max_skip=max_skip, flow=cell.flow, run_penalty=penalty)
+                for name, max_skip, penalty, keep, weight in _variants(penalties, force_last, step_weights):
+                    path, _ = plan_skips(
+                        sig,
+                        skips,
+                        max_skip=max_skip,
+                        last=n - keep,
+                        flow=cell.flow,
+                        run_penalty=penalty,
+                        step_weight=weight,
+                    )
                     extrap = first_extrap if name == "first version" else "auto"
                     out, *_ = cell.run(AdaptiveConfig(mode="path", path=path, extrapolation=extrap))
                     db = score(out)
@@ -79,9 +96,9 @@ def score_variants(models, samplers, schedulers, steps: int, classes: int, penal
     return rows
 
 
-def summarize(rows: list[dict], penalties) -> list[dict]:
+def summarize(rows: list[dict], penalties, force_last=(0,), step_weights=(0.0,)) -> list[dict]:
     out = []
-    for name, _, _ in _variants(penalties):
+    for name, *_ in _variants(penalties, force_last, step_weights):
         m = [r["margin"] for r in rows if r["variant"] == name]
         out.append(
             {
@@ -105,9 +122,11 @@ def plan_table(models, schedulers, step_counts=(20, 30, 50)) -> list[dict]:
                 sig = [float(s) for s in cell.sigmas(steps)]
                 n = len(sig) - 1
                 k = n - int(round(n / 2.0))
-                _, iso = plan_skips(sig, k, max_skip=1, flow=cell.flow)
-                _, free = plan_skips(sig, k, max_skip=4, flow=cell.flow)
-                path, _ = plan_skips(sig, k, max_skip=4, flow=cell.flow, run_penalty=RUN_PENALTY)
+                _, iso = plan_skips(sig, k, max_skip=1, flow=cell.flow, step_weight=STEP_WEIGHT)
+                _, free = plan_skips(sig, k, max_skip=4, flow=cell.flow, step_weight=STEP_WEIGHT)
+                path, _ = plan_skips(
+                    sig, k, max_skip=4, flow=cell.flow, run_penalty=RUN_PENALTY, step_weight=STEP_WEIGHT
+                )
                 rows.append(
                     {
                         "model": model,
@@ -129,7 +148,7 @@ def planning_time(step_counts=(30, 50, 100, 200), repeats: int = 3) -> list[dict
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
-            plan_skips(sig, steps - steps // 2, max_skip=4, run_penalty=RUN_PENALTY)
+            plan_skips(sig, steps - steps // 2, max_skip=4, run_penalty=RUN_PENALTY, step_weight=STEP_WEIGHT)
             best = min(best, time.perf_counter() - t0)
         rows.append({"steps": steps, "plan_ms": 1000 * best})
     return rows
@@ -149,18 +168,39 @@ def plan_search_main(args) -> int:
         raise SystemExit(f"--penalties: expected numbers separated by commas, got {args.penalties!r}") from None
     if not penalties or min(penalties) < 1:
         raise SystemExit(f"--penalties: expected numbers >= 1, got {args.penalties!r}")
+    try:
+        force_last = [int(k) for k in args.force_last.split(",") if k]
+    except ValueError:
+        raise SystemExit(f"--force-last: expected whole numbers separated by commas, got {args.force_last!r}") from None
+    if not force_last or min(force_last) < 0 or max(force_last) >= args.grid_steps:
+        raise SystemExit(f"--force-last: expected counts from 0 to {args.grid_steps - 1}, got {args.force_last!r}")
+    try:
+        step_weights = [float(w) for w in args.step_weights.split(",") if w]
+    except ValueError:
+        raise SystemExit(f"--step-weights: expected numbers separated by commas, got {args.step_weights!r}") from None
+    if not step_weights or min(step_weights) < 0:
+        raise SystemExit(f"--step-weights: expected numbers >= 0, got {args.step_weights!r}")
     t0 = time.perf_counter()
     rows = score_variants(
-        models, samplers, schedulers, args.grid_steps, args.classes or 6, penalties, log=None if args.quiet else print
+        models,
+        samplers,
+        schedulers,
+        args.grid_steps,
+        args.classes or 6,
+        penalties,
+        log=None if args.quiet else print,
+        force_last=force_last,
+        step_weights=step_weights,
     )
-    summary = summarize(rows, penalties)
+    summary = summarize(rows, penalties, force_last, step_weights)
     print(
         f"\nvariants over {len(rows) // len(summary)} cells (margin: PSNR minus the better of fewer steps and uniform skipping):"
     )
     result = {"rows": rows, "summary": summary, "table": print_table(summary, list(summary[0]))}
     plans = plan_table(models, schedulers)
     print(
-        f"\nplans at RUN_PENALTY {RUN_PENALTY:g} (isolated_over_runs: the isolated plan's modelled cost over the best with runs):"
+        f"\nplans at RUN_PENALTY {RUN_PENALTY:g}, STEP_WEIGHT {STEP_WEIGHT:g} (isolated_over_runs: the isolated plan's "
+        "modelled cost over the best with runs):"
     )
     result["plans"] = plans
     print_table(plans, list(plans[0]))

@@ -48,7 +48,7 @@ import torch
 
 from .adaptive_config import ESTIMATOR_SPACES, ESTIMATORS, EXTRAPOLATIONS, MODES, AdaptiveConfig, AdaptiveConfigError  # noqa: F401  (re-exported: the settings live there)
 from .kdiff import CountingDenoiser
-from .skip_plan import RUN_PENALTY, plan_skips
+from .skip_plan import RUN_PENALTY, STEP_WEIGHT, plan_skips
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 
 
@@ -143,7 +143,14 @@ class AdaptiveSampling:
             first = max(1, int(math.ceil(cfg.start_percent * n)))
             skips = n - int(round(n / cfg.target_speedup))
             self.planned, _ = plan_skips(
-                self.sig, skips, max_skip=cfg.max_skip, first=first, last=last, flow=self.flow, run_penalty=RUN_PENALTY
+                self.sig,
+                skips,
+                max_skip=cfg.max_skip,
+                first=first,
+                last=last,
+                flow=self.flow,
+                run_penalty=RUN_PENALTY,
+                step_weight=STEP_WEIGHT,
             )
             got = int((~self.planned).sum())
             if got < skips:

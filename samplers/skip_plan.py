@@ -3,7 +3,7 @@
 A skipped step reuses a direction extrapolated linearly from the last two computed steps. Its error
 in the final result is modelled, for step i with last computed steps b > a, as
 
-    cost_i = kappa * travel_i * |(t_b - t_i) (t_a - t_i)| * RUN_PENALTY^(j - 1)
+    cost_i = kappa * travel_i * |(t_b - t_i) (t_a - t_i)| * (1 + h_i / median h)^STEP_WEIGHT * RUN_PENALTY^(j - 1)
 
 in the model's own time variable t:
 
@@ -20,6 +20,12 @@ in the model's own time variable t:
   the image forms, and lost 13 to 23 dB to pacing the skips late.
 * (t_b - t_i)(t_a - t_i): the error of linear extrapolation of a function smooth in t; with one computed step,
   |t_b - t_i|.
+* (1 + h_i / median h): h_i = |t_i - t_{i+1}| is the step's length in the time variable (for a VE schedule's last
+  step to sigma 0, the length of the step before it), over the median step of the run. A skipped step is taken with
+  a direction that is not the model's, so it loses the sampler's order on that step and the next ones that use its
+  history; that error grows with the step's length, so long steps (the last steps of ``normal``, ``simple`` and
+  ``sgm_uniform``, the first of ``karras`` and ``exponential`` on a flow model) cost more than travel and distance
+  alone say.
 * RUN_PENALTY^(j - 1) for the j-th skip in a row: a run of skips extrapolates further than the distance term
   says (isolated skips with linear extrapolation behave like a second-order multistep step, runs do not).
 * kappa: one constant per run, so it drops out of the choice.
@@ -44,23 +50,32 @@ import math
 import torch
 
 #: each further skip in a row multiplies a skipped step's modelled cost by this (module docstring)
-RUN_PENALTY = 30.0
+RUN_PENALTY = 10.0
+#: the exponent of the step-length factor (1 + h_i / median h) (module docstring)
+STEP_WEIGHT = 1.0
 
 
-def skip_costs_fn(sigmas, flow: bool = False):
+def skip_costs_fn(sigmas, flow: bool = False, step_weight: float = 0.0):
     """cost(i, b, a) of the module docstring without the run penalty (a may be None: one computed step only).
-    flow: the sigmas are a flow model's (time variable sigma), else VE sigmas (time variable log sigma)."""
+    flow: the sigmas are a flow model's (time variable sigma), else VE sigmas (time variable log sigma).
+    step_weight: the exponent of the step-length factor (0: without it, as the first planners)."""
     s = [float(v) for v in sigmas]
+    n = len(s) - 1
     if flow:
         u = s
-        travel = [abs(s[i] - s[i + 1]) for i in range(len(s) - 1)]
+        travel = [abs(s[i] - s[i + 1]) for i in range(n)]
     else:
         u = [math.log(max(v, 1e-8)) for v in s]
-        travel = [abs(s[i] - s[i + 1]) / math.sqrt(1.0 + s[i + 1] ** 2) for i in range(len(s) - 1)]
+        travel = [abs(s[i] - s[i + 1]) / math.sqrt(1.0 + s[i + 1] ** 2) for i in range(n)]
+    h = [abs(u[i] - u[i + 1]) for i in range(n)]
+    if not flow and n >= 2 and s[-1] <= 0:
+        h[-1] = h[-2]  # log 0: the last step to sigma 0 counts as long as the one before it
+    med = sorted(h)[n // 2] if n else 0.0
+    weight = [(1.0 + v / med) ** step_weight if step_weight and med > 0 else 1.0 for v in h]
 
     def cost(i: int, b: int, a: int | None) -> float:
         dist = abs(u[b] - u[i]) if a is None else abs((u[b] - u[i]) * (u[a] - u[i]))
-        return travel[i] * dist
+        return travel[i] * dist * weight[i]
 
     return cost
 
@@ -74,18 +89,20 @@ def plan_skips(
     last: int | None = None,
     flow: bool = False,
     run_penalty: float = 1.0,
+    step_weight: float = 0.0,
 ) -> tuple[torch.Tensor, float]:
     """(path [N] bool, True = run the network; the modelled cost) with n_skips skips at least cost.
 
     Steps before ``first`` and from ``last`` on always run (step 0 always: nothing to reuse yet).
     If fewer skips fit (max_skip, the protected steps), it plans as many as fit. run_penalty: the j-th skip
     in a row costs run_penalty^(j - 1) times its modelled cost (1: the cost model alone; the controller
-    passes RUN_PENALTY).
+    passes RUN_PENALTY); step_weight: the step-length factor's exponent (0: none; the controller passes
+    STEP_WEIGHT).
     """
     n = len(sigmas) - 1
     last = n if last is None else min(n, last)
     first = max(1, first)
-    cost = skip_costs_fn(sigmas, flow)
+    cost = skip_costs_fn(sigmas, flow, step_weight)
     eligible = max(0, last - first)
     fit = eligible - eligible // (max_skip + 1)
     if n_skips <= 0 or eligible == 0:

@@ -278,7 +278,7 @@ def test_schedule_planner_keeps_skips_as_isolated_as_the_target_allows(setup):
         assert abs(rep.nfe - 50 / target) <= 1.0, (target, path)
         assert max(len(r) for r in path.split("C")) == longest, (target, path)
         assert path[0] == "C"
-    # at 2x every other step runs, whatever the schedule
+    # at 2x on karras (the steps within a factor of two in cost) every other step runs
     _, rep = run(den, noise, cond, "dpmpp_2m", n=30, config=AdaptiveConfig())
     assert rep.path_string() == "Cs" * 15
 

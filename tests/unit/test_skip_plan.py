@@ -7,7 +7,7 @@ import math
 import pytest
 
 from comfyui_tempo.samplers import schedules
-from comfyui_tempo.samplers.skip_plan import RUN_PENALTY, plan_skips, skip_costs_fn
+from comfyui_tempo.samplers.skip_plan import RUN_PENALTY, STEP_WEIGHT, plan_skips, skip_costs_fn
 
 
 def brute_force(sigmas, n_skips, max_skip, first, last, flow=False, penalty=1.0):
@@ -72,21 +72,40 @@ def test_flow_costs_are_in_flow_time():
 
 
 def test_run_penalty_keeps_skips_isolated_unless_some_steps_are_far_cheaper():
-    """With the controller's penalty a 2x plan is every other step on an eps karras schedule (costs within 2x),
-    but on a flow karras schedule (the last steps tiny in flow time) it runs the first steps and skips late in runs;
-    without the penalty the eps plan would use runs too."""
+    """With the controller's penalty and step weight a 2x plan is every other step on an eps karras schedule
+    (costs within 2x), but on a flow karras schedule (the last steps tiny in flow time) it runs the first steps and
+    skips late in runs; without the penalty the eps plan would use runs too."""
     from comfyui_tempo.samplers.schedules import Flow, karras
 
     eps = schedules.get_sigmas("karras", 30)
-    path, _ = plan_skips(eps, 15, max_skip=4, run_penalty=RUN_PENALTY)
+    path, _ = plan_skips(eps, 15, max_skip=4, run_penalty=RUN_PENALTY, step_weight=STEP_WEIGHT)
     assert "ss" not in _runs(path)
-    free, _ = plan_skips(eps, 15, max_skip=4)
+    free, _ = plan_skips(eps, 15, max_skip=4, step_weight=STEP_WEIGHT)
     assert "ss" in _runs(free)
     fl = Flow(shift=3.0)
     sig = karras(30, float(fl.sigma_min), float(fl.sigma_max))
-    path, _ = plan_skips(sig, 15, max_skip=4, flow=True, run_penalty=RUN_PENALTY)
+    path, _ = plan_skips(sig, 15, max_skip=4, flow=True, run_penalty=RUN_PENALTY, step_weight=STEP_WEIGHT)
     runs = _runs(path)
-    assert runs.startswith("CCCCC") and "sss" in runs[15:] and int((~path).sum()) == 15
+    assert runs.startswith("CCCCCCC") and "sss" in runs[15:] and int((~path).sum()) == 15
+
+
+def test_step_weight_makes_long_steps_costlier_and_keeps_normals_last_steps():
+    """The step-length factor (1 + h_i / median h)^w: on an eps normal schedule the last steps (to sigma 0 the
+    length of the one before) are the longest in log sigma, so with the controller's settings the plan runs the
+    last two steps and takes pairs of skips mid-run instead (without the factor: every other step to the end)."""
+    sig = schedules.get_sigmas("normal", 30)
+    s = [float(v) for v in sig]
+    plain, weighted = skip_costs_fn(sig), skip_costs_fn(sig, step_weight=2.0)
+    h = [abs(math.log(s[i]) - math.log(s[i + 1])) for i in range(29)] + [0.0]
+    h[29] = h[28]
+    med = sorted(h)[15]
+    for i in (5, 28, 29):
+        assert weighted(i, i - 1, i - 2) == pytest.approx(plain(i, i - 1, i - 2) * (1 + h[i] / med) ** 2, rel=1e-9)
+    assert weighted(29, 28, 27) / plain(29, 28, 27) > 10 * weighted(10, 9, 8) / plain(10, 9, 8)
+    path, _ = plan_skips(sig, 15, max_skip=4, run_penalty=RUN_PENALTY, step_weight=STEP_WEIGHT)
+    old, _ = plan_skips(sig, 15, max_skip=4, run_penalty=30.0)  # the previous planner (penalty 30, no factor)
+    assert _runs(path).endswith("CC") and "ss" in _runs(path) and int((~path).sum()) == 15
+    assert _runs(old) == "Cs" * 15
 
 
 def test_late_skips_cost_more_on_normal_than_on_karras():
