@@ -13,6 +13,7 @@ count. ``--force-last`` adds, for each count k > 0, the variants with the last k
 
     comfyui-tempo bench adaptive --plan-search --grid-models testbed,testbed_hr,flow --classes 6 --json out/plan_search.json
 """
+
 from __future__ import annotations
 
 import platform

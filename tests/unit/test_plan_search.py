@@ -63,9 +63,10 @@ def test_step_weight_variants(tmp_path):
     by = {r["variant"]: r for r in d["rows"]}
     assert list(by) == ["first version", "isolated", "penalty 10", "penalty 10, step weight 1"]
     # normal's long last steps: with the factor they run and a pair of skips moves mid-run
-    assert by["penalty 10, step weight 1"]["path"].endswith("CC") and by["penalty 10, step weight 1"]["path"] != by[
-        "penalty 10"
-    ]["path"]
+    assert (
+        by["penalty 10, step weight 1"]["path"].endswith("CC")
+        and by["penalty 10, step weight 1"]["path"] != by["penalty 10"]["path"]
+    )
     plans = {(p["steps"]): p for p in d["plans"]}
     assert plans[30]["plan"] == by["penalty 10, step weight 1"]["path"]  # the controller's settings
     with pytest.raises(SystemExit, match="--step-weights"):

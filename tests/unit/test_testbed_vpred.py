@@ -123,6 +123,6 @@ def test_shapes_eps_problem_matches_the_testbed_and_its_network_hook(tb_eps):
     p = problems.shapes_eps_problem(classes=3, seeds=1, scheduler="normal")
     x = torch.randn(3, 3, 16, 16) * 2
     a = p.denoiser(x, torch.tensor(2.0), cond=p.cond)
-    b = p.net_denoiser(lambda f: (lambda xc, s, *rest: f(xc, *rest)))(x, torch.tensor(2.0), cond=p.cond)
+    b = p.net_denoiser(lambda f: lambda xc, s, *rest: f(xc, *rest))(x, torch.tensor(2.0), cond=p.cond)
     assert torch.allclose(a, b, atol=1e-5)
     assert torch.allclose(a, tb_eps.cfg_denoiser(5.0)(x, 2.0, p.cond), atol=1e-5)
