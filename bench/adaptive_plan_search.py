@@ -24,7 +24,7 @@ import torch
 from ..samplers.adaptive import AdaptiveConfig
 from ..samplers.skip_plan import RUN_PENALTY, STEP_WEIGHT, plan_skips
 from .adaptive_grid import Cell, build_problem
-from .common import print_table, psnr_db, write_json
+from .common import number_list, print_table, psnr_db, write_json
 
 
 def _path_string(path: torch.Tensor) -> str:
@@ -163,24 +163,9 @@ def plan_search_main(args) -> int:
     models = [m for m in args.grid_models.split(",") if m]
     samplers = [s for s in args.grid_samplers.split(",") if s] or SAMPLERS
     schedulers = [s for s in args.grid_schedulers.split(",") if s] or SCHEDULERS
-    try:
-        penalties = [float(p) for p in args.penalties.split(",") if p]
-    except ValueError:
-        raise SystemExit(f"--penalties: expected numbers separated by commas, got {args.penalties!r}") from None
-    if not penalties or min(penalties) < 1:
-        raise SystemExit(f"--penalties: expected numbers >= 1, got {args.penalties!r}")
-    try:
-        force_last = [int(k) for k in args.force_last.split(",") if k]
-    except ValueError:
-        raise SystemExit(f"--force-last: expected whole numbers separated by commas, got {args.force_last!r}") from None
-    if not force_last or min(force_last) < 0 or max(force_last) >= args.grid_steps:
-        raise SystemExit(f"--force-last: expected counts from 0 to {args.grid_steps - 1}, got {args.force_last!r}")
-    try:
-        step_weights = [float(w) for w in args.step_weights.split(",") if w]
-    except ValueError:
-        raise SystemExit(f"--step-weights: expected numbers separated by commas, got {args.step_weights!r}") from None
-    if not step_weights or min(step_weights) < 0:
-        raise SystemExit(f"--step-weights: expected numbers >= 0, got {args.step_weights!r}")
+    penalties = number_list(args.penalties, "--penalties", float, low=1)
+    force_last = number_list(args.force_last, "--force-last", int, low=0, high=args.grid_steps - 1)
+    step_weights = number_list(args.step_weights, "--step-weights", float, low=0)
     t0 = time.perf_counter()
     rows = score_variants(
         models,

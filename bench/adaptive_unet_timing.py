@@ -24,7 +24,7 @@ import torch
 
 from ..samplers import kdiff, schedules
 from ..samplers.adaptive import AdaptiveConfig, CountingDenoiser, adaptive_sample
-from .common import print_table, write_json
+from .common import number_list, print_table, write_json
 
 UNETS = {
     "sd15": dict(
@@ -177,12 +177,7 @@ def unet_timing_main(args) -> int:
     unknown = [u for u in unets if u not in UNETS]
     if unknown or not unets:
         raise SystemExit(f"--unets: expected names from {sorted(UNETS)}, got {args.unets!r}")
-    try:
-        batches = [int(b) for b in args.batches.split(",") if b]
-    except ValueError:
-        raise SystemExit(f"--batches: expected integers separated by commas, got {args.batches!r}") from None
-    if not batches or min(batches) < 1:
-        raise SystemExit(f"--batches: expected integers >= 1, got {args.batches!r}")
+    batches = number_list(args.batches, "--batches", int, low=1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and any(u != "tiny" for u in unets):
         raise SystemExit(

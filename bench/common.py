@@ -22,6 +22,20 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
+def number_list(text: str, option: str, cast=float, low=None, high=None) -> list:
+    """A command-line list like "1,3,10" as numbers (cast: int or float), each in [low, high]; anything else is
+    a SystemExit naming the option and what was expected."""
+    kind = "whole numbers" if cast is int else "numbers"
+    try:
+        values = [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{option}: expected {kind} separated by commas, got {text!r}") from None
+    if not values or (low is not None and min(values) < low) or (high is not None and max(values) > high):
+        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise SystemExit(f"{option}: expected {kind} {bounds}, got {text!r}")
+    return values
+
+
 def print_table(rows: list[dict], columns: list[str]) -> str:
     def fmt(v):
         if isinstance(v, float):
