@@ -32,13 +32,14 @@ in the model's own time variable t:
 
 ``plan_skips`` chooses the ``n_skips`` steps that minimise the summed cost, exactly, by dynamic
 programming over the computed steps (state: the last two computed steps and how many skips so far),
-with at most ``max_skip`` skips in a row. The controller plans with RUN_PENALTY: runs of skips are chosen
-only where the schedule's steps differ enormously in cost (on the flow testbed with karras / exponential,
-whose last steps are tiny in flow time, the isolated plan costs 57-63x / 330-440x more than the best plan with
-runs, by the model), and skips stay isolated otherwise (on the eps testbeds that ratio is at most 3.4: every
-other step at 20 and 30 steps, one pair at 50 on normal). RUN_PENALTY was chosen among 1, 3, 10 and 30 on the
-grid cells of the testbeds testbed, testbed-hr and flow (``comfyui-tempo bench adaptive --plan-search``, which also
-prints these cost ratios); the v-prediction testbed was held out (docs/adaptive.md).
+with at most ``max_skip`` skips in a row. The controller plans with RUN_PENALTY and STEP_WEIGHT: runs of skips are
+chosen where the schedule's steps differ much in cost (on the flow testbed with karras / exponential, whose last
+steps are tiny in flow time, the isolated plan costs 160-200x / 2000-2800x more than the best plan with runs, by
+the model: it runs the first 6 to 14 steps), or where a long last step is worth a pair of skips mid-run (eps
+``normal``: the last two steps run at 30 and 50 steps), and skips stay isolated otherwise (every other step on eps
+karras and beta at 20 and 30 steps). RUN_PENALTY was chosen among 1, 3, 10 and 30 and STEP_WEIGHT among 0 and 1
+on the grid cells of the testbeds testbed, testbed-hr and flow (``comfyui-tempo bench adaptive --plan-search``,
+which also prints these cost ratios and plans); the eps shapes testbed was held out (docs/adaptive.md).
 The plan depends on the schedule only: the same path for every prompt of a run (prompt-specific paths:
 calibrated skip profiles).
 """
