@@ -88,15 +88,24 @@ def calibrate(
     max_batch: int = 64,
     refine: bool = True,
 ) -> SkipProfile:
-    """The joint greedy profile over the problem's rows calib_idx (decoded-image error; refine: then the local
-    search), with its cost."""
+    """The profile over the problem's rows calib_idx (decoded-image error): the best of the joint greedy path,
+    the default's and the schedule planner's paths (``calibrate_path``; refine: then the local search), with
+    its cost."""
     t0 = time.perf_counter()
     r = _Runner(problem, sampler, steps, extrapolation)
     idx = torch.as_tensor(calib_idx)
     ref = problem.decode(r.run(idx, None))
     starts = {"default": _default_path(problem, sampler, steps, skips, idx, extrapolation, r)} if refine else {}
     g = calibrate_path(
-        r.errors_of(idx, ref), len(idx), steps, skips, starts=starts, refine=refine, reduce=reduce, max_batch=max_batch
+        r.errors_of(idx, ref),
+        len(idx),
+        steps,
+        skips,
+        starts=starts,
+        planner={"sigmas": r.sig, "flow": _is_flow(problem)},
+        refine=refine,
+        reduce=reduce,
+        max_batch=max_batch,
     )
     return SkipProfile(
         path=g.path.tolist(),
@@ -109,12 +118,13 @@ def calibrate(
         prompts=len(idx),
         metric="image_mse",
         reduce=reduce,
-        search=f"{g.start}+local" if refine and skips else "greedy",
+        search=f"{g.start}+local" if refine and skips else g.start,
         greedy_path=g.greedy_path.tolist() if g.greedy_path is not None else [],
         calib_nfe=r.nfe,
         calib_wall_s=time.perf_counter() - t0,
         errors=g.errors,
         prompt_errors=g.prompt_errors,
+        candidates=g.candidates,
     )
 
 
@@ -195,6 +205,7 @@ def calibration_rows(
         prof.path_string(),
         calib_nfe=prof.calib_nfe,
         calib_wall_s=prof.calib_wall_s,
+        search=prof.search,
     )
     t0 = time.perf_counter()
     nfe0 = r.nfe

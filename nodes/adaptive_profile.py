@@ -12,6 +12,7 @@ import os
 import time
 
 import comfy.model_management as mm
+import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -154,7 +155,8 @@ def calibrate_in_comfy(
     batch_rows: int = 8,
     node_id=None,
 ) -> SkipProfile:
-    """The joint greedy profile over `prompts` x the latent's batch (seeds), with ComfyUI's sampler."""
+    """The profile over `prompts` x the latent's batch (seeds), with ComfyUI's sampler: the best of the joint greedy
+    path, the default's and the schedule planner's paths, then the local search (``calibrate_path``)."""
     t0 = time.perf_counter()
     try:
         skips = skips_for_speedup(steps, target_speedup)
@@ -189,7 +191,11 @@ def calibrate_in_comfy(
             total[0] = cal.calls + n_p * math.ceil(trial.shape[0] / cal.per_call)
         return torch.cat([cal.errors(p, refs[i], trial[:, i * n_s]) for i, p in enumerate(prompts)], 1)
 
-    g = calibrate_path(errors_of, n_p * n_s, steps, skips, starts=starts, reduce="log", max_batch=1 << 30)
+    flow = isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+    planner = {"sigmas": sigmas.cpu(), "flow": flow}
+    g = calibrate_path(
+        errors_of, n_p * n_s, steps, skips, starts=starts, planner=planner, reduce="log", max_batch=1 << 30
+    )
     return SkipProfile(
         path=g.path.tolist(),
         sigmas=[float(s) for s in sigmas.cpu()],
@@ -201,12 +207,13 @@ def calibrate_in_comfy(
         prompts=n_p * n_s,
         metric="image_mse" if vae is not None else "latent_mse",
         reduce="log",
-        search=f"{g.start}+local" if skips else "greedy",
+        search=f"{g.start}+local" if skips else g.start,
         greedy_path=g.greedy_path.tolist() if g.greedy_path is not None else [],
         calib_nfe=cal.nfe,
         calib_wall_s=time.perf_counter() - t0,
         errors=g.errors,
         prompt_errors=g.prompt_errors,
+        candidates=g.candidates,
     )
 
 
@@ -219,9 +226,10 @@ class AdaptiveCalibrate(io.ComfyNode):
             category=CATEGORY,
             description="Finds one skip path for this model, sampler, scheduler and step count: the greedy search "
             "of the AdaptiveDiffusion paper (add, one at a time, the skip that raises the error against the full run "
-            "least), run jointly on your prompts and the latent's batch, then a local search that moves single skips "
-            "while that lowers the error. Saves it as a profile file and outputs it for the AdaptiveDiffusion nodes' "
-            "profile input. Costs many sampling runs (shown in the progress bar).",
+            "least), run jointly on your prompts and the latent's batch, compared with the default's path and the "
+            "schedule planner's paths (its settings, and its cost model calibrated on your prompts), then a local "
+            "search that moves single skips while that lowers the error. Saves it as a profile file and outputs it "
+            "for the AdaptiveDiffusion nodes' profile input. Costs many sampling runs (shown in the progress bar).",
             inputs=[
                 io.Model.Input("model", tooltip="The model the profile is for."),
                 io.Conditioning.Input("positive", tooltip="A calibration prompt."),

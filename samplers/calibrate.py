@@ -8,8 +8,11 @@ add the one skip whose reuse raises the error of the final result against the fu
 
 * ``joint=True`` (calibration): one path shared by all prompts; a candidate's error is the mean over the
   prompts of log(error) (so the mean PSNR is what it maximises; ``reduce="mean"`` averages the errors
-  themselves, which the worst prompt dominates). This is a skip profile for a model, sampler, schedule and
-  step count, applied later through ``AdaptiveConfig(mode="path")`` on prompts it never saw.
+  themselves, which the worst prompt dominates). ``calibrate_path`` compares its path with the default's and
+  the schedule planner's (``planner_paths``: the planner's settings, and its cost model calibrated on the
+  greedy's first round) and runs a local search from the best; the result is a skip profile for a model,
+  sampler, schedule and step count, applied later through ``AdaptiveConfig(mode="path")`` on prompts it
+  never saw.
 * ``joint=False``: each prompt its own greedy path (the per-prompt optimum the profile is measured against).
   Every prompt has the same number of candidates each round, so the prompts share the batched runs.
 
@@ -41,6 +44,8 @@ class GreedyResult:
     prompt_errors: list[float] = field(default_factory=list)  # each prompt's final error at the end
     greedy_path: torch.Tensor | None = None  # calibrate_path: the greedy's path before the local search
     start: str = ""  # calibrate_path: where the winning local search started ("greedy" or a start's name)
+    first_round: torch.Tensor | None = None  # [N, P] each step's error when it alone is skipped (NaN: not tried)
+    candidates: dict = field(default_factory=dict)  # calibrate_path: {name: reduced error} of the paths it compared
     runs: int = 0  # batched sampling rounds made (calls of errors_of)
     rows: int = 0  # sampled rows (candidate x prompt) over the whole search
 
@@ -119,6 +124,9 @@ def greedy_skip_paths(
             if progress is not None:
                 progress(result.rows, total_rows)
         errs = torch.cat(errs)  # [C, P]
+        if result.first_round is None:
+            result.first_round = torch.full((n_steps, n_prompts), float("nan"), dtype=torch.float64)
+            result.first_round[cands[:, 0]] = errs  # round one: the same single skips for every prompt
         if joint:
             red = _reduce(errs, reduce)
             best = int(red.argmin())
@@ -157,18 +165,12 @@ def refine_skip_path(
     n = path.numel()
     first = max(1, int(first_skippable))
     last = n if last_skippable is None else min(n, int(last_skippable))
-    per_chunk = max(1, max_batch // n_prompts)
     result = GreedyResult(path=path)
 
     def evaluate(cands: list[torch.Tensor]) -> torch.Tensor:
-        errs = []
-        for start in range(0, len(cands), per_chunk):
-            chunk = torch.stack(cands[start : start + per_chunk])  # [C, N]
-            trial = chunk.unsqueeze(1).expand(-1, n_prompts, -1).clone()
-            errs.append(torch.as_tensor(errors_of(trial)).double().reshape(chunk.shape[0], n_prompts))
-            result.runs += 1
-            result.rows += chunk.shape[0] * n_prompts
-        return torch.cat(errs)
+        e, runs, rows = _joint_errors(errors_of, n_prompts, cands, max_batch)
+        result.runs, result.rows = result.runs + runs, result.rows + rows
+        return e
 
     for _ in range(max_passes):
         cands = [path.clone()]
@@ -192,6 +194,58 @@ def refine_skip_path(
     return result
 
 
+#: the schedule planner's settings whose paths a calibration compares (``planner_paths``)
+PLANNER_PENALTIES = (1.0, 3.0, 10.0, 30.0, 100.0)
+PLANNER_STEP_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+PLANNER_PROTECT_LAST = (0, 1, 2, 3)
+
+
+def planner_paths(sigmas, n_skips: int, *, flow: bool = False, single_errors=None, max_skip: int = 4) -> dict:
+    """Candidate skip paths from the schedule planner (``samplers.skip_plan``) for a calibration to compare.
+
+    * ``planner p{penalty} w{weight} last{k}``: the planner with each run penalty of PLANNER_PENALTIES, step
+      weight of PLANNER_STEP_WEIGHTS and 0-3 protected last steps (the default's settings among them);
+    * ``calibrated p{penalty}`` (single_errors [N]: each step's measured error when it alone is skipped, reduced
+      over the prompts; NaN where not measured): a calibrated cost model, the planner with each step's modelled
+      cost scaled by its measured over its modelled single-skip error (steps not measured keep the median
+      scale), for each run penalty. It fits one number per step, averaged over the prompts, where the greedy
+      chooses among all paths.
+
+    Deduplicated (the first name wins); only paths with exactly n_skips skips."""
+    from .skip_plan import plan_skips, skip_costs_fn
+
+    n = len(sigmas) - 1
+    out: dict = {}
+
+    def add(name, path):
+        if int((~path).sum()) == n_skips and not any(torch.equal(path, p) for p in out.values()):
+            out[name] = path
+
+    for pen in PLANNER_PENALTIES:
+        for w in PLANNER_STEP_WEIGHTS:
+            for k in PLANNER_PROTECT_LAST:
+                path, _ = plan_skips(
+                    sigmas, n_skips, max_skip=max_skip, last=n - k, flow=flow, run_penalty=pen, step_weight=w
+                )
+                add(f"planner p{pen:g} w{w:g} last{k}", path)
+    if single_errors is not None:
+        e = torch.as_tensor(single_errors, dtype=torch.float64).flatten()
+        if e.numel() != n:
+            raise CalibrationError(f"single_errors: expected {n} values (one per step), got {e.numel()}")
+        cost = skip_costs_fn(sigmas, flow)
+        modelled = torch.tensor([cost(i, i - 1, i - 2 if i >= 2 else None) if i else 0.0 for i in range(n)])
+        ok = torch.isfinite(e) & (modelled > 0)
+        if bool(ok.any()):
+            scale = torch.where(ok, e / modelled.clamp_min(1e-300), torch.nan)
+            scale = torch.where(ok, scale, scale[ok].median()).clamp_min(0.0)
+            for pen in PLANNER_PENALTIES:
+                path, _ = plan_skips(
+                    sigmas, n_skips, max_skip=max_skip, flow=flow, run_penalty=pen, step_scale=scale.tolist()
+                )
+                add(f"calibrated p{pen:g}", path)
+    return out
+
+
 def calibrate_path(
     errors_of: Callable[[torch.Tensor], torch.Tensor],
     n_prompts: int,
@@ -199,6 +253,7 @@ def calibrate_path(
     n_skips: int,
     *,
     starts: dict | None = None,
+    planner: dict | None = None,
     refine: bool = True,
     reach: int = 2,
     max_passes: int = 8,
@@ -206,36 +261,107 @@ def calibrate_path(
     max_batch: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> GreedyResult:
-    """A skip profile's path: the joint greedy search, then (refine) the local search from its path and from
-    each of `starts` ({name: bool path [N]} with the same skips, e.g. the default controller's path); the
-    best end wins. errors: the greedy's error after each skip, then the winner's error after each pass;
-    ``start`` names where the winner started ("greedy" or a key of `starts`)."""
+    """A skip profile's path: the best, by the reduced error over the calibration prompts, of
+
+    * the joint greedy search (the paper's);
+    * the paths of `starts` ({name: bool path [N]} with the same skips, e.g. the default controller's path);
+    * planner: {"sigmas": the run's sigmas, "flow": bool}: the schedule planner's paths over its settings and
+      its calibrated cost model from the greedy's first round (``planner_paths``), at no further search cost
+      than one batch of sampling;
+    * refine: the local search (``refine_skip_path``) from the greedy's path and from the best of the others.
+
+    errors: the greedy's error after each skip, then the winner's after each pass of its local search;
+    ``start`` names where the winner started ("greedy", a key of `starts` or a planner path's name),
+    ``candidates`` the reduced error of every path compared before the local search."""
     g = greedy_skip_paths(
         errors_of, n_prompts, n_steps, n_skips, joint=True, reduce=reduce, max_batch=max_batch, progress=progress
     )
     g.greedy_path, g.start = g.path, "greedy"
-    if not refine or n_skips == 0:
+    if n_skips == 0:
         return g
-    begin = {"greedy": g.path}
+    others: dict = {}
     for name, path in (starts or {}).items():
         path = torch.as_tensor(path, dtype=torch.bool).flatten()
         if path.numel() == n_steps and bool(path[0]) and int((~path).sum()) == n_skips:
-            begin.setdefault(str(name), path)
-    best, runs, rows = None, g.runs, g.rows
-    for name, path in begin.items():
-        if name != "greedy" and torch.equal(path, g.path):
-            continue
+            others.setdefault(str(name), path)
+    if planner is not None:
+        single = _reduce_rows(g.first_round, reduce) if g.first_round is not None else None
+        for name, path in planner_paths(
+            planner["sigmas"], n_skips, flow=bool(planner.get("flow")), single_errors=single
+        ).items():
+            others.setdefault(name, path)
+    scored = {"greedy": (float(g.errors[-1]), g.path, list(g.prompt_errors))}
+    for name in [k for k, p in others.items() if torch.equal(p, g.path)]:
+        scored[name] = scored["greedy"]  # the greedy's own path under another name (e.g. the default's)
+        del others[name]
+    runs, rows = g.runs, g.rows
+    if others:
+        e, nr, nrows = _joint_errors(errors_of, n_prompts, list(others.values()), max_batch)
+        runs, rows = runs + nr, rows + nrows
+        red = _reduce(e, reduce)
+        for j, name in enumerate(others):
+            scored[name] = (float(red[j]), others[name], e[j].tolist())
+    best_name = min(scored, key=lambda k: scored[k][0])
+    if not refine:
+        err, path, prompt_errors = scored[best_name]
+        return _with(
+            g, path, best_name, g.errors + ([err] if best_name != "greedy" else []), prompt_errors, scored, runs, rows
+        )
+    begin = ["greedy"]
+    best_other = min((k for k in others if k in scored), key=lambda k: scored[k][0], default=None)
+    if best_other is not None:
+        begin.append(best_other)
+    best = None
+    for name in begin:
         r = refine_skip_path(
-            errors_of, n_prompts, path, reduce=reduce, reach=reach, max_passes=max_passes, max_batch=max_batch
+            errors_of,
+            n_prompts,
+            scored[name][1],
+            reduce=reduce,
+            reach=reach,
+            max_passes=max_passes,
+            max_batch=max_batch,
         )
         runs, rows = runs + r.runs, rows + r.rows
         r.start = name
         if best is None or r.errors[-1] < best.errors[-1]:
             best = r
-    best.errors = g.errors + best.errors
-    best.greedy_path = g.path
-    best.runs, best.rows = runs, rows
-    return best
+    return _with(g, best.path, best.start, g.errors + best.errors, best.prompt_errors, scored, runs, rows)
+
+
+def _reduce_rows(errs: torch.Tensor, reduce: str) -> torch.Tensor:
+    """[N, P] with NaN rows (not measured) -> [N], NaN kept."""
+    out = torch.full((errs.shape[0],), float("nan"), dtype=torch.float64)
+    ok = ~torch.isnan(errs).any(1)
+    if bool(ok.any()):
+        out[ok] = _reduce(errs[ok], reduce)
+    return out
+
+
+def _joint_errors(errors_of, n_prompts: int, paths: list, max_batch: int):
+    """[C, P] errors of joint paths (each for every prompt), in batches of at most max_batch rows."""
+    per_chunk = max(1, max_batch // n_prompts)
+    errs, runs, rows = [], 0, 0
+    for start in range(0, len(paths), per_chunk):
+        chunk = torch.stack(paths[start : start + per_chunk])
+        trial = chunk.unsqueeze(1).expand(-1, n_prompts, -1).clone()
+        errs.append(torch.as_tensor(errors_of(trial)).double().reshape(chunk.shape[0], n_prompts))
+        runs, rows = runs + 1, rows + chunk.shape[0] * n_prompts
+    return torch.cat(errs), runs, rows
+
+
+def _with(g: GreedyResult, path, start, errors, prompt_errors, scored, runs, rows) -> GreedyResult:
+    return GreedyResult(
+        path=path,
+        errors=errors,
+        prompt_errors=prompt_errors,
+        greedy_path=g.path,
+        start=start,
+        first_round=g.first_round,
+        candidates={k: v[0] for k, v in scored.items()},
+        runs=runs,
+        rows=rows,
+    )
 
 
 def greedy_skip_path(

@@ -56,10 +56,12 @@ RUN_PENALTY = 10.0
 STEP_WEIGHT = 1.0
 
 
-def skip_costs_fn(sigmas, flow: bool = False, step_weight: float = 0.0):
+def skip_costs_fn(sigmas, flow: bool = False, step_weight: float = 0.0, step_scale=None):
     """cost(i, b, a) of the module docstring without the run penalty (a may be None: one computed step only).
     flow: the sigmas are a flow model's (time variable sigma), else VE sigmas (time variable log sigma).
-    step_weight: the exponent of the step-length factor (0: without it, as the first planners)."""
+    step_weight: the exponent of the step-length factor (0: without it, as the first planners).
+    step_scale: a factor per step [N] that multiplies its cost (a calibrated cost model: measured over
+    modelled error, ``samplers.calibrate.planner_paths``); None: 1 everywhere."""
     s = [float(v) for v in sigmas]
     n = len(s) - 1
     if flow:
@@ -73,6 +75,11 @@ def skip_costs_fn(sigmas, flow: bool = False, step_weight: float = 0.0):
         h[-1] = h[-2]  # log 0: the last step to sigma 0 counts as long as the one before it
     med = sorted(h)[n // 2] if n else 0.0
     weight = [(1.0 + v / med) ** step_weight if step_weight and med > 0 else 1.0 for v in h]
+    if step_scale is not None:
+        scale = [float(v) for v in step_scale]
+        if len(scale) != n or not all(math.isfinite(v) and v >= 0 for v in scale):
+            raise ValueError(f"step_scale: expected {n} finite numbers >= 0, got {len(scale)}")
+        weight = [w * v for w, v in zip(weight, scale)]
 
     def cost(i: int, b: int, a: int | None) -> float:
         dist = abs(u[b] - u[i]) if a is None else abs((u[b] - u[i]) * (u[a] - u[i]))
@@ -91,6 +98,7 @@ def plan_skips(
     flow: bool = False,
     run_penalty: float = 1.0,
     step_weight: float = 0.0,
+    step_scale=None,
 ) -> tuple[torch.Tensor, float]:
     """(path [N] bool, True = run the network; the modelled cost) with n_skips skips at least cost.
 
@@ -98,12 +106,12 @@ def plan_skips(
     If fewer skips fit (max_skip, the protected steps), it plans as many as fit. run_penalty: the j-th skip
     in a row costs run_penalty^(j - 1) times its modelled cost (1: the cost model alone; the controller
     passes RUN_PENALTY); step_weight: the step-length factor's exponent (0: none; the controller passes
-    STEP_WEIGHT).
+    STEP_WEIGHT); step_scale: a factor per step on its cost (``skip_costs_fn``).
     """
     n = len(sigmas) - 1
     last = n if last is None else min(n, last)
     first = max(1, first)
-    cost = skip_costs_fn(sigmas, flow, step_weight)
+    cost = skip_costs_fn(sigmas, flow, step_weight, step_scale)
     eligible = max(0, last - first)
     fit = eligible - eligible // (max_skip + 1)
     if n_skips <= 0 or eligible == 0:

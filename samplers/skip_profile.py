@@ -1,5 +1,6 @@
 """Calibrated skip profiles: one AdaptiveDiffusion skip path for a model, sampler, schedule and step count,
-found by the joint greedy search (``samplers.calibrate``) on a few prompts and saved as a small JSON file.
+found by the calibration search (``samplers.calibrate.calibrate_path``) on a few prompts and saved as a small
+JSON file.
 
 A profile is applied through the controller's path mode (``AdaptiveConfig(mode="path")``) with the
 extrapolation it was calibrated with. It holds the sigma schedule it was made for: a run with other sigmas
@@ -41,12 +42,13 @@ class SkipProfile:
     prompts: int = 0  # calibration prompts (x seeds)
     metric: str = ""  # what the error measured: "latent_mse" or "image_mse"
     reduce: str = "log"
-    search: str = ""  # "greedy" or "greedy+local" (the local search after it)
+    search: str = ""  # where the winning path started ("greedy", "default", a planner path), "+local" after it
     greedy_path: list[bool] = field(default_factory=list)  # greedy+local: the greedy's path it started from
     calib_nfe: float = 0.0  # network evaluations the calibration spent (per image)
     calib_wall_s: float = 0.0
     errors: list[float] = field(default_factory=list)  # the reduced error after each added skip
     prompt_errors: list[float] = field(default_factory=list)  # each calibration prompt's final error
+    candidates: dict = field(default_factory=dict)  # {path's name: reduced error} of the paths the search compared
 
     @property
     def steps(self) -> int:
@@ -69,11 +71,26 @@ class SkipProfile:
             mode="path", path=torch.tensor(self.path, dtype=torch.bool), extrapolation=self.extrapolation
         ).validate()
 
+    def gain_over_default_db(self) -> float | None:
+        """The profile's mean PSNR on its calibration prompts minus the default path's (dB; the reduction "log"
+        is the geometric mean of the MSE, so this is a difference of mean PSNR); None where not recorded."""
+        ref = self.candidates.get("default")
+        if self.reduce != "log" or not self.errors or not ref or not self.errors[-1] > 0:
+            return None
+        return 10.0 * math.log10(float(ref) / float(self.errors[-1]))
+
     def summary(self) -> str:
+        gain = self.gain_over_default_db()
+        versus = (
+            f"; on these prompts {gain:+.1f} dB over the default's path (check it on others)"
+            if gain is not None
+            else ""
+        )
         return (
             f"skip profile: {self.steps} steps of {self.sampler or '?'} / {self.scheduler or '?'}, "
             f"{self.skips} skips ({self.speedup:.2f}x), path {self.path_string()}, extrapolation {self.extrapolation}; "
             f"calibrated on {self.prompts} prompt(s) for {self.calib_nfe:.0f} NFE, {self.calib_wall_s:.1f} s"
+            f" ({self.search or 'search'}){versus}"
         )
 
     def check(self, sigmas, sampler: str | None = None, what: str = "profile") -> list[str]:

@@ -82,6 +82,11 @@ def test_calibrate_saves_a_profile_with_the_requested_skips(calibrated):
     assert f["metric"] == "image_mse" and f["calib_nfe"] > 0 and len(f["sigmas"]) == STEPS + 1
     assert "TestbedConfig" in f["model"] and "EPS" in f["model"]
     assert "tempo_host/calib.json" in calibrated["cal_text"]
+    # the search compared the greedy path with the default's and the planner's, and kept the best on these prompts
+    cands = f["candidates"]
+    assert {"greedy", "default"} <= set(cands) and any(k.startswith("planner") for k in cands), cands
+    assert f["errors"][-1] <= min(cands.values()) * (1 + 1e-5)
+    assert "over the default's path" in calibrated["cal_text"]
 
 
 def test_ksampler_samples_the_profiles_path(calibrated):

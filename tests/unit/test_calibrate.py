@@ -45,9 +45,13 @@ def test_joint_profile_has_the_requested_skips_and_keeps_step_0(gmm):
     assert prof.steps == STEPS and prof.skips == skips and prof.path[0]
     assert prof.prompts == 3 and prof.calib_nfe > 0 and prof.calib_wall_s > 0
     greedy = prof.errors[:skips]
-    assert greedy == sorted(greedy) and prof.search == "greedy+local"  # each skip adds error
+    assert greedy == sorted(greedy) and prof.search.endswith("+local")  # each skip adds error
     assert prof.errors[-1] <= greedy[-1] * (1 + 1e-5)  # the local search never ends worse than the greedy path
     assert len(prof.prompt_errors) == 3
+    # the default's path was among the candidates: the profile is at least as good on these prompts, and says so
+    gain = prof.gain_over_default_db()
+    assert "default" in prof.candidates and gain is not None and gain >= -1e-4
+    assert f"{gain:+.1f} dB over the default's path" in prof.summary()
     # the profile through the controller: exactly its steps run, for every sample
     sig = gmm.sigmas(STEPS)
     _, rep = adaptive_sample(
@@ -249,3 +253,51 @@ def test_cli_calibrate_writes_a_profile(tmp_path, capsys):
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert {r["method"] for r in rows} >= {"adaptive_calibrated", "greedy_optimal", "adaptive", "fewer_steps"}
     assert all(r["heldout"] == 2 and r["calib_prompts"] == 1 for r in rows)
+
+
+def test_planner_paths_are_distinct_and_include_the_default():
+    from comfyui_tempo.samplers import schedules
+    from comfyui_tempo.samplers.calibrate import planner_paths
+    from comfyui_tempo.samplers.skip_plan import RUN_PENALTY, STEP_WEIGHT, plan_skips, skip_costs_fn
+
+    sig = schedules.get_sigmas("normal", 20)
+    paths = planner_paths(sig, 10)
+    assert len(paths) >= 3 and all(int((~p).sum()) == 10 and bool(p[0]) for p in paths.values())
+    assert len({tuple(p.tolist()) for p in paths.values()}) == len(paths)
+    default, _ = plan_skips(sig, 10, run_penalty=RUN_PENALTY, step_weight=STEP_WEIGHT)
+    assert any(torch.equal(p, default) for p in paths.values())
+    # measured single-skip errors proportional to the model's: the calibrated cost model is the planner's own
+    cost = skip_costs_fn(sig)
+    modelled = [float("nan")] + [3.0 * cost(i, i - 1, i - 2 if i >= 2 else None) for i in range(1, 20)]
+    with_cal = planner_paths(sig, 10, single_errors=modelled)
+    assert not any(k.startswith("calibrated") for k in with_cal)  # every calibrated path was already a planner's
+    # one step measured far costlier than modelled: the calibrated paths run it
+    costly = list(modelled)
+    step = int((~default).nonzero()[0])
+    costly[step] *= 1e6
+    cal = {k: p for k, p in planner_paths(sig, 10, single_errors=costly).items() if k.startswith("calibrated")}
+    assert cal and all(bool(p[step]) for p in cal.values())
+    with pytest.raises(CalibrationError, match="^single_errors:"):
+        planner_paths(sig, 10, single_errors=modelled[:-1])
+
+
+def test_calibrate_path_with_planner_paths_wins_over_every_candidate(gmm):
+    idx = [0, 3, 6]
+    r, errors_of = _errors_of(gmm, idx, sampler="dpmpp_2m")
+    planner = {"sigmas": r.sig, "flow": False}
+    res = calibrate_path(errors_of, 3, STEPS, 8, planner=planner)
+    greedy = greedy_skip_paths(errors_of, 3, STEPS, 8)
+    assert "greedy" in res.candidates and any(k.startswith("planner") for k in res.candidates)
+    assert (
+        res.first_round is not None
+        and torch.isnan(res.first_round[0]).all()
+        and torch.isfinite(res.first_round[1:]).all()
+    )
+    assert res.start in res.candidates and int((~res.path).sum()) == 8 and res.path[0]
+    assert res.errors[-1] <= min(res.candidates.values()) * (1 + 1e-5)
+    assert res.errors[-1] <= greedy.errors[-1] * (1 + 1e-5)
+    # the error it reports is its path's own
+    assert res.errors[-1] == pytest.approx(float(errors_of(res.path.expand(1, 3, -1)).log().mean().exp()), rel=1e-5)
+    # without the local search: the best candidate as it is
+    plain = calibrate_path(errors_of, 3, STEPS, 8, planner=planner, refine=False)
+    assert plain.errors[-1] == pytest.approx(min(plain.candidates.values()), rel=1e-9)

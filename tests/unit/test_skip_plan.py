@@ -116,3 +116,22 @@ def test_late_skips_cost_more_on_normal_than_on_karras():
         cost = skip_costs_fn(sig)
         costs[name] = cost(18, 17, 16) / cost(10, 9, 8)
     assert costs["normal"] > 10 * costs["karras"]
+
+
+def test_step_scale_multiplies_each_steps_cost():
+    """A calibrated cost model: step_scale multiplies each step's modelled cost; a constant scale plans the same
+    path, a costly step is kept, a wrong length is refused."""
+    sig = schedules.get_sigmas("karras", 20)
+    base, scaled = skip_costs_fn(sig), skip_costs_fn(sig, step_scale=[float(i + 1) for i in range(20)])
+    for i in (3, 11, 18):
+        assert scaled(i, i - 1, i - 2) == pytest.approx(base(i, i - 1, i - 2) * (i + 1), rel=1e-12)
+    path, _ = plan_skips(sig, 10, run_penalty=RUN_PENALTY)
+    same, _ = plan_skips(sig, 10, run_penalty=RUN_PENALTY, step_scale=[7.0] * 20)
+    assert same.tolist() == path.tolist()
+    skipped = int((~path).nonzero()[0])
+    scale = [1.0] * 20
+    scale[skipped] = 1e6
+    kept, _ = plan_skips(sig, 10, run_penalty=RUN_PENALTY, step_scale=scale)
+    assert bool(kept[skipped]) and int((~kept).sum()) == 10
+    with pytest.raises(ValueError, match="^step_scale:"):
+        plan_skips(sig, 10, step_scale=[1.0] * 19)
