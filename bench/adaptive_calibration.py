@@ -206,6 +206,7 @@ def calibration_rows(
         calib_nfe=prof.calib_nfe,
         calib_wall_s=prof.calib_wall_s,
         search=prof.search,
+        calib_gain_db=prof.gain_over_default_db(),
     )
     t0 = time.perf_counter()
     nfe0 = r.nfe

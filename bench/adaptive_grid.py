@@ -274,6 +274,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             ):
                 if method in m:
                     line[key] = m["adaptive_calibrated"]["psnr_db"] - m[method]["psnr_db"]
+            line["calib_search"] = m["adaptive_calibrated"].get("search")
+            line["calib_gain_on_calib_prompts"] = m["adaptive_calibrated"].get("calib_gain_db")
         line["ok"] = "yes" if a["nfe_ratio"] >= 1.95 and line["vs_fewer"] > 0 and line["vs_uniform"] > 0 else "NO"
         out.append(line)
     return out
@@ -387,7 +389,8 @@ def grid_main(args) -> int:
     calib = [s for s in summary if "calib_vs_greedy" in s]
     if calib:
         print(
-            "\ncalibrated profiles on the held-out prompts, dB (minus each prompt's greedy path / the default / fewer steps):"
+            "\ncalibrated profiles on the held-out prompts, dB (minus each prompt's greedy path / the default / fewer steps;"
+            " then the profile minus the default on the calibration prompts, and where its search started):"
         )
         result["calibration"] = [
             {
@@ -400,6 +403,8 @@ def grid_main(args) -> int:
                     "calib_vs_greedy",
                     "calib_vs_default",
                     "calib_vs_fewer",
+                    "calib_gain_on_calib_prompts",
+                    "calib_search",
                 )
             }
             for s in calib

@@ -63,3 +63,5 @@ def test_calibrated_cells_report_against_greedy_default_and_fewer_steps_on_the_s
     assert c["calib_vs_greedy"] == pytest.approx(cal - m["greedy_optimal"]["psnr_db"])
     assert c["calib_vs_default"] == pytest.approx(cal - m["adaptive_heldout_prompts"]["psnr_db"])
     assert c["calib_vs_fewer"] == pytest.approx(cal - m["fewer_steps_heldout_prompts"]["psnr_db"])
+    # on its own calibration prompts the profile is at least the default's path (it was a candidate)
+    assert c["calib_gain_on_calib_prompts"] >= -1e-4 and c["calib_search"]
