@@ -87,10 +87,11 @@ def calibrate(
     reduce: str = "log",
     max_batch: int = 64,
     refine: bool = True,
+    planner: bool = True,
 ) -> SkipProfile:
     """The profile over the problem's rows calib_idx (decoded-image error): the best of the joint greedy path,
     the default's and the schedule planner's paths (``calibrate_path``; refine: then the local search), with
-    its cost."""
+    its cost. planner=False: without the planner's paths (the search before they were added)."""
     t0 = time.perf_counter()
     r = _Runner(problem, sampler, steps, extrapolation)
     idx = torch.as_tensor(calib_idx)
@@ -102,7 +103,7 @@ def calibrate(
         steps,
         skips,
         starts=starts,
-        planner={"sigmas": r.sig, "flow": _is_flow(problem)},
+        planner={"sigmas": r.sig, "flow": _is_flow(problem)} if planner else None,
         refine=refine,
         reduce=reduce,
         max_batch=max_batch,
@@ -164,6 +165,7 @@ def calibration_rows(
     log=None,
     profile: SkipProfile | None = None,
     vote: bool = False,
+    planner: bool = True,
 ) -> list[dict]:
     """Rows `adaptive_calibrated` (the joint greedy profile of calib_idx) and `greedy_optimal` (each held-out
     prompt's own greedy path at the same skips), as mean decoded PSNR vs the full run over heldout_idx.
@@ -172,7 +174,7 @@ def calibration_rows(
     the calibration prompts' own greedy paths skip most often). profile: one calibrate()
     made already for these settings (else it is made here)."""
     heldout = torch.as_tensor(heldout_idx)
-    prof = profile or calibrate(problem, sampler, steps, skips, calib_idx, extrapolation)
+    prof = profile or calibrate(problem, sampler, steps, skips, calib_idx, extrapolation, planner=planner)
     r = _Runner(problem, sampler, steps, extrapolation)
     ref = problem.decode(r.run(heldout, None))
     base = {

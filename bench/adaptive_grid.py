@@ -206,7 +206,17 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
     calib_idx, heldout_idx = list(range(k)), list(range(k, n))
     full_nfe = len(cell.sigmas(cell.steps)) - 1
     skips = full_nfe - int(round(full_nfe / 2.0))
-    rows = calibration_rows(cell.p, cell.sampler, cell.steps, skips, calib_idx, heldout_idx, baselines=True, log=None)
+    rows = calibration_rows(
+        cell.p,
+        cell.sampler,
+        cell.steps,
+        skips,
+        calib_idx,
+        heldout_idx,
+        baselines=True,
+        log=None,
+        planner=calib.get("planner", True),
+    )
     out = []
     # the default and fewer steps on the same held-out prompts (the cell's own rows are over every prompt)
     rename = {"adaptive": "adaptive_heldout_prompts", "fewer_steps": "fewer_steps_heldout_prompts"}
@@ -340,6 +350,11 @@ def add_arguments(p) -> None:
         help="sampler:scheduler cells (default steps and CFG) that also get greedy_optimal and adaptive_calibrated",
     )
     p.add_argument("--calib-prompts", type=int, default=3, help="prompts (classes) the profile is calibrated on")
+    p.add_argument(
+        "--calib-no-planner",
+        action="store_true",
+        help="calibrate without the schedule planner's paths (the greedy and the default's path only, as before)",
+    )
 
 
 def grid_main(args) -> int:
@@ -361,7 +376,7 @@ def grid_main(args) -> int:
         cell = Cell(problems_cache[key], model, sampler, sched, steps, cfg)
         calib = None
         if (sampler, sched) in calib_cells and steps == args.grid_steps and cfg == args.cfg:
-            calib = {"prompts": args.calib_prompts}
+            calib = {"prompts": args.calib_prompts, "planner": not args.calib_no_planner}
         rows.extend(run_cell(cell, log=log, calib=calib))
     summary = summarize(rows)
     result = {

@@ -65,3 +65,22 @@ def test_calibrated_cells_report_against_greedy_default_and_fewer_steps_on_the_s
     assert c["calib_vs_fewer"] == pytest.approx(cal - m["fewer_steps_heldout_prompts"]["psnr_db"])
     # on its own calibration prompts the profile is at least the default's path (it was a candidate)
     assert c["calib_gain_on_calib_prompts"] >= -1e-4 and c["calib_search"]
+
+
+def test_calibration_with_and_without_the_planners_paths(tmp_path):
+    """On this cell a planner path wins the calibration; --calib-no-planner leaves the greedy path and the default's
+    only (the search before the planner's paths were added)."""
+    searches = []
+    for extra in ([], ["--calib-no-planner"]):
+        out = tmp_path / f"calib{len(extra)}.json"
+        rc = cli.main(
+            ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler",
+             "--grid-schedulers", "karras", "--grid-steps", "10", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
+             "--calib-cells", "euler:karras", "--calib-prompts", "2", "--classes", "3", "--threads", "1", "--quiet",
+             *extra, "--json", str(out)]
+        )  # fmt: skip
+        assert rc == 0
+        (c,) = json.loads(out.read_text())["calibration"]
+        searches.append(c["calib_search"])
+    assert searches[0].startswith("planner ") and searches[0].endswith("+local"), searches
+    assert searches[1] in ("greedy+local", "default+local"), searches
