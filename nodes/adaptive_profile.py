@@ -12,7 +12,6 @@ import os
 import time
 
 import comfy.model_management as mm
-import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -26,6 +25,7 @@ from ..samplers.calibrate import CalibrationError, calibrate_path, skips_for_spe
 from ..samplers.skip_profile import SUFFIX, ProfileError, SkipProfile, load_profile, save_profile
 from . import compat, files, inputs
 from .adaptive import CATEGORY, PROFILE, _check_sampler_name, _check_scheduler, wrap_sampler
+from .comfy_model import model_kind
 from .dmd_files import folder_paths_of, invalidate
 
 FOLDER = "tempo_profiles"  # models/tempo_profiles and output/tempo_profiles
@@ -191,8 +191,7 @@ def calibrate_in_comfy(
             total[0] = cal.calls + n_p * math.ceil(trial.shape[0] / cal.per_call)
         return torch.cat([cal.errors(p, refs[i], trial[:, i * n_s]) for i, p in enumerate(prompts)], 1)
 
-    flow = isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)
-    planner = {"sigmas": sigmas.cpu(), "flow": flow}
+    planner = {"sigmas": sigmas.cpu(), "flow": model_kind(model) == "flow"}
     g = calibrate_path(
         errors_of, n_p * n_s, steps, skips, starts=starts, planner=planner, reduce="log", max_batch=1 << 30
     )
