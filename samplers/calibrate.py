@@ -12,7 +12,9 @@ add the one skip whose reuse raises the error of the final result against the fu
   the schedule planner's (``planner_paths``: the planner's settings, and its cost model calibrated on the
   greedy's first round) and runs a local search from the best; the result is a skip profile for a model,
   sampler, schedule and step count, applied later through ``AdaptiveConfig(mode="path")`` on prompts it
-  never saw.
+  never saw. With ``validate`` it also checks that: the search once more per calibration prompt with that
+  prompt left out (``validate_search``), and the default's path kept where the searched paths do worse than it
+  on the prompts they did not see.
 * ``joint=False``: each prompt its own greedy path (the per-prompt optimum the profile is measured against).
   Every prompt has the same number of candidates each round, so the prompts share the batched runs.
 
@@ -46,6 +48,7 @@ class GreedyResult:
     start: str = ""  # calibrate_path: where the winning local search started ("greedy" or a start's name)
     first_round: torch.Tensor | None = None  # [N, P] each step's error when it alone is skipped (NaN: not tried)
     candidates: dict = field(default_factory=dict)  # calibrate_path: {name: reduced error} of the paths it compared
+    validation: dict = field(default_factory=dict)  # calibrate_path(validate=...): the leave-one-prompt-out check
     runs: int = 0  # batched sampling rounds made (calls of errors_of)
     rows: int = 0  # sampled rows (candidate x prompt) over the whole search
 
@@ -260,6 +263,8 @@ def calibrate_path(
     reduce: str = "log",
     max_batch: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    validate: Callable[[list[int]], Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    folds: list[list[int]] | None = None,
 ) -> GreedyResult:
     """A skip profile's path: the best, by the reduced error over the calibration prompts, of
 
@@ -272,7 +277,30 @@ def calibrate_path(
 
     errors: the greedy's error after each skip, then the winner's after each pass of its local search;
     ``start`` names where the winner started ("greedy", a key of `starts` or a planner path's name),
-    ``candidates`` the reduced error of every path compared before the local search."""
+    ``candidates`` the reduced error of every path compared before the local search.
+
+    validate(rows) -> errors_of over those prompts only: check that the search carries over to prompts it did
+    not see (``validate_search``: each prompt left out in turn, P - 1 more searches) and return the path of
+    ``starts["default"]`` instead where the searched path's error on the left-out prompts is no lower than the
+    default's; ``validation`` records both, the choice and the searched path. folds: the rows left out together
+    (default each alone)."""
+    if validate is not None:
+        return _validated(
+            errors_of,
+            n_prompts,
+            n_steps,
+            n_skips,
+            validate,
+            folds=folds,
+            starts=starts,
+            planner=planner,
+            refine=refine,
+            reach=reach,
+            max_passes=max_passes,
+            reduce=reduce,
+            max_batch=max_batch,
+            progress=progress,
+        )
     g = greedy_skip_paths(
         errors_of, n_prompts, n_steps, n_skips, joint=True, reduce=reduce, max_batch=max_batch, progress=progress
     )
@@ -327,6 +355,90 @@ def calibrate_path(
         if best is None or r.errors[-1] < best.errors[-1]:
             best = r
     return _with(g, best.path, best.start, g.errors + best.errors, best.prompt_errors, scored, runs, rows)
+
+
+def search_label(g: GreedyResult, refined: bool) -> str:
+    """Where a calibrated path came from, for the profile's `search` field: the winner's start ("+local" after
+    the local search), or the default's path kept by the leave-one-prompt-out check."""
+    if g.validation.get("chosen") == "default":
+        return "default (the search lost on left-out prompts)"
+    return f"{g.start}+local" if refined else g.start
+
+
+def validate_search(
+    validate: Callable[[list[int]], Callable[[torch.Tensor], torch.Tensor]],
+    n_prompts: int,
+    n_steps: int,
+    n_skips: int,
+    fallback: torch.Tensor,
+    *,
+    folds: list[list[int]] | None = None,
+    reduce: str = "log",
+    **search,
+) -> dict:
+    """Leave-one-prompt-out check of ``calibrate_path`` (with the settings `search`): for each calibration
+    prompt i, the search on the other prompts and its path's error on prompt i, beside the `fallback` path's
+    error on the same prompts. validate(rows) -> errors_of over those prompts (rows index the calibration
+    prompts). Returns {"left_out_search": [P], "left_out_fallback": [P], "search": reduced, "fallback":
+    reduced, "gain_db": 10 log10(fallback / search) with reduce "log" (the mean PSNR gain on left-out
+    prompts), "fold_paths": a path string per fold}. folds: the rows left out together (default: each row
+    alone; e.g. a prompt's seeds, so that a fold never sees the prompt it is checked on)."""
+    folds = [[i] for i in range(n_prompts)] if folds is None else [list(f) for f in folds]
+    if sorted(r for f in folds for r in f) != list(range(n_prompts)) or any(not f for f in folds):
+        raise CalibrationError(f"folds: expected a partition of the {n_prompts} prompts' rows, got {folds!r}")
+    if len(folds) < 2:
+        raise CalibrationError(f"prompts: the leave-one-out check needs at least two folds, got {len(folds)}")
+    fallback = torch.as_tensor(fallback, dtype=torch.bool).flatten()
+    paths = torch.empty(n_prompts, n_steps, dtype=torch.bool)
+    fold_paths = []
+    for fold in folds:
+        others = [j for j in range(n_prompts) if j not in fold]
+        g = calibrate_path(validate(others), len(others), n_steps, n_skips, reduce=reduce, **search)
+        paths[fold] = g.path
+        fold_paths.append(g.path_string())
+    trial = torch.stack([paths, fallback.expand(n_prompts, -1)])  # [2, P, N]: each row gets its fold's path
+    errs = torch.as_tensor(validate(list(range(n_prompts)))(trial)).double().reshape(2, n_prompts)
+    red = _reduce(errs, reduce)
+    gain = 10.0 * math.log10(float(red[1]) / float(red[0])) if reduce == "log" and float(red[0]) > 0 else None
+    return {
+        "left_out_search": errs[0].tolist(),
+        "left_out_fallback": errs[1].tolist(),
+        "search": float(red[0]),
+        "fallback": float(red[1]),
+        "gain_db": gain,
+        "fold_paths": fold_paths,
+    }
+
+
+def _validated(errors_of, n_prompts, n_steps, n_skips, validate, *, folds, starts, **search) -> GreedyResult:
+    """calibrate_path with validate: the search, then validate_search against the default's path."""
+    g = calibrate_path(errors_of, n_prompts, n_steps, n_skips, starts=starts, **search)
+    fallback = (starts or {}).get("default")
+    if fallback is None:
+        raise CalibrationError("validate: needs starts['default'], the path to fall back to")
+    if n_skips == 0 or (len(folds) if folds is not None else n_prompts) < 2:
+        g.validation = {"chosen": "search", "note": "not checked (one prompt or no skips)"}
+        return g
+    search.pop("progress", None)
+    v = validate_search(validate, n_prompts, n_steps, n_skips, fallback, folds=folds, starts=starts, **search)
+    v["searched_path"] = g.path_string()
+    v["chosen"] = "search" if v["search"] < v["fallback"] else "default"
+    if v["chosen"] == "default":
+        fb = torch.as_tensor(fallback, dtype=torch.bool).flatten()
+        err = g.candidates.get("default")
+        g = GreedyResult(
+            path=fb,
+            errors=g.errors + ([err] if err is not None else []),
+            prompt_errors=[],
+            greedy_path=g.greedy_path,
+            start="default",
+            first_round=g.first_round,
+            candidates=g.candidates,
+            runs=g.runs,
+            rows=g.rows,
+        )
+    g.validation = v
+    return g
 
 
 def _reduce_rows(errs: torch.Tensor, reduce: str) -> torch.Tensor:

@@ -49,6 +49,7 @@ class SkipProfile:
     errors: list[float] = field(default_factory=list)  # the reduced error after each added skip
     prompt_errors: list[float] = field(default_factory=list)  # each calibration prompt's final error
     candidates: dict = field(default_factory=dict)  # {path's name: reduced error} of the paths the search compared
+    validation: dict = field(default_factory=dict)  # the leave-one-prompt-out check, where it ran (calibrate_path)
 
     @property
     def steps(self) -> int:
@@ -81,11 +82,21 @@ class SkipProfile:
 
     def summary(self) -> str:
         gain = self.gain_over_default_db()
-        versus = (
-            f"; on these prompts {gain:+.1f} dB over the default's path (check it on others)"
-            if gain is not None
-            else ""
-        )
+        check = self.validation.get("gain_db")
+        if self.validation.get("chosen") == "default" and check is not None:
+            versus = (
+                f"; the searched path was {-check:.1f} dB below the default's on prompts left out of its search, "
+                "so this profile is the default's path"
+            )
+        elif check is not None and gain is not None:
+            versus = (
+                f"; on these prompts {gain:+.1f} dB over the default's path, on prompts left out of the search "
+                f"{check:+.1f} dB"
+            )
+        elif gain is not None:
+            versus = f"; on these prompts {gain:+.1f} dB over the default's path (check it on others)"
+        else:
+            versus = ""
         return (
             f"skip profile: {self.steps} steps of {self.sampler or '?'} / {self.scheduler or '?'}, "
             f"{self.skips} skips ({self.speedup:.2f}x), path {self.path_string()}, extrapolation {self.extrapolation}; "

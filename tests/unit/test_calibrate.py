@@ -18,6 +18,7 @@ from comfyui_tempo.samplers.calibrate import (
     greedy_skip_paths,
     refine_skip_path,
     skips_for_speedup,
+    validate_search,
     vote_path,
 )
 from comfyui_tempo.samplers.skip_profile import ProfileError, SkipProfile, load_profile, save_profile
@@ -301,3 +302,96 @@ def test_calibrate_path_with_planner_paths_wins_over_every_candidate(gmm):
     # without the local search: the best candidate as it is
     plain = calibrate_path(errors_of, 3, STEPS, 8, planner=planner, refine=False)
     assert plain.errors[-1] == pytest.approx(min(plain.candidates.values()), rel=1e-9)
+
+
+def _additive(costs: torch.Tensor, calls: list | None = None):
+    """validate(rows) for a synthetic search: prompt p's error is the sum of costs[p] over the skipped steps."""
+
+    def validate(rows):
+        if calls is not None:
+            calls.append(list(rows))
+
+        def errors_of(trial):  # [C, P, N]
+            skipped = (~trial).double()
+            return (skipped * costs[rows].unsqueeze(0)).sum(2) + 1e-3
+
+        return errors_of
+
+    return validate
+
+
+def _discounted(cheap_steps):
+    """8 steps: skipping steps 1 and 2 costs 1 each on every prompt, the others 5, except each prompt's own
+    cheap steps (0.01)."""
+    costs = torch.full((len(cheap_steps), 8), 5.0, dtype=torch.float64)
+    costs[:, 1:3] = 1.0
+    for p, steps in enumerate(cheap_steps):
+        costs[p, steps] = 0.01
+    return costs
+
+
+def test_validation_keeps_a_search_that_carries_over_to_left_out_prompts():
+    costs = _discounted([[3, 4], [3, 4], [3, 4]])  # every prompt prefers the same steps
+    fallback = torch.tensor([True, False, False] + [True] * 5)
+    calls = []
+    validate = _additive(costs, calls)
+    res = calibrate_path(validate([0, 1, 2]), 3, 8, 2, starts={"default": fallback}, validate=validate)
+    v = res.validation
+    assert sorted(map(sorted, calls[1:])) == [[0, 1], [0, 1, 2], [0, 2], [1, 2]]  # each prompt left out, then all
+    assert v["chosen"] == "search" and v["fold_paths"] == ["CCCssCCC"] * 3
+    assert v["gain_db"] == pytest.approx(10 * math.log10(2.001 / 0.021), rel=1e-6)
+    assert res.path_string() == v["searched_path"] == "CCCssCCC"
+    assert res.start != "default"
+
+
+def test_validation_falls_back_to_the_default_where_the_search_does_not_carry_over():
+    costs = _discounted([[3, 4], [5, 6], [6, 7]])  # each prompt prefers its own steps
+    fallback = torch.tensor([True, False, False] + [True] * 5)
+    validate = _additive(costs)
+    unchecked = calibrate_path(validate([0, 1, 2]), 3, 8, 2, starts={"default": fallback})
+    assert unchecked.path_string() != "CssCCCCC"  # on all three prompts the search prefers its own path
+    res = calibrate_path(validate([0, 1, 2]), 3, 8, 2, starts={"default": fallback}, validate=validate)
+    v = res.validation
+    assert v["chosen"] == "default" and v["gain_db"] < 0
+    assert res.path_string() == "CssCCCCC" and v["searched_path"] == unchecked.path_string()
+    assert res.start == "default" and res.errors[-1] == pytest.approx(res.candidates["default"])
+    assert v["left_out_fallback"] == pytest.approx([2.001] * 3)
+    prof = SkipProfile(
+        path=res.path.tolist(),
+        sigmas=[float(8 - i) for i in range(9)],
+        errors=res.errors,
+        candidates=res.candidates,
+        validation=v,
+    )
+    assert f"{-v['gain_db']:.1f} dB below the default's on prompts left out" in prof.summary()
+    with pytest.raises(CalibrationError, match="^validate:"):
+        calibrate_path(validate([0, 1, 2]), 3, 8, 2, validate=validate)
+
+
+def test_bench_calibration_with_the_check_records_it(gmm):
+    prof = ac.calibrate(gmm, "euler", STEPS, 8, [0, 2, 4], extrapolation="linear", validate=True)
+    v = prof.validation
+    assert v["chosen"] in ("search", "default") and len(v["fold_paths"]) == 3
+    assert len(v["left_out_search"]) == len(v["left_out_fallback"]) == 3
+    if v["chosen"] == "search":
+        assert prof.path_string() == v["searched_path"] and v["gain_db"] > 0
+    else:
+        assert prof.search.startswith("default") and v["gain_db"] <= 0
+    assert SkipProfile.from_dict(json.loads(json.dumps(prof.to_dict()))).validation == v
+
+
+def test_validation_folds_leave_a_prompts_seeds_out_together():
+    """Rows 0-1 are one prompt's two seeds, rows 2-3 another's: each fold leaves a whole prompt out."""
+    costs = _discounted([[3, 4], [3, 4], [3, 4], [3, 4]])
+    fallback = torch.tensor([True, False, False] + [True] * 5)
+    calls = []
+    validate = _additive(costs, calls)
+    res = calibrate_path(
+        validate([0, 1, 2, 3]), 4, 8, 2, starts={"default": fallback}, validate=validate, folds=[[0, 1], [2, 3]]
+    )
+    assert [sorted(c) for c in calls[1:]] == [[2, 3], [0, 1], [0, 1, 2, 3]]
+    assert len(res.validation["fold_paths"]) == 2 and len(res.validation["left_out_search"]) == 4
+    with pytest.raises(CalibrationError, match="^folds:"):
+        validate_search(validate, 4, 8, 2, fallback, folds=[[0, 1], [1, 2, 3]])
+    with pytest.raises(CalibrationError, match="at least two folds"):
+        validate_search(validate, 4, 8, 2, fallback, folds=[[0, 1, 2, 3]])
