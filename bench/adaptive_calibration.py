@@ -16,7 +16,7 @@ import torch
 
 from ..samplers import kdiff, schedules
 from ..samplers.adaptive import EXTRAPOLATIONS, AdaptiveConfig, adaptive_sample
-from ..samplers.calibrate import calibrate_path, greedy_skip_paths, skips_for_speedup, vote_path
+from ..samplers.calibrate import calibrate_path, greedy_skip_paths, search_label, skips_for_speedup, vote_path
 from ..samplers.skip_profile import SkipProfile, save_profile
 from ..testbed.problems import Problem
 from .common import print_table, psnr_db, write_json
@@ -88,15 +88,26 @@ def calibrate(
     max_batch: int = 64,
     refine: bool = True,
     planner: bool = True,
+    starts: dict | None = None,
+    validate: bool = False,
 ) -> SkipProfile:
     """The profile over the problem's rows calib_idx (decoded-image error): the best of the joint greedy path,
     the default's and the schedule planner's paths (``calibrate_path``; refine: then the local search), with
-    its cost. planner=False: without the planner's paths (the search before they were added)."""
+    its cost. planner=False: without the planner's paths (the search before they were added). starts: more
+    paths to compare ({name: bool path}). validate: the leave-one-prompt-out check (falls back to the default's
+    path where the search does not carry over to the left-out prompts)."""
     t0 = time.perf_counter()
     r = _Runner(problem, sampler, steps, extrapolation)
     idx = torch.as_tensor(calib_idx)
     ref = problem.decode(r.run(idx, None))
-    starts = {"default": _default_path(problem, sampler, steps, skips, idx, extrapolation, r)} if refine else {}
+    starts = {
+        **(
+            {"default": _default_path(problem, sampler, steps, skips, idx, extrapolation, r)}
+            if refine or validate
+            else {}
+        ),
+        **(starts or {}),
+    }
     g = calibrate_path(
         r.errors_of(idx, ref),
         len(idx),
@@ -107,6 +118,7 @@ def calibrate(
         refine=refine,
         reduce=reduce,
         max_batch=max_batch,
+        validate=(lambda rows: r.errors_of(idx[rows], ref[rows])) if validate else None,
     )
     return SkipProfile(
         path=g.path.tolist(),
@@ -119,13 +131,14 @@ def calibrate(
         prompts=len(idx),
         metric="image_mse",
         reduce=reduce,
-        search=f"{g.start}+local" if refine and skips else g.start,
+        search=search_label(g, bool(refine and skips)),
         greedy_path=g.greedy_path.tolist() if g.greedy_path is not None else [],
         calib_nfe=r.nfe,
         calib_wall_s=time.perf_counter() - t0,
         errors=g.errors,
         prompt_errors=g.prompt_errors,
         candidates=g.candidates,
+        validation=g.validation,
     )
 
 
@@ -166,15 +179,21 @@ def calibration_rows(
     profile: SkipProfile | None = None,
     vote: bool = False,
     planner: bool = True,
+    ceiling: bool = False,
+    validate: bool = False,
 ) -> list[dict]:
     """Rows `adaptive_calibrated` (the joint greedy profile of calib_idx) and `greedy_optimal` (each held-out
     prompt's own greedy path at the same skips), as mean decoded PSNR vs the full run over heldout_idx.
     baselines: also `adaptive_calibrated_greedy` (the joint greedy path before the local search), `adaptive`
     (the default controller at the same NFE) and `fewer_steps`; vote: `adaptive_calibrated_vote` (the steps
-    the calibration prompts' own greedy paths skip most often). profile: one calibrate()
-    made already for these settings (else it is made here)."""
+    the calibration prompts' own greedy paths skip most often); ceiling: `adaptive_shared_best` (the same search
+    run on the held-out prompts themselves, the profile's path among its candidates: the best one shared path
+    found for them, in-sample, never below the profile there). profile: one calibrate() made already for these
+    settings (else it is made here)."""
     heldout = torch.as_tensor(heldout_idx)
-    prof = profile or calibrate(problem, sampler, steps, skips, calib_idx, extrapolation, planner=planner)
+    prof = profile or calibrate(
+        problem, sampler, steps, skips, calib_idx, extrapolation, planner=planner, validate=validate
+    )
     r = _Runner(problem, sampler, steps, extrapolation)
     ref = problem.decode(r.run(heldout, None))
     base = {
@@ -198,18 +217,30 @@ def calibration_rows(
             )
 
     n_net = steps - skips
-    nfe0 = r.nfe
-    out = r.run(heldout, prof.config().path.repeat(len(heldout), 1))
-    add(
+
+    def along(method, path, text, **more):  # every held-out prompt sampled along one path
+        nfe0 = r.nfe
+        out = r.run(heldout, torch.as_tensor(path, dtype=torch.bool).repeat(len(heldout), 1))
+        add(method, (r.nfe - nfe0) / len(heldout), _psnr(problem, out, ref), text, **more)
+
+    along(
         "adaptive_calibrated",
-        (r.nfe - nfe0) / len(heldout),
-        _psnr(problem, out, ref),
+        prof.path,
         prof.path_string(),
         calib_nfe=prof.calib_nfe,
         calib_wall_s=prof.calib_wall_s,
         search=prof.search,
         calib_gain_db=prof.gain_over_default_db(),
     )
+    if prof.validation.get("searched_path"):
+        text = prof.validation["searched_path"]
+        along(
+            "adaptive_calibrated_unchecked",
+            [c == "C" for c in text],
+            text,
+            left_out_gain_db=prof.validation.get("gain_db"),
+            chosen=prof.validation.get("chosen"),
+        )
     t0 = time.perf_counter()
     nfe0 = r.nfe
     g = greedy_skip_paths(r.errors_of(heldout, ref), len(heldout), steps, skips, joint=False)
@@ -224,16 +255,20 @@ def calibration_rows(
         calib_nfe=search_nfe,
         calib_wall_s=time.perf_counter() - t0,
     )
-    if baselines and prof.greedy_path:
-        gp = torch.tensor(prof.greedy_path)
-        nfe0 = r.nfe
-        out = r.run(heldout, gp.repeat(len(heldout), 1))
-        add(
-            "adaptive_calibrated_greedy",
-            (r.nfe - nfe0) / len(heldout),
-            _psnr(problem, out, ref),
-            "".join("C" if c else "s" for c in prof.greedy_path),
+    if ceiling:
+        best = calibrate(
+            problem, sampler, steps, skips, heldout_idx, extrapolation, planner=planner, starts={"profile": prof.path}
         )
+        along(
+            "adaptive_shared_best",
+            best.path,
+            best.path_string(),
+            calib_nfe=best.calib_nfe,
+            calib_wall_s=best.calib_wall_s,
+            search=best.search,
+        )
+    if baselines and prof.greedy_path:
+        along("adaptive_calibrated_greedy", prof.greedy_path, "".join("C" if c else "s" for c in prof.greedy_path))
     if vote:
         t0 = time.perf_counter()
         rc = _Runner(problem, sampler, steps, extrapolation)
@@ -241,12 +276,9 @@ def calibration_rows(
         cref = problem.decode(rc.run(cidx, None))
         gc = greedy_skip_paths(rc.errors_of(cidx, cref), len(cidx), steps, skips, joint=False)
         vpath = vote_path(gc.path, skips)
-        nfe0 = r.nfe
-        out = r.run(heldout, vpath.repeat(len(heldout), 1))
-        add(
+        along(
             "adaptive_calibrated_vote",
-            (r.nfe - nfe0) / len(heldout),
-            _psnr(problem, out, ref),
+            vpath,
             "".join("C" if c else "s" for c in vpath.tolist()),
             calib_nfe=rc.nfe,
             calib_wall_s=time.perf_counter() - t0,
@@ -304,6 +336,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--json", help="with --heldout: write the rows here")
     p.add_argument("--no-refine", action="store_true", help="the greedy path alone (no local search after it)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="leave each calibration class out once (one more search each) and keep the default's path where the "
+        "searched path does worse on the left-out classes",
+    )
     p.add_argument("--threads", type=int, default=0)
 
 
@@ -319,7 +357,16 @@ def main(args) -> int:
     calib = [c * k for c in calib]  # the problem's rows: class c, seed s at c * k + s
     held = [c * k + s for c in held for s in range(k)]
     skips = skips_for_speedup(args.steps, args.target_speedup)
-    prof = calibrate(problem, args.sampler, args.steps, skips, calib, args.extrapolation, refine=not args.no_refine)
+    prof = calibrate(
+        problem,
+        args.sampler,
+        args.steps,
+        skips,
+        calib,
+        args.extrapolation,
+        refine=not args.no_refine,
+        validate=args.check,
+    )
     save_profile(prof, args.out)
     print(prof.summary())
     print(f"wrote {args.out}")

@@ -204,6 +204,10 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
     n = cell.p.noise.shape[0]
     k = calib.get("prompts", 3)
     calib_idx, heldout_idx = list(range(k)), list(range(k, n))
+    seeds = calib.get("seeds", 1)
+    if calib.get("split") == "seeds":  # rows: class c, seed s at c * seeds + s; the same classes, other seeds
+        calib_idx = [c * seeds for c in range(n // seeds)]
+        heldout_idx = [c * seeds + s for c in range(n // seeds) for s in range(1, seeds)]
     full_nfe = len(cell.sigmas(cell.steps)) - 1
     skips = full_nfe - int(round(full_nfe / 2.0))
     rows = calibration_rows(
@@ -216,15 +220,30 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
         baselines=True,
         log=None,
         planner=calib.get("planner", True),
+        ceiling=calib.get("ceiling", False),
+        validate=calib.get("validate", False),
     )
     out = []
     # the default and fewer steps on the same held-out prompts (the cell's own rows are over every prompt)
     rename = {"adaptive": "adaptive_heldout_prompts", "fewer_steps": "fewer_steps_heldout_prompts"}
     for r in rows:
-        if r["method"] not in ("adaptive_calibrated", "greedy_optimal", *rename):
+        if r["method"] not in (
+            "adaptive_calibrated",
+            "greedy_optimal",
+            "adaptive_shared_best",
+            "adaptive_calibrated_unchecked",
+            *rename,
+        ):
             continue
         r = {**r, "method": rename.get(r["method"], r["method"])}
-        out.append({**base, **{k2: v for k2, v in r.items() if k2 not in base}, "held_out_prompts": len(heldout_idx)})
+        out.append(
+            {
+                **base,
+                **{k2: v for k2, v in r.items() if k2 not in base},
+                "held_out_prompts": len(heldout_idx),
+                "held_out_split": calib.get("split", "classes"),
+            }
+        )
     for r in out:
         log(f"    {r['method']:22s} nfe {r['nfe']:.1f} {r['psnr_db']:.2f} dB (held-out prompts {len(heldout_idx)})")
     return out
@@ -284,6 +303,16 @@ def summarize(rows: list[dict]) -> list[dict]:
             ):
                 if method in m:
                     line[key] = m["adaptive_calibrated"]["psnr_db"] - m[method]["psnr_db"]
+            if "adaptive_shared_best" in m:
+                line["shared_best_vs_greedy"] = m["adaptive_shared_best"]["psnr_db"] - m["greedy_optimal"]["psnr_db"]
+                line["calib_vs_shared_best"] = (
+                    m["adaptive_calibrated"]["psnr_db"] - m["adaptive_shared_best"]["psnr_db"]
+                )
+            if "adaptive_calibrated_unchecked" in m:
+                u = m["adaptive_calibrated_unchecked"]
+                line["unchecked_vs_greedy"] = u["psnr_db"] - m["greedy_optimal"]["psnr_db"]
+                line["left_out_gain_db"] = u.get("left_out_gain_db")
+                line["check_chose"] = u.get("chosen")
             line["calib_search"] = m["adaptive_calibrated"].get("search")
             line["calib_gain_on_calib_prompts"] = m["adaptive_calibrated"].get("calib_gain_db")
         line["ok"] = "yes" if a["nfe_ratio"] >= 1.95 and line["vs_fewer"] > 0 and line["vs_uniform"] > 0 else "NO"
@@ -355,6 +384,26 @@ def add_arguments(p) -> None:
         action="store_true",
         help="calibrate without the schedule planner's paths (the greedy and the default's path only, as before)",
     )
+    p.add_argument(
+        "--calib-split",
+        choices=["classes", "seeds"],
+        default="classes",
+        help="held-out prompts: other classes (classes: the first --calib-prompts calibrate, the rest are held out) "
+        "or the same classes with other noise (seeds: each class's first seed calibrates, its other seeds are held "
+        "out; needs --seeds 2 or more)",
+    )
+    p.add_argument(
+        "--calib-validate",
+        action="store_true",
+        help="calibrate with the leave-one-prompt-out check (the default's path where the search does not carry "
+        "over); adaptive_calibrated_unchecked is the search's path without it",
+    )
+    p.add_argument(
+        "--calib-ceiling",
+        action="store_true",
+        help="also run the same search on the held-out prompts themselves (adaptive_shared_best): the best one "
+        "shared path for them, to tell a profile's transfer loss from what no single path can do",
+    )
 
 
 def grid_main(args) -> int:
@@ -365,6 +414,8 @@ def grid_main(args) -> int:
     classes = args.classes or (4 if args.quick else 8)
     seeds = args.seeds or 1
     calib_cells = {tuple(c.split(":")) for c in args.calib_cells.split(",") if c}
+    if args.calib_split == "seeds" and seeds < 2:
+        raise SystemExit("--calib-split seeds: expected --seeds 2 or more (each class's other seeds are held out)")
     t0 = time.perf_counter()
     rows, problems_cache = [], {}
     todo = cells(args)
@@ -376,7 +427,14 @@ def grid_main(args) -> int:
         cell = Cell(problems_cache[key], model, sampler, sched, steps, cfg)
         calib = None
         if (sampler, sched) in calib_cells and steps == args.grid_steps and cfg == args.cfg:
-            calib = {"prompts": args.calib_prompts, "planner": not args.calib_no_planner}
+            calib = {
+                "prompts": args.calib_prompts,
+                "planner": not args.calib_no_planner,
+                "ceiling": args.calib_ceiling,
+                "validate": args.calib_validate,
+                "split": args.calib_split,
+                "seeds": seeds,
+            }
         rows.extend(run_cell(cell, log=log, calib=calib))
     summary = summarize(rows)
     result = {
@@ -420,6 +478,8 @@ def grid_main(args) -> int:
                     "calib_vs_fewer",
                     "calib_gain_on_calib_prompts",
                     "calib_search",
+                    *(("shared_best_vs_greedy", "calib_vs_shared_best") if "shared_best_vs_greedy" in s else ()),
+                    *(("unchecked_vs_greedy", "left_out_gain_db", "check_chose") if "check_chose" in s else ()),
                 )
             }
             for s in calib

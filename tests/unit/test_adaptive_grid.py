@@ -84,3 +84,43 @@ def test_calibration_with_and_without_the_planners_paths(tmp_path):
         searches.append(c["calib_search"])
     assert searches[0].startswith("planner ") and searches[0].endswith("+local"), searches
     assert searches[1] in ("greedy+local", "default+local"), searches
+
+
+def test_calibration_ceiling_check_and_seed_split(tmp_path):
+    """--calib-ceiling: the search on the held-out prompts themselves, never below the profile there (the profile's
+    path is one of its candidates); --calib-validate: the checked profile and the search's path beside it, the
+    checked one the default's path where the check chose it; --calib-split seeds: the same classes, other seeds."""
+    out = tmp_path / "ceiling.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler", "--grid-schedulers",
+         "karras", "--grid-steps", "8", "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells",
+         "euler:karras", "--calib-prompts", "3", "--classes", "5", "--threads", "1", "--quiet", "--calib-ceiling",
+         "--calib-validate", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    m = {r["method"]: r for r in d["rows"]}
+    best, cal, raw = m["adaptive_shared_best"], m["adaptive_calibrated"], m["adaptive_calibrated_unchecked"]
+    assert best["held_out_prompts"] == 2 and best["nfe"] == cal["nfe"] == raw["nfe"] == 4
+    assert best["psnr_db"] >= raw["psnr_db"] - 1e-3
+    (c,) = d["calibration"]
+    assert c["shared_best_vs_greedy"] == pytest.approx(best["psnr_db"] - m["greedy_optimal"]["psnr_db"])
+    assert c["check_chose"] == raw["chosen"] in ("search", "default")
+    if raw["chosen"] == "default":
+        assert cal["psnr_db"] == pytest.approx(m["adaptive_heldout_prompts"]["psnr_db"], abs=1e-4)
+        assert cal["search"].startswith("default")
+    else:
+        assert cal["path"] == raw["path"] and raw["left_out_gain_db"] > 0
+
+    out = tmp_path / "seeds.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler", "--grid-schedulers",
+         "karras", "--grid-steps", "6", "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells",
+         "euler:karras", "--classes", "2", "--seeds", "3", "--calib-split", "seeds", "--threads", "1", "--quiet",
+         "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["method"] == "adaptive_calibrated"]
+    assert rows[0]["held_out_prompts"] == 4 and rows[0]["calib_prompts"] == 2 and rows[0]["held_out_split"] == "seeds"
+    with pytest.raises(SystemExit, match="--calib-split seeds: expected --seeds 2"):
+        cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--calib-split", "seeds", "--seeds", "1"])
