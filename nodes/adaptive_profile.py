@@ -21,7 +21,7 @@ from comfy_api.latest import io, ui
 
 from ..samplers import support
 from ..samplers.adaptive import EXTRAPOLATIONS, AdaptiveConfig
-from ..samplers.calibrate import CalibrationError, calibrate_path, skips_for_speedup
+from ..samplers.calibrate import CalibrationError, calibrate_path, search_label, skips_for_speedup
 from ..samplers.skip_profile import SUFFIX, ProfileError, SkipProfile, load_profile, save_profile
 from . import compat, files, inputs
 from .adaptive import CATEGORY, PROFILE, _check_sampler_name, _check_scheduler, wrap_sampler
@@ -154,9 +154,12 @@ def calibrate_in_comfy(
     vae=None,
     batch_rows: int = 8,
     node_id=None,
+    check: bool = False,
 ) -> SkipProfile:
     """The profile over `prompts` x the latent's batch (seeds), with ComfyUI's sampler: the best of the joint greedy
-    path, the default's and the schedule planner's paths, then the local search (``calibrate_path``)."""
+    path, the default's and the schedule planner's paths, then the local search (``calibrate_path``). check (two
+    or more prompts): the search once more per prompt with that prompt left out, and the default's path kept where
+    the searched path does worse than it on the left-out prompts."""
     t0 = time.perf_counter()
     try:
         skips = skips_for_speedup(steps, target_speedup)
@@ -173,8 +176,11 @@ def calibrate_in_comfy(
     )
     n_p, n_s = len(prompts), noise.shape[0]
     eligible = steps - 1
-    calls = n_p + 1 + n_p * sum(math.ceil((eligible - r) / cal.per_call) for r in range(skips))
-    total = [calls]  # the greedy's calls are known; each pass of the local search adds its own
+    greedy_calls = sum(math.ceil((eligible - r) / cal.per_call) for r in range(skips))
+    check = bool(check) and n_p >= 2 and skips > 0
+    # the greedy's calls are known (with the check: once more per prompt, on the others); the local search adds
+    calls = n_p + 1 + n_p * greedy_calls + (n_p * (n_p - 1) * greedy_calls + 2 * n_p if check else 0)
+    total = [calls]
     pbar = comfy.utils.ProgressBar(calls, node_id=node_id)
 
     def on_call():
@@ -191,9 +197,26 @@ def calibrate_in_comfy(
             total[0] = cal.calls + n_p * math.ceil(trial.shape[0] / cal.per_call)
         return torch.cat([cal.errors(p, refs[i], trial[:, i * n_s]) for i, p in enumerate(prompts)], 1)
 
+    def validate(rows):  # errors_of over whole prompts (rows p * seeds .. p * seeds + seeds - 1), in order
+        chosen = sorted({r // n_s for r in rows})
+
+        def errs(trial):  # [C, len(rows), N]: each prompt's seeds share their path
+            return torch.cat([cal.errors(prompts[p], refs[p], trial[:, j * n_s]) for j, p in enumerate(chosen)], 1)
+
+        return errs
+
     planner = {"sigmas": sigmas.cpu(), "flow": model_kind(model) == "flow"}
     g = calibrate_path(
-        errors_of, n_p * n_s, steps, skips, starts=starts, planner=planner, reduce="log", max_batch=1 << 30
+        errors_of,
+        n_p * n_s,
+        steps,
+        skips,
+        starts=starts,
+        planner=planner,
+        reduce="log",
+        max_batch=1 << 30,
+        validate=validate if check else None,
+        folds=[list(range(p * n_s, (p + 1) * n_s)) for p in range(n_p)],
     )
     return SkipProfile(
         path=g.path.tolist(),
@@ -206,13 +229,14 @@ def calibrate_in_comfy(
         prompts=n_p * n_s,
         metric="image_mse" if vae is not None else "latent_mse",
         reduce="log",
-        search=f"{g.start}+local" if skips else g.start,
+        search=search_label(g, bool(skips)),
         greedy_path=g.greedy_path.tolist() if g.greedy_path is not None else [],
         calib_nfe=cal.nfe,
         calib_wall_s=time.perf_counter() - t0,
         errors=g.errors,
         prompt_errors=g.prompt_errors,
         candidates=g.candidates,
+        validation=g.validation,
     )
 
 
@@ -269,6 +293,15 @@ class AdaptiveCalibrate(io.ComfyNode):
                     max=256,
                     tooltip="Most images sampled in one call (candidate paths x seeds); lower it if memory runs out.",
                 ),
+                io.Boolean.Input(
+                    "check",
+                    default=False,
+                    optional=True,
+                    tooltip="With two or more prompts: run the search once more per prompt with that prompt left out, "
+                    "and keep the default's path if the searched path does worse than it on the left-out prompts "
+                    "(a path fitted to a few prompts may not carry over to others). Costs about one more search per "
+                    "prompt.",
+                ),
                 io.Vae.Input(
                     "vae",
                     optional=True,
@@ -308,6 +341,7 @@ class AdaptiveCalibrate(io.ComfyNode):
         extrapolation,
         save_name,
         batch_rows=8,
+        check=False,
         vae=None,
         positive_2=None,
         positive_3=None,
@@ -337,6 +371,7 @@ class AdaptiveCalibrate(io.ComfyNode):
                 vae,
                 batch_rows,
                 node_id,
+                check,
             )
         save_profile(prof, path)
         invalidate(FOLDER)

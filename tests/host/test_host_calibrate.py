@@ -167,3 +167,29 @@ def test_bad_save_name_and_missing_profile_are_named(comfy):
     )  # fmt: skip
     with pytest.raises(HostError, match="save_name: "):
         comfy.run(g, timeout=120)
+
+
+def test_calibrate_with_the_check_leaves_each_prompt_out(comfy, comfy_base):
+    """check on two prompts: one more search per prompt on the other, the searched path against the default's on
+    the left-out prompt; the profile is the one the check chose, and its text says so."""
+    g = Graph()
+    model, pos, neg, latent = _base(g)
+    pos2 = g.node("TempoTestbedClass", class_id=7)
+    g.node(
+        "TempoAdaptiveCalibrate", node_id="cal", model=model.out(0), positive=pos.out(0), negative=neg.out(0),
+        latent_image=latent.out(0), seed=1, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="karras",
+        target_speedup=2.0, extrapolation="linear", save_name="tempo_host/calib_check", batch_rows=8,
+        positive_2=pos2.out(0), check=True,
+    )  # fmt: skip
+    entry = comfy.run(g, timeout=600)
+    text = entry["outputs"]["cal"]["text"][0]
+    f = json.loads((comfy_base / "output" / "tempo_profiles" / "tempo_host/calib_check.json").read_text())
+    v = f["validation"]
+    assert len(v["fold_paths"]) == 2 and len(v["left_out_search"]) == len(v["left_out_fallback"]) == 2, v
+    path = "".join("C" if c else "s" for c in f["path"])
+    if v["chosen"] == "search":
+        assert path == v["searched_path"] and v["gain_db"] > 0
+        assert "on prompts left out of the search" in text, text
+    else:
+        assert v["chosen"] == "default" and v["gain_db"] <= 0 and f["search"].startswith("default")
+        assert "so this profile is the default's path" in text, text

@@ -113,6 +113,7 @@ PACK_WIDGETS = {
         "extrapolation",
         "save_name",
         "batch_rows",
+        "check",
     ],
     "TempoAdaptiveProfileLoader": ["profile_name"],
     # Coop-Diffusion (nodes/coop.py)
