@@ -177,9 +177,9 @@ def calibrate_in_comfy(
     n_p, n_s = len(prompts), noise.shape[0]
     eligible = steps - 1
     greedy_calls = sum(math.ceil((eligible - r) / cal.per_call) for r in range(skips))
-    check = bool(check) and n_p >= 2 and skips > 0
+    check = bool(check)  # with one prompt the profile's summary says it was not checked
     # the greedy's calls are known (with the check: once more per prompt, on the others); the local search adds
-    calls = n_p + 1 + n_p * greedy_calls + (n_p * (n_p - 1) * greedy_calls + 2 * n_p if check else 0)
+    calls = n_p + 1 + n_p * greedy_calls + (n_p * (n_p - 1) * greedy_calls + 2 * n_p if check and n_p > 1 else 0)
     total = [calls]
     pbar = comfy.utils.ProgressBar(calls, node_id=node_id)
 

@@ -417,7 +417,7 @@ def _validated(errors_of, n_prompts, n_steps, n_skips, validate, *, folds, start
     if fallback is None:
         raise CalibrationError("validate: needs starts['default'], the path to fall back to")
     if n_skips == 0 or (len(folds) if folds is not None else n_prompts) < 2:
-        g.validation = {"chosen": "search", "note": "not checked (one prompt or no skips)"}
+        g.validation = {"chosen": "search", "note": "not checked: it needs two or more prompts and some skips"}
         return g
     search.pop("progress", None)
     v = validate_search(validate, n_prompts, n_steps, n_skips, fallback, folds=folds, starts=starts, **search)

@@ -97,6 +97,8 @@ class SkipProfile:
             versus = f"; on these prompts {gain:+.1f} dB over the default's path (check it on others)"
         else:
             versus = ""
+        if self.validation.get("note"):
+            versus += f"; {self.validation['note']}"
         return (
             f"skip profile: {self.steps} steps of {self.sampler or '?'} / {self.scheduler or '?'}, "
             f"{self.skips} skips ({self.speedup:.2f}x), path {self.path_string()}, extrapolation {self.extrapolation}; "

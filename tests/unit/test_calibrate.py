@@ -395,3 +395,15 @@ def test_validation_folds_leave_a_prompts_seeds_out_together():
         validate_search(validate, 4, 8, 2, fallback, folds=[[0, 1], [1, 2, 3]])
     with pytest.raises(CalibrationError, match="at least two folds"):
         validate_search(validate, 4, 8, 2, fallback, folds=[[0, 1, 2, 3]])
+
+
+def test_validation_with_one_prompt_is_not_run_and_says_so():
+    costs = _discounted([[3, 4]])
+    fallback = torch.tensor([True, False, False] + [True] * 5)
+    calls = []
+    validate = _additive(costs, calls)
+    res = calibrate_path(validate([0]), 1, 8, 2, starts={"default": fallback}, validate=validate)
+    assert res.validation["chosen"] == "search" and "needs two or more prompts" in res.validation["note"]
+    assert calls == [[0]]  # no left-out search ran
+    prof = SkipProfile(path=res.path.tolist(), sigmas=[float(8 - i) for i in range(9)], validation=res.validation)
+    assert "not checked: it needs two or more prompts" in prof.summary()
