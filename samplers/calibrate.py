@@ -27,7 +27,7 @@ prompt with ComfyUI's own sampler).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -424,18 +424,13 @@ def _validated(errors_of, n_prompts, n_steps, n_skips, validate, *, folds, start
     v["searched_path"] = g.path_string()
     v["chosen"] = "search" if v["search"] < v["fallback"] else "default"
     if v["chosen"] == "default":
-        fb = torch.as_tensor(fallback, dtype=torch.bool).flatten()
         err = g.candidates.get("default")
-        g = GreedyResult(
-            path=fb,
+        g = replace(
+            g,
+            path=torch.as_tensor(fallback, dtype=torch.bool).flatten(),
             errors=g.errors + ([err] if err is not None else []),
             prompt_errors=[],
-            greedy_path=g.greedy_path,
             start="default",
-            first_round=g.first_round,
-            candidates=g.candidates,
-            runs=g.runs,
-            rows=g.rows,
         )
     g.validation = v
     return g
