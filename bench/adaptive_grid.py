@@ -10,6 +10,9 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
 * ``fewer_steps``: the base sampler on a schedule with as many network evaluations as ``adaptive``.
 * ``uniform_skip``: the network on every other step, the last prediction held (reuse as the paper).
 * ``uniform_skip_linear``: every other step with the default's linear extrapolation.
+* ``adaptive_skip`` / ``adaptive_respaced`` (``--grid-respace``): the default's planned path skipped
+  (``respace="off"``) and re-spaced (``respace="on"``: the sampler on the planned steps' sigmas alone); the
+  default itself (``respace="auto"``) is one of them, as ``samplers.respace.auto_respace`` says.
 * ``greedy_optimal`` / ``adaptive_calibrated`` (cells in ``--calib-cells``): each held-out prompt's own
   greedy path, and a profile calibrated on other prompts (bench/adaptive_calibration.py); with them
   ``adaptive_heldout_prompts`` and ``fewer_steps_heldout_prompts``, the default and fewer steps on the same
@@ -47,6 +50,8 @@ METHODS = [
     "adaptive",
     "adaptive_pace",
     "adaptive_paper",
+    "adaptive_skip",
+    "adaptive_respaced",
     "fewer_steps",
     "uniform_skip",
     "uniform_skip_linear",
@@ -126,12 +131,13 @@ class Cell:
             extra_args=extra,
             endpoint_corrector=self.entry.endpoint_corrector,
             vp_estimator_ok=not self.flow,
+            sampler_respace=self.entry.respace,
             **kw,
         )
         return out, float(rep.nfe), time.perf_counter() - t0, rep
 
 
-def run_cell(cell: Cell, log=print, calib: dict | None = None) -> list[dict]:
+def run_cell(cell: Cell, log=print, calib: dict | None = None, respace: bool = False, lean: bool = False) -> list[dict]:
     base = {
         "model": cell.model,
         "held_out": cell.model in HELD_OUT,
@@ -159,6 +165,7 @@ def run_cell(cell: Cell, log=print, calib: dict | None = None) -> list[dict]:
             "wall_s": wall,
             "setting": setting,
             "path": rep.path_string() if rep is not None and rep.batch else "",
+            "respaced": bool(getattr(rep, "respaced", False)),
             **more,
         }
         rows.append(row)
@@ -167,10 +174,15 @@ def run_cell(cell: Cell, log=print, calib: dict | None = None) -> list[dict]:
     add("full", full, full_nfe, full_wall, f"{cell.steps} steps")
     out, nfe, wall, rep = cell.run(AdaptiveConfig())
     main = add("adaptive", out, nfe, wall, "AdaptiveConfig() (target 2x, planner schedule)", rep)
-    out, nfe, wall, rep = cell.run(AdaptiveConfig(planner="pace", force_last=1))
-    add("adaptive_pace", out, nfe, wall, "target 2x, planner pace, late_bias 0.25, force_last 1 (old default)", rep)
-    out, nfe, wall, rep = cell.run(AdaptiveConfig.paper(0.01, 4))
-    add("adaptive_paper", out, nfe, wall, "official rule, threshold 0.01, max_skip 4", rep)
+    if respace:
+        for name, how in (("adaptive_skip", "off"), ("adaptive_respaced", "on")):
+            out, nfe, wall, rep = cell.run(AdaptiveConfig(respace=how))
+            add(name, out, nfe, wall, f"AdaptiveConfig(respace={how!r})", rep)
+    if not lean:
+        out, nfe, wall, rep = cell.run(AdaptiveConfig(planner="pace", force_last=1))
+        add("adaptive_pace", out, nfe, wall, "target 2x, planner pace, late_bias 0.25, force_last 1 (old default)", rep)
+        out, nfe, wall, rep = cell.run(AdaptiveConfig.paper(0.01, 4))
+        add("adaptive_paper", out, nfe, wall, "official rule, threshold 0.01, max_skip 4", rep)
 
     per_step = full_nfe / cell.steps
     n_fewer = max(1, int(round(main["nfe"] / per_step)))
@@ -180,19 +192,22 @@ def run_cell(cell: Cell, log=print, calib: dict | None = None) -> list[dict]:
     n_run = len(cell.sigmas(cell.steps)) - 1
     every_other = torch.zeros(n_run, dtype=torch.bool)
     every_other[::2] = True
-    for name, extrap in (("uniform_skip", "hold"), ("uniform_skip_linear", "linear")):
+    for name, extrap in (("uniform_skip", "hold"), ("uniform_skip_linear", "linear"))[: 1 if lean else 2]:
         out, nfe, wall, rep = cell.run(AdaptiveConfig(mode="path", path=every_other, extrapolation=extrap))
         add(name, out, nfe, wall, f"network on every other step, reuse {extrap}", rep)
 
     if calib is not None:
         rows.extend(_calibrated_rows(cell, base, calib, log))
     m = {r["method"]: r for r in rows}
+
+    def db(method):
+        return f"{m[method]['psnr_db']:.2f}" if method in m else "-"
+
     log(
         f"  {cell.model:10s} {cell.sampler:15s} {cell.scheduler:11s} {cell.steps:3d} cfg {cell.cfg:g}: "
-        f"adaptive nfe {m['adaptive']['nfe']:.1f} {m['adaptive']['psnr_db']:.2f} dB | fewer "
-        f"{m['fewer_steps']['psnr_db']:.2f} | uniform {m['uniform_skip']['psnr_db']:.2f} / "
-        f"{m['uniform_skip_linear']['psnr_db']:.2f} | paper {m['adaptive_paper']['psnr_db']:.2f} "
-        f"(nfe {m['adaptive_paper']['nfe']:.1f}) | pace {m['adaptive_pace']['psnr_db']:.2f}"
+        f"adaptive nfe {m['adaptive']['nfe']:.1f} {db('adaptive')} dB (skip {db('adaptive_skip')} / re-spaced "
+        f"{db('adaptive_respaced')}) | fewer {db('fewer_steps')} | uniform {db('uniform_skip')} / "
+        f"{db('uniform_skip_linear')} | paper {db('adaptive_paper')} | pace {db('adaptive_pace')}"
     )
     return rows
 
@@ -271,6 +286,10 @@ def cells(args) -> list[tuple]:
     return out
 
 
+def _diff(a: dict, b: dict | None):
+    return None if b is None else a["psnr_db"] - b["psnr_db"]
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     """One line per cell: the default against the baselines (dB differences) and the issue's three checks."""
     by = {}
@@ -290,11 +309,16 @@ def summarize(rows: list[dict]) -> list[dict]:
             "adaptive_db": a["psnr_db"],
             "vs_fewer": a["psnr_db"] - m["fewer_steps"]["psnr_db"],
             "vs_uniform": a["psnr_db"] - m["uniform_skip"]["psnr_db"],
-            "vs_uniform_lin": a["psnr_db"] - m["uniform_skip_linear"]["psnr_db"],
-            "vs_pace": a["psnr_db"] - m["adaptive_pace"]["psnr_db"],
-            "paper_db": m["adaptive_paper"]["psnr_db"],
-            "paper_cut": m["adaptive_paper"]["nfe_ratio"],
+            "vs_uniform_lin": _diff(a, m.get("uniform_skip_linear")),
+            "vs_pace": _diff(a, m.get("adaptive_pace")),
+            "paper_db": m["adaptive_paper"]["psnr_db"] if "adaptive_paper" in m else None,
+            "paper_cut": m["adaptive_paper"]["nfe_ratio"] if "adaptive_paper" in m else None,
         }
+        if "adaptive_respaced" in m:
+            line["respaced"] = bool(a.get("respaced"))
+            line["skip_vs_fewer"] = _diff(m["adaptive_skip"], m["fewer_steps"])
+            line["respaced_vs_fewer"] = _diff(m["adaptive_respaced"], m["fewer_steps"])
+            line["respaced_vs_skip"] = _diff(m["adaptive_respaced"], m["adaptive_skip"])
         if "greedy_optimal" in m and "adaptive_calibrated" in m:
             line["calib_vs_greedy"] = m["adaptive_calibrated"]["psnr_db"] - m["greedy_optimal"]["psnr_db"]
             for key, method in (
@@ -367,6 +391,16 @@ def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
 
 def add_arguments(p) -> None:
     p.add_argument("--grid", action="store_true", help="the generalisation grid (models x samplers x schedulers ...)")
+    p.add_argument(
+        "--grid-respace",
+        action="store_true",
+        help="also run the default's planned path skipped (adaptive_skip) and re-spaced (adaptive_respaced)",
+    )
+    p.add_argument(
+        "--grid-lean",
+        action="store_true",
+        help="leave out adaptive_pace, adaptive_paper and uniform_skip_linear (comparison rows) to save time",
+    )
     p.add_argument("--grid-models", default=",".join(MODELS))
     p.add_argument("--grid-samplers", default=",".join(SAMPLERS))
     p.add_argument("--grid-schedulers", default=",".join(SCHEDULERS))
@@ -435,7 +469,7 @@ def grid_main(args) -> int:
                 "split": args.calib_split,
                 "seeds": seeds,
             }
-        rows.extend(run_cell(cell, log=log, calib=calib))
+        rows.extend(run_cell(cell, log=log, calib=calib, respace=args.grid_respace, lean=args.grid_lean))
     summary = summarize(rows)
     result = {
         "rows": rows,

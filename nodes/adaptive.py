@@ -155,6 +155,17 @@ def adaptive_inputs() -> list:
             "with karras or exponential: it runs the first steps and skips the tiny last ones). pace: the earlier "
             "default (skips paced at a rate ramped by late_bias, placement and estimator).",
         ),
+        io.Combo.Input(
+            "respace",
+            options=["auto", "off", "on"],
+            default="auto",
+            optional=True,  # added after release, as planner
+            tooltip="mode target_speedup with planner schedule: off skips the planned steps (the network's last "
+            "direction reused); on runs the sampler on the planned steps' sigmas alone (the schedule re-spaced, "
+            "nothing reused, the same NFE); auto (default) re-spaces where skipping measured worse, on eps and v "
+            "models: lms with the normal scheduler (a schedule ending in a long step), uni_pc and uni_pc_bh2 from 20 "
+            "computed steps (2x at 40 steps or more). The report says when it re-spaced.",
+        ),
         PROFILE.Input(
             "profile",
             optional=True,
@@ -179,6 +190,7 @@ def make_config(
     estimator="latent",
     batch_mode="per_sample",
     planner="schedule",
+    respace="auto",
 ) -> AdaptiveConfig:
     if mode not in _MODE_TO_CORE:
         raise AdaptiveConfigError(f"mode: expected one of {MODE_OPTIONS}, got {mode!r}")
@@ -200,6 +212,7 @@ def make_config(
         estimator=estimator,
         per_sample=batch_mode == "per_sample",
         planner=planner,
+        respace=respace,
     ).validate()
 
 
@@ -261,6 +274,7 @@ def adaptive_function(
             noise_sampler=noise_sampler,
             vp_estimator_ok=vp_ok,
             subset_runner=adaptive_batch.SubsetRunner(),
+            sampler_respace=entry.respace,
             **options,
         )
         log.info("%s (%s)", report.summary(), base_name)

@@ -48,6 +48,7 @@ import torch
 
 from .adaptive_config import ESTIMATOR_SPACES, ESTIMATORS, EXTRAPOLATIONS, MODES, AdaptiveConfig, AdaptiveConfigError  # noqa: F401  (re-exported: the settings live there)
 from .kdiff import CountingDenoiser
+from .respace import auto_respace, respaced_sample
 from .skip_plan import RUN_PENALTY, STEP_WEIGHT, plan_skips
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 
@@ -563,6 +564,7 @@ def adaptive_sample(
     noise_sampler: Callable | None = None,
     vp_estimator_ok: bool = True,
     subset_runner: Callable | None = None,
+    sampler_respace: str = "",
     **sampler_options,
 ):
     """Run `sampler_fn` with AdaptiveDiffusion skipping; returns (x, SkipReport).
@@ -571,6 +573,8 @@ def adaptive_sample(
     original model, unchanged: the result is bit-identical to the base sampler's.
     noise_sampler: the base sampler's own noise sampler (stochastic samplers), recorded so that
     its noise does not count as progress.
+    sampler_respace: the sampler's ``SamplerSupport.respace`` rule; with ``respace = "auto"`` the planned path
+    is run re-spaced (``samplers.respace``) where ``samplers.respace.auto_respace`` says so by that rule.
     """
     config.validate()
     if not config.enabled:
@@ -592,6 +596,31 @@ def adaptive_sample(
         vp_estimator_ok=vp_estimator_ok,
         subset_runner=subset_runner,
     )
+    if ctl.planned is not None and config.respace != "off":
+        go, reason = (
+            (True, "respace = on")
+            if config.respace == "on"
+            else auto_respace(sampler_respace, ctl.flow, sigmas, int(ctl.planned.sum()))
+        )
+        if go:
+            if noise_sampler is not None:
+                sampler_options["noise_sampler"] = noise_sampler
+            out, rep = respaced_sample(
+                sampler_fn,
+                model,
+                x,
+                sigmas,
+                ctl.planned,
+                mode=config.mode,
+                reason=reason,
+                extra_args=extra_args,
+                callback=callback,
+                disable=disable,
+                **sampler_options,
+            )
+            rep.notes[:0] = ctl.report.notes
+            rep.controller_seconds += ctl.report.controller_seconds
+            return out, rep
     if noise_sampler is not None:
         sampler_options["noise_sampler"] = ctl.record_noise(noise_sampler)
     out = sampler_fn(ctl, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **sampler_options)

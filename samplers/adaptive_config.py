@@ -12,6 +12,7 @@ EXTRAPOLATIONS = ("auto", "linear", "hold", "quadratic", "linear_x0", "log_linea
 ESTIMATOR_SPACES = ("vp", "raw")
 ESTIMATORS = ("latent", "reuse_error")
 PLANNERS = ("schedule", "pace")
+RESPACINGS = ("auto", "off", "on")
 
 
 class AdaptiveConfigError(ValueError):
@@ -33,6 +34,9 @@ class AdaptiveConfig:
                     greedy search and fixed baselines.
     threshold: the paper's delta (>= 0); 0 disables skipping (bit-identical to the base sampler).
     max_skip: most consecutive skipped steps (>= 1), the paper's C.
+    respace: mode target with planner schedule only. "off": skip the planned steps (reuse a direction);
+        "on": run the sampler on the planned steps' sigmas alone (the schedule re-spaced, nothing reused);
+        "auto" (default): re-space where ``samplers.respace`` says skipping loses to it, else skip.
     """
 
     mode: str = "target"
@@ -50,6 +54,7 @@ class AdaptiveConfig:
     estimator: str = "latent"
     tilt: float = 0.25
     path: torch.Tensor | None = None
+    respace: str = "auto"
 
     @classmethod
     def paper(cls, threshold: float = 0.01, max_skip: int = 4) -> "AdaptiveConfig":
@@ -93,6 +98,8 @@ class AdaptiveConfig:
             raise AdaptiveConfigError(f"start_percent: expected 0..1, got {self.start_percent!r}")
         if int(self.warmup) != self.warmup or self.warmup < 0:
             raise AdaptiveConfigError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
+        if self.respace not in RESPACINGS:
+            raise AdaptiveConfigError(f"respace: expected one of {RESPACINGS}, got {self.respace!r}")
         if self.mode == "path" and self.path is None:
             raise AdaptiveConfigError("path: mode 'path' needs a bool tensor [steps] or [batch, steps]")
         return self

@@ -33,6 +33,7 @@ class SkipReport:
     mode: str = ""
     planner: str = ""  # mode target: "schedule" or "pace"
     extrapolation: str = ""  # what reused directions were extrapolated with ("auto" resolved)
+    respaced: bool = False  # the sampler ran on the planned steps' sigmas alone (samplers.respace)
 
     @property
     def nfe(self) -> float:
@@ -51,10 +52,16 @@ class SkipReport:
 
     def summary(self) -> str:
         skipped = sum(1 for r in self.records if r.computed <= 0.0)
-        how = ", ".join(v for v in (self.mode, self.planner and f"planner {self.planner}", self.extrapolation) if v)
+        how = ", ".join(
+            v
+            for v in (self.mode, self.planner and f"planner {self.planner}", self.extrapolation)
+            if v and not (self.respaced and v == self.extrapolation)
+        )
+        if self.respaced:
+            how += ", re-spaced"
         text = (
             f"AdaptiveDiffusion [{how}]: NFE {self.nfe:.1f} of {self.evals_requested} "
-            f"({self.speedup:.2f}x), {skipped}/{self.steps} steps skipped for the whole batch, "
+            f"({self.speedup:.2f}x), {skipped}/{self.steps} steps {'dropped' if self.respaced else 'skipped'} for the whole batch, "
             f"path {self.path_string()}"
         )
         if self.notes:
@@ -66,6 +73,7 @@ class SkipReport:
             "mode": self.mode,
             "planner": self.planner,
             "extrapolation": self.extrapolation,
+            "respaced": self.respaced,
             "steps": self.steps,
             "batch": self.batch,
             "nfe": self.nfe,

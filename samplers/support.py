@@ -20,6 +20,7 @@ class SamplerSupport:
     endpoint_corrector: bool = False  # a second evaluation at sigma_{i+1} (Heun)
     note: str = ""
     discard_penultimate_sigma: bool = False  # ComfyUI's KSampler runs n + 1 steps without the last nonzero sigma
+    respace: str = ""  # mode target's "auto" re-spaces by this rule of samplers.respace.auto_respace
 
 
 _S = SamplerSupport
@@ -31,7 +32,7 @@ SUPPORT: dict[str, SamplerSupport] = {
     "lcm": _S(True, "single", True, "default"),
     "ddpm": _S(True, "single", True, "default"),
     "euler_ancestral": _S(True, "single", True, "default"),
-    "lms": _S(True, "multistep"),
+    "lms": _S(True, "multistep", respace="final_jump"),
     "dpmpp_2m": _S(True, "multistep"),
     "ipndm": _S(True, "multistep"),
     "ipndm_v": _S(True, "multistep"),
@@ -39,10 +40,18 @@ SUPPORT: dict[str, SamplerSupport] = {
     "res_multistep": _S(True, "multistep"),
     "gradient_estimation": _S(True, "multistep"),
     "uni_pc": _S(
-        True, "multistep", note="the estimator sees UniPC's predictor latents", discard_penultimate_sigma=True
+        True,
+        "multistep",
+        note="the estimator sees UniPC's predictor latents",
+        discard_penultimate_sigma=True,
+        respace="min_steps",
     ),
     "uni_pc_bh2": _S(
-        True, "multistep", note="the estimator sees UniPC's predictor latents", discard_penultimate_sigma=True
+        True,
+        "multistep",
+        note="the estimator sees UniPC's predictor latents",
+        discard_penultimate_sigma=True,
+        respace="min_steps",
     ),
     "dpmpp_2m_sde": _S(True, "multistep", True, "brownian"),
     "dpmpp_2m_sde_gpu": _S(True, "multistep", True, "brownian_gpu"),
@@ -133,8 +142,15 @@ def name_of_function(fn) -> str | None:
 
 def support_matrix_markdown() -> str:
     """The README's support matrix."""
-    rows = ["| sampler | served | kind | noise handling | note |", "| --- | --- | --- | --- | --- |"]
+    rows = [
+        "| sampler | served | kind | noise handling | re-spaced by respace auto (eps / v models) | note |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    rules = {"final_jump": "on a schedule ending in a long step (normal)", "min_steps": "from 20 steps computed"}
     for name, e in SUPPORT.items():
         noise = "regressed out of the estimator" if e.stochastic else "-"
-        rows.append(f"| `{name}` | {'yes' if e.served else 'no'} | {e.family} | {noise} | {e.note} |")
+        rows.append(
+            f"| `{name}` | {'yes' if e.served else 'no'} | {e.family} | {noise} | {rules.get(e.respace, '-')} "
+            f"| {e.note} |"
+        )
     return "\n".join(rows)

@@ -88,6 +88,7 @@ ADAPTIVE_SETTINGS = [
     "estimator",
     "batch_mode",
     "planner",
+    "respace",
 ]
 PACK_WIDGETS = {
     "TempoAdaptiveKSampler": [
@@ -260,6 +261,7 @@ ADAPTIVE_CHOICES = {
     "estimator_space": {"vp", "raw"},
     "batch_mode": {"per_sample", "per_batch"},
     "planner": {"schedule", "pace"},
+    "respace": {"auto", "off", "on"},
     "control_after_generate": {"fixed", "increment", "decrement", "randomize"},
 }
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "properties"}
