@@ -493,6 +493,16 @@ def grid_main(args) -> int:
         f"steps and above uniform skipping; worst vs fewer {min(s['vs_fewer'] for s in ok):+.2f} dB, worst vs "
         f"uniform {min(s['vs_uniform'] for s in ok):+.2f} dB"
     )
+    rs = [s for s in summary if "respaced_vs_skip" in s]
+    if rs:
+        keys = ["model", "sampler", "scheduler", "steps", "skip_vs_fewer", "respaced_vs_fewer", "respaced_vs_skip"]
+        result["respace"] = [
+            {**{k: s[k] for k in keys}, "auto": "re-spaced" if s["respaced"] else "skipped"} for s in rs
+        ]
+        better = sum(1 for s in rs if s["respaced_vs_skip"] > 0)
+        print("\nre-spaced against skipped, dB (the default's planned path; auto is what respace auto did):")
+        print_table(result["respace"], keys + ["auto"])
+        print(f"re-spacing above skipping in {better} of {len(rs)} cells")
     calib = [s for s in summary if "calib_vs_greedy" in s]
     if calib:
         print(

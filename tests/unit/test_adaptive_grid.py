@@ -40,6 +40,36 @@ def test_grid_on_the_held_out_model_writes_the_issue_rows(tmp_path):
     assert d["markdown"].splitlines()[2].startswith("| vpred (held out) | euler | 2.00x |")
 
 
+def test_grid_respace_rows_the_default_is_one_of_them(tmp_path):
+    """--grid-respace: the planned path skipped and re-spaced beside the default, which is the re-spaced one
+    exactly where respace auto re-spaces (lms on normal here, not on karras); --grid-lean drops the comparison
+    rows."""
+    out = tmp_path / "grid.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "lms", "--grid-schedulers",
+         "normal,karras", "--grid-steps", "10", "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells", "",
+         "--classes", "2", "--threads", "1", "--quiet", "--grid-respace", "--grid-lean", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    by = {}
+    for r in d["rows"]:
+        by.setdefault(r["scheduler"], {})[r["method"]] = r
+    for sched, m in by.items():
+        assert not {"adaptive_pace", "adaptive_paper", "uniform_skip_linear"} & set(m)
+        assert m["adaptive_respaced"]["respaced"] and not m["adaptive_skip"]["respaced"]
+        assert m["adaptive_respaced"]["nfe"] == m["adaptive_skip"]["nfe"] == m["adaptive"]["nfe"]
+        same = "adaptive_respaced" if sched == "normal" else "adaptive_skip"
+        assert m["adaptive"]["respaced"] == (sched == "normal")
+        assert m["adaptive"]["psnr_db"] == m[same]["psnr_db"]
+    rs = {r["scheduler"]: r for r in d["respace"]}
+    assert rs["normal"]["auto"] == "re-spaced" and rs["karras"]["auto"] == "skipped"
+    m = by["normal"]
+    assert rs["normal"]["respaced_vs_skip"] == pytest.approx(
+        m["adaptive_respaced"]["psnr_db"] - m["adaptive_skip"]["psnr_db"]
+    )
+
+
 def test_unknown_grid_model_is_a_clear_error():
     with pytest.raises(ValueError, match="--grid-models: expected names from"):
         adaptive_grid.build_problem("sdxl", "karras", 5.0, 1, 1)
