@@ -46,6 +46,17 @@ with torch.inference_mode():
     patched = adaptive_nodes.AdaptiveModelPatch.execute(model, **S).args[0]
     via_patch = nodes.common_ksampler(patched, 3, 20, 5.0, "lms", "normal", pos, neg, lat)[0]["samples"]
     result["patch_equal"] = bool(torch.equal(via_patch, samples["auto/normal"]))
+    # uni_pc from 20 computed steps (40 steps at 2x; ComfyUI's KSampler drops its penultimate sigma), not at 30
+    for steps in (30, 40):
+        out = adaptive_nodes.AdaptiveKSampler.execute(model, 3, steps, 5.0, "uni_pc", "karras", pos, neg, lat, 1.0, **S)
+        text = out.ui.as_dict()["text"][0] if hasattr(out.ui, "as_dict") else str(out.ui)
+        result[f"uni_pc/{steps}"] = text
+    ks = comfy.samplers.KSampler(model, 40, model.load_device, "uni_pc", "karras", 1.0, model.model_options)
+    keep = respace.respaced_indices([c == "C" for c in text.split("path ")[1].split()[0]])
+    ref = comfy.sample.sample_custom(model, noise, 5.0, comfy.samplers.sampler_object("uni_pc"), ks.sigmas[keep], pos,
+                                     neg, lat["samples"], seed=3)
+    result["uni_pc_equals_comfy_on_kept_sigmas"] = bool(torch.equal(ref, out.args[0]["samples"]))
+    result["uni_pc_kept"] = len(keep) - 1
     try:
         adaptive_nodes.AdaptiveKSampler.execute(model, 3, 20, 5.0, "lms", "normal", pos, neg, lat, 1.0,
                                                 respace="sometimes", **S)
@@ -83,6 +94,13 @@ def test_sampler_node_and_model_patch_respace_alike(respace_result):
     steps = [i for i, _ in r["progress"]]
     assert len(steps) == 10 and steps == sorted(steps) and steps[-1] == 19  # the bar ends at 20 of 20
     assert {t for _, t in r["progress"]} == {20}
+
+
+def test_unipc_respaces_from_twenty_computed_steps(respace_result):
+    r = respace_result
+    assert "re-spaced" not in r["uni_pc/30"], r["uni_pc/30"]
+    assert "re-spaced" in r["uni_pc/40"] and "20 steps computed" in r["uni_pc/40"], r["uni_pc/40"]
+    assert r["uni_pc_equals_comfy_on_kept_sigmas"] and r["uni_pc_kept"] == 20
 
 
 def test_bad_respace_is_named(respace_result):
