@@ -122,7 +122,8 @@ def plot_report(report: SkipReport, width: int = 640, height: int = 240, thresho
     draw.text((8, 4), fit_text(draw, title, title_font, width - 16), fill=_TEXT, font=title_font)
 
     partial = any(0.0 < r.computed < 1.0 for r in report.records)
-    items = [(_SCORE, "estimator score", "box"), (_RAN, "network ran", "box"), (_SKIP, "skipped (reused)", "box")]
+    dropped = "merged into the step before (re-spaced)" if getattr(report, "respaced", False) else "skipped (reused)"
+    items = [(_SCORE, "estimator score", "box"), (_RAN, "network ran", "box"), (_SKIP, dropped, "box")]
     if partial:
         items.append((_PART, "ran for part of the batch", "box"))
     if threshold:

@@ -139,3 +139,20 @@ def test_bad_respace_names_the_input():
 def test_support_table_marks_lms_and_unipc():
     rules = {n: e.respace for n, e in support.SUPPORT.items() if e.respace}
     assert rules == {"lms": "final_jump", "uni_pc": "min_steps", "uni_pc_bh2": "min_steps"}
+
+
+def test_plot_of_a_respaced_run_names_the_dropped_steps(setup):
+    """The skip plot's legend says dropped steps were merged, not reused (the legend row differs from a skip run's)."""
+    from comfyui_tempo.samplers.plot import plot_report
+
+    den, noise, extra = setup
+    sig = schedules.get_sigmas("karras", 20)
+    imgs = []
+    for how in ("on", "off"):
+        _, rep = adaptive_sample(
+            kdiff.sample_euler, den, noise * sig[0], sig, AdaptiveConfig(respace=how), extra_args=extra
+        )
+        imgs.append(plot_report(rep, width=640, height=240))
+    assert imgs[0].shape == imgs[1].shape == (240, 640, 3)
+    legend = slice(24, 35)  # the legend row under the title
+    assert not (imgs[0][legend] == imgs[1][legend]).all()
