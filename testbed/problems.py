@@ -190,6 +190,17 @@ def shapes_eps_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, sche
     return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="eps")
 
 
+def shapes_v_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "karras") -> Problem:
+    """The v-prediction shapes testbed (testbed/trained_vpred.py, ``shapes_v``: a UNet of another shape predicting v
+    on 3x16x16 coloured shapes of another draw, ComfyUI's ModelSamplingDiscrete), sampled with CFG; decode maps
+    [-1, 1] to 0..1."""
+    from . import trained_vpred
+
+    tb = trained_vpred.load(model="shapes_v")
+    label = f"v-prediction shapes testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
+    return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="v")
+
+
 def gmm_problem(
     classes: int = 4, seeds: int = 2, cfg: float = 5.0, shape=(4, 8, 8), scheduler: str = "karras"
 ) -> Problem:

@@ -9,12 +9,16 @@
   testbed, trained after the v-prediction testbed was measured and held out from every choice made after
   that. It differs from ``testbed`` / ``testbed-hr`` in data and space, from the flow DiT in architecture and
   parameterisation, and from ``vpred`` in data, parameterisation and UNet shape.
+* ``shapes_v``: predicts v on coloured shapes of a third draw, with a UNet of another shape (width 24, three
+  levels, one res block per level, 0.67M parameters), the sixth testbed, trained after ``respace`` auto was fixed
+  and held out from every choice. It differs from ``shapes_eps`` in parameterisation and UNet shape, from ``vpred``
+  in data and UNet shape, from the flow DiT in architecture and parameterisation.
 
 Training (CPU, one thread, fixed seeds; ~15 min each):
 
     OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps]
 
-writes ``weights/testbed_vpred.safetensors`` (or ``testbed_shapes_eps``; fp16 weights; configs, seeds and the
+writes ``weights/testbed_vpred.safetensors`` (or ``testbed_shapes_eps`` / ``testbed_shapes_v``; fp16 weights; configs, seeds and the
 training record in its metadata) and the ``.json`` beside it. The UNet (``testbed/unet.py``) sees the VP input
 x / sqrt(1 + sigma^2) at Stable Diffusion's discrete timestep and learns v = alpha eps - s x0
 (alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha) or eps, t uniform, 15 % null labels, EMA weights.
@@ -67,10 +71,22 @@ SHAPES_UNET_CONFIG = dict(
     context_dim=11,
     dropout=0.0,
 )
+SHAPES_V_DATA_CONFIG = dict(kind="shapes", seed=shapes_mod.DEFAULT_SEED + 29, size=16, per_class=500, heldout_every=10)
+SHAPES_V_UNET_CONFIG = dict(
+    in_channels=3,
+    model_channels=24,
+    channel_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attention_levels=[2],
+    num_heads=2,
+    context_dim=11,
+    dropout=0.0,
+)
 #: name -> (prediction, data config, UNet config, weights file, seed offset)
 SPECS = {
     "vpred": ("v", DATA_CONFIG, UNET_CONFIG, WEIGHTS_FILE, 3),
     "shapes_eps": ("eps", SHAPES_DATA_CONFIG, SHAPES_UNET_CONFIG, WEIGHTS_DIR / "testbed_shapes_eps.safetensors", 5),
+    "shapes_v": ("v", SHAPES_V_DATA_CONFIG, SHAPES_V_UNET_CONFIG, WEIGHTS_DIR / "testbed_shapes_v.safetensors", 7),
 }
 
 

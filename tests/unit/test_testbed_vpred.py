@@ -76,14 +76,14 @@ def test_problem_matches_the_testbed_and_its_network_hook(tb):
     assert sig.shape == (11,) and float(sig[-1]) == 0.0 and float(sig[0]) == pytest.approx(float(tb.sigmas[-1]))
 
 
-@pytest.mark.parametrize("model", ["vpred", "shapes_eps"])
+@pytest.mark.parametrize("model", ["vpred", "shapes_eps", "shapes_v"])
 def test_training_is_deterministic(tmp_path, model):
     outs = []
     for k in range(2):
         args = argparse.Namespace(seed=0, steps=3, batch=4, lr=1e-3, out=tmp_path / f"v{k}.safetensors", model=model)
         trained_vpred.train(args)
         outs.append(trained_vpred.load(str(args.out), model))
-    assert outs[0].prediction == {"vpred": "v", "shapes_eps": "eps"}[model]
+    assert outs[0].prediction == {"vpred": "v", "shapes_eps": "eps", "shapes_v": "v"}[model]
     assert outs[0].meta["unet_config"] == trained_vpred.SPECS[model][2]
     for (name, a), (_, b) in zip(outs[0].net.state_dict().items(), outs[1].net.state_dict().items()):
         assert torch.equal(a, b), name
@@ -126,3 +126,42 @@ def test_shapes_eps_problem_matches_the_testbed_and_its_network_hook(tb_eps):
     b = p.net_denoiser(lambda f: lambda xc, s, *rest: f(xc, *rest))(x, torch.tensor(2.0), cond=p.cond)
     assert torch.allclose(a, b, atol=1e-5)
     assert torch.allclose(a, tb_eps.cfg_denoiser(5.0)(x, 2.0, p.cond), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tb_sv():
+    return trained_vpred.load(model="shapes_v")
+
+
+def test_shapes_v_weights_load_with_their_config(tb_sv):
+    assert trained_vpred.SPECS["shapes_v"][3].stat().st_size < 3e6
+    assert tb_sv.prediction == "v" and tb_sv.latent_shape == (3, 16, 16)
+    assert tb_sv.meta["unet_config"] == trained_vpred.SHAPES_V_UNET_CONFIG
+    assert tb_sv.meta["data"] == trained_vpred.SHAPES_V_DATA_CONFIG
+    assert tb_sv.meta["data"]["seed"] != trained_vpred.SHAPES_DATA_CONFIG["seed"]  # another draw of the shapes
+
+
+def test_shapes_v_net_predicts_v_and_the_denoiser_is_comfyuis_v(tb_sv):
+    sigma = 1.5
+    images, labels = trained_vpred.build_data(dict(trained_vpred.SHAPES_V_DATA_CONFIG, per_class=2))
+    x0, y = images * 2 - 1, labels
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    x = x0 + sigma * noise
+    with torch.no_grad():
+        v = tb_sv.velocity(x, sigma, y)
+        den = tb_sv.denoiser(x, sigma, y)
+    s2 = 1 + sigma**2
+    assert torch.allclose(den, x / s2 - v * sigma / s2**0.5, atol=1e-5)  # V_PREDICTION.calculate_denoised
+    alpha = 1 / s2**0.5
+    v_true = alpha * noise - sigma * alpha * x0
+    cos_v = torch.nn.functional.cosine_similarity(v.flatten(1), v_true.flatten(1)).mean()
+    cos_eps = torch.nn.functional.cosine_similarity(v.flatten(1), noise.flatten(1)).mean()
+    assert cos_v > 0.9 and cos_v > cos_eps + 0.02
+    assert (den - x0).pow(2).mean() < 0.25 * (x - x0).pow(2).mean()
+
+
+def test_shapes_v_problem_matches_the_testbed(tb_sv):
+    p = problems.shapes_v_problem(classes=3, seeds=1, scheduler="normal")
+    x = torch.randn(3, 3, 16, 16) * 2
+    a = p.denoiser(x, torch.tensor(2.0), cond=p.cond)
+    assert torch.allclose(a, tb_sv.cfg_denoiser(5.0)(x, 2.0, p.cond), atol=1e-5)
