@@ -116,8 +116,6 @@ def respaced_sample(
     t0 = time.perf_counter()
     keep = respaced_indices(path)
     n = len(sigmas) - 1
-    if len(keep) - 1 == n:  # nothing to drop
-        keep = list(range(n + 1))
     sub = sigmas[keep]
     counting = CountingDenoiser(model)
     plan_s = time.perf_counter() - t0

@@ -101,24 +101,6 @@ def test_shapes_eps_weights_load_with_their_config(tb_eps):
     assert tb_eps.meta["data"] == trained_vpred.SHAPES_DATA_CONFIG
 
 
-def test_shapes_eps_net_predicts_eps_and_the_denoiser_is_comfyuis_eps(tb_eps):
-    sigma = 1.5
-    images, labels = trained_vpred.build_data(dict(trained_vpred.SHAPES_DATA_CONFIG, per_class=2))
-    x0, y = images * 2 - 1, labels
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    x = x0 + sigma * noise
-    with torch.no_grad():
-        eps = tb_eps.velocity(x, sigma, y)
-        den = tb_eps.denoiser(x, sigma, y)
-    assert torch.allclose(den, x - sigma * eps, atol=1e-6)  # EPS.calculate_denoised
-    alpha = 1 / (1 + sigma**2) ** 0.5
-    v_true = alpha * noise - sigma * alpha * x0
-    cos = torch.nn.functional.cosine_similarity(eps.flatten(1), noise.flatten(1)).mean()
-    cos_v = torch.nn.functional.cosine_similarity(eps.flatten(1), v_true.flatten(1)).mean()
-    assert cos > 0.9 and cos > cos_v + 0.02
-    assert (den - x0).pow(2).mean() < 0.25 * (x - x0).pow(2).mean()
-
-
 def test_shapes_eps_problem_matches_the_testbed_and_its_network_hook(tb_eps):
     p = problems.shapes_eps_problem(classes=3, seeds=1, scheduler="normal")
     x = torch.randn(3, 3, 16, 16) * 2
@@ -141,22 +123,30 @@ def test_shapes_v_weights_load_with_their_config(tb_sv):
     assert tb_sv.meta["data"]["seed"] != trained_vpred.SHAPES_DATA_CONFIG["seed"]  # another draw of the shapes
 
 
-def test_shapes_v_net_predicts_v_and_the_denoiser_is_comfyuis_v(tb_sv):
+@pytest.mark.parametrize("model", ["shapes_eps", "shapes_v"])
+def test_shapes_net_predicts_its_target_and_the_denoiser_is_comfyuis(model, tb_eps, tb_sv):
+    """eps model: output ~ the noise, x0 = x - sigma eps (EPS); v model: output ~ v, x0 = x / (1 + sigma^2) - v sigma /
+    sqrt(1 + sigma^2) (V_PREDICTION)."""
+    tb = {"shapes_eps": tb_eps, "shapes_v": tb_sv}[model]
     sigma = 1.5
-    images, labels = trained_vpred.build_data(dict(trained_vpred.SHAPES_V_DATA_CONFIG, per_class=2))
+    images, labels = trained_vpred.build_data(dict(trained_vpred.SPECS[model][1], per_class=2))
     x0, y = images * 2 - 1, labels
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     x = x0 + sigma * noise
     with torch.no_grad():
-        v = tb_sv.velocity(x, sigma, y)
-        den = tb_sv.denoiser(x, sigma, y)
+        out = tb.velocity(x, sigma, y)
+        den = tb.denoiser(x, sigma, y)
     s2 = 1 + sigma**2
-    assert torch.allclose(den, x / s2 - v * sigma / s2**0.5, atol=1e-5)  # V_PREDICTION.calculate_denoised
-    alpha = 1 / s2**0.5
-    v_true = alpha * noise - sigma * alpha * x0
-    cos_v = torch.nn.functional.cosine_similarity(v.flatten(1), v_true.flatten(1)).mean()
-    cos_eps = torch.nn.functional.cosine_similarity(v.flatten(1), noise.flatten(1)).mean()
-    assert cos_v > 0.9 and cos_v > cos_eps + 0.02
+    v_true = noise / s2**0.5 - sigma * x0 / s2**0.5
+    if model == "shapes_eps":
+        assert torch.allclose(den, x - sigma * out, atol=1e-6)
+        target, other = noise, v_true
+    else:
+        assert torch.allclose(den, x / s2 - out * sigma / s2**0.5, atol=1e-5)
+        target, other = v_true, noise
+    cos = torch.nn.functional.cosine_similarity(out.flatten(1), target.flatten(1)).mean()
+    cos_other = torch.nn.functional.cosine_similarity(out.flatten(1), other.flatten(1)).mean()
+    assert cos > 0.9 and cos > cos_other + 0.02
     assert (den - x0).pow(2).mean() < 0.25 * (x - x0).pow(2).mean()
 
 
