@@ -137,6 +137,7 @@ class Cell:
             endpoint_corrector=self.entry.endpoint_corrector,
             vp_estimator_ok=not self.flow,
             sampler_respace=self.entry.respace,
+            sampler_reuse=self.entry.reuse,
             **kw,
         )
         return out, float(rep.nfe), time.perf_counter() - t0, rep

@@ -79,7 +79,8 @@ def adaptive_inputs() -> list:
             default="auto",
             tooltip="How a skipped step predicts the noise direction. auto (default): linear on flow models (SD3, "
             "Flux: in sigma, their flow time); otherwise log_linear for samplers that evaluate once per step and add "
-            "no noise, linear for the others. linear extrapolates it from the last two "
+            "no noise, linear for the others (dpmpp_2m_sde on eps / v models: hold below sigma 1, linear above). "
+            "linear extrapolates it from the last two "
             "computed steps (in sigma); hold reuses the last one unchanged, as the paper does; quadratic uses the last "
             "three; linear_x0 extrapolates the clean-image prediction in log sigma; log_linear extrapolates the "
             "direction linearly in log sigma. Ignored in mode paper.",
@@ -275,6 +276,7 @@ def adaptive_function(
             vp_estimator_ok=vp_ok,
             subset_runner=adaptive_batch.SubsetRunner(),
             sampler_respace=entry.respace,
+            sampler_reuse=entry.reuse,
             **options,
         )
         log.info("%s (%s)", report.summary(), base_name)

@@ -31,8 +31,8 @@ schedule (``planner="schedule"``, ``samplers.skip_plan``: a cost model of travel
 in the model's time variable, log sigma or a flow model's sigma, with runs of skips penalised), or paced at a
 rate ramped by ``tilt`` (``planner="pace"``, the earlier default); ``extrapolation`` of the reused
 direction from the last computed ones (``"auto"``: linear in sigma for flow models; otherwise linear in log
-sigma for deterministic one-evaluation samplers, linear in sigma for the others; ``"hold"`` is the paper's
-reuse); ``force_last``,
+sigma for deterministic one-evaluation samplers, linear in sigma for the others, and for DPM++ 2M SDE on eps / v
+models the paper's hold below sigma 1, ``HOLD_BELOW_SIGMA``; ``"hold"`` is the paper's reuse); ``force_last``,
 ``start_percent``, ``estimator_space="vp"`` (measure on x / sqrt(1 + sigma^2)), per-sample decisions
 with the model run only on the samples that need it; ``placement`` > 0 lets an estimator move each
 paced skip toward a step it rates cheaper.
@@ -51,6 +51,12 @@ from .kdiff import CountingDenoiser
 from .respace import auto_respace, respaced_sample
 from .skip_plan import RUN_PENALTY, STEP_WEIGHT, plan_skips
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
+
+# A sampler marked reuse "hold_low_noise" in samplers.support (DPM++ 2M SDE) holds the last direction, the paper's
+# reuse, at skipped steps below this sigma (the signal outweighs the noise there; the direction is mostly the noise
+# the sampler injected, which a linear extrapolation amplifies), under extrapolation "auto" on eps / v models. Chosen
+# among 0.3 / 1 / 3 on the design models (testbed, testbed_hr); flow models keep "linear" (they lost with it).
+HOLD_BELOW_SIGMA = 1.0
 
 
 def _bshape(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -87,6 +93,7 @@ class AdaptiveSampling:
         endpoint_corrector: bool = False,
         vp_estimator_ok: bool = True,
         subset_runner: Callable | None = None,
+        sampler_reuse: str = "",
     ):
         self.model = model
         self.config = config.validate()
@@ -99,6 +106,12 @@ class AdaptiveSampling:
         self.endpoint_corrector = endpoint_corrector
         self.use_vp = config.estimator_space == "vp" and vp_estimator_ok
         self.flow = not vp_estimator_ok  # a flow model (ComfyUI's CONST): sigma in (0, 1]
+        # hold the last direction below HOLD_BELOW_SIGMA (the sampler's rule; extrapolation auto, eps / v models)
+        self.hold_below = (
+            HOLD_BELOW_SIGMA
+            if sampler_reuse == "hold_low_noise" and config.extrapolation == "auto" and not self.flow
+            else None
+        )
         self.planned = None  # bool [N], True = run (mode target, planner schedule)
         self.subset_runner = subset_runner or default_subset_runner
         self.report = SkipReport(steps=self.n_steps, batch=0, mode=config.mode)
@@ -361,6 +374,8 @@ class AdaptiveSampling:
         (hold: order 0, linear: 1, quadratic: 2), or of x0 in log sigma (linear_x0)."""
         mode = self._extrapolation()
         order = {"hold": 0, "linear": 1, "quadratic": 2, "linear_x0": 1, "log_linear": 1}[mode]
+        if self.hold_below is not None and sigma < self.hold_below:
+            order = 0
         hd = self._hd[:, idx]  # [H, n, ...] newest first
         if order == 0 or hd.shape[0] == 1:
             return hd[0]
@@ -401,7 +416,8 @@ class AdaptiveSampling:
         variable there, in which the velocity is smooth); otherwise linear in log sigma (the planner's time
         variable) for a sampler that evaluates once per step and injects no noise, linear in sigma for the
         others (noise in the recorded directions, or a step's later evaluations far from its start); fixed at
-        the first reuse."""
+        the first reuse. A sampler with reuse rule "hold_low_noise" holds below ``HOLD_BELOW_SIGMA`` on top of it
+        (``_direction``)."""
         mode = self.config.extrapolation
         if mode != "auto":
             self.report.extrapolation = mode
@@ -410,6 +426,8 @@ class AdaptiveSampling:
             multi_eval = self.endpoint_corrector or any(r.evals > 1 for r in self.report.records[:-1])
             self._auto = "linear" if (self.flow or self._noise_seen or multi_eval) else "log_linear"
             self.report.extrapolation = f"{self._auto} (auto)"
+            if self.hold_below is not None:
+                self.report.extrapolation += f", hold below sigma {self.hold_below:g} (the sampler's rule)"
         return self._auto
 
     def _log_time(self, s: torch.Tensor) -> torch.Tensor:
@@ -565,6 +583,7 @@ def adaptive_sample(
     vp_estimator_ok: bool = True,
     subset_runner: Callable | None = None,
     sampler_respace: str = "",
+    sampler_reuse: str = "",
     **sampler_options,
 ):
     """Run `sampler_fn` with AdaptiveDiffusion skipping; returns (x, SkipReport).
@@ -575,6 +594,7 @@ def adaptive_sample(
     its noise does not count as progress.
     sampler_respace: the sampler's ``SamplerSupport.respace`` rule; with ``respace = "auto"`` the planned path
     is run re-spaced (``samplers.respace``) where ``samplers.respace.auto_respace`` says so by that rule.
+    sampler_reuse: the sampler's ``SamplerSupport.reuse`` rule ("hold_low_noise": see ``HOLD_BELOW_SIGMA``).
     """
     config.validate()
     if not config.enabled:
@@ -595,6 +615,7 @@ def adaptive_sample(
         endpoint_corrector=endpoint_corrector,
         vp_estimator_ok=vp_estimator_ok,
         subset_runner=subset_runner,
+        sampler_reuse=sampler_reuse,
     )
     if ctl.planned is not None and config.respace != "off":
         go, reason = (

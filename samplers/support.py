@@ -21,9 +21,11 @@ class SamplerSupport:
     note: str = ""
     discard_penultimate_sigma: bool = False  # ComfyUI's KSampler runs n + 1 steps without the last nonzero sigma
     respace: str = ""  # mode target's "auto" re-spaces by this rule of samplers.respace.auto_respace
+    reuse: str = ""  # "hold_low_noise": extrapolation "auto" holds the last direction below sigma 1 (eps / v models)
 
 
 _S = SamplerSupport
+_HOLD = "hold_low_noise"  # samplers.adaptive.HOLD_BELOW_SIGMA: measured on dpmpp_2m_sde, given to its variants
 _CFG_PP = "CFG++ samplers read the unguided prediction through a post-CFG hook; a skipped step has none to give"
 
 SUPPORT: dict[str, SamplerSupport] = {
@@ -53,10 +55,10 @@ SUPPORT: dict[str, SamplerSupport] = {
         discard_penultimate_sigma=True,
         respace="min_steps",
     ),
-    "dpmpp_2m_sde": _S(True, "multistep", True, "brownian"),
-    "dpmpp_2m_sde_gpu": _S(True, "multistep", True, "brownian_gpu"),
-    "dpmpp_2m_sde_heun": _S(True, "multistep", True, "brownian"),
-    "dpmpp_2m_sde_heun_gpu": _S(True, "multistep", True, "brownian_gpu"),
+    "dpmpp_2m_sde": _S(True, "multistep", True, "brownian", reuse=_HOLD),
+    "dpmpp_2m_sde_gpu": _S(True, "multistep", True, "brownian_gpu", reuse=_HOLD),
+    "dpmpp_2m_sde_heun": _S(True, "multistep", True, "brownian", reuse=_HOLD),
+    "dpmpp_2m_sde_heun_gpu": _S(True, "multistep", True, "brownian_gpu", reuse=_HOLD),
     "dpmpp_3m_sde": _S(True, "multistep", True, "brownian"),
     "dpmpp_3m_sde_gpu": _S(True, "multistep", True, "brownian_gpu"),
     "res_multistep_ancestral": _S(True, "multistep", True, "default"),
@@ -143,14 +145,16 @@ def name_of_function(fn) -> str | None:
 def support_matrix_markdown() -> str:
     """The README's support matrix."""
     rows = [
-        "| sampler | served | kind | noise handling | re-spaced by respace auto (eps / v models) | note |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| sampler | served | kind | noise handling | re-spaced by respace auto (eps / v models) "
+        "| reuse under extrapolation auto | note |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     rules = {"final_jump": "on a schedule ending in a long step (normal)", "min_steps": "from 20 steps computed"}
+    reuse = {_HOLD: "held below sigma 1 (eps / v models), linear above"}
     for name, e in SUPPORT.items():
         noise = "regressed out of the estimator" if e.stochastic else "-"
         rows.append(
             f"| `{name}` | {'yes' if e.served else 'no'} | {e.family} | {noise} | {rules.get(e.respace, '-')} "
-            f"| {e.note} |"
+            f"| {reuse.get(e.reuse, '-')} | {e.note} |"
         )
     return "\n".join(rows)

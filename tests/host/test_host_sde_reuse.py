@@ -1,0 +1,55 @@
+"""DPM++ 2M SDE's reuse rule inside a real ComfyUI: the nodes hold the direction below sigma 1 on eps / v models
+(extrapolation auto), keep linear on a flow model and under a named extrapolation, and say which in the report."""
+
+import pytest
+
+SNIPPET = r"""
+import torch
+import comfy.model_base
+from comfyui_tempo.nodes import adaptive as adaptive_nodes
+from tempo_testnodes import tiny_sd_model as build
+
+pos = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
+neg = [[torch.zeros(1, 2, 64), {}]]
+lat = {"samples": torch.zeros(2, 4, 8, 8)}
+result = {}
+with torch.inference_mode():
+    for kind, mt in (("eps", "EPS"), ("v", "V_PREDICTION"), ("flow", "FLOW")):
+        model = build(getattr(comfy.model_base.ModelType, mt))
+        out = {}
+        for ex in ("auto", "linear"):
+            S = dict(mode="target_speedup", target_speedup=2.0, threshold=0.01, max_skip=4, extrapolation=ex,
+                     force_last=0, start_percent=0.0, estimator_space="vp", batch_mode="per_sample")
+            r = adaptive_nodes.AdaptiveKSampler.execute(model, 3, 20, 5.0, "dpmpp_2m_sde", "karras", pos, neg, lat,
+                                                        1.0, **S)
+            result[f"{kind}/{ex}"] = r.ui.as_dict()["text"][0] if hasattr(r.ui, "as_dict") else str(r.ui)
+            out[ex] = r.args[0]["samples"]
+            if ex == "auto":
+                patched = adaptive_nodes.AdaptiveModelPatch.execute(model, **S).args[0]
+                import nodes
+                via = nodes.common_ksampler(patched, 3, 20, 5.0, "dpmpp_2m_sde", "karras", pos, neg, lat)[0]["samples"]
+                result[f"{kind}/patch_equal"] = bool(torch.equal(via, out["auto"]))
+        result[f"{kind}/same_as_linear"] = bool(torch.equal(out["auto"], out["linear"]))
+        result[f"{kind}/finite"] = bool(torch.isfinite(out["auto"]).all())
+RESULT = result
+"""
+
+
+@pytest.fixture(scope="module")
+def sde_result(comfy_snippet):
+    return comfy_snippet(SNIPPET, timeout=600)
+
+
+@pytest.mark.parametrize("kind", ["eps", "v"])
+def test_eps_and_v_models_hold_below_sigma_1_and_say_so(sde_result, kind):
+    r = sde_result
+    assert "hold below sigma 1 (the sampler's rule)" in r[f"{kind}/auto"], r[f"{kind}/auto"]
+    assert "hold below" not in r[f"{kind}/linear"], r[f"{kind}/linear"]
+    assert not r[f"{kind}/same_as_linear"] and r[f"{kind}/finite"]
+    assert r[f"{kind}/patch_equal"]  # the model patch under any KSampler does the same
+
+
+def test_flow_model_keeps_linear(sde_result):
+    r = sde_result
+    assert "hold below" not in r["flow/auto"] and "linear (auto)" in r["flow/auto"], r["flow/auto"]
+    assert r["flow/same_as_linear"] and r["flow/finite"] and r["flow/patch_equal"]

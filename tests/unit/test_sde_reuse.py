@@ -1,0 +1,91 @@
+"""DPM++ 2M SDE's reuse rule: under extrapolation "auto" a skipped step below sigma 1 holds the last direction (the
+paper's reuse), above it extrapolates linearly; flow models and named extrapolations are untouched."""
+
+import torch
+
+from comfyui_tempo.samplers import kdiff, schedules, support
+from comfyui_tempo.samplers.adaptive import HOLD_BELOW_SIGMA, AdaptiveConfig, adaptive_sample
+from comfyui_tempo.testbed.exact import CFGDenoiser, FiniteSetDenoiser, FlowDenoiser, GaussianMixtureDenoiser
+
+RULE = support.lookup("dpmpp_2m_sde").reuse
+
+
+def make_gmm(classes=10, per_class=3):
+    means = torch.randn(classes * per_class, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(classes * per_class) % classes
+    return GaussianMixtureDenoiser(means, 0.3, labels=labels, num_classes=classes)
+
+
+def _run(den, x, sig, config, reuse=RULE, flow=False):
+    seen = {}
+
+    def cb(d):
+        seen[d["i"]] = (d["x"].clone(), d["denoised"].clone())
+
+    out, rep = adaptive_sample(
+        kdiff.sample_dpmpp_2m_sde,
+        den,
+        x,
+        sig,
+        config,
+        extra_args={"cond": torch.tensor([1, 4])} if not flow else {},
+        callback=cb,
+        noise_sampler=kdiff.default_noise_sampler(x, seed=3),
+        vp_estimator_ok=not flow,
+        sampler_reuse=reuse,
+    )
+    return out, rep, seen
+
+
+def test_the_rule_is_the_dpmpp_2m_sde_familys_only():
+    marked = {n for n, e in support.SUPPORT.items() if e.reuse}
+    assert marked == {"dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu"}
+    assert RULE == "hold_low_noise"
+    assert "held below sigma 1" in support.support_matrix_markdown()
+
+
+def test_skips_hold_below_sigma_1_and_extrapolate_above():
+    den = CFGDenoiser(make_gmm(), 4.0, 10)
+    sig = schedules.get_sigmas("karras", 20)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sig[0]
+    hi = next(i for i in range(4, 20) if sig[i] > 2 * HOLD_BELOW_SIGMA and sig[i + 1] > 0)
+    lo = next(i for i in range(hi + 3, 19) if sig[i] < HOLD_BELOW_SIGMA / 2)
+    path = torch.ones(20, dtype=torch.bool)
+    path[[hi, lo]] = False
+    runs = {
+        ex: _run(den, x, sig, AdaptiveConfig(mode="path", path=path, extrapolation=ex)) for ex in ("auto", "linear")
+    }
+    _, rep, seen = runs["auto"]
+    _, _, lin = runs["linear"]
+    assert rep.extrapolation == "linear (auto), hold below sigma 1 (the sampler's rule)"
+    # above sigma 1 the skip is the linear extrapolation: the run equals extrapolation linear up to the low skip
+    for i in range(lo + 1):
+        assert torch.equal(seen[i][0], lin[i][0]), i
+    assert torch.equal(seen[hi][1], lin[hi][1])
+    d_hi = (seen[hi - 1][0] - seen[hi - 1][1]) / sig[hi - 1]
+    assert not torch.allclose(seen[hi][1], seen[hi][0] - sig[hi] * d_hi, atol=1e-3)  # not a hold there
+    # below sigma 1 the skip holds the last computed direction, which linear does not
+    d_last = (seen[lo - 1][0] - seen[lo - 1][1]) / sig[lo - 1]
+    assert torch.allclose(seen[lo][1], seen[lo][0] - sig[lo] * d_last, atol=1e-5)
+    assert not torch.allclose(lin[lo][1], lin[lo][0] - sig[lo] * d_last, atol=1e-3)
+
+
+def test_flow_models_named_extrapolations_and_other_samplers_are_untouched():
+    den = CFGDenoiser(make_gmm(), 4.0, 10)
+    sig = schedules.get_sigmas("karras", 20)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sig[0]
+    auto, rep, _ = _run(den, x, sig, AdaptiveConfig(respace="off"))
+    assert "hold below sigma 1" in rep.extrapolation
+    without, rep2, _ = _run(den, x, sig, AdaptiveConfig(respace="off"), reuse="")
+    assert rep2.extrapolation == "linear (auto)"
+    named, rep3, _ = _run(den, x, sig, AdaptiveConfig(respace="off", extrapolation="linear"))
+    assert rep3.extrapolation == "linear"
+    assert torch.equal(without, named) and not torch.equal(auto, without)
+    # a flow model keeps linear in sigma (it lost with the hold on the flow testbed)
+    g = torch.Generator().manual_seed(5)
+    flow = FlowDenoiser(FiniteSetDenoiser(torch.randn(8, 4, 6, 6, generator=g)))
+    fs = schedules.flow_sigmas(20, shift=3.0)
+    xf = torch.randn(2, 4, 6, 6, generator=g) * fs[0]
+    a, rep4, _ = _run(flow, xf, fs, AdaptiveConfig(), flow=True)
+    b, _, _ = _run(flow, xf, fs, AdaptiveConfig(extrapolation="linear"), flow=True)
+    assert rep4.extrapolation == "linear (auto)" and torch.equal(a, b)
