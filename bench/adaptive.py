@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from ..samplers import kdiff
+from ..samplers import kdiff, support
 from ..samplers.adaptive import AdaptiveConfig, CountingDenoiser, adaptive_sample
 from ..samplers.schedules import t_to_sigma
 from ..testbed.problems import Problem
@@ -23,7 +23,6 @@ from .common import print_table, psnr_db, timed, write_json
 from .greedy import greedy_skip_path
 from .peers import EasyCacheNet
 
-ENDPOINT = {"heun": True}
 COLUMNS = [
     "sampler",
     "method",
@@ -49,7 +48,7 @@ def _sample(problem: Problem, sampler: str, steps: int, config: AdaptiveConfig |
         out, wall = timed(fn, counting, x, sig, extra_args=extra)
         return out, None, wall, float(counting.nfe)
     (out, rep), wall = timed(
-        adaptive_sample, fn, den, x, sig, config, extra_args=extra, endpoint_corrector=ENDPOINT.get(sampler, False)
+        adaptive_sample, fn, den, x, sig, config, extra_args=extra, **support.adaptive_kwargs(sampler)
     )
     return out, rep, wall, rep.nfe
 
@@ -207,7 +206,7 @@ def _greedy_rows(problem: Problem, sampler: str, steps: int, config: AdaptiveCon
                 sig,
                 AdaptiveConfig(mode="path", path=paths, extrapolation=config.extrapolation),
                 extra_args={"cond": one.cond.repeat(n)},
-                endpoint_corrector=ENDPOINT.get(sampler, False),
+                **support.adaptive_kwargs(sampler),
             )
             return res
 

@@ -14,14 +14,13 @@ import time
 
 import torch
 
-from ..samplers import kdiff, schedules
+from ..samplers import kdiff, schedules, support
 from ..samplers.adaptive import EXTRAPOLATIONS, AdaptiveConfig, adaptive_sample
 from ..samplers.calibrate import calibrate_path, greedy_skip_paths, search_label, skips_for_speedup, vote_path
 from ..samplers.skip_profile import SkipProfile, save_profile
 from ..testbed.problems import Problem
 from .common import print_table, psnr_db, write_json
 
-ENDPOINT = {"heun": True}
 COLUMNS = ["sampler", "scheduler", "steps", "method", "nfe", "psnr_db", "calib_nfe", "calib_wall_s", "path"]
 
 
@@ -59,7 +58,7 @@ class _Runner:
             self.sig,
             cfg,
             extra_args=extra,
-            endpoint_corrector=ENDPOINT.get(self.sampler, False),
+            **support.adaptive_kwargs(self.sampler),
             vp_estimator_ok=not _is_flow(self.p),
         )
         self.nfe += sum(rep.nfe_per_sample)
@@ -154,7 +153,7 @@ def _default_path(problem: Problem, sampler: str, steps: int, skips: int, idx, e
         sig,
         cfg,
         extra_args={"cond": problem.cond[one]},
-        endpoint_corrector=ENDPOINT.get(sampler, False),
+        **support.adaptive_kwargs(sampler),
         vp_estimator_ok=not _is_flow(problem),
     )
     if runner is not None:
@@ -293,7 +292,7 @@ def calibration_rows(
             r.sig,
             cfg,
             extra_args={"cond": problem.cond[heldout]},
-            endpoint_corrector=ENDPOINT.get(sampler, False),
+            **support.adaptive_kwargs(sampler),
             vp_estimator_ok=not _is_flow(problem),
         )
         add("adaptive", rep.nfe, _psnr(problem, out, ref), rep.path_string())
@@ -301,7 +300,7 @@ def calibration_rows(
         out = kdiff.SAMPLERS[sampler](
             problem.denoiser, problem.noise[heldout] * sig_f[0], sig_f, extra_args={"cond": problem.cond[heldout]}
         )
-        per_step = 2 if sampler in ENDPOINT else 1
+        per_step = 2 if support.lookup(sampler).endpoint_corrector else 1
         add("fewer_steps", max(1, n_net * per_step - (per_step - 1)), _psnr(problem, out, ref), f"{n_net} steps")
     return rows
 

@@ -107,7 +107,6 @@ class Cell:
             cfg,
         )
         self.fn = kdiff.SAMPLERS[sampler]
-        self.entry = support.lookup(sampler)
         self.stochastic = "noise_sampler" in inspect.signature(self.fn).parameters
         self.flow = _is_flow(problem)
 
@@ -134,10 +133,8 @@ class Cell:
             sig,
             config,
             extra_args=extra,
-            endpoint_corrector=self.entry.endpoint_corrector,
             vp_estimator_ok=not self.flow,
-            sampler_respace=self.entry.respace,
-            sampler_reuse=self.entry.reuse,
+            **support.adaptive_kwargs(self.sampler),
             **kw,
         )
         return out, float(rep.nfe), time.perf_counter() - t0, rep

@@ -271,12 +271,10 @@ def adaptive_function(
             extra_args=extra_args,
             callback=callback,
             disable=disable,
-            endpoint_corrector=entry.endpoint_corrector,
             noise_sampler=noise_sampler,
             vp_estimator_ok=vp_ok,
             subset_runner=adaptive_batch.SubsetRunner(),
-            sampler_respace=entry.respace,
-            sampler_reuse=entry.reuse,
+            **support.adaptive_kwargs(base_name),
             **options,
         )
         log.info("%s (%s)", report.summary(), base_name)

@@ -137,6 +137,13 @@ def lookup(name: str) -> SamplerSupport:
     return entry
 
 
+def adaptive_kwargs(name: str) -> dict:
+    """What ``samplers.adaptive.adaptive_sample`` needs to know of the sampler `name` (its step shape and rules), so
+    that the nodes, the benchmarks and the tests run it alike."""
+    e = lookup(name)
+    return {"endpoint_corrector": e.endpoint_corrector, "sampler_respace": e.respace, "sampler_reuse": e.reuse}
+
+
 def name_of_function(fn) -> str | None:
     """ComfyUI sampler name of a k-diffusion sampler function, or None when it is not one of ours."""
     return FUNCTION_NAMES.get(getattr(fn, "__name__", ""))

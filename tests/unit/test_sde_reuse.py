@@ -1,6 +1,7 @@
 """DPM++ 2M SDE's reuse rule: under extrapolation "auto" a skipped step below sigma 1 holds the last direction (the
 paper's reuse), above it extrapolates linearly; flow models and named extrapolations are untouched."""
 
+import pytest
 import torch
 
 from comfyui_tempo.samplers import kdiff, schedules, support
@@ -89,3 +90,12 @@ def test_flow_models_named_extrapolations_and_other_samplers_are_untouched():
     a, rep4, _ = _run(flow, xf, fs, AdaptiveConfig(), flow=True)
     b, _, _ = _run(flow, xf, fs, AdaptiveConfig(extrapolation="linear"), flow=True)
     assert rep4.extrapolation == "linear (auto)" and torch.equal(a, b)
+
+
+def test_adaptive_kwargs_carry_every_rule_of_the_support_table():
+    """The nodes, the grid and the calibration benchmark pass the sampler's rules through one helper."""
+    assert support.adaptive_kwargs("heun") == {"endpoint_corrector": True, "sampler_respace": "", "sampler_reuse": ""}
+    assert support.adaptive_kwargs("dpmpp_2m_sde")["sampler_reuse"] == "hold_low_noise"
+    assert support.adaptive_kwargs("lms")["sampler_respace"] == "final_jump"
+    with pytest.raises(support.UnsupportedSampler, match="sampler_name"):
+        support.adaptive_kwargs("heunpp2")
