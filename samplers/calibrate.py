@@ -48,6 +48,7 @@ class GreedyResult:
     start: str = ""  # calibrate_path: where the winning local search started ("greedy" or a start's name)
     first_round: torch.Tensor | None = None  # [N, P] each step's error when it alone is skipped (NaN: not tried)
     candidates: dict = field(default_factory=dict)  # calibrate_path: {name: reduced error} of the paths it compared
+    candidate_prompt_errors: dict = field(default_factory=dict)  # calibrate_path: {name: each prompt's error}
     validation: dict = field(default_factory=dict)  # calibrate_path(validate=...): the leave-one-prompt-out check
     runs: int = 0  # batched sampling rounds made (calls of errors_of)
     rows: int = 0  # sampled rows (candidate x prompt) over the whole search
@@ -429,7 +430,7 @@ def _validated(errors_of, n_prompts, n_steps, n_skips, validate, *, folds, start
             g,
             path=torch.as_tensor(fallback, dtype=torch.bool).flatten(),
             errors=g.errors + ([err] if err is not None else []),
-            prompt_errors=[],
+            prompt_errors=list(g.candidate_prompt_errors.get("default", [])),
             start="default",
         )
     g.validation = v
@@ -466,6 +467,7 @@ def _with(g: GreedyResult, path, start, errors, prompt_errors, scored, runs, row
         start=start,
         first_round=g.first_round,
         candidates={k: v[0] for k, v in scored.items()},
+        candidate_prompt_errors={k: list(v[2]) for k, v in scored.items()},
         runs=runs,
         rows=rows,
     )

@@ -356,6 +356,8 @@ def test_validation_falls_back_to_the_default_where_the_search_does_not_carry_ov
     assert res.path_string() == "CssCCCCC" and v["searched_path"] == unchecked.path_string()
     assert res.start == "default" and res.errors[-1] == pytest.approx(res.candidates["default"])
     assert v["left_out_fallback"] == pytest.approx([2.001] * 3)
+    # each calibration prompt's error is the default path's, as the profile file records it
+    assert res.prompt_errors == pytest.approx([2.001] * 3)
     prof = SkipProfile(
         path=res.path.tolist(),
         sigmas=[float(8 - i) for i in range(9)],
