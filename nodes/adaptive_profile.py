@@ -192,15 +192,21 @@ def calibrate_in_comfy(
     refs = [cal.run(p, full) for p in prompts]
     starts = {"default": cal.default_path(prompts[0], skips)} if skips else {}
 
+    def expect(n_prompts: int, candidates: int):
+        """The bar's total covers the calls about to be made and one more (the local searches' passes and the
+        check's are not known in advance), so it never shows done while work may remain; it ends at the last call."""
+        total[0] = max(total[0], cal.calls + n_prompts * math.ceil(candidates / cal.per_call) + 1)
+        pbar.update_absolute(cal.calls, total[0])
+
     def errors_of(trial):  # [C, P * seeds, N], joint: every column of a candidate holds the same path
-        if cal.calls >= calls:  # a pass of the local search: its calls
-            total[0] = cal.calls + n_p * math.ceil(trial.shape[0] / cal.per_call)
+        expect(n_p, trial.shape[0])
         return torch.cat([cal.errors(p, refs[i], trial[:, i * n_s]) for i, p in enumerate(prompts)], 1)
 
     def validate(rows):  # errors_of over whole prompts (rows p * seeds .. p * seeds + seeds - 1), in order
         chosen = sorted({r // n_s for r in rows})
 
         def errs(trial):  # [C, len(rows), N]: each prompt's seeds share their path
+            expect(len(chosen), trial.shape[0])
             return torch.cat([cal.errors(prompts[p], refs[p], trial[:, j * n_s]) for j, p in enumerate(chosen)], 1)
 
         return errs
@@ -218,6 +224,7 @@ def calibrate_in_comfy(
         validate=validate if check else None,
         folds=[list(range(p * n_s, (p + 1) * n_s)) for p in range(n_p)],
     )
+    pbar.update_absolute(cal.calls, cal.calls)  # done
     return SkipProfile(
         path=g.path.tolist(),
         sigmas=[float(s) for s in sigmas.cpu()],

@@ -193,3 +193,44 @@ def test_calibrate_with_the_check_leaves_each_prompt_out(comfy, comfy_base):
     else:
         assert v["chosen"] == "default" and v["gain_db"] <= 0 and f["search"].startswith("default")
         assert "so this profile is the default's path" in text, text
+
+
+PROGRESS_SNIPPET = r"""
+import torch
+import comfy.model_base, comfy.utils
+from comfyui_tempo.nodes import adaptive_profile
+from tempo_testnodes import tiny_sd_model as build
+
+updates = []
+
+
+class Recorder:
+    def __init__(self, total, node_id=None):
+        self.total = total
+
+    def update_absolute(self, value, total=None, preview=None):
+        updates.append((int(value), int(total if total is not None else self.total)))
+
+
+comfy.utils.ProgressBar = Recorder
+model = build(comfy.model_base.ModelType.EPS)
+prompts = [[[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(s)), {}]] for s in (1, 2, 3)]
+neg = [[torch.zeros(1, 2, 64), {}]]
+with torch.inference_mode():
+    prof = adaptive_profile.calibrate_in_comfy(model, prompts, neg, {"samples": torch.zeros(1, 4, 8, 8)}, 1, 8, 5.0,
+                                               "euler", "karras", 2.0, "linear", check=True)
+RESULT = {"updates": updates, "chosen": prof.validation.get("chosen"), "prompt_errors": prof.prompt_errors}
+"""
+
+
+def test_calibrate_progress_never_shows_done_while_the_check_still_runs(comfy_snippet):
+    """The check's left-out searches and every local search extend the bar's total before they run: it reaches its
+    end only with the last call (it used to sit full through the check's local searches)."""
+    r = comfy_snippet(PROGRESS_SNIPPET, timeout=600)
+    ups = [tuple(u) for u in r["updates"]]
+    last = max(v for v, _ in ups)
+    early_full = [u for u in ups if u[0] >= u[1] and u[0] < last]
+    assert len(ups) > 10 and not early_full, early_full
+    assert all(v <= t for v, t in ups), ups
+    assert ups[-1] == (last, last)  # and it ends full
+    assert len(r["prompt_errors"]) == 3, r  # one per calibration prompt, whichever path the check chose
