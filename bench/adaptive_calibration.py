@@ -17,6 +17,7 @@ import torch
 from ..samplers import kdiff, schedules, support
 from ..samplers.adaptive import EXTRAPOLATIONS, AdaptiveConfig, adaptive_sample
 from ..samplers.calibrate import calibrate_path, greedy_skip_paths, search_label, skips_for_speedup, vote_path
+from ..samplers.respace import auto_respace
 from ..samplers.skip_profile import SkipProfile, save_profile
 from ..testbed.problems import Problem
 from .common import print_table, psnr_db, write_json
@@ -43,14 +44,16 @@ class _Runner:
         self.sig = problem.sigmas(steps)
         self.nfe = 0.0
 
-    def run(self, rows: torch.Tensor, paths: torch.Tensor | None) -> torch.Tensor:
+    def run(self, rows: torch.Tensor, paths: torch.Tensor | None, respace: bool = False) -> torch.Tensor:
         """Final latents of the problem's rows `rows` (indices, repeats allowed) along paths [B, N] (None: full)."""
         x = self.p.noise[rows] * self.sig[0]
         extra = {"cond": self.p.cond[rows]}
         fn = kdiff.SAMPLERS[self.sampler]
         if paths is None:
             paths = torch.ones(len(rows), self.steps, dtype=torch.bool)
-        cfg = AdaptiveConfig(mode="path", path=paths, extrapolation=self.extrapolation)
+        cfg = AdaptiveConfig(
+            mode="path", path=paths, extrapolation=self.extrapolation, respace="on" if respace else "off"
+        )
         out, rep = adaptive_sample(
             fn,
             self.p.denoiser,
@@ -64,12 +67,16 @@ class _Runner:
         self.nfe += sum(rep.nfe_per_sample)
         return out
 
-    def errors_of(self, idx: torch.Tensor, ref_img: torch.Tensor):
-        """errors_of for greedy_skip_paths over the prompts idx: decoded MSE against ref_img [P, ...]."""
+    def errors_of(self, idx: torch.Tensor, ref_img: torch.Tensor, respace: bool = False):
+        """errors_of for greedy_skip_paths over the prompts idx: decoded MSE against ref_img [P, ...] (respace: each
+        candidate run re-spaced, one call per candidate)."""
 
         def errors_of(trial):  # [C, P, N]
             c, p, n = trial.shape
-            out = self.run(idx.repeat(c), trial.reshape(c * p, n))
+            if respace:
+                out = torch.cat([self.run(idx, trial[j], respace=True) for j in range(c)])
+            else:
+                out = self.run(idx.repeat(c), trial.reshape(c * p, n))
             img = self.p.decode(out)
             return ((img - ref_img.repeat(c, 1, 1, 1)) ** 2).flatten(1).mean(1).reshape(c, p)
 
@@ -107,12 +114,15 @@ def calibrate(
         ),
         **(starts or {}),
     }
+    # where the uncalibrated default re-spaces (respace auto) it competes as it runs, re-spaced (as in the node)
+    respaced = auto_respace(support.lookup(sampler).respace, _is_flow(problem), r.sig, steps - skips)[0]
     g = calibrate_path(
         r.errors_of(idx, ref),
         len(idx),
         steps,
         skips,
         starts=starts,
+        respaced_errors_of=r.errors_of(idx, ref, respace=True) if respaced and "default" in starts else None,
         planner={"sigmas": r.sig, "flow": _is_flow(problem)} if planner else None,
         refine=refine,
         reduce=reduce,
@@ -138,6 +148,7 @@ def calibrate(
         prompt_errors=g.prompt_errors,
         candidates=g.candidates,
         validation=g.validation,
+        respace=g.respaced,
     )
 
 
@@ -217,15 +228,16 @@ def calibration_rows(
 
     n_net = steps - skips
 
-    def along(method, path, text, **more):  # every held-out prompt sampled along one path
+    def along(method, path, text, respace=False, **more):  # every held-out prompt sampled along one path
         nfe0 = r.nfe
-        out = r.run(heldout, torch.as_tensor(path, dtype=torch.bool).repeat(len(heldout), 1))
+        out = r.run(heldout, torch.as_tensor(path, dtype=torch.bool).repeat(len(heldout), 1), respace=respace)
         add(method, (r.nfe - nfe0) / len(heldout), _psnr(problem, out, ref), text, **more)
 
     along(
         "adaptive_calibrated",
         prof.path,
-        prof.path_string(),
+        prof.path_string() + (" (re-spaced)" if prof.respace else ""),
+        respace=prof.respace,
         calib_nfe=prof.calib_nfe,
         calib_wall_s=prof.calib_wall_s,
         search=prof.search,

@@ -22,6 +22,7 @@ from comfy_api.latest import io, ui
 from ..samplers import support
 from ..samplers.adaptive import EXTRAPOLATIONS, AdaptiveConfig
 from ..samplers.calibrate import CalibrationError, calibrate_path, search_label, skips_for_speedup
+from ..samplers.respace import auto_respace
 from ..samplers.skip_profile import SUFFIX, ProfileError, SkipProfile, load_profile, save_profile
 from . import compat, files, inputs
 from .adaptive import CATEGORY, PROFILE, _check_sampler_name, _check_scheduler, wrap_sampler
@@ -94,14 +95,16 @@ class _ComfyCalibration:
         report = self.run(positive, None, config)
         return torch.tensor([rec.mask[0] for rec in report.records], dtype=torch.bool)
 
-    def run(self, positive, paths: torch.Tensor | None, config: AdaptiveConfig | None = None):
-        """Final results (decoded images with a VAE, else latents) for paths [C * seeds, N]; with a config
-        instead of paths, the seeds sampled with it and its SkipReport."""
+    def run(self, positive, paths: torch.Tensor | None, config: AdaptiveConfig | None = None, respace: bool = False):
+        """Final results (decoded images with a VAE, else latents) for paths [C * seeds, N] (respace: one path, run
+        re-spaced); with a config instead of paths, the seeds sampled with it and its SkipReport."""
         mm.throw_exception_if_processing_interrupted()
         reps = 1 if paths is None else paths.shape[0] // self.seeds
         sink: list = []
         if config is None:
-            config = AdaptiveConfig(mode="path", path=paths, extrapolation=self.extrapolation)
+            config = AdaptiveConfig(
+                mode="path", path=paths, extrapolation=self.extrapolation, respace="on" if respace else "off"
+            )
         sampler = wrap_sampler(comfy.samplers.sampler_object(self.sampler_name), self.sampler_name, config, sink)
         rep = (reps,) + (1,) * (self.noise.ndim - 1)
         out = comfy.sample.sample_custom(
@@ -128,12 +131,14 @@ class _ComfyCalibration:
             out = self.vae.decode(out)
         return out.float().cpu()
 
-    def errors(self, positive, ref: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
-        """[C, seeds] MSE against ref for candidate paths [C, N], run in calls of per_call candidates."""
+    def errors(self, positive, ref: torch.Tensor, paths: torch.Tensor, respace: bool = False) -> torch.Tensor:
+        """[C, seeds] MSE against ref for candidate paths [C, N], run in calls of per_call candidates (respace: one
+        candidate per call, each run re-spaced)."""
         errs = []
-        for start in range(0, paths.shape[0], self.per_call):
-            chunk = paths[start : start + self.per_call]
-            out = self.run(positive, chunk.repeat_interleave(self.seeds, 0))
+        per_call = 1 if respace else self.per_call
+        for start in range(0, paths.shape[0], per_call):
+            chunk = paths[start : start + per_call]
+            out = self.run(positive, chunk.repeat_interleave(self.seeds, 0), respace=respace)
             e = ((out - ref.repeat((chunk.shape[0],) + (1,) * (ref.ndim - 1))) ** 2).flatten(1).mean(1)
             errs.append(e.reshape(chunk.shape[0], self.seeds))
         return torch.cat(errs)
@@ -198,9 +203,14 @@ def calibrate_in_comfy(
         total[0] = max(total[0], cal.calls + n_prompts * math.ceil(candidates / cal.per_call) + 1)
         pbar.update_absolute(cal.calls, total[0])
 
-    def errors_of(trial):  # [C, P * seeds, N], joint: every column of a candidate holds the same path
+    def errors_of(trial, respace=False):  # [C, P * seeds, N], joint: every column of a candidate holds the same path
         expect(n_p, trial.shape[0])
-        return torch.cat([cal.errors(p, refs[i], trial[:, i * n_s]) for i, p in enumerate(prompts)], 1)
+        return torch.cat([cal.errors(p, refs[i], trial[:, i * n_s], respace) for i, p in enumerate(prompts)], 1)
+
+    # where the uncalibrated default re-spaces (respace auto: lms on normal, uni_pc from 20 computed steps) the
+    # default competes as it runs, re-spaced
+    flow = model_kind(model) == "flow"
+    respaced, _ = auto_respace(support.lookup(sampler_name).respace, flow, sigmas.cpu(), steps - skips)
 
     def validate(rows):  # errors_of over whole prompts (rows p * seeds .. p * seeds + seeds - 1), in order
         chosen = sorted({r // n_s for r in rows})
@@ -211,7 +221,7 @@ def calibrate_in_comfy(
 
         return errs
 
-    planner = {"sigmas": sigmas.cpu(), "flow": model_kind(model) == "flow"}
+    planner = {"sigmas": sigmas.cpu(), "flow": flow}
     g = calibrate_path(
         errors_of,
         n_p * n_s,
@@ -223,6 +233,7 @@ def calibrate_in_comfy(
         max_batch=1 << 30,
         validate=validate if check else None,
         folds=[list(range(p * n_s, (p + 1) * n_s)) for p in range(n_p)],
+        respaced_errors_of=(lambda trial: errors_of(trial, respace=True)) if respaced and skips else None,
     )
     pbar.update_absolute(cal.calls, cal.calls)  # done
     return SkipProfile(
@@ -244,6 +255,7 @@ def calibrate_in_comfy(
         prompt_errors=g.prompt_errors,
         candidates=g.candidates,
         validation=g.validation,
+        respace=g.respaced,
     )
 
 

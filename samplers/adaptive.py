@@ -617,11 +617,19 @@ def adaptive_sample(
         subset_runner=subset_runner,
         sampler_reuse=sampler_reuse,
     )
-    if ctl.planned is not None and config.respace != "off":
+    planned = ctl.planned
+    if config.mode == "path" and config.respace == "on":  # a profile's path, re-spaced (one path for the batch)
+        p = torch.as_tensor(config.path, dtype=torch.bool)
+        if p.ndim == 2 and not bool((p == p[:1]).all()):
+            raise AdaptiveConfigError("respace: 'on' with mode path needs one path for the whole batch")
+        planned = p.reshape(-1, p.shape[-1])[0]
+        if planned.numel() != len(sigmas) - 1:
+            raise AdaptiveConfigError(f"path: expected {len(sigmas) - 1} steps, got {planned.numel()}")
+    if planned is not None and config.respace != "off":
         go, reason = (
             (True, "respace = on")
             if config.respace == "on"
-            else auto_respace(sampler_respace, ctl.flow, sigmas, int(ctl.planned.sum()))
+            else auto_respace(sampler_respace, ctl.flow, sigmas, int(planned.sum()))
         )
         if go:
             if noise_sampler is not None:
@@ -631,7 +639,7 @@ def adaptive_sample(
                 model,
                 x,
                 sigmas,
-                ctl.planned,
+                planned,
                 mode=config.mode,
                 reason=reason,
                 extra_args=extra_args,

@@ -34,9 +34,10 @@ class AdaptiveConfig:
                     greedy search and fixed baselines.
     threshold: the paper's delta (>= 0); 0 disables skipping (bit-identical to the base sampler).
     max_skip: most consecutive skipped steps (>= 1), the paper's C.
-    respace: mode target with planner schedule only. "off": skip the planned steps (reuse a direction);
-        "on": run the sampler on the planned steps' sigmas alone (the schedule re-spaced, nothing reused);
-        "auto" (default): re-space where ``samplers.respace`` says skipping loses to it, else skip.
+    respace: mode target with planner schedule, and "on" in mode path. "off": skip the planned steps (reuse a
+        direction); "on": run the sampler on the planned (path's) steps' sigmas alone (the schedule re-spaced,
+        nothing reused; in mode path one path for the whole batch); "auto" (default): re-space where
+        ``samplers.respace`` says skipping loses to it, else skip (mode path: skip).
     """
 
     mode: str = "target"

@@ -32,6 +32,8 @@ from typing import Callable
 
 import torch
 
+from .skip_profile import RESPACED_DEFAULT
+
 REDUCTIONS = ("log", "mean", "max")
 
 
@@ -49,6 +51,7 @@ class GreedyResult:
     first_round: torch.Tensor | None = None  # [N, P] each step's error when it alone is skipped (NaN: not tried)
     candidates: dict = field(default_factory=dict)  # calibrate_path: {name: reduced error} of the paths it compared
     candidate_prompt_errors: dict = field(default_factory=dict)  # calibrate_path: {name: each prompt's error}
+    respaced: bool = False  # calibrate_path: the path is run re-spaced (RESPACED_DEFAULT won)
     validation: dict = field(default_factory=dict)  # calibrate_path(validate=...): the leave-one-prompt-out check
     runs: int = 0  # batched sampling rounds made (calls of errors_of)
     rows: int = 0  # sampled rows (candidate x prompt) over the whole search
@@ -266,6 +269,7 @@ def calibrate_path(
     progress: Callable[[int, int], None] | None = None,
     validate: Callable[[list[int]], Callable[[torch.Tensor], torch.Tensor]] | None = None,
     folds: list[list[int]] | None = None,
+    respaced_errors_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> GreedyResult:
     """A skip profile's path: the best, by the reduced error over the calibration prompts, of
 
@@ -274,7 +278,10 @@ def calibrate_path(
     * planner: {"sigmas": the run's sigmas, "flow": bool}: the schedule planner's paths over its settings and
       its calibrated cost model from the greedy's first round (``planner_paths``), at no further search cost
       than one batch of sampling;
-    * refine: the local search (``refine_skip_path``) from the greedy's path and from the best of the others.
+    * refine: the local search (``refine_skip_path``) from the greedy's path and from the best of the others;
+    * respaced_errors_of (errors_of, but each path run re-spaced: ``samplers.respace``): the default's path
+      re-spaced, the candidate ``RESPACED_DEFAULT`` (no local search from it), for a sampler and schedule on which
+      the uncalibrated default re-spaces; where it wins, the result is that path with ``respaced`` True.
 
     errors: the greedy's error after each skip, then the winner's after each pass of its local search;
     ``start`` names where the winner started ("greedy", a key of `starts` or a planner path's name),
@@ -284,7 +291,7 @@ def calibrate_path(
     not see (``validate_search``: each prompt left out in turn, P - 1 more searches) and return the path of
     ``starts["default"]`` instead where the searched path's error on the left-out prompts is no lower than the
     default's; ``validation`` records both, the choice and the searched path. folds: the rows left out together
-    (default each alone)."""
+    (default each alone); where ``respaced_errors_of`` is given the fallback is the default as it runs, re-spaced."""
     if validate is not None:
         return _validated(
             errors_of,
@@ -301,6 +308,7 @@ def calibrate_path(
             reduce=reduce,
             max_batch=max_batch,
             progress=progress,
+            respaced_errors_of=respaced_errors_of,
         )
     g = greedy_skip_paths(
         errors_of, n_prompts, n_steps, n_skips, joint=True, reduce=reduce, max_batch=max_batch, progress=progress
@@ -330,8 +338,14 @@ def calibrate_path(
         red = _reduce(e, reduce)
         for j, name in enumerate(others):
             scored[name] = (float(red[j]), others[name], e[j].tolist())
+    default = (starts or {}).get("default")
+    if respaced_errors_of is not None and default is not None:
+        path = torch.as_tensor(default, dtype=torch.bool).flatten()
+        e, nr, nrows = _joint_errors(respaced_errors_of, n_prompts, [path], max_batch)
+        runs, rows = runs + nr, rows + nrows
+        scored[RESPACED_DEFAULT] = (float(_reduce(e, reduce)[0]), path, e[0].tolist())
     best_name = min(scored, key=lambda k: scored[k][0])
-    if not refine:
+    if not refine or best_name == RESPACED_DEFAULT:
         err, path, prompt_errors = scored[best_name]
         return _with(
             g, path, best_name, g.errors + ([err] if best_name != "greedy" else []), prompt_errors, scored, runs, rows
@@ -355,6 +369,9 @@ def calibrate_path(
         r.start = name
         if best is None or r.errors[-1] < best.errors[-1]:
             best = r
+    if RESPACED_DEFAULT in scored and scored[RESPACED_DEFAULT][0] < best.errors[-1]:
+        err, path, prompt_errors = scored[RESPACED_DEFAULT]
+        return _with(g, path, RESPACED_DEFAULT, g.errors + best.errors + [err], prompt_errors, scored, runs, rows)
     return _with(g, best.path, best.start, g.errors + best.errors, best.prompt_errors, scored, runs, rows)
 
 
@@ -362,7 +379,9 @@ def search_label(g: GreedyResult, refined: bool) -> str:
     """Where a calibrated path came from, for the profile's `search` field: the winner's start ("+local" after
     the local search), or the default's path kept by the leave-one-prompt-out check."""
     if g.validation.get("chosen") == "default":
-        return "default (the search lost on left-out prompts)"
+        return f"{g.start} (the search lost on left-out prompts)"
+    if g.respaced:
+        return g.start
     return f"{g.start}+local" if refined else g.start
 
 
@@ -420,18 +439,24 @@ def _validated(errors_of, n_prompts, n_steps, n_skips, validate, *, folds, start
     if n_skips == 0 or (len(folds) if folds is not None else n_prompts) < 2:
         g.validation = {"chosen": "search", "note": "not checked: it needs two or more prompts and some skips"}
         return g
+    if g.respaced:
+        g.validation = {"chosen": "search", "note": "not checked: the default itself (re-spaced) won the search"}
+        return g
     search.pop("progress", None)
+    search.pop("respaced_errors_of", None)  # its prompts are all of them; the folds compare skip paths
     v = validate_search(validate, n_prompts, n_steps, n_skips, fallback, folds=folds, starts=starts, **search)
     v["searched_path"] = g.path_string()
     v["chosen"] = "search" if v["search"] < v["fallback"] else "default"
-    if v["chosen"] == "default":
-        err = g.candidates.get("default")
+    if v["chosen"] == "default":  # the default as it runs: re-spaced where respaced_errors_of was given
+        name = RESPACED_DEFAULT if RESPACED_DEFAULT in g.candidates else "default"
+        err = g.candidates.get(name)
         g = replace(
             g,
             path=torch.as_tensor(fallback, dtype=torch.bool).flatten(),
             errors=g.errors + ([err] if err is not None else []),
-            prompt_errors=list(g.candidate_prompt_errors.get("default", [])),
-            start="default",
+            prompt_errors=list(g.candidate_prompt_errors.get(name, [])),
+            start=name,
+            respaced=name == RESPACED_DEFAULT,
         )
     g.validation = v
     return g
@@ -460,6 +485,7 @@ def _joint_errors(errors_of, n_prompts: int, paths: list, max_batch: int):
 
 def _with(g: GreedyResult, path, start, errors, prompt_errors, scored, runs, rows) -> GreedyResult:
     return GreedyResult(
+        respaced=start == RESPACED_DEFAULT,
         path=path,
         errors=errors,
         prompt_errors=prompt_errors,

@@ -24,6 +24,7 @@ VERSION = 1
 SUFFIX = ".json"
 MAX_BYTES = 1 << 20  # a profile is a few kB; anything larger is not one
 SIGMA_RTOL = 1e-3
+RESPACED_DEFAULT = "default (re-spaced)"  # the candidate: the default's path run re-spaced, as respace auto runs it
 
 
 class ProfileError(ValueError):
@@ -50,6 +51,7 @@ class SkipProfile:
     prompt_errors: list[float] = field(default_factory=list)  # each calibration prompt's final error
     candidates: dict = field(default_factory=dict)  # {path's name: reduced error} of the paths the search compared
     validation: dict = field(default_factory=dict)  # the leave-one-prompt-out check, where it ran (calibrate_path)
+    respace: bool = False  # run the path re-spaced (the sampler on its computed steps' sigmas alone), not skipped
 
     @property
     def steps(self) -> int:
@@ -69,19 +71,23 @@ class SkipProfile:
     def config(self) -> AdaptiveConfig:
         """The controller settings that follow this profile's path."""
         return AdaptiveConfig(
-            mode="path", path=torch.tensor(self.path, dtype=torch.bool), extrapolation=self.extrapolation
+            mode="path",
+            path=torch.tensor(self.path, dtype=torch.bool),
+            extrapolation=self.extrapolation,
+            respace="on" if self.respace else "off",
         ).validate()
 
     def gain_over_default_db(self) -> float | None:
         """The profile's mean PSNR on its calibration prompts minus the default path's (dB; the reduction "log"
         is the geometric mean of the MSE, so this is a difference of mean PSNR); None where not recorded."""
-        ref = self.candidates.get("default")
+        ref = self.candidates.get(RESPACED_DEFAULT, self.candidates.get("default"))
         if self.reduce != "log" or not self.errors or not ref or not self.errors[-1] > 0:
             return None
         return 10.0 * math.log10(float(ref) / float(self.errors[-1]))
 
     def summary(self) -> str:
         gain = self.gain_over_default_db()
+        default = "the default (re-spaced)" if RESPACED_DEFAULT in self.candidates else "the default's path"
         check = self.validation.get("gain_db")
         if self.validation.get("chosen") == "default" and check is not None:
             versus = (
@@ -90,18 +96,18 @@ class SkipProfile:
             )
         elif check is not None and gain is not None:
             versus = (
-                f"; on these prompts {gain:+.1f} dB over the default's path, on prompts left out of the search "
-                f"{check:+.1f} dB"
+                f"; on these prompts {gain:+.1f} dB over {default}, on prompts left out of the search {check:+.1f} dB"
             )
         elif gain is not None:
-            versus = f"; on these prompts {gain:+.1f} dB over the default's path (check it on others)"
+            versus = f"; on these prompts {gain:+.1f} dB over {default} (check it on others)"
         else:
             versus = ""
         if self.validation.get("note"):
             versus += f"; {self.validation['note']}"
         return (
             f"skip profile: {self.steps} steps of {self.sampler or '?'} / {self.scheduler or '?'}, "
-            f"{self.skips} skips ({self.speedup:.2f}x), path {self.path_string()}, extrapolation {self.extrapolation}; "
+            f"{self.skips} skips ({self.speedup:.2f}x), path {self.path_string()}, "
+            f"{'re-spaced' if self.respace else 'extrapolation ' + self.extrapolation}; "
             f"calibrated on {self.prompts} prompt(s) for {self.calib_nfe:.0f} NFE, {self.calib_wall_s:.1f} s"
             f" ({self.search or 'search'}){versus}"
         )
@@ -154,6 +160,8 @@ class SkipProfile:
             or any(b > a for a, b in zip(sigmas, sigmas[1:]))
         ):
             raise ProfileError(f"{what}: 'sigmas' must be {len(path) + 1} non-increasing numbers >= 0 (steps + 1)")
+        if not isinstance(d.get("respace", False), bool):
+            raise ProfileError(f"{what}: 'respace' must be true or false")
         if d.get("extrapolation", "linear") not in EXTRAPOLATIONS:
             raise ProfileError(f"{what}: 'extrapolation' must be one of {EXTRAPOLATIONS}")
         keys = {f for f in cls.__dataclass_fields__}

@@ -234,3 +234,48 @@ def test_calibrate_progress_never_shows_done_while_the_check_still_runs(comfy_sn
     assert all(v <= t for v, t in ups), ups
     assert ups[-1] == (last, last)  # and it ends full
     assert len(r["prompt_errors"]) == 3, r  # one per calibration prompt, whichever path the check chose
+
+
+RESPACE_SNIPPET = r"""
+import torch
+import comfy.model_base
+from comfyui_tempo.nodes import adaptive as adaptive_nodes, adaptive_profile
+from tempo_testnodes import tiny_sd_model as build
+
+model = build(comfy.model_base.ModelType.EPS)
+prompts = [[[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(s)), {}]] for s in (1, 2)]
+neg = [[torch.zeros(1, 2, 64), {}]]
+lat = {"samples": torch.zeros(1, 4, 8, 8)}
+S = dict(mode="target_speedup", target_speedup=2.0, threshold=0.01, max_skip=4, extrapolation="auto", force_last=0,
+         start_percent=0.0, estimator_space="vp", batch_mode="per_sample")
+result = {}
+with torch.inference_mode():
+    for sampler, sched in (("lms", "normal"), ("euler", "karras")):
+        prof = adaptive_profile.calibrate_in_comfy(model, prompts, neg, lat, 1, 12, 5.0, sampler, sched, 2.0, "auto")
+        out = adaptive_nodes.AdaptiveKSampler.execute(model, 1, 12, 5.0, sampler, sched, prompts[0], neg, lat, 1.0,
+                                                      profile=prof, **S)
+        text = out.ui.as_dict()["text"][0] if hasattr(out.ui, "as_dict") else str(out.ui)
+        result[sampler] = {"candidates": prof.candidates, "respace": prof.respace, "search": prof.search,
+                           "summary": prof.summary(), "text": text}
+    # a profile marked re-spaced (what the search gives where the re-spaced default wins) runs re-spaced
+    import dataclasses
+    marked = dataclasses.replace(prof, respace=True)
+    out = adaptive_nodes.AdaptiveKSampler.execute(model, 1, 12, 5.0, "euler", "karras", prompts[0], neg, lat, 1.0,
+                                                  profile=marked, **S)
+    result["marked"] = out.ui.as_dict()["text"][0] if hasattr(out.ui, "as_dict") else str(out.ui)
+RESULT = result
+"""
+
+
+def test_calibrate_weighs_the_default_as_it_runs_respaced(comfy_snippet):
+    """lms on normal, where respace auto re-spaces the uncalibrated default: the default competes re-spaced, the gain
+    is reported against it, and a profile it wins runs re-spaced; on euler / karras nothing changes."""
+    r = comfy_snippet(RESPACE_SNIPPET, timeout=600)
+    lms, euler = r["lms"], r["euler"]
+    assert "default (re-spaced)" in lms["candidates"] and "default" in lms["candidates"], lms
+    assert "over the default (re-spaced)" in lms["summary"], lms["summary"]
+    assert lms["respace"] == (lms["search"] == "default (re-spaced)"), lms
+    assert ("re-spaced" in lms["text"]) == lms["respace"], lms["text"]
+    assert "default (re-spaced)" not in euler["candidates"] and not euler["respace"], euler
+    assert "re-spaced" not in euler["text"], euler["text"]
+    assert "re-spaced" in r["marked"] and "NFE 6" in r["marked"], r["marked"]

@@ -409,3 +409,58 @@ def test_validation_with_one_prompt_is_not_run_and_says_so():
     assert calls == [[0]]  # no left-out search ran
     prof = SkipProfile(path=res.path.tolist(), sigmas=[float(8 - i) for i in range(9)], validation=res.validation)
     assert "not checked: it needs two or more prompts" in prof.summary()
+
+
+def test_the_default_respaced_is_a_candidate_and_a_profile_can_be_respaced():
+    """respaced_errors_of: the default's path run re-spaced (what respace auto gives on lms / normal) competes; where it
+    wins the result is that path, re-spaced, with no local search from it, and the profile runs it re-spaced."""
+    from comfyui_tempo.samplers.skip_profile import RESPACED_DEFAULT
+
+    costs = _discounted([[3, 4], [3, 4], [3, 4]])
+    default = torch.tensor([True, False, False] + [True] * 5)
+    validate = _additive(costs)
+
+    def constant(value):
+        return lambda trial: torch.full(trial.shape[:2], value, dtype=torch.float64)
+
+    for value, wins in ((0.005, True), (50.0, False)):
+        res = calibrate_path(
+            validate([0, 1, 2]), 3, 8, 2, starts={"default": default}, respaced_errors_of=constant(value)
+        )
+        assert res.candidates[RESPACED_DEFAULT] == pytest.approx(value)
+        assert res.respaced is wins
+        if wins:
+            assert torch.equal(res.path, default) and res.start == RESPACED_DEFAULT
+            assert res.errors[-1] == pytest.approx(value) and res.prompt_errors == pytest.approx([value] * 3)
+        else:
+            assert res.path_string() == "CCCssCCC"
+    # with the check: where the default re-spaced wins there is nothing to check; where the check falls back, the
+    # fallback is the default as it runs, re-spaced
+    won = calibrate_path(
+        validate([0, 1, 2]), 3, 8, 2, starts={"default": default}, respaced_errors_of=constant(0.005), validate=validate
+    )
+    assert won.respaced and "re-spaced" in won.validation["note"]
+    lost = _discounted([[3, 4], [5, 6], [6, 7]])
+    fell = calibrate_path(
+        _additive(lost)([0, 1, 2]),
+        3,
+        8,
+        2,
+        starts={"default": default},
+        respaced_errors_of=constant(2.0),
+        validate=_additive(lost),
+    )
+    assert fell.validation["chosen"] == "default" and fell.respaced and fell.start == RESPACED_DEFAULT
+    prof = SkipProfile(
+        path=fell.path.tolist(),
+        sigmas=[float(8 - i) for i in range(9)],
+        errors=fell.errors,
+        candidates=fell.candidates,
+        respace=fell.respaced,
+    )
+    back = SkipProfile.from_dict(json.loads(json.dumps(prof.to_dict())))
+    assert back.respace and back.config().respace == "on" and back.config().mode == "path"
+    assert "re-spaced" in back.summary() and "over the default (re-spaced)" in back.summary()
+    assert SkipProfile(path=[True] * 8, sigmas=[float(8 - i) for i in range(9)]).config().respace == "off"
+    with pytest.raises(ProfileError, match="'respace' must be true or false"):
+        SkipProfile.from_dict({**prof.to_dict(), "respace": "yes"})

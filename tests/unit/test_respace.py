@@ -125,10 +125,32 @@ def test_only_the_planned_target_mode_respaces(setup):
     for cfg in (
         AdaptiveConfig(respace="on", planner="pace"),
         AdaptiveConfig(mode="threshold", respace="on"),
-        AdaptiveConfig(mode="path", path=torch.arange(20) % 2 == 0, respace="on"),
+        AdaptiveConfig(mode="path", path=torch.arange(20) % 2 == 0),  # auto: a profile's path skips
     ):
         _, rep = adaptive_sample(kdiff.sample_euler, den, noise * sig[0], sig, cfg, extra_args=extra)
         assert not rep.respaced
+
+
+def test_a_path_respaced_on_is_the_target_modes_respaced_run(setup):
+    """mode path with respace on (a re-spaced profile) runs the path's computed steps' sigmas alone, as mode target
+    re-spaces its planned path; one path for the whole batch, else a clear error."""
+    den, noise, extra = setup
+    sig = schedules.get_sigmas("normal", 20)
+    x = noise * sig[0]
+    target, trep = adaptive_sample(kdiff.sample_lms, den, x, sig, AdaptiveConfig(respace="on"), extra_args=extra)
+    path = torch.tensor([c == "C" for c in trep.path_string()])
+    assert trep.respaced and not bool(path.all())
+    for p in (path, path.expand(noise.shape[0], -1)):
+        out, rep = adaptive_sample(
+            kdiff.sample_lms, den, x, sig, AdaptiveConfig(mode="path", path=p, respace="on"), extra_args=extra
+        )
+        assert rep.respaced and torch.equal(out, target) and rep.nfe == trep.nfe
+    rows = path.expand(noise.shape[0], -1).clone()
+    rows[0, 1] = not bool(rows[0, 1])
+    with pytest.raises(AdaptiveConfigError, match="respace: 'on' with mode path needs one path"):
+        adaptive_sample(
+            kdiff.sample_lms, den, x, sig, AdaptiveConfig(mode="path", path=rows, respace="on"), extra_args=extra
+        )
 
 
 def test_bad_respace_names_the_input():
