@@ -107,6 +107,7 @@ class Cell:
             cfg,
         )
         self.fn = kdiff.SAMPLERS[sampler]
+        self.entry = support.lookup(sampler)
         self.stochastic = "noise_sampler" in inspect.signature(self.fn).parameters
         self.flow = _is_flow(problem)
 
