@@ -394,6 +394,7 @@ def validate_search(
     *,
     folds: list[list[int]] | None = None,
     reduce: str = "log",
+    fallback_errors: list[float] | None = None,
     **search,
 ) -> dict:
     """Leave-one-prompt-out check of ``calibrate_path`` (with the settings `search`): for each calibration
@@ -402,7 +403,8 @@ def validate_search(
     prompts). Returns {"left_out_search": [P], "left_out_fallback": [P], "search": reduced, "fallback":
     reduced, "gain_db": 10 log10(fallback / search) with reduce "log" (the mean PSNR gain on left-out
     prompts), "fold_paths": a path string per fold}. folds: the rows left out together (default: each row
-    alone; e.g. a prompt's seeds, so that a fold never sees the prompt it is checked on)."""
+    alone; e.g. a prompt's seeds, so that a fold never sees the prompt it is checked on). fallback_errors: the
+    fallback's error per prompt where already measured (the default run re-spaced: not a skip path of validate's)."""
     folds = [[i] for i in range(n_prompts)] if folds is None else [list(f) for f in folds]
     if sorted(r for f in folds for r in f) != list(range(n_prompts)) or any(not f for f in folds):
         raise CalibrationError(f"folds: expected a partition of the {n_prompts} prompts' rows, got {folds!r}")
@@ -416,8 +418,12 @@ def validate_search(
         g = calibrate_path(validate(others), len(others), n_steps, n_skips, reduce=reduce, **search)
         paths[fold] = g.path
         fold_paths.append(g.path_string())
-    trial = torch.stack([paths, fallback.expand(n_prompts, -1)])  # [2, P, N]: each row gets its fold's path
-    errs = torch.as_tensor(validate(list(range(n_prompts)))(trial)).double().reshape(2, n_prompts)
+    if fallback_errors is None:
+        trial = torch.stack([paths, fallback.expand(n_prompts, -1)])  # [2, P, N]: each row gets its fold's path
+        errs = torch.as_tensor(validate(list(range(n_prompts)))(trial)).double().reshape(2, n_prompts)
+    else:  # the fallback's errors are known (it is one fixed path, e.g. the default run re-spaced)
+        searched = torch.as_tensor(validate(list(range(n_prompts)))(paths.unsqueeze(0))).double().reshape(n_prompts)
+        errs = torch.stack([searched, torch.as_tensor(fallback_errors, dtype=torch.float64).reshape(n_prompts)])
     red = _reduce(errs, reduce)
     gain = 10.0 * math.log10(float(red[1]) / float(red[0])) if reduce == "log" and float(red[0]) > 0 else None
     return {
@@ -444,7 +450,13 @@ def _validated(errors_of, n_prompts, n_steps, n_skips, validate, *, folds, start
         return g
     search.pop("progress", None)
     search.pop("respaced_errors_of", None)  # its prompts are all of them; the folds compare skip paths
-    v = validate_search(validate, n_prompts, n_steps, n_skips, fallback, folds=folds, starts=starts, **search)
+    # where the default re-spaces, the fallback is measured as it runs (its errors are the candidate's)
+    known = g.candidate_prompt_errors.get(RESPACED_DEFAULT)
+    v = validate_search(
+        validate, n_prompts, n_steps, n_skips, fallback, folds=folds, starts=starts, fallback_errors=known, **search
+    )
+    if known is not None:
+        v["fallback_respaced"] = True
     v["searched_path"] = g.path_string()
     v["chosen"] = "search" if v["search"] < v["fallback"] else "default"
     if v["chosen"] == "default":  # the default as it runs: re-spaced where respaced_errors_of was given

@@ -257,6 +257,9 @@ with torch.inference_mode():
         text = out.ui.as_dict()["text"][0] if hasattr(out.ui, "as_dict") else str(out.ui)
         result[sampler] = {"candidates": prof.candidates, "respace": prof.respace, "search": prof.search,
                            "summary": prof.summary(), "text": text}
+    checked = adaptive_profile.calibrate_in_comfy(model, prompts, neg, lat, 1, 12, 5.0, "lms", "normal", 2.0, "auto",
+                                                  check=True)
+    result["check"] = {k: v for k, v in checked.validation.items() if k != "fold_paths"}
     # a profile marked re-spaced (what the search gives where the re-spaced default wins) runs re-spaced
     import dataclasses
     marked = dataclasses.replace(prof, respace=True)
@@ -279,3 +282,6 @@ def test_calibrate_weighs_the_default_as_it_runs_respaced(comfy_snippet):
     assert "default (re-spaced)" not in euler["candidates"] and not euler["respace"], euler
     assert "re-spaced" not in euler["text"], euler["text"]
     assert "re-spaced" in r["marked"] and "NFE 6" in r["marked"], r["marked"]
+    # the check measures its fallback, the default, as it runs: re-spaced (unless that default won outright)
+    v = r["check"]
+    assert v.get("fallback_respaced") or "re-spaced" in v.get("note", ""), v

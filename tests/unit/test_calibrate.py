@@ -451,6 +451,8 @@ def test_the_default_respaced_is_a_candidate_and_a_profile_can_be_respaced():
         validate=_additive(lost),
     )
     assert fell.validation["chosen"] == "default" and fell.respaced and fell.start == RESPACED_DEFAULT
+    # and the check measured that fallback as it runs: its left-out errors are the re-spaced default's
+    assert fell.validation["fallback_respaced"] and fell.validation["left_out_fallback"] == pytest.approx([2.0] * 3)
     prof = SkipProfile(
         path=fell.path.tolist(),
         sigmas=[float(8 - i) for i in range(9)],
