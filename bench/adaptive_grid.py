@@ -114,8 +114,8 @@ class Cell:
     def sigmas(self, steps: int) -> torch.Tensor:
         return schedules.ksampler_sigmas(self.scheduler, steps, _sampling(self.p), self.sampler)
 
-    def run(self, config: AdaptiveConfig | None, steps: int | None = None):
-        """(latents, nfe per image, wall seconds, report or None)."""
+    def run(self, config: AdaptiveConfig | None, steps: int | None = None, **more):
+        """(latents, nfe per image, wall seconds, report or None); more: adaptive_sample's other keywords."""
         sig = self.sigmas(steps or self.steps)
         x = self.p.noise * sig[0]  # ComfyUI's noise scaling for eps and flow (CONST) models alike
         kw = {}
@@ -137,11 +137,14 @@ class Cell:
             vp_estimator_ok=not self.flow,
             **support.adaptive_kwargs(self.sampler),
             **kw,
+            **more,
         )
         return out, float(rep.nfe), time.perf_counter() - t0, rep
 
 
-def run_cell(cell: Cell, log=print, calib: dict | None = None, respace: bool = False, lean: bool = False) -> list[dict]:
+def run_cell(
+    cell: Cell, log=print, calib: dict | None = None, respace: bool = False, lean: bool = False, holds=()
+) -> list[dict]:
     base = {
         "model": cell.model,
         "held_out": cell.model in HELD_OUT,
@@ -182,6 +185,12 @@ def run_cell(cell: Cell, log=print, calib: dict | None = None, respace: bool = F
         for name, how in (("adaptive_skip", "off"), ("adaptive_respaced", "on")):
             out, nfe, wall, rep = cell.run(AdaptiveConfig(respace=how))
             add(name, out, nfe, wall, f"AdaptiveConfig(respace={how!r})", rep)
+    if holds:  # the reuse rule swept: linear throughout (no hold), then hold below each sigma, on the default's path
+        out, nfe, wall, rep = cell.run(AdaptiveConfig(extrapolation="linear"))
+        add("adaptive_linear", out, nfe, wall, "AdaptiveConfig(extrapolation='linear')", rep)
+        for t in holds:
+            out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_below_sigma=t)
+            add(f"adaptive_hold_below_{t:g}", out, nfe, wall, f"AdaptiveConfig(), hold_below_sigma={t:g}", rep)
     if not lean:
         out, nfe, wall, rep = cell.run(AdaptiveConfig(planner="pace", force_last=1))
         add("adaptive_pace", out, nfe, wall, "target 2x, planner pace, late_bias 0.25, force_last 1 (old default)", rep)
@@ -393,12 +402,37 @@ def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
     return "\n".join(lines)
 
 
+def hold_table(rows: list[dict]) -> list[dict]:
+    """Per cell with --grid-hold-sweep rows: each adaptive_hold_below_T minus adaptive_linear (dB), and the default's."""
+    by: dict = {}
+    for r in rows:
+        by.setdefault((r["model"], r["sampler"], r["scheduler"], r["steps"], r["cfg"]), {})[r["method"]] = r
+    out = []
+    for (model, sampler, sched, steps, _), m in by.items():
+        if "adaptive_linear" not in m:
+            continue
+        lin = m["adaptive_linear"]["psnr_db"]
+        line = {"model": model, "sampler": sampler, "scheduler": sched, "steps": steps, "linear_db": lin}
+        for k, r in m.items():
+            if k.startswith("adaptive_hold_below_"):
+                line[k.replace("adaptive_", "")] = r["psnr_db"] - lin
+        line["default"] = m["adaptive"]["psnr_db"] - lin
+        out.append(line)
+    return out
+
+
 def add_arguments(p) -> None:
     p.add_argument("--grid", action="store_true", help="the generalisation grid (models x samplers x schedulers ...)")
     p.add_argument(
         "--grid-respace",
         action="store_true",
         help="also run the default's planned path skipped (adaptive_skip) and re-spaced (adaptive_respaced)",
+    )
+    p.add_argument(
+        "--grid-hold-sweep",
+        default="",
+        help="sigmas, e.g. 0.3,1,3,1e9: also run the default with the reuse held below each (any sampler and model; "
+        "flow: its VE-equivalent sigma) and with linear reuse throughout (adaptive_linear); a table against linear",
     )
     p.add_argument(
         "--grid-lean",
@@ -473,7 +507,8 @@ def grid_main(args) -> int:
                 "split": args.calib_split,
                 "seeds": seeds,
             }
-        rows.extend(run_cell(cell, log=log, calib=calib, respace=args.grid_respace, lean=args.grid_lean))
+        holds = [float(v) for v in args.grid_hold_sweep.split(",") if v]
+        rows.extend(run_cell(cell, log=log, calib=calib, respace=args.grid_respace, lean=args.grid_lean, holds=holds))
     summary = summarize(rows)
     result = {
         "rows": rows,
@@ -507,6 +542,13 @@ def grid_main(args) -> int:
         print("\nre-spaced against skipped, dB (the default's planned path; auto is what respace auto did):")
         print_table(result["respace"], keys + ["auto"])
         print(f"re-spacing above skipping in {better} of {len(rs)} cells")
+    hold = hold_table(rows)
+    if hold:
+        result["hold"] = hold
+        print(
+            "\nthe default with the reuse held below sigma T, minus linear reuse throughout, dB (the default's path):"
+        )
+        print_table(hold, list(hold[0]))
     calib = [s for s in summary if "calib_vs_greedy" in s]
     if calib:
         print(

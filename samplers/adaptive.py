@@ -94,6 +94,7 @@ class AdaptiveSampling:
         vp_estimator_ok: bool = True,
         subset_runner: Callable | None = None,
         sampler_reuse: str = "",
+        hold_below_sigma: float | None = None,
     ):
         self.model = model
         self.config = config.validate()
@@ -106,12 +107,13 @@ class AdaptiveSampling:
         self.endpoint_corrector = endpoint_corrector
         self.use_vp = config.estimator_space == "vp" and vp_estimator_ok
         self.flow = not vp_estimator_ok  # a flow model (ComfyUI's CONST): sigma in (0, 1]
-        # hold the last direction below HOLD_BELOW_SIGMA (the sampler's rule; extrapolation auto, eps / v models)
-        self.hold_below = (
-            HOLD_BELOW_SIGMA
-            if sampler_reuse == "hold_low_noise" and config.extrapolation == "auto" and not self.flow
-            else None
-        )
+        # hold the last direction below HOLD_BELOW_SIGMA (the sampler's rule; extrapolation auto, eps / v models), or
+        # below hold_below_sigma where given (any sampler and model: the benchmark's sweep of the rule)
+        self.hold_below, self._hold_why = None, ""
+        if config.extrapolation == "auto" and hold_below_sigma is not None:
+            self.hold_below, self._hold_why = float(hold_below_sigma), "set"
+        elif config.extrapolation == "auto" and sampler_reuse == "hold_low_noise" and not self.flow:
+            self.hold_below, self._hold_why = HOLD_BELOW_SIGMA, "the sampler's rule"
         self.planned = None  # bool [N], True = run (mode target, planner schedule)
         self.subset_runner = subset_runner or default_subset_runner
         self.report = SkipReport(steps=self.n_steps, batch=0, mode=config.mode)
@@ -374,8 +376,8 @@ class AdaptiveSampling:
         (hold: order 0, linear: 1, quadratic: 2), or of x0 in log sigma (linear_x0)."""
         mode = self._extrapolation()
         order = {"hold": 0, "linear": 1, "quadratic": 2, "linear_x0": 1, "log_linear": 1}[mode]
-        if self.hold_below is not None and sigma < self.hold_below:
-            order = 0
+        if self.hold_below is not None and (sigma / max(1e-6, 1.0 - sigma) if self.flow else sigma) < self.hold_below:
+            order = 0  # (a flow model's sigma compared as the equivalent VE sigma s / (1 - s))
         hd = self._hd[:, idx]  # [H, n, ...] newest first
         if order == 0 or hd.shape[0] == 1:
             return hd[0]
@@ -427,7 +429,7 @@ class AdaptiveSampling:
             self._auto = "linear" if (self.flow or self._noise_seen or multi_eval) else "log_linear"
             self.report.extrapolation = f"{self._auto} (auto)"
             if self.hold_below is not None:
-                self.report.extrapolation += f", hold below sigma {self.hold_below:g} (the sampler's rule)"
+                self.report.extrapolation += f", hold below sigma {self.hold_below:g} ({self._hold_why})"
         return self._auto
 
     def _log_time(self, s: torch.Tensor) -> torch.Tensor:
@@ -584,6 +586,7 @@ def adaptive_sample(
     subset_runner: Callable | None = None,
     sampler_respace: str = "",
     sampler_reuse: str = "",
+    hold_below_sigma: float | None = None,
     **sampler_options,
 ):
     """Run `sampler_fn` with AdaptiveDiffusion skipping; returns (x, SkipReport).
@@ -595,6 +598,9 @@ def adaptive_sample(
     sampler_respace: the sampler's ``SamplerSupport.respace`` rule; with ``respace = "auto"`` the planned path
     is run re-spaced (``samplers.respace``) where ``samplers.respace.auto_respace`` says so by that rule.
     sampler_reuse: the sampler's ``SamplerSupport.reuse`` rule ("hold_low_noise": see ``HOLD_BELOW_SIGMA``).
+    hold_below_sigma: with extrapolation auto, hold below this sigma whatever the sampler and model (flow models: in
+    the equivalent VE sigma s / (1 - s)); None: the sampler's rule. For the benchmark's sweep
+    (``bench adaptive --grid-hold-sweep``); the nodes leave it None.
     """
     config.validate()
     if not config.enabled:
@@ -616,6 +622,7 @@ def adaptive_sample(
         vp_estimator_ok=vp_estimator_ok,
         subset_runner=subset_runner,
         sampler_reuse=sampler_reuse,
+        hold_below_sigma=hold_below_sigma,
     )
     planned = ctl.planned
     if config.mode == "path" and config.respace == "on":  # a profile's path, re-spaced (one path for the batch)

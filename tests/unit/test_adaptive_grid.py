@@ -154,3 +154,26 @@ def test_calibration_ceiling_check_and_seed_split(tmp_path):
     assert rows[0]["held_out_prompts"] == 4 and rows[0]["calib_prompts"] == 2 and rows[0]["held_out_split"] == "seeds"
     with pytest.raises(SystemExit, match="--calib-split seeds: expected --seeds 2"):
         cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--calib-split", "seeds", "--seeds", "1"])
+
+
+def test_grid_hold_sweep_rows_and_table(tmp_path):
+    """--grid-hold-sweep: the default with the reuse held below each sigma and with linear reuse throughout; on
+    dpmpp_2m_sde (eps model) the default is the hold below 1, on euler_ancestral (no rule) it is not."""
+    out = tmp_path / "grid.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "dpmpp_2m_sde,euler_ancestral",
+         "--grid-schedulers", "karras", "--grid-steps", "12", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
+         "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-hold-sweep",
+         "1,1e9", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    m = {(r["sampler"], r["method"]): r["psnr_db"] for r in d["rows"]}
+    assert m["dpmpp_2m_sde", "adaptive"] == m["dpmpp_2m_sde", "adaptive_hold_below_1"]
+    assert m["dpmpp_2m_sde", "adaptive"] != m["dpmpp_2m_sde", "adaptive_linear"]
+    assert m["euler_ancestral", "adaptive"] != m["euler_ancestral", "adaptive_hold_below_1e+09"]
+    t = {r["sampler"]: r for r in d["hold"]}
+    assert t["dpmpp_2m_sde"]["hold_below_1"] == pytest.approx(
+        m["dpmpp_2m_sde", "adaptive_hold_below_1"] - m["dpmpp_2m_sde", "adaptive_linear"]
+    )
+    assert t["dpmpp_2m_sde"]["default"] == pytest.approx(t["dpmpp_2m_sde"]["hold_below_1"])

@@ -99,3 +99,33 @@ def test_adaptive_kwargs_carry_every_rule_of_the_support_table():
     assert support.adaptive_kwargs("lms")["sampler_respace"] == "final_jump"
     with pytest.raises(support.UnsupportedSampler, match="sampler_name"):
         support.adaptive_kwargs("heunpp2")
+
+
+def test_hold_below_sigma_set_applies_to_any_sampler_and_model():
+    """The benchmark's knob: hold_below_sigma holds below it for any sampler (here euler_ancestral, no rule) and on a
+    flow model (its sigma compared as s / (1 - s)); very large is the paper's hold throughout, 0 is linear."""
+    g = torch.Generator().manual_seed(5)
+    flow = FlowDenoiser(FiniteSetDenoiser(torch.randn(8, 4, 6, 6, generator=g)))
+    fs = schedules.flow_sigmas(20, shift=3.0)
+    xf = torch.randn(2, 4, 6, 6, generator=g) * fs[0]
+    den = CFGDenoiser(make_gmm(), 4.0, 10)
+    sig = schedules.get_sigmas("karras", 20)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sig[0]
+    for fn, model, s0, xs, is_flow, extra in (
+        (kdiff.sample_euler_ancestral, den, sig, x, False, {"cond": torch.tensor([1, 4])}),
+        (kdiff.sample_euler, flow, fs, xf, True, {}),
+    ):
+
+        def run(**kw):
+            cfg = kw.pop("cfg", AdaptiveConfig())
+            ns = (
+                {"noise_sampler": kdiff.default_noise_sampler(xs, seed=3)} if fn is kdiff.sample_euler_ancestral else {}
+            )
+            return adaptive_sample(fn, model, xs, s0, cfg, extra_args=extra, vp_estimator_ok=not is_flow, **ns, **kw)
+
+        always, rep = run(hold_below_sigma=1e9)
+        assert rep.extrapolation.endswith("hold below sigma 1e+09 (set)")
+        assert torch.equal(always, run(cfg=AdaptiveConfig(extrapolation="hold"))[0])
+        assert torch.equal(run(hold_below_sigma=0.0)[0], run(cfg=AdaptiveConfig(extrapolation="linear"))[0])
+        some = run(hold_below_sigma=1.0)[0]
+        assert not torch.equal(some, always) and not torch.equal(some, run()[0])
