@@ -178,7 +178,7 @@ def main(args) -> int:
     except (RunError, ValueError, FileNotFoundError) as e:
         if d.main:
             print(f"train dmd: {e}", file=sys.stderr, flush=True)
-        d.close()
+        d.close(wait=False)
         return 2
     d.close()
     return 0

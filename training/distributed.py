@@ -77,8 +77,13 @@ class Dist:
         keys = sorted(k for k, v in out.items() if isinstance(v, float))
         return {**out, **dict(zip(keys, self.mean([out[k] for k in keys])))}
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Leave the process group. wait: first wait for every rank (the normal end of a run: a rank that tears gloo
+        down while another still has FSDP's last collectives in flight aborts at exit, "terminate called without an
+        active exception"); False on an error path, where another rank may never arrive."""
         if self.initialized:
+            if wait:
+                dist.barrier()
             dist.destroy_process_group()
 
 
