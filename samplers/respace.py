@@ -82,19 +82,39 @@ def auto_respace(rule: str, flow: bool, sigmas=None, computed: int | None = None
     return False, ""
 
 
-def _remapped_callback(callback: Callable | None, keep: list[int]) -> Callable | None:
+def _remapped_callback(callback: Callable | None, keep: list[int], on_step: Callable | None = None) -> Callable | None:
     """The base sampler's callback with step i of the re-spaced schedule reported as the last step of the full
-    schedule it covers, so that a progress bar over the full step count ends full."""
-    if callback is None:
+    schedule it covers, so that a progress bar over the full step count ends full. on_step(): called first at
+    every step (the evaluation count per step)."""
+    if callback is None and on_step is None:
         return None
 
     def cb(d):
+        if on_step is not None:
+            on_step()
+        if callback is None:
+            return None
         d = dict(d)
         i = int(d.get("i", 0))
         d["i"] = keep[min(i + 1, len(keep) - 1)] - 1
         return callback(d)
 
     return cb
+
+
+def _requested(nfe: int, marks: list[int], steps_run: int, n: int) -> int:
+    """The evaluations the base sampler asks for on the full schedule of n steps, from its re-spaced run of
+    steps_run steps that took nfe: every step but the last at the evaluations per step it took mid-run, the last
+    step (to the same final sigma) at what it took (Heun's last step, to sigma 0, is one Euler evaluation). marks:
+    the evaluation count at each step's callback (wherever in the step a sampler calls it, two calls mid-run are
+    one step apart); without one per step, the run's mean evaluations per step scaled to n."""
+    if not steps_run:
+        return 0
+    if len(marks) != steps_run or steps_run < 3:
+        return int(round(nfe * n / steps_run))
+    k = steps_run // 2
+    per_step = marks[k] - marks[k - 1]
+    return per_step * (n - 1) + (nfe - per_step * (steps_run - 1))
 
 
 def respaced_sample(
@@ -118,13 +138,14 @@ def respaced_sample(
     n = len(sigmas) - 1
     sub = sigmas[keep]
     counting = CountingDenoiser(model)
+    marks: list[int] = []
     plan_s = time.perf_counter() - t0
     out = sampler_fn(
         counting,
         x,
         sub,
         extra_args=extra_args,
-        callback=_remapped_callback(callback, keep),
+        callback=_remapped_callback(callback, keep, lambda: marks.append(counting.nfe)),
         disable=disable,
         **sampler_options,
     )
@@ -140,8 +161,7 @@ def respaced_sample(
     rep.nfe_per_sample = [counting.nfe] * b
     rep.model_calls = counting.nfe
     steps_run = len(keep) - 1
-    # what the base sampler would have asked for on the full schedule, at the evaluations per step it used here
-    rep.evals_requested = int(round(counting.nfe * n / steps_run)) if steps_run else 0
+    rep.evals_requested = _requested(counting.nfe, marks, steps_run, n)
     rep.controller_seconds = plan_s
     rep.respaced = True
     rep.notes.append(

@@ -52,6 +52,26 @@ def test_on_runs_the_sampler_on_the_planned_sigmas_alone(setup, sampler):
     assert rep.to_dict()["respaced"] is True
 
 
+@pytest.mark.parametrize("sampler", sorted(kdiff.SAMPLERS))
+@pytest.mark.parametrize("scheduler", ["karras", "normal"])
+def test_respaced_report_requests_what_the_full_run_evaluates(setup, sampler, scheduler):
+    """evals_requested of a re-spaced run is the evaluation count of the sampler on the full schedule, Heun's
+    one-evaluation last step included (it was the run's evaluations per step scaled, off by one there)."""
+    den, noise, extra = setup
+    sig = schedules.get_sigmas(scheduler, 20)
+    fn = kdiff.SAMPLERS[sampler]
+    kw = {}
+    if support.SUPPORT[sampler].stochastic:
+        kw["noise_sampler"] = kdiff.default_noise_sampler(noise, seed=3)
+    full = kdiff.CountingDenoiser(den)
+    fn(full, noise * sig[0], sig, extra_args=extra, **kw)
+    if support.SUPPORT[sampler].stochastic:
+        kw["noise_sampler"] = kdiff.default_noise_sampler(noise, seed=3)
+    _, rep = adaptive_sample(fn, den, noise * sig[0], sig, AdaptiveConfig(respace="on"), extra_args=extra, **kw)
+    assert rep.respaced and rep.nfe < full.nfe
+    assert rep.evals_requested == full.nfe, (rep.evals_requested, full.nfe, rep.nfe)
+
+
 def test_progress_callback_counts_the_full_schedule(setup):
     den, noise, extra = setup
     sig = schedules.get_sigmas("karras", 20)
