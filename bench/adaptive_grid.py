@@ -143,7 +143,13 @@ class Cell:
 
 
 def run_cell(
-    cell: Cell, log=print, calib: dict | None = None, respace: bool = False, lean: bool = False, holds=()
+    cell: Cell,
+    log=print,
+    calib: dict | None = None,
+    respace: bool = False,
+    lean: bool = False,
+    holds=(),
+    jump_off: bool = False,
 ) -> list[dict]:
     base = {
         "model": cell.model,
@@ -191,6 +197,9 @@ def run_cell(
         for t in holds:
             out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_below_sigma=t)
             add(f"adaptive_hold_below_{t:g}", out, nfe, wall, f"AdaptiveConfig(), hold_below_sigma={t:g}", rep)
+    if jump_off:  # the default planned without its final-jump rule (samplers.skip_plan.jump_step)
+        out, nfe, wall, rep = cell.run(AdaptiveConfig(), protect_final_jump=False)
+        add("adaptive_jump_off", out, nfe, wall, "AdaptiveConfig(), protect_final_jump=False", rep)
     if not lean:
         out, nfe, wall, rep = cell.run(AdaptiveConfig(planner="pace", force_last=1))
         add("adaptive_pace", out, nfe, wall, "target 2x, planner pace, late_bias 0.25, force_last 1 (old default)", rep)
@@ -402,6 +411,35 @@ def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
     return "\n".join(lines)
 
 
+def jump_table(rows: list[dict]) -> list[dict]:
+    """Per cell with an adaptive_jump_off row: the default minus it (dB), each against the better baseline, and
+    both plans."""
+    by: dict = {}
+    for r in rows:
+        by.setdefault((r["model"], r["sampler"], r["scheduler"], r["steps"], r["cfg"]), {})[r["method"]] = r
+    out = []
+    for (model, sampler, sched, steps, cfg), m in by.items():
+        if "adaptive_jump_off" not in m:
+            continue
+        a, off = m["adaptive"], m["adaptive_jump_off"]
+        bar = max(m["fewer_steps"]["psnr_db"], m["uniform_skip"]["psnr_db"])
+        out.append(
+            {
+                "model": model,
+                "sampler": sampler,
+                "scheduler": sched,
+                "steps": steps,
+                "cfg": cfg,
+                "gain_db": a["psnr_db"] - off["psnr_db"],
+                "margin_db": a["psnr_db"] - bar,
+                "margin_jump_off_db": off["psnr_db"] - bar,
+                "path": a["path"],
+                "path_jump_off": off["path"],
+            }
+        )
+    return out
+
+
 def hold_table(rows: list[dict]) -> list[dict]:
     """Per cell with --grid-hold-sweep rows: each adaptive_hold_below_T minus adaptive_linear (dB), and the default's."""
     by: dict = {}
@@ -433,6 +471,12 @@ def add_arguments(p) -> None:
         default="",
         help="sigmas, e.g. 0.3,1,3,1e9: also run the default with the reuse held below each (any sampler and model; "
         "flow: its VE-equivalent sigma) and with linear reuse throughout (adaptive_linear); a table against linear",
+    )
+    p.add_argument(
+        "--grid-jump-off",
+        action="store_true",
+        help="also run the default planned without its final-jump rule (adaptive_jump_off); a table of the cells "
+        "where the two plans differ",
     )
     p.add_argument(
         "--grid-lean",
@@ -508,7 +552,17 @@ def grid_main(args) -> int:
                 "seeds": seeds,
             }
         holds = [float(v) for v in args.grid_hold_sweep.split(",") if v]
-        rows.extend(run_cell(cell, log=log, calib=calib, respace=args.grid_respace, lean=args.grid_lean, holds=holds))
+        rows.extend(
+            run_cell(
+                cell,
+                log=log,
+                calib=calib,
+                respace=args.grid_respace,
+                lean=args.grid_lean,
+                holds=holds,
+                jump_off=args.grid_jump_off,
+            )
+        )
     summary = summarize(rows)
     result = {
         "rows": rows,
@@ -549,6 +603,15 @@ def grid_main(args) -> int:
             "\nthe default with the reuse held below sigma T, minus linear reuse throughout, dB (the default's path):"
         )
         print_table(hold, list(hold[0]))
+    jump = jump_table(rows)
+    if jump:
+        result["jump"] = jump
+        changed = [j for j in jump if j["path"] != j["path_jump_off"]]
+        print("\nthe default minus the default without its final-jump rule, dB (cells where the plans differ):")
+        if changed:
+            print_table(changed, list(changed[0]))
+        up = sum(1 for j in changed if j["gain_db"] > 0)
+        print(f"plans differ in {len(changed)} of {len(jump)} cells; the rule is above in {up} of them")
     calib = [s for s in summary if "calib_vs_greedy" in s]
     if calib:
         print(

@@ -22,7 +22,7 @@ import time
 import torch
 
 from ..samplers.adaptive import AdaptiveConfig
-from ..samplers.skip_plan import RUN_PENALTY, STEP_WEIGHT, plan_skips
+from ..samplers.skip_plan import RUN_PENALTY, STEP_WEIGHT, jump_step, plan_skips
 from .adaptive_grid import Cell, build_problem
 from .common import number_list, print_table, psnr_db, write_json
 
@@ -126,7 +126,13 @@ def plan_table(models, schedulers, step_counts=(20, 30, 50)) -> list[dict]:
                 _, iso = plan_skips(sig, k, max_skip=1, flow=cell.flow, step_weight=STEP_WEIGHT)
                 _, free = plan_skips(sig, k, max_skip=4, flow=cell.flow, step_weight=STEP_WEIGHT)
                 path, _ = plan_skips(
-                    sig, k, max_skip=4, flow=cell.flow, run_penalty=RUN_PENALTY, step_weight=STEP_WEIGHT
+                    sig,
+                    k,
+                    max_skip=4,
+                    flow=cell.flow,
+                    run_penalty=RUN_PENALTY,
+                    step_weight=STEP_WEIGHT,
+                    protect=(jump_step(sig, cell.flow),),
                 )
                 rows.append(
                     {
@@ -185,8 +191,8 @@ def plan_search_main(args) -> int:
     result = {"rows": rows, "summary": summary, "table": print_table(summary, list(summary[0]))}
     plans = plan_table(models, schedulers)
     print(
-        f"\nplans at RUN_PENALTY {RUN_PENALTY:g}, STEP_WEIGHT {STEP_WEIGHT:g} (isolated_over_runs: the isolated plan's "
-        "modelled cost over the best with runs):"
+        f"\nplans at RUN_PENALTY {RUN_PENALTY:g}, STEP_WEIGHT {STEP_WEIGHT:g}, the final jump's step run (the "
+        "controller's; isolated_over_runs: the isolated plan's modelled cost over the best with runs):"
     )
     result["plans"] = plans
     print_table(plans, list(plans[0]))

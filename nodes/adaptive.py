@@ -152,7 +152,8 @@ def adaptive_inputs() -> list:
             "step's travel, its length and the extrapolation distance make a skip cheapest, in the model's time "
             "variable (log sigma; sigma on flow models such as SD3 and Flux). Runs of skips are penalised: skips stay "
             "mostly isolated (about every other step at 2x); long steps run (the last ones of normal and simple, "
-            "with a pair of skips mid-run instead), and where some steps are far cheaper it takes runs (a flow model "
+            "with a pair of skips mid-run instead; on normal the step into its final jump always runs, eps and v "
+            "models), and where some steps are far cheaper it takes runs (a flow model "
             "with karras or exponential: it runs the first steps and skips the tiny last ones). pace: the earlier "
             "default (skips paced at a rate ramped by late_bias, placement and estimator).",
         ),

@@ -49,7 +49,7 @@ import torch
 from .adaptive_config import ESTIMATOR_SPACES, ESTIMATORS, EXTRAPOLATIONS, MODES, AdaptiveConfig, AdaptiveConfigError  # noqa: F401  (re-exported: the settings live there)
 from .kdiff import CountingDenoiser
 from .respace import auto_respace, respaced_sample
-from .skip_plan import RUN_PENALTY, STEP_WEIGHT, plan_skips
+from .skip_plan import RUN_PENALTY, STEP_WEIGHT, jump_step, plan_skips
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 
 # A sampler marked reuse "hold_low_noise" in samplers.support (DPM++ 2M SDE) holds the last direction, the paper's
@@ -95,8 +95,10 @@ class AdaptiveSampling:
         subset_runner: Callable | None = None,
         sampler_reuse: str = "",
         hold_below_sigma: float | None = None,
+        protect_final_jump: bool = True,
     ):
         self.model = model
+        self.protect_final_jump = protect_final_jump
         self.config = config.validate()
         self.sig = [float(s) for s in sigmas]
         self.n_steps = len(self.sig) - 1
@@ -167,6 +169,7 @@ class AdaptiveSampling:
                 flow=self.flow,
                 run_penalty=RUN_PENALTY,
                 step_weight=STEP_WEIGHT,
+                protect=(jump_step(self.sig, self.flow),) if self.protect_final_jump else (),
             )
             got = int((~self.planned).sum())
             if got < skips:
@@ -587,6 +590,7 @@ def adaptive_sample(
     sampler_respace: str = "",
     sampler_reuse: str = "",
     hold_below_sigma: float | None = None,
+    protect_final_jump: bool = True,
     **sampler_options,
 ):
     """Run `sampler_fn` with AdaptiveDiffusion skipping; returns (x, SkipReport).
@@ -601,6 +605,9 @@ def adaptive_sample(
     hold_below_sigma: with extrapolation auto, hold below this sigma whatever the sampler and model (flow models: in
     the equivalent VE sigma s / (1 - s)); None: the sampler's rule. For the benchmark's sweep
     (``bench adaptive --grid-hold-sweep``); the nodes leave it None.
+    protect_final_jump: the schedule planner runs the step into the schedule's final jump
+    (``samplers.skip_plan.jump_step``); False plans without that rule, for the benchmark's before / after
+    (``bench adaptive --grid-jump-off``); the nodes leave it True.
     """
     config.validate()
     if not config.enabled:
@@ -623,6 +630,7 @@ def adaptive_sample(
         subset_runner=subset_runner,
         sampler_reuse=sampler_reuse,
         hold_below_sigma=hold_below_sigma,
+        protect_final_jump=protect_final_jump,
     )
     planned = ctl.planned
     if config.mode == "path" and config.respace == "on":  # a profile's path, re-spaced (one path for the batch)

@@ -40,6 +40,12 @@ the model: it runs the first 6 to 14 steps), or where a long last step is worth 
 karras and beta at 20 and 30 steps). RUN_PENALTY was chosen among 1, 3, 10 and 30 and STEP_WEIGHT among 0 and 1
 on the grid cells of the testbeds testbed, testbed-hr and flow (``comfyui-tempo bench adaptive --plan-search``,
 which also prints these cost ratios and plans); the eps shapes testbed was held out (docs/adaptive.md).
+The controller also always runs the step into the schedule's final jump (``jump_step``: ComfyUI's ``normal``,
+eps / v models): the cost model alone skipped it at 15 and 20 steps, where it measured several times its modelled
+cost, and ran the cheaper last step instead with a pair of skips mid-run, below uniform skipping. Chosen on testbed
+and testbed-hr (``comfyui-tempo bench adaptive --grid --grid-jump-off``, which runs the default with and without
+it); it changes the plan only on ``normal`` at 15 and 20 steps (none of the other schedules has the jump; at 10,
+25, 30 and 50 steps the plan ran that step already).
 The plan depends on the schedule only: the same path for every prompt of a run (prompt-specific paths:
 calibrated skip profiles).
 """
@@ -88,6 +94,25 @@ def skip_costs_fn(sigmas, flow: bool = False, step_weight: float = 0.0, step_sca
     return cost
 
 
+def jump_step(sigmas, flow: bool = False) -> int | None:
+    """The step into the schedule's final jump, which the controller always runs; None where there is none.
+
+    ComfyUI's ``normal`` ends its nonzero sigmas with a step FINAL_JUMP (2.5) or more times as long in log sigma as
+    the one before it (3.2 to 4.9 on SD's sigmas; karras, exponential, simple, sgm_uniform and beta: 1.0 to 1.9,
+    ``samplers.respace.final_jump``). That step lies far outside the step lengths the cost model was fitted on: on
+    the design testbeds it measured several times its modelled cost when skipped alone, and at 15 and 20 steps the
+    planner skipped it (running the cheaper last step instead, with a pair of skips mid-run) and fell below uniform
+    skipping. Eps / v models only (a flow model's sigmas are not VE sigmas)."""
+    from .respace import FINAL_JUMP, final_jump
+
+    if flow:
+        return None
+    positive = sum(1 for v in sigmas if float(v) > 0)
+    if positive < 3 or final_jump(sigmas) < FINAL_JUMP:
+        return None
+    return positive - 2
+
+
 def plan_skips(
     sigmas,
     n_skips: int,
@@ -99,21 +124,24 @@ def plan_skips(
     run_penalty: float = 1.0,
     step_weight: float = 0.0,
     step_scale=None,
+    protect=(),
 ) -> tuple[torch.Tensor, float]:
     """(path [N] bool, True = run the network; the modelled cost) with n_skips skips at least cost.
 
-    Steps before ``first`` and from ``last`` on always run (step 0 always: nothing to reuse yet).
-    If fewer skips fit (max_skip, the protected steps), it plans as many as fit. run_penalty: the j-th skip
+    Steps before ``first``, from ``last`` on and in ``protect`` always run (step 0 always: nothing to reuse
+    yet). If fewer skips fit (max_skip, the protected steps), it plans as many as fit. run_penalty: the j-th skip
     in a row costs run_penalty^(j - 1) times its modelled cost (1: the cost model alone; the controller
     passes RUN_PENALTY); step_weight: the step-length factor's exponent (0: none; the controller passes
-    STEP_WEIGHT); step_scale: a factor per step on its cost (``skip_costs_fn``).
+    STEP_WEIGHT); step_scale: a factor per step on its cost (``skip_costs_fn``); protect: step indices that run
+    (the controller passes ``jump_step``).
     """
     n = len(sigmas) - 1
     last = n if last is None else min(n, last)
     first = max(1, first)
     cost = skip_costs_fn(sigmas, flow, step_weight, step_scale)
+    keep = {int(i) for i in protect if i is not None and first <= int(i) < last}
     eligible = max(0, last - first)
-    fit = eligible - eligible // (max_skip + 1)
+    fit = eligible - eligible // (max_skip + 1) - len(keep)
     if n_skips <= 0 or eligible == 0:
         return torch.ones(n, dtype=torch.bool), 0.0
     n_skips = min(n_skips, max(fit, 0), eligible)
@@ -129,8 +157,8 @@ def plan_skips(
                 c = b + 1 + g
                 if c > n:
                     break
-                if g and not (b + 1 >= first and c - 1 < last):
-                    break  # a skipped step outside the eligible range
+                if g and (not (b + 1 >= first and c - 1 < last) or (c - 1) in keep):
+                    break  # a skipped step outside the eligible range, or a protected one
                 gap_cost = sum(cost(i, b, a) * run_penalty ** (i - b - 1) for i in range(b + 1, c))
                 for k, (cst, path) in table.items():
                     k2 = k + g

@@ -283,6 +283,26 @@ def test_schedule_planner_keeps_skips_as_isolated_as_the_target_allows(setup):
     assert rep.path_string() == "Cs" * 15
 
 
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "heun"])
+def test_schedule_planner_runs_the_step_into_normals_final_jump(setup, sampler):
+    """On normal at 20 steps the controller runs the step into the final jump (jump_step), which the cost model
+    alone skipped; protect_final_jump=False (the benchmark's before) plans without it; both at 2x; a flow model's
+    schedule is left alone."""
+    from comfyui_tempo.samplers.skip_plan import jump_step
+
+    den, noise, cond = setup
+    sig = schedules.get_sigmas("normal", 20)
+    j = jump_step(sig)
+    fn, extra = kdiff.SAMPLERS[sampler], {"cond": cond}
+    kw = {"endpoint_corrector": ENDPOINT.get(sampler, False), "extra_args": extra}
+    _, rep = adaptive_sample(fn, den, noise * sig[0], sig, AdaptiveConfig(), **kw)
+    _, off = adaptive_sample(fn, den, noise * sig[0], sig, AdaptiveConfig(), protect_final_jump=False, **kw)
+    assert j == 18 and rep.path_string()[j] == "C" and off.path_string()[j] == "s"
+    assert rep.path_string().count("s") == off.path_string().count("s") == 10
+    flow = schedules.flow_sigmas(20, shift=3.0)
+    assert jump_step(flow, flow=True) is None
+
+
 def test_ancestral_noise_is_not_progress(setup):
     """The estimator sees each increment with the injected noise regressed out."""
     den, noise, cond = setup

@@ -177,3 +177,22 @@ def test_grid_hold_sweep_rows_and_table(tmp_path):
         m["dpmpp_2m_sde", "adaptive_hold_below_1"] - m["dpmpp_2m_sde", "adaptive_linear"]
     )
     assert t["dpmpp_2m_sde"]["default"] == pytest.approx(t["dpmpp_2m_sde"]["hold_below_1"])
+
+
+def test_grid_jump_off_rows_and_table(tmp_path):
+    """--grid-jump-off: the default planned without its final-jump rule; on normal at 20 steps the two plans
+    differ at the final jump's step (run by the default), on karras they are the same."""
+    out = tmp_path / "grid.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler",
+         "--grid-schedulers", "normal,karras", "--grid-steps", "20", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
+         "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-jump-off",
+         "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    t = {r["scheduler"]: r for r in d["jump"]}
+    assert t["normal"]["path"][18] == "C" and t["normal"]["path_jump_off"][18] == "s"
+    assert t["karras"]["path"] == t["karras"]["path_jump_off"] and t["karras"]["gain_db"] == 0
+    m = {(r["scheduler"], r["method"]): r["psnr_db"] for r in d["rows"]}
+    assert t["normal"]["gain_db"] == pytest.approx(m["normal", "adaptive"] - m["normal", "adaptive_jump_off"])

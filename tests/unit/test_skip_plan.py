@@ -135,3 +135,49 @@ def test_step_scale_multiplies_each_steps_cost():
     assert bool(kept[skipped]) and int((~kept).sum()) == 10
     with pytest.raises(ValueError, match="^step_scale:"):
         plan_skips(sig, 10, step_scale=[1.0] * 19)
+
+
+@pytest.mark.parametrize("n", [10, 15, 20, 30, 50])
+def test_jump_step_is_the_step_into_normals_final_jump(n):
+    """jump_step: on normal the step into sigma_min (the last step before sigma 0); none on the schedules that
+    grow smoothly, none for a flow model; without the trailing 0 the last step."""
+    from comfyui_tempo.samplers.skip_plan import jump_step
+
+    sig = schedules.get_sigmas("normal", n)
+    assert jump_step(sig) == n - 2
+    assert jump_step(sig[:-1]) == n - 2  # the same schedule cut before sigma 0: its last step is the jump
+    assert jump_step(sig, flow=True) is None
+    for name in ("karras", "exponential", "simple", "sgm_uniform", "beta"):
+        assert jump_step(schedules.get_sigmas(name, n)) is None, name
+
+
+def test_protected_steps_run_and_the_rest_is_the_optimum():
+    """plan_skips(protect=...): the protected step runs, the skip count holds, and the plan is the least cost of
+    the paths that run it (brute force); at 20 steps on normal the controller's plan runs the final jump's step,
+    which the cost model alone skipped."""
+    from comfyui_tempo.samplers.skip_plan import jump_step
+
+    sig = schedules.get_sigmas("normal", 12)
+    for keep in (5, 10):
+        path, got = plan_skips(sig, 5, max_skip=2, protect=(keep,))
+        assert bool(path[keep]) and int((~path).sum()) == 5
+        cost = skip_costs_fn(sig)
+        best = math.inf
+        for skipped in itertools.combinations([i for i in range(1, 12) if i != keep], 5):
+            p = [i not in skipped for i in range(12)]
+            if max(len(r) for r in "".join("C" if c else "s" for c in p).split("C")) > 2:
+                continue
+            total, b, a = 0.0, 0, None
+            for i in range(1, 12):
+                if p[i]:
+                    b, a = i, b
+                else:
+                    total += cost(i, b, a)
+            best = min(best, total)
+        assert got == pytest.approx(best, rel=1e-9)
+    sig = schedules.get_sigmas("normal", 20)
+    j = jump_step(sig)
+    free, _ = plan_skips(sig, 10, max_skip=4, run_penalty=RUN_PENALTY, step_weight=STEP_WEIGHT)
+    kept, _ = plan_skips(sig, 10, max_skip=4, run_penalty=RUN_PENALTY, step_weight=STEP_WEIGHT, protect=(j,))
+    assert not bool(free[j]) and bool(kept[j]) and int((~kept).sum()) == 10
+    assert plan_skips(sig, 10, protect=(None,))[0].tolist() == plan_skips(sig, 10)[0].tolist()
