@@ -312,11 +312,17 @@ def _diff(a: dict, b: dict | None):
     return None if b is None else a["psnr_db"] - b["psnr_db"]
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """One line per cell: the default against the baselines (dB differences) and the issue's three checks."""
-    by = {}
+def _by_cell(rows: list[dict]) -> dict:
+    """{(model, sampler, scheduler, steps, cfg): {method: row}}."""
+    by: dict = {}
     for r in rows:
         by.setdefault((r["model"], r["sampler"], r["scheduler"], r["steps"], r["cfg"]), {})[r["method"]] = r
+    return by
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One line per cell: the default against the baselines (dB differences) and the issue's three checks."""
+    by = _by_cell(rows)
     out = []
     for (model, sampler, sched, steps, cfg), m in by.items():
         a = m["adaptive"]
@@ -414,9 +420,7 @@ def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
 def jump_table(rows: list[dict]) -> list[dict]:
     """Per cell with an adaptive_jump_off row: the default minus it (dB), each against the better baseline, and
     both plans."""
-    by: dict = {}
-    for r in rows:
-        by.setdefault((r["model"], r["sampler"], r["scheduler"], r["steps"], r["cfg"]), {})[r["method"]] = r
+    by = _by_cell(rows)
     out = []
     for (model, sampler, sched, steps, cfg), m in by.items():
         if "adaptive_jump_off" not in m:
@@ -442,9 +446,7 @@ def jump_table(rows: list[dict]) -> list[dict]:
 
 def hold_table(rows: list[dict]) -> list[dict]:
     """Per cell with --grid-hold-sweep rows: each adaptive_hold_below_T minus adaptive_linear (dB), and the default's."""
-    by: dict = {}
-    for r in rows:
-        by.setdefault((r["model"], r["sampler"], r["scheduler"], r["steps"], r["cfg"]), {})[r["method"]] = r
+    by = _by_cell(rows)
     out = []
     for (model, sampler, sched, steps, _), m in by.items():
         if "adaptive_linear" not in m:
