@@ -42,7 +42,7 @@ on the grid cells of the testbeds testbed, testbed-hr and flow (``comfyui-tempo 
 which also prints these cost ratios and plans); the eps shapes testbed was held out (docs/adaptive.md).
 The controller also always runs the step into the schedule's final jump (``jump_step``: ComfyUI's ``normal``,
 eps / v models): the cost model alone skipped it at 15 and 20 steps, where it measured several times its modelled
-cost, and ran the cheaper last step instead with a pair of skips mid-run, below uniform skipping. Chosen on testbed
+cost, and ran the last step (to sigma 0) instead with a pair of skips mid-run, below uniform skipping. Chosen on testbed
 and testbed-hr (``comfyui-tempo bench adaptive --grid --grid-jump-off``, which runs the default with and without
 it); it changes the plan only on ``normal`` at 15 and 20 steps (none of the other schedules has the jump; at 10,
 25, 30 and 50 steps the plan ran that step already).
@@ -101,7 +101,7 @@ def jump_step(sigmas, flow: bool = False) -> int | None:
     the one before it (3.2 to 4.9 on SD's sigmas; karras, exponential, simple, sgm_uniform and beta: 1.0 to 1.9,
     ``samplers.respace.final_jump``). That step lies far outside the step lengths the cost model was fitted on: on
     the design testbeds it measured several times its modelled cost when skipped alone, and at 15 and 20 steps the
-    planner skipped it (running the cheaper last step instead, with a pair of skips mid-run) and fell below uniform
+    planner skipped it (running the last step, to sigma 0, instead, with a pair of skips mid-run) and fell below uniform
     skipping. Eps / v models only (a flow model's sigmas are not VE sigmas)."""
     from .respace import FINAL_JUMP, final_jump
 
