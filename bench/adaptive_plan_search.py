@@ -22,7 +22,7 @@ import time
 import torch
 
 from ..samplers.adaptive import AdaptiveConfig
-from ..samplers.skip_plan import RUN_PENALTY, STEP_WEIGHT, jump_step, plan_skips
+from ..samplers.skip_plan import RUN_PENALTY, STEP_WEIGHT, default_plan, plan_skips
 from .adaptive_grid import Cell, build_problem
 from .common import number_list, print_table, psnr_db, write_json
 
@@ -125,15 +125,7 @@ def plan_table(models, schedulers, step_counts=(20, 30, 50)) -> list[dict]:
                 k = n - int(round(n / 2.0))
                 _, iso = plan_skips(sig, k, max_skip=1, flow=cell.flow, step_weight=STEP_WEIGHT)
                 _, free = plan_skips(sig, k, max_skip=4, flow=cell.flow, step_weight=STEP_WEIGHT)
-                path, _ = plan_skips(
-                    sig,
-                    k,
-                    max_skip=4,
-                    flow=cell.flow,
-                    run_penalty=RUN_PENALTY,
-                    step_weight=STEP_WEIGHT,
-                    protect=(jump_step(sig, cell.flow),),
-                )
+                path = default_plan(sig, k, max_skip=4, flow=cell.flow)
                 rows.append(
                     {
                         "model": model,

@@ -49,7 +49,7 @@ import torch
 from .adaptive_config import ESTIMATOR_SPACES, ESTIMATORS, EXTRAPOLATIONS, MODES, AdaptiveConfig, AdaptiveConfigError  # noqa: F401  (re-exported: the settings live there)
 from .kdiff import CountingDenoiser
 from .respace import auto_respace, respaced_sample
-from .skip_plan import RUN_PENALTY, STEP_WEIGHT, jump_step, plan_skips
+from .skip_plan import default_plan
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 
 # A sampler marked reuse "hold_low_noise" in samplers.support (DPM++ 2M SDE) holds the last direction, the paper's
@@ -160,16 +160,14 @@ class AdaptiveSampling:
         if cfg.mode == "target" and cfg.planner == "schedule":
             first = max(1, int(math.ceil(cfg.start_percent * n)))
             skips = n - int(round(n / cfg.target_speedup))
-            self.planned, _ = plan_skips(
+            self.planned = default_plan(
                 self.sig,
                 skips,
                 max_skip=cfg.max_skip,
                 first=first,
                 last=last,
                 flow=self.flow,
-                run_penalty=RUN_PENALTY,
-                step_weight=STEP_WEIGHT,
-                protect=(jump_step(self.sig, self.flow),) if self.protect_final_jump else (),
+                protect_final_jump=self.protect_final_jump,
             )
             got = int((~self.planned).sum())
             if got < skips:

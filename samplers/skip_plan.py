@@ -41,11 +41,11 @@ karras and beta at 20 and 30 steps). RUN_PENALTY was chosen among 1, 3, 10 and 3
 on the grid cells of the testbeds testbed, testbed-hr and flow (``comfyui-tempo bench adaptive --plan-search``,
 which also prints these cost ratios and plans); the eps shapes testbed was held out (docs/adaptive.md).
 The controller also always runs the step into the schedule's final jump (``jump_step``: ComfyUI's ``normal``,
-eps / v models): the cost model alone skipped it at 15 and 20 steps, where it measured several times its modelled
-cost, and ran the last step (to sigma 0) instead with a pair of skips mid-run, below uniform skipping. Chosen on testbed
-and testbed-hr (``comfyui-tempo bench adaptive --grid --grid-jump-off``, which runs the default with and without
-it); it changes the plan only on ``normal`` at 15 and 20 steps (none of the other schedules has the jump; at 10,
-25, 30 and 50 steps the plan ran that step already).
+eps / v models): the cost model alone skipped it at 15 and 20 steps and ran the last step (to sigma 0) instead with
+a pair of skips mid-run, below uniform skipping. Chosen on testbed and testbed-hr (``comfyui-tempo bench adaptive
+--grid --grid-jump-off``, which runs the default with and without it); it changes the plan only on ``normal`` at
+15 and 20 steps (none of the other schedules has the jump; at 10, 25, 30 and 50 steps the plan ran that step
+already).
 The plan depends on the schedule only: the same path for every prompt of a run (prompt-specific paths:
 calibrated skip profiles).
 """
@@ -55,6 +55,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .respace import FINAL_JUMP, final_jump
 
 #: each further skip in a row multiplies a skipped step's modelled cost by this (module docstring)
 RUN_PENALTY = 10.0
@@ -99,12 +101,9 @@ def jump_step(sigmas, flow: bool = False) -> int | None:
 
     ComfyUI's ``normal`` ends its nonzero sigmas with a step FINAL_JUMP (2.5) or more times as long in log sigma as
     the one before it (3.2 to 4.9 on SD's sigmas; karras, exponential, simple, sgm_uniform and beta: 1.0 to 1.9,
-    ``samplers.respace.final_jump``). That step lies far outside the step lengths the cost model was fitted on: on
-    the design testbeds it measured several times its modelled cost when skipped alone, and at 15 and 20 steps the
-    planner skipped it (running the last step, to sigma 0, instead, with a pair of skips mid-run) and fell below uniform
-    skipping. Eps / v models only (a flow model's sigmas are not VE sigmas)."""
-    from .respace import FINAL_JUMP, final_jump
-
+    ``samplers.respace.final_jump``). That step lies far outside the step lengths the cost model was fitted on, and
+    at 15 and 20 steps the planner skipped it (running the last step, to sigma 0, instead, with a pair of skips
+    mid-run) and fell below uniform skipping. Eps / v models only (a flow model's sigmas are not VE sigmas)."""
     if flow:
         return None
     positive = sum(1 for v in sigmas if float(v) > 0)
@@ -179,6 +178,19 @@ def plan_skips(
     path = torch.zeros(n, dtype=torch.bool)
     path[list(computed)] = True
     return path, float(total)
+
+
+def default_plan(
+    sigmas, n_skips: int, *, flow: bool = False, protect_final_jump: bool = True, **limits
+) -> torch.Tensor:
+    """The controller's plan (mode target, planner schedule): ``plan_skips`` at RUN_PENALTY and STEP_WEIGHT with the
+    step into the final jump run (``jump_step``; protect_final_jump False: without that rule). limits: plan_skips's
+    max_skip, first and last."""
+    protect = (jump_step(sigmas, flow),) if protect_final_jump else ()
+    path, _ = plan_skips(
+        sigmas, n_skips, flow=flow, run_penalty=RUN_PENALTY, step_weight=STEP_WEIGHT, protect=protect, **limits
+    )
+    return path
 
 
 def _slot(states_at: dict, c: int, b: int) -> dict:
