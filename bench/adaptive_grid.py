@@ -150,6 +150,7 @@ def run_cell(
     lean: bool = False,
     holds=(),
     jump_off: bool = False,
+    hold_steps=(),
 ) -> list[dict]:
     base = {
         "model": cell.model,
@@ -191,12 +192,16 @@ def run_cell(
         for name, how in (("adaptive_skip", "off"), ("adaptive_respaced", "on")):
             out, nfe, wall, rep = cell.run(AdaptiveConfig(respace=how))
             add(name, out, nfe, wall, f"AdaptiveConfig(respace={how!r})", rep)
-    if holds:  # the reuse rule swept: linear throughout (no hold), then hold below each sigma, on the default's path
+    if holds or hold_steps:  # the reuse rule swept on the default's path: linear throughout (no hold), then
+        # hold below each sigma alone, then the sampler's hold below sigma with the hold past each step length
         out, nfe, wall, rep = cell.run(AdaptiveConfig(extrapolation="linear"))
         add("adaptive_linear", out, nfe, wall, "AdaptiveConfig(extrapolation='linear')", rep)
         for t in holds:
-            out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_below_sigma=t)
+            out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_below_sigma=t, hold_step=math.inf)
             add(f"adaptive_hold_below_{t:g}", out, nfe, wall, f"AdaptiveConfig(), hold_below_sigma={t:g}", rep)
+        for h in hold_steps:
+            out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_step=h)
+            add(f"adaptive_hold_step_{h:g}", out, nfe, wall, f"AdaptiveConfig(), hold_step={h:g}", rep)
     if jump_off:  # the default planned without its final-jump rule (samplers.skip_plan.jump_step)
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), protect_final_jump=False)
         add("adaptive_jump_off", out, nfe, wall, "AdaptiveConfig(), protect_final_jump=False", rep)
@@ -445,7 +450,8 @@ def jump_table(rows: list[dict]) -> list[dict]:
 
 
 def hold_table(rows: list[dict]) -> list[dict]:
-    """Per cell with --grid-hold-sweep rows: each adaptive_hold_below_T minus adaptive_linear (dB), and the default's."""
+    """Per cell with --grid-hold-sweep / --grid-hold-step-sweep rows: each adaptive_hold_below_T and
+    adaptive_hold_step_H minus adaptive_linear (dB), and the default's."""
     by = _by_cell(rows)
     out = []
     for (model, sampler, sched, steps, _), m in by.items():
@@ -454,7 +460,7 @@ def hold_table(rows: list[dict]) -> list[dict]:
         lin = m["adaptive_linear"]["psnr_db"]
         line = {"model": model, "sampler": sampler, "scheduler": sched, "steps": steps, "linear_db": lin}
         for k, r in m.items():
-            if k.startswith("adaptive_hold_below_"):
+            if k.startswith(("adaptive_hold_below_", "adaptive_hold_step_")):
                 line[k.replace("adaptive_", "")] = r["psnr_db"] - lin
         line["default"] = m["adaptive"]["psnr_db"] - lin
         out.append(line)
@@ -473,6 +479,13 @@ def add_arguments(p) -> None:
         default="",
         help="sigmas, e.g. 0.3,1,3,1e9: also run the default with the reuse held below each (any sampler and model; "
         "flow: its VE-equivalent sigma) and with linear reuse throughout (adaptive_linear); a table against linear",
+    )
+    p.add_argument(
+        "--grid-hold-step-sweep",
+        default="",
+        help="log-sigma lengths, e.g. 0.15,0.2,0.3,inf: also run the default with the reuse held at a skipped step "
+        "that far or further from the last computed step (adaptive_hold_step_H; with the sampler's hold below sigma; "
+        "inf: never, the rule before it) and adaptive_linear; in the same table",
     )
     p.add_argument(
         "--grid-jump-off",
@@ -554,6 +567,7 @@ def grid_main(args) -> int:
                 "seeds": seeds,
             }
         holds = [float(v) for v in args.grid_hold_sweep.split(",") if v]
+        hold_steps = [float(v) for v in args.grid_hold_step_sweep.split(",") if v]
         rows.extend(
             run_cell(
                 cell,
@@ -563,6 +577,7 @@ def grid_main(args) -> int:
                 lean=args.grid_lean,
                 holds=holds,
                 jump_off=args.grid_jump_off,
+                hold_steps=hold_steps,
             )
         )
     summary = summarize(rows)
@@ -602,7 +617,9 @@ def grid_main(args) -> int:
     if hold:
         result["hold"] = hold
         print(
-            "\nthe default with the reuse held below sigma T, minus linear reuse throughout, dB (the default's path):"
+            "\nthe default with the reuse held below sigma T (hold_below_T) or, with the sampler's hold below sigma, "
+            "from H in log sigma past the last computed step (hold_step_H), minus linear reuse throughout, dB (the "
+            "default's path):"
         )
         print_table(hold, list(hold[0]))
     jump = jump_table(rows)

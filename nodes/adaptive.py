@@ -79,7 +79,8 @@ def adaptive_inputs() -> list:
             default="auto",
             tooltip="How a skipped step predicts the noise direction. auto (default): linear on flow models (SD3, "
             "Flux: in sigma, their flow time); otherwise log_linear for samplers that evaluate once per step and add "
-            "no noise, linear for the others (dpmpp_2m_sde on eps / v models: hold below sigma 1, linear above). "
+            "no noise, linear for the others (dpmpp_2m_sde on eps / v models: hold below sigma 1 and where the "
+            "last computed step is 0.2 or more away in log sigma, as at 20 steps, linear elsewhere). "
             "linear extrapolates it from the last two "
             "computed steps (in sigma); hold reuses the last one unchanged, as the paper does; quadratic uses the last "
             "three; linear_x0 extrapolates the clean-image prediction in log sigma; log_linear extrapolates the "

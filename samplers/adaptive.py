@@ -32,7 +32,8 @@ in the model's time variable, log sigma or a flow model's sigma, with runs of sk
 rate ramped by ``tilt`` (``planner="pace"``, the earlier default); ``extrapolation`` of the reused
 direction from the last computed ones (``"auto"``: linear in sigma for flow models; otherwise linear in log
 sigma for deterministic one-evaluation samplers, linear in sigma for the others, and for DPM++ 2M SDE on eps / v
-models the paper's hold below sigma 1, ``HOLD_BELOW_SIGMA``; ``"hold"`` is the paper's reuse); ``force_last``,
+models the paper's hold below sigma 1 and after a long step, ``HOLD_BELOW_SIGMA`` / ``HOLD_STEP``; ``"hold"`` is the
+paper's reuse); ``force_last``,
 ``start_percent``, ``estimator_space="vp"`` (measure on x / sqrt(1 + sigma^2)), per-sample decisions
 with the model run only on the samples that need it; ``placement`` > 0 lets an estimator move each
 paced skip toward a step it rates cheaper.
@@ -57,6 +58,13 @@ from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 # the sampler injected, which a linear extrapolation amplifies), under extrapolation "auto" on eps / v models. Chosen
 # among 0.3 / 1 / 3 on the design models (testbed, testbed_hr); flow models keep "linear" (they lost with it).
 HOLD_BELOW_SIGMA = 1.0
+# ... and, whatever the sigma, at a skipped step this far or further from the last computed step in log sigma (over
+# such a gap DPM++ 2M SDE has replaced 1 - exp(-2 * 0.2) = 33 % or more of the latent's noise since the network last
+# saw it). The best hold threshold in sigma falls as the steps shorten (design models, 18 images per cell: hold
+# throughout best at 20 steps on karras / exponential / beta, below sigma 1 at 30, below 0.3 or linear at 50), which
+# a threshold on the step length follows. Chosen among 0.1 / 0.15 / 0.2 / 0.25 / 0.3 / none on testbed and testbed_hr
+# at 20, 30 and 50 steps (``bench adaptive --grid-hold-step-sweep``, docs/adaptive.md).
+HOLD_STEP = 0.2
 
 
 def _bshape(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -95,6 +103,7 @@ class AdaptiveSampling:
         subset_runner: Callable | None = None,
         sampler_reuse: str = "",
         hold_below_sigma: float | None = None,
+        hold_step: float | None = None,
         protect_final_jump: bool = True,
     ):
         self.model = model
@@ -116,6 +125,15 @@ class AdaptiveSampling:
             self.hold_below, self._hold_why = float(hold_below_sigma), "set"
         elif config.extrapolation == "auto" and sampler_reuse == "hold_low_noise" and not self.flow:
             self.hold_below, self._hold_why = HOLD_BELOW_SIGMA, "the sampler's rule"
+        # ... and hold at a skipped step HOLD_STEP or further from the last computed step in log sigma (the sampler's
+        # rule, with the hold below sigma), or hold_step where given (inf: never; the benchmark's sweep)
+        self.hold_step = None
+        if config.extrapolation == "auto" and hold_step is not None:
+            self.hold_step = float(hold_step)
+        elif self._hold_why == "the sampler's rule":
+            self.hold_step = HOLD_STEP
+        if self.hold_step is not None and math.isinf(self.hold_step):
+            self.hold_step = None
         self.planned = None  # bool [N], True = run (mode target, planner schedule)
         self.subset_runner = subset_runner or default_subset_runner
         self.report = SkipReport(steps=self.n_steps, batch=0, mode=config.mode)
@@ -374,7 +392,8 @@ class AdaptiveSampling:
         """The direction d a skipped evaluation at `sigma` uses, for the samples idx (x: theirs).
 
         Lagrange extrapolation over the last computed evaluations of each sample: of d in sigma
-        (hold: order 0, linear: 1, quadratic: 2), or of x0 in log sigma (linear_x0)."""
+        (hold: order 0, linear: 1, quadratic: 2), or of x0 in log sigma (linear_x0). Held instead below
+        ``hold_below`` and, per sample, where its last computed step is ``hold_step`` or more away in log sigma."""
         mode = self._extrapolation()
         order = {"hold": 0, "linear": 1, "quadratic": 2, "linear_x0": 1, "log_linear": 1}[mode]
         if self.hold_below is not None and (sigma / max(1e-6, 1.0 - sigma) if self.flow else sigma) < self.hold_below:
@@ -383,6 +402,13 @@ class AdaptiveSampling:
         if order == 0 or hd.shape[0] == 1:
             return hd[0]
         hs = self._hs[:, idx]  # [H, n] float64, nan where not yet filled
+        far = None  # the samples whose last computed step is hold_step or further away in log sigma: held
+        if self.hold_step is not None:
+            far = (self._log_time(hs[0]) - float(self._log_time(torch.tensor(sigma, dtype=torch.float64)))) >= (
+                self.hold_step
+            )
+            if bool(far.all()):
+                return hd[0]
         use_x0 = mode == "linear_x0"
         vals = self._hD[:, idx] if use_x0 else hd
         in_log = use_x0 or mode == "log_linear"
@@ -412,6 +438,8 @@ class AdaptiveSampling:
             if use_x0:
                 est = (x[sel] - est) / sigma  # back to a direction at (x, sigma)
             out[sel] = est
+        if far is not None and bool(far.any()):
+            out[far] = hd[0, far]
         return out
 
     def _extrapolation(self) -> str:
@@ -419,8 +447,8 @@ class AdaptiveSampling:
         variable there, in which the velocity is smooth); otherwise linear in log sigma (the planner's time
         variable) for a sampler that evaluates once per step and injects no noise, linear in sigma for the
         others (noise in the recorded directions, or a step's later evaluations far from its start); fixed at
-        the first reuse. A sampler with reuse rule "hold_low_noise" holds below ``HOLD_BELOW_SIGMA`` on top of it
-        (``_direction``)."""
+        the first reuse. A sampler with reuse rule "hold_low_noise" holds below ``HOLD_BELOW_SIGMA`` and from
+        ``HOLD_STEP`` in log sigma past the last computed step on top of it (``_direction``)."""
         mode = self.config.extrapolation
         if mode != "auto":
             self.report.extrapolation = mode
@@ -429,8 +457,12 @@ class AdaptiveSampling:
             multi_eval = self.endpoint_corrector or any(r.evals > 1 for r in self.report.records[:-1])
             self._auto = "linear" if (self.flow or self._noise_seen or multi_eval) else "log_linear"
             self.report.extrapolation = f"{self._auto} (auto)"
-            if self.hold_below is not None:
-                self.report.extrapolation += f", hold below sigma {self.hold_below:g} ({self._hold_why})"
+            if self.hold_below is not None or self.hold_step is not None:
+                held = [f"below sigma {self.hold_below:g}"] if self.hold_below is not None else []
+                if self.hold_step is not None:
+                    held.append(f"{self.hold_step:g} or more in log sigma from the last computed step")
+                why = self._hold_why or "set"
+                self.report.extrapolation += f", hold {' and '.join(held)} ({why})"
         return self._auto
 
     def _log_time(self, s: torch.Tensor) -> torch.Tensor:
@@ -588,6 +620,7 @@ def adaptive_sample(
     sampler_respace: str = "",
     sampler_reuse: str = "",
     hold_below_sigma: float | None = None,
+    hold_step: float | None = None,
     protect_final_jump: bool = True,
     **sampler_options,
 ):
@@ -603,6 +636,9 @@ def adaptive_sample(
     hold_below_sigma: with extrapolation auto, hold below this sigma whatever the sampler and model (flow models: in
     the equivalent VE sigma s / (1 - s)); None: the sampler's rule. For the benchmark's sweep
     (``bench adaptive --grid-hold-sweep``); the nodes leave it None.
+    hold_step: with extrapolation auto, hold at a skipped step this far or further in log sigma from the last
+    computed step, whatever the sampler (inf: never); None: the sampler's rule (``HOLD_STEP`` for "hold_low_noise"
+    on eps / v models). For the benchmark's sweep (``bench adaptive --grid-hold-step-sweep``); the nodes leave it None.
     protect_final_jump: the schedule planner runs the step into the schedule's final jump
     (``samplers.skip_plan.jump_step``); False plans without that rule, for the benchmark's before / after
     (``bench adaptive --grid-jump-off``); the nodes leave it True.
@@ -628,6 +664,7 @@ def adaptive_sample(
         subset_runner=subset_runner,
         sampler_reuse=sampler_reuse,
         hold_below_sigma=hold_below_sigma,
+        hold_step=hold_step,
         protect_final_jump=protect_final_jump,
     )
     planned = ctl.planned

@@ -21,11 +21,12 @@ class SamplerSupport:
     note: str = ""
     discard_penultimate_sigma: bool = False  # ComfyUI's KSampler runs n + 1 steps without the last nonzero sigma
     respace: str = ""  # mode target's "auto" re-spaces by this rule of samplers.respace.auto_respace
-    reuse: str = ""  # "hold_low_noise": extrapolation "auto" holds the last direction below sigma 1 (eps / v models)
+    reuse: str = ""  # "hold_low_noise": extrapolation "auto" holds the last direction below sigma 1 and after a step of
+    # 0.2 or more in log sigma (eps / v models)
 
 
 _S = SamplerSupport
-_HOLD = "hold_low_noise"  # samplers.adaptive.HOLD_BELOW_SIGMA: measured on dpmpp_2m_sde, given to its variants
+_HOLD = "hold_low_noise"  # samplers.adaptive.HOLD_BELOW_SIGMA / HOLD_STEP: measured on dpmpp_2m_sde, given to variants
 _CFG_PP = "CFG++ samplers read the unguided prediction through a post-CFG hook; a skipped step has none to give"
 
 SUPPORT: dict[str, SamplerSupport] = {
@@ -157,7 +158,10 @@ def support_matrix_markdown() -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     rules = {"final_jump": "on a schedule ending in a long step (normal)", "min_steps": "from 20 steps computed"}
-    reuse = {_HOLD: "held below sigma 1 (eps / v models), linear above"}
+    reuse = {
+        _HOLD: "held below sigma 1 and 0.2 or more in log sigma from the last computed step (eps / v models), "
+        "linear elsewhere"
+    }
     for name, e in SUPPORT.items():
         noise = "regressed out of the estimator" if e.stochastic else "-"
         rows.append(

@@ -11,6 +11,7 @@ import torch
 
 from comfyui_tempo import cli
 from comfyui_tempo.bench import adaptive_grid
+from comfyui_tempo.samplers.adaptive import HOLD_STEP
 
 torch.set_num_threads(1)
 
@@ -157,26 +158,34 @@ def test_calibration_ceiling_check_and_seed_split(tmp_path):
 
 
 def test_grid_hold_sweep_rows_and_table(tmp_path):
-    """--grid-hold-sweep: the default with the reuse held below each sigma and with linear reuse throughout; on
-    dpmpp_2m_sde (eps model) the default is the hold below 1, on euler_ancestral (no rule) it is not."""
+    """--grid-hold-sweep / --grid-hold-step-sweep: the default with the reuse held below each sigma alone, with the
+    sampler's hold below sigma 1 and the hold past each step length, and with linear reuse throughout. On
+    dpmpp_2m_sde (eps model) the default is the hold below 1 with HOLD_STEP (at 12 karras steps every step is longer
+    than it: held throughout), hold_step inf the hold below 1 alone; on euler_ancestral (no rule) neither."""
     out = tmp_path / "grid.json"
     rc = cli.main(
         ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "dpmpp_2m_sde,euler_ancestral",
          "--grid-schedulers", "karras", "--grid-steps", "12", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
          "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-hold-sweep",
-         "1,1e9", "--json", str(out)]
+         "1,1e9", "--grid-hold-step-sweep", "0.2,inf", "--json", str(out)]
     )  # fmt: skip
     assert rc == 0
     d = json.loads(out.read_text())
     m = {(r["sampler"], r["method"]): r["psnr_db"] for r in d["rows"]}
-    assert m["dpmpp_2m_sde", "adaptive"] == m["dpmpp_2m_sde", "adaptive_hold_below_1"]
+    assert HOLD_STEP == 0.2
+    assert m["dpmpp_2m_sde", "adaptive"] == m["dpmpp_2m_sde", "adaptive_hold_step_0.2"]
+    assert m["dpmpp_2m_sde", "adaptive"] == m["dpmpp_2m_sde", "adaptive_hold_below_1e+09"]
+    assert m["dpmpp_2m_sde", "adaptive_hold_step_inf"] == m["dpmpp_2m_sde", "adaptive_hold_below_1"]
+    assert m["dpmpp_2m_sde", "adaptive"] != m["dpmpp_2m_sde", "adaptive_hold_below_1"]
     assert m["dpmpp_2m_sde", "adaptive"] != m["dpmpp_2m_sde", "adaptive_linear"]
     assert m["euler_ancestral", "adaptive"] != m["euler_ancestral", "adaptive_hold_below_1e+09"]
+    assert m["euler_ancestral", "adaptive"] == m["euler_ancestral", "adaptive_hold_step_inf"]
+    assert m["euler_ancestral", "adaptive"] != m["euler_ancestral", "adaptive_hold_step_0.2"]
     t = {r["sampler"]: r for r in d["hold"]}
     assert t["dpmpp_2m_sde"]["hold_below_1"] == pytest.approx(
         m["dpmpp_2m_sde", "adaptive_hold_below_1"] - m["dpmpp_2m_sde", "adaptive_linear"]
     )
-    assert t["dpmpp_2m_sde"]["default"] == pytest.approx(t["dpmpp_2m_sde"]["hold_below_1"])
+    assert t["dpmpp_2m_sde"]["default"] == pytest.approx(t["dpmpp_2m_sde"]["hold_step_0.2"])
 
 
 def test_grid_jump_off_rows_and_table(tmp_path):

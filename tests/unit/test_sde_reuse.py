@@ -1,11 +1,14 @@
-"""DPM++ 2M SDE's reuse rule: under extrapolation "auto" a skipped step below sigma 1 holds the last direction (the
-paper's reuse), above it extrapolates linearly; flow models and named extrapolations are untouched."""
+"""DPM++ 2M SDE's reuse rule: under extrapolation "auto" a skipped step below sigma 1, or HOLD_STEP or further in log
+sigma from the last computed step, holds the last direction (the paper's reuse), elsewhere it extrapolates linearly;
+flow models and named extrapolations are untouched."""
+
+import math
 
 import pytest
 import torch
 
 from comfyui_tempo.samplers import kdiff, schedules, support
-from comfyui_tempo.samplers.adaptive import HOLD_BELOW_SIGMA, AdaptiveConfig, adaptive_sample
+from comfyui_tempo.samplers.adaptive import HOLD_BELOW_SIGMA, HOLD_STEP, AdaptiveConfig, adaptive_sample
 from comfyui_tempo.testbed.exact import CFGDenoiser, FiniteSetDenoiser, FlowDenoiser, GaussianMixtureDenoiser
 
 RULE = support.lookup("dpmpp_2m_sde").reuse
@@ -17,7 +20,7 @@ def make_gmm(classes=10, per_class=3):
     return GaussianMixtureDenoiser(means, 0.3, labels=labels, num_classes=classes)
 
 
-def _run(den, x, sig, config, reuse=RULE, flow=False):
+def _run(den, x, sig, config, reuse=RULE, flow=False, **kw):
     seen = {}
 
     def cb(d):
@@ -34,6 +37,7 @@ def _run(den, x, sig, config, reuse=RULE, flow=False):
         noise_sampler=kdiff.default_noise_sampler(x, seed=3),
         vp_estimator_ok=not flow,
         sampler_reuse=reuse,
+        **kw,
     )
     return out, rep, seen
 
@@ -45,20 +49,27 @@ def test_the_rule_is_the_dpmpp_2m_sde_familys_only():
     assert "held below sigma 1" in support.support_matrix_markdown()
 
 
+def _gap(sig, i):
+    """log sigma from the step before i (computed) to step i (skipped)."""
+    return math.log(float(sig[i - 1]) / float(sig[i]))
+
+
 def test_skips_hold_below_sigma_1_and_extrapolate_above():
     den = CFGDenoiser(make_gmm(), 4.0, 10)
-    sig = schedules.get_sigmas("karras", 20)
+    sig = schedules.get_sigmas("karras", 40)  # steps shorter than HOLD_STEP above sigma 1
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sig[0]
-    hi = next(i for i in range(4, 20) if sig[i] > 2 * HOLD_BELOW_SIGMA and sig[i + 1] > 0)
-    lo = next(i for i in range(hi + 3, 19) if sig[i] < HOLD_BELOW_SIGMA / 2)
-    path = torch.ones(20, dtype=torch.bool)
+    hi = next(i for i in range(4, 40) if sig[i] > 2 * HOLD_BELOW_SIGMA and _gap(sig, i) < HOLD_STEP)
+    lo = next(i for i in range(hi + 3, 39) if sig[i] < HOLD_BELOW_SIGMA / 2)
+    path = torch.ones(40, dtype=torch.bool)
     path[[hi, lo]] = False
     runs = {
         ex: _run(den, x, sig, AdaptiveConfig(mode="path", path=path, extrapolation=ex)) for ex in ("auto", "linear")
     }
     _, rep, seen = runs["auto"]
     _, _, lin = runs["linear"]
-    assert rep.extrapolation == "linear (auto), hold below sigma 1 (the sampler's rule)"
+    assert rep.extrapolation == (
+        "linear (auto), hold below sigma 1 and 0.2 or more in log sigma from the last computed step (the sampler's rule)"
+    )
     # above sigma 1 the skip is the linear extrapolation: the run equals extrapolation linear up to the low skip
     for i in range(lo + 1):
         assert torch.equal(seen[i][0], lin[i][0]), i
@@ -69,6 +80,30 @@ def test_skips_hold_below_sigma_1_and_extrapolate_above():
     d_last = (seen[lo - 1][0] - seen[lo - 1][1]) / sig[lo - 1]
     assert torch.allclose(seen[lo][1], seen[lo][0] - sig[lo] * d_last, atol=1e-5)
     assert not torch.allclose(lin[lo][1], lin[lo][0] - sig[lo] * d_last, atol=1e-3)
+
+
+def test_a_skip_far_from_the_last_computed_step_holds_above_sigma_1():
+    """At 20 karras steps every step above sigma 1 is longer than HOLD_STEP in log sigma: a skip there holds; with
+    hold_step inf (the rule before HOLD_STEP) it extrapolates linearly."""
+    den = CFGDenoiser(make_gmm(), 4.0, 10)
+    sig = schedules.get_sigmas("karras", 20)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sig[0]
+    hi = next(i for i in range(4, 20) if sig[i] > 2 * HOLD_BELOW_SIGMA)
+    assert _gap(sig, hi) >= HOLD_STEP
+    path = torch.ones(20, dtype=torch.bool)
+    path[hi] = False
+    cfg = AdaptiveConfig(mode="path", path=path)
+    _, _, seen = _run(den, x, sig, cfg)
+    _, rep, before = _run(den, x, sig, cfg, hold_step=math.inf)
+    assert rep.extrapolation == "linear (auto), hold below sigma 1 (the sampler's rule)"
+    d_last = (seen[hi - 1][0] - seen[hi - 1][1]) / sig[hi - 1]
+    assert torch.allclose(seen[hi][1], seen[hi][0] - sig[hi] * d_last, atol=1e-5)  # held
+    assert not torch.allclose(before[hi][1], before[hi][0] - sig[hi] * d_last, atol=1e-3)  # linear
+    # a hold_step longer than the gap leaves the skip linear; one at most the gap holds it
+    _, _, longer = _run(den, x, sig, cfg, hold_step=_gap(sig, hi) * 1.01)
+    assert torch.equal(longer[hi][1], before[hi][1])
+    _, _, shorter = _run(den, x, sig, cfg, hold_step=_gap(sig, hi) * 0.99)
+    assert torch.equal(shorter[hi][1], seen[hi][1])
 
 
 def test_flow_models_named_extrapolations_and_other_samplers_are_untouched():
