@@ -164,3 +164,25 @@ def test_hold_below_sigma_set_applies_to_any_sampler_and_model():
         assert torch.equal(run(hold_below_sigma=0.0)[0], run(cfg=AdaptiveConfig(extrapolation="linear"))[0])
         some = run(hold_below_sigma=1.0)[0]
         assert not torch.equal(some, always) and not torch.equal(some, run()[0])
+
+
+def test_the_long_step_hold_is_per_sample():
+    """Per-sample decisions leave samples with different last computed steps: at one skipped sigma the sample whose
+    last computed step is HOLD_STEP or more away holds its direction, the other extrapolates (white box: the
+    controller's history set by hand, as two per-sample runs would leave it)."""
+    from comfyui_tempo.samplers.adaptive import AdaptiveSampling
+
+    sig = schedules.get_sigmas("karras", 40)
+    ctl = AdaptiveSampling(lambda *a, **k: None, sig, AdaptiveConfig(), sampler_reuse=RULE)
+    assert ctl.hold_step == HOLD_STEP and ctl.hold_below == HOLD_BELOW_SIGMA
+    ctl._auto = "linear"
+    i = next(k for k in range(3, 40) if sig[k] > 2 * HOLD_BELOW_SIGMA)
+    s = float(sig[i])
+    near, far = s * math.exp(0.5 * HOLD_STEP), s * math.exp(1.5 * HOLD_STEP)  # last computed sigmas, per sample
+    ctl._hs = torch.tensor([[near, far], [near * 1.3, far * 1.3]], dtype=torch.float64)
+    ctl._hd = torch.stack([torch.full((2, 3), 1.0), torch.full((2, 3), 2.0)])  # newest first: d 1.0, before it 2.0
+    d = ctl._direction(s, torch.arange(2), torch.zeros(2, 3))
+    assert torch.equal(d[1], torch.full((3,), 1.0))  # far: held
+    assert not torch.allclose(d[0], torch.full((3,), 1.0))  # near: extrapolated linearly in sigma
+    lin = 1.0 + (1.0 - 2.0) * (s - near) / (near - near * 1.3)
+    assert torch.allclose(d[0], torch.full((3,), lin, dtype=d.dtype))
