@@ -16,11 +16,9 @@ from comfyui_tempo.samplers import support
 
 SAMPLERS = [s for s in json.loads(__SAMPLERS__) if s in comfy.samplers.SAMPLER_NAMES]  # this ComfyUI's
 
-from tempo_testnodes import tiny_sd_model as build
+from tempo_testnodes import tiny_sd_conditioning, tiny_sd_model as build
 
-pos = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
-neg = [[torch.zeros(1, 2, 64), {}]]
-lat = {"samples": torch.zeros(2, 4, 8, 8)}
+pos, neg, lat = tiny_sd_conditioning()
 ADAPT = dict(extrapolation="linear", force_last=1, start_percent=0.0, estimator_space="vp", batch_mode="per_sample")
 
 def S(mode, target_speedup, threshold, max_skip):

@@ -240,14 +240,13 @@ RESPACE_SNIPPET = r"""
 import torch
 import comfy.model_base
 from comfyui_tempo.nodes import adaptive as adaptive_nodes, adaptive_profile
-from tempo_testnodes import tiny_sd_model as build
+from tempo_testnodes import skip_settings, tiny_sd_model as build
 
 model = build(comfy.model_base.ModelType.EPS)
 prompts = [[[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(s)), {}]] for s in (1, 2)]
 neg = [[torch.zeros(1, 2, 64), {}]]
 lat = {"samples": torch.zeros(1, 4, 8, 8)}
-S = dict(mode="target_speedup", target_speedup=2.0, threshold=0.01, max_skip=4, extrapolation="auto", force_last=0,
-         start_percent=0.0, estimator_space="vp", batch_mode="per_sample")
+S = skip_settings()
 result = {}
 with torch.inference_mode():
     for sampler, sched in (("lms", "normal"), ("euler", "karras")):

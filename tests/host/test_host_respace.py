@@ -8,13 +8,10 @@ import comfy.model_base, comfy.samplers, comfy.sample
 import nodes
 from comfyui_tempo.nodes import adaptive as adaptive_nodes
 from comfyui_tempo.samplers import respace
-from tempo_testnodes import tiny_sd_model as build
+from tempo_testnodes import skip_settings, tiny_sd_conditioning, tiny_sd_model as build
 
-pos = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
-neg = [[torch.zeros(1, 2, 64), {}]]
-lat = {"samples": torch.zeros(2, 4, 8, 8)}
-S = dict(mode="target_speedup", target_speedup=2.0, threshold=0.01, max_skip=4, extrapolation="auto", force_last=0,
-         start_percent=0.0, estimator_space="vp", batch_mode="per_sample")
+pos, neg, lat = tiny_sd_conditioning()
+S = skip_settings()
 model = build(comfy.model_base.ModelType.EPS)
 result, samples = {}, {}
 with torch.inference_mode():

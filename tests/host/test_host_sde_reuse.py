@@ -8,19 +8,16 @@ SNIPPET = r"""
 import torch
 import comfy.model_base
 from comfyui_tempo.nodes import adaptive as adaptive_nodes
-from tempo_testnodes import tiny_sd_model as build
+from tempo_testnodes import skip_settings, tiny_sd_conditioning, tiny_sd_model as build
 
-pos = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
-neg = [[torch.zeros(1, 2, 64), {}]]
-lat = {"samples": torch.zeros(2, 4, 8, 8)}
+pos, neg, lat = tiny_sd_conditioning()
 result = {}
 with torch.inference_mode():
     for kind, mt in (("eps", "EPS"), ("v", "V_PREDICTION"), ("flow", "FLOW")):
         model = build(getattr(comfy.model_base.ModelType, mt))
         out = {}
         for ex in ("auto", "linear", "hold"):
-            S = dict(mode="target_speedup", target_speedup=2.0, threshold=0.01, max_skip=4, extrapolation=ex,
-                     force_last=0, start_percent=0.0, estimator_space="vp", batch_mode="per_sample")
+            S = skip_settings(extrapolation=ex)
             r = adaptive_nodes.AdaptiveKSampler.execute(model, 3, 20, 5.0, "dpmpp_2m_sde", "karras", pos, neg, lat,
                                                         1.0, **S)
             result[f"{kind}/{ex}"] = r.ui.as_dict()["text"][0] if hasattr(r.ui, "as_dict") else str(r.ui)

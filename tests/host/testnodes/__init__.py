@@ -16,7 +16,8 @@ into real ComfyUI objects, built in-process with ComfyUI's own classes by the pa
 ``name`` inputs pick "testbed" (default) or "hr" (the second testbed in its own latent space).
 
 Snippets (``comfy_snippet`` fixture) can ``import tempo_testnodes`` and call ``build_model()``,
-``class_cond()``, ``testbed()`` and ``tiny_sd_model()`` (a tiny random SD-style UNet) directly.
+``class_cond()``, ``testbed()`` and ``tiny_sd_model()`` (a tiny random SD-style UNet) directly, with
+``tiny_sd_conditioning()`` and ``skip_settings()`` (the AdaptiveDiffusion nodes' defaults) for the latter.
 
 ``TEMPO_TESTBED_MODULE`` (test-only) names another module with the ``trained.load()`` interface.
 """
@@ -101,6 +102,33 @@ def tiny_sd_model(
     return comfy.model_patcher.ModelPatcher(
         base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
     )
+
+
+def tiny_sd_conditioning(batch: int = 2):
+    """(positive, negative, latent) for ``tiny_sd_model``: a seeded context [1, 2, 64], a zero one, and an empty
+    LATENT of ``batch`` 8x8 SD latents (ComfyUI's CONDITIONING / LATENT forms)."""
+    pos = [[torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(1)), {}]]
+    neg = [[torch.zeros(1, 2, 64), {}]]
+    return pos, neg, {"samples": torch.zeros(batch, 4, 8, 8)}
+
+
+def skip_settings(**changes) -> dict:
+    """The AdaptiveDiffusion nodes' skip settings at their defaults (target speed-up 2, extrapolation auto), as keyword
+    arguments of their ``execute``; ``changes`` replace some."""
+    return {
+        **dict(
+            mode="target_speedup",
+            target_speedup=2.0,
+            threshold=0.01,
+            max_skip=4,
+            extrapolation="auto",
+            force_last=0,
+            start_percent=0.0,
+            estimator_space="vp",
+            batch_mode="per_sample",
+        ),
+        **changes,
+    }
 
 
 class TempoTestbedModel(io.ComfyNode):
