@@ -467,6 +467,34 @@ def hold_table(rows: list[dict]) -> list[dict]:
     return out
 
 
+def hold_summary(rows: list[dict]) -> list[dict]:
+    """Over the cells with --grid-hold-sweep / --grid-hold-step-sweep rows, one line per reuse (linear throughout, each
+    swept rule, the default): its mean dB minus uniform skipping and the cells above it; and the cells where the
+    default differs from it, how many of those the default is above, and the default minus it there (min, mean, max)."""
+    cells = [m for m in _by_cell(rows).values() if "adaptive_linear" in m]
+    swept = sorted({k for m in cells for k in m if k.startswith(("adaptive_hold_below_", "adaptive_hold_step_"))})
+    out = []
+    for k in ["adaptive_linear", *swept, "adaptive"]:
+        have = [m for m in cells if k in m]
+        vs_uniform = [m[k]["psnr_db"] - m["uniform_skip"]["psnr_db"] for m in have]
+        diff = [m["adaptive"]["psnr_db"] - m[k]["psnr_db"] for m in have]
+        diff = [d for d in diff if d != 0.0]
+        out.append(
+            {
+                "reuse": "default" if k == "adaptive" else k.replace("adaptive_", ""),
+                "cells": len(have),
+                "mean_vs_uniform": sum(vs_uniform) / len(vs_uniform),
+                "above_uniform": sum(1 for v in vs_uniform if v > 0),
+                "default_differs": len(diff),
+                "default_above": sum(1 for d in diff if d > 0),
+                "default_minus_min": min(diff) if diff else None,
+                "default_minus_mean": sum(diff) / len(diff) if diff else None,
+                "default_minus_max": max(diff) if diff else None,
+            }
+        )
+    return out
+
+
 def add_arguments(p) -> None:
     p.add_argument("--grid", action="store_true", help="the generalisation grid (models x samplers x schedulers ...)")
     p.add_argument(
@@ -622,6 +650,11 @@ def grid_main(args) -> int:
             "default's path):"
         )
         print_table(hold, list(hold[0]))
+        result["hold_summary"] = hold_summary(rows)
+        print(
+            "\nover those cells, each reuse: mean dB minus uniform skipping, cells above it; where the default differs:"
+        )
+        print_table(result["hold_summary"], list(result["hold_summary"][0]))
     jump = jump_table(rows)
     if jump:
         result["jump"] = jump

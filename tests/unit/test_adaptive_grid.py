@@ -186,6 +186,20 @@ def test_grid_hold_sweep_rows_and_table(tmp_path):
         m["dpmpp_2m_sde", "adaptive_hold_below_1"] - m["dpmpp_2m_sde", "adaptive_linear"]
     )
     assert t["dpmpp_2m_sde"]["default"] == pytest.approx(t["dpmpp_2m_sde"]["hold_step_0.2"])
+    # the summary over the cells: each reuse against uniform skipping, and where the default differs from it
+    u = {sa: m[sa, "uniform_skip"] for sa in ("dpmpp_2m_sde", "euler_ancestral")}
+    summ = {r["reuse"]: r for r in d["hold_summary"]}
+    assert summ["linear"]["cells"] == 2
+    assert summ["linear"]["mean_vs_uniform"] == pytest.approx(sum(m[sa, "adaptive_linear"] - u[sa] for sa in u) / 2)
+    assert summ["linear"]["above_uniform"] == sum(m[sa, "adaptive_linear"] > u[sa] for sa in u)
+    assert summ["default"]["default_differs"] == 0
+    # the rule before HOLD_STEP: the default differs from it on dpmpp_2m_sde only
+    inf = summ["hold_step_inf"]
+    assert inf["default_differs"] == 1
+    assert inf["default_minus_mean"] == pytest.approx(
+        m["dpmpp_2m_sde", "adaptive"] - m["dpmpp_2m_sde", "adaptive_hold_step_inf"]
+    )
+    assert inf["default_above"] == (m["dpmpp_2m_sde", "adaptive"] > m["dpmpp_2m_sde", "adaptive_hold_step_inf"])
 
 
 def test_grid_jump_off_rows_and_table(tmp_path):
