@@ -118,20 +118,17 @@ class AdaptiveSampling:
         self.endpoint_corrector = endpoint_corrector
         self.use_vp = config.estimator_space == "vp" and vp_estimator_ok
         self.flow = not vp_estimator_ok  # a flow model (ComfyUI's CONST): sigma in (0, 1]
-        # hold the last direction below HOLD_BELOW_SIGMA (the sampler's rule; extrapolation auto, eps / v models), or
-        # below hold_below_sigma where given (any sampler and model: the benchmark's sweep of the rule)
+        # the sampler's reuse rule (extrapolation auto, eps / v models): hold the last direction below HOLD_BELOW_SIGMA
+        # and at a skipped step HOLD_STEP or further from the last computed step in log sigma. hold_below_sigma /
+        # hold_step where given replace it (any sampler and model: the benchmark's sweeps; hold_step inf: never)
+        auto = config.extrapolation == "auto"
+        rule = auto and sampler_reuse == "hold_low_noise" and not self.flow and hold_below_sigma is None
         self.hold_below, self._hold_why = None, ""
-        if config.extrapolation == "auto" and hold_below_sigma is not None:
+        if auto and hold_below_sigma is not None:
             self.hold_below, self._hold_why = float(hold_below_sigma), "set"
-        elif config.extrapolation == "auto" and sampler_reuse == "hold_low_noise" and not self.flow:
+        elif rule:
             self.hold_below, self._hold_why = HOLD_BELOW_SIGMA, "the sampler's rule"
-        # ... and hold at a skipped step HOLD_STEP or further from the last computed step in log sigma (the sampler's
-        # rule, with the hold below sigma), or hold_step where given (inf: never; the benchmark's sweep)
-        self.hold_step = None
-        if config.extrapolation == "auto" and hold_step is not None:
-            self.hold_step = float(hold_step)
-        elif self._hold_why == "the sampler's rule":
-            self.hold_step = HOLD_STEP
+        self.hold_step = float(hold_step) if auto and hold_step is not None else (HOLD_STEP if rule else None)
         if self.hold_step is not None and math.isinf(self.hold_step):
             self.hold_step = None
         self.planned = None  # bool [N], True = run (mode target, planner schedule)
