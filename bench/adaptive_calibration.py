@@ -317,6 +317,67 @@ def calibration_rows(
     return rows
 
 
+def transfer_rows(
+    problem: Problem, sampler: str, steps: int, skips: int, idx, extrapolation: str = "auto"
+) -> list[dict]:
+    """How prompt-specific the greedy paths are: each prompt of idx gets its own greedy path at `skips` skips
+    (``greedy_skip_paths(joint=False)``, the reference of ``greedy_optimal``), then every prompt is sampled along
+    every prompt's path and the default controller's path, in one batch. Decoded PSNR against each prompt's full run.
+
+    Rows (mean over the prompts): ``greedy_own`` (each prompt along its own path), ``greedy_transfer`` (each
+    prompt along the other prompts' paths, the mean over the ordered pairs: what a path carried over from one other
+    prompt gives), ``greedy_transfer_best`` (each prompt along the best of the other prompts' paths for it, chosen
+    with its full run: more than any choice made without it) and ``adaptive_transfer_prompts`` (the default's path,
+    taken on the first prompt, on every prompt). ``greedy_transfer`` holds ``transfer_db`` ([path][prompt], the
+    last path the default's) and ``paths``; ``greedy_own`` the counts of pairs within 3 dB of the prompt's own."""
+    idx = torch.as_tensor(idx)
+    n = len(idx)
+    if n < 2:
+        raise ValueError(f"prompts: a transfer needs at least 2, got {n}")
+    r = _Runner(problem, sampler, steps, extrapolation)
+    ref = problem.decode(r.run(idx, None))
+    errors_of = r.errors_of(idx, ref)
+    g = greedy_skip_paths(errors_of, n, steps, skips, joint=False)
+    default = _default_path(problem, sampler, steps, skips, idx, extrapolation, r)
+    paths = torch.cat([g.path, default[None]])  # [n + 1, N]
+    nfe0 = r.nfe
+    db = -10 * torch.log10(errors_of(paths[:, None, :].repeat(1, n, 1)).clamp_min(1e-12))  # [n + 1, n]
+    nfe = (r.nfe - nfe0) / ((n + 1) * n)
+    own = db.diagonal()
+    off = ~torch.eye(n, dtype=torch.bool)
+    other = db[:n].masked_fill(~off, float("-inf"))
+    within = int(((db[:n] >= own[None] - 3.0) & off).sum())
+    base = {
+        "model": problem.name,
+        "sampler": sampler,
+        "scheduler": problem.scheduler,
+        "steps": steps,
+        "cfg": _cfg_of(problem),
+        "skips": skips,
+        "prompts": n,
+        "nfe": float(nfe),
+    }
+    text = ["".join("C" if c else "s" for c in p.tolist()) for p in paths]
+    return [
+        {
+            **base,
+            "method": "greedy_own",
+            "psnr_db": float(own.mean()),
+            "pairs_within_3db": within,
+            "pairs": n * (n - 1),
+        },
+        {
+            **base,
+            "method": "greedy_transfer",
+            "psnr_db": float(db[:n][off].mean()),
+            "transfer_db": [[round(float(v), 3) for v in row] for row in db],
+            "paths": text,
+        },
+        {**base, "method": "greedy_transfer_best", "psnr_db": float(other.max(0).values.mean())},
+        {**base, "method": "adaptive_transfer_prompts", "psnr_db": float(db[n].mean()), "path": text[n]},
+    ]
+
+
 # ----------------------------------------------------------------------------- the command
 def _indices(text: str, what: str) -> list[int]:
     try:

@@ -17,6 +17,10 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   greedy path, and a profile calibrated on other prompts (bench/adaptive_calibration.py); with them
   ``adaptive_heldout_prompts`` and ``fewer_steps_heldout_prompts``, the default and fewer steps on the same
   held-out prompts.
+* ``greedy_own`` / ``greedy_transfer`` / ``greedy_transfer_best`` / ``adaptive_transfer_prompts``
+  (``--calib-transfer``, on the ``--calib-cells`` instead of the profile): each prompt's own greedy path, the other
+  prompts' paths carried over to it (mean, and the best for it) and the default's path, on every prompt of the cell
+  (bench/adaptive_calibration.py ``transfer_rows``): how specific a greedy path is to its prompt.
 
 Models: ``testbed`` and ``testbed_hr`` (eps-prediction latent UNets on digits) are the models the planner was
 first designed on; ``flow`` (a rectified-flow DiT on shapes, testbed/trained_flow.py) was held out from that design,
@@ -62,6 +66,10 @@ METHODS = [
     "adaptive_calibrated",
     "adaptive_heldout_prompts",
     "fewer_steps_heldout_prompts",
+    "greedy_own",
+    "greedy_transfer",
+    "greedy_transfer_best",
+    "adaptive_transfer_prompts",
 ]
 NOISE_SEED = 7
 
@@ -240,17 +248,24 @@ def run_cell(
 
 
 def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
-    """greedy_optimal and adaptive_calibrated on held-out prompts (the problem's rows split in two)."""
-    from .adaptive_calibration import calibration_rows
+    """greedy_optimal and adaptive_calibrated on held-out prompts (the problem's rows split in two); with
+    calib["transfer"] instead the greedy paths carried over between all the cell's prompts (``transfer_rows``)."""
+    from .adaptive_calibration import calibration_rows, transfer_rows
 
     n = cell.p.noise.shape[0]
+    full_nfe = len(cell.sigmas(cell.steps)) - 1
+    if calib.get("transfer"):
+        rows = transfer_rows(cell.p, cell.sampler, cell.steps, full_nfe - int(round(full_nfe / 2.0)), list(range(n)))
+        out = [{**base, **{k: v for k, v in r.items() if k not in base}} for r in rows]
+        for r in out:
+            log(f"    {r['method']:26s} nfe {r['nfe']:.1f} {r['psnr_db']:.2f} dB (all {n} prompts)")
+        return out
     k = calib.get("prompts", 3)
     calib_idx, heldout_idx = list(range(k)), list(range(k, n))
     seeds = calib.get("seeds", 1)
     if calib.get("split") == "seeds":  # rows: class c, seed s at c * seeds + s; the same classes, other seeds
         calib_idx = [c * seeds for c in range(n // seeds)]
         heldout_idx = [c * seeds + s for c in range(n // seeds) for s in range(1, seeds)]
-    full_nfe = len(cell.sigmas(cell.steps)) - 1
     skips = full_nfe - int(round(full_nfe / 2.0))
     rows = calibration_rows(
         cell.p,
@@ -372,6 +387,16 @@ def summarize(rows: list[dict]) -> list[dict]:
                 line["check_chose"] = u.get("chosen")
             line["calib_search"] = m["adaptive_calibrated"].get("search")
             line["calib_gain_on_calib_prompts"] = m["adaptive_calibrated"].get("calib_gain_db")
+        if "greedy_own" in m:
+            own = m["greedy_own"]["psnr_db"]
+            line["own_db"] = own
+            for key, method in (
+                ("transfer_vs_own", "greedy_transfer"),
+                ("best_other_vs_own", "greedy_transfer_best"),
+                ("default_vs_own", "adaptive_transfer_prompts"),
+            ):
+                line[key] = m[method]["psnr_db"] - own
+            line["pairs_within_3db"] = f"{m['greedy_own']['pairs_within_3db']} of {m['greedy_own']['pairs']}"
         line["ok"] = "yes" if a["nfe_ratio"] >= 1.95 and line["vs_fewer"] > 0 and line["vs_uniform"] > 0 else "NO"
         out.append(line)
     return out
@@ -563,6 +588,13 @@ def add_arguments(p) -> None:
         help="also run the same search on the held-out prompts themselves (adaptive_shared_best): the best one "
         "shared path for them, to tell a profile's transfer loss from what no single path can do",
     )
+    p.add_argument(
+        "--calib-transfer",
+        action="store_true",
+        help="on the --calib-cells, instead of the profile: each prompt's own greedy path, and every prompt sampled "
+        "along the other prompts' paths and the default's (greedy_own, greedy_transfer, greedy_transfer_best, "
+        "adaptive_transfer_prompts): how specific a greedy path is to its prompt",
+    )
 
 
 def grid_main(args) -> int:
@@ -593,6 +625,7 @@ def grid_main(args) -> int:
                 "validate": args.calib_validate,
                 "split": args.calib_split,
                 "seeds": seeds,
+                "transfer": args.calib_transfer,
             }
         holds = [float(v) for v in args.grid_hold_sweep.split(",") if v]
         hold_steps = [float(v) for v in args.grid_hold_step_sweep.split(",") if v]
@@ -690,6 +723,15 @@ def grid_main(args) -> int:
             for s in calib
         ]
         print_table(result["calibration"], list(result["calibration"][0]))
+    transfer = [s for s in summary if "own_db" in s]
+    if transfer:
+        print(
+            "\neach prompt's own greedy path carried over to the other prompts, dB (minus each prompt along its own "
+            "path: the mean over pairs / the best other prompt's path / the default's path; pairs within 3 dB of own):"
+        )
+        keys = ["model", "sampler", "scheduler", "steps", "own_db", "transfer_vs_own", "best_other_vs_own"]
+        result["transfer"] = [{k: s[k] for k in keys + ["default_vs_own", "pairs_within_3db"]} for s in transfer]
+        print_table(result["transfer"], list(result["transfer"][0]))
     result["markdown"] = markdown_matrix(summary, args.grid_steps, args.cfg)
     print("\nper cell at the defaults: default's PSNR dB (minus fewer steps / minus uniform skipping):\n")
     print(result["markdown"])

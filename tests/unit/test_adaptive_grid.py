@@ -219,3 +219,28 @@ def test_grid_jump_off_rows_and_table(tmp_path):
     assert t["karras"]["path"] == t["karras"]["path_jump_off"] and t["karras"]["gain_db"] == 0
     m = {(r["scheduler"], r["method"]): r["psnr_db"] for r in d["rows"]}
     assert t["normal"]["gain_db"] == pytest.approx(m["normal", "adaptive"] - m["normal", "adaptive_jump_off"])
+
+
+def test_calib_transfer_reports_each_prompts_greedy_path_against_the_others(tmp_path):
+    """--calib-transfer: on the calibrated cells, instead of the profile, the greedy paths carried over between all
+    the cell's prompts; the summary's differences come from the rows, and the default's path on the same prompts is
+    the cell's own adaptive row (the same path, prompts and noise)."""
+    out = tmp_path / "transfer.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler", "--grid-schedulers",
+         "karras", "--grid-steps", "6", "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells",
+         "euler:karras", "--calib-transfer", "--grid-lean", "--classes", "3", "--threads", "1", "--quiet", "--json",
+         str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    m = {r["method"]: r for r in d["rows"]}
+    assert "adaptive_calibrated" not in m and "greedy_optimal" not in m
+    own = m["greedy_own"]["psnr_db"]
+    (t,) = d["transfer"]
+    assert t["transfer_vs_own"] == pytest.approx(m["greedy_transfer"]["psnr_db"] - own)
+    assert t["best_other_vs_own"] == pytest.approx(m["greedy_transfer_best"]["psnr_db"] - own)
+    assert t["default_vs_own"] == pytest.approx(m["adaptive_transfer_prompts"]["psnr_db"] - own)
+    assert t["pairs_within_3db"] == f"{m['greedy_own']['pairs_within_3db']} of 6"
+    assert m["adaptive_transfer_prompts"]["path"] == m["adaptive"]["path"]
+    assert m["adaptive_transfer_prompts"]["psnr_db"] == pytest.approx(m["adaptive"]["psnr_db"], abs=1e-3)

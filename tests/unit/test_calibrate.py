@@ -466,3 +466,31 @@ def test_the_default_respaced_is_a_candidate_and_a_profile_can_be_respaced():
     assert SkipProfile(path=[True] * 8, sigmas=[float(8 - i) for i in range(9)]).config().respace == "off"
     with pytest.raises(ProfileError, match="'respace' must be true or false"):
         SkipProfile.from_dict({**prof.to_dict(), "respace": "yes"})
+
+
+def test_transfer_rows_carry_each_prompts_greedy_path_to_the_others(gmm):
+    """transfer_rows: each prompt along its own greedy path (the same path greedy_skip_paths gives it), along the
+    other prompts' paths and along the default's; the rows are the matrix's means, recomputed here."""
+    idx = [0, 2, 5]
+    rows = {r["method"]: r for r in ac.transfer_rows(gmm, "euler", STEPS, 8, idx, "linear")}
+    assert set(rows) == {"greedy_own", "greedy_transfer", "greedy_transfer_best", "adaptive_transfer_prompts"}
+    t = rows["greedy_transfer"]
+    db = torch.tensor(t["transfer_db"])  # [path][prompt]: the three greedy paths, then the default's
+    assert db.shape == (4, 3) and len(t["paths"]) == 4
+    _, errors_of = _errors_of(gmm, idx)
+    g = greedy_skip_paths(errors_of, 3, STEPS, 8, joint=False)
+    assert t["paths"][:3] == [g.path_string(p) for p in range(3)]
+    assert all(p.count("s") == 8 and p[0] == "C" for p in t["paths"])
+    own = db.diagonal()
+    off = ~torch.eye(3, dtype=torch.bool)
+    assert rows["greedy_own"]["psnr_db"] == pytest.approx(float(own.mean()), abs=2e-3)
+    assert t["psnr_db"] == pytest.approx(float(db[:3][off].mean()), abs=2e-3)
+    best = [max(float(db[a, b]) for a in range(3) if a != b) for b in range(3)]
+    assert rows["greedy_transfer_best"]["psnr_db"] == pytest.approx(sum(best) / 3, abs=2e-3)
+    assert rows["adaptive_transfer_prompts"]["psnr_db"] == pytest.approx(float(db[3].mean()), abs=2e-3)
+    assert rows["greedy_own"]["pairs_within_3db"] == int(((db[:3] >= own[None] - 3.0) & off).sum())
+    assert rows["greedy_own"]["pairs"] == 6 and all(r["nfe"] == STEPS - 8 for r in rows.values())
+    # a path carried over from another prompt is no better than that prompt's best other path
+    assert t["psnr_db"] <= rows["greedy_transfer_best"]["psnr_db"] + 1e-6
+    with pytest.raises(ValueError, match="at least 2"):
+        ac.transfer_rows(gmm, "euler", STEPS, 8, [1])
