@@ -607,6 +607,21 @@ def grid_main(args) -> int:
     calib_cells = {tuple(c.split(":")) for c in args.calib_cells.split(",") if c}
     if args.calib_split == "seeds" and seeds < 2:
         raise SystemExit("--calib-split seeds: expected --seeds 2 or more (each class's other seeds are held out)")
+    if args.calib_transfer:
+        clash = [
+            flag
+            for flag, on in (
+                ("--calib-ceiling", args.calib_ceiling),
+                ("--calib-validate", args.calib_validate),
+                ("--calib-no-planner", args.calib_no_planner),
+                ("--calib-split seeds", args.calib_split == "seeds"),
+            )
+            if on
+        ]
+        if clash:
+            raise SystemExit(
+                f"--calib-transfer: runs instead of the profile, so {', '.join(clash)} would do nothing; leave it out"
+            )
     t0 = time.perf_counter()
     rows, problems_cache = [], {}
     todo = cells(args)

@@ -244,3 +244,5 @@ def test_calib_transfer_reports_each_prompts_greedy_path_against_the_others(tmp_
     assert t["pairs_within_3db"] == f"{m['greedy_own']['pairs_within_3db']} of 6"
     assert m["adaptive_transfer_prompts"]["path"] == m["adaptive"]["path"]
     assert m["adaptive_transfer_prompts"]["psnr_db"] == pytest.approx(m["adaptive"]["psnr_db"], abs=1e-3)
+    with pytest.raises(SystemExit, match="--calib-transfer: runs instead of the profile, so --calib-ceiling"):
+        cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--calib-transfer", "--calib-ceiling"])
