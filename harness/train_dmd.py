@@ -179,6 +179,6 @@ def main(args) -> int:
         if d.main:
             print(f"train dmd: {e}", file=sys.stderr, flush=True)
         d.close(wait=False)
-        return 2
+        return distributed.exit_job(d, 2)
     d.close()
-    return 0
+    return distributed.exit_job(d, 0)

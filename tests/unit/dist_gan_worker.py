@@ -52,6 +52,7 @@ def main(strategy: str, steps: int) -> None:
         if d.main:
             print(json.dumps({k: v for k, v in out.items() if k.startswith("loss")}), flush=True)
     d.close()
+    distributed.exit_job(d, 0)
 
 
 if __name__ == "__main__":

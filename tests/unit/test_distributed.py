@@ -224,3 +224,20 @@ def test_killing_rank_0_loses_only_the_steps_since_the_last_checkpoint(runs, tmp
     ref, _ = distributed.read_checkpoint(runs["base"] / "one")
     done, _ = distributed.read_checkpoint(out)
     assert rel_diff(ref, done) < TOL
+
+
+def test_exit_job_returns_in_one_process_and_exits_with_the_code_in_a_job():
+    """exit_job: one process gets the code back; a process of a job (world > 1) exits with it, its buffered output
+    flushed first (it leaves without Python's shutdown, where gloo's threads aborted now and then)."""
+    assert distributed.exit_job(distributed.Dist(), 3) == 3
+    code = (
+        "import sys\n"
+        "from comfyui_tempo.training import distributed\n"
+        "print('written before the exit')\n"
+        "sys.stderr.write('and on stderr')\n"
+        "distributed.exit_job(distributed.Dist(rank=1, world=2), 3)\n"
+        "print('never reached')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 3
+    assert r.stdout == "written before the exit\n" and r.stderr == "and on stderr"
