@@ -176,6 +176,18 @@ def _psnr(problem: Problem, out: torch.Tensor, ref_img: torch.Tensor) -> float:
     return float(psnr_db(problem.decode(out), ref_img).mean())
 
 
+def _row_head(problem: Problem, sampler: str, steps: int, skips: int) -> dict:
+    """The fields every calibration and transfer row starts with."""
+    return {
+        "model": problem.name,
+        "sampler": sampler,
+        "scheduler": problem.scheduler,
+        "steps": steps,
+        "cfg": _cfg_of(problem),
+        "skips": skips,
+    }
+
+
 def calibration_rows(
     problem: Problem,
     sampler: str,
@@ -206,16 +218,7 @@ def calibration_rows(
     )
     r = _Runner(problem, sampler, steps, extrapolation)
     ref = problem.decode(r.run(heldout, None))
-    base = {
-        "model": problem.name,
-        "sampler": sampler,
-        "scheduler": problem.scheduler,
-        "steps": steps,
-        "cfg": _cfg_of(problem),
-        "skips": skips,
-        "heldout": len(heldout),
-        "calib_prompts": prof.prompts,
-    }
+    base = {**_row_head(problem, sampler, steps, skips), "heldout": len(heldout), "calib_prompts": prof.prompts}
     rows = []
 
     def add(method, nfe, psnr, path="", **more):
@@ -347,16 +350,7 @@ def transfer_rows(
     off = ~torch.eye(n, dtype=torch.bool)
     other = db[:n].masked_fill(~off, float("-inf"))
     within = int(((db[:n] >= own[None] - 3.0) & off).sum())
-    base = {
-        "model": problem.name,
-        "sampler": sampler,
-        "scheduler": problem.scheduler,
-        "steps": steps,
-        "cfg": _cfg_of(problem),
-        "skips": skips,
-        "prompts": n,
-        "nfe": float(nfe),
-    }
+    base = {**_row_head(problem, sampler, steps, skips), "prompts": n, "nfe": float(nfe)}
     text = ["".join("C" if c else "s" for c in p.tolist()) for p in paths]
     return [
         {
