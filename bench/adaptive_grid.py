@@ -21,6 +21,9 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   (``--calib-transfer``, on the ``--calib-cells`` instead of the profile): each prompt's own greedy path, the other
   prompts' paths carried over to it (mean, and the best for it) and the default's path, on every prompt of the cell
   (bench/adaptive_calibration.py ``transfer_rows``): how specific a greedy path is to its prompt.
+* ``adaptive_noise_plan`` (``--grid-noise-plan``, a candidate, not the default): the default planned with the
+  noise the sampler injects that a reused direction cannot see added to its cost (``samplers.skip_plan``
+  ``mixed_costs_fn``), on euler_ancestral and dpmpp_2m_sde with eps / v models.
 
 Models: ``testbed`` and ``testbed_hr`` (eps-prediction latent UNets on digits) are the models the planner was
 first designed on; ``flow`` (a rectified-flow DiT on shapes, testbed/trained_flow.py) was held out from that design,
@@ -46,6 +49,7 @@ import torch
 
 from ..samplers import kdiff, schedules, support
 from ..samplers.adaptive import AdaptiveConfig, CountingDenoiser, adaptive_sample
+from ..samplers.skip_plan import NOISE_FORMS
 from .common import print_table, psnr_db, write_json
 
 SAMPLERS = ["euler", "dpmpp_2m", "heun", "uni_pc", "dpmpp_2m_sde", "euler_ancestral", "lms"]
@@ -70,6 +74,7 @@ METHODS = [
     "greedy_transfer",
     "greedy_transfer_best",
     "adaptive_transfer_prompts",
+    "adaptive_noise_plan",
 ]
 NOISE_SEED = 7
 
@@ -159,6 +164,7 @@ def run_cell(
     holds=(),
     jump_off: bool = False,
     hold_steps=(),
+    noise_plan: bool = False,
 ) -> list[dict]:
     base = {
         "model": cell.model,
@@ -213,6 +219,10 @@ def run_cell(
     if jump_off:  # the default planned without its final-jump rule (samplers.skip_plan.jump_step)
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), protect_final_jump=False)
         add("adaptive_jump_off", out, nfe, wall, "AdaptiveConfig(), protect_final_jump=False", rep)
+    form = NOISE_FORMS.get(cell.sampler, "")
+    if noise_plan and form and not cell.flow:  # the candidate: the planner with the injected-noise cost
+        out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_plan=form)
+        add("adaptive_noise_plan", out, nfe, wall, f"AdaptiveConfig(), noise_plan={form!r}", rep)
     if not lean:
         out, nfe, wall, rep = cell.run(AdaptiveConfig(planner="pace", force_last=1))
         add("adaptive_pace", out, nfe, wall, "target 2x, planner pace, late_bias 0.25, force_last 1 (old default)", rep)
@@ -474,6 +484,32 @@ def jump_table(rows: list[dict]) -> list[dict]:
     return out
 
 
+def noise_plan_table(rows: list[dict]) -> list[dict]:
+    """Per cell with an adaptive_noise_plan row: it and the default, each minus uniform skipping (dB), the gain, and
+    both plans."""
+    out = []
+    for (model, sampler, sched, steps, cfg), m in _by_cell(rows).items():
+        if "adaptive_noise_plan" not in m:
+            continue
+        a, q, u = m["adaptive"], m["adaptive_noise_plan"], m["uniform_skip"]["psnr_db"]
+        out.append(
+            {
+                "model": model,
+                "sampler": sampler,
+                "scheduler": sched,
+                "steps": steps,
+                "cfg": cfg,
+                "gain_db": q["psnr_db"] - a["psnr_db"],
+                "default_vs_uniform": a["psnr_db"] - u,
+                "noise_plan_vs_uniform": q["psnr_db"] - u,
+                "noise_plan_vs_fewer": q["psnr_db"] - m["fewer_steps"]["psnr_db"],
+                "path": a["path"],
+                "path_noise_plan": q["path"],
+            }
+        )
+    return out
+
+
 def hold_table(rows: list[dict]) -> list[dict]:
     """Per cell with --grid-hold-sweep / --grid-hold-step-sweep rows: each adaptive_hold_below_T and
     adaptive_hold_step_H minus adaptive_linear (dB), and the default's."""
@@ -545,6 +581,12 @@ def add_arguments(p) -> None:
         action="store_true",
         help="also run the default planned without its final-jump rule (adaptive_jump_off); a table of the cells "
         "where the two plans differ",
+    )
+    p.add_argument(
+        "--grid-noise-plan",
+        action="store_true",
+        help="also run the default planned with the injected-noise cost (adaptive_noise_plan; a candidate, on "
+        f"{', '.join(NOISE_FORMS)} with eps / v models); a table against the default and uniform skipping",
     )
     p.add_argument(
         "--grid-lean",
@@ -653,6 +695,7 @@ def grid_main(args) -> int:
                 lean=args.grid_lean,
                 holds=holds,
                 jump_off=args.grid_jump_off,
+                noise_plan=args.grid_noise_plan,
                 hold_steps=hold_steps,
             )
         )
@@ -712,6 +755,21 @@ def grid_main(args) -> int:
             print_table(changed, list(changed[0]))
         up = sum(1 for j in changed if j["gain_db"] > 0)
         print(f"plans differ in {len(changed)} of {len(jump)} cells; the rule is above in {up} of them")
+    noise = noise_plan_table(rows)
+    if noise:
+        result["noise_plan"] = noise
+        print(
+            "\nthe default planned with the injected-noise cost (a candidate) minus the default, and each minus "
+            "uniform skipping, dB:"
+        )
+        print_table(noise, list(noise[0]))
+        up = sum(1 for r in noise if r["gain_db"] > 0)
+        above = [sum(1 for r in noise if r[k] > 0) for k in ("default_vs_uniform", "noise_plan_vs_uniform")]
+        mean = sum(r["gain_db"] for r in noise) / len(noise)
+        print(
+            f"the candidate is above the default in {up} of {len(noise)} cells (mean {mean:+.2f} dB); above uniform "
+            f"skipping: the default in {above[0]}, the candidate in {above[1]}"
+        )
     calib = [s for s in summary if "calib_vs_greedy" in s]
     if calib:
         print(

@@ -105,9 +105,11 @@ class AdaptiveSampling:
         hold_below_sigma: float | None = None,
         hold_step: float | None = None,
         protect_final_jump: bool = True,
+        noise_plan: str = "",
     ):
         self.model = model
         self.protect_final_jump = protect_final_jump
+        self.noise_plan = noise_plan
         self.config = config.validate()
         self.sig = [float(s) for s in sigmas]
         self.n_steps = len(self.sig) - 1
@@ -183,7 +185,10 @@ class AdaptiveSampling:
                 last=last,
                 flow=self.flow,
                 protect_final_jump=self.protect_final_jump,
+                noise="" if self.flow else self.noise_plan,
             )
+            if self.noise_plan and not self.flow:
+                self.report.notes.append(f"planned with the injected-noise cost ({self.noise_plan}; a candidate)")
             got = int((~self.planned).sum())
             if got < skips:
                 self.report.notes.append(
@@ -619,6 +624,7 @@ def adaptive_sample(
     hold_below_sigma: float | None = None,
     hold_step: float | None = None,
     protect_final_jump: bool = True,
+    noise_plan: str = "",
     **sampler_options,
 ):
     """Run `sampler_fn` with AdaptiveDiffusion skipping; returns (x, SkipReport).
@@ -639,6 +645,9 @@ def adaptive_sample(
     protect_final_jump: the schedule planner runs the step into the schedule's final jump
     (``samplers.skip_plan.jump_step``); False plans without that rule, for the benchmark's before / after
     (``bench adaptive --grid-jump-off``); the nodes leave it True.
+    noise_plan: a noise form of ``samplers.skip_plan.NOISE_FORMS``: the schedule planner adds the noise the sampler
+    injects that a reused direction cannot see (``mixed_costs_fn``; eps / v models), a candidate measured by
+    ``bench adaptive --grid-noise-plan``; the nodes leave it "".
     """
     config.validate()
     if not config.enabled:
@@ -663,6 +672,7 @@ def adaptive_sample(
         hold_below_sigma=hold_below_sigma,
         hold_step=hold_step,
         protect_final_jump=protect_final_jump,
+        noise_plan=noise_plan,
     )
     planned = ctl.planned
     if config.mode == "path" and config.respace == "on":  # a profile's path, re-spaced (one path for the batch)

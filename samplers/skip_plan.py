@@ -96,6 +96,75 @@ def skip_costs_fn(sigmas, flow: bool = False, step_weight: float = 0.0, step_sca
     return cost
 
 
+#: the noise forms ``noise_costs_fn`` knows, by sampler (eta 1, s_noise 1, ComfyUI's defaults)
+NOISE_FORMS = {"euler_ancestral": "ancestral", "dpmpp_2m_sde": "sde", "dpmpp_2m_sde_gpu": "sde"}
+
+
+#: the candidate's run penalty: none, since the injected noise a run of skips leaves accumulates in its cost
+#: (sqrt(sum up^2) over the run) instead of through a factor; with RUN_PENALTY its plans stay every other step
+NOISE_RUN_PENALTY = 1.0
+
+
+def noise_terms(sigmas, form: str) -> tuple[list[float], list[float]]:
+    """(up, removed) per step of a noise-injecting sampler (eps / v models, VE sigmas): up[k], the noise it adds at
+    the end of step k; removed[i], the share of a perturbation of the latent at the start of step i that step i's
+    own evaluation takes out (the denoiser does not follow the noise; a reused direction carries all of it).
+
+    * ``"ancestral"`` (euler_ancestral): sigma_up = min(s', sqrt(s'^2 (s^2 - s'^2) / s^2)), sigma_down =
+      sqrt(s'^2 - sigma_up^2); removed = 1 - sigma_down / s.
+    * ``"sde"`` (dpmpp_2m_sde): h = log(s / s'); up = s' sqrt(1 - e^(-2h)); removed = 1 - e^(-2h); the step to sigma 0
+      takes out everything (removed 1, no noise)."""
+    s = [float(v) for v in sigmas]
+    up, removed = [], []
+    for i in range(len(s) - 1):
+        a, b = s[i], s[i + 1]
+        if b <= 0 or a <= 0:
+            up.append(0.0)
+            removed.append(1.0)
+        elif form == "ancestral":
+            su = min(b, math.sqrt(max(b * b * (a * a - b * b) / (a * a), 0.0)))
+            up.append(su)
+            removed.append(1.0 - math.sqrt(max(b * b - su * su, 0.0)) / a)
+        elif form == "sde":
+            e = math.exp(-2.0 * math.log(a / b))
+            up.append(b * math.sqrt(1.0 - e))
+            removed.append(1.0 - e)
+        else:
+            raise ValueError(f"noise form: expected one of {sorted(set(NOISE_FORMS.values()))}, got {form!r}")
+    return up, removed
+
+
+def noise_costs_fn(sigmas, form: str):
+    """cost(i, b, a) of skipping step i after the last computed step b, for a sampler that injects noise: the noise
+    added since b (the steps b .. i-1; the reused direction, taken at b, has not seen it) that step i would have
+    taken out, times how much of a latent error at sigma_{i+1} survives to the end (as ``skip_costs_fn``'s travel):
+    sqrt(sum up[b:i]^2) * removed[i] / sqrt(1 + sigma_{i+1}^2). It does not depend on a."""
+    s = [float(v) for v in sigmas]
+    up, removed = noise_terms(s, form)
+
+    def cost(i: int, b: int, a: int | None) -> float:
+        return math.sqrt(sum(v * v for v in up[b:i])) * removed[i] / math.sqrt(1.0 + s[i + 1] ** 2)
+
+    return cost
+
+
+def mixed_costs_fn(sigmas, noise: str, step_weight: float = 0.0, step_scale=None):
+    """A candidate cost for noise-injecting samplers (``plan_skips(noise=...)``, the benchmark's
+    ``--grid-noise-plan``; not the default): ``skip_costs_fn``'s cost and ``noise_costs_fn``'s, each over its sum
+    over the single skips (step i alone, after i - 1 and i - 2), added. No weight to choose: the two count equally
+    over a run. eps / v models."""
+    det = skip_costs_fn(sigmas, False, step_weight, step_scale)
+    nz = noise_costs_fn(sigmas, noise)
+    n = len(sigmas) - 1
+    td = sum(det(i, i - 1, i - 2 if i >= 2 else None) for i in range(1, n)) or 1.0
+    tn = sum(nz(i, i - 1, None) for i in range(1, n)) or 1.0
+
+    def cost(i: int, b: int, a: int | None) -> float:
+        return det(i, b, a) / td + nz(i, b, a) / tn
+
+    return cost
+
+
 def jump_step(sigmas, flow: bool = False) -> int | None:
     """The step into the schedule's final jump, which the controller always runs; None where there is none.
 
@@ -124,6 +193,7 @@ def plan_skips(
     step_weight: float = 0.0,
     step_scale=None,
     protect=(),
+    noise: str = "",
 ) -> tuple[torch.Tensor, float]:
     """(path [N] bool, True = run the network; the modelled cost) with n_skips skips at least cost.
 
@@ -132,12 +202,19 @@ def plan_skips(
     in a row costs run_penalty^(j - 1) times its modelled cost (1: the cost model alone; the controller
     passes RUN_PENALTY); step_weight: the step-length factor's exponent (0: none; the controller passes
     STEP_WEIGHT); step_scale: a factor per step on its cost (``skip_costs_fn``); protect: step indices that run
-    (the controller passes ``jump_step``).
+    (the controller passes ``jump_step``); noise: a form of ``NOISE_FORMS`` plans with ``mixed_costs_fn`` (eps / v
+    models only; "": the cost model alone).
     """
     n = len(sigmas) - 1
     last = n if last is None else min(n, last)
     first = max(1, first)
-    cost = skip_costs_fn(sigmas, flow, step_weight, step_scale)
+    if noise and flow:
+        raise ValueError("noise: the injected-noise cost is for eps / v models (VE sigmas), not flow models")
+    cost = (
+        mixed_costs_fn(sigmas, noise, step_weight, step_scale)
+        if noise
+        else skip_costs_fn(sigmas, flow, step_weight, step_scale)
+    )
     keep = {int(i) for i in protect if i is not None and first <= int(i) < last}
     eligible = max(0, last - first)
     fit = eligible - eligible // (max_skip + 1) - len(keep)
@@ -181,14 +258,22 @@ def plan_skips(
 
 
 def default_plan(
-    sigmas, n_skips: int, *, flow: bool = False, protect_final_jump: bool = True, **limits
+    sigmas, n_skips: int, *, flow: bool = False, protect_final_jump: bool = True, noise: str = "", **limits
 ) -> torch.Tensor:
     """The controller's plan (mode target, planner schedule): ``plan_skips`` at RUN_PENALTY and STEP_WEIGHT with the
     step into the final jump run (``jump_step``; protect_final_jump False: without that rule). limits: plan_skips's
-    max_skip, first and last."""
+    max_skip, first and last. noise: the candidate injected-noise cost (``mixed_costs_fn``, at NOISE_RUN_PENALTY; "":
+    the default)."""
     protect = (jump_step(sigmas, flow),) if protect_final_jump else ()
     path, _ = plan_skips(
-        sigmas, n_skips, flow=flow, run_penalty=RUN_PENALTY, step_weight=STEP_WEIGHT, protect=protect, **limits
+        sigmas,
+        n_skips,
+        flow=flow,
+        run_penalty=NOISE_RUN_PENALTY if noise else RUN_PENALTY,
+        step_weight=STEP_WEIGHT,
+        protect=protect,
+        noise=noise,
+        **limits,
     )
     return path
 

@@ -246,3 +246,31 @@ def test_calib_transfer_reports_each_prompts_greedy_path_against_the_others(tmp_
     assert m["adaptive_transfer_prompts"]["psnr_db"] == pytest.approx(m["adaptive"]["psnr_db"], abs=1e-3)
     with pytest.raises(SystemExit, match="--calib-transfer: runs instead of the profile, so --calib-ceiling"):
         cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--calib-transfer", "--calib-ceiling"])
+
+
+def test_grid_noise_plan_rows_on_the_noisy_samplers_only(tmp_path):
+    """--grid-noise-plan: an adaptive_noise_plan row on euler_ancestral and dpmpp_2m_sde (not on euler), at the
+    default's NFE; the table's differences are the rows'."""
+    out = tmp_path / "noise.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers",
+         "euler,euler_ancestral,dpmpp_2m_sde", "--grid-schedulers", "exponential", "--grid-steps", "12",
+         "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells", "", "--grid-lean", "--grid-noise-plan",
+         "--classes", "2", "--threads", "1", "--quiet", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    by = {}
+    for r in d["rows"]:
+        by.setdefault(r["sampler"], {})[r["method"]] = r
+    assert "adaptive_noise_plan" not in by["euler"]
+    table = {t["sampler"]: t for t in d["noise_plan"]}
+    assert set(table) == {"euler_ancestral", "dpmpp_2m_sde"}
+    for sampler, t in table.items():
+        m = by[sampler]
+        q = m["adaptive_noise_plan"]
+        assert q["nfe"] == m["adaptive"]["nfe"] == 6
+        assert t["gain_db"] == pytest.approx(q["psnr_db"] - m["adaptive"]["psnr_db"])
+        assert t["noise_plan_vs_uniform"] == pytest.approx(q["psnr_db"] - m["uniform_skip"]["psnr_db"])
+        assert t["path_noise_plan"] == q["path"] and q["path"].count("s") == 6
+        assert "noise_plan=" in q["setting"]

@@ -181,3 +181,83 @@ def test_protected_steps_run_and_the_rest_is_the_optimum():
     kept, _ = plan_skips(sig, 10, max_skip=4, run_penalty=RUN_PENALTY, step_weight=STEP_WEIGHT, protect=(j,))
     assert not bool(free[j]) and bool(kept[j]) and int((~kept).sum()) == 10
     assert plan_skips(sig, 10, protect=(None,))[0].tolist() == plan_skips(sig, 10)[0].tolist()
+
+
+def test_noise_terms_by_hand():
+    """The noise a step adds and the share of a perturbation a step's evaluation takes out, on sigmas 2, 1, 0.5, 0:
+    euler_ancestral's sigma_up / sigma_down and dpmpp_2m_sde's e^(-2h) (here equal), the last step taking out all."""
+    from comfyui_tempo.samplers.skip_plan import noise_costs_fn, noise_terms
+
+    sig = [2.0, 1.0, 0.5, 0.0]
+    for form in ("ancestral", "sde"):
+        up, removed = noise_terms(sig, form)
+        assert up == pytest.approx([math.sqrt(0.75), 0.5 * math.sqrt(0.75), 0.0])
+        assert removed == pytest.approx([0.75, 0.75, 1.0])
+        cost = noise_costs_fn(sig, form)
+        # skipping step 2 after step 0: the noise of steps 0 and 1, all of it left in by the step to sigma 0
+        assert cost(2, 0, None) == pytest.approx(math.sqrt(0.75 + 0.1875))
+        assert cost(1, 0, None) == pytest.approx(math.sqrt(0.75) * 0.75 / math.sqrt(1 + 0.25))
+    up, removed = noise_terms([3.0, 2.0, 1.0], "ancestral")  # unequal steps: the two forms differ
+    up2, removed2 = noise_terms([3.0, 2.0, 1.0], "sde")
+    assert up[0] == pytest.approx(math.sqrt(4 * 5 / 9)) and removed[0] == pytest.approx(1 - math.sqrt(4 - 20 / 9) / 3)
+    assert up2[0] == pytest.approx(2 * math.sqrt(1 - 4 / 9)) and removed2[0] == pytest.approx(1 - 4 / 9)
+    with pytest.raises(ValueError, match="noise form: expected one of"):
+        noise_terms(sig, "brownian")
+
+
+def test_noise_plan_is_the_optimum_of_the_mixed_cost_and_only_for_ve_sigmas():
+    """plan_skips(noise=...): the exact optimum of mixed_costs_fn (brute force, no run penalty), the same number of
+    skips; on karras at 20 steps it leaves every-other-step skipping (the default's path); a flow model is refused."""
+    from comfyui_tempo.samplers.skip_plan import NOISE_RUN_PENALTY, default_plan, mixed_costs_fn
+
+    sig = schedules.get_sigmas("karras", 12)
+    cost = mixed_costs_fn(sig, "sde", STEP_WEIGHT)
+    path, total = plan_skips(sig, 5, max_skip=3, noise="sde", step_weight=STEP_WEIGHT, run_penalty=NOISE_RUN_PENALTY)
+    best = math.inf
+    for skipped in itertools.combinations(range(1, 12), 5):
+        p = [i not in skipped for i in range(12)]
+        if max(len(r) for r in "".join("C" if c else "s" for c in p).split("C")) > 3:
+            continue
+        t, b, a = 0.0, 0, None
+        for i in range(1, 12):
+            if p[i]:
+                b, a = i, b
+            else:
+                t += cost(i, b, a)
+        best = min(best, t)
+    assert total == pytest.approx(best) and int((~path).sum()) == 5
+    sig20 = schedules.get_sigmas("karras", 20)
+    default, noisy = default_plan(sig20, 10), default_plan(sig20, 10, noise="sde")
+    assert "".join("C" if c else "s" for c in default.tolist()) == "Cs" * 10
+    assert int((~noisy).sum()) == 10 and not bool((noisy == default).all())
+    with pytest.raises(ValueError, match="not flow models"):
+        plan_skips(sig, 5, flow=True, noise="sde")
+
+
+def test_the_controller_plans_with_the_noise_cost_where_asked_and_says_so():
+    import torch
+
+    from comfyui_tempo.samplers import kdiff
+    from comfyui_tempo.samplers.adaptive import AdaptiveConfig, adaptive_sample
+
+    sig = schedules.get_sigmas("karras", 20)
+    x = torch.randn(2, 3, 4, 4) * sig[0]
+
+    def run(**kw):
+        return adaptive_sample(
+            kdiff.SAMPLERS["euler_ancestral"],
+            lambda x, s, **e: x * 0.5,
+            x,
+            sig,
+            AdaptiveConfig(),
+            noise_sampler=kdiff.default_noise_sampler(x, seed=1),
+            **kw,
+        )[1]
+
+    base, noisy = run(), run(noise_plan="ancestral")
+    assert noisy.nfe == base.nfe == 10
+    assert noisy.path_string() != base.path_string()
+    assert any("injected-noise cost (ancestral" in n for n in noisy.notes)
+    assert not any("injected-noise" in n for n in base.notes)
+    flow = run(noise_plan="ancestral", vp_estimator_ok=False)  # a flow model keeps the cost model alone
+    assert not any("injected-noise" in n for n in flow.notes)
