@@ -342,6 +342,11 @@ def _diff(a: dict, b: dict | None):
     return None if b is None else a["psnr_db"] - b["psnr_db"]
 
 
+def _cell_head(key: tuple) -> dict:
+    """A per-cell table line's first fields from a ``_by_cell`` key."""
+    return dict(zip(("model", "sampler", "scheduler", "steps", "cfg"), key))
+
+
 def _by_cell(rows: list[dict]) -> dict:
     """{(model, sampler, scheduler, steps, cfg): {method: row}}."""
     by: dict = {}
@@ -460,20 +465,15 @@ def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
 def jump_table(rows: list[dict]) -> list[dict]:
     """Per cell with an adaptive_jump_off row: the default minus it (dB), each against the better baseline, and
     both plans."""
-    by = _by_cell(rows)
     out = []
-    for (model, sampler, sched, steps, cfg), m in by.items():
+    for key, m in _by_cell(rows).items():
         if "adaptive_jump_off" not in m:
             continue
         a, off = m["adaptive"], m["adaptive_jump_off"]
         bar = max(m["fewer_steps"]["psnr_db"], m["uniform_skip"]["psnr_db"])
         out.append(
             {
-                "model": model,
-                "sampler": sampler,
-                "scheduler": sched,
-                "steps": steps,
-                "cfg": cfg,
+                **_cell_head(key),
                 "gain_db": a["psnr_db"] - off["psnr_db"],
                 "margin_db": a["psnr_db"] - bar,
                 "margin_jump_off_db": off["psnr_db"] - bar,
@@ -488,17 +488,13 @@ def noise_plan_table(rows: list[dict]) -> list[dict]:
     """Per cell with an adaptive_noise_plan row: it and the default, each minus uniform skipping (dB), the gain, and
     both plans."""
     out = []
-    for (model, sampler, sched, steps, cfg), m in _by_cell(rows).items():
+    for key, m in _by_cell(rows).items():
         if "adaptive_noise_plan" not in m:
             continue
         a, q, u = m["adaptive"], m["adaptive_noise_plan"], m["uniform_skip"]["psnr_db"]
         out.append(
             {
-                "model": model,
-                "sampler": sampler,
-                "scheduler": sched,
-                "steps": steps,
-                "cfg": cfg,
+                **_cell_head(key),
                 "gain_db": q["psnr_db"] - a["psnr_db"],
                 "default_vs_uniform": a["psnr_db"] - u,
                 "noise_plan_vs_uniform": q["psnr_db"] - u,

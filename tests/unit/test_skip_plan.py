@@ -10,17 +10,13 @@ from comfyui_tempo.samplers import schedules
 from comfyui_tempo.samplers.skip_plan import RUN_PENALTY, STEP_WEIGHT, plan_skips, skip_costs_fn
 
 
-def brute_force(sigmas, n_skips, max_skip, first, last, flow=False, penalty=1.0):
-    """Every path with n_skips skips: the least summed cost (reference for the dynamic programme)."""
-    n = len(sigmas) - 1
-    cost = skip_costs_fn(sigmas, flow)
+def least_cost(cost, n, steps, n_skips, max_skip, penalty=1.0):
+    """(least summed cost, its path) over every path of n steps skipping n_skips of `steps`, at most max_skip in a
+    row, the j-th skip of a run at penalty^(j - 1) (the reference for the dynamic programme)."""
     best = (math.inf, None)
-    for skipped in itertools.combinations(range(max(1, first), last), n_skips):
-        path = [True] * n
-        for i in skipped:
-            path[i] = False
-        runs = "".join("C" if c else "s" for c in path).split("C")
-        if max(len(r) for r in runs) > max_skip:
+    for skipped in itertools.combinations(steps, n_skips):
+        path = tuple(i not in skipped for i in range(n))
+        if max(len(r) for r in "".join("C" if c else "s" for c in path).split("C")) > max_skip:
             continue
         total, b, a = 0.0, 0, None
         for i in range(1, n):
@@ -28,8 +24,14 @@ def brute_force(sigmas, n_skips, max_skip, first, last, flow=False, penalty=1.0)
                 b, a = i, b
             else:
                 total += cost(i, b, a) * penalty ** (i - b - 1)
-        best = min(best, (total, tuple(path)))
+        best = min(best, (total, path))
     return best
+
+
+def brute_force(sigmas, n_skips, max_skip, first, last, flow=False, penalty=1.0):
+    """Every path with n_skips skips of the cost model: the least summed cost and its path."""
+    n = len(sigmas) - 1
+    return least_cost(skip_costs_fn(sigmas, flow), n, range(max(1, first), last), n_skips, max_skip, penalty)
 
 
 @pytest.mark.parametrize("scheduler", ["karras", "normal", "flow_simple"])
@@ -161,19 +163,7 @@ def test_protected_steps_run_and_the_rest_is_the_optimum():
     for keep in (5, 10):
         path, got = plan_skips(sig, 5, max_skip=2, protect=(keep,))
         assert bool(path[keep]) and int((~path).sum()) == 5
-        cost = skip_costs_fn(sig)
-        best = math.inf
-        for skipped in itertools.combinations([i for i in range(1, 12) if i != keep], 5):
-            p = [i not in skipped for i in range(12)]
-            if max(len(r) for r in "".join("C" if c else "s" for c in p).split("C")) > 2:
-                continue
-            total, b, a = 0.0, 0, None
-            for i in range(1, 12):
-                if p[i]:
-                    b, a = i, b
-                else:
-                    total += cost(i, b, a)
-            best = min(best, total)
+        best, _ = least_cost(skip_costs_fn(sig), 12, [i for i in range(1, 12) if i != keep], 5, 2)
         assert got == pytest.approx(best, rel=1e-9)
     sig = schedules.get_sigmas("normal", 20)
     j = jump_step(sig)
@@ -213,19 +203,7 @@ def test_noise_plan_is_the_optimum_of_the_mixed_cost_and_only_for_ve_sigmas():
     sig = schedules.get_sigmas("karras", 12)
     cost = mixed_costs_fn(sig, "sde", STEP_WEIGHT)
     path, total = plan_skips(sig, 5, max_skip=3, noise="sde", step_weight=STEP_WEIGHT, run_penalty=NOISE_RUN_PENALTY)
-    best = math.inf
-    for skipped in itertools.combinations(range(1, 12), 5):
-        p = [i not in skipped for i in range(12)]
-        if max(len(r) for r in "".join("C" if c else "s" for c in p).split("C")) > 3:
-            continue
-        t, b, a = 0.0, 0, None
-        for i in range(1, 12):
-            if p[i]:
-                b, a = i, b
-            else:
-                t += cost(i, b, a)
-        best = min(best, t)
-    assert total == pytest.approx(best) and int((~path).sum()) == 5
+    assert total == pytest.approx(least_cost(cost, 12, range(1, 12), 5, 3)[0]) and int((~path).sum()) == 5
     sig20 = schedules.get_sigmas("karras", 20)
     default, noisy = default_plan(sig20, 10), default_plan(sig20, 10, noise="sde")
     assert "".join("C" if c else "s" for c in default.tolist()) == "Cs" * 10
