@@ -56,6 +56,7 @@ import math
 
 import torch
 
+from .kdiff import ancestral_step
 from .respace import FINAL_JUMP, final_jump
 
 #: each further skip in a row multiplies a skipped step's modelled cost by this (module docstring)
@@ -110,8 +111,8 @@ def noise_terms(sigmas, form: str) -> tuple[list[float], list[float]]:
     the end of step k; removed[i], the share of a perturbation of the latent at the start of step i that step i's
     own evaluation takes out (the denoiser does not follow the noise; a reused direction carries all of it).
 
-    * ``"ancestral"`` (euler_ancestral): sigma_up = min(s', sqrt(s'^2 (s^2 - s'^2) / s^2)), sigma_down =
-      sqrt(s'^2 - sigma_up^2); removed = 1 - sigma_down / s.
+    * ``"ancestral"`` (euler_ancestral): sigma_down and sigma_up of ``kdiff.ancestral_step`` (the sampler's own);
+      removed = 1 - sigma_down / s.
     * ``"sde"`` (dpmpp_2m_sde): h = log(s / s'); up = s' sqrt(1 - e^(-2h)); removed = 1 - e^(-2h); the step to sigma 0
       takes out everything (removed 1, no noise)."""
     s = [float(v) for v in sigmas]
@@ -122,9 +123,9 @@ def noise_terms(sigmas, form: str) -> tuple[list[float], list[float]]:
             up.append(0.0)
             removed.append(1.0)
         elif form == "ancestral":
-            su = min(b, math.sqrt(max(b * b * (a * a - b * b) / (a * a), 0.0)))
-            up.append(su)
-            removed.append(1.0 - math.sqrt(max(b * b - su * su, 0.0)) / a)
+            sigma_down, sigma_up = ancestral_step(a, b)
+            up.append(sigma_up)
+            removed.append(1.0 - sigma_down / a)
         elif form == "sde":
             e = math.exp(-2.0 * math.log(a / b))
             up.append(b * math.sqrt(1.0 - e))
