@@ -264,8 +264,9 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
 
     n = cell.p.noise.shape[0]
     full_nfe = len(cell.sigmas(cell.steps)) - 1
+    skips = full_nfe - int(round(full_nfe / 2.0))
     if calib.get("transfer"):
-        rows = transfer_rows(cell.p, cell.sampler, cell.steps, full_nfe - int(round(full_nfe / 2.0)), list(range(n)))
+        rows = transfer_rows(cell.p, cell.sampler, cell.steps, skips, list(range(n)))
         out = [{**base, **{k: v for k, v in r.items() if k not in base}} for r in rows]
         for r in out:
             log(f"    {r['method']:26s} nfe {r['nfe']:.1f} {r['psnr_db']:.2f} dB (all {n} prompts)")
@@ -276,7 +277,6 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
     if calib.get("split") == "seeds":  # rows: class c, seed s at c * seeds + s; the same classes, other seeds
         calib_idx = [c * seeds for c in range(n // seeds)]
         heldout_idx = [c * seeds + s for c in range(n // seeds) for s in range(1, seeds)]
-    skips = full_nfe - int(round(full_nfe / 2.0))
     rows = calibration_rows(
         cell.p,
         cell.sampler,
