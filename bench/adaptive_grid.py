@@ -54,6 +54,8 @@ from .common import print_table, psnr_db, write_json
 
 SAMPLERS = ["euler", "dpmpp_2m", "heun", "uni_pc", "dpmpp_2m_sde", "euler_ancestral", "lms"]
 SCHEDULERS = ["normal", "karras", "simple", "sgm_uniform", "exponential", "beta"]
+#: ComfyUI's other schedulers, on which no choice of the default was made (``--grid-schedulers``)
+MORE_SCHEDULERS = list(schedules.MORE_SCHEDULERS)
 MODELS = ["testbed", "testbed_hr", "flow", "vpred", "shapes_eps", "shapes_v"]
 HELD_OUT = {"vpred", "shapes_eps", "shapes_v"}
 METHODS = [
@@ -229,12 +231,11 @@ def run_cell(
         out, nfe, wall, rep = cell.run(AdaptiveConfig.paper(0.01, 4))
         add("adaptive_paper", out, nfe, wall, "official rule, threshold 0.01, max_skip 4", rep)
 
-    per_step = full_nfe / cell.steps
-    n_fewer = max(1, int(round(main["nfe"] / per_step)))
+    n_run = len(cell.sigmas(cell.steps)) - 1  # ddim_uniform may run more steps than asked (ComfyUI's does)
+    n_fewer = fewer_steps(cell, max(1, int(round(main["nfe"] / (full_nfe / n_run)))))
     out, nfe, wall, _ = cell.run(None, n_fewer)
     add("fewer_steps", out, nfe, wall, f"{n_fewer} steps")
 
-    n_run = len(cell.sigmas(cell.steps)) - 1
     every_other = torch.zeros(n_run, dtype=torch.bool)
     every_other[::2] = True
     for name, extrap in (("uniform_skip", "hold"), ("uniform_skip_linear", "linear"))[: 1 if lean else 2]:
@@ -255,6 +256,16 @@ def run_cell(
         f"{db('uniform_skip_linear')} | paper {db('adaptive_paper')} | pace {db('adaptive_pace')}"
     )
     return rows
+
+
+def fewer_steps(cell: Cell, target: int) -> int:
+    """The step count to ask for so that the schedule runs ``target`` steps, or the fewest more where no count runs
+    exactly that many (ddim_uniform on a 1000-entry table runs 16 steps for 15 and 17 for 16, and 5 for 5 but 7 for 6:
+    fewer steps then gets the extra evaluation, never the default)."""
+    if len(cell.sigmas(target)) - 1 == target:
+        return target
+    runs = {n: len(cell.sigmas(n)) - 1 for n in range(max(1, target // 2), 2 * target + 1)}
+    return min((r, n) for n, r in runs.items() if r >= target)[1]
 
 
 def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
@@ -440,7 +451,7 @@ def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
     """The per-cell table at the default steps and CFG as markdown: a row per model and sampler, a column per
     scheduler, each cell "default dB (vs fewer steps / vs uniform skipping)"; failed checks in bold."""
     cells = [s for s in summary if s["steps"] == steps and s["cfg"] == cfg]
-    scheds = [sc for sc in SCHEDULERS if any(s["scheduler"] == sc for s in cells)]
+    scheds = [sc for sc in SCHEDULERS + MORE_SCHEDULERS if any(s["scheduler"] == sc for s in cells)]
     lines = ["| model | sampler | cut | " + " | ".join(scheds) + " |", "| --- | --- | --- |" + " --- |" * len(scheds)]
     keys = []
     for s in cells:
@@ -591,7 +602,11 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--grid-models", default=",".join(MODELS))
     p.add_argument("--grid-samplers", default=",".join(SAMPLERS))
-    p.add_argument("--grid-schedulers", default=",".join(SCHEDULERS))
+    p.add_argument(
+        "--grid-schedulers",
+        default=",".join(SCHEDULERS),
+        help=f"default: the issue's six; also {', '.join(MORE_SCHEDULERS)} (ComfyUI's others, no choice made on them)",
+    )
     p.add_argument("--grid-steps", type=int, default=30, help="steps of the main grid (default 30)")
     p.add_argument("--grid-step-sweep", default="20,50", help="other step counts (euler/dpmpp_2m x normal/karras)")
     p.add_argument("--grid-cfg-sweep", default="1,3,8", help="other CFG scales (euler/dpmpp_2m x normal/karras)")
@@ -660,6 +675,14 @@ def grid_main(args) -> int:
             raise SystemExit(
                 f"--calib-transfer: runs instead of the profile, so {', '.join(clash)} would do nothing; leave it out"
             )
+    for flag, given, known in (
+        ("--grid-models", args.grid_models, MODELS),
+        ("--grid-samplers", args.grid_samplers, list(kdiff.SAMPLERS)),
+        ("--grid-schedulers", args.grid_schedulers, SCHEDULERS + MORE_SCHEDULERS),
+    ):
+        unknown = [v for v in given.split(",") if v not in known]
+        if unknown:
+            raise SystemExit(f"{flag}: {', '.join(map(repr, unknown))} unknown; expected names from {', '.join(known)}")
     t0 = time.perf_counter()
     rows, problems_cache = [], {}
     todo = cells(args)

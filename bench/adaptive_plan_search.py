@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from ..samplers.adaptive import AdaptiveConfig
+from ..samplers.adaptive import AdaptiveConfig, target_skips
 from ..samplers.skip_plan import RUN_PENALTY, STEP_WEIGHT, default_plan, plan_skips
 from .adaptive_grid import Cell, build_problem
 from .common import number_list, print_table, psnr_db, write_json
@@ -58,7 +58,7 @@ def score_variants(
 
                 sig = [float(s) for s in cell.sigmas(steps)]
                 n = len(sig) - 1
-                skips = n - int(round(n / 2.0))
+                skips = target_skips(n, 2.0)
                 out, *_ = cell.run(None, n - skips)
                 fewer = score(out)
                 every_other = torch.zeros(n, dtype=torch.bool)
@@ -122,7 +122,7 @@ def plan_table(models, schedulers, step_counts=(20, 30, 50)) -> list[dict]:
                 cell = Cell(problem, model, "euler", sched, steps, 5.0)
                 sig = [float(s) for s in cell.sigmas(steps)]
                 n = len(sig) - 1
-                k = n - int(round(n / 2.0))
+                k = target_skips(n, 2.0)
                 _, iso = plan_skips(sig, k, max_skip=1, flow=cell.flow, step_weight=STEP_WEIGHT)
                 _, free = plan_skips(sig, k, max_skip=4, flow=cell.flow, step_weight=STEP_WEIGHT)
                 path = default_plan(sig, k, max_skip=4, flow=cell.flow)

@@ -51,8 +51,8 @@ def adaptive_inputs() -> list:
             min=1.0,
             max=5.0,
             step=0.05,
-            tooltip="mode target_speedup: network evaluations of the full run divided by those of this run. "
-            "1.0 turns skipping off.",
+            tooltip="mode target_speedup: network evaluations of the full run divided by those of this run, at "
+            "least (the computed steps are rounded down: 7 of 15 at 2x). 1.0 turns skipping off.",
         ),
         io.Float.Input(
             "threshold",

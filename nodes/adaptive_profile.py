@@ -291,7 +291,8 @@ class AdaptiveCalibrate(io.ComfyNode):
                     min=1.0,
                     max=5.0,
                     step=0.05,
-                    tooltip="Network evaluations of the full run divided by those of the profile's path.",
+                    tooltip="Network evaluations of the full run divided by those of the profile's path, at least "
+                    "(the computed steps are rounded down).",
                 ),
                 io.Combo.Input(
                     "extrapolation",

@@ -47,7 +47,15 @@ from typing import Callable
 
 import torch
 
-from .adaptive_config import ESTIMATOR_SPACES, ESTIMATORS, EXTRAPOLATIONS, MODES, AdaptiveConfig, AdaptiveConfigError  # noqa: F401  (re-exported: the settings live there)
+from .adaptive_config import (  # noqa: F401  (re-exported: the settings live there)
+    ESTIMATOR_SPACES,
+    ESTIMATORS,
+    EXTRAPOLATIONS,
+    MODES,
+    AdaptiveConfig,
+    AdaptiveConfigError,
+    target_skips,
+)
 from .kdiff import CountingDenoiser
 from .respace import auto_respace, respaced_sample
 from .skip_plan import default_plan
@@ -176,7 +184,7 @@ class AdaptiveSampling:
         rate = [0.0] * eligible
         if cfg.mode == "target" and cfg.planner == "schedule":
             first = max(1, int(math.ceil(cfg.start_percent * n)))
-            skips = n - int(round(n / cfg.target_speedup))
+            skips = target_skips(n, cfg.target_speedup)
             self.planned = default_plan(
                 self.sig,
                 skips,
@@ -198,7 +206,7 @@ class AdaptiveSampling:
             self.report.planner = "schedule"
             return first, last, rate
         if cfg.mode == "target" and eligible > 0:
-            skips = n - int(round(n / cfg.target_speedup))
+            skips = target_skips(n, cfg.target_speedup)
             feasible = eligible - int(math.ceil(eligible / (cfg.max_skip + 1)))
             if skips > feasible:
                 self.report.notes.append(

@@ -19,6 +19,13 @@ class AdaptiveConfigError(ValueError):
     """A setting of the AdaptiveDiffusion controller is out of range; the message names it."""
 
 
+def target_skips(steps: int, target_speedup: float) -> int:
+    """Skips that reach ``target_speedup`` on ``steps`` steps: the computed steps are steps / target_speedup rounded
+    down (at least one), so the speed-up is never below the target (2x on 15 steps: 7 computed, 2.14x; Python's
+    round, used before, gave 8 there, 1.88x, and 7 on 13 steps: half the odd step counts fell short of 2x)."""
+    return int(steps) - max(1, math.floor(steps / target_speedup + 1e-9))
+
+
 @dataclass
 class AdaptiveConfig:
     """Settings of one AdaptiveDiffusion run.

@@ -32,6 +32,7 @@ from typing import Callable
 
 import torch
 
+from .adaptive_config import target_skips
 from .skip_profile import RESPACED_DEFAULT
 
 REDUCTIONS = ("log", "mean", "max")
@@ -67,7 +68,7 @@ def skips_for_speedup(steps: int, target_speedup: float) -> int:
         raise CalibrationError(f"steps: expected an integer >= 1, got {steps!r}")
     if not (math.isfinite(target_speedup) and target_speedup >= 1.0):
         raise CalibrationError(f"target_speedup: expected a number >= 1.0, got {target_speedup!r}")
-    return int(steps) - int(round(steps / target_speedup))
+    return target_skips(int(steps), target_speedup)
 
 
 def _reduce(errs: torch.Tensor, reduce: str) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Noise schedules in the k-diffusion "sigma" convention that ComfyUI uses.
 
 Everything here is written from the published formulas (the Stable Diffusion discrete schedule,
-Karras et al. 2022, rectified-flow time shifting, the Beta schedule of Lee et al. 2024) so that the
+Karras et al. 2022, rectified-flow time shifting, the Beta schedule of Lee et al. 2024, the KL-optimal schedule of
+Dockhorn et al. / AUTOMATIC1111#15608, Genmo's linear-quadratic schedule for Mochi, DDIM's uniform timesteps) so that the
 pure-PyTorch testbed and ComfyUI produce the same sigmas for the same settings. The host tier checks that
 against ComfyUI itself (tests/host/test_host_kdiff_parity.py, ``comfy.samplers.calculate_sigmas``).
 
@@ -25,6 +26,10 @@ import numpy as np
 import torch
 
 SCHEDULERS = ("normal", "karras", "exponential", "sgm_uniform", "simple", "beta")
+#: ComfyUI's other schedulers (its KSampler lists them too); not in the issue's grid: AdaptiveDiffusion's default
+#: was never chosen on them (``bench adaptive --grid --grid-schedulers ddim_uniform,kl_optimal,linear_quadratic``)
+MORE_SCHEDULERS = ("ddim_uniform", "kl_optimal", "linear_quadratic")
+ALL_SCHEDULERS = SCHEDULERS + MORE_SCHEDULERS
 
 
 def _discrete_sigmas64(beta_start: float, beta_end: float, timesteps: int) -> torch.Tensor:
@@ -286,6 +291,46 @@ def _bisect_ppf(p: np.ndarray, a: float, b: float) -> np.ndarray:
     return np.where(p <= 0, 0.0, np.where(p >= 1, 1.0, (lo + hi) / 2))
 
 
+def ddim_uniform(sampling, n: int) -> torch.Tensor:
+    """ComfyUI's "ddim_uniform": every (len(table) // n)-th table entry from timestep 1 up, descending, then 0 (no 0
+    where the table's entry 1 is already ~0; then one step more). Like ComfyUI's it can return more steps than n
+    where the stride does not divide the table (37 steps on a 1000-entry table: 38)."""
+    table = as_sampling(sampling).sigmas
+    near_zero = math.isclose(float(table[1]), 0, abs_tol=0.00001)
+    stride = max(len(table) // (n + 1 if near_zero else n), 1)
+    picked = table[1::stride].flip(0).float()
+    return picked if near_zero else _append_zero(picked)
+
+
+def kl_optimal(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """ComfyUI's "kl_optimal" (AUTOMATIC1111 #15608): n sigmas evenly spaced in arctan(sigma) from sigma_max to
+    sigma_min, then 0. At least 2 steps (ComfyUI divides by n - 1: one step gives it a NaN sigma)."""
+    if n < 2:
+        raise ValueError(f"steps: kl_optimal needs at least 2 steps (its spacing divides by steps - 1), got {n}")
+    w = torch.arange(n, dtype=torch.float).div_(n - 1)
+    out = w.new_zeros(n + 1)
+    out[:-1] = (w * math.atan(sigma_min) + (1 - w) * math.atan(sigma_max)).tan_()
+    return out
+
+
+def linear_quadratic(sampling, n: int, threshold_noise: float = 0.025) -> torch.Tensor:
+    """ComfyUI's "linear_quadratic" (Genmo's Mochi schedule): in units of sigma_max, the first n // 2 steps lower
+    the noise linearly by ``threshold_noise`` in all, the rest follow a quadratic down to 0 that joins it with the
+    same slope. Made for flow models (sigma_max 1); on an eps model it spends half the steps near sigma_max."""
+    if n == 1:
+        ramp = [1.0, 0.0]
+    else:
+        lin = n // 2
+        quad = n - lin
+        gap = lin - threshold_noise * n
+        a = gap / (lin * quad**2)
+        b = threshold_noise / lin - 2 * gap / (quad**2)
+        c = a * (lin**2)
+        noise = [i * threshold_noise / lin for i in range(lin)] + [a * (i**2) + b * i + c for i in range(lin, n)]
+        ramp = [1.0 - v for v in noise + [1.0]]
+    return torch.FloatTensor(ramp) * as_sampling(sampling).sigma_max
+
+
 def flow_sigmas(n: int, shift: float = 3.0) -> torch.Tensor:
     """Rectified-flow schedule (SD3-style "simple"): t uniform in (0, 1], time-shifted, then 0.
 
@@ -300,10 +345,10 @@ def get_sigmas(scheduler: str, n: int, sampling=None) -> torch.Tensor:
     """ComfyUI's ``calculate_sigmas(model_sampling, scheduler, n)``: n + 1 descending sigmas ending in 0 (beta
     may give fewer when two of its timesteps round alike, as ComfyUI's does).
 
-    scheduler: one of SCHEDULERS. sampling: Discrete, Flow, a bare ascending sigma table (a Discrete), or None
-    (Stable Diffusion's table). karras and exponential use only the model's sigma_min and sigma_max."""
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"scheduler: expected one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    scheduler: one of ALL_SCHEDULERS. sampling: Discrete, Flow, a bare ascending sigma table (a Discrete), or None
+    (Stable Diffusion's table). karras, exponential and kl_optimal use only the model's sigma_min and sigma_max."""
+    if scheduler not in ALL_SCHEDULERS:
+        raise ValueError(f"scheduler: expected one of {', '.join(ALL_SCHEDULERS)}, got {scheduler!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"steps: expected an integer >= 1, got {n!r}")
     s = as_sampling(sampling)
@@ -317,6 +362,12 @@ def get_sigmas(scheduler: str, n: int, sampling=None) -> torch.Tensor:
         return uniform_timesteps(s, n, sgm=True)
     if scheduler == "simple":
         return simple(s, n)
+    if scheduler == "ddim_uniform":
+        return ddim_uniform(s, n)
+    if scheduler == "kl_optimal":
+        return kl_optimal(n, float(s.sigma_min), float(s.sigma_max))
+    if scheduler == "linear_quadratic":
+        return linear_quadratic(s, n)
     return beta_schedule(s, n)
 
 

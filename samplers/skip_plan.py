@@ -41,11 +41,13 @@ karras and beta at 20 and 30 steps). RUN_PENALTY was chosen among 1, 3, 10 and 3
 on the grid cells of the testbeds testbed, testbed-hr and flow (``comfyui-tempo bench adaptive --plan-search``,
 which also prints these cost ratios and plans); the eps shapes testbed was held out (docs/adaptive.md).
 The controller also always runs the step into the schedule's final jump (``jump_step``: ComfyUI's ``normal``,
-eps / v models): the cost model alone skipped it at 15 and 20 steps and ran the last step (to sigma 0) instead with
-a pair of skips mid-run, below uniform skipping. Chosen on testbed and testbed-hr (``comfyui-tempo bench adaptive
---grid --grid-jump-off``, which runs the default with and without it); it changes the plan only on ``normal`` at
-15 and 20 steps (none of the other schedules has the jump; at 10, 25, 30 and 50 steps the plan ran that step
-already).
+eps / v models): the cost model alone skipped it at 20 steps (and at 15 with 8 computed, before the target
+rounded down) and ran the last step (to sigma 0) instead with a pair of skips mid-run, below uniform skipping.
+Chosen on testbed and testbed-hr (``comfyui-tempo bench adaptive --grid --grid-jump-off``, which runs the default
+with and without it); of the six schedulers it changes the plan only on ``normal`` at 20 steps (none of the others
+has the jump; at 10, 15, 25, 30 and 50 steps the plan runs that step already). ComfyUI's ``ddim_uniform`` ends in
+the same jump (3.5x to 4.2x up to 50 steps), and ``kl_optimal`` at 10 and 15 steps (2.9x, 2.6x); the rule follows
+the sigmas, not the scheduler's name.
 The plan depends on the schedule only: the same path for every prompt of a run (prompt-specific paths:
 calibrated skip profiles).
 """
@@ -172,7 +174,7 @@ def jump_step(sigmas, flow: bool = False) -> int | None:
     ComfyUI's ``normal`` ends its nonzero sigmas with a step FINAL_JUMP (2.5) or more times as long in log sigma as
     the one before it (3.2 to 4.9 on SD's sigmas; karras, exponential, simple, sgm_uniform and beta: 1.0 to 1.9,
     ``samplers.respace.final_jump``). That step lies far outside the step lengths the cost model was fitted on, and
-    at 15 and 20 steps the planner skipped it (running the last step, to sigma 0, instead, with a pair of skips
+    at 20 steps the planner skipped it (running the last step, to sigma 0, instead, with a pair of skips
     mid-run) and fell below uniform skipping. Eps / v models only (a flow model's sigmas are not VE sigmas)."""
     if flow:
         return None

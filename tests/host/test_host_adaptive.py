@@ -64,6 +64,21 @@ with torch.inference_mode():
             b = comfy.sample.sample_custom(model, torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)),
                                            5.0, wrapped, sigmas, pos, neg, lat["samples"], seed=5)
             result["custom_identical"][f"{kind}/{name}"] = bool(torch.equal(a, b))
+    # every scheduler of this ComfyUI (ddim_uniform, kl_optimal, linear_quadratic too) at the default: KSampler's
+    # sigmas (ddim_uniform runs 31 steps for 30), the planner's path over all of them
+    result["schedulers"], result["host_schedulers"] = {}, list(comfy.samplers.SCHEDULER_NAMES)
+    model = models["eps"]
+    for sched in comfy.samplers.SCHEDULER_NAMES:
+        for name in ("euler", "dpmpp_2m_sde", "uni_pc"):
+            ks = comfy.samplers.KSampler(model, 30, model.load_device, name, sched, 1.0, model.model_options)
+            sink = []
+            sampler = adaptive_nodes.wrap_sampler(comfy.samplers.sampler_object(name), name, AdaptiveConfig(), sink)
+            noise = comfy.sample.prepare_noise(lat["samples"], 3)
+            out = comfy.sample.sample_custom(model, noise, 5.0, sampler, ks.sigmas, pos, neg, lat["samples"], seed=3)
+            rep = sink[-1]
+            result["schedulers"][f"{sched}/{name}"] = {"steps": len(ks.sigmas) - 1, "report_steps": rep.steps,
+                                                      "speedup": rep.speedup, "finite": bool(torch.isfinite(out).all()),
+                                                      "text": rep.summary()}
     for name in ["dpm_fast", "heunpp2", "euler_cfg_pp"]:
         result["errors"][name] = adaptive_nodes.AdaptiveKSampler.validate_inputs(sampler_name=name)
         try:
@@ -113,6 +128,19 @@ def test_skipping_cuts_nfe_for_eps_v_and_flow_models(adaptive_result):
         assert text.startswith("AdaptiveDiffusion [target, planner schedule"), text
         speed = float(text.split("(")[1].split("x")[0])
         assert speed > 1.3, (key, text)
+
+
+def test_the_default_halves_the_nfe_on_every_scheduler_of_this_comfyui(adaptive_result):
+    """The three AdaptiveDiffusion nodes take KSampler's sigmas, whatever scheduler made them: every one this ComfyUI
+    lists, at 30 steps (ddim_uniform: 31), euler, dpmpp_2m_sde and uni_pc."""
+    got = adaptive_result["schedulers"]
+    assert {k.split("/")[0] for k in got} == set(adaptive_result["host_schedulers"])
+    assert {"ddim_uniform", "kl_optimal", "linear_quadratic"} <= set(adaptive_result["host_schedulers"])
+    for key, info in got.items():
+        assert info["finite"], key
+        assert info["report_steps"] == info["steps"] >= 30, (key, info)
+        assert info["speedup"] >= 1.9, (key, info["text"])
+    assert got["ddim_uniform/euler"]["steps"] == 31
 
 
 def test_refused_samplers_get_a_clear_error(adaptive_result):

@@ -3,8 +3,9 @@
 Schedulers: ``comfy.samplers.calculate_sigmas`` on the model samplings ComfyUI builds for an eps model (default SD1.5
 betas, ModelSamplingDiscrete) and a flow model (ModelSamplingDiscreteFlow, shift 3), both read off real models
 (``tempo_testnodes.tiny_sd_model``), against ``schedules.get_sigmas``: bit-identical, every scheduler of the
-AdaptiveDiffusion grid, 1-40, 50, 100, 333 and 1000 steps; and KSampler's schedule (the penultimate sigma dropped
-for uni_pc / dpm_2) against ``schedules.ksampler_sigmas``.
+AdaptiveDiffusion grid and ComfyUI's other three (ddim_uniform, kl_optimal, linear_quadratic), 1-40, 50, 100, 333 and
+1000 steps (kl_optimal from 2: ComfyUI's gives a NaN sigma at 1 step, ours a clear error); and KSampler's schedule (the
+penultimate sigma dropped for uni_pc / dpm_2) against ``schedules.ksampler_sigmas``.
 
 Samplers: ComfyUI's sampler functions (``comfy.samplers.sampler_object(name).sampler_function``: the
 ``comfy.k_diffusion.sampling`` functions and UniPC) run on a deterministic Gaussian-mixture denoiser (the pack's
@@ -23,7 +24,8 @@ import pytest
 
 SAMPLERS = ["euler", "dpmpp_2m", "heun", "uni_pc", "dpmpp_2m_sde", "euler_ancestral", "lms"]  # the grid's
 EXTRA_SAMPLERS = ["dpm_2", "dpm_2_ancestral", "dpmpp_sde", "dpmpp_2m_sde_heun", "uni_pc_bh2"]
-SCHEDULERS = ["normal", "karras", "simple", "sgm_uniform", "exponential", "beta"]
+SCHEDULERS = ["normal", "karras", "simple", "sgm_uniform", "exponential", "beta"]  # the samplers run on these
+MORE_SCHEDULERS = ["ddim_uniform", "kl_optimal", "linear_quadratic"]
 
 SNIPPET = r"""
 import json, types
@@ -33,7 +35,7 @@ from tempo_testnodes import tiny_sd_model
 from comfyui_tempo.samplers import kdiff, schedules, support
 from comfyui_tempo.testbed.exact import FlowDenoiser, GaussianMixtureDenoiser
 
-NAMES, SCHEDS = json.loads(__NAMES__), json.loads(__SCHEDS__)
+NAMES, SCHEDS, MORE = json.loads(__NAMES__), json.loads(__SCHEDS__), json.loads(__MORE__)
 patchers = {"eps": tiny_sd_model(comfy.model_base.ModelType.EPS),
             "flow": tiny_sd_model(comfy.model_base.ModelType.FLOW, shift=3.0)}
 theirs = {k: p.get_model_object("model_sampling") for k, p in patchers.items()}
@@ -47,10 +49,17 @@ R = {"comfy_samplers": list(comfy.samplers.SAMPLER_NAMES), "comfy_schedulers": l
 
 # -- schedulers
 for kind in ours:
-    for name in SCHEDS:
+    for name in SCHEDS + MORE:
         bad = []
         for n in list(range(1, 41)) + [50, 100, 333, 1000]:
             a = comfy.samplers.calculate_sigmas(theirs[kind], name, n)
+            if name == "kl_optimal" and n == 1:
+                R["kl_optimal_1"] = [bool(torch.isnan(a).any())]
+                try:
+                    schedules.get_sigmas(name, n, ours[kind])
+                except ValueError as e:
+                    R["kl_optimal_1"].append(str(e))
+                continue
             b = schedules.get_sigmas(name, n, ours[kind])
             if a.shape != b.shape or not torch.equal(a.float(), b):
                 bad.append(n)
@@ -127,15 +136,17 @@ RESULT = R
 
 @pytest.fixture(scope="module")
 def parity(comfy_snippet):
-    code = SNIPPET.replace("__NAMES__", repr(json.dumps(SAMPLERS + EXTRA_SAMPLERS))).replace(
-        "__SCHEDS__", repr(json.dumps(SCHEDULERS))
+    code = (
+        SNIPPET.replace("__NAMES__", repr(json.dumps(SAMPLERS + EXTRA_SAMPLERS)))
+        .replace("__SCHEDS__", repr(json.dumps(SCHEDULERS)))
+        .replace("__MORE__", repr(json.dumps(MORE_SCHEDULERS)))
     )
     return comfy_snippet(code, timeout=900)
 
 
 def test_the_grid_is_comfyuis(parity):
     assert set(SAMPLERS + EXTRA_SAMPLERS) <= set(parity["comfy_samplers"])
-    assert set(SCHEDULERS) <= set(parity["comfy_schedulers"])
+    assert set(SCHEDULERS + MORE_SCHEDULERS) <= set(parity["comfy_schedulers"])
     assert parity["classes"] == {
         "eps": ["ModelSamplingDiscrete", "EPS"],
         "flow": ["ModelSamplingDiscreteFlow", "CONST"],
@@ -144,9 +155,15 @@ def test_the_grid_is_comfyuis(parity):
 
 
 @pytest.mark.parametrize("kind", ["eps", "flow"])
-@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("name", SCHEDULERS + MORE_SCHEDULERS)
 def test_schedulers_are_bit_identical(parity, kind, name):
     assert parity["sched"][f"{kind}/{name}"] == [], "step counts where get_sigmas differs from calculate_sigmas"
+
+
+def test_kl_optimal_at_one_step_is_an_error_where_comfyui_gives_nan(parity):
+    nan, message = parity["kl_optimal_1"]
+    assert nan, "ComfyUI's kl_optimal no longer gives a NaN sigma at 1 step: get_sigmas could follow it"
+    assert "kl_optimal needs at least 2 steps" in message
 
 
 def test_ksampler_schedules(parity):

@@ -1,6 +1,7 @@
 """AdaptiveDiffusion controller on exact denoisers (no ComfyUI)."""
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -272,11 +273,11 @@ def test_target_speedup_meets_budget(setup):
 
 def test_schedule_planner_keeps_skips_as_isolated_as_the_target_allows(setup):
     den, noise, cond = setup
-    for target, longest in ((1.5, 1), (2.0, 1), (2.5, 2), (3.0, 2)):
+    for target, longest in ((1.5, 1), (2.0, 1), (2.5, 2), (3.0, 3)):  # 3x: 16 computed, 34 skips (> 2 per gap)
         _, rep = run(den, noise, cond, "euler", n=50, config=AdaptiveConfig(target_speedup=target))
         path = rep.path_string()
-        assert abs(rep.nfe - 50 / target) <= 1.0, (target, path)
-        assert max(len(r) for r in path.split("C")) == longest, (target, path)
+        assert 50 / rep.nfe >= target and 50 / (rep.nfe + 1) < target, (target, path)  # the target is a floor
+        assert max(len(r) for r in path.split("C")) == longest == math.ceil(path.count("s") / path.count("C"))
         assert path[0] == "C"
     # at 2x on karras (the steps within a factor of two in cost) every other step runs
     _, rep = run(den, noise, cond, "dpmpp_2m", n=30, config=AdaptiveConfig())

@@ -76,6 +76,34 @@ def test_unknown_grid_model_is_a_clear_error():
         adaptive_grid.build_problem("sdxl", "karras", 5.0, 1, 1)
 
 
+def test_unknown_grid_names_are_a_clear_error_before_anything_runs(capsys):
+    for flag, bad in (("--grid-schedulers", "karras,kl_optimal_v2"), ("--grid-samplers", "euler,dpm_fast_x")):
+        with pytest.raises(SystemExit, match=f"{flag}: '{bad.split(',')[1]}' unknown; expected names from"):
+            cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", flag, bad, "--quiet"])
+
+
+def test_grid_on_comfyuis_other_schedulers(tmp_path):
+    """ddim_uniform runs more steps than asked (ComfyUI's does: 13 for 12, 7 for 6 on a 1000-entry table); the default
+    halves the steps it runs, and fewer steps runs at least the default's NFE (no count runs 6: 7 of them); the table's
+    columns follow."""
+    out = tmp_path / "grid.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler", "--grid-schedulers",
+         "ddim_uniform,kl_optimal", "--grid-steps", "12", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
+         "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    by = {}
+    for r in d["rows"]:
+        by.setdefault(r["scheduler"], {})[r["method"]] = r
+    ddim, kl = by["ddim_uniform"], by["kl_optimal"]
+    assert ddim["full"]["nfe"] == 13 and ddim["adaptive"]["nfe"] == 6 and len(ddim["adaptive"]["path"].split()[0]) == 13
+    assert ddim["fewer_steps"]["nfe"] == 7 and ddim["fewer_steps"]["setting"] == "6 steps"
+    assert kl["full"]["nfe"] == 12 and kl["adaptive"]["nfe"] == kl["fewer_steps"]["nfe"] == 6
+    assert d["markdown"].splitlines()[0] == "| model | sampler | cut | ddim_uniform | kl_optimal |"
+
+
 def test_calibrated_cells_report_against_greedy_default_and_fewer_steps_on_the_same_prompts(tmp_path):
     out = tmp_path / "calib.json"
     rc = cli.main(

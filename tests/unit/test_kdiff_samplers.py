@@ -50,6 +50,44 @@ def test_schedule_shape(name, kind, n):
         assert float(s[-2]) == pytest.approx(float(ms.sigma_min), rel=1e-5) or n == 1
 
 
+@pytest.mark.parametrize("name", schedules.MORE_SCHEDULERS)
+@pytest.mark.parametrize("kind", ["discrete", "flow", "table"])
+@pytest.mark.parametrize("n", [2, 5, 10, 20, 37, 50])
+def test_more_schedulers_shape(name, kind, n):
+    """ComfyUI's other three schedulers (bit-identical to ComfyUI's in the host tier): descending from sigma_max
+    (ddim_uniform: from the table entry its stride reaches) to 0, n steps (ddim_uniform: n or more, as ComfyUI's)."""
+    sampling = schedules.discrete_sigmas() if kind == "table" else SAMPLINGS[kind]
+    s = schedules.get_sigmas(name, n, sampling)
+    ms = schedules.as_sampling(sampling)
+    assert s.dtype == torch.float32 and s.ndim == 1 and s[-1] == 0 and bool((s[:-1] > 0).all())
+    assert bool((s[1:] < s[:-1]).all()), f"{name} not decreasing: {s}"
+    if name == "ddim_uniform":
+        stride = len(ms.sigmas) // n
+        assert len(s) - 1 == len(range(1, len(ms.sigmas), stride)) >= n
+        assert float(s[-2]) == float(ms.sigmas[1]) and float(s[0]) <= float(ms.sigma_max)
+    else:
+        assert len(s) == n + 1 and float(s[0]) == pytest.approx(float(ms.sigma_max), rel=1e-6)
+    if name == "kl_optimal":
+        a = s[:-1].double().atan()
+        assert torch.allclose(a[1:] - a[:-1], torch.full((n - 1,), float(a[1] - a[0]), dtype=torch.float64), atol=1e-6)
+        assert float(s[-2]) == pytest.approx(float(ms.sigma_min), rel=1e-5)
+    if name == "linear_quadratic" and n >= 4:  # half the steps lower the noise by 2.5 % of sigma_max, linearly
+        lin = s[: n // 2 + 1].double() / float(ms.sigma_max)
+        assert torch.allclose(
+            lin[:-1] - lin[1:], torch.full((n // 2,), 0.025 / (n // 2), dtype=torch.float64), atol=1e-6
+        )
+
+
+def test_more_schedulers_clear_errors():
+    with pytest.raises(ValueError, match="kl_optimal needs at least 2 steps"):
+        schedules.get_sigmas("kl_optimal", 1)
+    with pytest.raises(ValueError, match="expected one of .*linear_quadratic"):
+        schedules.get_sigmas("kl_optimal_v2", 10)
+    assert torch.equal(
+        schedules.get_sigmas("linear_quadratic", 1), torch.tensor([float(schedules.Discrete().sigma_max), 0.0])
+    )
+
+
 def test_flow_normal_keeps_comfyui_timestep_pair():
     """ComfyUI's flow sampling maps sigma -> timestep as 1000 sigma but timestep -> sigma through the shift, so its
     "normal" schedule ends at shift(sigma_min), not sigma_min; ours reproduces that."""
