@@ -195,6 +195,38 @@ def test_noise_terms_by_hand():
         noise_terms(sig, "brownian")
 
 
+def test_the_mixed_cost_adds_the_two_errors_in_the_latents_units():
+    """mixed_costs_fn = extrapolation_scale (KAPPA_SCALE * median log-sigma step ** KAPPA_POWER) x skip_costs_fn +
+    noise_costs_fn: no normalisation, each in the latent's units."""
+    from comfyui_tempo.samplers.skip_plan import (
+        KAPPA_POWER,
+        KAPPA_SCALE,
+        extrapolation_scale,
+        mixed_costs_fn,
+        noise_costs_fn,
+        skip_costs_fn,
+    )
+
+    for n in (20, 50):
+        sig = schedules.get_sigmas("exponential", n)  # equal steps in log sigma but the last, to 0
+        h = (math.log(float(sig[0])) - math.log(float(sig[-2]))) / (n - 1)
+        assert extrapolation_scale(sig) == pytest.approx(KAPPA_SCALE * h**KAPPA_POWER, rel=1e-5)
+        mixed, det, nz = (
+            mixed_costs_fn(sig, "sde", STEP_WEIGHT),
+            skip_costs_fn(sig, False, STEP_WEIGHT),
+            noise_costs_fn(sig, "sde"),
+        )
+        for i, b, a in ((5, 4, 3), (9, 7, 6), (n - 1, n - 2, n - 3), (1, 0, None)):
+            assert mixed(i, b, a) == pytest.approx(extrapolation_scale(sig) * det(i, b, a) + nz(i, b, a))
+    share = []
+    for n in (20, 50):
+        sig = schedules.get_sigmas("karras", n)
+        det, nz, k = skip_costs_fn(sig, False, STEP_WEIGHT), noise_costs_fn(sig, "sde"), extrapolation_scale(sig)
+        share.append(sum(nz(i, i - 1, None) for i in range(2, n)) / sum(k * det(i, i - 1, i - 2) for i in range(2, n)))
+    # over a run's single skips the injected noise outweighs the extrapolation (about 13x at 20 steps, 16x at 50)
+    assert 1 < share[0] < share[1]
+
+
 def test_noise_plan_is_the_optimum_of_the_mixed_cost_and_only_for_ve_sigmas():
     """plan_skips(noise=...): the exact optimum of mixed_costs_fn (brute force, no run penalty), the same number of
     skips; on karras at 20 steps it leaves every-other-step skipping (the default's path); a flow model is refused."""
