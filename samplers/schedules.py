@@ -1,10 +1,10 @@
 """Noise schedules in the k-diffusion "sigma" convention that ComfyUI uses.
 
-Everything here is written from the published formulas (the Stable Diffusion discrete schedule,
-Karras et al. 2022, rectified-flow time shifting, the Beta schedule of Lee et al. 2024, the KL-optimal schedule of
-Dockhorn et al. / AUTOMATIC1111#15608, Genmo's linear-quadratic schedule for Mochi, DDIM's uniform timesteps) so that the
-pure-PyTorch testbed and ComfyUI produce the same sigmas for the same settings. The host tier checks that
-against ComfyUI itself (tests/host/test_host_kdiff_parity.py, ``comfy.samplers.calculate_sigmas``).
+Everything here is written from the published formulas (the Stable Diffusion discrete schedule, Karras et al. 2022,
+rectified-flow time shifting, the Beta schedule of Lee et al. 2024, the KL-optimal schedule as AUTOMATIC1111's pull
+request 15608 gives it, Genmo's linear-quadratic schedule for Mochi, DDIM's uniform timesteps) so that the pure-PyTorch
+testbed and ComfyUI produce the same sigmas for the same settings. The host tier checks that against ComfyUI itself
+(tests/host/test_host_kdiff_parity.py, ``comfy.samplers.calculate_sigmas``).
 
 A model's sampling is described by a small object, as ComfyUI's ``model_sampling`` is:
 
@@ -294,7 +294,7 @@ def _bisect_ppf(p: np.ndarray, a: float, b: float) -> np.ndarray:
 def ddim_uniform(sampling, n: int) -> torch.Tensor:
     """ComfyUI's "ddim_uniform": every (len(table) // n)-th table entry from timestep 1 up, descending, then 0 (no 0
     where the table's entry 1 is already ~0; then one step more). Like ComfyUI's it can return more steps than n
-    where the stride does not divide the table (37 steps on a 1000-entry table: 38)."""
+    where the stride does not divide the table (on a 1000-entry table 31 for 30, 7 for 6; 20 and 50 exactly)."""
     table = as_sampling(sampling).sigmas
     near_zero = math.isclose(float(table[1]), 0, abs_tol=0.00001)
     stride = max(len(table) // (n + 1 if near_zero else n), 1)
