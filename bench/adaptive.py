@@ -348,6 +348,12 @@ def add_parser(bench_sub) -> None:
         action="store_true",
         help="how the planner's run penalty was chosen: penalty variants scored on the grid's cells (--grid-models)",
     )
+    p.add_argument(
+        "--kappa-fit",
+        action="store_true",
+        help="the scale of the noisy samplers' candidate: extrapolation errors of full runs, fitted per model "
+        "(--grid-models, --grid-schedulers, --grid-steps and --grid-step-sweep)",
+    )
     p.add_argument("--penalties", default="1,3,10,30", help="with --plan-search: run penalties to score")
     p.add_argument(
         "--force-last",
@@ -374,6 +380,10 @@ def main(args) -> int:
         from .adaptive_plan_search import plan_search_main
 
         return plan_search_main(args)
+    if args.kappa_fit:
+        from .adaptive_kappa import kappa_fit_main
+
+        return kappa_fit_main(args)
     if args.unet_timing:
         from .adaptive_unet_timing import unet_timing_main
 

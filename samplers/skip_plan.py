@@ -155,8 +155,9 @@ def noise_costs_fn(sigmas, form: str):
 #: run's median step in log sigma h: KAPPA_SCALE * h ** KAPPA_POWER. Fitted on the design models' full runs
 #: (testbed, testbed_hr; dpmpp_2m and euler; the six schedulers at 20, 30 and 50 steps; the median over the steps of
 #: |d_i - linear extrapolation from d_i-1, d_i-2| / |(t_i-1 - t_i)(t_i-2 - t_i)|): 0.053 h^-1.36 and 0.050 h^-1.38,
-#: within 10 to 13 % (rms, in log). It grows as the steps shorten, so the extrapolation error falls more slowly
-#: than the model's h^2. Only ``mixed_costs_fn`` uses it: the cost model alone needs no scale.
+#: within 10 to 13 % (rms, in log; ``comfyui-tempo bench adaptive --kappa-fit``). It grows as the steps shorten, so the
+#: extrapolation error falls more slowly than the model's h^2. Only ``mixed_costs_fn`` uses it: the cost model alone
+#: needs no scale.
 KAPPA_SCALE = 0.05
 KAPPA_POWER = -1.4
 
