@@ -23,19 +23,12 @@ import numpy as np
 import torch
 
 from ..samplers import kdiff
-from ..samplers.skip_plan import KAPPA_POWER, KAPPA_SCALE, extrapolation_scale
+from ..samplers.skip_plan import KAPPA_POWER, KAPPA_SCALE, extrapolation_scale, median_log_step
 from .adaptive_grid import Cell, build_problem
 from .common import number_list, print_table, write_json
 
 #: the deterministic sampler behind each noisy one the candidate covers
 COUNTERPARTS = {"dpmpp_2m_sde": "dpmpp_2m", "euler_ancestral": "euler"}
-
-
-def median_step(sigmas) -> float:
-    """The run's median step in log sigma (its positive sigmas), as ``extrapolation_scale`` takes it."""
-    u = [math.log(float(v)) for v in sigmas if float(v) > 0]
-    h = sorted(abs(u[i] - u[i + 1]) for i in range(len(u) - 1))
-    return h[len(h) // 2] if h else float("nan")
 
 
 def run_kappa(cell: Cell, sigmas: torch.Tensor) -> float:
@@ -98,7 +91,7 @@ def kappa_fit_main(args) -> int:
                             "for": noisy,
                             "scheduler": sched,
                             "steps": n,
-                            "median_step": median_step(sig),
+                            "median_step": median_log_step(sig),
                             "kappa": run_kappa(cell, sig),
                             "kappa_pack": extrapolation_scale(sig),
                         }

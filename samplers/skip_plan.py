@@ -162,14 +162,20 @@ KAPPA_SCALE = 0.05
 KAPPA_POWER = -1.4
 
 
+def median_log_step(sigmas) -> float:
+    """The run's median step in log sigma, over its positive sigmas (nan with fewer than two)."""
+    u = [math.log(float(v)) for v in sigmas if float(v) > 0]
+    h = sorted(abs(u[i] - u[i + 1]) for i in range(len(u) - 1))
+    return h[len(h) // 2] if h else float("nan")
+
+
 def extrapolation_scale(sigmas) -> float:
     """kappa of the run (KAPPA_SCALE * median log-sigma step ** KAPPA_POWER): ``skip_costs_fn``'s cost times it is
     the latent error of a skip in the units of ``noise_costs_fn``'s (eps / v models, VE sigmas)."""
-    u = [math.log(float(v)) for v in sigmas if float(v) > 0]
-    h = sorted(abs(u[i] - u[i + 1]) for i in range(len(u) - 1))
-    if not h or h[len(h) // 2] <= 0:
+    h = median_log_step(sigmas)
+    if not h > 0:
         return 1.0
-    return KAPPA_SCALE * h[len(h) // 2] ** KAPPA_POWER
+    return KAPPA_SCALE * h**KAPPA_POWER
 
 
 def mixed_costs_fn(sigmas, noise: str, step_weight: float = 0.0, step_scale=None):

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from comfyui_tempo import cli
-from comfyui_tempo.bench.adaptive_kappa import fit_power_law, median_step, run_kappa
+from comfyui_tempo.bench.adaptive_kappa import fit_power_law, run_kappa
 from comfyui_tempo.samplers import schedules
+from comfyui_tempo.samplers.skip_plan import median_log_step
 
 torch.set_num_threads(1)
 
@@ -40,7 +41,7 @@ def test_fit_and_median_step():
     fit = fit_power_law(h, [0.05 * v**-1.4 for v in h])
     assert fit["scale"] == pytest.approx(0.05) and fit["power"] == pytest.approx(-1.4) and fit["rms_log"] < 1e-9
     sig = schedules.get_sigmas("exponential", 9)  # equal steps in log sigma, then 0
-    assert median_step(sig) == pytest.approx((math.log(float(sig[0])) - math.log(float(sig[-2]))) / 8, rel=1e-5)
+    assert median_log_step(sig) == pytest.approx((math.log(float(sig[0])) - math.log(float(sig[-2]))) / 8, rel=1e-5)
 
 
 def test_kappa_fit_command_rows_fits_and_a_clear_error_for_flow(tmp_path):
