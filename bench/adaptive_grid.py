@@ -23,7 +23,10 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   (bench/adaptive_calibration.py ``transfer_rows``): how specific a greedy path is to its prompt.
 * ``adaptive_noise_plan`` (``--grid-noise-plan``, a candidate, not the default): the default planned with the
   noise the sampler injects that a reused direction cannot see added to its cost (``samplers.skip_plan``
-  ``mixed_costs_fn``), on euler_ancestral and dpmpp_2m_sde with eps / v models.
+  ``mixed_costs_fn``), on euler_ancestral and dpmpp_2m_sde with eps / v models. (The default itself plans so on
+  dpmpp_2m_sde where every skip of its path would hold, ``samplers.adaptive.HOLD_NOISE_FORM``.)
+* ``adaptive_jump_off`` / ``adaptive_hold_plan_off`` (``--grid-jump-off`` / ``--grid-hold-plan-off``): the default
+  without its final-jump rule / without planning with the injected-noise cost where every skip holds.
 
 Models: ``testbed`` and ``testbed_hr`` (eps-prediction latent UNets on digits) are the models the planner was
 first designed on; ``flow`` (a rectified-flow DiT on shapes, testbed/trained_flow.py) was held out from that design,
@@ -165,6 +168,7 @@ def run_cell(
     lean: bool = False,
     holds=(),
     jump_off: bool = False,
+    hold_plan_off: bool = False,
     hold_steps=(),
     noise_plan: bool = False,
 ) -> list[dict]:
@@ -221,6 +225,9 @@ def run_cell(
     if jump_off:  # the default planned without its final-jump rule (samplers.skip_plan.jump_step)
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), protect_final_jump=False)
         add("adaptive_jump_off", out, nfe, wall, "AdaptiveConfig(), protect_final_jump=False", rep)
+    if hold_plan_off:  # the default without planning with the injected-noise cost where every skip holds
+        out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_noise_plan=False)
+        add("adaptive_hold_plan_off", out, nfe, wall, "AdaptiveConfig(), hold_noise_plan=False", rep)
     form = NOISE_FORMS.get(cell.sampler, "")
     if noise_plan and form and not cell.flow:  # the candidate: the planner with the injected-noise cost
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_plan=form)
@@ -473,23 +480,23 @@ def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
     return "\n".join(lines)
 
 
-def jump_table(rows: list[dict]) -> list[dict]:
-    """Per cell with an adaptive_jump_off row: the default minus it (dB), each against the better baseline, and
-    both plans."""
+def rule_off_table(rows: list[dict], off: str = "jump_off") -> list[dict]:
+    """Per cell with an adaptive_<off> row (the default without one of its rules: jump_off, hold_plan_off): the
+    default minus it (dB), each against the better baseline, and both plans."""
     out = []
     for key, m in _by_cell(rows).items():
-        if "adaptive_jump_off" not in m:
+        if f"adaptive_{off}" not in m:
             continue
-        a, off = m["adaptive"], m["adaptive_jump_off"]
+        a, o = m["adaptive"], m[f"adaptive_{off}"]
         bar = max(m["fewer_steps"]["psnr_db"], m["uniform_skip"]["psnr_db"])
         out.append(
             {
                 **_cell_head(key),
-                "gain_db": a["psnr_db"] - off["psnr_db"],
+                "gain_db": a["psnr_db"] - o["psnr_db"],
                 "margin_db": a["psnr_db"] - bar,
-                "margin_jump_off_db": off["psnr_db"] - bar,
+                f"margin_{off}_db": o["psnr_db"] - bar,
                 "path": a["path"],
-                "path_jump_off": off["path"],
+                f"path_{off}": o["path"],
             }
         )
     return out
@@ -588,6 +595,13 @@ def add_arguments(p) -> None:
         action="store_true",
         help="also run the default planned without its final-jump rule (adaptive_jump_off); a table of the cells "
         "where the two plans differ",
+    )
+    p.add_argument(
+        "--grid-hold-plan-off",
+        action="store_true",
+        help="also run the default without planning with the injected-noise cost where every skip of its path "
+        "would hold (adaptive_hold_plan_off; dpmpp_2m_sde on eps / v models); a table of the cells where the plans "
+        "differ",
     )
     p.add_argument(
         "--grid-noise-plan",
@@ -714,6 +728,7 @@ def grid_main(args) -> int:
                 lean=args.grid_lean,
                 holds=holds,
                 jump_off=args.grid_jump_off,
+                hold_plan_off=args.grid_hold_plan_off,
                 noise_plan=args.grid_noise_plan,
                 hold_steps=hold_steps,
             )
@@ -765,15 +780,20 @@ def grid_main(args) -> int:
             "\nover those cells, each reuse: mean dB minus uniform skipping, cells above it; where the default differs:"
         )
         print_table(result["hold_summary"], list(result["hold_summary"][0]))
-    jump = jump_table(rows)
-    if jump:
-        result["jump"] = jump
-        changed = [j for j in jump if j["path"] != j["path_jump_off"]]
-        print("\nthe default minus the default without its final-jump rule, dB (cells where the plans differ):")
+    for off, key, what in (
+        ("jump_off", "jump", "its final-jump rule"),
+        ("hold_plan_off", "hold_plan", "the injected-noise cost where every skip holds"),
+    ):
+        table = rule_off_table(rows, off)
+        if not table:
+            continue
+        result[key] = table
+        changed = [j for j in table if j["path"] != j[f"path_{off}"]]
+        print(f"\nthe default minus the default without {what}, dB (cells where the plans differ):")
         if changed:
             print_table(changed, list(changed[0]))
         up = sum(1 for j in changed if j["gain_db"] > 0)
-        print(f"plans differ in {len(changed)} of {len(jump)} cells; the rule is above in {up} of them")
+        print(f"plans differ in {len(changed)} of {len(table)} cells; the rule is above in {up} of them")
     noise = noise_plan_table(rows)
     if noise:
         result["noise_plan"] = noise

@@ -155,7 +155,10 @@ def adaptive_inputs() -> list:
             "mostly isolated (about every other step at 2x); long steps run (the last ones of normal and simple, "
             "with a pair of skips mid-run instead; on normal the step into its final jump always runs, eps and v "
             "models), and where some steps are far cheaper it takes runs (a flow model "
-            "with karras or exponential: it runs the first steps and skips the tiny last ones). pace: the earlier "
+            "with karras or exponential: it runs the first steps and skips the tiny last ones). dpmpp_2m_sde on eps "
+            "and v models, where every skip of that plan would hold the last direction (20 steps on karras, "
+            "exponential and beta; 15 or fewer), plans with the noise the sampler injects added to the cost; the "
+            "report says so. pace: the earlier "
             "default (skips paced at a rate ramped by late_bias, placement and estimator).",
         ),
         io.Combo.Input(

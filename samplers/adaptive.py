@@ -58,7 +58,7 @@ from .adaptive_config import (  # noqa: F401  (re-exported: the settings live th
 )
 from .kdiff import CountingDenoiser
 from .respace import auto_respace, respaced_sample
-from .skip_plan import default_plan
+from .skip_plan import default_plan, holds_every_skip
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 
 # A sampler marked reuse "hold_low_noise" in samplers.support (DPM++ 2M SDE) holds the last direction, the paper's
@@ -73,6 +73,13 @@ HOLD_BELOW_SIGMA = 1.0
 # a threshold on the step length follows. Chosen among 0.1 / 0.15 / 0.2 / 0.25 / 0.3 / none on testbed and testbed_hr
 # at 20, 30 and 50 steps (``bench adaptive --grid-hold-step-sweep``, docs/adaptive.md).
 HOLD_STEP = 0.2
+# Where every skip of the schedule planner's path would hold (the reuse rule above: at 20 steps on karras, exponential
+# and beta, at 30 on exponential, at 15 or fewer on most schedulers), the cost model, which prices an extrapolated
+# direction, prices nothing that is run: the controller plans again with the injected-noise cost
+# (``samplers.skip_plan.mixed_costs_fn``) of this noise form, the hold_low_noise samplers' (DPM++ 2M SDE, eta 1).
+# Chosen on the 20 / 30 / 50-step grids of the eps / v models (up in 19 of the 20 cells it changes there), then
+# tested as stated on other step counts and schedulers (docs/adaptive.md, "... and where every skip holds").
+HOLD_NOISE_FORM = "sde"
 
 
 def _bshape(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -114,6 +121,7 @@ class AdaptiveSampling:
         hold_step: float | None = None,
         protect_final_jump: bool = True,
         noise_plan: str = "",
+        hold_noise_plan: bool = True,
     ):
         self.model = model
         self.protect_final_jump = protect_final_jump
@@ -141,6 +149,7 @@ class AdaptiveSampling:
         self.hold_step = float(hold_step) if auto and hold_step is not None else (HOLD_STEP if rule else None)
         if self.hold_step is not None and math.isinf(self.hold_step):
             self.hold_step = None
+        self._hold_noise_plan = rule and hold_noise_plan  # the sampler's rule: plan with the noise cost where all hold
         self.planned = None  # bool [N], True = run (mode target, planner schedule)
         self.subset_runner = subset_runner or default_subset_runner
         self.report = SkipReport(steps=self.n_steps, batch=0, mode=config.mode)
@@ -185,18 +194,21 @@ class AdaptiveSampling:
         if cfg.mode == "target" and cfg.planner == "schedule":
             first = max(1, int(math.ceil(cfg.start_percent * n)))
             skips = target_skips(n, cfg.target_speedup)
+            limits = dict(max_skip=cfg.max_skip, first=first, last=last, flow=self.flow)
+            noise = "" if self.flow else self.noise_plan
             self.planned = default_plan(
-                self.sig,
-                skips,
-                max_skip=cfg.max_skip,
-                first=first,
-                last=last,
-                flow=self.flow,
-                protect_final_jump=self.protect_final_jump,
-                noise="" if self.flow else self.noise_plan,
+                self.sig, skips, protect_final_jump=self.protect_final_jump, noise=noise, **limits
             )
-            if self.noise_plan and not self.flow:
-                self.report.notes.append(f"planned with the injected-noise cost ({self.noise_plan}; a candidate)")
+            if noise:
+                self.report.notes.append(f"planned with the injected-noise cost ({noise}; a candidate)")
+            elif self._hold_noise_plan and holds_every_skip(self.sig, self.planned, self.hold_below, self.hold_step):
+                self.planned = default_plan(
+                    self.sig, skips, protect_final_jump=self.protect_final_jump, noise=HOLD_NOISE_FORM, **limits
+                )
+                self.report.notes.append(
+                    f"planned with the injected-noise cost ({HOLD_NOISE_FORM}): every skip of the cost model's plan "
+                    "would hold the last direction (the sampler's rule)"
+                )
             got = int((~self.planned).sum())
             if got < skips:
                 self.report.notes.append(
@@ -633,6 +645,7 @@ def adaptive_sample(
     hold_step: float | None = None,
     protect_final_jump: bool = True,
     noise_plan: str = "",
+    hold_noise_plan: bool = True,
     **sampler_options,
 ):
     """Run `sampler_fn` with AdaptiveDiffusion skipping; returns (x, SkipReport).
@@ -645,7 +658,8 @@ def adaptive_sample(
     is run re-spaced (``samplers.respace``) where ``samplers.respace.auto_respace`` says so by that rule.
     sampler_reuse: the sampler's ``SamplerSupport.reuse`` rule ("hold_low_noise": see ``HOLD_BELOW_SIGMA``).
     hold_below_sigma: with extrapolation auto, hold below this sigma whatever the sampler and model (flow models: in
-    the equivalent VE sigma s / (1 - s)); None: the sampler's rule. For the benchmark's sweep
+    the equivalent VE sigma s / (1 - s)); None: the sampler's rule (given, the rule is off: no re-plan where every skip
+    holds, hold_noise_plan). For the benchmark's sweep
     (``bench adaptive --grid-hold-sweep``); the nodes leave it None.
     hold_step: with extrapolation auto, hold at a skipped step this far or further in log sigma from the last
     computed step, whatever the sampler (inf: never); None: the sampler's rule (``HOLD_STEP`` for "hold_low_noise"
@@ -656,6 +670,9 @@ def adaptive_sample(
     noise_plan: a noise form of ``samplers.skip_plan.NOISE_FORMS``: the schedule planner adds the noise the sampler
     injects that a reused direction cannot see (``mixed_costs_fn``; eps / v models), a candidate measured by
     ``bench adaptive --grid-noise-plan``; the nodes leave it "".
+    hold_noise_plan: with the sampler's hold rule (``HOLD_NOISE_FORM``), where every skip of the schedule planner's
+    path would hold, plan again with the injected-noise cost; False plans without that rule, for the benchmark's
+    before / after (``bench adaptive --grid-hold-plan-off``); the nodes leave it True.
     """
     config.validate()
     if not config.enabled:
@@ -681,6 +698,7 @@ def adaptive_sample(
         hold_step=hold_step,
         protect_final_jump=protect_final_jump,
         noise_plan=noise_plan,
+        hold_noise_plan=hold_noise_plan,
     )
     planned = ctl.planned
     if config.mode == "path" and config.respace == "on":  # a profile's path, re-spaced (one path for the batch)

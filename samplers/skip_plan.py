@@ -193,6 +193,30 @@ def mixed_costs_fn(sigmas, noise: str, step_weight: float = 0.0, step_scale=None
     return cost
 
 
+def holds_every_skip(sigmas, path, hold_below: float | None, hold_step: float | None) -> bool:
+    """True where every skipped step of `path` (True = run) would reuse the last computed direction held, as the
+    controller's reuse rule does (``AdaptiveSampling._direction``, eps / v models): its sigma is below hold_below, or
+    it lies hold_step or more in log sigma past the last computed step, or fewer than two steps were computed before it
+    (nothing to extrapolate from). None: that part of the rule is off. False for a path without a skip."""
+    s = [float(v) for v in sigmas]
+    run = [bool(v) for v in path]
+    computed, skipped = 0, 0
+    last = None
+    for i, go in enumerate(run):
+        if go:
+            computed, last = computed + 1, i
+            continue
+        skipped += 1
+        held = (
+            computed < 2
+            or (hold_below is not None and s[i] < hold_below)
+            or (hold_step is not None and math.log(s[last]) - math.log(s[i]) >= hold_step)
+        )
+        if not held:
+            return False
+    return skipped > 0
+
+
 def jump_step(sigmas, flow: bool = False) -> int | None:
     """The step into the schedule's final jump, which the controller always runs; None where there is none.
 

@@ -1,6 +1,7 @@
 """DPM++ 2M SDE's reuse rule inside a real ComfyUI: the nodes hold the direction below sigma 1 and after a step of 0.2
-or more in log sigma on eps / v models (extrapolation auto; at 20 karras steps every skip: the paper's hold throughout),
-keep linear on a flow model and under a named extrapolation, and say which in the report."""
+or more in log sigma on eps / v models (extrapolation auto; at 20 karras steps every skip: the paper's hold throughout,
+so the path is planned with the injected noise added to the cost), keep linear on a flow model and under a named
+extrapolation, and say which in the report."""
 
 import pytest
 
@@ -46,13 +47,18 @@ def test_eps_and_v_models_hold_below_sigma_1_and_after_long_steps_and_say_so(sde
     assert rule in r[f"{kind}/auto"], r[f"{kind}/auto"]
     assert "hold below" not in r[f"{kind}/linear"], r[f"{kind}/linear"]
     assert not r[f"{kind}/same_as_linear"] and r[f"{kind}/finite"]
-    # at 20 karras steps on SD's sigmas every skip above sigma 1 follows a step of 0.22 or more: all held
-    assert r[f"{kind}/same_as_hold"]
+    # at 20 karras steps on SD's sigmas every skip above sigma 1 follows a step of 0.22 or more: all held, so the
+    # plan is made again with the injected-noise cost (a named extrapolation, hold included, keeps the cost model's)
+    replanned = "planned with the injected-noise cost (sde): every skip of the cost model's plan would hold"
+    assert replanned in r[f"{kind}/auto"], r[f"{kind}/auto"]
+    assert replanned not in r[f"{kind}/hold"] and replanned not in r[f"{kind}/linear"]
+    assert not r[f"{kind}/same_as_hold"]
     assert r[f"{kind}/patch_equal"]  # the model patch under any KSampler does the same
 
 
 def test_flow_model_keeps_linear(sde_result):
     r = sde_result
     assert "hold below" not in r["flow/auto"] and "linear (auto)" in r["flow/auto"], r["flow/auto"]
+    assert "injected-noise" not in r["flow/auto"]
     assert r["flow/same_as_linear"] and r["flow/finite"] and r["flow/patch_equal"]
     assert not r["flow/same_as_hold"]

@@ -189,20 +189,23 @@ def test_grid_hold_sweep_rows_and_table(tmp_path):
     """--grid-hold-sweep / --grid-hold-step-sweep: the default with the reuse held below each sigma alone, with the
     sampler's hold below sigma 1 and the hold past each step length, and with linear reuse throughout. On
     dpmpp_2m_sde (eps model) the default is the hold below 1 with HOLD_STEP (at 12 karras steps every step is longer
-    than it: held throughout), hold_step inf the hold below 1 alone; on euler_ancestral (no rule) neither."""
+    than it: held throughout, so it plans with the injected-noise cost; a hold below sigma given by the sweep is not
+    the sampler's rule and keeps the cost model's plan, as the default without that, --grid-hold-plan-off), hold_step
+    inf the hold below 1 alone; on euler_ancestral (no rule) neither."""
     out = tmp_path / "grid.json"
     rc = cli.main(
         ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "dpmpp_2m_sde,euler_ancestral",
          "--grid-schedulers", "karras", "--grid-steps", "12", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
          "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-hold-sweep",
-         "1,1e9", "--grid-hold-step-sweep", "0.2,inf", "--json", str(out)]
+         "1,1e9", "--grid-hold-step-sweep", "0.2,inf", "--grid-hold-plan-off", "--json", str(out)]
     )  # fmt: skip
     assert rc == 0
     d = json.loads(out.read_text())
     m = {(r["sampler"], r["method"]): r["psnr_db"] for r in d["rows"]}
     assert HOLD_STEP == 0.2
     assert m["dpmpp_2m_sde", "adaptive"] == m["dpmpp_2m_sde", "adaptive_hold_step_0.2"]
-    assert m["dpmpp_2m_sde", "adaptive"] == m["dpmpp_2m_sde", "adaptive_hold_below_1e+09"]
+    assert m["dpmpp_2m_sde", "adaptive_hold_plan_off"] == m["dpmpp_2m_sde", "adaptive_hold_below_1e+09"]
+    assert m["dpmpp_2m_sde", "adaptive"] != m["dpmpp_2m_sde", "adaptive_hold_plan_off"]
     assert m["dpmpp_2m_sde", "adaptive_hold_step_inf"] == m["dpmpp_2m_sde", "adaptive_hold_below_1"]
     assert m["dpmpp_2m_sde", "adaptive"] != m["dpmpp_2m_sde", "adaptive_hold_below_1"]
     assert m["dpmpp_2m_sde", "adaptive"] != m["dpmpp_2m_sde", "adaptive_linear"]
@@ -247,6 +250,29 @@ def test_grid_jump_off_rows_and_table(tmp_path):
     assert t["karras"]["path"] == t["karras"]["path_jump_off"] and t["karras"]["gain_db"] == 0
     m = {(r["scheduler"], r["method"]): r["psnr_db"] for r in d["rows"]}
     assert t["normal"]["gain_db"] == pytest.approx(m["normal", "adaptive"] - m["normal", "adaptive_jump_off"])
+
+
+def test_grid_hold_plan_off_rows_and_table(tmp_path):
+    """--grid-hold-plan-off: dpmpp_2m_sde without planning with the injected-noise cost where every skip holds; on
+    karras at 20 steps the default plans with it (its path is the candidate's, the rule off is uniform skipping's),
+    on normal the plans are the same."""
+    out = tmp_path / "grid.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "dpmpp_2m_sde",
+         "--grid-schedulers", "normal,karras", "--grid-steps", "20", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
+         "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-hold-plan-off",
+         "--grid-noise-plan", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    t = {r["scheduler"]: r for r in d["hold_plan"]}
+    m = {(r["scheduler"], r["method"]): r for r in d["rows"]}
+    assert t["karras"]["path_hold_plan_off"] == "Cs" * 10 == m["karras", "uniform_skip"]["path"]
+    assert t["karras"]["path"] == m["karras", "adaptive_noise_plan"]["path"] != t["karras"]["path_hold_plan_off"]
+    assert t["normal"]["path"] == t["normal"]["path_hold_plan_off"] and t["normal"]["gain_db"] == 0
+    gain = m["karras", "adaptive"]["psnr_db"] - m["karras", "adaptive_hold_plan_off"]["psnr_db"]
+    assert t["karras"]["gain_db"] == pytest.approx(gain)
+    assert m["karras", "adaptive"]["nfe"] == m["karras", "adaptive_hold_plan_off"]["nfe"] == 10
 
 
 def test_calib_transfer_reports_each_prompts_greedy_path_against_the_others(tmp_path):

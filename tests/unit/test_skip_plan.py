@@ -271,3 +271,59 @@ def test_the_controller_plans_with_the_noise_cost_where_asked_and_says_so():
     assert not any("injected-noise" in n for n in base.notes)
     flow = run(noise_plan="ancestral", vp_estimator_ok=False)  # a flow model keeps the cost model alone
     assert not any("injected-noise" in n for n in flow.notes)
+
+
+def test_holds_every_skip_follows_the_controllers_reuse_rule():
+    """holds_every_skip: a skip holds below hold_below, hold_step or more past the last computed step in log sigma, or
+    with fewer than two computed steps before it; a path without a skip is False."""
+    import torch
+
+    from comfyui_tempo.samplers.skip_plan import holds_every_skip
+
+    sig = [8.0, 4.0, 3.5, 0.9, 0.5, 0.0]
+    p = torch.tensor([True, False, True, True, False])  # step 1: one computed before it; step 4: sigma 0.5 < 1
+    assert holds_every_skip(sig, p, 1.0, None)
+    assert not holds_every_skip(sig, p, 0.4, None)  # step 4 no longer below; two computed before it
+    assert holds_every_skip(sig, p, 0.4, math.log(0.9 / 0.5))  # ... but that far past step 3
+    assert not holds_every_skip(sig, p, 0.4, math.log(0.9 / 0.5) + 1e-6)
+    q = torch.tensor([True, True, False, True, True])  # step 2 (sigma 3.5): log(4 / 3.5) = 0.13 past step 1
+    assert not holds_every_skip(sig, q, 1.0, 0.2) and holds_every_skip(sig, q, 1.0, 0.13)
+    assert not holds_every_skip(sig, torch.ones(5, dtype=torch.bool), 1.0, 0.2)
+    assert not holds_every_skip(sig, q, None, None)
+
+
+@pytest.mark.parametrize("scheduler,replanned", [("karras", True), ("exponential", True), ("normal", False)])
+def test_dpmpp_2m_sde_plans_with_the_noise_cost_where_every_skip_holds(scheduler, replanned):
+    """At 20 steps on SD's sigmas every skip of the cost model's plan holds on karras and exponential (0.2 or more in
+    log sigma from the last computed step, or below sigma 1), not on normal: the controller plans there with the
+    injected-noise cost and says so; hold_noise_plan=False, a sampler without the hold rule (dpmpp_2m) and a flow
+    model keep the cost model's plan."""
+    import torch
+
+    from comfyui_tempo.samplers import kdiff
+    from comfyui_tempo.samplers.adaptive import HOLD_BELOW_SIGMA, HOLD_STEP, AdaptiveConfig, adaptive_sample
+    from comfyui_tempo.samplers.skip_plan import default_plan, holds_every_skip
+
+    sig = schedules.get_sigmas(scheduler, 20)
+    plain, noisy = default_plan(sig, 10), default_plan(sig, 10, noise="sde")
+    assert holds_every_skip(sig, plain, HOLD_BELOW_SIGMA, HOLD_STEP) == replanned
+    x = torch.randn(2, 3, 4, 4) * sig[0]
+
+    def run(sampler, reuse, **kw):
+        if sampler != "dpmpp_2m":
+            kw["noise_sampler"] = kdiff.default_noise_sampler(x, seed=1)
+        return adaptive_sample(
+            kdiff.SAMPLERS[sampler], lambda x, s, **e: x * 0.5, x, sig, AdaptiveConfig(), sampler_reuse=reuse, **kw
+        )[1]
+
+    def path(p):
+        return "".join("C" if c else "s" for c in p.tolist())
+
+    rep = run("dpmpp_2m_sde", "hold_low_noise")
+    assert rep.nfe == 10
+    assert rep.path_string() == path(noisy if replanned else plain) and path(noisy) != path(plain)
+    assert any("every skip of the cost model's plan would hold" in n for n in rep.notes) == replanned
+    assert run("dpmpp_2m_sde", "hold_low_noise", hold_noise_plan=False).path_string() == path(plain)
+    assert run("dpmpp_2m", "").path_string() == path(plain)
+    flow = run("dpmpp_2m_sde", "hold_low_noise", vp_estimator_ok=False)
+    assert not any("injected-noise" in n for n in flow.notes)
