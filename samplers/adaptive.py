@@ -32,8 +32,8 @@ in the model's time variable, log sigma or a flow model's sigma, with runs of sk
 rate ramped by ``tilt`` (``planner="pace"``, the earlier default); ``extrapolation`` of the reused
 direction from the last computed ones (``"auto"``: linear in sigma for flow models; otherwise linear in log
 sigma for deterministic one-evaluation samplers, linear in sigma for the others, and for DPM++ 2M SDE on eps / v
-models the paper's hold below sigma 1 and after a long step, ``HOLD_BELOW_SIGMA`` / ``HOLD_STEP``; ``"hold"`` is the
-paper's reuse); ``force_last``,
+models the paper's hold below sigma 1 and after a long step, ``HOLD_BELOW_SIGMA`` / ``HOLD_STEP``, with the injected
+noise in the plan's cost where every skip holds, ``HOLD_NOISE_FORM``; ``"hold"`` is the paper's reuse); ``force_last``,
 ``start_percent``, ``estimator_space="vp"`` (measure on x / sqrt(1 + sigma^2)), per-sample decisions
 with the model run only on the samples that need it; ``placement`` > 0 lets an estimator move each
 paced skip toward a step it rates cheaper.

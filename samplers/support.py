@@ -160,7 +160,7 @@ def support_matrix_markdown() -> str:
     rules = {"final_jump": "on a schedule ending in a long step (normal)", "min_steps": "from 20 steps computed"}
     reuse = {
         _HOLD: "held below sigma 1 and 0.2 or more in log sigma from the last computed step (eps / v models), "
-        "linear elsewhere"
+        "linear elsewhere; where every skip of the plan holds, the plan adds the injected noise to its cost"
     }
     for name, e in SUPPORT.items():
         noise = "regressed out of the estimator" if e.stochastic else "-"
