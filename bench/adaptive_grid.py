@@ -38,7 +38,9 @@ vpred is held out from the selection though not blind; ``shapes_eps`` (an eps-pr
 shapes, the same file, trained before the current rule was chosen) was held out from every choice of the
 planner, and its misses were read before ``respace`` auto was chosen (on testbed, testbed_hr and flow only);
 ``shapes_v`` (a v-prediction pixel UNet of another shape on another draw of the shapes, the same file, trained after
-``respace`` auto was fixed) is the model no choice has seen.
+``respace`` auto was fixed) is the model no choice has seen, but one: dpmpp_2m_sde's plan where every skip holds
+(``samplers.adaptive.HOLD_NOISE_FORM``) was chosen with every eps / v model's noisy-sampler runs seen, and tested on
+step counts and schedulers it had not seen.
 """
 
 from __future__ import annotations
