@@ -367,6 +367,16 @@ def _cell_head(key: tuple) -> dict:
     return dict(zip(("model", "sampler", "scheduler", "steps", "cfg"), key))
 
 
+def _meets(row: dict, m: dict) -> bool:
+    """The issue's three checks for one method's row of a cell m: cut >= 1.95x, above fewer steps and above uniform
+    skipping."""
+    return (
+        row["nfe_ratio"] >= 1.95
+        and row["psnr_db"] > m["fewer_steps"]["psnr_db"]
+        and row["psnr_db"] > m["uniform_skip"]["psnr_db"]
+    )
+
+
 def _by_cell(rows: list[dict]) -> dict:
     """{(model, sampler, scheduler, steps, cfg): {method: row}}."""
     by: dict = {}
@@ -432,7 +442,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             ):
                 line[key] = m[method]["psnr_db"] - own
             line["pairs_within_3db"] = f"{m['greedy_own']['pairs_within_3db']} of {m['greedy_own']['pairs']}"
-        line["ok"] = "yes" if a["nfe_ratio"] >= 1.95 and line["vs_fewer"] > 0 and line["vs_uniform"] > 0 else "NO"
+        line["ok"] = "yes" if _meets(a, m) else "NO"
         out.append(line)
     return out
 
@@ -497,11 +507,29 @@ def rule_off_table(rows: list[dict], off: str = "jump_off") -> list[dict]:
                 "gain_db": a["psnr_db"] - o["psnr_db"],
                 "margin_db": a["psnr_db"] - bar,
                 f"margin_{off}_db": o["psnr_db"] - bar,
+                "meets": _meets(a, m),
+                f"meets_{off}": _meets(o, m),
                 "path": a["path"],
                 f"path_{off}": o["path"],
             }
         )
     return out
+
+
+def rule_off_summary(table: list[dict], off: str) -> dict:
+    """Over a ``rule_off_table``: the cells where the plans differ, how many the rule is above in, its mean and range
+    there (dB), and the cells meeting the three checks without and with it."""
+    changed = [j["gain_db"] for j in table if j["path"] != j[f"path_{off}"]]
+    return {
+        "cells": len(table),
+        "changed": len(changed),
+        "up": sum(1 for g in changed if g > 0),
+        "mean_gain_db": sum(changed) / len(changed) if changed else 0.0,
+        "min_gain_db": min(changed, default=0.0),
+        "max_gain_db": max(changed, default=0.0),
+        "meets_without": sum(1 for j in table if j[f"meets_{off}"]),
+        "meets_with": sum(1 for j in table if j["meets"]),
+    }
 
 
 def noise_plan_table(rows: list[dict]) -> list[dict]:
@@ -794,8 +822,12 @@ def grid_main(args) -> int:
         print(f"\nthe default minus the default without {what}, dB (cells where the plans differ):")
         if changed:
             print_table(changed, list(changed[0]))
-        up = sum(1 for j in changed if j["gain_db"] > 0)
-        print(f"plans differ in {len(changed)} of {len(table)} cells; the rule is above in {up} of them")
+        s = result[f"{key}_summary"] = rule_off_summary(table, off)
+        print(
+            f"plans differ in {s['changed']} of {s['cells']} cells; the rule is above in {s['up']} of them (mean "
+            f"{s['mean_gain_db']:+.2f} dB, {s['min_gain_db']:+.2f} to {s['max_gain_db']:+.2f}); cells meeting the "
+            f"three checks: {s['meets_without']} without it, {s['meets_with']} with it"
+        )
     noise = noise_plan_table(rows)
     if noise:
         result["noise_plan"] = noise

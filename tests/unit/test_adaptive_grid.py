@@ -273,6 +273,18 @@ def test_grid_hold_plan_off_rows_and_table(tmp_path):
     gain = m["karras", "adaptive"]["psnr_db"] - m["karras", "adaptive_hold_plan_off"]["psnr_db"]
     assert t["karras"]["gain_db"] == pytest.approx(gain)
     assert m["karras", "adaptive"]["nfe"] == m["karras", "adaptive_hold_plan_off"]["nfe"] == 10
+    # the summary line's figures come from the rows: one cell changed, and the three checks with and without the rule
+    s = d["hold_plan_summary"]
+    assert (s["cells"], s["changed"], s["up"]) == (2, 1, int(gain > 0))
+    assert s["mean_gain_db"] == s["min_gain_db"] == s["max_gain_db"] == pytest.approx(gain)
+
+    def meets(sched, method):
+        r, fewer, uni = m[sched, method], m[sched, "fewer_steps"], m[sched, "uniform_skip"]
+        return r["nfe_ratio"] >= 1.95 and r["psnr_db"] > fewer["psnr_db"] and r["psnr_db"] > uni["psnr_db"]
+
+    assert s["meets_with"] == sum(meets(sc, "adaptive") for sc in ("normal", "karras"))
+    assert s["meets_without"] == sum(meets(sc, "adaptive_hold_plan_off") for sc in ("normal", "karras"))
+    assert s["meets_without"] < s["meets_with"]  # karras: uniform skipping's own path ties it without the rule
 
 
 def test_calib_transfer_reports_each_prompts_greedy_path_against_the_others(tmp_path):
