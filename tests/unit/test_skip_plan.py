@@ -327,3 +327,34 @@ def test_dpmpp_2m_sde_plans_with_the_noise_cost_where_every_skip_holds(scheduler
     assert run("dpmpp_2m", "").path_string() == path(plain)
     flow = run("dpmpp_2m_sde", "hold_low_noise", vp_estimator_ok=False)
     assert not any("injected-noise" in n for n in flow.notes)
+
+
+@pytest.mark.parametrize("scheduler", ["karras", "normal"])
+def test_holds_every_skip_agrees_with_what_the_controller_reuses(scheduler):
+    """holds_every_skip restates the controller's reuse rule (AdaptiveSampling._direction) for a whole path: where it
+    says every skip holds, the path run with the sampler's rule is bit-identical to the path run with the paper's hold
+    throughout; where it does not, some skip extrapolated and the two differ."""
+    import torch
+
+    from comfyui_tempo.samplers import kdiff
+    from comfyui_tempo.samplers.adaptive import HOLD_BELOW_SIGMA, HOLD_STEP, AdaptiveConfig, adaptive_sample
+    from comfyui_tempo.samplers.skip_plan import default_plan, holds_every_skip
+
+    sig = schedules.get_sigmas(scheduler, 20)
+    path = default_plan(sig, 10)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * sig[0]
+
+    def run(extrapolation):
+        return adaptive_sample(
+            kdiff.SAMPLERS["dpmpp_2m_sde"],
+            lambda x, s, **e: x * 0.5 + 0.1 * torch.tanh(x),
+            x,
+            sig,
+            AdaptiveConfig(mode="path", path=path, extrapolation=extrapolation),
+            noise_sampler=kdiff.default_noise_sampler(x, seed=1),
+            sampler_reuse="hold_low_noise",
+        )[0]
+
+    held = holds_every_skip(sig, path, HOLD_BELOW_SIGMA, HOLD_STEP)
+    assert held == (scheduler == "karras")
+    assert torch.equal(run("auto"), run("hold")) == held
