@@ -1,6 +1,6 @@
 """Benchmark problems built on the testbeds: ``Problem`` (a denoiser with its noise, classes and decoder) and
 the problems of the trained testbeds (``testbed``, ``testbed-hr``, the flow DiT, the v-prediction UNet, the eps
-shapes UNet) and of an exact Gaussian mixture."""
+and v shapes UNets, the flow UNet on digits) and of an exact Gaussian mixture."""
 
 from __future__ import annotations
 
@@ -82,9 +82,12 @@ def _unet_testbed_problem(
     tb, label: str, classes: int, seeds: int, cfg: float, scheduler: str, shape, prediction: str = "eps"
 ) -> Problem:
     """A class-conditional UNet testbed on ComfyUI's discrete table: the network sees x / sqrt(1 + sigma^2) and
-    predicts eps (x0 = x - sigma eps) or v (x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2))."""
+    predicts eps (x0 = x - sigma eps) or v (x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2)); or, prediction
+    "flow", on its flow model sampling (``tb.sampling``, CONST): the network sees x itself at the flow timestep and
+    predicts noise - x0 (x0 = x - sigma v)."""
     noise, cond = _batch(classes, seeds, shape)
     table = tb.sigmas
+    sampling = getattr(tb, "sampling", None) if prediction == "flow" else None
 
     def net_denoiser(wrap):
         """The same CFG denoiser with its network calls going through wrap(net_call)."""
@@ -99,8 +102,11 @@ def _unet_testbed_problem(
             b = x.shape[0]
             s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1).expand(b)
             c = torch.as_tensor(cond).reshape(-1).expand(b)
-            xc = x / (1 + s**2).sqrt().reshape(b, *([1] * (x.ndim - 1)))
-            t = schedules.sigma_to_t(s, table)
+            if sampling is not None:
+                xc, t = x, sampling.timestep(s)
+            else:
+                xc = x / (1 + s**2).sqrt().reshape(b, *([1] * (x.ndim - 1)))
+                t = schedules.sigma_to_t(s, table)
             ctx = torch.nn.functional.one_hot(torch.cat([c, torch.full_like(c, tb.null_class)]), tb.null_class + 1)
             ctx = ctx.float()[:, None, :]
             out = wrapped(torch.cat([xc, xc]), float(s[0]), torch.cat([t, t]), ctx)
@@ -121,6 +127,7 @@ def _unet_testbed_problem(
         sigma_table=table,
         scheduler=scheduler,
         net_denoiser=net_denoiser,
+        sampling=sampling,
     )
 
 
@@ -199,6 +206,17 @@ def shapes_v_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, schedu
     tb = trained_vpred.load(model="shapes_v")
     label = f"v-prediction shapes testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
     return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="v")
+
+
+def digits_flow_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "simple") -> Problem:
+    """The flow UNet on digits (testbed/trained_vpred.py, ``digits_flow``: a UNet predicting noise - x0 on 3x16x16
+    coloured digits in pixel space, ComfyUI's CONST with ModelSamplingDiscreteFlow at shift 8), sampled with CFG;
+    sampling starts at noise * sigmas[0] (sigma_max 1); decode maps [-1, 1] to 0..1."""
+    from . import trained_vpred
+
+    tb = trained_vpred.load(model="digits_flow")
+    label = f"flow UNet digits testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
+    return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="flow")
 
 
 def gmm_problem(

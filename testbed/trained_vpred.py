@@ -13,18 +13,25 @@
   levels, one res block per level, 0.67M parameters), the sixth testbed, trained after ``respace`` auto was fixed
   and held out from every choice. It differs from ``shapes_eps`` in parameterisation and UNet shape, from ``vpred``
   in data and UNet shape, from the flow DiT in architecture and parameterisation.
+* ``digits_flow``: a rectified-flow UNet (velocity noise - x0, ComfyUI's CONST with ``ModelSamplingDiscreteFlow``
+  at shift 8, as ComfyUI's video workflows set for Wan) on coloured digits of a fourth draw, the seventh testbed and
+  the second flow model, trained after dpmpp_2m_sde's plan where every skip holds was fixed and held out from every
+  choice. It differs from the flow DiT in architecture (a UNet, width 32, attention at 8x8), data (digits) and
+  shift (8, not 3); from ``vpred`` in parameterisation, shift and UNet shape.
 
 Training (CPU, one thread, fixed seeds; ~15 min each):
 
-    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps]
+    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps|shapes_v|digits_flow]
 
 writes ``weights/testbed_vpred.safetensors`` (or ``testbed_shapes_eps`` / ``testbed_shapes_v``; fp16 weights; configs, seeds and the
 training record in its metadata) and the ``.json`` beside it. The UNet (``testbed/unet.py``) sees the VP input
 x / sqrt(1 + sigma^2) at Stable Diffusion's discrete timestep and learns v = alpha eps - s x0
-(alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha) or eps, t uniform, 15 % null labels, EMA weights.
+(alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha) or eps, t uniform, 15 % null labels, EMA weights; the flow UNet
+sees x = (1 - sigma) x0 + sigma noise itself at ComfyUI's flow timestep 1000 sigma and learns noise - x0, with sigma
+logit-normal (SD3's training density, as the flow DiT).
 ``load()`` wraps it as ComfyUI runs a V_PREDICTION model with ``ModelSamplingDiscrete``:
 ``x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2)`` on the VE latent x = x0 + sigma noise (an EPS model:
-``x0 = x - sigma eps``).
+``x0 = x - sigma eps``; the flow model: ``x0 = x - sigma v``, ComfyUI's CONST).
 """
 
 from __future__ import annotations
@@ -82,11 +89,31 @@ SHAPES_V_UNET_CONFIG = dict(
     context_dim=11,
     dropout=0.0,
 )
+DIGITS_FLOW_DATA_CONFIG = dict(seed=data_mod.DEFAULT_SEED + 53, size=16, copies=2, heldout_every=10)
+DIGITS_FLOW_UNET_CONFIG = dict(
+    in_channels=3,
+    model_channels=32,
+    channel_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attention_levels=[1],
+    num_heads=4,
+    context_dim=11,
+    dropout=0.0,
+)
+#: the flow UNet's model sampling (schedules.Flow): shift 8, as ComfyUI's example workflows set for Wan 2.1
+DIGITS_FLOW_SAMPLING = dict(shift=8.0, multiplier=1000)
 #: name -> (prediction, data config, UNet config, weights file, seed offset)
 SPECS = {
     "vpred": ("v", DATA_CONFIG, UNET_CONFIG, WEIGHTS_FILE, 3),
     "shapes_eps": ("eps", SHAPES_DATA_CONFIG, SHAPES_UNET_CONFIG, WEIGHTS_DIR / "testbed_shapes_eps.safetensors", 5),
     "shapes_v": ("v", SHAPES_V_DATA_CONFIG, SHAPES_V_UNET_CONFIG, WEIGHTS_DIR / "testbed_shapes_v.safetensors", 7),
+    "digits_flow": (
+        "flow",
+        DIGITS_FLOW_DATA_CONFIG,
+        DIGITS_FLOW_UNET_CONFIG,
+        WEIGHTS_DIR / "testbed_digits_flow.safetensors",
+        11,
+    ),
 }
 
 
@@ -98,8 +125,8 @@ def build_data(d: dict):
 
 
 class VPredTestbed:
-    """A loaded pixel-space UNet testbed (see the module docstring; ``prediction`` is "v" or "eps"). Build it
-    with ``load()``."""
+    """A loaded pixel-space UNet testbed (see the module docstring; ``prediction`` is "v", "eps" or "flow"). Build
+    it with ``load()``."""
 
     num_classes = NUM_CLASSES
     null_class = NULL_CLASS
@@ -108,25 +135,29 @@ class VPredTestbed:
         self.net = net
         self.meta = meta
         self.prediction = meta.get("prediction", "v")
-        self.sigmas = schedules.discrete_sigmas()
+        #: the model sampling: schedules.Flow for the flow model (sigmas its table), else None (the discrete table)
+        self.sampling = schedules.Flow(**meta["sampling"]) if self.prediction == "flow" else None
+        self.sigmas = self.sampling.sigmas if self.sampling is not None else schedules.discrete_sigmas()
         s = meta["data"]["size"]
         self.latent_shape = (3, s, s)
 
     def velocity(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
-        """The network's output (v, or eps for an eps model) at the VE latent x and noise level sigma (class
-        cond; None = unconditional)."""
+        """The network's output (v, eps for an eps model, noise - x0 for the flow model) at the latent x (VE, or the
+        flow's) and noise level sigma (class cond; None = unconditional)."""
         b = x.shape[0]
         s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1).expand(b)
         c = torch.full((b,), NULL_CLASS) if cond is None else torch.as_tensor(cond).long().reshape(-1).expand(b)
         ctx = F.one_hot(c, NULL_CLASS + 1).float()[:, None]
+        if self.sampling is not None:  # CONST: the network sees x itself at the flow timestep
+            return self.net(x, self.sampling.timestep(s), context=ctx)
         xc = x * schedules.vp_scale(s).view(-1, 1, 1, 1)
         return self.net(xc, schedules.sigma_to_t(s, self.sigmas), context=ctx)
 
     def denoiser(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         """x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2) (ComfyUI's V_PREDICTION.calculate_denoised), or
-        x0 = x - sigma eps (EPS)."""
+        x0 = x - sigma eps (EPS), or x0 = x - sigma v (CONST, the flow model)."""
         s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
-        if self.prediction == "eps":
+        if self.prediction in ("eps", "flow"):
             return x - s * self.velocity(x, sigma, cond)
         return x / (1 + s**2) - self.velocity(x, sigma, cond) * s / (1 + s**2).sqrt()
 
@@ -164,21 +195,28 @@ def load(path: str | None = None, model: str = "vpred") -> VPredTestbed:
 
 
 def vpred_step(
-    net, ema, opt, x0, y, sigmas, g, p_uncond: float, ema_decay: float, step: int, prediction: str = "v"
+    net, ema, opt, x0, y, sigmas, g, p_uncond: float, ema_decay: float, step: int, prediction: str = "v", sampling=None
 ) -> float:
     """One training step: label dropout to the null class, t uniform in 0..999, v-MSE (or eps-MSE) on the VP
-    input."""
+    input; for prediction "flow" (sampling: its schedules.Flow) sigma = sigmoid(N(0, 1)), x = (1 - sigma) x0 +
+    sigma noise and the MSE to noise - x0 at the flow timestep."""
     from .train import optimizer_step
 
     b = x0.shape[0]
     y[torch.rand(b, generator=g) < p_uncond] = NULL_CLASS
+    ctx = F.one_hot(y, NULL_CLASS + 1).float()[:, None]
+    if prediction == "flow":
+        s = torch.sigmoid(torch.randn(b, generator=g))
+        noise = torch.randn(x0.shape, generator=g)
+        sv = s.view(-1, 1, 1, 1)
+        loss = (net((1 - sv) * x0 + sv * noise, sampling.timestep(s), context=ctx) - (noise - x0)).pow(2).mean()
+        return optimizer_step(net, ema, opt, loss, ema_decay, step)
     t = torch.randint(0, 1000, (b,), generator=g)
     sigma = sigmas[t].view(-1, 1, 1, 1)
     eps = torch.randn(x0.shape, generator=g)
     alpha = schedules.vp_scale(sigma)
     x_in = (x0 + sigma * eps) * alpha
     v = alpha * eps - sigma * alpha * x0 if prediction == "v" else eps
-    ctx = F.one_hot(y, NULL_CLASS + 1).float()[:, None]
     loss = (net(x_in, t.float(), context=ctx) - v).pow(2).mean()
     return optimizer_step(net, ema, opt, loss, ema_decay, step)
 
@@ -193,7 +231,7 @@ def curvature(tb: VPredTestbed, steps=(25, 50), scheduler="karras", cfg=5.0, see
     den = tb.cfg_denoiser(cfg)
     imgs = []
     for n in steps:
-        sig = schedules.get_sigmas(scheduler, n, tb.sigmas)
+        sig = schedules.get_sigmas(scheduler, n, tb.sigmas if tb.sampling is None else tb.sampling)
         imgs.append(tb.decode(euler(den, noise * sig[0], sig, cond)))
     return float(psnr(imgs[0], imgs[1]).mean())
 
@@ -216,6 +254,7 @@ def train(args) -> None:
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
     sigmas = schedules.discrete_sigmas()
+    sampling = schedules.Flow(**DIGITS_FLOW_SAMPLING) if prediction == "flow" else None
     g = torch.Generator().manual_seed(args.seed + seed_offset)
     running = None
     for step in range(args.steps):
@@ -223,7 +262,18 @@ def train(args) -> None:
             group["lr"] = _lr(step, args.steps, args.lr, warmup=max(1, args.steps // 30))
         idx = torch.randint(x0_all.shape[0], (args.batch,), generator=g)
         loss = vpred_step(
-            net, ema, opt, x0_all[idx], y_all[idx].clone(), sigmas, g, 0.15, 0.999, step, prediction=prediction
+            net,
+            ema,
+            opt,
+            x0_all[idx],
+            y_all[idx].clone(),
+            sigmas,
+            g,
+            0.15,
+            0.999,
+            step,
+            prediction=prediction,
+            sampling=sampling,
         )
         running = loss if running is None else 0.98 * running + 0.02 * loss
         if (step + 1) % 100 == 0 or step + 1 == args.steps:
@@ -237,9 +287,12 @@ def train(args) -> None:
         unet_config=unet_config,
         data=d,
         seed=args.seed,
-        parameterisation="V_PREDICTION on ComfyUI's discrete schedule: output v = alpha eps - sigma alpha x0"
-        if prediction == "v"
-        else "EPS on ComfyUI's discrete schedule: output eps",
+        parameterisation={
+            "v": "V_PREDICTION on ComfyUI's discrete schedule: output v = alpha eps - sigma alpha x0",
+            "eps": "EPS on ComfyUI's discrete schedule: output eps",
+            "flow": "CONST (rectified flow), ModelSamplingDiscreteFlow shift 8: x = (1 - sigma) x0 + sigma noise, "
+            "output v = noise - x0",
+        }[prediction],
         params=sum(p.numel() for p in ema.parameters()),
         train=dict(
             steps=args.steps,
@@ -255,6 +308,9 @@ def train(args) -> None:
     )
     if prediction != "v":  # (the v testbed's metadata predates this key; load() defaults to v)
         meta["prediction"] = prediction
+    if sampling is not None:
+        meta["sampling"] = dict(DIGITS_FLOW_SAMPLING)
+        meta["train"]["sigma_density"] = "logit-normal(0, 1)"
     tb = VPredTestbed(ema.requires_grad_(False), meta)
     meta["curvature_cfg5"] = {
         f"{sch}_{a}_vs_{b}": round(curvature(tb, (a, b), sch), 2)

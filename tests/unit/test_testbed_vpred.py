@@ -1,10 +1,11 @@
 """The pixel-space UNet testbeds (testbed/trained_vpred.py), the AdaptiveDiffusion grid's held-out models: the
-v-prediction digits UNet and the eps-prediction shapes UNet.
+v-prediction digits UNet, the eps- and v-prediction shapes UNets and the rectified-flow digits UNet.
 
 Checks the shipped weights, ComfyUI's V_PREDICTION convention on the discrete schedule
 (x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2), network input x / sqrt(1 + sigma^2)), that the trained net
-predicts v (not eps, not x0), the EPS convention and an eps-predicting net for the shapes model, the grid
-Problems, and that training is deterministic."""
+predicts v (not eps, not x0), the EPS convention and an eps-predicting net for the shapes model, ComfyUI's CONST
+convention on a shift-8 flow model sampling for the flow UNet (x0 = x - sigma v, input x at timestep 1000 sigma) and
+a net predicting noise - x0, the grid Problems, and that training is deterministic."""
 
 from __future__ import annotations
 
@@ -76,14 +77,14 @@ def test_problem_matches_the_testbed_and_its_network_hook(tb):
     assert sig.shape == (11,) and float(sig[-1]) == 0.0 and float(sig[0]) == pytest.approx(float(tb.sigmas[-1]))
 
 
-@pytest.mark.parametrize("model", ["vpred", "shapes_eps", "shapes_v"])
+@pytest.mark.parametrize("model", ["vpred", "shapes_eps", "shapes_v", "digits_flow"])
 def test_training_is_deterministic(tmp_path, model):
     outs = []
     for k in range(2):
         args = argparse.Namespace(seed=0, steps=3, batch=4, lr=1e-3, out=tmp_path / f"v{k}.safetensors", model=model)
         trained_vpred.train(args)
         outs.append(trained_vpred.load(str(args.out), model))
-    assert outs[0].prediction == {"vpred": "v", "shapes_eps": "eps", "shapes_v": "v"}[model]
+    assert outs[0].prediction == {"vpred": "v", "shapes_eps": "eps", "shapes_v": "v", "digits_flow": "flow"}[model]
     assert outs[0].meta["unet_config"] == trained_vpred.SPECS[model][2]
     for (name, a), (_, b) in zip(outs[0].net.state_dict().items(), outs[1].net.state_dict().items()):
         assert torch.equal(a, b), name
@@ -155,3 +156,52 @@ def test_shapes_v_problem_matches_the_testbed(tb_sv):
     x = torch.randn(3, 3, 16, 16) * 2
     a = p.denoiser(x, torch.tensor(2.0), cond=p.cond)
     assert torch.allclose(a, tb_sv.cfg_denoiser(5.0)(x, 2.0, p.cond), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tb_df():
+    return trained_vpred.load(model="digits_flow")
+
+
+def test_digits_flow_weights_load_with_their_config_and_model_sampling(tb_df):
+    assert trained_vpred.SPECS["digits_flow"][3].stat().st_size < 3e6
+    assert tb_df.prediction == "flow" and tb_df.latent_shape == (3, 16, 16)
+    assert tb_df.meta["unet_config"] == trained_vpred.DIGITS_FLOW_UNET_CONFIG
+    assert tb_df.meta["data"] == trained_vpred.DIGITS_FLOW_DATA_CONFIG
+    assert tb_df.meta["data"]["seed"] != trained_vpred.DATA_CONFIG["seed"]  # another draw of the digits than vpred's
+    assert tb_df.meta["sampling"] == {"shift": 8.0, "multiplier": 1000}
+    # ComfyUI's ModelSamplingDiscreteFlow at shift 8: sigma(t) = 8 t / (1 + 7 t), t = k / 1000
+    t = torch.tensor([0.001, 0.5, 1.0])
+    assert torch.allclose(tb_df.sigmas[[0, 499, 999]], 8 * t / (1 + 7 * t))
+
+
+def test_digits_flow_net_predicts_the_velocity_and_the_denoiser_is_comfyuis_const(tb_df):
+    sigma = 0.6
+    images, labels = trained_vpred.build_data(trained_vpred.DIGITS_FLOW_DATA_CONFIG)
+    x0, y = images[:20] * 2 - 1, labels[:20]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    x = (1 - sigma) * x0 + sigma * noise
+    with torch.no_grad():
+        v = tb_df.velocity(x, sigma, y)
+        den = tb_df.denoiser(x, sigma, y)
+        # the network sees x itself at timestep 1000 sigma (CONST; no input scaling)
+        ctx = torch.nn.functional.one_hot(y, 11).float()[:, None]
+        assert torch.allclose(v, tb_df.net(x, torch.full((20,), 1000 * sigma), context=ctx), atol=1e-6)
+    assert torch.allclose(den, x - sigma * v, atol=1e-6)
+    cos = torch.nn.functional.cosine_similarity(v.flatten(1), (noise - x0).flatten(1)).mean()
+    cos_noise = torch.nn.functional.cosine_similarity(v.flatten(1), noise.flatten(1)).mean()
+    assert cos > 0.9 and cos > cos_noise + 0.02
+    assert (den - x0).pow(2).mean() < 0.25 * (x - x0).pow(2).mean()
+
+
+def test_digits_flow_problem_is_a_flow_problem_matching_the_testbed(tb_df):
+    p = problems.digits_flow_problem(classes=3, seeds=1, scheduler="simple")
+    assert schedules.is_flow(p.sampling)
+    x = torch.randn(3, 3, 16, 16) * 0.8
+    a = p.denoiser(x, torch.tensor(0.7), cond=p.cond)
+    b = p.net_denoiser(lambda f: lambda xc, s, *rest: f(xc, *rest))(x, torch.tensor(0.7), cond=p.cond)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a, tb_df.cfg_denoiser(5.0)(x, 0.7, p.cond), atol=1e-5)
+    sig = p.sigmas(10)  # ComfyUI's simple on the shift-8 flow sampling: from sigma 1 to 0
+    assert sig.shape == (11,) and float(sig[0]) == pytest.approx(1.0) and float(sig[-1]) == 0.0
+    assert float(sig[5]) > 0.8  # shift 8 keeps half the steps above sigma 0.8
