@@ -71,6 +71,25 @@ def test_grid_respace_rows_the_default_is_one_of_them(tmp_path):
     )
 
 
+def test_grid_runs_the_blind_flow_model_as_a_flow_model(tmp_path):
+    """digits_flow (a rectified-flow UNet at shift 8) is held out, and its cells run as a flow model's: sigmas from 1
+    down its shift-8 table, the controller planning in flow time and reusing linearly in sigma."""
+    p = adaptive_grid.build_problem("digits_flow", "simple", 5.0, 2, 1)
+    cell = adaptive_grid.Cell(p, "digits_flow", "euler", "simple", 10, 5.0)
+    assert cell.flow and float(cell.sigmas(10)[0]) == pytest.approx(1.0)
+    _, nfe, _, rep = cell.run(adaptive_grid.AdaptiveConfig())
+    assert nfe == 5 and rep.extrapolation.startswith("linear")
+    out = tmp_path / "grid.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "digits_flow", "--grid-samplers", "euler", "--grid-schedulers",
+         "simple", "--grid-steps", "10", "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells", "",
+         "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    assert d["meta"]["held_out"] == ["digits_flow"] and all(r["held_out"] for r in d["rows"])
+
+
 def test_unknown_grid_model_is_a_clear_error():
     with pytest.raises(ValueError, match="--grid-models: expected names from"):
         adaptive_grid.build_problem("sdxl", "karras", 5.0, 1, 1)
