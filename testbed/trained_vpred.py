@@ -23,8 +23,8 @@ Training (CPU, one thread, fixed seeds; ~15 min each):
 
     OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps|shapes_v|digits_flow]
 
-writes ``weights/testbed_vpred.safetensors`` (or ``testbed_shapes_eps`` / ``testbed_shapes_v``; fp16 weights; configs, seeds and the
-training record in its metadata) and the ``.json`` beside it. The UNet (``testbed/unet.py``) sees the VP input
+writes ``weights/testbed_vpred.safetensors`` (or ``testbed_shapes_eps`` / ``testbed_shapes_v`` / ``testbed_digits_flow``;
+fp16 weights; configs, seeds and the training record in its metadata) and the ``.json`` beside it. The UNet (``testbed/unet.py``) sees the VP input
 x / sqrt(1 + sigma^2) at Stable Diffusion's discrete timestep and learns v = alpha eps - s x0
 (alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha) or eps, t uniform, 15 % null labels, EMA weights; the flow UNet
 sees x = (1 - sigma) x0 + sigma noise itself at ComfyUI's flow timestep 1000 sigma and learns noise - x0, with sigma
