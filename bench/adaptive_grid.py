@@ -25,8 +25,13 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   noise the sampler injects that a reused direction cannot see added to its cost (``samplers.skip_plan``
   ``mixed_costs_fn``), on euler_ancestral and dpmpp_2m_sde with eps / v models. (The default itself plans so on
   dpmpp_2m_sde where every skip of its path would hold, ``samplers.adaptive.HOLD_NOISE_FORM``.)
-* ``adaptive_jump_off`` / ``adaptive_hold_plan_off`` (``--grid-jump-off`` / ``--grid-hold-plan-off``): the default
-  without its final-jump rule / without planning with the injected-noise cost where every skip holds.
+* ``adaptive_jump_off`` / ``adaptive_hold_plan_off`` / ``adaptive_hold_gap_off`` (``--grid-jump-off`` /
+  ``--grid-hold-plan-off`` / ``--grid-hold-gap-off``): the default without its final-jump rule / without planning with
+  the injected-noise cost where every skip holds / without euler_ancestral's hold after a long gap.
+* ``adaptive_linear`` and ``adaptive_hold_below_T`` / ``adaptive_hold_step_H`` / ``adaptive_hold_gap_R``
+  (``--grid-hold-sweep`` / ``--grid-hold-step-sweep`` / ``--grid-hold-gap-sweep``): the default with linear reuse
+  throughout, and with the reuse held below sigma T / from H in log sigma / from R of the run's median steps past the
+  last computed step.
 
 Models: ``testbed`` and ``testbed_hr`` (eps-prediction latent UNets on digits) are the models the planner was
 first designed on; ``flow`` (a rectified-flow DiT on shapes, testbed/trained_flow.py) was held out from that design,
@@ -177,6 +182,8 @@ def run_cell(
     hold_plan_off: bool = False,
     hold_steps=(),
     noise_plan: bool = False,
+    hold_gaps=(),
+    hold_gap_off: bool = False,
 ) -> list[dict]:
     base = {
         "model": cell.model,
@@ -218,8 +225,9 @@ def run_cell(
         for name, how in (("adaptive_skip", "off"), ("adaptive_respaced", "on")):
             out, nfe, wall, rep = cell.run(AdaptiveConfig(respace=how))
             add(name, out, nfe, wall, f"AdaptiveConfig(respace={how!r})", rep)
-    if holds or hold_steps:  # the reuse rule swept on the default's path: linear throughout (no hold), then
-        # hold below each sigma alone, then the sampler's hold below sigma with the hold past each step length
+    if holds or hold_steps or hold_gaps:  # the reuse rule swept on the default's path: linear throughout (no hold),
+        # then hold below each sigma alone, then the sampler's hold below sigma with the hold past each step length,
+        # then the hold past each multiple of the run's median step
         out, nfe, wall, rep = cell.run(AdaptiveConfig(extrapolation="linear"))
         add("adaptive_linear", out, nfe, wall, "AdaptiveConfig(extrapolation='linear')", rep)
         for t in holds:
@@ -228,12 +236,18 @@ def run_cell(
         for h in hold_steps:
             out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_step=h)
             add(f"adaptive_hold_step_{h:g}", out, nfe, wall, f"AdaptiveConfig(), hold_step={h:g}", rep)
+        for g in hold_gaps:
+            out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_gap=g)
+            add(f"adaptive_hold_gap_{g:g}", out, nfe, wall, f"AdaptiveConfig(), hold_gap={g:g}", rep)
     if jump_off:  # the default planned without its final-jump rule (samplers.skip_plan.jump_step)
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), protect_final_jump=False)
         add("adaptive_jump_off", out, nfe, wall, "AdaptiveConfig(), protect_final_jump=False", rep)
     if hold_plan_off:  # the default without planning with the injected-noise cost where every skip holds
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_noise_plan=False)
         add("adaptive_hold_plan_off", out, nfe, wall, "AdaptiveConfig(), hold_noise_plan=False", rep)
+    if hold_gap_off:  # the default without euler_ancestral's hold after a long gap (samplers.adaptive.HOLD_GAP)
+        out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_gap=math.inf)
+        add("adaptive_hold_gap_off", out, nfe, wall, "AdaptiveConfig(), hold_gap=inf", rep)
     form = NOISE_FORMS.get(cell.sampler, "")
     if noise_plan and form and not cell.flow:  # the candidate: the planner with the injected-noise cost
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_plan=form)
@@ -497,8 +511,9 @@ def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
 
 
 def rule_off_table(rows: list[dict], off: str = "jump_off") -> list[dict]:
-    """Per cell with an adaptive_<off> row (the default without one of its rules: jump_off, hold_plan_off): the
-    default minus it (dB), each against the better baseline, and both plans."""
+    """Per cell with an adaptive_<off> row (the default without one of its rules: jump_off, hold_plan_off,
+    hold_gap_off): the default minus it (dB), each against the better baseline, both plans, and whether the two runs
+    differ (in their plans, or, for a reuse rule, in their result)."""
     out = []
     for key, m in _by_cell(rows).items():
         if f"adaptive_{off}" not in m:
@@ -515,15 +530,16 @@ def rule_off_table(rows: list[dict], off: str = "jump_off") -> list[dict]:
                 f"meets_{off}": _meets(o, m),
                 "path": a["path"],
                 f"path_{off}": o["path"],
+                "differs": a["path"] != o["path"] or a["psnr_db"] != o["psnr_db"],
             }
         )
     return out
 
 
 def rule_off_summary(table: list[dict], off: str) -> dict:
-    """Over a ``rule_off_table``: the cells where the plans differ, how many the rule is above in, its mean and range
-    there (dB), and the cells meeting the three checks without and with it."""
-    changed = [j["gain_db"] for j in table if j["path"] != j[f"path_{off}"]]
+    """Over a ``rule_off_table``: the cells where the two runs differ, how many the rule is above in, its mean and
+    range there (dB), and the cells meeting the three checks without and with it."""
+    changed = [j["gain_db"] for j in table if j["differs"]]
     return {
         "cells": len(table),
         "changed": len(changed),
@@ -558,9 +574,17 @@ def noise_plan_table(rows: list[dict]) -> list[dict]:
     return out
 
 
+HOLD_PREFIXES = ("adaptive_hold_below_", "adaptive_hold_step_", "adaptive_hold_gap_")
+
+
+def _swept_hold(method: str) -> bool:
+    return method.startswith(HOLD_PREFIXES) and method != "adaptive_hold_gap_off"
+
+
 def hold_table(rows: list[dict]) -> list[dict]:
-    """Per cell with --grid-hold-sweep / --grid-hold-step-sweep rows: each adaptive_hold_below_T and
-    adaptive_hold_step_H minus adaptive_linear (dB), and the default's."""
+    """Per cell with --grid-hold-sweep / --grid-hold-step-sweep / --grid-hold-gap-sweep rows: each
+    adaptive_hold_below_T, adaptive_hold_step_H and adaptive_hold_gap_R minus adaptive_linear (dB), and the
+    default's (the --grid-hold-gap-off rows, adaptive_hold_gap_off, are not swept reuses: not in it)."""
     by = _by_cell(rows)
     out = []
     for (model, sampler, sched, steps, _), m in by.items():
@@ -569,7 +593,7 @@ def hold_table(rows: list[dict]) -> list[dict]:
         lin = m["adaptive_linear"]["psnr_db"]
         line = {"model": model, "sampler": sampler, "scheduler": sched, "steps": steps, "linear_db": lin}
         for k, r in m.items():
-            if k.startswith(("adaptive_hold_below_", "adaptive_hold_step_")):
+            if _swept_hold(k):
                 line[k.replace("adaptive_", "")] = r["psnr_db"] - lin
         line["default"] = m["adaptive"]["psnr_db"] - lin
         out.append(line)
@@ -581,7 +605,7 @@ def hold_summary(rows: list[dict]) -> list[dict]:
     swept rule, the default): its mean dB minus uniform skipping and the cells above it; and the cells where the
     default differs from it, how many of those the default is above, and the default minus it there (min, mean, max)."""
     cells = [m for m in _by_cell(rows).values() if "adaptive_linear" in m]
-    swept = sorted({k for m in cells for k in m if k.startswith(("adaptive_hold_below_", "adaptive_hold_step_"))})
+    swept = sorted({k for m in cells for k in m if _swept_hold(k)})
     out = []
     for k in ["adaptive_linear", *swept, "adaptive"]:
         have = [m for m in cells if k in m]
@@ -623,6 +647,19 @@ def add_arguments(p) -> None:
         help="log-sigma lengths, e.g. 0.15,0.2,0.3,inf: also run the default with the reuse held at a skipped step "
         "that far or further from the last computed step (adaptive_hold_step_H; with the sampler's hold below sigma; "
         "inf: never, the rule before it) and adaptive_linear; in the same table",
+    )
+    p.add_argument(
+        "--grid-hold-gap-sweep",
+        default="",
+        help="multiples of the run's median step, e.g. 1.5,2,2.5,3: also run the default with the reuse held at a "
+        "skipped step that many median steps or further (log sigma) from the last computed step (adaptive_hold_gap_R, "
+        "any sampler and model) and adaptive_linear; in the same table",
+    )
+    p.add_argument(
+        "--grid-hold-gap-off",
+        action="store_true",
+        help="also run the default without euler_ancestral's hold after a long gap (adaptive_hold_gap_off; eps / v "
+        "models); a table of the cells where the two differ",
     )
     p.add_argument(
         "--grid-jump-off",
@@ -753,6 +790,7 @@ def grid_main(args) -> int:
             }
         holds = [float(v) for v in args.grid_hold_sweep.split(",") if v]
         hold_steps = [float(v) for v in args.grid_hold_step_sweep.split(",") if v]
+        hold_gaps = [float(v) for v in args.grid_hold_gap_sweep.split(",") if v]
         rows.extend(
             run_cell(
                 cell,
@@ -765,6 +803,8 @@ def grid_main(args) -> int:
                 hold_plan_off=args.grid_hold_plan_off,
                 noise_plan=args.grid_noise_plan,
                 hold_steps=hold_steps,
+                hold_gaps=hold_gaps,
+                hold_gap_off=args.grid_hold_gap_off,
             )
         )
     summary = summarize(rows)
@@ -805,8 +845,8 @@ def grid_main(args) -> int:
         result["hold"] = hold
         print(
             "\nthe default with the reuse held below sigma T (hold_below_T) or, with the sampler's hold below sigma, "
-            "from H in log sigma past the last computed step (hold_step_H), minus linear reuse throughout, dB (the "
-            "default's path):"
+            "from H in log sigma past the last computed step (hold_step_H), or from R of the run's median steps past "
+            "it (hold_gap_R), minus linear reuse throughout, dB (the default's path):"
         )
         print_table(hold, list(hold[0]))
         result["hold_summary"] = hold_summary(rows)
@@ -817,18 +857,19 @@ def grid_main(args) -> int:
     for off, key, what in (
         ("jump_off", "jump", "its final-jump rule"),
         ("hold_plan_off", "hold_plan", "the injected-noise cost where every skip holds"),
+        ("hold_gap_off", "hold_gap", "euler_ancestral's hold after a long gap"),
     ):
         table = rule_off_table(rows, off)
         if not table:
             continue
         result[key] = table
-        changed = [j for j in table if j["path"] != j[f"path_{off}"]]
-        print(f"\nthe default minus the default without {what}, dB (cells where the plans differ):")
+        changed = [j for j in table if j["differs"]]
+        print(f"\nthe default minus the default without {what}, dB (cells where the two differ):")
         if changed:
             print_table(changed, list(changed[0]))
         s = result[f"{key}_summary"] = rule_off_summary(table, off)
         print(
-            f"plans differ in {s['changed']} of {s['cells']} cells; the rule is above in {s['up']} of them (mean "
+            f"the two differ in {s['changed']} of {s['cells']} cells; the rule is above in {s['up']} of them (mean "
             f"{s['mean_gain_db']:+.2f} dB, {s['min_gain_db']:+.2f} to {s['max_gain_db']:+.2f}); cells meeting the "
             f"three checks: {s['meets_without']} without it, {s['meets_with']} with it"
         )

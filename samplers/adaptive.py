@@ -33,7 +33,8 @@ rate ramped by ``tilt`` (``planner="pace"``, the earlier default); ``extrapolati
 direction from the last computed ones (``"auto"``: linear in sigma for flow models; otherwise linear in log
 sigma for deterministic one-evaluation samplers, linear in sigma for the others, and for DPM++ 2M SDE on eps / v
 models the paper's hold below sigma 1 and after a long step, ``HOLD_BELOW_SIGMA`` / ``HOLD_STEP``, with the injected
-noise in the plan's cost where every skip holds, ``HOLD_NOISE_FORM``; ``"hold"`` is the paper's reuse); ``force_last``,
+noise in the plan's cost where every skip holds, ``HOLD_NOISE_FORM``, and for Euler ancestral the hold after a step of
+1.5 times the run's median or more, ``HOLD_GAP``; ``"hold"`` is the paper's reuse); ``force_last``,
 ``start_percent``, ``estimator_space="vp"`` (measure on x / sqrt(1 + sigma^2)), per-sample decisions
 with the model run only on the samples that need it; ``placement`` > 0 lets an estimator move each
 paced skip toward a step it rates cheaper.
@@ -80,6 +81,18 @@ HOLD_STEP = 0.2
 # Chosen on the 20 / 30 / 50-step grids of the eps / v models (up in 19 of the 20 cells it changes there), then
 # tested as stated on other step counts and schedulers (docs/adaptive.md, "... and where every skip holds").
 HOLD_NOISE_FORM = "sde"
+# A sampler marked reuse "hold_long_gap" (euler_ancestral) holds the last direction at a skipped step whose last computed
+# step is this many of the run's median steps or more away in log sigma (the planner's step length, h / median h),
+# under extrapolation "auto" on eps / v models, and extrapolates linearly in sigma elsewhere. Over such a gap the
+# ancestral sampler has replaced more of the latent's noise since the network last saw it than over a typical step
+# (1 - exp(-2 h)), and the slope between the last two computed directions, each following its own noise draw, would be
+# carried further than a typical skip carries it. On SD's sigmas, with every other step run, that is the last one to
+# three skips of normal, simple, sgm_uniform and beta, where the steps lengthen toward the end, and the last one to
+# three of karras at 20 to 50 steps (1.5 to 1.7 median steps), none of exponential (all steps alike); and the second
+# skip of any pair. Chosen among 1.5 / 2 / 2.5 / 3 on the five eps / v testbeds at 20, 30 and 50 steps, CFG 5, the six
+# schedulers, by the mean minus uniform skipping over the three step counts (``bench adaptive --grid-hold-gap-sweep``,
+# docs/adaptive.md); flow models keep linear.
+HOLD_GAP = 1.5
 
 
 def _bshape(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -122,6 +135,7 @@ class AdaptiveSampling:
         protect_final_jump: bool = True,
         noise_plan: str = "",
         hold_noise_plan: bool = True,
+        hold_gap: float | None = None,
     ):
         self.model = model
         self.protect_final_jump = protect_final_jump
@@ -150,6 +164,19 @@ class AdaptiveSampling:
         if self.hold_step is not None and math.isinf(self.hold_step):
             self.hold_step = None
         self._hold_noise_plan = rule and hold_noise_plan  # the sampler's rule: plan with the noise cost where all hold
+        # the "hold_long_gap" rule (HOLD_GAP): a hold_step of that many of the run's median steps; hold_gap where given
+        # replaces it (any sampler and model: the benchmark's sweep; inf: never)
+        if hold_gap is not None and hold_step is not None:
+            raise AdaptiveConfigError("hold_gap / hold_step: give one of them, not both")
+        self.hold_gap = None
+        if auto and hold_gap is not None:
+            self.hold_gap = float(hold_gap) if math.isfinite(float(hold_gap)) and float(hold_gap) > 0 else None
+            self._hold_why = self._hold_why or "set"
+        elif auto and sampler_reuse == "hold_long_gap" and not self.flow and hold_step is None:
+            self.hold_gap, self._hold_why = HOLD_GAP, "the sampler's rule"
+        if self.hold_gap is not None:
+            med = self._median_step()
+            self.hold_step = self.hold_gap * med if med > 0 else None
         self.planned = None  # bool [N], True = run (mode target, planner schedule)
         self.subset_runner = subset_runner or default_subset_runner
         self.report = SkipReport(steps=self.n_steps, batch=0, mode=config.mode)
@@ -481,11 +508,25 @@ class AdaptiveSampling:
             self.report.extrapolation = f"{self._auto} (auto)"
             if self.hold_below is not None or self.hold_step is not None:
                 held = [f"below sigma {self.hold_below:g}"] if self.hold_below is not None else []
-                if self.hold_step is not None:
+                if self.hold_gap is not None:
+                    held.append(
+                        f"{self.hold_gap:g} or more of the run's median steps ({self.hold_step:.3g} in log sigma) from "
+                        "the last computed step"
+                    )
+                elif self.hold_step is not None:
                     held.append(f"{self.hold_step:g} or more in log sigma from the last computed step")
                 why = self._hold_why or "set"
                 self.report.extrapolation += f", hold {' and '.join(held)} ({why})"
         return self._auto
+
+    def _median_step(self) -> float:
+        """The run's median step in the controller's log sigma (``_log_time``), over its positive sigmas (the step to
+        sigma 0 aside; for eps / v models ``samplers.skip_plan.median_log_step``); 0 with fewer than two."""
+        s = torch.tensor([v for v in self.sig if v > 0], dtype=torch.float64)
+        if s.numel() < 2:
+            return 0.0
+        u = self._log_time(s)
+        return float((u[:-1] - u[1:]).abs().median())
 
     def _log_time(self, s: torch.Tensor) -> torch.Tensor:
         """log sigma; for a flow model log(s / (1 - s)), the log sigma of the equivalent VE model (as the planner)."""
@@ -646,6 +687,7 @@ def adaptive_sample(
     protect_final_jump: bool = True,
     noise_plan: str = "",
     hold_noise_plan: bool = True,
+    hold_gap: float | None = None,
     **sampler_options,
 ):
     """Run `sampler_fn` with AdaptiveDiffusion skipping; returns (x, SkipReport).
@@ -673,6 +715,10 @@ def adaptive_sample(
     hold_noise_plan: with the sampler's hold rule (``HOLD_NOISE_FORM``), where every skip of the schedule planner's
     path would hold, plan again with the injected-noise cost; False plans without that rule, for the benchmark's
     before / after (``bench adaptive --grid-hold-plan-off``); the nodes leave it True.
+    hold_gap: with extrapolation auto, hold at a skipped step this many of the run's median steps or further in log
+    sigma from the last computed step, whatever the sampler and model (inf: never; not with hold_step); None: the
+    sampler's rule (``HOLD_GAP`` for "hold_long_gap" on eps / v models). For the benchmark's sweep and before / after
+    (``bench adaptive --grid-hold-gap-sweep`` / ``--grid-hold-gap-off``); the nodes leave it None.
     """
     config.validate()
     if not config.enabled:
@@ -699,6 +745,7 @@ def adaptive_sample(
         protect_final_jump=protect_final_jump,
         noise_plan=noise_plan,
         hold_noise_plan=hold_noise_plan,
+        hold_gap=hold_gap,
     )
     planned = ctl.planned
     if config.mode == "path" and config.respace == "on":  # a profile's path, re-spaced (one path for the batch)

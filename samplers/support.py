@@ -22,11 +22,13 @@ class SamplerSupport:
     discard_penultimate_sigma: bool = False  # ComfyUI's KSampler runs n + 1 steps without the last nonzero sigma
     respace: str = ""  # mode target's "auto" re-spaces by this rule of samplers.respace.auto_respace
     reuse: str = ""  # "hold_low_noise": extrapolation "auto" holds the last direction below sigma 1 and after a step of
-    # 0.2 or more in log sigma (eps / v models)
+    # 0.2 or more in log sigma; "hold_long_gap": after a step of 1.5 times the run's median or more (eps / v
+    # models)
 
 
 _S = SamplerSupport
 _HOLD = "hold_low_noise"  # samplers.adaptive.HOLD_BELOW_SIGMA / HOLD_STEP: measured on dpmpp_2m_sde, given to variants
+_GAP = "hold_long_gap"  # samplers.adaptive.HOLD_GAP: measured on euler_ancestral
 _CFG_PP = "CFG++ samplers read the unguided prediction through a post-CFG hook; a skipped step has none to give"
 
 SUPPORT: dict[str, SamplerSupport] = {
@@ -34,7 +36,7 @@ SUPPORT: dict[str, SamplerSupport] = {
     "ddim": _S(True, "single", note="ComfyUI's ddim is euler; reusing d is the official eps reuse"),
     "lcm": _S(True, "single", True, "default"),
     "ddpm": _S(True, "single", True, "default"),
-    "euler_ancestral": _S(True, "single", True, "default"),
+    "euler_ancestral": _S(True, "single", True, "default", reuse=_GAP),
     "lms": _S(True, "multistep", respace="final_jump"),
     "dpmpp_2m": _S(True, "multistep"),
     "ipndm": _S(True, "multistep"),
@@ -160,7 +162,9 @@ def support_matrix_markdown() -> str:
     rules = {"final_jump": "on a schedule ending in a long step (normal)", "min_steps": "from 20 steps computed"}
     reuse = {
         _HOLD: "held below sigma 1 and 0.2 or more in log sigma from the last computed step (eps / v models), "
-        "linear elsewhere; where every skip of the plan holds, the plan adds the injected noise to its cost"
+        "linear elsewhere; where every skip of the plan holds, the plan adds the injected noise to its cost",
+        _GAP: "held 1.5 or more of the run's median steps (in log sigma) from the last computed step (eps / v models), "
+        "linear elsewhere",
     }
     for name, e in SUPPORT.items():
         noise = "regressed out of the estimator" if e.stochastic else "-"

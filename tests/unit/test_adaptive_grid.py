@@ -5,13 +5,16 @@ model."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from comfyui_tempo import cli
 from comfyui_tempo.bench import adaptive_grid
-from comfyui_tempo.samplers.adaptive import HOLD_STEP
+from comfyui_tempo.samplers import schedules
+from comfyui_tempo.samplers.adaptive import HOLD_GAP, HOLD_STEP
+from comfyui_tempo.samplers.skip_plan import median_log_step
 
 torch.set_num_threads(1)
 
@@ -210,13 +213,15 @@ def test_grid_hold_sweep_rows_and_table(tmp_path):
     dpmpp_2m_sde (eps model) the default is the hold below 1 with HOLD_STEP (at 12 karras steps every step is longer
     than it: held throughout, so it plans with the injected-noise cost; a hold below sigma given by the sweep is not
     the sampler's rule and keeps the cost model's plan, as the default without that, --grid-hold-plan-off), hold_step
-    inf the hold below 1 alone; on euler_ancestral (no rule) neither."""
+    inf the hold below 1 alone; on euler_ancestral the default is its hold after HOLD_GAP median steps (a hold_step
+    given turns it off: inf is linear throughout)."""
     out = tmp_path / "grid.json"
     rc = cli.main(
         ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "dpmpp_2m_sde,euler_ancestral",
          "--grid-schedulers", "karras", "--grid-steps", "12", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
          "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-hold-sweep",
-         "1,1e9", "--grid-hold-step-sweep", "0.2,inf", "--grid-hold-plan-off", "--json", str(out)]
+         "1,1e9", "--grid-hold-step-sweep", "0.2,inf", "--grid-hold-gap-sweep", "1.5", "--grid-hold-plan-off",
+         "--json", str(out)]
     )  # fmt: skip
     assert rc == 0
     d = json.loads(out.read_text())
@@ -229,7 +234,10 @@ def test_grid_hold_sweep_rows_and_table(tmp_path):
     assert m["dpmpp_2m_sde", "adaptive"] != m["dpmpp_2m_sde", "adaptive_hold_below_1"]
     assert m["dpmpp_2m_sde", "adaptive"] != m["dpmpp_2m_sde", "adaptive_linear"]
     assert m["euler_ancestral", "adaptive"] != m["euler_ancestral", "adaptive_hold_below_1e+09"]
-    assert m["euler_ancestral", "adaptive"] == m["euler_ancestral", "adaptive_hold_step_inf"]
+    assert HOLD_GAP == 1.5
+    assert m["euler_ancestral", "adaptive"] == m["euler_ancestral", "adaptive_hold_gap_1.5"]
+    assert m["euler_ancestral", "adaptive_hold_step_inf"] == m["euler_ancestral", "adaptive_linear"]
+    assert m["euler_ancestral", "adaptive"] != m["euler_ancestral", "adaptive_linear"]
     assert m["euler_ancestral", "adaptive"] != m["euler_ancestral", "adaptive_hold_step_0.2"]
     t = {r["sampler"]: r for r in d["hold"]}
     assert t["dpmpp_2m_sde"]["hold_below_1"] == pytest.approx(
@@ -243,13 +251,12 @@ def test_grid_hold_sweep_rows_and_table(tmp_path):
     assert summ["linear"]["mean_vs_uniform"] == pytest.approx(sum(m[sa, "adaptive_linear"] - u[sa] for sa in u) / 2)
     assert summ["linear"]["above_uniform"] == sum(m[sa, "adaptive_linear"] > u[sa] for sa in u)
     assert summ["default"]["default_differs"] == 0
-    # the rule before HOLD_STEP: the default differs from it on dpmpp_2m_sde only
+    # hold_step inf: the default differs from it on both samplers
     inf = summ["hold_step_inf"]
-    assert inf["default_differs"] == 1
-    assert inf["default_minus_mean"] == pytest.approx(
-        m["dpmpp_2m_sde", "adaptive"] - m["dpmpp_2m_sde", "adaptive_hold_step_inf"]
-    )
-    assert inf["default_above"] == (m["dpmpp_2m_sde", "adaptive"] > m["dpmpp_2m_sde", "adaptive_hold_step_inf"])
+    assert inf["default_differs"] == 2
+    diffs = [m[sa, "adaptive"] - m[sa, "adaptive_hold_step_inf"] for sa in u]
+    assert inf["default_minus_mean"] == pytest.approx(sum(diffs) / 2)
+    assert inf["default_above"] == sum(v > 0 for v in diffs)
 
 
 def test_grid_jump_off_rows_and_table(tmp_path):
@@ -304,6 +311,46 @@ def test_grid_hold_plan_off_rows_and_table(tmp_path):
     assert s["meets_with"] == sum(meets(sc, "adaptive") for sc in ("normal", "karras"))
     assert s["meets_without"] == sum(meets(sc, "adaptive_hold_plan_off") for sc in ("normal", "karras"))
     assert s["meets_without"] < s["meets_with"]  # karras: uniform skipping's own path ties it without the rule
+
+
+def test_grid_hold_gap_off_rows_and_table(tmp_path):
+    """--grid-hold-gap-off: euler_ancestral without its hold after HOLD_GAP median steps. The two runs differ exactly
+    where the default's path has a skip that far (in log sigma) from its last computed step, after at least two
+    computed steps (before that a skip holds anyway); the plans are the same."""
+    out = tmp_path / "grid.json"
+    scheds = ["normal", "karras", "exponential", "simple"]
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler_ancestral",
+         "--grid-schedulers", ",".join(scheds), "--grid-steps", "20", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
+         "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-hold-gap-off",
+         "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    t = {r["scheduler"]: r for r in d["hold_gap"]}
+    m = {(r["scheduler"], r["method"]): r for r in d["rows"]}
+
+    def has_far_skip(sched):
+        sig = [float(v) for v in schedules.get_sigmas(sched, 20)]
+        path = m[sched, "adaptive"]["path"]
+        limit, last, computed = HOLD_GAP * median_log_step(sig), None, 0
+        for i, c in enumerate(path):
+            if c == "C":
+                last, computed = i, computed + 1
+            elif computed >= 2 and math.log(sig[last] / sig[i]) >= limit:
+                return True
+        return False
+
+    want = {sc: has_far_skip(sc) for sc in scheds}
+    assert want["simple"] and not want["exponential"]  # its last skip 2.2 median steps away; all steps alike
+    for sc in scheds:
+        assert t[sc]["path"] == t[sc]["path_hold_gap_off"] == m[sc, "adaptive"]["path"]
+        assert t[sc]["differs"] == want[sc], sc
+        gain = m[sc, "adaptive"]["psnr_db"] - m[sc, "adaptive_hold_gap_off"]["psnr_db"]
+        assert t[sc]["gain_db"] == pytest.approx(gain)
+        assert (gain != 0) == want[sc]
+    s = d["hold_gap_summary"]
+    assert (s["cells"], s["changed"]) == (4, sum(want.values()))
 
 
 def test_calib_transfer_reports_each_prompts_greedy_path_against_the_others(tmp_path):

@@ -43,7 +43,7 @@ def _run(den, x, sig, config, reuse=RULE, flow=False, **kw):
 
 
 def test_the_rule_is_the_dpmpp_2m_sde_familys_only():
-    marked = {n for n, e in support.SUPPORT.items() if e.reuse}
+    marked = {n for n, e in support.SUPPORT.items() if e.reuse == "hold_low_noise"}
     assert marked == {"dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu"}
     assert RULE == "hold_low_noise"
     assert "held below sigma 1" in support.support_matrix_markdown()
@@ -137,7 +137,7 @@ def test_adaptive_kwargs_carry_every_rule_of_the_support_table():
 
 
 def test_hold_below_sigma_set_applies_to_any_sampler_and_model():
-    """The benchmark's knob: hold_below_sigma holds below it for any sampler (here euler_ancestral, no rule) and on a
+    """The benchmark's knob: hold_below_sigma holds below it for any sampler (here euler_ancestral, its rule not passed) and on a
     flow model (its sigma compared as s / (1 - s)); very large is the paper's hold throughout, 0 is linear."""
     g = torch.Generator().manual_seed(5)
     flow = FlowDenoiser(FiniteSetDenoiser(torch.randn(8, 4, 6, 6, generator=g)))
