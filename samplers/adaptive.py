@@ -521,7 +521,8 @@ class AdaptiveSampling:
 
     def _median_step(self) -> float:
         """The run's median step in the controller's log sigma (``_log_time``), over its positive sigmas (the step to
-        sigma 0 aside; for eps / v models ``samplers.skip_plan.median_log_step``); 0 with fewer than two."""
+        sigma 0 aside; the lower of the two middle steps for an even count, where ``samplers.skip_plan.median_log_step``
+        takes the upper); 0 with fewer than two."""
         s = torch.tensor([v for v in self.sig if v > 0], dtype=torch.float64)
         if s.numel() < 2:
             return 0.0

@@ -127,12 +127,18 @@ def test_flow_models_and_named_extrapolations_are_untouched():
     assert rep2.extrapolation == "linear (auto)" and torch.equal(a, b)
 
 
-def test_the_median_step_is_the_planners():
-    """The controller's median step (its log sigma, the step to sigma 0 aside) is the planner's median_log_step on VE
-    sigmas; the rule's threshold is HOLD_GAP times it, per run."""
-    for sched, n in (("simple", 20), ("karras", 30), ("normal", 50)):
+def test_the_median_step_is_the_runs():
+    """The controller's median step is over the run's steps in log sigma, the step to sigma 0 aside: the planner's
+    median_log_step where their count is odd (an even step count), the lower middle one where it is even; the rule's
+    threshold is HOLD_GAP times it, per run."""
+    for sched, n in (("simple", 20), ("karras", 30), ("normal", 50), ("karras", 15), ("beta", 25)):
         sig = schedules.get_sigmas(sched, n)
+        u = [math.log(float(v)) for v in sig if float(v) > 0]
+        h = sorted(abs(a - b) for a, b in zip(u, u[1:]))
+        want = h[(len(h) - 1) // 2]
+        if len(h) % 2:
+            assert want == pytest.approx(median_log_step(sig), rel=1e-9)
         ctl = AdaptiveSampling(lambda *a, **k: None, sig, AdaptiveConfig(), sampler_reuse=RULE)
-        assert ctl._median_step() == pytest.approx(median_log_step(sig), rel=1e-9)
-        assert ctl.hold_step == pytest.approx(HOLD_GAP * median_log_step(sig), rel=1e-9)
+        assert ctl._median_step() == pytest.approx(want, rel=1e-9), (sched, n)
+        assert ctl.hold_step == pytest.approx(HOLD_GAP * want, rel=1e-9)
         assert ctl.hold_below is None
