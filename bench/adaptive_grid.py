@@ -43,11 +43,12 @@ vpred is held out from the selection though not blind; ``shapes_eps`` (an eps-pr
 shapes, the same file, trained before the current rule was chosen) was held out from every choice of the
 planner, and its misses were read before ``respace`` auto was chosen (on testbed, testbed_hr and flow only);
 ``shapes_v`` (a v-prediction pixel UNet of another shape on another draw of the shapes, the same file, trained after
-``respace`` auto was fixed) is the model no choice has seen, but one: dpmpp_2m_sde's plan where every skip holds
-(``samplers.adaptive.HOLD_NOISE_FORM``) was chosen with every eps / v model's noisy-sampler runs seen, and tested on
-step counts and schedulers it had not seen; ``digits_flow`` (a rectified-flow pixel UNet on digits at shift 8, the
-same file, the second flow model, trained after every rule of the default was fixed, that one included) is blind to
-all of them.
+``respace`` auto was fixed) is the model no choice has seen, but two: dpmpp_2m_sde's plan where every skip holds
+(``samplers.adaptive.HOLD_NOISE_FORM``) and euler_ancestral's hold after a long gap (``HOLD_GAP``) were chosen with
+every eps / v model's noisy-sampler runs seen, and tested on step counts, schedulers and CFG scales they had not
+seen; ``digits_flow`` (a rectified-flow pixel UNet on digits at shift 8, the same file, the second flow model,
+trained after every rule of the default was fixed but the last, which flow models do not use) is blind to all of
+them.
 """
 
 from __future__ import annotations
