@@ -1,9 +1,12 @@
-"""DPM++ 2M SDE's reuse rule inside a real ComfyUI: the nodes hold the direction below sigma 1 and after a step of 0.2
-or more in log sigma on eps / v models (extrapolation auto; at 20 karras steps every skip: the paper's hold throughout,
-so the path is planned with the injected noise added to the cost), keep linear on a flow model and under a named
-extrapolation, and say which in the report."""
+"""The noisy samplers' reuse rules inside a real ComfyUI, each on eps / v models under extrapolation auto, linear on a
+flow model and under a named extrapolation, and said in the report. DPM++ 2M SDE holds the direction below sigma 1 and
+after a step of 0.2 or more in log sigma (at 20 karras steps every skip: the paper's hold throughout, so the path is
+planned with the injected noise added to the cost). Euler ancestral holds it at a skip 1.5 or more of the run's median
+steps (log sigma) from the last computed step (at 20 simple steps the last skip, where the steps lengthen)."""
 
 import pytest
+
+GAP_RULE = "hold 1.5 or more of the run's median steps ("
 
 SNIPPET = r"""
 import torch
@@ -14,19 +17,20 @@ from tempo_testnodes import skip_settings, tiny_sd_conditioning, tiny_sd_model a
 pos, neg, lat = tiny_sd_conditioning()
 result = {}
 with torch.inference_mode():
+  for sampler, sched in (("dpmpp_2m_sde", "karras"), ("euler_ancestral", "simple")):
     for kind, mt in (("eps", "EPS"), ("v", "V_PREDICTION"), ("flow", "FLOW")):
         model = build(getattr(comfy.model_base.ModelType, mt))
+        kind = f"{sampler}/{kind}"
         out = {}
         for ex in ("auto", "linear", "hold"):
             S = skip_settings(extrapolation=ex)
-            r = adaptive_nodes.AdaptiveKSampler.execute(model, 3, 20, 5.0, "dpmpp_2m_sde", "karras", pos, neg, lat,
-                                                        1.0, **S)
+            r = adaptive_nodes.AdaptiveKSampler.execute(model, 3, 20, 5.0, sampler, sched, pos, neg, lat, 1.0, **S)
             result[f"{kind}/{ex}"] = r.ui.as_dict()["text"][0] if hasattr(r.ui, "as_dict") else str(r.ui)
             out[ex] = r.args[0]["samples"]
             if ex == "auto":
                 patched = adaptive_nodes.AdaptiveModelPatch.execute(model, **S).args[0]
                 import nodes
-                via = nodes.common_ksampler(patched, 3, 20, 5.0, "dpmpp_2m_sde", "karras", pos, neg, lat)[0]["samples"]
+                via = nodes.common_ksampler(patched, 3, 20, 5.0, sampler, sched, pos, neg, lat)[0]["samples"]
                 result[f"{kind}/patch_equal"] = bool(torch.equal(via, out["auto"]))
         result[f"{kind}/same_as_linear"] = bool(torch.equal(out["auto"], out["linear"]))
         result[f"{kind}/same_as_hold"] = bool(torch.equal(out["auto"], out["hold"]))
@@ -43,6 +47,7 @@ def sde_result(comfy_snippet):
 @pytest.mark.parametrize("kind", ["eps", "v"])
 def test_eps_and_v_models_hold_below_sigma_1_and_after_long_steps_and_say_so(sde_result, kind):
     r = sde_result
+    kind = f"dpmpp_2m_sde/{kind}"
     rule = "hold below sigma 1 and 0.2 or more in log sigma from the last computed step (the sampler's rule)"
     assert rule in r[f"{kind}/auto"], r[f"{kind}/auto"]
     assert "hold below" not in r[f"{kind}/linear"], r[f"{kind}/linear"]
@@ -56,9 +61,22 @@ def test_eps_and_v_models_hold_below_sigma_1_and_after_long_steps_and_say_so(sde
     assert r[f"{kind}/patch_equal"]  # the model patch under any KSampler does the same
 
 
-def test_flow_model_keeps_linear(sde_result):
-    r = sde_result
-    assert "hold below" not in r["flow/auto"] and "linear (auto)" in r["flow/auto"], r["flow/auto"]
+@pytest.mark.parametrize("sampler", ["dpmpp_2m_sde", "euler_ancestral"])
+def test_flow_model_keeps_linear(sde_result, sampler):
+    r = {k.split("/", 1)[1]: v for k, v in sde_result.items() if k.startswith(f"{sampler}/")}
+    assert "hold below" not in r["flow/auto"] and GAP_RULE not in r["flow/auto"], r["flow/auto"]
+    assert "linear (auto)" in r["flow/auto"], r["flow/auto"]
     assert "injected-noise" not in r["flow/auto"]
     assert r["flow/same_as_linear"] and r["flow/finite"] and r["flow/patch_equal"]
     assert not r["flow/same_as_hold"]
+
+
+@pytest.mark.parametrize("kind", ["eps", "v"])
+def test_euler_ancestral_holds_after_a_long_gap_on_eps_and_v_models_and_says_so(sde_result, kind):
+    r = {k.split("/", 1)[1]: v for k, v in sde_result.items() if k.startswith("euler_ancestral/")}
+    assert r[f"{kind}/auto"].count(GAP_RULE) == 1 and "(the sampler's rule)" in r[f"{kind}/auto"], r[f"{kind}/auto"]
+    assert GAP_RULE not in r[f"{kind}/linear"] and GAP_RULE not in r[f"{kind}/hold"]
+    assert "injected-noise" not in r[f"{kind}/auto"]
+    # the last skip holds, the others extrapolate: neither linear throughout nor the paper's hold throughout
+    assert not r[f"{kind}/same_as_linear"] and not r[f"{kind}/same_as_hold"] and r[f"{kind}/finite"]
+    assert r[f"{kind}/patch_equal"]  # the model patch under any KSampler does the same
