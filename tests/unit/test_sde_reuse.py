@@ -61,6 +61,14 @@ def test_the_rule_is_the_dpmpp_2m_sde_familys_only():
     assert "held below sigma 1" in support.support_matrix_markdown()
 
 
+def _flow_case():
+    """A flow model (an exact finite-set denoiser as CONST), its shift-3 sigmas at 20 steps and a starting latent."""
+    g = torch.Generator().manual_seed(5)
+    flow = FlowDenoiser(FiniteSetDenoiser(torch.randn(8, 4, 6, 6, generator=g)))
+    fs = schedules.flow_sigmas(20, shift=3.0)
+    return flow, fs, torch.randn(2, 4, 6, 6, generator=g) * fs[0]
+
+
 def _gap(sig, i):
     """log sigma from the step before i (computed) to step i (skipped)."""
     return math.log(float(sig[i - 1]) / float(sig[i]))
@@ -130,10 +138,7 @@ def test_flow_models_named_extrapolations_and_other_samplers_are_untouched():
     assert rep3.extrapolation == "linear"
     assert torch.equal(without, named) and not torch.equal(auto, without)
     # a flow model keeps linear in sigma (it lost with the hold on the flow testbed)
-    g = torch.Generator().manual_seed(5)
-    flow = FlowDenoiser(FiniteSetDenoiser(torch.randn(8, 4, 6, 6, generator=g)))
-    fs = schedules.flow_sigmas(20, shift=3.0)
-    xf = torch.randn(2, 4, 6, 6, generator=g) * fs[0]
+    flow, fs, xf = _flow_case()
     a, rep4, _ = _run(flow, xf, fs, AdaptiveConfig(), flow=True)
     b, _, _ = _run(flow, xf, fs, AdaptiveConfig(extrapolation="linear"), flow=True)
     assert rep4.extrapolation == "linear (auto)" and torch.equal(a, b)
@@ -151,10 +156,7 @@ def test_adaptive_kwargs_carry_every_rule_of_the_support_table():
 def test_hold_below_sigma_set_applies_to_any_sampler_and_model():
     """The benchmark's knob: hold_below_sigma holds below it for any sampler (here euler_ancestral, its rule not passed) and on a
     flow model (its sigma compared as s / (1 - s)); very large is the paper's hold throughout, 0 is linear."""
-    g = torch.Generator().manual_seed(5)
-    flow = FlowDenoiser(FiniteSetDenoiser(torch.randn(8, 4, 6, 6, generator=g)))
-    fs = schedules.flow_sigmas(20, shift=3.0)
-    xf = torch.randn(2, 4, 6, 6, generator=g) * fs[0]
+    flow, fs, xf = _flow_case()
     den = CFGDenoiser(make_gmm(), 4.0, 10)
     sig = schedules.get_sigmas("karras", 20)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sig[0]
@@ -267,10 +269,7 @@ def test_flow_models_and_named_extrapolations_are_untouched():
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sig[0]
     named, rep, _ = _arun(den, x, sig, AdaptiveConfig(extrapolation="linear"))
     assert rep.extrapolation == "linear"
-    g = torch.Generator().manual_seed(5)
-    flow = FlowDenoiser(FiniteSetDenoiser(torch.randn(8, 4, 6, 6, generator=g)))
-    fs = schedules.flow_sigmas(20, shift=3.0)
-    xf = torch.randn(2, 4, 6, 6, generator=g) * fs[0]
+    flow, fs, xf = _flow_case()
     a, rep2, _ = _arun(flow, xf, fs, AdaptiveConfig(), flow=True)
     b, _, _ = _arun(flow, xf, fs, AdaptiveConfig(extrapolation="linear"), flow=True)
     assert rep2.extrapolation == "linear (auto)" and torch.equal(a, b)
