@@ -95,6 +95,26 @@ HOLD_NOISE_FORM = "sde"
 HOLD_GAP = 1.5
 
 
+# k-diffusion's noisy samplers scale the noise they inject by these options (ComfyUI's SamplerCustom sampler nodes set
+# them; its KSampler leaves the defaults, 1): either at 0 and the sampler injects none, and is the deterministic
+# sampler it extends (euler_ancestral at eta 0 is euler, dpmpp_2m_sde is DPM-Solver++(2M)). The reuse rules above,
+# measured on the noise, then give way to the deterministic samplers' reuse.
+NOISE_SCALES = ("eta", "s_noise")
+
+
+def injects_no_noise(sampler_options: dict) -> list[str]:
+    """The options that turn the sampler's noise off (eta or s_noise given as 0), as "name value"; empty: none."""
+    off = []
+    for key in NOISE_SCALES:
+        v = sampler_options.get(key, None)
+        try:
+            if v is not None and float(v) == 0.0:
+                off.append(f"{key} {v}")
+        except (TypeError, ValueError):
+            continue
+    return off
+
+
 def _bshape(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape(v.shape[:1] + (1,) * (ndim - 1))
 
@@ -699,7 +719,8 @@ def adaptive_sample(
     its noise does not count as progress.
     sampler_respace: the sampler's ``SamplerSupport.respace`` rule; with ``respace = "auto"`` the planned path
     is run re-spaced (``samplers.respace``) where ``samplers.respace.auto_respace`` says so by that rule.
-    sampler_reuse: the sampler's ``SamplerSupport.reuse`` rule ("hold_low_noise": see ``HOLD_BELOW_SIGMA``).
+    sampler_reuse: the sampler's ``SamplerSupport.reuse`` rule ("hold_low_noise": see ``HOLD_BELOW_SIGMA``); off, with
+    the noise recording, where ``sampler_options`` turn the sampler's noise off (``injects_no_noise``: eta or s_noise 0).
     hold_below_sigma: with extrapolation auto, hold below this sigma whatever the sampler and model (flow models: in
     the equivalent VE sigma s / (1 - s)); None: the sampler's rule (given, the rule is off: no re-plan where every skip
     holds, hold_noise_plan). For the benchmark's sweep
@@ -733,6 +754,7 @@ def adaptive_sample(
         rep.model_calls = counting.nfe
         rep.notes.append("skipping disabled (threshold 0 / target_speedup 1): base sampler unchanged")
         return out, rep
+    quiet = injects_no_noise(sampler_options) if noise_sampler is not None else []
     ctl = AdaptiveSampling(
         model,
         sigmas,
@@ -740,7 +762,7 @@ def adaptive_sample(
         endpoint_corrector=endpoint_corrector,
         vp_estimator_ok=vp_estimator_ok,
         subset_runner=subset_runner,
-        sampler_reuse=sampler_reuse,
+        sampler_reuse="" if quiet else sampler_reuse,
         hold_below_sigma=hold_below_sigma,
         hold_step=hold_step,
         protect_final_jump=protect_final_jump,
@@ -748,6 +770,11 @@ def adaptive_sample(
         hold_noise_plan=hold_noise_plan,
         hold_gap=hold_gap,
     )
+    if quiet:
+        ctl.report.notes.append(
+            f"the sampler injects no noise ({', '.join(quiet)}): reused as a deterministic sampler's"
+            + (f" (its rule {sampler_reuse!r} is for its noise)" if sampler_reuse else "")
+        )
     planned = ctl.planned
     if config.mode == "path" and config.respace == "on":  # a profile's path, re-spaced (one path for the batch)
         p = torch.as_tensor(config.path, dtype=torch.bool)
@@ -782,6 +809,6 @@ def adaptive_sample(
             rep.controller_seconds += ctl.report.controller_seconds
             return out, rep
     if noise_sampler is not None:
-        sampler_options["noise_sampler"] = ctl.record_noise(noise_sampler)
+        sampler_options["noise_sampler"] = noise_sampler if quiet else ctl.record_noise(noise_sampler)
     out = sampler_fn(ctl, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **sampler_options)
     return out, ctl.report

@@ -2,7 +2,10 @@
 flow model and under a named extrapolation, and said in the report. DPM++ 2M SDE holds the direction below sigma 1 and
 after a step of 0.2 or more in log sigma (at 20 karras steps every skip: the paper's hold throughout, so the path is
 planned with the injected noise added to the cost). Euler ancestral holds it at a skip 1.5 or more of the run's median
-steps (log sigma) from the last computed step (at 20 simple steps the last skip, where the steps lengthen)."""
+steps (log sigma) from the last computed step (at 20 simple steps the last skip, where the steps lengthen). A sampler
+that injects no noise (eta 0 on SamplerCustom's sampler nodes) reuses as a deterministic sampler."""
+
+import re
 
 import pytest
 
@@ -35,6 +38,38 @@ with torch.inference_mode():
         result[f"{kind}/same_as_linear"] = bool(torch.equal(out["auto"], out["linear"]))
         result[f"{kind}/same_as_hold"] = bool(torch.equal(out["auto"], out["hold"]))
         result[f"{kind}/finite"] = bool(torch.isfinite(out["auto"]).all())
+
+# the model patch under SamplerCustom with ComfyUI's own SamplerEulerAncestral node at eta 0 (euler, no noise) and 1:
+# what the patch wrote to the console, and the eta 0 result against the patch with euler (KSamplerSelect)
+import logging
+import comfy.sample
+import comfy.samplers
+from comfy_extras import nodes_custom_sampler as ncs
+
+records = []
+class _Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
+logging.getLogger("comfyui_tempo").addHandler(_Keep())
+logging.getLogger("comfyui_tempo").setLevel(logging.INFO)  # the patch's report is an info line
+
+def ancestral(eta):
+    node = ncs.SamplerEulerAncestral
+    r = node.execute(eta, 1.0) if hasattr(node, "define_schema") else node().get_sampler(eta, 1.0)
+    return r.args[0] if hasattr(r, "args") else r[0]
+
+with torch.inference_mode():
+    model = build(comfy.model_base.ModelType.EPS)
+    patched = adaptive_nodes.AdaptiveModelPatch.execute(model, **skip_settings(extrapolation="auto")).args[0]
+    ks = comfy.samplers.KSampler(model, 20, model.load_device, "euler", "simple", 1.0, model.model_options)
+    noise = comfy.sample.prepare_noise(lat["samples"], 3)
+    runs = {}
+    for name, sampler in (("eta0", ancestral(0.0)), ("eta1", ancestral(1.0)), ("euler", comfy.samplers.sampler_object("euler"))):
+        del records[:]
+        runs[name] = comfy.sample.sample_custom(patched, noise, 5.0, sampler, ks.sigmas, pos, neg, lat["samples"], seed=3)
+        result[f"custom/{name}/log"] = [m for m in records if m.startswith("AdaptiveDiffusion")]
+    result["custom/eta0_close_to_euler"] = bool(torch.allclose(runs["eta0"], runs["euler"], atol=1e-3, rtol=0))
+    result["custom/eta1_close_to_euler"] = bool(torch.allclose(runs["eta1"], runs["euler"], atol=1e-3, rtol=0))
 RESULT = result
 """
 
@@ -80,3 +115,21 @@ def test_euler_ancestral_holds_after_a_long_gap_on_eps_and_v_models_and_says_so(
     # the last skip holds, the others extrapolate: neither linear throughout nor the paper's hold throughout
     assert not r[f"{kind}/same_as_linear"] and not r[f"{kind}/same_as_hold"] and r[f"{kind}/finite"]
     assert r[f"{kind}/patch_equal"]  # the model patch under any KSampler does the same
+
+
+def test_the_model_patch_reuses_an_ancestral_sampler_at_eta_0_as_euler(sde_result):
+    """SamplerCustom with ComfyUI's SamplerEulerAncestral node at eta 0 injects no noise (it is euler): the patch
+    drops the hold after a long gap, reuses as for euler and says so; at eta 1 the rule stays."""
+    r = sde_result
+    (quiet,) = r["custom/eta0/log"]
+    (noisy,) = r["custom/eta1/log"]
+    (euler,) = r["custom/euler/log"]
+    assert "log_linear (auto)" in quiet and GAP_RULE not in quiet, quiet
+    assert "the sampler injects no noise (eta 0.0): reused as a deterministic sampler's" in quiet, quiet
+
+    def head(m):  # mode, extrapolation, NFE and path: the message without its notes and its sampler's name
+        return re.sub(r" \((euler|euler_ancestral)\)$", "", m).split(" | ")[0]
+
+    assert head(quiet) == head(euler), (quiet, euler)
+    assert GAP_RULE in noisy and "injects no noise" not in noisy, noisy
+    assert r["custom/eta0_close_to_euler"] and not r["custom/eta1_close_to_euler"]

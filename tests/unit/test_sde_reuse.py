@@ -32,7 +32,7 @@ def make_gmm(classes=10, per_class=3):
     return GaussianMixtureDenoiser(means, 0.3, labels=labels, num_classes=classes)
 
 
-def _run(den, x, sig, config, reuse=RULE, flow=False, fn=kdiff.sample_dpmpp_2m_sde, **kw):
+def _run(den, x, sig, config, reuse=RULE, flow=False, fn=kdiff.sample_dpmpp_2m_sde, noise=True, **kw):
     seen = {}
 
     def cb(d):
@@ -46,7 +46,7 @@ def _run(den, x, sig, config, reuse=RULE, flow=False, fn=kdiff.sample_dpmpp_2m_s
         config,
         extra_args={"cond": torch.tensor([1, 4])} if not flow else {},
         callback=cb,
-        noise_sampler=kdiff.default_noise_sampler(x, seed=3),
+        noise_sampler=kdiff.default_noise_sampler(x, seed=3) if noise else None,
         vp_estimator_ok=not flow,
         sampler_reuse=reuse,
         **kw,
@@ -290,3 +290,35 @@ def test_the_median_step_is_the_runs():
         assert ctl._median_step() == pytest.approx(want, rel=1e-9), (sched, n)
         assert ctl.hold_step == pytest.approx(HOLD_GAP * want, rel=1e-9)
         assert ctl.hold_below is None
+
+
+@pytest.mark.parametrize(
+    "noisy, plain, reuse",
+    [
+        (kdiff.sample_euler_ancestral, kdiff.sample_euler, GAP_RULE),
+        (kdiff.sample_dpmpp_2m_sde, kdiff.sample_dpmpp_2m, RULE),
+    ],
+)
+def test_a_sampler_told_to_inject_no_noise_is_reused_as_a_deterministic_sampler(noisy, plain, reuse):
+    """eta 0 makes euler_ancestral euler and dpmpp_2m_sde DPM-Solver++(2M): the noise rules give way to the
+    deterministic sampler's reuse, log-linear under auto, and the run follows the deterministic sampler's (the same
+    path and result). s_noise 0 (SamplerCustom's sampler nodes can set it) keeps the ancestral step but injects
+    nothing: the same reuse. With the noise on, the rule stays."""
+    den = CFGDenoiser(make_gmm(), 4.0, 10)
+    sig = schedules.get_sigmas("simple", 20)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sig[0]
+    cfg = AdaptiveConfig()
+    quiet, rep, _ = _run(den, x, sig, cfg, reuse=reuse, fn=noisy, eta=0.0)
+    det, rep_det, _ = _run(den, x, sig, cfg, reuse="", fn=plain, noise=False)
+    assert rep.extrapolation == rep_det.extrapolation == "log_linear (auto)"
+    assert rep.path_string() == rep_det.path_string()
+    assert torch.allclose(quiet, det, atol=1e-4, rtol=0)
+    assert any(n.startswith("the sampler injects no noise (eta 0.0)") and repr(reuse) in n for n in rep.notes)
+    silent, rep_s, _ = _run(den, x, sig, cfg, reuse=reuse, fn=noisy, s_noise=0)
+    assert rep_s.extrapolation == "log_linear (auto)"
+    assert any(n.startswith("the sampler injects no noise (s_noise 0)") for n in rep_s.notes), rep_s.notes
+    named = _run(den, x, sig, AdaptiveConfig(extrapolation="log_linear"), reuse=reuse, fn=noisy, s_noise=0)[0]
+    assert torch.equal(silent, named)
+    noisy_out, rep_on, _ = _run(den, x, sig, cfg, reuse=reuse, fn=noisy)
+    assert "hold" in rep_on.extrapolation and not any("injects no noise" in n for n in rep_on.notes)
+    assert not torch.allclose(noisy_out, det, atol=1e-2)
