@@ -28,6 +28,8 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
 * ``adaptive_jump_off`` / ``adaptive_hold_plan_off`` / ``adaptive_hold_gap_off`` (``--grid-jump-off`` /
   ``--grid-hold-plan-off`` / ``--grid-hold-gap-off``): the default without its final-jump rule / without planning with
   the injected-noise cost where every skip holds / without euler_ancestral's hold after a long gap.
+* ``--grid-eta E`` runs every method of a sampler that takes an eta at that eta, the full run included (rows get
+  ``eta``): the noisy samplers' reuse rules away from ComfyUI's default, eta 1.
 * ``adaptive_linear`` and ``adaptive_hold_below_T`` / ``adaptive_hold_step_H`` / ``adaptive_hold_gap_R``
   (``--grid-hold-sweep`` / ``--grid-hold-step-sweep`` / ``--grid-hold-gap-sweep``): the default with linear reuse
   throughout, and with the reuse held below sigma T / from H in log sigma / from R of the run's median steps past the
@@ -127,7 +129,7 @@ def _sampling(problem):
 class Cell:
     """One (model, sampler, scheduler, steps, cfg): runs the methods on the same noise."""
 
-    def __init__(self, problem, model: str, sampler: str, scheduler: str, steps: int, cfg: float):
+    def __init__(self, problem, model: str, sampler: str, scheduler: str, steps: int, cfg: float, eta=None):
         self.p, self.model, self.sampler, self.scheduler, self.steps, self.cfg = (
             problem,
             model,
@@ -138,7 +140,11 @@ class Cell:
         )
         self.fn = kdiff.SAMPLERS[sampler]
         self.entry = support.lookup(sampler)
-        self.stochastic = "noise_sampler" in inspect.signature(self.fn).parameters
+        params = inspect.signature(self.fn).parameters
+        self.stochastic = "noise_sampler" in params
+        # eta (--grid-eta): the noise scale of every run of the cell, full run and baselines included, on samplers
+        # that take one (as SamplerCustom's sampler nodes set it); None: the sampler's default (ComfyUI's KSampler)
+        self.options = {"eta": float(eta)} if eta is not None and "eta" in params else {}
         self.flow = _is_flow(problem)
 
     def sigmas(self, steps: int) -> torch.Tensor:
@@ -148,7 +154,7 @@ class Cell:
         """(latents, nfe per image, wall seconds, report or None); more: adaptive_sample's other keywords."""
         sig = self.sigmas(steps or self.steps)
         x = self.p.noise * sig[0]  # ComfyUI's noise scaling for eps and flow (CONST) models alike
-        kw = {}
+        kw = dict(self.options)
         if self.stochastic:
             kw["noise_sampler"] = kdiff.default_noise_sampler(x, seed=NOISE_SEED)
         extra = {"cond": self.p.cond}
@@ -193,6 +199,7 @@ def run_cell(
         "scheduler": cell.scheduler,
         "steps": cell.steps,
         "cfg": cell.cfg,
+        **cell.options,
     }
     rows = []
     full, full_nfe, full_wall, _ = cell.run(None)
@@ -682,6 +689,13 @@ def add_arguments(p) -> None:
         f"{', '.join(NOISE_FORMS)} with eps / v models); a table against the default and uniform skipping",
     )
     p.add_argument(
+        "--grid-eta",
+        type=float,
+        default=None,
+        help="run the samplers that take an eta (euler_ancestral, dpmpp_2m_sde, ...) at this one, every method and "
+        "the full run alike (as SamplerCustom's sampler nodes can set it; default: the sampler's, 1); rows get an eta",
+    )
+    p.add_argument(
         "--grid-lean",
         action="store_true",
         help="leave out adaptive_pace, adaptive_paper and uniform_skip_linear (comparison rows) to save time",
@@ -777,9 +791,14 @@ def grid_main(args) -> int:
         key = (model, sched, cfg)
         if key not in problems_cache:
             problems_cache[key] = build_problem(model, sched, cfg, classes, seeds)
-        cell = Cell(problems_cache[key], model, sampler, sched, steps, cfg)
+        cell = Cell(problems_cache[key], model, sampler, sched, steps, cfg, eta=args.grid_eta)
         calib = None
         if (sampler, sched) in calib_cells and steps == args.grid_steps and cfg == args.cfg:
+            if cell.options:
+                raise SystemExit(
+                    f"--grid-eta: the calibrated cells run at the sampler's own eta; leave {sampler}:{sched} out of "
+                    "--calib-cells"
+                )
             calib = {
                 "prompts": args.calib_prompts,
                 "planner": not args.calib_no_planner,

@@ -353,6 +353,27 @@ def test_grid_hold_gap_off_rows_and_table(tmp_path):
     assert (s["cells"], s["changed"]) == (4, sum(want.values()))
 
 
+def test_grid_eta_runs_every_method_at_that_eta(tmp_path):
+    """--grid-eta 0: euler_ancestral's every run injects no noise (its rows say eta 0), so each of its methods lands
+    where euler's does (the same paths; PSNR within a hair, both against their own full runs); euler, which takes no
+    eta, is run as before. A calibrated cell of a sampler that takes an eta is refused."""
+    out = tmp_path / "grid.json"
+    argv = ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler,euler_ancestral",
+            "--grid-schedulers", "simple", "--grid-steps", "20", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
+            "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-eta", "0"]  # fmt: skip
+    assert cli.main([*argv, "--calib-cells", "", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    m = {(r["sampler"], r["method"]): r for r in rows}
+    assert {r.get("eta") for r in rows if r["sampler"] == "euler_ancestral"} == {0.0}
+    assert all("eta" not in r for r in rows if r["sampler"] == "euler")
+    for method in ("adaptive", "fewer_steps", "uniform_skip"):
+        a, e = m["euler_ancestral", method], m["euler", method]
+        assert a["path"] == e["path"] and a["nfe"] == e["nfe"], method
+        assert a["psnr_db"] == pytest.approx(e["psnr_db"], abs=0.01), method
+    with pytest.raises(SystemExit, match="--grid-eta: the calibrated cells"):
+        cli.main([*argv, "--calib-cells", "euler_ancestral:simple", "--json", str(tmp_path / "no.json")])
+
+
 def test_calib_transfer_reports_each_prompts_greedy_path_against_the_others(tmp_path):
     """--calib-transfer: on the calibrated cells, instead of the profile, the greedy paths carried over between all
     the cell's prompts; the summary's differences come from the rows, and the default's path on the same prompts is
