@@ -33,7 +33,8 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
 * ``adaptive_linear`` and ``adaptive_hold_below_T`` / ``adaptive_hold_step_H`` / ``adaptive_hold_gap_R``
   (``--grid-hold-sweep`` / ``--grid-hold-step-sweep`` / ``--grid-hold-gap-sweep``): the default with linear reuse
   throughout, and with the reuse held below sigma T / from H in log sigma / from R of the run's median steps past the
-  last computed step.
+  last computed step; ``adaptive_reuse_NAME`` (``--grid-reuse-sweep``): the default with the extrapolation NAME, which
+  turns the samplers' rules off (``log_linear``: what a sampler that injects no noise gets under auto).
 
 Models: ``testbed`` and ``testbed_hr`` (eps-prediction latent UNets on digits) are the models the planner was
 first designed on; ``flow`` (a rectified-flow DiT on shapes, testbed/trained_flow.py) was held out from that design,
@@ -64,6 +65,7 @@ import torch
 
 from ..samplers import kdiff, schedules, support
 from ..samplers.adaptive import AdaptiveConfig, CountingDenoiser, adaptive_sample
+from ..samplers.adaptive_config import EXTRAPOLATIONS
 from ..samplers.skip_plan import NOISE_FORMS
 from .common import print_table, psnr_db, write_json
 
@@ -191,6 +193,7 @@ def run_cell(
     noise_plan: bool = False,
     hold_gaps=(),
     hold_gap_off: bool = False,
+    reuses=(),
 ) -> list[dict]:
     base = {
         "model": cell.model,
@@ -233,9 +236,9 @@ def run_cell(
         for name, how in (("adaptive_skip", "off"), ("adaptive_respaced", "on")):
             out, nfe, wall, rep = cell.run(AdaptiveConfig(respace=how))
             add(name, out, nfe, wall, f"AdaptiveConfig(respace={how!r})", rep)
-    if holds or hold_steps or hold_gaps:  # the reuse rule swept on the default's path: linear throughout (no hold),
-        # then hold below each sigma alone, then the sampler's hold below sigma with the hold past each step length,
-        # then the hold past each multiple of the run's median step
+    if holds or hold_steps or hold_gaps or reuses:  # the reuse rule swept on the default's path: linear throughout
+        # (no hold), then hold below each sigma alone, then the sampler's hold below sigma with the hold past each step
+        # length, then the hold past each multiple of the run's median step, then each named extrapolation
         out, nfe, wall, rep = cell.run(AdaptiveConfig(extrapolation="linear"))
         add("adaptive_linear", out, nfe, wall, "AdaptiveConfig(extrapolation='linear')", rep)
         for t in holds:
@@ -247,6 +250,9 @@ def run_cell(
         for g in hold_gaps:
             out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_gap=g)
             add(f"adaptive_hold_gap_{g:g}", out, nfe, wall, f"AdaptiveConfig(), hold_gap={g:g}", rep)
+        for name in reuses:
+            out, nfe, wall, rep = cell.run(AdaptiveConfig(extrapolation=name))
+            add(f"adaptive_reuse_{name}", out, nfe, wall, f"AdaptiveConfig(extrapolation={name!r})", rep)
     if jump_off:  # the default planned without its final-jump rule (samplers.skip_plan.jump_step)
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), protect_final_jump=False)
         add("adaptive_jump_off", out, nfe, wall, "AdaptiveConfig(), protect_final_jump=False", rep)
@@ -582,7 +588,7 @@ def noise_plan_table(rows: list[dict]) -> list[dict]:
     return out
 
 
-HOLD_PREFIXES = ("adaptive_hold_below_", "adaptive_hold_step_", "adaptive_hold_gap_")
+HOLD_PREFIXES = ("adaptive_hold_below_", "adaptive_hold_step_", "adaptive_hold_gap_", "adaptive_reuse_")
 
 
 def _swept_hold(method: str) -> bool:
@@ -662,6 +668,12 @@ def add_arguments(p) -> None:
         help="multiples of the run's median step, e.g. 1.5,2,2.5,3: also run the default with the reuse held at a "
         "skipped step that many median steps or further (log sigma) from the last computed step (adaptive_hold_gap_R, "
         "any sampler and model) and adaptive_linear; in the same table",
+    )
+    p.add_argument(
+        "--grid-reuse-sweep",
+        default="",
+        help="extrapolations, e.g. log_linear,hold: also run the default with each named one, which turns the "
+        "samplers' reuse rules off (adaptive_reuse_NAME), and adaptive_linear; in the same table",
     )
     p.add_argument(
         "--grid-hold-gap-off",
@@ -779,8 +791,9 @@ def grid_main(args) -> int:
         ("--grid-models", args.grid_models, MODELS),
         ("--grid-samplers", args.grid_samplers, list(kdiff.SAMPLERS)),
         ("--grid-schedulers", args.grid_schedulers, SCHEDULERS + MORE_SCHEDULERS),
+        ("--grid-reuse-sweep", args.grid_reuse_sweep, [e for e in EXTRAPOLATIONS if e != "auto"]),
     ):
-        unknown = [v for v in given.split(",") if v not in known]
+        unknown = [v for v in given.split(",") if v and v not in known]
         if unknown:
             raise SystemExit(f"{flag}: {', '.join(map(repr, unknown))} unknown; expected names from {', '.join(known)}")
     t0 = time.perf_counter()
@@ -811,6 +824,7 @@ def grid_main(args) -> int:
         holds = [float(v) for v in args.grid_hold_sweep.split(",") if v]
         hold_steps = [float(v) for v in args.grid_hold_step_sweep.split(",") if v]
         hold_gaps = [float(v) for v in args.grid_hold_gap_sweep.split(",") if v]
+        reuses = [v for v in args.grid_reuse_sweep.split(",") if v]
         rows.extend(
             run_cell(
                 cell,
@@ -825,6 +839,7 @@ def grid_main(args) -> int:
                 hold_steps=hold_steps,
                 hold_gaps=hold_gaps,
                 hold_gap_off=args.grid_hold_gap_off,
+                reuses=reuses,
             )
         )
     summary = summarize(rows)

@@ -356,14 +356,23 @@ def test_grid_hold_gap_off_rows_and_table(tmp_path):
 def test_grid_eta_runs_every_method_at_that_eta(tmp_path):
     """--grid-eta 0: euler_ancestral's every run injects no noise (its rows say eta 0), so each of its methods lands
     where euler's does (the same paths; PSNR within a hair, both against their own full runs); euler, which takes no
-    eta, is run as before. A calibrated cell of a sampler that takes an eta is refused."""
+    eta, is run as before; both reuse as the named log_linear (--grid-reuse-sweep). A calibrated cell of a sampler
+    that takes an eta is refused, as is an unknown extrapolation."""
     out = tmp_path / "grid.json"
     argv = ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler,euler_ancestral",
             "--grid-schedulers", "simple", "--grid-steps", "20", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
             "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-eta", "0"]  # fmt: skip
-    assert cli.main([*argv, "--calib-cells", "", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    assert cli.main([*argv, "--calib-cells", "", "--grid-reuse-sweep", "log_linear", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    rows = d["rows"]
     m = {(r["sampler"], r["method"]): r for r in rows}
+    # with no noise the default's reuse is a deterministic sampler's: log_linear, the named one (--grid-reuse-sweep)
+    for sampler in ("euler", "euler_ancestral"):
+        assert m[sampler, "adaptive_reuse_log_linear"]["psnr_db"] == m[sampler, "adaptive"]["psnr_db"]
+        assert m[sampler, "adaptive_linear"]["psnr_db"] != m[sampler, "adaptive"]["psnr_db"]
+    assert sorted(line["sampler"] for line in d["hold"]) == ["euler", "euler_ancestral"]  # the hold table has them
+    for line in d["hold"]:
+        assert line["reuse_log_linear"] == pytest.approx(line["default"]), line
     assert {r.get("eta") for r in rows if r["sampler"] == "euler_ancestral"} == {0.0}
     assert all("eta" not in r for r in rows if r["sampler"] == "euler")
     for method in ("adaptive", "fewer_steps", "uniform_skip"):
@@ -372,6 +381,8 @@ def test_grid_eta_runs_every_method_at_that_eta(tmp_path):
         assert a["psnr_db"] == pytest.approx(e["psnr_db"], abs=0.01), method
     with pytest.raises(SystemExit, match="--grid-eta: the calibrated cells"):
         cli.main([*argv, "--calib-cells", "euler_ancestral:simple", "--json", str(tmp_path / "no.json")])
+    with pytest.raises(SystemExit, match="--grid-reuse-sweep: 'cubic' unknown"):
+        cli.main([*argv, "--calib-cells", "", "--grid-reuse-sweep", "log_linear,cubic"])
 
 
 def test_calib_transfer_reports_each_prompts_greedy_path_against_the_others(tmp_path):
