@@ -194,6 +194,7 @@ def run_cell(
     hold_gaps=(),
     hold_gap_off: bool = False,
     reuses=(),
+    auto_bases=(),
 ) -> list[dict]:
     base = {
         "model": cell.model,
@@ -236,7 +237,9 @@ def run_cell(
         for name, how in (("adaptive_skip", "off"), ("adaptive_respaced", "on")):
             out, nfe, wall, rep = cell.run(AdaptiveConfig(respace=how))
             add(name, out, nfe, wall, f"AdaptiveConfig(respace={how!r})", rep)
-    if holds or hold_steps or hold_gaps or reuses:  # the reuse rule swept on the default's path: linear throughout
+    if (
+        holds or hold_steps or hold_gaps or reuses or auto_bases
+    ):  # the reuse rule swept on the default's path: linear throughout
         # (no hold), then hold below each sigma alone, then the sampler's hold below sigma with the hold past each step
         # length, then the hold past each multiple of the run's median step, then each named extrapolation
         out, nfe, wall, rep = cell.run(AdaptiveConfig(extrapolation="linear"))
@@ -253,6 +256,9 @@ def run_cell(
         for name in reuses:
             out, nfe, wall, rep = cell.run(AdaptiveConfig(extrapolation=name))
             add(f"adaptive_reuse_{name}", out, nfe, wall, f"AdaptiveConfig(extrapolation={name!r})", rep)
+        for name in auto_bases:
+            out, nfe, wall, rep = cell.run(AdaptiveConfig(), auto_base=name)
+            add(f"adaptive_base_{name}", out, nfe, wall, f"AdaptiveConfig(), auto_base={name!r}", rep)
     if jump_off:  # the default planned without its final-jump rule (samplers.skip_plan.jump_step)
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), protect_final_jump=False)
         add("adaptive_jump_off", out, nfe, wall, "AdaptiveConfig(), protect_final_jump=False", rep)
@@ -588,7 +594,13 @@ def noise_plan_table(rows: list[dict]) -> list[dict]:
     return out
 
 
-HOLD_PREFIXES = ("adaptive_hold_below_", "adaptive_hold_step_", "adaptive_hold_gap_", "adaptive_reuse_")
+HOLD_PREFIXES = (
+    "adaptive_hold_below_",
+    "adaptive_hold_step_",
+    "adaptive_hold_gap_",
+    "adaptive_reuse_",
+    "adaptive_base_",
+)
 
 
 def _swept_hold(method: str) -> bool:
@@ -674,6 +686,13 @@ def add_arguments(p) -> None:
         default="",
         help="extrapolations, e.g. log_linear,hold: also run the default with each named one, which turns the "
         "samplers' reuse rules off (adaptive_reuse_NAME), and adaptive_linear; in the same table",
+    )
+    p.add_argument(
+        "--grid-auto-base",
+        default="",
+        help="log_linear and / or linear: also run the default with auto starting from that extrapolation whether or "
+        "not the sampler injects noise, the sampler's rule on top (adaptive_base_NAME), and adaptive_linear; in the "
+        "same table",
     )
     p.add_argument(
         "--grid-hold-gap-off",
@@ -792,6 +811,7 @@ def grid_main(args) -> int:
         ("--grid-samplers", args.grid_samplers, list(kdiff.SAMPLERS)),
         ("--grid-schedulers", args.grid_schedulers, SCHEDULERS + MORE_SCHEDULERS),
         ("--grid-reuse-sweep", args.grid_reuse_sweep, [e for e in EXTRAPOLATIONS if e != "auto"]),
+        ("--grid-auto-base", args.grid_auto_base, ["log_linear", "linear"]),
     ):
         unknown = [v for v in given.split(",") if v and v not in known]
         if unknown:
@@ -825,6 +845,7 @@ def grid_main(args) -> int:
         hold_steps = [float(v) for v in args.grid_hold_step_sweep.split(",") if v]
         hold_gaps = [float(v) for v in args.grid_hold_gap_sweep.split(",") if v]
         reuses = [v for v in args.grid_reuse_sweep.split(",") if v]
+        auto_bases = [v for v in args.grid_auto_base.split(",") if v]
         rows.extend(
             run_cell(
                 cell,
@@ -840,6 +861,7 @@ def grid_main(args) -> int:
                 hold_gaps=hold_gaps,
                 hold_gap_off=args.grid_hold_gap_off,
                 reuses=reuses,
+                auto_bases=auto_bases,
             )
         )
     summary = summarize(rows)

@@ -24,6 +24,7 @@ class SamplerSupport:
     reuse: str = ""  # "hold_low_noise": extrapolation "auto" holds the last direction below sigma 1 and after a step of
     # 0.2 or more in log sigma; "hold_long_gap": after a step of 1.5 times the run's median or more (eps / v
     # models)
+    low_eta_base: str = ""  # below eta 1 (samplers.adaptive.LOW_ETA), auto's extrapolation starts from this one
 
 
 _S = SamplerSupport
@@ -36,7 +37,7 @@ SUPPORT: dict[str, SamplerSupport] = {
     "ddim": _S(True, "single", note="ComfyUI's ddim is euler; reusing d is the official eps reuse"),
     "lcm": _S(True, "single", True, "default"),
     "ddpm": _S(True, "single", True, "default"),
-    "euler_ancestral": _S(True, "single", True, "default", reuse=_GAP),
+    "euler_ancestral": _S(True, "single", True, "default", reuse=_GAP, low_eta_base="log_linear"),
     "lms": _S(True, "multistep", respace="final_jump"),
     "dpmpp_2m": _S(True, "multistep"),
     "ipndm": _S(True, "multistep"),
@@ -144,7 +145,12 @@ def adaptive_kwargs(name: str) -> dict:
     """What ``samplers.adaptive.adaptive_sample`` needs to know of the sampler `name` (its step shape and rules), so
     that the nodes, the benchmarks and the tests run it alike."""
     e = lookup(name)
-    return {"endpoint_corrector": e.endpoint_corrector, "sampler_respace": e.respace, "sampler_reuse": e.reuse}
+    return {
+        "endpoint_corrector": e.endpoint_corrector,
+        "sampler_respace": e.respace,
+        "sampler_reuse": e.reuse,
+        "sampler_low_eta_base": e.low_eta_base,
+    }
 
 
 def name_of_function(fn) -> str | None:
@@ -164,7 +170,7 @@ def support_matrix_markdown() -> str:
         _HOLD: "held below sigma 1 and 0.2 or more in log sigma from the last computed step (eps / v models), "
         "linear elsewhere; where every skip of the plan holds, the plan adds the injected noise to its cost",
         _GAP: "held 1.5 or more of the run's median steps (in log sigma) from the last computed step (eps / v models), "
-        "linear elsewhere",
+        "linear elsewhere (log-linear below eta 1, which SamplerCustom can set)",
     }
     for name, e in SUPPORT.items():
         noise = "regressed out of the estimator" if e.stochastic else "-"

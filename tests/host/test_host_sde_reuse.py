@@ -3,7 +3,8 @@ flow model and under a named extrapolation, and said in the report. DPM++ 2M SDE
 after a step of 0.2 or more in log sigma (at 20 karras steps every skip: the paper's hold throughout, so the path is
 planned with the injected noise added to the cost). Euler ancestral holds it at a skip 1.5 or more of the run's median
 steps (log sigma) from the last computed step (at 20 simple steps the last skip, where the steps lengthen). A sampler
-that injects no noise (eta 0 on SamplerCustom's sampler nodes) reuses as a deterministic sampler."""
+that injects no noise (eta 0 on SamplerCustom's sampler nodes) reuses as a deterministic sampler; euler ancestral below
+eta 1 starts from log_linear, its hold on top."""
 
 import re
 
@@ -64,7 +65,8 @@ with torch.inference_mode():
     ks = comfy.samplers.KSampler(model, 20, model.load_device, "euler", "simple", 1.0, model.model_options)
     noise = comfy.sample.prepare_noise(lat["samples"], 3)
     runs = {}
-    for name, sampler in (("eta0", ancestral(0.0)), ("eta1", ancestral(1.0)), ("euler", comfy.samplers.sampler_object("euler"))):
+    for name, sampler in (("eta0", ancestral(0.0)), ("eta05", ancestral(0.5)), ("eta1", ancestral(1.0)),
+                          ("euler", comfy.samplers.sampler_object("euler"))):
         del records[:]
         runs[name] = comfy.sample.sample_custom(patched, noise, 5.0, sampler, ks.sigmas, pos, neg, lat["samples"], seed=3)
         result[f"custom/{name}/log"] = [m for m in records if m.startswith("AdaptiveDiffusion")]
@@ -133,3 +135,13 @@ def test_the_model_patch_reuses_an_ancestral_sampler_at_eta_0_as_euler(sde_resul
     assert head(quiet) == head(euler), (quiet, euler)
     assert GAP_RULE in noisy and "injects no noise" not in noisy, noisy
     assert r["custom/eta0_close_to_euler"] and not r["custom/eta1_close_to_euler"]
+
+
+def test_the_model_patch_starts_euler_ancestral_from_log_linear_below_eta_1(sde_result):
+    """SamplerCustom with ComfyUI's SamplerEulerAncestral node at eta 0.5: auto starts from log_linear, the hold after
+    a long gap on top, and the console line says so; at eta 1 it starts from linear."""
+    (half,) = sde_result["custom/eta05/log"]
+    (one,) = sde_result["custom/eta1/log"]
+    assert "log_linear (auto), " + GAP_RULE in half, half
+    assert "eta 0.5 is below 1: auto starts from log_linear" in half, half
+    assert "[target, planner schedule, linear (auto), " + GAP_RULE in one and "below 1" not in one, one

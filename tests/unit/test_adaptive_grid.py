@@ -385,6 +385,27 @@ def test_grid_eta_runs_every_method_at_that_eta(tmp_path):
         cli.main([*argv, "--calib-cells", "", "--grid-reuse-sweep", "log_linear,cubic"])
 
 
+def test_grid_auto_base_below_eta_1(tmp_path):
+    """--grid-eta 0.5 with --grid-auto-base linear,log_linear on euler_ancestral: the default there starts from
+    log_linear (its rule below eta 1), so it is adaptive_base_log_linear's run, and adaptive_base_linear is the default
+    as it ran before that rule."""
+    out = tmp_path / "grid.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler_ancestral",
+         "--grid-schedulers", "normal,simple", "--grid-steps", "20", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
+         "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-eta", "0.5",
+         "--grid-auto-base", "linear,log_linear", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    m = {(r["scheduler"], r["method"]): r for r in d["rows"]}
+    for sc in ("normal", "simple"):
+        assert m[sc, "adaptive"]["psnr_db"] == m[sc, "adaptive_base_log_linear"]["psnr_db"]
+        assert m[sc, "adaptive"]["psnr_db"] != m[sc, "adaptive_base_linear"]["psnr_db"]
+    assert {line["scheduler"] for line in d["hold"]} == {"normal", "simple"}
+    assert all(line["default"] == pytest.approx(line["base_log_linear"]) for line in d["hold"])
+
+
 def test_calib_transfer_reports_each_prompts_greedy_path_against_the_others(tmp_path):
     """--calib-transfer: on the calibrated cells, instead of the profile, the greedy paths carried over between all
     the cell's prompts; the summary's differences come from the rows, and the default's path on the same prompts is

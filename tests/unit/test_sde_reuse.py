@@ -146,8 +146,15 @@ def test_flow_models_named_extrapolations_and_other_samplers_are_untouched():
 
 def test_adaptive_kwargs_carry_every_rule_of_the_support_table():
     """The nodes, the grid and the calibration benchmark pass the sampler's rules through one helper."""
-    assert support.adaptive_kwargs("heun") == {"endpoint_corrector": True, "sampler_respace": "", "sampler_reuse": ""}
+    assert support.adaptive_kwargs("heun") == {
+        "endpoint_corrector": True,
+        "sampler_respace": "",
+        "sampler_reuse": "",
+        "sampler_low_eta_base": "",
+    }
     assert support.adaptive_kwargs("dpmpp_2m_sde")["sampler_reuse"] == "hold_low_noise"
+    assert {n for n, e in support.SUPPORT.items() if e.low_eta_base} == {"euler_ancestral"}
+    assert support.adaptive_kwargs("euler_ancestral")["sampler_low_eta_base"] == "log_linear"
     assert support.adaptive_kwargs("lms")["sampler_respace"] == "final_jump"
     with pytest.raises(support.UnsupportedSampler, match="sampler_name"):
         support.adaptive_kwargs("heunpp2")
@@ -322,3 +329,39 @@ def test_a_sampler_told_to_inject_no_noise_is_reused_as_a_deterministic_sampler(
     noisy_out, rep_on, _ = _run(den, x, sig, cfg, reuse=reuse, fn=noisy)
     assert "hold" in rep_on.extrapolation and not any("injects no noise" in n for n in rep_on.notes)
     assert not torch.allclose(noisy_out, det, atol=1e-2)
+
+
+def test_euler_ancestral_below_eta_1_extrapolates_in_log_sigma_with_its_hold():
+    """Below eta 1 (SamplerCustom) euler_ancestral's auto starts from log_linear, a deterministic sampler's base, and
+    keeps its hold after a long gap: every skip but the last (simple, 20 steps, every other step run) is the named
+    log_linear's, the last holds. At eta 1 the base stays linear; a given auto_base (the benchmark's) replaces the rule;
+    flow models keep linear."""
+    den = CFGDenoiser(make_gmm(), 4.0, 10)
+    sig = schedules.get_sigmas("simple", 20)
+    med = median_log_step(sig)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sig[0]
+    path = torch.tensor([i % 2 == 0 for i in range(20)])
+    cfg = AdaptiveConfig(mode="path", path=path)
+    low = dict(sampler_low_eta_base=support.adaptive_kwargs("euler_ancestral")["sampler_low_eta_base"])
+    out, rep, seen = _arun(den, x, sig, cfg, eta=0.5, **low)
+    _, _, loglin = _arun(den, x, sig, AdaptiveConfig(mode="path", path=path, extrapolation="log_linear"), eta=0.5)
+    assert rep.extrapolation == (
+        f"log_linear (auto), hold {HOLD_GAP:g} or more of the run's median steps ({HOLD_GAP * med:.3g} in log sigma) "
+        "from the last computed step (the sampler's rule)"
+    )
+    assert any(n.startswith("eta 0.5 is below 1: auto starts from log_linear") for n in rep.notes), rep.notes
+    for i in range(19):
+        assert torch.equal(seen[i][1], loglin[i][1]), i
+    d_last = (seen[18][0] - seen[18][1]) / sig[18]
+    assert torch.allclose(seen[19][1], seen[19][0] - sig[19] * d_last, atol=1e-5)  # held
+    assert not torch.allclose(loglin[19][1], loglin[19][0] - sig[19] * d_last, atol=1e-3)
+    # eta 1 (ComfyUI's KSampler): linear in sigma, no note
+    _, rep1, _ = _arun(den, x, sig, cfg, eta=1.0, **low)
+    assert rep1.extrapolation.startswith("linear (auto), hold") and not any("below 1" in n for n in rep1.notes)
+    # the benchmark's auto_base replaces the rule: linear is the eta-1 base at eta 0.5
+    before, rep_b, _ = _arun(den, x, sig, cfg, eta=0.5, auto_base="linear", **low)
+    assert rep_b.extrapolation.startswith("linear (auto), hold") and not torch.equal(before, out)
+    assert torch.equal(before, _arun(den, x, sig, cfg, eta=0.5)[0])
+    flow, fs, xf = _flow_case()
+    _, rep_f, _ = _arun(flow, xf, fs, AdaptiveConfig(), flow=True, eta=0.5, **low)
+    assert rep_f.extrapolation == "linear (auto)" and not any("below 1" in n for n in rep_f.notes)
