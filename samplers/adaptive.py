@@ -100,9 +100,9 @@ HOLD_GAP = 1.5
 # sampler's) instead of linear in sigma, its hold rule on top. As eta falls the sampler nears the deterministic one
 # (at 0 it is euler), and the deterministic base won: on the five eps / v testbeds at eta 0.1 / 0.25 / 0.5 / 0.75, 20
 # and 30 steps, it was above the default in every run; then held out at eta 0.35 / 0.6 (15 to 30 steps) and 0.9 (15,
-# 20): +0.78 dB on average, 283 of 300 cells up, cells meeting the three checks 264 -> 267 (docs/adaptive.md). At eta
-# 1 it was +0.19 dB on step counts and schedulers held out but lost 3 of 200 such cells (4 at 15 steps), so eta 1
-# keeps linear.
+# 20): +0.78 dB on average, 283 of 300 cells up, cells above uniform skipping 264 -> 267 (docs/adaptive.md). At eta 1
+# it was +0.19 dB on step counts, schedulers and CFG scales held out, but cells above uniform skipping fell 200 -> 197
+# (20 -> 16 at 15 steps), so eta 1 keeps linear.
 LOW_ETA = 1.0
 
 # k-diffusion's noisy samplers scale the noise they inject by these options (ComfyUI's SamplerCustom sampler nodes set
