@@ -237,11 +237,10 @@ def run_cell(
         for name, how in (("adaptive_skip", "off"), ("adaptive_respaced", "on")):
             out, nfe, wall, rep = cell.run(AdaptiveConfig(respace=how))
             add(name, out, nfe, wall, f"AdaptiveConfig(respace={how!r})", rep)
-    if (
-        holds or hold_steps or hold_gaps or reuses or auto_bases
-    ):  # the reuse rule swept on the default's path: linear throughout
-        # (no hold), then hold below each sigma alone, then the sampler's hold below sigma with the hold past each step
-        # length, then the hold past each multiple of the run's median step, then each named extrapolation
+    # the reuse rule swept on the default's path: linear throughout (no hold), then hold below each sigma alone, then
+    # the sampler's hold below sigma with the hold past each step length, then the hold past each multiple of the
+    # run's median step, then each named extrapolation, then each base of auto
+    if holds or hold_steps or hold_gaps or reuses or auto_bases:
         out, nfe, wall, rep = cell.run(AdaptiveConfig(extrapolation="linear"))
         add("adaptive_linear", out, nfe, wall, "AdaptiveConfig(extrapolation='linear')", rep)
         for t in holds:
