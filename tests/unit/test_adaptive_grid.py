@@ -207,6 +207,19 @@ def test_calibration_ceiling_check_and_seed_split(tmp_path):
         cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--calib-split", "seeds", "--seeds", "1"])
 
 
+def _lean_grid(tmp_path, samplers: str, schedulers: str, *flags: str, steps: int = 20) -> dict:
+    """A small lean grid on testbed (2 classes, one thread, no step / CFG sweeps, no calibrated cells) with the
+    given flags; its JSON."""
+    out = tmp_path / "grid.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", samplers,
+         "--grid-schedulers", schedulers, "--grid-steps", str(steps), "--grid-step-sweep", "", "--grid-cfg-sweep", "",
+         "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", *flags, "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
 def test_grid_hold_sweep_rows_and_table(tmp_path):
     """--grid-hold-sweep / --grid-hold-step-sweep: the default with the reuse held below each sigma alone, with the
     sampler's hold below sigma 1 and the hold past each step length, and with linear reuse throughout. On
@@ -215,16 +228,19 @@ def test_grid_hold_sweep_rows_and_table(tmp_path):
     the sampler's rule and keeps the cost model's plan, as the default without that, --grid-hold-plan-off), hold_step
     inf the hold below 1 alone; on euler_ancestral the default is its hold after HOLD_GAP median steps (a hold_step
     given turns it off: inf is linear throughout)."""
-    out = tmp_path / "grid.json"
-    rc = cli.main(
-        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "dpmpp_2m_sde,euler_ancestral",
-         "--grid-schedulers", "karras", "--grid-steps", "12", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
-         "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-hold-sweep",
-         "1,1e9", "--grid-hold-step-sweep", "0.2,inf", "--grid-hold-gap-sweep", "1.5", "--grid-hold-plan-off",
-         "--json", str(out)]
-    )  # fmt: skip
-    assert rc == 0
-    d = json.loads(out.read_text())
+    d = _lean_grid(
+        tmp_path,
+        "dpmpp_2m_sde,euler_ancestral",
+        "karras",
+        "--grid-hold-sweep",
+        "1,1e9",
+        "--grid-hold-step-sweep",
+        "0.2,inf",
+        "--grid-hold-gap-sweep",
+        "1.5",
+        "--grid-hold-plan-off",
+        steps=12,
+    )
     m = {(r["sampler"], r["method"]): r["psnr_db"] for r in d["rows"]}
     assert HOLD_STEP == 0.2
     assert m["dpmpp_2m_sde", "adaptive"] == m["dpmpp_2m_sde", "adaptive_hold_step_0.2"]
@@ -262,15 +278,7 @@ def test_grid_hold_sweep_rows_and_table(tmp_path):
 def test_grid_jump_off_rows_and_table(tmp_path):
     """--grid-jump-off: the default planned without its final-jump rule; on normal at 20 steps the two plans
     differ at the final jump's step (run by the default), on karras they are the same."""
-    out = tmp_path / "grid.json"
-    rc = cli.main(
-        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler",
-         "--grid-schedulers", "normal,karras", "--grid-steps", "20", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
-         "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-jump-off",
-         "--json", str(out)]
-    )  # fmt: skip
-    assert rc == 0
-    d = json.loads(out.read_text())
+    d = _lean_grid(tmp_path, "euler", "normal,karras", "--grid-jump-off")
     t = {r["scheduler"]: r for r in d["jump"]}
     assert t["normal"]["path"][18] == "C" and t["normal"]["path_jump_off"][18] == "s"
     assert t["karras"]["path"] == t["karras"]["path_jump_off"] and t["karras"]["gain_db"] == 0
@@ -282,15 +290,7 @@ def test_grid_hold_plan_off_rows_and_table(tmp_path):
     """--grid-hold-plan-off: dpmpp_2m_sde without planning with the injected-noise cost where every skip holds; on
     karras at 20 steps the default plans with it (its path is the candidate's, the rule off is uniform skipping's),
     on normal the plans are the same."""
-    out = tmp_path / "grid.json"
-    rc = cli.main(
-        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "dpmpp_2m_sde",
-         "--grid-schedulers", "normal,karras", "--grid-steps", "20", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
-         "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-hold-plan-off",
-         "--grid-noise-plan", "--json", str(out)]
-    )  # fmt: skip
-    assert rc == 0
-    d = json.loads(out.read_text())
+    d = _lean_grid(tmp_path, "dpmpp_2m_sde", "normal,karras", "--grid-hold-plan-off", "--grid-noise-plan")
     t = {r["scheduler"]: r for r in d["hold_plan"]}
     m = {(r["scheduler"], r["method"]): r for r in d["rows"]}
     assert t["karras"]["path_hold_plan_off"] == "Cs" * 10 == m["karras", "uniform_skip"]["path"]
@@ -317,16 +317,8 @@ def test_grid_hold_gap_off_rows_and_table(tmp_path):
     """--grid-hold-gap-off: euler_ancestral without its hold after HOLD_GAP median steps. The two runs differ exactly
     where the default's path has a skip that far (in log sigma) from its last computed step, after at least two
     computed steps (before that a skip holds anyway); the plans are the same."""
-    out = tmp_path / "grid.json"
     scheds = ["normal", "karras", "exponential", "simple"]
-    rc = cli.main(
-        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler_ancestral",
-         "--grid-schedulers", ",".join(scheds), "--grid-steps", "20", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
-         "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-hold-gap-off",
-         "--json", str(out)]
-    )  # fmt: skip
-    assert rc == 0
-    d = json.loads(out.read_text())
+    d = _lean_grid(tmp_path, "euler_ancestral", ",".join(scheds), "--grid-hold-gap-off")
     t = {r["scheduler"]: r for r in d["hold_gap"]}
     m = {(r["scheduler"], r["method"]): r for r in d["rows"]}
 
@@ -389,15 +381,9 @@ def test_grid_auto_base_below_eta_1(tmp_path):
     """--grid-eta 0.5 with --grid-auto-base linear,log_linear on euler_ancestral: the default there starts from
     log_linear (its rule below eta 1), so it is adaptive_base_log_linear's run, and adaptive_base_linear is the default
     as it ran before that rule."""
-    out = tmp_path / "grid.json"
-    rc = cli.main(
-        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler_ancestral",
-         "--grid-schedulers", "normal,simple", "--grid-steps", "20", "--grid-step-sweep", "", "--grid-cfg-sweep", "",
-         "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-eta", "0.5",
-         "--grid-auto-base", "linear,log_linear", "--json", str(out)]
-    )  # fmt: skip
-    assert rc == 0
-    d = json.loads(out.read_text())
+    d = _lean_grid(
+        tmp_path, "euler_ancestral", "normal,simple", "--grid-eta", "0.5", "--grid-auto-base", "linear,log_linear"
+    )
     m = {(r["scheduler"], r["method"]): r for r in d["rows"]}
     for sc in ("normal", "simple"):
         assert m[sc, "adaptive"]["psnr_db"] == m[sc, "adaptive_base_log_linear"]["psnr_db"]
