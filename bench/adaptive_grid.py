@@ -258,6 +258,10 @@ def run_cell(
         for name in auto_bases:
             out, nfe, wall, rep = cell.run(AdaptiveConfig(), auto_base=name)
             add(f"adaptive_base_{name}", out, nfe, wall, f"AdaptiveConfig(), auto_base={name!r}", rep)
+            for g in hold_gaps:  # both flags: that base with each multiple of the hold after a long gap
+                out, nfe, wall, rep = cell.run(AdaptiveConfig(), auto_base=name, hold_gap=g)
+                setting = f"AdaptiveConfig(), auto_base={name!r}, hold_gap={g:g}"
+                add(f"adaptive_base_{name}_hold_gap_{g:g}", out, nfe, wall, setting, rep)
     if jump_off:  # the default planned without its final-jump rule (samplers.skip_plan.jump_step)
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), protect_final_jump=False)
         add("adaptive_jump_off", out, nfe, wall, "AdaptiveConfig(), protect_final_jump=False", rep)
@@ -643,6 +647,7 @@ def hold_summary(rows: list[dict]) -> list[dict]:
                 "cells": len(have),
                 "mean_vs_uniform": sum(vs_uniform) / len(vs_uniform),
                 "above_uniform": sum(1 for v in vs_uniform if v > 0),
+                "meets": sum(1 for m in have if _meets(m[k], m)),
                 "default_differs": len(diff),
                 "default_above": sum(1 for d in diff if d > 0),
                 "default_minus_min": min(diff) if diff else None,
@@ -690,8 +695,8 @@ def add_arguments(p) -> None:
         "--grid-auto-base",
         default="",
         help="log_linear and / or linear: also run the default with auto starting from that extrapolation whether or "
-        "not the sampler injects noise, the sampler's rule on top (adaptive_base_NAME), and adaptive_linear; in the "
-        "same table",
+        "not the sampler injects noise, the sampler's rule on top (adaptive_base_NAME), and adaptive_linear; with "
+        "--grid-hold-gap-sweep also each base with each multiple (adaptive_base_NAME_hold_gap_R); in the same table",
     )
     p.add_argument(
         "--grid-hold-gap-off",
@@ -907,7 +912,8 @@ def grid_main(args) -> int:
         print_table(hold, list(hold[0]))
         result["hold_summary"] = hold_summary(rows)
         print(
-            "\nover those cells, each reuse: mean dB minus uniform skipping, cells above it; where the default differs:"
+            "\nover those cells, each reuse: mean dB minus uniform skipping, cells above it, cells meeting the three "
+            "checks; where the default differs:"
         )
         print_table(result["hold_summary"], list(result["hold_summary"][0]))
     for off, key, what in (

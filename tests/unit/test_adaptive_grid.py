@@ -392,6 +392,35 @@ def test_grid_auto_base_below_eta_1(tmp_path):
     assert all(line["default"] == pytest.approx(line["base_log_linear"]) for line in d["hold"])
 
 
+def test_grid_auto_base_with_hold_gap_sweep(tmp_path):
+    """--grid-auto-base with --grid-hold-gap-sweep: each base with each multiple of the hold after a long gap. At eta 1
+    euler_ancestral's default is linear with the hold after 1.5 median steps, so the linear base at 1.5 is the
+    default's run and the log_linear base at 1.5 is adaptive_base_log_linear's; a multiple no gap reaches (1000) is the
+    base without its hold. The summary counts the cells meeting the three checks from the rows."""
+    d = _lean_grid(
+        tmp_path, "euler_ancestral", "normal,simple", "--grid-auto-base", "linear,log_linear",
+        "--grid-hold-gap-sweep", "1.5,1000", "--grid-reuse-sweep", "log_linear",
+    )  # fmt: skip
+    m = {(r["scheduler"], r["method"]): r for r in d["rows"]}
+    for sc in ("normal", "simple"):
+        db = {k: r["psnr_db"] for (s, k), r in m.items() if s == sc}
+        assert db["adaptive_base_linear_hold_gap_1.5"] == db["adaptive"]
+        assert db["adaptive_base_log_linear_hold_gap_1.5"] == db["adaptive_base_log_linear"]
+        assert db["adaptive_base_log_linear_hold_gap_1000"] == db["adaptive_reuse_log_linear"]
+        assert db["adaptive_base_linear_hold_gap_1000"] == db["adaptive_linear"]
+    assert db["adaptive_base_log_linear_hold_gap_1000"] != db["adaptive_base_log_linear_hold_gap_1.5"]  # simple
+    summ = {r["reuse"]: r for r in d["hold_summary"]}
+    for k in ("base_log_linear_hold_gap_1000", "default"):
+        rows = [m[sc, "adaptive" if k == "default" else "adaptive_" + k] for sc in ("normal", "simple")]
+        meets = sum(
+            r["nfe_ratio"] >= 1.95
+            and r["psnr_db"] > m[r["scheduler"], "fewer_steps"]["psnr_db"]
+            and r["psnr_db"] > m[r["scheduler"], "uniform_skip"]["psnr_db"]
+            for r in rows
+        )
+        assert summ[k]["meets"] == meets
+
+
 def test_calib_transfer_reports_each_prompts_greedy_path_against_the_others(tmp_path):
     """--calib-transfer: on the calibrated cells, instead of the profile, the greedy paths carried over between all
     the cell's prompts; the summary's differences come from the rows, and the default's path on the same prompts is
