@@ -28,8 +28,11 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
 * ``adaptive_jump_off`` / ``adaptive_hold_plan_off`` / ``adaptive_hold_gap_off`` (``--grid-jump-off`` /
   ``--grid-hold-plan-off`` / ``--grid-hold-gap-off``): the default without its final-jump rule / without planning with
   the injected-noise cost where every skip holds / without euler_ancestral's hold after a long gap.
+  ``adaptive_noise_gate_off`` (``--grid-noise-gate-off``): the default with the sampler's reuse rule kept where eta or
+  s_noise 0 would drop it.
 * ``--grid-eta E`` runs every method of a sampler that takes an eta at that eta, the full run included (rows get
-  ``eta``): the noisy samplers' reuse rules away from ComfyUI's default, eta 1.
+  ``eta``): the noisy samplers' reuse rules away from ComfyUI's default, eta 1. ``--grid-s-noise S`` does the same
+  with the scale of the noise (``s_noise``).
 * ``adaptive_linear`` and ``adaptive_hold_below_T`` / ``adaptive_hold_step_H`` / ``adaptive_hold_gap_R``
   (``--grid-hold-sweep`` / ``--grid-hold-step-sweep`` / ``--grid-hold-gap-sweep``): the default with linear reuse
   throughout, and with the reuse held below sigma T / from H in log sigma / from R of the run's median steps past the
@@ -131,7 +134,9 @@ def _sampling(problem):
 class Cell:
     """One (model, sampler, scheduler, steps, cfg): runs the methods on the same noise."""
 
-    def __init__(self, problem, model: str, sampler: str, scheduler: str, steps: int, cfg: float, eta=None):
+    def __init__(
+        self, problem, model: str, sampler: str, scheduler: str, steps: int, cfg: float, eta=None, s_noise=None
+    ):
         self.p, self.model, self.sampler, self.scheduler, self.steps, self.cfg = (
             problem,
             model,
@@ -146,7 +151,8 @@ class Cell:
         self.stochastic = "noise_sampler" in params
         # eta (--grid-eta): the noise scale of every run of the cell, full run and baselines included, on samplers
         # that take one (as SamplerCustom's sampler nodes set it); None: the sampler's default (ComfyUI's KSampler)
-        self.options = {"eta": float(eta)} if eta is not None and "eta" in params else {}
+        # and s_noise (--grid-s-noise) the same way
+        self.options = {k: float(v) for k, v in (("eta", eta), ("s_noise", s_noise)) if v is not None and k in params}
         self.flow = _is_flow(problem)
 
     def sigmas(self, steps: int) -> torch.Tensor:
@@ -193,6 +199,7 @@ def run_cell(
     noise_plan: bool = False,
     hold_gaps=(),
     hold_gap_off: bool = False,
+    noise_gate_off: bool = False,
     reuses=(),
     auto_bases=(),
 ) -> list[dict]:
@@ -268,6 +275,9 @@ def run_cell(
     if hold_plan_off:  # the default without planning with the injected-noise cost where every skip holds
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_noise_plan=False)
         add("adaptive_hold_plan_off", out, nfe, wall, "AdaptiveConfig(), hold_noise_plan=False", rep)
+    if noise_gate_off:  # the default with the sampler's reuse rule kept where eta or s_noise 0 would drop it
+        out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_gate=False)
+        add("adaptive_noise_gate_off", out, nfe, wall, "AdaptiveConfig(), noise_gate=False", rep)
     if hold_gap_off:  # the default without euler_ancestral's hold after a long gap (samplers.adaptive.HOLD_GAP)
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_gap=math.inf)
         add("adaptive_hold_gap_off", out, nfe, wall, "AdaptiveConfig(), hold_gap=inf", rep)
@@ -535,7 +545,7 @@ def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
 
 def rule_off_table(rows: list[dict], off: str = "jump_off") -> list[dict]:
     """Per cell with an adaptive_<off> row (the default without one of its rules: jump_off, hold_plan_off,
-    hold_gap_off): the default minus it (dB), each against the better baseline, both plans, and whether the two runs
+    hold_gap_off, noise_gate_off): the default minus it (dB), each against the better baseline, both plans, and whether the two runs
     differ (in their plans, or, for a reuse rule, in their result)."""
     out = []
     for key, m in _by_cell(rows).items():
@@ -731,6 +741,20 @@ def add_arguments(p) -> None:
         "the full run alike (as SamplerCustom's sampler nodes can set it; default: the sampler's, 1); rows get an eta",
     )
     p.add_argument(
+        "--grid-noise-gate-off",
+        action="store_true",
+        help="also run the default with the sampler's reuse rule kept where eta or s_noise 0 (--grid-eta / "
+        "--grid-s-noise) would drop it, the sampler then injecting no noise (adaptive_noise_gate_off); a table of the "
+        "cells where the two differ",
+    )
+    p.add_argument(
+        "--grid-s-noise",
+        type=float,
+        default=None,
+        help="run the samplers that take an s_noise (the scale of the noise they inject) at this one, as --grid-eta "
+        "does eta (default: the sampler's, 1); rows get an s_noise",
+    )
+    p.add_argument(
         "--grid-lean",
         action="store_true",
         help="leave out adaptive_pace, adaptive_paper and uniform_skip_linear (comparison rows) to save time",
@@ -828,13 +852,15 @@ def grid_main(args) -> int:
         key = (model, sched, cfg)
         if key not in problems_cache:
             problems_cache[key] = build_problem(model, sched, cfg, classes, seeds)
-        cell = Cell(problems_cache[key], model, sampler, sched, steps, cfg, eta=args.grid_eta)
+        cell = Cell(
+            problems_cache[key], model, sampler, sched, steps, cfg, eta=args.grid_eta, s_noise=args.grid_s_noise
+        )
         calib = None
         if (sampler, sched) in calib_cells and steps == args.grid_steps and cfg == args.cfg:
             if cell.options:
                 raise SystemExit(
-                    f"--grid-eta: the calibrated cells run at the sampler's own eta; leave {sampler}:{sched} out of "
-                    "--calib-cells"
+                    f"--grid-eta / --grid-s-noise: the calibrated cells run at the sampler's own eta and s_noise; leave "
+                    f"{sampler}:{sched} out of --calib-cells"
                 )
             calib = {
                 "prompts": args.calib_prompts,
@@ -864,6 +890,7 @@ def grid_main(args) -> int:
                 hold_steps=hold_steps,
                 hold_gaps=hold_gaps,
                 hold_gap_off=args.grid_hold_gap_off,
+                noise_gate_off=args.grid_noise_gate_off,
                 reuses=reuses,
                 auto_bases=auto_bases,
             )
@@ -920,6 +947,7 @@ def grid_main(args) -> int:
         ("jump_off", "jump", "its final-jump rule"),
         ("hold_plan_off", "hold_plan", "the injected-noise cost where every skip holds"),
         ("hold_gap_off", "hold_gap", "euler_ancestral's hold after a long gap"),
+        ("noise_gate_off", "noise_gate", "dropping the sampler's reuse rule where it injects no noise"),
     ):
         table = rule_off_table(rows, off)
         if not table:

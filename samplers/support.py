@@ -168,9 +168,10 @@ def support_matrix_markdown() -> str:
     rules = {"final_jump": "on a schedule ending in a long step (normal)", "min_steps": "from 20 steps computed"}
     reuse = {
         _HOLD: "held below sigma 1 and 0.2 or more in log sigma from the last computed step (eps / v models), "
-        "linear elsewhere; where every skip of the plan holds, the plan adds the injected noise to its cost",
+        "linear elsewhere (log-linear at s_noise 0, which SamplerCustom can set); where every skip of the plan holds, "
+        "the plan adds the injected noise to its cost",
         _GAP: "held 1.5 or more of the run's median steps (in log sigma) from the last computed step (eps / v models), "
-        "linear elsewhere (log-linear below eta 1, which SamplerCustom can set)",
+        "linear elsewhere (log-linear below eta 1 or at s_noise 0, which SamplerCustom can set)",
     }
     for name, e in SUPPORT.items():
         noise = "regressed out of the estimator" if e.stochastic else "-"

@@ -4,7 +4,7 @@ after a step of 0.2 or more in log sigma (at 20 karras steps every skip: the pap
 planned with the injected noise added to the cost). Euler ancestral holds it at a skip 1.5 or more of the run's median
 steps (log sigma) from the last computed step (at 20 simple steps the last skip, where the steps lengthen). A sampler
 that injects no noise (eta 0 on SamplerCustom's sampler nodes) reuses as a deterministic sampler; euler ancestral below
-eta 1 starts from log_linear, its hold on top."""
+eta 1, or at s_noise 0, starts from log_linear, its hold on top."""
 
 import re
 
@@ -54,9 +54,9 @@ class _Keep(logging.Handler):
 logging.getLogger("comfyui_tempo").addHandler(_Keep())
 logging.getLogger("comfyui_tempo").setLevel(logging.INFO)  # the patch's report is an info line
 
-def ancestral(eta):
+def ancestral(eta, s_noise=1.0):
     node = ncs.SamplerEulerAncestral
-    r = node.execute(eta, 1.0) if hasattr(node, "define_schema") else node().get_sampler(eta, 1.0)
+    r = node.execute(eta, s_noise) if hasattr(node, "define_schema") else node().get_sampler(eta, s_noise)
     return r.args[0] if hasattr(r, "args") else r[0]
 
 with torch.inference_mode():
@@ -66,7 +66,7 @@ with torch.inference_mode():
     noise = comfy.sample.prepare_noise(lat["samples"], 3)
     runs = {}
     for name, sampler in (("eta0", ancestral(0.0)), ("eta05", ancestral(0.5)), ("eta1", ancestral(1.0)),
-                          ("euler", comfy.samplers.sampler_object("euler"))):
+                          ("snoise0", ancestral(1.0, 0.0)), ("euler", comfy.samplers.sampler_object("euler"))):
         del records[:]
         runs[name] = comfy.sample.sample_custom(patched, noise, 5.0, sampler, ks.sigmas, pos, neg, lat["samples"], seed=3)
         result[f"custom/{name}/log"] = [m for m in records if m.startswith("AdaptiveDiffusion")]
@@ -145,3 +145,13 @@ def test_the_model_patch_starts_euler_ancestral_from_log_linear_below_eta_1(sde_
     assert "log_linear (auto), " + GAP_RULE in half, half
     assert "eta 0.5 is below 1: auto starts from log_linear" in half, half
     assert "[target, planner schedule, linear (auto), " + GAP_RULE in one and "below 1" not in one, one
+
+
+def test_the_model_patch_keeps_euler_ancestrals_hold_at_s_noise_0(sde_result):
+    """SamplerCustom with ComfyUI's SamplerEulerAncestral node at eta 1, s_noise 0: nothing is injected, but the steps
+    are still ancestral ones: nothing is recorded as noise, so auto starts from log_linear, and the hold after a long
+    gap stays on top; the console line says so."""
+    (silent,) = sde_result["custom/snoise0/log"]
+    assert "log_linear (auto), " + GAP_RULE in silent, silent
+    assert "the sampler injects no noise (s_noise 0.0) but still steps as its noisy form does" in silent, silent
+    assert "'hold_long_gap' kept" in silent and "reused as a deterministic sampler's" not in silent, silent

@@ -371,10 +371,43 @@ def test_grid_eta_runs_every_method_at_that_eta(tmp_path):
         a, e = m["euler_ancestral", method], m["euler", method]
         assert a["path"] == e["path"] and a["nfe"] == e["nfe"], method
         assert a["psnr_db"] == pytest.approx(e["psnr_db"], abs=0.01), method
-    with pytest.raises(SystemExit, match="--grid-eta: the calibrated cells"):
+    with pytest.raises(SystemExit, match="--grid-eta / --grid-s-noise: the calibrated cells"):
         cli.main([*argv, "--calib-cells", "euler_ancestral:simple", "--json", str(tmp_path / "no.json")])
     with pytest.raises(SystemExit, match="--grid-reuse-sweep: 'cubic' unknown"):
         cli.main([*argv, "--calib-cells", "", "--grid-reuse-sweep", "log_linear,cubic"])
+
+
+def test_grid_s_noise_runs_every_method_at_that_scale(tmp_path):
+    """--grid-s-noise: the rows of a sampler that takes an s_noise carry it and every run of the cell uses it. At 0
+    the sampler injects no noise: nothing is recorded as noise, so its default starts from log_linear with its hold on
+    top (adaptive_base_log_linear), not the named log_linear; at the sampler's own scale it starts from linear. At 0.5
+    the runs differ from those at 1 (uniform skipping against its own full run)."""
+    runs = {}
+    for sn in ("0", "0.5", None):
+        flags = ("--grid-reuse-sweep", "log_linear", "--grid-auto-base", "log_linear") + (
+            ("--grid-s-noise", sn) if sn else ()
+        )
+        runs[sn] = {
+            r["method"]: r["psnr_db"] for r in _lean_grid(tmp_path, "euler_ancestral", "simple", *flags)["rows"]
+        }
+        if sn:
+            assert {r.get("s_noise") for r in json.loads((tmp_path / "grid.json").read_text())["rows"]} == {float(sn)}
+    assert runs["0"]["adaptive"] == runs["0"]["adaptive_base_log_linear"] != runs["0"]["adaptive_reuse_log_linear"]
+    assert runs[None]["adaptive"] != runs[None]["adaptive_base_log_linear"]
+    assert runs["0.5"]["uniform_skip"] != runs[None]["uniform_skip"]
+
+
+def test_grid_noise_gate_off_keeps_the_samplers_rule(tmp_path):
+    """--grid-noise-gate-off: with eta 0 dpmpp_2m_sde is DPM-Solver++(2M) and the default drops its hold rules; the
+    gate-off row keeps them, so the two differ (in the table, with the gain from the rows). With s_noise 0 the default
+    keeps them itself, and at the sampler's own scale the gate does nothing: the two runs are the same."""
+    for flags, differs in ((("--grid-eta", "0"), True), (("--grid-s-noise", "0"), False), ((), False)):
+        d = _lean_grid(tmp_path, "dpmpp_2m_sde", "karras", "--grid-noise-gate-off", *flags)
+        m = {r["method"]: r for r in d["rows"]}
+        (line,) = d["noise_gate"]
+        assert line["differs"] is differs
+        assert line["gain_db"] == pytest.approx(m["adaptive"]["psnr_db"] - m["adaptive_noise_gate_off"]["psnr_db"])
+        assert (m["adaptive"]["psnr_db"] != m["adaptive_noise_gate_off"]["psnr_db"]) is differs
 
 
 def test_grid_auto_base_below_eta_1(tmp_path):
