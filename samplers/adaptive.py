@@ -157,8 +157,10 @@ class AdaptiveSampling:
     """The controller of one sampling run; call it as the denoiser of a k-diffusion sampler.
 
     model(x, sigma, **extra) -> x0 is the real denoiser (CFG already applied). sigmas is the run's
-    schedule. endpoint_corrector is True for samplers whose second evaluation of step i is at
-    sigma_{i+1} (Heun), so that it is not mistaken for the start of step i+1. subset_runner runs the
+    schedule. endpoint_corrector is True for samplers whose second evaluation of step i is, or can be,
+    at sigma_{i+1} (Heun; dpm_2_ancestral and dpmpp_2s_ancestral at eta 1, whose midpoint between sigma_i
+    and sigma_down is sigma_{i+1} exactly), so that it is not mistaken for the start of step i+1; a
+    step whose second evaluation fell inside it has had its corrector. subset_runner runs the
     model on part of the batch (per-sample decisions); it must return x0 for those samples only.
     """
 
@@ -336,6 +338,9 @@ class AdaptiveSampling:
                 return "inner"
             return "start"
         if k + 1 <= self.n_steps and sig[k + 1] < s <= sig[k] * (1 + 1e-5):
+            # a step's second evaluation inside it (dpm_2_ancestral's midpoint below eta 1): the next one at
+            # sigma_{i+1} is the next step's, not an endpoint corrector
+            self.corrector_done = True
             return "inner"
         return "unknown"
 

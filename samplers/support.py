@@ -17,7 +17,7 @@ class SamplerSupport:
     family: str  # "single", "multistep", "multi-eval", or "-" when refused
     stochastic: bool = False
     noise: str | None = None  # "default" | "brownian" | "brownian_gpu": the base sampler's own
-    endpoint_corrector: bool = False  # a second evaluation at sigma_{i+1} (Heun)
+    endpoint_corrector: bool = False  # a second evaluation at sigma_{i+1} (Heun; the 2-stage ancestrals at eta 1)
     note: str = ""
     discard_penultimate_sigma: bool = False  # ComfyUI's KSampler runs n + 1 steps without the last nonzero sigma
     respace: str = ""  # mode target's "auto" re-spaces by this rule of samplers.respace.auto_respace
@@ -30,6 +30,10 @@ class SamplerSupport:
 _S = SamplerSupport
 _HOLD = "hold_low_noise"  # samplers.adaptive.HOLD_BELOW_SIGMA / HOLD_STEP: measured on dpmpp_2m_sde, given to variants
 _GAP = "hold_long_gap"  # samplers.adaptive.HOLD_GAP: measured on euler_ancestral
+_MID = (
+    "at eta 1 its second evaluation, midway (log sigma) between sigma_i and sigma_down, is at sigma_{i+1}: taken as "
+    "the step's, as Heun's"
+)
 _CFG_PP = "CFG++ samplers read the unguided prediction through a post-CFG hook; a skipped step has none to give"
 
 SUPPORT: dict[str, SamplerSupport] = {
@@ -71,8 +75,10 @@ SUPPORT: dict[str, SamplerSupport] = {
     "sa_solver_pece": _S(True, "multistep", True, "default", note="its corrector re-evaluates at the same sigma"),
     "heun": _S(True, "multi-eval", endpoint_corrector=True),
     "dpm_2": _S(True, "multi-eval", discard_penultimate_sigma=True),
-    "dpm_2_ancestral": _S(True, "multi-eval", True, "default", discard_penultimate_sigma=True),
-    "dpmpp_2s_ancestral": _S(True, "multi-eval", True, "default"),
+    "dpm_2_ancestral": _S(
+        True, "multi-eval", True, "default", endpoint_corrector=True, note=_MID, discard_penultimate_sigma=True
+    ),
+    "dpmpp_2s_ancestral": _S(True, "multi-eval", True, "default", endpoint_corrector=True, note=_MID),
     "dpmpp_sde": _S(True, "multi-eval", True, "brownian"),
     "dpmpp_sde_gpu": _S(True, "multi-eval", True, "brownian_gpu"),
     "seeds_2": _S(True, "multi-eval", True, "default"),

@@ -79,6 +79,19 @@ with torch.inference_mode():
             result["schedulers"][f"{sched}/{name}"] = {"steps": len(ks.sigmas) - 1, "report_steps": rep.steps,
                                                       "speedup": rep.speedup, "finite": bool(torch.isfinite(out).all()),
                                                       "text": rep.summary()}
+    # each served sampler's evaluations mapped onto its steps by the default (eps, 20 steps, normal): the first step
+    # (always computed) has as many as any step, and none falls off the schedule (dpm_2_ancestral's and
+    # dpmpp_2s_ancestral's midpoint at eta 1 is sigma_{i+1}: taken for the next step's start, it shifted every step)
+    result["evals"] = {}
+    for name in SAMPLERS:
+        ks = comfy.samplers.KSampler(model, 20, model.load_device, name, "normal", 1.0, model.model_options)
+        sink = []
+        sampler = adaptive_nodes.wrap_sampler(comfy.samplers.sampler_object(name), name, AdaptiveConfig(), sink)
+        noise = comfy.sample.prepare_noise(lat["samples"], 3)
+        comfy.sample.sample_custom(model, noise, 5.0, sampler, ks.sigmas, pos, neg, lat["samples"], seed=3)
+        rep = sink[-1]
+        result["evals"][name] = {"steps": len(ks.sigmas) - 1, "evals": [r.evals for r in rep.records],
+                                 "path": rep.path_string(), "notes": list(rep.notes)}
     for name in ["dpm_fast", "heunpp2", "euler_cfg_pp"]:
         result["errors"][name] = adaptive_nodes.AdaptiveKSampler.validate_inputs(sampler_name=name)
         try:
@@ -148,3 +161,22 @@ def test_refused_samplers_get_a_clear_error(adaptive_result):
         msg = adaptive_result["errors"][name]
         assert isinstance(msg, str) and msg.startswith("sampler_name:") and name in msg
         assert "UnsupportedSampler" in adaptive_result["errors"][name + "/execute"]
+
+
+def test_every_served_samplers_evaluations_stay_in_their_steps(adaptive_result):
+    """The default maps each evaluation of every served sampler onto its own step: one record per step, the first
+    step's evaluations as many as any step's, none off the schedule; the two-stage ancestral samplers (whose midpoint at
+    eta 1 is sigma_{i+1}) have two evaluations at every computed step but the last, and skip every other step.
+    (sa_solver_pece's corrector evaluates at sigma_{i+1}, the next step's own sigma, and is counted with that step,
+    as support.py notes: its first step has one.)"""
+    got = adaptive_result["evals"]
+    assert set(got) == set(support.served_names()) & set(adaptive_result["host_samplers"])
+    for name, info in got.items():
+        ev = info["evals"]
+        assert len(ev) == info["steps"], (name, info)
+        assert ev[0] == max(ev) or name == "sa_solver_pece", (name, info)
+        assert not any("off its schedule" in n for n in info["notes"]), (name, info)
+    for name in ("dpm_2_ancestral", "dpmpp_2s_ancestral"):
+        info = got[name]
+        computed = [e for e, c in zip(info["evals"][:-1], info["path"]) if c == "C"]
+        assert computed and set(computed) == {2}, (name, info)

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from comfyui_tempo.samplers import kdiff, schedules
+from comfyui_tempo.samplers import kdiff, schedules, support
 from comfyui_tempo.samplers.adaptive import AdaptiveConfig, AdaptiveConfigError, AdaptiveSampling, adaptive_sample
 from comfyui_tempo.testbed.exact import CFGDenoiser, FiniteSetDenoiser, FlowDenoiser, GaussianMixtureDenoiser
 
-ENDPOINT = {"heun": True}
+ENDPOINT = {name: e.endpoint_corrector for name, e in support.SUPPORT.items()}  # heun, the 2-stage ancestrals
 
 
 def make_gmm(shape=(4, 8, 8), classes=10, per_class=3, seed=0):
@@ -455,3 +455,23 @@ def test_auto_extrapolation_on_a_flow_model_is_linear_in_sigma():
             if ex == "auto":
                 assert rep.extrapolation == "linear (auto)", sampler
         assert torch.equal(outs[sampler, "auto"], outs[sampler, "linear"]), sampler
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_dpm_2_ancestrals_midpoint_stays_in_its_step(setup, eta):
+    """At eta 1 dpm_2_ancestral's midpoint evaluation, between sigma_i and sigma_down in log sigma, lands on sigma_{i+1}
+    exactly; below eta 1 it falls inside the step. Either way it is the step's second evaluation, not the next step's
+    start: two evaluations per step (one on the last), every other step skipped as planned, and the result near the
+    full run's (taking the midpoint for the next step had sent the latents to 1e7)."""
+    den, noise, cond = setup
+    n = 20
+    path = torch.tensor([i % 2 == 0 for i in range(n)])
+    kw = {"eta": eta, "noise_sampler": kdiff.default_noise_sampler(noise, seed=7)}
+    ref, _ = run(den, noise, cond, "dpm_2_ancestral", n=n, config=AdaptiveConfig(target_speedup=1.0), **kw)
+    kw["noise_sampler"] = kdiff.default_noise_sampler(noise, seed=7)
+    out, rep = run(den, noise, cond, "dpm_2_ancestral", n=n, config=AdaptiveConfig(mode="path", path=path), **kw)
+    assert [r.evals for r in rep.records] == [2] * (n - 1) + [1]
+    assert rep.path_string() == "Cs" * (n // 2) and rep.nfe == 2 * (n // 2)
+    assert not any("off its schedule" in m for m in rep.notes), rep.notes
+    err = float((out - ref).norm() / ref.norm())
+    assert err < 0.5, err

@@ -297,7 +297,8 @@ def test_stochastic_samplers_use_the_given_noise(name):
 @pytest.mark.parametrize("name", sorted(kdiff.SAMPLERS))
 def test_evaluations_per_step(name):
     """One evaluation per step, two for the two-stage samplers (none extra on the last step to 0); the
-    second evaluation of heun is at the step's end sigma, as support.py says."""
+    second evaluation of heun, and of dpm_2_ancestral at eta 1 (its midpoint between sigma_i and sigma_down), is at
+    the step's end sigma (within the controller's tolerance), as support.py says."""
     seen = []
     base = gmm()
 
@@ -310,7 +311,7 @@ def test_evaluations_per_step(name):
     kdiff.SAMPLERS[name](den, noise * sig[0], sig, extra_args={"seed": 0})
     two_stage = support.SUPPORT[name].family == "multi-eval"
     assert len(seen) == (19 if two_stage else 10)
-    on_schedule = all(any(s == float(v) for v in sig[:-1]) for s in seen)
+    on_schedule = all(any(abs(s - float(v)) <= 1e-5 * float(v) for v in sig[:-1]) for s in seen)
     assert support.SUPPORT[name].endpoint_corrector == (two_stage and on_schedule)
     if not two_stage:  # the multistep samplers evaluate each step's start once
         assert seen == [float(v) for v in sig[:-1]]
