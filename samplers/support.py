@@ -22,14 +22,16 @@ class SamplerSupport:
     discard_penultimate_sigma: bool = False  # ComfyUI's KSampler runs n + 1 steps without the last nonzero sigma
     respace: str = ""  # mode target's "auto" re-spaces by this rule of samplers.respace.auto_respace
     reuse: str = ""  # "hold_low_noise": extrapolation "auto" holds the last direction below sigma 1 and after a step of
-    # 0.2 or more in log sigma; "hold_long_gap": after a step of 1.5 times the run's median or more (eps / v
-    # models)
+    # 0.2 or more in log sigma; "hold_long_gap": after a step of 1.5 times the run's median or more; "hold_below_sigma":
+    # below sigma 1; "hold_always": throughout (eps / v models)
     low_eta_base: str = ""  # below eta 1 (samplers.adaptive.LOW_ETA), auto's extrapolation starts from this one
 
 
 _S = SamplerSupport
 _HOLD = "hold_low_noise"  # samplers.adaptive.HOLD_BELOW_SIGMA / HOLD_STEP: measured on dpmpp_2m_sde, given to variants
 _GAP = "hold_long_gap"  # samplers.adaptive.HOLD_GAP: measured on euler_ancestral
+_BELOW = "hold_below_sigma"  # samplers.adaptive.HOLD_BELOW_SIGMA alone: measured on dpm_2_ancestral
+_ALWAYS = "hold_always"  # the paper's hold throughout (eps / v models): measured on dpmpp_sde
 _MID = (
     "at eta 1 its second evaluation, midway (log sigma) between sigma_i and sigma_down, is at sigma_{i+1}: taken as "
     "the step's, as Heun's"
@@ -76,11 +78,18 @@ SUPPORT: dict[str, SamplerSupport] = {
     "heun": _S(True, "multi-eval", endpoint_corrector=True),
     "dpm_2": _S(True, "multi-eval", discard_penultimate_sigma=True),
     "dpm_2_ancestral": _S(
-        True, "multi-eval", True, "default", endpoint_corrector=True, note=_MID, discard_penultimate_sigma=True
+        True,
+        "multi-eval",
+        True,
+        "default",
+        endpoint_corrector=True,
+        note=_MID,
+        discard_penultimate_sigma=True,
+        reuse=_BELOW,
     ),
-    "dpmpp_2s_ancestral": _S(True, "multi-eval", True, "default", endpoint_corrector=True, note=_MID),
-    "dpmpp_sde": _S(True, "multi-eval", True, "brownian"),
-    "dpmpp_sde_gpu": _S(True, "multi-eval", True, "brownian_gpu"),
+    "dpmpp_2s_ancestral": _S(True, "multi-eval", True, "default", endpoint_corrector=True, note=_MID, reuse=_BELOW),
+    "dpmpp_sde": _S(True, "multi-eval", True, "brownian", reuse=_ALWAYS),
+    "dpmpp_sde_gpu": _S(True, "multi-eval", True, "brownian_gpu", reuse=_ALWAYS),
     "seeds_2": _S(True, "multi-eval", True, "default"),
     "seeds_3": _S(True, "multi-eval", True, "default"),
     "exp_heun_2_x0": _S(
@@ -178,6 +187,8 @@ def support_matrix_markdown() -> str:
         "the plan adds the injected noise to its cost",
         _GAP: "held 1.5 or more of the run's median steps (in log sigma) from the last computed step (eps / v models), "
         "linear elsewhere (log-linear below eta 1 or at s_noise 0, which SamplerCustom can set)",
+        _BELOW: "held below sigma 1 (eps / v models), linear elsewhere",
+        _ALWAYS: "held throughout, the paper's reuse (eps / v models), linear on flow models",
     }
     for name, e in SUPPORT.items():
         noise = "regressed out of the estimator" if e.stochastic else "-"

@@ -91,7 +91,7 @@ with torch.inference_mode():
         comfy.sample.sample_custom(model, noise, 5.0, sampler, ks.sigmas, pos, neg, lat["samples"], seed=3)
         rep = sink[-1]
         result["evals"][name] = {"steps": len(ks.sigmas) - 1, "evals": [r.evals for r in rep.records],
-                                 "path": rep.path_string(), "notes": list(rep.notes)}
+                                 "path": rep.path_string(), "notes": list(rep.notes), "reuse": rep.extrapolation}
     for name in ["dpm_fast", "heunpp2", "euler_cfg_pp"]:
         result["errors"][name] = adaptive_nodes.AdaptiveKSampler.validate_inputs(sampler_name=name)
         try:
@@ -180,3 +180,17 @@ def test_every_served_samplers_evaluations_stay_in_their_steps(adaptive_result):
         info = got[name]
         computed = [e for e, c in zip(info["evals"][:-1], info["path"]) if c == "C"]
         assert computed and set(computed) == {2}, (name, info)
+
+
+def test_the_noisy_two_stage_samplers_hold_under_auto(adaptive_result):
+    """Inside ComfyUI the default's reuse on the eps model: dpmpp_sde (and its GPU twin) hold throughout, the two-stage
+    ancestral samplers below sigma 1, each said in the report as the sampler's rule."""
+    got = adaptive_result["evals"]
+    for name in ("dpmpp_sde", "dpmpp_sde_gpu"):
+        assert got[name]["reuse"] == "hold (auto, the sampler's rule)", (name, got[name]["reuse"])
+    for name in ("dpm_2_ancestral", "dpmpp_2s_ancestral"):
+        assert got[name]["reuse"] == "linear (auto), hold below sigma 1 (the sampler's rule)", (
+            name,
+            got[name]["reuse"],
+        )
+    assert got["dpm_2"]["reuse"] == "linear (auto)"

@@ -369,3 +369,39 @@ def test_euler_ancestral_below_eta_1_extrapolates_in_log_sigma_with_its_hold():
     flow, fs, xf = _flow_case()
     _, rep_f, _ = _arun(flow, xf, fs, AdaptiveConfig(), flow=True, eta=0.5, **low)
     assert rep_f.extrapolation == "linear (auto)" and not any("below 1" in n for n in rep_f.notes)
+
+
+@pytest.mark.parametrize(
+    "name, fn, rule",
+    [
+        ("dpmpp_sde", kdiff.sample_dpmpp_sde, "hold_always"),
+        ("dpm_2_ancestral", kdiff.sample_dpm_2_ancestral, "hold_below_sigma"),
+    ],
+)
+def test_the_noisy_two_stage_samplers_hold(name, fn, rule):
+    """Under auto on eps / v models dpmpp_sde reuses the last direction unchanged throughout (its run is the named
+    hold's, and the report says the rule), dpm_2_ancestral holds it below sigma 1 only (its run is an explicit hold
+    below sigma 1's, not the named hold's); both lose it without their rule (linear) and keep linear on a flow model."""
+    assert support.lookup(name).reuse == rule
+    assert {n for n, e in support.SUPPORT.items() if e.reuse == rule} == (
+        {"dpmpp_sde", "dpmpp_sde_gpu"} if rule == "hold_always" else {"dpm_2_ancestral", "dpmpp_2s_ancestral"}
+    )
+    den = CFGDenoiser(make_gmm(), 4.0, 10)
+    sig = schedules.get_sigmas("karras", 20)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sig[0]
+    kw = dict(fn=fn, endpoint_corrector=support.lookup(name).endpoint_corrector)
+    auto, rep, _ = _run(den, x, sig, AdaptiveConfig(respace="off"), reuse=rule, **kw)
+    linear, rep_l, _ = _run(den, x, sig, AdaptiveConfig(respace="off"), reuse="", **kw)
+    hold, _, _ = _run(den, x, sig, AdaptiveConfig(respace="off", extrapolation="hold"), reuse=rule, **kw)
+    below, _, _ = _run(den, x, sig, AdaptiveConfig(respace="off"), reuse="", hold_below_sigma=1.0, **kw)
+    assert rep_l.extrapolation == "linear (auto)" and not torch.equal(auto, linear)
+    if rule == "hold_always":
+        assert rep.extrapolation == "hold (auto, the sampler's rule)"
+        assert torch.equal(auto, hold)
+    else:
+        assert rep.extrapolation == "linear (auto), hold below sigma 1 (the sampler's rule)"
+        assert torch.equal(auto, below) and not torch.equal(auto, hold)
+    flow, fs, xf = _flow_case()
+    a, rep_f, _ = _run(flow, xf, fs, AdaptiveConfig(), flow=True, reuse=rule, **kw)
+    b, _, _ = _run(flow, xf, fs, AdaptiveConfig(extrapolation="linear"), flow=True, reuse=rule, **kw)
+    assert rep_f.extrapolation == "linear (auto)" and torch.equal(a, b)
