@@ -96,7 +96,7 @@ HOLD_GAP = 1.5
 
 # The noisy two-stage samplers (measured on the kdiff ones, dpmpp_sde and dpm_2_ancestral, on testbed / testbed_hr at
 # 20 and 30 steps, the six schedulers, 18 images a cell; held out on vpred / shapes_eps / shapes_v and at 15 / 25
-# steps: docs/adaptive.md, "Noisy two-stage samplers"). Under extrapolation "auto" on eps / v models: dpmpp_sde, whose
+# steps: docs/adaptive.md, "Samplers no rule had seen"). Under extrapolation "auto" on eps / v models: dpmpp_sde, whose
 # two stages both inject Brownian noise, reuses the last direction unchanged throughout (reuse "hold_always"; linear
 # was 5 to 6 dB below uniform skipping with the paper's hold on the design models); dpm_2_ancestral holds it below
 # HOLD_BELOW_SIGMA and extrapolates linearly above (reuse "hold_below_sigma"). Each was the best of hold throughout,
