@@ -81,6 +81,11 @@ HOLD_STEP = 0.2
 # Chosen on the 20 / 30 / 50-step grids of the eps / v models (up in 19 of the 20 cells it changes there), then
 # tested as stated on other step counts and schedulers (docs/adaptive.md, "... and where every skip holds").
 HOLD_NOISE_FORM = "sde"
+# The same for a sampler marked reuse "hold_always" (dpmpp_sde), whose every skip holds: its plan always adds the noise
+# it injects, in the "ancestral" form (each of its stages adds noise by the ancestral step's sigma_up). On testbed /
+# testbed_hr at 20 and 30 steps +2.73 / +1.83 dB, cells meeting the three checks 0 -> 11 / 6 -> 10 of 12; then held
+# out (docs/adaptive.md, "Samplers no rule had seen").
+HOLD_ALWAYS_NOISE_FORM = "ancestral"
 # A sampler marked reuse "hold_long_gap" (euler_ancestral) holds the last direction at a skipped step whose last computed
 # step is this many of the run's median steps or more away in log sigma (the planner's step length, h / median h),
 # under extrapolation "auto" on eps / v models, and extrapolates linearly in sigma elsewhere. Over such a gap the
@@ -224,6 +229,7 @@ class AdaptiveSampling:
         if self.hold_step is not None and math.isinf(self.hold_step):
             self.hold_step = None
         self._hold_noise_plan = rule and hold_noise_plan  # the sampler's rule: plan with the noise cost where all hold
+        self._always_noise_plan = self._hold_always and hold_noise_plan  # "hold_always": every skip holds
         # the "hold_long_gap" rule (HOLD_GAP): a hold_step of that many of the run's median steps; hold_gap where given
         # replaces it (any sampler and model: the benchmark's sweep; inf: never)
         if hold_gap is not None and hold_step is not None:
@@ -288,6 +294,14 @@ class AdaptiveSampling:
             )
             if noise:
                 self.report.notes.append(f"planned with the injected-noise cost ({noise}; a candidate)")
+            elif self._always_noise_plan:
+                self.planned = default_plan(
+                    self.sig, skips, protect_final_jump=self.protect_final_jump, noise=HOLD_ALWAYS_NOISE_FORM, **limits
+                )
+                self.report.notes.append(
+                    f"planned with the injected-noise cost ({HOLD_ALWAYS_NOISE_FORM}): every skip holds the last "
+                    "direction (the sampler's rule)"
+                )
             elif self._hold_noise_plan and holds_every_skip(self.sig, self.planned, self.hold_below, self.hold_step):
                 self.planned = default_plan(
                     self.sig, skips, protect_final_jump=self.protect_final_jump, noise=HOLD_NOISE_FORM, **limits
@@ -790,7 +804,7 @@ def adaptive_sample(
     injects that a reused direction cannot see (``mixed_costs_fn``; eps / v models), a candidate measured by
     ``bench adaptive --grid-noise-plan``; the nodes leave it "".
     hold_noise_plan: with the sampler's hold rule (``HOLD_NOISE_FORM``), where every skip of the schedule planner's
-    path would hold, plan again with the injected-noise cost; False plans without that rule, for the benchmark's
+    path would hold, plan again with the injected-noise cost (with "hold_always", ``HOLD_ALWAYS_NOISE_FORM``, always); False plans without that rule, for the benchmark's
     before / after (``bench adaptive --grid-hold-plan-off``); the nodes leave it True.
     hold_gap: with extrapolation auto, hold at a skipped step this many of the run's median steps or further in log
     sigma from the last computed step, whatever the sampler and model (inf: never; not with hold_step); None: the

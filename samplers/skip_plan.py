@@ -100,7 +100,13 @@ def skip_costs_fn(sigmas, flow: bool = False, step_weight: float = 0.0, step_sca
 
 
 #: the noise forms ``noise_costs_fn`` knows, by sampler (eta 1, s_noise 1, ComfyUI's defaults)
-NOISE_FORMS = {"euler_ancestral": "ancestral", "dpmpp_2m_sde": "sde", "dpmpp_2m_sde_gpu": "sde"}
+NOISE_FORMS = {
+    "euler_ancestral": "ancestral",
+    "dpmpp_2m_sde": "sde",
+    "dpmpp_2m_sde_gpu": "sde",
+    "dpmpp_sde": "ancestral",  # each of its two stages adds noise by get_ancestral_step's sigma_up
+    "dpmpp_sde_gpu": "ancestral",
+}
 
 
 #: the candidate's run penalty: none, since the injected noise a run of skips leaves accumulates in its cost

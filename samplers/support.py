@@ -188,7 +188,8 @@ def support_matrix_markdown() -> str:
         _GAP: "held 1.5 or more of the run's median steps (in log sigma) from the last computed step (eps / v models), "
         "linear elsewhere (log-linear below eta 1 or at s_noise 0, which SamplerCustom can set)",
         _BELOW: "held below sigma 1 (eps / v models), linear elsewhere",
-        _ALWAYS: "held throughout, the paper's reuse (eps / v models), linear on flow models",
+        _ALWAYS: "held throughout, the paper's reuse, the plan adding the injected noise to its cost (eps / v models); "
+        "linear on flow models",
     }
     for name, e in SUPPORT.items():
         noise = "regressed out of the estimator" if e.stochastic else "-"

@@ -183,11 +183,14 @@ def test_every_served_samplers_evaluations_stay_in_their_steps(adaptive_result):
 
 
 def test_the_noisy_two_stage_samplers_hold_under_auto(adaptive_result):
-    """Inside ComfyUI the default's reuse on the eps model: dpmpp_sde (and its GPU twin) hold throughout, the two-stage
-    ancestral samplers below sigma 1, each said in the report as the sampler's rule."""
+    """Inside ComfyUI the default's reuse on the eps model: dpmpp_sde (and its GPU twin) hold throughout and plan with
+    the noise they inject, the two-stage ancestral samplers hold below sigma 1, each said in the report as the
+    sampler's rule."""
     got = adaptive_result["evals"]
     for name in ("dpmpp_sde", "dpmpp_sde_gpu"):
         assert got[name]["reuse"] == "hold (auto, the sampler's rule)", (name, got[name]["reuse"])
+        planned = "planned with the injected-noise cost (ancestral): every skip holds the last direction"
+        assert any(n.startswith(planned) for n in got[name]["notes"]), (name, got[name]["notes"])
     for name in ("dpm_2_ancestral", "dpmpp_2s_ancestral"):
         assert got[name]["reuse"] == "linear (auto), hold below sigma 1 (the sampler's rule)", (
             name,

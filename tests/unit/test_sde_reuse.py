@@ -379,9 +379,10 @@ def test_euler_ancestral_below_eta_1_extrapolates_in_log_sigma_with_its_hold():
     ],
 )
 def test_the_noisy_two_stage_samplers_hold(name, fn, rule):
-    """Under auto on eps / v models dpmpp_sde reuses the last direction unchanged throughout (its run is the named
-    hold's, and the report says the rule), dpm_2_ancestral holds it below sigma 1 only (its run is an explicit hold
-    below sigma 1's, not the named hold's); both lose it without their rule (linear) and keep linear on a flow model."""
+    """Under auto on eps / v models dpmpp_sde reuses the last direction unchanged throughout and, every skip holding,
+    plans with the noise it injects (its run is the named hold's planned so; without that plan, the named hold's), and
+    the report says both; dpm_2_ancestral holds it below sigma 1 only (its run is an explicit hold below sigma 1's, not
+    the named hold's); both lose it without their rule (linear) and keep linear on a flow model."""
     assert support.lookup(name).reuse == rule
     assert {n for n, e in support.SUPPORT.items() if e.reuse == rule} == (
         {"dpmpp_sde", "dpmpp_sde_gpu"} if rule == "hold_always" else {"dpm_2_ancestral", "dpmpp_2s_ancestral"}
@@ -397,7 +398,15 @@ def test_the_noisy_two_stage_samplers_hold(name, fn, rule):
     assert rep_l.extrapolation == "linear (auto)" and not torch.equal(auto, linear)
     if rule == "hold_always":
         assert rep.extrapolation == "hold (auto, the sampler's rule)"
-        assert torch.equal(auto, hold)
+        assert any(
+            n.startswith("planned with the injected-noise cost (ancestral): every skip holds") for n in rep.notes
+        )
+        planned, rep_p, _ = _run(
+            den, x, sig, AdaptiveConfig(respace="off", extrapolation="hold"), reuse=rule, noise_plan="ancestral", **kw
+        )
+        assert torch.equal(auto, planned) and rep.path_string() == rep_p.path_string()
+        plain, rep_u, _ = _run(den, x, sig, AdaptiveConfig(respace="off"), reuse=rule, hold_noise_plan=False, **kw)
+        assert torch.equal(plain, hold) and rep_u.path_string() != rep.path_string()
     else:
         assert rep.extrapolation == "linear (auto), hold below sigma 1 (the sampler's rule)"
         assert torch.equal(auto, below) and not torch.equal(auto, hold)
