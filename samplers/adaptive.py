@@ -804,8 +804,9 @@ def adaptive_sample(
     injects that a reused direction cannot see (``mixed_costs_fn``; eps / v models), a candidate measured by
     ``bench adaptive --grid-noise-plan``; the nodes leave it "".
     hold_noise_plan: with the sampler's hold rule (``HOLD_NOISE_FORM``), where every skip of the schedule planner's
-    path would hold, plan again with the injected-noise cost (with "hold_always", ``HOLD_ALWAYS_NOISE_FORM``, always); False plans without that rule, for the benchmark's
-    before / after (``bench adaptive --grid-hold-plan-off``); the nodes leave it True.
+    path would hold, plan again with the injected-noise cost (with "hold_always", ``HOLD_ALWAYS_NOISE_FORM``,
+    always); False plans without that rule, for the benchmark's before / after (``bench adaptive
+    --grid-hold-plan-off``); the nodes leave it True.
     hold_gap: with extrapolation auto, hold at a skipped step this many of the run's median steps or further in log
     sigma from the last computed step, whatever the sampler and model (inf: never; not with hold_step); None: the
     sampler's rule (``HOLD_GAP`` for "hold_long_gap" on eps / v models). For the benchmark's sweep and before / after
