@@ -28,8 +28,8 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
 * ``adaptive_jump_off`` / ``adaptive_hold_plan_off`` / ``adaptive_hold_gap_off`` (``--grid-jump-off`` /
   ``--grid-hold-plan-off`` / ``--grid-hold-gap-off``): the default without its final-jump rule / without planning with
   the injected-noise cost where every skip holds / without euler_ancestral's hold after a long gap.
-  ``adaptive_noise_gate_off`` (``--grid-noise-gate-off``): the default with the sampler's reuse rule kept where eta or
-  s_noise 0 would drop it.
+  ``adaptive_noise_gate_off`` (``--grid-noise-gate-off``): the default with the sampler's reuse rule kept where eta 0
+  would drop it (s_noise 0 keeps it already).
 * ``--grid-eta E`` runs every method of a sampler that takes an eta at that eta, the full run included (rows get
   ``eta``): the noisy samplers' reuse rules away from ComfyUI's default, eta 1. ``--grid-s-noise S`` does the same
   with the scale of the noise (``s_noise``).
@@ -275,7 +275,7 @@ def run_cell(
     if hold_plan_off:  # the default without planning with the injected-noise cost where every skip holds
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_noise_plan=False)
         add("adaptive_hold_plan_off", out, nfe, wall, "AdaptiveConfig(), hold_noise_plan=False", rep)
-    if noise_gate_off:  # the default with the sampler's reuse rule kept where eta or s_noise 0 would drop it
+    if noise_gate_off:  # the default with the sampler's reuse rule kept where eta 0 would drop it
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_gate=False)
         add("adaptive_noise_gate_off", out, nfe, wall, "AdaptiveConfig(), noise_gate=False", rep)
     if hold_gap_off:  # the default without euler_ancestral's hold after a long gap (samplers.adaptive.HOLD_GAP)
@@ -743,8 +743,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--grid-noise-gate-off",
         action="store_true",
-        help="also run the default with the sampler's reuse rule kept where eta or s_noise 0 (--grid-eta / "
-        "--grid-s-noise) would drop it, the sampler then injecting no noise (adaptive_noise_gate_off); a table of the "
+        help="also run the default with the sampler's reuse rule kept where eta 0 (--grid-eta) would drop it, the "
+        "sampler then injecting no noise (adaptive_noise_gate_off; s_noise 0 keeps the rule already); a table of the "
         "cells where the two differ",
     )
     p.add_argument(

@@ -59,7 +59,7 @@ from .adaptive_config import (  # noqa: F401  (re-exported: the settings live th
 )
 from .kdiff import CountingDenoiser
 from .respace import auto_respace, respaced_sample
-from .skip_plan import default_plan, holds_every_skip
+from .skip_plan import NOISE_FORMS, default_plan, holds_every_skip
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 
 # A sampler marked reuse "hold_low_noise" in samplers.support (DPM++ 2M SDE) holds the last direction, the paper's
@@ -85,7 +85,7 @@ HOLD_NOISE_FORM = "sde"
 # it injects, in the "ancestral" form (each of its stages adds noise by the ancestral step's sigma_up). On testbed /
 # testbed_hr at 20 and 30 steps +2.73 / +1.83 dB, cells meeting the three checks 0 -> 11 / 6 -> 10 of 12; then held
 # out (docs/adaptive.md, "Samplers no rule had seen").
-HOLD_ALWAYS_NOISE_FORM = "ancestral"
+HOLD_ALWAYS_NOISE_FORM = NOISE_FORMS["dpmpp_sde"]  # "ancestral", one source with the benchmark's candidate
 # A sampler marked reuse "hold_long_gap" (euler_ancestral) holds the last direction at a skipped step whose last computed
 # step is this many of the run's median steps or more away in log sigma (the planner's step length, h / median h),
 # under extrapolation "auto" on eps / v models, and extrapolates linearly in sigma elsewhere. Over such a gap the
