@@ -335,6 +335,24 @@ def add_parser(bench_sub) -> None:
     )
     p.add_argument("--quiet", action="store_true")
     adaptive_grid.add_arguments(p)
+    p.add_argument(
+        "--comfyui-grid",
+        action="store_true",
+        help="the grid's methods (full, adaptive, fewer_steps, uniform_skip) inside the ComfyUI tree of --comfyui, with "
+        "its own samplers, on --grid-models x --comfyui-samplers x --grid-schedulers at --grid-steps",
+    )
+    p.add_argument(
+        "--comfyui-samplers",
+        default="",
+        help="with --comfyui-grid: ComfyUI samplers (default: the served ones with no plain-PyTorch copy, e.g. "
+        "dpmpp_3m_sde, er_sde, deis, ipndm, res_multistep, sa_solver, seeds_2)",
+    )
+    p.add_argument(
+        "--comfyui-reuse-sweep",
+        default="",
+        help="with --comfyui-grid: also run the default with the sampler's reuse rule replaced by each of none, "
+        "hold_low_noise, hold_below_sigma, hold_long_gap, hold_always (adaptive_rule_NAME); a table per sampler",
+    )
     p.add_argument("--overhead", action="store_true", help="the controller's cost per step (SD1.5 / SDXL latents)")
     p.add_argument(
         "--unet-timing",
@@ -372,6 +390,10 @@ def main(args) -> int:
 
     if args.grid:
         return adaptive_grid.grid_main(args)
+    if args.comfyui_grid:
+        from .adaptive_comfy_grid import comfy_grid_main
+
+        return comfy_grid_main(args)
     if args.overhead:
         from .adaptive_overhead import overhead_main
 

@@ -322,9 +322,14 @@ def fewer_steps(cell: Cell, target: int) -> int:
     """The step count to ask for so that the schedule runs ``target`` steps, or the fewest more where no count runs
     exactly that many (ddim_uniform on a 1000-entry table runs 16 steps for 15 and 17 for 16, and 5 for 5 but 7 for 6:
     fewer steps then gets the extra evaluation, never the default)."""
-    if len(cell.sigmas(target)) - 1 == target:
+    return fewer_steps_for(cell.sigmas, target)
+
+
+def fewer_steps_for(sigmas, target: int) -> int:
+    """``fewer_steps`` for any ``sigmas(steps)`` (the ComfyUI grid passes its KSampler's)."""
+    if len(sigmas(target)) - 1 == target:
         return target
-    runs = {n: len(cell.sigmas(n)) - 1 for n in range(max(1, target // 2), 2 * target + 1)}
+    runs = {n: len(sigmas(n)) - 1 for n in range(max(1, target // 2), 2 * target + 1)}
     return min((r, n) for n, r in runs.items() if r >= target)[1]
 
 

@@ -7,6 +7,11 @@ beta_schedule "linear" = diffusers' "scaled_linear", 0.00085..0.012), whose late
 testbed autoencoder's (scale 1, no shift), so its x0 equals ``testbed.trained.load().denoiser``. Its
 network call goes through ComfyUI's DIFFUSION_MODEL wrappers like the UNets of ComfyUI's own models,
 so EasyCache works on it.
+
+The benchmark's ComfyUI grid also builds the other testbeds (``GRID_MODELS``): the pixel-space UNets
+(``testbed/trained_vpred.py``: V_PREDICTION or EPS on the same discrete schedule; ``digits_flow`` FLOW at
+shift 8) and the flow DiT (``testbed/trained_flow.py``, FLOW at shift 3), each with ComfyUI's own model
+sampling for its type, in a 3-channel latent format of scale 1 (pixels in [-1, 1]).
 """
 
 from __future__ import annotations
@@ -34,17 +39,34 @@ _lock = threading.Lock()
 _testbeds: dict = {}
 
 MODEL_NAMES = ("testbed", "hr")  # "hr": the second testbed in its own latent space (multi-resolution)
+# every testbed a MODEL can be built from: name -> (ComfyUI model type, the loader's module, its `model` argument)
+GRID_MODELS = {
+    "testbed": ("EPS", "trained", None),
+    "hr": ("EPS", "trained", "hr"),
+    "vpred": ("V_PREDICTION", "trained_vpred", "vpred"),
+    "shapes_eps": ("EPS", "trained_vpred", "shapes_eps"),
+    "shapes_v": ("V_PREDICTION", "trained_vpred", "shapes_v"),
+    "digits_flow": ("FLOW", "trained_vpred", "digits_flow"),
+    "flow": ("FLOW", "trained_flow", None),
+}
 
 
 def testbed(name: str = "testbed"):
     """The trained testbed `name` (loaded once per process, outside inference mode); "testbed" is
-    ``trained.load()``, another name ``trained.load(name=name)``."""
+    ``trained.load()``, "hr" ``trained.load(name="hr")``, the others of ``GRID_MODELS`` their module's ``load``."""
+    if name not in GRID_MODELS:
+        raise ValueError(f"name: expected one of {', '.join(GRID_MODELS)}, got {name!r}")
     with _lock:
         if name not in _testbeds:
-            mod = os.environ.get("TEMPO_TESTBED_MODULE") or f"{__package__.rsplit('.', 1)[0]}.testbed.trained"
+            _, loader, arg = GRID_MODELS[name]
+            pkg = __package__.rsplit(".", 1)[0]
+            mod = (os.environ.get("TEMPO_TESTBED_MODULE") if loader == "trained" else None) or f"{pkg}.testbed.{loader}"
             module = importlib.import_module(mod)
             with torch.inference_mode(False):
-                tb = module.load() if name == "testbed" else module.load(name=name)
+                if arg is None:
+                    tb = module.load()
+                else:
+                    tb = module.load(name=arg) if loader == "trained" else module.load(model=arg)
             tb.net.eval()
             _testbeds[name] = tb
         return _testbeds[name]
@@ -87,6 +109,7 @@ class TestbedUNet(torch.nn.Module):
         with torch.inference_mode(False):
             self.net = copy.deepcopy(testbed(testbed_name).net)
         self.net.eval()
+        self.class_input = testbed_name == "flow"  # the DiT takes the class index y, not a one-hot context
         self.dtype = torch.float32 if dtype is None else dtype
         if device is not None:
             self.net.to(device)
@@ -101,6 +124,8 @@ class TestbedUNet(torch.nn.Module):
         ).execute(x, timesteps, context, y, control, transformer_options, **kwargs)
 
     def _forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options={}, **kwargs):
+        if self.class_input:  # the one-hot context's class (the null class for the negative)
+            return self.net(x, timesteps, context[:, 0].argmax(-1))
         return self.net(x, timesteps, context=context)
 
 
@@ -115,15 +140,19 @@ def _config_class(name: str, channels: int):
 
 
 def build_model(name: str = "testbed") -> comfy.model_patcher.ModelPatcher:
-    """The testbed `name` as a ComfyUI MODEL (a fresh BaseModel + ModelPatcher each call)."""
+    """The testbed `name` (one of ``GRID_MODELS``) as a ComfyUI MODEL (a fresh BaseModel + ModelPatcher each
+    call), with ComfyUI's model sampling for its type (a flow model's shift and multiplier its own)."""
     tb = testbed(name)
     channels = int(tb.latent_shape[0])
-    config = _config_class(name, channels)({"in_channels": channels, "out_channels": channels})
+    model_type = getattr(comfy.model_base.ModelType, GRID_MODELS[name][0])
+    config_class = _config_class(name, channels)
+    if model_type == comfy.model_base.ModelType.FLOW:
+        flow = {"shift": float(tb.sampling.shift), "multiplier": float(tb.sampling.multiplier)}
+        config_class = type(f"{config_class.__name__}_flow", (config_class,), {"sampling_settings": flow})
+    config = config_class({"in_channels": channels, "out_channels": channels})
     config.set_inference_dtype(torch.float32, None)
     unet = TestbedUNet if name == "testbed" else functools.partial(TestbedUNet, testbed_name=name)
-    base = comfy.model_base.BaseModel(
-        config, model_type=comfy.model_base.ModelType.EPS, device=mm.unet_offload_device(), unet_model=unet
-    )
+    base = comfy.model_base.BaseModel(config, model_type=model_type, device=mm.unet_offload_device(), unet_model=unet)
     base.eval()
     return comfy.model_patcher.ModelPatcher(
         base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
@@ -193,6 +222,10 @@ class TestbedVAE(comfy.sd.VAE):
 
 
 def build_vae(name: str = "testbed") -> TestbedVAE:
+    if name not in MODEL_NAMES:
+        raise ValueError(
+            f"name: only {', '.join(MODEL_NAMES)} have an autoencoder (the others sample pixels); got {name!r}"
+        )
     return TestbedVAE(name)
 
 

@@ -7,10 +7,16 @@ It samples the testbed MODEL inside ComfyUI with ComfyUI's own sampler functions
 pack's AdaptiveDiffusion (default settings), and ComfyUI's EasyCache and LazyCache nodes with their
 reuse_threshold bisected to land on the pack's NFE. NFE = real network calls, counted by a forward
 hook on the network (skipped calls never reach it). PSNR is on decoded images against ComfyUI's full run.
+
+A job of kind "grid" (``comfyui-tempo bench adaptive --comfyui-grid``) runs the generalisation grid's methods
+instead (full, adaptive, fewer_steps, uniform_skip; ``bench/adaptive_grid.py``) for each model, scheduler, step
+count and sampler, with ComfyUI's sampler functions and sigmas (its KSampler's) on the testbeds built as ComfyUI
+MODELs (``harness/comfy_testbed.py``), and writes rows in the grid's format.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -32,6 +38,8 @@ def _load_pack(repo: str):
 def main(job_path: str, out_path: str) -> None:
     job = json.load(open(job_path))
     sys.path.insert(0, os.getcwd())
+    if job.get("kind") == "grid":
+        return grid(job, out_path)
     from comfy.cli_args import args
 
     args.cpu = True
@@ -134,6 +142,155 @@ def main(job_path: str, out_path: str) -> None:
             how = ", batch 1 loop" if one else ""
             add(method, img, nfe, wall, f"ComfyUI {node.__name__[:-4]} node, reuse_threshold {thr:.4g}{how}")
     json.dump({"rows": rows}, open(out_path, "w"))
+
+
+# the grid's model names -> comfy_testbed's
+GRID_NAMES = {"testbed_hr": "hr"}
+
+
+def grid(job: dict, out_path: str) -> None:
+    """The grid's four methods per cell, inside ComfyUI (see the module docstring); rows as bench/adaptive_grid's."""
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import comfy.sample
+    import comfy.samplers
+    import torch
+
+    _load_pack(job["repo"])
+    from comfyui_tempo.bench.adaptive_grid import HELD_OUT, fewer_steps_for
+    from comfyui_tempo.bench.common import psnr_db
+    from comfyui_tempo.harness import comfy_testbed
+    from comfyui_tempo.nodes import adaptive as adaptive_nodes
+    from comfyui_tempo.samplers import support
+    from comfyui_tempo.samplers.adaptive import AdaptiveConfig
+    from comfyui_tempo.testbed import problems
+
+    torch.set_num_threads(job.get("threads") or torch.get_num_threads())
+    cfg, seed = float(job["cfg"]), 0
+    have = set(comfy.samplers.KSampler.SAMPLERS)
+    samplers = [s for s in job["samplers"] if s in have]
+    rows, missing = [], [s for s in job["samplers"] if s not in have]
+    t_start = time.perf_counter()
+    for model_name in job["models"]:
+        name = GRID_NAMES.get(model_name, model_name)
+        tb = comfy_testbed.testbed(name)
+        model = comfy_testbed.build_model(name)
+        net = model.model.diffusion_model.net
+        shape = tuple(tb.latent_shape) if name != "hr" else (tb.latent_shape[0], 8, 8)  # hr at 32 px, as the grid
+        noise, cond = problems._batch(job["classes"], job["seeds"], shape)
+        positive = [[torch.nn.functional.one_hot(cond, comfy_testbed.CONTEXT_DIM).float()[:, None, :], {}]]
+        negative = [[comfy_testbed.class_cond(comfy_testbed.NULL_CLASS), {}]]
+        latent = torch.zeros_like(noise)
+        decode = torch.no_grad()(tb.decode)
+
+        for scheduler in job["schedulers"]:
+            for steps in job["steps"]:
+                for sampler in samplers:
+
+                    def sigmas(n, sampler=sampler, scheduler=scheduler):
+                        ks = comfy.samplers.KSampler(
+                            model, n, model.load_device, sampler, scheduler, 1.0, model.model_options
+                        )
+                        return ks.sigmas
+
+                    def sample(sampler_obj, sig):
+                        calls = {"n": 0}
+                        hook = net.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+                        try:
+                            t0 = time.perf_counter()
+                            with torch.inference_mode():
+                                out = comfy.sample.sample_custom(
+                                    model, noise, cfg, sampler_obj, sig, positive, negative, latent, seed=seed
+                                )
+                            wall = time.perf_counter() - t0
+                        finally:
+                            hook.remove()
+                        return decode(out.float()), float(calls["n"]), wall
+
+                    plain = functools.partial(comfy.samplers.sampler_object, sampler)
+                    sig = sigmas(steps)
+                    n_run = len(sig) - 1
+                    ref, full_nfe, full_wall = sample(plain(), sig)
+                    base = {
+                        "model": model_name,
+                        "held_out": model_name in HELD_OUT,
+                        "sampler": sampler,
+                        "scheduler": scheduler,
+                        "steps": steps,
+                        "cfg": cfg,
+                        "host": "comfyui",
+                    }
+
+                    def add(method, img, nfe, wall, setting, report=None):
+                        psnr = psnr_db(img, ref) if method != "full" else torch.full((len(ref),), float("inf"))
+                        row = {
+                            **base,
+                            "method": method,
+                            "nfe": nfe,
+                            "psnr_db": float(psnr.mean()),
+                            "psnr_min_db": float(psnr.min()),
+                            "nfe_ratio": full_nfe / nfe if nfe else float("nan"),
+                            "wall_s": wall,
+                            "setting": setting,
+                            "path": report.path_string() if report is not None and report.batch else "",
+                        }
+                        rows.append(row)
+                        return row
+
+                    add("full", ref, full_nfe, full_wall, f"{steps} steps")
+                    sink = []
+                    wrapped = adaptive_nodes.wrap_sampler(plain(), sampler, AdaptiveConfig(), sink)
+                    img, nfe, wall = sample(wrapped, sig)
+                    main_row = add(
+                        "adaptive", img, nfe, wall, "AdaptiveConfig() (target 2x, planner schedule)", sink[-1]
+                    )
+                    for rule in job.get("reuses", ()):  # the default with the sampler's reuse rule replaced
+                        entry = support.SUPPORT[sampler]
+                        support.SUPPORT[sampler] = dataclasses.replace(entry, reuse="" if rule == "none" else rule)
+                        try:
+                            sink = []
+                            img, nfe, wall = sample(
+                                adaptive_nodes.wrap_sampler(plain(), sampler, AdaptiveConfig(), sink), sig
+                            )
+                        finally:
+                            support.SUPPORT[sampler] = entry
+                        add(f"adaptive_rule_{rule}", img, nfe, wall, f"AdaptiveConfig(), reuse rule {rule}", sink[-1])
+                    n_fewer = fewer_steps_for(
+                        lambda n: sigmas(n), max(1, int(round(main_row["nfe"] / (full_nfe / n_run))))
+                    )
+                    img, nfe, wall = sample(plain(), sigmas(n_fewer))
+                    add("fewer_steps", img, nfe, wall, f"{n_fewer} steps")
+                    every_other = torch.zeros(n_run, dtype=torch.bool)
+                    every_other[::2] = True
+                    sink = []
+                    config = AdaptiveConfig(mode="path", path=every_other, extrapolation="hold")
+                    img, nfe, wall = sample(adaptive_nodes.wrap_sampler(plain(), sampler, config, sink), sig)
+                    add("uniform_skip", img, nfe, wall, "network on every other step, reuse hold", sink[-1])
+                    m = {
+                        r["method"]: r
+                        for r in rows
+                        if r["sampler"] == sampler
+                        and r["model"] == model_name
+                        and r["scheduler"] == scheduler
+                        and r["steps"] == steps
+                    }
+                    print(
+                        f"  {model_name:11s} {sampler:24s} {scheduler:11s} {steps:3d}: adaptive nfe "
+                        f"{m['adaptive']['nfe']:.0f}/{full_nfe:.0f} {m['adaptive']['psnr_db']:.2f} dB | fewer "
+                        f"{m['fewer_steps']['psnr_db']:.2f} | uniform {m['uniform_skip']['psnr_db']:.2f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    try:
+        import comfyui_version
+
+        version = comfyui_version.__version__
+    except ImportError:
+        version = "?"
+    meta = {"comfyui": version, "missing": missing}
+    meta["seconds"] = time.perf_counter() - t_start
+    json.dump({"rows": rows, "meta": meta}, open(out_path, "w"))
 
 
 if __name__ == "__main__":

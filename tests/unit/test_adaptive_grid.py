@@ -507,3 +507,33 @@ def test_grid_noise_plan_rows_on_the_noisy_samplers_only(tmp_path):
         assert t["noise_plan_vs_uniform"] == pytest.approx(q["psnr_db"] - m["uniform_skip"]["psnr_db"])
         assert t["path_noise_plan"] == q["path"] and q["path"].count("s") == 6
         assert "noise_plan=" in q["setting"]
+
+
+def test_comfyui_grid_samplers_are_the_served_ones_the_grid_cannot_run():
+    """--comfyui-grid's default samplers: served, none with a plain-PyTorch copy (the grid runs those), no twin."""
+    from comfyui_tempo.bench import adaptive_comfy_grid
+    from comfyui_tempo.samplers import kdiff, support
+
+    names = adaptive_comfy_grid.default_samplers()
+    assert {"dpmpp_3m_sde", "er_sde", "deis", "ipndm", "res_multistep", "sa_solver", "seeds_2"} <= set(names)
+    assert all(support.lookup(n).served and n not in kdiff.SAMPLERS for n in names)
+    assert not set(names) & adaptive_comfy_grid.TWINS
+
+
+def test_comfyui_grid_without_a_comfyui_tree_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("TEMPO_COMFYUI", raising=False)
+    with pytest.raises(SystemExit, match="--comfyui-grid: needs a ComfyUI tree"):
+        cli.main(["bench", "adaptive", "--comfyui-grid", "--quiet"])
+    with pytest.raises(SystemExit, match="which has no comfy/"):
+        cli.main(["bench", "adaptive", "--comfyui-grid", "--comfyui", str(tmp_path), "--quiet"])
+
+
+def test_fewer_steps_for_any_schedule():
+    """The fewer-steps count the ComfyUI grid shares with the grid: the target where a schedule runs it, else the
+    fewest step count running more (as ddim_uniform on a 1000-entry table)."""
+    table = schedules.discrete_sigmas()
+    assert adaptive_grid.fewer_steps_for(lambda n: schedules.get_sigmas("karras", n, table), 7) == 7
+    ddim = lambda n: schedules.get_sigmas("ddim_uniform", n, table)  # noqa: E731
+    n = adaptive_grid.fewer_steps_for(ddim, 6)
+    runs = {k: len(ddim(k)) - 1 for k in range(3, 13)}
+    assert runs[n] == min(r for r in runs.values() if r >= 6) and runs[n] > 6  # ddim_uniform runs 7 for 6 here

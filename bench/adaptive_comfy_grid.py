@@ -1,0 +1,168 @@
+"""`comfyui-tempo bench adaptive --comfyui-grid`: the generalisation grid's methods inside a real ComfyUI.
+
+For ComfyUI's samplers that the pack serves but has no plain-PyTorch copy of (``samplers/kdiff.py``): dpmpp_3m_sde,
+er_sde, sa_solver, res_multistep, deis, ipndm, seeds_2, ... The grid (``bench/adaptive_grid.py``) can only run the
+plain-PyTorch ones; this runs the same four methods (full, adaptive, fewer_steps, uniform_skip) with ComfyUI's own
+sampler functions and schedules, through the pack's ``wrap_sampler`` (what the nodes run), on the seven testbeds built
+as ComfyUI MODELs. The job runs under the tree's Python (``harness/host_bench.py``, kind "grid"); the rows come back
+in the grid's format and are summarised by the grid's own ``summarize``.
+
+Needs a ComfyUI tree (``--comfyui`` or ``$TEMPO_COMFYUI``) with its Python beside it (``TREE/../venv``, or
+``$TEMPO_COMFYUI_PYTHON``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+from ..samplers import kdiff, support
+from .adaptive_grid import MODELS, SCHEDULERS, SUMMARY_COLUMNS, markdown_matrix, summarize
+from .common import print_table, write_json
+
+#: ComfyUI's twins of a listed sampler (the same function, noise drawn on the device) and ddim (euler in ComfyUI)
+TWINS = {"ddim", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde_gpu", "dpmpp_sde_gpu"}
+
+
+#: --comfyui-reuse-sweep's names: none (linear / log-linear, no rule) and SamplerSupport.reuse's rules
+REUSE_RULES = ["none", "hold_low_noise", "hold_below_sigma", "hold_long_gap", "hold_always"]
+
+
+def reuse_summary(rows: list[dict], rules: list[str]) -> list[dict]:
+    """Per sampler and step count: each rule's (and the sampler's current rule's) mean dB minus uniform skipping and
+    cells meeting the three checks (cut >= 1.95x, above fewer steps, above uniform skipping)."""
+    by: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["model"], r["sampler"], r["scheduler"], r["steps"], r["cfg"])
+        by.setdefault(key, {})[r["method"]] = r
+    out: dict[tuple, dict] = {}
+    for (model, sampler, sched, steps, cfg), m in by.items():
+        line = out.setdefault((sampler, steps), {"sampler": sampler, "steps": steps, "cells": 0})
+        line["cells"] += 1
+        for name, method in [("current", "adaptive")] + [(r, f"adaptive_rule_{r}") for r in rules]:
+            a = m[method]
+            meets = a["nfe_ratio"] >= 1.95 and a["psnr_db"] > m["fewer_steps"]["psnr_db"]
+            meets = meets and a["psnr_db"] > m["uniform_skip"]["psnr_db"]
+            acc = line.setdefault(f"_{name}", [0.0, 0])
+            acc[0] += a["psnr_db"] - m["uniform_skip"]["psnr_db"]
+            acc[1] += int(meets)
+    table = []
+    for line in out.values():
+        n = line["cells"]
+        row = {"sampler": line["sampler"], "steps": line["steps"], "cells": n}
+        for name in ["current"] + rules:
+            total, meets = line[f"_{name}"]
+            row[name] = f"{total / n:+.2f} ({meets})"
+        table.append(row)
+    return table
+
+
+def default_samplers() -> list[str]:
+    """The served samplers with no plain-PyTorch copy, twins left out."""
+    return [n for n, e in support.SUPPORT.items() if e.served and n not in kdiff.SAMPLERS and n not in TWINS]
+
+
+def comfyui_python(tree: str) -> str:
+    cand = os.path.join(os.path.dirname(os.path.abspath(tree)), "venv", "bin", "python")
+    return os.environ.get("TEMPO_COMFYUI_PYTHON") or (cand if os.path.exists(cand) else sys.executable)
+
+
+def comfy_grid_main(args) -> int:
+    tree = args.comfyui or os.environ.get("TEMPO_COMFYUI")
+    if not tree or not os.path.isdir(os.path.join(tree, "comfy")):
+        raise SystemExit(
+            f"--comfyui-grid: needs a ComfyUI tree (--comfyui or $TEMPO_COMFYUI); got {tree!r}, which has no comfy/"
+        )
+    samplers = [s for s in args.comfyui_samplers.split(",") if s] if args.comfyui_samplers else default_samplers()
+    models = [m for m in args.grid_models.split(",") if m]
+    schedulers = [s for s in args.grid_schedulers.split(",") if s]
+    for flag, given, known in (
+        ("--grid-models", models, MODELS),
+        ("--grid-schedulers", schedulers, SCHEDULERS),
+        ("--comfyui-samplers", samplers, [n for n, e in support.SUPPORT.items() if e.served]),
+    ):
+        unknown = [v for v in given if v not in known]
+        if unknown:
+            raise SystemExit(f"{flag}: {', '.join(map(repr, unknown))} unknown; expected names from {', '.join(known)}")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    python = comfyui_python(tree)
+    job = {
+        "kind": "grid",
+        "repo": repo,
+        "models": models,
+        "samplers": samplers,
+        "schedulers": schedulers,
+        "steps": [args.grid_steps],
+        "cfg": args.cfg,
+        "classes": args.classes or 6,
+        "seeds": args.seeds or 1,
+        "threads": args.threads or 1,
+        "reuses": [r for r in args.comfyui_reuse_sweep.split(",") if r],
+    }
+    bad = [r for r in job["reuses"] if r not in REUSE_RULES]
+    if bad:
+        raise SystemExit(
+            f"--comfyui-reuse-sweep: {', '.join(map(repr, bad))} unknown; expected names from {', '.join(REUSE_RULES)}"
+        )
+    t0 = time.perf_counter()
+    print(
+        f"[comfyui grid] {len(models)} models x {len(samplers)} samplers x {len(schedulers)} schedulers, "
+        f"{args.grid_steps} steps, CFG {args.cfg:g}, {job['classes']} classes x {job['seeds']} seeds, under {python} "
+        f"in {tree}",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="tempo-comfy-grid-") as tmp:
+        job_path, out_path = os.path.join(tmp, "job.json"), os.path.join(tmp, "out.json")
+        json.dump(job, open(job_path, "w"))
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(job["threads"])))
+        # the job's progress lines go to its stderr, passed through as they come
+        proc = subprocess.run(
+            [python, os.path.join(repo, "harness", "host_bench.py"), job_path, out_path], cwd=tree, env=env
+        )
+        if proc.returncode != 0 or not os.path.exists(out_path):
+            raise SystemExit(f"--comfyui-grid: the job under {python} failed (exit {proc.returncode}); see above")
+        host = json.load(open(out_path))
+    rows = host["rows"]
+    if host["meta"]["missing"]:
+        print(f"not in this ComfyUI, left out: {', '.join(host['meta']['missing'])}")
+    summary = summarize(rows)
+    result = {
+        "rows": rows,
+        "summary": summary,
+        "meta": {
+            "comfyui": host["meta"]["comfyui"],
+            "batch": f"{job['classes']} classes x {job['seeds']} seeds",
+            "machine": platform.machine(),
+            "threads": job["threads"],
+            "seconds": time.perf_counter() - t0,
+            "command": "comfyui-tempo bench adaptive " + " ".join(getattr(args, "argv", [])),
+        },
+    }
+    print()
+    columns = [c for c in SUMMARY_COLUMNS if all(c in s for s in summary)]
+    result["table"] = print_table(summary, columns)
+    per_sampler = {}
+    for s in summary:
+        per_sampler.setdefault(s["sampler"], []).append(s["ok"] == "yes")
+    result["per_sampler"] = [{"sampler": k, "meets": sum(v), "cells": len(v)} for k, v in per_sampler.items()]
+    print("\ncells meeting cut >= 1.95x, above fewer steps and above uniform skipping, per sampler:")
+    print_table(result["per_sampler"], ["sampler", "meets", "cells"])
+    passed = sum(1 for s in summary if s["ok"] == "yes")
+    print(f"\n{passed} of {len(summary)} cells meet the three checks (ComfyUI {host['meta']['comfyui']})")
+    if job["reuses"]:
+        result["reuse_sweep"] = reuse_summary(rows, job["reuses"])
+        print(
+            "\nthe default with each reuse rule in place of the sampler's own: mean dB minus uniform skipping (cells "
+            "meeting the three checks) over the models and schedulers run; 'current' is the sampler's own rule:"
+        )
+        print_table(result["reuse_sweep"], list(result["reuse_sweep"][0]))
+    result["markdown"] = markdown_matrix(summary, args.grid_steps, args.cfg)
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0

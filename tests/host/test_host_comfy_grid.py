@@ -1,0 +1,128 @@
+"""The benchmark's ComfyUI grid (`comfyui-tempo bench adaptive --comfyui-grid`): the seven testbeds built as ComfyUI
+MODELs sample as the pack's own problems do, and the command writes the grid's rows for samplers that exist only in
+ComfyUI. (Snippets run under the host's Python; like the other host snippets they need scikit-learn and scikit-image
+there.)"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+PARITY = r"""
+import torch
+import comfy.model_sampling
+import comfy.sample
+import comfy.samplers
+from comfyui_tempo.bench import adaptive_grid as ag
+from comfyui_tempo.bench.common import psnr_db
+from comfyui_tempo.harness import comfy_testbed as ct
+from comfyui_tempo.samplers import kdiff, schedules
+
+RESULT = {}
+for grid_name in ag.MODELS:
+    name = {"testbed_hr": "hr"}.get(grid_name, grid_name)
+    p = ag.build_problem(grid_name, "normal", 5.0, 3, 1)
+    model = ct.build_model(name)
+    sig = comfy.samplers.KSampler(model, 12, model.load_device, "euler", "normal", 1.0, model.model_options).sigmas
+    mine = schedules.ksampler_sigmas("normal", 12, ag._sampling(p), "euler")
+    pos = [[torch.nn.functional.one_hot(p.cond, ct.CONTEXT_DIM).float()[:, None, :], {}]]
+    neg = [[ct.class_cond(ct.NULL_CLASS), {}]]
+    with torch.inference_mode():
+        sampler = comfy.samplers.sampler_object("euler")
+        out = comfy.sample.sample_custom(model, p.noise, 5.0, sampler, sig, pos, neg, torch.zeros_like(p.noise), seed=0)
+    ref = kdiff.sample_euler(p.denoiser, p.noise * mine[0], mine, extra_args={"cond": p.cond})
+    ms = model.get_model_object("model_sampling")
+    RESULT[grid_name] = {
+        "const": isinstance(ms, comfy.model_sampling.CONST),
+        "v": isinstance(ms, comfy.model_sampling.V_PREDICTION),
+        "shift": float(getattr(ms, "shift", 0.0)),
+        "sigma_diff": float((sig - mine).abs().max()),
+        "psnr": float(psnr_db(p.decode(out.float()), p.decode(ref)).min()),
+    }
+"""
+
+
+def test_the_seven_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snippet):
+    """Each testbed as a ComfyUI MODEL (its type's model sampling, a flow model's shift) gives ComfyUI's euler the
+    pack's sigmas and, image for image, the pack's own euler run on the same noise (the discrete models differ by
+    ComfyUI's rounding to the nearest timestep and its first-step noise scaling only)."""
+    res = comfy_snippet(PARITY, timeout=600)
+    assert set(res) == {"testbed", "testbed_hr", "flow", "vpred", "shapes_eps", "shapes_v", "digits_flow"}
+    for name, r in res.items():
+        flow = name in ("flow", "digits_flow")
+        assert r["const"] == flow and r["v"] == (name in ("vpred", "shapes_v")), (name, r)
+        assert r["shift"] == {"flow": 3.0, "digits_flow": 8.0}.get(name, 0.0), (name, r)
+        assert r["sigma_diff"] < 1e-5, (name, r)
+        assert r["psnr"] > (90.0 if flow else 35.0), (name, r)
+
+
+def test_comfyui_grid_command_writes_the_grids_rows(comfy_install, comfy_base, tmp_path):
+    """The command, run under the host's Python: two ComfyUI-only samplers on one model and scheduler; each cell
+    has the grid's four methods, the default's NFE cut, a summary line with the three checks."""
+    out = tmp_path / "grid.json"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(comfy_base / "custom_nodes"),
+        TEMPO_COMFYUI_PYTHON=str(comfy_install.python),
+        OMP_NUM_THREADS="1",
+    )
+    cmd = [
+        str(comfy_install.python),
+        "-m",
+        "comfyui_tempo.cli",
+        "bench",
+        "adaptive",
+        "--comfyui-grid",
+        "--comfyui",
+        str(comfy_install.tree),
+        "--grid-models",
+        "shapes_v",
+        "--grid-schedulers",
+        "karras",
+        "--comfyui-samplers",
+        "deis,seeds_2",
+        "--grid-steps",
+        "12",
+        "--classes",
+        "2",
+        "--json",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    cells = {(r["sampler"], r["method"]): r for r in rows}
+    assert len(rows) == 8 and all(r["host"] == "comfyui" and r["model"] == "shapes_v" for r in rows)
+    for sampler, evals in (("deis", 1), ("seeds_2", 2)):
+        full, ada = cells[(sampler, "full")], cells[(sampler, "adaptive")]
+        assert full["nfe"] == 12 * evals - (evals - 1)  # seeds_2's last step to sigma 0 is one evaluation
+        assert ada["nfe"] <= full["nfe"] / 1.95 + 1 and ada["path"].count("C") == 6
+        assert cells[(sampler, "uniform_skip")]["path"] == "Cs" * 6
+        assert cells[(sampler, "fewer_steps")]["setting"] == f"{ada['path'].count('C')} steps"
+        for method in ("adaptive", "fewer_steps", "uniform_skip"):
+            assert 0 < cells[(sampler, method)]["psnr_db"] < 200
+    assert {s["sampler"]: s["ok"] in ("yes", "NO") for s in result["summary"]} == {"deis": True, "seeds_2": True}
+    assert result["meta"]["comfyui"] not in ("", "?")
+    assert "cells meet the three checks" in proc.stdout
+
+
+def test_comfyui_grid_without_a_tree_says_what_it_needs(comfy_install, comfy_base, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(comfy_base / "custom_nodes"), TEMPO_COMFYUI="")
+    cmd = [str(comfy_install.python), "-m", "comfyui_tempo.cli", "bench", "adaptive", "--comfyui-grid"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "--comfyui-grid: needs a ComfyUI tree" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("bad", ["--grid-models nope", "--comfyui-samplers euler_cfg_pp"])
+def test_comfyui_grid_names_a_bad_name(comfy_install, comfy_base, tmp_path, bad):
+    env = dict(os.environ, PYTHONPATH=str(comfy_base / "custom_nodes"))
+    flag, value = bad.split()
+    cmd = [str(comfy_install.python), "-m", "comfyui_tempo.cli", "bench", "adaptive", "--comfyui-grid"]
+    cmd += ["--comfyui", str(comfy_install.tree), flag, value]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0 and f"{flag}: '{value}' unknown" in proc.stderr, proc.stderr[-2000:]
+
