@@ -640,10 +640,15 @@ class AdaptiveSampling:
             if self.config.extrapolation == "linear_x0":
                 self._hD = torch.zeros_like(self._hd)
         if depth > 1:
-            self._hd[1:, idx] = self._hd[:-1, idx].clone()
-            self._hs[1:, idx] = self._hs[:-1, idx].clone()
+            # a second evaluation at the newest entry's sigma (sa_solver_pece re-evaluates its corrected state at
+            # the step's own sigma) replaces that entry: the extrapolation needs distinct sigmas (two nodes at one
+            # sigma gave every Lagrange weight 0, a zero direction, x0 = x)
+            newest = self._hs[0, idx]
+            shift = idx[~((newest - sigma).abs() <= 1e-5 * max(abs(sigma), 1e-8))]
+            self._hd[1:, shift] = self._hd[:-1, shift].clone()
+            self._hs[1:, shift] = self._hs[:-1, shift].clone()
             if self.config.extrapolation == "linear_x0":
-                self._hD[1:, idx] = self._hD[:-1, idx].clone()
+                self._hD[1:, shift] = self._hD[:-1, shift].clone()
         self._hd[0, idx] = d
         self._hs[0, idx] = sigma
         if self.config.extrapolation == "linear_x0":

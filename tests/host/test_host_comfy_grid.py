@@ -126,3 +126,49 @@ def test_comfyui_grid_names_a_bad_name(comfy_install, comfy_base, tmp_path, bad)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode != 0 and f"{flag}: '{value}' unknown" in proc.stderr, proc.stderr[-2000:]
 
+
+PECE = r"""
+import torch
+import comfy.sample
+import comfy.samplers
+from comfyui_tempo.bench.common import psnr_db
+from comfyui_tempo.harness import comfy_testbed as ct
+from comfyui_tempo.nodes import adaptive as adaptive_nodes
+from comfyui_tempo.samplers.adaptive import AdaptiveConfig
+from comfyui_tempo.testbed import problems
+
+tb, model = ct.testbed("testbed"), ct.build_model("testbed")
+noise, cond = problems._batch(4, 1, tb.latent_shape)
+pos = [[torch.nn.functional.one_hot(cond, ct.CONTEXT_DIM).float()[:, None, :], {}]]
+neg = [[ct.class_cond(ct.NULL_CLASS), {}]]
+n = 16
+sig = comfy.samplers.KSampler(model, n, model.load_device, "sa_solver_pece", "simple", 1.0, model.model_options).sigmas
+path = torch.tensor([i % 2 == 0 for i in range(n)])
+
+def run(config=None):
+    sampler = comfy.samplers.sampler_object("sa_solver_pece")
+    sink = []
+    if config is not None:
+        sampler = adaptive_nodes.wrap_sampler(sampler, "sa_solver_pece", config, sink)
+    with torch.inference_mode():
+        out = comfy.sample.sample_custom(model, noise, 5.0, sampler, sig, pos, neg, torch.zeros_like(noise), seed=0)
+    return tb.decode(out.float()), sink
+
+ref, _ = run()
+RESULT = {}
+for ex in ("hold", "linear", "log_linear"):
+    img, sink = run(AdaptiveConfig(mode="path", path=path, extrapolation=ex))
+    RESULT[ex] = float(psnr_db(img, ref).mean())
+    RESULT[ex + "_evals"] = [r.evals for r in sink[-1].records]
+"""
+
+
+def test_sa_solver_pece_extrapolates_from_distinct_sigmas(comfy_snippet):
+    """sa_solver_pece evaluates each step twice at its own sigma (the second time its corrected state). Both went
+    into the reuse history, so a linear extrapolation had two nodes at one sigma, gave a zero direction and the
+    noisy latent as x0: 20 dB below holding the direction (testbed, 20 simple steps, every other step). Now the
+    second evaluation replaces the first, and extrapolating is not far below holding (above it on this testbed)."""
+    res = comfy_snippet(PECE, timeout=600)
+    assert res["hold_evals"] == [1] + [2] * 15, res["hold_evals"]  # its first step has no corrector
+    for ex in ("linear", "log_linear"):
+        assert res[ex] > res["hold"] - 3.0, res

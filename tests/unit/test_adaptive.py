@@ -457,6 +457,38 @@ def test_auto_extrapolation_on_a_flow_model_is_linear_in_sigma():
         assert torch.equal(outs[sampler, "auto"], outs[sampler, "linear"]), sampler
 
 
+def _euler_re_evaluated(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """Euler that evaluates each step twice at its own sigma, the second time at the same latent (as sa_solver_pece
+    re-evaluates its corrected state at the step's sigma): the same steps as euler."""
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        model(x, sigmas[i] * s_in, **(extra_args or {}))
+        denoised = model(x, sigmas[i] * s_in, **(extra_args or {}))
+        x = x + kdiff.to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+@pytest.mark.parametrize("extrapolation", ["linear", "log_linear", "quadratic"])
+def test_a_second_evaluation_at_the_same_sigma_extrapolates_as_one(setup, extrapolation):
+    """A sampler evaluating twice at a step's sigma (sa_solver_pece) skips as the same sampler evaluating once: the
+    second evaluation replaces the first in the history. Two history entries at one sigma had given every Lagrange
+    weight 0, so a skipped step's direction was 0 and its x0 the noisy latent (sa_solver_pece: 10 dB from the full
+    run inside ComfyUI, 20 dB below holding the direction)."""
+    den, noise, cond = setup
+    n = 20
+    sig = schedules.get_sigmas("karras", n)
+    path = torch.tensor([i % 2 == 0 for i in range(n)])
+    config = AdaptiveConfig(mode="path", path=path, extrapolation=extrapolation)
+    x = noise * sig[0]
+    once, _ = adaptive_sample(kdiff.sample_euler, den, x, sig, config, extra_args={"cond": cond})
+    twice, rep = adaptive_sample(_euler_re_evaluated, den, x, sig, config, extra_args={"cond": cond})
+    assert rep.path_string() == "Cs" * (n // 2) and [r.evals for r in rep.records] == [2] * n
+    assert not rep.notes, rep.notes
+    torch.testing.assert_close(twice, once, rtol=0, atol=1e-5)
+    full = kdiff.sample_euler(den, x, sig, extra_args={"cond": cond})
+    assert float((twice - full).norm() / full.norm()) < 0.1
+
+
 @pytest.mark.parametrize("eta", [1.0, 0.5])
 def test_dpm_2_ancestrals_midpoint_stays_in_its_step(setup, eta):
     """At eta 1 dpm_2_ancestral's midpoint evaluation, between sigma_i and sigma_down in log sigma, lands on sigma_{i+1}
