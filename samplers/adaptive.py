@@ -107,6 +107,14 @@ HOLD_GAP = 1.5
 # HOLD_BELOW_SIGMA and extrapolates linearly above (reuse "hold_below_sigma"). Each was the best of hold throughout,
 # hold below sigma 1, dpmpp_2m_sde's hold after 0.2 in log sigma, euler_ancestral's hold after a long gap and linear
 # that kept as many cells meeting the three checks as linear in both design runs. Flow models keep linear.
+#
+# The noisy samplers only ComfyUI has (dpmpp_3m_sde, sa_solver, sa_solver_pece, seeds_2 / 3, res_multistep_ancestral,
+# exp_heun_2_x0_sde, ddpm, er_sde, dpmpp_2s_ancestral) were given one of these four rules by the same condition, measured
+# inside ComfyUI (``bench adaptive --comfyui-grid --comfyui-reuse-sweep``; design testbed / testbed_hr at 20 / 30 steps,
+# held out on vpred / shapes_eps / shapes_v and at 15 / 25 steps): hold throughout for dpmpp_3m_sde, sa_solver,
+# seeds_2 / 3 and dpmpp_2s_ancestral (which had borrowed dpm_2_ancestral's); dpmpp_2m_sde's for res_multistep_ancestral
+# and exp_heun_2_x0_sde; euler_ancestral's for ddpm and sa_solver_pece. er_sde keeps linear (its candidate lost cells in
+# one held-out run). docs/adaptive.md, "ComfyUI's other samplers".
 
 
 # A sampler with SamplerSupport.low_eta_base (euler_ancestral) run below this eta, which only SamplerCustom's sampler
@@ -575,8 +583,8 @@ class AdaptiveSampling:
         others (noise in the recorded directions, or a step's later evaluations far from its start); fixed at
         the first reuse. A sampler with reuse rule "hold_low_noise" holds below ``HOLD_BELOW_SIGMA`` and from
         ``HOLD_STEP`` in log sigma past the last computed step on top of it (``_direction``), one with
-        "hold_below_sigma" below ``HOLD_BELOW_SIGMA``; one with "hold_always" (dpmpp_sde) holds throughout on eps / v
-        models."""
+        "hold_below_sigma" below ``HOLD_BELOW_SIGMA``; one with "hold_always" (dpmpp_sde and others, ``samplers/support.py``)
+        holds throughout on eps / v models."""
         mode = self.config.extrapolation
         if mode != "auto":
             self.report.extrapolation = mode

@@ -28,10 +28,15 @@ class SamplerSupport:
 
 
 _S = SamplerSupport
-_HOLD = "hold_low_noise"  # samplers.adaptive.HOLD_BELOW_SIGMA / HOLD_STEP: measured on dpmpp_2m_sde, given to variants
-_GAP = "hold_long_gap"  # samplers.adaptive.HOLD_GAP: measured on euler_ancestral
-_BELOW = "hold_below_sigma"  # samplers.adaptive.HOLD_BELOW_SIGMA alone: measured on dpm_2_ancestral
-_ALWAYS = "hold_always"  # the paper's hold throughout (eps / v models): measured on dpmpp_sde
+# each rule was measured on the sampler(s) named; the samplers ComfyUI alone has were given theirs by `comfyui-tempo
+# bench adaptive --comfyui-grid --comfyui-reuse-sweep` (chosen on testbed / testbed_hr, held out on three models and
+# two step counts; docs/adaptive.md, "ComfyUI's other samplers")
+_HOLD = "hold_low_noise"  # samplers.adaptive.HOLD_BELOW_SIGMA / HOLD_STEP: dpmpp_2m_sde (its variants given it),
+# res_multistep_ancestral, exp_heun_2_x0_sde
+_GAP = "hold_long_gap"  # samplers.adaptive.HOLD_GAP: euler_ancestral, ddpm, sa_solver_pece
+_BELOW = "hold_below_sigma"  # samplers.adaptive.HOLD_BELOW_SIGMA alone: dpm_2_ancestral
+_ALWAYS = "hold_always"  # the paper's hold throughout (eps / v models): dpmpp_sde, dpmpp_3m_sde, sa_solver,
+# dpmpp_2s_ancestral, seeds_2, seeds_3
 _MID = (
     "at eta 1 its second evaluation, midway (log sigma) between sigma_i and sigma_down, is at sigma_{i+1}: taken as "
     "the step's, as Heun's"
@@ -42,7 +47,7 @@ SUPPORT: dict[str, SamplerSupport] = {
     "euler": _S(True, "single"),
     "ddim": _S(True, "single", note="ComfyUI's ddim is euler; reusing d is the official eps reuse"),
     "lcm": _S(True, "single", True, "default"),
-    "ddpm": _S(True, "single", True, "default"),
+    "ddpm": _S(True, "single", True, "default", reuse=_GAP),
     "euler_ancestral": _S(True, "single", True, "default", reuse=_GAP, low_eta_base="log_linear"),
     "lms": _S(True, "multistep", respace="final_jump"),
     "dpmpp_2m": _S(True, "multistep"),
@@ -69,12 +74,14 @@ SUPPORT: dict[str, SamplerSupport] = {
     "dpmpp_2m_sde_gpu": _S(True, "multistep", True, "brownian_gpu", reuse=_HOLD),
     "dpmpp_2m_sde_heun": _S(True, "multistep", True, "brownian", reuse=_HOLD),
     "dpmpp_2m_sde_heun_gpu": _S(True, "multistep", True, "brownian_gpu", reuse=_HOLD),
-    "dpmpp_3m_sde": _S(True, "multistep", True, "brownian"),
-    "dpmpp_3m_sde_gpu": _S(True, "multistep", True, "brownian_gpu"),
-    "res_multistep_ancestral": _S(True, "multistep", True, "default"),
+    "dpmpp_3m_sde": _S(True, "multistep", True, "brownian", reuse=_ALWAYS),
+    "dpmpp_3m_sde_gpu": _S(True, "multistep", True, "brownian_gpu", reuse=_ALWAYS),
+    "res_multistep_ancestral": _S(True, "multistep", True, "default", reuse=_HOLD),
     "er_sde": _S(True, "multistep", True, "default"),
-    "sa_solver": _S(True, "multistep", True, "default"),
-    "sa_solver_pece": _S(True, "multistep", True, "default", note="its corrector re-evaluates at the same sigma"),
+    "sa_solver": _S(True, "multistep", True, "default", reuse=_ALWAYS),
+    "sa_solver_pece": _S(
+        True, "multistep", True, "default", note="its corrector re-evaluates at the same sigma", reuse=_GAP
+    ),
     "heun": _S(True, "multi-eval", endpoint_corrector=True),
     "dpm_2": _S(True, "multi-eval", discard_penultimate_sigma=True),
     "dpm_2_ancestral": _S(
@@ -87,11 +94,11 @@ SUPPORT: dict[str, SamplerSupport] = {
         discard_penultimate_sigma=True,
         reuse=_BELOW,
     ),
-    "dpmpp_2s_ancestral": _S(True, "multi-eval", True, "default", endpoint_corrector=True, note=_MID, reuse=_BELOW),
+    "dpmpp_2s_ancestral": _S(True, "multi-eval", True, "default", endpoint_corrector=True, note=_MID, reuse=_ALWAYS),
     "dpmpp_sde": _S(True, "multi-eval", True, "brownian", reuse=_ALWAYS),
     "dpmpp_sde_gpu": _S(True, "multi-eval", True, "brownian_gpu", reuse=_ALWAYS),
-    "seeds_2": _S(True, "multi-eval", True, "default"),
-    "seeds_3": _S(True, "multi-eval", True, "default"),
+    "seeds_2": _S(True, "multi-eval", True, "default", reuse=_ALWAYS),
+    "seeds_3": _S(True, "multi-eval", True, "default", reuse=_ALWAYS),
     "exp_heun_2_x0": _S(
         True,
         "multi-eval",
@@ -105,6 +112,7 @@ SUPPORT: dict[str, SamplerSupport] = {
         "default",
         endpoint_corrector=True,
         note="ComfyUI >= 0.5: seeds_2 with r = 1, its second evaluation is at sigma_{i+1}",
+        reuse=_HOLD,
     ),
     "heunpp2": _S(
         False, "-", note="it evaluates two schedule points ahead (sigma_{i+2}), which crosses step boundaries"
@@ -186,15 +194,17 @@ def support_matrix_markdown() -> str:
         "linear elsewhere (log-linear at s_noise 0, which SamplerCustom can set); where every skip of the plan holds, "
         "the plan adds the injected noise to its cost",
         _GAP: "held 1.5 or more of the run's median steps (in log sigma) from the last computed step (eps / v models), "
-        "linear elsewhere (log-linear below eta 1 or at s_noise 0, which SamplerCustom can set)",
+        "linear elsewhere (sa_solver_pece: log-linear, its first skip coming before it injects noise or evaluates "
+        "twice in a step)",
         _BELOW: "held below sigma 1 (eps / v models), linear elsewhere",
         _ALWAYS: "held throughout, the paper's reuse, the plan adding the injected noise to its cost (eps / v models); "
         "linear on flow models",
     }
+    low_eta = " ({} below eta 1 or at s_noise 0, which SamplerCustom can set)"
     for name, e in SUPPORT.items():
         noise = "regressed out of the estimator" if e.stochastic else "-"
         rows.append(
             f"| `{name}` | {'yes' if e.served else 'no'} | {e.family} | {noise} | {rules.get(e.respace, '-')} "
-            f"| {reuse.get(e.reuse, '-')} | {e.note} |"
+            f"| {reuse.get(e.reuse, '-')}{low_eta.format(e.low_eta_base.replace('_', '-')) if e.low_eta_base else ''} | {e.note} |"
         )
     return "\n".join(rows)

@@ -182,18 +182,33 @@ def test_every_served_samplers_evaluations_stay_in_their_steps(adaptive_result):
         assert computed and set(computed) == {2}, (name, info)
 
 
-def test_the_noisy_two_stage_samplers_hold_under_auto(adaptive_result):
-    """Inside ComfyUI the default's reuse on the eps model: dpmpp_sde (and its GPU twin) hold throughout and plan with
-    the noise they inject, the two-stage ancestral samplers hold below sigma 1, each said in the report as the
-    sampler's rule."""
+def test_every_noisy_sampler_reuses_by_its_rule_under_auto(adaptive_result):
+    """Inside ComfyUI the default's reuse on the eps model, for every served sampler, as its support entry says and
+    the report says it: hold throughout, planned with the noise injected (dpmpp_sde, dpmpp_3m_sde, sa_solver, seeds_2
+    / 3, dpmpp_2s_ancestral, ...), hold below sigma 1 (dpm_2_ancestral), dpmpp_2m_sde's hold below sigma 1 and after a
+    long step (its family, res_multistep_ancestral, exp_heun_2_x0_sde), euler_ancestral's hold after a long gap (ddpm,
+    sa_solver_pece); no rule: linear or log-linear, never a hold (or nothing reused where respace auto re-spaces)."""
     got = adaptive_result["evals"]
-    for name in ("dpmpp_sde", "dpmpp_sde_gpu"):
-        assert got[name]["reuse"] == "hold (auto, the sampler's rule)", (name, got[name]["reuse"])
+    reports = {
+        "hold_always": "hold (auto, the sampler's rule)",
+        "hold_below_sigma": "linear (auto), hold below sigma 1 (the sampler's rule)",
+        "hold_low_noise": "linear (auto), hold below sigma 1 and 0.2 or more in log sigma from the last computed step "
+        "(the sampler's rule)",
+        "hold_long_gap": "hold 1.5 or more of the run's median steps (",
+    }
+    seen = set()
+    for name, info in got.items():
+        rule, text = support.lookup(name).reuse, info["reuse"]
+        if not rule:  # (lms on normal: re-spaced by respace auto, nothing reused)
+            assert text in ("linear (auto)", "log_linear (auto)", "none (re-spaced)"), (name, text)
+            continue
+        seen.add(rule)
+        if rule == "hold_long_gap":  # on linear, or log-linear where the first skip precedes noise (sa_solver_pece)
+            assert text.split(", ")[0] in ("linear (auto)", "log_linear (auto)"), (name, text)
+            assert text.split(", ", 1)[1].startswith(reports[rule]), (name, rule, text)
+        else:
+            assert text.startswith(reports[rule]), (name, rule, text)
         planned = "planned with the injected-noise cost (ancestral): every skip holds the last direction"
-        assert any(n.startswith(planned) for n in got[name]["notes"]), (name, got[name]["notes"])
-    for name in ("dpm_2_ancestral", "dpmpp_2s_ancestral"):
-        assert got[name]["reuse"] == "linear (auto), hold below sigma 1 (the sampler's rule)", (
-            name,
-            got[name]["reuse"],
-        )
+        assert (rule == "hold_always") == any(n.startswith(planned) for n in info["notes"]), (name, info["notes"])
+    assert seen == set(reports)
     assert got["dpm_2"]["reuse"] == "linear (auto)"

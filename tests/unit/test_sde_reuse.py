@@ -54,9 +54,41 @@ def _run(den, x, sig, config, reuse=RULE, flow=False, fn=kdiff.sample_dpmpp_2m_s
     return out, rep, seen
 
 
-def test_the_rule_is_the_dpmpp_2m_sde_familys_only():
-    marked = {n for n, e in support.SUPPORT.items() if e.reuse == "hold_low_noise"}
-    assert marked == {"dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu"}
+# which served sampler has which reuse rule: each measured on its sampler (the ComfyUI-only ones with `bench adaptive
+# --comfyui-grid --comfyui-reuse-sweep`); every other sampler has none
+RULES = {
+    "hold_low_noise": {
+        "dpmpp_2m_sde",
+        "dpmpp_2m_sde_gpu",
+        "dpmpp_2m_sde_heun",
+        "dpmpp_2m_sde_heun_gpu",
+        "res_multistep_ancestral",
+        "exp_heun_2_x0_sde",
+    },
+    "hold_long_gap": {"euler_ancestral", "ddpm", "sa_solver_pece"},
+    "hold_below_sigma": {"dpm_2_ancestral"},
+    "hold_always": {
+        "dpmpp_sde",
+        "dpmpp_sde_gpu",
+        "dpmpp_3m_sde",
+        "dpmpp_3m_sde_gpu",
+        "sa_solver",
+        "dpmpp_2s_ancestral",
+        "seeds_2",
+        "seeds_3",
+    },
+}
+
+
+def test_each_rule_is_its_samplers_only():
+    for rule, names in RULES.items():
+        assert {n for n, e in support.SUPPORT.items() if e.reuse == rule} == names, rule
+    assert {n for n, e in support.SUPPORT.items() if e.reuse} == set().union(*RULES.values())
+    assert all(support.lookup(n).stochastic for names in RULES.values() for n in names)
+
+
+def test_the_rule_is_the_dpmpp_2m_sde_familys():
+    assert {"dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu"} <= RULES[RULE]
     assert RULE == "hold_low_noise"
     assert "held below sigma 1" in support.support_matrix_markdown()
 
@@ -213,7 +245,7 @@ def _arun(den, x, sig, config, reuse=GAP_RULE, flow=False, **kw):
 
 
 def test_the_rule_is_euler_ancestrals():
-    assert {n for n, e in support.SUPPORT.items() if e.reuse == "hold_long_gap"} == {"euler_ancestral"}
+    assert "euler_ancestral" in RULES["hold_long_gap"]
     assert support.adaptive_kwargs("euler_ancestral")["sampler_reuse"] == "hold_long_gap"
     assert "1.5 or more of the run's median steps" in support.support_matrix_markdown()
     assert HOLD_GAP == 1.5
@@ -383,10 +415,7 @@ def test_the_noisy_two_stage_samplers_hold(name, fn, rule):
     plans with the noise it injects (its run is the named hold's planned so; without that plan, the named hold's), and
     the report says both; dpm_2_ancestral holds it below sigma 1 only (its run is an explicit hold below sigma 1's, not
     the named hold's); both lose it without their rule (linear) and keep linear on a flow model."""
-    assert support.lookup(name).reuse == rule
-    assert {n for n, e in support.SUPPORT.items() if e.reuse == rule} == (
-        {"dpmpp_sde", "dpmpp_sde_gpu"} if rule == "hold_always" else {"dpm_2_ancestral", "dpmpp_2s_ancestral"}
-    )
+    assert support.lookup(name).reuse == rule and name in RULES[rule]
     den = CFGDenoiser(make_gmm(), 4.0, 10)
     sig = schedules.get_sigmas("karras", 20)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sig[0]
