@@ -249,15 +249,14 @@ def comfyui_rows(
     import json
     import os
     import subprocess
-    import sys
     import tempfile
 
     from safetensors.torch import save_file
 
+    from .adaptive_comfy_grid import comfyui_python
+
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if python is None:
-        cand = os.path.join(os.path.dirname(os.path.abspath(tree)), "venv", "bin", "python")
-        python = cand if os.path.exists(cand) else sys.executable
+    python = python or comfyui_python(tree)
     with tempfile.TemporaryDirectory(prefix="tempo-bench-") as tmp:
         tensors = os.path.join(tmp, "batch.safetensors")
         save_file({"noise": problem.noise.contiguous(), "cond": problem.cond.contiguous()}, tensors)

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 from ..samplers import kdiff, support
-from .adaptive_grid import MODELS, SCHEDULERS, SUMMARY_COLUMNS, markdown_matrix, summarize
+from .adaptive_grid import MODELS, MORE_SCHEDULERS, SCHEDULERS, SUMMARY_COLUMNS, markdown_matrix, summarize
 from .common import print_table, write_json
 
 #: ComfyUI's twins of a listed sampler (the same function, noise drawn on the device) and ddim (euler in ComfyUI)
@@ -68,6 +68,7 @@ def default_samplers() -> list[str]:
 
 
 def comfyui_python(tree: str) -> str:
+    """The Python that runs the ComfyUI tree: $TEMPO_COMFYUI_PYTHON, else TREE/../venv/bin/python, else this one."""
     cand = os.path.join(os.path.dirname(os.path.abspath(tree)), "venv", "bin", "python")
     return os.environ.get("TEMPO_COMFYUI_PYTHON") or (cand if os.path.exists(cand) else sys.executable)
 
@@ -83,7 +84,7 @@ def comfy_grid_main(args) -> int:
     schedulers = [s for s in args.grid_schedulers.split(",") if s]
     for flag, given, known in (
         ("--grid-models", models, MODELS),
-        ("--grid-schedulers", schedulers, SCHEDULERS),
+        ("--grid-schedulers", schedulers, SCHEDULERS + MORE_SCHEDULERS),
         ("--comfyui-samplers", samplers, [n for n, e in support.SUPPORT.items() if e.served]),
     ):
         unknown = [v for v in given if v not in known]

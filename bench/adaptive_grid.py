@@ -221,19 +221,7 @@ def run_cell(
             psnr = torch.full((ref.shape[0],), float("inf"))
         else:
             psnr = psnr_db(cell.p.decode(out), ref)
-        row = {
-            **base,
-            "method": method,
-            "nfe": nfe,
-            "psnr_db": float(psnr.mean()),
-            "psnr_min_db": float(psnr.min()),
-            "nfe_ratio": full_nfe / nfe if nfe else float("nan"),
-            "wall_s": wall,
-            "setting": setting,
-            "path": rep.path_string() if rep is not None and rep.batch else "",
-            "respaced": bool(getattr(rep, "respaced", False)),
-            **more,
-        }
+        row = grid_row(base, method, psnr, nfe, full_nfe, wall, setting, rep, **more)
         rows.append(row)
         return row
 
@@ -316,6 +304,24 @@ def run_cell(
         f"{db('uniform_skip_linear')} | paper {db('adaptive_paper')} | pace {db('adaptive_pace')}"
     )
     return rows
+
+
+def grid_row(base: dict, method: str, psnr, nfe: float, full_nfe: float, wall: float, setting: str, rep, **more):
+    """One row of the grid (and of the ComfyUI grid): base's cell keys, the method, its per-image PSNR's mean and
+    minimum, NFE and cut against the full run, and the report's path."""
+    return {
+        **base,
+        "method": method,
+        "nfe": nfe,
+        "psnr_db": float(psnr.mean()),
+        "psnr_min_db": float(psnr.min()),
+        "nfe_ratio": full_nfe / nfe if nfe else float("nan"),
+        "wall_s": wall,
+        "setting": setting,
+        "path": rep.path_string() if rep is not None and rep.batch else "",
+        "respaced": bool(getattr(rep, "respaced", False)),
+        **more,
+    }
 
 
 def fewer_steps(cell: Cell, target: int) -> int:

@@ -158,7 +158,7 @@ def grid(job: dict, out_path: str) -> None:
     import torch
 
     _load_pack(job["repo"])
-    from comfyui_tempo.bench.adaptive_grid import HELD_OUT, fewer_steps_for
+    from comfyui_tempo.bench.adaptive_grid import HELD_OUT, fewer_steps_for, grid_row
     from comfyui_tempo.bench.common import psnr_db
     from comfyui_tempo.harness import comfy_testbed
     from comfyui_tempo.nodes import adaptive as adaptive_nodes
@@ -224,20 +224,11 @@ def grid(job: dict, out_path: str) -> None:
 
                     def add(method, img, nfe, wall, setting, report=None):
                         psnr = psnr_db(img, ref) if method != "full" else torch.full((len(ref),), float("inf"))
-                        row = {
-                            **base,
-                            "method": method,
-                            "nfe": nfe,
-                            "psnr_db": float(psnr.mean()),
-                            "psnr_min_db": float(psnr.min()),
-                            "nfe_ratio": full_nfe / nfe if nfe else float("nan"),
-                            "wall_s": wall,
-                            "setting": setting,
-                            "path": report.path_string() if report is not None and report.batch else "",
-                        }
+                        row = grid_row(base, method, psnr, nfe, full_nfe, wall, setting, report)
                         rows.append(row)
                         return row
 
+                    start = len(rows)
                     add("full", ref, full_nfe, full_wall, f"{steps} steps")
                     sink = []
                     wrapped = adaptive_nodes.wrap_sampler(plain(), sampler, AdaptiveConfig(), sink)
@@ -256,9 +247,7 @@ def grid(job: dict, out_path: str) -> None:
                         finally:
                             support.SUPPORT[sampler] = entry
                         add(f"adaptive_rule_{rule}", img, nfe, wall, f"AdaptiveConfig(), reuse rule {rule}", sink[-1])
-                    n_fewer = fewer_steps_for(
-                        lambda n: sigmas(n), max(1, int(round(main_row["nfe"] / (full_nfe / n_run))))
-                    )
+                    n_fewer = fewer_steps_for(sigmas, max(1, int(round(main_row["nfe"] / (full_nfe / n_run)))))
                     img, nfe, wall = sample(plain(), sigmas(n_fewer))
                     add("fewer_steps", img, nfe, wall, f"{n_fewer} steps")
                     every_other = torch.zeros(n_run, dtype=torch.bool)
@@ -267,14 +256,7 @@ def grid(job: dict, out_path: str) -> None:
                     config = AdaptiveConfig(mode="path", path=every_other, extrapolation="hold")
                     img, nfe, wall = sample(adaptive_nodes.wrap_sampler(plain(), sampler, config, sink), sig)
                     add("uniform_skip", img, nfe, wall, "network on every other step, reuse hold", sink[-1])
-                    m = {
-                        r["method"]: r
-                        for r in rows
-                        if r["sampler"] == sampler
-                        and r["model"] == model_name
-                        and r["scheduler"] == scheduler
-                        and r["steps"] == steps
-                    }
+                    m = {r["method"]: r for r in rows[start:]}
                     print(
                         f"  {model_name:11s} {sampler:24s} {scheduler:11s} {steps:3d}: adaptive nfe "
                         f"{m['adaptive']['nfe']:.0f}/{full_nfe:.0f} {m['adaptive']['psnr_db']:.2f} dB | fewer "
