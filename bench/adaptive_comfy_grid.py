@@ -22,7 +22,7 @@ import tempfile
 import time
 
 from ..samplers import kdiff, support
-from .adaptive_grid import MODELS, MORE_SCHEDULERS, SCHEDULERS, SUMMARY_COLUMNS, markdown_matrix, summarize
+from .adaptive_grid import MODELS, MORE_SCHEDULERS, SCHEDULERS, SUMMARY_COLUMNS, _meets, markdown_matrix, summarize
 from .common import print_table, write_json
 
 #: ComfyUI's twins of a listed sampler (the same function, noise drawn on the device) and ddim (euler in ComfyUI)
@@ -46,8 +46,7 @@ def reuse_summary(rows: list[dict], rules: list[str]) -> list[dict]:
         line["cells"] += 1
         for name, method in [("current", "adaptive")] + [(r, f"adaptive_rule_{r}") for r in rules]:
             a = m[method]
-            meets = a["nfe_ratio"] >= 1.95 and a["psnr_db"] > m["fewer_steps"]["psnr_db"]
-            meets = meets and a["psnr_db"] > m["uniform_skip"]["psnr_db"]
+            meets = _meets(a, m)
             acc = line.setdefault(f"_{name}", [0.0, 0])
             acc[0] += a["psnr_db"] - m["uniform_skip"]["psnr_db"]
             acc[1] += int(meets)
