@@ -338,7 +338,8 @@ def add_parser(bench_sub) -> None:
         "--comfyui-grid",
         action="store_true",
         help="the grid's methods (full, adaptive, fewer_steps, uniform_skip) inside the ComfyUI tree of --comfyui, with "
-        "its own samplers, on --grid-models x --comfyui-samplers x --grid-schedulers at --grid-steps",
+        "its own samplers, on --grid-models x --comfyui-samplers x --grid-schedulers at --grid-steps (with --grid-respace "
+        "also adaptive_skip and adaptive_respaced)",
     )
     p.add_argument(
         "--comfyui-samplers",
@@ -351,6 +352,12 @@ def add_parser(bench_sub) -> None:
         default="",
         help="with --comfyui-grid: also run the default with the sampler's reuse rule replaced by each of none, "
         "hold_low_noise, hold_below_sigma, hold_long_gap, hold_always (adaptive_rule_NAME); a table per sampler",
+    )
+    p.add_argument(
+        "--comfyui-respace-sweep",
+        default="",
+        help="with --comfyui-grid: also run the default with the sampler's re-spacing rule replaced by each of none, "
+        "final_jump, min_steps, even (adaptive_respace_NAME); a table per sampler",
     )
     p.add_argument("--overhead", action="store_true", help="the controller's cost per step (SD1.5 / SDXL latents)")
     p.add_argument(

@@ -33,6 +33,31 @@ TWINS = {"ddim", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde_gpu"
 REUSE_RULES = ["none", "hold_low_noise", "hold_below_sigma", "hold_long_gap", "hold_always"]
 
 
+#: --comfyui-respace-sweep's names: none (skip) and SamplerSupport.respace's rules
+RESPACE_RULES = ["none", "final_jump", "min_steps", "even", "chunks", "chunks_whole"]
+
+
+def respace_summary(rows: list[dict], rules: list[str]) -> list[dict]:
+    """Per sampler and step count: each re-spacing rule's mean dB minus the default as it is and minus fewer steps,
+    and cells meeting the three checks (the default's first)."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        cells = out.setdefault((r["sampler"], r["steps"]), {})
+        cells.setdefault((r["model"], r["scheduler"], r["cfg"]), {})[r["method"]] = r
+    table = []
+    for (sampler, steps), cells in out.items():
+        row = {"sampler": sampler, "steps": steps, "cells": len(cells)}
+        row["default meets"] = sum(_meets(m["adaptive"], m) for m in cells.values())
+        for rule in rules:
+            ms = [(m[f"adaptive_respace_{rule}"], m) for m in cells.values()]
+            row[f"{rule} - default"] = f"{sum(a['psnr_db'] - m['adaptive']['psnr_db'] for a, m in ms) / len(ms):+.2f}"
+            row[f"{rule} - default, above"] = sum(a["psnr_db"] > m["adaptive"]["psnr_db"] for a, m in ms)
+            row[f"{rule} - fewer"] = f"{sum(a['psnr_db'] - m['fewer_steps']['psnr_db'] for a, m in ms) / len(ms):+.2f}"
+            row[f"{rule} meets"] = sum(_meets(a, m) for a, m in ms)
+        table.append(row)
+    return table
+
+
 def reuse_summary(rows: list[dict], rules: list[str]) -> list[dict]:
     """Per sampler and step count: each rule's (and the sampler's current rule's) mean dB minus uniform skipping and
     cells meeting the three checks (cut >= 1.95x, above fewer steps, above uniform skipping)."""
@@ -103,11 +128,19 @@ def comfy_grid_main(args) -> int:
         "seeds": args.seeds or 1,
         "threads": args.threads or 1,
         "reuses": [r for r in args.comfyui_reuse_sweep.split(",") if r],
+        "respace": bool(args.grid_respace),
+        "respaces": [r for r in args.comfyui_respace_sweep.split(",") if r],
     }
     bad = [r for r in job["reuses"] if r not in REUSE_RULES]
     if bad:
         raise SystemExit(
             f"--comfyui-reuse-sweep: {', '.join(map(repr, bad))} unknown; expected names from {', '.join(REUSE_RULES)}"
+        )
+    bad = [r for r in job["respaces"] if r not in RESPACE_RULES]
+    if bad:
+        raise SystemExit(
+            f"--comfyui-respace-sweep: {', '.join(map(repr, bad))} unknown; expected names from "
+            f"{', '.join(RESPACE_RULES)}"
         )
     t0 = time.perf_counter()
     print(
@@ -161,6 +194,13 @@ def comfy_grid_main(args) -> int:
             "meeting the three checks) over the models and schedulers run; 'current' is the sampler's own rule:"
         )
         print_table(result["reuse_sweep"], list(result["reuse_sweep"][0]))
+    if job["respaces"]:
+        result["respace_sweep"] = respace_summary(rows, job["respaces"])
+        print(
+            "\nthe default with each re-spacing rule in place of the sampler's own: mean dB minus the default as it "
+            "is and minus fewer steps, cells above the default, cells meeting the three checks:"
+        )
+        print_table(result["respace_sweep"], list(result["respace_sweep"][0]))
     result["markdown"] = markdown_matrix(summary, args.grid_steps, args.cfg)
     if args.json:
         write_json(args.json, result)

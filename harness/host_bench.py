@@ -9,7 +9,8 @@ reuse_threshold bisected to land on the pack's NFE. NFE = real network calls, co
 hook on the network (skipped calls never reach it). PSNR is on decoded images against ComfyUI's full run.
 
 A job of kind "grid" (``comfyui-tempo bench adaptive --comfyui-grid``) runs the generalisation grid's methods
-instead (full, adaptive, fewer_steps, uniform_skip; ``bench/adaptive_grid.py``) for each model, scheduler, step
+instead (full, adaptive, fewer_steps, uniform_skip; with ``respace`` adaptive_skip and adaptive_respaced too;
+``bench/adaptive_grid.py``) for each model, scheduler, step
 count and sampler, with ComfyUI's sampler functions and sigmas (its KSampler's) on the testbeds built as ComfyUI
 MODELs (``harness/comfy_testbed.py``), and writes rows in the grid's format.
 """
@@ -247,6 +248,24 @@ def grid(job: dict, out_path: str) -> None:
                         finally:
                             support.SUPPORT[sampler] = entry
                         add(f"adaptive_rule_{rule}", img, nfe, wall, f"AdaptiveConfig(), reuse rule {rule}", sink[-1])
+                    for rule in job.get("respaces", ()):  # the default with the sampler's re-spacing rule replaced
+                        entry = support.SUPPORT[sampler]
+                        support.SUPPORT[sampler] = dataclasses.replace(entry, respace="" if rule == "none" else rule)
+                        try:
+                            sink = []
+                            img, nfe, wall = sample(
+                                adaptive_nodes.wrap_sampler(plain(), sampler, AdaptiveConfig(), sink), sig
+                            )
+                        finally:
+                            support.SUPPORT[sampler] = entry
+                        setting = f"AdaptiveConfig(), respace rule {rule}"
+                        add(f"adaptive_respace_{rule}", img, nfe, wall, setting, sink[-1])
+                    if job.get("respace"):  # the default's planned path skipped and re-spaced, as the pack's grid
+                        for method, how in (("adaptive_skip", "off"), ("adaptive_respaced", "on")):
+                            sink = []
+                            config = AdaptiveConfig(respace=how)
+                            img, nfe, wall = sample(adaptive_nodes.wrap_sampler(plain(), sampler, config, sink), sig)
+                            add(method, img, nfe, wall, f"AdaptiveConfig(respace={how!r})", sink[-1])
                     n_fewer = fewer_steps_for(sigmas, max(1, int(round(main_row["nfe"] / (full_nfe / n_run)))))
                     img, nfe, wall = sample(plain(), sigmas(n_fewer))
                     add("fewer_steps", img, nfe, wall, f"{n_fewer} steps")

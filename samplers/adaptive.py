@@ -58,7 +58,7 @@ from .adaptive_config import (  # noqa: F401  (re-exported: the settings live th
     target_skips,
 )
 from .kdiff import CountingDenoiser
-from .respace import auto_respace, respaced_sample
+from .respace import SPREADS, auto_respace, respaced_sample
 from .skip_plan import NOISE_FORMS, default_plan, holds_every_skip
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 
@@ -912,6 +912,7 @@ def adaptive_sample(
                 planned,
                 mode=config.mode,
                 reason=reason,
+                spread=SPREADS.get(sampler_respace, "") if config.respace == "auto" else "",
                 extra_args=extra_args,
                 callback=callback,
                 disable=disable,

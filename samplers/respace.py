@@ -30,6 +30,68 @@ def respaced_indices(path) -> list[int]:
     return [i for i, run in enumerate(path) if run] + [len(path)]
 
 
+def even_indices(sigmas, k: int) -> list[int]:
+    """Indices into the schedule's sigmas nearest to ``even_sigmas``'s: the steps an even re-spacing covers, for
+    the report and the progress bar (k step starts, then the schedule's end)."""
+    n = len(sigmas) - 1
+    if not 1 <= k <= n:
+        raise ValueError(f"re-spacing over the schedule: expected 1 to {n} steps, got {k}")
+    if float(sigmas[-1]) == 0:  # k points over the nonzero sigmas, the last step to sigma 0
+        return [int(round(j * (n - 1) / (k - 1))) if k > 1 else 0 for j in range(k)] + [n]
+    return [int(round(j * n / k)) for j in range(k)] + [n]
+
+
+def chunk_indices(sigmas, k: int) -> list[int]:
+    """The step starts nearest j n / k (k runs of about n / k consecutive steps), then the schedule's end."""
+    n = len(sigmas) - 1
+    if not 1 <= k <= n:
+        raise ValueError(f"re-spacing over the schedule: expected 1 to {n} steps, got {k}")
+    return [int(round(j * n / k)) for j in range(k)] + [n]
+
+
+def even_sigmas(sigmas, k: int) -> torch.Tensor:
+    """k steps spread evenly in index over the schedule: log sigma interpolated at evenly spaced positions over its
+    nonzero sigmas, first and last kept, then the final sigma (0 or, with denoise below 1, its last one). As close
+    to the scheduler's own k-step schedule as the sigmas alone allow: exactly it for exponential, within
+    interpolation for the others (karras, normal, simple, ...)."""
+    s = torch.as_tensor(sigmas)
+    n = len(s) - 1
+    if not 1 <= k <= n:
+        raise ValueError(f"re-spacing over the schedule: expected 1 to {n} steps, got {k}")
+    to_zero = float(s[-1]) == 0
+    body = (s[:-1] if to_zero else s).double()
+    points = k if to_zero else k + 1
+    pos = torch.linspace(0, len(body) - 1, points, dtype=torch.float64)
+    lo = pos.floor().long().clamp(max=len(body) - 1)
+    hi = (lo + 1).clamp(max=len(body) - 1)
+    w = pos - lo
+    logs = body.log()
+    out = torch.exp(logs[lo] * (1 - w) + logs[hi] * w)
+    out[0], out[-1] = body[0], body[-1]
+    if to_zero:
+        out = torch.cat([out, out.new_zeros(1)])
+    return out.to(s.dtype)
+
+
+#: the re-spacing rules that spread the planned number of steps over the schedule, and how
+SPREADS = {"even": "even", "chunks": "chunks", "chunks_whole": "chunks"}
+
+
+def default_path_as_run(rule: str, sigmas, planned) -> torch.Tensor:
+    """The path the default runs re-spaced under ``rule``: its planned path, or for a rule of ``SPREADS`` the steps
+    it spreads its planned count over (``chunk_indices``; "even": the steps nearest its interpolated sigmas). For
+    the calibration's ``RESPACED_DEFAULT`` candidate and its fallback, so that they are the default as it runs."""
+    planned = torch.as_tensor(planned, dtype=torch.bool).flatten()
+    spread = SPREADS.get(rule, "")
+    if not spread:
+        return planned
+    n, k = len(sigmas) - 1, int(planned.sum())
+    keep = (chunk_indices if spread == "chunks" else even_indices)(sigmas, k)
+    path = torch.zeros(n, dtype=torch.bool)
+    path[keep[:-1]] = True
+    return path
+
+
 FINAL_JUMP = 2.5  # auto: the schedule's last step this many times the step before it calls for re-spacing
 
 
@@ -61,6 +123,15 @@ def auto_respace(rule: str, flow: bool, sigmas=None, computed: int | None = None
     * ``"min_steps"`` (UniPC, third order, whose corrector would also take the reused prediction as an
       evaluation): the re-spaced run keeps at least ``MIN_RESPACED_STEPS`` steps (2x from 40 steps), where its
       error has fallen below the reuse error of skipping.
+    * ``"chunks_whole"`` (dpmpp_3m_sde, third order and stochastic, whose two-deep history takes a reused
+      prediction badly): where the plan's computed steps divide the schedule (2x at an even step count), the run
+      takes that many runs of equal length, consecutive steps merged (``chunk_indices``: every other sigma at 2x),
+      not the planned steps; else it skips. Chosen and tested inside ComfyUI (docs/adaptive.md, "ComfyUI's other
+      samplers").
+    * ``"even"`` / ``"chunks"``: always, the planned count spread over the schedule (``even_sigmas`` /
+      ``chunk_indices``). Measured for dpmpp_3m_sde (``--comfyui-grid --comfyui-respace-sweep even,chunks``) and
+      given to no sampler: chunks won on the design models at 20 / 30 steps and lost cells at 15 / 25, where one
+      run is longer than the others.
     """
     if not rule or flow or sigmas is None:
         return False, ""
@@ -71,6 +142,17 @@ def auto_respace(rule: str, flow: bool, sigmas=None, computed: int | None = None
                 f"respace auto: this sampler on a schedule whose last step is {jump:.1f}x the one before it "
                 "(skipping measured below re-spacing there)"
             )
+    elif rule == "chunks_whole":
+        if sigmas is not None and computed and (len(sigmas) - 1) % computed == 0:
+            return True, (
+                f"respace auto: this sampler on {computed} runs of {(len(sigmas) - 1) // computed} consecutive steps "
+                "(skipping measured below it there)"
+            )
+    elif rule in ("even", "chunks"):
+        return True, (
+            f"respace auto: this sampler on its planned number of steps spread over the schedule ({rule}; skipping "
+            "measured below it there)"
+        )
     elif rule == "min_steps":
         if computed is not None and computed >= MIN_RESPACED_STEPS:
             return True, (
@@ -78,7 +160,9 @@ def auto_respace(rule: str, flow: bool, sigmas=None, computed: int | None = None
                 "re-spacing measured above skipping)"
             )
     else:
-        raise ValueError(f"respace rule: expected '', 'final_jump' or 'min_steps', got {rule!r}")
+        raise ValueError(
+            f"respace rule: expected '', 'final_jump', 'min_steps', 'even', 'chunks' or 'chunks_whole', got {rule!r}"
+        )
     return False, ""
 
 
@@ -126,17 +210,29 @@ def respaced_sample(
     *,
     mode: str = "target",
     reason: str = "",
+    spread: str = "",
     extra_args: dict | None = None,
     callback: Callable | None = None,
     disable=None,
     **sampler_options,
 ):
-    """Run ``sampler_fn`` on the sigmas of ``path``'s computed steps; returns (x, SkipReport). The report's path
-    is ``path`` (a dropped step shows as skipped), its NFE what the network ran, and a note says it re-spaced."""
+    """Run ``sampler_fn`` on the sigmas of ``path``'s computed steps; returns (x, SkipReport). spread "even" or
+    "chunks": on as many steps as ``path`` computes, spread over the schedule instead (``even_sigmas``,
+    ``chunk_indices``). The report's path is ``path`` (spread: the steps run or nearest the ones run; a dropped step
+    shows as skipped), its NFE what the network ran, and a note says it re-spaced."""
     t0 = time.perf_counter()
-    keep = respaced_indices(path)
     n = len(sigmas) - 1
-    sub = sigmas[keep]
+    k = int(torch.as_tensor(path).sum())
+    if spread == "even":
+        keep, sub = even_indices(sigmas, k), even_sigmas(sigmas, k).to(sigmas)
+    elif spread == "chunks":
+        keep = chunk_indices(sigmas, k)
+        sub = sigmas[keep]
+    elif not spread:
+        keep = respaced_indices(path)
+        sub = sigmas[keep]
+    else:
+        raise ValueError(f"spread: expected '', 'even' or 'chunks', got {spread!r}")
     counting = CountingDenoiser(model)
     marks: list[int] = []
     plan_s = time.perf_counter() - t0
@@ -165,7 +261,11 @@ def respaced_sample(
     rep.controller_seconds = plan_s
     rep.respaced = True
     rep.notes.append(
-        f"re-spaced: the sampler ran on {steps_run} of the schedule's {n} steps (the planned ones), nothing reused"
+        f"re-spaced: the sampler ran on {steps_run} of the schedule's {n} steps "
+        + {"even": "(spread evenly over it)", "chunks": "(runs of consecutive steps merged)"}.get(
+            spread, "(the planned ones)"
+        )
+        + ", nothing reused"
         + (f"; {reason}" if reason else "")
         + " (respace = off skips instead)"
     )

@@ -59,7 +59,8 @@ def test_the_seven_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snippe
 
 def test_comfyui_grid_command_writes_the_grids_rows(comfy_install, comfy_base, tmp_path):
     """The command, run under the host's Python: two ComfyUI-only samplers on one model and scheduler; each cell
-    has the grid's four methods, the default's NFE cut, a summary line with the three checks."""
+    has the grid's four methods, the default's NFE cut, a summary line with the three checks, and with
+    --grid-respace the default's path skipped and re-spaced."""
     out = tmp_path / "grid.json"
     env = dict(
         os.environ,
@@ -86,6 +87,9 @@ def test_comfyui_grid_command_writes_the_grids_rows(comfy_install, comfy_base, t
         "12",
         "--classes",
         "2",
+        "--grid-respace",
+        "--comfyui-respace-sweep",
+        "chunks",
         "--json",
         str(out),
     ]
@@ -94,16 +98,27 @@ def test_comfyui_grid_command_writes_the_grids_rows(comfy_install, comfy_base, t
     result = json.loads(out.read_text())
     rows = result["rows"]
     cells = {(r["sampler"], r["method"]): r for r in rows}
-    assert len(rows) == 8 and all(r["host"] == "comfyui" and r["model"] == "shapes_v" for r in rows)
+    assert len(rows) == 14 and all(r["host"] == "comfyui" and r["model"] == "shapes_v" for r in rows)
     for sampler, evals in (("deis", 1), ("seeds_2", 2)):
         full, ada = cells[(sampler, "full")], cells[(sampler, "adaptive")]
         assert full["nfe"] == 12 * evals - (evals - 1)  # seeds_2's last step to sigma 0 is one evaluation
         assert ada["nfe"] <= full["nfe"] / 1.95 + 1 and ada["path"].count("C") == 6
         assert cells[(sampler, "uniform_skip")]["path"] == "Cs" * 6
         assert cells[(sampler, "fewer_steps")]["setting"] == f"{ada['path'].count('C')} steps"
-        for method in ("adaptive", "fewer_steps", "uniform_skip"):
+        for method in ("adaptive", "fewer_steps", "uniform_skip", "adaptive_respaced"):
             assert 0 < cells[(sampler, method)]["psnr_db"] < 200
+        skip, respaced = cells[(sampler, "adaptive_skip")], cells[(sampler, "adaptive_respaced")]
+        assert skip["psnr_db"] == ada["psnr_db"] and not skip["respaced"]  # neither sampler re-spaces under auto
+        assert respaced["respaced"] and respaced["path"] == ada["path"] and respaced["psnr_db"] != ada["psnr_db"]
+        assert respaced["nfe"] <= ada["nfe"]  # seeds_2: a re-spaced last step to sigma 0 is one evaluation
+        chunks = cells[(sampler, "adaptive_respace_chunks")]  # the default with the "chunks" rule in place
+        assert chunks["respaced"] and chunks["path"] == "Cs" * 6 and 0 < chunks["psnr_db"] < 200
     assert {s["sampler"]: s["ok"] in ("yes", "NO") for s in result["summary"]} == {"deis": True, "seeds_2": True}
+    assert all(isinstance(s["respaced_vs_skip"], float) for s in result["summary"])
+    assert [(r["sampler"], r["chunks meets"] in (0, 1)) for r in result["respace_sweep"]] == [
+        ("deis", True),
+        ("seeds_2", True),
+    ]
     assert result["meta"]["comfyui"] not in ("", "?")
     assert "cells meet the three checks" in proc.stdout
 
@@ -117,7 +132,9 @@ def test_comfyui_grid_without_a_tree_says_what_it_needs(comfy_install, comfy_bas
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("bad", ["--grid-models nope", "--comfyui-samplers euler_cfg_pp"])
+@pytest.mark.parametrize(
+    "bad", ["--grid-models nope", "--comfyui-samplers euler_cfg_pp", "--comfyui-respace-sweep sometimes"]
+)
 def test_comfyui_grid_names_a_bad_name(comfy_install, comfy_base, tmp_path, bad):
     env = dict(os.environ, PYTHONPATH=str(comfy_base / "custom_nodes"))
     flag, value = bad.split()

@@ -5,7 +5,16 @@ import torch
 
 from comfyui_tempo.samplers import kdiff, schedules, support
 from comfyui_tempo.samplers.adaptive import AdaptiveConfig, AdaptiveConfigError, adaptive_sample
-from comfyui_tempo.samplers.respace import FINAL_JUMP, auto_respace, final_jump, respaced_indices
+from comfyui_tempo.samplers.respace import (
+    FINAL_JUMP,
+    auto_respace,
+    chunk_indices,
+    default_path_as_run,
+    even_indices,
+    even_sigmas,
+    final_jump,
+    respaced_indices,
+)
 from comfyui_tempo.testbed.exact import CFGDenoiser, GaussianMixtureDenoiser
 
 
@@ -183,6 +192,16 @@ def test_support_table_marks_lms_and_unipc():
     assert rules == {"lms": "final_jump", "uni_pc": "min_steps", "uni_pc_bh2": "min_steps"}
 
 
+def test_the_default_as_it_runs_re_spaced_is_its_spread_path():
+    """The calibration's re-spaced default: the planned path for lms / uni_pc, the chunks for dpmpp_3m_sde."""
+    sig = schedules.get_sigmas("karras", 20)
+    planned = torch.tensor([True, True, False, True, False, False] + [True, False] * 7)
+    assert torch.equal(default_path_as_run("final_jump", sig, planned), planned)
+    assert default_path_as_run("chunks_whole", sig, planned).tolist() == [True, False] * 10
+    even = default_path_as_run("even", sig, planned)
+    assert int(even.sum()) == 10 and even.nonzero().flatten().tolist() == even_indices(sig, 10)[:-1]
+
+
 def test_plot_of_a_respaced_run_names_the_dropped_steps(setup):
     """The skip plot's legend says dropped steps were merged, not reused (the legend row differs from a skip run's)."""
     from comfyui_tempo.samplers.plot import plot_report
@@ -198,3 +217,98 @@ def test_plot_of_a_respaced_run_names_the_dropped_steps(setup):
     assert imgs[0].shape == imgs[1].shape == (240, 640, 3)
     legend = slice(24, 35)  # the legend row under the title
     assert not (imgs[0][legend] == imgs[1][legend]).all()
+
+
+@pytest.mark.parametrize("scheduler", ["exponential", "karras", "normal", "simple", "beta"])
+@pytest.mark.parametrize("n,k", [(20, 10), (30, 15), (25, 7)])
+def test_even_sigmas_spread_k_steps_over_the_schedule(scheduler, n, k):
+    """k + 1 sigmas, falling, first and last nonzero sigma and the final 0 kept; on exponential the scheduler's own
+    k-step schedule, on karras within interpolation of it; the indices nearest them rise from 0 to n."""
+    sig = schedules.get_sigmas(scheduler, n)
+    ev = even_sigmas(sig, k)
+    assert len(ev) == k + 1 and float(ev[-1]) == 0 and bool((ev[:-2] > ev[1:-1]).all())
+    assert float(ev[0]) == float(sig[0]) and float(ev[-2]) == float(sig[-2])
+    own = schedules.get_sigmas(scheduler, k)
+    gap = float((ev[:-1].log() - own[:-1].log()).abs().max())
+    if scheduler in ("exponential", "karras"):
+        assert gap < {"exponential": 1e-5, "karras": 0.01}[scheduler], gap
+    idx = even_indices(sig, k)
+    assert len(idx) == k + 1 and idx[0] == 0 and idx[-1] == n and idx == sorted(set(idx))
+    # each index is the schedule's sigma nearest (in index) the even one: within one step of it
+    for i, s in zip(idx[:-1], ev[:-1]):
+        assert float(sig[min(i + 1, n - 1)]) <= float(s) * (1 + 1e-6) and float(s) <= float(sig[max(i - 1, 0)]) * (
+            1 + 1e-6
+        )
+
+
+def test_even_sigmas_of_a_partial_schedule_keep_its_last_sigma():
+    sig = schedules.get_sigmas("karras", 20)[6:]  # denoise below 1 ends on a nonzero sigma after a split
+    ev = even_sigmas(sig[:-1], 5)  # a schedule ending above 0
+    assert len(ev) == 6 and float(ev[0]) == float(sig[0]) and float(ev[-1]) == float(sig[-2]) > 0
+    assert even_indices(sig[:-1], 5)[-1] == len(sig) - 2
+    for bad in (0, len(sig)):  # 1 to the schedule's steps
+        with pytest.raises(ValueError, match="re-spacing over the schedule"):
+            even_sigmas(sig, bad)
+
+
+def test_auto_with_the_even_rule_runs_the_planned_count_spread_evenly(setup):
+    """A sampler marked "even": auto runs it on as many steps as the plan computes, spread evenly (bit-identical to
+    the sampler on even_sigmas), and says so; respace off skips; a flow model keeps skipping."""
+    den, noise, extra = setup
+    sig = schedules.get_sigmas("simple", 20)
+    fn = kdiff.SAMPLERS["dpmpp_2m"]
+    _, skipped = adaptive_sample(fn, den, noise * sig[0], sig, AdaptiveConfig(respace="off"), extra_args=extra)
+    out, rep = adaptive_sample(fn, den, noise * sig[0], sig, AdaptiveConfig(), extra_args=extra, sampler_respace="even")
+    k = skipped.path_string().count("C")
+    counting = kdiff.CountingDenoiser(den)
+    ref = fn(counting, noise * sig[0], even_sigmas(sig, k), extra_args=extra)
+    assert torch.equal(out, ref) and rep.respaced and rep.nfe == counting.nfe == k
+    assert "spread evenly" in rep.summary() and "respace auto" in rep.summary()
+    assert [i for i, c in enumerate(rep.path_string()) if c == "C"] == even_indices(sig, k)[:-1]
+    assert rep.path_string() != skipped.path_string()  # the planned path is not the even one here
+    _, on = adaptive_sample(
+        fn, den, noise * sig[0], sig, AdaptiveConfig(respace="on"), extra_args=extra, sampler_respace="even"
+    )
+    assert on.path_string() == skipped.path_string() and "the planned ones" in on.summary()
+    _, off = adaptive_sample(
+        fn, den, noise * sig[0], sig, AdaptiveConfig(respace="off"), extra_args=extra, sampler_respace="even"
+    )
+    assert not off.respaced
+    assert auto_respace("even", flow=False, sigmas=sig)[0] and not auto_respace("even", flow=True, sigmas=sig)[0]
+
+
+def test_chunks_merge_runs_of_consecutive_steps(setup):
+    """chunk_indices: k step starts nearest j n / k (every other step at n = 2k), then the end; a sampler marked
+    "chunks" runs on those sigmas of the schedule under auto, bit-identical to the sampler on them."""
+    sig = schedules.get_sigmas("simple", 20)
+    assert chunk_indices(sig, 10) == list(range(0, 21, 2))
+    assert chunk_indices(sig, 7) == [0, 3, 6, 9, 11, 14, 17, 20]
+    with pytest.raises(ValueError, match="re-spacing over the schedule"):
+        chunk_indices(sig, 21)
+    den, noise, extra = setup
+    fn = kdiff.SAMPLERS["dpmpp_2m"]
+    out, rep = adaptive_sample(
+        fn, den, noise * sig[0], sig, AdaptiveConfig(), extra_args=extra, sampler_respace="chunks"
+    )
+    ref = fn(den, noise * sig[0], sig[chunk_indices(sig, 10)], extra_args=extra)
+    assert torch.equal(out, ref) and rep.respaced and rep.path_string() == "Cs" * 10
+    assert "runs of consecutive steps merged" in rep.summary() and "(chunks;" in rep.summary()
+
+
+@pytest.mark.parametrize("steps,respaced", [(20, True), (15, False), (30, True)])
+def test_chunks_whole_respaces_only_where_the_chunks_are_equal(setup, steps, respaced):
+    """chunks_whole: runs of n / k consecutive steps where n / k is whole (2x at an even step count), else the
+    planned skips as without a rule."""
+    den, noise, extra = setup
+    sig = schedules.get_sigmas("karras", steps)
+    fn = kdiff.SAMPLERS["dpmpp_2m"]
+    out, rep = adaptive_sample(
+        fn, den, noise * sig[0], sig, AdaptiveConfig(), extra_args=extra, sampler_respace="chunks_whole"
+    )
+    plain, skipped = adaptive_sample(fn, den, noise * sig[0], sig, AdaptiveConfig(), extra_args=extra)
+    assert rep.respaced == respaced
+    if respaced:
+        assert rep.path_string() == "Cs" * (steps // 2) and "runs of 2 consecutive steps" in rep.summary()
+        assert torch.equal(out, fn(den, noise * sig[0], sig[::2] if steps % 2 == 0 else sig, extra_args=extra))
+    else:
+        assert torch.equal(out, plain) and rep.path_string() == skipped.path_string()
