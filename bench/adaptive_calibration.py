@@ -17,7 +17,7 @@ import torch
 from ..samplers import kdiff, schedules, support
 from ..samplers.adaptive import EXTRAPOLATIONS, AdaptiveConfig, adaptive_sample
 from ..samplers.calibrate import calibrate_path, greedy_skip_paths, search_label, skips_for_speedup, vote_path
-from ..samplers.respace import auto_respace
+from ..samplers.respace import auto_respace, default_path_as_run
 from ..samplers.skip_profile import SkipProfile, save_profile
 from ..testbed.problems import Problem
 from .common import print_table, psnr_db, write_json
@@ -115,7 +115,10 @@ def calibrate(
         **(starts or {}),
     }
     # where the uncalibrated default re-spaces (respace auto) it competes as it runs, re-spaced (as in the node)
-    respaced = auto_respace(support.lookup(sampler).respace, _is_flow(problem), r.sig, steps - skips)[0]
+    rule = support.lookup(sampler).respace
+    respaced = auto_respace(rule, _is_flow(problem), r.sig, steps - skips)[0]
+    if respaced and "default" in starts:  # the default as it runs (a spreading rule runs other steps than planned)
+        starts["default"] = default_path_as_run(rule, r.sig, starts["default"])
     g = calibrate_path(
         r.errors_of(idx, ref),
         len(idx),

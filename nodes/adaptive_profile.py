@@ -22,7 +22,7 @@ from comfy_api.latest import io, ui
 from ..samplers import support
 from ..samplers.adaptive import EXTRAPOLATIONS, AdaptiveConfig
 from ..samplers.calibrate import CalibrationError, calibrate_path, search_label, skips_for_speedup
-from ..samplers.respace import auto_respace
+from ..samplers.respace import auto_respace, default_path_as_run
 from ..samplers.skip_profile import SUFFIX, ProfileError, SkipProfile, load_profile, save_profile
 from . import compat, files, inputs
 from .adaptive import CATEGORY, PROFILE, _check_sampler_name, _check_scheduler, wrap_sampler
@@ -207,10 +207,13 @@ def calibrate_in_comfy(
         expect(n_p, trial.shape[0])
         return torch.cat([cal.errors(p, refs[i], trial[:, i * n_s], respace) for i, p in enumerate(prompts)], 1)
 
-    # where the uncalibrated default re-spaces (respace auto: lms on normal, uni_pc from 20 computed steps) the
-    # default competes as it runs, re-spaced
+    # where the uncalibrated default re-spaces (respace auto: lms on normal, uni_pc from 20 computed steps,
+    # dpmpp_3m_sde at an even step count) the default competes as it runs, re-spaced
     flow = model_kind(model) == "flow"
-    respaced, _ = auto_respace(support.lookup(sampler_name).respace, flow, sigmas.cpu(), steps - skips)
+    rule = support.lookup(sampler_name).respace
+    respaced, _ = auto_respace(rule, flow, sigmas.cpu(), steps - skips)
+    if respaced and skips:
+        starts["default"] = default_path_as_run(rule, sigmas.cpu(), starts["default"])
 
     def validate(rows):  # errors_of over whole prompts (rows p * seeds .. p * seeds + seeds - 1), in order
         chosen = sorted({r // n_s for r in rows})

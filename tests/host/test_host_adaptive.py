@@ -92,6 +92,16 @@ with torch.inference_mode():
         rep = sink[-1]
         result["evals"][name] = {"steps": len(ks.sigmas) - 1, "evals": [r.evals for r in rep.records],
                                  "path": rep.path_string(), "notes": list(rep.notes), "reuse": rep.extrapolation}
+    # dpmpp_3m_sde at an odd step count: 7 of 15 steps do not divide the schedule, so it skips (respace rule
+    # chunks_whole re-spaces at an even count, as "evals" above at 20)
+    ks = comfy.samplers.KSampler(model, 15, model.load_device, "dpmpp_3m_sde", "karras", 1.0, model.model_options)
+    sink = []
+    sampler = adaptive_nodes.wrap_sampler(comfy.samplers.sampler_object("dpmpp_3m_sde"), "dpmpp_3m_sde",
+                                          AdaptiveConfig(), sink)
+    noise = comfy.sample.prepare_noise(lat["samples"], 3)
+    comfy.sample.sample_custom(model, noise, 5.0, sampler, ks.sigmas, pos, neg, lat["samples"], seed=3)
+    result["dpmpp_3m_sde_15"] = {"path": sink[-1].path_string(), "respaced": sink[-1].respaced,
+                                 "reuse": sink[-1].extrapolation}
     for name in ["dpm_fast", "heunpp2", "euler_cfg_pp"]:
         result["errors"][name] = adaptive_nodes.AdaptiveKSampler.validate_inputs(sampler_name=name)
         try:
@@ -199,6 +209,9 @@ def test_every_noisy_sampler_reuses_by_its_rule_under_auto(adaptive_result):
     seen = set()
     for name, info in got.items():
         rule, text = support.lookup(name).reuse, info["reuse"]
+        if support.lookup(name).respace == "chunks_whole":  # dpmpp_3m_sde at 20 steps: re-spaced, nothing reused
+            assert text == "none (re-spaced)", (name, text)
+            continue
         if not rule:  # (lms on normal: re-spaced by respace auto, nothing reused)
             assert text in ("linear (auto)", "log_linear (auto)", "none (re-spaced)"), (name, text)
             continue
@@ -212,3 +225,14 @@ def test_every_noisy_sampler_reuses_by_its_rule_under_auto(adaptive_result):
         assert (rule == "hold_always") == any(n.startswith(planned) for n in info["notes"]), (name, info["notes"])
     assert seen == set(reports)
     assert got["dpm_2"]["reuse"] == "linear (auto)"
+
+
+def test_dpmpp_3m_sde_re_spaces_in_runs_of_two_at_an_even_step_count(adaptive_result):
+    """Its respace rule inside ComfyUI: at 20 steps (10 computed) every other sigma, nothing reused, the report says
+    why; at 15 steps (7 computed, no equal runs) it skips with its hold, as before the rule."""
+    for name in ("dpmpp_3m_sde", "dpmpp_3m_sde_gpu"):
+        info = adaptive_result["evals"][name]
+        assert info["path"] == "Cs" * 10 and info["reuse"] == "none (re-spaced)", (name, info)
+        assert any("on 10 runs of 2 consecutive steps" in n for n in info["notes"]), (name, info["notes"])
+    odd = adaptive_result["dpmpp_3m_sde_15"]
+    assert not odd["respaced"] and odd["path"].count("C") == 7 and odd["reuse"].startswith("hold (auto"), odd

@@ -249,13 +249,13 @@ lat = {"samples": torch.zeros(1, 4, 8, 8)}
 S = skip_settings()
 result = {}
 with torch.inference_mode():
-    for sampler, sched in (("lms", "normal"), ("euler", "karras")):
+    for sampler, sched in (("lms", "normal"), ("euler", "karras"), ("dpmpp_3m_sde", "karras")):
         prof = adaptive_profile.calibrate_in_comfy(model, prompts, neg, lat, 1, 12, 5.0, sampler, sched, 2.0, "auto")
         out = adaptive_nodes.AdaptiveKSampler.execute(model, 1, 12, 5.0, sampler, sched, prompts[0], neg, lat, 1.0,
                                                       profile=prof, **S)
         text = out.ui.as_dict()["text"][0] if hasattr(out.ui, "as_dict") else str(out.ui)
         result[sampler] = {"candidates": prof.candidates, "respace": prof.respace, "search": prof.search,
-                           "summary": prof.summary(), "text": text}
+                           "summary": prof.summary(), "text": text, "path": list(prof.path)}
     checked = adaptive_profile.calibrate_in_comfy(model, prompts, neg, lat, 1, 12, 5.0, "lms", "normal", 2.0, "auto",
                                                   check=True)
     result["check"] = {k: v for k, v in checked.validation.items() if k != "fold_paths"}
@@ -271,7 +271,8 @@ RESULT = result
 
 def test_calibrate_weighs_the_default_as_it_runs_respaced(comfy_snippet):
     """lms on normal, where respace auto re-spaces the uncalibrated default: the default competes re-spaced, the gain
-    is reported against it, and a profile it wins runs re-spaced; on euler / karras nothing changes."""
+    is reported against it, and a profile it wins runs re-spaced; on euler / karras nothing changes. dpmpp_3m_sde at
+    12 steps re-spaces in runs of two: its re-spaced default is every other step, and a profile it wins is that."""
     r = comfy_snippet(RESPACE_SNIPPET, timeout=600)
     lms, euler = r["lms"], r["euler"]
     assert "default (re-spaced)" in lms["candidates"] and "default" in lms["candidates"], lms
@@ -281,6 +282,10 @@ def test_calibrate_weighs_the_default_as_it_runs_respaced(comfy_snippet):
     assert "default (re-spaced)" not in euler["candidates"] and not euler["respace"], euler
     assert "re-spaced" not in euler["text"], euler["text"]
     assert "re-spaced" in r["marked"] and "NFE 6" in r["marked"], r["marked"]
+    m3 = r["dpmpp_3m_sde"]
+    assert "default (re-spaced)" in m3["candidates"] and "over the default (re-spaced)" in m3["summary"], m3
+    if m3["respace"]:
+        assert m3["search"] == "default (re-spaced)" and m3["path"] == [True, False] * 6, m3
     # the check measures its fallback, the default, as it runs: re-spaced (unless that default won outright)
     v = r["check"]
     assert v.get("fallback_respaced") or "re-spaced" in v.get("note", ""), v

@@ -187,9 +187,26 @@ def test_bad_respace_names_the_input():
         AdaptiveConfig(respace="sometimes").validate()
 
 
-def test_support_table_marks_lms_and_unipc():
+def test_support_table_marks_lms_unipc_and_dpmpp_3m_sde():
     rules = {n: e.respace for n, e in support.SUPPORT.items() if e.respace}
-    assert rules == {"lms": "final_jump", "uni_pc": "min_steps", "uni_pc_bh2": "min_steps"}
+    assert rules == {
+        "lms": "final_jump",
+        "uni_pc": "min_steps",
+        "uni_pc_bh2": "min_steps",
+        "dpmpp_3m_sde": "chunks_whole",
+        "dpmpp_3m_sde_gpu": "chunks_whole",
+    }
+    assert "where the plan's steps divide the schedule" in support.support_matrix_markdown()
+
+
+def test_the_default_as_it_runs_re_spaced_is_its_spread_path():
+    """The calibration's re-spaced default: the planned path for lms / uni_pc, the chunks for dpmpp_3m_sde."""
+    sig = schedules.get_sigmas("karras", 20)
+    planned = torch.tensor([True, True, False, True, False, False] + [True, False] * 7)
+    assert torch.equal(default_path_as_run("final_jump", sig, planned), planned)
+    assert default_path_as_run("chunks_whole", sig, planned).tolist() == [True, False] * 10
+    even = default_path_as_run("even", sig, planned)
+    assert int(even.sum()) == 10 and even.nonzero().flatten().tolist() == even_indices(sig, 10)[:-1]
 
 
 def test_the_default_as_it_runs_re_spaced_is_its_spread_path():
