@@ -921,6 +921,8 @@ def adaptive_sample(
             rep.notes[:0] = ctl.report.notes
             rep.controller_seconds += ctl.report.controller_seconds
             return out, rep
+        if reason:  # auto did not re-space, and says why (dpmpp_3m_sde at an odd step count)
+            ctl.report.notes.append(reason)
     if noise_sampler is not None:
         sampler_options["noise_sampler"] = noise_sampler if off else ctl.record_noise(noise_sampler)
     out = sampler_fn(ctl, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **sampler_options)

@@ -134,7 +134,7 @@ def auto_respace(rule: str, flow: bool, sigmas=None, computed: int | None = None
       run is longer than the others.
     """
     if not rule or flow or sigmas is None:
-        return False, ""
+        return False, ""  # (a False with a reason: not re-spaced, and the report says why)
     if rule == "final_jump":
         jump = final_jump(sigmas)
         if jump >= FINAL_JUMP:
@@ -143,11 +143,16 @@ def auto_respace(rule: str, flow: bool, sigmas=None, computed: int | None = None
                 "(skipping measured below re-spacing there)"
             )
     elif rule == "chunks_whole":
-        if sigmas is not None and computed and (len(sigmas) - 1) % computed == 0:
+        n = len(sigmas) - 1
+        if computed and n % computed == 0:
             return True, (
-                f"respace auto: this sampler on {computed} runs of {(len(sigmas) - 1) // computed} consecutive steps "
+                f"respace auto: this sampler on {computed} runs of {n // computed} consecutive steps "
                 "(skipping measured below it there)"
             )
+        return False, (  # not re-spaced, but said: the report's note
+            f"respace auto: this sampler re-spaces where its computed steps divide the schedule's (2x at an even step "
+            f"count, measured better than skipping); {computed} of {n} do not, so it skips"
+        )
     elif rule in ("even", "chunks"):
         return True, (
             f"respace auto: this sampler on its planned number of steps spread over the schedule ({rule}; skipping "

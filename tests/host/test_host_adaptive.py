@@ -101,7 +101,7 @@ with torch.inference_mode():
     noise = comfy.sample.prepare_noise(lat["samples"], 3)
     comfy.sample.sample_custom(model, noise, 5.0, sampler, ks.sigmas, pos, neg, lat["samples"], seed=3)
     result["dpmpp_3m_sde_15"] = {"path": sink[-1].path_string(), "respaced": sink[-1].respaced,
-                                 "reuse": sink[-1].extrapolation}
+                                 "reuse": sink[-1].extrapolation, "text": sink[-1].summary()}
     for name in ["dpm_fast", "heunpp2", "euler_cfg_pp"]:
         result["errors"][name] = adaptive_nodes.AdaptiveKSampler.validate_inputs(sampler_name=name)
         try:
@@ -236,3 +236,4 @@ def test_dpmpp_3m_sde_re_spaces_in_runs_of_two_at_an_even_step_count(adaptive_re
         assert any("on 10 runs of 2 consecutive steps" in n for n in info["notes"]), (name, info["notes"])
     odd = adaptive_result["dpmpp_3m_sde_15"]
     assert not odd["respaced"] and odd["path"].count("C") == 7 and odd["reuse"].startswith("hold (auto"), odd
+    assert "7 of 15 do not, so it skips" in odd["text"], odd["text"]  # the report says why it did not re-space

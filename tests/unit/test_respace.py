@@ -209,16 +209,6 @@ def test_the_default_as_it_runs_re_spaced_is_its_spread_path():
     assert int(even.sum()) == 10 and even.nonzero().flatten().tolist() == even_indices(sig, 10)[:-1]
 
 
-def test_the_default_as_it_runs_re_spaced_is_its_spread_path():
-    """The calibration's re-spaced default: the planned path for lms / uni_pc, the chunks for dpmpp_3m_sde."""
-    sig = schedules.get_sigmas("karras", 20)
-    planned = torch.tensor([True, True, False, True, False, False] + [True, False] * 7)
-    assert torch.equal(default_path_as_run("final_jump", sig, planned), planned)
-    assert default_path_as_run("chunks_whole", sig, planned).tolist() == [True, False] * 10
-    even = default_path_as_run("even", sig, planned)
-    assert int(even.sum()) == 10 and even.nonzero().flatten().tolist() == even_indices(sig, 10)[:-1]
-
-
 def test_plot_of_a_respaced_run_names_the_dropped_steps(setup):
     """The skip plot's legend says dropped steps were merged, not reused (the legend row differs from a skip run's)."""
     from comfyui_tempo.samplers.plot import plot_report
@@ -329,3 +319,5 @@ def test_chunks_whole_respaces_only_where_the_chunks_are_equal(setup, steps, res
         assert torch.equal(out, fn(den, noise * sig[0], sig[::2] if steps % 2 == 0 else sig, extra_args=extra))
     else:
         assert torch.equal(out, plain) and rep.path_string() == skipped.path_string()
+        assert any(f"{steps // 2} of {steps} do not, so it skips" in n for n in rep.notes), rep.notes
+        assert not any("do not, so it skips" in n for n in skipped.notes)
