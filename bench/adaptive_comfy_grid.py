@@ -37,6 +37,15 @@ REUSE_RULES = ["none", "hold_low_noise", "hold_below_sigma", "hold_long_gap", "h
 RESPACE_RULES = ["none", "final_jump", "min_steps", "even", "chunks", "chunks_whole"]
 
 
+#: what each sweep's table shows, for its heading
+SWEEP_TEXT = {
+    "reuse": "reuse rule in place of the sampler's own: mean dB minus uniform skipping (cells meeting the three "
+    "checks) over the models and schedulers run; 'current' is the sampler's own rule",
+    "respace": "re-spacing rule in place of the sampler's own: mean dB minus the default as it is and minus fewer "
+    "steps, cells above the default, cells meeting the three checks",
+}
+
+
 def respace_summary(rows: list[dict], rules: list[str]) -> list[dict]:
     """Per sampler and step count: each re-spacing rule's mean dB minus the default as it is and minus fewer steps,
     and cells meeting the three checks (the default's first)."""
@@ -187,20 +196,15 @@ def comfy_grid_main(args) -> int:
     print_table(result["per_sampler"], ["sampler", "meets", "cells"])
     passed = sum(1 for s in summary if s["ok"] == "yes")
     print(f"\n{passed} of {len(summary)} cells meet the three checks (ComfyUI {host['meta']['comfyui']})")
-    if job["reuses"]:
-        result["reuse_sweep"] = reuse_summary(rows, job["reuses"])
-        print(
-            "\nthe default with each reuse rule in place of the sampler's own: mean dB minus uniform skipping (cells "
-            "meeting the three checks) over the models and schedulers run; 'current' is the sampler's own rule:"
-        )
-        print_table(result["reuse_sweep"], list(result["reuse_sweep"][0]))
-    if job["respaces"]:
-        result["respace_sweep"] = respace_summary(rows, job["respaces"])
-        print(
-            "\nthe default with each re-spacing rule in place of the sampler's own: mean dB minus the default as it "
-            "is and minus fewer steps, cells above the default, cells meeting the three checks:"
-        )
-        print_table(result["respace_sweep"], list(result["respace_sweep"][0]))
+    sweeps = (
+        ("reuse_sweep", reuse_summary, job["reuses"], SWEEP_TEXT["reuse"]),
+        ("respace_sweep", respace_summary, job["respaces"], SWEEP_TEXT["respace"]),
+    )
+    for key, table, rules, what in sweeps:
+        if rules:
+            result[key] = table(rows, rules)
+            print(f"\nthe default with each {what}:")
+            print_table(result[key], list(result[key][0]))
     result["markdown"] = markdown_matrix(summary, args.grid_steps, args.cfg)
     if args.json:
         write_json(args.json, result)

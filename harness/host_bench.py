@@ -237,9 +237,11 @@ def grid(job: dict, out_path: str) -> None:
                     main_row = add(
                         "adaptive", img, nfe, wall, "AdaptiveConfig() (target 2x, planner schedule)", sink[-1]
                     )
-                    for rule in job.get("reuses", ()):  # the default with the sampler's reuse rule replaced
+                    swept = [("reuse", r, "adaptive_rule_") for r in job.get("reuses", ())]
+                    swept += [("respace", r, "adaptive_respace_") for r in job.get("respaces", ())]
+                    for field, rule, prefix in swept:  # the default with one of the sampler's rules replaced
                         entry = support.SUPPORT[sampler]
-                        support.SUPPORT[sampler] = dataclasses.replace(entry, reuse="" if rule == "none" else rule)
+                        support.SUPPORT[sampler] = dataclasses.replace(entry, **{field: "" if rule == "none" else rule})
                         try:
                             sink = []
                             img, nfe, wall = sample(
@@ -247,19 +249,7 @@ def grid(job: dict, out_path: str) -> None:
                             )
                         finally:
                             support.SUPPORT[sampler] = entry
-                        add(f"adaptive_rule_{rule}", img, nfe, wall, f"AdaptiveConfig(), reuse rule {rule}", sink[-1])
-                    for rule in job.get("respaces", ()):  # the default with the sampler's re-spacing rule replaced
-                        entry = support.SUPPORT[sampler]
-                        support.SUPPORT[sampler] = dataclasses.replace(entry, respace="" if rule == "none" else rule)
-                        try:
-                            sink = []
-                            img, nfe, wall = sample(
-                                adaptive_nodes.wrap_sampler(plain(), sampler, AdaptiveConfig(), sink), sig
-                            )
-                        finally:
-                            support.SUPPORT[sampler] = entry
-                        setting = f"AdaptiveConfig(), respace rule {rule}"
-                        add(f"adaptive_respace_{rule}", img, nfe, wall, setting, sink[-1])
+                        add(prefix + rule, img, nfe, wall, f"AdaptiveConfig(), {field} rule {rule}", sink[-1])
                     if job.get("respace"):  # the default's planned path skipped and re-spaced, as the pack's grid
                         for method, how in (("adaptive_skip", "off"), ("adaptive_respaced", "on")):
                             sink = []
