@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from ..samplers import kdiff, support
+from ..samplers import kdiff, respace, support
 from .adaptive_grid import MODELS, MORE_SCHEDULERS, SCHEDULERS, SUMMARY_COLUMNS, _meets, markdown_matrix, summarize
 from .common import print_table, write_json
 
@@ -34,7 +34,7 @@ REUSE_RULES = ["none", "hold_low_noise", "hold_below_sigma", "hold_long_gap", "h
 
 
 #: --comfyui-respace-sweep's names: none (skip) and SamplerSupport.respace's rules
-RESPACE_RULES = ["none", "final_jump", "min_steps", "even", "chunks", "chunks_whole"]
+RESPACE_RULES = ["none", "final_jump", "min_steps", *respace.SPREADS]
 
 
 #: what each sweep's table shows, for its heading

@@ -178,8 +178,8 @@ def adaptive_inputs() -> list:
             "direction reused); on runs the sampler on the planned steps' sigmas alone (the schedule re-spaced, "
             "nothing reused, the same NFE); auto (default) re-spaces where skipping measured worse, on eps and v "
             "models: lms with the normal scheduler (a schedule ending in a long step), uni_pc and uni_pc_bh2 from 20 "
-            "computed steps (2x at 40 steps or more), dpmpp_3m_sde where its computed steps divide the schedule (2x "
-            "at an even step count: every other sigma, not the planned ones). The report says when it re-spaced.",
+            "computed steps (2x at 40 steps or more), dpmpp_3m_sde always, in runs of consecutive steps (every other "
+            "sigma at 2x and an even step count), not on the planned ones. The report says when it re-spaced.",
         ),
         PROFILE.Input(
             "profile",

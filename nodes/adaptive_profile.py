@@ -208,7 +208,7 @@ def calibrate_in_comfy(
         return torch.cat([cal.errors(p, refs[i], trial[:, i * n_s], respace) for i, p in enumerate(prompts)], 1)
 
     # where the uncalibrated default re-spaces (respace auto: lms on normal, uni_pc from 20 computed steps,
-    # dpmpp_3m_sde at an even step count) the default competes as it runs, re-spaced
+    # dpmpp_3m_sde) the default competes as it runs, re-spaced
     flow = model_kind(model) == "flow"
     rule = support.lookup(sampler_name).respace
     respaced, _ = auto_respace(rule, flow, sigmas.cpu(), steps - skips)

@@ -49,6 +49,20 @@ def chunk_indices(sigmas, k: int) -> list[int]:
     return [int(round(j * n / k)) for j in range(k)] + [n]
 
 
+def ordered_chunk_indices(sigmas, k: int, long_first: bool) -> list[int]:
+    """k runs of consecutive steps whose lengths differ by one at most, the longer ones first (long_first) or last;
+    where k divides the steps, ``chunk_indices``."""
+    n = len(sigmas) - 1
+    if not 1 <= k <= n:
+        raise ValueError(f"re-spacing over the schedule: expected 1 to {n} steps, got {k}")
+    q, r = divmod(n, k)
+    lengths = [q + 1] * r + [q] * (k - r) if long_first else [q] * (k - r) + [q + 1] * r
+    starts = [0]
+    for length in lengths[:-1]:
+        starts.append(starts[-1] + length)
+    return starts + [n]
+
+
 def even_sigmas(sigmas, k: int) -> torch.Tensor:
     """k steps spread evenly in index over the schedule: log sigma interpolated at evenly spaced positions over its
     nonzero sigmas, first and last kept, then the final sigma (0 or, with denoise below 1, its last one). As close
@@ -74,7 +88,13 @@ def even_sigmas(sigmas, k: int) -> torch.Tensor:
 
 
 #: the re-spacing rules that spread the planned number of steps over the schedule, and how
-SPREADS = {"even": "even", "chunks": "chunks", "chunks_whole": "chunks"}
+SPREADS = {
+    "even": "even",
+    "chunks": "chunks",
+    "chunks_whole": "chunks",
+    "chunks_long_first": "long_first",
+    "chunks_long_last": "long_last",
+}
 
 
 def default_path_as_run(rule: str, sigmas, planned) -> torch.Tensor:
@@ -86,10 +106,20 @@ def default_path_as_run(rule: str, sigmas, planned) -> torch.Tensor:
     if not spread:
         return planned
     n, k = len(sigmas) - 1, int(planned.sum())
-    keep = (chunk_indices if spread == "chunks" else even_indices)(sigmas, k)
+    keep = _spread_indices(spread, sigmas, k)
     path = torch.zeros(n, dtype=torch.bool)
     path[keep[:-1]] = True
     return path
+
+
+def _spread_indices(spread: str, sigmas, k: int) -> list[int]:
+    if spread == "even":
+        return even_indices(sigmas, k)
+    if spread == "chunks":
+        return chunk_indices(sigmas, k)
+    if spread in ("long_first", "long_last"):
+        return ordered_chunk_indices(sigmas, k, spread == "long_first")
+    raise ValueError(f"spread: expected '', 'even', 'chunks', 'long_first' or 'long_last', got {spread!r}")
 
 
 FINAL_JUMP = 2.5  # auto: the schedule's last step this many times the step before it calls for re-spacing
@@ -123,11 +153,14 @@ def auto_respace(rule: str, flow: bool, sigmas=None, computed: int | None = None
     * ``"min_steps"`` (UniPC, third order, whose corrector would also take the reused prediction as an
       evaluation): the re-spaced run keeps at least ``MIN_RESPACED_STEPS`` steps (2x from 40 steps), where its
       error has fallen below the reuse error of skipping.
-    * ``"chunks_whole"`` (dpmpp_3m_sde, third order and stochastic, whose two-deep history takes a reused
-      prediction badly): where the plan's computed steps divide the schedule (2x at an even step count), the run
-      takes that many runs of equal length, consecutive steps merged (``chunk_indices``: every other sigma at 2x),
-      not the planned steps; else it skips. Chosen and tested inside ComfyUI (docs/adaptive.md, "ComfyUI's other
-      samplers").
+    * ``"chunks_long_last"`` (dpmpp_3m_sde, third order and stochastic, whose two-deep history takes a reused
+      prediction badly): always, the plan's number of computed steps as runs of consecutive steps merged, not the
+      planned steps; equal runs where they divide the schedule (every other sigma at 2x and an even step count), else
+      runs one step longer at the end (``ordered_chunk_indices``). Chosen and tested inside ComfyUI (docs/adaptive.md,
+      "ComfyUI's other samplers"). ``"chunks_long_first"`` puts the longer runs first (measured, given to no
+      sampler).
+    * ``"chunks_whole"``: where the computed steps divide the schedule, equal runs; else skip (dpmpp_3m_sde's rule
+      before the odd step counts were measured).
     * ``"even"`` / ``"chunks"``: always, the planned count spread over the schedule (``even_sigmas`` /
       ``chunk_indices``). Measured for dpmpp_3m_sde (``--comfyui-grid --comfyui-respace-sweep even,chunks``) and
       given to no sampler: chunks won on the design models at 20 / 30 steps and lost cells at 15 / 25, where one
@@ -153,6 +186,12 @@ def auto_respace(rule: str, flow: bool, sigmas=None, computed: int | None = None
             f"respace auto: this sampler re-spaces where its computed steps divide the schedule's (2x at an even step "
             f"count, measured better than skipping); {computed} of {n} do not, so it skips"
         )
+    elif rule in ("chunks_long_first", "chunks_long_last"):
+        if computed:
+            q, r = divmod(len(sigmas) - 1, computed)
+            runs = f"{computed} runs of {q}" + (f" or {q + 1}" if r else "") + " consecutive steps"
+            where = ", the longer " + rule.rsplit("_", 1)[1] if r else ""
+            return True, f"respace auto: this sampler on {runs}{where} (skipping measured below it there)"
     elif rule in ("even", "chunks"):
         return True, (
             f"respace auto: this sampler on its planned number of steps spread over the schedule ({rule}; skipping "
@@ -166,7 +205,7 @@ def auto_respace(rule: str, flow: bool, sigmas=None, computed: int | None = None
             )
     else:
         raise ValueError(
-            f"respace rule: expected '', 'final_jump', 'min_steps', 'even', 'chunks' or 'chunks_whole', got {rule!r}"
+            f"respace rule: expected '', 'final_jump', 'min_steps' or one of {', '.join(SPREADS)}, got {rule!r}"
         )
     return False, ""
 
@@ -230,14 +269,9 @@ def respaced_sample(
     k = int(torch.as_tensor(path).sum())
     if spread == "even":
         keep, sub = even_indices(sigmas, k), even_sigmas(sigmas, k).to(sigmas)
-    elif spread == "chunks":
-        keep = chunk_indices(sigmas, k)
-        sub = sigmas[keep]
-    elif not spread:
-        keep = respaced_indices(path)
-        sub = sigmas[keep]
     else:
-        raise ValueError(f"spread: expected '', 'even' or 'chunks', got {spread!r}")
+        keep = _spread_indices(spread, sigmas, k) if spread else respaced_indices(path)
+        sub = sigmas[keep]
     counting = CountingDenoiser(model)
     marks: list[int] = []
     plan_s = time.perf_counter() - t0
@@ -267,8 +301,8 @@ def respaced_sample(
     rep.respaced = True
     rep.notes.append(
         f"re-spaced: the sampler ran on {steps_run} of the schedule's {n} steps "
-        + {"even": "(spread evenly over it)", "chunks": "(runs of consecutive steps merged)"}.get(
-            spread, "(the planned ones)"
+        + {"": "(the planned ones)", "even": "(spread evenly over it)"}.get(
+            spread, "(runs of consecutive steps merged)"
         )
         + ", nothing reused"
         + (f"; {reason}" if reason else "")

@@ -74,8 +74,8 @@ SUPPORT: dict[str, SamplerSupport] = {
     "dpmpp_2m_sde_gpu": _S(True, "multistep", True, "brownian_gpu", reuse=_HOLD),
     "dpmpp_2m_sde_heun": _S(True, "multistep", True, "brownian", reuse=_HOLD),
     "dpmpp_2m_sde_heun_gpu": _S(True, "multistep", True, "brownian_gpu", reuse=_HOLD),
-    "dpmpp_3m_sde": _S(True, "multistep", True, "brownian", reuse=_ALWAYS, respace="chunks_whole"),
-    "dpmpp_3m_sde_gpu": _S(True, "multistep", True, "brownian_gpu", reuse=_ALWAYS, respace="chunks_whole"),
+    "dpmpp_3m_sde": _S(True, "multistep", True, "brownian", reuse=_ALWAYS, respace="chunks_long_last"),
+    "dpmpp_3m_sde_gpu": _S(True, "multistep", True, "brownian_gpu", reuse=_ALWAYS, respace="chunks_long_last"),
     "res_multistep_ancestral": _S(True, "multistep", True, "default", reuse=_HOLD),
     "er_sde": _S(True, "multistep", True, "default"),
     "sa_solver": _S(True, "multistep", True, "default", reuse=_ALWAYS),
@@ -191,8 +191,8 @@ def support_matrix_markdown() -> str:
     rules = {
         "final_jump": "on a schedule ending in a long step (normal)",
         "min_steps": "from 20 steps computed",
-        "chunks_whole": "where the plan's steps divide the schedule (2x at an even step count): runs of consecutive "
-        "steps merged, every other sigma at 2x",
+        "chunks_long_last": "always: the plan's number of steps as runs of consecutive steps merged, equal where they "
+        "divide the schedule (every other sigma at 2x and an even step count), else the longer runs last",
     }
     reuse = {
         _HOLD: "held below sigma 1 and 0.2 or more in log sigma from the last computed step (eps / v models), "

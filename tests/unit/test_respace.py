@@ -13,6 +13,7 @@ from comfyui_tempo.samplers.respace import (
     even_indices,
     even_sigmas,
     final_jump,
+    ordered_chunk_indices,
     respaced_indices,
 )
 from comfyui_tempo.testbed.exact import CFGDenoiser, GaussianMixtureDenoiser
@@ -193,18 +194,23 @@ def test_support_table_marks_lms_unipc_and_dpmpp_3m_sde():
         "lms": "final_jump",
         "uni_pc": "min_steps",
         "uni_pc_bh2": "min_steps",
-        "dpmpp_3m_sde": "chunks_whole",
-        "dpmpp_3m_sde_gpu": "chunks_whole",
+        "dpmpp_3m_sde": "chunks_long_last",
+        "dpmpp_3m_sde_gpu": "chunks_long_last",
     }
-    assert "where the plan's steps divide the schedule" in support.support_matrix_markdown()
+    assert "else the longer runs last" in support.support_matrix_markdown()
 
 
 def test_the_default_as_it_runs_re_spaced_is_its_spread_path():
-    """The calibration's re-spaced default: the planned path for lms / uni_pc, the chunks for dpmpp_3m_sde."""
+    """The calibration's re-spaced default: the planned path for lms / uni_pc, the runs for dpmpp_3m_sde (a run of
+    three last at an odd step count)."""
     sig = schedules.get_sigmas("karras", 20)
     planned = torch.tensor([True, True, False, True, False, False] + [True, False] * 7)
     assert torch.equal(default_path_as_run("final_jump", sig, planned), planned)
     assert default_path_as_run("chunks_whole", sig, planned).tolist() == [True, False] * 10
+    odd = default_path_as_run(
+        "chunks_long_last", schedules.get_sigmas("karras", 15), torch.tensor([True] * 7 + [False] * 8)
+    )
+    assert odd.tolist() == [True, False] * 6 + [True, False, False]
     even = default_path_as_run("even", sig, planned)
     assert int(even.sum()) == 10 and even.nonzero().flatten().tolist() == even_indices(sig, 10)[:-1]
 
@@ -321,3 +327,40 @@ def test_chunks_whole_respaces_only_where_the_chunks_are_equal(setup, steps, res
         assert torch.equal(out, plain) and rep.path_string() == skipped.path_string()
         assert any(f"{steps // 2} of {steps} do not, so it skips" in n for n in rep.notes), rep.notes
         assert not any("do not, so it skips" in n for n in skipped.notes)
+
+
+@pytest.mark.parametrize(
+    "n,k,first,last",
+    [
+        (15, 7, [0, 3, 5, 7, 9, 11, 13, 15], [0, 2, 4, 6, 8, 10, 12, 15]),
+        (25, 12, [0, 3] + list(range(5, 26, 2)), list(range(0, 23, 2)) + [25]),
+        (20, 10, list(range(0, 21, 2)), list(range(0, 21, 2))),
+        (20, 7, [0, 3, 6, 9, 12, 15, 18, 20], [0, 2, 5, 8, 11, 14, 17, 20]),
+    ],
+)
+def test_ordered_chunks_put_the_longer_runs_at_one_end(n, k, first, last):
+    """k runs whose lengths differ by one at most, the longer ones first or last; equal runs where k divides n."""
+    sig = schedules.get_sigmas("karras", n)
+    assert ordered_chunk_indices(sig, k, True) == first
+    assert ordered_chunk_indices(sig, k, False) == last
+    if n % k == 0:
+        assert first == last == chunk_indices(sig, k)
+    with pytest.raises(ValueError, match="re-spacing over the schedule"):
+        ordered_chunk_indices(sig, 0, True)
+
+
+def test_chunks_long_last_respaces_at_every_step_count(setup):
+    """dpmpp_3m_sde's rule: at 15 steps 7 runs, the one of three last; at 20 every other sigma; the report says so."""
+    den, noise, extra = setup
+    fn = kdiff.SAMPLERS["dpmpp_2m"]
+    for steps, path, runs in (
+        (15, "Cs" * 6 + "Css", "7 runs of 2 or 3 consecutive steps, the longer last"),
+        (20, "Cs" * 10, "10 runs of 2 consecutive steps"),
+    ):
+        sig = schedules.get_sigmas("karras", steps)
+        out, rep = adaptive_sample(
+            fn, den, noise * sig[0], sig, AdaptiveConfig(), extra_args=extra, sampler_respace="chunks_long_last"
+        )
+        keep = [i for i, c in enumerate(path) if c == "C"] + [steps]
+        assert rep.respaced and rep.path_string() == path and runs in rep.summary(), rep.summary()
+        assert torch.equal(out, fn(den, noise * sig[0], sig[keep], extra_args=extra))
