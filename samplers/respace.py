@@ -141,7 +141,8 @@ MIN_RESPACED_STEPS = 20  # auto, UniPC: re-space once the re-spaced run keeps th
 
 
 def auto_respace(rule: str, flow: bool, sigmas=None, computed: int | None = None) -> tuple[bool, str]:
-    """Whether mode target re-spaces by default, and why (the report's note).
+    """Whether mode target re-spaces by default, and why (the report's note; a reason with False, where a rule
+    does not apply, goes into the report too).
 
     ``rule`` is the sampler's ``SamplerSupport.respace``. The rules, chosen on the design models (testbed,
     testbed_hr, flow; `comfyui-tempo bench adaptive --grid --grid-respace` at 20, 30, 40 and 50 steps), apply to
@@ -167,7 +168,7 @@ def auto_respace(rule: str, flow: bool, sigmas=None, computed: int | None = None
       run is longer than the others.
     """
     if not rule or flow or sigmas is None:
-        return False, ""  # (a False with a reason: not re-spaced, and the report says why)
+        return False, ""
     if rule == "final_jump":
         jump = final_jump(sigmas)
         if jump >= FINAL_JUMP:
@@ -182,7 +183,7 @@ def auto_respace(rule: str, flow: bool, sigmas=None, computed: int | None = None
                 f"respace auto: this sampler on {computed} runs of {n // computed} consecutive steps "
                 "(skipping measured below it there)"
             )
-        return False, (  # not re-spaced, but said: the report's note
+        return False, (
             f"respace auto: this sampler re-spaces where its computed steps divide the schedule's (2x at an even step "
             f"count, measured better than skipping); {computed} of {n} do not, so it skips"
         )
