@@ -357,7 +357,8 @@ def add_parser(bench_sub) -> None:
         "--comfyui-respace-sweep",
         default="",
         help="with --comfyui-grid: also run the default with the sampler's re-spacing rule replaced by each of none, "
-        "final_jump, min_steps, even (adaptive_respace_NAME); a table per sampler",
+        "final_jump, min_steps, even, chunks, chunks_whole, chunks_long_first, chunks_long_last (adaptive_respace_NAME); "
+        "a table per sampler",
     )
     p.add_argument("--overhead", action="store_true", help="the controller's cost per step (SD1.5 / SDXL latents)")
     p.add_argument(
