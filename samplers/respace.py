@@ -30,31 +30,33 @@ def respaced_indices(path) -> list[int]:
     return [i for i, run in enumerate(path) if run] + [len(path)]
 
 
-def even_indices(sigmas, k: int) -> list[int]:
-    """Indices into the schedule's sigmas nearest to ``even_sigmas``'s: the steps an even re-spacing covers, for
-    the report and the progress bar (k step starts, then the schedule's end)."""
+def _steps(sigmas, k: int) -> int:
+    """The schedule's step count n, checking that k steps spread over it is 1 to n."""
     n = len(sigmas) - 1
     if not 1 <= k <= n:
         raise ValueError(f"re-spacing over the schedule: expected 1 to {n} steps, got {k}")
+    return n
+
+
+def even_indices(sigmas, k: int) -> list[int]:
+    """Indices into the schedule's sigmas nearest to ``even_sigmas``'s: the steps an even re-spacing covers, for
+    the report and the progress bar (k step starts, then the schedule's end)."""
+    n = _steps(sigmas, k)
     if float(sigmas[-1]) == 0:  # k points over the nonzero sigmas, the last step to sigma 0
         return [int(round(j * (n - 1) / (k - 1))) if k > 1 else 0 for j in range(k)] + [n]
-    return [int(round(j * n / k)) for j in range(k)] + [n]
+    return chunk_indices(sigmas, k)  # all sigmas nonzero: k + 1 points over all of them
 
 
 def chunk_indices(sigmas, k: int) -> list[int]:
     """The step starts nearest j n / k (k runs of about n / k consecutive steps), then the schedule's end."""
-    n = len(sigmas) - 1
-    if not 1 <= k <= n:
-        raise ValueError(f"re-spacing over the schedule: expected 1 to {n} steps, got {k}")
+    n = _steps(sigmas, k)
     return [int(round(j * n / k)) for j in range(k)] + [n]
 
 
 def ordered_chunk_indices(sigmas, k: int, long_first: bool) -> list[int]:
     """k runs of consecutive steps whose lengths differ by one at most, the longer ones first (long_first) or last;
     where k divides the steps, ``chunk_indices``."""
-    n = len(sigmas) - 1
-    if not 1 <= k <= n:
-        raise ValueError(f"re-spacing over the schedule: expected 1 to {n} steps, got {k}")
+    n = _steps(sigmas, k)
     q, r = divmod(n, k)
     lengths = [q + 1] * r + [q] * (k - r) if long_first else [q] * (k - r) + [q + 1] * r
     starts = [0]
@@ -69,9 +71,7 @@ def even_sigmas(sigmas, k: int) -> torch.Tensor:
     to the scheduler's own k-step schedule as the sigmas alone allow: exactly it for exponential, within
     interpolation for the others (karras, normal, simple, ...)."""
     s = torch.as_tensor(sigmas)
-    n = len(s) - 1
-    if not 1 <= k <= n:
-        raise ValueError(f"re-spacing over the schedule: expected 1 to {n} steps, got {k}")
+    _steps(s, k)
     to_zero = float(s[-1]) == 0
     body = (s[:-1] if to_zero else s).double()
     points = k if to_zero else k + 1
@@ -99,7 +99,7 @@ SPREADS = {
 
 def default_path_as_run(rule: str, sigmas, planned) -> torch.Tensor:
     """The path the default runs re-spaced under ``rule``: its planned path, or for a rule of ``SPREADS`` the steps
-    it spreads its planned count over (``chunk_indices``; "even": the steps nearest its interpolated sigmas). For
+    it spreads its planned count over (``_spread_indices``; "even": the steps nearest its interpolated sigmas). For
     the calibration's ``RESPACED_DEFAULT`` candidate and its fallback, so that they are the default as it runs."""
     planned = torch.as_tensor(planned, dtype=torch.bool).flatten()
     spread = SPREADS.get(rule, "")
