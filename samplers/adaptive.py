@@ -270,12 +270,16 @@ class AdaptiveSampling:
         self._hd = None  # [H, B, ...] the last computed directions, newest first
         self._hs = None  # [H, B] their sigmas (nan: none yet)
         self._hD = None  # [H, B, ...] their x0 (extrapolation linear_x0)
+        self._aux: dict[str, list[torch.Tensor]] = {}  # name -> [directions, x0] beside _hd / _hD (remember_aux)
         self._reuse_err = None  # per sample: |d - extrapolated d| at the last computed step start
         self._log_cost_sum = None
         self._cost_count = 0
         self._is_start = False
         self._whole_batch_steps = 0  # steps where the subset runner had to run the whole batch
         self._whole_batch_note = None
+        # the samples whose output the last call reused (empty where the model ran for all): a sampler reading more
+        # than x0 at a call (CFG++'s unguided prediction, nodes/adaptive_cfgpp.py) supplies its reused part from it
+        self.last_reused = torch.zeros(0, dtype=torch.long)
         t0 = time.perf_counter()
         self._eligible_from, self._eligible_to, self._rate = self._plan()
         # the paper's latent estimator decides in modes paper and threshold and places skips in mode target
@@ -522,17 +526,19 @@ class AdaptiveSampling:
         return ~skip, score
 
     # ----------------------------------------------------------------- reuse
-    def _direction(self, sigma: float, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _direction(self, sigma: float, idx: torch.Tensor, x: torch.Tensor, aux: str | None = None) -> torch.Tensor:
         """The direction d a skipped evaluation at `sigma` uses, for the samples idx (x: theirs).
 
         Lagrange extrapolation over the last computed evaluations of each sample: of d in sigma
         (hold: order 0, linear: 1, quadratic: 2), or of x0 in log sigma (linear_x0). Held instead below
-        ``hold_below`` and, per sample, where its last computed step is ``hold_step`` or more away in log sigma."""
+        ``hold_below`` and, per sample, where its last computed step is ``hold_step`` or more away in log sigma.
+        aux: the same for a prediction kept with ``remember_aux`` (the same nodes and weights)."""
         mode = self._extrapolation()
+        hd_all, hD_all = (self._hd, self._hD) if aux is None else self._aux[aux]
         order = {"hold": 0, "linear": 1, "quadratic": 2, "linear_x0": 1, "log_linear": 1}[mode]
         if self.hold_below is not None and (sigma / max(1e-6, 1.0 - sigma) if self.flow else sigma) < self.hold_below:
             order = 0  # (a flow model's sigma compared as the equivalent VE sigma s / (1 - s))
-        hd = self._hd[:, idx]  # [H, n, ...] newest first
+        hd = hd_all[:, idx]  # [H, n, ...] newest first
         if order == 0 or hd.shape[0] == 1:
             return hd[0]
         hs = self._hs[:, idx]  # [H, n] float64, nan where not yet filled
@@ -544,7 +550,7 @@ class AdaptiveSampling:
             if bool(far.all()):
                 return hd[0]
         use_x0 = mode == "linear_x0"
-        vals = self._hD[:, idx] if use_x0 else hd
+        vals = hD_all[:, idx] if use_x0 else hd
         in_log = use_x0 or mode == "log_linear"
         nodes = self._log_time(hs) if in_log else hs
         t = float(self._log_time(torch.tensor(sigma, dtype=torch.float64))) if in_log else sigma
@@ -657,10 +663,37 @@ class AdaptiveSampling:
             self._hs[1:, shift] = self._hs[:-1, shift].clone()
             if self.config.extrapolation == "linear_x0":
                 self._hD[1:, shift] = self._hD[:-1, shift].clone()
+            for hist in self._aux.values():
+                hist[0][1:, shift] = hist[0][:-1, shift].clone()
+                if hist[1] is not None:
+                    hist[1][1:, shift] = hist[1][:-1, shift].clone()
         self._hd[0, idx] = d
         self._hs[0, idx] = sigma
         if self.config.extrapolation == "linear_x0":
             self._hD[0, idx] = out
+
+    # ----------------------------------------------------------------- other predictions of a call
+    @torch.no_grad()
+    def remember_aux(self, name: str, x: torch.Tensor, sigma: float, x0: torch.Tensor, idx: torch.Tensor):
+        """Keep another prediction of the call that just ran the model for the samples idx (x: theirs), beside its
+        output: a CFG++ sampler's unguided one (nodes/adaptive_cfgpp.py). ``reuse_aux`` extrapolates it as the
+        output is at a reused call."""
+        if self._hd is None or idx.numel() == 0 or sigma <= 0:
+            return
+        if name not in self._aux:
+            self._aux[name] = [torch.zeros_like(self._hd), None if self._hD is None else torch.zeros_like(self._hD)]
+        hist = self._aux[name]
+        hist[0][0, idx] = ((x - x0) / sigma).to(hist[0].dtype)
+        if hist[1] is not None:
+            hist[1][0, idx] = x0.to(hist[1].dtype)
+
+    @torch.no_grad()
+    def reuse_aux(self, name: str, x: torch.Tensor, sigma: float, idx: torch.Tensor) -> torch.Tensor:
+        """The prediction ``name`` for the reused samples idx at (x, sigma), by the rule and weights the output's
+        reuse had; a sample with none kept gets the output's."""
+        if name not in self._aux:
+            return x - sigma * self._direction(sigma, idx, x)
+        return x - sigma * self._direction(sigma, idx, x, aux=name).to(x.dtype)
 
     # ----------------------------------------------------------------- the denoiser
     def __getattr__(self, name):
@@ -692,6 +725,7 @@ class AdaptiveSampling:
 
         mask = torch.ones_like(self.compute_mask) if self.disabled else self.compute_mask
         b = x.shape[0]
+        self.last_reused = torch.zeros(0, dtype=torch.long)
         if bool(mask.all()) or self._hd is None:
             out = self.model(x, sigma, **extra)
             idx = torch.arange(b)
@@ -725,6 +759,7 @@ class AdaptiveSampling:
         if out is None:
             out = torch.empty_like(x)
         out[skip_idx] = reused
+        self.last_reused = skip_idx
         self.report.controller_seconds += time.perf_counter() - t0
         return out
 

@@ -202,6 +202,67 @@ def test_per_sample_runs_model_only_on_samples_that_need_it(setup):
         assert torch.allclose(alone, out[b : b + 1], atol=1e-5)
 
 
+def test_last_reused_names_the_samples_a_call_reused(setup):
+    """What a CFG++ sampler's bridge reads (nodes/adaptive_cfgpp.py): after each call, the samples whose x0 the
+    controller reused; empty where the model ran for all."""
+    den, noise, cond = setup
+    sig = schedules.get_sigmas("karras", 12)
+    path = torch.ones(4, 12, dtype=torch.bool)
+    path[0, 5] = path[1, 7] = path[2, 5] = path[:, 9] = False
+    seen = []
+
+    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        for i in range(len(sigmas) - 1):
+            d = (x - model(x, sigmas[i] * x.new_ones(x.shape[0]), **extra_args)) / sigmas[i]
+            seen.append(model.last_reused.tolist())
+            x = x + d * (sigmas[i + 1] - sigmas[i])
+        return x
+
+    adaptive_sample(
+        sampler, den, noise * sig[0], sig, AdaptiveConfig(mode="path", path=path), extra_args={"cond": cond}
+    )
+    assert seen[5] == [0, 2] and seen[7] == [1] and seen[9] == [0, 1, 2, 3]
+    assert all(seen[i] == [] for i in range(12) if i not in (5, 7, 9))
+
+
+@pytest.mark.parametrize("extrapolation", ["hold", "linear", "log_linear", "quadratic", "linear_x0", "auto"])
+def test_a_second_prediction_is_reused_by_the_outputs_rule_and_weights(setup, extrapolation):
+    """remember_aux / reuse_aux (a CFG++ sampler's unguided prediction): a prediction that differs from the output by a
+    constant (in the space the rule extrapolates) comes back from a reused call with the same constant; one kept equal
+    to the output comes back equal to the reused output."""
+    den, noise, cond = setup
+    sig = schedules.get_sigmas("karras", 12)
+    path = torch.ones(4, 12, dtype=torch.bool)
+    path[:, 4] = path[:, 7] = path[:, 8] = path[1:, 10] = False
+    offset = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    in_x0 = extrapolation == "linear_x0"
+    got = []
+
+    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        for i in range(len(sigmas) - 1):
+            s = float(sigmas[i])
+            x0 = model(x, sigmas[i] * x.new_ones(x.shape[0]), **extra_args)
+            reused = model.last_reused
+            ran = torch.ones(x.shape[0], dtype=torch.bool)
+            ran[reused] = False
+            idx = ran.nonzero().flatten()
+            shifted = x0[idx] + (offset if in_x0 else -s * offset)  # direction d + offset, or x0 + offset
+            model.remember_aux("same", x[idx], s, x0[idx], idx)
+            model.remember_aux("shifted", x[idx], s, shifted, idx)
+            if reused.numel():
+                same = model.reuse_aux("same", x[reused], s, reused)
+                back = model.reuse_aux("shifted", x[reused], s, reused)
+                want = x0[reused] + (offset if in_x0 else -s * offset)
+                got.append((float((same - x0[reused]).abs().max()), float((back - want).abs().max())))
+            x = x + (x - x0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+        return x
+
+    config = AdaptiveConfig(mode="path", path=path, extrapolation=extrapolation)
+    adaptive_sample(sampler, den, noise * sig[0], sig, config, extra_args={"cond": cond})
+    assert len(got) == 4
+    assert max(a for a, _ in got) <= 1e-5 and max(b for _, b in got) <= 1e-4, got
+
+
 def test_whole_batch_fallback_is_reported_as_run(setup):
     """A subset runner that has to run the whole batch (per-image inputs it cannot slice): the report shows every
     image as run at those steps, counts their NFE, says why and at how many steps, and the result is the run with
