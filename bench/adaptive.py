@@ -345,7 +345,8 @@ def add_parser(bench_sub) -> None:
         "--comfyui-samplers",
         default="",
         help="with --comfyui-grid: ComfyUI samplers (default: the served ones with no plain-PyTorch copy, e.g. "
-        "dpmpp_3m_sde, er_sde, deis, ipndm, res_multistep, sa_solver, seeds_2)",
+        "dpmpp_3m_sde, er_sde, deis, ipndm, res_multistep, sa_solver, seeds_2; the CFG++ ones, e.g. euler_cfg_pp, "
+        "only when named)",
     )
     p.add_argument(
         "--comfyui-reuse-sweep",

@@ -96,8 +96,12 @@ def reuse_summary(rows: list[dict], rules: list[str]) -> list[dict]:
 
 
 def default_samplers() -> list[str]:
-    """The served samplers with no plain-PyTorch copy, twins left out."""
-    return [n for n, e in support.SUPPORT.items() if e.served and n not in kdiff.SAMPLERS and n not in TWINS]
+    """The served samplers with no plain-PyTorch copy, twins and the CFG++ ones (``--comfyui-samplers``) left out."""
+    return [
+        n
+        for n, e in support.SUPPORT.items()
+        if e.served and n not in kdiff.SAMPLERS and n not in TWINS and not e.post_cfg
+    ]
 
 
 def comfyui_python(tree: str) -> str:

@@ -23,7 +23,7 @@ from ..samplers import support
 from ..samplers.adaptive import AdaptiveConfig, AdaptiveConfigError, adaptive_sample
 from ..samplers.plot import plot_report
 from ..samplers.skip_profile import ProfileError, SkipProfile
-from . import adaptive_batch, compat, inputs
+from . import adaptive_batch, adaptive_cfgpp, compat, inputs
 
 log = logging.getLogger("comfyui_tempo")
 
@@ -263,6 +263,7 @@ def adaptive_function(
     path when one is given; it must match the run's sigmas)."""
     entry = support.lookup(base_name)
     _checked_profile(profile)
+    run_fn = adaptive_cfgpp.with_post_cfg(base_fn) if entry.post_cfg else base_fn
 
     def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         extra_args = {} if extra_args is None else extra_args
@@ -277,7 +278,7 @@ def adaptive_function(
         if entry.stochastic and run_config.enabled and noise_sampler is None:
             noise_sampler = _noise_sampler(entry.noise, x, sigmas, extra_args)
         out, report = adaptive_sample(
-            base_fn,
+            run_fn,
             model,
             x,
             sigmas,
@@ -360,7 +361,7 @@ class AdaptiveKSampler(io.ComfyNode):
                 inputs.cfg(),
                 inputs.sampler_name(
                     "The base sampler. Those AdaptiveDiffusion cannot serve (dpm_fast, dpm_adaptive, "
-                    "heunpp2, the CFG++ ones) are refused with the reason."
+                    "heunpp2) are refused with the reason."
                 ),
                 inputs.scheduler(),
                 io.Conditioning.Input("positive", tooltip="The conditioning describing what to include."),

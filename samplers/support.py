@@ -8,7 +8,7 @@ sequence is unchanged). The host tier runs every served sampler inside ComfyUI.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class SamplerSupport:
     # 0.2 or more in log sigma; "hold_long_gap": after a step of 1.5 times the run's median or more; "hold_below_sigma":
     # below sigma 1; "hold_always": throughout (eps / v models)
     low_eta_base: str = ""  # below eta 1 (samplers.adaptive.LOW_ETA), auto's extrapolation starts from this one
+    post_cfg: bool = False  # it reads the unguided prediction through a post-CFG hook (CFG++): a skipped step calls the
+    # hooks with reused predictions (nodes/adaptive_cfgpp.py)
 
 
 _S = SamplerSupport
@@ -41,7 +43,10 @@ _MID = (
     "at eta 1 its second evaluation, midway (log sigma) between sigma_i and sigma_down, is at sigma_{i+1}: taken as "
     "the step's, as Heun's"
 )
-_CFG_PP = "CFG++ samplers read the unguided prediction through a post-CFG hook; a skipped step has none to give"
+_CFG_PP = (
+    "CFG++: at a skipped step its post-CFG hook gets the unguided prediction reused by the guided one's rule and "
+    "weights; otherwise the rules of the sampler it is the CFG++ form of"
+)
 
 SUPPORT: dict[str, SamplerSupport] = {
     "euler": _S(True, "single"),
@@ -119,14 +124,21 @@ SUPPORT: dict[str, SamplerSupport] = {
     ),
     "dpm_fast": _S(False, "-", note="it chooses its own step sizes, off the schedule"),
     "dpm_adaptive": _S(False, "-", note="it chooses its own step sizes, off the schedule"),
-    "euler_cfg_pp": _S(False, "-", note=_CFG_PP),
-    "euler_ancestral_cfg_pp": _S(False, "-", note=_CFG_PP),
-    "dpmpp_2s_ancestral_cfg_pp": _S(False, "-", note=_CFG_PP),
-    "dpmpp_2m_cfg_pp": _S(False, "-", note=_CFG_PP),
-    "res_multistep_cfg_pp": _S(False, "-", note=_CFG_PP),
-    "res_multistep_ancestral_cfg_pp": _S(False, "-", note=_CFG_PP),
-    "gradient_estimation_cfg_pp": _S(False, "-", note=_CFG_PP),
 }
+
+#: ComfyUI's CFG++ samplers and the sampler each one is the CFG++ form of (its step shape and rules are that one's)
+CFG_PP_TWINS = {
+    "euler_cfg_pp": "euler",
+    "euler_ancestral_cfg_pp": "euler_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp": "dpmpp_2s_ancestral",
+    "dpmpp_2m_cfg_pp": "dpmpp_2m",
+    "res_multistep_cfg_pp": "res_multistep",
+    "res_multistep_ancestral_cfg_pp": "res_multistep_ancestral",
+    "gradient_estimation_cfg_pp": "gradient_estimation",
+}
+for _pp, _twin in CFG_PP_TWINS.items():
+    _t = SUPPORT[_twin]
+    SUPPORT[_pp] = replace(_t, post_cfg=True, note=f"{_t.note}; {_CFG_PP}" if _t.note else _CFG_PP)
 
 # ComfyUI's function names (comfy.k_diffusion.sampling.sample_<name>, uni_pc, dpm_fast wrappers)
 FUNCTION_NAMES = {f"sample_{k}": k for k in SUPPORT}

@@ -101,7 +101,7 @@ with torch.inference_mode():
     comfy.sample.sample_custom(model, noise, 5.0, sampler, ks.sigmas, pos, neg, lat["samples"], seed=3)
     result["dpmpp_3m_sde_15"] = {"path": sink[-1].path_string(), "respaced": sink[-1].respaced,
                                  "reuse": sink[-1].extrapolation, "text": sink[-1].summary()}
-    for name in ["dpm_fast", "heunpp2", "euler_cfg_pp"]:
+    for name in ["dpm_fast", "heunpp2", "dpm_adaptive"]:
         result["errors"][name] = adaptive_nodes.AdaptiveKSampler.validate_inputs(sampler_name=name)
         try:
             adaptive_nodes.AdaptiveSamplerNode.execute(name, **S("threshold", 2.0, 0.01, 4))
@@ -166,7 +166,7 @@ def test_the_default_halves_the_nfe_on_every_scheduler_of_this_comfyui(adaptive_
 
 
 def test_refused_samplers_get_a_clear_error(adaptive_result):
-    for name in ["dpm_fast", "heunpp2", "euler_cfg_pp"]:
+    for name in ["dpm_fast", "heunpp2", "dpm_adaptive"]:
         msg = adaptive_result["errors"][name]
         assert isinstance(msg, str) and msg.startswith("sampler_name:") and name in msg
         assert "UnsupportedSampler" in adaptive_result["errors"][name + "/execute"]

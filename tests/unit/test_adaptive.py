@@ -263,6 +263,20 @@ def test_a_second_prediction_is_reused_by_the_outputs_rule_and_weights(setup, ex
     assert max(a for a, _ in got) <= 1e-5 and max(b for _, b in got) <= 1e-4, got
 
 
+def test_cfgpp_samplers_are_served_as_their_twins():
+    """A CFG++ sampler steps as the sampler it is the CFG++ form of: the same step shape, noise and rules."""
+    assert set(support.CFG_PP_TWINS) == {n for n in support.SUPPORT if n.endswith("_cfg_pp")}
+    for name, twin in support.CFG_PP_TWINS.items():
+        e, t = support.lookup(name), support.lookup(twin)
+        assert e.post_cfg and not t.post_cfg
+        fields = ("family", "stochastic", "noise", "endpoint_corrector", "respace", "reuse", "low_eta_base")
+        assert all(getattr(e, f) == getattr(t, f) for f in fields), name
+        assert support.adaptive_kwargs(name) == support.adaptive_kwargs(twin)
+        fn = lambda: None  # noqa: E731
+        fn.__name__ = f"sample_{name}"  # ComfyUI's k_diffusion.sampling.sample_<name>, as the model patch meets it
+        assert support.name_of_function(fn) == name
+
+
 def test_whole_batch_fallback_is_reported_as_run(setup):
     """A subset runner that has to run the whole batch (per-image inputs it cannot slice): the report shows every
     image as run at those steps, counts their NFE, says why and at how many steps, and the result is the run with

@@ -63,9 +63,10 @@ RULES = {
         "dpmpp_2m_sde_heun",
         "dpmpp_2m_sde_heun_gpu",
         "res_multistep_ancestral",
+        "res_multistep_ancestral_cfg_pp",
         "exp_heun_2_x0_sde",
     },
-    "hold_long_gap": {"euler_ancestral", "ddpm", "sa_solver_pece"},
+    "hold_long_gap": {"euler_ancestral", "euler_ancestral_cfg_pp", "ddpm", "sa_solver_pece"},
     "hold_below_sigma": {"dpm_2_ancestral"},
     "hold_always": {
         "dpmpp_sde",
@@ -74,6 +75,7 @@ RULES = {
         "dpmpp_3m_sde_gpu",
         "sa_solver",
         "dpmpp_2s_ancestral",
+        "dpmpp_2s_ancestral_cfg_pp",
         "seeds_2",
         "seeds_3",
     },
@@ -185,7 +187,7 @@ def test_adaptive_kwargs_carry_every_rule_of_the_support_table():
         "sampler_low_eta_base": "",
     }
     assert support.adaptive_kwargs("dpmpp_2m_sde")["sampler_reuse"] == "hold_low_noise"
-    assert {n for n, e in support.SUPPORT.items() if e.low_eta_base} == {"euler_ancestral"}
+    assert {n for n, e in support.SUPPORT.items() if e.low_eta_base} == {"euler_ancestral", "euler_ancestral_cfg_pp"}
     assert support.adaptive_kwargs("euler_ancestral")["sampler_low_eta_base"] == "log_linear"
     assert support.adaptive_kwargs("lms")["sampler_respace"] == "final_jump"
     with pytest.raises(support.UnsupportedSampler, match="sampler_name"):
