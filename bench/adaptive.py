@@ -361,6 +361,12 @@ def add_parser(bench_sub) -> None:
         "final_jump, min_steps, even, chunks, chunks_whole, chunks_long_first, chunks_long_last (adaptive_respace_NAME); "
         "a table per sampler",
     )
+    p.add_argument(
+        "--comfyui-post-cfg-sweep",
+        default="",
+        help="with --comfyui-grid: also run each CFG++ sampler's default with its reuse of the unguided prediction "
+        "replaced by each of same_rule, held_guidance (adaptive_postcfg_NAME); a table per CFG++ sampler",
+    )
     p.add_argument("--overhead", action="store_true", help="the controller's cost per step (SD1.5 / SDXL latents)")
     p.add_argument(
         "--unet-timing",

@@ -37,34 +37,49 @@ REUSE_RULES = ["none", "hold_low_noise", "hold_below_sigma", "hold_long_gap", "h
 RESPACE_RULES = ["none", "final_jump", "min_steps", *respace.SPREADS]
 
 
+#: --comfyui-post-cfg-sweep's names: SamplerSupport.post_cfg's forms (CFG++ samplers)
+POST_CFG_FORMS = list(support.POST_CFG_FORMS)
+
+
 #: what each sweep's table shows, for its heading
 SWEEP_TEXT = {
     "reuse": "reuse rule in place of the sampler's own: mean dB minus uniform skipping (cells meeting the three "
     "checks) over the models and schedulers run; 'current' is the sampler's own rule",
     "respace": "re-spacing rule in place of the sampler's own: mean dB minus the default as it is and minus fewer "
     "steps, cells above the default, cells meeting the three checks",
+    "post_cfg": "CFG++ reuse form in place of the sampler's own: mean dB minus the default as it is and minus fewer "
+    "steps, cells above the default, cells meeting the three checks",
 }
 
 
-def respace_summary(rows: list[dict], rules: list[str]) -> list[dict]:
+def respace_summary(rows: list[dict], rules: list[str], prefix: str = "adaptive_respace_") -> list[dict]:
     """Per sampler and step count: each re-spacing rule's mean dB minus the default as it is and minus fewer steps,
-    and cells meeting the three checks (the default's first)."""
+    and cells meeting the three checks (the default's first); prefix: the rule's rows' method before its name
+    (another sweep's: ``post_cfg_summary``). A sampler with no such rows (the post-CFG sweep's non-CFG++ ones) is
+    left out."""
     out: dict[tuple, dict] = {}
     for r in rows:
         cells = out.setdefault((r["sampler"], r["steps"]), {})
         cells.setdefault((r["model"], r["scheduler"], r["cfg"]), {})[r["method"]] = r
     table = []
     for (sampler, steps), cells in out.items():
+        if not all(f"{prefix}{rule}" in m for rule in rules for m in cells.values()):
+            continue
         row = {"sampler": sampler, "steps": steps, "cells": len(cells)}
         row["default meets"] = sum(_meets(m["adaptive"], m) for m in cells.values())
         for rule in rules:
-            ms = [(m[f"adaptive_respace_{rule}"], m) for m in cells.values()]
+            ms = [(m[f"{prefix}{rule}"], m) for m in cells.values()]
             row[f"{rule} - default"] = f"{sum(a['psnr_db'] - m['adaptive']['psnr_db'] for a, m in ms) / len(ms):+.2f}"
             row[f"{rule} - default, above"] = sum(a["psnr_db"] > m["adaptive"]["psnr_db"] for a, m in ms)
             row[f"{rule} - fewer"] = f"{sum(a['psnr_db'] - m['fewer_steps']['psnr_db'] for a, m in ms) / len(ms):+.2f}"
             row[f"{rule} meets"] = sum(_meets(a, m) for a, m in ms)
         table.append(row)
     return table
+
+
+def post_cfg_summary(rows: list[dict], forms: list[str]) -> list[dict]:
+    """``respace_summary`` for the CFG++ reuse forms (``--comfyui-post-cfg-sweep``): the CFG++ samplers only."""
+    return respace_summary(rows, forms, prefix="adaptive_postcfg_")
 
 
 def reuse_summary(rows: list[dict], rules: list[str]) -> list[dict]:
@@ -143,18 +158,16 @@ def comfy_grid_main(args) -> int:
         "reuses": [r for r in args.comfyui_reuse_sweep.split(",") if r],
         "respace": bool(args.grid_respace),
         "respaces": [r for r in args.comfyui_respace_sweep.split(",") if r],
+        "post_cfgs": [r for r in args.comfyui_post_cfg_sweep.split(",") if r],
     }
-    bad = [r for r in job["reuses"] if r not in REUSE_RULES]
-    if bad:
-        raise SystemExit(
-            f"--comfyui-reuse-sweep: {', '.join(map(repr, bad))} unknown; expected names from {', '.join(REUSE_RULES)}"
-        )
-    bad = [r for r in job["respaces"] if r not in RESPACE_RULES]
-    if bad:
-        raise SystemExit(
-            f"--comfyui-respace-sweep: {', '.join(map(repr, bad))} unknown; expected names from "
-            f"{', '.join(RESPACE_RULES)}"
-        )
+    for flag, given, known in (
+        ("--comfyui-reuse-sweep", job["reuses"], REUSE_RULES),
+        ("--comfyui-respace-sweep", job["respaces"], RESPACE_RULES),
+        ("--comfyui-post-cfg-sweep", job["post_cfgs"], POST_CFG_FORMS),
+    ):
+        bad = [r for r in given if r not in known]
+        if bad:
+            raise SystemExit(f"{flag}: {', '.join(map(repr, bad))} unknown; expected names from {', '.join(known)}")
     t0 = time.perf_counter()
     print(
         f"[comfyui grid] {len(models)} models x {len(samplers)} samplers x {len(schedulers)} schedulers, "
@@ -203,6 +216,7 @@ def comfy_grid_main(args) -> int:
     sweeps = (
         ("reuse_sweep", reuse_summary, job["reuses"], SWEEP_TEXT["reuse"]),
         ("respace_sweep", respace_summary, job["respaces"], SWEEP_TEXT["respace"]),
+        ("post_cfg_sweep", post_cfg_summary, job["post_cfgs"], SWEEP_TEXT["post_cfg"]),
     )
     for key, table, rules, what in sweeps:
         if rules:

@@ -239,6 +239,8 @@ def grid(job: dict, out_path: str) -> None:
                     )
                     swept = [("reuse", r, "adaptive_rule_") for r in job.get("reuses", ())]
                     swept += [("respace", r, "adaptive_respace_") for r in job.get("respaces", ())]
+                    if support.SUPPORT[sampler].post_cfg:  # a CFG++ sampler: its reuse forms of the unguided prediction
+                        swept += [("post_cfg", r, "adaptive_postcfg_") for r in job.get("post_cfgs", ())]
                     for field, rule, prefix in swept:  # the default with one of the sampler's rules replaced
                         entry = support.SUPPORT[sampler]
                         support.SUPPORT[sampler] = dataclasses.replace(entry, **{field: "" if rule == "none" else rule})

@@ -263,7 +263,7 @@ def adaptive_function(
     path when one is given; it must match the run's sigmas)."""
     entry = support.lookup(base_name)
     _checked_profile(profile)
-    run_fn = adaptive_cfgpp.with_post_cfg(base_fn) if entry.post_cfg else base_fn
+    run_fn = adaptive_cfgpp.with_post_cfg(base_fn, entry.post_cfg) if entry.post_cfg else base_fn
 
     def sample_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         extra_args = {} if extra_args is None else extra_args

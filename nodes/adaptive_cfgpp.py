@@ -5,7 +5,8 @@ prediction (``uncond_denoised``) that hook captures at each model call. A skippe
 bridge calls the hooks itself, with reused predictions: the guided one is the controller's output, and the unguided
 and conditional ones are reused by the same rule, with the same weights, from their own history
 (``AdaptiveSampling.remember_aux`` / ``reuse_aux``). Under extrapolation ``hold`` (the paper's reuse) that reuses both
-noise predictions exactly. What the hooks return at a skipped step is not used: the guided prediction there is the
+noise predictions exactly. (The form "held_guidance", for the benchmark's comparison, holds the guidance direction
+instead: ``support.POST_CFG_FORMS``.) What the hooks return at a skipped step is not used: the guided prediction there is the
 controller's.
 """
 
@@ -15,6 +16,7 @@ import comfy.model_patcher
 import torch
 
 from ..samplers.adaptive import AdaptiveSampling
+from ..samplers.support import POST_CFG_FORMS
 
 _OTHERS = ("uncond_denoised", "cond_denoised")
 NOTE = (
@@ -25,10 +27,13 @@ NOTE = (
 
 class PostCfgBridge:
     """The denoiser a CFG++ sampler calls: the controller (``samplers.adaptive.AdaptiveSampling``), with its
-    post-CFG hooks called at the samples the controller reused."""
+    post-CFG hooks called at the samples the controller reused; form: one of ``support.POST_CFG_FORMS``."""
 
-    def __init__(self, controller: AdaptiveSampling):
+    def __init__(self, controller: AdaptiveSampling, form: str = "same_rule"):
+        if form not in POST_CFG_FORMS:
+            raise ValueError(f"post_cfg: expected one of {', '.join(POST_CFG_FORMS)}, got {form!r}")
         self._ctl = controller
+        self._hold_offset = form == "held_guidance"
         self._args: dict = {}  # the last computed call's other hook arguments (cond, cond_scale, model, ...)
         self.hook_calls = 0  # calls of the sampler's hooks at reused samples
 
@@ -69,7 +74,7 @@ class PostCfgBridge:
         args["denoised"] = out
         for key in _OTHERS:
             full = out.clone()
-            full[reused] = self._ctl.reuse_aux(key, x[reused], s, reused).to(out.dtype)
+            full[reused] = self._ctl.reuse_aux(key, x[reused], s, reused, self._hold_offset).to(out.dtype)
             if got is not None and ran_idx.numel():  # the samples that ran: what their hook saw
                 full[ran_idx] = got[key].to(out.dtype)
             args[key] = full
@@ -82,13 +87,13 @@ class PostCfgBridge:
         return out
 
 
-def with_post_cfg(base_fn):
+def with_post_cfg(base_fn, form: str = "same_rule"):
     """`base_fn` (a CFG++ sampler function) given the bridge around the controller it is called with; any other
     denoiser (a re-spaced run, skipping disabled) is passed through."""
 
     def sample(model, x, sigmas, *args, **kwargs):
         if isinstance(model, AdaptiveSampling):
-            model = PostCfgBridge(model)
+            model = PostCfgBridge(model, form)
         return base_fn(model, x, sigmas, *args, **kwargs)
 
     sample.__name__ = getattr(base_fn, "__name__", "sample")

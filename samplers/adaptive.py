@@ -688,12 +688,17 @@ class AdaptiveSampling:
             hist[1][0, idx] = x0.to(hist[1].dtype)
 
     @torch.no_grad()
-    def reuse_aux(self, name: str, x: torch.Tensor, sigma: float, idx: torch.Tensor) -> torch.Tensor:
+    def reuse_aux(
+        self, name: str, x: torch.Tensor, sigma: float, idx: torch.Tensor, hold_offset: bool = False
+    ) -> torch.Tensor:
         """The prediction ``name`` for the reused samples idx at (x, sigma), by the rule and weights the output's
-        reuse had; a sample with none kept gets the output's."""
-        if name not in self._aux:
-            return x - sigma * self._direction(sigma, idx, x)
-        return x - sigma * self._direction(sigma, idx, x, aux=name).to(x.dtype)
+        reuse had; a sample with none kept gets the output's. hold_offset: the output's reuse plus the offset of the
+        two directions at the last computed call, held (what a CFG++ sampler's "held_guidance" form does)."""
+        d = self._direction(sigma, idx, x)
+        if name in self._aux:
+            hist = self._aux[name][0]
+            d = d - self._hd[0, idx] + hist[0, idx] if hold_offset else self._direction(sigma, idx, x, aux=name)
+        return x - sigma * d.to(x.dtype)
 
     # ----------------------------------------------------------------- the denoiser
     def __getattr__(self, name):

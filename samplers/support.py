@@ -25,8 +25,9 @@ class SamplerSupport:
     # 0.2 or more in log sigma; "hold_long_gap": after a step of 1.5 times the run's median or more; "hold_below_sigma":
     # below sigma 1; "hold_always": throughout (eps / v models)
     low_eta_base: str = ""  # below eta 1 (samplers.adaptive.LOW_ETA), auto's extrapolation starts from this one
-    post_cfg: bool = False  # it reads the unguided prediction through a post-CFG hook (CFG++): a skipped step calls the
-    # hooks with reused predictions (nodes/adaptive_cfgpp.py)
+    # it reads the unguided prediction through a post-CFG hook (CFG++): a skipped step calls the hooks with reused
+    # predictions (nodes/adaptive_cfgpp.py), the unguided one by this form of POST_CFG_FORMS
+    post_cfg: str = ""
 
 
 _S = SamplerSupport
@@ -136,9 +137,13 @@ CFG_PP_TWINS = {
     "res_multistep_ancestral_cfg_pp": "res_multistep_ancestral",
     "gradient_estimation_cfg_pp": "gradient_estimation",
 }
+#: how a CFG++ sampler's unguided prediction is reused at a skipped step: "same_rule", by the guided one's rule and
+#: weights (the pack's); "held_guidance", the guided one's reuse with the guidance direction (unguided minus guided)
+#: of the last computed step held (measured against it: ``bench adaptive --comfyui-post-cfg-sweep``)
+POST_CFG_FORMS = ("same_rule", "held_guidance")
 for _pp, _twin in CFG_PP_TWINS.items():
     _t = SUPPORT[_twin]
-    SUPPORT[_pp] = replace(_t, post_cfg=True, note=f"{_t.note}; {_CFG_PP}" if _t.note else _CFG_PP)
+    SUPPORT[_pp] = replace(_t, post_cfg="same_rule", note=f"{_t.note}; {_CFG_PP}" if _t.note else _CFG_PP)
 
 # ComfyUI's function names (comfy.k_diffusion.sampling.sample_<name>, uni_pc, dpm_fast wrappers)
 FUNCTION_NAMES = {f"sample_{k}": k for k in SUPPORT}

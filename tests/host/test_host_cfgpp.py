@@ -89,7 +89,7 @@ with torch.inference_mode():
     sink = []
     bridged = custom(adaptive_nodes.wrap_sampler(comfy.samplers.sampler_object("euler_cfg_pp"), "euler_cfg_pp", hold, sink))
     entry = support.SUPPORT["euler_cfg_pp"]
-    support.SUPPORT["euler_cfg_pp"] = dataclasses.replace(entry, post_cfg=False)
+    support.SUPPORT["euler_cfg_pp"] = dataclasses.replace(entry, post_cfg="")
     try:
         stale = custom(adaptive_nodes.wrap_sampler(comfy.samplers.sampler_object("euler_cfg_pp"), "euler_cfg_pp", hold))
     finally:

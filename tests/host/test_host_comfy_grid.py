@@ -57,42 +57,27 @@ def test_the_seven_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snippe
         assert r["psnr"] > (90.0 if flow else 35.0), (name, r)
 
 
-def test_comfyui_grid_command_writes_the_grids_rows(comfy_install, comfy_base, tmp_path):
-    """The command, run under the host's Python: two ComfyUI-only samplers on one model and scheduler; each cell
-    has the grid's four methods, the default's NFE cut, a summary line with the three checks, and with
-    --grid-respace the default's path skipped and re-spaced."""
-    out = tmp_path / "grid.json"
+def _grid_command(comfy_install, comfy_base, out, flags: str):
+    """The --comfyui-grid command under the host's Python, writing out, with flags; and its environment."""
     env = dict(
         os.environ,
         PYTHONPATH=str(comfy_base / "custom_nodes"),
         TEMPO_COMFYUI_PYTHON=str(comfy_install.python),
         OMP_NUM_THREADS="1",
     )
-    cmd = [
-        str(comfy_install.python),
-        "-m",
-        "comfyui_tempo.cli",
-        "bench",
-        "adaptive",
-        "--comfyui-grid",
-        "--comfyui",
-        str(comfy_install.tree),
-        "--grid-models",
-        "shapes_v",
-        "--grid-schedulers",
-        "karras",
-        "--comfyui-samplers",
-        "deis,seeds_2",
-        "--grid-steps",
-        "12",
-        "--classes",
-        "2",
-        "--grid-respace",
-        "--comfyui-respace-sweep",
-        "chunks",
-        "--json",
-        str(out),
-    ]
+    cmd = [str(comfy_install.python), "-m", "comfyui_tempo.cli", "bench", "adaptive", "--comfyui-grid"]
+    cmd += ["--comfyui", str(comfy_install.tree), *flags.split(), "--json", str(out)]
+    return cmd, env
+
+
+def test_comfyui_grid_command_writes_the_grids_rows(comfy_install, comfy_base, tmp_path):
+    """The command, run under the host's Python: two ComfyUI-only samplers on one model and scheduler; each cell
+    has the grid's four methods, the default's NFE cut, a summary line with the three checks, and with
+    --grid-respace the default's path skipped and re-spaced."""
+    out = tmp_path / "grid.json"
+    flags = "--grid-models shapes_v --grid-schedulers karras --comfyui-samplers deis,seeds_2 --grid-steps 12"
+    flags += " --classes 2 --grid-respace --comfyui-respace-sweep chunks"
+    cmd, env = _grid_command(comfy_install, comfy_base, out, flags)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -123,6 +108,29 @@ def test_comfyui_grid_command_writes_the_grids_rows(comfy_install, comfy_base, t
     assert "cells meet the three checks" in proc.stdout
 
 
+def test_comfyui_grid_post_cfg_sweep_runs_the_cfgpp_samplers_forms(comfy_install, comfy_base, tmp_path):
+    """--comfyui-post-cfg-sweep: each CFG++ sampler's default with each reuse form of the unguided prediction; the
+    pack's form reproduces the default, the held guidance differs; a sampler that is not CFG++ gets no such rows."""
+    out = tmp_path / "grid.json"
+    flags = "--grid-models testbed --grid-schedulers karras --comfyui-samplers euler_cfg_pp,deis --grid-steps 12"
+    flags += " --classes 2 --comfyui-post-cfg-sweep same_rule,held_guidance"
+    cmd, env = _grid_command(comfy_install, comfy_base, out, flags)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    cells = {(r["sampler"], r["method"]): r for r in result["rows"]}
+    ada = cells[("euler_cfg_pp", "adaptive")]
+    same, held = (
+        cells[("euler_cfg_pp", "adaptive_postcfg_same_rule")],
+        cells[("euler_cfg_pp", "adaptive_postcfg_held_guidance")],
+    )
+    assert same["psnr_db"] == ada["psnr_db"] and same["path"] == held["path"] == ada["path"]
+    assert held["psnr_db"] != ada["psnr_db"] and 0 < held["psnr_db"] < 200
+    assert not [m for s, m in cells if s == "deis" and m.startswith("adaptive_postcfg_")]
+    assert [r["sampler"] for r in result["post_cfg_sweep"]] == ["euler_cfg_pp"]
+    assert "CFG++ reuse form in place of the sampler's own" in proc.stdout
+
+
 def test_comfyui_grid_without_a_tree_says_what_it_needs(comfy_install, comfy_base, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(comfy_base / "custom_nodes"), TEMPO_COMFYUI="")
     cmd = [str(comfy_install.python), "-m", "comfyui_tempo.cli", "bench", "adaptive", "--comfyui-grid"]
@@ -133,7 +141,13 @@ def test_comfyui_grid_without_a_tree_says_what_it_needs(comfy_install, comfy_bas
 
 
 @pytest.mark.parametrize(
-    "bad", ["--grid-models nope", "--comfyui-samplers dpm_adaptive", "--comfyui-respace-sweep sometimes"]
+    "bad",
+    [
+        "--grid-models nope",
+        "--comfyui-samplers dpm_adaptive",
+        "--comfyui-respace-sweep sometimes",
+        "--comfyui-post-cfg-sweep sometimes",
+    ],
 )
 def test_comfyui_grid_names_a_bad_name(comfy_install, comfy_base, tmp_path, bad):
     env = dict(os.environ, PYTHONPATH=str(comfy_base / "custom_nodes"))
