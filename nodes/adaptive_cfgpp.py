@@ -6,8 +6,8 @@ bridge calls the hooks itself, with reused predictions: the guided one is the co
 and conditional ones are reused by the same rule, with the same weights, from their own history
 (``AdaptiveSampling.remember_aux`` / ``reuse_aux``). Under extrapolation ``hold`` (the paper's reuse) that reuses both
 noise predictions exactly. (The form "held_guidance", for the benchmark's comparison, holds the guidance direction
-instead: ``support.POST_CFG_FORMS``.) What the hooks return at a skipped step is not used: the guided prediction there is the
-controller's.
+instead: ``support.POST_CFG_FORMS``.) What the hooks return at a skipped step is not used: the guided prediction
+there is the controller's.
 """
 
 from __future__ import annotations
@@ -75,8 +75,9 @@ class PostCfgBridge:
         for key in _OTHERS:
             full = out.clone()
             full[reused] = self._ctl.reuse_aux(key, x[reused], s, reused, self._hold_offset).to(out.dtype)
-            if got is not None and ran_idx.numel():  # the samples that ran: what their hook saw
-                full[ran_idx] = got[key].to(out.dtype)
+            value = got.get(key) if got is not None else None
+            if isinstance(value, torch.Tensor) and value.shape == got["denoised"].shape:
+                full[ran_idx] = value.to(out.dtype)  # the samples that ran: what their hook saw
             args[key] = full
         args.update(sigma=sigma, input=x, model_options=extra["model_options"])
         for fn in hooks:
