@@ -57,30 +57,29 @@ def test_the_seven_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snippe
         assert r["psnr"] > (90.0 if flow else 35.0), (name, r)
 
 
-def _grid_command(comfy_install, comfy_base, out, flags: str):
-    """The --comfyui-grid command under the host's Python, writing out, with flags; and its environment."""
+def _run_grid(comfy_install, comfy_base, tmp_path, flags: str):
+    """The --comfyui-grid command under the host's Python with flags: (the finished process, its JSON)."""
     env = dict(
         os.environ,
         PYTHONPATH=str(comfy_base / "custom_nodes"),
         TEMPO_COMFYUI_PYTHON=str(comfy_install.python),
         OMP_NUM_THREADS="1",
     )
+    out = tmp_path / "grid.json"
     cmd = [str(comfy_install.python), "-m", "comfyui_tempo.cli", "bench", "adaptive", "--comfyui-grid"]
     cmd += ["--comfyui", str(comfy_install.tree), *flags.split(), "--json", str(out)]
-    return cmd, env
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, json.loads(out.read_text())
 
 
 def test_comfyui_grid_command_writes_the_grids_rows(comfy_install, comfy_base, tmp_path):
     """The command, run under the host's Python: two ComfyUI-only samplers on one model and scheduler; each cell
     has the grid's four methods, the default's NFE cut, a summary line with the three checks, and with
     --grid-respace the default's path skipped and re-spaced."""
-    out = tmp_path / "grid.json"
     flags = "--grid-models shapes_v --grid-schedulers karras --comfyui-samplers deis,seeds_2 --grid-steps 12"
     flags += " --classes 2 --grid-respace --comfyui-respace-sweep chunks"
-    cmd, env = _grid_command(comfy_install, comfy_base, out, flags)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    proc, result = _run_grid(comfy_install, comfy_base, tmp_path, flags)
     rows = result["rows"]
     cells = {(r["sampler"], r["method"]): r for r in rows}
     assert len(rows) == 14 and all(r["host"] == "comfyui" and r["model"] == "shapes_v" for r in rows)
@@ -111,13 +110,9 @@ def test_comfyui_grid_command_writes_the_grids_rows(comfy_install, comfy_base, t
 def test_comfyui_grid_post_cfg_sweep_runs_the_cfgpp_samplers_forms(comfy_install, comfy_base, tmp_path):
     """--comfyui-post-cfg-sweep: each CFG++ sampler's default with each reuse form of the unguided prediction; the
     pack's form reproduces the default, the held guidance differs; a sampler that is not CFG++ gets no such rows."""
-    out = tmp_path / "grid.json"
     flags = "--grid-models testbed --grid-schedulers karras --comfyui-samplers euler_cfg_pp,deis --grid-steps 12"
     flags += " --classes 2 --comfyui-post-cfg-sweep same_rule,held_guidance"
-    cmd, env = _grid_command(comfy_install, comfy_base, out, flags)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    proc, result = _run_grid(comfy_install, comfy_base, tmp_path, flags)
     cells = {(r["sampler"], r["method"]): r for r in result["rows"]}
     ada = cells[("euler_cfg_pp", "adaptive")]
     same, held = (

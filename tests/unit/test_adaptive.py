@@ -225,40 +225,49 @@ def test_last_reused_names_the_samples_a_call_reused(setup):
     assert all(seen[i] == [] for i in range(12) if i not in (5, 7, 9))
 
 
+AUX_PATH = torch.ones(4, 12, dtype=torch.bool)
+AUX_PATH[:, 4] = AUX_PATH[:, 7] = AUX_PATH[:, 8] = AUX_PATH[1:, 10] = False  # all reused at 4, 7, 8; three at 10
+AUX_OFFSET = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+
+
+def _run_with_aux(setup, extrapolation, on_call):
+    """Euler along AUX_PATH that calls on_call(model, i, s, x, x0, ran, reused) after each model call (the samples
+    that ran, the samples the controller reused), as a CFG++ sampler's bridge does."""
+    den, noise, cond = setup
+    sig = schedules.get_sigmas("karras", 12)
+
+    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        for i in range(len(sigmas) - 1):
+            x0 = model(x, sigmas[i] * x.new_ones(x.shape[0]), **extra_args)
+            reused = model.last_reused
+            ran = torch.ones(x.shape[0], dtype=torch.bool)
+            ran[reused] = False
+            on_call(model, i, float(sigmas[i]), x, x0, ran.nonzero().flatten(), reused)
+            x = x + (x - x0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+        return x
+
+    config = AdaptiveConfig(mode="path", path=AUX_PATH, extrapolation=extrapolation)
+    adaptive_sample(sampler, den, noise * sig[0], sig, config, extra_args={"cond": cond})
+
+
 @pytest.mark.parametrize("extrapolation", ["hold", "linear", "log_linear", "quadratic", "linear_x0", "auto"])
 def test_a_second_prediction_is_reused_by_the_outputs_rule_and_weights(setup, extrapolation):
     """remember_aux / reuse_aux (a CFG++ sampler's unguided prediction): a prediction that differs from the output by a
     constant (in the space the rule extrapolates) comes back from a reused call with the same constant; one kept equal
     to the output comes back equal to the reused output."""
-    den, noise, cond = setup
-    sig = schedules.get_sigmas("karras", 12)
-    path = torch.ones(4, 12, dtype=torch.bool)
-    path[:, 4] = path[:, 7] = path[:, 8] = path[1:, 10] = False
-    offset = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     in_x0 = extrapolation == "linear_x0"
     got = []
 
-    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        for i in range(len(sigmas) - 1):
-            s = float(sigmas[i])
-            x0 = model(x, sigmas[i] * x.new_ones(x.shape[0]), **extra_args)
-            reused = model.last_reused
-            ran = torch.ones(x.shape[0], dtype=torch.bool)
-            ran[reused] = False
-            idx = ran.nonzero().flatten()
-            shifted = x0[idx] + (offset if in_x0 else -s * offset)  # direction d + offset, or x0 + offset
-            model.remember_aux("same", x[idx], s, x0[idx], idx)
-            model.remember_aux("shifted", x[idx], s, shifted, idx)
-            if reused.numel():
-                same = model.reuse_aux("same", x[reused], s, reused)
-                back = model.reuse_aux("shifted", x[reused], s, reused)
-                want = x0[reused] + (offset if in_x0 else -s * offset)
-                got.append((float((same - x0[reused]).abs().max()), float((back - want).abs().max())))
-            x = x + (x - x0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
-        return x
+    def on_call(model, i, s, x, x0, idx, reused):
+        shift = AUX_OFFSET if in_x0 else -s * AUX_OFFSET  # x0 + offset, or direction d + offset
+        model.remember_aux("same", x[idx], s, x0[idx], idx)
+        model.remember_aux("shifted", x[idx], s, x0[idx] + shift, idx)
+        if reused.numel():
+            same = model.reuse_aux("same", x[reused], s, reused)
+            back = model.reuse_aux("shifted", x[reused], s, reused)
+            got.append((float((same - x0[reused]).abs().max()), float((back - (x0[reused] + shift)).abs().max())))
 
-    config = AdaptiveConfig(mode="path", path=path, extrapolation=extrapolation)
-    adaptive_sample(sampler, den, noise * sig[0], sig, config, extra_args={"cond": cond})
+    _run_with_aux(setup, extrapolation, on_call)
     assert len(got) == 4
     assert max(a for a, _ in got) <= 1e-5 and max(b for _, b in got) <= 1e-4, got
 
@@ -266,36 +275,20 @@ def test_a_second_prediction_is_reused_by_the_outputs_rule_and_weights(setup, ex
 def test_hold_offset_reuses_the_output_plus_the_last_offset(setup):
     """reuse_aux(hold_offset=True), a CFG++ sampler's "held_guidance" form: the output's reuse plus the two
     directions' offset at the sample's last computed call, however the offset moved before."""
-    den, noise, cond = setup
-    sig = schedules.get_sigmas("karras", 12)
-    path = torch.ones(4, 12, dtype=torch.bool)
-    path[:, 4] = path[:, 7] = path[:, 8] = path[1:, 10] = False
-    offset = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     last = torch.full((4,), -1)
-    got = []
+    held, moved = [], []
 
-    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        for i in range(len(sigmas) - 1):
-            s = float(sigmas[i])
-            x0 = model(x, sigmas[i] * x.new_ones(x.shape[0]), **extra_args)
-            reused = model.last_reused
-            ran = torch.ones(x.shape[0], dtype=torch.bool)
-            ran[reused] = False
-            idx = ran.nonzero().flatten()
-            model.remember_aux("moving", x[idx], s, x0[idx] - s * (i + 1) * offset, idx)  # direction + (i + 1) offset
-            last[idx] = i
-            if reused.numel():
-                back = model.reuse_aux("moving", x[reused], s, reused, hold_offset=True)
-                k = (last[reused] + 1).reshape(-1, 1, 1, 1)
-                got.append(float((back - (x0[reused] - s * k * offset)).abs().max()))
-                moved = model.reuse_aux("moving", x[reused], s, reused)  # the rule's: extrapolates the moving offset
-                got.append(-float((moved - back).abs().max()))
-            x = x + (x - x0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
-        return x
+    def on_call(model, i, s, x, x0, idx, reused):
+        model.remember_aux("moving", x[idx], s, x0[idx] - s * (i + 1) * AUX_OFFSET, idx)  # direction + (i + 1) offset
+        last[idx] = i
+        if reused.numel():
+            back = model.reuse_aux("moving", x[reused], s, reused, hold_offset=True)
+            k = (last[reused] + 1).reshape(-1, 1, 1, 1)
+            held.append(float((back - (x0[reused] - s * k * AUX_OFFSET)).abs().max()))
+            rule = model.reuse_aux("moving", x[reused], s, reused)  # the rule's: extrapolates the moving offset
+            moved.append(float((rule - back).abs().max()))
 
-    config = AdaptiveConfig(mode="path", path=path, extrapolation="linear")
-    adaptive_sample(sampler, den, noise * sig[0], sig, config, extra_args={"cond": cond})
-    held, moved = got[0::2], [-v for v in got[1::2]]
+    _run_with_aux(setup, "linear", on_call)
     assert len(held) == 4 and max(held) <= 1e-4, held
     assert min(moved) > 1e-2, moved  # the check can fail: the same rule gives another prediction here
 
