@@ -222,7 +222,10 @@ def comfy_grid_main(args) -> int:
         if rules:
             result[key] = table(rows, rules)
             print(f"\nthe default with each {what}:")
-            print_table(result[key], list(result[key][0]))
+            if result[key]:
+                print_table(result[key], list(result[key][0]))
+            else:  # the post-CFG sweep without a CFG++ sampler in the run
+                print("  no sampler in this run has that rule (CFG++ ones: --comfyui-samplers euler_cfg_pp, ...)")
     result["markdown"] = markdown_matrix(summary, args.grid_steps, args.cfg)
     if args.json:
         write_json(args.json, result)

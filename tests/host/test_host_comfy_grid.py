@@ -124,6 +124,9 @@ def test_comfyui_grid_post_cfg_sweep_runs_the_cfgpp_samplers_forms(comfy_install
     assert not [m for s, m in cells if s == "deis" and m.startswith("adaptive_postcfg_")]
     assert [r["sampler"] for r in result["post_cfg_sweep"]] == ["euler_cfg_pp"]
     assert "CFG++ reuse form in place of the sampler's own" in proc.stdout
+    # without a CFG++ sampler the sweep has nothing to run, and says so
+    proc, result = _run_grid(comfy_install, comfy_base, tmp_path, flags.replace("euler_cfg_pp,", ""))
+    assert result["post_cfg_sweep"] == [] and "no sampler in this run has that rule" in proc.stdout
 
 
 def test_comfyui_grid_without_a_tree_says_what_it_needs(comfy_install, comfy_base, tmp_path):
