@@ -1,0 +1,146 @@
+"""AdaptiveDiffusion on a video model inside a real ComfyUI, loaded the way users load one.
+
+The model is a tiny Wan 2.1 text-to-video DiT written with ComfyUI's own ``WanModel`` class (two blocks, width 128,
+random weights) into ``models/diffusion_models``, loaded through ``UNETLoader`` (ComfyUI detects it as WAN21_T2V from
+its keys), with ``ModelSamplingSD3`` at shift 8 as Wan workflows set, on the 5-D latent of ``EmptyHunyuanLatentVideo``
+(16 channels, 9 frames -> 3 latent frames). The conditioning has the shape of Wan's umt5-xxl text encoder ([1, L,
+4096]); no text encoder is loaded. Checked: the KSampler node with skipping off is bit-identical with stock KSampler;
+the default halves the NFE, the model patch gives the same latents, and it is closer to the full run than fewer steps at
+the same NFE; with a different conditioning per video in a batch, per-sample skipping gives each video what it gets
+alone along the same skip path.
+"""
+
+import re
+
+import pytest
+
+CASES = [("euler", "simple"), ("uni_pc", "simple"), ("dpmpp_2m", "normal"), ("euler_ancestral", "normal")]
+
+SNIPPET = r"""
+import torch
+import comfy.ops
+import comfy.samplers
+import folder_paths
+import nodes
+from pathlib import Path
+from safetensors.torch import save_file
+from comfy.ldm.wan.model import WanModel
+from comfy_extras.nodes_hunyuan import EmptyHunyuanLatentVideo
+from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+from comfyui_tempo.nodes import adaptive as A
+from comfyui_tempo.samplers.adaptive import AdaptiveConfig
+from tempo_testnodes import skip_settings
+
+NAME = "tempo_tiny_wan21_t2v.safetensors"
+STEPS, CFG, SEED = 20, 5.0, 7
+R = {}
+
+# the file a user's UNETLoader reads: ComfyUI's own Wan class, random weights N(0, 1/fan_in), norms 1, biases 0
+g = torch.Generator().manual_seed(0)
+net = WanModel(model_type="t2v", in_dim=16, dim=128, ffn_dim=256, out_dim=16, num_heads=1, num_layers=2,
+               operations=comfy.ops.disable_weight_init)
+sd = {}
+for k, v in net.state_dict().items():
+    if v.dim() >= 2:
+        sd[k] = torch.randn(v.shape, generator=g) / v[0].numel() ** 0.5
+    else:
+        sd[k] = torch.ones(v.shape) if k.endswith("weight") else torch.zeros(v.shape)
+path = Path(folder_paths.get_folder_paths("diffusion_models")[0]) / NAME
+path.parent.mkdir(parents=True, exist_ok=True)
+save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+
+model = nodes.UNETLoader().load_unet(NAME, "default")[0]
+R["config"] = type(model.model.model_config).__name__
+model = ModelSamplingSD3().patch(model, 8.0)[0]
+empty = EmptyHunyuanLatentVideo().generate(48, 48, 9, 1)[0]
+R["latent_shape"] = list(empty["samples"].shape)
+pos = [[torch.randn(1, 8, 4096, generator=torch.Generator().manual_seed(1)), {}]]
+neg = [[torch.zeros(1, 8, 4096), {}]]
+
+
+def psnr(a, b):
+    mse = float(((a - b) ** 2).mean())
+    return 10 * torch.log10(torch.tensor(float((b.max() - b.min()) ** 2) / max(mse, 1e-20))).item()
+
+
+with torch.inference_mode():
+    patched = A.AdaptiveModelPatch.execute(model, **skip_settings()).args[0]
+    for name, sched in __CASES__:
+        full = nodes.common_ksampler(model, SEED, STEPS, CFG, name, sched, pos, neg, empty)[0]["samples"]
+        fewer = nodes.common_ksampler(model, SEED, STEPS // 2, CFG, name, sched, pos, neg, empty)[0]["samples"]
+        off = A.AdaptiveKSampler.execute(model, SEED, STEPS, CFG, name, sched, pos, neg, empty, 1.0,
+                                         **skip_settings(mode="threshold", threshold=0.0)).args[0]["samples"]
+        r = A.AdaptiveKSampler.execute(model, SEED, STEPS, CFG, name, sched, pos, neg, empty, 1.0, **skip_settings())
+        out = r.args[0]["samples"]
+        plot = r.args[1]
+        via = nodes.common_ksampler(patched, SEED, STEPS, CFG, name, sched, pos, neg, empty)[0]["samples"]
+        text = r.ui.as_dict()["text"][0] if hasattr(r.ui, "as_dict") else str(r.ui)
+        R[name] = {"text": text, "shape": list(out.shape), "finite": bool(torch.isfinite(out).all()),
+                   "off_equal": bool(torch.equal(off, full)), "patch_equal": bool(torch.equal(via, out)),
+                   "plot_shape": list(plot.shape), "psnr": psnr(out, full), "psnr_fewer": psnr(fewer, full)}
+
+    # a batch of two videos, each with its own prompt: per-sample skipping against each video alone on its path
+    ctx = torch.randn(2, 8, 4096, generator=torch.Generator().manual_seed(2))
+    noise = torch.randn(2, 16, 3, 6, 6, generator=torch.Generator().manual_seed(3))
+    lat = torch.zeros(2, 16, 3, 6, 6)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
+
+    def sample(config, ctx_, noise_, lat_):
+        sink = []
+        sampler = A.wrap_sampler(comfy.samplers.sampler_object("euler"), "euler", config, sink)
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds([[ctx_, {}]], neg)
+        guider.set_cfg(CFG)
+        return guider.sample(noise_, lat_, sampler, sigmas, seed=SEED), sink[-1]
+
+    cfg = A.make_config(**skip_settings(mode="threshold", threshold=0.02, max_skip=2, extrapolation="linear",
+                                        force_last=1))
+    both, rep = sample(cfg, ctx, noise, lat)
+    paths = torch.tensor([rec.mask for rec in rep.records]).T
+    alone, wrong = [], []
+    for b in range(2):
+        one, _ = sample(AdaptiveConfig(mode="path", path=paths[b], extrapolation="linear"), ctx[b:b + 1],
+                        noise[b:b + 1], lat[b:b + 1])
+        alone.append(float((one - both[b:b + 1]).abs().max()))
+        other, _ = sample(AdaptiveConfig(mode="path", path=paths[b], extrapolation="linear"), ctx[1 - b:2 - b],
+                          noise[b:b + 1], lat[b:b + 1])
+        wrong.append(float((other - both[b:b + 1]).abs().max()))
+    R["batch"] = {"nfe_per_sample": list(rep.nfe_per_sample), "paths_differ": bool((paths[0] != paths[1]).any()),
+                  "alone": alone, "wrong": wrong, "scale": float(both.abs().max()), "notes": list(rep.notes)}
+RESULT = R
+"""
+
+
+@pytest.fixture(scope="module")
+def video_result(comfy_snippet):
+    return comfy_snippet(SNIPPET.replace("__CASES__", repr(CASES)), timeout=600)
+
+
+def test_the_tiny_wan_file_loads_as_wan_with_a_video_latent(video_result):
+    assert video_result["config"] == "WAN21_T2V", video_result["config"]
+    assert video_result["latent_shape"] == [1, 16, 3, 6, 6], video_result["latent_shape"]
+
+
+@pytest.mark.parametrize("name,scheduler", CASES)
+def test_skipping_on_a_video_model(video_result, name, scheduler):
+    r = video_result[name]
+    print(f"\n{name} / {scheduler}: default {r['psnr']:.1f} dB from the full run, fewer steps {r['psnr_fewer']:.1f}")
+    assert r["off_equal"], "skipping off differs from stock KSampler"
+    assert r["shape"] == [1, 16, 3, 6, 6] and r["finite"], r
+    nfe, evals = map(float, re.search(r"NFE ([\d.]+) of (\d+)", r["text"]).groups())
+    assert evals / nfe >= 1.95, r["text"]
+    assert r["patch_equal"], "the model patch and the KSampler node differ"
+    assert r["plot_shape"][0] == 1 and r["plot_shape"][-1] == 3, r["plot_shape"]
+    assert r["psnr"] > r["psnr_fewer"], r
+
+
+def test_per_sample_skipping_with_a_prompt_per_video(video_result):
+    b = video_result["batch"]
+    print(
+        f"\nper-video NFE {b['nfe_per_sample']}, paths differ: {b['paths_differ']}, alone {b['alone']}, "
+        f"with the other prompt {b['wrong']}"
+    )
+    tol = 1e-4 * max(1.0, b["scale"])  # batched against single attention: float32 rounding (2e-5 here)
+    assert max(b["alone"]) <= tol, b
+    # the check can fail: the other video's prompt along the same path gives another video
+    assert min(b["wrong"]) > 100 * tol, b
