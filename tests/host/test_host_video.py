@@ -6,15 +6,24 @@ its keys), with ``ModelSamplingSD3`` at shift 8 as Wan workflows set, on the 5-D
 (16 channels, 9 frames -> 3 latent frames). The conditioning has the shape of Wan's umt5-xxl text encoder ([1, L,
 4096]); no text encoder is loaded. Checked: the KSampler node with skipping off is bit-identical with stock KSampler;
 the default halves the NFE, the model patch gives the same latents, and it is closer to the full run than fewer steps at
-the same NFE; with a different conditioning per video in a batch, per-sample skipping gives each video what it gets
-alone along the same skip path.
+the same NFE, at CFG 5 and at CFG 1 (distilled Wan LoRAs; ComfyUI then evaluates the positive prompt only); with a
+different conditioning per video in a batch, per-sample skipping gives each video what it gets alone along the same
+skip path, at both scales.
 """
 
 import re
 
 import pytest
 
-CASES = [("euler", "simple"), ("uni_pc", "simple"), ("dpmpp_2m", "normal"), ("euler_ancestral", "normal")]
+# (sampler, scheduler, cfg): Wan workflows run uni_pc / euler on simple; CFG 1 is what distilled Wan LoRAs run, where
+# ComfyUI evaluates the positive prompt only
+CASES = [
+    ("euler", "simple", 5.0),
+    ("uni_pc", "simple", 5.0),
+    ("dpmpp_2m", "normal", 5.0),
+    ("euler_ancestral", "normal", 5.0),
+    ("euler", "simple", 1.0),
+]
 
 SNIPPET = r"""
 import torch
@@ -32,7 +41,7 @@ from comfyui_tempo.samplers.adaptive import AdaptiveConfig
 from tempo_testnodes import skip_settings
 
 NAME = "tempo_tiny_wan21_t2v.safetensors"
-STEPS, CFG, SEED = 20, 5.0, 7
+STEPS, SEED = 20, 7
 R = {}
 
 # the file a user's UNETLoader reads: ComfyUI's own Wan class, random weights N(0, 1/fan_in), norms 1, biases 0
@@ -65,48 +74,50 @@ def psnr(a, b):
 
 with torch.inference_mode():
     patched = A.AdaptiveModelPatch.execute(model, **skip_settings()).args[0]
-    for name, sched in __CASES__:
-        full = nodes.common_ksampler(model, SEED, STEPS, CFG, name, sched, pos, neg, empty)[0]["samples"]
-        fewer = nodes.common_ksampler(model, SEED, STEPS // 2, CFG, name, sched, pos, neg, empty)[0]["samples"]
-        off = A.AdaptiveKSampler.execute(model, SEED, STEPS, CFG, name, sched, pos, neg, empty, 1.0,
+    for name, sched, cfg in __CASES__:
+        full = nodes.common_ksampler(model, SEED, STEPS, cfg, name, sched, pos, neg, empty)[0]["samples"]
+        fewer = nodes.common_ksampler(model, SEED, STEPS // 2, cfg, name, sched, pos, neg, empty)[0]["samples"]
+        off = A.AdaptiveKSampler.execute(model, SEED, STEPS, cfg, name, sched, pos, neg, empty, 1.0,
                                          **skip_settings(mode="threshold", threshold=0.0)).args[0]["samples"]
-        r = A.AdaptiveKSampler.execute(model, SEED, STEPS, CFG, name, sched, pos, neg, empty, 1.0, **skip_settings())
+        r = A.AdaptiveKSampler.execute(model, SEED, STEPS, cfg, name, sched, pos, neg, empty, 1.0, **skip_settings())
         out = r.args[0]["samples"]
         plot = r.args[1]
-        via = nodes.common_ksampler(patched, SEED, STEPS, CFG, name, sched, pos, neg, empty)[0]["samples"]
+        via = nodes.common_ksampler(patched, SEED, STEPS, cfg, name, sched, pos, neg, empty)[0]["samples"]
         text = r.ui.as_dict()["text"][0] if hasattr(r.ui, "as_dict") else str(r.ui)
-        R[name] = {"text": text, "shape": list(out.shape), "finite": bool(torch.isfinite(out).all()),
+        R[f"{name}/{sched}/{cfg:g}"] = {"text": text, "shape": list(out.shape), "finite": bool(torch.isfinite(out).all()),
                    "off_equal": bool(torch.equal(off, full)), "patch_equal": bool(torch.equal(via, out)),
                    "plot_shape": list(plot.shape), "psnr": psnr(out, full), "psnr_fewer": psnr(fewer, full)}
 
-    # a batch of two videos, each with its own prompt: per-sample skipping against each video alone on its path
+    # a batch of two videos, each with its own prompt: per-sample skipping against each video alone on its path,
+    # at CFG 5 and at CFG 1 (no negative prompt evaluated)
     ctx = torch.randn(2, 8, 4096, generator=torch.Generator().manual_seed(2))
     noise = torch.randn(2, 16, 3, 6, 6, generator=torch.Generator().manual_seed(3))
     lat = torch.zeros(2, 16, 3, 6, 6)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
 
-    def sample(config, ctx_, noise_, lat_):
+    def sample(config, ctx_, noise_, lat_, cfg):
         sink = []
         sampler = A.wrap_sampler(comfy.samplers.sampler_object("euler"), "euler", config, sink)
         guider = comfy.samplers.CFGGuider(model)
         guider.set_conds([[ctx_, {}]], neg)
-        guider.set_cfg(CFG)
+        guider.set_cfg(cfg)
         return guider.sample(noise_, lat_, sampler, sigmas, seed=SEED), sink[-1]
 
-    cfg = A.make_config(**skip_settings(mode="threshold", threshold=0.02, max_skip=2, extrapolation="linear",
-                                        force_last=1))
-    both, rep = sample(cfg, ctx, noise, lat)
-    paths = torch.tensor([rec.mask for rec in rep.records]).T
-    alone, wrong = [], []
-    for b in range(2):
-        one, _ = sample(AdaptiveConfig(mode="path", path=paths[b], extrapolation="linear"), ctx[b:b + 1],
-                        noise[b:b + 1], lat[b:b + 1])
-        alone.append(float((one - both[b:b + 1]).abs().max()))
-        other, _ = sample(AdaptiveConfig(mode="path", path=paths[b], extrapolation="linear"), ctx[1 - b:2 - b],
-                          noise[b:b + 1], lat[b:b + 1])
-        wrong.append(float((other - both[b:b + 1]).abs().max()))
-    R["batch"] = {"nfe_per_sample": list(rep.nfe_per_sample), "paths_differ": bool((paths[0] != paths[1]).any()),
-                  "alone": alone, "wrong": wrong, "scale": float(both.abs().max()), "notes": list(rep.notes)}
+    config = A.make_config(**skip_settings(mode="threshold", threshold=0.02, max_skip=2, extrapolation="linear",
+                                           force_last=1))
+    for cfg in (5.0, 1.0):
+        both, rep = sample(config, ctx, noise, lat, cfg)
+        paths = torch.tensor([rec.mask for rec in rep.records]).T
+        alone, wrong = [], []
+        for b in range(2):
+            on_path = AdaptiveConfig(mode="path", path=paths[b], extrapolation="linear")
+            one, _ = sample(on_path, ctx[b:b + 1], noise[b:b + 1], lat[b:b + 1], cfg)
+            alone.append(float((one - both[b:b + 1]).abs().max()))
+            other, _ = sample(on_path, ctx[1 - b:2 - b], noise[b:b + 1], lat[b:b + 1], cfg)
+            wrong.append(float((other - both[b:b + 1]).abs().max()))
+        R[f"batch/{cfg:g}"] = {"nfe_per_sample": list(rep.nfe_per_sample),
+                               "paths_differ": bool((paths[0] != paths[1]).any()), "alone": alone, "wrong": wrong,
+                               "scale": float(both.abs().max()), "notes": list(rep.notes)}
 RESULT = R
 """
 
@@ -121,10 +132,12 @@ def test_the_tiny_wan_file_loads_as_wan_with_a_video_latent(video_result):
     assert video_result["latent_shape"] == [1, 16, 3, 6, 6], video_result["latent_shape"]
 
 
-@pytest.mark.parametrize("name,scheduler", CASES)
-def test_skipping_on_a_video_model(video_result, name, scheduler):
-    r = video_result[name]
-    print(f"\n{name} / {scheduler}: default {r['psnr']:.1f} dB from the full run, fewer steps {r['psnr_fewer']:.1f}")
+@pytest.mark.parametrize("name,scheduler,cfg", CASES)
+def test_skipping_on_a_video_model(video_result, name, scheduler, cfg):
+    r = video_result[f"{name}/{scheduler}/{cfg:g}"]
+    print(
+        f"\n{name} / {scheduler} / CFG {cfg:g}: default {r['psnr']:.1f} dB from the full run, fewer steps {r['psnr_fewer']:.1f}"
+    )
     assert r["off_equal"], "skipping off differs from stock KSampler"
     assert r["shape"] == [1, 16, 3, 6, 6] and r["finite"], r
     nfe, evals = map(float, re.search(r"NFE ([\d.]+) of (\d+)", r["text"]).groups())
@@ -134,10 +147,11 @@ def test_skipping_on_a_video_model(video_result, name, scheduler):
     assert r["psnr"] > r["psnr_fewer"], r
 
 
-def test_per_sample_skipping_with_a_prompt_per_video(video_result):
-    b = video_result["batch"]
+@pytest.mark.parametrize("cfg", [5.0, 1.0])
+def test_per_sample_skipping_with_a_prompt_per_video(video_result, cfg):
+    b = video_result[f"batch/{cfg:g}"]
     print(
-        f"\nper-video NFE {b['nfe_per_sample']}, paths differ: {b['paths_differ']}, alone {b['alone']}, "
+        f"\nCFG {cfg:g}: per-video NFE {b['nfe_per_sample']}, paths differ: {b['paths_differ']}, alone {b['alone']}, "
         f"with the other prompt {b['wrong']}"
     )
     tol = 1e-4 * max(1.0, b["scale"])  # batched against single attention: float32 rounding (2e-5 here)
