@@ -8,7 +8,7 @@ its keys), with ``ModelSamplingSD3`` at shift 8 as Wan workflows set, on the 5-D
 the default halves the NFE, the model patch gives the same latents, and it is closer to the full run than fewer steps at
 the same NFE, at CFG 5 and at CFG 1 (distilled Wan LoRAs; ComfyUI then evaluates the positive prompt only); with a
 different conditioning per video in a batch, per-sample skipping gives each video what it gets alone along the same
-skip path, at both scales.
+skip path, at both scales; a skip profile calibrated on it (AdaptiveDiffusion Calibrate's search) is sampled along.
 """
 
 import re
@@ -37,6 +37,7 @@ from comfy.ldm.wan.model import WanModel
 from comfy_extras.nodes_hunyuan import EmptyHunyuanLatentVideo
 from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 from comfyui_tempo.nodes import adaptive as A
+from comfyui_tempo.nodes.adaptive_profile import calibrate_in_comfy
 from comfyui_tempo.samplers.adaptive import AdaptiveConfig
 from tempo_testnodes import skip_settings
 
@@ -118,6 +119,16 @@ with torch.inference_mode():
         R[f"batch/{cfg:g}"] = {"nfe_per_sample": list(rep.nfe_per_sample),
                                "paths_differ": bool((paths[0] != paths[1]).any()), "alone": alone, "wrong": wrong,
                                "scale": float(both.abs().max()), "notes": list(rep.notes)}
+
+    # a skip profile calibrated on the video model (two prompts, the error on latents) and sampled along
+    pos2 = [[torch.randn(1, 8, 4096, generator=torch.Generator().manual_seed(4)), {}]]
+    prof = calibrate_in_comfy(model, [pos, pos2], neg, empty, SEED, 12, 5.0, "euler", "simple", 2.0, "auto")
+    r = A.AdaptiveKSampler.execute(model, SEED, 12, 5.0, "euler", "simple", pos, neg, empty, 1.0, profile=prof,
+                                   **skip_settings())
+    text = r.ui.as_dict()["text"][0] if hasattr(r.ui, "as_dict") else str(r.ui)
+    R["profile"] = {"path": "".join("C" if c else "s" for c in prof.path), "metric": prof.metric,
+                    "search": prof.search, "calib_nfe": prof.calib_nfe, "text": text,
+                    "finite": bool(torch.isfinite(r.args[0]["samples"]).all())}
 RESULT = R
 """
 
@@ -158,3 +169,12 @@ def test_per_sample_skipping_with_a_prompt_per_video(video_result, cfg):
     assert max(b["alone"]) <= tol, b
     # the check can fail: the other video's prompt along the same path gives another video
     assert min(b["wrong"]) > 100 * tol, b
+
+
+def test_a_profile_calibrated_on_the_video_model_is_sampled_along(video_result):
+    p = video_result["profile"]
+    print(f"\nprofile {p['path']} ({p['search']}, {p['calib_nfe']} NFE to calibrate)")
+    assert p["metric"] == "latent_mse" and p["calib_nfe"] > 0, p
+    assert p["path"].count("s") == 6 and p["path"][0] == "C", p
+    assert p["text"].startswith("AdaptiveDiffusion [path"), p["text"]
+    assert p["text"].split(" path ")[1].split()[0].rstrip(",") == p["path"] and p["finite"], p["text"]
