@@ -156,8 +156,6 @@ def test_skipping_on_a_video_model(video_result, name, scheduler, cfg):
     assert evals / nfe >= 1.95, r["text"]
     # reused as a flow model's (on an eps / v model euler reuses log_linear, euler_ancestral holds after a long gap)
     assert "linear (auto)]" in r["text"], r["text"]
-        "text"
-    ]  # reused as a flow model's (euler, euler_ancestral: log_linear / their rule on eps)
     assert r["patch_equal"], "the model patch and the KSampler node differ"
     assert r["plot_shape"][0] == 1 and r["plot_shape"][-1] == 3, r["plot_shape"]
     assert r["psnr"] > r["psnr_fewer"], r
