@@ -63,9 +63,11 @@ def adaptive_inputs() -> list:
             max=1.0,
             step=0.001,
             round=0.0001,
-            tooltip="The paper's delta: skip the next step when |(d_i + d_i-2)/2 - d_i-1| <= threshold * d_i-1 "
-            "(d = mean latent change per step). Higher skips more. 0 turns skipping off (bit-identical to the "
-            "plain sampler). In target_speedup mode it only shifts where skips go.",
+            tooltip="Modes threshold and paper: the paper's delta: skip the next step when |(d_i + d_i-2)/2 - d_i-1| "
+            "<= threshold * d_i-1 (d = mean latent change per step). Higher skips more; 0 turns skipping off there "
+            "(bit-identical to the plain sampler). Mode target_speedup reads it only with planner pace, placement "
+            "above 0 and estimator latent (where it shifts where skips go); there target_speedup 1.0 turns skipping "
+            "off.",
         ),
         io.Int.Input(
             "max_skip",
@@ -164,8 +166,8 @@ def adaptive_inputs() -> list:
             "with a pair of skips mid-run instead; on normal the step into its final jump always runs, eps and v "
             "models), and where some steps are far cheaper it takes runs (a flow model "
             "with karras or exponential: it runs the first steps and skips the tiny last ones). dpmpp_2m_sde on eps "
-            "and v models, where every skip of that plan would hold the last direction (20 steps on karras, "
-            "exponential and beta; 15 or fewer), plans with the noise the sampler injects added to the cost; the "
+            "and v models, where every skip of that plan would hold the last direction (18 and 20 steps on karras, "
+            "exponential and beta; 25 and 30 on exponential; 15 or fewer), plans with the noise the sampler injects added to the cost; the "
             "report says so. pace: the earlier "
             "default (skips paced at a rate ramped by late_bias, placement and estimator).",
         ),
@@ -351,8 +353,9 @@ class AdaptiveKSampler(io.ComfyNode):
             node_id="TempoAdaptiveKSampler",
             display_name="AdaptiveDiffusion KSampler",
             category=CATEGORY,
-            description="KSampler that skips the network on steps where the latents say it can reuse the last "
-            "noise prediction (AdaptiveDiffusion, NeurIPS 2024). Same inputs as KSampler plus the skip settings; "
+            description="KSampler that skips the network on some steps and reuses its last noise prediction there "
+            "(AdaptiveDiffusion, NeurIPS 2024): by default on a skip path planned from the run's sigma schedule, in "
+            "modes threshold and paper where the latents allow. Same inputs as KSampler plus the skip settings; "
             "reports which steps ran, the NFE and the speed-up.",
             inputs=[
                 io.Model.Input("model", tooltip="The model used for denoising the input latent."),
