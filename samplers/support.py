@@ -199,7 +199,7 @@ def name_of_function(fn) -> str | None:
 
 
 def support_matrix_markdown() -> str:
-    """The README's support matrix."""
+    """The sampler support table of docs/adaptive.md ("Sampler support")."""
     rows = [
         "| sampler | served | kind | noise handling | re-spaced by respace auto (eps / v models) "
         "| reuse under extrapolation auto | note |",
