@@ -87,7 +87,8 @@ HOLD_NOISE_FORM = "sde"
 # out (docs/adaptive.md, "Samplers no rule had seen").
 HOLD_ALWAYS_NOISE_FORM = NOISE_FORMS["dpmpp_sde"]  # "ancestral", one source with the benchmark's candidate
 # A sampler marked reuse "hold_long_gap" (euler_ancestral) holds the last direction at a skipped step whose last computed
-# step is this many of the run's median steps or more away in log sigma (the planner's step length, h / median h),
+# step is this many of the run's median steps or more away in log sigma (``_median_step``: between nonzero sigmas, the
+# lower middle one; the planner's median, skip_plan.skip_costs_fn, also counts the step to 0),
 # under extrapolation "auto" on eps / v models, and extrapolates linearly in sigma elsewhere. Over such a gap the
 # ancestral sampler has replaced more of the latent's noise since the network last saw it than over a typical step
 # (1 - exp(-2 h)), and the slope between the last two computed directions, each following its own noise draw, would be

@@ -86,7 +86,13 @@ SUPPORT: dict[str, SamplerSupport] = {
     "er_sde": _S(True, "multistep", True, "default"),
     "sa_solver": _S(True, "multistep", True, "default", reuse=_ALWAYS),
     "sa_solver_pece": _S(
-        True, "multistep", True, "default", note="its corrector re-evaluates at the same sigma", reuse=_GAP
+        True,
+        "multistep",
+        True,
+        "default",
+        note="its corrector re-evaluates at the same sigma; under extrapolation auto it extrapolates log-linearly "
+        "(its first skip comes before it injects noise or evaluates twice in a step)",
+        reuse=_GAP,
     ),
     "heun": _S(True, "multi-eval", endpoint_corrector=True),
     "dpm_2": _S(True, "multi-eval", discard_penultimate_sigma=True),
@@ -213,11 +219,9 @@ def support_matrix_markdown() -> str:
     }
     reuse = {
         _HOLD: "held below sigma 1 and 0.2 or more in log sigma from the last computed step (eps / v models), "
-        "linear elsewhere (log-linear at s_noise 0, which SamplerCustom can set); where every skip of the plan holds, "
-        "the plan adds the injected noise to its cost",
+        "linear elsewhere{}; where every skip of the plan holds, the plan adds the injected noise to its cost",
         _GAP: "held 1.5 or more of the run's median steps (in log sigma) from the last computed step (eps / v models), "
-        "linear elsewhere (sa_solver_pece: log-linear, its first skip coming before it injects noise or evaluates "
-        "twice in a step)",
+        "linear elsewhere",
         _BELOW: "held below sigma 1 (eps / v models), linear elsewhere",
         _ALWAYS: "held throughout, the paper's reuse, the plan adding the injected noise to its cost (eps / v models); "
         "linear on flow models",
@@ -225,8 +229,10 @@ def support_matrix_markdown() -> str:
     low_eta = " ({} below eta 1 or at s_noise 0, which SamplerCustom can set)"
     for name, e in SUPPORT.items():
         noise = "regressed out of the estimator" if e.stochastic else "-"
+        # s_noise 0 gives a one-evaluation sampler the deterministic base (log-linear); a multi-evaluation one stays linear
+        one_eval = " (log-linear at s_noise 0, which SamplerCustom can set)" if e.family != "multi-eval" else ""
         rows.append(
             f"| `{name}` | {'yes' if e.served else 'no'} | {e.family} | {noise} | {rules.get(e.respace, '-')} "
-            f"| {reuse.get(e.reuse, '-')}{low_eta.format(e.low_eta_base.replace('_', '-')) if e.low_eta_base else ''} | {e.note} |"
+            f"| {reuse.get(e.reuse, '-').format(one_eval)}{low_eta.format(e.low_eta_base.replace('_', '-')) if e.low_eta_base else ''} | {e.note} |"
         )
     return "\n".join(rows)
