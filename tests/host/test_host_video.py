@@ -118,7 +118,8 @@ with torch.inference_mode():
             wrong.append(float((other - both[b:b + 1]).abs().max()))
         R[f"batch/{cfg:g}"] = {"nfe_per_sample": list(rep.nfe_per_sample),
                                "paths_differ": bool((paths[0] != paths[1]).any()), "alone": alone, "wrong": wrong,
-                               "scale": float(both.abs().max()), "notes": list(rep.notes)}
+                               "scale": float(both.abs().max()), "notes": list(rep.notes),
+                               "computed": [rec.computed for rec in rep.records]}
 
     # a skip profile calibrated on the video model (two prompts, the error on latents) and sampled along
     pos2 = [[torch.randn(1, 8, 4096, generator=torch.Generator().manual_seed(4)), {}]]
@@ -168,6 +169,9 @@ def test_per_sample_skipping_with_a_prompt_per_video(video_result, cfg):
         f"\nCFG {cfg:g}: per-video NFE {b['nfe_per_sample']}, paths differ: {b['paths_differ']}, alone {b['alone']}, "
         f"with the other prompt {b['wrong']}"
     )
+    # steps where one video ran and the other did not, run on that video alone (its prompt sliced from the batch's)
+    assert any(0.0 < c < 1.0 for c in b["computed"]), b["computed"]
+    assert not [n for n in b["notes"] if "cannot slice" in n], b["notes"]
     tol = 1e-4 * max(1.0, b["scale"])  # batched against single attention: float32 rounding (2e-5 here)
     assert max(b["alone"]) <= tol, b
     # the check can fail: the other video's prompt along the same path gives another video
