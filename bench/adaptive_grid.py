@@ -30,6 +30,11 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   the injected-noise cost where every skip holds / without euler_ancestral's hold after a long gap.
   ``adaptive_noise_gate_off`` (``--grid-noise-gate-off``): the default with the sampler's reuse rule kept where eta 0
   would drop it (s_noise 0 keeps it already).
+* ``full_split`` / ``adaptive_split`` / ``fewer_steps_split`` (``--grid-split K``): the run split into two sampler calls
+  at step K, as two KSamplerAdvanced nodes split it (Wan 2.2's high- and low-noise experts, SDXL's base and refiner;
+  here the same model on both sides): the base sampler on both segments, the default on each segment as the model
+  patch runs it (each plans its own segment at the target), and fewer steps split at the same share of the run;
+  scored against ``full_split``.
 * ``--grid-eta E`` runs every method of a sampler that takes an eta at that eta, the full run included (rows get
   ``eta``): the noisy samplers' reuse rules away from ComfyUI's default, eta 1. ``--grid-s-noise S`` does the same
   with the scale of the noise (``s_noise``).
@@ -158,10 +163,21 @@ class Cell:
     def sigmas(self, steps: int) -> torch.Tensor:
         return schedules.ksampler_sigmas(self.scheduler, steps, _sampling(self.p), self.sampler)
 
-    def run(self, config: AdaptiveConfig | None, steps: int | None = None, **more):
-        """(latents, nfe per image, wall seconds, report or None); more: adaptive_sample's other keywords."""
+    def run(self, config: AdaptiveConfig | None, steps: int | None = None, split: int = 0, **more):
+        """(latents, nfe per image, wall seconds, report or None); more: adaptive_sample's other keywords.
+        split > 0: two sampler calls, steps 0..split and split..end, each with config and its own noise sampler of the
+        same seed, as two KSamplerAdvanced nodes make them (the report: the second segment's)."""
         sig = self.sigmas(steps or self.steps)
         x = self.p.noise * sig[0]  # ComfyUI's noise scaling for eps and flow (CONST) models alike
+        if split:
+            t0, nfe, rep = time.perf_counter(), 0.0, None
+            for seg in (sig[: split + 1], sig[split:]):
+                x, n, _, rep = self._run_on(config, seg, x, **more)
+                nfe += n
+            return x, nfe, time.perf_counter() - t0, rep
+        return self._run_on(config, sig, x, **more)
+
+    def _run_on(self, config: AdaptiveConfig | None, sig: torch.Tensor, x: torch.Tensor, **more):
         kw = dict(self.options)
         if self.stochastic:
             kw["noise_sampler"] = kdiff.default_noise_sampler(x, seed=NOISE_SEED)
@@ -202,6 +218,7 @@ def run_cell(
     noise_gate_off: bool = False,
     reuses=(),
     auto_bases=(),
+    split: int = 0,
 ) -> list[dict]:
     base = {
         "model": cell.model,
@@ -290,6 +307,8 @@ def run_cell(
         out, nfe, wall, rep = cell.run(AdaptiveConfig(mode="path", path=every_other, extrapolation=extrap))
         add(name, out, nfe, wall, f"network on every other step, reuse {extrap}", rep)
 
+    if split:
+        rows.extend(_split_rows(cell, base, split, n_run, n_fewer))
     if calib is not None:
         rows.extend(_calibrated_rows(cell, base, calib, log))
     m = {r["method"]: r for r in rows}
@@ -304,6 +323,50 @@ def run_cell(
         f"{db('uniform_skip_linear')} | paper {db('adaptive_paper')} | pace {db('adaptive_pace')}"
     )
     return rows
+
+
+def _split_rows(cell: Cell, base: dict, split: int, n_run: int, n_fewer: int) -> list[dict]:
+    """``--grid-split``: the run split into two sampler calls at step ``split`` (module docstring), scored against the
+    split full run: the base sampler, the default on each segment, and fewer steps split at the same share."""
+    if not 0 < split < n_run:
+        raise ValueError(f"--grid-split: expected a step between 1 and {n_run - 1}, got {split}")
+    full, full_nfe, full_wall, _ = cell.run(None, split=split)
+    ref = cell.p.decode(full)
+    fewer_run = len(cell.sigmas(n_fewer)) - 1
+    k = min(max(1, round(split * fewer_run / n_run)), fewer_run - 1)
+    rows = [grid_row(base, "full_split", torch.full((ref.shape[0],), float("inf")), full_nfe, full_nfe, full_wall,
+                     f"{cell.steps} steps in two calls, at step {split}", None, split=split)]  # fmt: skip
+    for method, config, steps, at, setting in (
+        ("adaptive_split", AdaptiveConfig(), None, split, f"AdaptiveConfig() on each call, split at step {split}"),
+        ("fewer_steps_split", None, n_fewer, k, f"{n_fewer} steps in two calls, at step {k}"),
+    ):
+        out, nfe, wall, rep = cell.run(config, steps, split=at)
+        psnr = psnr_db(cell.p.decode(out), ref)
+        rows.append(grid_row(base, method, psnr, nfe, full_nfe, wall, setting, rep, split=split))
+    return rows
+
+
+def split_table(rows: list[dict]) -> list[dict]:
+    """Per cell with split rows: the default split against fewer steps split (both scored against the split full run),
+    and the default unsplit (against the full run): what the split costs it."""
+    out = []
+    for key, m in _by_cell(rows).items():
+        if "adaptive_split" not in m:
+            continue
+        a, f = m["adaptive_split"], m["fewer_steps_split"]
+        out.append(
+            {
+                **_cell_head(key),
+                "split": a["split"],
+                "nfe": a["nfe"],
+                "adaptive_split_db": a["psnr_db"],
+                "fewer_split_db": f["psnr_db"],
+                "split_vs_fewer": a["psnr_db"] - f["psnr_db"],
+                "adaptive_db": m["adaptive"]["psnr_db"],
+                "split_vs_unsplit": a["psnr_db"] - m["adaptive"]["psnr_db"],
+            }
+        )
+    return out
 
 
 def grid_row(base: dict, method: str, psnr, nfe: float, full_nfe: float, wall: float, setting: str, rep, **more):
@@ -726,6 +789,14 @@ def add_arguments(p) -> None:
         "models); a table of the cells where the two differ",
     )
     p.add_argument(
+        "--grid-split",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also run each cell split into two sampler calls at step K, as two KSamplerAdvanced nodes split it "
+        "(full_split, adaptive_split: the default on each call, fewer_steps_split); a table against fewer steps split",
+    )
+    p.add_argument(
         "--grid-jump-off",
         action="store_true",
         help="also run the default planned without its final-jump rule (adaptive_jump_off); a table of the cells "
@@ -904,6 +975,7 @@ def grid_main(args) -> int:
                 noise_gate_off=args.grid_noise_gate_off,
                 reuses=reuses,
                 auto_bases=auto_bases,
+                split=args.grid_split,
             )
         )
     summary = summarize(rows)
@@ -973,6 +1045,19 @@ def grid_main(args) -> int:
             f"the two differ in {s['changed']} of {s['cells']} cells; the rule is above in {s['up']} of them (mean "
             f"{s['mean_gain_db']:+.2f} dB, {s['min_gain_db']:+.2f} to {s['max_gain_db']:+.2f}); cells meeting the "
             f"three checks: {s['meets_without']} without it, {s['meets_with']} with it"
+        )
+    split = split_table(rows)
+    if split:
+        result["split"] = split
+        above = sum(1 for j in split if j["split_vs_fewer"] > 0)
+        print(
+            f"\nthe run split into two calls at step {args.grid_split}: the default on each call and fewer steps split, "
+            "dB against the split full run; the default unsplit against the full run:"
+        )
+        print_table(split, list(split[0]))
+        print(
+            f"the default split above fewer steps split in {above} of {len(split)} cells; mean cost of the split "
+            f"{sum(j['split_vs_unsplit'] for j in split) / len(split):+.2f} dB"
         )
     noise = noise_plan_table(rows)
     if noise:

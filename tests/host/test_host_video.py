@@ -9,6 +9,8 @@ the default halves the NFE, the model patch gives the same latents, and it is cl
 the same NFE, at CFG 5 and at CFG 1 (distilled Wan LoRAs; ComfyUI then evaluates the positive prompt only); with a
 different conditioning per video in a batch, per-sample skipping gives each video what it gets alone along the same
 skip path, at both scales; a skip profile calibrated on it (AdaptiveDiffusion Calibrate's search) is sampled along.
+Wan 2.2's split between a high-noise and a low-noise expert (two KSamplerAdvanced nodes, each model patched) skips in
+each segment.
 """
 
 import re
@@ -25,7 +27,9 @@ CASES = [
     ("euler", "simple", 1.0),
 ]
 
-SNIPPET = r"""
+# writes tiny Wan 2.1 text-to-video files (ComfyUI's own Wan class, random weights N(0, 1/fan_in), norms 1, biases 0)
+# where a user's UNETLoader reads them, and loads one as a user does
+PREFIX = r"""
 import torch
 import comfy.ops
 import comfy.samplers
@@ -37,31 +41,31 @@ from comfy.ldm.wan.model import WanModel
 from comfy_extras.nodes_hunyuan import EmptyHunyuanLatentVideo
 from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 from comfyui_tempo.nodes import adaptive as A
-from comfyui_tempo.nodes.adaptive_profile import calibrate_in_comfy
-from comfyui_tempo.samplers.adaptive import AdaptiveConfig
 from tempo_testnodes import skip_settings
 
-NAME = "tempo_tiny_wan21_t2v.safetensors"
 STEPS, SEED = 20, 7
 R = {}
 
-# the file a user's UNETLoader reads: ComfyUI's own Wan class, random weights N(0, 1/fan_in), norms 1, biases 0
-g = torch.Generator().manual_seed(0)
-net = WanModel(model_type="t2v", in_dim=16, dim=128, ffn_dim=256, out_dim=16, num_heads=1, num_layers=2,
-               operations=comfy.ops.disable_weight_init)
-sd = {}
-for k, v in net.state_dict().items():
-    if v.dim() >= 2:
-        sd[k] = torch.randn(v.shape, generator=g) / v[0].numel() ** 0.5
-    else:
-        sd[k] = torch.ones(v.shape) if k.endswith("weight") else torch.zeros(v.shape)
-path = Path(folder_paths.get_folder_paths("diffusion_models")[0]) / NAME
-path.parent.mkdir(parents=True, exist_ok=True)
-save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
 
-model = nodes.UNETLoader().load_unet(NAME, "default")[0]
-R["config"] = type(model.model.model_config).__name__
-model = ModelSamplingSD3().patch(model, 8.0)[0]
+def load_wan(seed):
+    name = f"tempo_tiny_wan21_t2v_{seed}.safetensors"
+    g = torch.Generator().manual_seed(seed)
+    net = WanModel(model_type="t2v", in_dim=16, dim=128, ffn_dim=256, out_dim=16, num_heads=1, num_layers=2,
+                   operations=comfy.ops.disable_weight_init)
+    sd = {}
+    for k, v in net.state_dict().items():
+        if v.dim() >= 2:
+            sd[k] = torch.randn(v.shape, generator=g) / v[0].numel() ** 0.5
+        else:
+            sd[k] = torch.ones(v.shape) if k.endswith("weight") else torch.zeros(v.shape)
+    path = Path(folder_paths.get_folder_paths("diffusion_models")[0]) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    model = nodes.UNETLoader().load_unet(name, "default")[0]
+    R.setdefault("config", type(model.model.model_config).__name__)
+    return ModelSamplingSD3().patch(model, 8.0)[0]
+
+
 empty = EmptyHunyuanLatentVideo().generate(48, 48, 9, 1)[0]
 R["latent_shape"] = list(empty["samples"].shape)
 pos = [[torch.randn(1, 8, 4096, generator=torch.Generator().manual_seed(1)), {}]]
@@ -71,7 +75,15 @@ neg = [[torch.zeros(1, 8, 4096), {}]]
 def psnr(a, b):
     mse = float(((a - b) ** 2).mean())
     return 10 * torch.log10(torch.tensor(float((b.max() - b.min()) ** 2) / max(mse, 1e-20))).item()
+"""
 
+SNIPPET = (
+    PREFIX
+    + r"""
+from comfyui_tempo.nodes.adaptive_profile import calibrate_in_comfy
+from comfyui_tempo.samplers.adaptive import AdaptiveConfig
+
+model = load_wan(0)
 
 with torch.inference_mode():
     patched = A.AdaptiveModelPatch.execute(model, **skip_settings()).args[0]
@@ -132,6 +144,62 @@ with torch.inference_mode():
                     "finite": bool(torch.isfinite(r.args[0]["samples"]).all())}
 RESULT = R
 """
+)
+
+
+# Wan 2.2's two experts: KSamplerAdvanced with the high-noise model on steps 0-10 of 20 (leftover noise returned), then
+# the low-noise model on steps 10-20, each model patched (the model patch plans each segment's own sigmas)
+SPLIT_SNIPPET = (
+    PREFIX
+    + r"""
+high, low = load_wan(10), load_wan(20)
+calls = {}
+for key, m in (("high", high), ("low", low)):
+    m.model.diffusion_model.register_forward_hook(lambda mod, a, o, key=key: calls.__setitem__(key, calls.get(key, 0) + 1))
+ksa = nodes.KSamplerAdvanced()
+
+
+def pair(h, l, steps, split):
+    calls.clear()
+    with torch.inference_mode():
+        a = ksa.sample(h, "enable", SEED, steps, 5.0, "euler", "simple", pos, neg, empty, 0, split, "enable")[0]
+        out = ksa.sample(l, "disable", SEED, steps, 5.0, "euler", "simple", pos, neg, a, split, 10000, "disable")[0]
+    return out["samples"], dict(calls)
+
+
+def patched(m, **changes):
+    return A.AdaptiveModelPatch.execute(m, **skip_settings(**changes)).args[0]
+
+
+full, c_full = pair(high, low, STEPS, STEPS // 2)
+fewer, c_fewer = pair(high, low, STEPS // 2, STEPS // 4)
+off, c_off = pair(patched(high, target_speedup=1.0), patched(low, target_speedup=1.0), STEPS, STEPS // 2)
+skip, c_skip = pair(patched(high), patched(low), STEPS, STEPS // 2)
+R["split"] = {"off_equal": bool(torch.equal(off, full)), "calls_full": c_full, "calls_off": c_off,
+              "calls_skip": c_skip, "calls_fewer": c_fewer, "finite": bool(torch.isfinite(skip).all()),
+              "psnr": psnr(skip, full), "psnr_fewer": psnr(fewer, full)}
+RESULT = R
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def split_result(comfy_snippet):
+    return comfy_snippet(SPLIT_SNIPPET, timeout=600)
+
+
+def test_two_experts_split_by_ksampler_advanced_each_skip_their_segment(split_result):
+    """Wan 2.2's high / low-noise experts (KSamplerAdvanced steps 0-10 and 10-20 of 20), each behind the model patch:
+    skipping off is bit-identical with the plain pair, and the default halves each expert's network calls."""
+    r = split_result["split"]
+    print(
+        f"\ncalls {r['calls_full']} -> {r['calls_skip']}; default {r['psnr']:.1f} dB, fewer steps {r['psnr_fewer']:.1f}"
+    )
+    assert split_result["config"] == "WAN21_T2V"
+    assert r["off_equal"] and r["calls_off"] == r["calls_full"], r
+    for key in ("high", "low"):
+        assert r["calls_full"][key] >= 1.95 * r["calls_skip"][key], r
+    assert r["finite"] and r["psnr"] > r["psnr_fewer"], r
 
 
 @pytest.fixture(scope="module")

@@ -537,3 +537,26 @@ def test_fewer_steps_for_any_schedule():
     n = adaptive_grid.fewer_steps_for(ddim, 6)
     runs = {k: len(ddim(k)) - 1 for k in range(3, 13)}
     assert runs[n] == min(r for r in runs.values() if r >= 6) and runs[n] > 6  # ddim_uniform runs 7 for 6 here
+
+
+def test_grid_split_runs_two_calls_and_scores_them_against_the_split_full_run(tmp_path):
+    """--grid-split K: the run in two sampler calls at step K, as two KSamplerAdvanced nodes make it. Euler keeps no
+    history, so its split full run is the full run exactly; the default on each call halves each call's NFE;
+    fewer steps are split at the same share of the run."""
+    p = adaptive_grid.build_problem("testbed", "karras", 5.0, 2, 1)
+    cell = adaptive_grid.Cell(p, "testbed", "euler", "karras", 20, 5.0)
+    whole, nfe, _, _ = cell.run(None)
+    split, nfe_split, _, _ = cell.run(None, split=8)
+    assert torch.equal(whole, split) and nfe == nfe_split == 20
+    _, nfe_a, _, rep = cell.run(adaptive_grid.AdaptiveConfig(), split=8)
+    assert nfe_a == 4 + 6 and rep.steps == 12  # 8 steps at 2x, then 12; the report is the second call's
+    with pytest.raises(ValueError, match="--grid-split: expected a step between 1 and 19, got 20"):
+        adaptive_grid._split_rows(cell, {}, 20, 20, 10)
+    d = _lean_grid(tmp_path, "dpmpp_2m", "karras", "--grid-split", "10")
+    m = {r["method"]: r for r in d["rows"]}
+    assert {"full_split", "adaptive_split", "fewer_steps_split"} <= set(m)
+    assert m["full_split"]["nfe"] == 20 and m["adaptive_split"]["nfe"] == 10 and m["fewer_steps_split"]["nfe"] == 10
+    assert m["fewer_steps_split"]["setting"] == "10 steps in two calls, at step 5"
+    (t,) = d["split"]
+    assert t["split_vs_fewer"] == pytest.approx(m["adaptive_split"]["psnr_db"] - m["fewer_steps_split"]["psnr_db"])
+    assert t["split_vs_unsplit"] == pytest.approx(m["adaptive_split"]["psnr_db"] - m["adaptive"]["psnr_db"])
