@@ -66,8 +66,8 @@ def adaptive_inputs() -> list:
             tooltip="Modes threshold and paper: the paper's delta: skip the next step when |(d_i + d_i-2)/2 - d_i-1| "
             "<= threshold * d_i-1 (d = mean latent change per step). Higher skips more; 0 turns skipping off there "
             "(bit-identical to the plain sampler). Mode target_speedup reads it only with planner pace, placement "
-            "above 0 and estimator latent (where it shifts where skips go); there target_speedup 1.0 turns skipping "
-            "off.",
+            "above 0 and estimator latent (where it shifts where skips go); in that mode target_speedup 1.0 turns "
+            "skipping off.",
         ),
         io.Int.Input(
             "max_skip",
@@ -167,8 +167,8 @@ def adaptive_inputs() -> list:
             "models), and where some steps are far cheaper it takes runs (a flow model "
             "with karras or exponential: it runs the first steps and skips the tiny last ones). dpmpp_2m_sde on eps "
             "and v models, where every skip of that plan would hold the last direction (18 and 20 steps on karras, "
-            "exponential and beta; 25 and 30 on exponential; 15 or fewer), plans with the noise the sampler injects added to the cost; the "
-            "report says so. pace: the earlier "
+            "exponential and beta; 25 and 30 on exponential; 15 or fewer), plans with the noise the sampler injects "
+            "added to the cost; the report says so. pace: the earlier "
             "default (skips paced at a rate ramped by late_bias, placement and estimator).",
         ),
         io.Combo.Input(

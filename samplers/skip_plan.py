@@ -45,9 +45,9 @@ eps / v models): the cost model alone skipped it at 20 steps (and at 15 with 8 c
 rounded down) and ran the last step (to sigma 0) instead with a pair of skips mid-run, below uniform skipping.
 Chosen on testbed and testbed-hr (``comfyui-tempo bench adaptive --grid --grid-jump-off``, which runs the default
 with and without it); of the six schedulers it changes the plan only on ``normal`` (none of the others has the
-jump): at 18, 20 and 21 steps from 8 to 60 (at 10, 15, 25, 30 and 50 the plan runs that step already). ComfyUI's ``ddim_uniform`` ends in
-the same jump (3.5x to 4.2x up to 50 steps), and ``kl_optimal`` at 10 and 15 steps (2.9x, 2.6x); the rule follows
-the sigmas, not the scheduler's name.
+jump): at 18, 20 and 21 steps from 8 to 60 (at 10, 15, 25, 30 and 50 the plan runs that step already). ComfyUI's
+``ddim_uniform`` ends in the same jump (3.5x to 4.2x up to 50 steps), and ``kl_optimal`` at 10 and 15 steps (2.9x,
+2.6x); the rule follows the sigmas, not the scheduler's name.
 The plan depends on the schedule only: the same path for every prompt of a run (prompt-specific paths:
 calibrated skip profiles).
 """
