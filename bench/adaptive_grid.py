@@ -73,8 +73,8 @@ import torch
 
 from ..samplers import kdiff, schedules, support
 from ..samplers.adaptive import AdaptiveConfig, CountingDenoiser, adaptive_sample
-from ..samplers.adaptive_config import EXTRAPOLATIONS
-from ..samplers.skip_plan import NOISE_FORMS
+from ..samplers.adaptive_config import EXTRAPOLATIONS, target_skips
+from ..samplers.skip_plan import NOISE_FORMS, RUN_PENALTY, STEP_WEIGHT, jump_step, plan_skips
 from .common import print_table, psnr_db, write_json
 
 SAMPLERS = ["euler", "dpmpp_2m", "heun", "uni_pc", "dpmpp_2m_sde", "euler_ancestral", "lms"]
@@ -163,16 +163,18 @@ class Cell:
     def sigmas(self, steps: int) -> torch.Tensor:
         return schedules.ksampler_sigmas(self.scheduler, steps, _sampling(self.p), self.sampler)
 
-    def run(self, config: AdaptiveConfig | None, steps: int | None = None, split: int = 0, **more):
-        """(latents, nfe per image, wall seconds, report or None); more: adaptive_sample's other keywords.
-        split > 0: two sampler calls, steps 0..split and split..end, each with config and its own noise sampler of the
-        same seed, as two KSamplerAdvanced nodes make them (the report: the second segment's)."""
+    def run(self, config, steps: int | None = None, split: int = 0, **more):
+        """(latents, nfe per image, wall seconds, report or None); config: an AdaptiveConfig or None (the base
+        sampler); more: adaptive_sample's other keywords. split > 0: two sampler calls, steps 0..split and split..end,
+        each with config (or with the two of a pair) and its own noise sampler of the same seed, as two
+        KSamplerAdvanced nodes make them (the report: the second segment's)."""
         sig = self.sigmas(steps or self.steps)
         x = self.p.noise * sig[0]  # ComfyUI's noise scaling for eps and flow (CONST) models alike
         if split:
             t0, nfe, rep = time.perf_counter(), 0.0, None
-            for seg in (sig[: split + 1], sig[split:]):
-                x, n, _, rep = self._run_on(config, seg, x, **more)
+            configs = config if isinstance(config, tuple) else (config, config)
+            for seg, cfg in zip((sig[: split + 1], sig[split:]), configs):
+                x, n, _, rep = self._run_on(cfg, seg, x, **more)
                 nfe += n
             return x, nfe, time.perf_counter() - t0, rep
         return self._run_on(config, sig, x, **more)
@@ -336,10 +338,22 @@ def _split_rows(cell: Cell, base: dict, split: int, n_run: int, n_fewer: int) ->
     k = min(max(1, round(split * fewer_run / n_run)), fewer_run - 1)
     rows = [grid_row(base, "full_split", torch.full((ref.shape[0],), float("inf")), full_nfe, full_nfe, full_wall,
                      f"{cell.steps} steps in two calls, at step {split}", None, split=split)]  # fmt: skip
-    for method, config, steps, at, setting in (
+    runs = [
         ("adaptive_split", AdaptiveConfig(), None, split, f"AdaptiveConfig() on each call, split at step {split}"),
         ("fewer_steps_split", None, n_fewer, k, f"{n_fewer} steps in two calls, at step {k}"),
-    ):
+    ]
+    entry = cell.entry
+    if not (cell.stochastic or entry.reuse or entry.respace):
+        # what a plan shared between the calls would give (the pack has none): the default's plan of the whole run,
+        # with the step the second call starts at run (it has nothing to reuse), each call on its slice of it
+        sig = cell.sigmas(cell.steps)
+        path, _ = plan_skips(
+            sig, target_skips(n_run, 2.0), max_skip=4, flow=cell.flow, run_penalty=RUN_PENALTY,
+            step_weight=STEP_WEIGHT, protect=(jump_step(sig, cell.flow), split),
+        )  # fmt: skip
+        shared = tuple(AdaptiveConfig(mode="path", path=p) for p in (path[:split], path[split:]))
+        runs.append(("adaptive_split_shared", shared, None, split, "the whole run's plan, a slice per call"))
+    for method, config, steps, at, setting in runs:
         out, nfe, wall, rep = cell.run(config, steps, split=at)
         psnr = psnr_db(cell.p.decode(out), ref)
         rows.append(grid_row(base, method, psnr, nfe, full_nfe, wall, setting, rep, split=split))
@@ -364,6 +378,9 @@ def split_table(rows: list[dict]) -> list[dict]:
                 "split_vs_fewer": a["psnr_db"] - f["psnr_db"],
                 "adaptive_db": m["adaptive"]["psnr_db"],
                 "split_vs_unsplit": a["psnr_db"] - m["adaptive"]["psnr_db"],
+                "shared_vs_split": (
+                    m["adaptive_split_shared"]["psnr_db"] - a["psnr_db"] if "adaptive_split_shared" in m else None
+                ),
             }
         )
     return out

@@ -542,7 +542,7 @@ def test_fewer_steps_for_any_schedule():
 def test_grid_split_runs_two_calls_and_scores_them_against_the_split_full_run(tmp_path):
     """--grid-split K: the run in two sampler calls at step K, as two KSamplerAdvanced nodes make it. Euler keeps no
     history, so its split full run is the full run exactly; the default on each call halves each call's NFE;
-    fewer steps are split at the same share of the run."""
+    fewer steps are split at the same share of the run; a plan shared between the calls keeps the NFE."""
     p = adaptive_grid.build_problem("testbed", "karras", 5.0, 2, 1)
     cell = adaptive_grid.Cell(p, "testbed", "euler", "karras", 20, 5.0)
     whole, nfe, _, _ = cell.run(None)
@@ -554,9 +554,12 @@ def test_grid_split_runs_two_calls_and_scores_them_against_the_split_full_run(tm
         adaptive_grid._split_rows(cell, {}, 20, 20, 10)
     d = _lean_grid(tmp_path, "dpmpp_2m", "karras", "--grid-split", "10")
     m = {r["method"]: r for r in d["rows"]}
-    assert {"full_split", "adaptive_split", "fewer_steps_split"} <= set(m)
+    assert {"full_split", "adaptive_split", "fewer_steps_split", "adaptive_split_shared"} <= set(m)
     assert m["full_split"]["nfe"] == 20 and m["adaptive_split"]["nfe"] == 10 and m["fewer_steps_split"]["nfe"] == 10
+    # the whole run's plan, its slice per call, the second call's first step run: the same NFE
+    assert m["adaptive_split_shared"]["nfe"] == 10 and m["adaptive_split_shared"]["path"][0] == "C"
     assert m["fewer_steps_split"]["setting"] == "10 steps in two calls, at step 5"
     (t,) = d["split"]
     assert t["split_vs_fewer"] == pytest.approx(m["adaptive_split"]["psnr_db"] - m["fewer_steps_split"]["psnr_db"])
     assert t["split_vs_unsplit"] == pytest.approx(m["adaptive_split"]["psnr_db"] - m["adaptive"]["psnr_db"])
+    assert t["shared_vs_split"] == pytest.approx(m["adaptive_split_shared"]["psnr_db"] - m["adaptive_split"]["psnr_db"])
