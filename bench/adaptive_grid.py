@@ -34,7 +34,8 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   at step K, as two KSamplerAdvanced nodes split it (Wan 2.2's high- and low-noise experts, SDXL's base and refiner;
   here the same model on both sides): the base sampler on both segments, the default on each segment as the model
   patch runs it (each plans its own segment at the target), and fewer steps split at the same share of the run;
-  scored against ``full_split``.
+  scored against ``full_split``. ``adaptive_split_shared`` (deterministic samplers without a reuse or re-spacing rule):
+  the whole run's plan with the split step run, a slice per call: what a plan shared between the calls would give.
 * ``--grid-eta E`` runs every method of a sampler that takes an eta at that eta, the full run included (rows get
   ``eta``): the noisy samplers' reuse rules away from ComfyUI's default, eta 1. ``--grid-s-noise S`` does the same
   with the scale of the noise (``s_noise``).
