@@ -75,7 +75,7 @@ import torch
 from ..samplers import kdiff, schedules, support
 from ..samplers.adaptive import AdaptiveConfig, CountingDenoiser, adaptive_sample
 from ..samplers.adaptive_config import EXTRAPOLATIONS, target_skips
-from ..samplers.skip_plan import NOISE_FORMS, RUN_PENALTY, STEP_WEIGHT, jump_step, plan_skips
+from ..samplers.skip_plan import NOISE_FORMS, default_plan
 from .common import print_table, psnr_db, write_json
 
 SAMPLERS = ["euler", "dpmpp_2m", "heun", "uni_pc", "dpmpp_2m_sde", "euler_ancestral", "lms"]
@@ -347,11 +347,7 @@ def _split_rows(cell: Cell, base: dict, split: int, n_run: int, n_fewer: int) ->
     if not (cell.stochastic or entry.reuse or entry.respace):
         # what a plan shared between the calls would give (the pack has none): the default's plan of the whole run,
         # with the step the second call starts at run (it has nothing to reuse), each call on its slice of it
-        sig = cell.sigmas(cell.steps)
-        path, _ = plan_skips(
-            sig, target_skips(n_run, 2.0), max_skip=4, flow=cell.flow, run_penalty=RUN_PENALTY,
-            step_weight=STEP_WEIGHT, protect=(jump_step(sig, cell.flow), split),
-        )  # fmt: skip
+        path = default_plan(cell.sigmas(cell.steps), target_skips(n_run, 2.0), flow=cell.flow, also_protect=(split,))
         shared = tuple(AdaptiveConfig(mode="path", path=p) for p in (path[:split], path[split:]))
         runs.append(("adaptive_split_shared", shared, None, split, "the whole run's plan, a slice per call"))
     for method, config, steps, at, setting in runs:

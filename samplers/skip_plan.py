@@ -316,13 +316,20 @@ def plan_skips(
 
 
 def default_plan(
-    sigmas, n_skips: int, *, flow: bool = False, protect_final_jump: bool = True, noise: str = "", **limits
+    sigmas,
+    n_skips: int,
+    *,
+    flow: bool = False,
+    protect_final_jump: bool = True,
+    noise: str = "",
+    also_protect=(),
+    **limits,
 ) -> torch.Tensor:
     """The controller's plan (mode target, planner schedule): ``plan_skips`` at RUN_PENALTY and STEP_WEIGHT with the
     step into the final jump run (``jump_step``; protect_final_jump False: without that rule). limits: plan_skips's
     max_skip, first and last. noise: the candidate injected-noise cost (``mixed_costs_fn``, at NOISE_RUN_PENALTY; "":
-    the default)."""
-    protect = (jump_step(sigmas, flow),) if protect_final_jump else ()
+    the default). also_protect: more steps that run (the benchmark's plan shared between two sampler calls)."""
+    protect = ((jump_step(sigmas, flow),) if protect_final_jump else ()) + tuple(also_protect)
     path, _ = plan_skips(
         sigmas,
         n_skips,

@@ -42,6 +42,7 @@ from comfy_extras.nodes_hunyuan import EmptyHunyuanLatentVideo
 from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 from comfyui_tempo.nodes import adaptive as A
 from tempo_testnodes import skip_settings
+from tempo_testnodes.tiny_files import _randomise
 
 STEPS, SEED = 20, 7
 R = {}
@@ -49,15 +50,9 @@ R = {}
 
 def load_wan(seed):
     name = f"tempo_tiny_wan21_t2v_{seed}.safetensors"
-    g = torch.Generator().manual_seed(seed)
     net = WanModel(model_type="t2v", in_dim=16, dim=128, ffn_dim=256, out_dim=16, num_heads=1, num_layers=2,
                    operations=comfy.ops.disable_weight_init)
-    sd = {}
-    for k, v in net.state_dict().items():
-        if v.dim() >= 2:
-            sd[k] = torch.randn(v.shape, generator=g) / v[0].numel() ** 0.5
-        else:
-            sd[k] = torch.ones(v.shape) if k.endswith("weight") else torch.zeros(v.shape)
+    sd = _randomise(net.state_dict(), seed)
     path = Path(folder_paths.get_folder_paths("diffusion_models")[0]) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
