@@ -33,9 +33,9 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
 * ``full_split`` / ``adaptive_split`` / ``fewer_steps_split`` (``--grid-split K``): the run split into two sampler calls
   at step K, as two KSamplerAdvanced nodes split it (Wan 2.2's high- and low-noise experts, SDXL's base and refiner;
   here the same model on both sides): the base sampler on both segments, the default on each segment as the model
-  patch runs it (each plans its own segment at the target), and fewer steps split at the same share of the run;
-  scored against ``full_split``. ``adaptive_split_shared`` (deterministic samplers without a reuse or re-spacing rule):
-  the whole run's plan with the split step run, a slice per call: what a plan shared between the calls would give.
+  patch runs it (split_plan whole_run: both calls plan the whole run and run their slices, ``samplers.split_run``),
+  and fewer steps split at the same share of the run; scored against ``full_split``. ``adaptive_split_call``: the
+  default with split_plan call, each call planning its own segment at the target (the default before).
 * ``--grid-eta E`` runs every method of a sampler that takes an eta at that eta, the full run included (rows get
   ``eta``): the noisy samplers' reuse rules away from ComfyUI's default, eta 1. ``--grid-s-noise S`` does the same
   with the scale of the noise (``s_noise``).
@@ -74,8 +74,9 @@ import torch
 
 from ..samplers import kdiff, schedules, support
 from ..samplers.adaptive import AdaptiveConfig, CountingDenoiser, adaptive_sample
-from ..samplers.adaptive_config import EXTRAPOLATIONS, target_skips
-from ..samplers.skip_plan import NOISE_FORMS, default_plan
+from ..samplers.adaptive_config import EXTRAPOLATIONS
+from ..samplers.skip_plan import NOISE_FORMS
+from ..samplers.split_run import SplitRuns
 from .common import print_table, psnr_db, write_json
 
 SAMPLERS = ["euler", "dpmpp_2m", "heun", "uni_pc", "dpmpp_2m_sde", "euler_ancestral", "lms"]
@@ -174,8 +175,13 @@ class Cell:
         if split:
             t0, nfe, rep = time.perf_counter(), 0.0, None
             configs = config if isinstance(config, tuple) else (config, config)
+            runs = SplitRuns()  # as the nodes' (one per process there): the calls of one split run plan it as one
+            schedule, names = schedules.ksampler_schedules(_sampling(self.p), self.sampler)
             for seg, cfg in zip((sig[: split + 1], sig[split:]), configs):
-                x, n, _, rep = self._run_on(cfg, seg, x, **more)
+                whole, note = runs.place(seg, cfg, schedule, names) if cfg is not None else (None, "")
+                x, n, _, rep = self._run_on(cfg, seg, x, **({"whole_run": whole} if whole else {}), **more)
+                if rep is not None and note:
+                    rep.notes.append(note)
                 nfe += n
             return x, nfe, time.perf_counter() - t0, rep
         return self._run_on(config, sig, x, **more)
@@ -341,15 +347,9 @@ def _split_rows(cell: Cell, base: dict, split: int, n_run: int, n_fewer: int) ->
                      f"{cell.steps} steps in two calls, at step {split}", None, split=split)]  # fmt: skip
     runs = [
         ("adaptive_split", AdaptiveConfig(), None, split, f"AdaptiveConfig() on each call, split at step {split}"),
+        ("adaptive_split_call", AdaptiveConfig(split_plan="call"), None, split, "split_plan call: each call its own"),
         ("fewer_steps_split", None, n_fewer, k, f"{n_fewer} steps in two calls, at step {k}"),
     ]
-    entry = cell.entry
-    if not (cell.stochastic or entry.reuse or entry.respace):
-        # what a plan shared between the calls would give (the pack has none): the default's plan of the whole run,
-        # with the step the second call starts at run (it has nothing to reuse), each call on its slice of it
-        path = default_plan(cell.sigmas(cell.steps), target_skips(n_run, 2.0), flow=cell.flow, also_protect=(split,))
-        shared = tuple(AdaptiveConfig(mode="path", path=p) for p in (path[:split], path[split:]))
-        runs.append(("adaptive_split_shared", shared, None, split, "the whole run's plan, a slice per call"))
     for method, config, steps, at, setting in runs:
         out, nfe, wall, rep = cell.run(config, steps, split=at)
         psnr = psnr_db(cell.p.decode(out), ref)
@@ -375,9 +375,8 @@ def split_table(rows: list[dict]) -> list[dict]:
                 "split_vs_fewer": a["psnr_db"] - f["psnr_db"],
                 "adaptive_db": m["adaptive"]["psnr_db"],
                 "split_vs_unsplit": a["psnr_db"] - m["adaptive"]["psnr_db"],
-                "shared_vs_split": (
-                    m["adaptive_split_shared"]["psnr_db"] - a["psnr_db"] if "adaptive_split_shared" in m else None
-                ),
+                "nfe_call": m["adaptive_split_call"]["nfe"],
+                "whole_vs_call": a["psnr_db"] - m["adaptive_split_call"]["psnr_db"],
             }
         )
     return out
@@ -808,7 +807,8 @@ def add_arguments(p) -> None:
         default=0,
         metavar="K",
         help="also run each cell split into two sampler calls at step K, as two KSamplerAdvanced nodes split it "
-        "(full_split, adaptive_split: the default on each call, fewer_steps_split); a table against fewer steps split",
+        "(full_split, adaptive_split: the default, adaptive_split_call: split_plan call, fewer_steps_split); a table "
+        "against fewer steps split",
     )
     p.add_argument(
         "--grid-jump-off",
@@ -1064,14 +1064,16 @@ def grid_main(args) -> int:
     if split:
         result["split"] = split
         above = sum(1 for j in split if j["split_vs_fewer"] > 0)
+        whole = sum(1 for j in split if j["whole_vs_call"] > 0)
         print(
-            f"\nthe run split into two calls at step {args.grid_split}: the default on each call and fewer steps split, "
-            "dB against the split full run; the default unsplit against the full run:"
+            f"\nthe run split into two calls at step {args.grid_split}: the default (the whole run planned, a slice per "
+            "call), each call planning its own segment (split_plan call) and fewer steps split, dB against the split "
+            "full run; the default unsplit against the full run:"
         )
         print_table(split, list(split[0]))
         print(
-            f"the default split above fewer steps split in {above} of {len(split)} cells; mean cost of the split "
-            f"{sum(j['split_vs_unsplit'] for j in split) / len(split):+.2f} dB"
+            f"the default split above fewer steps split in {above} of {len(split)} cells, above split_plan call in "
+            f"{whole}; mean cost of the split {sum(j['split_vs_unsplit'] for j in split) / len(split):+.2f} dB"
         )
     noise = noise_plan_table(rows)
     if noise:

@@ -23,6 +23,7 @@ from ..samplers import support
 from ..samplers.adaptive import AdaptiveConfig, AdaptiveConfigError, adaptive_sample
 from ..samplers.plot import plot_report
 from ..samplers.skip_profile import ProfileError, SkipProfile
+from ..samplers.split_run import SplitRuns
 from . import adaptive_batch, adaptive_cfgpp, compat, inputs
 
 log = logging.getLogger("comfyui_tempo")
@@ -183,6 +184,19 @@ def adaptive_inputs() -> list:
             "computed steps (2x at 40 steps or more), dpmpp_3m_sde always, in runs of consecutive steps (every other "
             "sigma at 2x and an even step count), not on the planned ones. The report says when it re-spaced.",
         ),
+        io.Combo.Input(
+            "split_plan",
+            options=["whole_run", "call"],
+            default="whole_run",
+            optional=True,  # added after release, as planner
+            tooltip="mode target_speedup with planner schedule, a run split over two sampler calls (two "
+            "KSamplerAdvanced nodes, the first ending at a step with its leftover noise and the second starting "
+            "there: Wan 2.2's high- and low-noise experts, SDXL's base and refiner; or SplitSigmas): whole_run "
+            "(default) plans the whole run once, from the schedule the first call's sigmas begin, and each call runs "
+            "its slice (the speed-up is the whole run's; where one half is much cheaper to skip, most skips go there). "
+            "The second call shares it only where an AdaptiveDiffusion call ran the first. call: each call plans its "
+            "own sigmas at the target. A run in one call is the same either way.",
+        ),
         PROFILE.Input(
             "profile",
             optional=True,
@@ -208,6 +222,7 @@ def make_config(
     batch_mode="per_sample",
     planner="schedule",
     respace="auto",
+    split_plan="whole_run",
 ) -> AdaptiveConfig:
     if mode not in _MODE_TO_CORE:
         raise AdaptiveConfigError(f"mode: expected one of {MODE_OPTIONS}, got {mode!r}")
@@ -230,6 +245,7 @@ def make_config(
         per_sample=batch_mode == "per_sample",
         planner=planner,
         respace=respace,
+        split_plan=split_plan,
     ).validate()
 
 
@@ -239,6 +255,29 @@ def _model_sampling(model_k):
         return model_k.inner_model.inner_model.model_sampling
     except AttributeError:
         return None
+
+
+#: the first calls of split runs an AdaptiveDiffusion call planned as whole runs (ComfyUI runs one prompt at a time)
+SPLIT_RUNS = SplitRuns()
+
+
+def _comfy_schedules(ms, base_name: str):
+    """(schedule(name, n), names) for ``SplitRuns.place``: ComfyUI's schedulers (those other packs registered
+    included), normal first, as KSampler runs them for ``base_name`` (the penultimate sigma discarded for the samplers
+    that do) and, for those, as BasicScheduler does (``samplers.schedules.ksampler_schedules`` for the testbeds)."""
+    handlers = getattr(comfy.samplers, "SCHEDULER_HANDLERS", None)
+    order = sorted(handlers or comfy.samplers.SCHEDULER_NAMES, key=lambda n: n != "normal")
+    discard = base_name in getattr(comfy.samplers.KSampler, "DISCARD_PENULTIMATE_SIGMA_SAMPLERS", ())
+    names = [(n, True) for n in order] + [(n, False) for n in order] if discard else [(n, False) for n in order]
+
+    def schedule(name, n: int) -> torch.Tensor:
+        scheduler, dropped = name
+        if dropped:
+            s = comfy.samplers.calculate_sigmas(ms, scheduler, n + 1)
+            return torch.cat([s[:-2], s[-1:]])
+        return comfy.samplers.calculate_sigmas(ms, scheduler, n)
+
+    return schedule, names
 
 
 def _noise_sampler(kind: str, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict):
@@ -279,6 +318,9 @@ def adaptive_function(
             run_config = profile.config()
         if entry.stochastic and run_config.enabled and noise_sampler is None:
             noise_sampler = _noise_sampler(entry.noise, x, sigmas, extra_args)
+        whole, split_note = None, ""
+        if ms is not None:
+            whole, split_note = SPLIT_RUNS.place(sigmas, run_config, *_comfy_schedules(ms, base_name))
         out, report = adaptive_sample(
             run_fn,
             model,
@@ -291,9 +333,12 @@ def adaptive_function(
             noise_sampler=noise_sampler,
             vp_estimator_ok=vp_ok,
             subset_runner=adaptive_batch.SubsetRunner(),
+            whole_run=whole,
             **support.adaptive_kwargs(base_name),
             **options,
         )
+        if split_note:
+            report.notes.append(split_note)
         log.info("%s (%s)", report.summary(), base_name)
         if sink is not None:
             sink.append(report)

@@ -61,6 +61,7 @@ from .kdiff import CountingDenoiser
 from .respace import SPREADS, auto_respace, respaced_sample
 from .skip_plan import NOISE_FORMS, default_plan, holds_every_skip
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
+from .split_run import WholeRun, same_sigmas, shares
 
 # A sampler marked reuse "hold_low_noise" in samplers.support (DPM++ 2M SDE) holds the last direction, the paper's
 # reuse, at skipped steps below this sigma (the signal outweighs the noise there; the direction is mostly the noise
@@ -204,6 +205,7 @@ class AdaptiveSampling:
         hold_noise_plan: bool = True,
         hold_gap: float | None = None,
         auto_base: str = "",
+        whole_run: WholeRun | None = None,
     ):
         self.model = model
         if auto_base not in ("", "log_linear", "linear"):
@@ -218,6 +220,12 @@ class AdaptiveSampling:
             raise AdaptiveConfigError("sigmas: expected at least two sigmas (one step)")
         if any(b > a for a, b in zip(self.sig, self.sig[1:])):
             raise AdaptiveConfigError("sigmas: expected a non-increasing schedule")
+        # a run split over sampler calls, planned as one (samplers.split_run): mode target, planner schedule
+        self.whole = None
+        if whole_run is not None and shares(config):
+            if not same_sigmas(whole_run.sigmas[whole_run.start : whole_run.end + 1], self.sig):
+                raise AdaptiveConfigError("whole_run: this call's sigmas are not its slice of the whole run")
+            self.whole = whole_run
         self.endpoint_corrector = endpoint_corrector
         self.use_vp = config.estimator_space == "vp" and vp_estimator_ok
         self.flow = not vp_estimator_ok  # a flow model (ComfyUI's CONST): sigma in (0, 1]
@@ -298,26 +306,29 @@ class AdaptiveSampling:
         eligible = max(0, last - first)
         rate = [0.0] * eligible
         if cfg.mode == "target" and cfg.planner == "schedule":
+            own = (max(1, int(math.ceil(cfg.start_percent * n))), last, rate)
+            sig, also = self.sig, ()
+            if self.whole is not None:  # the whole run's plan (the split step run), this call's slice of it below
+                sig, n, also = list(self.whole.sigmas), self.whole.steps, (self.whole.split,)
+                last = n - cfg.force_last
             first = max(1, int(math.ceil(cfg.start_percent * n)))
             skips = target_skips(n, cfg.target_speedup)
-            limits = dict(max_skip=cfg.max_skip, first=first, last=last, flow=self.flow)
+            limits = dict(max_skip=cfg.max_skip, first=first, last=last, flow=self.flow, also_protect=also)
             noise = "" if self.flow else self.noise_plan
-            self.planned = default_plan(
-                self.sig, skips, protect_final_jump=self.protect_final_jump, noise=noise, **limits
-            )
+            self.planned = default_plan(sig, skips, protect_final_jump=self.protect_final_jump, noise=noise, **limits)
             if noise:
                 self.report.notes.append(f"planned with the injected-noise cost ({noise}; a candidate)")
             elif self._always_noise_plan:
                 self.planned = default_plan(
-                    self.sig, skips, protect_final_jump=self.protect_final_jump, noise=HOLD_ALWAYS_NOISE_FORM, **limits
+                    sig, skips, protect_final_jump=self.protect_final_jump, noise=HOLD_ALWAYS_NOISE_FORM, **limits
                 )
                 self.report.notes.append(
                     f"planned with the injected-noise cost ({HOLD_ALWAYS_NOISE_FORM}): every skip holds the last "
                     "direction (the sampler's rule)"
                 )
-            elif self._hold_noise_plan and holds_every_skip(self.sig, self.planned, self.hold_below, self.hold_step):
+            elif self._hold_noise_plan and holds_every_skip(sig, self.planned, self.hold_below, self.hold_step):
                 self.planned = default_plan(
-                    self.sig, skips, protect_final_jump=self.protect_final_jump, noise=HOLD_NOISE_FORM, **limits
+                    sig, skips, protect_final_jump=self.protect_final_jump, noise=HOLD_NOISE_FORM, **limits
                 )
                 self.report.notes.append(
                     f"planned with the injected-noise cost ({HOLD_NOISE_FORM}): every skip of the cost model's plan "
@@ -330,7 +341,10 @@ class AdaptiveSampling:
                     f"(protected steps, max_skip {cfg.max_skip}); skipping {got}"
                 )
             self.report.planner = "schedule"
-            return first, last, rate
+            if self.whole is not None:
+                self.planned = self.planned[self.whole.start : self.whole.end].clone()
+                self.report.notes.append(self.whole.describe())
+            return own
         if cfg.mode == "target" and eligible > 0:
             skips = target_skips(n, cfg.target_speedup)
             feasible = eligible - int(math.ceil(eligible / (cfg.max_skip + 1)))
@@ -623,7 +637,8 @@ class AdaptiveSampling:
         """The run's median step in the controller's log sigma (``_log_time``), over its positive sigmas (the step to
         sigma 0 aside; the lower of the two middle steps for an even count, where ``samplers.skip_plan.median_log_step``
         takes the upper); 0 with fewer than two."""
-        s = torch.tensor([v for v in self.sig if v > 0], dtype=torch.float64)
+        sig = self.whole.sigmas if self.whole is not None else self.sig  # a split run's: the whole run's
+        s = torch.tensor([v for v in sig if v > 0], dtype=torch.float64)
         if s.numel() < 2:
             return 0.0
         u = self._log_time(s)
@@ -831,6 +846,7 @@ def adaptive_sample(
     auto_base: str = "",
     sampler_low_eta_base: str = "",
     noise_gate: bool = True,
+    whole_run: WholeRun | None = None,
     **sampler_options,
 ):
     """Run `sampler_fn` with AdaptiveDiffusion skipping; returns (x, SkipReport).
@@ -874,6 +890,8 @@ def adaptive_sample(
     noise_gate: False keeps the sampler's reuse rule where ``drops_noise_rules`` would drop it (the noise sampler's
     draws still not recorded), for the benchmark's before / after (``bench adaptive --grid-noise-gate-off``); the
     nodes leave it True.
+    whole_run: this call's place in a run split over sampler calls (``samplers.split_run``): with config.split_plan
+    "whole_run" (mode target, planner schedule) the whole run is planned and this call runs its slice; None: its own.
     """
     config.validate()
     if not config.enabled:
@@ -912,6 +930,7 @@ def adaptive_sample(
         hold_noise_plan=hold_noise_plan,
         hold_gap=hold_gap,
         auto_base=auto_base,
+        whole_run=whole_run,
     )
     if low_eta is not None and not ctl.flow:
         ctl.report.notes.append(

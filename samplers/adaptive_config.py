@@ -13,6 +13,7 @@ ESTIMATOR_SPACES = ("vp", "raw")
 ESTIMATORS = ("latent", "reuse_error")
 PLANNERS = ("schedule", "pace")
 RESPACINGS = ("auto", "off", "on")
+SPLIT_PLANS = ("whole_run", "call")
 
 
 class AdaptiveConfigError(ValueError):
@@ -45,6 +46,9 @@ class AdaptiveConfig:
         direction); "on": run the sampler on the planned (path's) steps' sigmas alone (the schedule re-spaced,
         nothing reused; in mode path one path for the whole batch); "auto" (default): re-space where
         ``samplers.respace`` says skipping loses to it, else skip (mode path: skip).
+    split_plan: mode target with planner schedule, a run split over two sampler calls (``samplers.split_run``):
+        "whole_run" (default) plans the whole run once and runs this call's slice of it; "call" plans this call's
+        own sigmas at the target (what every call did before).
     """
 
     mode: str = "target"
@@ -63,6 +67,7 @@ class AdaptiveConfig:
     tilt: float = 0.25
     path: torch.Tensor | None = None
     respace: str = "auto"
+    split_plan: str = "whole_run"
 
     @classmethod
     def paper(cls, threshold: float = 0.01, max_skip: int = 4) -> "AdaptiveConfig":
@@ -108,6 +113,8 @@ class AdaptiveConfig:
             raise AdaptiveConfigError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
         if self.respace not in RESPACINGS:
             raise AdaptiveConfigError(f"respace: expected one of {RESPACINGS}, got {self.respace!r}")
+        if self.split_plan not in SPLIT_PLANS:
+            raise AdaptiveConfigError(f"split_plan: expected one of {SPLIT_PLANS}, got {self.split_plan!r}")
         if self.mode == "path" and self.path is None:
             raise AdaptiveConfigError("path: mode 'path' needs a bool tensor [steps] or [batch, steps]")
         return self

@@ -384,6 +384,28 @@ def ksampler_sigmas(scheduler: str, n: int, sampling=None, sampler: str | None =
     return get_sigmas(scheduler, n, sampling)
 
 
+def ksampler_schedules(sampling=None, sampler: str | None = None):
+    """(schedule(name, n), names) for ``samplers.split_run``: every scheduler of ALL_SCHEDULERS, ``normal`` first (its
+    first steps are also ``sgm_uniform``'s, and it is KSampler's default), as KSampler runs it for ``sampler``
+    (``ksampler_sigmas``) and, where that discards the penultimate sigma, also as SamplerCustom's BasicScheduler does
+    (``get_sigmas``). A name is (scheduler, discarded). The node adapter builds the same from ComfyUI's schedulers."""
+    from .support import SUPPORT
+
+    order = sorted(ALL_SCHEDULERS, key=lambda n: n != "normal")
+    entry = SUPPORT.get(sampler) if sampler is not None else None
+    discard = entry is not None and entry.discard_penultimate_sigma
+    names = [(n, True) for n in order] + [(n, False) for n in order] if discard else [(n, False) for n in order]
+
+    def schedule(name, n: int) -> torch.Tensor:
+        scheduler, dropped = name
+        if dropped:
+            s = get_sigmas(scheduler, n + 1, sampling)
+            return torch.cat([s[:-2], s[-1:]])
+        return get_sigmas(scheduler, n, sampling)
+
+    return schedule, names
+
+
 def vp_scale(sigma: torch.Tensor | float) -> torch.Tensor | float:
     """1 / sqrt(1 + sigma^2): maps ComfyUI's VE latents of an eps/v model to the VP latents."""
     if isinstance(sigma, torch.Tensor):

@@ -9,8 +9,8 @@ the default halves the NFE, the model patch gives the same latents, and it is cl
 the same NFE, at CFG 5 and at CFG 1 (distilled Wan LoRAs; ComfyUI then evaluates the positive prompt only); with a
 different conditioning per video in a batch, per-sample skipping gives each video what it gets alone along the same
 skip path, at both scales; a skip profile calibrated on it (AdaptiveDiffusion Calibrate's search) is sampled along.
-Wan 2.2's split between a high-noise and a low-noise expert (two KSamplerAdvanced nodes, each model patched) skips in
-each segment.
+Wan 2.2's split between a high-noise and a low-noise expert (two KSamplerAdvanced nodes, each model patched) runs the
+whole run's plan, a slice per call.
 """
 
 import re
@@ -143,36 +143,63 @@ RESULT = R
 
 
 # Wan 2.2's two experts: KSamplerAdvanced with the high-noise model on steps 0-10 of 20 (leftover noise returned), then
-# the low-noise model on steps 10-20, each model patched (the model patch plans each segment's own sigmas)
+# the low-noise model on steps 10-20, each model patched: by default both plan the whole run and run their slices
 SPLIT_SNIPPET = (
     PREFIX
     + r"""
+import logging
+from comfyui_tempo.samplers.adaptive_config import target_skips
+from comfyui_tempo.samplers.skip_plan import default_plan
+
 high, low = load_wan(10), load_wan(20)
 calls = {}
 for key, m in (("high", high), ("low", low)):
     m.model.diffusion_model.register_forward_hook(lambda mod, a, o, key=key: calls.__setitem__(key, calls.get(key, 0) + 1))
 ksa = nodes.KSamplerAdvanced()
+lines = []
+handler = logging.Handler()
+handler.emit = lambda record: lines.append(record.getMessage())
+logging.getLogger("comfyui_tempo").addHandler(handler)
+logging.getLogger("comfyui_tempo").setLevel(logging.INFO)
 
 
-def pair(h, l, steps, split):
+def pair(h, l, steps, split, sampler="euler", scheduler="simple"):
     calls.clear()
+    lines.clear()
     with torch.inference_mode():
-        a = ksa.sample(h, "enable", SEED, steps, 5.0, "euler", "simple", pos, neg, empty, 0, split, "enable")[0]
-        out = ksa.sample(l, "disable", SEED, steps, 5.0, "euler", "simple", pos, neg, a, split, 10000, "disable")[0]
-    return out["samples"], dict(calls)
+        a = ksa.sample(h, "enable", SEED, steps, 5.0, sampler, scheduler, pos, neg, empty, 0, split, "enable")[0]
+        out = ksa.sample(l, "disable", SEED, steps, 5.0, sampler, scheduler, pos, neg, a, split, 10000, "disable")[0]
+    return out["samples"], dict(calls), list(lines)
 
 
 def patched(m, **changes):
     return A.AdaptiveModelPatch.execute(m, **skip_settings(**changes)).args[0]
 
 
-full, c_full = pair(high, low, STEPS, STEPS // 2)
-fewer, c_fewer = pair(high, low, STEPS // 2, STEPS // 4)
-off, c_off = pair(patched(high, target_speedup=1.0), patched(low, target_speedup=1.0), STEPS, STEPS // 2)
-skip, c_skip = pair(patched(high), patched(low), STEPS, STEPS // 2)
+def whole_plan(sampler, scheduler):
+    ms = high.get_model_object("model_sampling")
+    sig = comfy.samplers.KSampler(high, STEPS, "cpu", sampler, scheduler).sigmas
+    plan = default_plan(sig.tolist(), target_skips(STEPS, 2.0), flow=True, also_protect=(STEPS // 2,))
+    return [int(plan[: STEPS // 2].sum()), int(plan[STEPS // 2 :].sum())]
+
+
+full, c_full, _ = pair(high, low, STEPS, STEPS // 2)
+fewer, c_fewer, _ = pair(high, low, STEPS // 2, STEPS // 4)
+off, c_off, _ = pair(patched(high, target_speedup=1.0), patched(low, target_speedup=1.0), STEPS, STEPS // 2)
+skip, c_skip, notes = pair(patched(high), patched(low), STEPS, STEPS // 2)
+_, c_call, _ = pair(patched(high, split_plan="call"), patched(low, split_plan="call"), STEPS, STEPS // 2)
+_, c_full_k, _ = pair(high, low, STEPS, STEPS // 2, "uni_pc", "karras")
+_, c_skip_k, _ = pair(patched(high), patched(low), STEPS, STEPS // 2, "uni_pc", "karras")
+# the second call alone (as img2img at denoise 0.5 would run it): no first call recorded, it plans its own sigmas
+A.SPLIT_RUNS._runs.clear()
+calls.clear()
+with torch.inference_mode():
+    ksa.sample(patched(low), "enable", SEED, STEPS, 5.0, "euler", "simple", pos, neg, empty, STEPS // 2, 10000, "disable")
 R["split"] = {"off_equal": bool(torch.equal(off, full)), "calls_full": c_full, "calls_off": c_off,
-              "calls_skip": c_skip, "calls_fewer": c_fewer, "finite": bool(torch.isfinite(skip).all()),
-              "psnr": psnr(skip, full), "psnr_fewer": psnr(fewer, full)}
+              "calls_skip": c_skip, "calls_call": c_call, "calls_fewer": c_fewer,
+              "finite": bool(torch.isfinite(skip).all()), "psnr": psnr(skip, full), "psnr_fewer": psnr(fewer, full),
+              "plan": whole_plan("euler", "simple"), "notes": notes, "calls_full_k": c_full_k,
+              "calls_skip_k": c_skip_k, "plan_k": whole_plan("uni_pc", "karras"), "tail_alone": calls.get("low", 0)}
 RESULT = R
 """
 )
@@ -183,19 +210,33 @@ def split_result(comfy_snippet):
     return comfy_snippet(SPLIT_SNIPPET, timeout=600)
 
 
-def test_two_experts_split_by_ksampler_advanced_each_skip_their_segment(split_result):
+def test_two_experts_split_by_ksampler_advanced_plan_the_whole_run(split_result):
     """Wan 2.2's high / low-noise experts (KSamplerAdvanced steps 0-10 and 10-20 of 20), each behind the model patch:
-    skipping off is bit-identical with the plain pair, and the default halves each expert's network calls. (Two
-    random experts make no consistent trajectory, so the pictures are not compared here; split runs on the trained
-    testbeds: `comfyui-tempo bench adaptive --grid --grid-split K`, docs/adaptive.md "Video models".)"""
+    skipping off is bit-identical with the plain pair. By default (split_plan whole_run) the two calls run the whole
+    run's plan, a slice each: their calls together halve, each expert's are the plan's slice (at shift 8 the first
+    half of `simple` is the cheaper one to skip: it runs fewer there), both calls' reports say so; uni_pc on karras
+    too (KSampler's schedule for it, its penultimate sigma discarded). split_plan call halves each expert's calls.
+    The second call alone, with no first call before it (as img2img runs a schedule's last steps), plans its own
+    sigmas. (Two random experts make no consistent trajectory, so the pictures are not compared here; split runs on
+    the trained testbeds: `comfyui-tempo bench adaptive --grid --grid-split K`, docs/adaptive.md "Video models".)"""
     r = split_result["split"]
     print(
-        f"\ncalls {r['calls_full']} -> {r['calls_skip']}; default {r['psnr']:.1f} dB, fewer steps {r['psnr_fewer']:.1f}"
+        f"\ncalls {r['calls_full']} -> {r['calls_skip']} (whole run), {r['calls_call']} (call); plan {r['plan']}; "
+        f"default {r['psnr']:.1f} dB, fewer steps {r['psnr_fewer']:.1f}"
     )
     assert split_result["config"] == "WAN21_T2V"
     assert r["off_equal"] and r["calls_off"] == r["calls_full"], r
+    per_step = r["calls_full"]["high"] // 10
+    assert [r["calls_skip"]["high"], r["calls_skip"]["low"]] == [per_step * n for n in r["plan"]], r
+    assert r["plan"] != [5, 5] and sum(r["plan"]) == 10, r  # not half of each call: the whole run's plan
+    assert sum(r["calls_full"].values()) >= 1.95 * sum(r["calls_skip"].values()), r
+    assert [r["calls_skip_k"]["high"], r["calls_skip_k"]["low"]] == [per_step * n for n in r["plan_k"]], r
+    assert sum(r["plan_k"]) == 10 and r["plan_k"] != [5, 5], r
+    split_notes = [line for line in r["notes"] if "of a 20-step simple run, split at step 10" in line]
+    assert len(split_notes) == 2 and "first call" in split_notes[0] and "second call" in split_notes[1], r["notes"]
     for key in ("high", "low"):
-        assert r["calls_full"][key] >= 1.95 * r["calls_skip"][key], r
+        assert r["calls_full"][key] >= 1.95 * r["calls_call"][key], r
+    assert r["tail_alone"] == per_step * 5, r
     assert r["finite"], r
 
 

@@ -541,25 +541,26 @@ def test_fewer_steps_for_any_schedule():
 
 def test_grid_split_runs_two_calls_and_scores_them_against_the_split_full_run(tmp_path):
     """--grid-split K: the run in two sampler calls at step K, as two KSamplerAdvanced nodes make it. Euler keeps no
-    history, so its split full run is the full run exactly; the default on each call halves each call's NFE;
-    fewer steps are split at the same share of the run; a plan shared between the calls keeps the NFE."""
+    history, so its split full run is the full run exactly; the default plans the whole run and halves the two calls'
+    NFE together (split_plan call halves each call's); fewer steps are split at the same share of the run."""
     p = adaptive_grid.build_problem("testbed", "karras", 5.0, 2, 1)
     cell = adaptive_grid.Cell(p, "testbed", "euler", "karras", 20, 5.0)
     whole, nfe, _, _ = cell.run(None)
     split, nfe_split, _, _ = cell.run(None, split=8)
     assert torch.equal(whole, split) and nfe == nfe_split == 20
+    _, nfe_c, _, rep_c = cell.run(adaptive_grid.AdaptiveConfig(split_plan="call"), split=8)
+    assert nfe_c == 4 + 6 and rep_c.steps == 12  # 8 steps at 2x, then 12; the report is the second call's
     _, nfe_a, _, rep = cell.run(adaptive_grid.AdaptiveConfig(), split=8)
-    assert nfe_a == 4 + 6 and rep.steps == 12  # 8 steps at 2x, then 12; the report is the second call's
+    assert nfe_a == 10 and rep.steps == 12 and any("of a 20-step karras run, split at step 8" in n for n in rep.notes)
     with pytest.raises(ValueError, match="--grid-split: expected a step between 1 and 19, got 20"):
         adaptive_grid._split_rows(cell, {}, 20, 20, 10)
     d = _lean_grid(tmp_path, "dpmpp_2m", "karras", "--grid-split", "10")
     m = {r["method"]: r for r in d["rows"]}
-    assert {"full_split", "adaptive_split", "fewer_steps_split", "adaptive_split_shared"} <= set(m)
+    assert {"full_split", "adaptive_split", "adaptive_split_call", "fewer_steps_split"} <= set(m)
     assert m["full_split"]["nfe"] == 20 and m["adaptive_split"]["nfe"] == 10 and m["fewer_steps_split"]["nfe"] == 10
-    # the whole run's plan, its slice per call, the second call's first step run: the same NFE
-    assert m["adaptive_split_shared"]["nfe"] == 10 and m["adaptive_split_shared"]["path"][0] == "C"
+    assert m["adaptive_split_call"]["nfe"] == 10 and m["adaptive_split"]["path"][0] == "C"  # the split step runs
     assert m["fewer_steps_split"]["setting"] == "10 steps in two calls, at step 5"
     (t,) = d["split"]
     assert t["split_vs_fewer"] == pytest.approx(m["adaptive_split"]["psnr_db"] - m["fewer_steps_split"]["psnr_db"])
     assert t["split_vs_unsplit"] == pytest.approx(m["adaptive_split"]["psnr_db"] - m["adaptive"]["psnr_db"])
-    assert t["shared_vs_split"] == pytest.approx(m["adaptive_split_shared"]["psnr_db"] - m["adaptive_split"]["psnr_db"])
+    assert t["whole_vs_call"] == pytest.approx(m["adaptive_split"]["psnr_db"] - m["adaptive_split_call"]["psnr_db"])

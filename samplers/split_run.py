@@ -1,0 +1,212 @@
+"""One skip plan for a run that ComfyUI splits over two sampler calls.
+
+Two KSamplerAdvanced nodes split one run where the first ends at step K with its leftover noise and the second starts
+at step K (Wan 2.2's high- and low-noise experts, SDXL's base and refiner); SplitSigmas does the same for two
+SamplerCustomAdvanced nodes. Each call sees only its own sigmas, so on its own the planner halves each segment. Where
+one half of the schedule is far cheaper to skip than the other (on a flow model, karras's last half; at shift 8,
+``simple``'s first half), the whole run's plan puts most of its skips there, and halving each call forces half of
+them onto the costly half (``bench adaptive --grid-split``: 4.7 to 19.6 dB on the flow testbeds).
+
+Here the calls plan the whole run once, each running its slice:
+
+* **the first call** ends above sigma 0: ``find_whole_run`` finds the schedule its sigmas begin (the scheduler and
+  step count, value for value, among the schedules it is given: the node gives ComfyUI's). The controller plans that
+  whole run and runs the first slice; ``SplitRuns.register`` records the run.
+* **a later call** whose sigmas are exactly the rest of a recorded run (from its split step to 0) plans the same whole
+  run and runs the rest (``SplitRuns.locate``). Its sigmas alone could not say it continues a run: an img2img run at
+  denoise below 1 also runs a schedule's last steps. Only a recorded first call makes it a continuation; anything
+  else plans its own sigmas, as before.
+
+Both plan with the split step run (the second call has nothing to reuse), so they agree on one path. A split into
+three or more calls is planned call by call (a middle call would need a third protected step the first never saw).
+Plain PyTorch-free Python; the node adapter (``nodes/adaptive.py``) passes ComfyUI's schedules and keeps one
+``SplitRuns`` for the process, the benchmark one per cell.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+
+#: the most steps a whole run may have (KSamplerAdvanced's own limit)
+MAX_STEPS = 10000
+#: relative tolerance of "the same sigma" (ComfyUI's sigmas are float32; both calls compute them alike)
+REL_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class WholeRun:
+    """A sampler call's place in a whole run: ``sigmas`` (the whole schedule, steps + 1 values, ending at 0), and
+    this call's first and last sigma's indices in it (``start`` .. ``end``; its steps are ``start`` .. ``end`` - 1).
+    ``scheduler``: how the schedule was found (the schedule function's name for it), for the report."""
+
+    sigmas: tuple[float, ...]
+    start: int
+    end: int
+    scheduler: str = ""
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    @property
+    def split(self) -> int:
+        """The step where the run is split: the second call's first step (run by both calls' plans)."""
+        return self.end if self.start == 0 else self.start
+
+    def describe(self) -> str:
+        how = f"{self.steps}-step {self.scheduler} run" if self.scheduler else f"{self.steps}-step run"
+        part = "first" if self.start == 0 else "second"
+        return (
+            f"steps {self.start}-{self.end - 1} of a {how}, split at step {self.split}: planned as the whole run (the "
+            f"split step run), this call runs its slice ({part} call; split_plan whole_run)"
+        )
+
+
+def shares(config) -> bool:
+    """Whether a run with this ``AdaptiveConfig`` plans a split run as a whole: mode target, planner schedule,
+    split_plan whole_run, skipping on."""
+    return (
+        config.mode == "target"
+        and config.planner == "schedule"
+        and getattr(config, "split_plan", "call") == "whole_run"
+        and config.enabled
+    )
+
+
+def same_sigmas(a: Iterable[float], b: Iterable[float]) -> bool:
+    """The same schedule, value for value (within REL_TOL)."""
+    a, b = list(a), list(b)
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=REL_TOL, abs_tol=1e-12) for x, y in zip(a, b))
+
+
+def _floats(sigmas) -> list[float]:
+    return [float(s) for s in sigmas]
+
+
+def find_whole_run(
+    sigmas, schedule: Callable[[Hashable, int], Iterable[float]], names: Iterable[Hashable], max_steps: int = MAX_STEPS
+) -> list[WholeRun]:
+    """The whole runs whose first steps ``sigmas`` are, most likely first; [] if none.
+
+    sigmas: a call's schedule ending above 0 (a first call of a split run). schedule(name, n): the sigmas of that
+    schedule at n steps; names: the schedules to try, in order of preference. For each, a bisection on the step count
+    finds where the schedule's sigma at this call's last index reaches this call's last sigma (it grows with the step
+    count), then the step counts around it are compared value for value. Several may match: ComfyUI's ``normal`` at
+    n steps begins as ``sgm_uniform`` at n - 1 does (they differ in the last step), ``linear_quadratic`` at 2m and
+    2m + 1 steps share their first m; they come in the order of ``names``, then of step count."""
+    seg = _floats(sigmas)
+    k = len(seg) - 1
+    if k < 1 or seg[-1] <= 0:
+        return []
+    target = seg[-1] * (1 - REL_TOL)
+    found: dict[tuple[float, ...], WholeRun] = {}
+    for name in names:
+        cache: dict[int, list[float] | None] = {}
+
+        def full(n: int, name=name, cache=cache) -> list[float] | None:
+            if n not in cache:
+                try:
+                    cache[n] = _floats(schedule(name, n))
+                except Exception:  # a schedule that cannot make n steps here: not this one
+                    cache[n] = None
+            return cache[n]
+
+        def key(n: int) -> float:
+            s = full(n)
+            return s[k] if s is not None and len(s) > k + 1 else -math.inf
+
+        lo, hi = k + 1, max_steps
+        if key(hi) < target:
+            continue
+        while lo < hi:  # the smallest step count whose sigma at index k reaches this call's last sigma
+            mid = (lo + hi) // 2
+            if key(mid) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        for n in range(max(k + 1, lo - 3), min(max_steps, lo + 3) + 1):
+            s = full(n)
+            if s is not None and len(s) > k + 1 and s[-1] == 0 and same_sigmas(s[: k + 1], seg):
+                found.setdefault(tuple(s), WholeRun(tuple(s), 0, k, _label(name)))
+    return list(found.values())
+
+
+def _label(name: Hashable) -> str:
+    return str(name[0] if isinstance(name, tuple) and name else name)
+
+
+class SplitRuns:
+    """The first calls of split runs planned as whole runs, newest last (at most ``keep``), so that the call
+    continuing one plans the same whole run. One per process in the nodes (ComfyUI runs one prompt at a time)."""
+
+    def __init__(self, keep: int = 16):
+        self.keep = keep
+        self._runs: OrderedDict[tuple, list[WholeRun]] = OrderedDict()
+
+    def register(self, runs: list[WholeRun]) -> None:
+        """Record a first call's whole run: ``runs[0]``, the one it planned, and the others its sigmas also begin (a
+        continuation of any of them is this run's); re-registering moves it to the newest."""
+        if not runs or runs[0].start != 0 or runs[0].end >= runs[0].steps:
+            return
+        key = (runs[0].sigmas, runs[0].end)
+        self._runs.pop(key, None)
+        self._runs[key] = list(runs)
+        while len(self._runs) > self.keep:
+            self._runs.popitem(last=False)
+
+    def continuation(self, sigmas) -> tuple[WholeRun | None, str]:
+        """The recorded run whose rest ``sigmas`` are (from its split step to 0), newest first, and a note where the
+        first call planned another of the runs its sigmas begin; (None, "") if none."""
+        seg = _floats(sigmas)
+        if len(seg) < 2 or seg[-1] != 0:
+            return None, ""
+        for runs in reversed(self._runs.values()):
+            for i, run in enumerate(runs):
+                if len(run.sigmas) - run.end == len(seg) and same_sigmas(run.sigmas[run.end :], seg):
+                    note = ""
+                    if i:
+                        note = (
+                            f"the first call planned its steps as a {runs[0].steps}-step {runs[0].scheduler} run (its "
+                            f"sigmas begin both); this call finishes the {run.steps}-step {run.scheduler} run, so the two "
+                            "plans may differ by a step"
+                        )
+                    return WholeRun(run.sigmas, run.end, run.steps, run.scheduler), note
+        return None, ""
+
+    def locate(
+        self,
+        sigmas,
+        schedule: Callable[[Hashable, int], Iterable[float]],
+        names: Iterable[Hashable],
+        max_steps: int = MAX_STEPS,
+    ) -> tuple[list[WholeRun], str]:
+        """A call's place in a split run: a first call (ends above 0: the whole runs its sigmas begin, the one to plan
+        first; ``find_whole_run``; record them with ``register`` once planned), the rest of a recorded first call
+        (``continuation``: one run), or [] (plan its own sigmas); and a note where one is worth it."""
+        seg = _floats(sigmas)
+        if len(seg) >= 2 and seg[-1] > 0:
+            return find_whole_run(seg, schedule, names, max_steps), ""
+        run, note = self.continuation(seg)
+        return ([run] if run is not None else []), note
+
+    def place(
+        self,
+        sigmas,
+        config,
+        schedule: Callable[[Hashable, int], Iterable[float]],
+        names: Iterable[Hashable],
+        max_steps: int = MAX_STEPS,
+    ) -> tuple[WholeRun | None, str]:
+        """(this call's place in a split run to plan it by, or None; a note): ``locate`` where the config shares
+        (``shares``), a first call recorded for the call that continues it. What the nodes and the benchmark call."""
+        if not shares(config):
+            return None, ""
+        runs, note = self.locate(sigmas, schedule, names, max_steps)
+        if not runs:
+            return None, note
+        if runs[0].start == 0:
+            self.register(runs)
+        return runs[0], note
