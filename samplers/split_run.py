@@ -92,9 +92,9 @@ def find_whole_run(
     """The whole runs whose first steps ``sigmas`` are, most likely first; [] if none.
 
     sigmas: a call's schedule ending above 0 (a first call of a split run). schedule(name, n): the sigmas of that
-    schedule at n steps; names: the schedules to try, in order of preference. For each, a bisection on the step count
-    finds where the schedule's sigma at this call's last index reaches this call's last sigma (it grows with the step
-    count), then the step counts around it are compared value for value. Several may match: ComfyUI's ``normal`` at
+    schedule at n steps; names: the schedules to try, in order of preference. For each, a doubling and then a bisection
+    on the step count find where the schedule's sigma at this call's last index reaches this call's last sigma (it
+    grows with the step count), then the step counts around it are compared value for value. Several may match: ComfyUI's ``normal`` at
     n steps begins as ``sgm_uniform`` at n - 1 does (they differ in the last step), ``linear_quadratic`` at 2m and
     2m + 1 steps share their first m; they come in the order of ``names``, then of step count."""
     seg = _floats(sigmas)
@@ -118,7 +118,11 @@ def find_whole_run(
             s = full(n)
             return s[k] if s is not None and len(s) > k + 1 else -math.inf
 
-        lo, hi = k + 1, max_steps
+        lo, hi = k + 1, k + 1  # doubling, then a bisection: the schedules computed stay near the run's length
+        while key(hi) < target:
+            if hi >= max_steps:
+                break
+            lo, hi = hi + 1, min(2 * hi, max_steps)
         if key(hi) < target:
             continue
         while lo < hi:  # the smallest step count whose sigma at index k reaches this call's last sigma

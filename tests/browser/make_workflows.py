@@ -280,6 +280,52 @@ w.link(ck, "VAE", dec, "vae")
 w.link(dec, "IMAGE", save, "images")
 w.link(ks, "skip_plot", prev, "images")
 w.dump(OUT / "adaptive_calibrated.json")
+
+# 5. A run split over two KSamplerAdvanced nodes (Wan 2.2's two experts, SDXL's base and refiner), both models patched:
+# the two calls plan the whole run once (split_plan whole_run). One checkpoint on both sides here; put the high- and
+# low-noise experts (or base and refiner) in their place.
+w = WF()
+ck, pos, neg, lat = front(w)
+high = w.node("TempoAdaptiveModel", (860, 20), (320, 330), title="AdaptiveDiffusion (first model: steps 0-10)")
+low = w.node("TempoAdaptiveModel", (860, 400), (320, 330), title="AdaptiveDiffusion (second model: steps 10-20)")
+split = dict(steps=20, cfg=7.0, sampler_name="euler", scheduler="simple", noise_seed=42, noise_seed__control="fixed")
+ks1 = w.node(
+    "KSamplerAdvanced",
+    (1220, 20),
+    (320, 334),
+    title="KSamplerAdvanced (steps 0-10, leftover noise)",
+    add_noise="enable",
+    start_at_step=0,
+    end_at_step=10,
+    return_with_leftover_noise="enable",
+    **split,
+)
+ks2 = w.node(
+    "KSamplerAdvanced",
+    (1220, 400),
+    (320, 334),
+    title="KSamplerAdvanced (steps 10-20)",
+    add_noise="disable",
+    start_at_step=10,
+    end_at_step=10000,
+    return_with_leftover_noise="disable",
+    **split,
+)
+dec = w.node("VAEDecode", (1580, 20), (210, 46))
+save = w.node("SaveImage", (1580, 120), (420, 460), filename_prefix="tempo/adaptive_split_run")
+w.link(ck, "MODEL", high, "model")
+w.link(ck, "MODEL", low, "model")
+w.link(high, "MODEL", ks1, "model")
+w.link(low, "MODEL", ks2, "model")
+for k in (ks1, ks2):
+    w.link(pos, "CONDITIONING", k, "positive")
+    w.link(neg, "CONDITIONING", k, "negative")
+w.link(lat, "LATENT", ks1, "latent_image")
+w.link(ks1, "LATENT", ks2, "latent_image")
+w.link(ks2, "LATENT", dec, "samples")
+w.link(ck, "VAE", dec, "vae")
+w.link(dec, "IMAGE", save, "images")
+w.dump(OUT / "adaptive_split_run.json")
 import dmd_workflows  # noqa: E402  (this folder is on sys.path when run as a script)
 
 dmd_names = dmd_workflows.write(WF, OUT)
@@ -289,4 +335,4 @@ coop_names = coop_workflows.write(WF, OUT)
 import td_workflows  # noqa: E402
 
 td_names = td_workflows.write(WF, OUT)
-print(f"wrote {4 + len(dmd_names) + len(coop_names) + len(td_names)} workflows to {OUT}")
+print(f"wrote {5 + len(dmd_names) + len(coop_names) + len(td_names)} workflows to {OUT}")

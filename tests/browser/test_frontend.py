@@ -186,6 +186,10 @@ SPOT_CHECKS = {
         },
         "BasicScheduler": {"scheduler": "karras"},
     },
+    "adaptive_split_run.json": {
+        "TempoAdaptiveModel": {"mode": "target_speedup", "target_speedup": 2.0, "split_plan": "whole_run"},
+        "KSamplerAdvanced": {"steps": 20, "sampler_name": "euler", "scheduler": "simple", "noise_seed": 42},
+    },
     "adaptive_model_patch.json": {
         "TempoAdaptiveModel": {
             "mode": "target_speedup",

@@ -20,7 +20,7 @@ def _pack(sampling, sampler="euler"):
 
 @pytest.mark.parametrize("sampling", [None, FLOW8], ids=["sd", "flow8"])
 @pytest.mark.parametrize("scheduler", UNAMBIGUOUS)
-@pytest.mark.parametrize(("n", "k"), [(20, 10), (30, 12), (4, 2), (25, 20), (60, 7)])
+@pytest.mark.parametrize(("n", "k"), [(20, 10), (30, 12), (4, 2), (25, 20), (60, 7), (100, 40)])
 def test_a_first_call_finds_the_schedule_its_sigmas_begin(sampling, scheduler, n, k):
     full = schedules.get_sigmas(scheduler, n, sampling)
     runs = find_whole_run(full[: k + 1], *_pack(sampling), max_steps=2000)

@@ -14,7 +14,7 @@ from comfyui_tempo.nodes.registry import NODE_IDS
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 EXPECTED = {"adaptive_ksampler_sd15.json", "adaptive_sampler_custom_advanced.json", "adaptive_model_patch.json"}
-EXPECTED |= {"adaptive_calibrated.json"}
+EXPECTED |= {"adaptive_calibrated.json", "adaptive_split_run.json"}
 EXPECTED |= {
     "coop_latent_bridge.json",
     "coop_noisy_latent_bridge.json",
@@ -89,6 +89,7 @@ ADAPTIVE_SETTINGS = [
     "batch_mode",
     "planner",
     "respace",
+    "split_plan",
 ]
 PACK_WIDGETS = {
     "TempoAdaptiveKSampler": [
@@ -262,6 +263,7 @@ ADAPTIVE_CHOICES = {
     "batch_mode": {"per_sample", "per_batch"},
     "planner": {"schedule", "pace"},
     "respace": {"auto", "off", "on"},
+    "split_plan": {"whole_run", "call"},
     "control_after_generate": {"fixed", "increment", "decrement", "randomize"},
 }
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "properties"}
@@ -334,6 +336,38 @@ def test_workflow_is_ui_format_with_known_nodes(path):
             assert inp.get("link") is None or inp["link"] in link_ids, (n["id"], inp)
         for out in n.get("outputs", []):
             assert set(out.get("links") or []) <= link_ids, (n["id"], out)
+
+
+def test_split_run_example_wires_two_patched_models_into_one_run():
+    """adaptive_split_run.json: KSamplerAdvanced steps 0-10 of 20 with the leftover noise, then 10-20 from its latent,
+    each model behind its own AdaptiveDiffusion patch planning the whole run (split_plan whole_run), as Wan 2.2's two
+    experts are wired."""
+    wf = json.loads((REPO / "workflows" / "adaptive_split_run.json").read_text())
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    src = {(link[3], link[4]): link[1] for link in wf["links"]}  # (target node, slot) -> origin node
+    names = ["add_noise", "noise_seed", "control", "steps", "cfg", "sampler_name", "scheduler", "start_at_step",
+             "end_at_step", "return_with_leftover_noise"]  # fmt: skip
+    ksa = sorted(
+        (
+            dict(zip(names, n["widgets_values"])) | {"id": n["id"]}
+            for n in wf["nodes"]
+            if n["type"] == "KSamplerAdvanced"
+        ),
+        key=lambda v: v["start_at_step"],
+    )
+    first, second = ksa
+    assert (first["add_noise"], first["start_at_step"], first["end_at_step"]) == ("enable", 0, 10)
+    assert first["return_with_leftover_noise"] == "enable"
+    assert (second["add_noise"], second["start_at_step"], second["end_at_step"]) == ("disable", 10, 10000)
+    for key in ("noise_seed", "steps", "cfg", "sampler_name", "scheduler"):
+        assert first[key] == second[key], key
+    slot = {n["id"]: {i["name"]: k for k, i in enumerate(n["inputs"])} for n in wf["nodes"]}
+    assert src[(second["id"], slot[second["id"]]["latent_image"])] == first["id"]
+    patches = [nodes[src[(k["id"], slot[k["id"]]["model"])]] for k in (first, second)]
+    for patch in patches:
+        assert patch["type"] == "TempoAdaptiveModel"
+        assert dict(zip(PACK_WIDGETS["TempoAdaptiveModel"], patch["widgets_values"]))["split_plan"] == "whole_run"
+    assert patches[0]["id"] != patches[1]["id"]
 
 
 def test_ksampler_example_settings():
