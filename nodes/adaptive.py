@@ -261,14 +261,17 @@ def _model_sampling(model_k):
 SPLIT_RUNS = SplitRuns()
 
 
-def _comfy_schedules(ms, base_name: str):
+def _comfy_schedules(ms, base_name: str, custom_sigmas: bool = False):
     """(schedule(name, n), names) for ``SplitRuns.place``: ComfyUI's schedulers (those other packs registered
     included), normal first, as KSampler runs them for ``base_name`` (the penultimate sigma discarded for the samplers
-    that do) and, for those, as BasicScheduler does (``samplers.schedules.ksampler_schedules`` for the testbeds)."""
+    that do) and, for those, as BasicScheduler does (``samplers.schedules.ksampler_schedules`` for the testbeds). A
+    discarded schedule at n steps begins as the whole one at n + 1 does: KSampler's form comes first, BasicScheduler's
+    where ``custom_sigmas`` (the SAMPLER node, whose sigmas come from a SIGMAS input)."""
     handlers = getattr(comfy.samplers, "SCHEDULER_HANDLERS", None)
     order = sorted(handlers or comfy.samplers.SCHEDULER_NAMES, key=lambda n: n != "normal")
     discard = base_name in getattr(comfy.samplers.KSampler, "DISCARD_PENULTIMATE_SIGMA_SAMPLERS", ())
-    names = [(n, True) for n in order] + [(n, False) for n in order] if discard else [(n, False) for n in order]
+    forms = ((False, True) if custom_sigmas else (True, False)) if discard else (False,)
+    names = [(n, dropped) for dropped in forms for n in order]
 
     def schedule(name, n: int) -> torch.Tensor:
         scheduler, dropped = name
@@ -298,10 +301,16 @@ def _checked_profile(profile):
 
 
 def adaptive_function(
-    base_fn, base_name: str, config: AdaptiveConfig, sink: list | None = None, profile: SkipProfile | None = None
+    base_fn,
+    base_name: str,
+    config: AdaptiveConfig,
+    sink: list | None = None,
+    profile: SkipProfile | None = None,
+    custom_sigmas: bool = False,
 ):
     """A k-diffusion sampler function: `base_fn` with AdaptiveDiffusion skipping around it (along `profile`'s
-    path when one is given; it must match the run's sigmas)."""
+    path when one is given; it must match the run's sigmas). custom_sigmas: the sigmas come from a SIGMAS input
+    (the SAMPLER node), not from KSampler (``_comfy_schedules``)."""
     entry = support.lookup(base_name)
     _checked_profile(profile)
     run_fn = adaptive_cfgpp.with_post_cfg(base_fn, entry.post_cfg) if entry.post_cfg else base_fn
@@ -320,7 +329,7 @@ def adaptive_function(
             noise_sampler = _noise_sampler(entry.noise, x, sigmas, extra_args)
         whole, split_note = None, ""
         if ms is not None:
-            whole, split_note = SPLIT_RUNS.place(sigmas, run_config, *_comfy_schedules(ms, base_name))
+            whole, split_note = SPLIT_RUNS.place(sigmas, run_config, *_comfy_schedules(ms, base_name, custom_sigmas))
         out, report = adaptive_sample(
             run_fn,
             model,
@@ -348,13 +357,16 @@ def adaptive_function(
     return sample_adaptive
 
 
-def wrap_sampler(sampler, base_name: str, config: AdaptiveConfig, sink: list | None = None, profile=None):
-    """A new KSAMPLER running `sampler`'s function with skipping (its options kept)."""
+def wrap_sampler(
+    sampler, base_name: str, config: AdaptiveConfig, sink: list | None = None, profile=None, custom_sigmas=False
+):
+    """A new KSAMPLER running `sampler`'s function with skipping (its options kept); custom_sigmas: see
+    ``adaptive_function``."""
     if not isinstance(sampler, comfy.samplers.KSAMPLER):
         raise AdaptiveConfigError(
             f"sampler: AdaptiveDiffusion wraps ComfyUI's k-diffusion samplers (KSAMPLER); got {type(sampler).__name__}"
         )
-    fn = adaptive_function(sampler.sampler_function, base_name, config, sink, profile)
+    fn = adaptive_function(sampler.sampler_function, base_name, config, sink, profile, custom_sigmas)
     return comfy.samplers.KSAMPLER(fn, dict(sampler.extra_options), dict(sampler.inpaint_options))
 
 
@@ -512,7 +524,7 @@ class AdaptiveSamplerNode(io.ComfyNode):
         profile = _checked_profile(settings.pop("profile", None))
         config = make_config(**settings)
         return io.NodeOutput(
-            wrap_sampler(comfy.samplers.sampler_object(sampler_name), sampler_name, config, None, profile)
+            wrap_sampler(comfy.samplers.sampler_object(sampler_name), sampler_name, config, None, profile, True)
         )
 
 

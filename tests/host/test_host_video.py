@@ -148,6 +148,7 @@ SPLIT_SNIPPET = (
     PREFIX
     + r"""
 import logging
+import comfy.sample
 from comfyui_tempo.samplers.adaptive_config import target_skips
 from comfyui_tempo.samplers.skip_plan import default_plan
 
@@ -190,6 +191,27 @@ skip, c_skip, notes = pair(patched(high), patched(low), STEPS, STEPS // 2)
 _, c_call, _ = pair(patched(high, split_plan="call"), patched(low, split_plan="call"), STEPS, STEPS // 2)
 _, c_full_k, _ = pair(high, low, STEPS, STEPS // 2, "uni_pc", "karras")
 _, c_skip_k, _ = pair(patched(high), patched(low), STEPS, STEPS // 2, "uni_pc", "karras")
+
+
+# the same split through the SAMPLER node, as BasicScheduler -> SplitSigmas -> two SamplerCustom nodes run it
+def custom_pair(h, l, sampler, scheduler):
+    calls.clear()
+    lines.clear()
+    sig = comfy.samplers.calculate_sigmas(h.get_model_object("model_sampling"), scheduler, STEPS).cpu()
+    smp = A.AdaptiveSamplerNode.execute(sampler, **skip_settings()).args[0]
+    lat = empty["samples"]
+    with torch.inference_mode():
+        a = comfy.sample.sample_custom(h, comfy.sample.prepare_noise(lat, SEED), 5.0, smp, sig[: STEPS // 2 + 1], pos,
+                                       neg, lat, seed=SEED)
+        out = comfy.sample.sample_custom(l, torch.zeros_like(a), 5.0, smp, sig[STEPS // 2 :], pos, neg, a, seed=SEED)
+    plan = default_plan(sig.tolist(), target_skips(STEPS, 2.0), flow=True, also_protect=(STEPS // 2,))
+    return out, dict(calls), list(lines), [int(plan[: STEPS // 2].sum()), int(plan[STEPS // 2 :].sum())]
+
+
+c_out, c_calls, c_notes, _ = custom_pair(high, low, "euler", "simple")
+_, u_calls, u_notes, u_plan = custom_pair(high, low, "uni_pc", "simple")
+R["custom"] = {"equal": bool(torch.equal(c_out, skip)), "calls": c_calls, "notes": c_notes, "uni_pc_calls": u_calls,
+               "uni_pc_notes": u_notes, "uni_pc_plan": u_plan}
 # the second call alone (as img2img at denoise 0.5 would run it): no first call recorded, it plans its own sigmas
 A.SPLIT_RUNS._runs.clear()
 calls.clear()
@@ -238,6 +260,20 @@ def test_two_experts_split_by_ksampler_advanced_plan_the_whole_run(split_result)
         assert r["calls_full"][key] >= 1.95 * r["calls_call"][key], r
     assert r["tail_alone"] == per_step * 5, r
     assert r["finite"], r
+
+
+def test_the_sampler_node_split_by_split_sigmas_plans_the_whole_run_too(split_result):
+    """The same split through the AdaptiveDiffusion Sampler (BasicScheduler's sigmas cut at step 10, two SamplerCustom
+    calls, as SplitSigmas feeds them): the same latents as the two patched KSamplerAdvanced calls. uni_pc: its sigmas
+    come whole from BasicScheduler (KSampler would discard the penultimate one), and the SAMPLER node plans them so:
+    each call runs its slice of that run's plan, and no note that the calls planned different runs."""
+    c, r = split_result["custom"], split_result["split"]
+    per_step = r["calls_full"]["high"] // 10
+    assert c["equal"] and c["calls"] == r["calls_skip"], c
+    assert [c["uni_pc_calls"]["high"], c["uni_pc_calls"]["low"]] == [per_step * n for n in c["uni_pc_plan"]], c
+    assert sum(c["uni_pc_plan"]) == 10 and c["uni_pc_plan"] != [5, 5], c
+    notes = [line for line in c["uni_pc_notes"] if "of a 20-step simple run, split at step 10" in line]
+    assert len(notes) == 2 and not any("may differ by a step" in line for line in c["uni_pc_notes"]), c
 
 
 @pytest.fixture(scope="module")
