@@ -65,6 +65,7 @@ them.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import math
 import platform
@@ -165,21 +166,26 @@ class Cell:
     def sigmas(self, steps: int) -> torch.Tensor:
         return schedules.ksampler_sigmas(self.scheduler, steps, _sampling(self.p), self.sampler)
 
-    def run(self, config, steps: int | None = None, split: int = 0, **more):
+    def run(self, config, steps: int | None = None, split=0, **more):
         """(latents, nfe per image, wall seconds, report or None); config: an AdaptiveConfig or None (the base
-        sampler); more: adaptive_sample's other keywords. split > 0: two sampler calls, steps 0..split and split..end,
-        each with config (or with the two of a pair) and its own noise sampler of the same seed, as two
-        KSamplerAdvanced nodes make them (the report: the second segment's)."""
+        sampler); more: adaptive_sample's other keywords. split: a step K > 0 or several in increasing order: the run
+        in sampler calls from step to step (0..K, K..end), each with config (or with its own of a tuple) and its own
+        noise sampler of the same seed, as KSamplerAdvanced nodes make them (the report: the last call's)."""
         sig = self.sigmas(steps or self.steps)
         x = self.p.noise * sig[0]  # ComfyUI's noise scaling for eps and flow (CONST) models alike
-        if split:
+        ks = (split,) if isinstance(split, int) else tuple(split)
+        if any(ks):
             t0, nfe, rep = time.perf_counter(), 0.0, None
-            configs = config if isinstance(config, tuple) else (config, config)
+            bounds = (0, *ks, len(sig) - 1)
+            configs = config if isinstance(config, tuple) else (config,) * (len(bounds) - 1)
             runs = SplitRuns()  # as the nodes' (one per process there): the calls of one split run plan it as one
             schedule, names = schedules.ksampler_schedules(_sampling(self.p), self.sampler)
-            for seg, cfg in zip((sig[: split + 1], sig[split:]), configs):
+            segments = [sig[a : b + 1] for a, b in zip(bounds, bounds[1:])]
+            for seg, cfg in zip(segments, configs):
                 whole, note = runs.place(seg, cfg, schedule, names) if cfg is not None else (None, "")
                 x, n, _, rep = self._run_on(cfg, seg, x, **({"whole_run": whole} if whole else {}), **more)
+                if whole is not None:
+                    runs.ran(whole, rep.split_path)
                 if rep is not None and note:
                     rep.notes.append(note)
                 nfe += n
@@ -227,7 +233,7 @@ def run_cell(
     noise_gate_off: bool = False,
     reuses=(),
     auto_bases=(),
-    split: int = 0,
+    split=0,
 ) -> list[dict]:
     base = {
         "model": cell.model,
@@ -334,27 +340,44 @@ def run_cell(
     return rows
 
 
-def _split_rows(cell: Cell, base: dict, split: int, n_run: int, n_fewer: int) -> list[dict]:
-    """``--grid-split``: the run split into two sampler calls at step ``split`` (module docstring), scored against the
-    split full run: the base sampler, the default on each segment, and fewer steps split at the same share."""
-    if not 0 < split < n_run:
-        raise ValueError(f"--grid-split: expected a step between 1 and {n_run - 1}, got {split}")
-    full, full_nfe, full_wall, _ = cell.run(None, split=split)
+def _split_rows(cell: Cell, base: dict, split, n_run: int, n_fewer: int) -> list[dict]:
+    """``--grid-split``: the run split into sampler calls at the steps ``split`` (module docstring), scored against the
+    split full run: the base sampler, the default on each call, split_plan call, and fewer steps split at the same
+    shares."""
+    ks = (split,) if isinstance(split, int) else tuple(split)
+    if not ks or any(not 0 < k < n_run for k in ks) or list(ks) != sorted(set(ks)):
+        raise ValueError(
+            f"--grid-split: expected steps between 1 and {n_run - 1} in increasing order, got {','.join(map(str, ks))}"
+        )
+    full, full_nfe, full_wall, _ = cell.run(None, split=ks)
     ref = cell.p.decode(full)
     fewer_run = len(cell.sigmas(n_fewer)) - 1
-    k = min(max(1, round(split * fewer_run / n_run)), fewer_run - 1)
+    kf = tuple(min(max(1, round(k * fewer_run / n_run)), fewer_run - 1) for k in ks)
+    if list(kf) != sorted(set(kf)):
+        raise ValueError(f"--grid-split: steps {ks} map to {kf} at {fewer_run} steps (fewer steps): space them more")
+    calls, at, at_f = len(ks) + 1, ", ".join(map(str, ks)), ", ".join(map(str, kf))
+    label = ks[0] if len(ks) == 1 else list(ks)
     rows = [grid_row(base, "full_split", torch.full((ref.shape[0],), float("inf")), full_nfe, full_nfe, full_wall,
-                     f"{cell.steps} steps in two calls, at step {split}", None, split=split)]  # fmt: skip
+                     f"{cell.steps} steps in {calls} calls, at step {at}", None, split=label)]  # fmt: skip
     runs = [
-        ("adaptive_split", AdaptiveConfig(), None, split, f"AdaptiveConfig() on each call, split at step {split}"),
-        ("adaptive_split_call", AdaptiveConfig(split_plan="call"), None, split, "split_plan call: each call its own"),
-        ("fewer_steps_split", None, n_fewer, k, f"{n_fewer} steps in two calls, at step {k}"),
+        ("adaptive_split", AdaptiveConfig(), None, ks, f"AdaptiveConfig() on each call, split at step {at}"),
+        ("adaptive_split_call", AdaptiveConfig(split_plan="call"), None, ks, "split_plan call: each call its own"),
+        ("fewer_steps_split", None, n_fewer, kf, f"{n_fewer} steps in {calls} calls, at step {at_f}"),
     ]
-    for method, config, steps, at, setting in runs:
-        out, nfe, wall, rep = cell.run(config, steps, split=at)
+    for method, config, steps, where, setting in runs:
+        out, nfe, wall, rep = cell.run(config, steps, split=where)
         psnr = psnr_db(cell.p.decode(out), ref)
-        rows.append(grid_row(base, method, psnr, nfe, full_nfe, wall, setting, rep, split=split))
+        rows.append(grid_row(base, method, psnr, nfe, full_nfe, wall, setting, rep, split=label))
     return rows
+
+
+def _split_steps(text: str) -> tuple[int, ...]:
+    """``--grid-split``'s value: steps, comma-separated ("" or "0": none)."""
+    try:
+        ks = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected steps such as 10 or 7,14, got {text!r}") from None
+    return () if ks == (0,) else ks
 
 
 def split_table(rows: list[dict]) -> list[dict]:
@@ -803,12 +826,12 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--grid-split",
-        type=int,
-        default=0,
-        metavar="K",
-        help="also run each cell split into two sampler calls at step K, as two KSamplerAdvanced nodes split it "
-        "(full_split, adaptive_split: the default, adaptive_split_call: split_plan call, fewer_steps_split); a table "
-        "against fewer steps split",
+        type=_split_steps,
+        default=(),
+        metavar="K[,K2,...]",
+        help="also run each cell split into sampler calls at step K (two calls, as two KSamplerAdvanced nodes split it) "
+        "or at the steps K,K2,... (more calls) (full_split, adaptive_split: the default, adaptive_split_call: "
+        "split_plan call, fewer_steps_split); a table against fewer steps split",
     )
     p.add_argument(
         "--grid-jump-off",
@@ -1066,7 +1089,8 @@ def grid_main(args) -> int:
         above = sum(1 for j in split if j["split_vs_fewer"] > 0)
         whole = sum(1 for j in split if j["whole_vs_call"] > 0)
         print(
-            f"\nthe run split into two calls at step {args.grid_split}: the default (the whole run planned, a slice per "
+            f"\nthe run split into {len(args.grid_split) + 1} calls at step {','.join(map(str, args.grid_split))}: the "
+            "default (the whole run planned, a slice per "
             "call), each call planning its own segment (split_plan call) and fewer steps split, dB against the split "
             "full run; the default unsplit against the full run:"
         )

@@ -346,6 +346,8 @@ def adaptive_function(
             **support.adaptive_kwargs(base_name),
             **options,
         )
+        if whole is not None:
+            SPLIT_RUNS.ran(whole, report.split_path)  # the calls continuing this one keep its path
         if split_note:
             report.notes.append(split_note)
         log.info("%s (%s)", report.summary(), base_name)

@@ -309,11 +309,12 @@ class AdaptiveSampling:
             own = (max(1, int(math.ceil(cfg.start_percent * n))), last, rate)
             sig, also = self.sig, ()
             if self.whole is not None:  # the whole run's plan (the split step run), this call's slice of it below
-                sig, n, also = list(self.whole.sigmas), self.whole.steps, (self.whole.split,)
+                sig, n, also = list(self.whole.sigmas), self.whole.steps, tuple(self.whole.protect)
                 last = n - cfg.force_last
             first = max(1, int(math.ceil(cfg.start_percent * n)))
             skips = target_skips(n, cfg.target_speedup)
-            limits = dict(max_skip=cfg.max_skip, first=first, last=last, flow=self.flow, also_protect=also)
+            fixed = tuple(self.whole.done) if self.whole is not None else ()
+            limits = dict(max_skip=cfg.max_skip, first=first, last=last, flow=self.flow, also_protect=also, fixed=fixed)
             noise = "" if self.flow else self.noise_plan
             self.planned = default_plan(sig, skips, protect_final_jump=self.protect_final_jump, noise=noise, **limits)
             if noise:
@@ -344,6 +345,7 @@ class AdaptiveSampling:
             if self.whole is not None:
                 self.planned = self.planned[self.whole.start : self.whole.end].clone()
                 self.report.notes.append(self.whole.describe())
+                self.report.split_path = self.planned.tolist()
             return own
         if cfg.mode == "target" and eligible > 0:
             skips = target_skips(n, cfg.target_speedup)
@@ -980,6 +982,7 @@ def adaptive_sample(
             )
             rep.notes[:0] = ctl.report.notes
             rep.controller_seconds += ctl.report.controller_seconds
+            rep.split_path = ctl.report.split_path
             return out, rep
         if reason:  # auto did not re-space, and says why (dpmpp_3m_sde at an odd step count)
             ctl.report.notes.append(reason)

@@ -252,6 +252,7 @@ def plan_skips(
     step_scale=None,
     protect=(),
     noise: str = "",
+    fixed=(),
 ) -> tuple[torch.Tensor, float]:
     """(path [N] bool, True = run the network; the modelled cost) with n_skips skips at least cost.
 
@@ -261,7 +262,8 @@ def plan_skips(
     passes RUN_PENALTY); step_weight: the step-length factor's exponent (0: none; the controller passes
     STEP_WEIGHT); step_scale: a factor per step on its cost (``skip_costs_fn``); protect: step indices that run
     (the controller passes ``jump_step``); noise: a form of ``NOISE_FORMS`` plans with ``mixed_costs_fn`` (eps / v
-    models only; "": the cost model alone).
+    models only; "": the cost model alone); fixed: the path of the first steps, already run (bools, True = ran: the
+    earlier calls of a split run, ``samplers.split_run``): the plan keeps it and spends on the rest what n_skips leaves.
     """
     n = len(sigmas) - 1
     last = n if last is None else min(n, last)
@@ -274,6 +276,7 @@ def plan_skips(
         else skip_costs_fn(sigmas, flow, step_weight, step_scale)
     )
     keep = {int(i) for i in protect if i is not None and first <= int(i) < last}
+    fixed = [bool(v) for v in fixed]
     eligible = max(0, last - first)
     fit = eligible - eligible // (max_skip + 1) - len(keep)
     if n_skips <= 0 or eligible == 0:
@@ -293,6 +296,10 @@ def plan_skips(
                     break
                 if g and (not (b + 1 >= first and c - 1 < last) or (c - 1) in keep):
                     break  # a skipped step outside the eligible range, or a protected one
+                if g and c - 1 < len(fixed) and fixed[c - 1]:
+                    break  # a step the fixed path ran cannot be skipped
+                if c < len(fixed) and not fixed[c]:
+                    continue  # nor one it skipped run
                 gap_cost = sum(cost(i, b, a) * run_penalty ** (i - b - 1) for i in range(b + 1, c))
                 for k, (cst, path) in table.items():
                     k2 = k + g
@@ -323,12 +330,14 @@ def default_plan(
     protect_final_jump: bool = True,
     noise: str = "",
     also_protect=(),
+    fixed=(),
     **limits,
 ) -> torch.Tensor:
     """The controller's plan (mode target, planner schedule): ``plan_skips`` at RUN_PENALTY and STEP_WEIGHT with the
     step into the final jump run (``jump_step``; protect_final_jump False: without that rule). limits: plan_skips's
     max_skip, first and last. noise: the candidate injected-noise cost (``mixed_costs_fn``, at NOISE_RUN_PENALTY; "":
-    the default). also_protect: more steps that run (the benchmark's plan shared between two sampler calls)."""
+    the default). also_protect: more steps that run, and fixed: the path of the first steps, already run (a run
+    split over sampler calls: the steps where later calls start, the earlier calls' path; ``samplers.split_run``)."""
     protect = ((jump_step(sigmas, flow),) if protect_final_jump else ()) + tuple(also_protect)
     path, _ = plan_skips(
         sigmas,
@@ -338,6 +347,7 @@ def default_plan(
         step_weight=STEP_WEIGHT,
         protect=protect,
         noise=noise,
+        fixed=fixed,
         **limits,
     )
     return path

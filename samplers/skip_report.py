@@ -34,6 +34,7 @@ class SkipReport:
     planner: str = ""  # mode target: "schedule" or "pace"
     extrapolation: str = ""  # what reused directions were extrapolated with ("auto" resolved)
     respaced: bool = False  # the sampler ran on the planned steps' sigmas alone (samplers.respace)
+    split_path: list = field(default_factory=list)  # a split run's call: the path it planned (SplitRuns.ran)
 
     @property
     def nfe(self) -> float:

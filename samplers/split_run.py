@@ -18,7 +18,9 @@ Here the calls plan the whole run once, each running its slice:
   else plans its own sigmas, as before.
 
 Both plan with the split step run (the second call has nothing to reuse), so they agree on one path. A split into
-three or more calls is planned call by call (a middle call would need a third protected step the first never saw).
+three or more calls: a middle call (it continues a recorded call and ends above 0) adds its last step to the run's
+split steps and is recorded in turn; it and the calls after it plan with all of them, the first call with its own
+only (their plans may then differ by a step; the reports say so).
 Plain PyTorch-free Python; the node adapter (``nodes/adaptive.py``) passes ComfyUI's schedules and keeps one
 ``SplitRuns`` for the process, the benchmark one per cell.
 """
@@ -38,30 +40,36 @@ REL_TOL = 1e-6
 
 @dataclass(frozen=True)
 class WholeRun:
-    """A sampler call's place in a whole run: ``sigmas`` (the whole schedule, steps + 1 values, ending at 0), and
-    this call's first and last sigma's indices in it (``start`` .. ``end``; its steps are ``start`` .. ``end`` - 1).
-    ``scheduler``: how the schedule was found (the schedule function's name for it), for the report."""
+    """A sampler call's place in a whole run: ``sigmas`` (the whole schedule, steps + 1 values, ending at 0), this
+    call's first and last sigma's indices in it (``start`` .. ``end``; its steps are ``start`` .. ``end`` - 1), and
+    ``protect``, the steps where the run's calls are known to start (after the first; their plans run them: a call
+    has nothing to reuse at its first step). ``done``: the path the earlier calls ran (steps 0 .. start - 1, True =
+    the network ran; empty where not recorded): the plan keeps it. ``scheduler``: how the schedule was found (the
+    schedule function's name for it), for the report."""
 
     sigmas: tuple[float, ...]
     start: int
     end: int
     scheduler: str = ""
+    protect: tuple[int, ...] = ()
+    done: tuple[bool, ...] = ()
 
     @property
     def steps(self) -> int:
         return len(self.sigmas) - 1
 
-    @property
-    def split(self) -> int:
-        """The step where the run is split: the second call's first step (run by both calls' plans)."""
-        return self.end if self.start == 0 else self.start
-
     def describe(self) -> str:
         how = f"{self.steps}-step {self.scheduler} run" if self.scheduler else f"{self.steps}-step run"
-        part = "first" if self.start == 0 else "second"
+        if self.start == 0:
+            part = "first"
+        elif self.end < self.steps:
+            part = "middle"
+        else:
+            part = "last" if len(self.protect) > 1 else "second"
+        at = ("step " if len(self.protect) == 1 else "steps ") + ", ".join(str(i) for i in self.protect)
         return (
-            f"steps {self.start}-{self.end - 1} of a {how}, split at step {self.split}: planned as the whole run (the "
-            f"split step run), this call runs its slice ({part} call; split_plan whole_run)"
+            f"steps {self.start}-{self.end - 1} of a {how}, split at {at}: planned as the whole run (the split steps "
+            f"run), this call runs its slice ({part} call; split_plan whole_run)"
         )
 
 
@@ -134,7 +142,7 @@ def find_whole_run(
         for n in range(max(k + 1, lo - 3), min(max_steps, lo + 3) + 1):
             s = full(n)
             if s is not None and len(s) > k + 1 and s[-1] == 0 and same_sigmas(s[: k + 1], seg):
-                found.setdefault(tuple(s), WholeRun(tuple(s), 0, k, _label(name)))
+                found.setdefault(tuple(s), WholeRun(tuple(s), 0, k, _label(name), (k,)))
     return list(found.values())
 
 
@@ -149,36 +157,67 @@ class SplitRuns:
     def __init__(self, keep: int = 16):
         self.keep = keep
         self._runs: OrderedDict[tuple, list[WholeRun]] = OrderedDict()
+        self._done: dict[tuple, tuple[bool, ...]] = {}  # the path the recorded calls and those before them ran
 
     def register(self, runs: list[WholeRun]) -> None:
-        """Record a first call's whole run: ``runs[0]``, the one it planned, and the others its sigmas also begin (a
-        continuation of any of them is this run's); re-registering moves it to the newest."""
-        if not runs or runs[0].start != 0 or runs[0].end >= runs[0].steps:
+        """Record a call that more calls continue (a first call, or a middle one): ``runs[0]``, the run it planned,
+        and the others its sigmas also begin (a continuation of any of them is this run's); re-registering moves it to
+        the newest."""
+        if not runs or runs[0].end >= runs[0].steps:
             return
         key = (runs[0].sigmas, runs[0].end)
         self._runs.pop(key, None)
+        self._done.pop(key, None)
         self._runs[key] = list(runs)
         while len(self._runs) > self.keep:
-            self._runs.popitem(last=False)
+            old, _ = self._runs.popitem(last=False)
+            self._done.pop(old, None)
 
     def continuation(self, sigmas) -> tuple[WholeRun | None, str]:
-        """The recorded run whose rest ``sigmas`` are (from its split step to 0), newest first, and a note where the
-        first call planned another of the runs its sigmas begin; (None, "") if none."""
+        """The recorded run that ``sigmas`` continue (they begin at its call's last sigma and follow its schedule: to
+        0, the last call; above 0, a middle call, whose end is then one more split step), newest first, and a note
+        where the first call planned another of the runs its sigmas begin; (None, "") if none."""
         seg = _floats(sigmas)
-        if len(seg) < 2 or seg[-1] != 0:
+        if len(seg) < 2:
             return None, ""
         for runs in reversed(self._runs.values()):
             for i, run in enumerate(runs):
-                if len(run.sigmas) - run.end == len(seg) and same_sigmas(run.sigmas[run.end :], seg):
-                    note = ""
-                    if i:
-                        note = (
-                            f"the first call planned its steps as a {runs[0].steps}-step {runs[0].scheduler} run (its "
-                            f"sigmas begin both); this call finishes the {run.steps}-step {run.scheduler} run, so the two "
-                            "plans may differ by a step"
-                        )
-                    return WholeRun(run.sigmas, run.end, run.steps, run.scheduler), note
+                rest = run.sigmas[run.end :]
+                if len(seg) > len(rest) or not same_sigmas(rest[: len(seg)], seg):
+                    continue
+                end = run.end + len(seg) - 1
+                note = ""
+                if i:
+                    note = (
+                        f"the first call planned its steps as a {runs[0].steps}-step {runs[0].scheduler} run (its "
+                        f"sigmas begin both); this call continues the {run.steps}-step {run.scheduler} run, so the "
+                        "plans may differ by a step"
+                    )
+                more = (end,) if end < run.steps else ()
+                if len(run.protect) > 1 or more:
+                    note = "; ".join(
+                        v
+                        for v in (note, "the first call planned without the later split steps: the calls' plans may "
+                                  "differ by a step")
+                        if v
+                    )  # fmt: skip
+                done = self._done.get((runs[0].sigmas, runs[0].end), ())
+                done = done if len(done) == run.end else ()
+                return WholeRun(run.sigmas, run.end, end, run.scheduler, run.protect + more, done), note
         return None, ""
+
+    def ran(self, run: WholeRun, path) -> None:
+        """Record the path a call of ``run`` ran (its steps; bools, True = the network ran), after it ran: the calls
+        that continue it keep it and spend on their steps what the whole run's target leaves (so a middle call's extra
+        split step costs no extra evaluation)."""
+        if run.end >= run.steps:
+            return
+        path = tuple(bool(v) for v in path)
+        if len(path) != run.end - run.start or len(run.done) != run.start:
+            return
+        key = (run.sigmas, run.end)
+        if key in self._runs:
+            self._done[key] = run.done + path
 
     def locate(
         self,
@@ -187,14 +226,16 @@ class SplitRuns:
         names: Iterable[Hashable],
         max_steps: int = MAX_STEPS,
     ) -> tuple[list[WholeRun], str]:
-        """A call's place in a split run: a first call (ends above 0: the whole runs its sigmas begin, the one to plan
-        first; ``find_whole_run``; record them with ``register`` once planned), the rest of a recorded first call
-        (``continuation``: one run), or [] (plan its own sigmas); and a note where one is worth it."""
+        """A call's place in a split run: the continuation of a recorded call (``continuation``: one run), else a first
+        call (ends above 0: the whole runs its sigmas begin, the one to plan first; ``find_whole_run``), else [] (plan
+        its own sigmas); and a note where one is worth it. Record a call with ``register`` once planned."""
         seg = _floats(sigmas)
+        run, note = self.continuation(seg)
+        if run is not None:
+            return [run], note
         if len(seg) >= 2 and seg[-1] > 0:
             return find_whole_run(seg, schedule, names, max_steps), ""
-        run, note = self.continuation(seg)
-        return ([run] if run is not None else []), note
+        return [], ""
 
     def place(
         self,
@@ -211,6 +252,5 @@ class SplitRuns:
         runs, note = self.locate(sigmas, schedule, names, max_steps)
         if not runs:
             return None, note
-        if runs[0].start == 0:
-            self.register(runs)
+        self.register(runs)  # a call that more calls continue: a first or a middle one
         return runs[0], note

@@ -552,14 +552,19 @@ def test_grid_split_runs_two_calls_and_scores_them_against_the_split_full_run(tm
     assert nfe_c == 4 + 6 and rep_c.steps == 12  # 8 steps at 2x, then 12; the report is the second call's
     _, nfe_a, _, rep = cell.run(adaptive_grid.AdaptiveConfig(), split=8)
     assert nfe_a == 10 and rep.steps == 12 and any("of a 20-step karras run, split at step 8" in n for n in rep.notes)
-    with pytest.raises(ValueError, match="--grid-split: expected a step between 1 and 19, got 20"):
+    with pytest.raises(ValueError, match="--grid-split: expected steps between 1 and 19 in increasing order, got 20"):
         adaptive_grid._split_rows(cell, {}, 20, 20, 10)
+    with pytest.raises(ValueError, match="in increasing order, got 12,6"):
+        adaptive_grid._split_rows(cell, {}, (12, 6), 20, 10)
+    # three calls (a middle one): the whole run's plan with both split steps run, 10 evaluations together
+    _, nfe_3, _, rep_3 = cell.run(adaptive_grid.AdaptiveConfig(), split=(6, 13))
+    assert nfe_3 == 10 and rep_3.steps == 7 and any("split at steps 6, 13" in n for n in rep_3.notes)
     d = _lean_grid(tmp_path, "dpmpp_2m", "karras", "--grid-split", "10")
     m = {r["method"]: r for r in d["rows"]}
     assert {"full_split", "adaptive_split", "adaptive_split_call", "fewer_steps_split"} <= set(m)
     assert m["full_split"]["nfe"] == 20 and m["adaptive_split"]["nfe"] == 10 and m["fewer_steps_split"]["nfe"] == 10
     assert m["adaptive_split_call"]["nfe"] == 10 and m["adaptive_split"]["path"][0] == "C"  # the split step runs
-    assert m["fewer_steps_split"]["setting"] == "10 steps in two calls, at step 5"
+    assert m["fewer_steps_split"]["setting"] == "10 steps in 2 calls, at step 5"
     (t,) = d["split"]
     assert t["split_vs_fewer"] == pytest.approx(m["adaptive_split"]["psnr_db"] - m["fewer_steps_split"]["psnr_db"])
     assert t["split_vs_unsplit"] == pytest.approx(m["adaptive_split"]["psnr_db"] - m["adaptive"]["psnr_db"])

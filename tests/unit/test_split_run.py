@@ -26,7 +26,7 @@ def test_a_first_call_finds_the_schedule_its_sigmas_begin(sampling, scheduler, n
     runs = find_whole_run(full[: k + 1], *_pack(sampling), max_steps=2000)
     assert runs and runs[0].scheduler == scheduler and runs[0].start == 0 and runs[0].end == k
     assert torch.equal(torch.tensor(runs[0].sigmas), full.double()) or runs[0].sigmas == tuple(full.tolist())
-    assert runs[0].split == k
+    assert runs[0].protect == (k,)
 
 
 def test_normal_begins_as_sgm_uniform_one_step_shorter_and_comes_first():
@@ -58,7 +58,7 @@ def test_the_second_call_shares_only_where_a_first_call_was_recorded():
     head, note = runs.place(full[:11], config, *pack, max_steps=2000)
     assert head is not None and head.start == 0 and head.end == 10 and note == ""
     tail, note = runs.place(full[10:], config, *pack)
-    assert tail == WholeRun(head.sigmas, 10, 20, "karras") and note == ""
+    assert tail == WholeRun(head.sigmas, 10, 20, "karras", (10,)) and note == ""
     assert runs.place(full[9:], config, *pack) == (None, "")  # not the rest of the recorded run
     other = schedules.get_sigmas("karras", 24, FLOW8)
     assert runs.place(other[12:], config, *pack) == (None, "")
@@ -79,12 +79,50 @@ def test_what_does_not_share():
         AdaptiveConfig(split_plan="both").validate()
 
 
-def test_a_three_call_split_plans_its_later_calls_on_their_own():
+def test_a_three_call_split_adds_the_middle_calls_split_step():
+    """A middle call continues the first and ends above 0: it and the last call plan with both split steps; the
+    first planned with its own only, and the later calls say their plans may differ by a step."""
     full = schedules.get_sigmas("karras", 30)
     runs, config, pack = SplitRuns(), AdaptiveConfig(), _pack(None)
-    assert runs.place(full[:11], config, *pack, max_steps=2000)[0] is not None
-    assert runs.place(full[10:21], config, *pack, max_steps=2000) == (None, "")  # a middle call: no first call
-    assert runs.place(full[20:], config, *pack) == (None, "")  # the rest of no recorded first call
+    head, _ = runs.place(full[:11], config, *pack, max_steps=2000)
+    assert (head.start, head.end, head.protect) == (0, 10, (10,))
+    middle, note = runs.place(full[10:21], config, *pack, max_steps=2000)
+    assert (middle.start, middle.end, middle.protect) == (10, 20, (10, 20)) and "may differ by a step" in note
+    assert "(middle call" in middle.describe() and "split at steps 10, 20" in middle.describe()
+    last, note = runs.place(full[20:], config, *pack)
+    assert (last.start, last.end, last.protect) == (20, 30, (10, 20)) and "may differ by a step" in note
+    assert "(last call" in last.describe()
+    assert runs.place(full[15:], config, *pack) == (None, "")  # begins at no recorded call's last sigma
+
+
+def test_three_calls_run_the_whole_plan_with_both_split_steps():
+    """The later calls keep the path the first ran and plan the rest with both split steps run: the run's NFE is the
+    target's (10 of 20), not one more."""
+    den, noise = _flow_setup()
+    full = schedules.get_sigmas("karras", 20, schedules.Flow(3.0))
+    first = default_plan(full.tolist(), target_skips(20, 2.0), flow=True, also_protect=(7,))
+    runs, config, pack = SplitRuns(), AdaptiveConfig(), _pack(schedules.Flow(3.0))
+    x, paths = noise * full[0], []
+    for seg in (full[:8], full[7:15], full[14:]):
+        whole, _ = runs.place(seg, config, *pack, max_steps=2000)
+        x, rep = adaptive_sample(kdiff.sample_euler, den, x, seg, config, vp_estimator_ok=False, whole_run=whole)
+        assert rep.split_path == [r.computed > 0 for r in rep.records]
+        runs.ran(whole, rep.split_path)
+        paths.append(rep.split_path)
+    rest = default_plan(full.tolist(), target_skips(20, 2.0), flow=True, also_protect=(7, 14), fixed=paths[0])
+    assert paths[0] == first[:7].tolist() and paths[1] + paths[2] == rest[7:].tolist()
+    assert paths[1][0] and paths[2][0] and sum(map(sum, paths)) == 10  # each call's first step runs; 2x in all
+    # without the record of what the first ran, the rest's plan is the whole plan with both split steps: one more
+    both = default_plan(full.tolist(), target_skips(20, 2.0), flow=True, also_protect=(7, 14))
+    assert sum(first[:7].tolist()) + sum(both[7:].tolist()) == 11
+
+
+def test_the_planner_keeps_a_fixed_prefix():
+    full = schedules.get_sigmas("karras", 20).tolist()
+    free = default_plan(full, 10)
+    fixed = [True, True, True, False, True, True, False, True]  # not the free plan's start
+    path = default_plan(full, 10, fixed=fixed)
+    assert path[:8].tolist() == fixed and int((~path).sum()) == 10 and path[:8].tolist() != free[:8].tolist()
 
 
 def test_the_ambiguous_first_call_says_so_at_the_second():
@@ -116,6 +154,8 @@ def test_two_calls_run_the_whole_runs_plan_a_slice_each(scheduler):
         for seg in (full[:11], full[10:]):
             whole, _ = runs.place(seg, config, *pack, max_steps=2000)
             x, rep = adaptive_sample(kdiff.sample_euler, den, x, seg, config, vp_estimator_ok=False, whole_run=whole)
+            if whole is not None:
+                runs.ran(whole, rep.split_path)
             paths.append([r.computed > 0 for r in rep.records])
             nfe += rep.nfe
         if split_plan == "whole_run":
