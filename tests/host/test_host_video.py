@@ -212,6 +212,25 @@ c_out, c_calls, c_notes, _ = custom_pair(high, low, "euler", "simple")
 _, u_calls, u_notes, u_plan = custom_pair(high, low, "uni_pc", "simple")
 R["custom"] = {"equal": bool(torch.equal(c_out, skip)), "calls": c_calls, "notes": c_notes, "uni_pc_calls": u_calls,
                "uni_pc_notes": u_notes, "uni_pc_plan": u_plan}
+
+
+# three calls (a first stage on steps 0-4, then the two experts): the middle call continues the first
+def triple(h, l):
+    calls.clear()
+    lines.clear()
+    with torch.inference_mode():
+        a = ksa.sample(h, "enable", SEED, STEPS, 5.0, "euler", "simple", pos, neg, empty, 0, 4, "enable")[0]
+        b = ksa.sample(h, "disable", SEED, STEPS, 5.0, "euler", "simple", pos, neg, a, 4, STEPS // 2, "enable")[0]
+        out = ksa.sample(l, "disable", SEED, STEPS, 5.0, "euler", "simple", pos, neg, b, STEPS // 2, 10000, "disable")[0]
+    return out["samples"], dict(calls), list(lines)
+
+
+_, t_calls, t_notes = triple(patched(high), patched(low))
+sig = comfy.samplers.KSampler(high, STEPS, "cpu", "euler", "simple").sigmas.tolist()
+first = default_plan(sig, target_skips(STEPS, 2.0), flow=True, also_protect=(4,))
+rest = default_plan(sig, target_skips(STEPS, 2.0), flow=True, also_protect=(4, STEPS // 2), fixed=first[:4].tolist())
+R["triple"] = {"calls": t_calls, "notes": t_notes, "plan": [int(first[:4].sum() + rest[4 : STEPS // 2].sum()),
+                                                            int(rest[STEPS // 2 :].sum())]}
 # the second call alone (as img2img at denoise 0.5 would run it): no first call recorded, it plans its own sigmas
 A.SPLIT_RUNS._runs.clear()
 calls.clear()
@@ -260,6 +279,19 @@ def test_two_experts_split_by_ksampler_advanced_plan_the_whole_run(split_result)
         assert r["calls_full"][key] >= 1.95 * r["calls_call"][key], r
     assert r["tail_alone"] == per_step * 5, r
     assert r["finite"], r
+
+
+def test_three_calls_keep_the_whole_runs_target(split_result):
+    """A first stage on steps 0-4, then the two experts (4-10 on the high-noise one, 10-20 on the low-noise one), all
+    patched: the middle call continues the first and the last the middle; the later calls keep what the earlier ran
+    and plan the rest with both split steps, so the three together halve the network calls; their reports say so."""
+    t, r = split_result["triple"], split_result["split"]
+    per_step = r["calls_full"]["high"] // 10
+    assert [t["calls"]["high"], t["calls"]["low"]] == [per_step * n for n in t["plan"]] and sum(t["plan"]) == 10, t
+    parts = [line for line in t["notes"] if "of a 20-step simple run, split at step" in line]
+    assert len(parts) == 3, t["notes"]
+    assert "(first call" in parts[0] and "(middle call" in parts[1] and "(last call" in parts[2], parts
+    assert "split at steps 4, 10" in parts[1] and "split at steps 4, 10" in parts[2], parts
 
 
 def test_the_sampler_node_split_by_split_sigmas_plans_the_whole_run_too(split_result):
