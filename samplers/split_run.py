@@ -100,11 +100,12 @@ def find_whole_run(
     """The whole runs whose first steps ``sigmas`` are, most likely first; [] if none.
 
     sigmas: a call's schedule ending above 0 (a first call of a split run). schedule(name, n): the sigmas of that
-    schedule at n steps; names: the schedules to try, in order of preference. For each, a doubling and then a bisection
-    on the step count find where the schedule's sigma at this call's last index reaches this call's last sigma (it
-    grows with the step count), then the step counts around it are compared value for value. Several may match: ComfyUI's ``normal`` at
-    n steps begins as ``sgm_uniform`` at n - 1 does (they differ in the last step), ``linear_quadratic`` at 2m and
-    2m + 1 steps share their first m; they come in the order of ``names``, then of step count."""
+    schedule at n steps; names: the schedules to try, in order of preference. For each, a doubling and then a
+    bisection on the step count find where the schedule's sigma at this call's last index reaches this call's last
+    sigma (it grows with the step count), then the step counts around it are compared value for value. Several may
+    match: ComfyUI's ``normal`` at n steps begins as ``sgm_uniform`` at n - 1 does (they differ in the last step),
+    ``linear_quadratic`` at 2m and 2m + 1 steps share their first m; they come in the order of ``names``, then of
+    step count."""
     seg = _floats(sigmas)
     k = len(seg) - 1
     if k < 1 or seg[-1] <= 0:
@@ -151,8 +152,8 @@ def _label(name: Hashable) -> str:
 
 
 class SplitRuns:
-    """The first calls of split runs planned as whole runs, newest last (at most ``keep``), so that the call
-    continuing one plans the same whole run. One per process in the nodes (ComfyUI runs one prompt at a time)."""
+    """The calls of split runs that later calls continue (first and middle calls), planned as whole runs, with the
+    path they ran; newest last, at most ``keep``. One per process in the nodes (ComfyUI runs one prompt at a time)."""
 
     def __init__(self, keep: int = 16):
         self.keep = keep
@@ -176,7 +177,8 @@ class SplitRuns:
     def continuation(self, sigmas) -> tuple[WholeRun | None, str]:
         """The recorded run that ``sigmas`` continue (they begin at its call's last sigma and follow its schedule: to
         0, the last call; above 0, a middle call, whose end is then one more split step), newest first, and a note
-        where the first call planned another of the runs its sigmas begin; (None, "") if none."""
+        where the first call planned another of the runs its sigmas begin or the earlier calls' path is missing; (None,
+        "") if none."""
         seg = _floats(sigmas)
         if len(seg) < 2:
             return None, ""
@@ -186,24 +188,22 @@ class SplitRuns:
                 if len(seg) > len(rest) or not same_sigmas(rest[: len(seg)], seg):
                     continue
                 end = run.end + len(seg) - 1
-                note = ""
-                if i:
-                    note = (
-                        f"the first call planned its steps as a {runs[0].steps}-step {runs[0].scheduler} run (its "
-                        f"sigmas begin both); this call continues the {run.steps}-step {run.scheduler} run, so the "
-                        "plans may differ by a step"
-                    )
                 more = (end,) if end < run.steps else ()
-                if len(run.protect) > 1 or more:
-                    note = "; ".join(
-                        v
-                        for v in (note, "the first call planned without the later split steps: the calls' plans may "
-                                  "differ by a step")
-                        if v
-                    )  # fmt: skip
                 done = self._done.get((runs[0].sigmas, runs[0].end), ())
                 done = done if len(done) == run.end else ()
-                return WholeRun(run.sigmas, run.end, end, run.scheduler, run.protect + more, done), note
+                notes = []
+                if i:
+                    notes.append(
+                        f"the first call planned its steps as a {runs[0].steps}-step {runs[0].scheduler} run (its "
+                        f"sigmas begin both); this call continues the {run.steps}-step {run.scheduler} run from the "
+                        "path the first ran"
+                    )
+                if not done:
+                    notes.append(
+                        "the path the earlier calls ran was not recorded: this call plans the whole run anew, so the "
+                        "calls together may run a step more or less than the target"
+                    )
+                return WholeRun(run.sigmas, run.end, end, run.scheduler, run.protect + more, done), "; ".join(notes)
         return None, ""
 
     def ran(self, run: WholeRun, path) -> None:
@@ -246,7 +246,8 @@ class SplitRuns:
         max_steps: int = MAX_STEPS,
     ) -> tuple[WholeRun | None, str]:
         """(this call's place in a split run to plan it by, or None; a note): ``locate`` where the config shares
-        (``shares``), a first call recorded for the call that continues it. What the nodes and the benchmark call."""
+        (``shares``); a call that later calls may continue is recorded (then ``ran`` once it ran). What the nodes and
+        the benchmark call."""
         if not shares(config):
             return None, ""
         runs, note = self.locate(sigmas, schedule, names, max_steps)

@@ -57,8 +57,10 @@ def test_the_second_call_shares_only_where_a_first_call_was_recorded():
     assert runs.place(full[10:], config, *pack) == (None, "")
     head, note = runs.place(full[:11], config, *pack, max_steps=2000)
     assert head is not None and head.start == 0 and head.end == 10 and note == ""
+    path = [True, False] * 5  # what the first call ran (the node records it after the call: SplitRuns.ran)
+    runs.ran(head, path)
     tail, note = runs.place(full[10:], config, *pack)
-    assert tail == WholeRun(head.sigmas, 10, 20, "karras", (10,)) and note == ""
+    assert tail == WholeRun(head.sigmas, 10, 20, "karras", (10,), tuple(path)) and note == ""
     assert runs.place(full[9:], config, *pack) == (None, "")  # not the rest of the recorded run
     other = schedules.get_sigmas("karras", 24, FLOW8)
     assert runs.place(other[12:], config, *pack) == (None, "")
@@ -80,17 +82,17 @@ def test_what_does_not_share():
 
 
 def test_a_three_call_split_adds_the_middle_calls_split_step():
-    """A middle call continues the first and ends above 0: it and the last call plan with both split steps; the
-    first planned with its own only, and the later calls say their plans may differ by a step."""
+    """A middle call continues the first and ends above 0: it and the last call plan with both split steps. Without
+    the record of what the earlier calls ran (``ran``), they say the calls may miss the target by a step."""
     full = schedules.get_sigmas("karras", 30)
     runs, config, pack = SplitRuns(), AdaptiveConfig(), _pack(None)
     head, _ = runs.place(full[:11], config, *pack, max_steps=2000)
     assert (head.start, head.end, head.protect) == (0, 10, (10,))
     middle, note = runs.place(full[10:21], config, *pack, max_steps=2000)
-    assert (middle.start, middle.end, middle.protect) == (10, 20, (10, 20)) and "may differ by a step" in note
+    assert (middle.start, middle.end, middle.protect) == (10, 20, (10, 20)) and "was not recorded" in note
     assert "(middle call" in middle.describe() and "split at steps 10, 20" in middle.describe()
     last, note = runs.place(full[20:], config, *pack)
-    assert (last.start, last.end, last.protect) == (20, 30, (10, 20)) and "may differ by a step" in note
+    assert (last.start, last.end, last.protect) == (20, 30, (10, 20)) and "was not recorded" in note
     assert "(last call" in last.describe()
     assert runs.place(full[15:], config, *pack) == (None, "")  # begins at no recorded call's last sigma
 
@@ -104,9 +106,10 @@ def test_three_calls_run_the_whole_plan_with_both_split_steps():
     runs, config, pack = SplitRuns(), AdaptiveConfig(), _pack(schedules.Flow(3.0))
     x, paths = noise * full[0], []
     for seg in (full[:8], full[7:15], full[14:]):
-        whole, _ = runs.place(seg, config, *pack, max_steps=2000)
+        whole, note = runs.place(seg, config, *pack, max_steps=2000)
+        notes = [note]
         x, rep = adaptive_sample(kdiff.sample_euler, den, x, seg, config, vp_estimator_ok=False, whole_run=whole)
-        assert rep.split_path == [r.computed > 0 for r in rep.records]
+        assert rep.split_path == [r.computed > 0 for r in rep.records] and not any("not recorded" in n for n in notes)
         runs.ran(whole, rep.split_path)
         paths.append(rep.split_path)
     rest = default_plan(full.tolist(), target_skips(20, 2.0), flow=True, also_protect=(7, 14), fixed=paths[0])
@@ -131,7 +134,7 @@ def test_the_ambiguous_first_call_says_so_at_the_second():
     head, _ = runs.place(full[:11], config, *pack, max_steps=2000)
     assert (head.scheduler, head.steps) == ("normal", 20)  # planned as normal, KSampler's default
     tail, note = runs.place(full[10:], config, *pack)
-    assert (tail.scheduler, tail.steps) == ("sgm_uniform", 19) and "may differ by a step" in note
+    assert (tail.scheduler, tail.steps) == ("sgm_uniform", 19) and "continues the 19-step sgm_uniform run" in note
 
 
 def _flow_setup():
