@@ -189,13 +189,13 @@ def adaptive_inputs() -> list:
             options=["whole_run", "call"],
             default="whole_run",
             optional=True,  # added after release, as planner
-            tooltip="mode target_speedup with planner schedule, a run split over two sampler calls (two "
-            "KSamplerAdvanced nodes, the first ending at a step with its leftover noise and the second starting "
-            "there: Wan 2.2's high- and low-noise experts, SDXL's base and refiner; or SplitSigmas): whole_run "
-            "(default) plans the whole run once, from the schedule the first call's sigmas begin, and each call runs "
-            "its slice (the speed-up is the whole run's; where one half is much cheaper to skip, most skips go there). "
-            "The second call shares it only where an AdaptiveDiffusion call ran the first. call: each call plans its "
-            "own sigmas at the target. A run in one call is the same either way.",
+            tooltip="mode target_speedup with planner schedule, a run split over sampler calls (KSamplerAdvanced "
+            "nodes, one ending at a step with its leftover noise and the next starting there: Wan 2.2's high- and "
+            "low-noise experts, SDXL's base and refiner; or SplitSigmas): whole_run (default) plans the whole run, "
+            "from the schedule the first call's sigmas begin, and each call runs its slice (the speed-up is the whole "
+            "run's; where one part is much cheaper to skip, most skips go there). A call shares it only where an "
+            "AdaptiveDiffusion call ran the one before. call: each call plans its own sigmas at the target. A run in "
+            "one call is the same either way.",
         ),
         PROFILE.Input(
             "profile",
