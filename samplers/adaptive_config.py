@@ -46,9 +46,9 @@ class AdaptiveConfig:
         direction); "on": run the sampler on the planned (path's) steps' sigmas alone (the schedule re-spaced,
         nothing reused; in mode path one path for the whole batch); "auto" (default): re-space where
         ``samplers.respace`` says skipping loses to it, else skip (mode path: skip).
-    split_plan: mode target with planner schedule, a run split over two sampler calls (``samplers.split_run``):
-        "whole_run" (default) plans the whole run once and runs this call's slice of it; "call" plans this call's
-        own sigmas at the target (what every call did before).
+    split_plan: mode target with planner schedule, a run split over two or more sampler calls
+        (``samplers.split_run``): "whole_run" (default) plans the whole run and runs this call's slice of it; "call"
+        plans this call's own sigmas at the target (what every call did before).
     """
 
     mode: str = "target"
