@@ -257,7 +257,7 @@ def _model_sampling(model_k):
         return None
 
 
-#: the first calls of split runs an AdaptiveDiffusion call planned as whole runs (ComfyUI runs one prompt at a time)
+#: the calls of split runs that later calls continue, planned as whole runs (ComfyUI runs one prompt at a time)
 SPLIT_RUNS = SplitRuns()
 
 

@@ -176,3 +176,21 @@ def test_the_controller_refuses_a_whole_run_its_sigmas_are_not_a_slice_of():
     wrong = WholeRun(tuple(full.tolist()), 0, 9, "karras")
     with pytest.raises(AdaptiveConfigError, match="whole_run: this call's sigmas are not its slice"):
         adaptive_sample(kdiff.sample_euler, den, noise, full[:11], AdaptiveConfig(), whole_run=wrong)
+
+
+def test_a_recorded_path_that_fits_no_plan_under_this_calls_settings_is_replanned():
+    """The first call skipped two steps in a row; a continuing call with max_skip 1 cannot keep that path: it plans
+    the whole run anew and says so."""
+    den, noise = _flow_setup()
+    full = schedules.get_sigmas("karras", 20, FLOW8)
+    runs, pack = SplitRuns(), _pack(FLOW8)
+    head, _ = runs.place(full[:11], AdaptiveConfig(), *pack, max_steps=2000)
+    runs.ran(head, [True, False, False, True, False, True, False, True, False, True])
+    tail, _ = runs.place(full[10:], AdaptiveConfig(max_skip=1), *pack)
+    x, rep = adaptive_sample(
+        kdiff.sample_euler, den, noise * full[10], full[10:], AdaptiveConfig(max_skip=1), vp_estimator_ok=False,
+        whole_run=tail,
+    )  # fmt: skip
+    assert any("fits no plan under this call's settings" in n for n in rep.notes), rep.notes
+    plan = default_plan(full.tolist(), target_skips(20, 2.0), flow=True, also_protect=(10,), max_skip=1)
+    assert rep.split_path == plan[10:].tolist()
