@@ -23,7 +23,7 @@ from ..samplers import support
 from ..samplers.adaptive import AdaptiveConfig, AdaptiveConfigError, adaptive_sample
 from ..samplers.plot import plot_report
 from ..samplers.skip_profile import ProfileError, SkipProfile
-from ..samplers.split_run import SplitRuns
+from ..samplers.split_run import SplitRuns, schedule_candidates
 from . import adaptive_batch, adaptive_cfgpp, compat, inputs
 
 log = logging.getLogger("comfyui_tempo")
@@ -263,24 +263,14 @@ SPLIT_RUNS = SplitRuns()
 
 def _comfy_schedules(ms, base_name: str, custom_sigmas: bool = False):
     """(schedule(name, n), names) for ``SplitRuns.place``: ComfyUI's schedulers (those other packs registered
-    included), normal first, as KSampler runs them for ``base_name`` (the penultimate sigma discarded for the samplers
-    that do) and, for those, as BasicScheduler does (``samplers.schedules.ksampler_schedules`` for the testbeds). A
-    discarded schedule at n steps begins as the whole one at n + 1 does: KSampler's form comes first, BasicScheduler's
-    where ``custom_sigmas`` (the SAMPLER node, whose sigmas come from a SIGMAS input)."""
-    handlers = getattr(comfy.samplers, "SCHEDULER_HANDLERS", None)
-    order = sorted(handlers or comfy.samplers.SCHEDULER_NAMES, key=lambda n: n != "normal")
+    included) on this model's sampling, as KSampler runs them for ``base_name`` and, for the samplers whose penultimate
+    sigma it discards, also whole as BasicScheduler gives them; BasicScheduler's form first where ``custom_sigmas`` (the
+    SAMPLER node, whose sigmas come from a SIGMAS input). ``samplers.split_run.schedule_candidates``."""
+    handlers = getattr(comfy.samplers, "SCHEDULER_HANDLERS", None) or comfy.samplers.SCHEDULER_NAMES
     discard = base_name in getattr(comfy.samplers.KSampler, "DISCARD_PENULTIMATE_SIGMA_SAMPLERS", ())
-    forms = ((False, True) if custom_sigmas else (True, False)) if discard else (False,)
-    names = [(n, dropped) for dropped in forms for n in order]
-
-    def schedule(name, n: int) -> torch.Tensor:
-        scheduler, dropped = name
-        if dropped:
-            s = comfy.samplers.calculate_sigmas(ms, scheduler, n + 1)
-            return torch.cat([s[:-2], s[-1:]])
-        return comfy.samplers.calculate_sigmas(ms, scheduler, n)
-
-    return schedule, names
+    return schedule_candidates(
+        lambda name, n: comfy.samplers.calculate_sigmas(ms, name, n), list(handlers), discard, custom_sigmas
+    )
 
 
 def _noise_sampler(kind: str, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict):

@@ -385,25 +385,15 @@ def ksampler_sigmas(scheduler: str, n: int, sampling=None, sampler: str | None =
 
 
 def ksampler_schedules(sampling=None, sampler: str | None = None):
-    """(schedule(name, n), names) for ``samplers.split_run``: every scheduler of ALL_SCHEDULERS, ``normal`` first (its
-    first steps are also ``sgm_uniform``'s, and it is KSampler's default), as KSampler runs it for ``sampler``
-    (``ksampler_sigmas``) and, where that discards the penultimate sigma, also as SamplerCustom's BasicScheduler does
-    (``get_sigmas``). A name is (scheduler, discarded). The node adapter builds the same from ComfyUI's schedulers."""
+    """(schedule(name, n), names) for ``samplers.split_run``: every scheduler of ALL_SCHEDULERS as KSampler runs it for
+    ``sampler`` (``ksampler_sigmas``: the penultimate sigma discarded for the samplers that do, then also whole, as
+    BasicScheduler gives it; ``split_run.schedule_candidates``). The nodes build the same from ComfyUI's schedulers."""
+    from .split_run import schedule_candidates
     from .support import SUPPORT
 
-    order = sorted(ALL_SCHEDULERS, key=lambda n: n != "normal")
     entry = SUPPORT.get(sampler) if sampler is not None else None
     discard = entry is not None and entry.discard_penultimate_sigma
-    names = [(n, True) for n in order] + [(n, False) for n in order] if discard else [(n, False) for n in order]
-
-    def schedule(name, n: int) -> torch.Tensor:
-        scheduler, dropped = name
-        if dropped:
-            s = get_sigmas(scheduler, n + 1, sampling)
-            return torch.cat([s[:-2], s[-1:]])
-        return get_sigmas(scheduler, n, sampling)
-
-    return schedule, names
+    return schedule_candidates(lambda name, n: get_sigmas(name, n, sampling), ALL_SCHEDULERS, discard)
 
 
 def vp_scale(sigma: torch.Tensor | float) -> torch.Tensor | float:

@@ -147,6 +147,33 @@ def find_whole_run(
     return list(found.values())
 
 
+def schedule_candidates(
+    sigmas_of: Callable[[str, int], Iterable[float]],
+    schedulers: Iterable[str],
+    discard: bool,
+    basic_first: bool = False,
+) -> tuple[Callable[[Hashable, int], list[float]], list[Hashable]]:
+    """(schedule(name, n), names) for ``find_whole_run`` / ``SplitRuns.place``: every scheduler, ``normal`` first (its
+    first steps are also ``sgm_uniform``'s, and it is KSampler's default), from sigmas_of(scheduler, n) (ComfyUI's
+    ``calculate_sigmas`` in the nodes, ``samplers.schedules.get_sigmas`` for the testbeds). discard: the sampler's
+    KSampler schedule drops the penultimate sigma (uni_pc, dpm_2, ...); then both forms are tried, KSampler's first
+    and BasicScheduler's whole one after it, or the other way round with ``basic_first`` (the SAMPLER node, whose
+    sigmas come from a SIGMAS input): a discarded schedule at n steps begins as the whole one at n + 1 does. A name is
+    (scheduler, discarded)."""
+    order = sorted(schedulers, key=lambda n: n != "normal")
+    forms = ((False, True) if basic_first else (True, False)) if discard else (False,)
+    names: list[Hashable] = [(n, dropped) for dropped in forms for n in order]
+
+    def schedule(name, n: int) -> list[float]:
+        scheduler, dropped = name
+        if dropped:
+            s = _floats(sigmas_of(scheduler, n + 1))
+            return s[:-2] + s[-1:]
+        return _floats(sigmas_of(scheduler, n))
+
+    return schedule, names
+
+
 def _label(name: Hashable) -> str:
     return str(name[0] if isinstance(name, tuple) and name else name)
 
