@@ -32,7 +32,8 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   would drop it (s_noise 0 keeps it already).
 * ``full_split`` / ``adaptive_split`` / ``fewer_steps_split`` (``--grid-split K``): the run split into two sampler calls
   at step K, as two KSamplerAdvanced nodes split it (Wan 2.2's high- and low-noise experts, SDXL's base and refiner;
-  here the same model on both sides): the base sampler on both segments, the default on each segment as the model
+  here the same model on both sides; ``--grid-split K1,K2`` three calls, and so on): the base sampler on both
+  segments, the default on each segment as the model
   patch runs it (split_plan whole_run: both calls plan the whole run and run their slices, ``samplers.split_run``),
   and fewer steps split at the same share of the run; scored against ``full_split``. ``adaptive_split_call``: the
   default with split_plan call, each call planning its own segment at the target (the default before).

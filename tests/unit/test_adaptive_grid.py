@@ -4,6 +4,7 @@ model."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
@@ -556,6 +557,9 @@ def test_grid_split_runs_two_calls_and_scores_them_against_the_split_full_run(tm
         adaptive_grid._split_rows(cell, {}, 20, 20, 10)
     with pytest.raises(ValueError, match="in increasing order, got 12,6"):
         adaptive_grid._split_rows(cell, {}, (12, 6), 20, 10)
+    assert adaptive_grid._split_steps("7,14") == (7, 14) and adaptive_grid._split_steps("") == ()
+    with pytest.raises(argparse.ArgumentTypeError, match="expected steps such as 10 or 7,14, got '7;14'"):
+        adaptive_grid._split_steps("7;14")
     # three calls (a middle one): the whole run's plan with both split steps run, 10 evaluations together
     _, nfe_3, _, rep_3 = cell.run(adaptive_grid.AdaptiveConfig(), split=(6, 13))
     assert nfe_3 == 10 and rep_3.steps == 7 and any("split at steps 6, 13" in n for n in rep_3.notes)
