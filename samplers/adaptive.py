@@ -317,6 +317,17 @@ class AdaptiveSampling:
             limits = dict(max_skip=cfg.max_skip, first=first, last=last, flow=self.flow, also_protect=also, fixed=fixed)
             noise = "" if self.flow else self.noise_plan
             self.planned = default_plan(sig, skips, protect_final_jump=self.protect_final_jump, noise=noise, **limits)
+            if fixed and self.planned[: len(fixed)].tolist() != list(fixed):
+                # the earlier calls' path fits no plan under this call's settings (another max_skip, start_percent;
+                # the constraints alone decide, so the re-plans below need no check): the whole run planned anew
+                limits["fixed"] = ()
+                self.planned = default_plan(
+                    sig, skips, protect_final_jump=self.protect_final_jump, noise=noise, **limits
+                )
+                self.report.notes.append(
+                    "the path the earlier calls ran fits no plan under this call's settings: the whole run planned "
+                    "anew (the calls together may run a step more or less than the target)"
+                )
             if noise:
                 self.report.notes.append(f"planned with the injected-noise cost ({noise}; a candidate)")
             elif self._always_noise_plan:
@@ -342,16 +353,6 @@ class AdaptiveSampling:
                     f"(protected steps, max_skip {cfg.max_skip}); skipping {got}"
                 )
             self.report.planner = "schedule"
-            if fixed and self.planned[: len(fixed)].tolist() != list(fixed):
-                # the earlier calls' path fits no plan under this call's settings (another max_skip, start_percent):
-                # the whole run planned anew, as without the record
-                self.planned = default_plan(
-                    sig, skips, protect_final_jump=self.protect_final_jump, noise=noise, **{**limits, "fixed": ()}
-                )
-                self.report.notes.append(
-                    "the path the earlier calls ran fits no plan under this call's settings: the whole run planned "
-                    "anew (the calls together may run a step more or less than the target)"
-                )
             if self.whole is not None:
                 self.planned = self.planned[self.whole.start : self.whole.end].clone()
                 self.report.notes.append(self.whole.describe())

@@ -77,10 +77,7 @@ def shares(config) -> bool:
     """Whether a run with this ``AdaptiveConfig`` plans a split run as a whole: mode target, planner schedule,
     split_plan whole_run, skipping on."""
     return (
-        config.mode == "target"
-        and config.planner == "schedule"
-        and getattr(config, "split_plan", "call") == "whole_run"
-        and config.enabled
+        config.mode == "target" and config.planner == "schedule" and config.split_plan == "whole_run" and config.enabled
     )
 
 
