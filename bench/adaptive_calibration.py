@@ -18,7 +18,7 @@ from ..samplers import kdiff, schedules, support
 from ..samplers.adaptive import EXTRAPOLATIONS, AdaptiveConfig, adaptive_sample
 from ..samplers.calibrate import calibrate_path, greedy_skip_paths, search_label, skips_for_speedup, vote_path
 from ..samplers.respace import auto_respace, default_path_as_run
-from ..samplers.skip_profile import SkipProfile, save_profile
+from ..samplers.skip_profile import RESPACED_DEFAULT, SkipProfile, save_profile
 from ..testbed.problems import Problem
 from .common import print_table, psnr_db, write_json
 
@@ -96,12 +96,15 @@ def calibrate(
     planner: bool = True,
     starts: dict | None = None,
     validate: bool = False,
+    record: dict | None = None,
 ) -> SkipProfile:
     """The profile over the problem's rows calib_idx (decoded-image error): the best of the joint greedy path,
     the default's and the schedule planner's paths (``calibrate_path``; refine: then the local search), with
     its cost. planner=False: without the planner's paths (the search before they were added). starts: more
     paths to compare ({name: bool path}). validate: the leave-one-prompt-out check (falls back to the default's
-    path where the search does not carry over to the left-out prompts)."""
+    path where the search does not carry over to the left-out prompts). record (a dict, filled here): "paths", every
+    path with the profile's skips the search sampled, as a path string -> each calibration prompt's error along it,
+    and "candidates", the paths it compared before its local search ({name: (path string, errors)})."""
     t0 = time.perf_counter()
     r = _Runner(problem, sampler, steps, extrapolation)
     idx = torch.as_tensor(calib_idx)
@@ -119,8 +122,11 @@ def calibrate(
     respaced = auto_respace(rule, _is_flow(problem), r.sig, steps - skips)[0]
     if respaced and "default" in starts:  # the default as it runs (a spreading rule runs other steps than planned)
         starts["default"] = default_path_as_run(rule, r.sig, starts["default"])
+    errors_of = r.errors_of(idx, ref)
+    if record is not None:
+        errors_of = _recording(errors_of, skips, record.setdefault("paths", {}))
     g = calibrate_path(
-        r.errors_of(idx, ref),
+        errors_of,
         len(idx),
         steps,
         skips,
@@ -132,6 +138,10 @@ def calibrate(
         max_batch=max_batch,
         validate=(lambda rows: r.errors_of(idx[rows], ref[rows])) if validate else None,
     )
+    if record is not None:
+        record["candidates"] = {
+            name: (_text(path), list(g.candidate_prompt_errors[name])) for name, path in g.candidate_paths.items()
+        }
     return SkipProfile(
         path=g.path.tolist(),
         sigmas=[float(s) for s in r.sig],
@@ -153,6 +163,24 @@ def calibrate(
         validation=g.validation,
         respace=g.respaced,
     )
+
+
+def _text(path) -> str:
+    return "".join("C" if c else "s" for c in torch.as_tensor(path, dtype=torch.bool).tolist())
+
+
+def _recording(errors_of, skips: int, paths: dict):
+    """errors_of that also keeps, for every joint candidate with `skips` skips, its path string -> the prompts'
+    errors (the first measurement of a path wins; the search measures each path the same way each time)."""
+
+    def recorded(trial):
+        e = errors_of(trial)
+        for c in range(trial.shape[0]):
+            if int((~trial[c, 0]).sum()) == skips:
+                paths.setdefault(_text(trial[c, 0]), [float(v) for v in e[c]])
+        return e
+
+    return recorded
 
 
 def _default_path(problem: Problem, sampler: str, steps: int, skips: int, idx, extrapolation: str, runner=None):
@@ -206,6 +234,7 @@ def calibration_rows(
     planner: bool = True,
     ceiling: bool = False,
     validate: bool = False,
+    oracle: bool = False,
 ) -> list[dict]:
     """Rows `adaptive_calibrated` (the joint greedy profile of calib_idx) and `greedy_optimal` (each held-out
     prompt's own greedy path at the same skips), as mean decoded PSNR vs the full run over heldout_idx.
@@ -213,11 +242,17 @@ def calibration_rows(
     (the default controller at the same NFE) and `fewer_steps`; vote: `adaptive_calibrated_vote` (the steps
     the calibration prompts' own greedy paths skip most often); ceiling: `adaptive_shared_best` (the same search
     run on the held-out prompts themselves, the profile's path among its candidates: the best one shared path
-    found for them, in-sample, never below the profile there). profile: one calibrate() made already for these
-    settings (else it is made here)."""
+    found for them, in-sample, never below the profile there). oracle: how far choosing among the search's paths can
+    go: `adaptive_searched_best`, the best on the held-out prompts of every path the search sampled (picked with
+    hindsight: no rule can do better with these paths) and `adaptive_calibrated_nolocal` (the search's choice before
+    its local search). profile: one
+    calibrate() made already for these settings (else it is made here; not with oracle, which records the search)."""
     heldout = torch.as_tensor(heldout_idx)
+    if oracle and profile is not None:
+        raise ValueError("oracle: records the calibration's search, so the profile is made here; leave profile out")
+    record: dict | None = {} if oracle else None
     prof = profile or calibrate(
-        problem, sampler, steps, skips, calib_idx, extrapolation, planner=planner, validate=validate
+        problem, sampler, steps, skips, calib_idx, extrapolation, planner=planner, validate=validate, record=record
     )
     r = _Runner(problem, sampler, steps, extrapolation)
     ref = problem.decode(r.run(heldout, None))
@@ -284,6 +319,8 @@ def calibration_rows(
             calib_wall_s=best.calib_wall_s,
             search=best.search,
         )
+    if record is not None:
+        _oracle_rows(record, r, heldout, ref, add, along)
     if baselines and prof.greedy_path:
         along("adaptive_calibrated_greedy", prof.greedy_path, "".join("C" if c else "s" for c in prof.greedy_path))
     if vote:
@@ -321,6 +358,52 @@ def calibration_rows(
         per_step = 2 if support.lookup(sampler).endpoint_corrector else 1
         add("fewer_steps", max(1, n_net * per_step - (per_step - 1)), _psnr(problem, out, ref), f"{n_net} steps")
     return rows
+
+
+def _oracle_rows(record: dict, r: _Runner, heldout: torch.Tensor, ref: torch.Tensor, add, along) -> None:
+    """calibration_rows(oracle=True): every skip path the search sampled, on the held-out prompts (one batch per 32
+    paths; the re-spaced default, a candidate where the default re-spaces, is not among them); the best of them, and
+    the search's choice before its local search."""
+    cands = record["candidates"]
+    name = min(cands, key=lambda k: _mean_log(cands[k][1]))
+    text = cands[name][0]
+    along(
+        "adaptive_calibrated_nolocal", [c == "C" for c in text], text, respace=name == RESPACED_DEFAULT, candidate=name
+    )
+    texts = list(record["paths"])
+    held: dict = {}
+    nfe0, p = r.nfe, len(heldout)
+    for i in range(0, len(texts), 32):
+        chunk = texts[i : i + 32]
+        paths = torch.tensor([[c == "C" for c in t] for t in chunk], dtype=torch.bool)
+        img = r.p.decode(r.run(heldout.repeat(len(chunk)), paths.repeat_interleave(p, 0)))
+        db = psnr_db(img, ref.repeat(len(chunk), 1, 1, 1)).reshape(len(chunk), p).mean(1)
+        held.update({t: float(v) for t, v in zip(chunk, db)})
+    best = max(held, key=held.get)
+    calib = torch.tensor([_mean_log(record["paths"][t]) for t in texts], dtype=torch.float64)
+    out = torch.tensor([-held[t] for t in texts], dtype=torch.float64)  # lower is better, as calib
+    add(
+        "adaptive_searched_best",
+        (r.nfe - nfe0) / (p * len(texts)),
+        held[best],
+        best,
+        searched_paths=len(texts),
+        rank_corr=_spearman(calib, out),
+    )
+
+
+def _mean_log(errors) -> float:
+    return float(torch.as_tensor(errors, dtype=torch.float64).clamp_min(1e-300).log().mean())
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Rank correlation of two [K] series (None under 3 values or where one is constant)."""
+    if a.numel() < 3:
+        return None
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / den if den > 0 else None
 
 
 def transfer_rows(

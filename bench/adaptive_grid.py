@@ -471,6 +471,7 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
         planner=calib.get("planner", True),
         ceiling=calib.get("ceiling", False),
         validate=calib.get("validate", False),
+        oracle=calib.get("oracle", False),
     )
     out = []
     # the default and fewer steps on the same held-out prompts (the cell's own rows are over every prompt)
@@ -481,6 +482,8 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
             "greedy_optimal",
             "adaptive_shared_best",
             "adaptive_calibrated_unchecked",
+            "adaptive_searched_best",
+            "adaptive_calibrated_nolocal",
             *rename,
         ):
             continue
@@ -587,6 +590,12 @@ def summarize(rows: list[dict]) -> list[dict]:
                 line["calib_vs_shared_best"] = (
                     m["adaptive_calibrated"]["psnr_db"] - m["adaptive_shared_best"]["psnr_db"]
                 )
+            if "adaptive_searched_best" in m:
+                g = m["greedy_optimal"]["psnr_db"]
+                line["searched_best_vs_greedy"] = m["adaptive_searched_best"]["psnr_db"] - g
+                line["nolocal_vs_greedy"] = m["adaptive_calibrated_nolocal"]["psnr_db"] - g
+                line["searched_paths"] = m["adaptive_searched_best"].get("searched_paths")
+                line["rank_corr"] = m["adaptive_searched_best"].get("rank_corr")
             if "adaptive_calibrated_unchecked" in m:
                 u = m["adaptive_calibrated_unchecked"]
                 line["unchecked_vs_greedy"] = u["psnr_db"] - m["greedy_optimal"]["psnr_db"]
@@ -921,6 +930,13 @@ def add_arguments(p) -> None:
         "shared path for them, to tell a profile's transfer loss from what no single path can do",
     )
     p.add_argument(
+        "--calib-oracle",
+        action="store_true",
+        help="also sample every path the calibration's search tried on the held-out prompts: the best of them, "
+        "picked with hindsight (adaptive_searched_best: how far any rule choosing among those paths could go), and "
+        "the search's choice before its local search (adaptive_calibrated_nolocal)",
+    )
+    p.add_argument(
         "--calib-transfer",
         action="store_true",
         help="on the --calib-cells, instead of the profile: each prompt's own greedy path, and every prompt sampled "
@@ -945,6 +961,7 @@ def grid_main(args) -> int:
             for flag, on in (
                 ("--calib-ceiling", args.calib_ceiling),
                 ("--calib-validate", args.calib_validate),
+                ("--calib-oracle", args.calib_oracle),
                 ("--calib-no-planner", args.calib_no_planner),
                 ("--calib-split seeds", args.calib_split == "seeds"),
             )
@@ -987,6 +1004,7 @@ def grid_main(args) -> int:
                 "planner": not args.calib_no_planner,
                 "ceiling": args.calib_ceiling,
                 "validate": args.calib_validate,
+                "oracle": args.calib_oracle,
                 "split": args.calib_split,
                 "seeds": seeds,
                 "transfer": args.calib_transfer,
@@ -1136,6 +1154,11 @@ def grid_main(args) -> int:
                     "calib_search",
                     *(("shared_best_vs_greedy", "calib_vs_shared_best") if "shared_best_vs_greedy" in s else ()),
                     *(("unchecked_vs_greedy", "left_out_gain_db", "check_chose") if "check_chose" in s else ()),
+                    *(
+                        ("searched_best_vs_greedy", "nolocal_vs_greedy", "searched_paths", "rank_corr")
+                        if "searched_best_vs_greedy" in s
+                        else ()
+                    ),
                 )
             }
             for s in calib

@@ -52,6 +52,7 @@ class GreedyResult:
     first_round: torch.Tensor | None = None  # [N, P] each step's error when it alone is skipped (NaN: not tried)
     candidates: dict = field(default_factory=dict)  # calibrate_path: {name: reduced error} of the paths it compared
     candidate_prompt_errors: dict = field(default_factory=dict)  # calibrate_path: {name: each prompt's error}
+    candidate_paths: dict = field(default_factory=dict)  # calibrate_path: {name: bool path [N]} of those paths
     respaced: bool = False  # calibrate_path: the path is run re-spaced (RESPACED_DEFAULT won)
     validation: dict = field(default_factory=dict)  # calibrate_path(validate=...): the leave-one-prompt-out check
     runs: int = 0  # batched sampling rounds made (calls of errors_of)
@@ -507,6 +508,7 @@ def _with(g: GreedyResult, path, start, errors, prompt_errors, scored, runs, row
         first_round=g.first_round,
         candidates={k: v[0] for k, v in scored.items()},
         candidate_prompt_errors={k: list(v[2]) for k, v in scored.items()},
+        candidate_paths={k: v[1].clone() for k, v in scored.items()},
         runs=runs,
         rows=rows,
     )

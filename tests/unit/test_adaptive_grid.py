@@ -482,6 +482,35 @@ def test_calib_transfer_reports_each_prompts_greedy_path_against_the_others(tmp_
         cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--calib-transfer", "--calib-ceiling"])
 
 
+def test_calibration_oracle_rows(tmp_path):
+    """--calib-oracle: the best on the held-out prompts of every path the search sampled is at or above the profile
+    and the search's choice before its local search (both are among those paths); the summary's differences are the
+    rows'; it cannot go with --calib-transfer."""
+    out = tmp_path / "oracle.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "dpmpp_2m", "--grid-schedulers",
+         "normal", "--grid-steps", "8", "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells",
+         "dpmpp_2m:normal", "--calib-prompts", "3", "--classes", "5", "--threads", "1", "--quiet", "--grid-lean",
+         "--calib-oracle", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    m = {r["method"]: r for r in d["rows"]}
+    best = m["adaptive_searched_best"]
+    for method in ("adaptive_calibrated", "adaptive_calibrated_nolocal"):
+        assert m[method]["held_out_prompts"] == 2 and m[method]["nfe"] == best["nfe"] == 4
+        assert best["psnr_db"] >= m[method]["psnr_db"] - 1e-3, method
+    assert best["searched_paths"] > 1 and -1.0 <= best["rank_corr"] <= 1.0
+    assert m["adaptive_calibrated_nolocal"]["candidate"]
+    (c,) = d["calibration"]
+    g = m["greedy_optimal"]["psnr_db"]
+    assert c["searched_best_vs_greedy"] == pytest.approx(best["psnr_db"] - g)
+    assert c["nolocal_vs_greedy"] == pytest.approx(m["adaptive_calibrated_nolocal"]["psnr_db"] - g)
+    assert c["searched_paths"] == best["searched_paths"]
+    with pytest.raises(SystemExit, match="--calib-transfer: runs instead of the profile, so --calib-oracle"):
+        cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--calib-transfer", "--calib-oracle"])
+
+
 def test_grid_noise_plan_rows_on_the_noisy_samplers_only(tmp_path):
     """--grid-noise-plan: an adaptive_noise_plan row on euler_ancestral and dpmpp_2m_sde (not on euler), at the
     default's NFE; the table's differences are the rows'."""

@@ -506,3 +506,21 @@ def test_transfer_rows_carry_each_prompts_greedy_path_to_the_others(gmm):
     assert t["psnr_db"] <= rows["greedy_transfer_best"]["psnr_db"] + 1e-6
     with pytest.raises(ValueError, match="at least 2"):
         ac.transfer_rows(gmm, "euler", STEPS, 8, [1])
+
+
+def test_calibrate_records_every_path_it_sampled_with_the_profiles_skips(gmm):
+    """calibrate(record=...): each sampled path with the profile's skips and the calibration prompts' errors along
+    it (the profile's own path with the errors the profile reports), and the candidates before the local search
+    (the default's and the greedy's among them), each with its path."""
+    steps, skips = STEPS, skips_for_speedup(STEPS, 2.0)
+    record: dict = {}
+    prof = ac.calibrate(gmm, "euler", steps, skips, [0, 1, 2], "linear", record=record)
+    paths = record["paths"]
+    assert len(paths) > len(record["candidates"]) >= 2
+    assert all(len(t) == steps and t.count("s") == skips and len(e) == 3 for t, e in paths.items())
+    assert paths[prof.path_string()] == pytest.approx(prof.prompt_errors, rel=1e-6)
+    cands = record["candidates"]
+    assert "default" in cands and "greedy" in cands
+    assert cands["greedy"][0] == "".join("C" if c else "s" for c in prof.greedy_path)
+    for text, errors in cands.values():
+        assert paths[text] == pytest.approx(errors, rel=1e-6)
