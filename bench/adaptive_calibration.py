@@ -245,8 +245,8 @@ def calibration_rows(
     found for them, in-sample, never below the profile there). oracle: how far choosing among the search's paths can
     go: `adaptive_searched_best`, the best on the held-out prompts of every path the search sampled (picked with
     hindsight: no rule can do better with these paths) and `adaptive_calibrated_nolocal` (the search's choice before
-    its local search). profile: one
-    calibrate() made already for these settings (else it is made here; not with oracle, which records the search)."""
+    its local search). profile: one calibrate() made already for these settings (else it is made here; not with
+    oracle, which records the search)."""
     heldout = torch.as_tensor(heldout_idx)
     if oracle and profile is not None:
         raise ValueError("oracle: records the calibration's search, so the profile is made here; leave profile out")
