@@ -104,7 +104,8 @@ def calibrate(
     paths to compare ({name: bool path}). validate: the leave-one-prompt-out check (falls back to the default's
     path where the search does not carry over to the left-out prompts). record (a dict, filled here): "paths", every
     path with the profile's skips the search sampled, as a path string -> each calibration prompt's error along it,
-    and "candidates", the paths it compared before its local search ({name: (path string, errors)})."""
+    "candidates", the paths it compared before its local search ({name: (path string, errors)}), and "pre_local",
+    the name of the one it chose among them."""
     t0 = time.perf_counter()
     r = _Runner(problem, sampler, steps, extrapolation)
     idx = torch.as_tensor(calib_idx)
@@ -142,6 +143,7 @@ def calibrate(
         record["candidates"] = {
             name: (_text(path), list(g.candidate_prompt_errors[name])) for name, path in g.candidate_paths.items()
         }
+        record["pre_local"] = min(g.candidates, key=g.candidates.get)  # the search's own choice before its local search
     return SkipProfile(
         path=g.path.tolist(),
         sigmas=[float(s) for s in r.sig],
@@ -364,9 +366,8 @@ def _oracle_rows(record: dict, r: _Runner, heldout: torch.Tensor, ref: torch.Ten
     """calibration_rows(oracle=True): every skip path the search sampled, on the held-out prompts (one batch per 32
     paths; the re-spaced default, a candidate where the default re-spaces, is not among them); the best of them, and
     the search's choice before its local search."""
-    cands = record["candidates"]
-    name = min(cands, key=lambda k: _mean_log(cands[k][1]))
-    text = cands[name][0]
+    name = record["pre_local"]
+    text = record["candidates"][name][0]
     along(
         "adaptive_calibrated_nolocal", [c == "C" for c in text], text, respace=name == RESPACED_DEFAULT, candidate=name
     )
