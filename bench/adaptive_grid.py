@@ -439,6 +439,24 @@ def fewer_steps_for(sigmas, target: int) -> int:
     return min((r, n) for n, r in runs.items() if r >= target)[1]
 
 
+def calib_split(n: int, prompts: int, seeds: int, calib: dict) -> tuple[list[int], list[int]]:
+    """The calibration's and the held-out prompts' rows of a batch of n = classes x seeds (class c, seed s at row
+    c * seeds + s). classes: the first `prompts` classes calibrate, on their first calib["calib_seeds"] seeds (default
+    1), and the other classes' first seed is held out; seeds: each class's first seed calibrates and its other seeds
+    are held out."""
+    classes = n // seeds
+    if calib.get("split") == "seeds":
+        return [c * seeds for c in range(classes)], [c * seeds + s for c in range(classes) for s in range(1, seeds)]
+    k = calib.get("calib_seeds", 1)
+    if not 1 <= k <= seeds:
+        raise ValueError(f"--calib-seeds: expected 1 to --seeds ({seeds}), got {k}")
+    if not 1 <= prompts < classes:
+        raise ValueError(
+            f"--calib-prompts: expected 1 to {classes - 1} (--classes {classes} leaves the rest held out), got {prompts}"
+        )
+    return [c * seeds + s for c in range(prompts) for s in range(k)], [c * seeds for c in range(prompts, classes)]
+
+
 def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
     """greedy_optimal and adaptive_calibrated on held-out prompts (the problem's rows split in two); with
     calib["transfer"] instead the greedy paths carried over between all the cell's prompts (``transfer_rows``)."""
@@ -453,12 +471,7 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
         for r in out:
             log(f"    {r['method']:26s} nfe {r['nfe']:.1f} {r['psnr_db']:.2f} dB (all {n} prompts)")
         return out
-    k = calib.get("prompts", 3)
-    calib_idx, heldout_idx = list(range(k)), list(range(k, n))
-    seeds = calib.get("seeds", 1)
-    if calib.get("split") == "seeds":  # rows: class c, seed s at c * seeds + s; the same classes, other seeds
-        calib_idx = [c * seeds for c in range(n // seeds)]
-        heldout_idx = [c * seeds + s for c in range(n // seeds) for s in range(1, seeds)]
+    calib_idx, heldout_idx = calib_split(n, calib.get("prompts", 3), calib.get("seeds", 1), calib)
     rows = calibration_rows(
         cell.p,
         cell.sampler,
@@ -493,6 +506,7 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
                 **base,
                 **{k2: v for k2, v in r.items() if k2 not in base},
                 "held_out_prompts": len(heldout_idx),
+                "calib_images": len(calib_idx),
                 "held_out_split": calib.get("split", "classes"),
             }
         )
@@ -905,6 +919,13 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--calib-prompts", type=int, default=3, help="prompts (classes) the profile is calibrated on")
     p.add_argument(
+        "--calib-seeds",
+        type=int,
+        default=1,
+        help="with --calib-split classes: seeds of each calibration class the profile is calibrated on (a latent "
+        "batch in the node; 1 to --seeds); the held-out classes' first seed is held out",
+    )
+    p.add_argument(
         "--calib-no-planner",
         action="store_true",
         help="calibrate without the schedule planner's paths (the greedy and the default's path only, as before)",
@@ -955,6 +976,23 @@ def grid_main(args) -> int:
     calib_cells = {tuple(c.split(":")) for c in args.calib_cells.split(",") if c}
     if args.calib_split == "seeds" and seeds < 2:
         raise SystemExit("--calib-split seeds: expected --seeds 2 or more (each class's other seeds are held out)")
+    calibrated = any(
+        (sa, sc) in calib_cells and st == args.grid_steps and c == args.cfg for _, sa, sc, st, c in cells(args)
+    )
+    if (
+        calibrated
+        and not args.calib_transfer
+        and args.calib_split == "classes"
+        and not 1 <= args.calib_prompts < classes
+    ):
+        raise SystemExit(
+            f"--calib-prompts: expected 1 to {classes - 1} (--classes {classes} leaves the rest held out), "
+            f"got {args.calib_prompts}"
+        )
+    if args.calib_seeds != 1 and (args.calib_split == "seeds" or not 1 <= args.calib_seeds <= seeds):
+        raise SystemExit(
+            f"--calib-seeds: expected 1 to --seeds ({seeds}) with --calib-split classes, got {args.calib_seeds}"
+        )
     if args.calib_transfer:
         clash = [
             flag
@@ -1007,6 +1045,7 @@ def grid_main(args) -> int:
                 "oracle": args.calib_oracle,
                 "split": args.calib_split,
                 "seeds": seeds,
+                "calib_seeds": args.calib_seeds,
                 "transfer": args.calib_transfer,
             }
         holds = [float(v) for v in args.grid_hold_sweep.split(",") if v]

@@ -208,6 +208,25 @@ def test_calibration_ceiling_check_and_seed_split(tmp_path):
         cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--calib-split", "seeds", "--seeds", "1"])
 
 
+def test_calib_split_keeps_each_class_on_one_side():
+    """Rows are class c, seed s at c * seeds + s. classes: the calibration classes' first --calib-seeds seeds
+    calibrate and only the other classes are held out (their first seed), so no class is on both sides; seeds: each
+    class's first seed calibrates, its others are held out."""
+    split = adaptive_grid.calib_split
+    assert split(6, 3, 1, {}) == ([0, 1, 2], [3, 4, 5])  # one seed: as before
+    assert split(18, 3, 3, {"calib_seeds": 3}) == ([0, 1, 2, 3, 4, 5, 6, 7, 8], [9, 12, 15])
+    assert split(18, 3, 3, {"calib_seeds": 1}) == ([0, 3, 6], [9, 12, 15])  # the same held-out images
+    assert split(6, 2, 2, {"split": "seeds"}) == ([0, 2, 4], [1, 3, 5])
+    with pytest.raises(ValueError, match="--calib-seeds: expected 1 to --seeds \\(3\\), got 4"):
+        split(18, 3, 3, {"calib_seeds": 4})
+    with pytest.raises(ValueError, match="--calib-prompts: expected 1 to 5"):
+        split(18, 6, 3, {})
+    with pytest.raises(SystemExit, match="--calib-seeds: expected 1 to --seeds \\(2\\) with --calib-split classes"):
+        cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--seeds", "2", "--calib-seeds", "3"])
+    with pytest.raises(SystemExit, match="--calib-prompts: expected 1 to 3 \\(--classes 4 leaves the rest held out"):
+        cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--classes", "4", "--calib-prompts", "4"])
+
+
 def _lean_grid(tmp_path, samplers: str, schedulers: str, *flags: str, steps: int = 20) -> dict:
     """A small lean grid on testbed (2 classes, one thread, no step / CFG sweeps, no calibrated cells) with the
     given flags; its JSON."""
