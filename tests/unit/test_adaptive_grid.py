@@ -392,7 +392,8 @@ def test_grid_eta_runs_every_method_at_that_eta(tmp_path):
         assert a["path"] == e["path"] and a["nfe"] == e["nfe"], method
         assert a["psnr_db"] == pytest.approx(e["psnr_db"], abs=0.01), method
     with pytest.raises(SystemExit, match="--grid-eta / --grid-s-noise: the calibrated cells"):
-        cli.main([*argv, "--calib-cells", "euler_ancestral:simple", "--json", str(tmp_path / "no.json")])
+        no = str(tmp_path / "no.json")  # one calibration prompt: 2 classes leave one held out
+        cli.main([*argv, "--calib-cells", "euler_ancestral:simple", "--calib-prompts", "1", "--json", no])
     with pytest.raises(SystemExit, match="--grid-reuse-sweep: 'cubic' unknown"):
         cli.main([*argv, "--calib-cells", "", "--grid-reuse-sweep", "log_linear,cubic"])
 
