@@ -485,7 +485,17 @@ def add_parser(sub) -> None:
         "--heldout", default="", help="held-out classes: also measure the profile on them (e.g. 3,4,5,6,7,8,9)"
     )
     p.add_argument(
-        "--seeds", type=int, default=1, help="seeds per class: calibration on each class's first, held out on all"
+        "--seeds",
+        type=int,
+        default=1,
+        help="seeds per class: calibration on each class's first (--calib-seeds: more), held out on all",
+    )
+    p.add_argument(
+        "--calib-seeds",
+        type=int,
+        default=1,
+        help="calibrate on each calibration class's first K seeds (1 to --seeds; what a latent batch of K gives the "
+        "Calibrate node)",
     )
     p.add_argument("--json", help="with --heldout: write the rows here")
     p.add_argument("--no-refine", action="store_true", help="the greedy path alone (no local search after it)")
@@ -506,8 +516,11 @@ def main(args) -> int:
     calib = _indices(args.calib, "--calib")
     held = _indices(args.heldout, "--heldout")
     k = max(1, args.seeds)
+    if not 1 <= args.calib_seeds <= k:
+        raise SystemExit(f"--calib-seeds: expected 1 to --seeds ({k}), got {args.calib_seeds}")
     problem = problems.trained_problem(classes=10, seeds=k, cfg=args.cfg, scheduler=args.scheduler)
-    calib = [c * k for c in calib]  # the problem's rows: class c, seed s at c * k + s
+    # the problem's rows: class c, seed s at c * k + s
+    calib = [c * k + s for c in calib for s in range(args.calib_seeds)]
     held = [c * k + s for c in held for s in range(k)]
     skips = skips_for_speedup(args.steps, args.target_speedup)
     prof = calibrate(

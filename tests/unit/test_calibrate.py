@@ -266,6 +266,13 @@ def test_cli_calibrate_writes_a_profile(tmp_path, capsys):
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert {r["method"] for r in rows} >= {"adaptive_calibrated", "greedy_optimal", "adaptive", "fewer_steps"}
     assert all(r["heldout"] == 2 and r["calib_prompts"] == 1 for r in rows)
+    # --calib-seeds 2: class 1 calibrates on both its seeds (a latent batch of 2 in the node)
+    assert cli.main(argv + ["--calib-seeds", "2", "--json", str(tmp_path / "rows2.json")]) == 0
+    assert load_profile(str(out)).prompts == 2
+    rows = json.loads((tmp_path / "rows2.json").read_text())["rows"]
+    assert all(r["heldout"] == 2 and r["calib_prompts"] == 2 for r in rows)
+    with pytest.raises(SystemExit, match=r"^--calib-seeds: expected 1 to --seeds \(2\), got 3$"):
+        cli.main(argv + ["--calib-seeds", "3"])
 
 
 def test_planner_paths_are_distinct_and_include_the_default():
