@@ -61,7 +61,9 @@ planner, and its misses were read before ``respace`` auto was chosen (on testbed
 every eps / v model's noisy-sampler runs seen, and tested on step counts, schedulers and CFG scales they had not
 seen; ``digits_flow`` (a rectified-flow pixel UNet on digits at shift 8, the same file, the second flow model,
 trained after every rule of the default was fixed but the last, which flow models do not use) is blind to all of
-them.
+them; ``vpred_zsnr`` (a v-prediction pixel UNet on a fifth draw of the digits on ComfyUI's zero-terminal-SNR table,
+sigma_max ~4518, the same file, trained after every rule was fixed, the two noisy-sampler rules chosen on the five
+eps / v models included) is the one eps / v model blind to all of them.
 """
 
 from __future__ import annotations
@@ -85,8 +87,8 @@ SAMPLERS = ["euler", "dpmpp_2m", "heun", "uni_pc", "dpmpp_2m_sde", "euler_ancest
 SCHEDULERS = ["normal", "karras", "simple", "sgm_uniform", "exponential", "beta"]
 #: ComfyUI's other schedulers, on which no choice of the default was made (``--grid-schedulers``)
 MORE_SCHEDULERS = list(schedules.MORE_SCHEDULERS)
-MODELS = ["testbed", "testbed_hr", "flow", "vpred", "shapes_eps", "shapes_v", "digits_flow"]
-HELD_OUT = {"vpred", "shapes_eps", "shapes_v", "digits_flow"}
+MODELS = ["testbed", "testbed_hr", "flow", "vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr"]
+HELD_OUT = {"vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr"}
 METHODS = [
     "full",
     "adaptive",
@@ -128,6 +130,8 @@ def build_problem(model: str, scheduler: str, cfg: float, classes: int, seeds: i
         return problems.shapes_v_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
     if model == "digits_flow":
         return problems.digits_flow_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
+    if model == "vpred_zsnr":
+        return problems.vpred_zsnr_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
     raise ValueError(f"--grid-models: expected names from {MODELS}, got {model!r}")
 
 

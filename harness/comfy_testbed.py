@@ -9,8 +9,8 @@ network call goes through ComfyUI's DIFFUSION_MODEL wrappers like the UNets of C
 so EasyCache works on it.
 
 The benchmark's ComfyUI grid also builds the other testbeds (``GRID_MODELS``): the pixel-space UNets
-(``testbed/trained_vpred.py``: V_PREDICTION or EPS on the same discrete schedule; ``digits_flow`` FLOW at
-shift 8) and the flow DiT (``testbed/trained_flow.py``, FLOW at shift 3), each with ComfyUI's own model
+(``testbed/trained_vpred.py``: V_PREDICTION or EPS on the same discrete schedule, ``vpred_zsnr`` on it rescaled
+to zero terminal SNR; ``digits_flow`` FLOW at shift 8) and the flow DiT (``testbed/trained_flow.py``, FLOW at shift 3), each with ComfyUI's own model
 sampling for its type, in a 3-channel latent format of scale 1 (pixels in [-1, 1]).
 """
 
@@ -47,6 +47,7 @@ GRID_MODELS = {
     "shapes_eps": ("EPS", "trained_vpred", "shapes_eps"),
     "shapes_v": ("V_PREDICTION", "trained_vpred", "shapes_v"),
     "digits_flow": ("FLOW", "trained_vpred", "digits_flow"),
+    "vpred_zsnr": ("V_PREDICTION", "trained_vpred", "vpred_zsnr"),
     "flow": ("FLOW", "trained_flow", None),
 }
 
@@ -149,6 +150,9 @@ def build_model(name: str = "testbed") -> comfy.model_patcher.ModelPatcher:
     if model_type == comfy.model_base.ModelType.FLOW:
         flow = {"shift": float(tb.sampling.shift), "multiplier": float(tb.sampling.multiplier)}
         config_class = type(f"{config_class.__name__}_flow", (config_class,), {"sampling_settings": flow})
+    elif getattr(tb, "zsnr", False):  # ModelSamplingDiscrete(zsnr=True), as ComfyUI reads it off a model config
+        zsnr = {**TestbedConfig.sampling_settings, "zsnr": True}
+        config_class = type(f"{config_class.__name__}_zsnr", (config_class,), {"sampling_settings": zsnr})
     config = config_class({"in_channels": channels, "out_channels": channels})
     config.set_inference_dtype(torch.float32, None)
     unet = TestbedUNet if name == "testbed" else functools.partial(TestbedUNet, testbed_name=name)

@@ -38,25 +38,49 @@ def _discrete_sigmas64(beta_start: float, beta_end: float, timesteps: int) -> to
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 
 
-def discrete_sigmas(beta_start: float = 0.00085, beta_end: float = 0.012, timesteps: int = 1000) -> torch.Tensor:
+#: the last alpha-bar of ComfyUI's zero-terminal-SNR table (rescale_zero_terminal_snr_sigmas): sigma_max ~4518
+ZSNR_LAST_ALPHA_BAR = 4.8973451890853435e-08
+
+
+def _zsnr64(sigmas: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's ``rescale_zero_terminal_snr_sigmas`` (Lin et al. 2024, "Common diffusion noise schedules and sample
+    steps are flawed"): sqrt(alpha-bar) shifted so the last timestep is zero and scaled so the first is unchanged, the
+    last alpha-bar then set to ZSNR_LAST_ALPHA_BAR (a finite sigma_max), in the table's dtype."""
+    a = (1 / (sigmas * sigmas + 1)).sqrt()
+    a0, a_t = a[0].clone(), a[-1].clone()
+    a = (a - a_t) * (a0 / (a0 - a_t))
+    alphas_bar = a**2
+    alphas_bar[-1] = ZSNR_LAST_ALPHA_BAR
+    return ((1 - alphas_bar) / alphas_bar) ** 0.5
+
+
+def discrete_sigmas(
+    beta_start: float = 0.00085, beta_end: float = 0.012, timesteps: int = 1000, zsnr: bool = False
+) -> torch.Tensor:
     """The 1000 sigmas of Stable Diffusion's "scaled_linear" beta schedule (ascending).
 
     sigma_t = sqrt((1 - abar_t) / abar_t): an eps model run on x / sqrt(1 + sigma^2) at timestep t.
-    The betas are computed in float64, as ComfyUI does, then stored as float32.
+    The betas are computed in float64, as ComfyUI does, then stored as float32. zsnr: rescaled to zero terminal
+    SNR as ComfyUI's ModelSamplingDiscrete(zsnr=True) does (v-prediction ztsnr checkpoints; sigma_max ~4518).
     """
-    return _discrete_sigmas64(beta_start, beta_end, timesteps).float()
+    table = _discrete_sigmas64(beta_start, beta_end, timesteps)
+    return (_zsnr64(table) if zsnr else table).float()
 
 
 class Discrete:
     """ComfyUI's ModelSamplingDiscrete: ``sigmas`` (ascending, one per timestep) and their logs.
 
     Discrete() is Stable Diffusion's table (ComfyUI's default betas, linear 0.00085..0.012); Discrete(table)
-    any other ascending table (its logs are taken in float64 when the table is float64, as ComfyUI does)."""
+    any other ascending table (its logs are taken in float64 when the table is float64, as ComfyUI does);
+    Discrete(zsnr=True) SD's table rescaled to zero terminal SNR, as ComfyUI's ModelSamplingDiscrete(zsnr=True)."""
 
     kind = "discrete"
 
-    def __init__(self, sigmas: torch.Tensor | None = None):
+    def __init__(self, sigmas: torch.Tensor | None = None, zsnr: bool = False):
+        if zsnr and sigmas is not None:
+            raise ValueError("zsnr: expected no sigma table with zsnr=True (it rescales Stable Diffusion's)")
         table = _discrete_sigmas64(0.00085, 0.012, 1000) if sigmas is None else torch.as_tensor(sigmas)
+        table = _zsnr64(table) if zsnr else table
         if table.ndim != 1 or table.numel() < 2 or not bool((table[1:] > table[:-1]).all()) or table[0] <= 0:
             raise ValueError("sigmas: expected a 1-D ascending table of positive sigmas (one per timestep)")
         self.sigmas = table.float()

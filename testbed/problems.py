@@ -219,6 +219,20 @@ def digits_flow_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, sch
     return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="flow")
 
 
+def vpred_zsnr_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "karras") -> Problem:
+    """The zero-terminal-SNR v-prediction testbed (testbed/trained_vpred.py, ``vpred_zsnr``: a UNet predicting v on
+    3x16x16 coloured digits, ComfyUI's ModelSamplingDiscrete with zsnr on: sigma_max ~4518), sampled with CFG; the
+    schedules come from that model sampling (schedules.Discrete(zsnr=True), as ComfyUI's calculate_sigmas on it);
+    decode maps [-1, 1] to 0..1."""
+    from . import trained_vpred
+
+    tb = trained_vpred.load(model="vpred_zsnr")
+    label = f"zero-terminal-SNR v testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
+    p = _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="v")
+    p.sampling = schedules.Discrete(zsnr=True)  # its schedules (the denoiser reads the table, as for the others)
+    return p
+
+
 def gmm_problem(
     classes: int = 4, seeds: int = 2, cfg: float = 5.0, shape=(4, 8, 8), scheduler: str = "karras"
 ) -> Problem:

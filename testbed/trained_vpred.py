@@ -18,12 +18,19 @@
   the second flow model, trained after dpmpp_2m_sde's plan where every skip holds was fixed and held out from every
   choice. It differs from the flow DiT in architecture (a UNet, width 32, attention at 8x8), data (digits) and
   shift (8, not 3); from ``vpred`` in parameterisation, shift and UNet shape.
+* ``vpred_zsnr``: predicts v on coloured digits of a fifth draw on ComfyUI's zero-terminal-SNR table
+  (``ModelSamplingDiscrete(zsnr=True)``, sigma_max ~4518 instead of 14.6: what v-prediction ztsnr checkpoints such as
+  NoobAI-XL v-pred run with), with a UNet of a fourth shape (width 32, two levels, one res block, attention at the
+  second, 2 heads), the eighth testbed, trained after every rule of the AdaptiveDiffusion default was fixed, the
+  rules chosen on all five eps / v models before it (euler_ancestral's hold after a long gap, its start below eta 1)
+  included: the only eps / v model no choice has seen. It differs from ``vpred`` in schedule, data draw and UNet shape.
 
 Training (CPU, one thread, fixed seeds; ~15 min each):
 
-    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps|shapes_v|digits_flow]
+    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps|shapes_v|digits_flow|vpred_zsnr]
 
-writes ``weights/testbed_vpred.safetensors`` (or ``testbed_shapes_eps`` / ``testbed_shapes_v`` / ``testbed_digits_flow``;
+writes ``weights/testbed_vpred.safetensors`` (or ``testbed_shapes_eps`` / ``testbed_shapes_v`` / ``testbed_digits_flow`` /
+``testbed_vpred_zsnr``;
 fp16 weights; configs, seeds and the training record in its metadata) and the ``.json`` beside it. The UNet (``testbed/unet.py``) sees the VP input
 x / sqrt(1 + sigma^2) at Stable Diffusion's discrete timestep and learns v = alpha eps - s x0
 (alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha) or eps, t uniform, 15 % null labels, EMA weights; the flow UNet
@@ -102,6 +109,19 @@ DIGITS_FLOW_UNET_CONFIG = dict(
 )
 #: the flow UNet's model sampling (schedules.Flow): shift 8, as ComfyUI's example workflows set for Wan 2.1
 DIGITS_FLOW_SAMPLING = dict(shift=8.0, multiplier=1000)
+VPRED_ZSNR_DATA_CONFIG = dict(seed=data_mod.DEFAULT_SEED + 71, size=16, copies=2, heldout_every=10)
+VPRED_ZSNR_UNET_CONFIG = dict(
+    in_channels=3,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=1,
+    attention_levels=[1],
+    num_heads=2,
+    context_dim=11,
+    dropout=0.0,
+)
+#: the testbeds trained and sampled on the zero-terminal-SNR table (schedules.discrete_sigmas(zsnr=True))
+ZSNR_MODELS = frozenset({"vpred_zsnr"})
 #: name -> (prediction, data config, UNet config, weights file, seed offset)
 SPECS = {
     "vpred": ("v", DATA_CONFIG, UNET_CONFIG, WEIGHTS_FILE, 3),
@@ -113,6 +133,13 @@ SPECS = {
         DIGITS_FLOW_UNET_CONFIG,
         WEIGHTS_DIR / "testbed_digits_flow.safetensors",
         11,
+    ),
+    "vpred_zsnr": (
+        "v",
+        VPRED_ZSNR_DATA_CONFIG,
+        VPRED_ZSNR_UNET_CONFIG,
+        WEIGHTS_DIR / "testbed_vpred_zsnr.safetensors",
+        13,
     ),
 }
 
@@ -137,7 +164,9 @@ class VPredTestbed:
         self.prediction = meta.get("prediction", "v")
         #: the model sampling: schedules.Flow for the flow model (sigmas its table), else None (the discrete table)
         self.sampling = schedules.Flow(**meta["sampling"]) if self.prediction == "flow" else None
-        self.sigmas = self.sampling.sigmas if self.sampling is not None else schedules.discrete_sigmas()
+        #: the zero-terminal-SNR table where the metadata says zsnr (ComfyUI's ModelSamplingDiscrete(zsnr=True))
+        self.zsnr = bool(meta.get("zsnr", False))
+        self.sigmas = self.sampling.sigmas if self.sampling is not None else schedules.discrete_sigmas(zsnr=self.zsnr)
         s = meta["data"]["size"]
         self.latent_shape = (3, s, s)
 
@@ -253,7 +282,7 @@ def train(args) -> None:
     net = UNet(**unet_config)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
-    sigmas = schedules.discrete_sigmas()
+    sigmas = schedules.discrete_sigmas(zsnr=model in ZSNR_MODELS)
     sampling = schedules.Flow(**DIGITS_FLOW_SAMPLING) if prediction == "flow" else None
     g = torch.Generator().manual_seed(args.seed + seed_offset)
     running = None
@@ -308,6 +337,12 @@ def train(args) -> None:
     )
     if prediction != "v":  # (the v testbed's metadata predates this key; load() defaults to v)
         meta["prediction"] = prediction
+    if model in ZSNR_MODELS:
+        meta["zsnr"] = True
+        meta["parameterisation"] = (
+            "V_PREDICTION on ComfyUI's discrete schedule rescaled to zero terminal SNR (ModelSamplingDiscrete "
+            "zsnr=True, sigma_max ~4518): output v = alpha eps - sigma alpha x0"
+        )
     if sampling is not None:
         meta["sampling"] = dict(DIGITS_FLOW_SAMPLING)
         meta["train"]["sigma_density"] = "logit-normal(0, 1)"

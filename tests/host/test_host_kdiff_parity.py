@@ -70,6 +70,20 @@ for kind in ours:
             mine = schedules.ksampler_sigmas(name, 9, ours[kind], sampler)
             R["ksampler"][f"{kind}/{sampler}/{name}"] = bool(torch.equal(ks.sigmas.float(), mine))
 
+# -- the zero-terminal-SNR table (v-prediction ztsnr checkpoints): ComfyUI's ModelSamplingDiscrete(zsnr=True)
+zt, zo = comfy.model_sampling.ModelSamplingDiscrete(zsnr=True), schedules.Discrete(zsnr=True)
+R["zsnr_tables_equal"] = [bool(torch.equal(zt.sigmas, zo.sigmas)), bool(torch.equal(zt.log_sigmas, zo.log_sigmas)),
+                          bool(torch.equal(zt.sigmas, schedules.discrete_sigmas(zsnr=True)))]
+R["zsnr_sigma_max"] = float(zt.sigma_max)
+R["zsnr_sched"] = {}
+for name in SCHEDS + MORE:
+    bad = []
+    for n in list(range(2, 41)) + [50, 100, 333]:
+        a, b = comfy.samplers.calculate_sigmas(zt, name, n), schedules.get_sigmas(name, n, zo)
+        if a.shape != b.shape or not torch.equal(a.float(), b):
+            bad.append(n)
+    R["zsnr_sched"][name] = bad
+
 # -- samplers
 g = torch.Generator().manual_seed(0)
 mix = GaussianMixtureDenoiser(torch.randn(3, 4, 4, 4, generator=g), 0.5)
@@ -158,6 +172,14 @@ def test_the_grid_is_comfyuis(parity):
 @pytest.mark.parametrize("name", SCHEDULERS + MORE_SCHEDULERS)
 def test_schedulers_are_bit_identical(parity, kind, name):
     assert parity["sched"][f"{kind}/{name}"] == [], "step counts where get_sigmas differs from calculate_sigmas"
+
+
+def test_zero_terminal_snr_table_and_schedulers_are_comfyuis(parity):
+    """schedules.Discrete(zsnr=True) (the vpred_zsnr testbed's model sampling) is ComfyUI's ModelSamplingDiscrete with
+    zsnr on, bit for bit, and every scheduler on it gives ComfyUI's sigmas."""
+    assert parity["zsnr_tables_equal"] == [True, True, True]
+    assert 4000 < parity["zsnr_sigma_max"] < 5000
+    assert parity["zsnr_sched"] == {name: [] for name in SCHEDULERS + MORE_SCHEDULERS}
 
 
 def test_kl_optimal_at_one_step_is_an_error_where_comfyui_gives_nan(parity):

@@ -5,7 +5,8 @@ Checks the shipped weights, ComfyUI's V_PREDICTION convention on the discrete sc
 (x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2), network input x / sqrt(1 + sigma^2)), that the trained net
 predicts v (not eps, not x0), the EPS convention and an eps-predicting net for the shapes model, ComfyUI's CONST
 convention on a shift-8 flow model sampling for the flow UNet (x0 = x - sigma v, input x at timestep 1000 sigma) and
-a net predicting noise - x0, the grid Problems, and that training is deterministic."""
+a net predicting noise - x0, the zero-terminal-SNR table (ComfyUI's rescale_zero_terminal_snr_sigmas) and a v net
+trained and sampled on it, the grid Problems, and that training is deterministic."""
 
 from __future__ import annotations
 
@@ -77,14 +78,17 @@ def test_problem_matches_the_testbed_and_its_network_hook(tb):
     assert sig.shape == (11,) and float(sig[-1]) == 0.0 and float(sig[0]) == pytest.approx(float(tb.sigmas[-1]))
 
 
-@pytest.mark.parametrize("model", ["vpred", "shapes_eps", "shapes_v", "digits_flow"])
+@pytest.mark.parametrize("model", ["vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr"])
 def test_training_is_deterministic(tmp_path, model):
     outs = []
     for k in range(2):
         args = argparse.Namespace(seed=0, steps=3, batch=4, lr=1e-3, out=tmp_path / f"v{k}.safetensors", model=model)
         trained_vpred.train(args)
         outs.append(trained_vpred.load(str(args.out), model))
-    assert outs[0].prediction == {"vpred": "v", "shapes_eps": "eps", "shapes_v": "v", "digits_flow": "flow"}[model]
+    assert outs[0].prediction == {"vpred": "v", "shapes_eps": "eps", "shapes_v": "v", "digits_flow": "flow"}.get(
+        model, "v"
+    )
+    assert outs[0].zsnr == (model == "vpred_zsnr") and bool(outs[0].sigmas[-1] > 4000) == outs[0].zsnr
     assert outs[0].meta["unet_config"] == trained_vpred.SPECS[model][2]
     for (name, a), (_, b) in zip(outs[0].net.state_dict().items(), outs[1].net.state_dict().items()):
         assert torch.equal(a, b), name
@@ -205,3 +209,72 @@ def test_digits_flow_problem_is_a_flow_problem_matching_the_testbed(tb_df):
     sig = p.sigmas(10)  # ComfyUI's simple on the shift-8 flow sampling: from sigma 1 to 0
     assert sig.shape == (11,) and float(sig[0]) == pytest.approx(1.0) and float(sig[-1]) == 0.0
     assert float(sig[5]) > 0.8  # shift 8 keeps half the steps above sigma 0.8
+
+
+def test_zero_terminal_snr_table_is_comfyuis_rescale():
+    """schedules.discrete_sigmas(zsnr=True): SD's table with sqrt(alpha-bar) shifted to end at 0 and scaled to keep its
+    first value, the last alpha-bar then ComfyUI's 4.897e-8 (the host tier compares it with ComfyUI's, bit for bit)."""
+    sd, z = schedules.discrete_sigmas().double(), schedules.discrete_sigmas(zsnr=True).double()
+    assert z.shape == sd.shape and bool((z[1:] > z[:-1]).all())
+    assert float(z[0]) == pytest.approx(float(sd[0]), rel=1e-6)  # the first timestep unchanged
+    assert float(z[-1]) == pytest.approx(((1 - 4.8973451890853435e-08) / 4.8973451890853435e-08) ** 0.5, rel=1e-6)
+    a_sd, a_z = (1 / (1 + sd**2)).sqrt(), (1 / (1 + z**2)).sqrt()
+    a_expected = (a_sd - a_sd[-1]) * a_sd[0] / (a_sd[0] - a_sd[-1])  # the rescale, but for the last entry
+    assert torch.allclose(a_z[:-1], a_expected[:-1], rtol=1e-5, atol=1e-9)
+    assert bool((z[:-1] > sd[:-1] * 0.999).all())  # more noise at every step
+    ds = schedules.Discrete(zsnr=True)
+    assert torch.equal(ds.sigmas, schedules.discrete_sigmas(zsnr=True)) and float(ds.sigma_max) > 4000
+    assert float(schedules.get_sigmas("karras", 10, ds)[0]) == pytest.approx(float(ds.sigma_max))
+    with pytest.raises(ValueError, match="^zsnr: "):
+        schedules.Discrete(schedules.discrete_sigmas(), zsnr=True)
+
+
+@pytest.fixture(scope="module")
+def tb_zs():
+    return trained_vpred.load(model="vpred_zsnr")
+
+
+def test_vpred_zsnr_weights_load_with_their_config_and_table(tb_zs):
+    assert trained_vpred.SPECS["vpred_zsnr"][3].stat().st_size < 3e6
+    assert tb_zs.prediction == "v" and tb_zs.zsnr and tb_zs.meta["zsnr"] is True
+    assert tb_zs.meta["unet_config"] == trained_vpred.VPRED_ZSNR_UNET_CONFIG
+    assert tb_zs.meta["data"] == trained_vpred.VPRED_ZSNR_DATA_CONFIG
+    assert torch.equal(tb_zs.sigmas, schedules.discrete_sigmas(zsnr=True))
+
+
+def test_vpred_zsnr_net_predicts_v_and_at_zero_snr_the_class_mean(tb_zs):
+    """At sigma 1.5 the net predicts v (not eps); at the table's last sigma (~4518: alpha-bar 4.9e-8, the input is all
+    noise) what it denoises to hardly depends on the noise (the class's mean image, as at zero SNR it must): its spread
+    over 16 noises is a small part of the class's own images' spread (measured 0.03 against 0.48)."""
+    sigma = 1.5
+    x0, y, noise, x = _noisy(tb_zs, sigma=sigma)
+    alpha = 1 / (1 + sigma**2) ** 0.5
+    v_true = alpha * noise - sigma * alpha * x0
+    with torch.no_grad():
+        v = tb_zs.velocity(x, sigma, y)
+        den = tb_zs.denoiser(x, sigma, y)
+    cos = torch.nn.functional.cosine_similarity(v.flatten(1), v_true.flatten(1)).mean()
+    cos_eps = torch.nn.functional.cosine_similarity(v.flatten(1), noise.flatten(1)).mean()
+    assert cos > 0.9 and cos > cos_eps + 0.05
+    assert (den - x0).pow(2).mean() < 0.25 * (x - x0).pow(2).mean()
+    d = tb_zs.meta["data"]
+    images, labels = data_mod.build(d["seed"], d["size"], 1)
+    s_max = float(tb_zs.sigmas[-1])
+    noise16 = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        end = tb_zs.denoiser(noise16 * s_max, s_max, torch.full((16,), 3))
+    spread_data = float((images[labels == 3] * 2 - 1).std(0).mean())
+    assert float(end.std(0).mean()) < 0.15 * spread_data and float(end.abs().mean()) > 0.05
+
+
+def test_vpred_zsnr_problem_samples_from_the_zsnr_table(tb_zs):
+    p = problems.vpred_zsnr_problem(classes=3, seeds=1, scheduler="normal")
+    assert not schedules.is_flow(p.sampling) and torch.equal(p.sampling.sigmas, tb_zs.sigmas)
+    x = torch.randn(3, 3, 16, 16) * 2
+    a = p.denoiser(x, torch.tensor(2.0), cond=p.cond)
+    b = p.net_denoiser(lambda f: lambda xc, s, *rest: f(xc, *rest))(x, torch.tensor(2.0), cond=p.cond)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a, tb_zs.cfg_denoiser(5.0)(x, 2.0, p.cond), atol=1e-5)
+    sig = p.sigmas(10)  # ComfyUI's normal on the zsnr table: from sigma_max ~4518 to 0
+    assert sig.shape == (11,) and float(sig[0]) == pytest.approx(float(tb_zs.sigmas[-1])) and float(sig[-1]) == 0.0
+    assert torch.equal(p.sigmas(10), schedules.get_sigmas("normal", 10, schedules.Discrete(zsnr=True)))
