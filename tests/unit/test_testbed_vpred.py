@@ -42,20 +42,24 @@ def test_weights_load_with_their_config(tb):
     assert torch.allclose(tb.sigmas, schedules.discrete_sigmas())
 
 
-def test_the_net_predicts_v_and_the_denoiser_is_comfyuis_v_prediction(tb):
-    sigma = 1.5
+def _assert_predicts_v(tb, sigma=1.5):
+    """The net's output is v (cosine > 0.9 with alpha noise - sigma alpha x0, clearly above eps), the denoiser is
+    ComfyUI's V_PREDICTION.calculate_denoised (sigma_data 1), and it denoises."""
     x0, y, noise, x = _noisy(tb, sigma=sigma)
     alpha = 1 / (1 + sigma**2) ** 0.5
     v_true = alpha * noise - sigma * alpha * x0
     with torch.no_grad():
         v = tb.velocity(x, sigma, y)
         den = tb.denoiser(x, sigma, y)
-    # V_PREDICTION.calculate_denoised with sigma_data 1
     assert torch.allclose(den, x / (1 + sigma**2) - v * sigma / (1 + sigma**2) ** 0.5, atol=1e-6)
     cos = torch.nn.functional.cosine_similarity(v.flatten(1), v_true.flatten(1)).mean()
     cos_eps = torch.nn.functional.cosine_similarity(v.flatten(1), noise.flatten(1)).mean()
     assert cos > 0.9 and cos > cos_eps + 0.05
     assert (den - x0).pow(2).mean() < 0.25 * (x - x0).pow(2).mean()
+
+
+def test_the_net_predicts_v_and_the_denoiser_is_comfyuis_v_prediction(tb):
+    _assert_predicts_v(tb)
 
 
 def test_problem_matches_the_testbed_and_its_network_hook(tb):
@@ -246,17 +250,7 @@ def test_vpred_zsnr_net_predicts_v_and_at_zero_snr_the_class_mean(tb_zs):
     """At sigma 1.5 the net predicts v (not eps); at the table's last sigma (~4518: alpha-bar 4.9e-8, the input is all
     noise) what it denoises to hardly depends on the noise (the class's mean image, as at zero SNR it must): its spread
     over 16 noises is a small part of the class's own images' spread (measured 0.03 against 0.48)."""
-    sigma = 1.5
-    x0, y, noise, x = _noisy(tb_zs, sigma=sigma)
-    alpha = 1 / (1 + sigma**2) ** 0.5
-    v_true = alpha * noise - sigma * alpha * x0
-    with torch.no_grad():
-        v = tb_zs.velocity(x, sigma, y)
-        den = tb_zs.denoiser(x, sigma, y)
-    cos = torch.nn.functional.cosine_similarity(v.flatten(1), v_true.flatten(1)).mean()
-    cos_eps = torch.nn.functional.cosine_similarity(v.flatten(1), noise.flatten(1)).mean()
-    assert cos > 0.9 and cos > cos_eps + 0.05
-    assert (den - x0).pow(2).mean() < 0.25 * (x - x0).pow(2).mean()
+    _assert_predicts_v(tb_zs)
     d = tb_zs.meta["data"]
     images, labels = data_mod.build(d["seed"], d["size"], 1)
     s_max = float(tb_zs.sigmas[-1])
