@@ -612,3 +612,19 @@ def test_dpm_2_ancestrals_midpoint_stays_in_its_step(setup, eta):
     assert not any("off its schedule" in m for m in rep.notes), rep.notes
     err = float((out - ref).norm() / ref.norm())
     assert err < 0.5, err
+
+
+def test_midpoint_at_eta_1_from_a_zero_terminal_snr_sigma_is_the_corrector():
+    """From sigma 4519 to 40 (the zero-terminal-SNR table's simple schedule at 20 steps) dpm_2_ancestral's float32
+    midpoint sqrt(sigma_i sigma_down) misses sigma_{i+1} by 2.5e-4 (sigma_down cancels): it is still the step's
+    corrector, not an evaluation off the schedule that stops skipping for the run (dpmpp_2s_ancestral, ComfyUI's
+    only, has the same midpoint)."""
+    sampler = "dpm_2_ancestral"
+    sig = schedules.get_sigmas("simple", 20, schedules.Discrete(zsnr=True))
+    assert float(sig[0]) > 4000 and float(sig[1]) < 50
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    den = lambda x, s, **e: x / (1 + torch.as_tensor(s).reshape(-1, 1, 1, 1) ** 2)  # noqa: E731  (data: a point at 0)
+    kw = {"noise_sampler": kdiff.default_noise_sampler(x, seed=1), **support.adaptive_kwargs(sampler)}
+    out, rep = adaptive_sample(kdiff.SAMPLERS[sampler], den, x * sig[0], sig, AdaptiveConfig(), **kw)
+    assert not any("off its schedule" in m for m in rep.notes), rep.notes
+    assert rep.nfe <= 20 and torch.isfinite(out).all()
