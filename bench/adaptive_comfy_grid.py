@@ -3,7 +3,7 @@
 For ComfyUI's samplers that the pack serves but has no plain-PyTorch copy of (``samplers/kdiff.py``): dpmpp_3m_sde,
 er_sde, sa_solver, res_multistep, deis, ipndm, seeds_2, ... The grid (``bench/adaptive_grid.py``) can only run the
 plain-PyTorch ones; this runs the same four methods (full, adaptive, fewer_steps, uniform_skip) with ComfyUI's own
-sampler functions and schedules, through the pack's ``wrap_sampler`` (what the nodes run), on the eight testbeds built
+sampler functions and schedules, through the pack's ``wrap_sampler`` (what the nodes run), on the nine testbeds built
 as ComfyUI MODELs. The job runs under the tree's Python (``harness/host_bench.py``, kind "grid"); the rows come back
 in the grid's format and are summarised by the grid's own ``summarize``.
 

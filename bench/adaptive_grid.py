@@ -25,6 +25,8 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   noise the sampler injects that a reused direction cannot see added to its cost (``samplers.skip_plan``
   ``mixed_costs_fn``), on euler_ancestral and dpmpp_2m_sde with eps / v models. (The default itself plans so on
   dpmpp_2m_sde where every skip of its path would hold, ``samplers.adaptive.HOLD_NOISE_FORM``.)
+* ``adaptive_noise_dom_off`` (``--grid-noise-dom-off``): the default planned without its noise-dominated steps
+  (``samplers.skip_plan.NOISE_DOMINATED_SIGMA``; only zero-terminal-SNR schedules have them).
 * ``adaptive_jump_off`` / ``adaptive_hold_plan_off`` / ``adaptive_hold_gap_off`` (``--grid-jump-off`` /
   ``--grid-hold-plan-off`` / ``--grid-hold-gap-off``): the default without its final-jump rule / without planning with
   the injected-noise cost where every skip holds / without euler_ancestral's hold after a long gap.
@@ -63,7 +65,9 @@ seen; ``digits_flow`` (a rectified-flow pixel UNet on digits at shift 8, the sam
 trained after every rule of the default was fixed but the last, which flow models do not use) is blind to all of
 them; ``vpred_zsnr`` (a v-prediction pixel UNet on a fifth draw of the digits on ComfyUI's zero-terminal-SNR table,
 sigma_max ~4518, the same file, trained after every rule was fixed, the two noisy-sampler rules chosen on the five
-eps / v models included) is the one eps / v model blind to all of them.
+eps / v models included) is the one eps / v model blind to all of them; ``shapes_zsnr`` (a v-prediction pixel UNet
+of another shape on a draw of the shapes on the same zero-terminal-SNR table) was trained to hold out the rule for
+noise-dominated steps (``samplers.skip_plan.NOISE_DOMINATED_SIGMA``), which was chosen on ``vpred_zsnr``.
 """
 
 from __future__ import annotations
@@ -87,8 +91,18 @@ SAMPLERS = ["euler", "dpmpp_2m", "heun", "uni_pc", "dpmpp_2m_sde", "euler_ancest
 SCHEDULERS = ["normal", "karras", "simple", "sgm_uniform", "exponential", "beta"]
 #: ComfyUI's other schedulers, on which no choice of the default was made (``--grid-schedulers``)
 MORE_SCHEDULERS = list(schedules.MORE_SCHEDULERS)
-MODELS = ["testbed", "testbed_hr", "flow", "vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr"]
-HELD_OUT = {"vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr"}
+MODELS = [
+    "testbed",
+    "testbed_hr",
+    "flow",
+    "vpred",
+    "shapes_eps",
+    "shapes_v",
+    "digits_flow",
+    "vpred_zsnr",
+    "shapes_zsnr",
+]
+HELD_OUT = {"vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr", "shapes_zsnr"}
 METHODS = [
     "full",
     "adaptive",
@@ -132,6 +146,8 @@ def build_problem(model: str, scheduler: str, cfg: float, classes: int, seeds: i
         return problems.digits_flow_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
     if model == "vpred_zsnr":
         return problems.vpred_zsnr_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
+    if model == "shapes_zsnr":
+        return problems.shapes_zsnr_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
     raise ValueError(f"--grid-models: expected names from {MODELS}, got {model!r}")
 
 
@@ -230,6 +246,7 @@ def run_cell(
     lean: bool = False,
     holds=(),
     jump_off: bool = False,
+    noise_dom_off: bool = False,
     hold_plan_off: bool = False,
     hold_steps=(),
     noise_plan: bool = False,
@@ -297,6 +314,9 @@ def run_cell(
     if jump_off:  # the default planned without its final-jump rule (samplers.skip_plan.jump_step)
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), protect_final_jump=False)
         add("adaptive_jump_off", out, nfe, wall, "AdaptiveConfig(), protect_final_jump=False", rep)
+    if noise_dom_off:  # the default planned without its noise-dominated steps (samplers.skip_plan, zsnr schedules)
+        out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_dominated=False)
+        add("adaptive_noise_dom_off", out, nfe, wall, "AdaptiveConfig(), noise_dominated=False", rep)
     if hold_plan_off:  # the default without planning with the injected-noise cost where every skip holds
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_noise_plan=False)
         add("adaptive_hold_plan_off", out, nfe, wall, "AdaptiveConfig(), hold_noise_plan=False", rep)
@@ -682,7 +702,7 @@ def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
 
 
 def rule_off_table(rows: list[dict], off: str = "jump_off") -> list[dict]:
-    """Per cell with an adaptive_<off> row (the default without one of its rules: jump_off, hold_plan_off,
+    """Per cell with an adaptive_<off> row (the default without one of its rules: jump_off, noise_dom_off, hold_plan_off,
     hold_gap_off, noise_gate_off): the default minus it (dB), each against the better baseline, both plans, and whether the two runs
     differ (in their plans, or, for a reuse rule, in their result)."""
     out = []
@@ -866,6 +886,12 @@ def add_arguments(p) -> None:
         action="store_true",
         help="also run the default planned without its final-jump rule (adaptive_jump_off); a table of the cells "
         "where the two plans differ",
+    )
+    p.add_argument(
+        "--grid-noise-dom-off",
+        action="store_true",
+        help="also run the default planned without its noise-dominated steps (adaptive_noise_dom_off; steps above "
+        "SD's largest sigma, zero-terminal-SNR schedules only); a table of the cells where the two plans differ",
     )
     p.add_argument(
         "--grid-hold-plan-off",
@@ -1066,6 +1092,7 @@ def grid_main(args) -> int:
                 lean=args.grid_lean,
                 holds=holds,
                 jump_off=args.grid_jump_off,
+                noise_dom_off=args.grid_noise_dom_off,
                 hold_plan_off=args.grid_hold_plan_off,
                 noise_plan=args.grid_noise_plan,
                 hold_steps=hold_steps,
@@ -1127,6 +1154,7 @@ def grid_main(args) -> int:
         print_table(result["hold_summary"], list(result["hold_summary"][0]))
     for off, key, what in (
         ("jump_off", "jump", "its final-jump rule"),
+        ("noise_dom_off", "noise_dom", "its noise-dominated steps"),
         ("hold_plan_off", "hold_plan", "the injected-noise cost where every skip holds"),
         ("hold_gap_off", "hold_gap", "euler_ancestral's hold after a long gap"),
         ("noise_gate_off", "noise_gate", "dropping the sampler's reuse rule where it injects no noise"),

@@ -9,8 +9,8 @@ network call goes through ComfyUI's DIFFUSION_MODEL wrappers like the UNets of C
 so EasyCache works on it.
 
 The benchmark's ComfyUI grid also builds the other testbeds (``GRID_MODELS``): the pixel-space UNets
-(``testbed/trained_vpred.py``: V_PREDICTION or EPS on the same discrete schedule, ``vpred_zsnr`` on it rescaled
-to zero terminal SNR; ``digits_flow`` FLOW at shift 8) and the flow DiT (``testbed/trained_flow.py``, FLOW at shift 3), each with ComfyUI's own model
+(``testbed/trained_vpred.py``: V_PREDICTION or EPS on the same discrete schedule, ``vpred_zsnr`` and ``shapes_zsnr``
+on it rescaled to zero terminal SNR; ``digits_flow`` FLOW at shift 8) and the flow DiT (``testbed/trained_flow.py``, FLOW at shift 3), each with ComfyUI's own model
 sampling for its type, in a 3-channel latent format of scale 1 (pixels in [-1, 1]).
 """
 
@@ -48,6 +48,7 @@ GRID_MODELS = {
     "shapes_v": ("V_PREDICTION", "trained_vpred", "shapes_v"),
     "digits_flow": ("FLOW", "trained_vpred", "digits_flow"),
     "vpred_zsnr": ("V_PREDICTION", "trained_vpred", "vpred_zsnr"),
+    "shapes_zsnr": ("V_PREDICTION", "trained_vpred", "shapes_zsnr"),
     "flow": ("FLOW", "trained_flow", None),
 }
 

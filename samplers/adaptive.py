@@ -211,12 +211,14 @@ class AdaptiveSampling:
         hold_gap: float | None = None,
         auto_base: str = "",
         whole_run: WholeRun | None = None,
+        noise_dominated: bool = True,
     ):
         self.model = model
         if auto_base not in ("", "log_linear", "linear"):
             raise AdaptiveConfigError(f"auto_base: expected '', 'log_linear' or 'linear', got {auto_base!r}")
         self.auto_base = auto_base
         self.protect_final_jump = protect_final_jump
+        self.noise_dominated = noise_dominated
         self.noise_plan = noise_plan
         self.config = config.validate()
         self.sig = [float(s) for s in sigmas]
@@ -320,6 +322,7 @@ class AdaptiveSampling:
             skips = target_skips(n, cfg.target_speedup)
             fixed = tuple(self.whole.done) if self.whole is not None else ()
             limits = dict(max_skip=cfg.max_skip, first=first, last=last, flow=self.flow, also_protect=also, fixed=fixed)
+            limits["noise_dominated"] = self.noise_dominated
             noise = "" if self.flow else self.noise_plan
             self.planned = default_plan(sig, skips, protect_final_jump=self.protect_final_jump, noise=noise, **limits)
             if fixed and self.planned[: len(fixed)].tolist() != list(fixed):
@@ -878,6 +881,7 @@ def adaptive_sample(
     hold_gap: float | None = None,
     auto_base: str = "",
     sampler_low_eta_base: str = "",
+    noise_dominated: bool = True,
     noise_gate: bool = True,
     whole_run: WholeRun | None = None,
     **sampler_options,
@@ -903,6 +907,9 @@ def adaptive_sample(
     protect_final_jump: the schedule planner runs the step into the schedule's final jump
     (``samplers.skip_plan.jump_step``); False plans without that rule, for the benchmark's before / after
     (``bench adaptive --grid-jump-off``); the nodes leave it True.
+    noise_dominated: the schedule planner takes the steps above ``samplers.skip_plan.NOISE_DOMINATED_SIGMA`` as
+    noise-dominated (eps / v models; only zero-terminal-SNR schedules have them); False plans without that rule, for
+    the benchmark's before / after (``bench adaptive --grid-noise-dom-off``); the nodes leave it True.
     noise_plan: a noise form of ``samplers.skip_plan.NOISE_FORMS``: the schedule planner adds the noise the sampler
     injects that a reused direction cannot see (``mixed_costs_fn``; eps / v models), a candidate measured by
     ``bench adaptive --grid-noise-plan``; the nodes leave it "".
@@ -964,6 +971,7 @@ def adaptive_sample(
         hold_gap=hold_gap,
         auto_base=auto_base,
         whole_run=whole_run,
+        noise_dominated=noise_dominated,
     )
     if low_eta is not None and not ctl.flow:
         ctl.report.notes.append(

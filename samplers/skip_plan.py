@@ -48,6 +48,14 @@ with and without it); of the six schedulers it changes the plan only on ``normal
 jump): at 18, 20 and 21 steps from 8 to 60 (at 10, 15, 25, 30 and 50 the plan runs that step already). ComfyUI's
 ``ddim_uniform`` ends in the same jump (3.5x to 4.2x up to 50 steps), and ``kl_optimal`` at 10 and 15 steps (2.9x,
 2.6x); the rule follows the sigmas, not the scheduler's name.
+Steps above SD's largest sigma are noise-dominated (``NOISE_DOMINATED_SIGMA``, eps / v models): a step whose start
+sigma is above it costs (S / sigma_i)^2 times the model, and neither pays nor adds to the run penalty nor counts
+toward ``max_skip``. There x0 is about the class's mean and d = (x - x0) / sigma about the noise, which changes by
+O(1 / sigma) per unit of log sigma, so a reused direction's error falls as 1 / sigma beyond the data's scale; the
+cost model, chosen on schedules up to sigma 14.6, has no such factor. Only zero-terminal-SNR schedules (ComfyUI's
+``ModelSamplingDiscrete`` with ``zsnr``, sigma up to 4519: v-prediction ztsnr checkpoints) reach above it: there the
+cost model alone planned every other step on ``karras`` (20 of its 30 steps above 14.6) where the greedy path skips
+the first 14 steps in one run. On every schedule that stays at or below it, the plans are what they were.
 The plan depends on the schedule only: the same path for every prompt of a run (prompt-specific paths:
 calibrated skip profiles).
 """
@@ -60,11 +68,15 @@ import torch
 
 from .kdiff import ancestral_step
 from .respace import FINAL_JUMP, final_jump
+from .schedules import discrete_sigmas
 
 #: each further skip in a row multiplies a skipped step's modelled cost by this (module docstring)
 RUN_PENALTY = 10.0
 #: the exponent of the step-length factor (1 + h_i / median h) (module docstring)
 STEP_WEIGHT = 1.0
+#: the largest sigma of Stable Diffusion's discrete table (``schedules.discrete_sigmas()[-1]``, 14.6146): steps that
+#: start above it are noise-dominated (module docstring); only zero-terminal-SNR tables go above it
+NOISE_DOMINATED_SIGMA = float(discrete_sigmas()[-1])
 
 
 def skip_costs_fn(sigmas, flow: bool = False, step_weight: float = 0.0, step_scale=None):
@@ -253,6 +265,7 @@ def plan_skips(
     protect=(),
     noise: str = "",
     fixed=(),
+    free_above: float | None = None,
 ) -> tuple[torch.Tensor, float]:
     """(path [N] bool, True = run the network; the modelled cost) with n_skips skips at least cost.
 
@@ -264,6 +277,9 @@ def plan_skips(
     (the controller passes ``jump_step``); noise: a form of ``NOISE_FORMS`` plans with ``mixed_costs_fn`` (eps / v
     models only; "": the cost model alone); fixed: the path of the first steps, already run (bools, True = ran: the
     earlier calls of a split run, ``samplers.split_run``): the plan keeps it and spends on the rest what n_skips leaves.
+    free_above: a sigma (eps / v models; the controller passes NOISE_DOMINATED_SIGMA): a step whose start sigma is
+    above it costs (free_above / sigma_i)^2 times the model and is left out of the run penalty and of max_skip
+    (None: no such step).
     """
     n = len(sigmas) - 1
     last = n if last is None else min(n, last)
@@ -275,6 +291,11 @@ def plan_skips(
         if noise
         else skip_costs_fn(sigmas, flow, step_weight, step_scale)
     )
+    if free_above is not None and flow:
+        raise ValueError("free_above: noise-dominated steps are for eps / v models (VE sigmas), not flow models")
+    sv = [float(v) for v in sigmas]
+    free = [free_above is not None and sv[i] > free_above for i in range(n)]
+    factor = [(free_above / sv[i]) ** 2 if free[i] else 1.0 for i in range(n)]
     keep = {int(i) for i in protect if i is not None and first <= int(i) < last}
     fixed = [bool(v) for v in fixed]
     eligible = max(0, last - first)
@@ -290,17 +311,23 @@ def plan_skips(
     final: dict[int, tuple[float, tuple[int, ...]]] = {}
     for b in range(n):
         for a, table in states_at.get(b, []):
-            for g in range(0, max_skip + 1):
+            counted, gap_cost = 0, 0.0  # the gap's skips that count toward max_skip / the run penalty, its cost
+            for g in range(0, n - b):
                 c = b + 1 + g
-                if c > n:
-                    break
+                if g:  # step c - 1 joins the gap
+                    if free[c - 1]:
+                        gap_cost += cost(c - 1, b, a) * factor[c - 1]
+                    else:
+                        gap_cost += cost(c - 1, b, a) * run_penalty**counted
+                        counted += 1
+                    if counted > max_skip:
+                        break
                 if g and (not (b + 1 >= first and c - 1 < last) or (c - 1) in keep):
                     break  # a skipped step outside the eligible range, or a protected one
                 if g and c - 1 < len(fixed) and fixed[c - 1]:
                     break  # a step the fixed path ran cannot be skipped
                 if c < len(fixed) and not fixed[c]:
                     continue  # nor one it skipped run
-                gap_cost = sum(cost(i, b, a) * run_penalty ** (i - b - 1) for i in range(b + 1, c))
                 for k, (cst, path) in table.items():
                     k2 = k + g
                     if k2 > n_skips:
@@ -331,13 +358,16 @@ def default_plan(
     noise: str = "",
     also_protect=(),
     fixed=(),
+    noise_dominated: bool = True,
     **limits,
 ) -> torch.Tensor:
     """The controller's plan (mode target, planner schedule): ``plan_skips`` at RUN_PENALTY and STEP_WEIGHT with the
     step into the final jump run (``jump_step``; protect_final_jump False: without that rule). limits: plan_skips's
     max_skip, first and last. noise: the candidate injected-noise cost (``mixed_costs_fn``, at NOISE_RUN_PENALTY; "":
     the default). also_protect: more steps that run, and fixed: the path of the first steps, already run (a run
-    split over sampler calls: the steps where later calls start, the earlier calls' path; ``samplers.split_run``)."""
+    split over sampler calls: the steps where later calls start, the earlier calls' path; ``samplers.split_run``).
+    noise_dominated: steps above NOISE_DOMINATED_SIGMA plan as noise-dominated (eps / v models; False: without
+    that rule, as before it)."""
     protect = ((jump_step(sigmas, flow),) if protect_final_jump else ()) + tuple(also_protect)
     path, _ = plan_skips(
         sigmas,
@@ -348,6 +378,7 @@ def default_plan(
         protect=protect,
         noise=noise,
         fixed=fixed,
+        free_above=NOISE_DOMINATED_SIGMA if noise_dominated and not flow else None,
         **limits,
     )
     return path

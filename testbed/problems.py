@@ -233,6 +233,18 @@ def vpred_zsnr_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, sche
     return p
 
 
+def shapes_zsnr_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "karras") -> Problem:
+    """The second zero-terminal-SNR v-prediction testbed (testbed/trained_vpred.py, ``shapes_zsnr``: a UNet of another
+    shape predicting v on 3x16x16 coloured shapes of another draw, on ComfyUI's zsnr table), as vpred_zsnr_problem."""
+    from . import trained_vpred
+
+    tb = trained_vpred.load(model="shapes_zsnr")
+    label = f"zero-terminal-SNR v shapes testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
+    p = _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="v")
+    p.sampling = schedules.Discrete(zsnr=True)
+    return p
+
+
 def gmm_problem(
     classes: int = 4, seeds: int = 2, cfg: float = 5.0, shape=(4, 8, 8), scheduler: str = "karras"
 ) -> Problem:

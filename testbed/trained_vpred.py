@@ -24,13 +24,16 @@
   second, 2 heads), the eighth testbed, trained after every rule of the AdaptiveDiffusion default was fixed, the
   rules chosen on all five eps / v models before it (euler_ancestral's hold after a long gap, its start below eta 1)
   included: the only eps / v model no choice has seen. It differs from ``vpred`` in schedule, data draw and UNet shape.
+* ``shapes_zsnr``: predicts v on coloured shapes of a fourth draw on the same zero-terminal-SNR table, with a UNet
+  of a fifth shape (width 32, three levels, one res block, attention at the third, 4 heads), the ninth testbed,
+  trained to hold out the planner's rule for noise-dominated steps, which was chosen on ``vpred_zsnr``.
 
 Training (CPU, one thread, fixed seeds; ~15 min each):
 
-    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps|shapes_v|digits_flow|vpred_zsnr]
+    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps|shapes_v|digits_flow|vpred_zsnr|shapes_zsnr]
 
 writes ``weights/testbed_vpred.safetensors`` (or ``testbed_shapes_eps`` / ``testbed_shapes_v`` / ``testbed_digits_flow`` /
-``testbed_vpred_zsnr``;
+``testbed_vpred_zsnr`` / ``testbed_shapes_zsnr``;
 fp16 weights; configs, seeds and the training record in its metadata) and the ``.json`` beside it. The UNet (``testbed/unet.py``) sees the VP input
 x / sqrt(1 + sigma^2) at Stable Diffusion's discrete timestep and learns v = alpha eps - s x0
 (alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha) or eps, t uniform, 15 % null labels, EMA weights; the flow UNet
@@ -120,8 +123,21 @@ VPRED_ZSNR_UNET_CONFIG = dict(
     context_dim=11,
     dropout=0.0,
 )
+SHAPES_ZSNR_DATA_CONFIG = dict(
+    kind="shapes", seed=shapes_mod.DEFAULT_SEED + 41, size=16, per_class=500, heldout_every=10
+)
+SHAPES_ZSNR_UNET_CONFIG = dict(
+    in_channels=3,
+    model_channels=32,
+    channel_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attention_levels=[2],
+    num_heads=4,
+    context_dim=11,
+    dropout=0.0,
+)
 #: the testbeds trained and sampled on the zero-terminal-SNR table (schedules.discrete_sigmas(zsnr=True))
-ZSNR_MODELS = frozenset({"vpred_zsnr"})
+ZSNR_MODELS = frozenset({"vpred_zsnr", "shapes_zsnr"})
 #: name -> (prediction, data config, UNet config, weights file, seed offset)
 SPECS = {
     "vpred": ("v", DATA_CONFIG, UNET_CONFIG, WEIGHTS_FILE, 3),
@@ -140,6 +156,13 @@ SPECS = {
         VPRED_ZSNR_UNET_CONFIG,
         WEIGHTS_DIR / "testbed_vpred_zsnr.safetensors",
         13,
+    ),
+    "shapes_zsnr": (
+        "v",
+        SHAPES_ZSNR_DATA_CONFIG,
+        SHAPES_ZSNR_UNET_CONFIG,
+        WEIGHTS_DIR / "testbed_shapes_zsnr.safetensors",
+        17,
     ),
 }
 

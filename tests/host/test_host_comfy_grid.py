@@ -1,4 +1,4 @@
-"""The benchmark's ComfyUI grid (`comfyui-tempo bench adaptive --comfyui-grid`): the eight testbeds built as ComfyUI
+"""The benchmark's ComfyUI grid (`comfyui-tempo bench adaptive --comfyui-grid`): the nine testbeds built as ComfyUI
 MODELs sample as the pack's own problems do, and the command writes the grid's rows for samplers that exist only in
 ComfyUI. (Snippets run under the host's Python; like the other host snippets they need scikit-learn and scikit-image
 there.)"""
@@ -44,18 +44,19 @@ for grid_name in ag.MODELS:
 """
 
 
-def test_the_eight_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snippet):
+def test_the_nine_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snippet):
     """Each testbed as a ComfyUI MODEL (its type's model sampling, a flow model's shift, the zero-terminal-SNR table
     where the testbed has it) gives ComfyUI's euler the
     pack's sigmas and, image for image, the pack's own euler run on the same noise (the discrete models differ by
     ComfyUI's rounding to the nearest timestep and its first-step noise scaling only)."""
     res = comfy_snippet(PARITY, timeout=600)
-    assert set(res) == {"testbed", "testbed_hr", "flow", "vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr"}
+    zsnr = {"vpred_zsnr", "shapes_zsnr"}
+    assert set(res) == {"testbed", "testbed_hr", "flow", "vpred", "shapes_eps", "shapes_v", "digits_flow"} | zsnr
     for name, r in res.items():
         flow = name in ("flow", "digits_flow")
-        assert r["const"] == flow and r["v"] == (name in ("vpred", "shapes_v", "vpred_zsnr")), (name, r)
+        assert r["const"] == flow and r["v"] == (name in {"vpred", "shapes_v"} | zsnr), (name, r)
         assert r["shift"] == {"flow": 3.0, "digits_flow": 8.0}.get(name, 0.0), (name, r)
-        assert (4000 < r["sigma_max"] < 5000) == (name == "vpred_zsnr"), (name, r)
+        assert (4000 < r["sigma_max"] < 5000) == (name in zsnr), (name, r)
         assert r["sigma_diff"] < 1e-5, (name, r)
         assert r["psnr"] > (90.0 if flow else 35.0), (name, r)
 

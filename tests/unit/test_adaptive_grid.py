@@ -227,12 +227,12 @@ def test_calib_split_keeps_each_class_on_one_side():
         cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--classes", "4", "--calib-prompts", "4"])
 
 
-def _lean_grid(tmp_path, samplers: str, schedulers: str, *flags: str, steps: int = 20) -> dict:
-    """A small lean grid on testbed (2 classes, one thread, no step / CFG sweeps, no calibrated cells) with the
-    given flags; its JSON."""
+def _lean_grid(tmp_path, samplers: str, schedulers: str, *flags: str, steps: int = 20, model="testbed") -> dict:
+    """A small lean grid on a model (default testbed; 2 classes, one thread, no step / CFG sweeps, no calibrated
+    cells) with the given flags; its JSON."""
     out = tmp_path / "grid.json"
     rc = cli.main(
-        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", samplers,
+        ["bench", "adaptive", "--grid", "--grid-models", model, "--grid-samplers", samplers,
          "--grid-schedulers", schedulers, "--grid-steps", str(steps), "--grid-step-sweep", "", "--grid-cfg-sweep", "",
          "--calib-cells", "", "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", *flags, "--json", str(out)]
     )  # fmt: skip
@@ -304,6 +304,23 @@ def test_grid_jump_off_rows_and_table(tmp_path):
     assert t["karras"]["path"] == t["karras"]["path_jump_off"] and t["karras"]["gain_db"] == 0
     m = {(r["scheduler"], r["method"]): r["psnr_db"] for r in d["rows"]}
     assert t["normal"]["gain_db"] == pytest.approx(m["normal", "adaptive"] - m["normal", "adaptive_jump_off"])
+
+
+def test_grid_noise_dom_off_rows_and_table(tmp_path):
+    """--grid-noise-dom-off: the default planned without its noise-dominated steps. On the zero-terminal-SNR model's
+    karras (13 of 20 steps above sigma 14.61) the default skips a run of them and runs every step below; without the
+    rule it is every other step. On its normal at 20 steps the two plans are the same; on testbed (SD's table) there
+    is no such step and no row differs."""
+    d = _lean_grid(tmp_path, "euler", "normal,karras", "--grid-noise-dom-off", model="vpred_zsnr")
+    t = {r["scheduler"]: r for r in d["noise_dom"]}
+    assert t["karras"]["path_noise_dom_off"] == "Cs" * 10 and t["karras"]["path"].startswith("Cssss")
+    assert t["karras"]["path"].endswith("C" * 7) and t["karras"]["differs"]
+    assert t["normal"]["path"] == t["normal"]["path_noise_dom_off"] and t["normal"]["gain_db"] == 0
+    m = {(r["scheduler"], r["method"]): r["psnr_db"] for r in d["rows"]}
+    assert t["karras"]["gain_db"] == pytest.approx(m["karras", "adaptive"] - m["karras", "adaptive_noise_dom_off"])
+    assert d["noise_dom_summary"]["changed"] == 1
+    sd = _lean_grid(tmp_path, "euler", "karras", "--grid-noise-dom-off")
+    assert sd["noise_dom_summary"]["changed"] == 0
 
 
 def test_grid_hold_plan_off_rows_and_table(tmp_path):

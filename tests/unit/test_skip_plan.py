@@ -5,9 +5,18 @@ import itertools
 import math
 
 import pytest
+import torch
 
 from comfyui_tempo.samplers import schedules
-from comfyui_tempo.samplers.skip_plan import RUN_PENALTY, STEP_WEIGHT, plan_skips, skip_costs_fn
+from comfyui_tempo.samplers.adaptive_config import target_skips
+from comfyui_tempo.samplers.skip_plan import (
+    NOISE_DOMINATED_SIGMA,
+    RUN_PENALTY,
+    STEP_WEIGHT,
+    default_plan,
+    plan_skips,
+    skip_costs_fn,
+)
 
 
 def least_cost(cost, n, steps, n_skips, max_skip, penalty=1.0):
@@ -358,3 +367,68 @@ def test_holds_every_skip_agrees_with_what_the_controller_reuses(scheduler):
     held = holds_every_skip(sig, path, HOLD_BELOW_SIGMA, HOLD_STEP)
     assert held == (scheduler == "karras")
     assert torch.equal(run("auto"), run("hold")) == held
+
+
+def least_cost_free(sigmas, n_skips, max_skip, first, last, penalty, free_above):
+    """Brute force with noise-dominated steps: a step starting above free_above costs (free_above / sigma)^2 times
+    the model, pays no run penalty, adds to no run and does not count toward max_skip."""
+    n = len(sigmas) - 1
+    cost, sv = skip_costs_fn(sigmas), [float(v) for v in sigmas]
+    free = [sv[i] > free_above for i in range(n)]
+    best = (math.inf, None)
+    for skipped in itertools.combinations(range(max(1, first), last), n_skips):
+        path = tuple(i not in skipped for i in range(n))
+        total, b, a, run, ok = 0.0, 0, None, 0, True
+        for i in range(1, n):
+            if path[i]:
+                b, a, run = i, b, 0
+            elif free[i]:
+                total += cost(i, b, a) * (free_above / sv[i]) ** 2
+            else:
+                total += cost(i, b, a) * penalty**run
+                run += 1
+                ok = ok and run <= max_skip
+        if ok:
+            best = min(best, (total, path))
+    return best
+
+
+@pytest.mark.parametrize("scheduler", ["karras", "normal", "exponential"])
+@pytest.mark.parametrize("n,n_skips,max_skip", [(12, 6, 2), (11, 5, 1), (12, 8, 3)])
+def test_noise_dominated_steps_plan_is_the_exact_optimum(scheduler, n, n_skips, max_skip):
+    sig = schedules.get_sigmas(scheduler, n, schedules.Discrete(zsnr=True))
+    free_above = NOISE_DOMINATED_SIGMA
+    assert float(sig[1]) > free_above  # the zero-terminal-SNR table: some steps above SD's largest sigma
+    want_cost, want_path = least_cost_free(sig, n_skips, max_skip, 1, n, RUN_PENALTY, free_above)
+    path, got = plan_skips(sig, n_skips, max_skip=max_skip, run_penalty=RUN_PENALTY, free_above=free_above)
+    assert int((~path).sum()) == n_skips
+    assert got == pytest.approx(want_cost, rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["sd", "flow"])
+def test_noise_dominated_rule_changes_no_plan_at_or_below_sds_largest_sigma(kind):
+    """Every scheduler ComfyUI lists, 8 to 60 steps, on SD's table and on a flow model: the default's plan with the
+    rule is the plan without it (only zero-terminal-SNR tables have steps above 14.61)."""
+    sampling = schedules.Discrete() if kind == "sd" else schedules.Flow(shift=3.0)
+    for scheduler in schedules.ALL_SCHEDULERS:
+        for n in range(8, 61, 4):
+            sig = schedules.get_sigmas(scheduler, n, sampling)
+            k = target_skips(len(sig) - 1, 2.0)
+            with_rule = default_plan(sig, k, flow=kind == "flow")
+            without = default_plan(sig, k, flow=kind == "flow", noise_dominated=False)
+            assert torch.equal(with_rule, without), (scheduler, n)
+
+
+def test_noise_dominated_steps_are_skipped_first_on_zsnr_karras():
+    """karras from sigma 4519 (30 steps, 20 of them above 14.61): the cost model alone plans every other step; with
+    the rule the plan skips a long run of the noise-dominated steps and runs the informative ones."""
+    sig = schedules.get_sigmas("karras", 30, schedules.Discrete(zsnr=True))
+    k = target_skips(30, 2.0)
+    without = default_plan(sig, k, noise_dominated=False)
+    assert "".join("C" if c else "s" for c in without.tolist()) == "Cs" * 15
+    path = default_plan(sig, k)
+    skipped = (~path).nonzero().flatten().tolist()
+    assert len(skipped) == k and all(float(sig[i]) > NOISE_DOMINATED_SIGMA for i in skipped)
+    assert bool(path[sig[:-1] <= NOISE_DOMINATED_SIGMA].all())  # every informative step runs
+    with pytest.raises(ValueError, match="^free_above: "):
+        plan_skips(schedules.flow_sigmas(10), 4, flow=True, free_above=1.0)

@@ -27,9 +27,16 @@ def tb():
     return trained_vpred.load()
 
 
+def _images(tb):
+    """(images in [0, 1], labels) of a testbed's own data (one copy of the digits; the shapes as drawn)."""
+    d = dict(tb.meta["data"])
+    if d.get("kind") == "shapes":
+        return trained_vpred.build_data(d)
+    return data_mod.build(d["seed"], d["size"], 1)
+
+
 def _noisy(tb, n=20, sigma=1.5):
-    d = tb.meta["data"]
-    images, labels = data_mod.build(d["seed"], d["size"], 1)
+    images, labels = _images(tb)
     x0 = images[:n] * 2 - 1
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     return x0, labels[:n], noise, x0 + sigma * noise
@@ -82,7 +89,7 @@ def test_problem_matches_the_testbed_and_its_network_hook(tb):
     assert sig.shape == (11,) and float(sig[-1]) == 0.0 and float(sig[0]) == pytest.approx(float(tb.sigmas[-1]))
 
 
-@pytest.mark.parametrize("model", ["vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr"])
+@pytest.mark.parametrize("model", ["vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr", "shapes_zsnr"])
 def test_training_is_deterministic(tmp_path, model):
     outs = []
     for k in range(2):
@@ -92,7 +99,7 @@ def test_training_is_deterministic(tmp_path, model):
     assert outs[0].prediction == {"vpred": "v", "shapes_eps": "eps", "shapes_v": "v", "digits_flow": "flow"}.get(
         model, "v"
     )
-    assert outs[0].zsnr == (model == "vpred_zsnr") and bool(outs[0].sigmas[-1] > 4000) == outs[0].zsnr
+    assert outs[0].zsnr == model.endswith("_zsnr") and bool(outs[0].sigmas[-1] > 4000) == outs[0].zsnr
     assert outs[0].meta["unet_config"] == trained_vpred.SPECS[model][2]
     for (name, a), (_, b) in zip(outs[0].net.state_dict().items(), outs[1].net.state_dict().items()):
         assert torch.equal(a, b), name
@@ -233,42 +240,51 @@ def test_zero_terminal_snr_table_is_comfyuis_rescale():
         schedules.Discrete(schedules.discrete_sigmas(), zsnr=True)
 
 
-@pytest.fixture(scope="module")
-def tb_zs():
-    return trained_vpred.load(model="vpred_zsnr")
+ZSNR = {  # name -> (UNet config, data config, its grid Problem)
+    "vpred_zsnr": ("VPRED_ZSNR_UNET_CONFIG", "VPRED_ZSNR_DATA_CONFIG", "vpred_zsnr_problem"),
+    "shapes_zsnr": ("SHAPES_ZSNR_UNET_CONFIG", "SHAPES_ZSNR_DATA_CONFIG", "shapes_zsnr_problem"),
+}
 
 
-def test_vpred_zsnr_weights_load_with_their_config_and_table(tb_zs):
-    assert trained_vpred.SPECS["vpred_zsnr"][3].stat().st_size < 3e6
-    assert tb_zs.prediction == "v" and tb_zs.zsnr and tb_zs.meta["zsnr"] is True
-    assert tb_zs.meta["unet_config"] == trained_vpred.VPRED_ZSNR_UNET_CONFIG
-    assert tb_zs.meta["data"] == trained_vpred.VPRED_ZSNR_DATA_CONFIG
-    assert torch.equal(tb_zs.sigmas, schedules.discrete_sigmas(zsnr=True))
+@pytest.fixture(scope="module", params=sorted(ZSNR))
+def tb_zs(request):
+    return request.param, trained_vpred.load(model=request.param)
 
 
-def test_vpred_zsnr_net_predicts_v_and_at_zero_snr_the_class_mean(tb_zs):
+def test_zsnr_weights_load_with_their_config_and_table(tb_zs):
+    name, tb = tb_zs
+    unet, data, _ = ZSNR[name]
+    assert trained_vpred.SPECS[name][3].stat().st_size < 3e6
+    assert tb.prediction == "v" and tb.zsnr and tb.meta["zsnr"] is True
+    assert tb.meta["unet_config"] == getattr(trained_vpred, unet)
+    assert tb.meta["data"] == getattr(trained_vpred, data)
+    assert torch.equal(tb.sigmas, schedules.discrete_sigmas(zsnr=True))
+
+
+def test_zsnr_net_predicts_v_and_at_zero_snr_the_class_mean(tb_zs):
     """At sigma 1.5 the net predicts v (not eps); at the table's last sigma (~4518: alpha-bar 4.9e-8, the input is all
     noise) what it denoises to hardly depends on the noise (the class's mean image, as at zero SNR it must): its spread
-    over 16 noises is a small part of the class's own images' spread (measured 0.03 against 0.48)."""
-    _assert_predicts_v(tb_zs)
-    d = tb_zs.meta["data"]
-    images, labels = data_mod.build(d["seed"], d["size"], 1)
-    s_max = float(tb_zs.sigmas[-1])
+    over 16 noises is a small part of the class's own images' spread (measured 0.03 against 0.48 on vpred_zsnr)."""
+    name, tb = tb_zs
+    _assert_predicts_v(tb)
+    images, labels = _images(tb)
+    s_max = float(tb.sigmas[-1])
     noise16 = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        end = tb_zs.denoiser(noise16 * s_max, s_max, torch.full((16,), 3))
+        end = tb.denoiser(noise16 * s_max, s_max, torch.full((16,), 3))
     spread_data = float((images[labels == 3] * 2 - 1).std(0).mean())
     assert float(end.std(0).mean()) < 0.15 * spread_data and float(end.abs().mean()) > 0.05
 
 
-def test_vpred_zsnr_problem_samples_from_the_zsnr_table(tb_zs):
-    p = problems.vpred_zsnr_problem(classes=3, seeds=1, scheduler="normal")
-    assert not schedules.is_flow(p.sampling) and torch.equal(p.sampling.sigmas, tb_zs.sigmas)
+def test_zsnr_problem_samples_from_the_zsnr_table(tb_zs):
+    name, tb = tb_zs
+    p = getattr(problems, ZSNR[name][2])(classes=3, seeds=1, scheduler="normal")
+    assert not schedules.is_flow(p.sampling) and torch.equal(p.sampling.sigmas, tb.sigmas)
     x = torch.randn(3, 3, 16, 16) * 2
     a = p.denoiser(x, torch.tensor(2.0), cond=p.cond)
     b = p.net_denoiser(lambda f: lambda xc, s, *rest: f(xc, *rest))(x, torch.tensor(2.0), cond=p.cond)
     assert torch.allclose(a, b, atol=1e-5)
-    assert torch.allclose(a, tb_zs.cfg_denoiser(5.0)(x, 2.0, p.cond), atol=1e-5)
+    assert torch.allclose(a, tb.cfg_denoiser(5.0)(x, 2.0, p.cond), atol=1e-5)
     sig = p.sigmas(10)  # ComfyUI's normal on the zsnr table: from sigma_max ~4518 to 0
-    assert sig.shape == (11,) and float(sig[0]) == pytest.approx(float(tb_zs.sigmas[-1])) and float(sig[-1]) == 0.0
+    assert sig.shape == (11,) and float(sig[0]) == pytest.approx(float(tb.sigmas[-1])) and float(sig[-1]) == 0.0
     assert torch.equal(p.sigmas(10), schedules.get_sigmas("normal", 10, schedules.Discrete(zsnr=True)))
