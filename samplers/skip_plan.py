@@ -55,7 +55,7 @@ O(1 / sigma) per unit of log sigma, so a reused direction's error falls as 1 / s
 cost model, chosen on schedules up to sigma 14.6, has no such factor. Only zero-terminal-SNR schedules (ComfyUI's
 ``ModelSamplingDiscrete`` with ``zsnr``, sigma up to 4519: v-prediction ztsnr checkpoints) reach above it: there the
 cost model alone planned every other step on ``karras`` (20 of its 30 steps above 14.6) where the greedy path skips
-the first 14 steps in one run. On every schedule that stays at or below it, the plans are what they were.
+steps 1 to 14 in one run. On every schedule that stays at or below it, the plans are what they were.
 The plan depends on the schedule only: the same path for every prompt of a run (prompt-specific paths:
 calibrated skip profiles).
 """
