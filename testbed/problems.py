@@ -84,10 +84,16 @@ def _unet_testbed_problem(
     """A class-conditional UNet testbed on ComfyUI's discrete table: the network sees x / sqrt(1 + sigma^2) and
     predicts eps (x0 = x - sigma eps) or v (x0 = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2)); or, prediction
     "flow", on its flow model sampling (``tb.sampling``, CONST): the network sees x itself at the flow timestep and
-    predicts noise - x0 (x0 = x - sigma v)."""
+    predicts noise - x0 (x0 = x - sigma v). A testbed trained on the zero-terminal-SNR table (``tb.zsnr``) gets its
+    schedules from ``schedules.Discrete(zsnr=True)``."""
     noise, cond = _batch(classes, seeds, shape)
     table = tb.sigmas
     sampling = getattr(tb, "sampling", None) if prediction == "flow" else None
+    # the problem's model sampling: the flow one, or the zero-terminal-SNR table's (its schedules; the network still
+    # reads the table), else None (the table)
+    model_sampling = (
+        sampling if sampling is not None else schedules.Discrete(zsnr=True) if getattr(tb, "zsnr", False) else None
+    )
 
     def net_denoiser(wrap):
         """The same CFG denoiser with its network calls going through wrap(net_call)."""
@@ -127,7 +133,7 @@ def _unet_testbed_problem(
         sigma_table=table,
         scheduler=scheduler,
         net_denoiser=net_denoiser,
-        sampling=sampling,
+        sampling=model_sampling,
     )
 
 
@@ -228,9 +234,7 @@ def vpred_zsnr_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, sche
 
     tb = trained_vpred.load(model="vpred_zsnr")
     label = f"zero-terminal-SNR v testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
-    p = _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="v")
-    p.sampling = schedules.Discrete(zsnr=True)  # its schedules (the denoiser reads the table, as for the others)
-    return p
+    return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="v")
 
 
 def shapes_zsnr_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "karras") -> Problem:
@@ -240,9 +244,7 @@ def shapes_zsnr_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, sch
 
     tb = trained_vpred.load(model="shapes_zsnr")
     label = f"zero-terminal-SNR v shapes testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
-    p = _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="v")
-    p.sampling = schedules.Discrete(zsnr=True)
-    return p
+    return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="v")
 
 
 def gmm_problem(
