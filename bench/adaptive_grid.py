@@ -27,6 +27,8 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   dpmpp_2m_sde where every skip of its path would hold, ``samplers.adaptive.HOLD_NOISE_FORM``.)
 * ``adaptive_noise_dom_off`` (``--grid-noise-dom-off``): the default planned without its noise-dominated steps
   (``samplers.skip_plan.NOISE_DOMINATED_SIGMA``; only zero-terminal-SNR schedules have them).
+* ``adaptive_noise_x0_off`` (``--grid-noise-x0-off``): the default with a noisy sampler's skipped steps above that
+  sigma reusing by its direction rule instead of the last x0 (``samplers.adaptive.AdaptiveSampling._holds_x0``).
 * ``adaptive_jump_off`` / ``adaptive_hold_plan_off`` / ``adaptive_hold_gap_off`` (``--grid-jump-off`` /
   ``--grid-hold-plan-off`` / ``--grid-hold-gap-off``): the default without its final-jump rule / without planning with
   the injected-noise cost where every skip holds / without euler_ancestral's hold after a long gap.
@@ -46,7 +48,9 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   (``--grid-hold-sweep`` / ``--grid-hold-step-sweep`` / ``--grid-hold-gap-sweep``): the default with linear reuse
   throughout, and with the reuse held below sigma T / from H in log sigma / from R of the run's median steps past the
   last computed step; ``adaptive_reuse_NAME`` (``--grid-reuse-sweep``): the default with the extrapolation NAME, which
-  turns the samplers' rules off (``log_linear``: what a sampler that injects no noise gets under auto).
+  turns the samplers' rules off (``log_linear``: what a sampler that injects no noise gets under auto);
+  ``adaptive_noise_x0_above_T`` (``--grid-noise-x0-sweep``): the default with a noisy sampler's skipped steps above
+  sigma T reusing the last x0 (0: all of them; the default does so above SD's largest sigma).
 
 Models: ``testbed`` and ``testbed_hr`` (eps-prediction latent UNets on digits) are the models the planner was
 first designed on; ``flow`` (a rectified-flow DiT on shapes, testbed/trained_flow.py) was held out from that design,
@@ -247,6 +251,7 @@ def run_cell(
     holds=(),
     jump_off: bool = False,
     noise_dom_off: bool = False,
+    noise_x0_off: bool = False,
     hold_plan_off: bool = False,
     hold_steps=(),
     noise_plan: bool = False,
@@ -255,6 +260,7 @@ def run_cell(
     noise_gate_off: bool = False,
     reuses=(),
     auto_bases=(),
+    x0_aboves=(),
     split=0,
 ) -> list[dict]:
     base = {
@@ -289,7 +295,7 @@ def run_cell(
     # the reuse rule swept on the default's path: linear throughout (no hold), then hold below each sigma alone, then
     # the sampler's hold below sigma with the hold past each step length, then the hold past each multiple of the
     # run's median step, then each named extrapolation, then each base of auto
-    if holds or hold_steps or hold_gaps or reuses or auto_bases:
+    if holds or hold_steps or hold_gaps or reuses or auto_bases or x0_aboves:
         out, nfe, wall, rep = cell.run(AdaptiveConfig(extrapolation="linear"))
         add("adaptive_linear", out, nfe, wall, "AdaptiveConfig(extrapolation='linear')", rep)
         for t in holds:
@@ -301,6 +307,9 @@ def run_cell(
         for g in hold_gaps:
             out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_gap=g)
             add(f"adaptive_hold_gap_{g:g}", out, nfe, wall, f"AdaptiveConfig(), hold_gap={g:g}", rep)
+        for t in x0_aboves:
+            out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_x0_above=t)
+            add(f"adaptive_noise_x0_above_{t:g}", out, nfe, wall, f"AdaptiveConfig(), noise_x0_above={t:g}", rep)
         for name in reuses:
             out, nfe, wall, rep = cell.run(AdaptiveConfig(extrapolation=name))
             add(f"adaptive_reuse_{name}", out, nfe, wall, f"AdaptiveConfig(extrapolation={name!r})", rep)
@@ -317,6 +326,9 @@ def run_cell(
     if noise_dom_off:  # the default planned without its noise-dominated steps (samplers.skip_plan, zsnr schedules)
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_dominated=False)
         add("adaptive_noise_dom_off", out, nfe, wall, "AdaptiveConfig(), noise_dominated=False", rep)
+    if noise_x0_off:  # the default reusing by its direction rule at a noisy sampler's noise-dominated skips too
+        out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_x0=False)
+        add("adaptive_noise_x0_off", out, nfe, wall, "AdaptiveConfig(), noise_x0=False", rep)
     if hold_plan_off:  # the default without planning with the injected-noise cost where every skip holds
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_noise_plan=False)
         add("adaptive_hold_plan_off", out, nfe, wall, "AdaptiveConfig(), hold_noise_plan=False", rep)
@@ -702,8 +714,8 @@ def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
 
 
 def rule_off_table(rows: list[dict], off: str = "jump_off") -> list[dict]:
-    """Per cell with an adaptive_<off> row (the default without one of its rules: jump_off, noise_dom_off, hold_plan_off,
-    hold_gap_off, noise_gate_off): the default minus it (dB), each against the better baseline, both plans, and whether the two runs
+    """Per cell with an adaptive_<off> row (the default without one of its rules: jump_off, noise_dom_off, noise_x0_off,
+    hold_plan_off, hold_gap_off, noise_gate_off): the default minus it (dB), each against the better baseline, both plans, and whether the two runs
     differ (in their plans, or, for a reuse rule, in their result)."""
     out = []
     for key, m in _by_cell(rows).items():
@@ -766,6 +778,7 @@ def noise_plan_table(rows: list[dict]) -> list[dict]:
 
 
 HOLD_PREFIXES = (
+    "adaptive_noise_x0_above_",
     "adaptive_hold_below_",
     "adaptive_hold_step_",
     "adaptive_hold_gap_",
@@ -854,6 +867,13 @@ def add_arguments(p) -> None:
         "any sampler and model) and adaptive_linear; in the same table",
     )
     p.add_argument(
+        "--grid-noise-x0-sweep",
+        default="",
+        help="sigmas, e.g. 0,1,3: also run the default with a noisy sampler's skipped steps above each reusing the "
+        "last x0 (adaptive_noise_x0_above_T; 0: every skipped step; the default: above SD's largest sigma) and "
+        "adaptive_linear; in the same table",
+    )
+    p.add_argument(
         "--grid-reuse-sweep",
         default="",
         help="extrapolations, e.g. log_linear,hold: also run the default with each named one, which turns the "
@@ -892,6 +912,13 @@ def add_arguments(p) -> None:
         action="store_true",
         help="also run the default planned without its noise-dominated steps (adaptive_noise_dom_off; steps above "
         "SD's largest sigma, zero-terminal-SNR schedules only); a table of the cells where the two plans differ",
+    )
+    p.add_argument(
+        "--grid-noise-x0-off",
+        action="store_true",
+        help="also run the default with a noisy sampler's skipped steps above SD's largest sigma reusing by its "
+        "direction rule instead of the last x0 (adaptive_noise_x0_off; zero-terminal-SNR schedules only); a table of "
+        "the cells where the two differ",
     )
     p.add_argument(
         "--grid-hold-plan-off",
@@ -1083,6 +1110,7 @@ def grid_main(args) -> int:
         hold_gaps = [float(v) for v in args.grid_hold_gap_sweep.split(",") if v]
         reuses = [v for v in args.grid_reuse_sweep.split(",") if v]
         auto_bases = [v for v in args.grid_auto_base.split(",") if v]
+        x0_aboves = [float(v) for v in args.grid_noise_x0_sweep.split(",") if v]
         rows.extend(
             run_cell(
                 cell,
@@ -1093,6 +1121,7 @@ def grid_main(args) -> int:
                 holds=holds,
                 jump_off=args.grid_jump_off,
                 noise_dom_off=args.grid_noise_dom_off,
+                noise_x0_off=args.grid_noise_x0_off,
                 hold_plan_off=args.grid_hold_plan_off,
                 noise_plan=args.grid_noise_plan,
                 hold_steps=hold_steps,
@@ -1101,6 +1130,7 @@ def grid_main(args) -> int:
                 noise_gate_off=args.grid_noise_gate_off,
                 reuses=reuses,
                 auto_bases=auto_bases,
+                x0_aboves=x0_aboves,
                 split=args.grid_split,
             )
         )
@@ -1155,6 +1185,7 @@ def grid_main(args) -> int:
     for off, key, what in (
         ("jump_off", "jump", "its final-jump rule"),
         ("noise_dom_off", "noise_dom", "its noise-dominated steps"),
+        ("noise_x0_off", "noise_x0", "the x0 reuse at a noisy sampler's noise-dominated skips"),
         ("hold_plan_off", "hold_plan", "the injected-noise cost where every skip holds"),
         ("hold_gap_off", "hold_gap", "euler_ancestral's hold after a long gap"),
         ("noise_gate_off", "noise_gate", "dropping the sampler's reuse rule where it injects no noise"),

@@ -34,7 +34,8 @@ direction from the last computed ones (``"auto"``: linear in sigma for flow mode
 sigma for deterministic one-evaluation samplers, linear in sigma for the others, and for DPM++ 2M SDE on eps / v
 models the paper's hold below sigma 1 and after a long step, ``HOLD_BELOW_SIGMA`` / ``HOLD_STEP``, with the injected
 noise in the plan's cost where every skip holds, ``HOLD_NOISE_FORM``, and for Euler ancestral the hold after a step of
-1.5 times the run's median or more, ``HOLD_GAP``; ``"hold"`` is the paper's reuse); ``force_last``,
+1.5 times the run's median or more, ``HOLD_GAP``; for every sampler that injects noise, at skipped steps above SD's
+largest sigma (zero-terminal-SNR schedules), the last x0, ``_holds_x0``; ``"hold"`` is the paper's reuse); ``force_last``,
 ``start_percent``, ``estimator_space="vp"`` (measure on x / sqrt(1 + sigma^2)), per-sample decisions
 with the model run only on the samples that need it; ``placement`` > 0 lets an estimator move each
 paced skip toward a step it rates cheaper.
@@ -59,7 +60,7 @@ from .adaptive_config import (  # noqa: F401  (re-exported: the settings live th
 )
 from .kdiff import CountingDenoiser
 from .respace import SPREADS, auto_respace, respaced_sample
-from .skip_plan import NOISE_FORMS, default_plan, holds_every_skip
+from .skip_plan import NOISE_DOMINATED_SIGMA, NOISE_FORMS, default_plan, holds_every_skip
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 from .split_run import WholeRun, same_sigmas, shares
 
@@ -212,6 +213,8 @@ class AdaptiveSampling:
         auto_base: str = "",
         whole_run: WholeRun | None = None,
         noise_dominated: bool = True,
+        noise_x0: bool = True,
+        noise_x0_above: float | None = None,
     ):
         self.model = model
         if auto_base not in ("", "log_linear", "linear"):
@@ -220,6 +223,9 @@ class AdaptiveSampling:
         self.protect_final_jump = protect_final_jump
         self.noise_dominated = noise_dominated
         self.noise_plan = noise_plan
+        # a noisy sampler's skipped step above NOISE_DOMINATED_SIGMA reuses the last x0 (``_holds_x0``); set below
+        self.noise_x0 = noise_x0 and config.extrapolation == "auto" and vp_estimator_ok
+        self.noise_x0_above = NOISE_DOMINATED_SIGMA if noise_x0_above is None else float(noise_x0_above)
         self.config = config.validate()
         self.sig = [float(s) for s in sigmas]
         self.n_steps = len(self.sig) - 1
@@ -286,6 +292,8 @@ class AdaptiveSampling:
         self._hd = None  # [H, B, ...] the last computed directions, newest first
         self._hs = None  # [H, B] their sigmas (nan: none yet)
         self._hD = None  # [H, B, ...] their x0 (extrapolation linear_x0)
+        self._hx = None  # [B, ...] the latent of each sample's newest computed direction (its x0: _hx - sigma * d)
+        self._x0_held = 0  # skipped calls that reused x0 (``_holds_x0``)
         self._aux: dict[str, list[torch.Tensor]] = {}  # name -> [directions, x0] beside _hd / _hD (remember_aux)
         self._reuse_err = None  # per sample: |d - extrapolated d| at the last computed step start
         self._log_cost_sum = None
@@ -590,6 +598,9 @@ class AdaptiveSampling:
         if self.hold_below is not None and (sigma / max(1e-6, 1.0 - sigma) if self.flow else sigma) < self.hold_below:
             order = 0  # (a flow model's sigma compared as the equivalent VE sigma s / (1 - s))
         hd = hd_all[:, idx]  # [H, n, ...] newest first
+        if self._holds_x0(sigma):  # the last x0, back to a direction at (x, sigma)
+            s0 = _bshape(self._hs[0, idx], hd.ndim - 1).to(hd.dtype).to(hd.device)
+            return (x - (self._hx[idx] - s0 * hd[0])) / sigma
         if order == 0 or hd.shape[0] == 1:
             return hd[0]
         hs = self._hs[:, idx]  # [H, n] float64, nan where not yet filled
@@ -632,6 +643,28 @@ class AdaptiveSampling:
         if far is not None and bool(far.any()):
             out[far] = hd[0, far]
         return out
+
+    def _holds_x0(self, sigma: float) -> bool:
+        """A skipped evaluation at `sigma` reuses the last computed x0 instead of the direction rule: a sampler that has
+        injected noise, on an eps / v model under extrapolation auto, above ``NOISE_DOMINATED_SIGMA`` (only
+        zero-terminal-SNR schedules go there). The held direction does not know the noise injected since it was
+        computed: after an ancestral Euler step x + (s_down - s) d + s_up z it gives x0 + s_up z - (s' - s_down) d,
+        an error of about sqrt(2) s' where the step is long against s' (4519 -> 40 on the zsnr table), while the held
+        x0 is that direction with the injected noise accounted for. Below that sigma nothing changes."""
+        if not (self.noise_x0 and self._noise_seen and sigma > self.noise_x0_above and self._hx is not None):
+            return False
+        if not self._x0_held:
+            self._x0_held = 1
+            where = (
+                f"above sigma {self.noise_x0_above:.4g} (noise-dominated)"
+                if self.noise_x0_above == NOISE_DOMINATED_SIGMA
+                else f"above sigma {self.noise_x0_above:g} (set)"
+            )
+            self.report.notes.append(
+                f"skipped steps {where} reuse the last x0: the sampler injects noise that a held direction would "
+                "not know"
+            )
+        return True
 
     def _extrapolation(self) -> str:
         """The extrapolation in use. "auto": for a flow model linear in sigma (the flow time, the planner's time
@@ -721,6 +754,9 @@ class AdaptiveSampling:
                     hist[1][1:, shift] = hist[1][:-1, shift].clone()
         self._hd[0, idx] = d
         self._hs[0, idx] = sigma
+        if self._hx is None:
+            self._hx = torch.zeros((b,) + x.shape[1:], dtype=x.dtype, device=x.device)
+        self._hx[idx] = x
         if self.config.extrapolation == "linear_x0":
             self._hD[0, idx] = out
 
@@ -882,6 +918,8 @@ def adaptive_sample(
     auto_base: str = "",
     sampler_low_eta_base: str = "",
     noise_dominated: bool = True,
+    noise_x0: bool = True,
+    noise_x0_above: float | None = None,
     noise_gate: bool = True,
     whole_run: WholeRun | None = None,
     **sampler_options,
@@ -910,6 +948,11 @@ def adaptive_sample(
     noise_dominated: the schedule planner takes the steps above ``samplers.skip_plan.NOISE_DOMINATED_SIGMA`` as
     noise-dominated (eps / v models; only zero-terminal-SNR schedules have them); False plans without that rule, for
     the benchmark's before / after (``bench adaptive --grid-noise-dom-off``); the nodes leave it True.
+    noise_x0: with extrapolation auto on eps / v models, a sampler that injects noise reuses the last x0 at skipped
+    steps above ``NOISE_DOMINATED_SIGMA`` (``AdaptiveSampling._holds_x0``); False reuses by its direction rule there
+    too, for the benchmark's before / after (``bench adaptive --grid-noise-x0-off``); the nodes leave it True.
+    noise_x0_above: that rule above this sigma instead (0: at every skipped step), for the benchmark's sweep
+    (``bench adaptive --grid-noise-x0-sweep``); the nodes leave it None.
     noise_plan: a noise form of ``samplers.skip_plan.NOISE_FORMS``: the schedule planner adds the noise the sampler
     injects that a reused direction cannot see (``mixed_costs_fn``; eps / v models), a candidate measured by
     ``bench adaptive --grid-noise-plan``; the nodes leave it "".
@@ -972,6 +1015,8 @@ def adaptive_sample(
         auto_base=auto_base,
         whole_run=whole_run,
         noise_dominated=noise_dominated,
+        noise_x0=noise_x0,
+        noise_x0_above=noise_x0_above,
     )
     if low_eta is not None and not ctl.flow:
         ctl.report.notes.append(

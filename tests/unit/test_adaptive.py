@@ -628,3 +628,59 @@ def test_midpoint_at_eta_1_from_a_zero_terminal_snr_sigma_is_the_corrector():
     out, rep = adaptive_sample(kdiff.SAMPLERS[sampler], den, x * sig[0], sig, AdaptiveConfig(), **kw)
     assert not any("off its schedule" in m for m in rep.notes), rep.notes
     assert rep.nfe <= 20 and torch.isfinite(out).all()
+
+
+def _point_mass_run(sampler, sched, table, noise_x0, steps=20):
+    """A noisy sampler on an exact denoiser of a point mass at c (D(x, sigma) = c for every x): the denoised value the
+    sampler saw at each step (its callback), the schedule and the report."""
+    sig = schedules.get_sigmas(sched, steps, table)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    c = torch.linspace(-1, 1, 48).reshape(1, 3, 4, 4)
+    den = lambda x, s, **e: c.expand_as(x).clone()  # noqa: E731
+    seen = []
+    kw = support.adaptive_kwargs(sampler)
+    if support.SUPPORT[sampler].stochastic:
+        kw["noise_sampler"] = kdiff.default_noise_sampler(x, seed=1)
+    out, rep = adaptive_sample(
+        kdiff.SAMPLERS[sampler],
+        den,
+        x * sig[0],
+        sig,
+        AdaptiveConfig(),
+        callback=lambda d: seen.append((float(d["sigma"]), d["denoised"].clone())),
+        noise_x0=noise_x0,
+        **kw,
+    )
+    return seen, c, rep, out
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde"])
+def test_a_noisy_samplers_noise_dominated_skips_reuse_x0(sampler):
+    """Above SD's largest sigma (only zero-terminal-SNR tables go there) a skipped step of a sampler that injects noise
+    reuses the last x0: on a point mass every x0 the sampler sees there is the point. Reusing the direction instead,
+    the noise injected since it was computed lands in x0 (sqrt(2) sigma' after a long step)."""
+    from comfyui_tempo.samplers.skip_plan import NOISE_DOMINATED_SIGMA
+
+    seen, c, rep, _ = _point_mass_run(sampler, "karras", schedules.Discrete(zsnr=True), True)
+    high = [i for i, (s, _) in enumerate(seen) if s > NOISE_DOMINATED_SIGMA]
+    skipped = [i for i in high if rep.path_string()[i] == "s"]
+    assert skipped, rep.path_string()  # the plan skips noise-dominated steps
+    assert all(torch.allclose(seen[i][1], c.expand_as(seen[i][1]), atol=1e-3) for i in high)
+    assert any("reuse the last x0" in m for m in rep.notes), rep.notes
+    seen_off, _, rep_off, _ = _point_mass_run(sampler, "karras", schedules.Discrete(zsnr=True), False)
+    assert rep_off.path_string() == rep.path_string()
+    assert max(float((seen_off[i][1] - c).abs().max()) for i in skipped) > 1.0
+    assert not any("reuse the last x0" in m for m in rep_off.notes)
+
+
+@pytest.mark.parametrize("sched", ["normal", "karras", "exponential", "beta"])
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde", "euler"])
+def test_x0_reuse_changes_nothing_below_sds_largest_sigma(sampler, sched):
+    """On SD's table (largest sigma 14.6146, not above it) and for a sampler that injects no noise the rule never
+    fires: the same result as without it, bit for bit."""
+    for table in (schedules.Discrete(),) + ((schedules.Discrete(zsnr=True),) if sampler == "euler" else ()):
+        _, _, rep, out = _point_mass_run(sampler, sched, table, True)
+        _, _, rep_off, out_off = _point_mass_run(sampler, sched, table, False)
+        assert "s" in rep.path_string()
+        assert torch.equal(out, out_off) and rep.path_string() == rep_off.path_string()
+        assert not any("reuse the last x0" in m for m in rep.notes)

@@ -323,6 +323,38 @@ def test_grid_noise_dom_off_rows_and_table(tmp_path):
     assert sd["noise_dom_summary"]["changed"] == 0
 
 
+def test_grid_noise_x0_off_and_sweep_rows_and_tables(tmp_path):
+    """--grid-noise-x0-off / --grid-noise-x0-sweep: euler_ancestral on the zero-terminal-SNR model reuses the last x0
+    at its skipped steps above sigma 14.61; without the rule (by its direction rule there) the same path and another
+    result, and the sweep's threshold at SD's largest sigma is the default. On karras at 20 steps every skip is above
+    it (the sweep's 0 changes nothing), on beta some are below (0 changes them). euler injects no noise: no row of it
+    differs. On testbed (SD's table) no step is above it: the default and the rule off are the same."""
+    from comfyui_tempo.samplers.skip_plan import NOISE_DOMINATED_SIGMA
+
+    d = _lean_grid(tmp_path, "euler_ancestral,euler", "karras,beta", "--grid-noise-x0-off", "--grid-noise-x0-sweep",
+                   f"0,{NOISE_DOMINATED_SIGMA!r}", model="vpred_zsnr")  # fmt: skip
+    t = {(r["sampler"], r["scheduler"]): r for r in d["noise_x0"]}
+    m = {(r["sampler"], r["scheduler"], r["method"]): r["psnr_db"] for r in d["rows"]}
+    at = f"adaptive_noise_x0_above_{NOISE_DOMINATED_SIGMA:g}"
+    for sc in ("karras", "beta"):
+        ea = t["euler_ancestral", sc]
+        assert ea["path"] == ea["path_noise_x0_off"] and ea["path"].startswith("Css") and ea["differs"]
+        assert ea["gain_db"] == pytest.approx(
+            m["euler_ancestral", sc, "adaptive"] - m["euler_ancestral", sc, "adaptive_noise_x0_off"]
+        )
+        assert m["euler_ancestral", sc, at] == m["euler_ancestral", sc, "adaptive"]
+        assert not t["euler", sc]["differs"] and t["euler", sc]["gain_db"] == 0
+        assert m["euler", sc, "adaptive_noise_x0_above_0"] == m["euler", sc, "adaptive"]
+    assert m["euler_ancestral", "karras", "adaptive_noise_x0_above_0"] == m["euler_ancestral", "karras", "adaptive"]
+    assert m["euler_ancestral", "beta", "adaptive_noise_x0_above_0"] != m["euler_ancestral", "beta", "adaptive"]
+    h = {(r["sampler"], r["scheduler"]): r for r in d["hold"]}
+    assert h["euler_ancestral", "beta"]["noise_x0_above_0"] == pytest.approx(
+        m["euler_ancestral", "beta", "adaptive_noise_x0_above_0"] - m["euler_ancestral", "beta", "adaptive_linear"]
+    )
+    sd = _lean_grid(tmp_path, "euler_ancestral", "karras", "--grid-noise-x0-off")
+    assert sd["noise_x0_summary"]["changed"] == 0
+
+
 def test_grid_hold_plan_off_rows_and_table(tmp_path):
     """--grid-hold-plan-off: dpmpp_2m_sde without planning with the injected-noise cost where every skip holds; on
     karras at 20 steps the default plans with it (its path is the candidate's, the rule off is uniform skipping's),
