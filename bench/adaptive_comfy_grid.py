@@ -22,7 +22,17 @@ import tempfile
 import time
 
 from ..samplers import kdiff, respace, support
-from .adaptive_grid import MODELS, MORE_SCHEDULERS, SCHEDULERS, SUMMARY_COLUMNS, _meets, markdown_matrix, summarize
+from .adaptive_grid import (
+    MODELS,
+    MORE_SCHEDULERS,
+    SCHEDULERS,
+    SUMMARY_COLUMNS,
+    _meets,
+    markdown_matrix,
+    rule_off_summary,
+    rule_off_table,
+    summarize,
+)
 from .common import print_table, write_json
 
 #: ComfyUI's twins of a listed sampler (the same function, noise drawn on the device) and ddim (euler in ComfyUI)
@@ -159,6 +169,7 @@ def comfy_grid_main(args) -> int:
         "respace": bool(args.grid_respace),
         "respaces": [r for r in args.comfyui_respace_sweep.split(",") if r],
         "post_cfgs": [r for r in args.comfyui_post_cfg_sweep.split(",") if r],
+        "noise_x0_off": bool(getattr(args, "grid_noise_x0_off", False)),
     }
     for flag, given, known in (
         ("--comfyui-reuse-sweep", job["reuses"], REUSE_RULES),
@@ -226,6 +237,15 @@ def comfy_grid_main(args) -> int:
                 print_table(result[key], list(result[key][0]))
             else:  # the post-CFG sweep without a CFG++ sampler in the run
                 print("  no sampler in this run has that rule (CFG++ ones: --comfyui-samplers euler_cfg_pp, ...)")
+    if job["noise_x0_off"]:  # --grid-noise-x0-off: the default without the x0 reuse above sigma 3, per cell
+        table = result["noise_x0"] = rule_off_table(rows, "noise_x0_off")
+        s = result["noise_x0_summary"] = rule_off_summary(table, "noise_x0_off")
+        print(
+            f"\nthe x0 reuse above sigma 3 (the default minus it off): the two differ in {s['changed']} of {s['cells']} "
+            f"cells, the rule above in {s['up']} (mean {s['mean_gain_db']:+.2f} dB, {s['min_gain_db']:+.2f} to "
+            f"{s['max_gain_db']:+.2f}); cells meeting the three checks: {s['meets_without']} without it, "
+            f"{s['meets_with']} with it"
+        )
     result["markdown"] = markdown_matrix(summary, args.grid_steps, args.cfg)
     if args.json:
         write_json(args.json, result)

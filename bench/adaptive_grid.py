@@ -27,8 +27,8 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   dpmpp_2m_sde where every skip of its path would hold, ``samplers.adaptive.HOLD_NOISE_FORM``.)
 * ``adaptive_noise_dom_off`` (``--grid-noise-dom-off``): the default planned without its noise-dominated steps
   (``samplers.skip_plan.NOISE_DOMINATED_SIGMA``; only zero-terminal-SNR schedules have them).
-* ``adaptive_noise_x0_off`` (``--grid-noise-x0-off``): the default with a noisy sampler's skipped steps above that
-  sigma reusing by its direction rule instead of the last x0 (``samplers.adaptive.AdaptiveSampling._holds_x0``).
+* ``adaptive_noise_x0_off`` (``--grid-noise-x0-off``): the default with a noisy sampler's skipped steps above sigma 3
+  reusing by its direction rule instead of the last x0 (``samplers.adaptive.NOISE_X0_SIGMA``; eps / v models).
 * ``adaptive_jump_off`` / ``adaptive_hold_plan_off`` / ``adaptive_hold_gap_off`` (``--grid-jump-off`` /
   ``--grid-hold-plan-off`` / ``--grid-hold-gap-off``): the default without its final-jump rule / without planning with
   the injected-noise cost where every skip holds / without euler_ancestral's hold after a long gap.
@@ -50,7 +50,7 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   last computed step; ``adaptive_reuse_NAME`` (``--grid-reuse-sweep``): the default with the extrapolation NAME, which
   turns the samplers' rules off (``log_linear``: what a sampler that injects no noise gets under auto);
   ``adaptive_noise_x0_above_T`` (``--grid-noise-x0-sweep``): the default with a noisy sampler's skipped steps above
-  sigma T reusing the last x0 (0: all of them; the default does so above SD's largest sigma).
+  sigma T reusing the last x0 (0: all of them; the default does so above 3).
 
 Models: ``testbed`` and ``testbed_hr`` (eps-prediction latent UNets on digits) are the models the planner was
 first designed on; ``flow`` (a rectified-flow DiT on shapes, testbed/trained_flow.py) was held out from that design,
@@ -326,7 +326,7 @@ def run_cell(
     if noise_dom_off:  # the default planned without its noise-dominated steps (samplers.skip_plan, zsnr schedules)
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_dominated=False)
         add("adaptive_noise_dom_off", out, nfe, wall, "AdaptiveConfig(), noise_dominated=False", rep)
-    if noise_x0_off:  # the default reusing by its direction rule at a noisy sampler's noise-dominated skips too
+    if noise_x0_off:  # the default reusing by its direction rule at a noisy sampler's skips above sigma 3 too
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_x0=False)
         add("adaptive_noise_x0_off", out, nfe, wall, "AdaptiveConfig(), noise_x0=False", rep)
     if hold_plan_off:  # the default without planning with the injected-noise cost where every skip holds
@@ -870,8 +870,8 @@ def add_arguments(p) -> None:
         "--grid-noise-x0-sweep",
         default="",
         help="sigmas, e.g. 0,1,3: also run the default with a noisy sampler's skipped steps above each reusing the "
-        "last x0 (adaptive_noise_x0_above_T; 0: every skipped step; the default: above SD's largest sigma) and "
-        "adaptive_linear; in the same table",
+        "last x0 (adaptive_noise_x0_above_T; 0: every skipped step; the default: above 3) and adaptive_linear; in the "
+        "same table",
     )
     p.add_argument(
         "--grid-reuse-sweep",
@@ -916,9 +916,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--grid-noise-x0-off",
         action="store_true",
-        help="also run the default with a noisy sampler's skipped steps above SD's largest sigma reusing by its "
-        "direction rule instead of the last x0 (adaptive_noise_x0_off; zero-terminal-SNR schedules only); a table of "
-        "the cells where the two differ",
+        help="also run the default with a noisy sampler's skipped steps above sigma 3 reusing by its direction rule "
+        "instead of the last x0 (adaptive_noise_x0_off; eps / v models); a table of the cells where the two differ",
     )
     p.add_argument(
         "--grid-hold-plan-off",
@@ -1185,7 +1184,7 @@ def grid_main(args) -> int:
     for off, key, what in (
         ("jump_off", "jump", "its final-jump rule"),
         ("noise_dom_off", "noise_dom", "its noise-dominated steps"),
-        ("noise_x0_off", "noise_x0", "the x0 reuse at a noisy sampler's noise-dominated skips"),
+        ("noise_x0_off", "noise_x0", "the x0 reuse at a noisy sampler's skips above sigma 3"),
         ("hold_plan_off", "hold_plan", "the injected-noise cost where every skip holds"),
         ("hold_gap_off", "hold_gap", "euler_ancestral's hold after a long gap"),
         ("noise_gate_off", "noise_gate", "dropping the sampler's reuse rule where it injects no noise"),

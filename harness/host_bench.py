@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -252,6 +253,18 @@ def grid(job: dict, out_path: str) -> None:
                         finally:
                             support.SUPPORT[sampler] = entry
                         add(prefix + rule, img, nfe, wall, f"AdaptiveConfig(), {field} rule {rule}", sink[-1])
+                    if job.get("noise_x0_off"):  # the default reusing by the sampler's direction rule above sigma 3 too
+                        from comfyui_tempo.samplers import adaptive as adaptive_mod
+
+                        keep, adaptive_mod.NOISE_X0_SIGMA = adaptive_mod.NOISE_X0_SIGMA, math.inf
+                        try:
+                            sink = []
+                            img, nfe, wall = sample(
+                                adaptive_nodes.wrap_sampler(plain(), sampler, AdaptiveConfig(), sink), sig
+                            )
+                        finally:
+                            adaptive_mod.NOISE_X0_SIGMA = keep
+                        add("adaptive_noise_x0_off", img, nfe, wall, "AdaptiveConfig(), NOISE_X0_SIGMA inf", sink[-1])
                     if job.get("respace"):  # the default's planned path skipped and re-spaced, as the pack's grid
                         for method, how in (("adaptive_skip", "off"), ("adaptive_respaced", "on")):
                             sink = []

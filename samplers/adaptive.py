@@ -34,8 +34,8 @@ direction from the last computed ones (``"auto"``: linear in sigma for flow mode
 sigma for deterministic one-evaluation samplers, linear in sigma for the others, and for DPM++ 2M SDE on eps / v
 models the paper's hold below sigma 1 and after a long step, ``HOLD_BELOW_SIGMA`` / ``HOLD_STEP``, with the injected
 noise in the plan's cost where every skip holds, ``HOLD_NOISE_FORM``, and for Euler ancestral the hold after a step of
-1.5 times the run's median or more, ``HOLD_GAP``; for every sampler that injects noise, at skipped steps above SD's
-largest sigma (zero-terminal-SNR schedules), the last x0, ``_holds_x0``; ``"hold"`` is the paper's reuse); ``force_last``,
+1.5 times the run's median or more, ``HOLD_GAP``; for every sampler that injects noise, at skipped steps above
+sigma 3, the last x0, ``NOISE_X0_SIGMA``; ``"hold"`` is the paper's reuse); ``force_last``,
 ``start_percent``, ``estimator_space="vp"`` (measure on x / sqrt(1 + sigma^2)), per-sample decisions
 with the model run only on the samples that need it; ``placement`` > 0 lets an estimator move each
 paced skip toward a step it rates cheaper.
@@ -60,7 +60,7 @@ from .adaptive_config import (  # noqa: F401  (re-exported: the settings live th
 )
 from .kdiff import CountingDenoiser
 from .respace import SPREADS, auto_respace, respaced_sample
-from .skip_plan import NOISE_DOMINATED_SIGMA, NOISE_FORMS, default_plan, holds_every_skip
+from .skip_plan import NOISE_FORMS, default_plan, holds_every_skip
 from .skip_report import SkipReport, StepRecord  # noqa: F401  (re-exported)
 from .split_run import WholeRun, same_sigmas, shares
 
@@ -119,6 +119,19 @@ HOLD_GAP = 1.5
 # and exp_heun_2_x0_sde; euler_ancestral's for ddpm and sa_solver_pece. er_sde keeps linear (its candidate lost cells in
 # one held-out run). docs/adaptive.md, "ComfyUI's other samplers".
 
+
+# A sampler that injects noise (recorded through record_noise) reuses the last computed x0 at a skipped step above this
+# sigma, on eps / v models under extrapolation auto, instead of its direction rule (``AdaptiveSampling._holds_x0``): a
+# held or extrapolated direction does not know the noise injected since it was computed (after an ancestral Euler
+# step, x0 + s_up z - (s' - s_down) d; the held x0 is that direction with the noise accounted for), and up there the
+# noise outweighs what x0 gains from the slope. Found on the zero-terminal-SNR models, where the steps above SD's
+# largest sigma (14.6) carried the misses (euler_ancestral / dpmpp_2m_sde there: cells meeting the three checks 44 ->
+# 62 of 72; held out on dpm_2_ancestral, dpmpp_sde, dpmpp_2m_sde_heun: 37 -> 55 of 72). Then swept below it: chosen
+# among 0 / 1 / 3 on testbed / testbed_hr at 20, 30 and 50 steps (the four noisy kdiff samplers, six schedulers: +1.39
+# -> +1.52 dB over uniform skipping, 106 -> 106 of 144 cells), held out on vpred / shapes_eps / shapes_v at 20 and 30
+# (+1.66 -> +2.92 dB, 123 -> 138 of 144). ``bench adaptive --grid-noise-x0-off`` / ``--grid-noise-x0-sweep``,
+# docs/adaptive.md ("... the noise a reused direction does not know"). Flow models keep their rules.
+NOISE_X0_SIGMA = 3.0
 
 # A sampler with SamplerSupport.low_eta_base (euler_ancestral) run below this eta, which only SamplerCustom's sampler
 # nodes set (ComfyUI's KSampler runs it at 1): extrapolation "auto" starts from that base (log_linear, a deterministic
@@ -223,9 +236,9 @@ class AdaptiveSampling:
         self.protect_final_jump = protect_final_jump
         self.noise_dominated = noise_dominated
         self.noise_plan = noise_plan
-        # a noisy sampler's skipped step above NOISE_DOMINATED_SIGMA reuses the last x0 (``_holds_x0``); set below
+        # a noisy sampler's skipped step above NOISE_X0_SIGMA reuses the last x0 (``_holds_x0``)
         self.noise_x0 = noise_x0 and config.extrapolation == "auto" and vp_estimator_ok
-        self.noise_x0_above = NOISE_DOMINATED_SIGMA if noise_x0_above is None else float(noise_x0_above)
+        self.noise_x0_above = NOISE_X0_SIGMA if noise_x0_above is None else float(noise_x0_above)
         self.config = config.validate()
         self.sig = [float(s) for s in sigmas]
         self.n_steps = len(self.sig) - 1
@@ -646,23 +659,19 @@ class AdaptiveSampling:
 
     def _holds_x0(self, sigma: float) -> bool:
         """A skipped evaluation at `sigma` reuses the last computed x0 instead of the direction rule: a sampler that has
-        injected noise, on an eps / v model under extrapolation auto, above ``NOISE_DOMINATED_SIGMA`` (only
-        zero-terminal-SNR schedules go there). The held direction does not know the noise injected since it was
-        computed: after an ancestral Euler step x + (s_down - s) d + s_up z it gives x0 + s_up z - (s' - s_down) d,
-        an error of about sqrt(2) s' where the step is long against s' (4519 -> 40 on the zsnr table), while the held
-        x0 is that direction with the injected noise accounted for. Below that sigma nothing changes."""
+        injected noise, on an eps / v model under extrapolation auto, above ``NOISE_X0_SIGMA`` (``noise_x0_above``
+        where given). The held direction does not know the noise injected since it was computed: after an ancestral
+        Euler step x + (s_down - s) d + s_up z it gives x0 + s_up z - (s' - s_down) d, an error of about sqrt(2) s'
+        where the step is long against s' (4519 -> 40 on the zero-terminal-SNR table), while the held x0 is that
+        direction with the injected noise accounted for."""
         if not (self.noise_x0 and self._noise_seen and sigma > self.noise_x0_above and self._hx is not None):
             return False
         if not self._x0_held:
             self._x0_held = 1
-            where = (
-                f"above sigma {self.noise_x0_above:.4g} (noise-dominated)"
-                if self.noise_x0_above == NOISE_DOMINATED_SIGMA
-                else f"above sigma {self.noise_x0_above:g} (set)"
-            )
+            why = "the sampler's rule" if self.noise_x0_above == NOISE_X0_SIGMA else "set"
             self.report.notes.append(
-                f"skipped steps {where} reuse the last x0: the sampler injects noise that a held direction would "
-                "not know"
+                f"skipped steps above sigma {self.noise_x0_above:g} reuse the last x0 ({why}): the sampler injects "
+                "noise that a reused direction would not know"
             )
         return True
 
@@ -949,8 +958,8 @@ def adaptive_sample(
     noise-dominated (eps / v models; only zero-terminal-SNR schedules have them); False plans without that rule, for
     the benchmark's before / after (``bench adaptive --grid-noise-dom-off``); the nodes leave it True.
     noise_x0: with extrapolation auto on eps / v models, a sampler that injects noise reuses the last x0 at skipped
-    steps above ``NOISE_DOMINATED_SIGMA`` (``AdaptiveSampling._holds_x0``); False reuses by its direction rule there
-    too, for the benchmark's before / after (``bench adaptive --grid-noise-x0-off``); the nodes leave it True.
+    steps above ``NOISE_X0_SIGMA`` (``AdaptiveSampling._holds_x0``); False reuses by its direction rule there too, for
+    the benchmark's before / after (``bench adaptive --grid-noise-x0-off``); the nodes leave it True.
     noise_x0_above: that rule above this sigma instead (0: at every skipped step), for the benchmark's sweep
     (``bench adaptive --grid-noise-x0-sweep``); the nodes leave it None.
     noise_plan: a noise form of ``samplers.skip_plan.NOISE_FORMS``: the schedule planner adds the noise the sampler

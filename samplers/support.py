@@ -228,7 +228,7 @@ def support_matrix_markdown() -> str:
     }
     low_eta = " ({} below eta 1 or at s_noise 0, which SamplerCustom can set)"
     for name, e in SUPPORT.items():
-        noise = "regressed out of the estimator" if e.stochastic else "-"
+        noise = "regressed out of the estimator; x0 reused at skips above sigma 3 (eps / v)" if e.stochastic else "-"
         # s_noise 0 gives a one-evaluation sampler the deterministic base (log-linear); a multi-evaluation one stays linear
         one_eval = " (log-linear at s_noise 0, which SamplerCustom can set)" if e.family != "multi-eval" else ""
         rows.append(

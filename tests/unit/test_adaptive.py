@@ -654,33 +654,62 @@ def _point_mass_run(sampler, sched, table, noise_x0, steps=20):
     return seen, c, rep, out
 
 
+@pytest.mark.parametrize("table", ["sd", "zsnr"])
 @pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde"])
-def test_a_noisy_samplers_noise_dominated_skips_reuse_x0(sampler):
-    """Above SD's largest sigma (only zero-terminal-SNR tables go there) a skipped step of a sampler that injects noise
-    reuses the last x0: on a point mass every x0 the sampler sees there is the point. Reusing the direction instead,
-    the noise injected since it was computed lands in x0 (sqrt(2) sigma' after a long step)."""
-    from comfyui_tempo.samplers.skip_plan import NOISE_DOMINATED_SIGMA
+def test_a_noisy_samplers_skips_above_sigma_3_reuse_x0(sampler, table):
+    """Above NOISE_X0_SIGMA a skipped step of a sampler that injects noise reuses the last x0: on a point mass every x0
+    the sampler sees there is the point. Reusing the direction instead, the noise injected since it was computed
+    lands in x0 (sqrt(2) sigma' after a long step). Below it the direction rule reuses, and the noise shows in x0."""
+    from comfyui_tempo.samplers.adaptive import NOISE_X0_SIGMA
 
-    seen, c, rep, _ = _point_mass_run(sampler, "karras", schedules.Discrete(zsnr=True), True)
-    high = [i for i, (s, _) in enumerate(seen) if s > NOISE_DOMINATED_SIGMA]
-    skipped = [i for i in high if rep.path_string()[i] == "s"]
-    assert skipped, rep.path_string()  # the plan skips noise-dominated steps
+    tab = schedules.Discrete(zsnr=table == "zsnr")
+    seen, c, rep, _ = _point_mass_run(sampler, "karras", tab, True)
+    path = rep.path_string()
+    high = [i for i, (s, _) in enumerate(seen) if s > NOISE_X0_SIGMA]
+    skipped = [i for i in high if path[i] == "s"]
+    assert skipped, path  # the plan skips steps above it
     assert all(torch.allclose(seen[i][1], c.expand_as(seen[i][1]), atol=1e-3) for i in high)
-    assert any("reuse the last x0" in m for m in rep.notes), rep.notes
-    seen_off, _, rep_off, _ = _point_mass_run(sampler, "karras", schedules.Discrete(zsnr=True), False)
-    assert rep_off.path_string() == rep.path_string()
-    assert max(float((seen_off[i][1] - c).abs().max()) for i in skipped) > 1.0
+    assert any("reuse the last x0 (the sampler's rule)" in m for m in rep.notes), rep.notes
+    seen_off, _, rep_off, _ = _point_mass_run(sampler, "karras", tab, False)
+    assert rep_off.path_string() == path
+    assert max(float((seen_off[i][1] - c).abs().max()) for i in skipped) > 0.1
     assert not any("reuse the last x0" in m for m in rep_off.notes)
+    low = [i for i, (s, _) in enumerate(seen) if 0 < s <= NOISE_X0_SIGMA and path[i] == "s"]
+    if table == "sd":  # (on the zsnr table's karras at 20 steps every skip is above it)
+        assert low and max(float((seen[i][1] - c).abs().max()) for i in low) > 1e-3  # below it: the direction rule
 
 
 @pytest.mark.parametrize("sched", ["normal", "karras", "exponential", "beta"])
-@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde", "euler"])
-def test_x0_reuse_changes_nothing_below_sds_largest_sigma(sampler, sched):
-    """On SD's table (largest sigma 14.6146, not above it) and for a sampler that injects no noise the rule never
-    fires: the same result as without it, bit for bit."""
-    for table in (schedules.Discrete(),) + ((schedules.Discrete(zsnr=True),) if sampler == "euler" else ()):
-        _, _, rep, out = _point_mass_run(sampler, sched, table, True)
-        _, _, rep_off, out_off = _point_mass_run(sampler, sched, table, False)
+def test_x0_reuse_changes_nothing_for_a_sampler_that_injects_no_noise(sched):
+    """For a sampler that injects no noise (euler) the rule never fires, on SD's table or the zero-terminal-SNR one:
+    the same result as without it, bit for bit."""
+    for table in (schedules.Discrete(), schedules.Discrete(zsnr=True)):
+        _, _, rep, out = _point_mass_run("euler", sched, table, True)
+        _, _, rep_off, out_off = _point_mass_run("euler", sched, table, False)
         assert "s" in rep.path_string()
         assert torch.equal(out, out_off) and rep.path_string() == rep_off.path_string()
         assert not any("reuse the last x0" in m for m in rep.notes)
+
+
+def test_x0_reuse_is_not_for_flow_models():
+    """On a flow model (vp_estimator_ok False) euler_ancestral reuses by its direction rule at every skipped step:
+    the same result with the rule as without it."""
+    g = torch.Generator().manual_seed(6)
+    flow = FlowDenoiser(FiniteSetDenoiser(torch.randn(8, 4, 6, 6, generator=g)))
+    sig = schedules.flow_sigmas(20, shift=3.0)
+    noise = torch.randn(2, 4, 6, 6, generator=g)
+    outs = []
+    for on in (True, False):
+        out, rep = adaptive_sample(
+            kdiff.sample_euler_ancestral,
+            flow,
+            noise * sig[0],
+            sig,
+            AdaptiveConfig(),
+            vp_estimator_ok=False,
+            noise_sampler=kdiff.default_noise_sampler(noise, seed=3),
+            noise_x0=on,
+        )
+        assert "s" in rep.path_string() and not any("reuse the last x0" in m for m in rep.notes)
+        outs.append(out)
+    assert torch.equal(*outs)

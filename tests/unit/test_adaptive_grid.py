@@ -240,7 +240,16 @@ def _lean_grid(tmp_path, samplers: str, schedulers: str, *flags: str, steps: int
     return json.loads(out.read_text())
 
 
-def test_grid_hold_sweep_rows_and_table(tmp_path):
+def _direction_rules_alone(monkeypatch):
+    """The sampler's direction rules as they were swept, without the x0 reuse above sigma 3 on top (NOISE_X0_SIGMA
+    inf; --grid-noise-x0-off / --grid-noise-x0-sweep measure that): the default, the swept rules and the named
+    extrapolations then compare as the rules say."""
+    from comfyui_tempo.samplers import adaptive
+
+    monkeypatch.setattr(adaptive, "NOISE_X0_SIGMA", math.inf)
+
+
+def test_grid_hold_sweep_rows_and_table(tmp_path, monkeypatch):
     """--grid-hold-sweep / --grid-hold-step-sweep: the default with the reuse held below each sigma alone, with the
     sampler's hold below sigma 1 and the hold past each step length, and with linear reuse throughout. On
     dpmpp_2m_sde (eps model) the default is the hold below 1 with HOLD_STEP (at 12 karras steps every step is longer
@@ -248,6 +257,7 @@ def test_grid_hold_sweep_rows_and_table(tmp_path):
     the sampler's rule and keeps the cost model's plan, as the default without that, --grid-hold-plan-off), hold_step
     inf the hold below 1 alone; on euler_ancestral the default is its hold after HOLD_GAP median steps (a hold_step
     given turns it off: inf is linear throughout)."""
+    _direction_rules_alone(monkeypatch)
     d = _lean_grid(
         tmp_path,
         "dpmpp_2m_sde,euler_ancestral",
@@ -325,17 +335,17 @@ def test_grid_noise_dom_off_rows_and_table(tmp_path):
 
 def test_grid_noise_x0_off_and_sweep_rows_and_tables(tmp_path):
     """--grid-noise-x0-off / --grid-noise-x0-sweep: euler_ancestral on the zero-terminal-SNR model reuses the last x0
-    at its skipped steps above sigma 14.61; without the rule (by its direction rule there) the same path and another
-    result, and the sweep's threshold at SD's largest sigma is the default. On karras at 20 steps every skip is above
-    it (the sweep's 0 changes nothing), on beta some are below (0 changes them). euler injects no noise: no row of it
-    differs. On testbed (SD's table) no step is above it: the default and the rule off are the same."""
-    from comfyui_tempo.samplers.skip_plan import NOISE_DOMINATED_SIGMA
+    at its skipped steps above sigma 3; without the rule (by its direction rule there) the same path and another
+    result, and the sweep's threshold at 3 is the default. On karras at 20 steps every skip is above it (the sweep's
+    0 changes nothing), on beta some are below (0 changes them). euler injects no noise: no row of it differs. A flow
+    model keeps its rules: no row differs."""
+    from comfyui_tempo.samplers.adaptive import NOISE_X0_SIGMA
 
     d = _lean_grid(tmp_path, "euler_ancestral,euler", "karras,beta", "--grid-noise-x0-off", "--grid-noise-x0-sweep",
-                   f"0,{NOISE_DOMINATED_SIGMA!r}", model="vpred_zsnr")  # fmt: skip
+                   f"0,{NOISE_X0_SIGMA!r}", model="vpred_zsnr")  # fmt: skip
     t = {(r["sampler"], r["scheduler"]): r for r in d["noise_x0"]}
     m = {(r["sampler"], r["scheduler"], r["method"]): r["psnr_db"] for r in d["rows"]}
-    at = f"adaptive_noise_x0_above_{NOISE_DOMINATED_SIGMA:g}"
+    at = f"adaptive_noise_x0_above_{NOISE_X0_SIGMA:g}"
     for sc in ("karras", "beta"):
         ea = t["euler_ancestral", sc]
         assert ea["path"] == ea["path_noise_x0_off"] and ea["path"].startswith("Css") and ea["differs"]
@@ -351,14 +361,15 @@ def test_grid_noise_x0_off_and_sweep_rows_and_tables(tmp_path):
     assert h["euler_ancestral", "beta"]["noise_x0_above_0"] == pytest.approx(
         m["euler_ancestral", "beta", "adaptive_noise_x0_above_0"] - m["euler_ancestral", "beta", "adaptive_linear"]
     )
-    sd = _lean_grid(tmp_path, "euler_ancestral", "karras", "--grid-noise-x0-off")
-    assert sd["noise_x0_summary"]["changed"] == 0
+    fl = _lean_grid(tmp_path, "euler_ancestral", "karras", "--grid-noise-x0-off", model="flow")
+    assert fl["noise_x0_summary"]["changed"] == 0
 
 
-def test_grid_hold_plan_off_rows_and_table(tmp_path):
+def test_grid_hold_plan_off_rows_and_table(tmp_path, monkeypatch):
     """--grid-hold-plan-off: dpmpp_2m_sde without planning with the injected-noise cost where every skip holds; on
     karras at 20 steps the default plans with it (its path is the candidate's, the rule off is uniform skipping's),
     on normal the plans are the same."""
+    _direction_rules_alone(monkeypatch)
     d = _lean_grid(tmp_path, "dpmpp_2m_sde", "normal,karras", "--grid-hold-plan-off", "--grid-noise-plan")
     t = {r["scheduler"]: r for r in d["hold_plan"]}
     m = {(r["scheduler"], r["method"]): r for r in d["rows"]}
@@ -495,11 +506,12 @@ def test_grid_auto_base_below_eta_1(tmp_path):
     assert all(line["default"] == pytest.approx(line["base_log_linear"]) for line in d["hold"])
 
 
-def test_grid_auto_base_with_hold_gap_sweep(tmp_path):
+def test_grid_auto_base_with_hold_gap_sweep(tmp_path, monkeypatch):
     """--grid-auto-base with --grid-hold-gap-sweep: each base with each multiple of the hold after a long gap. At eta 1
     euler_ancestral's default is linear with the hold after 1.5 median steps, so the linear base at 1.5 is the
     default's run and the log_linear base at 1.5 is adaptive_base_log_linear's; a multiple no gap reaches (1000) is the
     base without its hold. The summary counts the cells meeting the three checks from the rows."""
+    _direction_rules_alone(monkeypatch)
     d = _lean_grid(
         tmp_path, "euler_ancestral", "normal,simple", "--grid-auto-base", "linear,log_linear",
         "--grid-hold-gap-sweep", "1.5,1000", "--grid-reuse-sweep", "log_linear",

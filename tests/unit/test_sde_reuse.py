@@ -33,6 +33,9 @@ def make_gmm(classes=10, per_class=3):
 
 
 def _run(den, x, sig, config, reuse=RULE, flow=False, fn=kdiff.sample_dpmpp_2m_sde, noise=True, **kw):
+    """The sampler's direction rules alone: the x0 reuse above sigma 3 (NOISE_X0_SIGMA, on top of them) off unless
+    noise_x0 is given (tests/unit/test_adaptive.py tests it; test_the_x0_reuse_sits_on_top_of_the_rules here)."""
+    kw.setdefault("noise_x0", False)
     seen = {}
 
     def cb(d):
@@ -211,7 +214,9 @@ def test_hold_below_sigma_set_applies_to_any_sampler_and_model():
             ns = (
                 {"noise_sampler": kdiff.default_noise_sampler(xs, seed=3)} if fn is kdiff.sample_euler_ancestral else {}
             )
-            return adaptive_sample(fn, model, xs, s0, cfg, extra_args=extra, vp_estimator_ok=not is_flow, **ns, **kw)
+            return adaptive_sample(
+                fn, model, xs, s0, cfg, extra_args=extra, vp_estimator_ok=not is_flow, noise_x0=False, **ns, **kw
+            )
 
         always, rep = run(hold_below_sigma=1e9)
         assert rep.extrapolation.endswith("hold below sigma 1e+09 (set)")
@@ -445,3 +450,32 @@ def test_the_noisy_two_stage_samplers_hold(name, fn, rule):
     a, rep_f, _ = _run(flow, xf, fs, AdaptiveConfig(), flow=True, reuse=rule, **kw)
     b, _, _ = _run(flow, xf, fs, AdaptiveConfig(extrapolation="linear"), flow=True, reuse=rule, **kw)
     assert rep_f.extrapolation == "linear (auto)" and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "euler_ancestral", "dpmpp_sde", "dpm_2_ancestral"])
+def test_the_x0_reuse_sits_on_top_of_the_rules(name):
+    """With the x0 reuse on (the default) a skipped step above NOISE_X0_SIGMA reuses the last computed x0 whatever the
+    sampler's direction rule: the same latent reaches the first skip (sigma 9.7 on SD's karras at 20 steps, every
+    other step run), and its x0 is the last computed one (a two-stage sampler's last is its second stage's, which the
+    callback does not show), not the rule's reuse; the report says so."""
+    from comfyui_tempo.samplers.adaptive import NOISE_X0_SIGMA
+
+    e = support.lookup(name)
+    den = CFGDenoiser(make_gmm(), 4.0, 10)
+    sig = schedules.get_sigmas("karras", 20)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sig[0]
+    path = torch.tensor([i % 2 == 0 for i in range(20)])
+    kw = dict(fn=kdiff.SAMPLERS[name], reuse=e.reuse, endpoint_corrector=e.endpoint_corrector)
+    cfg = AdaptiveConfig(mode="path", path=path)
+    _, rep, on = _run(den, x, sig, cfg, noise_x0=True, **kw)
+    _, rep_off, off = _run(den, x, sig, cfg, **kw)
+    first = 1  # the first skip, sigma 9.7 on SD's karras at 20 steps
+    assert float(sig[first]) > NOISE_X0_SIGMA
+    assert torch.equal(on[first][0], off[first][0])  # the same latent reaches it
+    if e.family != "multi-eval":  # (a two-stage sampler's last computed x0 is its second stage's, not in the callback)
+        x0_last = on[first - 1][1]
+        assert torch.allclose(on[first][1], x0_last, atol=1e-5)  # the last computed x0
+        assert not torch.allclose(off[first][1], x0_last, atol=1e-3)  # the rule's reuse is another
+    assert not torch.allclose(on[first][1], off[first][1], atol=1e-3)
+    assert any("reuse the last x0 (the sampler's rule)" in n for n in rep.notes)
+    assert not any("reuse the last x0" in n for n in rep_off.notes)
