@@ -129,8 +129,11 @@ HOLD_GAP = 1.5
 # 62 of 72; held out on dpm_2_ancestral, dpmpp_sde, dpmpp_2m_sde_heun: 37 -> 55 of 72). Then swept below it: chosen
 # among 0 / 1 / 3 on testbed / testbed_hr at 20, 30 and 50 steps (the four noisy kdiff samplers, six schedulers: +1.39
 # -> +1.52 dB over uniform skipping, 106 -> 106 of 144 cells), held out on vpred / shapes_eps / shapes_v at 20 and 30
-# (+1.66 -> +2.92 dB, 123 -> 138 of 144). ``bench adaptive --grid-noise-x0-off`` / ``--grid-noise-x0-sweep``,
-# docs/adaptive.md ("... the noise a reused direction does not know"). Flow models keep their rules.
+# (+1.66 -> +2.92 dB, 123 -> 138 of 144). It costs the latent design testbeds euler_ancestral / dpmpp_2m_sde cells at
+# 30 / 50 steps, where 14.6 kept more; between the two, ComfyUI's eleven noisy samplers (held out, inside ComfyUI, the
+# five SD-table eps / v models, 20 / 30 steps) decided: 383 -> 456 of 660 cells. ``bench adaptive
+# --grid-noise-x0-off`` / ``--grid-noise-x0-sweep``, docs/adaptive.md ("... the noise a reused direction does not
+# know"). Flow models keep their rules.
 NOISE_X0_SIGMA = 3.0
 
 # A sampler with SamplerSupport.low_eta_base (euler_ancestral) run below this eta, which only SamplerCustom's sampler
@@ -306,7 +309,7 @@ class AdaptiveSampling:
         self._hs = None  # [H, B] their sigmas (nan: none yet)
         self._hD = None  # [H, B, ...] their x0 (extrapolation linear_x0)
         self._hx = None  # [B, ...] the latent of each sample's newest computed direction (its x0: _hx - sigma * d)
-        self._x0_held = 0  # skipped calls that reused x0 (``_holds_x0``)
+        self._x0_held = 0  # 1 once a skipped call reused x0 (``_holds_x0``) and the report says so
         self._aux: dict[str, list[torch.Tensor]] = {}  # name -> [directions, x0] beside _hd / _hD (remember_aux)
         self._reuse_err = None  # per sample: |d - extrapolated d| at the last computed step start
         self._log_cost_sum = None
