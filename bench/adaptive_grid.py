@@ -713,6 +713,14 @@ def markdown_matrix(summary: list[dict], steps: int, cfg: float) -> str:
     return "\n".join(lines)
 
 
+def _is_number(text: str) -> bool:
+    """A sweep value: a float that is not NaN (inf allowed: a rule that never fires)."""
+    try:
+        return not math.isnan(float(text))
+    except ValueError:
+        return False
+
+
 def rule_off_table(rows: list[dict], off: str = "jump_off") -> list[dict]:
     """Per cell with an adaptive_<off> row (the default without one of its rules: jump_off, noise_dom_off, noise_x0_off,
     hold_plan_off, hold_gap_off, noise_gate_off): the default minus it (dB), each against the better baseline, both plans, and whether the two runs
@@ -1075,6 +1083,15 @@ def grid_main(args) -> int:
         unknown = [v for v in given.split(",") if v and v not in known]
         if unknown:
             raise SystemExit(f"{flag}: {', '.join(map(repr, unknown))} unknown; expected names from {', '.join(known)}")
+    for flag, given in (
+        ("--grid-hold-sweep", args.grid_hold_sweep),
+        ("--grid-hold-step-sweep", args.grid_hold_step_sweep),
+        ("--grid-hold-gap-sweep", args.grid_hold_gap_sweep),
+        ("--grid-noise-x0-sweep", args.grid_noise_x0_sweep),
+    ):
+        bad = [v for v in given.split(",") if v and not _is_number(v)]
+        if bad:
+            raise SystemExit(f"{flag}: {', '.join(map(repr, bad))} not a number; expected numbers separated by commas")
     t0 = time.perf_counter()
     rows, problems_cache = [], {}
     todo = cells(args)

@@ -105,6 +105,16 @@ def test_unknown_grid_names_are_a_clear_error_before_anything_runs(capsys):
             cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", flag, bad, "--quiet"])
 
 
+def test_a_sweep_value_that_is_not_a_number_is_a_clear_error_before_anything_runs():
+    for flag, bad in (
+        ("--grid-noise-x0-sweep", "0,three"),
+        ("--grid-hold-sweep", "1,nan"),
+        ("--grid-hold-gap-sweep", "x"),
+    ):
+        with pytest.raises(SystemExit, match=f"{flag}: '{bad.split(',')[-1]}' not a number; expected numbers"):
+            cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", flag, bad, "--quiet"])
+
+
 def test_grid_on_comfyuis_other_schedulers(tmp_path):
     """ddim_uniform runs more steps than asked (ComfyUI's does: 13 for 12, 7 for 6 on a 1000-entry table); the default
     halves the steps it runs, and fewer steps runs at least the default's NFE (no count runs 6: 7 of them); the table's
