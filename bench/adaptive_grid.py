@@ -71,7 +71,11 @@ them; ``vpred_zsnr`` (a v-prediction pixel UNet on a fifth draw of the digits on
 sigma_max ~4518, the same file, trained after every rule was fixed, the two noisy-sampler rules chosen on the five
 eps / v models included) is the one eps / v model blind to all of them; ``shapes_zsnr`` (a v-prediction pixel UNet
 of another shape on a draw of the shapes on the same zero-terminal-SNR table) was trained to hold out the rule for
-noise-dominated steps (``samplers.skip_plan.NOISE_DOMINATED_SIGMA``), which was chosen on ``vpred_zsnr``.
+noise-dominated steps (``samplers.skip_plan.NOISE_DOMINATED_SIGMA``), which was chosen on ``vpred_zsnr``;
+``sd_latent`` (an eps UNet in SD1.x's real latent space: coloured shapes at 128 px through the real TAESD, 4x16x16
+latents of std 0.95, decoded by TAESD's decoder; trained after every rule was fixed, the x0 reuse of the noisy
+samplers included) is blind to all of them: the only latent model but the two design testbeds, and the only one in
+a space users' checkpoints share.
 """
 
 from __future__ import annotations
@@ -105,8 +109,9 @@ MODELS = [
     "digits_flow",
     "vpred_zsnr",
     "shapes_zsnr",
+    "sd_latent",
 ]
-HELD_OUT = {"vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr", "shapes_zsnr"}
+HELD_OUT = {"vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr", "shapes_zsnr", "sd_latent"}
 METHODS = [
     "full",
     "adaptive",
@@ -152,6 +157,8 @@ def build_problem(model: str, scheduler: str, cfg: float, classes: int, seeds: i
         return problems.vpred_zsnr_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
     if model == "shapes_zsnr":
         return problems.shapes_zsnr_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
+    if model == "sd_latent":
+        return problems.sd_latent_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
     raise ValueError(f"--grid-models: expected names from {MODELS}, got {model!r}")
 
 

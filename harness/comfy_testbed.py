@@ -49,6 +49,7 @@ GRID_MODELS = {
     "digits_flow": ("FLOW", "trained_vpred", "digits_flow"),
     "vpred_zsnr": ("V_PREDICTION", "trained_vpred", "vpred_zsnr"),
     "shapes_zsnr": ("V_PREDICTION", "trained_vpred", "shapes_zsnr"),
+    "sd_latent": ("EPS", "trained_vpred", "sd_latent"),
     "flow": ("FLOW", "trained_flow", None),
 }
 

@@ -247,6 +247,17 @@ def shapes_zsnr_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, sch
     return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="v")
 
 
+def sd_latent_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "karras") -> Problem:
+    """The eps UNet in SD1.x's latent space (testbed/trained_vpred.py, ``sd_latent``: coloured shapes at 128 px encoded
+    by the real TAESD to 4x16x16 latents, ComfyUI's ModelSamplingDiscrete as for SD1.5), sampled with CFG; decode is
+    TAESD's decoder (the TAESD files from $TEMPO_TAESD_DIR or shared/assets/taesd)."""
+    from . import trained_vpred
+
+    tb = trained_vpred.load(model="sd_latent")
+    label = f"eps SD-latent testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
+    return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="eps")
+
+
 def gmm_problem(
     classes: int = 4, seeds: int = 2, cfg: float = 5.0, shape=(4, 8, 8), scheduler: str = "karras"
 ) -> Problem:

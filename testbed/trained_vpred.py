@@ -1,5 +1,5 @@
 """The pixel-space UNet testbeds: small class-conditional UNets on ComfyUI's discrete schedule in pixel space
-(3x16x16), one per entry of ``SPECS``:
+(3x16x16), and one in SD1.x's latent space (4x16x16, through the real TAESD), one per entry of ``SPECS``:
 
 * ``vpred``: predicts v on coloured digits, the fourth testbed, held out from every choice of the
   AdaptiveDiffusion default made after the flow testbed was measured. It differs from ``testbed`` /
@@ -27,13 +27,20 @@
 * ``shapes_zsnr``: predicts v on coloured shapes of a fourth draw on the same zero-terminal-SNR table, with a UNet
   of a fifth shape (width 32, three levels, one res block, attention at the third, 4 heads), the ninth testbed,
   trained to hold out the planner's rule for noise-dominated steps, which was chosen on ``vpred_zsnr``.
+* ``sd_latent``: predicts eps in SD1.x's real latent space: coloured shapes of a fifth draw at 128 px, encoded by
+  the real TAESD (``taesd_encoder`` / ``taesd_decoder.safetensors``, read from ``$TEMPO_TAESD_DIR`` or
+  shared/assets/taesd, never copied) to 4x16x16 latents (TAESD's output is SD's scaled latent space, about unit
+  spread: what an SD1.5 UNet sees), decoded by TAESD's decoder; a UNet of a sixth shape (width 32, three levels, one
+  res block, attention at the second, 4 heads). The tenth testbed, trained after every rule of the AdaptiveDiffusion
+  default was fixed (the noisy samplers' x0 reuse included): blind to all of them, and the only latent model beside
+  the two design testbeds (whose autoencoders are the lab's own).
 
 Training (CPU, one thread, fixed seeds; ~15 min each):
 
-    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps|shapes_v|digits_flow|vpred_zsnr|shapes_zsnr]
+    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps|shapes_v|digits_flow|vpred_zsnr|shapes_zsnr|sd_latent]
 
 writes ``weights/testbed_vpred.safetensors`` (or ``testbed_shapes_eps`` / ``testbed_shapes_v`` / ``testbed_digits_flow`` /
-``testbed_vpred_zsnr`` / ``testbed_shapes_zsnr``;
+``testbed_vpred_zsnr`` / ``testbed_shapes_zsnr`` / ``testbed_sd_latent``;
 fp16 weights; configs, seeds and the training record in its metadata) and the ``.json`` beside it. The UNet (``testbed/unet.py``) sees the VP input
 x / sqrt(1 + sigma^2) at Stable Diffusion's discrete timestep and learns v = alpha eps - s x0
 (alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha) or eps, t uniform, 15 % null labels, EMA weights; the flow UNet
@@ -136,6 +143,19 @@ SHAPES_ZSNR_UNET_CONFIG = dict(
     context_dim=11,
     dropout=0.0,
 )
+SD_LATENT_DATA_CONFIG = dict(
+    kind="shapes", seed=shapes_mod.DEFAULT_SEED + 59, size=128, per_class=400, heldout_every=10, vae="taesd"
+)
+SD_LATENT_UNET_CONFIG = dict(
+    in_channels=4,
+    model_channels=32,
+    channel_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attention_levels=[1],
+    num_heads=4,
+    context_dim=11,
+    dropout=0.0,
+)
 #: the testbeds trained and sampled on the zero-terminal-SNR table (schedules.discrete_sigmas(zsnr=True))
 ZSNR_MODELS = frozenset({"vpred_zsnr", "shapes_zsnr"})
 #: name -> (prediction, data config, UNet config, weights file, seed offset)
@@ -164,14 +184,58 @@ SPECS = {
         WEIGHTS_DIR / "testbed_shapes_zsnr.safetensors",
         17,
     ),
+    "sd_latent": (
+        "eps",
+        SD_LATENT_DATA_CONFIG,
+        SD_LATENT_UNET_CONFIG,
+        WEIGHTS_DIR / "testbed_sd_latent.safetensors",
+        19,
+    ),
 }
 
 
+def taesd_folder():
+    """The folder of the real TAESD files: ``$TEMPO_TAESD_DIR``, else shared/assets/taesd beside or inside the
+    checkout; None when none holds ``taesd_decoder.safetensors``."""
+    import os
+
+    repo = Path(__file__).resolve().parents[1]
+    for p in (os.environ.get("TEMPO_TAESD_DIR"), repo / "shared/assets/taesd", repo.parent / "shared/assets/taesd"):
+        if p and (Path(p) / "taesd_decoder.safetensors").is_file():
+            return Path(p)
+    return None
+
+
+@functools.lru_cache(maxsize=2)
+def data_vae(name: str):
+    """The real TAESD of a latent testbed's data config (``vae``), read from taesd_folder() (never copied)."""
+    from .vaes import TAESD
+
+    folder = taesd_folder()
+    if folder is None:
+        raise FileNotFoundError(
+            f"the {name} testbed needs the real TAESD files ({name}_encoder / _decoder.safetensors): set "
+            "TEMPO_TAESD_DIR to their folder (the project's shared/assets/taesd)"
+        )
+    return TAESD.load(name, folder)
+
+
 def build_data(d: dict):
-    """(images in [0, 1], labels) of a data config: the digits (data.py) or the shapes (shapes.py)."""
+    """(images in [0, 1], labels) of a data config: the digits (data.py) or the shapes (shapes.py). (A config with a
+    ``vae`` is encoded to its latents by ``encode_data``.)"""
     if d.get("kind") == "shapes":
         return shapes_mod.build(d["seed"], d["size"], d["per_class"])
     return data_mod.build(d["seed"], d["size"], d["copies"])
+
+
+@torch.no_grad()
+def encode_data(d: dict, images: torch.Tensor, chunk: int = 20) -> torch.Tensor:
+    """The model-space latents of images in [0, 1] for a data config with a ``vae`` (TAESD's own space, which is
+    SD's scaled latent space: what an SD1.5 UNet sees), else the images mapped to [-1, 1]."""
+    if not d.get("vae"):
+        return images * 2 - 1
+    vae = data_vae(d["vae"])
+    return torch.cat([vae._encode_model(images[i : i + chunk]) for i in range(0, images.shape[0], chunk)])
 
 
 class VPredTestbed:
@@ -191,7 +255,9 @@ class VPredTestbed:
         self.zsnr = bool(meta.get("zsnr", False))
         self.sigmas = self.sampling.sigmas if self.sampling is not None else schedules.discrete_sigmas(zsnr=self.zsnr)
         s = meta["data"]["size"]
-        self.latent_shape = (3, s, s)
+        #: the real VAE of a latent testbed (meta data "vae"), else None (pixel space)
+        self.vae = data_vae(meta["data"]["vae"]) if meta["data"].get("vae") else None
+        self.latent_shape = (4, s // 8, s // 8) if self.vae is not None else (3, s, s)
 
     def velocity(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         """The network's output (v, eps for an eps model, noise - x0 for the flow model) at the latent x (VE, or the
@@ -227,7 +293,9 @@ class VPredTestbed:
         return fn
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Model space [-1, 1] -> images in [0, 1] (clamped)."""
+        """Model space [-1, 1] -> images in [0, 1] (clamped); a latent testbed's latents through its TAESD decoder."""
+        if self.vae is not None:
+            return self.vae._decode_model(x).clamp(0, 1)
         return ((x + 1) / 2).clamp(0, 1)
 
 
@@ -300,7 +368,9 @@ def train(args) -> None:
     d = dict(data_config)
     images, labels = build_data(d)
     tr, _ = data_mod.split_indices(images.shape[0], d["heldout_every"])
-    x0_all, y_all = images[tr] * 2 - 1, labels[tr]
+    x0_all, y_all = encode_data(d, images[tr]), labels[tr]
+    if d.get("vae"):
+        print(f"  encoded {x0_all.shape[0]} images with {d['vae']}: latent std {float(x0_all.std()):.3f}", flush=True)
     torch.manual_seed(args.seed + seed_offset)
     net = UNet(**unet_config)
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -366,6 +436,12 @@ def train(args) -> None:
             "V_PREDICTION on ComfyUI's discrete schedule rescaled to zero terminal SNR (ModelSamplingDiscrete "
             "zsnr=True, sigma_max ~4518): output v = alpha eps - sigma alpha x0"
         )
+    if d.get("vae"):
+        meta["parameterisation"] = (
+            f"EPS on ComfyUI's discrete schedule in SD1.x's latent space (the real {d['vae']}: its encoder's output, "
+            "SD's scaled latents, is the model space; decoded by its decoder): output eps"
+        )
+        meta["latent_std"] = round(float(x0_all.std()), 4)
     if sampling is not None:
         meta["sampling"] = dict(DIGITS_FLOW_SAMPLING)
         meta["train"]["sigma_density"] = "logit-normal(0, 1)"

@@ -6,8 +6,17 @@ there.)"""
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
+
+#: the real TAESD files sd_latent decodes with (as conftest's TAESD_DIR)
+TAESD_DIR = Path(os.environ.get("TEMPO_TAESD_DIR") or "/work/shared/assets/taesd")
+
+
+def have_taesd() -> bool:
+    return all((TAESD_DIR / f"taesd_{p}.safetensors").is_file() for p in ("encoder", "decoder"))
+
 
 PARITY = r"""
 import torch
@@ -20,7 +29,7 @@ from comfyui_tempo.harness import comfy_testbed as ct
 from comfyui_tempo.samplers import kdiff, schedules
 
 RESULT = {}
-for grid_name in ag.MODELS:
+for grid_name in MODELS:
     name = {"testbed_hr": "hr"}.get(grid_name, grid_name)
     p = ag.build_problem(grid_name, "normal", 5.0, 3, 1)
     model = ct.build_model(name)
@@ -44,14 +53,19 @@ for grid_name in ag.MODELS:
 """
 
 
-def test_the_nine_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snippet):
-    """Each testbed as a ComfyUI MODEL (its type's model sampling, a flow model's shift, the zero-terminal-SNR table
+def test_the_ten_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snippet):
+    """Each testbed as a ComfyUI MODEL (sd_latent, in SD1.x's latent space, where the real TAESD files are found) (its type's model sampling, a flow model's shift, the zero-terminal-SNR table
     where the testbed has it) gives ComfyUI's euler the
     pack's sigmas and, image for image, the pack's own euler run on the same noise (the discrete models differ by
     ComfyUI's rounding to the nearest timestep and its first-step noise scaling only)."""
-    res = comfy_snippet(PARITY, timeout=600)
+    from comfyui_tempo.bench import adaptive_grid as ag
+
+    models = [m for m in ag.MODELS if m != "sd_latent" or have_taesd()]
+    head = f"import os\nos.environ.setdefault('TEMPO_TAESD_DIR', {str(TAESD_DIR)!r})\nMODELS = {models!r}\n"
+    res = comfy_snippet(head + PARITY, timeout=600)
     zsnr = {"vpred_zsnr", "shapes_zsnr"}
-    assert set(res) == {"testbed", "testbed_hr", "flow", "vpred", "shapes_eps", "shapes_v", "digits_flow"} | zsnr
+    nine = {"testbed", "testbed_hr", "flow", "vpred", "shapes_eps", "shapes_v", "digits_flow"} | zsnr
+    assert set(res) == nine | ({"sd_latent"} if have_taesd() else set())
     for name, r in res.items():
         flow = name in ("flow", "digits_flow")
         assert r["const"] == flow and r["v"] == (name in {"vpred", "shapes_v"} | zsnr), (name, r)
