@@ -22,6 +22,7 @@ import tempfile
 import time
 
 from ..samplers import kdiff, respace, support
+from ..samplers.adaptive import NOISE_X0_RULES
 from .adaptive_grid import (
     MODELS,
     MORE_SCHEDULERS,
@@ -170,8 +171,10 @@ def comfy_grid_main(args) -> int:
         "respaces": [r for r in args.comfyui_respace_sweep.split(",") if r],
         "post_cfgs": [r for r in args.comfyui_post_cfg_sweep.split(",") if r],
         "noise_x0_off": bool(getattr(args, "grid_noise_x0_off", False)),
+        "noise_x0_rules": [r for r in getattr(args, "grid_noise_x0_rules", "").split(",") if r],
     }
     for flag, given, known in (
+        ("--grid-noise-x0-rules", job["noise_x0_rules"], list(NOISE_X0_RULES)),
         ("--comfyui-reuse-sweep", job["reuses"], REUSE_RULES),
         ("--comfyui-respace-sweep", job["respaces"], RESPACE_RULES),
         ("--comfyui-post-cfg-sweep", job["post_cfgs"], POST_CFG_FORMS),
@@ -245,6 +248,15 @@ def comfy_grid_main(args) -> int:
             f"cells, the rule above in {s['up']} (mean {s['mean_gain_db']:+.2f} dB, {s['min_gain_db']:+.2f} to "
             f"{s['max_gain_db']:+.2f}); cells meeting the three checks: {s['meets_without']} without it, "
             f"{s['meets_with']} with it"
+        )
+    for rule in job["noise_x0_rules"]:  # --grid-noise-x0-rules: the default against the x0 reuse placed by that rule
+        table = result[f"noise_x0_rule_{rule}"] = rule_off_table(rows, f"noise_x0_rule_{rule}")
+        s = rule_off_summary(table, f"noise_x0_rule_{rule}")
+        result[f"noise_x0_rule_{rule}_summary"] = s
+        print(
+            f"\nthe default minus the x0 reuse placed by rule {rule!r}: the two differ in {s['changed']} of {s['cells']} "
+            f"cells, the default above in {s['up']} (mean {s['mean_gain_db']:+.2f} dB); cells meeting the three checks: "
+            f"{s['meets_without']} with rule {rule!r}, {s['meets_with']} with the default"
         )
     result["markdown"] = markdown_matrix(summary, args.grid_steps, args.cfg)
     if args.json:

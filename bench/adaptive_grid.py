@@ -50,7 +50,10 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   last computed step; ``adaptive_reuse_NAME`` (``--grid-reuse-sweep``): the default with the extrapolation NAME, which
   turns the samplers' rules off (``log_linear``: what a sampler that injects no noise gets under auto);
   ``adaptive_noise_x0_above_T`` (``--grid-noise-x0-sweep``): the default with a noisy sampler's skipped steps above
-  sigma T reusing the last x0 (0: all of them; the default does so above 3).
+  sigma T reusing the last x0 (0: all of them; the default does so above 3); ``adaptive_noise_x0_rule_NAME``
+  (``--grid-noise-x0-rules``): the default with the x0 reuse placed by the rule NAME of
+  ``samplers.adaptive.NOISE_X0_RULES`` (``sigma``: above sigma 3; ``measured``: per sample, where the held x0 predicted
+  the last computed step better than the direction rule).
 
 Models: ``testbed`` and ``testbed_hr`` (eps-prediction latent UNets on digits) are the models the planner was
 first designed on; ``flow`` (a rectified-flow DiT on shapes, testbed/trained_flow.py) was held out from that design,
@@ -89,7 +92,7 @@ import time
 import torch
 
 from ..samplers import kdiff, schedules, support
-from ..samplers.adaptive import AdaptiveConfig, CountingDenoiser, adaptive_sample
+from ..samplers.adaptive import NOISE_X0_RULES, AdaptiveConfig, CountingDenoiser, adaptive_sample
 from ..samplers.adaptive_config import EXTRAPOLATIONS
 from ..samplers.skip_plan import NOISE_FORMS
 from ..samplers.split_run import SplitRuns
@@ -268,6 +271,7 @@ def run_cell(
     reuses=(),
     auto_bases=(),
     x0_aboves=(),
+    x0_rules=(),
     split=0,
 ) -> list[dict]:
     base = {
@@ -302,7 +306,7 @@ def run_cell(
     # the reuse rule swept on the default's path: linear throughout (no hold), then hold below each sigma alone, then
     # the sampler's hold below sigma with the hold past each step length, then the hold past each multiple of the
     # run's median step, then each named extrapolation, then each base of auto
-    if holds or hold_steps or hold_gaps or reuses or auto_bases or x0_aboves:
+    if holds or hold_steps or hold_gaps or reuses or auto_bases or x0_aboves or x0_rules:
         out, nfe, wall, rep = cell.run(AdaptiveConfig(extrapolation="linear"))
         add("adaptive_linear", out, nfe, wall, "AdaptiveConfig(extrapolation='linear')", rep)
         for t in holds:
@@ -317,6 +321,9 @@ def run_cell(
         for t in x0_aboves:
             out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_x0_above=t)
             add(f"adaptive_noise_x0_above_{t:g}", out, nfe, wall, f"AdaptiveConfig(), noise_x0_above={t:g}", rep)
+        for name in x0_rules:
+            out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_x0_rule=name)
+            add(f"adaptive_noise_x0_rule_{name}", out, nfe, wall, f"AdaptiveConfig(), noise_x0_rule={name!r}", rep)
         for name in reuses:
             out, nfe, wall, rep = cell.run(AdaptiveConfig(extrapolation=name))
             add(f"adaptive_reuse_{name}", out, nfe, wall, f"AdaptiveConfig(extrapolation={name!r})", rep)
@@ -794,6 +801,7 @@ def noise_plan_table(rows: list[dict]) -> list[dict]:
 
 HOLD_PREFIXES = (
     "adaptive_noise_x0_above_",
+    "adaptive_noise_x0_rule_",
     "adaptive_hold_below_",
     "adaptive_hold_step_",
     "adaptive_hold_gap_",
@@ -887,6 +895,13 @@ def add_arguments(p) -> None:
         help="sigmas, e.g. 0,1,3: also run the default with a noisy sampler's skipped steps above each reusing the "
         "last x0 (adaptive_noise_x0_above_T; 0: every skipped step; the default: above 3) and adaptive_linear; in the "
         "same table",
+    )
+    p.add_argument(
+        "--grid-noise-x0-rules",
+        default="",
+        help="names of samplers.adaptive.NOISE_X0_RULES, e.g. measured: also run the default with the noisy samplers' "
+        "x0 reuse placed by each (adaptive_noise_x0_rule_NAME; sigma: above sigma 3; measured: per sample, where the "
+        "held x0 predicted the last computed step better) and adaptive_linear; in the same table",
     )
     p.add_argument(
         "--grid-reuse-sweep",
@@ -1086,6 +1101,7 @@ def grid_main(args) -> int:
         ("--grid-schedulers", args.grid_schedulers, SCHEDULERS + MORE_SCHEDULERS),
         ("--grid-reuse-sweep", args.grid_reuse_sweep, [e for e in EXTRAPOLATIONS if e != "auto"]),
         ("--grid-auto-base", args.grid_auto_base, ["log_linear", "linear"]),
+        ("--grid-noise-x0-rules", args.grid_noise_x0_rules, list(NOISE_X0_RULES)),
     ):
         unknown = [v for v in given.split(",") if v and v not in known]
         if unknown:
@@ -1134,6 +1150,7 @@ def grid_main(args) -> int:
         reuses = [v for v in args.grid_reuse_sweep.split(",") if v]
         auto_bases = [v for v in args.grid_auto_base.split(",") if v]
         x0_aboves = [float(v) for v in args.grid_noise_x0_sweep.split(",") if v]
+        x0_rules = [v for v in args.grid_noise_x0_rules.split(",") if v]
         rows.extend(
             run_cell(
                 cell,
@@ -1154,6 +1171,7 @@ def grid_main(args) -> int:
                 reuses=reuses,
                 auto_bases=auto_bases,
                 x0_aboves=x0_aboves,
+                x0_rules=x0_rules,
                 split=args.grid_split,
             )
         )

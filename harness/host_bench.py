@@ -256,15 +256,30 @@ def grid(job: dict, out_path: str) -> None:
                     if job.get("noise_x0_off"):  # the default reusing by the sampler's direction rule above sigma 3 too
                         from comfyui_tempo.samplers import adaptive as adaptive_mod
 
-                        keep, adaptive_mod.NOISE_X0_SIGMA = adaptive_mod.NOISE_X0_SIGMA, math.inf
+                        keep = adaptive_mod.NOISE_X0_SIGMA, adaptive_mod.NOISE_X0_RULE
+                        adaptive_mod.NOISE_X0_SIGMA, adaptive_mod.NOISE_X0_RULE = math.inf, "sigma"
                         try:
                             sink = []
                             img, nfe, wall = sample(
                                 adaptive_nodes.wrap_sampler(plain(), sampler, AdaptiveConfig(), sink), sig
                             )
                         finally:
-                            adaptive_mod.NOISE_X0_SIGMA = keep
-                        add("adaptive_noise_x0_off", img, nfe, wall, "AdaptiveConfig(), NOISE_X0_SIGMA inf", sink[-1])
+                            adaptive_mod.NOISE_X0_SIGMA, adaptive_mod.NOISE_X0_RULE = keep
+                        setting = "AdaptiveConfig(), NOISE_X0_SIGMA inf, NOISE_X0_RULE 'sigma'"
+                        add("adaptive_noise_x0_off", img, nfe, wall, setting, sink[-1])
+                    for rule in job.get("noise_x0_rules", ()):  # the default with the x0 reuse placed by that rule
+                        from comfyui_tempo.samplers import adaptive as adaptive_mod
+
+                        keep, adaptive_mod.NOISE_X0_RULE = adaptive_mod.NOISE_X0_RULE, rule
+                        try:
+                            sink = []
+                            img, nfe, wall = sample(
+                                adaptive_nodes.wrap_sampler(plain(), sampler, AdaptiveConfig(), sink), sig
+                            )
+                        finally:
+                            adaptive_mod.NOISE_X0_RULE = keep
+                        setting = f"AdaptiveConfig(), NOISE_X0_RULE {rule!r}"
+                        add(f"adaptive_noise_x0_rule_{rule}", img, nfe, wall, setting, sink[-1])
                     if job.get("respace"):  # the default's planned path skipped and re-spaced, as the pack's grid
                         for method, how in (("adaptive_skip", "off"), ("adaptive_respaced", "on")):
                             sink = []

@@ -121,7 +121,7 @@ HOLD_GAP = 1.5
 
 
 # A sampler that injects noise (recorded through record_noise) reuses the last computed x0 at a skipped step above this
-# sigma, on eps / v models under extrapolation auto, instead of its direction rule (``AdaptiveSampling._holds_x0``): a
+# sigma, on eps / v models under extrapolation auto, instead of its direction rule (``AdaptiveSampling._x0_mask``): a
 # held or extrapolated direction does not know the noise injected since it was computed (after an ancestral Euler
 # step, x0 + s_up z - (s' - s_down) d; the held x0 is that direction with the noise accounted for), and up there the
 # noise outweighs what x0 gains from the slope. Found on the zero-terminal-SNR models, where the steps above SD's
@@ -135,6 +135,13 @@ HOLD_GAP = 1.5
 # --grid-noise-x0-off`` / ``--grid-noise-x0-sweep``, docs/adaptive.md ("... the noise a reused direction does not
 # know"). Flow models keep their rules.
 NOISE_X0_SIGMA = 3.0
+
+# Where a noisy sampler reuses the last x0 (``AdaptiveSampling._x0_mask``): "sigma", at skipped steps above
+# ``NOISE_X0_SIGMA``; "measured", per sample where the held x0 predicted the sample's last computed step better than the
+# direction rule did (both reuses are worked out at every computed step that has an earlier one, against the direction
+# the model gave there; no constant), above ``NOISE_X0_SIGMA`` until a first measurement.
+NOISE_X0_RULES = ("sigma", "measured")
+NOISE_X0_RULE = "sigma"
 
 # A sampler with SamplerSupport.low_eta_base (euler_ancestral) run below this eta, which only SamplerCustom's sampler
 # nodes set (ComfyUI's KSampler runs it at 1): extrapolation "auto" starts from that base (log_linear, a deterministic
@@ -231,6 +238,7 @@ class AdaptiveSampling:
         noise_dominated: bool = True,
         noise_x0: bool = True,
         noise_x0_above: float | None = None,
+        noise_x0_rule: str | None = None,
     ):
         self.model = model
         if auto_base not in ("", "log_linear", "linear"):
@@ -239,9 +247,12 @@ class AdaptiveSampling:
         self.protect_final_jump = protect_final_jump
         self.noise_dominated = noise_dominated
         self.noise_plan = noise_plan
-        # a noisy sampler's skipped step above NOISE_X0_SIGMA reuses the last x0 (``_holds_x0``)
+        # a noisy sampler's skipped step above NOISE_X0_SIGMA reuses the last x0 (``_x0_mask``)
         self.noise_x0 = noise_x0 and config.extrapolation == "auto" and vp_estimator_ok
         self.noise_x0_above = NOISE_X0_SIGMA if noise_x0_above is None else float(noise_x0_above)
+        self.noise_x0_rule = NOISE_X0_RULE if noise_x0_rule is None else noise_x0_rule
+        if self.noise_x0_rule not in NOISE_X0_RULES:
+            raise AdaptiveConfigError(f"noise_x0_rule: expected one of {NOISE_X0_RULES}, got {noise_x0_rule!r}")
         self.config = config.validate()
         self.sig = [float(s) for s in sigmas]
         self.n_steps = len(self.sig) - 1
@@ -309,7 +320,10 @@ class AdaptiveSampling:
         self._hs = None  # [H, B] their sigmas (nan: none yet)
         self._hD = None  # [H, B, ...] their x0 (extrapolation linear_x0)
         self._hx = None  # [B, ...] the latent of each sample's newest computed direction (its x0: _hx - sigma * d)
-        self._x0_held = 0  # 1 once a skipped call reused x0 (``_holds_x0``) and the report says so
+        self._x0_held = 0  # 1 once a skipped call reused x0 (``_x0_mask``) and the report says so
+        # [B] int8, noise_x0_rule "measured": 1 where the held x0 predicted the sample's last measured computed step
+        # better than the direction rule, 0 where not, -1 before a first measurement
+        self._x0_pref = None
         self._aux: dict[str, list[torch.Tensor]] = {}  # name -> [directions, x0] beside _hd / _hD (remember_aux)
         self._reuse_err = None  # per sample: |d - extrapolated d| at the last computed step start
         self._log_cost_sum = None
@@ -601,12 +615,15 @@ class AdaptiveSampling:
         return ~skip, score
 
     # ----------------------------------------------------------------- reuse
-    def _direction(self, sigma: float, idx: torch.Tensor, x: torch.Tensor, aux: str | None = None) -> torch.Tensor:
+    def _direction(
+        self, sigma: float, idx: torch.Tensor, x: torch.Tensor, aux: str | None = None, x0_hold: bool = True
+    ) -> torch.Tensor:
         """The direction d a skipped evaluation at `sigma` uses, for the samples idx (x: theirs).
 
         Lagrange extrapolation over the last computed evaluations of each sample: of d in sigma
         (hold: order 0, linear: 1, quadratic: 2), or of x0 in log sigma (linear_x0). Held instead below
         ``hold_below`` and, per sample, where its last computed step is ``hold_step`` or more away in log sigma.
+        The last x0 instead where ``_x0_mask`` says so (x0_hold False: never; the direction rule alone).
         aux: the same for a prediction kept with ``remember_aux`` (the same nodes and weights)."""
         mode = self._extrapolation()
         hd_all, hD_all = (self._hd, self._hD) if aux is None else self._aux[aux]
@@ -614,9 +631,14 @@ class AdaptiveSampling:
         if self.hold_below is not None and (sigma / max(1e-6, 1.0 - sigma) if self.flow else sigma) < self.hold_below:
             order = 0  # (a flow model's sigma compared as the equivalent VE sigma s / (1 - s))
         hd = hd_all[:, idx]  # [H, n, ...] newest first
-        if self._holds_x0(sigma):  # the last x0, back to a direction at (x, sigma)
+        held = self._x0_mask(sigma, idx) if x0_hold else None
+        if held is not None:  # the last x0, back to a direction at (x, sigma), for the samples held
             s0 = _bshape(self._hs[0, idx], hd.ndim - 1).to(hd.dtype).to(hd.device)
-            return (x - (self._hx[idx] - s0 * hd[0])) / sigma
+            d_x0 = (x - (self._hx[idx] - s0 * hd[0])) / sigma
+            if bool(held.all()):
+                return d_x0
+            rest = self._direction(sigma, idx, x, aux=aux, x0_hold=False)
+            return torch.where(_bshape(held, rest.ndim).to(rest.device), d_x0, rest)
         if order == 0 or hd.shape[0] == 1:
             return hd[0]
         hs = self._hs[:, idx]  # [H, n] float64, nan where not yet filled
@@ -660,23 +682,64 @@ class AdaptiveSampling:
             out[far] = hd[0, far]
         return out
 
-    def _holds_x0(self, sigma: float) -> bool:
-        """A skipped evaluation at `sigma` reuses the last computed x0 instead of the direction rule: a sampler that has
-        injected noise, on an eps / v model under extrapolation auto, above ``NOISE_X0_SIGMA`` (``noise_x0_above``
-        where given). The held direction does not know the noise injected since it was computed: after an ancestral
-        Euler step x + (s_down - s) d + s_up z it gives x0 + s_up z - (s' - s_down) d, an error of about sqrt(2) s'
-        where the step is long against s' (4519 -> 40 on the zero-terminal-SNR table), while the held x0 is that
-        direction with the injected noise accounted for."""
-        if not (self.noise_x0 and self._noise_seen and sigma > self.noise_x0_above and self._hx is not None):
-            return False
+    def _x0_mask(self, sigma: float, idx: torch.Tensor) -> torch.Tensor | None:
+        """Which of the samples idx a skipped evaluation at `sigma` gives the last computed x0 instead of the direction
+        rule ([n] bool; None: none): a sampler that has injected noise, on an eps / v model under extrapolation auto,
+        above ``NOISE_X0_SIGMA`` (``noise_x0_above`` where given); with noise_x0_rule "measured", a sample measured at
+        a computed step (``_measure_x0``) by what held better there, the others by sigma. The held direction does not
+        know the noise injected since it was computed: after an ancestral Euler step x + (s_down - s) d + s_up z it
+        gives x0 + s_up z - (s' - s_down) d, an error of about sqrt(2) s' where the step is long against s' (4519 -> 40
+        on the zero-terminal-SNR table), while the held x0 is that direction with the injected noise accounted for."""
+        if not (self.noise_x0 and self._noise_seen and self._hx is not None):
+            return None
+        above = sigma > self.noise_x0_above
+        mask = torch.full((idx.numel(),), above, dtype=torch.bool)
+        measured = self.noise_x0_rule == "measured" and self._x0_pref is not None
+        if measured:
+            pref = self._x0_pref[idx.cpu()]
+            mask = torch.where(pref >= 0, pref > 0, mask)
+        if not bool(mask.any()):
+            return None
         if not self._x0_held:
             self._x0_held = 1
             why = "the sampler's rule" if self.noise_x0_above == NOISE_X0_SIGMA else "set"
-            self.report.notes.append(
-                f"skipped steps above sigma {self.noise_x0_above:g} reuse the last x0 ({why}): the sampler injects "
-                "noise that a reused direction would not know"
-            )
-        return True
+            if self.noise_x0_rule == "measured":
+                self.report.notes.append(
+                    "skipped steps reuse the last x0 for the samples where it predicted their last computed step "
+                    f"better than the direction rule (before a first such step: above sigma {self.noise_x0_above:g}) "
+                    f"({why}): the sampler injects noise that a reused direction would not know"
+                )
+            else:
+                self.report.notes.append(
+                    f"skipped steps above sigma {self.noise_x0_above:g} reuse the last x0 ({why}): the sampler injects "
+                    "noise that a reused direction would not know"
+                )
+        return mask
+
+    @torch.no_grad()
+    def _measure_x0(self, x: torch.Tensor, sigma: float, d: torch.Tensor, idx: torch.Tensor):
+        """noise_x0_rule "measured": at a computed step's start (before it is recorded), the two reuses a skip here
+        would have made, the direction rule and the last x0, each against the direction d the model gave; per sample,
+        which was the closer (mean absolute difference), for ``_x0_mask``. Samples with no earlier computed step are
+        left as they were."""
+        if not (self.noise_x0 and self.noise_x0_rule == "measured" and self._noise_seen):
+            return
+        if self._hd is None or self._hx is None:
+            return
+        b = self.shape[0]
+        if self._x0_pref is None:
+            self._x0_pref = torch.full((b,), -1, dtype=torch.int8)
+        hs = self._hs[0, idx]
+        ok = ~hs.isnan()
+        if not bool(ok.any()):
+            return
+        idx, x, d = idx[ok], x[ok.to(x.device)], d[ok.to(d.device)]
+        rule = self._direction(sigma, idx, x, x0_hold=False)
+        s0 = _bshape(self._hs[0, idx], d.ndim).to(d.dtype).to(d.device)
+        d_x0 = (x - (self._hx[idx] - s0 * self._hd[0, idx])) / sigma
+        e_rule = (d - rule).float().abs().flatten(1).mean(1)
+        e_x0 = (d - d_x0).float().abs().flatten(1).mean(1)
+        self._x0_pref[idx.cpu()] = (e_x0 < e_rule).to(torch.int8).cpu()
 
     def _extrapolation(self) -> str:
         """The extrapolation in use. "auto": for a flow model linear in sigma (the flow time, the planner's time
@@ -742,6 +805,8 @@ class AdaptiveSampling:
                 self._reuse_err = torch.zeros(b)
             pred = self._direction(sigma, idx, x)
             self._reuse_err[idx] = (d - pred).float().abs().flatten(1).mean(1).cpu()
+        if self._is_start:
+            self._measure_x0(x, sigma, d, idx)
         depth = {"hold": 1, "linear": 2, "quadratic": 3, "linear_x0": 2, "log_linear": 2, "auto": 2}[
             self.config.extrapolation
         ]
@@ -932,6 +997,7 @@ def adaptive_sample(
     noise_dominated: bool = True,
     noise_x0: bool = True,
     noise_x0_above: float | None = None,
+    noise_x0_rule: str | None = None,
     noise_gate: bool = True,
     whole_run: WholeRun | None = None,
     **sampler_options,
@@ -961,10 +1027,12 @@ def adaptive_sample(
     noise-dominated (eps / v models; only zero-terminal-SNR schedules have them); False plans without that rule, for
     the benchmark's before / after (``bench adaptive --grid-noise-dom-off``); the nodes leave it True.
     noise_x0: with extrapolation auto on eps / v models, a sampler that injects noise reuses the last x0 at skipped
-    steps above ``NOISE_X0_SIGMA`` (``AdaptiveSampling._holds_x0``); False reuses by its direction rule there too, for
+    steps above ``NOISE_X0_SIGMA`` (``AdaptiveSampling._x0_mask``); False reuses by its direction rule there too, for
     the benchmark's before / after (``bench adaptive --grid-noise-x0-off``); the nodes leave it True.
     noise_x0_above: that rule above this sigma instead (0: at every skipped step), for the benchmark's sweep
     (``bench adaptive --grid-noise-x0-sweep``); the nodes leave it None.
+    noise_x0_rule: where that rule reuses x0, one of ``NOISE_X0_RULES`` (None: ``NOISE_X0_RULE``), for the benchmark's
+    comparison (``bench adaptive --grid-noise-x0-rules``); the nodes leave it None.
     noise_plan: a noise form of ``samplers.skip_plan.NOISE_FORMS``: the schedule planner adds the noise the sampler
     injects that a reused direction cannot see (``mixed_costs_fn``; eps / v models), a candidate measured by
     ``bench adaptive --grid-noise-plan``; the nodes leave it "".
@@ -1029,6 +1097,7 @@ def adaptive_sample(
         noise_dominated=noise_dominated,
         noise_x0=noise_x0,
         noise_x0_above=noise_x0_above,
+        noise_x0_rule=noise_x0_rule,
     )
     if low_eta is not None and not ctl.flow:
         ctl.report.notes.append(

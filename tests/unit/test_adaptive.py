@@ -630,13 +630,14 @@ def test_midpoint_at_eta_1_from_a_zero_terminal_snr_sigma_is_the_corrector():
     assert rep.nfe <= 20 and torch.isfinite(out).all()
 
 
-def _point_mass_run(sampler, sched, table, noise_x0, steps=20):
-    """A noisy sampler on an exact denoiser of a point mass at c (D(x, sigma) = c for every x): the denoised value the
-    sampler saw at each step (its callback), the schedule and the report."""
+def _point_mass_run(sampler, sched, table, noise_x0, steps=20, den=None, **more):
+    """A noisy sampler on an exact denoiser of a point mass at c (D(x, sigma) = c for every x; or `den`): the denoised
+    value the sampler saw at each step (its callback), the schedule and the report."""
     sig = schedules.get_sigmas(sched, steps, table)
     x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     c = torch.linspace(-1, 1, 48).reshape(1, 3, 4, 4)
-    den = lambda x, s, **e: c.expand_as(x).clone()  # noqa: E731
+    if den is None:
+        den = lambda x, s, **e: c.expand_as(x).clone()  # noqa: E731
     seen = []
     kw = support.adaptive_kwargs(sampler)
     if support.SUPPORT[sampler].stochastic:
@@ -650,8 +651,69 @@ def _point_mass_run(sampler, sched, table, noise_x0, steps=20):
         callback=lambda d: seen.append((float(d["sigma"]), d["denoised"].clone())),
         noise_x0=noise_x0,
         **kw,
+        **more,
     )
     return seen, c, rep, out
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde"])
+def test_the_measured_x0_rule_holds_x0_where_x0_held_better(sampler):
+    """noise_x0_rule "measured": on a point mass the held x0 is exact at every computed step, so from the first
+    measurement on every skipped step reuses x0, below sigma 3 too: the run is the full run's, and the report says
+    how. The sigma rule reuses the direction below 3, and the noise shows there."""
+    tab = schedules.Discrete()
+    seen, c, rep, out = _point_mass_run(sampler, "karras", tab, True, noise_x0_rule="measured")
+    path = rep.path_string()
+    low = [i for i, (s, _) in enumerate(seen) if 0 < s <= 3.0 and path[i] == "s"]
+    assert low, path
+    assert all(torch.allclose(seen[i][1], c.expand_as(seen[i][1]), atol=1e-5) for i in range(len(seen)))
+    assert any("where it predicted their last computed step better" in m for m in rep.notes), rep.notes
+    seen_s, _, rep_s, _ = _point_mass_run(sampler, "karras", tab, True, noise_x0_rule="sigma")
+    assert rep_s.path_string() == path
+    assert max(float((seen_s[i][1] - c).abs().max()) for i in low) > 1e-3
+
+
+def test_the_measured_x0_rule_keeps_the_direction_where_the_direction_held_better():
+    """A denoiser whose direction never changes (x0 = x - sigma g): the direction rule is exact at every computed
+    step and the held x0 is not, so from the first measurement on no skipped step reuses x0, above sigma 3 neither:
+    every x0 the sampler sees there is exact. The sigma rule reuses x0 above 3 and misses there. (Before a first
+    measurement the measured rule follows sigma.)"""
+    g = torch.linspace(-1, 1, 48).reshape(1, 3, 4, 4)
+    sig = schedules.get_sigmas("karras", 20, schedules.Discrete())
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def den(x, s, **e):
+        return x - torch.as_tensor(s).reshape(-1, 1, 1, 1) * g
+
+    errs = {}
+    for rule in ("measured", "sigma"):
+        seen = []
+        _, rep = adaptive_sample(
+            kdiff.sample_euler_ancestral,
+            den,
+            noise * sig[0],
+            sig,
+            AdaptiveConfig(),
+            callback=lambda d: seen.append(
+                (float(d["sigma"]), float((d["denoised"] - den(d["x"], d["sigma"])).abs().max()))
+            ),
+            noise_sampler=kdiff.default_noise_sampler(noise, seed=1),
+            noise_x0_rule=rule,
+            **support.adaptive_kwargs("euler_ancestral"),
+        )
+        path = rep.path_string()
+        first = path.index("C", path.index("s"))  # the first computed step after a skip: measured from there on
+        late = [i for i, (s, _) in enumerate(seen) if i > first and s > 3.0 and path[i] == "s"]
+        assert late, path
+        errs[rule] = max(seen[i][1] for i in late)
+    assert errs["measured"] < 1e-4 < errs["sigma"], errs
+
+
+def test_noise_x0_rule_must_be_known():
+    sig = schedules.get_sigmas("karras", 10, schedules.Discrete())
+    x = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(AdaptiveConfigError, match="^noise_x0_rule: expected one of"):
+        adaptive_sample(kdiff.sample_euler, lambda x, s, **e: x, x, sig, AdaptiveConfig(), noise_x0_rule="always")
 
 
 @pytest.mark.parametrize("table", ["sd", "zsnr"])

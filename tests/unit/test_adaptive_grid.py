@@ -375,6 +375,35 @@ def test_grid_noise_x0_off_and_sweep_rows_and_tables(tmp_path):
     assert fl["noise_x0_summary"]["changed"] == 0
 
 
+def test_grid_noise_x0_rules_rows_and_table(tmp_path):
+    """--grid-noise-x0-rules: the default with the x0 reuse placed by each rule. The default's own rule gives the
+    default's result; the other one changes euler_ancestral's and not euler's (no noise: no x0 reuse). An unknown
+    rule is refused before anything runs, naming the flag."""
+    from comfyui_tempo.samplers.adaptive import NOISE_X0_RULE, NOISE_X0_RULES
+
+    other = next(r for r in NOISE_X0_RULES if r != NOISE_X0_RULE)
+    d = _lean_grid(
+        tmp_path, "euler_ancestral,euler", "karras,beta", "--grid-noise-x0-rules", f"{NOISE_X0_RULE},{other}"
+    )
+    m = {(r["sampler"], r["scheduler"], r["method"]): r["psnr_db"] for r in d["rows"]}
+    for sc in ("karras", "beta"):
+        assert (
+            m["euler_ancestral", sc, f"adaptive_noise_x0_rule_{NOISE_X0_RULE}"] == m["euler_ancestral", sc, "adaptive"]
+        )
+        assert m["euler", sc, f"adaptive_noise_x0_rule_{other}"] == m["euler", sc, "adaptive"]
+    assert any(m["euler_ancestral", sc, f"adaptive_noise_x0_rule_{other}"] != m["euler_ancestral", sc, "adaptive"]
+               for sc in ("karras", "beta"))  # fmt: skip
+    h = {(r["sampler"], r["scheduler"]): r for r in d["hold"]}
+    assert h["euler_ancestral", "beta"][f"noise_x0_rule_{other}"] == pytest.approx(
+        m["euler_ancestral", "beta", f"adaptive_noise_x0_rule_{other}"]
+        - m["euler_ancestral", "beta", "adaptive_linear"]
+    )
+    with pytest.raises(SystemExit, match="--grid-noise-x0-rules: 'always' unknown; expected names from"):
+        cli.main(
+            ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-noise-x0-rules", "always", "--quiet"]
+        )
+
+
 def test_grid_hold_plan_off_rows_and_table(tmp_path, monkeypatch):
     """--grid-hold-plan-off: dpmpp_2m_sde without planning with the injected-noise cost where every skip holds; on
     karras at 20 steps the default plans with it (its path is the candidate's, the rule off is uniform skipping's),
