@@ -78,7 +78,9 @@ noise-dominated steps (``samplers.skip_plan.NOISE_DOMINATED_SIGMA``), which was 
 ``sd_latent`` (an eps UNet in SD1.x's real latent space: coloured shapes at 128 px through the real TAESD, 4x16x16
 latents of std 0.95, decoded by TAESD's decoder; trained after every rule was fixed, the x0 reuse of the noisy
 samplers included) is blind to all of them: the only latent model but the two design testbeds, and the only one in
-a space users' checkpoints share.
+a space users' checkpoints share; ``sdxl_latent`` (an eps UNet of another shape in SDXL's latent space: coloured digits
+on flat, gradient and photo backgrounds at 128 px through the real taesdxl) was trained to hold out the choice between
+the x0 reuse's sigma 3 and 14.6 that ``sd_latent``'s grid put again.
 """
 
 from __future__ import annotations
@@ -113,8 +115,9 @@ MODELS = [
     "vpred_zsnr",
     "shapes_zsnr",
     "sd_latent",
+    "sdxl_latent",
 ]
-HELD_OUT = {"vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr", "shapes_zsnr", "sd_latent"}
+HELD_OUT = {"vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr", "shapes_zsnr", "sd_latent", "sdxl_latent"}
 METHODS = [
     "full",
     "adaptive",
@@ -162,6 +165,8 @@ def build_problem(model: str, scheduler: str, cfg: float, classes: int, seeds: i
         return problems.shapes_zsnr_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
     if model == "sd_latent":
         return problems.sd_latent_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
+    if model == "sdxl_latent":
+        return problems.sdxl_latent_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
     raise ValueError(f"--grid-models: expected names from {MODELS}, got {model!r}")
 
 

@@ -50,6 +50,7 @@ GRID_MODELS = {
     "vpred_zsnr": ("V_PREDICTION", "trained_vpred", "vpred_zsnr"),
     "shapes_zsnr": ("V_PREDICTION", "trained_vpred", "shapes_zsnr"),
     "sd_latent": ("EPS", "trained_vpred", "sd_latent"),
+    "sdxl_latent": ("EPS", "trained_vpred", "sdxl_latent"),
     "flow": ("FLOW", "trained_flow", None),
 }
 

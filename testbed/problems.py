@@ -258,6 +258,18 @@ def sd_latent_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, sched
     return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="eps")
 
 
+def sdxl_latent_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "karras") -> Problem:
+    """The eps UNet in SDXL's latent space (testbed/trained_vpred.py, ``sdxl_latent``: coloured digits on flat, gradient
+    and photo backgrounds at 128 px encoded by the real taesdxl to 4x16x16 latents, ComfyUI's ModelSamplingDiscrete as
+    for SDXL), sampled with CFG; decode is taesdxl's decoder (the TAESD files from $TEMPO_TAESD_DIR or
+    shared/assets/taesd)."""
+    from . import trained_vpred
+
+    tb = trained_vpred.load(model="sdxl_latent")
+    label = f"eps SDXL-latent testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
+    return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="eps")
+
+
 def gmm_problem(
     classes: int = 4, seeds: int = 2, cfg: float = 5.0, shape=(4, 8, 8), scheduler: str = "karras"
 ) -> Problem:

@@ -156,6 +156,19 @@ SD_LATENT_UNET_CONFIG = dict(
     context_dim=11,
     dropout=0.0,
 )
+SDXL_LATENT_DATA_CONFIG = dict(seed=data_mod.DEFAULT_SEED + 83, size=128, copies=2, heldout_every=10, vae="taesdxl")
+SDXL_LATENT_UNET_CONFIG = dict(
+    in_channels=4,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=2,
+    attention_levels=[1],
+    num_heads=4,
+    context_dim=11,
+    dropout=0.0,
+)
+#: the latent space each TAESD of a data config's ``vae`` encodes to
+VAE_SPACES = {"taesd": "SD1.x", "taesdxl": "SDXL"}
 #: the testbeds trained and sampled on the zero-terminal-SNR table (schedules.discrete_sigmas(zsnr=True))
 ZSNR_MODELS = frozenset({"vpred_zsnr", "shapes_zsnr"})
 #: name -> (prediction, data config, UNet config, weights file, seed offset)
@@ -190,6 +203,13 @@ SPECS = {
         SD_LATENT_UNET_CONFIG,
         WEIGHTS_DIR / "testbed_sd_latent.safetensors",
         19,
+    ),
+    "sdxl_latent": (
+        "eps",
+        SDXL_LATENT_DATA_CONFIG,
+        SDXL_LATENT_UNET_CONFIG,
+        WEIGHTS_DIR / "testbed_sdxl_latent.safetensors",
+        23,
     ),
 }
 
@@ -438,8 +458,8 @@ def train(args) -> None:
         )
     if d.get("vae"):
         meta["parameterisation"] = (
-            f"EPS on ComfyUI's discrete schedule in SD1.x's latent space (the real {d['vae']}: its encoder's output, "
-            "SD's scaled latents, is the model space; decoded by its decoder): output eps"
+            f"EPS on ComfyUI's discrete schedule in {VAE_SPACES[d['vae']]}'s latent space (the real {d['vae']}: its "
+            "encoder's output, the scaled latents, is the model space; decoded by its decoder): output eps"
         )
         meta["latent_std"] = round(float(x0_all.std()), 4)
     if sampling is not None:

@@ -1,4 +1,4 @@
-"""The benchmark's ComfyUI grid (`comfyui-tempo bench adaptive --comfyui-grid`): the nine testbeds built as ComfyUI
+"""The benchmark's ComfyUI grid (`comfyui-tempo bench adaptive --comfyui-grid`): the testbeds built as ComfyUI
 MODELs sample as the pack's own problems do, and the command writes the grid's rows for samplers that exist only in
 ComfyUI. (Snippets run under the host's Python; like the other host snippets they need scikit-learn and scikit-image
 there.)"""
@@ -15,7 +15,9 @@ TAESD_DIR = Path(os.environ.get("TEMPO_TAESD_DIR") or "/work/shared/assets/taesd
 
 
 def have_taesd() -> bool:
-    return all((TAESD_DIR / f"taesd_{p}.safetensors").is_file() for p in ("encoder", "decoder"))
+    return all(
+        (TAESD_DIR / f"{n}_{p}.safetensors").is_file() for n in ("taesd", "taesdxl") for p in ("encoder", "decoder")
+    )
 
 
 PARITY = r"""
@@ -53,19 +55,21 @@ for grid_name in MODELS:
 """
 
 
-def test_the_ten_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snippet):
-    """Each testbed as a ComfyUI MODEL (sd_latent, in SD1.x's latent space, where the real TAESD files are found) (its type's model sampling, a flow model's shift, the zero-terminal-SNR table
+def test_the_eleven_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snippet):
+    """Each testbed as a ComfyUI MODEL (sd_latent / sdxl_latent, in SD1.x's / SDXL's latent space, where the real TAESD
+    files are found) (its type's model sampling, a flow model's shift, the zero-terminal-SNR table
     where the testbed has it) gives ComfyUI's euler the
     pack's sigmas and, image for image, the pack's own euler run on the same noise (the discrete models differ by
     ComfyUI's rounding to the nearest timestep and its first-step noise scaling only)."""
     from comfyui_tempo.bench import adaptive_grid as ag
 
-    models = [m for m in ag.MODELS if m != "sd_latent" or have_taesd()]
+    latent = {"sd_latent", "sdxl_latent"}  # in TAESD's spaces: only with the real TAESD files
+    models = [m for m in ag.MODELS if m not in latent or have_taesd()]
     head = f"import os\nos.environ.setdefault('TEMPO_TAESD_DIR', {str(TAESD_DIR)!r})\nMODELS = {models!r}\n"
     res = comfy_snippet(head + PARITY, timeout=600)
     zsnr = {"vpred_zsnr", "shapes_zsnr"}
     nine = {"testbed", "testbed_hr", "flow", "vpred", "shapes_eps", "shapes_v", "digits_flow"} | zsnr
-    assert set(res) == nine | ({"sd_latent"} if have_taesd() else set())
+    assert set(res) == nine | (latent if have_taesd() else set())
     for name, r in res.items():
         flow = name in ("flow", "digits_flow")
         assert r["const"] == flow and r["v"] == (name in {"vpred", "shapes_v"} | zsnr), (name, r)
