@@ -29,6 +29,7 @@ from .adaptive_grid import (
     SCHEDULERS,
     SUMMARY_COLUMNS,
     _meets,
+    check_taesd_models,
     markdown_matrix,
     rule_off_summary,
     rule_off_table,
@@ -153,6 +154,7 @@ def comfy_grid_main(args) -> int:
         unknown = [v for v in given if v not in known]
         if unknown:
             raise SystemExit(f"{flag}: {', '.join(map(repr, unknown))} unknown; expected names from {', '.join(known)}")
+    check_taesd_models(models)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     python = comfyui_python(tree)
     job = {

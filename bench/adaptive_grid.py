@@ -170,6 +170,19 @@ def build_problem(model: str, scheduler: str, cfg: float, classes: int, seeds: i
     raise ValueError(f"--grid-models: expected names from {MODELS}, got {model!r}")
 
 
+def check_taesd_models(models) -> None:
+    """The models in a real TAESD's latent space (``sd_latent``, ``sdxl_latent``) need the real TAESD files: refused
+    before anything runs, naming them and what to set, where none are found."""
+    from ..testbed import trained_vpred
+
+    latent = [m for m in models if trained_vpred.SPECS.get(m, ("", {}))[1].get("vae")]
+    if latent and trained_vpred.taesd_folder() is None:
+        raise SystemExit(
+            f"--grid-models: {', '.join(latent)} sample in a real TAESD's latent space and need its files; set "
+            "TEMPO_TAESD_DIR to their folder (the project's shared/assets/taesd) or leave those models out"
+        )
+
+
 def _is_flow(problem) -> bool:
     return schedules.is_flow(getattr(problem, "sampling", None))
 
@@ -1120,6 +1133,7 @@ def grid_main(args) -> int:
         bad = [v for v in given.split(",") if v and not _is_number(v)]
         if bad:
             raise SystemExit(f"{flag}: {', '.join(map(repr, bad))} not a number; expected numbers separated by commas")
+    check_taesd_models([m for m in args.grid_models.split(",") if m])
     t0 = time.perf_counter()
     rows, problems_cache = [], {}
     todo = cells(args)

@@ -105,6 +105,27 @@ def test_unknown_grid_names_are_a_clear_error_before_anything_runs(capsys):
             cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", flag, bad, "--quiet"])
 
 
+def test_the_latent_models_without_the_taesd_files_are_a_clear_error_before_anything_runs(monkeypatch, tmp_path):
+    """sd_latent / sdxl_latent sample in a real TAESD's space: without its files the grid (the default's all models
+    included) and the ComfyUI grid refuse, naming them and TEMPO_TAESD_DIR, before anything runs."""
+    from comfyui_tempo.testbed import trained_vpred
+
+    monkeypatch.setattr(trained_vpred, "taesd_folder", lambda: None)
+    for models in ("testbed,sd_latent", ",".join(adaptive_grid.MODELS)):
+        with pytest.raises(
+            SystemExit, match=r"--grid-models: (sd_latent|sd_latent, sdxl_latent) sample in .*TEMPO_TAESD_DIR"
+        ):
+            cli.main(["bench", "adaptive", "--grid", "--grid-models", models, "--quiet"])
+    with pytest.raises(SystemExit, match="--grid-models: sdxl_latent sample in"):
+        adaptive_grid.check_taesd_models(["vpred", "sdxl_latent"])
+    adaptive_grid.check_taesd_models(["testbed", "vpred"])  # no latent model: nothing to refuse
+    (tmp_path / "comfy").mkdir()  # a tree the ComfyUI grid accepts; the refusal comes before it starts ComfyUI
+    with pytest.raises(SystemExit, match="--grid-models: sd_latent sample in"):
+        cli.main(
+            ["bench", "adaptive", "--comfyui-grid", "--comfyui", str(tmp_path), "--grid-models", "sd_latent", "--quiet"]
+        )
+
+
 def test_a_sweep_value_that_is_not_a_number_is_a_clear_error_before_anything_runs():
     for flag, bad in (
         ("--grid-noise-x0-sweep", "0,three"),
