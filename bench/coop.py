@@ -30,10 +30,8 @@ noise_lag1_corr, wall_s, plus case-specific ones):
 
 from __future__ import annotations
 
-import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -863,12 +861,9 @@ def add_parser(bench_sub) -> None:
 
 
 def _find_taesd(arg):
-    from ..testbed.vaes import taesd_dir
+    from ..testbed.vaes import find_taesd, taesd_dir
 
-    for cand in (arg, os.environ.get("TEMPO_TAESD_DIR"), Path(__file__).resolve().parents[2] / "shared/assets/taesd"):
-        if cand and (Path(cand) / "taesd_decoder.safetensors").is_file():
-            return Path(cand)
-    return taesd_dir(None)
+    return find_taesd(arg) or taesd_dir(None)
 
 
 def run(args) -> dict:

@@ -215,15 +215,11 @@ SPECS = {
 
 
 def taesd_folder():
-    """The folder of the real TAESD files: ``$TEMPO_TAESD_DIR``, else shared/assets/taesd beside or inside the
-    checkout; None when none holds ``taesd_decoder.safetensors``."""
-    import os
+    """The folder of the real TAESD files (``vaes.find_taesd``: ``$TEMPO_TAESD_DIR``, else shared/assets/taesd inside or
+    beside the checkout); None where none is found."""
+    from .vaes import find_taesd
 
-    repo = Path(__file__).resolve().parents[1]
-    for p in (os.environ.get("TEMPO_TAESD_DIR"), repo / "shared/assets/taesd", repo.parent / "shared/assets/taesd"):
-        if p and (Path(p) / "taesd_decoder.safetensors").is_file():
-            return Path(p)
-    return None
+    return find_taesd()
 
 
 @functools.lru_cache(maxsize=2)

@@ -32,6 +32,7 @@ __all__ = [
     "taesd_encoder",
     "taesd_decoder",
     "taesd_dir",
+    "find_taesd",
     "TAESD",
     "ToyVAE",
 ]
@@ -203,6 +204,21 @@ def taesd_dir(path: str | os.PathLike | None = None) -> Path | None:
         return None
     p = Path(p)
     return p if p.is_dir() else None
+
+
+def find_taesd(path: str | os.PathLike | None = None) -> Path | None:
+    """The folder of the real TAESD files: `path`, else ``$TEMPO_TAESD_DIR``, else the project's shared/assets/taesd
+    inside or beside the checkout; the first that holds ``taesd_decoder.safetensors``; None when none does."""
+    repo = Path(__file__).resolve().parents[1]
+    for p in (
+        path,
+        os.environ.get("TEMPO_TAESD_DIR"),
+        repo / "shared/assets/taesd",
+        repo.parent / "shared/assets/taesd",
+    ):
+        if p and (Path(p) / "taesd_decoder.safetensors").is_file():
+            return Path(p)
+    return None
 
 
 class TAESD(BridgeVAE, nn.Module):
