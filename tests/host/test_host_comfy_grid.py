@@ -129,6 +129,22 @@ def test_comfyui_grid_command_writes_the_grids_rows(comfy_install, comfy_base, t
     assert "cells meet the three checks" in proc.stdout
 
 
+def test_comfyui_grid_x0_rows_turn_the_x0_reuse_off_and_place_it_by_each_rule(comfy_install, comfy_base, tmp_path):
+    """--grid-noise-x0-off / --grid-noise-x0-rules inside ComfyUI: on the zero-terminal-SNR model a noisy ComfyUI sampler
+    (er_sde) with the x0 reuse off gives another result than the default; placed by the default's own rule it gives
+    the default's; each rule has its summary."""
+    from comfyui_tempo.samplers.adaptive import NOISE_X0_RULE, NOISE_X0_RULES
+
+    flags = "--grid-models vpred_zsnr --grid-schedulers karras --comfyui-samplers er_sde --grid-steps 12 --classes 2"
+    flags += f" --grid-noise-x0-off --grid-noise-x0-rules {','.join(NOISE_X0_RULES)}"
+    _, result = _run_grid(comfy_install, comfy_base, tmp_path, flags)
+    m = {r["method"]: r["psnr_db"] for r in result["rows"]}
+    assert m["adaptive_noise_x0_off"] != m["adaptive"]
+    assert m[f"adaptive_noise_x0_rule_{NOISE_X0_RULE}"] == m["adaptive"]
+    for rule in NOISE_X0_RULES:
+        assert result[f"noise_x0_rule_{rule}_summary"]["cells"] == 1
+
+
 def test_comfyui_grid_post_cfg_sweep_runs_the_cfgpp_samplers_forms(comfy_install, comfy_base, tmp_path):
     """--comfyui-post-cfg-sweep: each CFG++ sampler's default with each reuse form of the unguided prediction; the
     pack's form reproduces the default, the held guidance differs; a sampler that is not CFG++ gets no such rows."""
