@@ -34,6 +34,7 @@ from .adaptive_grid import (
     rule_off_summary,
     rule_off_table,
     summarize,
+    within_noise_text,
 )
 from .common import print_table, write_json
 
@@ -229,6 +230,9 @@ def comfy_grid_main(args) -> int:
     print_table(result["per_sampler"], ["sampler", "meets", "cells"])
     passed = sum(1 for s in summary if s["ok"] == "yes")
     print(f"\n{passed} of {len(summary)} cells meet the three checks (ComfyUI {host['meta']['comfyui']})")
+    noise_line = within_noise_text(summary)
+    if noise_line:
+        print(noise_line)
     sweeps = (
         ("reuse_sweep", reuse_summary, job["reuses"], SWEEP_TEXT["reuse"]),
         ("respace_sweep", respace_summary, job["respaces"], SWEEP_TEXT["respace"]),

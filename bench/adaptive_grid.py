@@ -476,13 +476,15 @@ def split_table(rows: list[dict]) -> list[dict]:
 
 def grid_row(base: dict, method: str, psnr, nfe: float, full_nfe: float, wall: float, setting: str, rep, **more):
     """One row of the grid (and of the ComfyUI grid): base's cell keys, the method, its per-image PSNR's mean and
-    minimum, NFE and cut against the full run, and the report's path."""
+    minimum and each image's (``psnr_images_db``, in batch order: what ``paired_se`` pairs), NFE and cut against the
+    full run, and the report's path."""
     return {
         **base,
         "method": method,
         "nfe": nfe,
         "psnr_db": float(psnr.mean()),
         "psnr_min_db": float(psnr.min()),
+        "psnr_images_db": [round(float(v), 4) for v in psnr] if method != "full" else None,
         "nfe_ratio": full_nfe / nfe if nfe else float("nan"),
         "wall_s": wall,
         "setting": setting,
@@ -614,6 +616,35 @@ def _cell_head(key: tuple) -> dict:
     return dict(zip(("model", "sampler", "scheduler", "steps", "cfg"), key))
 
 
+def paired_se(a: dict, b: dict) -> float | None:
+    """The standard error (dB) of a row's mean PSNR minus another's, from their per-image PSNRs paired image by image
+    (the same noise and prompt): std of the differences / sqrt(n). None where a row has no per-image values (runs
+    written before they were kept), the batches differ, or there is one image. A cell's verdict "above uniform
+    skipping" is a difference of two such means; on the noisy samplers single images land 20 or more dB apart
+    between methods (another image, not a worse one), and a margin within two of these errors is one another draw
+    of the images could turn over."""
+    x, y = a.get("psnr_images_db"), b.get("psnr_images_db")
+    if not x or not y or len(x) != len(y) or len(x) < 2:
+        return None
+    d = [u - v for u, v in zip(x, y) if u is not None and v is not None]
+    if len(d) != len(x):
+        return None
+    mean = sum(d) / len(d)
+    return math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1) / len(d))
+
+
+def within_noise(line: dict) -> bool | None:
+    """For a cell that misses a check on its margins (not on the cut): whether every margin it misses by is within two
+    paired standard errors (``paired_se``) of zero. None for a cell that meets the checks, misses on the cut, or has
+    no standard errors."""
+    if line["ok"] == "yes" or line["cut"] < 1.95:
+        return None
+    misses = [(line[k], line.get(k + "_se")) for k in ("vs_fewer", "vs_uniform") if line[k] <= 0]
+    if any(se is None for _, se in misses):
+        return None
+    return all(-v <= 2 * se for v, se in misses)
+
+
 def _meets(row: dict, m: dict) -> bool:
     """The issue's three checks for one method's row of a cell m: cut >= 1.95x, above fewer steps and above uniform
     skipping."""
@@ -649,6 +680,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             "adaptive_db": a["psnr_db"],
             "vs_fewer": a["psnr_db"] - m["fewer_steps"]["psnr_db"],
             "vs_uniform": a["psnr_db"] - m["uniform_skip"]["psnr_db"],
+            "vs_fewer_se": paired_se(a, m["fewer_steps"]),
+            "vs_uniform_se": paired_se(a, m["uniform_skip"]),
             "vs_uniform_lin": _diff(a, m.get("uniform_skip_linear")),
             "vs_pace": _diff(a, m.get("adaptive_pace")),
             "paper_db": m["adaptive_paper"]["psnr_db"] if "adaptive_paper" in m else None,
@@ -696,8 +729,22 @@ def summarize(rows: list[dict]) -> list[dict]:
                 line[key] = m[method]["psnr_db"] - own
             line["pairs_within_3db"] = f"{m['greedy_own']['pairs_within_3db']} of {m['greedy_own']['pairs']}"
         line["ok"] = "yes" if _meets(a, m) else "NO"
+        line["miss_within_noise"] = within_noise(line)
         out.append(line)
     return out
+
+
+def within_noise_text(summary: list[dict]) -> str:
+    """A line on the cells that miss: how many miss by no more than two paired standard errors (``within_noise``);
+    empty where no miss has standard errors."""
+    misses = [s for s in summary if s.get("miss_within_noise") is not None]
+    if not misses:
+        return ""
+    near = sum(1 for s in misses if s["miss_within_noise"])
+    return (
+        f"of the {len(misses)} cells that miss on a margin, {near} miss by no more than two standard errors of the "
+        f"paired per-image difference (vs_fewer_se / vs_uniform_se): another draw of the images could turn them over"
+    )
 
 
 SUMMARY_COLUMNS = [
@@ -1217,6 +1264,9 @@ def grid_main(args) -> int:
         f"steps and above uniform skipping; worst vs fewer {min(s['vs_fewer'] for s in ok):+.2f} dB, worst vs "
         f"uniform {min(s['vs_uniform'] for s in ok):+.2f} dB"
     )
+    noise_line = within_noise_text(ok)
+    if noise_line:
+        print(noise_line)
     rs = [s for s in summary if "respaced_vs_skip" in s]
     if rs:
         keys = ["model", "sampler", "scheduler", "steps", "skip_vs_fewer", "respaced_vs_fewer", "respaced_vs_skip"]

@@ -43,6 +43,42 @@ def test_grid_on_the_held_out_model_writes_the_issue_rows(tmp_path):
     want = s["cut"] >= 1.95 and s["vs_fewer"] > 0 and s["vs_uniform"] > 0
     assert s["ok"] == ("yes" if want else "NO")
     assert d["markdown"].splitlines()[2].startswith("| vpred (held out) | euler | 2.00x |")
+    # each image's PSNR is kept, in batch order, and the margins' paired standard errors come from them
+    assert m["full"]["psnr_images_db"] is None
+    a, f = m["adaptive"]["psnr_images_db"], m["fewer_steps"]["psnr_images_db"]
+    assert len(a) == len(f) == 2 and sum(a) / 2 == pytest.approx(m["adaptive"]["psnr_db"], abs=1e-3)
+    assert s["vs_fewer_se"] == pytest.approx(abs((a[0] - f[0]) - (a[1] - f[1])) / 2, abs=1e-3)
+
+
+def _cell(adaptive, fewer, uniform):
+    """A summary's cell from per-image PSNRs of the default and the two baselines."""
+    rows = [
+        {"model": "m", "sampler": "s", "scheduler": "k", "steps": 30, "cfg": 5.0, "method": meth, "nfe": nfe,
+         "nfe_ratio": 30 / nfe, "psnr_db": sum(v) / len(v), "psnr_images_db": v}
+        for meth, v, nfe in (("full", [99.0] * len(adaptive), 30), ("adaptive", adaptive, 15),
+                             ("fewer_steps", fewer, 15), ("uniform_skip", uniform, 15))
+    ]  # fmt: skip
+    (line,) = adaptive_grid.summarize(rows)
+    return line
+
+
+def test_paired_standard_error_and_misses_within_noise():
+    # differences 1, -3, 2, -4 dB against uniform skipping: mean -1, std sqrt(26 / 3), se sqrt(26 / 12) = 1.47
+    line = _cell([31, 27, 32, 26], [10, 10, 10, 10], [30, 30, 30, 30])
+    assert line["vs_uniform"] == pytest.approx(-1.0)
+    assert line["vs_uniform_se"] == pytest.approx(math.sqrt(26 / 12))
+    assert line["ok"] == "NO" and line["miss_within_noise"] is True
+    # the same mean with every image 1 dB below: se 0, a miss beyond noise
+    line = _cell([29, 29, 29, 29], [10, 10, 10, 10], [30, 30, 30, 30])
+    assert line["vs_uniform_se"] == pytest.approx(0.0) and line["miss_within_noise"] is False
+    # a cell that meets the checks has no verdict; nor one without per-image values
+    assert _cell([40, 41, 42, 43], [10, 10, 10, 10], [30, 30, 30, 30])["miss_within_noise"] is None
+    assert adaptive_grid.paired_se({"psnr_images_db": [1.0, 2.0]}, {}) is None
+    assert adaptive_grid.paired_se({"psnr_images_db": [1.0]}, {"psnr_images_db": [2.0]}) is None
+    text = adaptive_grid.within_noise_text(
+        [_cell([31, 27, 32, 26], [10] * 4, [30] * 4), _cell([29] * 4, [10] * 4, [30] * 4)]
+    )
+    assert text.startswith("of the 2 cells that miss on a margin, 1 miss by no more than two standard errors")
 
 
 def test_grid_respace_rows_the_default_is_one_of_them(tmp_path):
