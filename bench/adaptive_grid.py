@@ -633,16 +633,21 @@ def paired_se(a: dict, b: dict) -> float | None:
     return math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1) / len(d))
 
 
-def within_noise(line: dict) -> bool | None:
-    """For a cell that misses a check on its margins (not on the cut): whether every margin it misses by is within two
-    paired standard errors (``paired_se``) of zero. None for a cell that meets the checks, misses on the cut, or has
-    no standard errors."""
-    if line["ok"] == "yes" or line["cut"] < 1.95:
+def margin_verdict(line: dict) -> str | None:
+    """How sure a cell's two margins (vs_fewer, vs_uniform) are, by their paired standard errors (``paired_se``):
+    "clear" where both are above zero by more than two, "clear miss" where one is below by more than two (or the cut
+    is under 1.95x), otherwise "within noise" (whichever way the cell's check came out, another draw of the images
+    could turn it over). None where a margin has no standard error."""
+    if line["cut"] < 1.95:
+        return "clear miss"
+    margins = [(line[k], line.get(k + "_se")) for k in ("vs_fewer", "vs_uniform")]
+    if any(se is None for _, se in margins):
         return None
-    misses = [(line[k], line.get(k + "_se")) for k in ("vs_fewer", "vs_uniform") if line[k] <= 0]
-    if any(se is None for _, se in misses):
-        return None
-    return all(-v <= 2 * se for v, se in misses)
+    if any(v < -2 * se for v, se in margins):
+        return "clear miss"
+    if all(v > 2 * se for v, se in margins):
+        return "clear"
+    return "within noise"
 
 
 def _meets(row: dict, m: dict) -> bool:
@@ -729,21 +734,25 @@ def summarize(rows: list[dict]) -> list[dict]:
                 line[key] = m[method]["psnr_db"] - own
             line["pairs_within_3db"] = f"{m['greedy_own']['pairs_within_3db']} of {m['greedy_own']['pairs']}"
         line["ok"] = "yes" if _meets(a, m) else "NO"
-        line["miss_within_noise"] = within_noise(line)
+        line["margin_verdict"] = margin_verdict(line)
         out.append(line)
     return out
 
 
 def within_noise_text(summary: list[dict]) -> str:
-    """A line on the cells that miss: how many miss by no more than two paired standard errors (``within_noise``);
-    empty where no miss has standard errors."""
-    misses = [s for s in summary if s.get("miss_within_noise") is not None]
-    if not misses:
+    """A line on how sure the cells' checks are (``margin_verdict``): cells above both baselines by more than two
+    paired standard errors, cells within two of a baseline (and how many of those meet the checks), cells below one
+    by more than two. Empty where no cell has standard errors."""
+    cells = [s for s in summary if s.get("margin_verdict") is not None]
+    if not cells:
         return ""
-    near = sum(1 for s in misses if s["miss_within_noise"])
+    n = {v: sum(1 for s in cells if s["margin_verdict"] == v) for v in ("clear", "within noise", "clear miss")}
+    near_ok = sum(1 for s in cells if s["margin_verdict"] == "within noise" and s["ok"] == "yes")
     return (
-        f"of the {len(misses)} cells that miss on a margin, {near} miss by no more than two standard errors of the "
-        f"paired per-image difference (vs_fewer_se / vs_uniform_se): another draw of the images could turn them over"
+        f"by two standard errors of the paired per-image differences (vs_fewer_se / vs_uniform_se), of {len(cells)} "
+        f"cells: {n['clear']} clearly above both baselines, {n['within noise']} within noise of one ({near_ok} of them "
+        f"meeting the checks, {n['within noise'] - near_ok} not: another draw of the images could turn either "
+        f"over), {n['clear miss']} clearly below one"
     )
 
 

@@ -62,23 +62,27 @@ def _cell(adaptive, fewer, uniform):
     return line
 
 
-def test_paired_standard_error_and_misses_within_noise():
+def test_paired_standard_error_and_margin_verdict():
     # differences 1, -3, 2, -4 dB against uniform skipping: mean -1, std sqrt(26 / 3), se sqrt(26 / 12) = 1.47
     line = _cell([31, 27, 32, 26], [10, 10, 10, 10], [30, 30, 30, 30])
     assert line["vs_uniform"] == pytest.approx(-1.0)
     assert line["vs_uniform_se"] == pytest.approx(math.sqrt(26 / 12))
-    assert line["ok"] == "NO" and line["miss_within_noise"] is True
+    assert line["ok"] == "NO" and line["margin_verdict"] == "within noise"
     # the same mean with every image 1 dB below: se 0, a miss beyond noise
     line = _cell([29, 29, 29, 29], [10, 10, 10, 10], [30, 30, 30, 30])
-    assert line["vs_uniform_se"] == pytest.approx(0.0) and line["miss_within_noise"] is False
-    # a cell that meets the checks has no verdict; nor one without per-image values
-    assert _cell([40, 41, 42, 43], [10, 10, 10, 10], [30, 30, 30, 30])["miss_within_noise"] is None
+    assert line["vs_uniform_se"] == pytest.approx(0.0) and line["margin_verdict"] == "clear miss"
+    # clearly above both; above uniform skipping by less than two standard errors (meets the checks, within noise)
+    assert _cell([40, 41, 42, 43], [10, 10, 10, 10], [30, 30, 30, 30])["margin_verdict"] == "clear"
+    line = _cell([33, 29, 34, 28], [10, 10, 10, 10], [30, 30, 30, 30])
+    assert line["ok"] == "yes" and line["margin_verdict"] == "within noise"
     assert adaptive_grid.paired_se({"psnr_images_db": [1.0, 2.0]}, {}) is None
     assert adaptive_grid.paired_se({"psnr_images_db": [1.0]}, {"psnr_images_db": [2.0]}) is None
-    text = adaptive_grid.within_noise_text(
-        [_cell([31, 27, 32, 26], [10] * 4, [30] * 4), _cell([29] * 4, [10] * 4, [30] * 4)]
-    )
-    assert text.startswith("of the 2 cells that miss on a margin, 1 miss by no more than two standard errors")
+    cells = [_cell([31, 27, 32, 26], [10] * 4, [30] * 4), _cell([29] * 4, [10] * 4, [30] * 4), line]
+    text = adaptive_grid.within_noise_text(cells)
+    assert text.endswith("of 3 cells: 0 clearly above both baselines, 2 within noise of one (1 of them meeting the "
+                         "checks, 1 not: another draw of the images could turn either over), 1 clearly below one")  # fmt: skip
+    rows_without = [dict(c, vs_uniform_se=None, margin_verdict=None) for c in cells]
+    assert adaptive_grid.within_noise_text(rows_without) == ""
 
 
 def test_grid_respace_rows_the_default_is_one_of_them(tmp_path):
