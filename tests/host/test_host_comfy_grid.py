@@ -121,6 +121,12 @@ def test_comfyui_grid_command_writes_the_grids_rows(comfy_install, comfy_base, t
         assert chunks["respaced"] and chunks["path"] == "Cs" * 6 and 0 < chunks["psnr_db"] < 200
     assert {s["sampler"]: s["ok"] in ("yes", "NO") for s in result["summary"]} == {"deis": True, "seeds_2": True}
     assert all(isinstance(s["respaced_vs_skip"], float) for s in result["summary"])
+    # each image's PSNR inside ComfyUI too, and the margins' paired standard errors and verdicts from them
+    assert all(len(cells[(sa, "adaptive")]["psnr_images_db"]) == 2 for sa in ("deis", "seeds_2"))
+    for s in result["summary"]:
+        assert s["vs_fewer_se"] >= 0 and s["vs_uniform_se"] >= 0
+        assert s["margin_verdict"] in ("clear", "within noise", "clear miss")
+    assert "standard errors of the paired per-image differences" in proc.stdout
     assert [(r["sampler"], r["chunks meets"] in (0, 1)) for r in result["respace_sweep"]] == [
         ("deis", True),
         ("seeds_2", True),
