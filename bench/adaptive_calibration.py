@@ -205,8 +205,9 @@ def _default_path(problem: Problem, sampler: str, steps: int, skips: int, idx, e
     return torch.tensor([rec.mask[0] for rec in rep.records], dtype=torch.bool)
 
 
-def _psnr(problem: Problem, out: torch.Tensor, ref_img: torch.Tensor) -> float:
-    return float(psnr_db(problem.decode(out), ref_img).mean())
+def _psnr(problem: Problem, out: torch.Tensor, ref_img: torch.Tensor) -> torch.Tensor:
+    """Each image's decoded PSNR (dB) against its reference, in batch order."""
+    return psnr_db(problem.decode(out), ref_img)
 
 
 def _row_head(problem: Problem, sampler: str, steps: int, skips: int) -> dict:
@@ -261,8 +262,12 @@ def calibration_rows(
     base = {**_row_head(problem, sampler, steps, skips), "heldout": len(heldout), "calib_prompts": prof.prompts}
     rows = []
 
-    def add(method, nfe, psnr, path="", **more):
+    def add(method, nfe, psnr, path="", **more):  # psnr: a number, or each held-out image's (their mean is psnr_db)
+        images = [round(float(v), 4) for v in psnr] if isinstance(psnr, torch.Tensor) else None
+        psnr = float(psnr.mean()) if isinstance(psnr, torch.Tensor) else float(psnr)
         row = {**base, "method": method, "nfe": float(nfe), "psnr_db": psnr, "path": path, **more}
+        if images is not None:
+            row["psnr_images_db"] = images  # held-out images in heldout_idx's order: what paired_se pairs
         rows.append(row)
         if log:
             log(

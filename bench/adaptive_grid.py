@@ -650,6 +650,50 @@ def margin_verdict(line: dict) -> str | None:
     return "within noise"
 
 
+#: the issue's bar for a calibrated profile: within this many dB of each held-out prompt's own greedy path
+CALIB_BAR_DB = 3.0
+
+
+def calib_bar_verdict(vs_greedy: float, se: float | None) -> str | None:
+    """How sure a calibrated cell's bar is: the profile's mean PSNR minus the per-prompt greedy paths' over the held-out
+    images (vs_greedy, dB) against -CALIB_BAR_DB, by the paired standard error of that difference (``paired_se``):
+    "clearly within" where it is above the bar by more than two, "clear miss" where below by more than two, otherwise
+    "within noise". None without a standard error."""
+    if se is None:
+        return None
+    margin = vs_greedy + CALIB_BAR_DB
+    if margin > 2 * se:
+        return "clearly within"
+    if margin < -2 * se:
+        return "clear miss"
+    return "within noise"
+
+
+def calib_bar_text(summary: list[dict]) -> str:
+    """A line on the calibrated cells: how many meet the bar (within CALIB_BAR_DB of the per-prompt greedy paths, on
+    the mean over the held-out images) and how sure each is (``calib_bar_verdict``). Empty where no cell has a
+    verdict."""
+    cells = [s for s in summary if s.get("calib_bar_verdict") is not None]
+    if not cells:
+        return ""
+    n = {
+        v: sum(1 for s in cells if s["calib_bar_verdict"] == v)
+        for v in ("clearly within", "within noise", "clear miss")
+    }
+    met = sum(1 for s in cells if s["calib_vs_greedy"] >= -CALIB_BAR_DB)
+    near_met = sum(
+        1 for s in cells if s["calib_bar_verdict"] == "within noise" and s["calib_vs_greedy"] >= -CALIB_BAR_DB
+    )
+    images = sorted({s["held_out_prompts"] for s in cells if s.get("held_out_prompts")})
+    per = f" ({' / '.join(str(v) for v in images)} held-out images a cell)" if images else ""
+    return (
+        f"calibrated profiles within {CALIB_BAR_DB:g} dB of each held-out prompt's own greedy path: {met} of "
+        f"{len(cells)} cells{per}; by two standard errors of the paired per-image differences (calib_vs_greedy_se): "
+        f"{n['clearly within']} clearly within, {n['within noise']} within noise of the bar ({near_met} of them "
+        f"meeting it), {n['clear miss']} clearly beyond it"
+    )
+
+
 def _meets(row: dict, m: dict) -> bool:
     """The issue's three checks for one method's row of a cell m: cut >= 1.95x, above fewer steps and above uniform
     skipping."""
@@ -699,6 +743,11 @@ def summarize(rows: list[dict]) -> list[dict]:
             line["respaced_vs_skip"] = _diff(m["adaptive_respaced"], m["adaptive_skip"])
         if "greedy_optimal" in m and "adaptive_calibrated" in m:
             line["calib_vs_greedy"] = m["adaptive_calibrated"]["psnr_db"] - m["greedy_optimal"]["psnr_db"]
+            line["calib_vs_greedy_se"] = paired_se(m["adaptive_calibrated"], m["greedy_optimal"])
+            line["calib_bar_verdict"] = calib_bar_verdict(line["calib_vs_greedy"], line["calib_vs_greedy_se"])
+            line["held_out_prompts"] = m["adaptive_calibrated"].get("held_out_prompts")
+            if "adaptive_heldout_prompts" in m:
+                line["calib_vs_default_se"] = paired_se(m["adaptive_calibrated"], m["adaptive_heldout_prompts"])
             for key, method in (
                 ("calib_vs_default", "adaptive_heldout_prompts"),
                 ("calib_vs_fewer", "fewer_steps_heldout_prompts"),
@@ -1369,7 +1418,10 @@ def grid_main(args) -> int:
                     "scheduler",
                     "steps",
                     "calib_vs_greedy",
+                    "calib_vs_greedy_se",
+                    "calib_bar_verdict",
                     "calib_vs_default",
+                    "calib_vs_default_se",
                     "calib_vs_fewer",
                     "calib_gain_on_calib_prompts",
                     "calib_search",
@@ -1385,6 +1437,9 @@ def grid_main(args) -> int:
             for s in calib
         ]
         print_table(result["calibration"], list(result["calibration"][0]))
+        bar_line = calib_bar_text(calib)
+        if bar_line:
+            print(bar_line)
     transfer = [s for s in summary if "own_db" in s]
     if transfer:
         print(

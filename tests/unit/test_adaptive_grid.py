@@ -85,6 +85,29 @@ def test_paired_standard_error_and_margin_verdict():
     assert adaptive_grid.within_noise_text(rows_without) == ""
 
 
+def test_calibrated_profile_bar_verdict():
+    """The bar (within 3 dB of each held-out prompt's greedy path) by two paired standard errors of the difference."""
+    v = adaptive_grid.calib_bar_verdict
+    assert v(-1.0, 0.5) == "clearly within"  # 2 dB above the bar, 4 standard errors
+    assert v(-2.0, 0.5) == "within noise"  # 1 dB above it: 2 standard errors, not more
+    assert v(-4.0, 0.6) == "within noise"  # 1 dB below it, under 2 standard errors
+    assert v(-5.5, 1.0) == "clear miss"  # 2.5 dB below it
+    assert v(-5.5, 1.3) == "within noise" and v(-5.5, None) is None
+    cells = [
+        {"calib_vs_greedy": -1.0, "calib_vs_greedy_se": 0.5, "calib_bar_verdict": v(-1.0, 0.5), "held_out_prompts": 7},
+        {"calib_vs_greedy": -2.9, "calib_vs_greedy_se": 1.0, "calib_bar_verdict": v(-2.9, 1.0), "held_out_prompts": 7},
+        {"calib_vs_greedy": -3.4, "calib_vs_greedy_se": 1.0, "calib_bar_verdict": v(-3.4, 1.0), "held_out_prompts": 7},
+        {"calib_vs_greedy": -8.0, "calib_vs_greedy_se": 1.0, "calib_bar_verdict": v(-8.0, 1.0), "held_out_prompts": 7},
+        {"calib_vs_greedy": -8.0, "calib_vs_greedy_se": None, "calib_bar_verdict": None},
+    ]
+    assert adaptive_grid.calib_bar_text(cells) == (
+        "calibrated profiles within 3 dB of each held-out prompt's own greedy path: 2 of 4 cells (7 held-out images a "
+        "cell); by two standard errors of the paired per-image differences (calib_vs_greedy_se): 1 clearly within, 2 "
+        "within noise of the bar (1 of them meeting it), 1 clearly beyond it"
+    )
+    assert adaptive_grid.calib_bar_text(cells[-1:]) == ""
+
+
 def test_grid_respace_rows_the_default_is_one_of_them(tmp_path):
     """--grid-respace: the planned path skipped and re-spaced beside the default, which is the re-spaced one
     exactly where respace auto re-spaces (lms on normal here, not on karras); --grid-lean drops the comparison
@@ -203,19 +226,26 @@ def test_calibrated_cells_report_against_greedy_default_and_fewer_steps_on_the_s
     rc = cli.main(
         ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler", "--grid-schedulers",
          "karras", "--grid-steps", "6", "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells",
-         "euler:karras", "--calib-prompts", "2", "--classes", "3", "--threads", "1", "--quiet", "--json", str(out)]
+         "euler:karras", "--calib-prompts", "2", "--classes", "4", "--threads", "1", "--quiet", "--json", str(out)]
     )  # fmt: skip
     assert rc == 0
     d = json.loads(out.read_text())
     m = {r["method"]: r for r in d["rows"]}
     for method in ("greedy_optimal", "adaptive_calibrated", "adaptive_heldout_prompts", "fewer_steps_heldout_prompts"):
-        assert m[method]["held_out_prompts"] == 1, method
+        assert m[method]["held_out_prompts"] == 2, method
+        # each held-out image's PSNR, their mean the row's
+        assert len(m[method]["psnr_images_db"]) == 2, method
+        assert sum(m[method]["psnr_images_db"]) / 2 == pytest.approx(m[method]["psnr_db"], abs=1e-3), method
     assert m["adaptive_calibrated"]["nfe"] == m["adaptive_heldout_prompts"]["nfe"] == 3
     (c,) = d["calibration"]
     cal = m["adaptive_calibrated"]["psnr_db"]
     assert c["calib_vs_greedy"] == pytest.approx(cal - m["greedy_optimal"]["psnr_db"])
     assert c["calib_vs_default"] == pytest.approx(cal - m["adaptive_heldout_prompts"]["psnr_db"])
     assert c["calib_vs_fewer"] == pytest.approx(cal - m["fewer_steps_heldout_prompts"]["psnr_db"])
+    # the bar's standard error: the spread of the two images' differences over sqrt(2), i.e. half their difference
+    diffs = [a - b for a, b in zip(m["adaptive_calibrated"]["psnr_images_db"], m["greedy_optimal"]["psnr_images_db"])]
+    assert c["calib_vs_greedy_se"] == pytest.approx(abs(diffs[0] - diffs[1]) / 2, abs=1e-3)
+    assert c["calib_bar_verdict"] == adaptive_grid.calib_bar_verdict(c["calib_vs_greedy"], c["calib_vs_greedy_se"])
     # on its own calibration prompts the profile is at least the default's path (it was a candidate)
     assert c["calib_gain_on_calib_prompts"] >= -1e-4 and c["calib_search"]
 
