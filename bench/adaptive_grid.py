@@ -1439,6 +1439,7 @@ def grid_main(args) -> int:
         print_table(result["calibration"], list(result["calibration"][0]))
         bar_line = calib_bar_text(calib)
         if bar_line:
+            result["calibration_bar"] = bar_line
             print(bar_line)
     transfer = [s for s in summary if "own_db" in s]
     if transfer:

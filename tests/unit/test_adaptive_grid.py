@@ -246,6 +246,10 @@ def test_calibrated_cells_report_against_greedy_default_and_fewer_steps_on_the_s
     diffs = [a - b for a, b in zip(m["adaptive_calibrated"]["psnr_images_db"], m["greedy_optimal"]["psnr_images_db"])]
     assert c["calib_vs_greedy_se"] == pytest.approx(abs(diffs[0] - diffs[1]) / 2, abs=1e-3)
     assert c["calib_bar_verdict"] == adaptive_grid.calib_bar_verdict(c["calib_vs_greedy"], c["calib_vs_greedy_se"])
+    assert (
+        d["calibration_bar"].startswith("calibrated profiles within 3 dB")
+        and "(2 held-out images a cell)" in d["calibration_bar"]
+    )
     # on its own calibration prompts the profile is at least the default's path (it was a candidate)
     assert c["calib_gain_on_calib_prompts"] >= -1e-4 and c["calib_search"]
 
