@@ -16,7 +16,8 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
 * ``greedy_optimal`` / ``adaptive_calibrated`` (cells in ``--calib-cells``): each held-out prompt's own
   greedy path, and a profile calibrated on other prompts (bench/adaptive_calibration.py); with them
   ``adaptive_heldout_prompts`` and ``fewer_steps_heldout_prompts``, the default and fewer steps on the same
-  held-out prompts.
+  held-out prompts. Each keeps every held-out image's PSNR, so the profile's gap to the greedy paths gets a paired
+  standard error and a verdict against the issue's 3 dB bar (``calib_bar_verdict``).
 * ``greedy_own`` / ``greedy_transfer`` / ``greedy_transfer_best`` / ``adaptive_transfer_prompts``
   (``--calib-transfer``, on the ``--calib-cells`` instead of the profile): each prompt's own greedy path, the other
   prompts' paths carried over to it (mean, and the best for it) and the default's path, on every prompt of the cell
