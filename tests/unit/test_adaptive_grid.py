@@ -106,6 +106,18 @@ def test_calibrated_profile_bar_verdict():
         "within noise of the bar (1 of them meeting it), 1 clearly beyond it"
     )
     assert adaptive_grid.calib_bar_text(cells[-1:]) == ""
+    for c, model, vs_default in zip(cells, ("a", "a", "b", "b", "b"), (1.0, -2.0, 0.5, 3.0, 1.0)):
+        c["model"], c["calib_vs_default"] = model, vs_default
+    a, b, both = adaptive_grid.calib_by_model(cells)  # the cell without a standard error is left out
+    assert (a["model"], a["cells"], a["within_bar"], a["above_default"]) == ("a", 2, 2, 1)
+    assert a["calib_vs_greedy"] == pytest.approx(-1.95) and a["calib_vs_greedy_se"] == pytest.approx(
+        math.sqrt(1.25) / 2
+    )
+    assert (b["cells"], b["within_bar"], b["above_default"]) == (2, 0, 2) and b["calib_vs_greedy"] == pytest.approx(
+        -5.7
+    )
+    assert both["model"] == "all" and both["cells"] == 4 and both["calib_vs_greedy"] == pytest.approx(-3.825)
+    assert both["calib_vs_greedy_se"] == pytest.approx(math.sqrt(0.25 + 1 + 1 + 1) / 4)
 
 
 def test_grid_respace_rows_the_default_is_one_of_them(tmp_path):
