@@ -634,6 +634,12 @@ def paired_se(a: dict, b: dict) -> float | None:
     return math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1) / len(d))
 
 
+def beyond_noise(value: float, se: float) -> int:
+    """+1 where value is above zero by more than two standard errors, -1 where below by more than two, else 0: the
+    one test behind the grid's verdicts (``margin_verdict``, ``calib_bar_verdict``)."""
+    return 1 if value > 2 * se else -1 if value < -2 * se else 0
+
+
 def margin_verdict(line: dict) -> str | None:
     """How sure a cell's two margins (vs_fewer, vs_uniform) are, by their paired standard errors (``paired_se``):
     "clear" where both are above zero by more than two, "clear miss" where one is below by more than two (or the cut
@@ -644,11 +650,10 @@ def margin_verdict(line: dict) -> str | None:
     margins = [(line[k], line.get(k + "_se")) for k in ("vs_fewer", "vs_uniform")]
     if any(se is None for _, se in margins):
         return None
-    if any(v < -2 * se for v, se in margins):
+    sure = [beyond_noise(v, se) for v, se in margins]
+    if -1 in sure:
         return "clear miss"
-    if all(v > 2 * se for v, se in margins):
-        return "clear"
-    return "within noise"
+    return "clear" if all(v == 1 for v in sure) else "within noise"
 
 
 #: the issue's bar for a calibrated profile: within this many dB of each held-out prompt's own greedy path
@@ -662,12 +667,7 @@ def calib_bar_verdict(vs_greedy: float, se: float | None) -> str | None:
     "within noise". None without a standard error."""
     if se is None:
         return None
-    margin = vs_greedy + CALIB_BAR_DB
-    if margin > 2 * se:
-        return "clearly within"
-    if margin < -2 * se:
-        return "clear miss"
-    return "within noise"
+    return {1: "clearly within", -1: "clear miss", 0: "within noise"}[beyond_noise(vs_greedy + CALIB_BAR_DB, se)]
 
 
 def calib_bar_text(summary: list[dict]) -> str:
