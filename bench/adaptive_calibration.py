@@ -205,6 +205,69 @@ def _default_path(problem: Problem, sampler: str, steps: int, skips: int, idx, e
     return torch.tensor([rec.mask[0] for rec in rep.records], dtype=torch.bool)
 
 
+#: calibration_rows(moves=True): the run-time signals and thresholds of the profile's per-prompt moves
+MOVE_SIGNALS = ("lagged", "local")
+MOVE_TAUS = (0.25, 0.5, 1.0)
+
+
+def reuse_signals(problem: Problem, sampler: str, steps: int, idx) -> dict[str, torch.Tensor]:
+    """Each prompt's log reuse error per step from its full run, [N, P] per signal (NaN where there is none).
+    ``local``: at step k, the error of d = (x - x0) / sigma extrapolated linearly in log sigma from steps k - 2 and
+    k - 1 (what a skip of k alone reuses: no run has it before it computes k, so it bounds what a local signal can
+    tell); ``lagged``: the same error at step k - 1, what a run has seen when it decides step k (here from the full
+    run, cleaner than a skipping run sees it). Samplers with one network evaluation per step only."""
+    sig = problem.sigmas(steps)
+    idx = torch.as_tensor(idx)
+    calls = []
+
+    def recording(x, sigma, **kw):
+        out = problem.denoiser(x, sigma, **kw)
+        calls.append((x, float(torch.as_tensor(sigma).flatten()[0]), out))
+        return out
+
+    kdiff.SAMPLERS[sampler](recording, problem.noise[idx] * sig[0], sig, extra_args={"cond": problem.cond[idx]})
+    if len(calls) != steps:
+        raise ValueError(
+            f"sampler: the per-prompt moves need one network evaluation per step; {sampler} made {len(calls)} "
+            f"in {steps} steps"
+        )
+    d = torch.stack([(x - x0) / s for x, s, x0 in calls]).double()
+    t = torch.tensor([s for _, s, _ in calls], dtype=torch.float64).log()
+    local = torch.full((steps, len(idx)), float("nan"), dtype=torch.float64)
+    for k in range(2, steps):
+        pred = d[k - 1] + (t[k] - t[k - 1]) / (t[k - 1] - t[k - 2]) * (d[k - 1] - d[k - 2])
+        local[k] = (pred - d[k]).flatten(1).norm(dim=1).clamp_min(1e-30).log()
+    lagged = torch.full_like(local, float("nan"))
+    lagged[1:] = local[:-1]
+    return {"lagged": lagged, "local": local}
+
+
+def moved_paths(path, z: torch.Tensor, tau: float) -> tuple[torch.Tensor, list[int]]:
+    """A shared path [N] (True = the network runs) moved per prompt by one step where its signal says so: z [P, N],
+    each prompt's signal minus the calibration prompts' mean at each step (NaN: none). Walking from step 1, a skip
+    at k before a computed k + 1 moves to k + 1 where z[k] - z[k + 1] > tau (skipping k costs this prompt more,
+    against the calibration prompts, than skipping k + 1), and a computed k before a skip at k + 1 moves that skip
+    to k where z[k + 1] - z[k] > tau; a swapped pair is not looked at again, so a skip moves one step at most.
+    The number of skips never changes. Returns ([P, N] paths, moves per prompt)."""
+    path = torch.as_tensor(path, dtype=torch.bool).flatten()
+    n = path.numel()
+    rows, counts = [], []
+    for zr in torch.as_tensor(z, dtype=torch.float64).reshape(-1, n):
+        c, k, moved = path.clone(), 1, 0
+        while k < n - 1:
+            a, b = float(zr[k]), float(zr[k + 1])
+            if math.isfinite(a) and math.isfinite(b) and c[k] != c[k + 1]:
+                if (not c[k] and a - b > tau) or (c[k] and b - a > tau):
+                    c[k], c[k + 1] = c[k + 1].clone(), c[k].clone()
+                    moved += 1
+                    k += 2
+                    continue
+            k += 1
+        rows.append(c)
+        counts.append(moved)
+    return torch.stack(rows), counts
+
+
 def _psnr(problem: Problem, out: torch.Tensor, ref_img: torch.Tensor) -> torch.Tensor:
     """Each image's decoded PSNR (dB) against its reference, in batch order."""
     return psnr_db(problem.decode(out), ref_img)
@@ -238,6 +301,7 @@ def calibration_rows(
     ceiling: bool = False,
     validate: bool = False,
     oracle: bool = False,
+    moves: bool = False,
 ) -> list[dict]:
     """Rows `adaptive_calibrated` (the joint greedy profile of calib_idx) and `greedy_optimal` (each held-out
     prompt's own greedy path at the same skips), as mean decoded PSNR vs the full run over heldout_idx.
@@ -248,7 +312,9 @@ def calibration_rows(
     found for them, in-sample, never below the profile there). oracle: how far choosing among the search's paths can
     go: `adaptive_searched_best`, the best on the held-out prompts of every path the search sampled (picked with
     hindsight: no rule can do better with these paths) and `adaptive_calibrated_nolocal` (the search's choice before
-    its local search). profile: one calibrate() made already for these settings (else it is made here; not with
+    its local search). moves: `adaptive_calibrated_moved_<signal>_<tau>`, the profile's path moved per held-out prompt
+    by a run-time signal (``reuse_signals``, ``moved_paths``; every signal of MOVE_SIGNALS and tau of MOVE_TAUS; not
+    where the profile re-spaces). profile: one calibrate() made already for these settings (else it is made here; not with
     oracle, which records the search)."""
     heldout = torch.as_tensor(heldout_idx)
     if oracle and profile is not None:
@@ -328,6 +394,26 @@ def calibration_rows(
         )
     if record is not None:
         _oracle_rows(record, r, heldout, ref, add, along)
+    if moves and not prof.respace:
+        cidx = torch.as_tensor(calib_idx)
+        signals = reuse_signals(problem, sampler, steps, torch.cat([cidx, heldout]))
+        for name in MOVE_SIGNALS:
+            s = signals[name]
+            z = (s[:, len(cidx) :] - s[:, : len(cidx)].mean(1, keepdim=True)).T  # [held-out prompts, N]
+            for tau in MOVE_TAUS:
+                paths, counts = moved_paths(prof.path, z, tau)
+                nfe0 = r.nfe
+                out = r.run(heldout, paths)
+                text = "".join("C" if c else "s" for c in paths[0].tolist())
+                add(
+                    f"adaptive_calibrated_moved_{name}_{tau:g}",
+                    (r.nfe - nfe0) / len(heldout),
+                    _psnr(problem, out, ref),
+                    text + (" (first held-out prompt)" if len(heldout) > 1 else ""),
+                    signal=name,
+                    tau=tau,
+                    moves=counts,
+                )
     if baselines and prof.greedy_path:
         along("adaptive_calibrated_greedy", prof.greedy_path, "".join("C" if c else "s" for c in prof.greedy_path))
     if vote:

@@ -22,6 +22,10 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   (``--calib-transfer``, on the ``--calib-cells`` instead of the profile): each prompt's own greedy path, the other
   prompts' paths carried over to it (mean, and the best for it) and the default's path, on every prompt of the cell
   (bench/adaptive_calibration.py ``transfer_rows``): how specific a greedy path is to its prompt.
+* ``adaptive_calibrated_moved_<signal>_<tau>`` (``--calib-moves``, with the profile): the profile's path moved per
+  held-out prompt by a run-time signal, a skip one step earlier or later where the prompt's reuse error there,
+  against the calibration prompts', says so (bench/adaptive_calibration.py ``moved_paths``): whether a decision per
+  prompt at run time closes the profile's gap to the per-prompt greedy paths.
 * ``adaptive_noise_plan`` (``--grid-noise-plan``, a candidate, not the default): the default planned with the
   noise the sampler injects that a reused direction cannot see added to its cost (``samplers.skip_plan``
   ``mixed_costs_fn``), on euler_ancestral and dpmpp_2m_sde with eps / v models. (The default itself plans so on
@@ -140,6 +144,8 @@ METHODS = [
     "adaptive_noise_plan",
 ]
 NOISE_SEED = 7
+#: the method names of the profile moved per prompt (``--calib-moves``): MOVED + "<signal>_<tau>"
+MOVED = "adaptive_calibrated_moved_"
 
 
 def build_problem(model: str, scheduler: str, cfg: float, classes: int, seeds: int):
@@ -556,6 +562,7 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
         ceiling=calib.get("ceiling", False),
         validate=calib.get("validate", False),
         oracle=calib.get("oracle", False),
+        moves=calib.get("moves", False),
     )
     out = []
     # the default and fewer steps on the same held-out prompts (the cell's own rows are over every prompt)
@@ -569,7 +576,7 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
             "adaptive_searched_best",
             "adaptive_calibrated_nolocal",
             *rename,
-        ):
+        ) and not r["method"].startswith(MOVED):
             continue
         r = {**r, "method": rename.get(r["method"], r["method"])}
         out.append(
@@ -721,6 +728,24 @@ def calib_by_model(summary: list[dict]) -> list[dict]:
     return out
 
 
+def moves_summary(summary: list[dict]) -> list[dict]:
+    """Per variant of the profile moved per prompt (``--calib-moves``: ``moved_<signal>_<tau>_vs_profile`` in the
+    calibrated cells' lines): cells, the mean and the lowest of its difference to the profile, cells above it."""
+    out = []
+    for key in sorted({k for s in summary for k in s if k.startswith("moved_") and k.endswith("_vs_profile")}):
+        v = [s[key] for s in summary if s.get(key) is not None]
+        out.append(
+            {
+                "variant": key[len("moved_") : -len("_vs_profile")],
+                "cells": len(v),
+                "mean_db": sum(v) / len(v),
+                "lowest_db": min(v),
+                "above_profile": sum(1 for d in v if d > 0),
+            }
+        )
+    return out
+
+
 def _meets(row: dict, m: dict) -> bool:
     """The issue's three checks for one method's row of a cell m: cut >= 1.95x, above fewer steps and above uniform
     skipping."""
@@ -797,6 +822,10 @@ def summarize(rows: list[dict]) -> list[dict]:
                 line["unchecked_vs_greedy"] = u["psnr_db"] - m["greedy_optimal"]["psnr_db"]
                 line["left_out_gain_db"] = u.get("left_out_gain_db")
                 line["check_chose"] = u.get("chosen")
+            for method in sorted(k for k in m if k.startswith(MOVED)):
+                line[method[len("adaptive_calibrated_") :] + "_vs_profile"] = (
+                    m[method]["psnr_db"] - m["adaptive_calibrated"]["psnr_db"]
+                )
             line["calib_search"] = m["adaptive_calibrated"].get("search")
             line["calib_gain_on_calib_prompts"] = m["adaptive_calibrated"].get("calib_gain_db")
         if "greedy_own" in m:
@@ -1194,6 +1223,13 @@ def add_arguments(p) -> None:
         "the search's choice before its local search (adaptive_calibrated_nolocal)",
     )
     p.add_argument(
+        "--calib-moves",
+        action="store_true",
+        help="also run the profile's path moved per held-out prompt by a run-time signal (a skip one step earlier or "
+        "later where the prompt's reuse error there, against the calibration prompts', says so; signals lagged and "
+        "local, thresholds 0.25, 0.5, 1): adaptive_calibrated_moved_<signal>_<tau>",
+    )
+    p.add_argument(
         "--calib-transfer",
         action="store_true",
         help="on the --calib-cells, instead of the profile: each prompt's own greedy path, and every prompt sampled "
@@ -1236,6 +1272,7 @@ def grid_main(args) -> int:
                 ("--calib-ceiling", args.calib_ceiling),
                 ("--calib-validate", args.calib_validate),
                 ("--calib-oracle", args.calib_oracle),
+                ("--calib-moves", args.calib_moves),
                 ("--calib-no-planner", args.calib_no_planner),
                 ("--calib-split seeds", args.calib_split == "seeds"),
             )
@@ -1290,6 +1327,7 @@ def grid_main(args) -> int:
                 "ceiling": args.calib_ceiling,
                 "validate": args.calib_validate,
                 "oracle": args.calib_oracle,
+                "moves": args.calib_moves,
                 "split": args.calib_split,
                 "seeds": seeds,
                 "calib_seeds": args.calib_seeds,
@@ -1459,6 +1497,7 @@ def grid_main(args) -> int:
                         if "searched_best_vs_greedy" in s
                         else ()
                     ),
+                    *(k for k in s if k.startswith("moved_")),
                 )
             }
             for s in calib
@@ -1470,6 +1509,14 @@ def grid_main(args) -> int:
             print(bar_line)
             result["calibration_by_model"] = calib_by_model(calib)
             print_table(result["calibration_by_model"], list(result["calibration_by_model"][0]))
+        moved = moves_summary(calib)
+        if moved:
+            result["calibration_moves"] = moved
+            print(
+                "\nthe profile's path moved per held-out prompt by a run-time signal, minus the profile, dB (over the "
+                "calibrated cells):"
+            )
+            print_table(moved, list(moved[0]))
     transfer = [s for s in summary if "own_db" in s]
     if transfer:
         print(

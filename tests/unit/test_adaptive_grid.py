@@ -738,6 +738,36 @@ def test_calibration_oracle_rows(tmp_path):
         cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--calib-transfer", "--calib-oracle"])
 
 
+def test_calibration_moves_rows_and_summary(tmp_path):
+    """--calib-moves: a row per signal and threshold at the profile's NFE on the held-out prompts; each cell's moved
+    minus profile and the summary over cells come from the rows; it cannot go with --calib-transfer."""
+    out = tmp_path / "moves.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler", "--grid-schedulers",
+         "normal", "--grid-steps", "10", "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells",
+         "euler:normal", "--classes", "5", "--threads", "1", "--quiet", "--grid-lean", "--calib-moves", "--json",
+         str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    m = {r["method"]: r for r in d["rows"]}
+    prof = m["adaptive_calibrated"]
+    moved = {k: r for k, r in m.items() if k.startswith("adaptive_calibrated_moved_")}
+    assert len(moved) == 6
+    (c,) = d["calibration"]
+    for name, r in moved.items():
+        assert r["nfe"] == prof["nfe"] == 5 and r["held_out_prompts"] == 2
+        key = name[len("adaptive_calibrated_") :] + "_vs_profile"
+        assert c[key] == pytest.approx(r["psnr_db"] - prof["psnr_db"])
+    summ = {s["variant"]: s for s in d["calibration_moves"]}
+    assert set(summ) == {k[len("adaptive_calibrated_moved_") :] for k in moved}
+    for variant, s in summ.items():
+        diff = c[f"moved_{variant}_vs_profile"]
+        assert s["cells"] == 1 and s["mean_db"] == pytest.approx(diff) and s["above_profile"] == int(diff > 0)
+    with pytest.raises(SystemExit, match="--calib-transfer: runs instead of the profile, so --calib-moves"):
+        cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--calib-transfer", "--calib-moves"])
+
+
 def test_grid_noise_plan_rows_on_the_noisy_samplers_only(tmp_path):
     """--grid-noise-plan: an adaptive_noise_plan row on euler_ancestral and dpmpp_2m_sde (not on euler), at the
     default's NFE; the table's differences are the rows'."""

@@ -531,3 +531,75 @@ def test_calibrate_records_every_path_it_sampled_with_the_profiles_skips(gmm):
     assert cands["greedy"][0] == "".join("C" if c else "s" for c in prof.greedy_path)
     for text, errors in cands.values():
         assert paths[text] == pytest.approx(errors, rel=1e-6)
+
+
+def test_moved_paths_move_a_skip_one_step_where_the_signal_says_so():
+    """moved_paths: a skip before a computed step moves later where the prompt's signal is higher there than at the
+    next step by more than tau, a skip after a computed step moves earlier where the next step's is; a swapped pair is
+    not looked at again, NaN never moves, and the skips' count stays."""
+    path = torch.tensor([1, 0, 1, 0, 1, 1, 0, 1], dtype=torch.bool)
+    nan = float("nan")
+    z = torch.tensor(
+        [
+            [nan, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # skip 1 costs more than step 2: 1 <-> 2, then from step 3 on
+            [nan, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0],  # step 6's skip costs more: computed 5 / skip 6 -> skip 5
+            [nan, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # nothing to move
+            [nan, nan, 5.0, -5.0, nan, nan, nan, nan],  # computed 2 before skip 3, the skip cheaper: stays
+        ]
+    )
+    paths, counts = ac.moved_paths(path, z, 1.0)
+    rows = ["".join("C" if c else "s" for c in p.tolist()) for p in paths]
+    assert rows == ["CCssCCsC", "CsCsCsCC", "CsCsCCsC", "CsCsCCsC"]
+    assert counts == [1, 1, 0, 0]
+    assert all(int((~p).sum()) == int((~path).sum()) for p in paths)
+    # a chain of moves: each pair swaps once, so a skip never travels two steps
+    chain = torch.tensor([[nan, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    p2, c2 = ac.moved_paths(torch.tensor([1, 0, 1, 1, 1, 1, 1, 1], dtype=torch.bool), chain, 0.5)
+    assert p2[0].tolist() == [True, True, False, True, True, True, True, True] and c2 == [1]
+    # a threshold above every difference leaves every prompt on the profile's path
+    same, none = ac.moved_paths(path, z.nan_to_num(0.0), 10.0)
+    assert torch.equal(same, path.expand(4, -1)) and none == [0, 0, 0, 0]
+
+
+def test_reuse_signals_are_the_extrapolation_error_at_the_step_and_the_one_before(gmm):
+    """reuse_signals: local[k] is the log error of d = (x - x0) / sigma extrapolated linearly in log sigma from steps
+    k - 2 and k - 1, recomputed here from a recorded euler run; lagged is local one step later; a sampler with two
+    evaluations a step is refused, naming the sampler."""
+    idx = torch.tensor([0, 3])
+    s = ac.reuse_signals(gmm, "euler", STEPS, idx)
+    assert s["local"].shape == s["lagged"].shape == (STEPS, 2)
+    assert torch.isnan(s["local"][:2]).all() and torch.isnan(s["lagged"][:3]).all()
+    assert torch.equal(s["lagged"][3:], s["local"][2:-1])
+    assert torch.isfinite(s["local"][2:]).all()
+    sig = gmm.sigmas(STEPS)
+    seen = []
+
+    def rec(x, sigma, **kw):
+        out = gmm.denoiser(x, sigma, **kw)
+        seen.append(((x - out) / sigma.reshape(-1, *[1] * (x.ndim - 1))).double())
+        return out
+
+    kdiff.SAMPLERS["euler"](rec, gmm.noise[idx] * sig[0], sig, extra_args={"cond": gmm.cond[idx]})
+    t = sig[:STEPS].double().log()
+    k = 5
+    pred = seen[k - 1] + (t[k] - t[k - 1]) / (t[k - 1] - t[k - 2]) * (seen[k - 1] - seen[k - 2])
+    want = (pred - seen[k]).flatten(1).norm(dim=1).log()
+    assert s["local"][k] == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="sampler: the per-prompt moves need one network evaluation per step; heun"):
+        ac.reuse_signals(gmm, "heun", STEPS, idx)
+
+
+def test_calibration_rows_with_moves(gmm):
+    """calibration_rows(moves=True): one row per signal and threshold at the profile's NFE; a prompt none of whose
+    skips moved is sampled along the profile's path (a row with no move equals the profile)."""
+    rows = ac.calibration_rows(gmm, "euler", STEPS, 8, [0, 1], [2, 3, 5], moves=True)
+    by = {r["method"]: r for r in rows}
+    want = {f"adaptive_calibrated_moved_{n}_{t:g}" for n in ac.MOVE_SIGNALS for t in ac.MOVE_TAUS}
+    assert want <= set(by)
+    prof = by["adaptive_calibrated"]
+    for name in want:
+        r = by[name]
+        assert r["nfe"] == prof["nfe"] == STEPS - 8 and len(r["moves"]) == 3 and len(r["psnr_images_db"]) == 3
+        for moved, db, base in zip(r["moves"], r["psnr_images_db"], prof["psnr_images_db"]):
+            if moved == 0:
+                assert db == pytest.approx(base, abs=1e-3)
