@@ -213,9 +213,10 @@ MOVE_TAUS = (0.25, 0.5, 1.0)
 def reuse_signals(problem: Problem, sampler: str, steps: int, idx) -> dict[str, torch.Tensor]:
     """Each prompt's log reuse error per step from its full run, [N, P] per signal (NaN where there is none).
     ``local``: at step k, the error of d = (x - x0) / sigma extrapolated linearly in log sigma from steps k - 2 and
-    k - 1 (what a skip of k alone reuses: no run has it before it computes k, so it bounds what a local signal can
-    tell); ``lagged``: the same error at step k - 1, what a run has seen when it decides step k (here from the full
-    run, cleaner than a skipping run sees it). Samplers with one network evaluation per step only."""
+    k - 1 (what a skip of k alone reuses: no run has it before it computes k; what a signal of this kind could tell at
+    best); ``lagged``: the same error at step k - 1, what a run has seen when it decides step k (here from the full
+    run, cleaner than a skipping run sees it; ``moved_paths`` moving a skip from k + 1 to k reads it at k + 1, one
+    step before a run has it). Samplers with one network evaluation per step only."""
     sig = problem.sigmas(steps)
     idx = torch.as_tensor(idx)
     calls = []
