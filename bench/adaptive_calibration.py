@@ -405,12 +405,11 @@ def calibration_rows(
                 paths, counts = moved_paths(prof.path, z, tau)
                 nfe0 = r.nfe
                 out = r.run(heldout, paths)
-                text = "".join("C" if c else "s" for c in paths[0].tolist())
                 add(
                     f"adaptive_calibrated_moved_{name}_{tau:g}",
                     (r.nfe - nfe0) / len(heldout),
                     _psnr(problem, out, ref),
-                    text + (" (first held-out prompt)" if len(heldout) > 1 else ""),
+                    _text(paths[0]) + (" (first held-out prompt)" if len(heldout) > 1 else ""),
                     signal=name,
                     tau=tau,
                     moves=counts,
