@@ -85,7 +85,9 @@ latents of std 0.95, decoded by TAESD's decoder; trained after every rule was fi
 samplers included) is blind to all of them: the only latent model but the two design testbeds, and the only one in
 a space users' checkpoints share; ``sdxl_latent`` (an eps UNet of another shape in SDXL's latent space: coloured digits
 on flat, gradient and photo backgrounds at 128 px through the real taesdxl) was trained to hold out the choice between
-the x0 reuse's sigma 3 and 14.6 that ``sd_latent``'s grid put again.
+the x0 reuse's sigma 3 and 14.6 that ``sd_latent``'s grid put again; ``sd3_flow`` (a rectified-flow UNet in SD3's
+latent space at SD3's shift 3: coloured shapes at 128 px through the real taesd3, 16x16x16 latents; trained after every
+rule was fixed) is blind to all of them: the one flow model in a real latent space, what SD3 / Flux users run.
 """
 
 from __future__ import annotations
@@ -121,8 +123,19 @@ MODELS = [
     "shapes_zsnr",
     "sd_latent",
     "sdxl_latent",
+    "sd3_flow",
 ]
-HELD_OUT = {"vpred", "shapes_eps", "shapes_v", "digits_flow", "vpred_zsnr", "shapes_zsnr", "sd_latent", "sdxl_latent"}
+HELD_OUT = {
+    "vpred",
+    "shapes_eps",
+    "shapes_v",
+    "digits_flow",
+    "vpred_zsnr",
+    "shapes_zsnr",
+    "sd_latent",
+    "sdxl_latent",
+    "sd3_flow",
+}
 METHODS = [
     "full",
     "adaptive",
@@ -174,11 +187,13 @@ def build_problem(model: str, scheduler: str, cfg: float, classes: int, seeds: i
         return problems.sd_latent_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
     if model == "sdxl_latent":
         return problems.sdxl_latent_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
+    if model == "sd3_flow":
+        return problems.sd3_flow_problem(classes=classes, seeds=seeds, cfg=cfg, scheduler=scheduler)
     raise ValueError(f"--grid-models: expected names from {MODELS}, got {model!r}")
 
 
 def check_taesd_models(models) -> None:
-    """The models in a real TAESD's latent space (``sd_latent``, ``sdxl_latent``) need the real TAESD files: refused
+    """The models in a real TAESD's latent space (``sd_latent``, ``sdxl_latent``, ``sd3_flow``) need the real TAESD files: refused
     before anything runs, naming them and what to set, where none are found."""
     from ..testbed import trained_vpred
 

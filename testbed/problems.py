@@ -270,6 +270,18 @@ def sdxl_latent_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, sch
     return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="eps")
 
 
+def sd3_flow_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "simple") -> Problem:
+    """The flow UNet in SD3's latent space (testbed/trained_vpred.py, ``sd3_flow``: coloured shapes at 128 px encoded by
+    the real taesd3 to 16x16x16 latents, a UNet predicting noise - x0, ComfyUI's CONST with ModelSamplingDiscreteFlow at
+    shift 3 as for SD3), sampled with CFG; sampling starts at noise * sigmas[0] (sigma_max 1); decode is taesd3's
+    decoder (the TAESD files from $TEMPO_TAESD_DIR or shared/assets/taesd)."""
+    from . import trained_vpred
+
+    tb = trained_vpred.load(model="sd3_flow")
+    label = f"flow SD3-latent testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
+    return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="flow")
+
+
 def gmm_problem(
     classes: int = 4, seeds: int = 2, cfg: float = 5.0, shape=(4, 8, 8), scheduler: str = "karras"
 ) -> Problem:

@@ -1,5 +1,6 @@
 """The pixel-space UNet testbeds: small class-conditional UNets on ComfyUI's discrete schedule in pixel space
-(3x16x16), and one in SD1.x's latent space (4x16x16, through the real TAESD), one per entry of ``SPECS``:
+(3x16x16), and three in real latent spaces (SD1.x's and SDXL's 4x16x16, SD3's 16x16x16, through the real TAESDs),
+one per entry of ``SPECS``:
 
 * ``vpred``: predicts v on coloured digits, the fourth testbed, held out from every choice of the
   AdaptiveDiffusion default made after the flow testbed was measured. It differs from ``testbed`` /
@@ -32,15 +33,23 @@
   shared/assets/taesd, never copied) to 4x16x16 latents (TAESD's output is SD's scaled latent space, about unit
   spread: what an SD1.5 UNet sees), decoded by TAESD's decoder; a UNet of a sixth shape (width 32, three levels, one
   res block, attention at the second, 4 heads). The tenth testbed, trained after every rule of the AdaptiveDiffusion
-  default was fixed (the noisy samplers' x0 reuse included): blind to all of them, and the only latent model beside
+  default was fixed (the noisy samplers' x0 reuse included): blind to all of them, and the first latent model beside
   the two design testbeds (whose autoencoders are the lab's own).
+* ``sdxl_latent``: predicts eps in SDXL's real latent space (coloured digits on flat, gradient and photo backgrounds
+  at 128 px through the real taesdxl), a UNet of another shape; trained to hold out the x0 reuse's 3-against-14.6
+  choice.
+* ``sd3_flow``: a rectified-flow UNet (noise - x0, ComfyUI's CONST with ``ModelSamplingDiscreteFlow`` at shift 3, SD3's
+  ``ModelSamplingSD3`` default) in SD3's real latent space: coloured shapes of a sixth draw at 128 px encoded by the
+  real taesd3 to 16x16x16 latents, decoded by its decoder; a UNet of a seventh shape (width 32, three levels, one res
+  block, attention at the second and third, 2 heads). The twelfth testbed, trained after every rule of the default was
+  fixed: blind to all of them, and the one flow model in a real latent space (what SD3 / Flux users sample in).
 
 Training (CPU, one thread, fixed seeds; ~15 min each):
 
-    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps|shapes_v|digits_flow|vpred_zsnr|shapes_zsnr|sd_latent]
+    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps|shapes_v|digits_flow|vpred_zsnr|shapes_zsnr|sd_latent|sdxl_latent|sd3_flow]
 
 writes ``weights/testbed_vpred.safetensors`` (or ``testbed_shapes_eps`` / ``testbed_shapes_v`` / ``testbed_digits_flow`` /
-``testbed_vpred_zsnr`` / ``testbed_shapes_zsnr`` / ``testbed_sd_latent``;
+``testbed_vpred_zsnr`` / ``testbed_shapes_zsnr`` / ``testbed_sd_latent`` / ``testbed_sdxl_latent`` / ``testbed_sd3_flow``;
 fp16 weights; configs, seeds and the training record in its metadata) and the ``.json`` beside it. The UNet (``testbed/unet.py``) sees the VP input
 x / sqrt(1 + sigma^2) at Stable Diffusion's discrete timestep and learns v = alpha eps - s x0
 (alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha) or eps, t uniform, 15 % null labels, EMA weights; the flow UNet
@@ -167,8 +176,25 @@ SDXL_LATENT_UNET_CONFIG = dict(
     context_dim=11,
     dropout=0.0,
 )
+SD3_FLOW_DATA_CONFIG = dict(
+    kind="shapes", seed=shapes_mod.DEFAULT_SEED + 97, size=128, per_class=400, heldout_every=10, vae="taesd3"
+)
+SD3_FLOW_UNET_CONFIG = dict(
+    in_channels=16,
+    model_channels=32,
+    channel_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attention_levels=[1, 2],
+    num_heads=2,
+    context_dim=11,
+    dropout=0.0,
+)
+#: sd3_flow's model sampling: shift 3, SD3's (ComfyUI's ModelSamplingSD3 default)
+SD3_FLOW_SAMPLING = dict(shift=3.0, multiplier=1000)
+#: the flow testbeds' model sampling (schedules.Flow)
+FLOW_SAMPLINGS = {"digits_flow": DIGITS_FLOW_SAMPLING, "sd3_flow": SD3_FLOW_SAMPLING}
 #: the latent space each TAESD of a data config's ``vae`` encodes to
-VAE_SPACES = {"taesd": "SD1.x", "taesdxl": "SDXL"}
+VAE_SPACES = {"taesd": "SD1.x", "taesdxl": "SDXL", "taesd3": "SD3"}
 #: the testbeds trained and sampled on the zero-terminal-SNR table (schedules.discrete_sigmas(zsnr=True))
 ZSNR_MODELS = frozenset({"vpred_zsnr", "shapes_zsnr"})
 #: name -> (prediction, data config, UNet config, weights file, seed offset)
@@ -211,6 +237,7 @@ SPECS = {
         WEIGHTS_DIR / "testbed_sdxl_latent.safetensors",
         23,
     ),
+    "sd3_flow": ("flow", SD3_FLOW_DATA_CONFIG, SD3_FLOW_UNET_CONFIG, WEIGHTS_DIR / "testbed_sd3_flow.safetensors", 29),
 }
 
 
@@ -273,7 +300,7 @@ class VPredTestbed:
         s = meta["data"]["size"]
         #: the real VAE of a latent testbed (meta data "vae"), else None (pixel space)
         self.vae = data_vae(meta["data"]["vae"]) if meta["data"].get("vae") else None
-        self.latent_shape = (4, s // 8, s // 8) if self.vae is not None else (3, s, s)
+        self.latent_shape = (self.vae.latent_channels, s // 8, s // 8) if self.vae is not None else (3, s, s)
 
     def velocity(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         """The network's output (v, eps for an eps model, noise - x0 for the flow model) at the latent x (VE, or the
@@ -392,7 +419,7 @@ def train(args) -> None:
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
     sigmas = schedules.discrete_sigmas(zsnr=model in ZSNR_MODELS)
-    sampling = schedules.Flow(**DIGITS_FLOW_SAMPLING) if prediction == "flow" else None
+    sampling = schedules.Flow(**FLOW_SAMPLINGS[model]) if prediction == "flow" else None
     g = torch.Generator().manual_seed(args.seed + seed_offset)
     running = None
     for step in range(args.steps):
@@ -452,14 +479,22 @@ def train(args) -> None:
             "V_PREDICTION on ComfyUI's discrete schedule rescaled to zero terminal SNR (ModelSamplingDiscrete "
             "zsnr=True, sigma_max ~4518): output v = alpha eps - sigma alpha x0"
         )
+    if sampling is not None:
+        meta["parameterisation"] = meta["parameterisation"].replace("shift 8", f"shift {sampling.shift:g}")
     if d.get("vae"):
+        space = (
+            f"in {VAE_SPACES[d['vae']]}'s latent space (the real {d['vae']}: its encoder's output, the scaled latents, "
+            "is the model space; decoded by its decoder)"
+        )
         meta["parameterisation"] = (
-            f"EPS on ComfyUI's discrete schedule in {VAE_SPACES[d['vae']]}'s latent space (the real {d['vae']}: its "
-            "encoder's output, the scaled latents, is the model space; decoded by its decoder): output eps"
+            f"CONST (rectified flow), ModelSamplingDiscreteFlow shift {sampling.shift:g}, {space}: "
+            "x = (1 - sigma) x0 + sigma noise, output v = noise - x0"
+            if sampling is not None
+            else f"EPS on ComfyUI's discrete schedule {space}: output eps"
         )
         meta["latent_std"] = round(float(x0_all.std()), 4)
     if sampling is not None:
-        meta["sampling"] = dict(DIGITS_FLOW_SAMPLING)
+        meta["sampling"] = dict(FLOW_SAMPLINGS[model])
         meta["train"]["sigma_density"] = "logit-normal(0, 1)"
     tb = VPredTestbed(ema.requires_grad_(False), meta)
     meta["curvature_cfg5"] = {

@@ -181,14 +181,14 @@ def test_unknown_grid_names_are_a_clear_error_before_anything_runs(capsys):
 
 
 def test_the_latent_models_without_the_taesd_files_are_a_clear_error_before_anything_runs(monkeypatch, tmp_path):
-    """sd_latent / sdxl_latent sample in a real TAESD's space: without its files the grid (the default's all models
+    """sd_latent / sdxl_latent / sd3_flow sample in a real TAESD's space: without its files the grid (the default's all models
     included) and the ComfyUI grid refuse, naming them and TEMPO_TAESD_DIR, before anything runs."""
     from comfyui_tempo.testbed import trained_vpred
 
     monkeypatch.setattr(trained_vpred, "taesd_folder", lambda: None)
     for models in ("testbed,sd_latent", ",".join(adaptive_grid.MODELS)):
         with pytest.raises(
-            SystemExit, match=r"--grid-models: (sd_latent|sd_latent, sdxl_latent) sample in .*TEMPO_TAESD_DIR"
+            SystemExit, match=r"--grid-models: (sd_latent|sd_latent, sdxl_latent, sd3_flow) sample in .*TEMPO_TAESD_DIR"
         ):
             cli.main(["bench", "adaptive", "--grid", "--grid-models", models, "--quiet"])
     with pytest.raises(SystemExit, match="--grid-models: sdxl_latent sample in"):
