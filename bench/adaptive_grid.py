@@ -39,6 +39,10 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   the injected-noise cost where every skip holds / without euler_ancestral's hold after a long gap.
   ``adaptive_noise_gate_off`` (``--grid-noise-gate-off``): the default with the sampler's reuse rule kept where eta 0
   would drop it (s_noise 0 keeps it already).
+* ``adaptive_flow_isolated`` / ``adaptive_flow_unshifted`` (``--grid-flow-plans``, flow models only): at the default's
+  NFE, the default with isolated skips only (max_skip 1), and the default's cost model planned in the flow time before
+  the shift (``unshifted_flow_time``), run as a path: two schedule-only alternatives to where the default skips, which
+  on the SD3-latent flow model pairs its skips among the first steps (docs/adaptive.md).
 * ``full_split`` / ``adaptive_split`` / ``fewer_steps_split`` (``--grid-split K``): the run split into two sampler calls
   at step K, as two KSamplerAdvanced nodes split it (Wan 2.2's high- and low-noise experts, SDXL's base and refiner;
   here the same model on both sides; ``--grid-split K1,K2`` three calls, and so on): the base sampler on both
@@ -102,8 +106,8 @@ import torch
 
 from ..samplers import kdiff, schedules, support
 from ..samplers.adaptive import NOISE_X0_RULES, AdaptiveConfig, CountingDenoiser, adaptive_sample
-from ..samplers.adaptive_config import EXTRAPOLATIONS
-from ..samplers.skip_plan import NOISE_FORMS
+from ..samplers.adaptive_config import EXTRAPOLATIONS, target_skips
+from ..samplers.skip_plan import NOISE_FORMS, default_plan
 from ..samplers.split_run import SplitRuns
 from .common import print_table, psnr_db, write_json
 
@@ -214,6 +218,34 @@ def _sampling(problem):
     return s if s is not None else problem.sigma_table
 
 
+def unshifted_flow_time(sigmas, shift: float) -> torch.Tensor:
+    """A flow schedule's sigmas in the flow time before the shift: t = sigma / (shift - (shift - 1) sigma), the
+    inverse of ComfyUI's sigma(t) = shift t / (1 + (shift - 1) t) (``schedules.Flow``); ``simple`` is uniform in it."""
+    s = torch.as_tensor(sigmas, dtype=torch.float64)
+    return s / (shift - (shift - 1.0) * s)
+
+
+def flow_plan_paths(cell) -> dict:
+    """``--grid-flow-plans``: two schedule-only alternatives to where the default skips on a flow model, each at the
+    default's skip count (name -> (config, setting)): ``flow_isolated``, the default with isolated skips only
+    (max_skip 1, an input of the nodes), and ``flow_unshifted``, the default's cost model planned in the flow time before
+    the shift (``unshifted_flow_time``: the shift makes the first steps short in sigma, where the default pairs its
+    skips), run as a path with the default's linear reuse. Empty for an eps / v model."""
+    if not cell.flow:
+        return {}
+    sig = cell.sigmas(cell.steps)
+    n = len(sig) - 1
+    t = unshifted_flow_time(sig, float(cell.p.sampling.shift))
+    path = default_plan(t, target_skips(n, 2.0), flow=True, max_skip=AdaptiveConfig.max_skip, first=1, last=n)
+    return {
+        "flow_isolated": (AdaptiveConfig(max_skip=1), "AdaptiveConfig(max_skip=1)"),
+        "flow_unshifted": (
+            AdaptiveConfig(mode="path", path=path, extrapolation="linear"),
+            "the default's plan in the unshifted flow time, reuse linear",
+        ),
+    }
+
+
 class Cell:
     """One (model, sampler, scheduler, steps, cfg): runs the methods on the same noise."""
 
@@ -313,6 +345,7 @@ def run_cell(
     x0_aboves=(),
     x0_rules=(),
     split=0,
+    flow_plans: bool = False,
 ) -> list[dict]:
     base = {
         "model": cell.model,
@@ -392,6 +425,10 @@ def run_cell(
     if hold_gap_off:  # the default without euler_ancestral's hold after a long gap (samplers.adaptive.HOLD_GAP)
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), hold_gap=math.inf)
         add("adaptive_hold_gap_off", out, nfe, wall, "AdaptiveConfig(), hold_gap=inf", rep)
+    if flow_plans:  # where a flow model's default skips, against two schedule-only alternatives (flow cells only)
+        for name, (config, setting) in flow_plan_paths(cell).items():
+            out, nfe, wall, rep = cell.run(config)
+            add(f"adaptive_{name}", out, nfe, wall, setting, rep)
     form = NOISE_FORMS.get(cell.sampler, "")
     if noise_plan and form and not cell.flow:  # the candidate: the planner with the injected-noise cost
         out, nfe, wall, rep = cell.run(AdaptiveConfig(), noise_plan=form)
@@ -1132,6 +1169,13 @@ def add_arguments(p) -> None:
         "where the two plans differ",
     )
     p.add_argument(
+        "--grid-flow-plans",
+        action="store_true",
+        help="on flow models also run two schedule-only alternatives to the default's plan at its NFE "
+        "(adaptive_flow_isolated: max_skip 1; adaptive_flow_unshifted: planned in the flow time before the shift); a "
+        "table of the default minus each",
+    )
+    p.add_argument(
         "--grid-noise-dom-off",
         action="store_true",
         help="also run the default planned without its noise-dominated steps (adaptive_noise_dom_off; steps above "
@@ -1377,6 +1421,7 @@ def grid_main(args) -> int:
                 x0_aboves=x0_aboves,
                 x0_rules=x0_rules,
                 split=args.grid_split,
+                flow_plans=args.grid_flow_plans,
             )
         )
     summary = summarize(rows)
@@ -1451,6 +1496,22 @@ def grid_main(args) -> int:
             f"the two differ in {s['changed']} of {s['cells']} cells; the rule is above in {s['up']} of them (mean "
             f"{s['mean_gain_db']:+.2f} dB, {s['min_gain_db']:+.2f} to {s['max_gain_db']:+.2f}); cells meeting the "
             f"three checks: {s['meets_without']} without it, {s['meets_with']} with it"
+        )
+    for off, what in (
+        ("flow_isolated", "isolated skips only (max_skip 1)"),
+        ("flow_unshifted", "the plan in the flow time before the shift"),
+    ):  # --grid-flow-plans: alternatives, not rules of the default, so "the variant is above" reads as its gain's sign
+        table = rule_off_table(rows, off)
+        if not table:
+            continue
+        result[off] = table
+        print(f"\nthe default minus {what}, dB (a flow model's cells):")
+        print_table(table, [k for k in table[0] if not k.startswith("path")])
+        s = result[f"{off}_summary"] = rule_off_summary(table, off)
+        print(
+            f"they differ in {s['changed']} of {s['cells']} cells; the default is above in {s['up']} of them (mean "
+            f"{s['mean_gain_db']:+.2f} dB, {s['min_gain_db']:+.2f} to {s['max_gain_db']:+.2f}); cells meeting the "
+            f"three checks: {s['meets_with']} with the default, {s['meets_without']} with {what}"
         )
     split = split_table(rows)
     if split:

@@ -859,3 +859,45 @@ def test_grid_split_runs_two_calls_and_scores_them_against_the_split_full_run(tm
     assert t["split_vs_fewer"] == pytest.approx(m["adaptive_split"]["psnr_db"] - m["fewer_steps_split"]["psnr_db"])
     assert t["split_vs_unsplit"] == pytest.approx(m["adaptive_split"]["psnr_db"] - m["adaptive"]["psnr_db"])
     assert t["whole_vs_call"] == pytest.approx(m["adaptive_split"]["psnr_db"] - m["adaptive_split_call"]["psnr_db"])
+
+
+def test_flow_plans_are_two_alternatives_at_the_defaults_nfe_on_flow_cells_only():
+    """--grid-flow-plans: on a flow cell, isolated skips (max_skip 1) and the default's cost model planned in the flow
+    time before the shift, each at the default's NFE; the unshifted time inverts the shift (simple is uniform in it);
+    an eps cell gets neither; the table is the default minus each."""
+    p = adaptive_grid.build_problem("digits_flow", "simple", 5.0, 2, 1)
+    cell = adaptive_grid.Cell(p, "digits_flow", "euler", "beta", 12, 5.0)
+    sig = cell.sigmas(12)
+    t = adaptive_grid.unshifted_flow_time(sig, 8.0)
+    assert torch.allclose(8.0 * t / (1 + 7.0 * t), sig.double(), atol=1e-6)  # ComfyUI's shift, inverted
+    simple = adaptive_grid.Cell(p, "digits_flow", "euler", "simple", 12, 5.0)
+    t_simple = adaptive_grid.unshifted_flow_time(simple.sigmas(12), 8.0)
+    steps = (t_simple[:-1] - t_simple[1:]).float()
+    assert float(steps.max() - steps.min()) < 2e-3  # simple: uniform in the unshifted time (to the table's 1e-3)
+    rows = adaptive_grid.run_cell(cell, log=lambda *a: None, lean=True, flow_plans=True)
+    m = {r["method"]: r for r in rows}
+    assert m["adaptive_flow_isolated"]["nfe"] == m["adaptive_flow_unshifted"]["nfe"] == m["adaptive"]["nfe"] == 6
+    assert "ss" not in m["adaptive_flow_isolated"]["path"]
+    planned = adaptive_grid.default_plan(t, 6, flow=True, max_skip=4, first=1, last=12)
+    assert m["adaptive_flow_unshifted"]["path"] == "".join("C" if v else "s" for v in planned.tolist())
+    assert m["adaptive_flow_unshifted"]["path"] != m["adaptive"]["path"]  # the shift moves where it skips
+    table = adaptive_grid.rule_off_table(rows, "flow_unshifted")
+    assert len(table) == 1
+    assert table[0]["gain_db"] == pytest.approx(m["adaptive"]["psnr_db"] - m["adaptive_flow_unshifted"]["psnr_db"])
+    eps_problem = adaptive_grid.build_problem("testbed", "karras", 5.0, 2, 1)
+    assert adaptive_grid.flow_plan_paths(adaptive_grid.Cell(eps_problem, "testbed", "euler", "karras", 8, 5.0)) == {}
+
+
+def test_flow_plans_flag_writes_the_tables(tmp_path):
+    out = tmp_path / "grid.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "digits_flow", "--grid-samplers", "euler", "--grid-schedulers",
+         "beta", "--grid-steps", "10", "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells", "",
+         "--classes", "2", "--threads", "1", "--quiet", "--grid-lean", "--grid-flow-plans", "--json", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    methods = {r["method"] for r in d["rows"]}
+    assert {"adaptive_flow_isolated", "adaptive_flow_unshifted"} <= methods
+    for key in ("flow_isolated", "flow_unshifted"):
+        assert len(d[key]) == 1 and d[f"{key}_summary"]["cells"] == 1
