@@ -11,7 +11,7 @@ so EasyCache works on it.
 The benchmark's ComfyUI grid also builds the other testbeds (``GRID_MODELS``): the pixel-space UNets
 (``testbed/trained_vpred.py``: V_PREDICTION or EPS on the same discrete schedule, ``vpred_zsnr`` and ``shapes_zsnr``
 on it rescaled to zero terminal SNR; ``digits_flow`` FLOW at shift 8; ``sd_latent`` / ``sdxl_latent`` EPS and
-``sd3_flow`` FLOW at shift 3 in the real TAESDs' 4- / 16-channel latents) and the flow DiT (``testbed/trained_flow.py``,
+``sd3_flow`` / ``flux_flow`` FLOW at shift 3 / e^1.15 in the real TAESDs' 4- / 16-channel latents) and the flow DiT (``testbed/trained_flow.py``,
 FLOW at shift 3), each with ComfyUI's own model sampling for its type, in a latent format of scale 1 with the
 testbed's channels (pixels in [-1, 1], or the TAESD's model-space latents).
 """
@@ -54,6 +54,7 @@ GRID_MODELS = {
     "sd_latent": ("EPS", "trained_vpred", "sd_latent"),
     "sdxl_latent": ("EPS", "trained_vpred", "sdxl_latent"),
     "sd3_flow": ("FLOW", "trained_vpred", "sd3_flow"),
+    "flux_flow": ("FLOW", "trained_vpred", "flux_flow"),
     "flow": ("FLOW", "trained_flow", None),
 }
 

@@ -282,6 +282,18 @@ def sd3_flow_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, schedu
     return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="flow")
 
 
+def flux_flow_problem(classes: int = 10, seeds: int = 2, cfg: float = 5.0, scheduler: str = "simple") -> Problem:
+    """The flow UNet in FLUX.1's latent space (testbed/trained_vpred.py, ``flux_flow``: coloured digits on flat, gradient
+    and photo backgrounds at 128 px encoded by the real taef1 to 16x16x16 latents, a UNet predicting noise - x0 at
+    Flux's time shift, mu 1.15), sampled with CFG; decode is taef1's decoder (the TAESD files from $TEMPO_TAESD_DIR or
+    shared/assets/taesd)."""
+    from . import trained_vpred
+
+    tb = trained_vpred.load(model="flux_flow")
+    label = f"flow FLUX-latent testbed ({classes} classes x {seeds} seeds, CFG {cfg:g}, {scheduler})"
+    return _unet_testbed_problem(tb, label, classes, seeds, cfg, scheduler, tb.latent_shape, prediction="flow")
+
+
 def gmm_problem(
     classes: int = 4, seeds: int = 2, cfg: float = 5.0, shape=(4, 8, 8), scheduler: str = "karras"
 ) -> Problem:

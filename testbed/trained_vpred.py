@@ -1,6 +1,6 @@
 """The pixel-space UNet testbeds: small class-conditional UNets on ComfyUI's discrete schedule in pixel space
-(3x16x16), and three in real latent spaces (SD1.x's and SDXL's 4x16x16, SD3's 16x16x16, through the real TAESDs),
-one per entry of ``SPECS``:
+(3x16x16), and four in real latent spaces (SD1.x's and SDXL's 4x16x16, SD3's and FLUX.1's 16x16x16, through the real
+TAESDs), one per entry of ``SPECS``:
 
 * ``vpred``: predicts v on coloured digits, the fourth testbed, held out from every choice of the
   AdaptiveDiffusion default made after the flow testbed was measured. It differs from ``testbed`` /
@@ -42,14 +42,21 @@ one per entry of ``SPECS``:
   ``ModelSamplingSD3`` default) in SD3's real latent space: coloured shapes of a sixth draw at 128 px encoded by the
   real taesd3 to 16x16x16 latents, decoded by its decoder; a UNet of a seventh shape (width 32, three levels, one res
   block, attention at the second and third, 2 heads). The twelfth testbed, trained after every rule of the default was
-  fixed: blind to all of them, and the one flow model in a real latent space (what SD3 / Flux users sample in).
+  fixed: blind to all of them, and the first flow model in a real latent space (what SD3 / Flux users sample in).
+* ``flux_flow``: a rectified-flow UNet in FLUX.1's real latent space (coloured digits on flat, gradient and photo
+  backgrounds at 128 px through the real taef1, 16x16x16 latents) at Flux's time shift (``ModelSamplingFlux`` at mu
+  1.15: ``ModelSamplingDiscreteFlow``'s form at shift e^1.15); a UNet of an eighth shape (width 32, two levels, two res
+  blocks, attention at the second, 2 heads). The thirteenth testbed, trained after ``sd3_flow``'s grid showed that
+  where a flow model should skip depends on the model, to hold out a rule for it; no AdaptiveDiffusion run of it has
+  been read (docs/testbed-vpred.md).
 
 Training (CPU, one thread, fixed seeds; ~15 min each):
 
-    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps|shapes_v|digits_flow|vpred_zsnr|shapes_zsnr|sd_latent|sdxl_latent|sd3_flow]
+    OMP_NUM_THREADS=1 python -m comfyui_tempo.testbed.trained_vpred --train [--model shapes_eps|shapes_v|digits_flow|vpred_zsnr|shapes_zsnr|sd_latent|sdxl_latent|sd3_flow|flux_flow]
 
 writes ``weights/testbed_vpred.safetensors`` (or ``testbed_shapes_eps`` / ``testbed_shapes_v`` / ``testbed_digits_flow`` /
-``testbed_vpred_zsnr`` / ``testbed_shapes_zsnr`` / ``testbed_sd_latent`` / ``testbed_sdxl_latent`` / ``testbed_sd3_flow``;
+``testbed_vpred_zsnr`` / ``testbed_shapes_zsnr`` / ``testbed_sd_latent`` / ``testbed_sdxl_latent`` / ``testbed_sd3_flow`` /
+``testbed_flux_flow``;
 fp16 weights; configs, seeds and the training record in its metadata) and the ``.json`` beside it. The UNet (``testbed/unet.py``) sees the VP input
 x / sqrt(1 + sigma^2) at Stable Diffusion's discrete timestep and learns v = alpha eps - s x0
 (alpha = 1 / sqrt(1 + sigma^2), s = sigma alpha) or eps, t uniform, 15 % null labels, EMA weights; the flow UNet
@@ -66,6 +73,7 @@ import argparse
 import copy
 import functools
 import json
+import math
 import time
 from pathlib import Path
 
@@ -191,10 +199,24 @@ SD3_FLOW_UNET_CONFIG = dict(
 )
 #: sd3_flow's model sampling: shift 3, SD3's (ComfyUI's ModelSamplingSD3 default)
 SD3_FLOW_SAMPLING = dict(shift=3.0, multiplier=1000)
+FLUX_FLOW_DATA_CONFIG = dict(seed=data_mod.DEFAULT_SEED + 131, size=128, copies=2, heldout_every=10, vae="taef1")
+FLUX_FLOW_UNET_CONFIG = dict(
+    in_channels=16,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=2,
+    attention_levels=[1],
+    num_heads=2,
+    context_dim=11,
+    dropout=0.0,
+)
+#: flux_flow's model sampling: Flux's time shift at mu 1.15 (ComfyUI's ModelSamplingFlux at its max_shift, what
+#: Flux dev runs at 1024 px): e^mu t / (1 + (e^mu - 1) t), ModelSamplingDiscreteFlow's form at shift e^1.15
+FLUX_FLOW_SAMPLING = dict(shift=round(math.exp(1.15), 6), multiplier=1000)
 #: the flow testbeds' model sampling (schedules.Flow)
-FLOW_SAMPLINGS = {"digits_flow": DIGITS_FLOW_SAMPLING, "sd3_flow": SD3_FLOW_SAMPLING}
+FLOW_SAMPLINGS = {"digits_flow": DIGITS_FLOW_SAMPLING, "sd3_flow": SD3_FLOW_SAMPLING, "flux_flow": FLUX_FLOW_SAMPLING}
 #: the latent space each TAESD of a data config's ``vae`` encodes to
-VAE_SPACES = {"taesd": "SD1.x", "taesdxl": "SDXL", "taesd3": "SD3"}
+VAE_SPACES = {"taesd": "SD1.x", "taesdxl": "SDXL", "taesd3": "SD3", "taef1": "FLUX.1"}
 #: the testbeds trained and sampled on the zero-terminal-SNR table (schedules.discrete_sigmas(zsnr=True))
 ZSNR_MODELS = frozenset({"vpred_zsnr", "shapes_zsnr"})
 #: name -> (prediction, data config, UNet config, weights file, seed offset)
@@ -238,6 +260,13 @@ SPECS = {
         23,
     ),
     "sd3_flow": ("flow", SD3_FLOW_DATA_CONFIG, SD3_FLOW_UNET_CONFIG, WEIGHTS_DIR / "testbed_sd3_flow.safetensors", 29),
+    "flux_flow": (
+        "flow",
+        FLUX_FLOW_DATA_CONFIG,
+        FLUX_FLOW_UNET_CONFIG,
+        WEIGHTS_DIR / "testbed_flux_flow.safetensors",
+        31,
+    ),
 }
 
 

@@ -17,7 +17,7 @@ TAESD_DIR = Path(os.environ.get("TEMPO_TAESD_DIR") or "/work/shared/assets/taesd
 def have_taesd() -> bool:
     return all(
         (TAESD_DIR / f"{n}_{p}.safetensors").is_file()
-        for n in ("taesd", "taesdxl", "taesd3")
+        for n in ("taesd", "taesdxl", "taesd3", "taef1")
         for p in ("encoder", "decoder")
     )
 
@@ -57,15 +57,16 @@ for grid_name in MODELS:
 """
 
 
-def test_the_twelve_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snippet):
-    """Each testbed as a ComfyUI MODEL (sd_latent / sdxl_latent / sd3_flow, in SD1.x's / SDXL's / SD3's latent space,
+def test_the_thirteen_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snippet):
+    """Each testbed as a ComfyUI MODEL (sd_latent / sdxl_latent / sd3_flow / flux_flow, in SD1.x's / SDXL's / SD3's /
+    FLUX.1's latent space,
     where the real TAESD files are found) (its type's model sampling, a flow model's shift, the zero-terminal-SNR table
     where the testbed has it) gives ComfyUI's euler the
     pack's sigmas and, image for image, the pack's own euler run on the same noise (the discrete models differ by
     ComfyUI's rounding to the nearest timestep and its first-step noise scaling only)."""
     from comfyui_tempo.bench import adaptive_grid as ag
 
-    latent = {"sd_latent", "sdxl_latent", "sd3_flow"}  # in TAESD's spaces: only with the real TAESD files
+    latent = {"sd_latent", "sdxl_latent", "sd3_flow", "flux_flow"}  # in TAESD's spaces: only with the real TAESD files
     models = [m for m in ag.MODELS if m not in latent or have_taesd()]
     head = f"import os\nos.environ.setdefault('TEMPO_TAESD_DIR', {str(TAESD_DIR)!r})\nMODELS = {models!r}\n"
     res = comfy_snippet(head + PARITY, timeout=600)
@@ -73,9 +74,10 @@ def test_the_twelve_testbeds_sample_in_comfyui_as_the_packs_problems(comfy_snipp
     nine = {"testbed", "testbed_hr", "flow", "vpred", "shapes_eps", "shapes_v", "digits_flow"} | zsnr
     assert set(res) == nine | (latent if have_taesd() else set())
     for name, r in res.items():
-        flow = name in ("flow", "digits_flow", "sd3_flow")
+        flow = name in ("flow", "digits_flow", "sd3_flow", "flux_flow")
         assert r["const"] == flow and r["v"] == (name in {"vpred", "shapes_v"} | zsnr), (name, r)
-        assert r["shift"] == {"flow": 3.0, "digits_flow": 8.0, "sd3_flow": 3.0}.get(name, 0.0), (name, r)
+        shifts = {"flow": 3.0, "digits_flow": 8.0, "sd3_flow": 3.0, "flux_flow": 3.158193}
+        assert r["shift"] == pytest.approx(shifts.get(name, 0.0)), (name, r)
         assert (4000 < r["sigma_max"] < 5000) == (name in zsnr), (name, r)
         assert r["sigma_diff"] < 1e-5, (name, r)
         assert r["psnr"] > (90.0 if flow else 35.0), (name, r)

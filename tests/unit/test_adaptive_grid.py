@@ -188,7 +188,8 @@ def test_the_latent_models_without_the_taesd_files_are_a_clear_error_before_anyt
     monkeypatch.setattr(trained_vpred, "taesd_folder", lambda: None)
     for models in ("testbed,sd_latent", ",".join(adaptive_grid.MODELS)):
         with pytest.raises(
-            SystemExit, match=r"--grid-models: (sd_latent|sd_latent, sdxl_latent, sd3_flow) sample in .*TEMPO_TAESD_DIR"
+            SystemExit,
+            match=r"--grid-models: (sd_latent|sd_latent, sdxl_latent, sd3_flow, flux_flow) sample in .*TEMPO_TAESD_DIR",
         ):
             cli.main(["bench", "adaptive", "--grid", "--grid-models", models, "--quiet"])
     with pytest.raises(SystemExit, match="--grid-models: sdxl_latent sample in"):

@@ -2,8 +2,9 @@
 encoded by the real TAESD (SD1.x's space), and ``sdxl_latent``, coloured digits on flat, gradient and photo
 backgrounds at 128 px encoded by the real taesdxl (SDXL's space): 4x16x16 latents, an eps UNet on ComfyUI's discrete
 table; ``sd3_flow``, coloured shapes at 128 px encoded by the real taesd3 (SD3's space, 16x16x16 latents), a
-rectified-flow UNet at SD3's shift 3. The TAESD's decoder is decode. The TAESD files are read from $TEMPO_TAESD_DIR or
-shared/assets/taesd, never copied. The AdaptiveDiffusion grid's tenth to twelfth models.
+rectified-flow UNet at SD3's shift 3; ``flux_flow``, coloured digits on backgrounds encoded by the real taef1 (FLUX.1's
+space, 16x16x16), a rectified-flow UNet at Flux's time shift. The TAESD's decoder is decode. The TAESD files are read from $TEMPO_TAESD_DIR or
+shared/assets/taesd, never copied. The AdaptiveDiffusion grid's tenth to thirteenth models.
 
 Checks the shipped weights and their record, that the data are the TAESD's latents (the scaled latent space: about
 unit spread), that the net predicts eps (or the flow's noise - x0) on them, that decode is the TAESD's decoder, the
@@ -32,9 +33,15 @@ MODELS = {
     "sd_latent": ("SD_LATENT_DATA_CONFIG", "SD_LATENT_UNET_CONFIG", "taesd", {"per_class": 30}),
     "sdxl_latent": ("SDXL_LATENT_DATA_CONFIG", "SDXL_LATENT_UNET_CONFIG", "taesdxl", {"copies": 1}),
     "sd3_flow": ("SD3_FLOW_DATA_CONFIG", "SD3_FLOW_UNET_CONFIG", "taesd3", {"per_class": 30}),
+    "flux_flow": ("FLUX_FLOW_DATA_CONFIG", "FLUX_FLOW_UNET_CONFIG", "taef1", {"copies": 1}),
 }
 #: name -> (prediction, latent channels, the flow shift or None)
-KINDS = {"sd_latent": ("eps", 4, None), "sdxl_latent": ("eps", 4, None), "sd3_flow": ("flow", 16, 3.0)}
+KINDS = {
+    "sd_latent": ("eps", 4, None),
+    "sdxl_latent": ("eps", 4, None),
+    "sd3_flow": ("flow", 16, 3.0),
+    "flux_flow": ("flow", 16, 3.158193),  # Flux's time shift at mu 1.15: e^1.15
+}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
