@@ -1497,7 +1497,7 @@ def grid_main(args) -> int:
     for off, what in (
         ("flow_isolated", "isolated skips only (max_skip 1)"),
         ("flow_unshifted", "the plan in the flow time before the shift"),
-    ):  # --grid-flow-plans: alternatives, not rules of the default, so "the variant is above" reads as its gain's sign
+    ):  # --grid-flow-plans: the default minus each alternative (alternatives, not rules of the default)
         table = rule_off_table(rows, off)
         if not table:
             continue
