@@ -477,6 +477,7 @@ def train(args) -> None:
             )
     ema.eval()
     _round_fp16(ema)
+    flow_shift = f"shift {sampling.shift:g}" if sampling is not None else ""
     meta = dict(
         unet_config=unet_config,
         data=d,
@@ -484,8 +485,8 @@ def train(args) -> None:
         parameterisation={
             "v": "V_PREDICTION on ComfyUI's discrete schedule: output v = alpha eps - sigma alpha x0",
             "eps": "EPS on ComfyUI's discrete schedule: output eps",
-            "flow": "CONST (rectified flow), ModelSamplingDiscreteFlow shift 8: x = (1 - sigma) x0 + sigma noise, "
-            "output v = noise - x0",
+            "flow": f"CONST (rectified flow), ModelSamplingDiscreteFlow {flow_shift}: x = (1 - sigma) x0 + sigma "
+            "noise, output v = noise - x0",
         }[prediction],
         params=sum(p.numel() for p in ema.parameters()),
         train=dict(
@@ -508,15 +509,13 @@ def train(args) -> None:
             "V_PREDICTION on ComfyUI's discrete schedule rescaled to zero terminal SNR (ModelSamplingDiscrete "
             "zsnr=True, sigma_max ~4518): output v = alpha eps - sigma alpha x0"
         )
-    if sampling is not None:
-        meta["parameterisation"] = meta["parameterisation"].replace("shift 8", f"shift {sampling.shift:g}")
     if d.get("vae"):
         space = (
             f"in {VAE_SPACES[d['vae']]}'s latent space (the real {d['vae']}: its encoder's output, the scaled latents, "
             "is the model space; decoded by its decoder)"
         )
         meta["parameterisation"] = (
-            f"CONST (rectified flow), ModelSamplingDiscreteFlow shift {sampling.shift:g}, {space}: "
+            f"CONST (rectified flow), ModelSamplingDiscreteFlow {flow_shift}, {space}: "
             "x = (1 - sigma) x0 + sigma noise, output v = noise - x0"
             if sampling is not None
             else f"EPS on ComfyUI's discrete schedule {space}: output eps"
