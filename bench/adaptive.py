@@ -386,6 +386,13 @@ def add_parser(bench_sub) -> None:
         help="the scale of the noisy samplers' candidate: extrapolation errors of full runs, fitted per model "
         "(--grid-models, --grid-schedulers, --grid-steps and --grid-step-sweep)",
     )
+    p.add_argument(
+        "--skip-errors",
+        action="store_true",
+        help="what one skip costs at each step of a full run, next to the planner's modelled cost and the direction's "
+        "measured extrapolation error (--grid-models, --grid-samplers with one evaluation per step, --grid-schedulers, "
+        "--grid-steps)",
+    )
     p.add_argument("--penalties", default="1,3,10,30", help="with --plan-search: run penalties to score")
     p.add_argument(
         "--force-last",
@@ -420,6 +427,10 @@ def main(args) -> int:
         from .adaptive_kappa import kappa_fit_main
 
         return kappa_fit_main(args)
+    if args.skip_errors:
+        from .adaptive_skip_errors import skip_errors_main
+
+        return skip_errors_main(args)
     if args.unet_timing:
         from .adaptive_unet_timing import unet_timing_main
 
