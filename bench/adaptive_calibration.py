@@ -97,6 +97,7 @@ def calibrate(
     starts: dict | None = None,
     validate: bool = False,
     record: dict | None = None,
+    quick: bool = False,
 ) -> SkipProfile:
     """The profile over the problem's rows calib_idx (decoded-image error): the best of the joint greedy path,
     the default's and the schedule planner's paths (``calibrate_path``; refine: then the local search), with
@@ -105,7 +106,7 @@ def calibrate(
     path where the search does not carry over to the left-out prompts). record (a dict, filled here): "paths", every
     path with the profile's skips the search sampled, as a path string -> each calibration prompt's error along it,
     "candidates", the paths it compared before its local search ({name: (path string, errors)}), and "pre_local",
-    the name of the one it chose among them."""
+    the name of the one it chose among them. quick: the quick search (``calibrate_path(quick=True)``; needs planner)."""
     t0 = time.perf_counter()
     r = _Runner(problem, sampler, steps, extrapolation)
     idx = torch.as_tensor(calib_idx)
@@ -138,6 +139,7 @@ def calibrate(
         reduce=reduce,
         max_batch=max_batch,
         validate=(lambda rows: r.errors_of(idx[rows], ref[rows])) if validate else None,
+        quick=quick,
     )
     if record is not None:
         record["candidates"] = {
@@ -155,7 +157,7 @@ def calibrate(
         prompts=len(idx),
         metric="image_mse",
         reduce=reduce,
-        search=search_label(g, bool(refine and skips)),
+        search=search_label(g, bool(refine and skips and not quick)) + (" (quick search)" if quick else ""),
         greedy_path=g.greedy_path.tolist() if g.greedy_path is not None else [],
         calib_nfe=r.nfe,
         calib_wall_s=time.perf_counter() - t0,
@@ -303,6 +305,7 @@ def calibration_rows(
     validate: bool = False,
     oracle: bool = False,
     moves: bool = False,
+    quick: bool = False,
 ) -> list[dict]:
     """Rows `adaptive_calibrated` (the joint greedy profile of calib_idx) and `greedy_optimal` (each held-out
     prompt's own greedy path at the same skips), as mean decoded PSNR vs the full run over heldout_idx.
@@ -315,7 +318,8 @@ def calibration_rows(
     hindsight: no rule can do better with these paths) and `adaptive_calibrated_nolocal` (the search's choice before
     its local search). moves: `adaptive_calibrated_moved_<signal>_<tau>`, the profile's path moved per held-out prompt
     by a run-time signal (``reuse_signals``, ``moved_paths``; every signal of MOVE_SIGNALS and tau of MOVE_TAUS; not
-    where the profile re-spaces). profile: one calibrate() made already for these settings (else it is made here; not with
+    where the profile re-spaces). quick: `adaptive_calibrated_quick`, the profile of the quick search (the greedy's first
+    round and the planner's paths; ``calibrate_path(quick=True)``) on the same prompts. profile: one calibrate() made already for these settings (else it is made here; not with
     oracle, which records the search)."""
     heldout = torch.as_tensor(heldout_idx)
     if oracle and profile is not None:
@@ -358,6 +362,18 @@ def calibration_rows(
         search=prof.search,
         calib_gain_db=prof.gain_over_default_db(),
     )
+    if quick:
+        qp = calibrate(problem, sampler, steps, skips, calib_idx, extrapolation, validate=validate, quick=True)
+        along(
+            "adaptive_calibrated_quick",
+            qp.path,
+            qp.path_string() + (" (re-spaced)" if qp.respace else ""),
+            respace=qp.respace,
+            calib_nfe=qp.calib_nfe,
+            calib_wall_s=qp.calib_wall_s,
+            search=qp.search,
+            calib_gain_db=qp.gain_over_default_db(),
+        )
     if prof.validation.get("searched_path"):
         text = prof.validation["searched_path"]
         along(

@@ -26,6 +26,10 @@ scores decoded PSNR against the full run's images (the paper's fidelity protocol
   held-out prompt by a run-time signal, a skip one step earlier or later where the prompt's reuse error there,
   against the calibration prompts', says so (bench/adaptive_calibration.py ``moved_paths``): whether a decision per
   prompt at run time closes the profile's gap to the per-prompt greedy paths.
+* ``adaptive_calibrated_quick`` (``--calib-quick``, with the profile): a profile from the quick search on the same
+  calibration prompts (the greedy's first round, each step skipped alone, then the best of the default's and the
+  planner's paths with its cost model calibrated from that round; ``samplers.calibrate.calibrate_path(quick=True)``),
+  its calibration's cost beside the full search's: whether most of the search's cost buys anything.
 * ``adaptive_noise_plan`` (``--grid-noise-plan``, a candidate, not the default): the default planned with the
   noise the sampler injects that a reused direction cannot see added to its cost (``samplers.skip_plan``
   ``mixed_costs_fn``), on euler_ancestral and dpmpp_2m_sde with eps / v models. (The default itself plans so on
@@ -147,6 +151,7 @@ METHODS = [
     "uniform_skip_linear",
     "greedy_optimal",
     "adaptive_calibrated",
+    "adaptive_calibrated_quick",
     "adaptive_heldout_prompts",
     "fewer_steps_heldout_prompts",
     "greedy_own",
@@ -612,6 +617,7 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
         validate=calib.get("validate", False),
         oracle=calib.get("oracle", False),
         moves=calib.get("moves", False),
+        quick=calib.get("quick", False),
     )
     out = []
     # the default and fewer steps on the same held-out prompts (the cell's own rows are over every prompt)
@@ -624,6 +630,7 @@ def _calibrated_rows(cell: Cell, base: dict, calib: dict, log) -> list[dict]:
             "adaptive_calibrated_unchecked",
             "adaptive_searched_best",
             "adaptive_calibrated_nolocal",
+            "adaptive_calibrated_quick",
             *rename,
         ) and not r["method"].startswith(MOVED):
             continue
@@ -875,6 +882,14 @@ def summarize(rows: list[dict]) -> list[dict]:
                 line[method[len("adaptive_calibrated_") :] + "_vs_profile"] = (
                     m[method]["psnr_db"] - m["adaptive_calibrated"]["psnr_db"]
                 )
+            if "adaptive_calibrated_quick" in m:
+                q, prof = m["adaptive_calibrated_quick"], m["adaptive_calibrated"]
+                line["quick_vs_greedy"] = q["psnr_db"] - m["greedy_optimal"]["psnr_db"]
+                line["quick_vs_profile"] = q["psnr_db"] - prof["psnr_db"]
+                if "adaptive_heldout_prompts" in m:
+                    line["quick_vs_default"] = q["psnr_db"] - m["adaptive_heldout_prompts"]["psnr_db"]
+                line["quick_nfe_share"] = q["calib_nfe"] / prof["calib_nfe"] if prof.get("calib_nfe") else None
+                line["quick_search"] = q.get("search")
             line["calib_search"] = m["adaptive_calibrated"].get("search")
             line["calib_gain_on_calib_prompts"] = m["adaptive_calibrated"].get("calib_gain_db")
         if "greedy_own" in m:
@@ -1286,6 +1301,13 @@ def add_arguments(p) -> None:
         "local, thresholds 0.25, 0.5, 1): adaptive_calibrated_moved_<signal>_<tau>",
     )
     p.add_argument(
+        "--calib-quick",
+        action="store_true",
+        help="also calibrate with the quick search (the greedy's first round, then the best of the default's and the "
+        "planner's paths, its cost model calibrated from that round; no further greedy rounds, no local search) and "
+        "sample its profile on the held-out prompts (adaptive_calibrated_quick)",
+    )
+    p.add_argument(
         "--calib-transfer",
         action="store_true",
         help="on the --calib-cells, instead of the profile: each prompt's own greedy path, and every prompt sampled "
@@ -1329,6 +1351,7 @@ def grid_main(args) -> int:
                 ("--calib-validate", args.calib_validate),
                 ("--calib-oracle", args.calib_oracle),
                 ("--calib-moves", args.calib_moves),
+                ("--calib-quick", args.calib_quick),
                 ("--calib-no-planner", args.calib_no_planner),
                 ("--calib-split seeds", args.calib_split == "seeds"),
             )
@@ -1384,6 +1407,7 @@ def grid_main(args) -> int:
                 "validate": args.calib_validate,
                 "oracle": args.calib_oracle,
                 "moves": args.calib_moves,
+                "quick": args.calib_quick,
                 "split": args.calib_split,
                 "seeds": seeds,
                 "calib_seeds": args.calib_seeds,
@@ -1571,6 +1595,11 @@ def grid_main(args) -> int:
                         else ()
                     ),
                     *(k for k in s if k.startswith("moved_")),
+                    *(
+                        ("quick_vs_greedy", "quick_vs_profile", "quick_vs_default", "quick_nfe_share", "quick_search")
+                        if "quick_vs_greedy" in s
+                        else ()
+                    ),
                 )
             }
             for s in calib

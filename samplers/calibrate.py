@@ -272,6 +272,7 @@ def calibrate_path(
     validate: Callable[[list[int]], Callable[[torch.Tensor], torch.Tensor]] | None = None,
     folds: list[list[int]] | None = None,
     respaced_errors_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    quick: bool = False,
 ) -> GreedyResult:
     """A skip profile's path: the best, by the reduced error over the calibration prompts, of
 
@@ -293,7 +294,14 @@ def calibrate_path(
     not see (``validate_search``: each prompt left out in turn, P - 1 more searches) and return the path of
     ``starts["default"]`` instead where the searched path's error on the left-out prompts is no lower than the
     default's; ``validation`` records both, the choice and the searched path. folds: the rows left out together
-    (default each alone); where ``respaced_errors_of`` is given the fallback is the default as it runs, re-spaced."""
+    (default each alone); where ``respaced_errors_of`` is given the fallback is the default as it runs, re-spaced.
+
+    quick: only the greedy's first round (each step skipped alone: what the calibrated cost model needs), then the
+    best of `starts` and the planner's paths (planner required), without the greedy's further rounds and without
+    the local search (refine is ignored): ``greedy_path`` is None and ``start`` the winner's name. A candidate for
+    a cheaper calibration (``comfyui-tempo bench adaptive --grid --calib-quick``), not what the nodes run."""
+    if quick and planner is None:
+        raise CalibrationError("quick: the quick search picks among the planner's paths; give planner (the sigmas)")
     if validate is not None:
         return _validated(
             errors_of,
@@ -313,7 +321,14 @@ def calibrate_path(
             respaced_errors_of=respaced_errors_of,
         )
     g = greedy_skip_paths(
-        errors_of, n_prompts, n_steps, n_skips, joint=True, reduce=reduce, max_batch=max_batch, progress=progress
+        errors_of,
+        n_prompts,
+        n_steps,
+        min(n_skips, 1) if quick else n_skips,
+        joint=True,
+        reduce=reduce,
+        max_batch=max_batch,
+        progress=progress,
     )
     g.greedy_path, g.start = g.path, "greedy"
     if n_skips == 0:
@@ -329,10 +344,12 @@ def calibrate_path(
             planner["sigmas"], n_skips, flow=bool(planner.get("flow")), single_errors=single
         ).items():
             others.setdefault(name, path)
-    scored = {"greedy": (float(g.errors[-1]), g.path, list(g.prompt_errors))}
-    for name in [k for k, p in others.items() if torch.equal(p, g.path)]:
+    scored = {} if quick else {"greedy": (float(g.errors[-1]), g.path, list(g.prompt_errors))}
+    for name in [k for k, p in others.items() if not quick and torch.equal(p, g.path)]:
         scored[name] = scored["greedy"]  # the greedy's own path under another name (e.g. the default's)
         del others[name]
+    if not scored and not others:
+        raise CalibrationError(f"quick: no start or planner path has {n_skips} skips to compare")
     runs, rows = g.runs, g.rows
     if others:
         e, nr, nrows = _joint_errors(errors_of, n_prompts, list(others.values()), max_batch)
@@ -347,6 +364,11 @@ def calibrate_path(
         runs, rows = runs + nr, rows + nrows
         scored[RESPACED_DEFAULT] = (float(_reduce(e, reduce)[0]), path, e[0].tolist())
     best_name = min(scored, key=lambda k: scored[k][0])
+    if quick:
+        err, path, prompt_errors = scored[best_name]
+        out = _with(g, path, best_name, g.errors + [err], prompt_errors, scored, runs, rows)
+        out.greedy_path = None
+        return out
     if not refine or best_name == RESPACED_DEFAULT:
         err, path, prompt_errors = scored[best_name]
         return _with(

@@ -769,6 +769,32 @@ def test_calibration_moves_rows_and_summary(tmp_path):
         cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--calib-transfer", "--calib-moves"])
 
 
+def test_calibration_quick_rows_and_summary(tmp_path):
+    """--calib-quick: the quick search's profile on the same held-out prompts at the profile's NFE, its calibration's
+    cost below the full search's, and the cell's differences from the rows; it cannot go with --calib-transfer."""
+    out = tmp_path / "quick.json"
+    rc = cli.main(
+        ["bench", "adaptive", "--grid", "--grid-models", "testbed", "--grid-samplers", "euler", "--grid-schedulers",
+         "karras", "--grid-steps", "12", "--grid-step-sweep", "", "--grid-cfg-sweep", "", "--calib-cells",
+         "euler:karras", "--classes", "5", "--threads", "1", "--quiet", "--grid-lean", "--calib-quick", "--json",
+         str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    m = {r["method"]: r for r in d["rows"]}
+    prof, quick = m["adaptive_calibrated"], m["adaptive_calibrated_quick"]
+    assert quick["nfe"] == prof["nfe"] == 6 and quick["held_out_prompts"] == 2
+    assert quick["search"].endswith("(quick search)") and "+local" not in quick["search"]
+    assert 0 < quick["calib_nfe"] < prof["calib_nfe"]
+    (c,) = d["calibration"]
+    assert c["quick_vs_profile"] == pytest.approx(quick["psnr_db"] - prof["psnr_db"])
+    assert c["quick_vs_greedy"] == pytest.approx(quick["psnr_db"] - m["greedy_optimal"]["psnr_db"])
+    assert c["quick_vs_default"] == pytest.approx(quick["psnr_db"] - m["adaptive_heldout_prompts"]["psnr_db"])
+    assert c["quick_nfe_share"] == pytest.approx(quick["calib_nfe"] / prof["calib_nfe"])
+    with pytest.raises(SystemExit, match="--calib-transfer: runs instead of the profile, so --calib-quick"):
+        cli.main(["bench", "adaptive", "--grid", "--grid-models", "testbed", "--calib-transfer", "--calib-quick"])
+
+
 def test_grid_noise_plan_rows_on_the_noisy_samplers_only(tmp_path):
     """--grid-noise-plan: an adaptive_noise_plan row on euler_ancestral and dpmpp_2m_sde (not on euler), at the
     default's NFE; the table's differences are the rows'."""

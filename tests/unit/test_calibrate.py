@@ -323,6 +323,32 @@ def test_calibrate_path_with_planner_paths_wins_over_every_candidate(gmm):
     assert plain.errors[-1] == pytest.approx(min(plain.candidates.values()), rel=1e-9)
 
 
+def test_quick_search_samples_the_first_round_and_the_planner_paths_only(gmm):
+    idx = [0, 3, 6]
+    r, errors_of = _errors_of(gmm, idx, sampler="dpmpp_2m")
+    sampled = []
+
+    def counting(trial):
+        sampled.append(trial.shape[0] * trial.shape[1])
+        return errors_of(trial)
+
+    planner = {"sigmas": r.sig, "flow": False}
+    quick = calibrate_path(counting, 3, STEPS, 8, planner=planner, quick=True)
+    full = calibrate_path(errors_of, 3, STEPS, 8, planner=planner)
+    # sampled: each of steps 1..15 skipped alone for every prompt, then every planner path once per prompt
+    assert sum(sampled) == (STEPS - 1) * 3 + 3 * len(quick.candidates)
+    assert "greedy" not in quick.candidates and quick.greedy_path is None and quick.start in quick.candidates
+    assert quick.rows < full.rows / 2
+    assert int((~quick.path).sum()) == 8 and quick.path[0]
+    assert torch.allclose(quick.first_round, full.first_round, equal_nan=True)  # the full search's first round
+    # the best of its candidates, unchanged (no local search); the same candidates as the full search's, greedy aside
+    assert quick.errors[-1] == pytest.approx(min(quick.candidates.values()), rel=1e-9)
+    assert set(quick.candidates) == set(full.candidates) - {"greedy"}
+    assert full.errors[-1] <= quick.errors[-1] * (1 + 1e-5)  # the full search never ends worse
+    with pytest.raises(CalibrationError, match="^quick:"):
+        calibrate_path(errors_of, 3, STEPS, 8, quick=True)
+
+
 def _additive(costs: torch.Tensor, calls: list | None = None):
     """validate(rows) for a synthetic search: prompt p's error is the sum of costs[p] over the skipped steps."""
 
