@@ -352,27 +352,23 @@ def calibration_rows(
         out = r.run(heldout, torch.as_tensor(path, dtype=torch.bool).repeat(len(heldout), 1), respace=respace)
         add(method, (r.nfe - nfe0) / len(heldout), _psnr(problem, out, ref), text, **more)
 
-    along(
-        "adaptive_calibrated",
-        prof.path,
-        prof.path_string() + (" (re-spaced)" if prof.respace else ""),
-        respace=prof.respace,
-        calib_nfe=prof.calib_nfe,
-        calib_wall_s=prof.calib_wall_s,
-        search=prof.search,
-        calib_gain_db=prof.gain_over_default_db(),
-    )
-    if quick:
-        qp = calibrate(problem, sampler, steps, skips, calib_idx, extrapolation, validate=validate, quick=True)
+    def along_profile(method, p: SkipProfile):  # a profile's path on every held-out prompt, with its calibration's cost
         along(
+            method,
+            p.path,
+            p.path_string() + (" (re-spaced)" if p.respace else ""),
+            respace=p.respace,
+            calib_nfe=p.calib_nfe,
+            calib_wall_s=p.calib_wall_s,
+            search=p.search,
+            calib_gain_db=p.gain_over_default_db(),
+        )
+
+    along_profile("adaptive_calibrated", prof)
+    if quick:
+        along_profile(
             "adaptive_calibrated_quick",
-            qp.path,
-            qp.path_string() + (" (re-spaced)" if qp.respace else ""),
-            respace=qp.respace,
-            calib_nfe=qp.calib_nfe,
-            calib_wall_s=qp.calib_wall_s,
-            search=qp.search,
-            calib_gain_db=qp.gain_over_default_db(),
+            calibrate(problem, sampler, steps, skips, calib_idx, extrapolation, validate=validate, quick=True),
         )
     if prof.validation.get("searched_path"):
         text = prof.validation["searched_path"]
