@@ -319,8 +319,8 @@ def calibration_rows(
     its local search). moves: `adaptive_calibrated_moved_<signal>_<tau>`, the profile's path moved per held-out prompt
     by a run-time signal (``reuse_signals``, ``moved_paths``; every signal of MOVE_SIGNALS and tau of MOVE_TAUS; not
     where the profile re-spaces). quick: `adaptive_calibrated_quick`, the profile of the quick search (the greedy's first
-    round and the planner's paths; ``calibrate_path(quick=True)``) on the same prompts. profile: one calibrate() made already for these settings (else it is made here; not with
-    oracle, which records the search)."""
+    round and the planner's paths; ``calibrate_path(quick=True)``) on the same prompts. profile: one calibrate() made
+    already for these settings (else it is made here; not with oracle, which records the search)."""
     heldout = torch.as_tensor(heldout_idx)
     if oracle and profile is not None:
         raise ValueError("oracle: records the calibration's search, so the profile is made here; leave profile out")
