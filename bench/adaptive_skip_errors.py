@@ -36,7 +36,7 @@ import torch
 
 from ..samplers import kdiff, support
 from ..samplers.adaptive_config import AdaptiveConfig
-from ..samplers.skip_plan import STEP_WEIGHT, skip_costs_fn
+from ..samplers.skip_plan import STEP_WEIGHT, skip_costs_fn, step_travel
 from .adaptive_grid import Cell, build_problem, check_taesd_models
 from .common import print_table, psnr_db, write_json
 
@@ -116,6 +116,7 @@ def step_rows(cell: Cell) -> list[dict]:
         )
     ref_img = cell.p.decode(ref)
     cost = skip_costs_fn(sig, cell.flow, STEP_WEIGHT)
+    travel = step_travel(sig, cell.flow)  # the planner's own travel factor per step
 
     def t(s: float) -> float:
         return s if cell.flow else math.log(s)
@@ -125,8 +126,6 @@ def step_rows(cell: Cell) -> list[dict]:
         (s2, d2), (s1, d1), (s0, d0) = seen[i - 2], seen[i - 1], seen[i]
         extrapolated = d1 + (d1 - d2) * (t(s0) - t(s1)) / (t(s1) - t(s2))
         err = float((d0 - extrapolated).pow(2).mean().sqrt())
-        s_next = float(sig[i + 1])
-        travel = abs(s0 - s_next) if cell.flow else abs(s0 - s_next) / math.sqrt(1.0 + s_next**2)
         path = torch.ones(n, dtype=torch.bool)
         path[i] = False
         out, *_ = cell.run(AdaptiveConfig(mode="path", path=path))
@@ -141,7 +140,7 @@ def step_rows(cell: Cell) -> list[dict]:
                 "skip_db": float(psnr_db(cell.p.decode(out), ref_img).mean()),
                 "extrap_err": err,
                 "modelled": cost(i, i - 1, i - 2),
-                "travel_err": travel * err,
+                "travel_err": travel[i] * err,
             }
         )
     return rows

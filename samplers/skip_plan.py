@@ -79,6 +79,15 @@ STEP_WEIGHT = 1.0
 NOISE_DOMINATED_SIGMA = float(discrete_sigmas()[-1])
 
 
+def step_travel(sigmas, flow: bool = False) -> list[float]:
+    """travel_i of the module docstring, per step: |sigma_i - sigma_i+1| for a flow model, else that over
+    sqrt(1 + sigma_i+1^2) (how much of a latent error at sigma_i+1 survives to the end)."""
+    s = [float(v) for v in sigmas]
+    if flow:
+        return [abs(s[i] - s[i + 1]) for i in range(len(s) - 1)]
+    return [abs(s[i] - s[i + 1]) / math.sqrt(1.0 + s[i + 1] ** 2) for i in range(len(s) - 1)]
+
+
 def skip_costs_fn(sigmas, flow: bool = False, step_weight: float = 0.0, step_scale=None):
     """cost(i, b, a) of the module docstring without the run penalty (a may be None: one computed step only).
     flow: the sigmas are a flow model's (time variable sigma), else VE sigmas (time variable log sigma).
@@ -87,12 +96,8 @@ def skip_costs_fn(sigmas, flow: bool = False, step_weight: float = 0.0, step_sca
     modelled error, ``samplers.calibrate.planner_paths``); None: 1 everywhere."""
     s = [float(v) for v in sigmas]
     n = len(s) - 1
-    if flow:
-        u = s
-        travel = [abs(s[i] - s[i + 1]) for i in range(n)]
-    else:
-        u = [math.log(max(v, 1e-8)) for v in s]
-        travel = [abs(s[i] - s[i + 1]) / math.sqrt(1.0 + s[i + 1] ** 2) for i in range(n)]
+    u = s if flow else [math.log(max(v, 1e-8)) for v in s]
+    travel = step_travel(s, flow)
     h = [abs(u[i] - u[i + 1]) for i in range(n)]
     if not flow and n >= 2 and s[-1] <= 0:
         h[-1] = h[-2]  # log 0: the last step to sigma 0 counts as long as the one before it
